@@ -1,0 +1,8 @@
+from django.urls import path
+
+from booking_site.accounts.api import views
+
+urlpatterns = [
+    path("users", views.UserRegister.as_view(), name="user-register"),
+    path("users/me", views.UserMe.as_view(), name="user-me"),
+]

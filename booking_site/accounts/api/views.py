@@ -1,0 +1,27 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from booking_site.accounts.api.serializers import UserOut, UserRegisterIn, UserWithTokenOut
+from booking_site.accounts.services import user_register
+from booking_site.api import errors
+
+
+class UserRegister(APIView):
+    """Register a user; the response carries the API token (``Authorization: Token <token>``)."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=UserRegisterIn, responses={201: UserWithTokenOut, **errors(400, 409)})
+    def post(self, request):
+        data = UserRegisterIn.validated(request)
+        user, _token = user_register(email=data["email"], name=data["name"], roles=data["roles"],
+                                     password=data.get("password"))  # fmt: skip
+        return Response(UserWithTokenOut(user).data, status=201)
+
+
+class UserMe(APIView):
+    @extend_schema(responses={200: UserOut, **errors(401)})
+    def get(self, request):
+        return Response(UserOut(request.user).data)

@@ -1,0 +1,30 @@
+from django.contrib.auth.models import AbstractUser
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models.functions import Lower
+
+
+class Role(models.TextChoices):
+    HOST = "HOST", "Host"
+    GUEST = "GUEST", "Guest"
+
+
+class User(AbstractUser):
+    """A person using the platform. Staff users are the operators (SPEC 3.3)."""
+
+    email = models.EmailField("email address")
+    name = models.CharField(max_length=150, blank=True)
+    roles = ArrayField(models.CharField(max_length=8, choices=Role.choices), default=list, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(Lower("email"), name="user_email_unique_ci"),
+            models.CheckConstraint(condition=models.Q(roles__contained_by=Role.values), name="user_roles_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.email or self.username
+
+    @property
+    def is_host(self) -> bool:
+        return Role.HOST in self.roles

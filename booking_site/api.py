@@ -1,0 +1,112 @@
+"""Pieces every app's API shares: strict input serializers, the page envelope, schema helpers."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+from rest_framework.pagination import BasePagination
+from rest_framework.response import Response
+
+from booking_site.errors import ValidationFailed
+
+
+class StrictSerializer(serializers.Serializer):
+    """An input serializer that refuses unknown fields instead of silently ignoring a typo."""
+
+    # Fields a client may always send: the seeds' idempotency alias (SPEC 3.4).
+    always_allowed = frozenset({"requestId"})
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": ["Expected a JSON object."]})
+        unknown = set(data) - set(self.fields) - self.always_allowed
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        return super().to_internal_value(data)
+
+    @classmethod
+    def validated(cls, request, **kwargs) -> dict:
+        serializer = cls(data=request.data, context={"request": request}, **kwargs)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+class PagePagination(BasePagination):
+    """``?page=&limit=`` (default 20, max 100) → ``{"results", "count", "page", "limit"}`` (SPEC 3.1).
+
+    A page past the end is an empty page, not an error: the client learns the total from ``count``.
+    """
+
+    default_limit = 20
+    max_limit = 100
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.page = self._positive_int(request, "page", 1, None)
+        self.limit = self._positive_int(request, "limit", self.default_limit, self.max_limit)
+        self.count = queryset.count()
+        offset = (self.page - 1) * self.limit
+        return list(queryset[offset : offset + self.limit])
+
+    def get_paginated_response(self, data):
+        return Response({"results": data, "count": self.count, "page": self.page, "limit": self.limit})
+
+    @staticmethod
+    def _positive_int(request, name: str, default: int, maximum: int | None) -> int:
+        raw = request.query_params.get(name)
+        if raw in (None, ""):
+            return default
+        if not raw.isdigit() or int(raw) < 1 or (maximum is not None and int(raw) > maximum):
+            bound = f"between 1 and {maximum}" if maximum else "at least 1"
+            raise ValidationFailed.for_field(name, f"Must be a whole number {bound}.")
+        return int(raw)
+
+    def get_paginated_response_schema(self, schema):
+        return {
+            "type": "object",
+            "required": ["results", "count", "page", "limit"],
+            "properties": {
+                "results": schema,
+                "count": {"type": "integer"},
+                "page": {"type": "integer"},
+                "limit": {"type": "integer"},
+            },
+        }
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            {"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}},
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": self.max_limit, "default": 20},
+            },
+        ]
+
+
+ERROR_SCHEMA = inline_serializer(
+    "Error",
+    {
+        "error": inline_serializer(
+            "ErrorBody",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "details": serializers.DictField(),
+            },
+        )
+    },
+)
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """Schema entries for the error statuses an endpoint can answer, all in the one envelope."""
+    return {status: OpenApiResponse(ERROR_SCHEMA) for status in statuses}
+
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description="1 to 255 characters. A retry with the same key replays the first response (SPEC 3.4).",
+)

@@ -1,0 +1,74 @@
+"""``record()``: the one way to write an audit event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, models
+from django.utils import timezone
+
+from booking_site.audit.models import AuditEvent
+from booking_site.middleware import current_request_id
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What an event is about when it is not one model row (a seat hold group, say)."""
+
+    type: str
+    id: Any
+
+
+Actor = AbstractBaseUser | str | None  # a user, or the name of a system job ("system:expire_holds")
+
+
+def event(
+    *,
+    subject: models.Model | Subject,
+    event: str,
+    to_state: str = "",
+    from_state: str = "",
+    actor: Actor = None,
+    metadata: dict | None = None,
+) -> AuditEvent:
+    """An unsaved event: ``record_many`` writes a batch of them in one insert."""
+    subject_type, subject_id = subject_key(subject)
+    user = actor if isinstance(actor, AbstractBaseUser) else None
+    return AuditEvent(
+        occurred_at=timezone.now(),
+        actor=user,
+        actor_label=f"user:{user.pk}" if user is not None else (actor or "system"),
+        subject_type=subject_type,
+        subject_id=subject_id,
+        event_type=event,
+        from_state=from_state,
+        to_state=to_state,
+        metadata=metadata or {},
+        request_id=current_request_id() or "",
+    )
+
+
+def record(**fields: Any) -> AuditEvent:
+    """Append one audit event (arguments as ``event``), inside the transaction of the change."""
+    return record_many([event(**fields)])[0]
+
+
+def record_many(events: list[AuditEvent]) -> list[AuditEvent]:
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit events are written in the transaction of the change they record")
+    return AuditEvent.objects.bulk_create(events)
+
+
+def subject_key(subject: models.Model | Subject) -> tuple[str, str]:
+    """(subject_type, subject_id) as stored: a model row is named by its model, a Subject by itself."""
+    if isinstance(subject, Subject):
+        return subject.type, str(subject.id)
+    return subject._meta.model_name, str(subject.pk)
+
+
+def trail(subject: models.Model | Subject):
+    """A subject's events, oldest first."""
+    subject_type, subject_id = subject_key(subject)
+    return AuditEvent.objects.filter(subject_type=subject_type, subject_id=subject_id).order_by("id")

@@ -1,0 +1,207 @@
+"""Errors: one base class, one envelope (SPEC 3.2), one DRF exception handler.
+
+Code raises a ``DomainError`` subclass and never builds an error response by hand:
+
+    {"error": {"code": "car_unavailable", "message": "...", "details": {}}}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DatabaseError, OperationalError
+from django.http import Http404, JsonResponse
+from psycopg import errors as pg_errors
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    """An expected refusal: carries its HTTP status, a stable code and a message for people."""
+
+    status = 400
+    code = "bad_request"
+    message = "The request was refused."
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        self.message = message or self.message
+        self.details = details or {}
+        super().__init__(self.message)
+
+
+class ValidationFailed(DomainError):
+    status, code, message = 400, "validation_error", "The request is not valid."
+
+    @classmethod
+    def for_field(cls, field: str, problem: str) -> ValidationFailed:
+        return cls(f"{field}: {problem}", details={"fields": {field: [problem]}})
+
+
+class InvalidStateTransition(DomainError):
+    status, code = 400, "invalid_state_transition"
+
+    def __init__(self, *, subject: str, from_state: str, to_state: str):
+        super().__init__(
+            f"{subject} is {from_state} and cannot become {to_state}.",
+            details={"fromState": from_state, "toState": to_state},
+        )
+
+
+class Forbidden(DomainError):
+    status, code, message = 403, "forbidden", "You are not allowed to do this."
+
+
+class NotOwner(DomainError):
+    status, code, message = 403, "not_owner", "This belongs to another user."
+
+
+class NotFound(DomainError):
+    status, code, message = 404, "not_found", "No such object."
+
+
+class Conflict(DomainError):
+    status, code, message = 409, "conflict", "The resource is taken."
+
+
+class RequestInProgress(Conflict):
+    code, message = "request_in_progress", "A request with this Idempotency-Key is still being processed."
+    headers = {"Retry-After": "1"}
+
+
+class HoldExpired(DomainError):
+    status, code, message = 410, "hold_expired", "The hold has expired."
+
+
+class IdempotencyKeyReused(DomainError):
+    status, code = 422, "idempotency_key_reused"
+    message = "This Idempotency-Key was used with a different request."
+
+
+class ServiceUnavailable(DomainError):
+    status, code, message = 503, "unavailable", "The database is unavailable; try again shortly."
+    headers = {"Retry-After": "5"}
+
+
+class Busy(ServiceUnavailable):
+    code, message = "busy", "The resource is busy; try again shortly."
+    headers = {"Retry-After": "1"}
+
+
+def envelope(code: str, message: str, details: dict | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+# DRF's own exceptions, mapped onto the codes of SPEC 3.2.
+_DRF_CODES: list[tuple[type[drf.APIException], int, str]] = [
+    (drf.NotAuthenticated, 401, "not_authenticated"),
+    (drf.AuthenticationFailed, 401, "not_authenticated"),
+    (drf.PermissionDenied, 403, "forbidden"),
+    (drf.NotFound, 404, "not_found"),
+    (drf.MethodNotAllowed, 405, "method_not_allowed"),
+    (drf.NotAcceptable, 406, "not_acceptable"),
+    (drf.UnsupportedMediaType, 415, "unsupported_media_type"),
+    (drf.Throttled, 429, "throttled"),
+]
+
+
+def _field_details(detail: Any) -> dict:
+    """Flatten DRF's error detail into {"fields": {name: [messages]}}; non-field errors under "body"."""
+    if isinstance(detail, dict):
+        fields = {}
+        for name, errors in detail.items():
+            key = "body" if name == "non_field_errors" else name
+            fields[key] = [str(e) for e in errors] if isinstance(errors, list) else _nested(errors)
+        return {"fields": fields}
+    if isinstance(detail, list):
+        return {"fields": {"body": [str(e) for e in detail]}}
+    return {"fields": {"body": [str(detail)]}}
+
+
+def _nested(errors: Any) -> Any:
+    if isinstance(errors, dict):
+        return {k: _nested(v) for k, v in errors.items()}
+    if isinstance(errors, list):
+        return [_nested(e) for e in errors]
+    return str(errors)
+
+
+def _summary(details: dict) -> str:
+    parts = []
+    for name, problems in details.get("fields", {}).items():
+        first = problems[0] if isinstance(problems, list) and problems else problems
+        parts.append(f"{name}: {first}")
+    return "; ".join(parts) or "The request is not valid."
+
+
+def to_domain_error(exc: Exception) -> DomainError | None:
+    """Translate a known non-domain exception into the DomainError a client should see."""
+    if isinstance(exc, DomainError):
+        return exc
+    if isinstance(exc, drf.ValidationError):
+        details = _field_details(exc.detail)
+        return ValidationFailed(_summary(details), details=details)
+    if isinstance(exc, drf.ParseError):
+        return ValidationFailed(
+            f"Malformed request body: {exc.detail}", details={"fields": {"body": [str(exc.detail)]}}
+        )
+    if isinstance(exc, Http404):
+        return NotFound()
+    if isinstance(exc, DjangoPermissionDenied):
+        return Forbidden()
+    for klass, status, code in _DRF_CODES:
+        if isinstance(exc, klass):
+            error = DomainError(str(exc.detail))
+            error.status, error.code = status, code
+            wait = getattr(exc, "wait", None)
+            error.headers = {"Retry-After": str(int(wait) + 1)} if wait is not None else {}
+            return error
+    if isinstance(exc, OperationalError) and isinstance(exc.__cause__, pg_errors.LockNotAvailable):
+        return Busy()
+    if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, pg_errors.QueryCanceled):
+        return Busy()
+    if isinstance(exc, OperationalError):
+        logger.warning("database unavailable: %s", exc)
+        return ServiceUnavailable()
+    return None
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: every expected error becomes the one envelope; the rest stay 500s."""
+    error = to_domain_error(exc)
+    if error is None:
+        return drf_exception_handler(exc, context)  # None: DRF re-raises, Django logs a 500
+    response = Response(envelope(error.code, error.message, error.details), status=error.status)
+    for name, value in error.headers.items():
+        response[name] = value
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Token realm="api"'
+    return response
+
+
+# --- Django's own 404 / 500 pages answer in the envelope under /api/ ------------------------------
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+def page_not_found(request, exception=None):
+    if _is_api(request):
+        return JsonResponse(envelope("not_found", f"No such endpoint: {request.path}"), status=404)
+    from django.views.defaults import page_not_found as default
+
+    return default(request, exception)
+
+
+def server_error(request):
+    if _is_api(request):
+        return JsonResponse(envelope("internal_error", "An unexpected error occurred; it has been logged."), status=500)
+    from django.views.defaults import server_error as default
+
+    return default(request)

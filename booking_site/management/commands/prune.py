@@ -1,0 +1,14 @@
+from django.core.management.base import BaseCommand
+
+from booking_site.tasks import prune
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete idempotency records older than IDEMPOTENCY_TTL_HOURS (default 24). The same job Celery "
+        "beat runs hourly, run here in this process; safe to run at any time."
+    )
+
+    def handle(self, *args, **options):
+        for what, count in prune().items():
+            self.stdout.write(f"{what}: deleted {count}")

@@ -1,0 +1,17 @@
+"""The platform's periodic jobs (SPEC 7); each is also a management command of the same name."""
+
+from celery import shared_task
+from django.utils import timezone
+
+from booking_site.expiry import expire_all
+from booking_site.idempotency import idempotency_prune
+
+
+@shared_task
+def expire_holds() -> dict[str, int]:
+    return expire_all(now=timezone.now())
+
+
+@shared_task
+def prune() -> dict[str, int]:
+    return {"idempotency_records": idempotency_prune(now=timezone.now())}

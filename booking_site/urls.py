@@ -1,0 +1,43 @@
+from django.contrib import admin
+from django.urls import include, path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from booking_site.views import ApiRoot, Health
+
+
+class IdConverter:
+    """Integer ids that fit a bigint: a longer number is a 404, never a database error."""
+
+    regex = "[0-9]{1,18}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(IdConverter, "id")
+
+handler404 = "booking_site.errors.page_not_found"
+handler500 = "booking_site.errors.server_error"
+
+api = [
+    path("", ApiRoot.as_view(), name="api-root"),
+    path("health", Health.as_view(), name="health"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("", include("booking_site.accounts.api.urls")),
+    path("", include("reservations.api.urls")),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include(api)),
+    path("api-auth/", include("rest_framework.urls")),
+    path("", include("django_prometheus.urls")),
+]
+
+admin.site.site_header = "booking_site operations"
+admin.site.site_title = "booking_site"
+admin.site.index_title = "Back office"

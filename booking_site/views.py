@@ -1,0 +1,62 @@
+"""The platform's own endpoints: the API root and ``GET /api/health`` (SPEC 8)."""
+
+from django.db import connection
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+from booking_site.api import errors
+from booking_site.celery import app as celery_app
+from booking_site.errors import envelope
+
+
+def _database() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return "ok"
+    except Exception as exc:  # any failure means "down": report it, never raise
+        return f"down: {exc.__class__.__name__}"
+
+
+def _broker() -> str:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as exc:
+        return f"down: {exc.__class__.__name__}"
+
+
+class Health(APIView):
+    """Database and broker reachability: 200 when both answer, 503 otherwise."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes: list = []
+
+    @extend_schema(
+        responses={200: inline_serializer("Health", {"status": serializers.CharField(),
+                                                     "checks": serializers.DictField()}), **errors(503)},
+    )  # fmt: skip
+    def get(self, request):
+        checks = {"database": _database(), "broker": _broker()}
+        if all(value == "ok" for value in checks.values()):
+            return Response({"status": "ok", "checks": checks})
+        response = Response(envelope("unavailable", "A dependency is down.", {"checks": checks}), status=503)
+        response["Retry-After"] = "5"
+        return response
+
+
+class ApiRoot(APIView):
+    """Where to go from here: every collection of the API, the schema and its docs."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(exclude=True)
+    def get(self, request):
+        names = ["user-register", "user-me", "car-list", "reservation-list", "health", "schema", "docs"]
+        return Response({name: reverse(name, request=request) for name in names})

@@ -1,0 +1,94 @@
+from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from booking_site.audit.admin import AuditTrailMixin
+from booking_site.errors import DomainError
+from reservations import services
+from reservations.models import Car, Reservation
+from reservations.selectors import reservations_with_effective_state
+
+
+@admin.register(Car)
+class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
+    list_display = ["id", "label", "make", "model", "dealer_id", "status", "current_reservation"]
+    list_filter = ["status", "dealer_id"]
+    search_fields = ["label", "make", "model", "=id"]
+    readonly_fields = ["created_at", "updated_at", "current_reservation", "audit_trail"]
+    fields = ["dealer_id", "label", "make", "model", "status", "current_reservation", "created_at", "updated_at",
+              "audit_trail"]  # fmt: skip
+
+    def get_queryset(self, request):
+        current = (
+            Reservation.objects.active(now=timezone.now()).filter(car=OuterRef("pk")).order_by("-id")
+        )  # fmt: skip
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                current_id=Subquery(current.values("id")[:1]),
+                current_state=Subquery(current.values("state")[:1]),
+                current_until=Subquery(current.values("expires_at")[:1]),
+            )
+        )
+
+    @admin.display(description="Current reservation")
+    def current_reservation(self, car):
+        if getattr(car, "current_id", None) is None:
+            return "—"
+        url = reverse("admin:reservations_reservation_change", args=[car.current_id])
+        until = f" until {timezone.localtime(car.current_until):%Y-%m-%d %H:%M}" if car.current_state == "HELD" else ""
+        return format_html('<a href="{}">#{} {}{}</a>', url, car.current_id, car.current_state, until)
+
+
+@admin.register(Reservation)
+class ReservationAdmin(AuditTrailMixin, admin.ModelAdmin):
+    """Operators look and act through the actions (which call the services); rows are never edited."""
+
+    list_display = ["id", "car", "buyer", "effective_state", "expires_at", "created_at", "updated_at"]
+    list_filter = ["state", ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
+    search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=request_id"]
+    list_select_related = ["car", "buyer"]
+    date_hierarchy = "created_at"
+    actions = ["cancel", "expire_now"]
+    readonly_fields = ["car", "buyer", "state", "effective_state", "expires_at", "request_id", "created_at",
+                       "updated_at", "audit_trail"]  # fmt: skip
+
+    def get_queryset(self, request):
+        return reservations_with_effective_state(now=timezone.now()).select_related("car", "buyer")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)  # the list's actions, not the form
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="State now", ordering="effective_state")
+    def effective_state(self, reservation):
+        return reservation.effective_state
+
+    @admin.action(description="Cancel selected held reservations", permissions=["change"])
+    def cancel(self, request, queryset):
+        self._run(request, queryset, services.reservation_cancel, "cancelled")
+
+    @admin.action(description="Expire selected held reservations now", permissions=["change"])
+    def expire_now(self, request, queryset):
+        self._run(request, queryset, services.reservation_expire, "expired")
+
+    def _run(self, request, queryset, service, verb: str) -> None:
+        done, refused = 0, []
+        for reservation_id in queryset.values_list("id", flat=True):
+            try:
+                service(reservation_id=reservation_id, user=request.user, now=timezone.now())
+                done += 1
+            except DomainError as error:
+                refused.append(f"#{reservation_id}: {error.message}")
+        if done:
+            self.message_user(request, f"{done} reservation(s) {verb}.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not changed — " + "; ".join(refused), messages.WARNING)

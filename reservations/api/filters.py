@@ -1,0 +1,24 @@
+import django_filters as filters
+
+from reservations.models import Car, Reservation
+
+
+class CarFilter(filters.FilterSet):
+    available = filters.BooleanFilter(help_text="true: ACTIVE and no active reservation now")
+    dealerId = filters.NumberFilter(field_name="dealer_id")
+    status = filters.ChoiceFilter(choices=Car.Status.choices)
+
+    class Meta:
+        model = Car
+        fields: list[str] = []
+
+
+class ReservationFilter(filters.FilterSet):
+    state = filters.ChoiceFilter(
+        choices=Reservation.State.choices, field_name="effective_state", help_text="An overdue HELD counts as EXPIRED"
+    )
+    carId = filters.NumberFilter(field_name="car_id")
+
+    class Meta:
+        model = Reservation
+        fields: list[str] = []

@@ -1,0 +1,60 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from booking_site.api import StrictSerializer
+from reservations.models import Car, Reservation
+
+
+class CarIn(StrictSerializer):
+    dealerId = serializers.IntegerField(min_value=1, max_value=2_147_483_647)
+    label = serializers.CharField(max_length=200)
+    make = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
+    model = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
+    status = serializers.ChoiceField(choices=Car.Status.choices, required=False, default=Car.Status.ACTIVE)
+
+
+class CarOut(serializers.ModelSerializer):
+    dealerId = serializers.IntegerField(source="dealer_id")
+    available = serializers.BooleanField(help_text="ACTIVE and no active reservation now")
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    class Meta:
+        model = Car
+        fields = ["id", "dealerId", "make", "model", "label", "status", "available", "createdAt", "updatedAt"]
+
+
+class ReservationCreateIn(StrictSerializer):
+    carId = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    buyerId = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)
+    holdDurationMinutes = serializers.IntegerField(
+        min_value=1, max_value=60, required=False, default=lambda: settings.RESERVATION_HOLD_MINUTES_DEFAULT
+    )
+
+
+class ReservationConfirmIn(StrictSerializer):
+    pass
+
+
+class ReservationCancelIn(StrictSerializer):
+    reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+
+
+class ReservationOut(serializers.ModelSerializer):
+    carId = serializers.IntegerField(source="car_id")
+    buyerId = serializers.IntegerField(source="buyer_id")
+    state = serializers.SerializerMethodField(help_text="An overdue HELD reads as EXPIRED")
+    expiresAt = serializers.DateTimeField(source="expires_at")
+    requestId = serializers.SerializerMethodField()
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    class Meta:
+        model = Reservation
+        fields = ["id", "carId", "buyerId", "state", "expiresAt", "requestId", "createdAt", "updatedAt"]
+
+    def get_state(self, reservation) -> str:
+        return getattr(reservation, "effective_state", reservation.state)
+
+    def get_requestId(self, reservation) -> str | None:
+        return reservation.request_id or None

@@ -1,0 +1,139 @@
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import SAFE_METHODS, IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from booking_site.accounts.services import acting_user, require_owner
+from booking_site.api import IDEMPOTENCY_KEY, errors
+from booking_site.audit.api import AuditTrailView
+from booking_site.errors import NotFound
+from booking_site.idempotency import idempotent
+from reservations import selectors, services
+from reservations.api.filters import CarFilter, ReservationFilter
+from reservations.api.serializers import (
+    CarIn,
+    CarOut,
+    ReservationCancelIn,
+    ReservationConfirmIn,
+    ReservationCreateIn,
+    ReservationOut,
+)
+
+
+class StaffWrites(IsAuthenticated):
+    """Anyone signed in reads; only operators write."""
+
+    def has_permission(self, request, view):
+        if request.method in SAFE_METHODS:
+            return super().has_permission(request, view)
+        return IsAdminUser().has_permission(request, view)
+
+
+class CarList(ListAPIView):
+    """Cars, with ``available`` (ACTIVE and no active reservation now). Operators add cars here."""
+
+    serializer_class = CarOut
+    filterset_class = CarFilter
+    permission_classes = [StaffWrites]
+
+    def get_queryset(self):
+        return selectors.cars_with_availability(now=timezone.now()).order_by("id")
+
+    @extend_schema(request=CarIn, responses={201: CarOut, **errors(400, 401, 403)}, parameters=[IDEMPOTENCY_KEY])
+    @idempotent
+    def post(self, request):
+        data = CarIn.validated(request)
+        car = services.car_create(dealer_id=data["dealerId"], label=data["label"], make=data["make"],
+                                  model=data["model"], status=data["status"])  # fmt: skip
+        return Response(CarOut(selectors.cars_with_availability(now=timezone.now()).get(pk=car.pk)).data, status=201)
+
+
+class CarDetail(APIView):
+    @extend_schema(responses={200: CarOut, **errors(401, 404)})
+    def get(self, request, car_id: int):
+        car = selectors.cars_with_availability(now=timezone.now()).filter(pk=car_id).first()
+        if car is None:
+            raise NotFound(f"Car {car_id} does not exist.")
+        return Response(CarOut(car).data)
+
+
+class ReservationList(ListAPIView):
+    """The caller's reservations (operators: everyone's), newest first. Holding a car is a POST here."""
+
+    serializer_class = ReservationOut
+    filterset_class = ReservationFilter
+
+    def get_queryset(self):
+        return selectors.reservations_visible_to(self.request.user, now=timezone.now()).order_by("-id")
+
+    @extend_schema(
+        request=ReservationCreateIn, responses={201: ReservationOut, **errors(400, 401, 403, 404, 409)},
+        parameters=[IDEMPOTENCY_KEY],
+    )  # fmt: skip
+    @idempotent
+    def post(self, request):
+        data = ReservationCreateIn.validated(request)
+        reservation = services.reservation_hold(
+            car_id=data["carId"], buyer=acting_user(caller=request.user, user_id=data.get("buyerId")),
+            hold_minutes=data["holdDurationMinutes"], now=timezone.now(), request_id=request.idempotency_key or "",
+        )  # fmt: skip
+        return Response(ReservationOut(reservation).data, status=201)
+
+
+def _visible_reservation(request, reservation_id: int):
+    reservation = selectors.reservations_with_effective_state(now=timezone.now()).filter(pk=reservation_id).first()
+    if reservation is None:
+        raise NotFound(f"Reservation {reservation_id} does not exist.")
+    require_owner(user=request.user, owner_id=reservation.buyer_id, what=f"Reservation {reservation_id}")
+    return reservation
+
+
+class ReservationDetail(APIView):
+    @extend_schema(responses={200: ReservationOut, **errors(401, 403, 404)})
+    def get(self, request, reservation_id: int):
+        return Response(ReservationOut(_visible_reservation(request, reservation_id)).data)
+
+
+class ReservationConfirm(APIView):
+    @extend_schema(
+        request=ReservationConfirmIn, responses={200: ReservationOut, **errors(400, 401, 403, 404, 410)},
+        parameters=[IDEMPOTENCY_KEY],
+    )  # fmt: skip
+    @idempotent
+    def post(self, request, reservation_id: int):
+        ReservationConfirmIn.validated(request)
+        reservation = services.reservation_confirm(reservation_id=reservation_id, user=request.user, now=timezone.now())
+        return Response(ReservationOut(reservation).data)
+
+
+class ReservationCancel(APIView):
+    @extend_schema(
+        request=ReservationCancelIn, responses={200: ReservationOut, **errors(400, 401, 403, 404)},
+        parameters=[IDEMPOTENCY_KEY],
+    )  # fmt: skip
+    @idempotent
+    def post(self, request, reservation_id: int):
+        data = ReservationCancelIn.validated(request)
+        reservation = services.reservation_cancel(
+            reservation_id=reservation_id, user=request.user, now=timezone.now(), reason=data["reason"]
+        )
+        return Response(ReservationOut(reservation).data)
+
+
+class CarCurrentReservation(APIView):
+    @extend_schema(responses={200: ReservationOut, **errors(401, 403, 404)})
+    def get(self, request, car_id: int):
+        reservation = selectors.car_current_reservation(car_id=car_id, now=timezone.now())
+        if reservation is None:
+            raise NotFound(f"Car {car_id} has no active reservation.")
+        require_owner(user=request.user, owner_id=reservation.buyer_id, what=f"The reservation of car {car_id}")
+        return Response(ReservationOut(reservation).data)
+
+
+class ReservationEvents(AuditTrailView):
+    """The reservation's audit trail, oldest first (its buyer and operators)."""
+
+    def get_subject(self):
+        return _visible_reservation(self.request, self.kwargs["reservation_id"])

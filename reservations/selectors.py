@@ -1,0 +1,41 @@
+"""Reads of cars and reservations that know about time: an overdue hold counts as free (SPEC 2.2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Case, Exists, OuterRef, Q, QuerySet, Value, When
+from django.db.models import CharField as CharFieldType
+
+from booking_site.accounts.models import User
+from reservations.models import Car, Reservation
+
+State = Reservation.State
+
+
+def cars_with_availability(*, now: datetime) -> QuerySet[Car]:
+    """Cars annotated with ``available``: ACTIVE and no active reservation at ``now``."""
+    busy = Reservation.objects.active(now=now).filter(car=OuterRef("pk"))
+    return Car.objects.annotate(available=Q(status=Car.Status.ACTIVE) & ~Exists(busy))
+
+
+def reservations_with_effective_state(*, now: datetime) -> QuerySet[Reservation]:
+    """Reservations annotated with ``effective_state``: an overdue HELD reads as EXPIRED before the
+    expiry job has caught up with it."""
+    return Reservation.objects.annotate(
+        effective_state=Case(
+            When(state=State.HELD, expires_at__lte=now, then=Value(State.EXPIRED)),
+            default="state",
+            output_field=CharFieldType(),
+        )
+    )
+
+
+def reservations_visible_to(user: User, *, now: datetime) -> QuerySet[Reservation]:
+    """A user sees their own reservations; operators see all (SPEC 2.6)."""
+    reservations = reservations_with_effective_state(now=now)
+    return reservations if user.is_staff else reservations.filter(buyer=user)
+
+
+def car_current_reservation(*, car_id: int, now: datetime) -> Reservation | None:
+    return reservations_with_effective_state(now=now).active(now=now).filter(car_id=car_id).first()
