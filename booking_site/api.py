@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import django_filters as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import BasePagination
@@ -110,3 +111,10 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     required=False,
     description="1 to 255 characters. A retry with the same key replays the first response (SPEC 3.4).",
 )
+
+
+class StrictBooleanFilter(filters.TypedChoiceFilter):
+    """A ``true``/``false`` query parameter; anything else is a 400, not silently ignored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, choices=[("true", "true"), ("false", "false")], coerce=lambda v: v == "true", **kwargs)

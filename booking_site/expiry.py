@@ -6,6 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+
 ExpireDue = Callable[..., int]  # expire_due(*, now: datetime) -> number of holds expired
 
 _registry: dict[str, ExpireDue] = {}
@@ -18,3 +22,22 @@ def register(domain: str, expire_due: ExpireDue) -> None:
 def expire_all(*, now: datetime) -> dict[str, int]:
     """Expire every overdue hold in every domain; returns the count per domain."""
     return {domain: expire_due(now=now) for domain, expire_due in sorted(_registry.items())}
+
+
+def expire_in_batches(*, overdue: QuerySet, expire_batch: Callable[[list], None], batch_size: int | None = None) -> int:
+    """The shape of every domain's expiry job: lock up to ``batch_size`` overdue rows with SKIP LOCKED,
+    let ``expire_batch`` flip them (and record their audit events) in the same transaction, repeat.
+
+    SKIP LOCKED makes two runs at once share the rows instead of doing them twice; a row locked by a
+    request in flight is left to that request. Returns how many rows were expired.
+    """
+    batch_size = batch_size or settings.EXPIRY_BATCH_SIZE
+    total = 0
+    while True:
+        with transaction.atomic():
+            batch = list(overdue.select_for_update(skip_locked=True).order_by("pk")[:batch_size])
+            if batch:
+                expire_batch(batch)
+        total += len(batch)
+        if len(batch) < batch_size:
+            return total

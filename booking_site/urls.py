@@ -29,6 +29,8 @@ api = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("booking_site.accounts.api.urls")),
     path("", include("reservations.api.urls")),
+    path("", include("events.api.urls")),
+    path("", include("slots.api.urls")),
 ]
 
 urlpatterns = [

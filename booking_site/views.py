@@ -39,9 +39,11 @@ class Health(APIView):
     throttle_classes: list = []
 
     @extend_schema(
-        responses={200: inline_serializer("Health", {"status": serializers.CharField(),
-                                                     "checks": serializers.DictField()}), **errors(503)},
-    )  # fmt: skip
+        responses={
+            200: inline_serializer("Health", {"status": serializers.CharField(), "checks": serializers.DictField()}),
+            **errors(503),
+        },
+    )
     def get(self, request):
         checks = {"database": _database(), "broker": _broker()}
         if all(value == "ok" for value in checks.values()):

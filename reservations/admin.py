@@ -17,13 +17,20 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
     list_filter = ["status", "dealer_id"]
     search_fields = ["label", "make", "model", "=id"]
     readonly_fields = ["created_at", "updated_at", "current_reservation", "audit_trail"]
-    fields = ["dealer_id", "label", "make", "model", "status", "current_reservation", "created_at", "updated_at",
-              "audit_trail"]  # fmt: skip
+    fields = [
+        "dealer_id",
+        "label",
+        "make",
+        "model",
+        "status",
+        "current_reservation",
+        "created_at",
+        "updated_at",
+        "audit_trail",
+    ]
 
     def get_queryset(self, request):
-        current = (
-            Reservation.objects.active(now=timezone.now()).filter(car=OuterRef("pk")).order_by("-id")
-        )  # fmt: skip
+        current = Reservation.objects.active(now=timezone.now()).filter(car=OuterRef("pk")).order_by("-id")
         return (
             super()
             .get_queryset(request)
@@ -53,8 +60,17 @@ class ReservationAdmin(AuditTrailMixin, admin.ModelAdmin):
     list_select_related = ["car", "buyer"]
     date_hierarchy = "created_at"
     actions = ["cancel", "expire_now"]
-    readonly_fields = ["car", "buyer", "state", "effective_state", "expires_at", "request_id", "created_at",
-                       "updated_at", "audit_trail"]  # fmt: skip
+    readonly_fields = [
+        "car",
+        "buyer",
+        "state",
+        "effective_state",
+        "expires_at",
+        "request_id",
+        "created_at",
+        "updated_at",
+        "audit_trail",
+    ]
 
     def get_queryset(self, request):
         return reservations_with_effective_state(now=timezone.now()).select_related("car", "buyer")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from booking_site.accounts.models import User
 from booking_site.accounts.services import require_owner
 from booking_site.audit import services as audit
 from booking_site.errors import Conflict, HoldExpired, InvalidStateTransition, NotFound
+from booking_site.expiry import expire_in_batches
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 from reservations.models import Car, Reservation
 
@@ -54,14 +54,24 @@ def reservation_hold(
     try:
         with transaction.atomic():  # savepoint: the partial unique constraint is the backstop
             reservation = Reservation.objects.create(
-                car=car, buyer=buyer, state=State.HELD, expires_at=now + timedelta(minutes=hold_minutes),
-                request_id=request_id, created_at=now, updated_at=now,
-            )  # fmt: skip
+                car=car,
+                buyer=buyer,
+                state=State.HELD,
+                expires_at=now + timedelta(minutes=hold_minutes),
+                request_id=request_id,
+                created_at=now,
+                updated_at=now,
+            )
     except IntegrityError:
         CONSTRAINT_BACKSTOPS.labels("reservation_one_active_per_car").inc()
         raise CarUnavailable(car_id=car_id) from None
-    audit.record(subject=reservation, event="CREATED", to_state=State.HELD, actor=buyer,
-                 metadata={"carId": car_id, "expiresAt": reservation.expires_at})  # fmt: skip
+    audit.record(
+        subject=reservation,
+        event="CREATED",
+        to_state=State.HELD,
+        actor=buyer,
+        metadata={"carId": car_id, "expiresAt": reservation.expires_at},
+    )
     count_on_commit(HOLDS_CREATED, "reservations")
     return reservation
 
@@ -112,33 +122,29 @@ def _apply(
     from_state = reservation.state
     reservation.state, reservation.updated_at = to_state, now
     reservation.save(update_fields=["state", "updated_at"])
-    audit.record(subject=reservation, event=to_state, from_state=from_state, to_state=to_state, actor=actor,
-                 metadata=metadata)  # fmt: skip
+    audit.record(
+        subject=reservation, event=to_state, from_state=from_state, to_state=to_state, actor=actor, metadata=metadata
+    )
     if to_state == State.EXPIRED:
         count_on_commit(HOLDS_EXPIRED, "reservations")
     return reservation
 
 
 def reservations_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
-    """Flip every hold overdue at ``now`` to EXPIRED, in batches, one audit event each.
+    """Flip every hold overdue at ``now`` to EXPIRED, one audit event each (the beat job)."""
 
-    Rows are claimed with SKIP LOCKED, so two runs at once share the work instead of doing it twice;
-    a hold locked by a confirm or cancel in flight is left to that request (which expires it itself).
-    """
-    batch_size = batch_size or settings.EXPIRY_BATCH_SIZE
-    total = 0
-    while True:
-        with transaction.atomic():
-            batch = list(
-                Reservation.objects.overdue(now=now).select_for_update(skip_locked=True).order_by("id")[:batch_size]
-            )
-            Reservation.objects.filter(pk__in=[r.pk for r in batch]).update(state=State.EXPIRED, updated_at=now)
-            audit.record_many([
-                audit.event(subject=r, event=State.EXPIRED, from_state=State.HELD, to_state=State.EXPIRED,
-                            actor=EXPIRY_ACTOR)
+    def expire_batch(batch: list[Reservation]) -> None:
+        Reservation.objects.filter(pk__in=[r.pk for r in batch]).update(state=State.EXPIRED, updated_at=now)
+        audit.record_many(
+            [
+                audit.event(
+                    subject=r, event=State.EXPIRED, from_state=State.HELD, to_state=State.EXPIRED, actor=EXPIRY_ACTOR
+                )
                 for r in batch
-            ])  # fmt: skip
-            count_on_commit(HOLDS_EXPIRED, "reservations", amount=len(batch))
-        total += len(batch)
-        if len(batch) < batch_size:
-            return total
+            ]
+        )
+        count_on_commit(HOLDS_EXPIRED, "reservations", amount=len(batch))
+
+    return expire_in_batches(
+        overdue=Reservation.objects.overdue(now=now), expire_batch=expire_batch, batch_size=batch_size
+    )

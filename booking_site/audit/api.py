@@ -21,9 +21,18 @@ class AuditEventOut(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
         fields = [
-            "id", "occurredAt", "actorId", "actor", "subjectType", "subjectId",
-            "eventType", "fromState", "toState", "metadata", "requestId",
-        ]  # fmt: skip
+            "id",
+            "occurredAt",
+            "actorId",
+            "actor",
+            "subjectType",
+            "subjectId",
+            "eventType",
+            "fromState",
+            "toState",
+            "metadata",
+            "requestId",
+        ]
 
 
 class AuditTrailView(ListAPIView):

@@ -1,10 +1,11 @@
 import django_filters as filters
 
+from booking_site.api import StrictBooleanFilter
 from reservations.models import Car, Reservation
 
 
 class CarFilter(filters.FilterSet):
-    available = filters.BooleanFilter(help_text="true: ACTIVE and no active reservation now")
+    available = StrictBooleanFilter(help_text="true: ACTIVE and no active reservation now")
     dealerId = filters.NumberFilter(field_name="dealer_id")
     status = filters.ChoiceFilter(choices=Car.Status.choices)
 

@@ -45,8 +45,13 @@ class CarList(ListAPIView):
     @idempotent
     def post(self, request):
         data = CarIn.validated(request)
-        car = services.car_create(dealer_id=data["dealerId"], label=data["label"], make=data["make"],
-                                  model=data["model"], status=data["status"])  # fmt: skip
+        car = services.car_create(
+            dealer_id=data["dealerId"],
+            label=data["label"],
+            make=data["make"],
+            model=data["model"],
+            status=data["status"],
+        )
         return Response(CarOut(selectors.cars_with_availability(now=timezone.now()).get(pk=car.pk)).data, status=201)
 
 
@@ -69,16 +74,20 @@ class ReservationList(ListAPIView):
         return selectors.reservations_visible_to(self.request.user, now=timezone.now()).order_by("-id")
 
     @extend_schema(
-        request=ReservationCreateIn, responses={201: ReservationOut, **errors(400, 401, 403, 404, 409)},
+        request=ReservationCreateIn,
+        responses={201: ReservationOut, **errors(400, 401, 403, 404, 409)},
         parameters=[IDEMPOTENCY_KEY],
-    )  # fmt: skip
+    )
     @idempotent
     def post(self, request):
         data = ReservationCreateIn.validated(request)
         reservation = services.reservation_hold(
-            car_id=data["carId"], buyer=acting_user(caller=request.user, user_id=data.get("buyerId")),
-            hold_minutes=data["holdDurationMinutes"], now=timezone.now(), request_id=request.idempotency_key or "",
-        )  # fmt: skip
+            car_id=data["carId"],
+            buyer=acting_user(caller=request.user, user_id=data.get("buyerId")),
+            hold_minutes=data["holdDurationMinutes"],
+            now=timezone.now(),
+            request_id=request.idempotency_key or "",
+        )
         return Response(ReservationOut(reservation).data, status=201)
 
 
@@ -98,9 +107,10 @@ class ReservationDetail(APIView):
 
 class ReservationConfirm(APIView):
     @extend_schema(
-        request=ReservationConfirmIn, responses={200: ReservationOut, **errors(400, 401, 403, 404, 410)},
+        request=ReservationConfirmIn,
+        responses={200: ReservationOut, **errors(400, 401, 403, 404, 410)},
         parameters=[IDEMPOTENCY_KEY],
-    )  # fmt: skip
+    )
     @idempotent
     def post(self, request, reservation_id: int):
         ReservationConfirmIn.validated(request)
@@ -110,9 +120,10 @@ class ReservationConfirm(APIView):
 
 class ReservationCancel(APIView):
     @extend_schema(
-        request=ReservationCancelIn, responses={200: ReservationOut, **errors(400, 401, 403, 404)},
+        request=ReservationCancelIn,
+        responses={200: ReservationOut, **errors(400, 401, 403, 404)},
         parameters=[IDEMPOTENCY_KEY],
-    )  # fmt: skip
+    )
     @idempotent
     def post(self, request, reservation_id: int):
         data = ReservationCancelIn.validated(request)

@@ -16,8 +16,9 @@ class UserRegister(APIView):
     @extend_schema(request=UserRegisterIn, responses={201: UserWithTokenOut, **errors(400, 409)})
     def post(self, request):
         data = UserRegisterIn.validated(request)
-        user, _token = user_register(email=data["email"], name=data["name"], roles=data["roles"],
-                                     password=data.get("password"))  # fmt: skip
+        user, _token = user_register(
+            email=data["email"], name=data["name"], roles=data["roles"], password=data.get("password")
+        )
         return Response(UserWithTokenOut(user).data, status=201)
 
 
