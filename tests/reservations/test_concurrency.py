@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
+from booking_site.audit.services import trail
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from reservations import services
 from reservations.models import Car, Reservation
@@ -79,9 +79,7 @@ def test_confirm_cancel_and_expire_racing_on_one_hold_end_in_one_state(overdue):
     run_concurrently(contenders)
 
     reservation.refresh_from_db()
-    events = AuditEvent.objects.filter(subject_type="reservation", subject_id=str(reservation.pk)).exclude(
-        event_type="CREATED"
-    )
+    events = trail(reservation).exclude(event_type="CREATED")
     assert reservation.state in {"CONFIRMED", "CANCELLED", "EXPIRED"}
     assert [(e.from_state, e.to_state) for e in events] == [("HELD", reservation.state)]
     if overdue:
@@ -97,9 +95,4 @@ def test_two_expiry_jobs_at_once_write_one_event_per_hold():
     assert sum(counts) == 60
     assert Reservation.objects.filter(state="EXPIRED").count() == 60
     for reservation in held:
-        assert (
-            AuditEvent.objects.filter(
-                subject_type="reservation", subject_id=str(reservation.pk), event_type="EXPIRED"
-            ).count()
-            == 1
-        )
+        assert trail(reservation).filter(event_type="EXPIRED").count() == 1
