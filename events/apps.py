@@ -4,3 +4,9 @@ from django.apps import AppConfig
 class EventsConfig(AppConfig):
     name = "events"
     verbose_name = "Events and seats"
+
+    def ready(self) -> None:
+        from booking_site import expiry
+        from events.services import events_expire_due
+
+        expiry.register("events", events_expire_due)

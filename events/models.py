@@ -1,0 +1,173 @@
+"""Events, their seats, and the claims on those seats (SPEC 5).
+
+A hold group is one user's all-or-nothing hold on several seats of one event; confirming it makes it a
+booking (``booking_group_id``). Each seat it covers has a ``SeatClaim`` row that mirrors the group's
+state, so one partial unique index (``seat_claim_one_active_per_seat``) can say "no seat in two active
+claims" without a trigger.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+CLAIM_STATES = ["HELD", "CONFIRMED", "RELEASED", "EXPIRED", "CANCELLED"]
+
+
+class Event(models.Model):
+    name = models.CharField(max_length=255)
+    event_date = models.DateTimeField()
+    location = models.CharField(max_length=255)
+    total_seats = models.PositiveIntegerField(help_text="How many seats were generated; fixed after creation")
+    sales_open = models.BooleanField(default=True)
+    hold_minutes = models.PositiveSmallIntegerField(default=5, help_text="How long a seat hold lasts (1–60)")
+    # A counter, kept by the services in the transaction of each confirm / cancel, so that reading the
+    # counts never has to count the booked seats: it costs the same at 0 % and at 100 % sold.
+    confirmed_seats = models.PositiveIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["event_date", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(total_seats__gte=1), name="event_total_seats_positive"),
+            models.CheckConstraint(condition=Q(hold_minutes__gte=1, hold_minutes__lte=60), name="event_hold_minutes_range"),
+            models.CheckConstraint(
+                condition=Q(confirmed_seats__gte=0, confirmed_seats__lte=F("total_seats")),
+                name="event_confirmed_within_total",
+            ),
+        ]
+        indexes = [models.Index(fields=["event_date"], name="event_date_idx")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+
+class Seat(models.Model):
+    """One seat. Plain layouts are one row: section "", row 1, codes S1…Sn."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="seats")
+    code = models.CharField(max_length=50)
+    section = models.CharField(max_length=20, blank=True)
+    row = models.PositiveIntegerField()
+    number = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["event", "section", "row", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["event", "code"], name="seat_code_unique_per_event"),
+            # Also the order "best available" walks in.
+            models.UniqueConstraint(fields=["event", "section", "row", "number"], name="seat_position_unique_per_event"),
+            # The target of the composite foreign key from SeatClaim (migration 0002): a claim's seat is
+            # a seat of the claim's event.
+            models.UniqueConstraint(fields=["id", "event"], name="seat_id_event_unique"),
+            models.CheckConstraint(condition=Q(row__gte=1, number__gte=1), name="seat_position_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class SeatHoldGroupQuerySet(models.QuerySet):
+    def overdue(self, *, now: datetime):
+        return self.filter(state=SeatHoldGroup.State.HELD, expires_at__lte=now)
+
+
+class SeatHoldGroup(models.Model):
+    """Several seats held together by one user: HELD → CONFIRMED → CANCELLED, or HELD → RELEASED /
+    EXPIRED. ``id`` is the API's ``holdGroupId``; ``booking_group_id`` is set on confirm."""
+
+    class State(models.TextChoices):
+        HELD = "HELD", "Held"
+        CONFIRMED = "CONFIRMED", "Confirmed"
+        RELEASED = "RELEASED", "Released"
+        EXPIRED = "EXPIRED", "Expired"
+        CANCELLED = "CANCELLED", "Cancelled"
+
+    BLOCKING_STATES = [State.HELD, State.CONFIRMED]
+    TRANSITIONS = {
+        State.HELD: {State.CONFIRMED, State.RELEASED, State.EXPIRED},
+        State.CONFIRMED: {State.CANCELLED},
+    }
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    booking_group_id = models.UUIDField(null=True, blank=True, unique=True)
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="hold_groups")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="seat_hold_groups")
+    state = models.CharField(max_length=9, choices=State.choices, default=State.HELD)
+    seat_count = models.PositiveSmallIntegerField()
+    expires_at = models.DateTimeField()
+    request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SeatHoldGroupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=CLAIM_STATES), name="seat_hold_group_state_valid"),
+            models.CheckConstraint(
+                condition=Q(seat_count__gte=1, seat_count__lte=50), name="seat_hold_group_seat_count_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(expires_at__gt=F("created_at")), name="seat_hold_group_expires_after_creation"
+            ),
+            # A booking id exactly when the group was confirmed (and maybe cancelled since).
+            models.CheckConstraint(
+                condition=Q(state__in=["CONFIRMED", "CANCELLED"], booking_group_id__isnull=False)
+                | Q(state__in=["HELD", "RELEASED", "EXPIRED"], booking_group_id__isnull=True),
+                name="seat_hold_group_booking_id_iff_confirmed",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], condition=Q(state="HELD"), name="hold_group_held_expiry_idx"),
+            models.Index(fields=["user", "-created_at"], name="seat_hold_group_user_idx"),
+            models.Index(fields=["event", "state"], name="seat_hold_group_event_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Hold group {self.pk} ({self.state})"
+
+    def is_overdue(self, now: datetime) -> bool:
+        return self.state == self.State.HELD and self.expires_at <= now
+
+    def can_become(self, state: str) -> bool:
+        return state in self.TRANSITIONS.get(self.state, set())
+
+
+class SeatClaim(models.Model):
+    """One seat of a hold group; ``state`` and ``expires_at`` mirror the group's."""
+
+    group = models.ForeignKey(SeatHoldGroup, on_delete=models.CASCADE, related_name="claims")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    seat = models.ForeignKey(Seat, on_delete=models.PROTECT, related_name="claims")
+    state = models.CharField(max_length=9, choices=SeatHoldGroup.State.choices, default=SeatHoldGroup.State.HELD)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["seat"], condition=Q(state__in=["HELD", "CONFIRMED"]), name="seat_claim_one_active_per_seat"
+            ),
+            models.UniqueConstraint(fields=["group", "seat"], name="seat_claim_seat_once_per_group"),
+            models.CheckConstraint(condition=Q(state__in=CLAIM_STATES), name="seat_claim_state_valid"),
+        ]
+        indexes = [
+            # The counts: live holds of an event (bounded by recent activity, not by seats sold).
+            models.Index(fields=["event", "expires_at"], condition=Q(state="HELD"), name="seat_claim_held_idx"),
+            # The seat map and best-available: the active claims of an event.
+            models.Index(
+                fields=["event", "seat"], condition=Q(state__in=["HELD", "CONFIRMED"]), name="seat_claim_active_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Claim on seat {self.seat_id} ({self.state})"

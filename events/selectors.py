@@ -1,0 +1,105 @@
+"""Reads of events and seats that know about time: an overdue hold counts as available (SPEC 2.2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import connection
+from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+
+from booking_site.accounts.models import User
+from events.models import Event, Seat, SeatClaim, SeatHoldGroup
+
+State = SeatHoldGroup.State
+
+AVAILABLE, HELD, BOOKED = "AVAILABLE", "HELD", "BOOKED"
+
+
+def events_with_counts(*, now: datetime) -> QuerySet[Event]:
+    """Events annotated with ``held_seats`` and ``available_seats``.
+
+    One statement, so the three counts come from one snapshot and always add up to ``total_seats``.
+    Its cost does not grow as the event fills: booked seats are a counter on the event row, and the
+    held ones are counted on the partial index of live holds (``seat_claim_held_idx``).
+    """
+    held = (
+        SeatClaim.objects.filter(event=OuterRef("pk"), state=State.HELD, expires_at__gt=now)
+        .order_by()
+        .values("event")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return Event.objects.annotate(
+        held_seats=Coalesce(Subquery(held, output_field=IntegerField()), Value(0))
+    ).annotate(available_seats=F("total_seats") - F("confirmed_seats") - F("held_seats"))
+
+
+def event_with_counts(*, event_id: int, now: datetime) -> Event | None:
+    return events_with_counts(now=now).filter(pk=event_id).first()
+
+
+def seat_map(*, event: Event, now: datetime) -> list[dict]:
+    """Every seat of the event in layout order, with its status: AVAILABLE, HELD or BOOKED."""
+    claims = SeatClaim.objects.filter(event=event, state__in=SeatHoldGroup.BLOCKING_STATES).values_list(
+        "seat_id", "state", "expires_at"
+    )
+    status = {
+        seat_id: BOOKED if state == State.CONFIRMED else HELD
+        for seat_id, state, expires_at in claims
+        if state == State.CONFIRMED or expires_at > now
+    }
+    seats = Seat.objects.filter(event=event).order_by("section", "row", "number")
+    return [
+        {"id": pk, "code": code, "section": section, "row": row, "number": number, "status": status.get(pk, AVAILABLE)}
+        for pk, code, section, row, number in seats.values_list("pk", "code", "section", "row", "number")
+    ]
+
+
+def best_available_seat_ids(*, event_id: int, quantity: int, now: datetime) -> list[int]:
+    """``quantity`` free seats: the first run of that many adjacent seats in one row (front sections and
+    rows first); when no row has such a run, the first free seats in layout order. Fewer when fewer are
+    free. Reads without locking: the caller locks and checks what it got."""
+    seat, claim = Seat._meta.db_table, SeatClaim._meta.db_table
+    free = f"""
+        SELECT s.id, s.section, s.row, s.number,
+               s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
+        FROM {seat} s
+        WHERE s.event_id = %(event)s AND NOT EXISTS (
+            SELECT 1 FROM {claim} c
+            WHERE c.seat_id = s.id AND c.state IN ('HELD', 'CONFIRMED')
+              AND (c.state = 'CONFIRMED' OR c.expires_at > %(now)s))
+    """
+    params = {"event": event_id, "now": now, "quantity": quantity}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH free AS ({free}),
+            block AS (
+                SELECT section, row, run FROM free GROUP BY section, row, run
+                HAVING COUNT(*) >= %(quantity)s ORDER BY section, row, MIN(number) LIMIT 1)
+            SELECT f.id FROM free f JOIN block b USING (section, row, run) ORDER BY f.number LIMIT %(quantity)s
+            """,
+            params,
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        if len(ids) == quantity:
+            return ids
+        cursor.execute(f"{free} ORDER BY s.section, s.row, s.number LIMIT %(quantity)s", params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def hold_groups_visible_to(user: User) -> QuerySet[SeatHoldGroup]:
+    groups = SeatHoldGroup.objects.select_related("event", "user")
+    return groups if user.is_staff else groups.filter(user=user)
+
+
+def group_seat_codes(group: SeatHoldGroup) -> list[str]:
+    return list(
+        Seat.objects.filter(claims__group=group).order_by("section", "row", "number").values_list("code", flat=True)
+    )
+
+
+def effective_state(group: SeatHoldGroup, now: datetime) -> str:
+    """An overdue HELD reads as EXPIRED before the expiry job has caught up with it."""
+    return State.EXPIRED if group.is_overdue(now) else group.state
