@@ -1,0 +1,146 @@
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.postgres.constraints import ExclusionConstraint
+from django.contrib.postgres.fields import RangeOperators
+from django.db import models
+from django.db.models import F, Func, Q, Value
+
+
+class Int8Range(Func):
+    """``int8range(a, b, bounds)``: a one-value range stands in for ``host_id =`` in a GiST exclusion
+    constraint, which needs no btree_gist extension (the embedded PostgreSQL has no contrib)."""
+
+    function, output_field = "INT8RANGE", models.BigIntegerField()
+
+
+class TsTzRange(Func):
+    function, output_field = "TSTZRANGE", models.DateTimeField()
+
+
+class Slot(models.Model):
+    """A time slot a host publishes; guests book seats in it up to ``capacity``.
+
+    ``booked`` is the number of seats claimed by PENDING and CONFIRMED bookings, kept by the services
+    with ``F()`` updates under the slot's row lock, and held within ``0 … capacity`` by a check
+    constraint. An overdue PENDING hold stays counted until it is flipped to EXPIRED (by the next claim
+    on the slot or by the expiry job); reads treat it as free already (see selectors).
+    """
+
+    class Status(models.TextChoices):
+        AVAILABLE = "AVAILABLE", "Available"
+        CANCELLED = "CANCELLED", "Cancelled"
+
+    host = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slots")
+    title = models.CharField(max_length=200, blank=True)
+    specialization = models.CharField(max_length=100, blank=True, help_text='Free text, e.g. "cardiology"')
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    capacity = models.PositiveIntegerField(default=1)
+    booked = models.PositiveIntegerField(default=0, help_text="Seats claimed by PENDING and CONFIRMED bookings")
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.AVAILABLE)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["start", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(end__gt=F("start")), name="slot_ends_after_start"),
+            models.CheckConstraint(condition=Q(capacity__gte=1), name="slot_capacity_positive"),
+            models.CheckConstraint(
+                condition=Q(booked__gte=0, booked__lte=F("capacity")), name="slot_booked_within_capacity"
+            ),
+            models.CheckConstraint(condition=Q(status__in=["AVAILABLE", "CANCELLED"]), name="slot_status_valid"),
+            ExclusionConstraint(
+                name="slot_no_overlap_per_host",
+                index_type="GIST",
+                expressions=[
+                    (Int8Range(F("host_id"), F("host_id"), Value("[]")), RangeOperators.OVERLAPS),
+                    (TsTzRange(F("start"), F("end"), Value("[)")), RangeOperators.OVERLAPS),
+                ],
+                condition=Q(status="AVAILABLE"),
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["start"], condition=Q(status="AVAILABLE"), name="slot_available_start_idx"),
+            models.Index(fields=["host", "start"], name="slot_host_start_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Slot #{self.pk} {self.title or self.specialization or ''} {self.start:%Y-%m-%d %H:%M}".strip()
+
+
+class SlotBookingQuerySet(models.QuerySet):
+    def claiming(self):
+        """PENDING or CONFIRMED rows: what ``Slot.booked`` counts, overdue holds included."""
+        return self.filter(status__in=SlotBooking.CLAIMING_STATES)
+
+    def active(self, *, now: datetime):
+        """Bookings that hold a seat right now: CONFIRMED, or PENDING and not yet overdue (SPEC 2.2)."""
+        return self.filter(
+            Q(status=SlotBooking.Status.CONFIRMED) | Q(status=SlotBooking.Status.PENDING, expires_at__gt=now)
+        )
+
+    def overdue(self, *, now: datetime):
+        return self.filter(status=SlotBooking.Status.PENDING, expires_at__lte=now)
+
+
+class SlotBooking(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        CONFIRMED = "CONFIRMED", "Confirmed"
+        CANCELLED = "CANCELLED", "Cancelled"
+        EXPIRED = "EXPIRED", "Expired"
+
+    CLAIMING_STATES = [Status.PENDING, Status.CONFIRMED]
+    TRANSITIONS = {
+        Status.PENDING: {Status.CONFIRMED, Status.CANCELLED, Status.EXPIRED},
+        Status.CONFIRMED: {Status.CANCELLED},
+    }
+
+    slot = models.ForeignKey(Slot, on_delete=models.PROTECT, related_name="bookings")
+    guest = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slot_bookings")
+    seats = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.CONFIRMED)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="When a PENDING hold lapses")
+    reason = models.CharField(max_length=500, blank=True, help_text="Why it was cancelled")
+    metadata = models.JSONField(default=dict, blank=True)
+    rescheduled_from = models.OneToOneField(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="rescheduled_as"
+    )
+    request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    objects = SlotBookingQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["PENDING", "CONFIRMED", "CANCELLED", "EXPIRED"]),
+                name="slotbooking_status_valid",
+            ),
+            models.CheckConstraint(condition=Q(seats__gte=1), name="slotbooking_seats_positive"),
+            models.CheckConstraint(
+                condition=~Q(status="PENDING") | Q(expires_at__isnull=False), name="slotbooking_pending_expires"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], condition=Q(status="PENDING"), name="slotbooking_pending_expiry_idx"),
+            models.Index(fields=["guest", "status"], name="slotbooking_guest_status_idx"),
+            models.Index(fields=["slot", "status"], name="slotbooking_slot_status_idx"),
+            models.Index(fields=["created_at"], name="slotbooking_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Booking #{self.pk} ({self.status})"
+
+    def is_overdue(self, now: datetime) -> bool:
+        return self.status == self.Status.PENDING and self.expires_at <= now
+
+    def is_active(self, now: datetime) -> bool:
+        return self.status == self.Status.CONFIRMED or (self.status == self.Status.PENDING and not self.is_overdue(now))
+
+    def can_become(self, status: str) -> bool:
+        return status in self.TRANSITIONS.get(self.status, set())
