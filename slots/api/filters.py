@@ -1,0 +1,63 @@
+from datetime import datetime, time, timedelta
+
+import django_filters as filters
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from booking_site.api import StrictBooleanFilter
+from booking_site.errors import ValidationFailed
+from slots.models import Slot, SlotBooking
+
+
+def _parse_moment(name: str, raw: str) -> tuple[datetime, bool]:
+    """An ISO date (a day in the operator's time zone) or datetime; returns (moment, is_whole_day)."""
+    try:
+        day = parse_date(raw)
+        moment = None if day else parse_datetime(raw)
+    except ValueError:
+        day = moment = None
+    if day is not None:
+        return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone()), True
+    if moment is None:
+        raise ValidationFailed.for_field(name, "Expected an ISO 8601 date or date-time.")
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment)
+    return moment, False
+
+
+class SlotFilter(filters.FilterSet):
+    hostId = filters.NumberFilter(field_name="host_id", min_value=1, max_value=2**63 - 1)
+    specialization = filters.CharFilter(lookup_expr="iexact")
+    startDate = filters.CharFilter(method="filter_start_date", help_text="Slots starting at or after (date or time)")
+    endDate = filters.CharFilter(
+        method="filter_end_date", help_text="Slots starting at or before (a date includes the whole day)"
+    )
+    available = StrictBooleanFilter(method="filter_available", help_text="true: at least one seat free now")
+
+    class Meta:
+        model = Slot
+        fields: list[str] = []
+
+    def filter_start_date(self, queryset, name, value):
+        moment, _ = _parse_moment(name, value)
+        return queryset.filter(start__gte=moment)
+
+    def filter_end_date(self, queryset, name, value):
+        moment, whole_day = _parse_moment(name, value)
+        if whole_day:
+            return queryset.filter(start__lt=moment + timedelta(days=1))
+        return queryset.filter(start__lte=moment)
+
+    def filter_available(self, queryset, name, value):
+        return queryset.filter(remaining_capacity__gt=0) if value else queryset.filter(remaining_capacity__lte=0)
+
+
+class BookingFilter(filters.FilterSet):
+    status = filters.ChoiceFilter(
+        choices=SlotBooking.Status.choices, field_name="effective_status", help_text="An overdue PENDING is EXPIRED"
+    )
+    slotId = filters.NumberFilter(field_name="slot_id", min_value=1, max_value=2**63 - 1)
+
+    class Meta:
+        model = SlotBooking
+        fields: list[str] = []

@@ -1,0 +1,150 @@
+import json
+
+from rest_framework import serializers
+
+from booking_site.api import StrictSerializer
+from slots.models import Slot, SlotBooking
+
+BIGINT = 2**63 - 1
+
+
+class SlotIn(StrictSerializer):
+    startTime = serializers.DateTimeField(help_text="ISO 8601 with offset; stored as UTC")
+    endTime = serializers.DateTimeField()
+    capacity = serializers.IntegerField(min_value=1, max_value=10_000, required=False, default=1)
+    title = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
+    specialization = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
+    hostId = serializers.IntegerField(
+        min_value=1, max_value=BIGINT, required=False, help_text="Operators only: the host the slot is for"
+    )
+
+    def validate(self, data):
+        if data["endTime"] <= data["startTime"]:
+            raise serializers.ValidationError({"endTime": ["Must be after startTime."]})
+        return data
+
+
+class SlotOut(serializers.ModelSerializer):
+    hostId = serializers.IntegerField(source="host_id")
+    hostName = serializers.SerializerMethodField()
+    startTime = serializers.DateTimeField(source="start")
+    endTime = serializers.DateTimeField(source="end")
+    remainingCapacity = serializers.IntegerField(
+        source="remaining_capacity", help_text="Seats free now; overdue PENDING holds count as free"
+    )
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    class Meta:
+        model = Slot
+        fields = [
+            "id",
+            "hostId",
+            "hostName",
+            "title",
+            "specialization",
+            "startTime",
+            "endTime",
+            "capacity",
+            "remainingCapacity",
+            "status",
+            "createdAt",
+            "updatedAt",
+        ]
+
+    def get_hostName(self, slot) -> str:
+        return slot.host.name or slot.host.email
+
+
+class BookingIn(StrictSerializer):
+    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
+    seats = serializers.IntegerField(min_value=1, max_value=10_000, required=False, default=1)
+    hold = serializers.BooleanField(
+        required=False, default=False, help_text="true: a PENDING hold with an expiry, to confirm later"
+    )
+    metadata = serializers.DictField(required=False, default=dict, help_text="e.g. title and location")
+    userId = serializers.IntegerField(
+        min_value=1, max_value=BIGINT, required=False, help_text="Must be the caller unless the caller is staff"
+    )
+
+    def validate_metadata(self, value):
+        if len(json.dumps(value)) > 4096:
+            raise serializers.ValidationError("At most 4096 characters of JSON.")
+        return value
+
+
+class BookingConfirmIn(StrictSerializer):
+    pass
+
+
+class BookingCancelIn(StrictSerializer):
+    reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+
+
+class BookingRescheduleIn(StrictSerializer):
+    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
+
+
+class BookingOut(serializers.ModelSerializer):
+    slotId = serializers.IntegerField(source="slot_id")
+    userId = serializers.IntegerField(source="guest_id")
+    hostId = serializers.IntegerField(source="slot.host_id")
+    status = serializers.SerializerMethodField(help_text="An overdue PENDING reads as EXPIRED")
+    startTime = serializers.DateTimeField(source="slot.start")
+    endTime = serializers.DateTimeField(source="slot.end")
+    expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
+    rescheduledFromId = serializers.IntegerField(source="rescheduled_from_id", allow_null=True)
+    requestId = serializers.SerializerMethodField()
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    class Meta:
+        model = SlotBooking
+        fields = [
+            "id",
+            "slotId",
+            "userId",
+            "hostId",
+            "seats",
+            "status",
+            "startTime",
+            "endTime",
+            "expiresAt",
+            "reason",
+            "metadata",
+            "rescheduledFromId",
+            "requestId",
+            "createdAt",
+            "updatedAt",
+        ]
+
+    def get_status(self, booking) -> str:
+        return getattr(booking, "effective_status", booking.status)
+
+    def get_requestId(self, booking) -> str | None:
+        return booking.request_id or None
+
+
+class AnalyticsQuery(serializers.Serializer):
+    start_date = serializers.DateField()
+    end_date = serializers.DateField()
+
+    MAX_DAYS = 731
+
+    def validate(self, data):
+        if data["end_date"] < data["start_date"]:
+            raise serializers.ValidationError({"end_date": ["Must not be before start_date."]})
+        if (data["end_date"] - data["start_date"]).days >= self.MAX_DAYS:
+            raise serializers.ValidationError({"end_date": [f"The range may span at most {self.MAX_DAYS} days."]})
+        return data
+
+
+class AnalyticsOut(serializers.Serializer):
+    totalBookings = serializers.IntegerField(source="total_bookings")
+    cancellationRate = serializers.FloatField(source="cancellation_rate", help_text="Percent, 0 to 100")
+    bookingsPerDay = serializers.ListField(source="bookings_per_day", child=serializers.DictField())
+    topHosts = serializers.ListField(source="top_hosts", child=serializers.DictField())
+
+
+class ExpireOut(serializers.Serializer):
+    expired = serializers.IntegerField()

@@ -1,0 +1,231 @@
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from booking_site.accounts.services import acting_user
+from booking_site.api import IDEMPOTENCY_KEY, errors
+from booking_site.audit.api import AuditTrailView
+from booking_site.errors import NotFound, NotOwner, ValidationFailed
+from booking_site.expiry import expire_all
+from booking_site.idempotency import idempotent
+from slots import selectors, services
+from slots.api.filters import BookingFilter, SlotFilter
+from slots.api.serializers import (
+    AnalyticsOut,
+    AnalyticsQuery,
+    BookingCancelIn,
+    BookingConfirmIn,
+    BookingIn,
+    BookingOut,
+    BookingRescheduleIn,
+    ExpireOut,
+    SlotIn,
+    SlotOut,
+)
+
+
+def _slot_out(slot_id: int) -> dict:
+    return SlotOut(selectors.slots_with_remaining(now=timezone.now()).get(pk=slot_id)).data
+
+
+class SlotList(ListAPIView):
+    """Future AVAILABLE slots with ``remainingCapacity``, soonest first. Hosts publish a slot here."""
+
+    serializer_class = SlotOut
+    filterset_class = SlotFilter
+
+    def get_queryset(self):
+        return selectors.slots_listed(now=timezone.now())
+
+    @extend_schema(request=SlotIn, responses={201: SlotOut, **errors(400, 401, 403, 409)}, parameters=[IDEMPOTENCY_KEY])
+    @idempotent
+    def post(self, request):
+        data = SlotIn.validated(request)
+        host_id = data.get("hostId")
+        if host_id is None or host_id == request.user.pk:
+            host = request.user
+            if not host.is_host:
+                raise services.NotAHost()
+        else:
+            host = acting_user(caller=request.user, user_id=host_id)
+            if not host.is_host:
+                raise ValidationFailed.for_field("hostId", f"User {host_id} is not a host.")
+        slot = services.slot_create(
+            host=host,
+            start=data["startTime"],
+            end=data["endTime"],
+            capacity=data["capacity"],
+            title=data["title"],
+            specialization=data["specialization"],
+            actor=request.user,
+            now=timezone.now(),
+        )
+        return Response(_slot_out(slot.pk), status=201)
+
+
+class HostSlotList(ListAPIView):
+    """The caller's own slots (any status, past ones included), in time order. Hosts only."""
+
+    serializer_class = SlotOut
+
+    def get_queryset(self):
+        if not self.request.user.is_host:
+            raise services.NotAHost("Only hosts have slots.")
+        return selectors.slots_of_host(self.request.user, now=timezone.now())
+
+
+class SlotDetail(APIView):
+    @extend_schema(responses={200: SlotOut, **errors(401, 404)})
+    def get(self, request, slot_id: int):
+        slot = selectors.slots_with_remaining(now=timezone.now()).filter(pk=slot_id).first()
+        if slot is None:
+            raise NotFound(f"Slot {slot_id} does not exist.")
+        return Response(SlotOut(slot).data)
+
+    @extend_schema(responses={200: SlotOut, **errors(400, 401, 403, 404, 409)}, parameters=[IDEMPOTENCY_KEY])
+    @idempotent
+    def delete(self, request, slot_id: int):
+        """Withdraw a slot nobody holds a seat in (its host or an operator); it becomes CANCELLED."""
+        slot = services.slot_cancel(slot_id=slot_id, user=request.user, now=timezone.now())
+        return Response(_slot_out(slot.pk))
+
+
+class BookingList(ListAPIView):
+    """The caller's bookings (operators: everyone's), newest first. Booking a slot is a POST here."""
+
+    serializer_class = BookingOut
+    filterset_class = BookingFilter
+
+    def get_queryset(self):
+        return selectors.slot_bookings_visible_to(self.request.user, now=timezone.now()).order_by("-id")
+
+    @extend_schema(
+        request=BookingIn, responses={201: BookingOut, **errors(400, 401, 403, 404, 409)}, parameters=[IDEMPOTENCY_KEY]
+    )
+    @idempotent
+    def post(self, request):
+        data = BookingIn.validated(request)
+        booking = services.slot_booking_create(
+            slot_id=data["slotId"],
+            guest=acting_user(caller=request.user, user_id=data.get("userId")),
+            seats=data["seats"],
+            hold=data["hold"],
+            metadata=data["metadata"],
+            request_id=request.idempotency_key or "",
+            actor=request.user,
+            now=timezone.now(),
+        )
+        return Response(BookingOut(booking).data, status=201)
+
+
+def _visible_booking(request, booking_id: int):
+    """The guest, the slot's host and operators see a booking."""
+    booking = selectors.slot_bookings_with_effective_status(now=timezone.now()).filter(pk=booking_id).first()
+    if booking is None:
+        raise NotFound(f"Booking {booking_id} does not exist.")
+    if request.user.pk not in (booking.guest_id, booking.slot.host_id) and not request.user.is_staff:
+        raise NotOwner(f"Booking {booking_id} belongs to another user.")
+    return booking
+
+
+def _cancel(request, booking_id: int) -> Response:
+    data = BookingCancelIn.validated(request)
+    booking = services.slot_booking_cancel(
+        booking_id=booking_id, user=request.user, now=timezone.now(), reason=data["reason"]
+    )
+    return Response(BookingOut(booking).data)
+
+
+class BookingDetail(APIView):
+    @extend_schema(responses={200: BookingOut, **errors(401, 403, 404)})
+    def get(self, request, booking_id: int):
+        return Response(BookingOut(_visible_booking(request, booking_id)).data)
+
+    @extend_schema(
+        request=BookingCancelIn, responses={200: BookingOut, **errors(400, 401, 403, 404)}, parameters=[IDEMPOTENCY_KEY]
+    )
+    @idempotent
+    def delete(self, request, booking_id: int):
+        """Cancel the booking (the same as ``POST …/cancel``)."""
+        return _cancel(request, booking_id)
+
+
+class BookingCancel(APIView):
+    @extend_schema(
+        request=BookingCancelIn, responses={200: BookingOut, **errors(400, 401, 403, 404)}, parameters=[IDEMPOTENCY_KEY]
+    )
+    @idempotent
+    def post(self, request, booking_id: int):
+        return _cancel(request, booking_id)
+
+
+class BookingConfirm(APIView):
+    @extend_schema(
+        request=BookingConfirmIn,
+        responses={200: BookingOut, **errors(400, 401, 403, 404, 410)},
+        parameters=[IDEMPOTENCY_KEY],
+    )
+    @idempotent
+    def post(self, request, booking_id: int):
+        BookingConfirmIn.validated(request)
+        booking = services.slot_booking_confirm(booking_id=booking_id, user=request.user, now=timezone.now())
+        return Response(BookingOut(booking).data)
+
+
+class BookingReschedule(APIView):
+    @extend_schema(
+        request=BookingRescheduleIn,
+        responses={200: BookingOut, **errors(400, 401, 403, 404, 409, 410)},
+        parameters=[IDEMPOTENCY_KEY],
+    )
+    @idempotent
+    def post(self, request, booking_id: int):
+        """Move the booking to another slot in one transaction; answers with the booking on the new slot."""
+        data = BookingRescheduleIn.validated(request)
+        booking = services.slot_booking_reschedule(
+            booking_id=booking_id, slot_id=data["slotId"], user=request.user, now=timezone.now()
+        )
+        return Response(BookingOut(booking).data)
+
+
+class BookingEvents(AuditTrailView):
+    """The booking's audit trail, oldest first (its guest, the slot's host and operators)."""
+
+    def get_subject(self):
+        return _visible_booking(self.request, self.kwargs["booking_id"])
+
+
+class AdminAnalytics(APIView):
+    """Booking statistics over a date range (days in the operator's time zone). Operators only."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("start_date", str, required=True, description="YYYY-MM-DD, inclusive"),
+            OpenApiParameter("end_date", str, required=True, description="YYYY-MM-DD, inclusive"),
+        ],
+        responses={200: AnalyticsOut, **errors(400, 401, 403)},
+    )
+    def get(self, request):
+        query = AnalyticsQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        analytics = selectors.booking_analytics(
+            start_date=query.validated_data["start_date"], end_date=query.validated_data["end_date"]
+        )
+        return Response(AnalyticsOut(analytics).data)
+
+
+class AdminExpirePending(APIView):
+    """Run every domain's hold expiry now (what the beat job does every few seconds). Operators only."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(request=None, responses={200: ExpireOut, **errors(401, 403)}, parameters=[IDEMPOTENCY_KEY])
+    @idempotent
+    def post(self, request):
+        expired = expire_all(now=timezone.now())
+        return Response({"expired": sum(expired.values())})
