@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 DATABASE_NAME = "booking_site"
 
@@ -62,3 +63,8 @@ def broker(var_dir: Path) -> tuple[str, dict]:
         "control_folder": str(folder / "control"),
         "store_processed": False,
     }
+
+
+def database_url(database: dict) -> str:
+    """DATABASES["default"] as a DATABASE_URL, so child processes reuse a server instead of attaching."""
+    return f"postgres://{database['USER']}@{quote(database['HOST'], safe='')}:{database['PORT']}/{database['NAME']}"

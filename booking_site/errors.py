@@ -18,6 +18,8 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from booking_site.metrics import CONFLICTS
+
 logger = logging.getLogger(__name__)
 
 
@@ -176,6 +178,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     error = to_domain_error(exc)
     if error is None:
         return drf_exception_handler(exc, context)  # None: DRF re-raises, Django logs a 500
+    if error.status == 409:
+        CONFLICTS.labels(error.code).inc()
     response = Response(envelope(error.code, error.message, error.details), status=error.status)
     for name, value in error.headers.items():
         response[name] = value

@@ -5,6 +5,7 @@ embedded defaults of ``booking_site.embedded`` (SPEC 8).
 """
 
 from pathlib import Path
+from urllib.parse import unquote
 
 import environ
 
@@ -78,7 +79,11 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------------
 # A lock wait longer than DB_LOCK_TIMEOUT_MS answers 503 `busy` instead of queueing forever.
 DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
-_database = env.db("DATABASE_URL") if env("DATABASE_URL", default="") else embedded.database(VAR_DIR)
+if env("DATABASE_URL", default=""):
+    _database = env.db("DATABASE_URL")
+    _database["HOST"] = unquote(_database["HOST"])  # a socket directory may be given %-encoded
+else:
+    _database = embedded.database(VAR_DIR)
 _database["ENGINE"] = "django_prometheus.db.backends.postgresql"
 _database["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
 _database["CONN_HEALTH_CHECKS"] = True

@@ -1,7 +1,8 @@
 from django.contrib import admin
-from django.urls import include, path, register_converter
+from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from booking_site.errors import page_not_found
 from booking_site.views import ApiRoot, Health
 
 
@@ -31,6 +32,7 @@ api = [
     path("", include("reservations.api.urls")),
     path("", include("events.api.urls")),
     path("", include("slots.api.urls")),
+    re_path(r"^.*$", page_not_found),  # an unknown /api/ path answers in the envelope, DEBUG or not
 ]
 
 urlpatterns = [

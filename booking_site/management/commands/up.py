@@ -1,0 +1,64 @@
+import os
+import sys
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+from honcho.manager import Manager
+
+from booking_site import embedded
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole system on this machine: apply migrations, load the demo data once, then start the "
+        "web server, a Celery worker and Celery beat together, with their output interleaved. Ctrl-C "
+        "stops all of them (and the embedded PostgreSQL, when that is what runs). Uses DATABASE_URL and "
+        "CELERY_BROKER_URL when set, the embedded defaults otherwise."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1", help="address the web server listens on")
+        parser.add_argument("--port", type=int, default=8000, help="port the web server listens on")
+        parser.add_argument("--no-demo", action="store_true", help="do not load the demo data set")
+
+    def handle(self, *args, host, port, no_demo, **options):
+        call_command("migrate", interactive=False, verbosity=1)
+        if not no_demo:
+            call_command("seed_demo")
+        base = f"http://{host}:{port}"
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nbooking_site is starting:\n"
+                f"  admin     {base}/admin/\n"
+                f"  API       {base}/api/\n"
+                f"  API docs  {base}/api/docs/\n"
+                f"  database  {settings.DATABASES['default']['HOST'] or 'localhost'}"
+                f"/{settings.DATABASES['default']['NAME']}\n"
+                f"  broker    {settings.CELERY_BROKER_URL}\n"
+                f"Try: curl -X POST {base}/api/reservations -H 'Authorization: Token <token>' "
+                f"-H 'Content-Type: application/json' -d '{{\"carId\": 1}}'\n"
+                f"Ctrl-C stops everything.\n"
+            )
+        )
+        env = {**os.environ, "DEBUG": os.environ.get("DEBUG", "True"), "PYTHONUNBUFFERED": "1"}
+        if not os.environ.get("DATABASE_URL"):
+            # This process owns the embedded server (and stops it on exit); the children just connect.
+            env["DATABASE_URL"] = embedded.database_url(settings.DATABASES["default"])
+        python, manage = sys.executable, os.path.join(settings.BASE_DIR, "manage.py")
+        manager = Manager()
+        manager.add_process("web", f"{python} {manage} runserver {host}:{port}", env=env, cwd=settings.BASE_DIR)
+        manager.add_process(
+            "worker",
+            f"{python} -m celery -A booking_site worker --loglevel INFO --pool threads --concurrency 2",
+            env=env,
+            cwd=settings.BASE_DIR,
+        )
+        manager.add_process(
+            "beat",
+            f"{python} -m celery -A booking_site beat --loglevel INFO --pidfile=",
+            env=env,
+            cwd=settings.BASE_DIR,
+        )
+        manager.loop()
+        sys.exit(manager.returncode)
