@@ -24,7 +24,7 @@ class Event(models.Model):
     location = models.CharField(max_length=255)
     total_seats = models.PositiveIntegerField(help_text="How many seats were generated; fixed after creation")
     sales_open = models.BooleanField(default=True)
-    hold_minutes = models.PositiveSmallIntegerField(default=5, help_text="How long a seat hold lasts (1–60)")
+    hold_minutes = models.PositiveSmallIntegerField(default=5, help_text="How long a seat hold lasts (1-60)")
     # A counter, kept by the services in the transaction of each confirm / cancel, so that reading the
     # counts never has to count the booked seats: it costs the same at 0 % and at 100 % sold.
     confirmed_seats = models.PositiveIntegerField(default=0, editable=False)
@@ -35,7 +35,9 @@ class Event(models.Model):
         ordering = ["event_date", "id"]
         constraints = [
             models.CheckConstraint(condition=Q(total_seats__gte=1), name="event_total_seats_positive"),
-            models.CheckConstraint(condition=Q(hold_minutes__gte=1, hold_minutes__lte=60), name="event_hold_minutes_range"),
+            models.CheckConstraint(
+                condition=Q(hold_minutes__gte=1, hold_minutes__lte=60), name="event_hold_minutes_range"
+            ),
             models.CheckConstraint(
                 condition=Q(confirmed_seats__gte=0, confirmed_seats__lte=F("total_seats")),
                 name="event_confirmed_within_total",
@@ -61,7 +63,9 @@ class Seat(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["event", "code"], name="seat_code_unique_per_event"),
             # Also the order "best available" walks in.
-            models.UniqueConstraint(fields=["event", "section", "row", "number"], name="seat_position_unique_per_event"),
+            models.UniqueConstraint(
+                fields=["event", "section", "row", "number"], name="seat_position_unique_per_event"
+            ),
             # The target of the composite foreign key from SeatClaim (migration 0002): a claim's seat is
             # a seat of the claim's event.
             models.UniqueConstraint(fields=["id", "event"], name="seat_id_event_unique"),

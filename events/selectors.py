@@ -30,9 +30,9 @@ def events_with_counts(*, now: datetime) -> QuerySet[Event]:
         .annotate(n=Count("*"))
         .values("n")
     )
-    return Event.objects.annotate(
-        held_seats=Coalesce(Subquery(held, output_field=IntegerField()), Value(0))
-    ).annotate(available_seats=F("total_seats") - F("confirmed_seats") - F("held_seats"))
+    return Event.objects.annotate(held_seats=Coalesce(Subquery(held, output_field=IntegerField()), Value(0))).annotate(
+        available_seats=F("total_seats") - F("confirmed_seats") - F("held_seats")
+    )
 
 
 def event_with_counts(*, event_id: int, now: datetime) -> Event | None:

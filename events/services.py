@@ -62,7 +62,7 @@ def hold_subject(group: SeatHoldGroup) -> audit.Subject:
 
 @dataclass(frozen=True)
 class SeatLayout:
-    """Sections × rows × seats per row, giving codes like ``A-3-12``."""
+    """Sections x rows x seats per row, giving codes like ``A-3-12``."""
 
     sections: tuple[str, ...]
     rows: int
@@ -77,7 +77,7 @@ class SeatLayout:
             raise ValidationFailed.for_field("layout", "Sections must be given, each once.")
         bad = [s for s in self.sections if not SECTION_NAME.match(s)]
         if bad:
-            raise ValidationFailed.for_field("layout", f"Section names are 1–20 letters or digits: {bad}.")
+            raise ValidationFailed.for_field("layout", f"Section names are 1-20 letters or digits: {bad}.")
         if self.rows < 1 or self.seats_per_row < 1:
             raise ValidationFailed.for_field("layout", "Rows and seats per row must be at least 1.")
 
@@ -261,9 +261,7 @@ def _claim(event: Event, seats: list[Seat], *, now: datetime) -> None:
     )
     if taken:
         codes = [s.code for s in seats if s.pk in taken]
-        raise SeatsUnavailable(
-            f"Seats {', '.join(codes)} of event {event.pk} are taken.", details={"seatCodes": codes}
-        )
+        raise SeatsUnavailable(f"Seats {', '.join(codes)} of event {event.pk} are taken.", details={"seatCodes": codes})
 
 
 def _create_group(event: Event, seats: list[Seat], *, user: User, now: datetime, request_id: str) -> SeatHoldGroup:

@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
                 ('location', models.CharField(max_length=255)),
                 ('total_seats', models.PositiveIntegerField(help_text='How many seats were generated; fixed after creation')),
                 ('sales_open', models.BooleanField(default=True)),
-                ('hold_minutes', models.PositiveSmallIntegerField(default=5, help_text='How long a seat hold lasts (1–60)')),
+                ('hold_minutes', models.PositiveSmallIntegerField(default=5, help_text='How long a seat hold lasts (1-60)')),
                 ('confirmed_seats', models.PositiveIntegerField(default=0, editable=False)),
                 ('created_at', models.DateTimeField()),
                 ('updated_at', models.DateTimeField()),

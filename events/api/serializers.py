@@ -1,0 +1,130 @@
+from rest_framework import serializers
+
+from booking_site.api import StrictSerializer
+from events.services import MAX_SEATS_PER_EVENT, MAX_SEATS_PER_HOLD
+
+USER_ID = {"min_value": 1, "max_value": 2**63 - 1}
+
+
+class SeatLayoutIn(StrictSerializer):
+    sections = serializers.ListField(
+        child=serializers.RegexField(r"^[A-Za-z0-9]{1,20}$", max_length=20), min_length=1, max_length=100
+    )
+    rows = serializers.IntegerField(min_value=1, max_value=1000)
+    seatsPerRow = serializers.IntegerField(min_value=1, max_value=1000)
+
+
+class EventCreateIn(StrictSerializer):
+    name = serializers.CharField(max_length=255)
+    date = serializers.DateTimeField()
+    location = serializers.CharField(max_length=255)
+    totalSeats = serializers.IntegerField(min_value=1, max_value=MAX_SEATS_PER_EVENT, required=False)
+    layout = SeatLayoutIn(required=False, help_text="Sections x rows x seats per row; codes like A-3-12")
+    holdMinutes = serializers.IntegerField(min_value=1, max_value=60, required=False, default=5)
+    salesOpen = serializers.BooleanField(required=False, default=True)
+
+    def validate(self, data):
+        if "totalSeats" not in data and "layout" not in data:
+            raise serializers.ValidationError({"totalSeats": ["Give totalSeats or a layout."]})
+        return data
+
+
+class EventOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    eventDate = serializers.DateTimeField(source="event_date")
+    location = serializers.CharField()
+    totalSeats = serializers.IntegerField(source="total_seats")
+    confirmedSeats = serializers.IntegerField(source="confirmed_seats")
+    heldSeats = serializers.IntegerField(source="held_seats", help_text="Live holds; an overdue hold is available")
+    availableSeats = serializers.IntegerField(source="available_seats")
+    salesOpen = serializers.BooleanField(source="sales_open")
+    holdMinutes = serializers.IntegerField(source="hold_minutes")
+    createdAt = serializers.DateTimeField(source="created_at")
+
+
+class EventCreatedOut(EventOut):
+    eventId = serializers.IntegerField(source="id")
+
+
+class SeatOut(serializers.Serializer):
+    code = serializers.CharField()
+    section = serializers.CharField()
+    row = serializers.IntegerField()
+    number = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["AVAILABLE", "HELD", "BOOKED"])
+
+
+class SeatMapOut(serializers.Serializer):
+    eventId = serializers.IntegerField()
+    totalSeats = serializers.IntegerField()
+    confirmedSeats = serializers.IntegerField()
+    heldSeats = serializers.IntegerField()
+    availableSeats = serializers.IntegerField()
+    seats = SeatOut(many=True)
+
+
+class SeatHoldIn(StrictSerializer):
+    userId = serializers.IntegerField(required=False, **USER_ID)
+    seatCodes = serializers.ListField(
+        child=serializers.CharField(max_length=50), min_length=1, max_length=MAX_SEATS_PER_HOLD, required=False
+    )
+    quantity = serializers.IntegerField(min_value=1, max_value=MAX_SEATS_PER_HOLD, required=False)
+
+    def validate(self, data):
+        if ("seatCodes" in data) == ("quantity" in data):
+            raise serializers.ValidationError({"seatCodes": ["Give either seatCodes or quantity."]})
+        codes = data.get("seatCodes")
+        if codes is not None and len(set(codes)) != len(codes):
+            raise serializers.ValidationError({"seatCodes": ["A seat code is given twice."]})
+        return data
+
+
+class SeatHoldOut(serializers.Serializer):
+    holdGroupId = serializers.UUIDField(source="id")
+    eventId = serializers.IntegerField(source="event_id")
+    userId = serializers.IntegerField(source="user_id")
+    state = serializers.CharField()
+    seatCodes = serializers.ListField(child=serializers.CharField(), source="seat_codes")
+    expiresIn = serializers.IntegerField(source="expires_in", help_text="Seconds until the hold expires")
+    expiresAt = serializers.DateTimeField(source="expires_at")
+    bookingGroupId = serializers.UUIDField(source="booking_group_id", allow_null=True)
+
+
+class HoldActionIn(StrictSerializer):
+    userId = serializers.IntegerField(required=False, **USER_ID)
+    holdGroupId = serializers.UUIDField()
+
+
+class ConfirmOut(serializers.Serializer):
+    success = serializers.BooleanField()
+    bookingGroupId = serializers.UUIDField()
+    holdGroupId = serializers.UUIDField()
+    eventId = serializers.IntegerField()
+    userId = serializers.IntegerField()
+    seatCodes = serializers.ListField(child=serializers.CharField())
+
+
+class ReleaseOut(serializers.Serializer):
+    released = serializers.BooleanField()
+    holdGroupId = serializers.UUIDField()
+
+
+class BookingSeatOut(serializers.Serializer):
+    bookingGroupId = serializers.UUIDField()
+    holdGroupId = serializers.UUIDField()
+    status = serializers.CharField()
+    userId = serializers.IntegerField()
+    eventId = serializers.IntegerField()
+    name = serializers.CharField()
+    eventDate = serializers.DateTimeField()
+    seatCode = serializers.CharField()
+
+
+class BookingCancelIn(StrictSerializer):
+    reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+
+
+class BookingCancelOut(serializers.Serializer):
+    cancelled = serializers.BooleanField()
+    bookingGroupId = serializers.UUIDField()

@@ -1,0 +1,251 @@
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import SAFE_METHODS, IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from booking_site.accounts.services import acting_user, require_owner
+from booking_site.api import IDEMPOTENCY_KEY, errors
+from booking_site.audit.api import AuditTrailView
+from booking_site.errors import NotFound
+from booking_site.idempotency import idempotent
+from events import selectors, services
+from events.api.filters import EventFilter
+from events.api.serializers import (
+    BookingCancelIn,
+    BookingCancelOut,
+    BookingSeatOut,
+    ConfirmOut,
+    EventCreatedOut,
+    EventCreateIn,
+    EventOut,
+    HoldActionIn,
+    ReleaseOut,
+    SeatHoldIn,
+    SeatHoldOut,
+    SeatMapOut,
+)
+from events.models import SeatHoldGroup
+
+
+class StaffWrites(IsAuthenticated):
+    """Anyone signed in reads; only operators write."""
+
+    def has_permission(self, request, view):
+        if request.method in SAFE_METHODS:
+            return super().has_permission(request, view)
+        return IsAdminUser().has_permission(request, view)
+
+
+def _event(event_id: int):
+    event = selectors.event_with_counts(event_id=event_id, now=timezone.now())
+    if event is None:
+        raise NotFound(f"Event {event_id} does not exist.")
+    return event
+
+
+class EventList(ListAPIView):
+    """Events with their live counts, soonest first. Operators create events here."""
+
+    serializer_class = EventOut
+    filterset_class = EventFilter
+    permission_classes = [StaffWrites]
+
+    def get_queryset(self):
+        return selectors.events_with_counts(now=timezone.now()).order_by("event_date", "id")
+
+    @extend_schema(
+        request=EventCreateIn, responses={201: EventCreatedOut, **errors(400, 401, 403)}, parameters=[IDEMPOTENCY_KEY]
+    )
+    @idempotent
+    def post(self, request):
+        data = EventCreateIn.validated(request)
+        layout = data.get("layout")
+        event = services.event_create(
+            name=data["name"],
+            event_date=data["date"],
+            location=data["location"],
+            total_seats=data.get("totalSeats"),
+            layout=layout
+            and services.SeatLayout(
+                sections=tuple(layout["sections"]), rows=layout["rows"], seats_per_row=layout["seatsPerRow"]
+            ),
+            hold_minutes=data["holdMinutes"],
+            sales_open=data["salesOpen"],
+            actor=request.user,
+            now=timezone.now(),
+        )
+        return Response(EventCreatedOut(_event(event.pk)).data, status=201)
+
+
+class EventDetail(APIView):
+    @extend_schema(responses={200: EventOut, **errors(401, 404)})
+    def get(self, request, event_id: int):
+        return Response(EventOut(_event(event_id)).data)
+
+
+class EventSeats(APIView):
+    """The seat map: every seat in layout order with its status. An overdue hold reads as AVAILABLE."""
+
+    @extend_schema(responses={200: SeatMapOut, **errors(401, 404)})
+    def get(self, request, event_id: int):
+        event = _event(event_id)
+        seats = selectors.seat_map(event=event, now=timezone.now())
+        held = sum(s["status"] == selectors.HELD for s in seats)
+        booked = sum(s["status"] == selectors.BOOKED for s in seats)
+        body = {
+            "eventId": event.pk,
+            "totalSeats": len(seats),
+            "confirmedSeats": booked,
+            "heldSeats": held,
+            "availableSeats": len(seats) - held - booked,
+            "seats": seats,
+        }
+        return Response(SeatMapOut(body).data)
+
+
+def _hold_out(group: SeatHoldGroup, seat_codes: list[str]) -> dict:
+    now = timezone.now()
+    group.seat_codes = seat_codes
+    group.expires_in = max(0, round((group.expires_at - now).total_seconds())) if group.state == "HELD" else 0
+    group.state = selectors.effective_state(group, now)
+    return SeatHoldOut(group).data
+
+
+class SeatsReserve(APIView):
+    @extend_schema(
+        request=SeatHoldIn,
+        responses={201: SeatHoldOut, **errors(400, 401, 403, 404, 409)},
+        parameters=[IDEMPOTENCY_KEY],
+    )
+    @idempotent
+    def post(self, request, event_id: int):
+        data = SeatHoldIn.validated(request)
+        group = services.seats_hold(
+            event_id=event_id,
+            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            seat_codes=data.get("seatCodes"),
+            quantity=data.get("quantity"),
+            now=timezone.now(),
+            request_id=request.idempotency_key or "",
+        )
+        return Response(_hold_out(group, [s.code for s in group.seats]), status=201)
+
+
+class SeatsConfirm(APIView):
+    @extend_schema(
+        request=HoldActionIn,
+        responses={200: ConfirmOut, **errors(400, 401, 403, 404, 409, 410)},
+        parameters=[IDEMPOTENCY_KEY],
+    )
+    @idempotent
+    def post(self, request, event_id: int):
+        data = HoldActionIn.validated(request)
+        group = services.seats_confirm(
+            event_id=event_id,
+            hold_group_id=data["holdGroupId"],
+            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            now=timezone.now(),
+        )
+        body = {
+            "success": True,
+            "bookingGroupId": group.booking_group_id,
+            "holdGroupId": group.pk,
+            "eventId": group.event_id,
+            "userId": group.user_id,
+            "seatCodes": selectors.group_seat_codes(group),
+        }
+        return Response(ConfirmOut(body).data)
+
+
+class SeatsRelease(APIView):
+    @extend_schema(
+        request=HoldActionIn,
+        responses={200: ReleaseOut, **errors(400, 401, 403, 404, 409)},
+        parameters=[IDEMPOTENCY_KEY],
+    )
+    @idempotent
+    def post(self, request, event_id: int):
+        data = HoldActionIn.validated(request)
+        group = services.seats_release(
+            event_id=event_id,
+            hold_group_id=data["holdGroupId"],
+            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            now=timezone.now(),
+        )
+        return Response(ReleaseOut({"released": True, "holdGroupId": group.pk}).data)
+
+
+def _visible_hold(request, hold_group_id) -> SeatHoldGroup:
+    group = SeatHoldGroup.objects.filter(pk=hold_group_id).first()
+    if group is None:
+        raise NotFound(f"Hold {hold_group_id} does not exist.")
+    require_owner(user=request.user, owner_id=group.user_id, what=f"Hold {hold_group_id}")
+    return group
+
+
+def _visible_booking(request, booking_group_id) -> SeatHoldGroup:
+    group = SeatHoldGroup.objects.select_related("event").filter(booking_group_id=booking_group_id).first()
+    if group is None:
+        raise NotFound(f"Booking {booking_group_id} does not exist.")
+    require_owner(user=request.user, owner_id=group.user_id, what=f"Booking {booking_group_id}")
+    return group
+
+
+class HoldDetail(APIView):
+    @extend_schema(responses={200: SeatHoldOut, **errors(401, 403, 404)})
+    def get(self, request, hold_group_id):
+        group = _visible_hold(request, hold_group_id)
+        return Response(_hold_out(group, selectors.group_seat_codes(group)))
+
+
+class BookingDetail(APIView):
+    """The seats of a booking group, one entry each (seeds/001)."""
+
+    @extend_schema(responses={200: BookingSeatOut(many=True), **errors(401, 403, 404)})
+    def get(self, request, booking_group_id):
+        group = _visible_booking(request, booking_group_id)
+        rows = [
+            {
+                "bookingGroupId": group.booking_group_id,
+                "holdGroupId": group.pk,
+                "status": group.state,
+                "userId": group.user_id,
+                "eventId": group.event_id,
+                "name": group.event.name,
+                "eventDate": group.event.event_date,
+                "seatCode": code,
+            }
+            for code in selectors.group_seat_codes(group)
+        ]
+        return Response(BookingSeatOut(rows, many=True).data)
+
+
+class BookingCancel(APIView):
+    @extend_schema(
+        request=BookingCancelIn,
+        responses={200: BookingCancelOut, **errors(400, 401, 403, 404, 409)},
+        parameters=[IDEMPOTENCY_KEY],
+    )
+    @idempotent
+    def post(self, request, booking_group_id):
+        data = BookingCancelIn.validated(request)
+        group = services.booking_cancel(
+            booking_group_id=booking_group_id, user=request.user, now=timezone.now(), reason=data["reason"]
+        )
+        return Response(BookingCancelOut({"cancelled": True, "bookingGroupId": group.booking_group_id}).data)
+
+
+class HoldEvents(AuditTrailView):
+    """A hold group's audit trail, oldest first (its owner and operators)."""
+
+    def get_subject(self):
+        return services.hold_subject(_visible_hold(self.request, self.kwargs["hold_group_id"]))
+
+
+class BookingEvents(AuditTrailView):
+    """A booking's audit trail: the whole life of the hold group it came from."""
+
+    def get_subject(self):
+        return services.hold_subject(_visible_booking(self.request, self.kwargs["booking_group_id"]))
