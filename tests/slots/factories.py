@@ -1,0 +1,54 @@
+from datetime import timedelta
+
+import factory
+from django.db.models import F
+from django.utils import timezone
+
+from booking_site.accounts.models import Role
+from slots.models import Slot, SlotBooking
+from tests.factories import UserFactory
+
+
+class HostFactory(UserFactory):
+    roles = factory.LazyFunction(lambda: [Role.HOST])
+
+
+class SlotFactory(factory.django.DjangoModelFactory):
+    """A slot written directly (bypassing the services), starting tomorrow plus n hours."""
+
+    class Meta:
+        model = Slot
+
+    host = factory.SubFactory(HostFactory)
+    title = "Consultation"
+    specialization = "cardiology"
+    start = factory.Sequence(lambda n: timezone.now().replace(microsecond=0) + timedelta(days=1, hours=n))
+    end = factory.LazyAttribute(lambda s: s.start + timedelta(minutes=30))
+    capacity = 1
+    created_at = factory.LazyFunction(timezone.now)
+    updated_at = factory.SelfAttribute("created_at")
+
+
+class SlotBookingFactory(factory.django.DjangoModelFactory):
+    """A booking written directly; a PENDING or CONFIRMED one also takes its seats on the slot's counter,
+    as the services would."""
+
+    class Meta:
+        model = SlotBooking
+        skip_postgeneration_save = True
+
+    slot = factory.SubFactory(SlotFactory)
+    guest = factory.SubFactory(UserFactory)
+    seats = 1
+    status = SlotBooking.Status.CONFIRMED
+    expires_at = factory.LazyAttribute(
+        lambda b: b.created_at + timedelta(minutes=10) if b.status == SlotBooking.Status.PENDING else None
+    )
+    created_at = factory.LazyFunction(timezone.now)
+    updated_at = factory.SelfAttribute("created_at")
+
+    @factory.post_generation
+    def count_seats(booking, create, extracted, **kwargs):
+        if create and booking.status in SlotBooking.CLAIMING_STATES:
+            Slot.objects.filter(pk=booking.slot_id).update(booked=F("booked") + booking.seats)
+            booking.slot.refresh_from_db()
