@@ -1,0 +1,150 @@
+"""Every invariant has a constraint that refuses a direct bad write, whatever the Python does."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from events.models import Event, Seat, SeatClaim, SeatHoldGroup
+from tests.events.factories import EventFactory, make_event, write_hold
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def refused(write) -> bool:
+    try:
+        with transaction.atomic():
+            write()
+    except IntegrityError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"total_seats": 0}, {"hold_minutes": 0}, {"hold_minutes": 61}, {"confirmed_seats": 11}, {"confirmed_seats": -1}],
+)
+def test_event_checks(fields):
+    assert refused(lambda: EventFactory(**fields))
+
+
+def test_event_counter_cannot_pass_the_total():
+    event = EventFactory(total_seats=2)
+
+    assert refused(lambda: Event.objects.filter(pk=event.pk).update(confirmed_seats=3))
+
+
+def test_seat_code_is_unique_per_event_but_not_across_events():
+    event, other = make_event(total_seats=2), make_event(total_seats=2)
+
+    assert refused(lambda: Seat.objects.create(event=event, code="S1", row=9, number=9))
+    assert not refused(lambda: Seat.objects.create(event=other, code="X9", row=9, number=9))
+
+
+def test_seat_position_is_unique_and_positive():
+    event = make_event(total_seats=2)
+
+    assert refused(lambda: Seat.objects.create(event=event, code="other", row=1, number=1))
+    assert refused(lambda: Seat.objects.create(event=event, code="zero", row=0, number=5))
+
+
+def hold_row(event, **fields):
+    now = timezone.now()
+    values = {
+        "event": event,
+        "user": UserFactory(),
+        "state": "HELD",
+        "seat_count": 1,
+        "expires_at": now + timedelta(minutes=5),
+        "created_at": now,
+        "updated_at": now,
+        **fields,
+    }
+    return SeatHoldGroup.objects.create(**values)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"state": "LOST"},
+        {"seat_count": 0},
+        {"seat_count": 51},
+        {"expires_at": timezone.now() - timedelta(days=1)},
+        {"state": "CONFIRMED"},
+        {"state": "CANCELLED"},
+        {"state": "HELD", "booking_group_id": uuid.uuid4()},
+        {"state": "EXPIRED", "booking_group_id": uuid.uuid4()},
+    ],
+)
+def test_hold_group_checks(fields):
+    event = make_event(total_seats=1)
+
+    assert refused(lambda: hold_row(event, **fields))
+
+
+def test_booking_group_id_is_unique():
+    event = make_event(total_seats=2)
+    booking = uuid.uuid4()
+    hold_row(event, state="CONFIRMED", booking_group_id=booking)
+
+    assert refused(lambda: hold_row(event, state="CONFIRMED", booking_group_id=booking))
+
+
+def claim(group, seat, state="HELD"):
+    return SeatClaim.objects.create(group=group, event=seat.event, seat=seat, state=state, expires_at=group.expires_at)
+
+
+@pytest.mark.parametrize("first, second", [("HELD", "HELD"), ("HELD", "CONFIRMED"), ("CONFIRMED", "CONFIRMED")])
+def test_a_seat_is_in_one_active_claim_at_most(first, second):
+    event = make_event(total_seats=1)
+    seat = Seat.objects.get(event=event)
+    write_hold(event, ["S1"], state=first)
+
+    assert refused(lambda: claim(hold_row(event), seat, state=second))
+
+
+@pytest.mark.parametrize("inactive", ["RELEASED", "EXPIRED", "CANCELLED"])
+def test_inactive_claims_do_not_block(inactive):
+    event = make_event(total_seats=1)
+    seat = Seat.objects.get(event=event)
+    write_hold(event, ["S1"], state=inactive)
+
+    assert not refused(lambda: claim(hold_row(event), seat))
+
+
+def test_a_claim_cannot_come_back_to_life_over_an_active_one():
+    event = make_event(total_seats=1)
+    old = write_hold(event, ["S1"], state="EXPIRED")
+    write_hold(event, ["S1"])
+
+    assert refused(lambda: SeatClaim.objects.filter(group=old).update(state="HELD"))
+
+
+def test_a_group_claims_a_seat_once():
+    event = make_event(total_seats=1)
+    seat = Seat.objects.get(event=event)
+    group = write_hold(event, ["S1"], state="EXPIRED")
+
+    assert refused(lambda: claim(group, seat, state="EXPIRED"))
+
+
+def test_claim_state_is_valid():
+    event = make_event(total_seats=1)
+    seat = Seat.objects.get(event=event)
+
+    assert refused(lambda: claim(hold_row(event), seat, state="LOST"))
+
+
+def test_a_claims_seat_belongs_to_the_claims_event():
+    event, other = make_event(total_seats=1), make_event(total_seats=1)
+    foreign_seat = Seat.objects.get(event=other)
+    group = hold_row(event)
+
+    assert refused(
+        lambda: SeatClaim.objects.create(
+            group=group, event=event, seat=foreign_seat, state="HELD", expires_at=group.expires_at
+        )
+    )

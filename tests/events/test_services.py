@@ -1,0 +1,146 @@
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from booking_site.audit.models import AuditEvent
+from booking_site.audit.services import trail
+from booking_site.errors import HoldExpired
+from booking_site.expiry import expire_all
+from events import selectors, services
+from events.models import Seat, SeatHoldGroup
+from tests.events.factories import make_event, overdue_hold, violations, write_hold
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_twenty_thousand_seats_are_one_insert():
+    with CaptureQueriesContext(connection) as queries:
+        event = make_event(layout=(("A", "B", "C", "D"), 50, 100))
+
+    inserts = [q for q in queries.captured_queries if q["sql"].replace('"', "").startswith("INSERT INTO events_seat ")]
+    assert len(inserts) == 1
+    assert Seat.objects.filter(event=event).count() == event.total_seats == 20_000
+    assert Seat.objects.filter(event=event, code="D-50-100", section="D", row=50, number=100).exists()
+
+
+def test_a_layout_that_disagrees_with_the_total_is_refused():
+    with pytest.raises(services.ValidationFailed):
+        services.event_create(
+            name="x",
+            event_date=timezone.now(),
+            location="x",
+            total_seats=5,
+            layout=services.SeatLayout(("A",), 2, 2),
+            now=timezone.now(),
+        )
+
+
+def test_closing_and_opening_sales_is_audited():
+    event, operator = make_event(), UserFactory(is_staff=True)
+
+    services.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
+    services.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
+    services.event_sales_set(event_id=event.pk, sales_open=True, actor=operator, now=timezone.now())
+
+    assert [(e.event_type, e.to_state) for e in trail(event)] == [
+        ("CREATED", "OPEN"),
+        ("SALES_CLOSED", "CLOSED"),
+        ("SALES_OPENED", "OPEN"),
+    ]
+
+
+def test_expiry_job_flips_overdue_groups_with_one_event_each():
+    event = make_event()
+    overdue = [overdue_hold(event, [f"S{i}", f"S{i + 1}"]) for i in (1, 3, 5)]
+    live = write_hold(event, ["S9"])
+
+    assert services.events_expire_due(now=timezone.now(), batch_size=2) == 3
+    assert services.events_expire_due(now=timezone.now()) == 0
+
+    for group in overdue:
+        group.refresh_from_db()
+        assert group.state == "EXPIRED"
+        assert set(group.claims.values_list("state", flat=True)) == {"EXPIRED"}
+        assert trail(services.hold_subject(group)).filter(event_type="EXPIRED").count() == 1
+    live.refresh_from_db()
+    assert live.state == "HELD"
+    assert violations(event) == []
+
+
+def test_the_shared_expiry_job_and_command_cover_events(capsys):
+    event = make_event()
+    overdue_hold(event, ["S1"])
+
+    assert expire_all(now=timezone.now())["events"] == 1
+    overdue_hold(event, ["S2"])
+    call_command("expire_holds")
+    assert "events: expired 1" in capsys.readouterr().out
+
+
+def test_overdue_holds_count_as_available_before_the_job_runs():
+    event = make_event(total_seats=4)
+    overdue_hold(event, ["S1", "S2"])
+    write_hold(event, ["S3"])
+
+    counted = selectors.event_with_counts(event_id=event.pk, now=timezone.now())
+
+    assert (counted.confirmed_seats, counted.held_seats, counted.available_seats) == (0, 1, 3)
+
+
+def test_confirm_at_the_expiry_instant_is_expired():
+    event, user = make_event(), UserFactory()
+    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+
+    with pytest.raises(HoldExpired):
+        services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=group.expires_at)
+
+
+def test_operator_expires_a_hold_now():
+    event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
+    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+
+    services.hold_expire(hold_group_id=group.pk, user=operator, now=timezone.now())
+
+    group.refresh_from_db()
+    assert group.state == "EXPIRED"
+    assert AuditEvent.objects.filter(subject_id=str(group.pk), event_type="EXPIRED", actor=operator).exists()
+
+
+def test_best_available_skips_overdue_blockers_and_expires_them():
+    event, user = make_event(layout=(("A",), 1, 3)), UserFactory()
+    overdue = overdue_hold(event, ["A-1-1", "A-1-2", "A-1-3"])
+
+    group = services.seats_hold(event_id=event.pk, user=user, quantity=3, now=timezone.now())
+
+    assert sorted(s.code for s in group.seats) == ["A-1-1", "A-1-2", "A-1-3"]
+    overdue.refresh_from_db()
+    assert overdue.state == "EXPIRED"
+
+
+def test_cancel_moves_the_counter_back():
+    event, user = make_event(), UserFactory()
+    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
+    group = services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+    event.refresh_from_db()
+    assert event.confirmed_seats == 2
+
+    services.booking_cancel(booking_group_id=group.booking_group_id, user=user, now=timezone.now())
+
+    event.refresh_from_db()
+    assert event.confirmed_seats == 0
+    assert SeatHoldGroup.objects.get(pk=group.pk).state == "CANCELLED"
+    assert violations(event) == []
+
+
+def test_hold_expiry_is_the_events_hold_minutes():
+    event, user = make_event(hold_minutes=1), UserFactory()
+    now = timezone.now()
+
+    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=now)
+
+    assert group.expires_at == now + timedelta(minutes=1)
