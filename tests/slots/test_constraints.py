@@ -1,0 +1,98 @@
+"""Each invariant has a PostgreSQL constraint: a direct bad write (bypassing the services) is refused."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from psycopg import errors as pg_errors
+
+from slots.models import Slot, SlotBooking
+from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def refused(write) -> IntegrityError:
+    with pytest.raises(IntegrityError) as caught, transaction.atomic():
+        write()
+    return caught.value
+
+
+def test_booked_seats_never_exceed_capacity():
+    slot = SlotFactory(capacity=2)
+
+    error = refused(lambda: Slot.objects.filter(pk=slot.pk).update(booked=3))
+
+    assert "slot_booked_within_capacity" in str(error)
+    assert isinstance(error.__cause__, pg_errors.CheckViolation)
+
+
+def test_booked_seats_never_go_below_zero():
+    slot = SlotFactory()
+
+    refused(lambda: Slot.objects.filter(pk=slot.pk).update(booked=F("booked") - 1))
+
+
+def test_a_slot_ends_after_it_starts():
+    slot = SlotFactory()
+
+    assert "slot_ends_after_start" in str(refused(lambda: Slot.objects.filter(pk=slot.pk).update(end=slot.start)))
+
+
+def test_capacity_is_at_least_one():
+    slot = SlotFactory()
+
+    assert "slot_capacity_positive" in str(refused(lambda: Slot.objects.filter(pk=slot.pk).update(capacity=0)))
+
+
+def test_slot_status_is_known():
+    slot = SlotFactory()
+
+    refused(lambda: Slot.objects.filter(pk=slot.pk).update(status="BOOKED"))
+
+
+def test_one_hosts_available_slots_never_overlap():
+    slot = SlotFactory()
+
+    error = refused(lambda: SlotFactory(host=slot.host, start=slot.start + timedelta(minutes=29)))
+
+    assert isinstance(error.__cause__, pg_errors.ExclusionViolation)
+    assert "slot_no_overlap_per_host" in str(error)
+
+
+def test_adjacent_cancelled_and_other_hosts_slots_may_share_time():
+    slot = SlotFactory()
+
+    SlotFactory(host=slot.host, start=slot.end, end=slot.end + timedelta(minutes=30))
+    SlotFactory(host=slot.host, start=slot.start - timedelta(minutes=30), end=slot.start)
+    SlotFactory(host=slot.host, start=slot.start, end=slot.end, status=Slot.Status.CANCELLED)
+    SlotFactory(host=HostFactory(), start=slot.start, end=slot.end)
+
+
+def test_reopening_a_cancelled_slot_over_a_new_one_is_refused():
+    slot = SlotFactory()
+    Slot.objects.filter(pk=slot.pk).update(status=Slot.Status.CANCELLED)
+    SlotFactory(host=slot.host, start=slot.start, end=slot.end)
+
+    refused(lambda: Slot.objects.filter(pk=slot.pk).update(status=Slot.Status.AVAILABLE))
+
+
+def test_a_booking_has_at_least_one_seat():
+    booking = SlotBookingFactory()
+
+    refused(lambda: SlotBooking.objects.filter(pk=booking.pk).update(seats=0))
+
+
+def test_a_pending_booking_has_an_expiry():
+    booking = SlotBookingFactory(status=SlotBooking.Status.PENDING)
+
+    assert "slotbooking_pending_expires" in str(
+        refused(lambda: SlotBooking.objects.filter(pk=booking.pk).update(expires_at=None))
+    )
+
+
+def test_booking_status_is_known():
+    booking = SlotBookingFactory()
+
+    refused(lambda: SlotBooking.objects.filter(pk=booking.pk).update(status="FAILED"))
