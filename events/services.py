@@ -28,7 +28,7 @@ State = SeatHoldGroup.State
 EXPIRY_ACTOR = "system:expire_holds"
 MAX_SEATS_PER_EVENT = 100_000
 MAX_SEATS_PER_HOLD = 50
-PICK_ATTEMPTS = 5  # best-available: how often to pick again when a racing hold took the picked seats
+PICK_ATTEMPTS = 20  # best-available: how often to pick again when racing holds took the picked seats
 SECTION_NAME = re.compile(r"^[A-Za-z0-9]{1,20}$")
 
 
