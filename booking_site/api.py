@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import django_filters as filters
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import BasePagination
 from rest_framework.response import Response
@@ -113,6 +114,7 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 )
 
 
+@extend_schema_field(OpenApiTypes.BOOL)
 class StrictBooleanFilter(filters.TypedChoiceFilter):
     """A ``true``/``false`` query parameter; anything else is a 400, not silently ignored."""
 

@@ -11,6 +11,15 @@ def _plain_http(settings):
 
 
 @pytest.fixture(autouse=True)
+def _static_files_without_collectstatic(settings):
+    """Production serves hashed files from `collectstatic`; tests render pages without running it."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

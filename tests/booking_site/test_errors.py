@@ -1,0 +1,131 @@
+"""Bad input never reaches a 500: every error is the one envelope (SPEC 3.2)."""
+
+import pytest
+
+from tests.reservations.factories import CarFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def assert_envelope(response, status: int, code: str) -> dict:
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "details"} and error["code"] == code and error["message"]
+    return error
+
+
+def test_malformed_json_is_a_validation_error(api):
+    response = api.post("/api/reservations", data='{"carId": 1,', content_type="application/json")
+
+    assert_envelope(response, 400, "validation_error")
+
+
+@pytest.mark.parametrize("body", ["[]", '"text"', "null", "42"])
+def test_a_body_that_is_not_an_object_is_a_validation_error(api, body):
+    response = api.post("/api/reservations", data=body, content_type="application/json")
+
+    assert_envelope(response, 400, "validation_error")
+
+
+def test_wrong_types_are_reported_per_field(api):
+    response = api.post("/api/reservations", {"carId": [1], "holdDurationMinutes": "soon"}, format="json")
+
+    fields = assert_envelope(response, 400, "validation_error")["details"]["fields"]
+    assert set(fields) == {"carId", "holdDurationMinutes"}
+
+
+def test_an_oversized_value_is_a_validation_error(staff_api):
+    response = staff_api.post("/api/cars", {"dealerId": 1, "label": "x" * 10_000}, format="json")
+
+    assert "label" in assert_envelope(response, 400, "validation_error")["details"]["fields"]
+
+
+def test_a_number_too_large_for_the_database_is_a_validation_error(api):
+    response = api.post("/api/reservations", {"carId": 2**70}, format="json")
+
+    assert_envelope(response, 400, "validation_error")
+
+
+def test_unsupported_media_type(api):
+    response = api.post("/api/reservations", data="carId=1", content_type="text/plain")
+
+    assert_envelope(response, 415, "unsupported_media_type")
+
+
+def test_no_credentials_is_401_with_a_challenge(client_for):
+    response = client_for(None).get("/api/reservations")
+
+    assert_envelope(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"].startswith("Token")
+
+
+def test_a_bad_token_is_401(client_for):
+    client = client_for(None)
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+
+    assert_envelope(client.get("/api/reservations"), 401, "not_authenticated")
+
+
+def test_method_not_allowed(api):
+    assert_envelope(api.delete("/api/reservations"), 405, "method_not_allowed")
+
+
+def test_unknown_api_path_is_a_json_404(api):
+    assert_envelope(api.get("/api/no/such/thing"), 404, "not_found")
+
+
+def test_a_path_outside_the_api_keeps_the_html_404(client):
+    assert client.get("/no/such/page").status_code == 404
+
+
+def test_throttled_requests_get_429_with_retry_after(api, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"user": "2/minute", "anon": None}}
+    from rest_framework.settings import api_settings
+    from rest_framework.throttling import SimpleRateThrottle
+
+    SimpleRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    CarFactory()
+    try:
+        statuses = [api.get("/api/cars").status_code for _ in range(3)]
+        response = api.get("/api/cars")
+    finally:
+        SimpleRateThrottle.THROTTLE_RATES = {"user": None, "anon": None}
+
+    assert statuses[:2] == [200, 200]
+    assert_envelope(response, 429, "throttled")
+    assert int(response["Retry-After"]) > 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+def test_a_lock_wait_past_the_timeout_is_503_busy(api, user):
+    """A row locked by another connection for longer than the lock timeout: 503 busy, not a hang or a 500."""
+    import threading
+
+    from django.db import connections, transaction
+
+    from reservations.models import Car
+
+    car = CarFactory()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with transaction.atomic(using="default"):
+            Car.objects.select_for_update().get(pk=car.pk)
+            locked.set()
+            release.wait(10)
+        connections.close_all()
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SET lock_timeout = '200ms'")
+    thread = threading.Thread(target=hold_the_lock)
+    thread.start()
+    locked.wait(5)
+    try:
+        response = api.post("/api/reservations", {"carId": car.pk}, format="json")
+    finally:
+        release.set()
+        thread.join()
+
+    assert_envelope(response, 503, "busy")
+    assert response["Retry-After"] == "1"

@@ -1,0 +1,90 @@
+"""The periodic jobs (SPEC 7): beat schedule, management commands, and a real Celery worker."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.core.management import call_command
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from booking_site.celery import app as celery_app
+from booking_site.tasks import expire_holds
+from reservations.models import Reservation
+from tests.reservations.factories import ReservationFactory
+
+
+def overdue_holds(n: int) -> list[Reservation]:
+    past = timezone.now() - timedelta(hours=1)
+    return [ReservationFactory(created_at=past, expires_at=past + timedelta(minutes=5)) for _ in range(n)]
+
+
+@pytest.mark.django_db
+def test_a_fresh_install_has_its_beat_schedule():
+    tasks = {t.task: t for t in PeriodicTask.objects.select_related("interval")}
+
+    expire = tasks["booking_site.tasks.expire_holds"]
+    assert expire.enabled and (expire.interval.every, expire.interval.period) == (15, "seconds")
+    assert tasks["booking_site.tasks.prune"].interval.every == 3600
+
+
+@pytest.mark.django_db
+def test_an_operator_edit_of_the_schedule_survives_the_next_migrate():
+    PeriodicTask.objects.filter(task="booking_site.tasks.expire_holds").update(enabled=False)
+
+    call_command("migrate", verbosity=0)
+
+    assert not PeriodicTask.objects.get(task="booking_site.tasks.expire_holds").enabled
+
+
+@pytest.mark.django_db
+def test_expire_holds_command(capsys):
+    holds = overdue_holds(3)
+    fresh = ReservationFactory()
+
+    call_command("expire_holds")
+
+    assert "reservations: expired 3" in capsys.readouterr().out
+    assert {r.state for r in Reservation.objects.filter(pk__in=[h.pk for h in holds])} == {"EXPIRED"}
+    fresh.refresh_from_db()
+    assert fresh.state == "HELD"
+
+
+@pytest.mark.django_db
+def test_prune_command(capsys):
+    call_command("prune")
+
+    assert "idempotency_records: deleted 0" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_commands_explain_themselves(capsys):
+    for command in ["expire_holds", "prune", "seed_demo", "up"]:
+        with pytest.raises(SystemExit):
+            call_command(command, "--help")
+        assert len(capsys.readouterr().out) > 200
+
+
+@pytest.mark.django_db
+def test_seed_demo_loads_once(capsys):
+    call_command("seed_demo")
+    first = capsys.readouterr().out
+    call_command("seed_demo")
+
+    assert capsys.readouterr().out == first
+    assert "operator / operator" in first
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_real_worker_runs_the_expiry_task_from_the_broker():
+    holds = overdue_holds(4)
+
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        expire_holds.delay()
+        deadline = time.monotonic() + 30
+        while Reservation.objects.filter(state="HELD").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    assert set(Reservation.objects.filter(pk__in=[h.pk for h in holds]).values_list("state", flat=True)) == {"EXPIRED"}

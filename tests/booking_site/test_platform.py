@@ -1,0 +1,70 @@
+"""Schema and docs, health, metrics, request ids, the API root (SPEC 3.1, 8)."""
+
+import pytest
+from django.core.management import call_command
+
+from booking_site.celery import app as celery_app
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_openapi_schema_is_valid_and_camel_case(client, capsys):
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
+
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    reservation = schema["components"]["schemas"]["ReservationOut"]["properties"]
+    assert {"carId", "buyerId", "expiresAt", "requestId", "createdAt", "updatedAt"} <= set(reservation)
+    assert "/api/reservations/{reservation_id}/confirm" in schema["paths"]
+
+
+def test_swagger_ui_renders(client):
+    response = client.get("/api/docs/")
+
+    assert response.status_code == 200 and b"swagger" in response.content.lower()
+
+
+def test_the_api_root_lists_the_collections(client):
+    body = client.get("/api/").json()
+
+    assert body["reservation-list"].endswith("/api/reservations") and body["docs"].endswith("/api/docs/")
+
+
+def test_health_reports_database_and_broker(client):
+    response = client.get("/api/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+
+
+def test_health_is_503_when_the_broker_is_down(client, monkeypatch):
+    monkeypatch.setitem(celery_app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    monkeypatch.setitem(celery_app.conf, "broker_transport_options", {})
+
+    response = client.get("/api/health")
+
+    assert response.status_code == 503 and response["Retry-After"]
+    error = response.json()["error"]
+    assert error["code"] == "unavailable" and error["details"]["checks"]["broker"].startswith("down")
+
+
+def test_request_ids_come_back_and_are_made_up_when_missing(api):
+    assert api.get("/api/users/me", HTTP_X_REQUEST_ID="abc-123")["X-Request-ID"] == "abc-123"
+    assert len(api.get("/api/users/me")["X-Request-ID"]) == 32
+    assert api.get("/api/users/me", HTTP_X_REQUEST_ID="bad id with spaces")["X-Request-ID"] != "bad id with spaces"
+
+
+def test_metrics_export_the_booking_counters(api, client):
+    api.post("/api/reservations", {"carId": 987654}, format="json")
+
+    body = client.get("/metrics").content.decode()
+
+    assert "django_http_requests_total_by_method_total" in body
+    assert "booking_holds_created_total" in body and "booking_constraint_backstop_total" in body
+
+
+def test_the_browsable_api_works_for_a_logged_in_operator(client, staff):
+    client.force_login(staff)
+
+    response = client.get("/api/reservations", HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 200 and b"Reservation List" in response.content
