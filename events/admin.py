@@ -1,0 +1,260 @@
+from itertools import groupby
+
+from django import forms
+from django.contrib import admin, messages
+from django.template.loader import render_to_string
+from django.utils import timezone
+from django.utils.safestring import mark_safe
+
+from booking_site.audit.services import trail
+from booking_site.errors import DomainError
+from events import selectors, services
+from events.models import Event, SeatHoldGroup
+
+PLAIN, SECTIONS = "plain", "sections"
+
+
+class EventCreateForm(forms.ModelForm):
+    """An event and its seat layout: plain S1…Sn from a total, or sections x rows x seats per row."""
+
+    layout = forms.ChoiceField(
+        choices=[(PLAIN, "Plain: S1…Sn"), (SECTIONS, "Sections x rows x seats per row: A-3-12")],
+        initial=PLAIN,
+        widget=forms.RadioSelect,
+    )
+    total_seats = forms.IntegerField(min_value=1, max_value=services.MAX_SEATS_PER_EVENT, required=False)
+    sections = forms.CharField(required=False, help_text="Comma-separated section names, e.g. A, B, C")
+    rows = forms.IntegerField(min_value=1, max_value=1000, required=False, help_text="Rows per section")
+    seats_per_row = forms.IntegerField(min_value=1, max_value=1000, required=False)
+
+    class Meta:
+        model = Event
+        fields = ["name", "event_date", "location", "hold_minutes", "sales_open"]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("layout") == SECTIONS:
+            names = [s.strip() for s in (data.get("sections") or "").split(",") if s.strip()]
+            if not names or not data.get("rows") or not data.get("seats_per_row"):
+                raise forms.ValidationError("A sections layout needs sections, rows and seats per row.")
+            data["seat_layout"] = services.SeatLayout(tuple(names), data["rows"], data["seats_per_row"])
+            try:
+                data["seat_layout"].validate()
+            except DomainError as error:
+                raise forms.ValidationError(error.message) from error
+            if data["seat_layout"].total > services.MAX_SEATS_PER_EVENT:
+                raise forms.ValidationError(f"At most {services.MAX_SEATS_PER_EVENT} seats per event.")
+        elif not data.get("total_seats"):
+            self.add_error("total_seats", "A plain layout needs the number of seats.")
+        return data
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "name",
+        "event_date",
+        "location",
+        "total_seats",
+        "confirmed_seats",
+        "held_seats",
+        "available_seats",
+        "sales_open",
+    ]
+    list_filter = ["sales_open", "event_date"]
+    search_fields = ["name", "location", "=id"]
+    date_hierarchy = "event_date"
+    actions = ["close_sales", "open_sales"]
+    readonly_fields = [
+        "total_seats",
+        "confirmed_seats",
+        "held_seats",
+        "available_seats",
+        "sales_open",
+        "created_at",
+        "seat_map",
+        "audit_trail",
+    ]
+    fieldsets = [
+        (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]}),
+        ("Seats", {"fields": ["total_seats", "confirmed_seats", "held_seats", "available_seats", "seat_map"]}),
+        ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
+    ]
+
+    def get_queryset(self, request):
+        return selectors.events_with_counts(now=timezone.now())
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = EventCreateForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return [
+                (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open"]}),
+                ("Seat layout", {"fields": ["layout", "total_seats", "sections", "rows", "seats_per_row"]}),
+            ]
+        return self.fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        data = form.cleaned_data
+        created = services.event_create(
+            name=data["name"],
+            event_date=data["event_date"],
+            location=data["location"],
+            hold_minutes=data["hold_minutes"],
+            sales_open=data["sales_open"],
+            total_seats=None if data.get("seat_layout") else data["total_seats"],
+            layout=data.get("seat_layout"),
+            actor=request.user,
+            now=timezone.now(),
+        )
+        obj.pk, obj.total_seats, obj.created_at = created.pk, created.total_seats, created.created_at
+        obj._state.adding = False
+
+    @admin.display(description="Held now")
+    def held_seats(self, event):
+        return event.held_seats
+
+    @admin.display(description="Available now")
+    def available_seats(self, event):
+        return event.available_seats
+
+    @admin.display(description="Seat map")
+    def seat_map(self, event):
+        seats = selectors.seat_map(event=event, now=timezone.now())
+        counts = {status: 0 for status in (selectors.AVAILABLE, selectors.HELD, selectors.BOOKED)}
+        for seat in seats:
+            counts[seat["status"]] += 1
+        sections = [
+            {
+                "name": section or "Seats",
+                "rows": [
+                    {"row": row, "seats": list(row_seats)} for row, row_seats in groupby(in_section, lambda s: s["row"])
+                ],
+            }
+            for section, in_section in groupby(seats, lambda s: s["section"])
+        ]
+        return mark_safe(
+            render_to_string(
+                "admin/events/seat_map.html", {"sections": sections, "counts": counts, "total": len(seats)}
+            )
+        )
+
+    @admin.display(description="Audit trail")
+    def audit_trail(self, event):
+        return mark_safe(render_to_string("admin/audit_trail.html", {"events": trail(event)}))
+
+    @admin.action(description="Close sales for the selected events", permissions=["change"])
+    def close_sales(self, request, queryset):
+        self._set_sales(request, queryset, sales_open=False)
+
+    @admin.action(description="Open sales for the selected events", permissions=["change"])
+    def open_sales(self, request, queryset):
+        self._set_sales(request, queryset, sales_open=True)
+
+    def _set_sales(self, request, queryset, *, sales_open: bool) -> None:
+        ids = list(queryset.values_list("id", flat=True))
+        for event_id in ids:
+            services.event_sales_set(event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now())
+        self.message_user(request, f"Sales {'opened' if sales_open else 'closed'} for {len(ids)} event(s).")
+
+
+@admin.register(SeatHoldGroup)
+class SeatHoldGroupAdmin(admin.ModelAdmin):
+    """Holds and bookings: find one by its hold or booking id (or the user's email) and act on it
+    through the actions, which call the services. Rows are never edited."""
+
+    list_display = ["id", "booking_group_id", "event", "user", "state_now", "seat_count", "expires_at", "created_at"]
+    list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
+    search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]
+    list_select_related = ["event", "user"]
+    date_hierarchy = "created_at"
+    actions = ["cancel_bookings", "release_holds", "expire_now"]
+    readonly_fields = [
+        "id",
+        "booking_group_id",
+        "event",
+        "user",
+        "state",
+        "state_now",
+        "seat_codes",
+        "seat_count",
+        "expires_at",
+        "request_id",
+        "created_at",
+        "updated_at",
+        "confirmed_at",
+        "cancelled_at",
+        "audit_trail",
+    ]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)  # the list's actions, not the form
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="State now", ordering="state")
+    def state_now(self, group):
+        return selectors.effective_state(group, timezone.now())
+
+    @admin.display(description="Seats")
+    def seat_codes(self, group):
+        return ", ".join(selectors.group_seat_codes(group))
+
+    @admin.display(description="Audit trail")
+    def audit_trail(self, group):
+        events = trail(services.hold_subject(group))
+        return mark_safe(render_to_string("admin/audit_trail.html", {"events": events}))
+
+    @admin.action(description="Cancel selected bookings (seats free again)", permissions=["change"])
+    def cancel_bookings(self, request, queryset):
+        self._run(
+            request,
+            queryset.exclude(booking_group_id=None),
+            lambda g, now: services.booking_cancel(booking_group_id=g.booking_group_id, user=request.user, now=now),
+            "cancelled",
+        )
+
+    @admin.action(description="Release selected holds", permissions=["change"])
+    def release_holds(self, request, queryset):
+        self._run(
+            request,
+            queryset,
+            lambda g, now: services.seats_release(event_id=g.event_id, hold_group_id=g.pk, user=request.user, now=now),
+            "released",
+        )
+
+    @admin.action(description="Expire selected holds now", permissions=["change"])
+    def expire_now(self, request, queryset):
+        self._run(
+            request,
+            queryset,
+            lambda g, now: services.hold_expire(hold_group_id=g.pk, user=request.user, now=now),
+            "expired",
+        )
+
+    def _run(self, request, queryset, action, verb: str) -> None:
+        done, refused = 0, []
+        for group in queryset:
+            try:
+                action(group, timezone.now())
+                done += 1
+            except DomainError as error:
+                refused.append(f"{group.pk}: {error.message}")
+        if done:
+            self.message_user(request, f"{done} hold group(s) {verb}.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not changed — " + "; ".join(refused), messages.WARNING)
