@@ -230,6 +230,26 @@ def slots_create_many(
     return created
 
 
+def slot_update_details(*, slot_id: int, title: str, specialization: str, actor: User, now: datetime) -> Slot:
+    """Change what a slot is called; its time, host and capacity stay as booked against."""
+    with transaction.atomic():
+        slot = _lock_slots([slot_id]).get(slot_id)
+        if slot is None:
+            raise NotFound(f"Slot {slot_id} does not exist.")
+        before = {"title": slot.title, "specialization": slot.specialization}
+        slot.title, slot.specialization, slot.updated_at = title, specialization, now
+        slot.save(update_fields=["title", "specialization", "updated_at"])
+        audit.record(
+            subject=slot,
+            event="UPDATED",
+            from_state=slot.status,
+            to_state=slot.status,
+            actor=actor,
+            metadata={"before": before, "after": {"title": title, "specialization": specialization}},
+        )
+    return slot
+
+
 def _overlapping(*, host: User, ranges: list[tuple[datetime, datetime]]) -> list[Slot]:
     found: dict[int, Slot] = {}
     existing = Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE)
