@@ -1,0 +1,177 @@
+from datetime import date, datetime, time, timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from booking_site.audit.models import AuditEvent
+from slots.models import Slot, SlotBooking
+from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(staff):
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+def next_monday() -> date:
+    today = timezone.localdate()
+    return today + timedelta(days=7 - today.weekday())
+
+
+def bulk(admin_client, host, **overrides):
+    data = {
+        "host": host.pk,
+        "title": "Consultation",
+        "specialization": "cardiology",
+        "capacity": 2,
+        "first_day": next_monday().isoformat(),
+        "weeks": 4,
+        "weekdays": ["0", "1", "2", "3", "4"],
+        "day_start": "09:00",
+        "day_end": "12:00",
+        "minutes": 30,
+        **overrides,
+    }
+    return admin_client.post("/admin/slots/slot/bulk-add/", data)
+
+
+def test_the_pages_load(admin_client):
+    booking = SlotBookingFactory()
+
+    for url in [
+        "/admin/slots/slot/",
+        "/admin/slots/slot/add/",
+        f"/admin/slots/slot/{booking.slot_id}/change/",
+        "/admin/slots/slot/bulk-add/",
+        "/admin/slots/slotbooking/",
+        f"/admin/slots/slotbooking/{booking.pk}/change/",
+        "/admin/slots/slotbooking/analytics/",
+    ]:
+        assert admin_client.get(url).status_code == 200, url
+
+
+def test_an_operator_adds_a_slot_for_a_host(admin_client, staff):
+    host = HostFactory()
+    day = (timezone.localdate() + timedelta(days=3)).isoformat()
+    data = {"host": host.pk, "title": "Visit", "specialization": "", "capacity": 2}
+    data |= {"start_0": day, "start_1": "10:00", "end_0": day, "end_1": "10:30"}
+
+    response = admin_client.post("/admin/slots/slot/add/", data)
+
+    assert response.status_code == 302
+    slot = Slot.objects.get(host=host)
+    assert (slot.title, slot.capacity, timezone.localtime(slot.start).hour) == ("Visit", 2, 10)
+    assert AuditEvent.objects.filter(subject_type="slot", subject_id=str(slot.pk), actor=staff).exists()
+
+    again = admin_client.post("/admin/slots/slot/add/", data)
+    assert again.status_code == 200
+    assert "overlapping" in again.content.decode()
+    assert Slot.objects.filter(host=host).count() == 1
+
+
+def test_bulk_creation_makes_every_weekday_morning_for_four_weeks(admin_client):
+    host = HostFactory()
+
+    response = bulk(admin_client, host)
+
+    assert response.status_code == 302
+    slots = list(Slot.objects.filter(host=host).order_by("start"))
+    assert len(slots) == 4 * 5 * 6
+    assert {timezone.localtime(s.start).weekday() for s in slots} == {0, 1, 2, 3, 4}
+    assert {timezone.localtime(s.start).strftime("%H:%M") for s in slots} == {
+        "09:00",
+        "09:30",
+        "10:00",
+        "10:30",
+        "11:00",
+        "11:30",
+    }
+    assert all(s.capacity == 2 and s.end - s.start == timedelta(minutes=30) for s in slots)
+
+
+def test_bulk_creation_refuses_an_overlap_with_a_clear_message_and_creates_nothing(admin_client):
+    host = HostFactory()
+    first_day = next_monday() + timedelta(days=7)
+    clash_start = timezone.make_aware(datetime.combine(first_day, time(10, 15)))
+    existing = SlotFactory(host=host, start=clash_start, end=clash_start + timedelta(minutes=30))
+
+    response = bulk(admin_client, host)
+
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert "No slots were created" in content and f"#{existing.pk}" in content
+    assert list(Slot.objects.filter(host=host)) == [existing]
+
+
+def test_bulk_form_refuses_an_inverted_day(admin_client):
+    response = bulk(admin_client, HostFactory(), day_start="12:00", day_end="09:00")
+
+    assert response.status_code == 200
+    assert "The day must end after it starts." in response.content.decode()
+
+
+def test_editing_a_slot_changes_only_its_name_and_is_audited(admin_client):
+    slot = SlotFactory(title="Old")
+
+    response = admin_client.post(
+        f"/admin/slots/slot/{slot.pk}/change/", {"title": "New", "specialization": "neurology"}
+    )
+
+    assert response.status_code == 302
+    slot.refresh_from_db()
+    assert (slot.title, slot.specialization) == ("New", "neurology")
+    assert AuditEvent.objects.filter(subject_type="slot", subject_id=str(slot.pk), event_type="UPDATED").exists()
+
+
+def test_the_withdraw_action_spares_booked_slots(admin_client):
+    free, booked = SlotFactory(), SlotFactory()
+    SlotBookingFactory(slot=booked)
+
+    response = admin_client.post(
+        "/admin/slots/slot/", {"action": "cancel_slots", "_selected_action": [free.pk, booked.pk]}, follow=True
+    )
+
+    assert "1 slot(s) withdrawn" in response.content.decode()
+    assert Slot.objects.get(pk=free.pk).status == "CANCELLED"
+    assert Slot.objects.get(pk=booked.pk).status == "AVAILABLE"
+
+
+def test_operators_cancel_and_expire_bookings_through_actions(admin_client):
+    soon = timezone.now() + timedelta(minutes=20)
+    slot = SlotFactory(capacity=2, start=soon, end=soon + timedelta(hours=1))
+    confirmed = SlotBookingFactory(slot=slot)
+    pending = SlotBookingFactory(slot=slot, status="PENDING")
+
+    admin_client.post("/admin/slots/slotbooking/", {"action": "cancel", "_selected_action": [confirmed.pk]})
+    admin_client.post("/admin/slots/slotbooking/", {"action": "expire_now", "_selected_action": [pending.pk]})
+
+    assert SlotBooking.objects.get(pk=confirmed.pk).status == "CANCELLED"
+    assert SlotBooking.objects.get(pk=pending.pk).status == "EXPIRED"
+    slot.refresh_from_db()
+    assert slot.booked == 0
+
+
+def test_the_analytics_page_draws_bookings_per_day(admin_client):
+    for _ in range(3):
+        SlotBookingFactory()
+    today = timezone.localdate().isoformat()
+
+    response = admin_client.get("/admin/slots/slotbooking/analytics/", {"start_date": today, "end_date": today})
+
+    content = response.content.decode()
+    assert "<svg" in content and f"<title>{today}: 3</title>" in content
+    assert '<td id="total-bookings">3</td>' in content
+
+
+def test_the_analytics_page_survives_an_empty_or_bad_range(admin_client):
+    url = "/admin/slots/slotbooking/analytics/"
+    ok = admin_client.get(url, {"start_date": "2020-01-01", "end_date": "2020-01-03"})
+    bad = admin_client.get(url, {"start_date": "2020-01-03", "end_date": "2020-01-01"})
+
+    assert ok.status_code == 200 and "No bookings in this range." in ok.content.decode()
+    assert bad.status_code == 200 and "must not be before" in bad.content.decode()
