@@ -1,0 +1,156 @@
+import threading
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import transaction
+from django.utils import timezone
+
+from booking_site.audit.models import AuditEvent
+from booking_site.errors import ValidationFailed
+from booking_site.expiry import expire_all
+from slots import services
+from slots.models import Slot, SlotBooking
+from tests.factories import UserFactory
+from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
+
+
+def overdue_hold(**fields) -> SlotBooking:
+    past = timezone.now() - timedelta(hours=1)
+    return SlotBookingFactory(status="PENDING", created_at=past, expires_at=past + timedelta(minutes=5), **fields)
+
+
+@pytest.mark.django_db
+def test_the_expiry_job_expires_overdue_holds_frees_their_seats_and_audits_each():
+    slot = SlotFactory(capacity=5)
+    overdue = [overdue_hold(slot=slot, seats=2), overdue_hold(slot=slot)]
+    live = SlotBookingFactory(slot=slot, status="PENDING")
+
+    assert services.slot_bookings_expire_due(now=timezone.now(), batch_size=1) == 2
+
+    slot.refresh_from_db()
+    assert slot.booked == live.seats
+    assert set(SlotBooking.objects.filter(status="EXPIRED")) == set(overdue)
+    events = AuditEvent.objects.filter(subject_type="slotbooking", event_type="EXPIRED")
+    assert sorted(int(e.subject_id) for e in events) == sorted(b.pk for b in overdue)
+    assert {e.actor_label for e in events} == {"system:expire_holds"}
+
+
+@pytest.mark.django_db
+def test_slots_take_part_in_every_expiry_door():
+    overdue_hold()
+    assert expire_all(now=timezone.now())["slots"] == 1
+
+    overdue_hold()
+    out = StringIO()
+    call_command("expire_holds", stdout=out)
+    assert "slots: expired 1" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_expiry_job_leaves_a_slot_locked_by_a_request_to_that_request_instead_of_waiting():
+    hold = overdue_hold()
+    locked, release = threading.Event(), threading.Event()
+
+    def request_holding_the_slot():
+        with transaction.atomic():
+            list(Slot.objects.select_for_update().filter(pk=hold.slot_id))
+            locked.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=request_holding_the_slot)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        assert services.slot_bookings_expire_due(now=timezone.now()) == 0  # returns at once, no deadlock
+    finally:
+        release.set()
+        thread.join()
+    assert services.slot_bookings_expire_due(now=timezone.now()) == 1
+
+
+@pytest.mark.django_db
+def test_creating_many_slots_is_all_or_nothing():
+    host = HostFactory()
+    start = timezone.now() + timedelta(days=1)
+    existing = SlotFactory(host=host, start=start + timedelta(hours=2), end=start + timedelta(hours=3))
+    ranges = [(start + timedelta(hours=h), start + timedelta(hours=h, minutes=30)) for h in range(4)]
+
+    with pytest.raises(services.SlotOverlap) as refused:
+        services.slots_create_many(host=host, ranges=ranges, actor=host, now=timezone.now())
+
+    assert refused.value.details == {"slotIds": [existing.pk]}
+    assert list(Slot.objects.filter(host=host)) == [existing]
+
+
+@pytest.mark.django_db
+def test_new_slots_may_not_overlap_each_other_and_need_a_host():
+    host = HostFactory()
+    start = timezone.now() + timedelta(days=1)
+
+    with pytest.raises(services.SlotOverlap):
+        services.slots_create_many(
+            host=host,
+            ranges=[(start, start + timedelta(hours=1)), (start + timedelta(minutes=30), start + timedelta(hours=2))],
+            actor=host,
+            now=timezone.now(),
+        )
+    with pytest.raises(ValidationFailed):
+        guest = UserFactory()
+        services.slot_create(host=guest, start=start, end=start + timedelta(hours=1), actor=guest, now=timezone.now())
+
+
+@pytest.mark.django_db
+def test_rescheduling_a_hold_keeps_it_a_hold_with_its_expiry():
+    hold = SlotBookingFactory(status="PENDING")
+    target = SlotFactory()
+
+    moved = services.slot_booking_reschedule(booking_id=hold.pk, slot_id=target.pk, user=hold.guest, now=timezone.now())
+
+    assert (moved.status, moved.expires_at, moved.rescheduled_from_id) == ("PENDING", hold.expires_at, hold.pk)
+
+
+@pytest.mark.django_db
+def test_rescheduling_an_overdue_hold_is_410_and_expires_it():
+    hold = overdue_hold()
+
+    with pytest.raises(services.HoldExpired):
+        services.slot_booking_reschedule(
+            booking_id=hold.pk, slot_id=SlotFactory().pk, user=hold.guest, now=timezone.now()
+        )
+
+
+@pytest.mark.django_db
+def test_a_guest_cannot_reschedule_out_of_the_window_but_an_operator_can():
+    soon = timezone.now() + timedelta(minutes=30)
+    booking = SlotBookingFactory(slot=SlotFactory(start=soon, end=soon + timedelta(minutes=30)))
+    target = SlotFactory()
+
+    with pytest.raises(services.CancellationWindowClosed):
+        services.slot_booking_reschedule(
+            booking_id=booking.pk, slot_id=target.pk, user=booking.guest, now=timezone.now()
+        )
+    staff = UserFactory(is_staff=True)
+    moved = services.slot_booking_reschedule(booking_id=booking.pk, slot_id=target.pk, user=staff, now=timezone.now())
+    assert moved.slot_id == target.pk
+
+
+@pytest.mark.django_db
+def test_a_guest_may_release_a_pending_hold_inside_the_window():
+    soon = timezone.now() + timedelta(minutes=30)
+    hold = SlotBookingFactory(status="PENDING", slot=SlotFactory(start=soon, end=soon + timedelta(minutes=30)))
+
+    cancelled = services.slot_booking_cancel(booking_id=hold.pk, user=hold.guest, now=timezone.now())
+
+    assert cancelled.status == "CANCELLED"
+
+
+@pytest.mark.django_db
+def test_the_booking_limit_is_a_setting(settings):
+    settings.SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST = 1
+    guest = UserFactory()
+    services.slot_booking_create(slot_id=SlotFactory().pk, guest=guest, now=timezone.now())
+
+    with pytest.raises(services.LimitReached):
+        services.slot_booking_create(slot_id=SlotFactory().pk, guest=guest, now=timezone.now())
