@@ -103,6 +103,7 @@ class EventAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
+            obj.updated_at = timezone.now()
             return super().save_model(request, obj, form, change)
         data = form.cleaned_data
         created = services.event_create(

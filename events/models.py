@@ -48,6 +48,11 @@ class Event(models.Model):
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"
 
+    @property
+    def available_seats(self) -> int:
+        """Needs ``held_seats`` from ``selectors.events_with_counts`` (same statement, same snapshot)."""
+        return self.total_seats - self.confirmed_seats - self.held_seats
+
 
 class Seat(models.Model):
     """One seat. Plain layouts are one row: section "", row 1, codes S1…Sn."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from booking_site.accounts.models import User
@@ -17,7 +17,7 @@ AVAILABLE, HELD, BOOKED = "AVAILABLE", "HELD", "BOOKED"
 
 
 def events_with_counts(*, now: datetime) -> QuerySet[Event]:
-    """Events annotated with ``held_seats`` and ``available_seats``.
+    """Events annotated with ``held_seats`` (``available_seats`` follows from it).
 
     One statement, so the three counts come from one snapshot and always add up to ``total_seats``.
     Its cost does not grow as the event fills: booked seats are a counter on the event row, and the
@@ -30,13 +30,13 @@ def events_with_counts(*, now: datetime) -> QuerySet[Event]:
         .annotate(n=Count("*"))
         .values("n")
     )
-    return Event.objects.annotate(held_seats=Coalesce(Subquery(held, output_field=IntegerField()), Value(0))).annotate(
-        available_seats=F("total_seats") - F("confirmed_seats") - F("held_seats")
-    )
+    # ``Event.available_seats`` is derived from the same row, in Python: repeating the subquery in SQL
+    # would run it twice.
+    return Event.objects.annotate(held_seats=Coalesce(Subquery(held, output_field=IntegerField()), Value(0)))
 
 
 def event_with_counts(*, event_id: int, now: datetime) -> Event | None:
-    return events_with_counts(now=now).filter(pk=event_id).first()
+    return events_with_counts(now=now).filter(pk=event_id).order_by().first()
 
 
 def seat_map(*, event: Event, now: datetime) -> list[dict]:
