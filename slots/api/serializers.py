@@ -56,7 +56,7 @@ class SlotOut(serializers.ModelSerializer):
         return slot.host.name or slot.host.email
 
 
-class BookingIn(StrictSerializer):
+class SlotBookingIn(StrictSerializer):
     slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
     seats = serializers.IntegerField(min_value=1, max_value=10_000, required=False, default=1)
     hold = serializers.BooleanField(
@@ -73,19 +73,19 @@ class BookingIn(StrictSerializer):
         return value
 
 
-class BookingConfirmIn(StrictSerializer):
+class SlotBookingConfirmIn(StrictSerializer):
     pass
 
 
-class BookingCancelIn(StrictSerializer):
+class SlotBookingCancelIn(StrictSerializer):
     reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
 
-class BookingRescheduleIn(StrictSerializer):
+class SlotBookingRescheduleIn(StrictSerializer):
     slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
 
 
-class BookingOut(serializers.ModelSerializer):
+class SlotBookingOut(serializers.ModelSerializer):
     slotId = serializers.IntegerField(source="slot_id")
     userId = serializers.IntegerField(source="guest_id")
     hostId = serializers.IntegerField(source="slot.host_id")
@@ -125,7 +125,7 @@ class BookingOut(serializers.ModelSerializer):
         return booking.request_id or None
 
 
-class AnalyticsQuery(serializers.Serializer):
+class BookingAnalyticsQuery(serializers.Serializer):
     start_date = serializers.DateField()
     end_date = serializers.DateField()
 
@@ -139,12 +139,12 @@ class AnalyticsQuery(serializers.Serializer):
         return data
 
 
-class AnalyticsOut(serializers.Serializer):
+class BookingAnalyticsOut(serializers.Serializer):
     totalBookings = serializers.IntegerField(source="total_bookings")
     cancellationRate = serializers.FloatField(source="cancellation_rate", help_text="Percent, 0 to 100")
     bookingsPerDay = serializers.ListField(source="bookings_per_day", child=serializers.DictField())
     topHosts = serializers.ListField(source="top_hosts", child=serializers.DictField())
 
 
-class ExpireOut(serializers.Serializer):
+class ExpirePendingOut(serializers.Serializer):
     expired = serializers.IntegerField()
