@@ -37,6 +37,7 @@ def test_health_reports_database_and_broker(client):
 
 
 def test_health_is_503_when_the_broker_is_down(client, monkeypatch):
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")  # Celery reads it before its config
     monkeypatch.setitem(celery_app.conf, "broker_url", "redis://127.0.0.1:1/0")
     monkeypatch.setitem(celery_app.conf, "broker_transport_options", {})
 
