@@ -41,6 +41,15 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
             )
         )
 
+    def save_model(self, request, obj, form, change):
+        """Cars are written by the services, so the change is locked and audited like any other."""
+        fields = {name: form.cleaned_data[name] for name in services.CAR_FIELDS}
+        if change:
+            saved = services.car_update(car_id=obj.pk, actor=request.user, **fields)
+        else:
+            saved = services.car_create(actor=request.user, **fields)
+        obj.pk, obj.created_at, obj.updated_at = saved.pk, saved.created_at, saved.updated_at
+
     @admin.display(description="Current reservation")
     def current_reservation(self, car):
         if getattr(car, "current_id", None) is None:

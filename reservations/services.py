@@ -25,10 +25,46 @@ class CarUnavailable(Conflict):
         super().__init__(f"Car {car_id} {reason}.", details={"carId": car_id})
 
 
-def car_create(*, dealer_id: int, label: str, make: str = "", model: str = "", status: str = Car.Status.ACTIVE) -> Car:
-    with transaction.atomic():
-        car = Car.objects.create(dealer_id=dealer_id, label=label, make=make, model=model, status=status)
-        audit.record(subject=car, event="CREATED", to_state=status)
+CAR_FIELDS = ("dealer_id", "label", "make", "model", "status")
+
+
+@transaction.atomic
+def car_create(
+    *,
+    dealer_id: int,
+    label: str,
+    make: str = "",
+    model: str = "",
+    status: str = Car.Status.ACTIVE,
+    actor: User | None = None,
+) -> Car:
+    car = Car.objects.create(dealer_id=dealer_id, label=label, make=make, model=model, status=status)
+    audit.record(subject=car, event="CREATED", to_state=car.status, actor=actor)
+    return car
+
+
+@transaction.atomic
+def car_update(*, car_id: int, actor: User | None = None, **fields) -> Car:
+    """Change some of a car's ``CAR_FIELDS`` or status under its row lock, recording what changed. A car taken out of
+    service (INACTIVE) keeps its current reservation; it only cannot be held again."""
+    car = _lock_car(car_id)
+    if car is None:
+        raise NotFound(f"Car {car_id} does not exist.")
+    changed = {name: value for name, value in fields.items() if getattr(car, name) != value}
+    if not changed:
+        return car
+    from_state = car.status
+    for name, value in changed.items():
+        setattr(car, name, value)
+    car.save(update_fields=[*changed, "updated_at"])
+    audit.record(
+        subject=car,
+        event="UPDATED",
+        from_state=from_state,
+        to_state=car.status,
+        actor=actor,
+        metadata={"changed": sorted(changed)},
+    )
     return car
 
 

@@ -5,7 +5,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reservations.models import Reservation
+from booking_site.audit.services import trail
+from reservations.models import Car, Reservation
 from tests.reservations.factories import CarFactory, ReservationFactory
 
 pytestmark = pytest.mark.django_db
@@ -92,3 +93,18 @@ def test_the_audit_log_and_schedule_pages_render(operator):
         "/admin/booking_site/idempotencyrecord/",
     ]:
         assert operator.get(url).status_code == 200
+
+
+def test_an_operator_adds_and_retires_a_car_through_the_services(operator):
+    form = {"dealer_id": 4, "label": "Green Fiat", "make": "Fiat", "model": "500", "status": "ACTIVE"}
+
+    operator.post("/admin/reservations/car/add/", form)
+    car = Car.objects.get(label="Green Fiat")
+    operator.post(f"/admin/reservations/car/{car.pk}/change/", {**form, "status": "INACTIVE"})
+
+    car.refresh_from_db()
+    assert car.status == "INACTIVE"
+    assert [(e.event_type, e.from_state, e.to_state) for e in trail(car)] == [
+        ("CREATED", "", "ACTIVE"),
+        ("UPDATED", "ACTIVE", "INACTIVE"),
+    ]

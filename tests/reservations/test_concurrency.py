@@ -1,6 +1,7 @@
 """Races against a real PostgreSQL: many connections released at once (SPEC 2.1)."""
 
-import time
+import contextlib
+import threading
 from datetime import timedelta
 
 import pytest
@@ -49,9 +50,12 @@ def test_thirty_buyers_holding_one_car_get_one_hold(client_for):
 
 
 def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch):
+    everyone_has_read = threading.Barrier(BUYERS, timeout=10)
+
     def unlocked_car(car_id):
         car = Car.objects.filter(pk=car_id).first()
-        time.sleep(0.05)  # widen the window between the check and the insert
+        with contextlib.suppress(threading.BrokenBarrierError):
+            everyone_has_read.wait()  # all buyers check before any inserts: the race, every time
         return car
 
     monkeypatch.setattr(services, "_lock_car", unlocked_car)
