@@ -156,6 +156,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Three models have a "status": name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "CarStatusEnum": "reservations.models.Car.Status",
+        "SlotStatusEnum": "slots.models.Slot.Status",
+        "SlotBookingStatusEnum": "slots.models.SlotBooking.Status",
+    },
 }
 
 # Throttle counters must be shared by every web process: point CACHE_URL at Redis in production.
@@ -167,6 +173,9 @@ IDEMPOTENCY_TTL_HOURS = env.int("IDEMPOTENCY_TTL_HOURS", default=24)
 IDEMPOTENCY_STALE_SECONDS = env.int("IDEMPOTENCY_STALE_SECONDS", default=60)
 EXPIRY_BATCH_SIZE = env.int("EXPIRY_BATCH_SIZE", default=500)
 RESERVATION_HOLD_MINUTES_DEFAULT = env.int("RESERVATION_HOLD_MINUTES_DEFAULT", default=15)
+SLOTS_CANCELLATION_WINDOW_HOURS = env.int("SLOTS_CANCELLATION_WINDOW_HOURS", default=1)
+SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST = env.int("SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST", default=5)
+SLOTS_HOLD_MINUTES_DEFAULT = env.int("SLOTS_HOLD_MINUTES_DEFAULT", default=10)
 
 # --- Celery ---------------------------------------------------------------------------------------
 if env("CELERY_BROKER_URL", default=""):

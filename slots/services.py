@@ -54,19 +54,19 @@ Status = SlotBooking.Status
 EXPIRY_ACTOR = "system:expire_holds"
 
 
-# --- settings (defaults here; the environment may override them through settings.py) -------------
+# --- settings (SLOTS_* in booking_site/settings.py, read from the environment) --------------------
 
 
 def cancellation_window() -> timedelta:
-    return timedelta(hours=getattr(settings, "SLOTS_CANCELLATION_WINDOW_HOURS", 1))
+    return timedelta(hours=settings.SLOTS_CANCELLATION_WINDOW_HOURS)
 
 
 def max_active_bookings_per_guest() -> int:
-    return getattr(settings, "SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST", 5)
+    return settings.SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST
 
 
 def hold_minutes_default() -> int:
-    return getattr(settings, "SLOTS_HOLD_MINUTES_DEFAULT", 10)
+    return settings.SLOTS_HOLD_MINUTES_DEFAULT
 
 
 # --- errors ---------------------------------------------------------------------------------------
