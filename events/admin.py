@@ -1,12 +1,12 @@
 from itertools import groupby
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from booking_site.audit.services import trail
+from booking_site.admin import AuditTrailMixin, ClaimAdmin
 from booking_site.errors import DomainError
 from events import selectors, services
 from events.models import Event, SeatHoldGroup
@@ -50,7 +50,7 @@ class EventCreateForm(forms.ModelForm):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "name",
@@ -149,10 +149,6 @@ class EventAdmin(admin.ModelAdmin):
             )
         )
 
-    @admin.display(description="Audit trail")
-    def audit_trail(self, event):
-        return mark_safe(render_to_string("admin/audit_trail.html", {"events": trail(event)}))
-
     @admin.action(description="Close sales for the selected events", permissions=["change"])
     def close_sales(self, request, queryset):
         self._set_sales(request, queryset, sales_open=False)
@@ -169,7 +165,7 @@ class EventAdmin(admin.ModelAdmin):
 
 
 @admin.register(SeatHoldGroup)
-class SeatHoldGroupAdmin(admin.ModelAdmin):
+class SeatHoldGroupAdmin(ClaimAdmin):
     """Holds and bookings: find one by its hold or booking id (or the user's email) and act on it
     through the actions, which call the services. Rows are never edited."""
 
@@ -198,14 +194,8 @@ class SeatHoldGroupAdmin(admin.ModelAdmin):
     ]
     fields = readonly_fields
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return obj is None and super().has_change_permission(request)  # the list's actions, not the form
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+    def get_audit_subject(self, group):
+        return services.hold_subject(group)
 
     @admin.display(description="State now", ordering="state")
     def state_now(self, group):
@@ -215,47 +205,33 @@ class SeatHoldGroupAdmin(admin.ModelAdmin):
     def seat_codes(self, group):
         return ", ".join(selectors.group_seat_codes(group))
 
-    @admin.display(description="Audit trail")
-    def audit_trail(self, group):
-        events = trail(services.hold_subject(group))
-        return mark_safe(render_to_string("admin/audit_trail.html", {"events": events}))
-
     @admin.action(description="Cancel selected bookings (seats free again)", permissions=["change"])
     def cancel_bookings(self, request, queryset):
-        self._run(
+        self.run_service(
             request,
             queryset.exclude(booking_group_id=None),
-            lambda g, now: services.booking_cancel(booking_group_id=g.booking_group_id, user=request.user, now=now),
+            lambda g: services.booking_cancel(
+                booking_group_id=g.booking_group_id, user=request.user, now=timezone.now()
+            ),
             "cancelled",
         )
 
     @admin.action(description="Release selected holds", permissions=["change"])
     def release_holds(self, request, queryset):
-        self._run(
+        self.run_service(
             request,
             queryset,
-            lambda g, now: services.seats_release(event_id=g.event_id, hold_group_id=g.pk, user=request.user, now=now),
+            lambda g: services.seats_release(
+                event_id=g.event_id, hold_group_id=g.pk, user=request.user, now=timezone.now()
+            ),
             "released",
         )
 
     @admin.action(description="Expire selected holds now", permissions=["change"])
     def expire_now(self, request, queryset):
-        self._run(
+        self.run_service(
             request,
             queryset,
-            lambda g, now: services.hold_expire(hold_group_id=g.pk, user=request.user, now=now),
+            lambda g: services.hold_expire(hold_group_id=g.pk, user=request.user, now=timezone.now()),
             "expired",
         )
-
-    def _run(self, request, queryset, action, verb: str) -> None:
-        done, refused = 0, []
-        for group in queryset:
-            try:
-                action(group, timezone.now())
-                done += 1
-            except DomainError as error:
-                refused.append(f"{group.pk}: {error.message}")
-        if done:
-            self.message_user(request, f"{done} hold group(s) {verb}.", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not changed — " + "; ".join(refused), messages.WARNING)

@@ -1,11 +1,10 @@
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from booking_site.audit.admin import AuditTrailMixin
-from booking_site.errors import DomainError
+from booking_site.admin import AuditTrailMixin, ClaimAdmin
 from reservations import services
 from reservations.models import Car, Reservation
 from reservations.selectors import reservations_with_effective_state
@@ -60,7 +59,7 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
 
 
 @admin.register(Reservation)
-class ReservationAdmin(AuditTrailMixin, admin.ModelAdmin):
+class ReservationAdmin(ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     list_display = ["id", "car", "buyer", "effective_state", "expires_at", "created_at", "updated_at"]
@@ -84,36 +83,24 @@ class ReservationAdmin(AuditTrailMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return reservations_with_effective_state(now=timezone.now()).select_related("car", "buyer")
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return obj is None and super().has_change_permission(request)  # the list's actions, not the form
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.display(description="State now", ordering="effective_state")
     def effective_state(self, reservation):
         return reservation.effective_state
 
     @admin.action(description="Cancel selected held reservations", permissions=["change"])
     def cancel(self, request, queryset):
-        self._run(request, queryset, services.reservation_cancel, "cancelled")
+        self.run_service(
+            request,
+            queryset,
+            lambda r: services.reservation_cancel(reservation_id=r.pk, user=request.user, now=timezone.now()),
+            "cancelled",
+        )
 
     @admin.action(description="Expire selected held reservations now", permissions=["change"])
     def expire_now(self, request, queryset):
-        self._run(request, queryset, services.reservation_expire, "expired")
-
-    def _run(self, request, queryset, service, verb: str) -> None:
-        done, refused = 0, []
-        for reservation_id in queryset.values_list("id", flat=True):
-            try:
-                service(reservation_id=reservation_id, user=request.user, now=timezone.now())
-                done += 1
-            except DomainError as error:
-                refused.append(f"#{reservation_id}: {error.message}")
-        if done:
-            self.message_user(request, f"{done} reservation(s) {verb}.", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not changed — " + "; ".join(refused), messages.WARNING)
+        self.run_service(
+            request,
+            queryset,
+            lambda r: services.reservation_expire(reservation_id=r.pk, user=request.user, now=timezone.now()),
+            "expired",
+        )

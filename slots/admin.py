@@ -10,29 +10,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from booking_site.audit.admin import AuditTrailMixin
+from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin
 from booking_site.errors import DomainError
 from slots import selectors, services
 from slots.forms import AnalyticsForm, BulkSlotForm, SlotAddForm
 from slots.models import Slot, SlotBooking
 
 
-def _run(modeladmin, request, ids, service, noun: str, verb: str, **kwargs) -> None:
-    done, refused = 0, []
-    for pk in ids:
-        try:
-            service(user=request.user, now=timezone.now(), **{f"{noun}_id": pk}, **kwargs)
-            done += 1
-        except DomainError as error:
-            refused.append(f"#{pk}: {error.message}")
-    if done:
-        modeladmin.message_user(request, f"{done} {noun}(s) {verb}.", messages.SUCCESS)
-    if refused:
-        modeladmin.message_user(request, "Not changed: " + "; ".join(refused), messages.WARNING)
-
-
 @admin.register(Slot)
-class SlotAdmin(AuditTrailMixin, admin.ModelAdmin):
+class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     change_list_template = "admin/slots/slot/change_list.html"
     list_display = ["id", "host", "title", "specialization", "start", "end", "capacity", "remaining", "status"]
     list_filter = ["status", "specialization", ("host", admin.RelatedOnlyFieldListFilter), "start"]
@@ -84,7 +70,12 @@ class SlotAdmin(AuditTrailMixin, admin.ModelAdmin):
 
     @admin.action(description="Withdraw selected slots (only if nobody holds a seat)", permissions=["change"])
     def cancel_slots(self, request, queryset):
-        _run(self, request, queryset.values_list("id", flat=True), services.slot_cancel, "slot", "withdrawn")
+        self.run_service(
+            request,
+            queryset,
+            lambda slot: services.slot_cancel(slot_id=slot.pk, user=request.user, now=timezone.now()),
+            "withdrawn",
+        )
 
     def get_urls(self):
         bulk = path("bulk-add/", self.admin_site.admin_view(self.bulk_add_view), name="slots_slot_bulk_add")
@@ -122,7 +113,7 @@ class SlotAdmin(AuditTrailMixin, admin.ModelAdmin):
 
 
 @admin.register(SlotBooking)
-class SlotBookingAdmin(AuditTrailMixin, admin.ModelAdmin):
+class SlotBookingAdmin(ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
@@ -151,27 +142,29 @@ class SlotBookingAdmin(AuditTrailMixin, admin.ModelAdmin):
     def get_queryset(self, request):
         return selectors.slot_bookings_with_effective_status(now=timezone.now()).select_related("guest", "slot__host")
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return obj is None and super().has_change_permission(request)  # the list's actions, not the form
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.display(description="Status now", ordering="effective_status")
     def effective_status(self, booking):
         return booking.effective_status
 
     @admin.action(description="Cancel selected bookings", permissions=["change"])
     def cancel(self, request, queryset):
-        ids = queryset.values_list("id", flat=True)
-        _run(self, request, ids, services.slot_booking_cancel, "booking", "cancelled", reason="cancelled by operator")
+        self.run_service(
+            request,
+            queryset,
+            lambda booking: services.slot_booking_cancel(
+                booking_id=booking.pk, user=request.user, now=timezone.now(), reason="cancelled by operator"
+            ),
+            "cancelled",
+        )
 
     @admin.action(description="Expire selected pending holds now", permissions=["change"])
     def expire_now(self, request, queryset):
-        _run(self, request, queryset.values_list("id", flat=True), services.slot_booking_expire, "booking", "expired")
+        self.run_service(
+            request,
+            queryset,
+            lambda booking: services.slot_booking_expire(booking_id=booking.pk, user=request.user, now=timezone.now()),
+            "expired",
+        )
 
     def get_urls(self):
         chart = path("analytics/", self.admin_site.admin_view(self.analytics_view), name="slots_slotbooking_analytics")
