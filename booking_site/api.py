@@ -7,9 +7,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import BasePagination
+from rest_framework.permissions import SAFE_METHODS, IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 
 from booking_site.errors import ValidationFailed
+
+
+class StaffWrites(IsAuthenticated):
+    """Anyone signed in reads; only operators (staff) write."""
+
+    def has_permission(self, request, view):
+        if request.method in SAFE_METHODS:
+            return super().has_permission(request, view)
+        return IsAdminUser().has_permission(request, view)
 
 
 class StrictSerializer(serializers.Serializer):

@@ -1,12 +1,11 @@
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework.generics import ListAPIView
-from rest_framework.permissions import SAFE_METHODS, IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from booking_site.accounts.services import acting_user, require_owner
-from booking_site.api import IDEMPOTENCY_KEY, errors
+from booking_site.api import IDEMPOTENCY_KEY, StaffWrites, errors
 from booking_site.audit.api import AuditTrailView
 from booking_site.errors import NotFound
 from booking_site.idempotency import idempotent
@@ -21,15 +20,6 @@ from reservations.api.serializers import (
     ReservationOut,
 )
 from reservations.models import Reservation
-
-
-class StaffWrites(IsAuthenticated):
-    """Anyone signed in reads; only operators write."""
-
-    def has_permission(self, request, view):
-        if request.method in SAFE_METHODS:
-            return super().has_permission(request, view)
-        return IsAdminUser().has_permission(request, view)
 
 
 class CarList(ListAPIView):
