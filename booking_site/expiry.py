@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Case, CharField, F, QuerySet, Value, When
 
 ExpireDue = Callable[..., int]  # expire_due(*, now: datetime) -> number of holds expired
 
@@ -22,6 +22,16 @@ def register(domain: str, expire_due: ExpireDue) -> None:
 def expire_all(*, now: datetime) -> dict[str, int]:
     """Expire every overdue hold in every domain; returns the count per domain."""
     return {domain: expire_due(now=now) for domain, expire_due in sorted(_registry.items())}
+
+
+def effective_state(*, now: datetime, field: str, held: str, expired: str = "EXPIRED") -> Case:
+    """An annotation of a claim's state as clients see it: an overdue hold (``field == held`` and
+    ``expires_at <= now``) reads as ``expired`` before the expiry job has caught up with it."""
+    return Case(
+        When(**{field: held, "expires_at__lte": now}, then=Value(expired)),
+        default=F(field),
+        output_field=CharField(),
+    )
 
 
 def expire_in_batches(*, overdue: QuerySet, expire_batch: Callable[[list], None], batch_size: int | None = None) -> int:

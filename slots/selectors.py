@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 
-from django.db.models import Case, CharField, Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
+from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from booking_site.accounts.models import User
+from booking_site.expiry import effective_state
 from slots.models import Slot, SlotBooking
 
 Status = SlotBooking.Status
@@ -49,11 +50,7 @@ def slot_bookings_with_effective_status(*, now: datetime) -> QuerySet[SlotBookin
     """Bookings annotated with ``effective_status``: an overdue PENDING reads as EXPIRED before the
     expiry job has caught up with it."""
     return SlotBooking.objects.select_related("slot").annotate(
-        effective_status=Case(
-            When(status=Status.PENDING, expires_at__lte=now, then=Value(Status.EXPIRED)),
-            default="status",
-            output_field=CharField(),
-        )
+        effective_status=effective_state(now=now, field="status", held=Status.PENDING)
     )
 
 
