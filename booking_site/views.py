@@ -60,5 +60,16 @@ class ApiRoot(APIView):
 
     @extend_schema(exclude=True)
     def get(self, request):
-        names = ["user-register", "user-me", "car-list", "reservation-list", "health", "schema", "docs"]
+        names = [
+            "user-register",
+            "user-me",
+            "car-list",
+            "reservation-list",
+            "event-list",
+            "slot-list",
+            "booking-list",
+            "health",
+            "schema",
+            "docs",
+        ]
         return Response({name: reverse(name, request=request) for name in names})
