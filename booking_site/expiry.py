@@ -9,6 +9,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case, CharField, F, QuerySet, Value, When
+from django.utils import timezone
 
 ExpireDue = Callable[..., int]  # expire_due(*, now: datetime) -> number of holds expired
 
@@ -22,6 +23,13 @@ def register(domain: str, expire_due: ExpireDue) -> None:
 def expire_all(*, now: datetime) -> dict[str, int]:
     """Expire every overdue hold in every domain; returns the count per domain."""
     return {domain: expire_due(now=now) for domain, expire_due in sorted(_registry.items())}
+
+
+def locked_now(now: datetime) -> datetime:
+    """The time a service judges expiry by once it holds its locks: the request's ``now``, or later when
+    the lock wait outlasted it. A hold that expired while a request waited for its lock is expired
+    (SPEC 2.2); time never runs backwards for a decision."""
+    return max(now, timezone.now())
 
 
 def effective_state(*, now: datetime, field: str, held: str, expired: str = "EXPIRED") -> Case:
