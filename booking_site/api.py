@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import django_filters as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field, inline_serializer
@@ -43,6 +45,9 @@ class StrictSerializer(serializers.Serializer):
         return serializer.validated_data
 
 
+WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is True, int("²") fails
+
+
 class PagePagination(BasePagination):
     """``?page=&limit=`` (default 20, max 100) → ``{"results", "count", "page", "limit"}`` (SPEC 3.1).
 
@@ -51,9 +56,10 @@ class PagePagination(BasePagination):
 
     default_limit = 20
     max_limit = 100
+    max_page = 1_000_000  # keeps the OFFSET far inside a bigint
 
     def paginate_queryset(self, queryset, request, view=None):
-        self.page = self._positive_int(request, "page", 1, None)
+        self.page = self._positive_int(request, "page", 1, self.max_page)
         self.limit = self._positive_int(request, "limit", self.default_limit, self.max_limit)
         self.count = queryset.count()
         offset = (self.page - 1) * self.limit
@@ -63,13 +69,12 @@ class PagePagination(BasePagination):
         return Response({"results": data, "count": self.count, "page": self.page, "limit": self.limit})
 
     @staticmethod
-    def _positive_int(request, name: str, default: int, maximum: int | None) -> int:
+    def _positive_int(request, name: str, default: int, maximum: int) -> int:
         raw = request.query_params.get(name)
         if raw in (None, ""):
             return default
-        if not raw.isdigit() or int(raw) < 1 or (maximum is not None and int(raw) > maximum):
-            bound = f"between 1 and {maximum}" if maximum else "at least 1"
-            raise ValidationFailed.for_field(name, f"Must be a whole number {bound}.")
+        if not WHOLE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+            raise ValidationFailed.for_field(name, f"Must be a whole number between 1 and {maximum}.")
         return int(raw)
 
     def get_paginated_response_schema(self, schema):
@@ -86,7 +91,12 @@ class PagePagination(BasePagination):
 
     def get_schema_operation_parameters(self, view):
         return [
-            {"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}},
+            {
+                "name": "page",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": self.max_page},
+            },
             {
                 "name": "limit",
                 "in": "query",

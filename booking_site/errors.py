@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import DatabaseError, OperationalError
+from django.db import DatabaseError, DataError, OperationalError
 from django.http import Http404, JsonResponse
 from psycopg import errors as pg_errors
 from rest_framework import exceptions as drf
@@ -167,6 +167,11 @@ def to_domain_error(exc: Exception) -> DomainError | None:
         return Busy()
     if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, pg_errors.QueryCanceled):
         return Busy()
+    if isinstance(exc, DataError):
+        # Input the validation let through and the database refused (a value out of a column's range):
+        # still the client's 400, but logged, because a serializer should have caught it.
+        logger.warning("unvalidated input refused by the database: %s", exc)
+        return ValidationFailed("A value is out of the range the database can store.")
     if isinstance(exc, OperationalError):
         logger.warning("database unavailable: %s", exc)
         return ServiceUnavailable()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from datetime import timedelta
 
 from django.conf import settings
@@ -29,6 +30,7 @@ from booking_site.models import IdempotencyRecord
 HEADER = "Idempotency-Key"
 BODY_ALIAS = "requestId"
 REPLAY_HEADER = "Idempotent-Replayed"
+VALID_KEY = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,255}")  # no control characters, no lone surrogates
 
 
 def idempotent(handler):
@@ -71,10 +73,10 @@ def request_key(request) -> str | None:
     """The key from the header, or the seeds' ``requestId`` body field; both given must agree."""
     header = request.headers.get(HEADER)
     body = request.data.get(BODY_ALIAS) if isinstance(request.data, dict) else None
-    if body is not None and (not isinstance(body, str) or not 1 <= len(body) <= 255):
-        raise ValidationFailed.for_field(BODY_ALIAS, "Must be a string of 1 to 255 characters.")
-    if header is not None and not 1 <= len(header) <= 255:
-        raise ValidationFailed.for_field(HEADER, "Must be 1 to 255 characters.")
+    if body is not None and not (isinstance(body, str) and VALID_KEY.fullmatch(body)):
+        raise ValidationFailed.for_field(BODY_ALIAS, "Must be 1 to 255 printable characters.")
+    if header is not None and not VALID_KEY.fullmatch(header):
+        raise ValidationFailed.for_field(HEADER, "Must be 1 to 255 printable characters.")
     if header is not None and body is not None and header != body:
         raise ValidationFailed.for_field(BODY_ALIAS, f"Differs from the {HEADER} header.")
     return header if header is not None else body

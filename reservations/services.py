@@ -10,7 +10,7 @@ from booking_site.accounts.models import User
 from booking_site.accounts.services import require_owner
 from booking_site.audit import services as audit
 from booking_site.errors import Conflict, HoldExpired, InvalidStateTransition, NotFound
-from booking_site.expiry import expire_in_batches
+from booking_site.expiry import expire_in_batches, locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 from reservations.models import Car, Reservation
 
@@ -70,7 +70,7 @@ def car_update(*, car_id: int, actor: User | None = None, **fields) -> Car:
 
 def _lock_car(car_id: int) -> Car | None:
     """Serializes every claim on one car. (Tests replace it to prove they catch a missing lock.)"""
-    return Car.objects.select_for_update().filter(pk=car_id).first()
+    return Car.objects.select_for_update(no_key=True).filter(pk=car_id).first()
 
 
 @transaction.atomic
@@ -82,8 +82,10 @@ def reservation_hold(
         raise NotFound(f"Car {car_id} does not exist.")
     if car.status != Car.Status.ACTIVE:
         raise CarUnavailable(car_id=car_id, reason="is not available for reservation")
-    # An overdue hold never blocks, even when no worker has expired it yet (SPEC 2.2).
-    for overdue in Reservation.objects.overdue(now=now).filter(car=car):
+    now = locked_now(now)
+    # An overdue hold never blocks, even when no worker has expired it yet (SPEC 2.2). Its row is locked
+    # (car, then reservation): a confirm that got there first has made it CONFIRMED, and it is skipped.
+    for overdue in Reservation.objects.overdue(now=now).filter(car=car).select_for_update(no_key=True):
         _apply(overdue, State.EXPIRED, actor=EXPIRY_ACTOR, now=now)
     if Reservation.objects.blocking().filter(car=car).exists():
         raise CarUnavailable(car_id=car_id)
@@ -135,9 +137,10 @@ def _transition(
     request is then refused (410 for a confirm, 400 for a cancel).
     """
     with transaction.atomic():
-        reservation = Reservation.objects.select_for_update().filter(pk=reservation_id).first()
+        reservation = Reservation.objects.select_for_update(no_key=True).filter(pk=reservation_id).first()
         if reservation is None:
             raise NotFound(f"Reservation {reservation_id} does not exist.")
+        now = locked_now(now)
         require_owner(user=user, owner_id=reservation.buyer_id, what=f"Reservation {reservation_id}")
         overdue = reservation.is_overdue(now)
         if reservation.can_become(to_state) and (not overdue or to_state == State.EXPIRED):

@@ -129,3 +129,42 @@ def test_a_lock_wait_past_the_timeout_is_503_busy(api, user):
 
     assert_envelope(response, 503, "busy")
     assert response["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"carId": 1, "requestId": "a\\u0000b"}',
+        '{"carId": 1, "requestId": "\\ud800"}',
+        '{"carId": 1, "x\\u0000": 1}',
+        "[" * 5000 + "]" * 5000,
+        '{"carId": ' + "[" * 40 + "]" * 40 + "}",
+    ],
+    ids=["nul", "lone-surrogate", "nul-in-key", "recursion", "too-deep"],
+)
+def test_text_postgresql_cannot_store_and_runaway_nesting_are_400(api, body):
+    response = api.post("/api/reservations", data=body, content_type="application/json")
+
+    assert_envelope(response, 400, "validation_error")
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "tab\there", "x" * 256])
+def test_idempotency_keys_must_be_printable(api, key):
+    response = api.post("/api/reservations", {"carId": CarFactory().pk}, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    assert_envelope(response, 400, "validation_error")
+
+
+@pytest.mark.parametrize("query", ["page=999999999999999999", "page=1000001", "limit=\u00b2", "page=\u0661"])
+def test_page_parameters_outside_the_range_are_400(api, query):
+    assert_envelope(api.get(f"/api/reservations?{query}"), 400, "validation_error")
+
+
+def test_a_value_the_database_refuses_is_still_a_400():
+    from django.db import DataError
+
+    from booking_site.errors import to_domain_error
+
+    error = to_domain_error(DataError("integer out of range"))
+
+    assert (error.status, error.code) == (400, "validation_error")

@@ -2,12 +2,15 @@
 
 import contextlib
 import threading
+import time
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from booking_site.audit.services import trail
+from booking_site.errors import HoldExpired
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from reservations import services
 from reservations.models import Car, Reservation
@@ -100,3 +103,45 @@ def test_two_expiry_jobs_at_once_write_one_event_per_hold():
     assert Reservation.objects.filter(state="EXPIRED").count() == 60
     for reservation in held:
         assert trail(reservation).filter(event_type="EXPIRED").count() == 1
+
+
+def test_a_confirm_that_waited_for_the_lock_past_the_expiry_is_refused():
+    """A confirm asked before the expiry and a rival hold asked after it both wait behind a lock on the
+    hold until it has expired: the confirm judges by the time it got the lock (410), the rival gets the
+    car, and neither overwrites the other's write."""
+    buyer, rival = UserFactory(), UserFactory()
+    now = timezone.now()
+    reservation = ReservationFactory(
+        buyer=buyer, created_at=now - timedelta(minutes=5), expires_at=now + timedelta(seconds=1)
+    )
+    locked, release = threading.Event(), threading.Event()
+
+    def blocker():
+        with transaction.atomic():
+            Reservation.objects.select_for_update().get(pk=reservation.pk)
+            locked.set()
+            release.wait(10)
+        return "released"
+
+    def confirm():
+        locked.wait(5)
+        return services.reservation_confirm(reservation_id=reservation.pk, user=buyer, now=timezone.now())
+
+    def rival_hold():
+        locked.wait(5)
+        time.sleep(1.2)  # asks after the expiry, while the expired hold's row is still locked
+        return services.reservation_hold(car_id=reservation.car_id, buyer=rival, hold_minutes=5, now=timezone.now())
+
+    def release_after_expiry():
+        locked.wait(5)
+        time.sleep(1.5)
+        release.set()
+
+    results = run_concurrently([blocker, confirm, rival_hold, release_after_expiry])
+
+    reservation.refresh_from_db()
+    assert reservation.state == "EXPIRED"
+    assert isinstance(results[1], HoldExpired)
+    assert isinstance(results[2], Reservation) and results[2].state == "HELD"
+    assert trail(reservation).filter(event_type="EXPIRED").count() == 1
+    assert not trail(reservation).filter(event_type="CONFIRMED").exists()
