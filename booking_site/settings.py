@@ -85,7 +85,7 @@ if env("DATABASE_URL", default=""):
 else:
     _database = embedded.database(VAR_DIR)
 _database["ENGINE"] = "django_prometheus.db.backends.postgresql"
-_database["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
+_database["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 _database["CONN_HEALTH_CHECKS"] = True
 _database.setdefault("OPTIONS", {})["options"] = f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}"
 DATABASES = {"default": _database}
