@@ -12,9 +12,35 @@ from events import selectors, services
 from events.models import Event, SeatHoldGroup
 
 PLAIN, SECTIONS = "plain", "sections"
+UPDATABLE = ("name", "event_date", "location", "hold_minutes")  # what the change form may change
 
 
-class EventCreateForm(forms.ModelForm):
+class EventChangeForm(forms.ModelForm):
+    """An event's details. The date is bounded as the API bounds it (``services.event_date_problem``:
+    in the future, at most ten years ahead); a date left as it was (an event already past) may stay.
+    The hold length is 1-60 minutes, as ``event_hold_minutes_range`` requires."""
+
+    hold_minutes = forms.IntegerField(
+        min_value=services.HOLD_MINUTES_RANGE[0],
+        max_value=services.HOLD_MINUTES_RANGE[1],
+        initial=5,
+        help_text="How long a seat hold lasts (1-60)",
+    )
+
+    class Meta:
+        model = Event
+        fields = ["name", "event_date", "location", "hold_minutes"]
+
+    def clean_event_date(self):
+        event_date = self.cleaned_data["event_date"]
+        if self.instance.pk is None or "event_date" in self.changed_data:
+            problem = services.event_date_problem(event_date, now=timezone.now())
+            if problem:
+                raise forms.ValidationError(problem)
+        return event_date
+
+
+class EventCreateForm(EventChangeForm):
     """An event and its seat layout: plain S1…Sn from a total, or sections x rows x seats per row."""
 
     layout = forms.ChoiceField(
@@ -27,8 +53,7 @@ class EventCreateForm(forms.ModelForm):
     rows = forms.IntegerField(min_value=1, max_value=1000, required=False, help_text="Rows per section")
     seats_per_row = forms.IntegerField(min_value=1, max_value=1000, required=False)
 
-    class Meta:
-        model = Event
+    class Meta(EventChangeForm.Meta):
         fields = ["name", "event_date", "location", "hold_minutes", "sales_open"]
 
     def clean(self):
@@ -86,8 +111,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         return selectors.events_with_counts(now=timezone.now())
 
     def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = EventCreateForm
+        kwargs["form"] = EventCreateForm if obj is None else EventChangeForm
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fieldsets(self, request, obj=None):
@@ -101,11 +125,22 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else self.readonly_fields
 
+    def has_delete_permission(self, request, obj=None):
+        """Deleting an event would take its seats with it and leave no audit trail: operators close
+        sales instead."""
+        return False
+
     def save_model(self, request, obj, form, change):
-        if change:
-            obj.updated_at = timezone.now()
-            return super().save_model(request, obj, form, change)
+        """Both through the services, never ``obj.save()``: a full save writes back every column of the
+        row as the form read it, ``confirmed_seats`` and ``sales_open`` included, undoing a confirm,
+        cancel or sales action that committed meanwhile."""
         data = form.cleaned_data
+        if change:
+            changed = {field: data[field] for field in UPDATABLE if field in form.changed_data}
+            updated = services.event_update_details(event_id=obj.pk, actor=request.user, now=timezone.now(), **changed)
+            for field in (*UPDATABLE, "confirmed_seats", "sales_open", "updated_at"):
+                setattr(obj, field, getattr(updated, field))
+            return
         created = services.event_create(
             name=data["name"],
             event_date=data["event_date"],

@@ -1,12 +1,25 @@
 """Every write to events, seats and seat claims (SPEC 5).
 
 Lock order, everywhere: seat rows (primary-key order) → hold group rows (primary-key order) → the
-event row (only to move its ``confirmed_seats`` counter, last, so it is held for the shortest time).
-Nothing locks an earlier kind of row while holding a later one, so overlapping requests never deadlock.
+event row (only to move its ``confirmed_seats`` counter, last, so it is held for the shortest time; an
+edit of the event's details or its sales switch locks the event row alone). Nothing locks an earlier
+kind of row while holding a later one, so overlapping requests never deadlock.
+
+Seat and event rows are locked ``FOR NO KEY UPDATE`` (``select_for_update(no_key=True)``): their keys
+never change, and other transactions insert rows that reference them (a hold's group and claims take
+``FOR KEY SHARE`` on the event and seat rows). ``FOR UPDATE`` would make those inserts wait on, and
+so possibly deadlock with, a request that only moves the counter or edits the event's details; ``FOR NO
+KEY UPDATE`` does not conflict with ``FOR KEY SHARE`` (the counter's ``UPDATE`` takes that mode by
+itself, as it changes no key). Nothing in events locks user rows. Hold group rows keep ``FOR UPDATE``: a confirm
+sets ``booking_group_id``, a unique key.
+
+Each service judges expiry, and stamps what it writes, with ``locked_now(now)`` taken once its locks
+are held: a request's ``now`` is from before it waited for them (SPEC 2.2).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -19,7 +32,7 @@ from booking_site.accounts.models import User
 from booking_site.accounts.services import require_owner
 from booking_site.audit import services as audit
 from booking_site.errors import Conflict, DomainError, HoldExpired, NotFound, ValidationFailed
-from booking_site.expiry import expire_in_batches
+from booking_site.expiry import expire_in_batches, locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 from events import selectors
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
@@ -29,7 +42,13 @@ EXPIRY_ACTOR = "system:expire_holds"
 MAX_SEATS_PER_EVENT = 100_000
 MAX_SEATS_PER_HOLD = 50
 PICK_ATTEMPTS = 20  # best-available: how often to pick again when racing holds took the picked seats
+logger = logging.getLogger(__name__)
 SECTION_NAME = re.compile(r"^[A-Za-z0-9]{1,20}$")
+HOLD_MINUTES_RANGE = (1, 60)
+# How far ahead an event may be scheduled. Ten years is past any real on-sale window, and keeps every
+# event date far from datetime's year-9999 edge, where rendering it in a time zone east of UTC (or
+# reading a naive date in one west of it) overflows.
+MAX_EVENT_DATE_AHEAD = timedelta(days=3653)
 
 
 class SeatsUnavailable(Conflict):
@@ -52,12 +71,36 @@ class EventMismatch(DomainError):
     status, code = 400, "event_mismatch"
 
 
+class SeatCountConflict(Conflict):
+    """The event's booked-seat counter refused a move (``event_confirmed_within_total``): the counter
+    and the claims disagree. Nothing is written; the request may be retried once an operator has
+    looked (the log says which event)."""
+
+    code = "seat_count_conflict"
+
+
 def hold_subject(group: SeatHoldGroup) -> audit.Subject:
     """A hold group's whole life (held, confirmed as a booking, cancelled) is one audit subject."""
     return audit.Subject(type="seat_hold_group", id=group.pk)
 
 
 # --- events and their seats ---------------------------------------------------------------------------
+
+
+def event_date_problem(event_date: datetime, *, now: datetime) -> str | None:
+    """Why ``event_date`` cannot be an event's date, or None. An event is scheduled in the future, at
+    most ``MAX_EVENT_DATE_AHEAD`` from now (the API, the admin forms and the services all ask this)."""
+    if event_date <= now:
+        return "The event date must be in the future."
+    if event_date > now + MAX_EVENT_DATE_AHEAD:
+        return f"The event date must be at most {MAX_EVENT_DATE_AHEAD.days // 365} years ahead."
+    return None
+
+
+def _check_hold_minutes(hold_minutes: int) -> None:
+    low, high = HOLD_MINUTES_RANGE
+    if not low <= hold_minutes <= high:
+        raise ValidationFailed.for_field("holdMinutes", f"Must be between {low} and {high}.")
 
 
 @dataclass(frozen=True)
@@ -106,6 +149,10 @@ def event_create(
         total_seats = layout.total
     if total_seats is None or not 1 <= total_seats <= MAX_SEATS_PER_EVENT:
         raise ValidationFailed.for_field("totalSeats", f"Must be between 1 and {MAX_SEATS_PER_EVENT}.")
+    problem = event_date_problem(event_date, now=now)
+    if problem:
+        raise ValidationFailed.for_field("date", problem)
+    _check_hold_minutes(hold_minutes)
     with transaction.atomic():
         event = Event.objects.create(
             name=name,
@@ -148,14 +195,70 @@ def _generate_seats(event: Event, layout: SeatLayout | None) -> None:
             )
 
 
+def _lock_event(event_id: int) -> Event:
+    event = Event.objects.select_for_update(no_key=True).filter(pk=event_id).first()
+    if event is None:
+        raise NotFound(f"Event {event_id} does not exist.")
+    return event
+
+
+def event_update_details(
+    *,
+    event_id: int,
+    actor: User | None,
+    now: datetime,
+    name: str | None = None,
+    event_date: datetime | None = None,
+    location: str | None = None,
+    hold_minutes: int | None = None,
+) -> Event:
+    """Change an event's name, date, location or hold length (``None``: leave it as it is).
+
+    Only these columns are written, under the event's row lock: the ``confirmed_seats`` counter and
+    ``sales_open``, which confirms, cancels and the sales actions move meanwhile, are never written back
+    from an earlier read. One ``UPDATED`` audit event lists what changed; nothing changed writes nothing.
+    A new ``hold_minutes`` applies to holds granted from now on. A new date must pass
+    ``event_date_problem``; an unchanged one (an event already past, say) may stay.
+    """
+    wanted = {"name": name, "event_date": event_date, "location": location, "hold_minutes": hold_minutes}
+    wanted = {field: value for field, value in wanted.items() if value is not None}
+    if hold_minutes is not None:
+        _check_hold_minutes(hold_minutes)
+    with transaction.atomic():
+        event = _lock_event(event_id)
+        now = locked_now(now)
+        changed = [field for field, value in wanted.items() if getattr(event, field) != value]
+        if not changed:
+            return event
+        if "event_date" in changed:
+            problem = event_date_problem(event_date, now=now)
+            if problem:
+                raise ValidationFailed.for_field("date", problem)
+        before = {field: getattr(event, field) for field in changed}
+        for field in changed:
+            setattr(event, field, wanted[field])
+        event.updated_at = now
+        event.save(update_fields=[*changed, "updated_at"])
+        audit.record(
+            subject=event,
+            event="UPDATED",
+            actor=actor,
+            metadata={
+                "fields": changed,
+                "from": before,
+                "to": {field: wanted[field] for field in changed},
+            },
+        )
+    return event
+
+
 def event_sales_set(*, event_id: int, sales_open: bool, actor: User | None, now: datetime) -> Event:
     """Open or close sales. Closing stops new holds; holds already granted may still be confirmed."""
     with transaction.atomic():
-        event = Event.objects.select_for_update().filter(pk=event_id).first()
-        if event is None:
-            raise NotFound(f"Event {event_id} does not exist.")
+        event = _lock_event(event_id)
         if event.sales_open == sales_open:
             return event
+        now = locked_now(now)
         event.sales_open, event.updated_at = sales_open, now
         event.save(update_fields=["sales_open", "updated_at"])
         states = ("CLOSED", "OPEN") if sales_open else ("OPEN", "CLOSED")
@@ -175,7 +278,7 @@ def event_sales_set(*, event_id: int, sales_open: bool, actor: User | None, now:
 def _lock_seats(*, event_id: int, seat_ids: list[int] | None = None, codes: list[str] | None = None) -> list[Seat]:
     """Lock the named seats of one event in primary-key order; returns the seats that exist.
     (Tests replace it to prove they catch a missing lock.)"""
-    seats = Seat.objects.select_for_update().filter(event_id=event_id)
+    seats = Seat.objects.select_for_update(no_key=True).filter(event_id=event_id)
     seats = seats.filter(pk__in=seat_ids) if seat_ids is not None else seats.filter(code__in=codes)
     return list(seats.order_by("pk"))
 
@@ -208,6 +311,7 @@ def seats_hold(
         if len(set(seat_codes)) != len(seat_codes):
             raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
         seats = _lock_seats(event_id=event_id, codes=seat_codes)
+        now = locked_now(now)
         unknown = sorted(set(seat_codes) - {s.code for s in seats})
         if unknown:
             raise ValidationFailed(
@@ -216,13 +320,14 @@ def seats_hold(
             )
         _claim(event, seats, now=now)
     else:
-        seats = _hold_best_available(event, quantity, now=now)
+        seats, now = _hold_best_available(event, quantity, now=now)
     return _create_group(event, seats, user=user, now=now, request_id=request_id)
 
 
-def _hold_best_available(event: Event, quantity: int, *, now: datetime) -> list[Seat]:
+def _hold_best_available(event: Event, quantity: int, *, now: datetime) -> tuple[list[Seat], datetime]:
     """Pick ``quantity`` free seats, lock and claim them; when a racing hold took some of them in the
-    meantime, undo this attempt (a savepoint, which also drops its row locks) and pick again."""
+    meantime, undo this attempt (a savepoint, which also drops its row locks) and pick again. Returns
+    the seats and the time the claim was judged at (``locked_now``, once their locks were held)."""
     for _ in range(PICK_ATTEMPTS):
         seat_ids = selectors.best_available_seat_ids(event_id=event.pk, quantity=quantity, now=now)
         if len(seat_ids) < quantity:
@@ -233,8 +338,9 @@ def _hold_best_available(event: Event, quantity: int, *, now: datetime) -> list[
         try:
             with transaction.atomic():
                 seats = _lock_seats(event_id=event.pk, seat_ids=seat_ids)
-                _claim(event, seats, now=now)
-                return seats
+                locked_at = locked_now(now)
+                _claim(event, seats, now=locked_at)
+                return seats, locked_at
         except SeatsUnavailable:
             continue
     raise SeatsUnavailable(
@@ -244,7 +350,8 @@ def _hold_best_available(event: Event, quantity: int, *, now: datetime) -> list[
 
 
 def _claim(event: Event, seats: list[Seat], *, now: datetime) -> None:
-    """Refuse when any of ``seats`` has an active claim. Caller holds the seats' row locks.
+    """Refuse when any of ``seats`` has an active claim. Caller holds the seats' row locks, and ``now``
+    is ``locked_now`` from after it took them.
 
     Overdue holds on these seats are expired first, whole groups at a time: they never block (SPEC 2.2).
     """
@@ -305,6 +412,7 @@ def seats_confirm(*, event_id: int, hold_group_id: uuid.UUID, user: User, now: d
     """Turn a live hold into a booking. An overdue hold is expired instead — that commits — and 410."""
     with transaction.atomic():
         group = _lock_group(event_id=event_id, user=user, hold_group_id=hold_group_id)
+        now = locked_now(now)
         if group.state == State.HELD and not group.is_overdue(now):
             group.booking_group_id = uuid.uuid4()
             group.confirmed_at = now
@@ -322,6 +430,7 @@ def seats_release(*, event_id: int, hold_group_id: uuid.UUID, user: User, now: d
     """Give a live hold back. An overdue hold is already free: it is expired, and the release refused."""
     with transaction.atomic():
         group = _lock_group(event_id=event_id, user=user, hold_group_id=hold_group_id)
+        now = locked_now(now)
         if group.state == State.HELD and not group.is_overdue(now):
             return _apply(group, State.RELEASED, actor=user, now=now)
         if group.is_overdue(now):
@@ -338,6 +447,7 @@ def booking_cancel(*, booking_group_id: uuid.UUID, user: User, now: datetime, re
         require_owner(user=user, owner_id=group.user_id, what=f"Booking {booking_group_id}")
         if group.state != State.CONFIRMED:
             raise BookingNotActive(f"Booking {booking_group_id} is {group.state}.", details={"state": group.state})
+        now = locked_now(now)
         group.cancelled_at = now
         _apply(group, State.CANCELLED, actor=user, now=now, fields=["cancelled_at"], metadata={"reason": reason})
         _count_confirmed(group.event_id, -group.seat_count)
@@ -352,7 +462,7 @@ def hold_expire(*, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatH
             raise NotFound(f"Hold {hold_group_id} does not exist.")
         if group.state != State.HELD:
             raise HoldNotActive(f"Hold {hold_group_id} is {group.state}.", details={"state": group.state})
-        return _apply(group, State.EXPIRED, actor=user, now=now)
+        return _apply(group, State.EXPIRED, actor=user, now=locked_now(now))
 
 
 def _lock_group(*, event_id: int, user: User, hold_group_id: uuid.UUID) -> SeatHoldGroup:
@@ -398,8 +508,22 @@ def _apply(
 
 
 def _count_confirmed(event_id: int, delta: int) -> None:
-    """Move the event's booked-seat counter. Last in the transaction: the event row is the hot one."""
-    Event.objects.filter(pk=event_id).update(confirmed_seats=F("confirmed_seats") + delta)
+    """Move the event's booked-seat counter. Last in the transaction: the event row is the hot one.
+
+    The services keep the counter equal to the confirmed claims, so ``event_confirmed_within_total``
+    should never refuse; if a counter has drifted anyway (a write outside the services), the constraint
+    refuses the move and the request gets a 409 instead of a 500, with nothing written.
+    """
+    try:
+        with transaction.atomic():  # savepoint: the check constraint is the backstop
+            Event.objects.filter(pk=event_id).update(confirmed_seats=F("confirmed_seats") + delta)
+    except IntegrityError:
+        CONSTRAINT_BACKSTOPS.labels("event_confirmed_within_total").inc()
+        logger.error("The booked-seat counter of event %s refused to move by %+d: it has drifted", event_id, delta)
+        raise SeatCountConflict(
+            f"The seat counts of event {event_id} are out of step; the change was not made.",
+            details={"eventId": event_id},
+        ) from None
 
 
 # --- expiry ------------------------------------------------------------------------------------------------
@@ -435,6 +559,6 @@ def events_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
     """Flip every hold group overdue at ``now`` to EXPIRED, one audit event each (the beat job)."""
     return expire_in_batches(
         overdue=SeatHoldGroup.objects.overdue(now=now),
-        expire_batch=lambda batch: _expire_groups(batch, now=now),
+        expire_batch=lambda batch: _expire_groups(batch, now=locked_now(now)),
         batch_size=batch_size,
     )

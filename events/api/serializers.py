@@ -1,7 +1,8 @@
+from django.utils import timezone
 from rest_framework import serializers
 
 from booking_site.api import StrictSerializer
-from events.services import MAX_SEATS_PER_EVENT, MAX_SEATS_PER_HOLD
+from events.services import MAX_SEATS_PER_EVENT, MAX_SEATS_PER_HOLD, event_date_problem
 
 USER_ID = {"min_value": 1, "max_value": 2**63 - 1}
 
@@ -14,14 +15,33 @@ class SeatLayoutIn(StrictSerializer):
     seatsPerRow = serializers.IntegerField(min_value=1, max_value=1000)
 
 
+class EventDateField(serializers.DateTimeField):
+    """A date-time whose reading in the current time zone may leave datetime's range (a naive
+    ``9999-12-31T23:00`` west of UTC, ``0001-01-01T00:00`` east of it): that is a 400, not a 500."""
+
+    def enforce_timezone(self, value):
+        try:
+            return super().enforce_timezone(value)
+        except OverflowError:
+            self.fail("overflow")
+
+
 class EventCreateIn(StrictSerializer):
     name = serializers.CharField(max_length=255)
-    date = serializers.DateTimeField()
+    date = EventDateField(help_text="In the future, at most ten years ahead")
     location = serializers.CharField(max_length=255)
     totalSeats = serializers.IntegerField(min_value=1, max_value=MAX_SEATS_PER_EVENT, required=False)
     layout = SeatLayoutIn(required=False, help_text="Sections x rows x seats per row; codes like A-3-12")
     holdMinutes = serializers.IntegerField(min_value=1, max_value=60, required=False, default=5)
     salesOpen = serializers.BooleanField(required=False, default=True)
+
+    def validate_date(self, value):
+        """In the future and at most ten years ahead (``services.event_date_problem``): far-future dates
+        (year 9999) overflow when read naive west of UTC, or when rendered east of it."""
+        problem = event_date_problem(value, now=timezone.now())
+        if problem:
+            raise serializers.ValidationError(problem)
+        return value
 
     def validate(self, data):
         if "totalSeats" not in data and "layout" not in data:

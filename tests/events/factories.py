@@ -11,14 +11,22 @@ from tests.factories import UserFactory
 
 
 def make_event(*, total_seats: int | None = 10, layout: tuple | None = None, **fields) -> Event:
-    """An event with its seats, created the way operators do (the service)."""
+    """An event with its seats, created the way operators do (the service). An ``event_date`` in the
+    past, which the service refuses, is written directly afterwards: an event that has taken place."""
     fields.setdefault("name", "Coldplay Concert")
     fields.setdefault("event_date", timezone.now() + timedelta(days=30))
     fields.setdefault("location", "Mumbai")
+    event_date = fields["event_date"]
+    if event_date <= timezone.now():
+        fields["event_date"] = timezone.now() + timedelta(days=30)
     seat_layout = services.SeatLayout(*layout) if layout else None
-    return services.event_create(
+    event = services.event_create(
         total_seats=None if layout else total_seats, layout=seat_layout, now=timezone.now(), **fields
     )
+    if event.event_date != event_date:
+        Event.objects.filter(pk=event.pk).update(event_date=event_date)
+        event.event_date = event_date
+    return event
 
 
 class EventFactory(factory.django.DjangoModelFactory):

@@ -1,10 +1,15 @@
+from datetime import timedelta
+
 import pytest
+from django.contrib import admin
 from django.test import Client
+from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
 from events import services
+from events.admin import EventAdmin
 from events.models import Event, Seat, SeatHoldGroup
-from tests.events.factories import make_event, write_hold
+from tests.events.factories import make_event, violations, write_hold
 
 pytestmark = pytest.mark.django_db
 
@@ -127,7 +132,123 @@ def test_expire_a_hold_from_the_list(admin_client, user):
     assert SeatHoldGroup.objects.get(pk=group.pk).state == "EXPIRED"
 
 
-def _now():
-    from django.utils import timezone
+def change_event(admin_client, event, **fields):
+    local = timezone.localtime(event.event_date)
+    form = {
+        "name": event.name,
+        "event_date_0": local.strftime("%Y-%m-%d"),
+        "event_date_1": local.strftime("%H:%M:%S"),
+        "location": event.location,
+        "hold_minutes": str(event.hold_minutes),
+        **fields,
+    }
+    return admin_client.post(f"/admin/events/event/{event.pk}/change/", form)
 
+
+def test_an_edit_goes_through_the_service_and_is_audited(admin_client, staff):
+    event = make_event()
+
+    response = change_event(admin_client, event, name="Renamed", location="Pune", hold_minutes="7")
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    event.refresh_from_db()
+    assert (event.name, event.location, event.hold_minutes) == ("Renamed", "Pune", 7)
+    updated = AuditEvent.objects.get(subject_type="event", subject_id=str(event.pk), event_type="UPDATED")
+    assert updated.actor_id == staff.pk
+    assert updated.metadata["fields"] == ["name", "location", "hold_minutes"]
+    assert updated.metadata["from"]["name"] == "Coldplay Concert" and updated.metadata["to"]["name"] == "Renamed"
+
+
+def test_an_edit_that_changes_nothing_writes_nothing(admin_client):
+    event = make_event()
+
+    assert change_event(admin_client, event).status_code == 302
+
+    assert not AuditEvent.objects.filter(subject_id=str(event.pk), event_type="UPDATED").exists()
+    assert Event.objects.get(pk=event.pk).updated_at == event.updated_at
+
+
+def test_an_edit_never_writes_back_the_counter_or_sales_it_read(admin_client, user, monkeypatch):
+    """The admin read the event (0 booked, sales open) before a confirm and a sales close committed;
+    saving the form must keep both (a full ``obj.save()`` wrote the stale values back)."""
+    event = make_event()
+    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
+    real_save_model = EventAdmin.save_model
+
+    def others_commit_first(self, request, obj, form, change):
+        services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
+        services.event_sales_set(event_id=event.pk, sales_open=False, actor=None, now=_now())
+        return real_save_model(self, request, obj, form, change)
+
+    monkeypatch.setattr(EventAdmin, "save_model", others_commit_first)
+
+    assert change_event(admin_client, event, name="Renamed").status_code == 302
+
+    event.refresh_from_db()
+    assert (event.name, event.confirmed_seats, event.sales_open) == ("Renamed", 2, False)
+    assert violations(event) == []
+
+
+def test_events_cannot_be_deleted(admin_client):
+    event = make_event()
+
+    changelist = admin_client.get("/admin/events/event/").content.decode()
+    response = admin_client.post(f"/admin/events/event/{event.pk}/delete/", {"post": "yes"})
+
+    assert EventAdmin(Event, admin.site).has_delete_permission(None, event) is False
+    assert 'value="delete_selected"' not in changelist
+    assert response.status_code == 403
+    assert Event.objects.filter(pk=event.pk).exists() and Seat.objects.filter(event=event).count() == 10
+
+
+@pytest.mark.parametrize(
+    ("zone", "day", "time"),
+    [
+        ("Europe/Berlin", "9999-12-31", "23:30:00"),
+        ("America/New_York", "9999-12-31", "23:00:00"),  # past year 9999 in UTC
+        ("Europe/Berlin", "2001-01-01", "19:30:00"),  # in the past
+        ("Europe/Berlin", "+11y", "19:30:00"),
+    ],
+)
+def test_an_event_date_in_the_past_or_far_ahead_is_refused_on_the_add_form(admin_client, settings, zone, day, time):
+    settings.TIME_ZONE = zone
+    if day == "+11y":
+        day = (timezone.now() + timedelta(days=11 * 365)).date().isoformat()
+    with timezone.override(zone):
+        response = add_event(admin_client, event_date_0=day, event_date_1=time, layout="plain", total_seats="5")
+
+    assert response.status_code == 200
+    assert "event_date" in response.context["adminform"].form.errors
+    assert not Event.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event_date_0": "9999-12-31", "event_date_1": "23:30:00"},
+        {"event_date_0": "2001-01-01", "event_date_1": "19:30:00"},
+        {"hold_minutes": "0"},
+        {"hold_minutes": "70000"},
+    ],
+)
+def test_a_bad_date_or_hold_length_is_refused_on_the_change_form(admin_client, fields):
+    event = make_event()
+
+    response = change_event(admin_client, event, **fields)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors
+    assert Event.objects.get(pk=event.pk).event_date == event.event_date
+    assert not AuditEvent.objects.filter(subject_id=str(event.pk), event_type="UPDATED").exists()
+
+
+def test_an_event_already_past_can_still_be_renamed(admin_client):
+    event = make_event(event_date=timezone.now() - timedelta(days=2))
+
+    assert change_event(admin_client, event, name="Last year's gala").status_code == 302
+
+    assert Event.objects.get(pk=event.pk).name == "Last year's gala"
+
+
+def _now():
     return timezone.now()

@@ -5,6 +5,7 @@ import pytest
 from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
+from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
 
@@ -23,6 +24,10 @@ EVENT_FIELDS = {
     "holdMinutes",
     "createdAt",
 }
+
+
+def backstop_hits(constraint: str) -> float:
+    return CONSTRAINT_BACKSTOPS.labels(constraint)._value.get()
 
 
 def error_code(response) -> str:
@@ -108,6 +113,40 @@ def test_invalid_event_creation_is_400_per_field(staff_api, body, field):
     assert response.status_code == 400
     assert error_code(response) == "validation_error"
     assert field in response.json()["error"]["details"]["fields"]
+
+
+@pytest.mark.parametrize(
+    ("zone", "date"),
+    [
+        ("America/New_York", "9999-12-31T23:00:00"),  # naive, read in New York: past year 9999 in UTC
+        ("UTC", "9999-12-31T23:30:00Z"),  # stored, but unlistable east of UTC
+        ("Asia/Kolkata", "0001-01-01T00:00:00"),  # naive, read in Kolkata: before year 1 in UTC
+        ("UTC", "2000-01-01T00:00:00Z"),  # in the past
+        ("UTC", "+11y"),  # more than ten years ahead
+    ],
+)
+def test_an_event_date_in_the_past_or_far_ahead_is_400(staff_api, api, settings, zone, date):
+    settings.TIME_ZONE = zone
+    if date == "+11y":
+        date = (timezone.now() + timedelta(days=11 * 365)).isoformat()
+    with timezone.override(zone):
+        response = staff_api.post("/api/events", {"name": "x", "date": date, "location": "x", "totalSeats": 1})
+        listing = api.get("/api/events")
+
+    assert response.status_code == 400, response.content
+    assert error_code(response) == "validation_error"
+    assert "date" in response.json()["error"]["details"]["fields"]
+    assert not Event.objects.exists()
+    assert listing.status_code == 200
+
+
+def test_an_event_date_up_to_ten_years_ahead_is_accepted(staff_api):
+    date = timezone.now() + timedelta(days=3650)
+
+    response = staff_api.post("/api/events", {"name": "x", "date": date.isoformat(), "location": "x", "totalSeats": 1})
+
+    assert response.status_code == 201, response.content
+    assert Event.objects.get().event_date == date
 
 
 def test_only_staff_create_events(api):
@@ -395,6 +434,40 @@ def test_confirm_twice_is_409(api):
     response = confirm(api, event, hold_id)
 
     assert response.status_code == 409 and error_code(response) == "hold_not_active"
+
+
+def test_a_drifted_counter_makes_cancel_409_not_500_and_writes_nothing(api, user):
+    """Defence in depth: were the booked-seat counter to drift below the confirmed claims (a write
+    outside the services), ``event_confirmed_within_total`` refuses the cancel's move; the request is
+    a clean 409, counted as a backstop, and the booking stays as it was."""
+    event = make_event()
+    booking_id = booked(api, event, ["S1", "S2"])
+    Event.objects.filter(pk=event.pk).update(confirmed_seats=0)
+    before = backstop_hits("event_confirmed_within_total")
+
+    response = api.post(f"/api/events/bookings/{booking_id}/cancel", {}, format="json")
+
+    assert response.status_code == 409 and error_code(response) == "seat_count_conflict"
+    assert backstop_hits("event_confirmed_within_total") == before + 1
+    group = SeatHoldGroup.objects.get(booking_group_id=booking_id)
+    assert group.state == "CONFIRMED" and set(group.claims.values_list("state", flat=True)) == {"CONFIRMED"}
+    assert not AuditEvent.objects.filter(subject_id=str(group.pk), event_type="CANCELLED").exists()
+
+
+def test_a_drifted_counter_makes_confirm_409_not_500_and_writes_nothing(api, user):
+    event = make_event(total_seats=3)
+    hold_id = reserve(api, event, seatCodes=["S1", "S2"]).json()["holdGroupId"]
+    Event.objects.filter(pk=event.pk).update(confirmed_seats=3)  # counter says sold out; claims say not
+    before = backstop_hits("event_confirmed_within_total")
+
+    response = confirm(api, event, hold_id)
+
+    assert response.status_code == 409 and error_code(response) == "seat_count_conflict"
+    assert backstop_hits("event_confirmed_within_total") == before + 1
+    group = SeatHoldGroup.objects.get(pk=hold_id)
+    assert group.state == "HELD" and group.booking_group_id is None
+    event.refresh_from_db()
+    assert event.confirmed_seats == 3
 
 
 @pytest.mark.parametrize("hold_id", [uuid.uuid4(), "not-a-uuid"])

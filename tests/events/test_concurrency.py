@@ -5,12 +5,15 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
+from django.test import Client
 from django.utils import timezone
 
 from booking_site.audit.services import trail
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from events import services
-from events.models import Seat, SeatClaim, SeatHoldGroup
+from events.admin import EventAdmin
+from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory
@@ -156,3 +159,157 @@ def test_two_expiry_jobs_at_once_write_one_event_per_group():
     for group in groups:
         assert trail(services.hold_subject(group)).filter(event_type="EXPIRED").count() == 1
     assert violations(event) == []
+
+
+def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, staff):
+    """The admin change form read the event (0 booked) before a confirm committed; its save comes after.
+    It must write only the fields it edits: the counter stays equal to the confirmed claims (a full
+    ``obj.save()`` wrote 0 back, and the booking's later cancel then broke the counter's constraint)."""
+    event, guest = make_event(), UserFactory()
+    group = services.seats_hold(event_id=event.pk, user=guest, seat_codes=["S1", "S2"], now=timezone.now())
+    real_save_model = EventAdmin.save_model
+
+    def slow_save_model(self, request, obj, form, change):
+        time.sleep(0.5)  # the form has read the row; the confirm commits meanwhile
+        return real_save_model(self, request, obj, form, change)
+
+    monkeypatch.setattr(EventAdmin, "save_model", slow_save_model)
+    operator = Client()
+    operator.force_login(staff)
+    local = timezone.localtime(event.event_date)
+
+    def edit():
+        form = {
+            "name": "Renamed",
+            "event_date_0": local.strftime("%Y-%m-%d"),
+            "event_date_1": local.strftime("%H:%M:%S"),
+            "location": event.location,
+            "hold_minutes": "5",
+        }
+        return operator.post(f"/admin/events/event/{event.pk}/change/", form).status_code
+
+    def confirm():
+        time.sleep(0.2)
+        return services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=guest, now=timezone.now())
+
+    edited, confirmed = run_concurrently([edit, confirm])
+
+    assert edited == 302 and isinstance(confirmed, SeatHoldGroup), (edited, confirmed)
+    event.refresh_from_db()
+    assert (event.name, event.confirmed_seats) == ("Renamed", 2)
+    assert violations(event) == []
+    services.booking_cancel(booking_group_id=confirmed.booking_group_id, user=guest, now=timezone.now())
+    event.refresh_from_db()
+    assert event.confirmed_seats == 0
+
+
+def test_a_confirm_that_waits_past_the_expiry_for_its_lock_is_410_and_expires_the_hold(client_for):
+    """The view takes ``now`` before the service waits for the group's row lock; by the time it has the
+    lock the hold is overdue. The service judges by ``locked_now``: 410, and the hold ends EXPIRED."""
+    event, owner = make_event(), UserFactory()
+    group = write_hold(event, ["S1"], user=owner, expires_at=timezone.now() + timedelta(seconds=0.6))
+    api = client_for(owner)
+
+    def busy_group():  # e.g. an operator's action on the hold, holding its row for a moment
+        with transaction.atomic():
+            list(SeatHoldGroup.objects.select_for_update().filter(pk=group.pk))
+            time.sleep(1.2)
+        return "done"
+
+    def confirm():
+        time.sleep(0.1)  # while the hold is live: the view's now is before the expiry
+        return api.post(f"/api/events/{event.pk}/seats/confirm", {"holdGroupId": str(group.pk)})
+
+    _, response = run_concurrently([busy_group, confirm])
+
+    assert response.status_code == 410, response.content
+    assert response.json()["error"]["code"] == "hold_expired"
+    group.refresh_from_db()
+    assert group.state == "EXPIRED" and group.booking_group_id is None
+    assert [e.event_type for e in trail(services.hold_subject(group))] == ["EXPIRED"]
+    assert violations(event) == []
+
+
+def test_confirms_holds_and_edits_of_one_event_at_once_never_deadlock():
+    """Confirms move the event's counter (FOR NO KEY UPDATE on the event row), new holds insert rows that
+    reference it (FOR KEY SHARE), operators edit its details (a FOR NO KEY UPDATE lock): on one event,
+    all at once, many times. None may fail (a deadlock would surface as an error), and the counts add up."""
+    event = make_event(total_seats=300)
+    users = [UserFactory() for _ in range(24)]
+    now = timezone.now
+    for round_ in range(3):
+        odd = [f"S{100 * round_ + 2 * i + 1}" for i in range(len(users))]
+        even = [f"S{100 * round_ + 2 * i + 2}" for i in range(len(users))]
+        held = [
+            services.seats_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
+            for u, code in zip(users, odd, strict=True)
+        ]
+        calls = [
+            lambda g=g: services.seats_confirm(event_id=event.pk, hold_group_id=g.pk, user=g.user, now=now())
+            for g in held
+        ]
+        calls += [
+            lambda u=u, code=code: services.seats_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
+            for u, code in zip(users, even, strict=True)
+        ]
+        calls += [
+            lambda n=n: services.event_update_details(event_id=event.pk, actor=None, now=now(), name=f"Gala {n}")
+            for n in range(4)
+        ]
+
+        results = run_concurrently(calls)
+
+        failed = [r for r in results if isinstance(r, Exception)]
+        assert failed == [], failed
+    event.refresh_from_db()
+    assert event.confirmed_seats == SeatClaim.objects.filter(event=event, state="CONFIRMED").count() == 72
+    assert SeatHoldGroup.objects.filter(event=event, state="HELD").count() == 72
+    assert violations(event) == []
+
+
+def edit_while_holding(monkeypatch) -> dict[str, float]:
+    """An operator's edit holds the event row's lock for 1.5 s; a hold on the event starts 0.3 s in.
+    Returns when each finished."""
+    event, user = make_event(), UserFactory()
+    real_record = services.audit.record
+
+    def slow_record(**fields):
+        if fields.get("event") == "UPDATED":
+            time.sleep(1.5)  # the edit holds the event row's lock meanwhile
+        return real_record(**fields)
+
+    monkeypatch.setattr(services.audit, "record", slow_record)
+    finished = {}
+
+    def edit():
+        services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), name="Renamed")
+        finished["edit"] = time.monotonic()
+
+    def hold():
+        time.sleep(0.3)
+        services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+        finished["hold"] = time.monotonic()
+
+    results = run_concurrently([edit, hold])
+
+    assert results == [None, None], results
+    return finished
+
+
+def test_an_event_edit_never_makes_new_holds_wait(monkeypatch):
+    """``FOR NO KEY UPDATE`` on the event row: a hold, whose group row references the event (FOR KEY
+    SHARE), goes through while an operator's edit holds the event's lock."""
+    finished = edit_while_holding(monkeypatch)
+
+    assert finished["hold"] < finished["edit"] - 0.5, "the hold waited for the edit's lock"
+
+
+def test_control_with_for_update_on_the_event_the_hold_waits(monkeypatch):
+    def lock_event_for_update(event_id):
+        return Event.objects.select_for_update().get(pk=event_id)
+
+    monkeypatch.setattr(services, "_lock_event", lock_event_for_update)
+
+    finished = edit_while_holding(monkeypatch)
+
+    assert finished["hold"] > finished["edit"], "FOR UPDATE conflicts with the hold's FOR KEY SHARE"

@@ -11,7 +11,7 @@ from booking_site.audit.services import trail
 from booking_site.errors import HoldExpired
 from booking_site.expiry import expire_all
 from events import selectors, services
-from events.models import Seat, SeatHoldGroup
+from events.models import Event, Seat, SeatHoldGroup
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
 from tests.factories import UserFactory
 
@@ -143,4 +143,65 @@ def test_hold_expiry_is_the_events_hold_minutes():
 
     group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=now)
 
-    assert group.expires_at == now + timedelta(minutes=1)
+    # From when the hold was granted: ``locked_now``, once the seat locks were held, not before.
+    assert group.expires_at == group.created_at + timedelta(minutes=1)
+    assert now <= group.created_at <= timezone.now()
+
+
+def test_update_details_writes_only_what_changed_and_audits_it():
+    event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
+    stale = Event.objects.get(pk=event.pk)  # read before the confirm below
+    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
+    services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+
+    updated = services.event_update_details(
+        event_id=stale.pk, actor=operator, now=timezone.now(), name="Renamed", location=stale.location
+    )
+
+    event.refresh_from_db()
+    assert (event.name, event.location, event.confirmed_seats) == ("Renamed", "Mumbai", 2)
+    assert updated.confirmed_seats == 2
+    [audited] = trail(event).filter(event_type="UPDATED")
+    assert audited.actor_id == operator.pk
+    assert audited.metadata == {"fields": ["name"], "from": {"name": "Coldplay Concert"}, "to": {"name": "Renamed"}}
+    assert violations(event) == []
+
+
+def test_update_details_with_nothing_new_writes_nothing():
+    event = make_event()
+
+    services.event_update_details(
+        event_id=event.pk, actor=None, now=timezone.now(), name=event.name, hold_minutes=event.hold_minutes
+    )
+
+    assert not trail(event).filter(event_type="UPDATED").exists()
+    assert Event.objects.get(pk=event.pk).updated_at == event.updated_at
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event_date": timezone.now() - timedelta(days=1)},
+        {"event_date": timezone.now() + timedelta(days=11 * 365)},
+        {"hold_minutes": 0},
+        {"hold_minutes": 61},
+    ],
+)
+def test_update_details_refuses_a_bad_date_or_hold_length(change):
+    event = make_event()
+
+    with pytest.raises(services.ValidationFailed):
+        services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), **change)
+
+    assert not trail(event).filter(event_type="UPDATED").exists()
+
+
+def test_update_details_of_a_missing_event_is_not_found():
+    with pytest.raises(services.NotFound):
+        services.event_update_details(event_id=999_999_999, actor=None, now=timezone.now(), name="x")
+
+
+@pytest.mark.parametrize("event_date", [timezone.now() - timedelta(minutes=1), timezone.now() + timedelta(days=3660)])
+def test_an_event_is_created_in_the_next_ten_years(event_date):
+    with pytest.raises(services.ValidationFailed):
+        services.event_create(name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now())
