@@ -101,6 +101,8 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
                 form.add_error(None, f"No slots were created. {error.message}")
             else:
                 self.message_user(request, f"{len(created)} slots created for {data['host']}.", messages.SUCCESS)
+                if form.skipped:
+                    self.message_user(request, form.skipped_note().strip(), messages.WARNING)
                 return HttpResponseRedirect(reverse("admin:slots_slot_changelist"))
         context = {
             **self.admin_site.each_context(request),

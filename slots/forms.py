@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
 from django.utils import timezone
@@ -10,6 +10,7 @@ from django.utils import timezone
 from booking_site.accounts.models import Role, User
 from booking_site.errors import DomainError
 from slots import services
+from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.models import Slot
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
@@ -20,7 +21,11 @@ def hosts():
 
 
 class SlotAddForm(forms.ModelForm):
-    """Adds one slot through ``slot_create``: its refusal (overlap, past) shows on the form."""
+    """Adds one slot through ``slot_create``: its refusal (overlap, past, more than five years ahead)
+    shows on the form."""
+
+    # Declared, not derived from the model: the model's range validators never run (see _post_clean).
+    capacity = forms.IntegerField(min_value=1, max_value=services.MAX_CAPACITY, initial=1)
 
     class Meta:
         model = Slot
@@ -58,7 +63,20 @@ class SlotAddForm(forms.ModelForm):
 
 class BulkSlotForm(forms.Form):
     """Slots like "every weekday 09:00 to 12:00 in 30-minute slots for the next 4 weeks": wall-clock times in the
-    operator's time zone (TIME_ZONE), so 09:00 stays 09:00 local across a daylight-saving change."""
+    operator's time zone (TIME_ZONE), so 09:00 stays 09:00 local across a daylight-saving change.
+
+    Every slot lasts exactly the slot length (its end is its start plus the length, in real time).
+    Around a daylight-saving change (see ``_day_ranges``):
+
+    * clocks going back: a repeated local time means its first occurrence (summer time), so the
+      repeated hour is offered once;
+    * clocks going forward: local times that do not exist that night (Berlin: 02:00 to 02:59 on the
+      last Sunday of March) are skipped, and so is a slot that would then overlap the one before it or
+      end after the day's end. ``skipped`` lists them; the admin shows the list after creating the
+      others. Skipping rather than refusing the batch is what an operator wants: the missing times
+      cannot be booked whatever they do, and a weekly pattern over many weeks should not have to be
+      split around one night.
+    """
 
     host = forms.ModelChoiceField(queryset=User.objects.none())
     title = forms.CharField(max_length=200, required=False)
@@ -79,6 +97,16 @@ class BulkSlotForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["host"].queryset = hosts()
         self.fields["first_day"].initial = timezone.localdate() + timedelta(days=1)
+        self.skipped: list[datetime] = []  # local wall-clock starts left out (see the class docstring)
+
+    def clean_first_day(self):
+        first_day = self.cleaned_data["first_day"]
+        if first_day < timezone.localdate():
+            raise forms.ValidationError("Must not be in the past.")
+        latest = timezone.localdate() + services.SLOT_HORIZON
+        if first_day > latest:
+            raise forms.ValidationError(f"Slots can be added at most {services.SLOT_HORIZON_TEXT} ahead ({latest}).")
+        return first_day
 
     def clean(self):
         data = super().clean()
@@ -88,37 +116,78 @@ class BulkSlotForm(forms.Form):
             raise forms.ValidationError("The day must end after it starts.")
         count = len(self.ranges())
         if not count:
-            raise forms.ValidationError("These settings give no slots.")
+            raise forms.ValidationError(f"These settings give no slots.{self.skipped_note()}")
         if count > self.MAX_SLOTS:
             raise forms.ValidationError(f"These settings give {count} slots; at most {self.MAX_SLOTS} at once.")
         return data
 
     def ranges(self) -> list[tuple[datetime, datetime]]:
+        """The slots as (start, end) in UTC; fills ``skipped`` with the local starts left out."""
         data = self.cleaned_data
         tz = timezone.get_current_timezone()
         length = timedelta(minutes=data["minutes"])
         days = (data["first_day"] + timedelta(days=n) for n in range(7 * data["weeks"]))
-        result = []
+        result, self.skipped = [], []
         for day in days:
             if day.weekday() not in data["weekdays"]:
                 continue
-            result.extend(_day_ranges(day, data["day_start"], data["day_end"], length, tz))
+            ranges, skipped = _day_ranges(day, data["day_start"], data["day_end"], length, tz)
+            result.extend(ranges)
+            self.skipped.extend(skipped)
         return result
 
+    def skipped_note(self) -> str:
+        """For the operator: which local times were left out, and why."""
+        if not self.skipped:
+            return ""
+        listed = ", ".join(f"{moment:%Y-%m-%d %H:%M}" for moment in self.skipped[:20])
+        more = f" and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
+        return (
+            f" Skipped {len(self.skipped)} slot(s) the daylight-saving change (clocks going forward) leaves no"
+            f" room for, local start times: {listed}{more}."
+        )
 
-def _day_ranges(day: date, start: time, end: time, length: timedelta, tz) -> list[tuple[datetime, datetime]]:
-    """Consecutive slots of one day, computed on the wall clock and only then given the zone's offset."""
+
+def _exists(moment: datetime, tz) -> bool:
+    """Whether a local wall-clock time happens at all in ``tz`` (not in a spring-forward gap)."""
+    aware = moment.replace(tzinfo=tz)
+    return aware.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == moment
+
+
+def _day_ranges(
+    day: date, start: time, end: time, length: timedelta, tz
+) -> tuple[list[tuple[datetime, datetime]], list[datetime]]:
+    """Consecutive slots of one day: starts on the wall clock from ``start``, each lasting ``length``
+    in real time. Returns (ranges, skipped local starts).
+
+    A repeated local time (clocks going back) is taken in its first occurrence (``fold=0``). A local
+    start that does not exist (clocks going forward) is skipped, and so is a slot that would overlap
+    the slot before it or end after ``end`` on the local clock: near the gap a slot can begin earlier,
+    or end later, in real time than its wall-clock neighbours suggest.
+    """
     moment, close = datetime.combine(day, start), datetime.combine(day, end)
-    ranges = []
+    ranges: list[tuple[datetime, datetime]] = []
+    skipped: list[datetime] = []
     while moment + length <= close:
-        ranges.append((timezone.make_aware(moment, tz), timezone.make_aware(moment + length, tz)))
+        begin = moment.replace(tzinfo=tz).astimezone(UTC)
+        finish = begin + length
+        local_finish = finish.astimezone(tz).replace(tzinfo=None)
+        if not _exists(moment, tz) or (ranges and begin < ranges[-1][1]) or local_finish > close:
+            skipped.append(moment)
+        else:
+            ranges.append((begin, finish))
         moment += length
-    return ranges
+    return ranges, skipped
+
+
+def _check_day(value: date) -> None:
+    if not EARLIEST_DAY <= value <= LATEST_DAY:
+        raise forms.ValidationError(f"Must be between {EARLIEST_DAY} and {LATEST_DAY}.")
 
 
 class AnalyticsForm(forms.Form):
-    start_date = forms.DateField()
-    end_date = forms.DateField()
+    start_date = forms.DateField(validators=[_check_day])
+    end_date = forms.DateField(validators=[_check_day])
 
     def clean(self):
         data = super().clean()

@@ -3,19 +3,29 @@
 Lock order. A transaction that takes more than one of these locks takes them in this order, so two
 requests never wait for each other in a circle:
 
-1. one user row: the guest's for a booking or a reschedule, the host's for creating slots. It
-   serializes the rules that count a user's rows: at most ``SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST``
-   active bookings per guest, one active booking per guest per host, and one host's slots never
-   overlapping;
+1. one user row: the guest's for a booking, a confirm or a reschedule, the host's for creating
+   slots. It serializes the rules that count a user's rows: at most
+   ``SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST`` active bookings per guest, one active booking per guest
+   per host, and one host's slots never overlapping. The lock is ``FOR NO KEY UPDATE``, not
+   ``FOR UPDATE``: inserting a row with a foreign key to the user (an audit event naming the guest as
+   its actor, a booking) takes ``FOR KEY SHARE`` on that row, which ``FOR UPDATE`` would block. A
+   request holding a slot would then wait for the guest's row while the guest's new booking, holding
+   that row, waited for the slot: a deadlock. ``FOR NO KEY UPDATE`` still excludes every other
+   request's user-row lock, so the counting rules stay serialized;
 2. slot rows, in primary-key order. They serialize the seats of each slot (the ``booked`` counter);
 3. booking rows.
 
-A request that starts from a booking id reads the booking's slot id first without a lock. That is
-safe because a booking never changes its slot. It then locks the slot and then the booking.
+A request that starts from a booking id reads the booking's guest id and slot id first without a
+lock. That is safe because a booking never changes its guest or its slot. It then locks (the guest,
+when it needs the counting rules,) the slot and then the booking.
 
-The expiry job is the one exception to this order. It claims overdue bookings first (SKIP LOCKED,
-shared ``expire_in_batches``), then their slots with SKIP LOCKED too, and leaves any booking whose
-slot a request holds to that request. So the job never waits for a lock and cannot deadlock.
+Every service judges expiry and writes timestamps with ``locked_now(now)``, taken once its locks are
+held: a hold that lapsed while the request waited for a lock is expired, not confirmed (SPEC 2.2).
+
+The expiry job is the one exception to this order. It claims each overdue booking together with its
+slot in one ``SKIP LOCKED`` statement (shared ``expire_in_batches``), so a booking whose slot (or
+whose own row) a request holds is skipped and left to that request. The job never waits for a lock,
+cannot deadlock, and never fetches a skipped booking again in the same run.
 
 PostgreSQL backstops, so that a bug here cannot corrupt data: ``slot_booked_within_capacity``
 (check constraint on the counter, which is only ever changed with ``F()``), and
@@ -46,7 +56,7 @@ from booking_site.errors import (
     NotOwner,
     ValidationFailed,
 )
-from booking_site.expiry import expire_in_batches
+from booking_site.expiry import expire_in_batches, locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 from slots.models import Slot, SlotBooking
 
@@ -55,6 +65,10 @@ EXPIRY_ACTOR = "system:expire_holds"
 
 
 # --- settings (SLOTS_* in booking_site/settings.py, read from the environment) --------------------
+
+MAX_CAPACITY = 10_000  # seats of one slot (the API, the admin forms and the services agree)
+SLOT_HORIZON = timedelta(days=5 * 365 + 1)  # a slot ends at most five years from now (SLOT_HORIZON_TEXT)
+SLOT_HORIZON_TEXT = "five years"
 
 
 def cancellation_window() -> timedelta:
@@ -110,6 +124,18 @@ class CancellationWindowClosed(DomainError):
     status, code = 400, "cancellation_window_closed"
 
 
+class BookingNotPending(Conflict):
+    """Confirming a booking that is not a PENDING hold (already confirmed, cancelled): SPEC 6 answers 409."""
+
+    code = "booking_not_pending"
+
+    def __init__(self, *, booking_id: int, status: str):
+        super().__init__(
+            f"Booking {booking_id} is {status}; only a PENDING hold can be confirmed.",
+            details={"fromState": status, "toState": Status.CONFIRMED},
+        )
+
+
 class NotAHost(DomainError):
     status, code, message = 403, "forbidden", "Only hosts publish slots."
 
@@ -118,13 +144,13 @@ class NotAHost(DomainError):
 
 
 def _lock_guest(user_id: int) -> User:
-    """Serializes the rules that count a guest's bookings."""
-    return User.objects.select_for_update().get(pk=user_id)
+    """Serializes the rules that count a guest's bookings (``FOR NO KEY UPDATE``: see the lock order)."""
+    return User.objects.select_for_update(no_key=True).get(pk=user_id)
 
 
 def _lock_host(user_id: int) -> User:
-    """Serializes the creation of one host's slots (no overlap)."""
-    return User.objects.select_for_update().get(pk=user_id)
+    """Serializes the creation of one host's slots, no overlap (``FOR NO KEY UPDATE``: see the lock order)."""
+    return User.objects.select_for_update(no_key=True).get(pk=user_id)
 
 
 def _lock_slots(slot_ids: Iterable[int]) -> dict[int, Slot]:
@@ -170,26 +196,28 @@ def slots_create_many(
 ) -> list[Slot]:
     """Create one host's slots, all or none (the admin's bulk form and ``POST /api/slots``).
 
-    Refuses a slot in the past, a range that ends before it starts, and any overlap among the new
-    slots or with the host's AVAILABLE slots. Adjacent slots (one ends when the next starts) are fine.
+    Refuses a slot in the past, a slot ending more than ``SLOT_HORIZON`` (five years) from now, a
+    range that ends before it starts, and any overlap among the new slots or with the host's AVAILABLE
+    slots. Adjacent slots (one ends when the next starts) are fine.
     """
     if not host.is_host:
         raise ValidationFailed.for_field("hostId", f"User {host.pk} is not a host.")
-    if capacity < 1:
-        raise ValidationFailed.for_field("capacity", "Must be at least 1.")
+    if not 1 <= capacity <= MAX_CAPACITY:
+        raise ValidationFailed.for_field("capacity", f"Must be between 1 and {MAX_CAPACITY}.")
     if not ranges:
         raise ValidationFailed("No slots to create.")
     ranges = sorted(ranges)
     for start, end in ranges:
-        if end <= start:
-            raise ValidationFailed.for_field("endTime", "Must be after startTime.")
-        if start <= now:
-            raise SlotInPast(f"A slot starting at {start.isoformat()} is in the past.")
+        check_slot_times(start, end, now=now)
     for (_, end), (next_start, _) in pairwise(ranges):
         if next_start < end:
             raise SlotOverlap(f"The new slots overlap each other at {next_start.isoformat()}.")
 
     _lock_host(host.pk)
+    now = locked_now(now)
+    for start, _ in ranges:
+        if start <= now:
+            raise SlotInPast(f"A slot starting at {start.isoformat()} is in the past.")
     clashes = _overlapping(host=host, ranges=ranges)
     if clashes:
         listed = ", ".join(f"#{s.pk} {s.start.isoformat()} to {s.end.isoformat()}" for s in clashes[:10])
@@ -230,12 +258,30 @@ def slots_create_many(
     return created
 
 
+def check_slot_times(start: datetime, end: datetime, *, now: datetime) -> None:
+    """A slot ends after it starts, has not started, and ends within ``SLOT_HORIZON`` of ``now``.
+
+    The horizon keeps every stored time far from the end of the calendar: a time near 9999-12-31
+    could not be shown in a time zone east of UTC (Python's datetime stops at year 9999), so one such
+    row would break every page listing it.
+    """
+    if end <= start:
+        raise ValidationFailed.for_field("endTime", "Must be after startTime.")
+    if start <= now:
+        raise SlotInPast(f"A slot starting at {start.isoformat()} is in the past.")
+    if end > now + SLOT_HORIZON:
+        raise ValidationFailed.for_field(
+            "endTime", f"A slot must end within {SLOT_HORIZON_TEXT} from now ({(now + SLOT_HORIZON).date()})."
+        )
+
+
 def slot_update_details(*, slot_id: int, title: str, specialization: str, actor: User, now: datetime) -> Slot:
     """Change what a slot is called; its time, host and capacity stay as booked against."""
     with transaction.atomic():
         slot = _lock_slots([slot_id]).get(slot_id)
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
+        now = locked_now(now)
         before = {"title": slot.title, "specialization": slot.specialization}
         slot.title, slot.specialization, slot.updated_at = title, specialization, now
         slot.save(update_fields=["title", "specialization", "updated_at"])
@@ -270,6 +316,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
             raise NotFound(f"Slot {slot_id} does not exist.")
         if slot.host_id != user.pk and not user.is_staff:
             raise NotOwner(f"Slot {slot_id} belongs to another host.")
+        now = locked_now(now)
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
         _expire_overdue_on([slot], now=now)
@@ -307,6 +354,7 @@ def slot_booking_create(
     slot = _lock_slots([slot_id]).get(slot_id)
     if slot is None:
         raise NotFound(f"Slot {slot_id} does not exist.")
+    now = locked_now(now)
     _check_bookable(slot, guest=guest, now=now)
     _check_guest_limits(guest=guest, host_id=slot.host_id, now=now)
     _expire_overdue_on([slot], now=now)
@@ -338,17 +386,24 @@ def slot_booking_create(
 
 def slot_booking_confirm(*, booking_id: int, user: User, now: datetime) -> SlotBooking:
     """PENDING → CONFIRMED for the guest (or an operator). An overdue hold is expired instead, that
-    change commits, and the answer is 410."""
+    change commits, and the answer is 410; a booking that is not PENDING is a 409.
+
+    Locks the guest's row, then the slot, then the booking. The guest's row serializes the confirm
+    with the guest's new bookings: a new booking that counted this hold as lapsed cannot commit
+    beside a confirm that still saw it alive (the one-per-host and max-active rules)."""
     with transaction.atomic():
-        booking, _slot = _lock_booking(booking_id)
-        require_owner(user=user, owner_id=booking.guest_id, what=f"Booking {booking_id}")
+        peek = _peek(booking_id)
+        require_owner(user=user, owner_id=peek["guest_id"], what=f"Booking {booking_id}")
+        _lock_guest(peek["guest_id"])
+        booking, _slot = _lock_booking(booking_id, slot_id=peek["slot_id"])
+        now = locked_now(now)
         if booking.is_overdue(now):
             _expire([booking], actor=EXPIRY_ACTOR, now=now)
         elif booking.can_become(Status.CONFIRMED):
             return _apply(booking, Status.CONFIRMED, actor=user, now=now)
     if booking.status == Status.EXPIRED:
         raise HoldExpired(f"Booking {booking_id} expired at {booking.expires_at.isoformat()}.")
-    raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state=Status.CONFIRMED)
+    raise BookingNotPending(booking_id=booking_id, status=booking.status)
 
 
 def slot_booking_cancel(*, booking_id: int, user: User, now: datetime, reason: str = "") -> SlotBooking:
@@ -359,6 +414,7 @@ def slot_booking_cancel(*, booking_id: int, user: User, now: datetime, reason: s
         booking, slot = _lock_booking(booking_id)
         if user.pk not in (booking.guest_id, slot.host_id) and not user.is_staff:
             raise NotOwner(f"Booking {booking_id} belongs to another user.")
+        now = locked_now(now)
         if booking.is_overdue(now):
             _expire([booking], actor=EXPIRY_ACTOR, now=now)
         elif booking.can_become(Status.CANCELLED):
@@ -374,6 +430,7 @@ def slot_booking_expire(*, booking_id: int, user: User, now: datetime) -> SlotBo
     with transaction.atomic():
         booking, _slot = _lock_booking(booking_id)
         require_owner(user=user, owner_id=booking.guest_id, what=f"Booking {booking_id}")
+        now = locked_now(now)
         if booking.status == Status.PENDING:
             _expire([booking], actor=user, now=now)
             return booking
@@ -388,9 +445,7 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
     The old booking becomes CANCELLED. Locks the guest row, then both slot rows, then the booking.
     """
     with transaction.atomic():
-        peek = SlotBooking.objects.filter(pk=booking_id).values("guest_id", "slot_id").first()
-        if peek is None:
-            raise NotFound(f"Booking {booking_id} does not exist.")
+        peek = _peek(booking_id)
         require_owner(user=user, owner_id=peek["guest_id"], what=f"Booking {booking_id}")
         if slot_id == peek["slot_id"]:
             raise ValidationFailed.for_field("slotId", "The booking is already on this slot.")
@@ -400,6 +455,7 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
         old_slot, new_slot = slots[booking.slot_id], slots.get(slot_id)
         if new_slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
+        now = locked_now(now)
         if booking.is_overdue(now):
             _expire([booking], actor=EXPIRY_ACTOR, now=now)
         elif booking.is_active(now):
@@ -456,37 +512,39 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, guest: User, 
 
 def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
     """Flip every PENDING hold overdue at ``now`` to EXPIRED and free its seats, one audit event each
-    (the beat job). Returns how many were expired."""
-    expired = 0
+    (the beat job). Returns how many were expired.
+
+    Each batch locks the overdue bookings together with their slots in one ``FOR UPDATE SKIP LOCKED``
+    statement (the join on ``slot`` puts both rows under the lock). A booking whose slot a request in
+    flight holds is skipped by the database, not waited for: that request expires the slot's overdue
+    holds itself (see the lock order above). So every row a batch returns is expired, and the loop of
+    ``expire_in_batches`` moves on instead of fetching the same skipped rows again and again.
+    """
 
     def expire_batch(batch: list[SlotBooking]) -> None:
-        nonlocal expired
-        # The bookings are locked already. A slot locked by a request in flight is skipped, not waited
-        # for: that request expires the slot's overdue holds itself (see the lock order above).
-        slot_ids = {booking.slot_id for booking in batch}
-        mine = set(
-            Slot.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=slot_ids)
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
-        bookings = [booking for booking in batch if booking.slot_id in mine]
-        _expire(bookings, actor=EXPIRY_ACTOR, now=now)
-        expired += len(bookings)
+        _expire(batch, actor=EXPIRY_ACTOR, now=now)
 
-    expire_in_batches(overdue=SlotBooking.objects.overdue(now=now), expire_batch=expire_batch, batch_size=batch_size)
-    return expired
+    overdue = SlotBooking.objects.overdue(now=now).select_related("slot")
+    return expire_in_batches(overdue=overdue, expire_batch=expire_batch, batch_size=batch_size)
 
 
 # --- the pieces ------------------------------------------------------------------------------------
 
 
-def _lock_booking(booking_id: int) -> tuple[SlotBooking, Slot]:
+def _peek(booking_id: int) -> dict:
+    """A booking's ``guest_id`` and ``slot_id``, read without a lock: a booking never changes either,
+    so the read stays true while the caller takes its locks in order."""
+    peek = SlotBooking.objects.filter(pk=booking_id).values("guest_id", "slot_id").first()
+    if peek is None:
+        raise NotFound(f"Booking {booking_id} does not exist.")
+    return peek
+
+
+def _lock_booking(booking_id: int, *, slot_id: int | None = None) -> tuple[SlotBooking, Slot]:
     """Lock a booking's slot, then the booking (a booking never changes its slot, so the unlocked read
     of ``slot_id`` stays true)."""
-    slot_id = SlotBooking.objects.filter(pk=booking_id).values_list("slot_id", flat=True).first()
     if slot_id is None:
-        raise NotFound(f"Booking {booking_id} does not exist.")
+        slot_id = _peek(booking_id)["slot_id"]
     slot = _lock_slots([slot_id])[slot_id]
     return SlotBooking.objects.select_for_update().get(pk=booking_id), slot
 

@@ -1,32 +1,45 @@
 from datetime import datetime, time, timedelta
 
 import django_filters as filters
+from django import forms
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from booking_site.api import StrictBooleanFilter
 from booking_site.errors import ValidationFailed
+from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.models import Slot, SlotBooking
 
 
+class IntegerFilter(filters.NumberFilter):
+    """A whole number: ``1.5`` or ``1e3`` is a 400, not quietly truncated (``NumberFilter`` is decimal)."""
+
+    field_class = forms.IntegerField
+
+
 def _parse_moment(name: str, raw: str) -> tuple[datetime, bool]:
-    """An ISO date (a day in the operator's time zone) or datetime; returns (moment, is_whole_day)."""
+    """An ISO date (a day in the operator's time zone) or datetime; returns (moment, is_whole_day).
+
+    Only days from ``EARLIEST_DAY`` to ``LATEST_DAY``: near the ends of Python's calendar a day's end
+    or a time-zone conversion would overflow."""
     try:
         day = parse_date(raw)
         moment = None if day else parse_datetime(raw)
     except ValueError:
         day = moment = None
+    if day is None and moment is None:
+        raise ValidationFailed.for_field(name, "Expected an ISO 8601 date or date-time.")
+    if not EARLIEST_DAY <= (day or moment.date()) <= LATEST_DAY:
+        raise ValidationFailed.for_field(name, f"Must be between {EARLIEST_DAY} and {LATEST_DAY}.")
     if day is not None:
         return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone()), True
-    if moment is None:
-        raise ValidationFailed.for_field(name, "Expected an ISO 8601 date or date-time.")
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
     return moment, False
 
 
 class SlotFilter(filters.FilterSet):
-    hostId = filters.NumberFilter(field_name="host_id", min_value=1, max_value=2**63 - 1)
+    hostId = IntegerFilter(field_name="host_id", min_value=1, max_value=2**63 - 1)
     specialization = filters.CharFilter(lookup_expr="iexact")
     startDate = filters.CharFilter(method="filter_start_date", help_text="Slots starting at or after (date or time)")
     endDate = filters.CharFilter(
@@ -56,7 +69,7 @@ class BookingFilter(filters.FilterSet):
     status = filters.ChoiceFilter(
         choices=SlotBooking.Status.choices, field_name="effective_status", help_text="An overdue PENDING is EXPIRED"
     )
-    slotId = filters.NumberFilter(field_name="slot_id", min_value=1, max_value=2**63 - 1)
+    slotId = IntegerFilter(field_name="slot_id", min_value=1, max_value=2**63 - 1)
 
     class Meta:
         model = SlotBooking

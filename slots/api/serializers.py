@@ -1,17 +1,51 @@
 import json
+from datetime import date
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from booking_site.api import StrictSerializer
 from slots.models import Slot, SlotBooking
+from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
 
 BIGINT = 2**63 - 1
+
+# The days a date query may name (analytics, list filters): far enough to cover any real booking,
+# far enough from Python's year 9999 that a day's end, converted to any time zone, stays a datetime.
+EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(9000, 12, 31)
+
+
+def check_day(value: date) -> date:
+    if not EARLIEST_DAY <= value <= LATEST_DAY:
+        raise serializers.ValidationError(f"Must be between {EARLIEST_DAY} and {LATEST_DAY}.")
+    return value
+
+
+def _storable_text(text: str) -> bool:
+    """PostgreSQL text and jsonb cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8."""
+    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
+
+
+def check_json_text(value, *, field: str = "metadata") -> None:
+    """Every key and string value, at any depth, is storable text (walked without recursion)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not _storable_text(key):
+                    raise serializers.ValidationError(f"A key of {field} contains a NUL character or a lone surrogate.")
+                pending.append(child)
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, str) and not _storable_text(item):
+            raise serializers.ValidationError(f"A value in {field} contains a NUL character or a lone surrogate.")
 
 
 class SlotIn(StrictSerializer):
     startTime = serializers.DateTimeField(help_text="ISO 8601 with offset; stored as UTC")
-    endTime = serializers.DateTimeField()
-    capacity = serializers.IntegerField(min_value=1, max_value=10_000, required=False, default=1)
+    endTime = serializers.DateTimeField(help_text="After startTime; at most five years from now")
+    capacity = serializers.IntegerField(min_value=1, max_value=MAX_CAPACITY, required=False, default=1)
     title = serializers.CharField(max_length=200, required=False, default="", allow_blank=True)
     specialization = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
     hostId = serializers.IntegerField(
@@ -21,6 +55,10 @@ class SlotIn(StrictSerializer):
     def validate(self, data):
         if data["endTime"] <= data["startTime"]:
             raise serializers.ValidationError({"endTime": ["Must be after startTime."]})
+        latest = timezone.now() + SLOT_HORIZON
+        for name in ("startTime", "endTime"):
+            if data[name] > latest:
+                raise serializers.ValidationError({name: [f"Must be within {SLOT_HORIZON_TEXT} from now."]})
         return data
 
 
@@ -68,6 +106,7 @@ class SlotBookingIn(StrictSerializer):
     )
 
     def validate_metadata(self, value):
+        check_json_text(value)
         if len(json.dumps(value)) > 4096:
             raise serializers.ValidationError("At most 4096 characters of JSON.")
         return value
@@ -126,8 +165,8 @@ class SlotBookingOut(serializers.ModelSerializer):
 
 
 class BookingAnalyticsQuery(serializers.Serializer):
-    start_date = serializers.DateField()
-    end_date = serializers.DateField()
+    start_date = serializers.DateField(validators=[check_day])
+    end_date = serializers.DateField(validators=[check_day])
 
     MAX_DAYS = 731
 

@@ -176,11 +176,12 @@ class BookingCancel(APIView):
 class BookingConfirm(APIView):
     @extend_schema(
         request=SlotBookingConfirmIn,
-        responses={200: SlotBookingOut, **errors(400, 401, 403, 404, 410)},
+        responses={200: SlotBookingOut, **errors(400, 401, 403, 404, 409, 410)},
         parameters=[IDEMPOTENCY_KEY],
     )
     @idempotent
     def post(self, request, booking_id: int):
+        """PENDING → CONFIRMED; 409 ``booking_not_pending`` for any other state, 410 for a lapsed hold."""
         SlotBookingConfirmIn.validated(request)
         booking = services.slot_booking_confirm(booking_id=booking_id, user=request.user, now=timezone.now())
         return Response(SlotBookingOut(booking).data)

@@ -175,3 +175,67 @@ def test_the_analytics_page_survives_an_empty_or_bad_range(admin_client):
 
     assert ok.status_code == 200 and "No bookings in this range." in ok.content.decode()
     assert bad.status_code == 200 and "must not be before" in bad.content.decode()
+
+
+def test_the_analytics_page_refuses_days_at_the_end_of_the_calendar(admin_client):
+    response = admin_client.get(
+        "/admin/slots/slotbooking/analytics/", {"start_date": "9999-01-01", "end_date": "9999-12-31"}
+    )
+
+    assert response.status_code == 200
+    assert "Must be between 1900-01-01 and 9000-12-31." in response.content.decode()
+
+
+def test_bulk_creation_refuses_a_first_day_more_than_five_years_ahead(admin_client):
+    host = HostFactory()
+
+    response = bulk(admin_client, host, first_day="9999-12-25", weeks=52, weekdays=["0", "1"])
+
+    assert response.status_code == 200
+    assert "Slots can be added at most five years ahead" in response.content.decode()
+    assert not Slot.objects.filter(host=host).exists()
+
+
+def test_bulk_creation_refuses_weeks_that_run_past_five_years(admin_client):
+    host = HostFactory()
+    first_day = timezone.localdate() + timedelta(days=5 * 365 - 7)
+
+    response = bulk(admin_client, host, first_day=first_day.isoformat(), weeks=4)
+
+    assert response.status_code == 200
+    assert "No slots were created. endTime: A slot must end within five years" in response.content.decode()
+    assert not Slot.objects.filter(host=host).exists()
+
+
+def test_bulk_creation_refuses_a_first_day_in_the_past(admin_client):
+    response = bulk(admin_client, HostFactory(), first_day="0001-01-01")
+
+    assert response.status_code == 200
+    assert "Must not be in the past." in response.content.decode()
+
+
+def add_slot(admin_client, host, *, day: str, start: str = "10:00", end: str = "11:00", capacity="1"):
+    data = {"host": host.pk, "title": "Visit", "specialization": "", "capacity": capacity}
+    data |= {"start_0": day, "start_1": start, "end_0": day, "end_1": end}
+    return admin_client.post("/admin/slots/slot/add/", data)
+
+
+def test_adding_a_slot_with_a_huge_capacity_is_a_form_error(admin_client):
+    host = HostFactory()
+    day = (timezone.localdate() + timedelta(days=3)).isoformat()
+
+    response = add_slot(admin_client, host, day=day, capacity="99999999999")
+
+    assert response.status_code == 200
+    assert "Ensure this value is less than or equal to 10000." in response.content.decode()
+    assert not Slot.objects.filter(host=host).exists()
+
+
+def test_adding_a_slot_more_than_five_years_ahead_is_a_form_error(admin_client):
+    host = HostFactory()
+
+    response = add_slot(admin_client, host, day="9999-12-31", start="23:00", end="23:59")
+
+    assert response.status_code == 200
+    assert "A slot must end within five years" in response.content.decode()
+    assert not Slot.objects.filter(host=host).exists()

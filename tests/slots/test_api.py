@@ -1,3 +1,4 @@
+import json
 from datetime import timedelta
 
 import pytest
@@ -5,6 +6,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from booking_site.audit.models import AuditEvent
+from slots.api.serializers import SlotBookingIn
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
@@ -130,6 +132,33 @@ def test_a_slot_in_the_past_is_refused(host_api):
     assert error_code(response) == "slot_in_past"
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "field"),
+    [
+        ("9999-12-31T22:00:00Z", "9999-12-31T23:00:00Z", "startTime"),
+        ("9999-12-31T22:00:00-05:00", "9999-12-31T23:00:00-05:00", "startTime"),
+        (None, "9999-12-31T23:00:00Z", "endTime"),
+        (6 * 365 * 24, 6 * 365 * 24 + 1, "startTime"),
+    ],
+)
+def test_a_slot_more_than_five_years_ahead_is_400(host_api, host, start, end, field):
+    """Such a time near year 9999 could not be shown east of UTC: one row would break every listing."""
+    if isinstance(start, int):
+        start, end = iso(future(start)), iso(future(end))
+    body = {"startTime": start or iso(future()), "endTime": end}
+
+    response = host_api.post("/api/slots", body)
+
+    assert response.status_code == 400, response.content
+    assert error_code(response) == "validation_error"
+    assert field in response.json()["error"]["details"]["fields"]
+    assert not Slot.objects.filter(host=host).exists()
+
+
+def test_a_slot_four_years_ahead_is_fine(host_api):
+    assert create_slot(host_api, future(4 * 365 * 24)).status_code == 201
+
+
 def test_a_slot_must_end_after_it_starts(host_api):
     response = create_slot(host_api, future(), minutes=0)
 
@@ -217,10 +246,38 @@ def test_available_true_hides_full_slots_and_counts_overdue_holds_as_free(api):
 
 @pytest.mark.parametrize(
     "query",
-    [{"available": "yes"}, {"startDate": "soon"}, {"endDate": "2026-13-01"}, {"hostId": "x"}, {"limit": "500"}],
+    [
+        {"available": "yes"},
+        {"startDate": "soon"},
+        {"endDate": "2026-13-01"},
+        {"hostId": "x"},
+        {"limit": "500"},
+        {"hostId": "1.5"},  # not truncated to 1
+        {"hostId": "1e3"},
+        {"hostId": "99999999999999999999"},
+        {"endDate": "9999-12-31"},  # the day's end would overflow
+        {"startDate": "9999-12-31T23:59:59"},
+        {"startDate": "0001-01-01"},
+        {"endDate": "0001-01-01T00:00:00+05:00"},
+    ],
 )
 def test_bad_list_filters_are_400(api, query):
     response = api.get("/api/slots", query)
+
+    assert response.status_code == 400
+    assert error_code(response) == "validation_error"
+
+
+def test_a_fractional_host_id_is_not_truncated_to_a_host(api):
+    slot = SlotFactory()
+
+    assert api.get("/api/slots", {"hostId": f"{slot.host_id}.5"}).status_code == 400
+    assert api.get("/api/slots", {"hostId": str(slot.host_id)}).json()["count"] == 1
+
+
+@pytest.mark.parametrize("slot_id", ["1.5", "1e5", "NaN"])
+def test_a_booking_filter_on_a_fractional_slot_id_is_400(api, slot_id):
+    response = api.get("/api/bookings", {"slotId": slot_id})
 
     assert response.status_code == 400
     assert error_code(response) == "validation_error"
@@ -426,6 +483,41 @@ def test_bad_booking_bodies_are_400(api):
     assert api.post("/api/bookings", {}).status_code == 400
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [{"note": "a\u0000b"}, {"a\u0000": 1}, {"note": "\ud800"}, {"\udfff": "x"}, {"a": [{"b": ["\u0000"]}]}],
+)
+def test_metadata_text_postgresql_cannot_store_is_400(api, metadata):
+    """NUL cannot be stored in jsonb, a lone surrogate cannot be encoded: a 400, never a 500."""
+    slot = SlotFactory()
+    body = json.dumps({"slotId": slot.pk, "metadata": metadata})  # ensure_ascii: the escapes reach the parser
+
+    response = api.post("/api/bookings", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert error_code(response) == "validation_error"
+    assert not SlotBooking.objects.filter(slot=slot).exists()
+
+
+@pytest.mark.parametrize(
+    "metadata", [{"note": "a\x00b"}, {"a\x00": 1}, {"note": "\ud800"}, {"a": [{"b": ["x", {"c": "\udfff"}]}]}]
+)
+def test_the_booking_serializer_checks_metadata_text_at_any_depth(metadata):
+    """Whatever parser the body came through (a form, a test client), the serializer refuses it too."""
+    serializer = SlotBookingIn(data={"slotId": 1, "metadata": metadata})
+
+    assert not serializer.is_valid()
+    assert "metadata" in serializer.errors
+
+
+def test_ordinary_metadata_is_kept(api):
+    metadata = {"title": "Check-up", "tags": ["a", {"b": "é 😀"}], "n": 1}
+
+    response = book(api, SlotFactory(), metadata=metadata)
+
+    assert response.status_code == 201 and response.json()["metadata"] == metadata
+
+
 def test_a_retried_booking_is_replayed_not_repeated(api):
     slot = SlotFactory(capacity=5)
 
@@ -461,9 +553,19 @@ def test_confirming_twice_or_someone_elses_hold(api, client_for, user):
     api.post(f"/api/bookings/{hold.pk}/confirm")
 
     again = api.post(f"/api/bookings/{hold.pk}/confirm")
-    assert again.status_code == 400 and error_code(again) == "invalid_state_transition"
+    assert again.status_code == 409 and error_code(again) == "booking_not_pending"
     assert client_for(UserFactory()).post(f"/api/bookings/{hold.pk}/confirm").status_code == 403
     assert api.post("/api/bookings/999999/confirm").status_code == 404
+
+
+def test_confirming_a_cancelled_booking_is_409_booking_not_pending(api, user):
+    booking = SlotBookingFactory(guest=user, status="CANCELLED")
+
+    response = api.post(f"/api/bookings/{booking.pk}/confirm")
+
+    assert response.status_code == 409
+    assert error_code(response) == "booking_not_pending"
+    assert response.json()["error"]["details"] == {"fromState": "CANCELLED", "toState": "CONFIRMED"}
 
 
 # --- cancel ----------------------------------------------------------------------------------------
@@ -640,6 +742,16 @@ def test_analytics_is_staff_only_and_needs_both_dates(api, staff_api):
     assert staff_api.get("/api/admin/analytics", {"start_date": today}).status_code == 400
     assert staff_api.get("/api/admin/analytics", {"start_date": today, "end_date": "2000-01-01"}).status_code == 400
     assert staff_api.get("/api/admin/analytics", {"start_date": "x", "end_date": today}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("start", "end"), [("9999-01-01", "9999-12-31"), ("9998-12-01", "9998-12-31"), ("0001-01-01", "0001-01-02")]
+)
+def test_analytics_at_the_ends_of_the_calendar_is_400(staff_api, start, end):
+    response = staff_api.get("/api/admin/analytics", {"start_date": start, "end_date": end})
+
+    assert response.status_code == 400
+    assert error_code(response) == "validation_error"
 
 
 def test_analytics_over_an_empty_range(staff_api):

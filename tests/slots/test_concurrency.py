@@ -1,12 +1,16 @@
 """Every rule that counts holds under real concurrency: threads released together by a barrier, each
 with its own PostgreSQL connection. Each race has a control that removes the lock (the services'
-``_lock_*`` functions are replaced by plain reads with a short sleep to widen the window) and shows
-that the test then sees the race: the invariant breaks, or a database backstop had to refuse it."""
+``_lock_*`` functions are replaced by plain reads) and makes every racer finish its check before any
+of them writes (a ``threading.Barrier`` right after the check), so the control sees the race every
+time: the invariant breaks, or a database backstop had to refuse it."""
 
+import contextlib
+import threading
 import time
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -21,7 +25,7 @@ from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency, pytest.mark.slow]
 
-WINDOW = 0.2
+WINDOW = 0.3  # long enough for another thread to reach its next lock
 
 
 def backstops(constraint: str) -> float:
@@ -44,34 +48,59 @@ def wins(results) -> list[SlotBooking]:
     return [r for r in results if isinstance(r, SlotBooking)]
 
 
-@pytest.fixture
-def no_slot_lock(monkeypatch):
+def wait_for_everyone(barrier: threading.Barrier) -> None:
+    """Every racer has checked before any of them writes: the race, every time. A racer that does not
+    come (it was refused earlier) breaks the barrier after its timeout instead of hanging the test."""
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait()
+
+
+def remove_slot_lock(monkeypatch, racers: int) -> None:
+    """The slots are read, not locked; every racer reads the seat counter before any of them takes seats."""
+    everyone_has_read = threading.Barrier(racers, timeout=10)
+
     def unlocked(slot_ids):
         slots = {slot.pk: slot for slot in Slot.objects.filter(pk__in=set(slot_ids)).order_by("pk")}
-        time.sleep(WINDOW)
+        wait_for_everyone(everyone_has_read)
         return slots
 
     monkeypatch.setattr(services, "_lock_slots", unlocked)
 
 
-@pytest.fixture
-def no_guest_lock(monkeypatch):
-    def unlocked(user_id):
-        user = User.objects.get(pk=user_id)
-        time.sleep(WINDOW)
-        return user
+def remove_guest_lock(monkeypatch, racers: int) -> None:
+    """The guest is read, not locked; every racer counts the guest's bookings before any of them inserts."""
+    everyone_has_counted = threading.Barrier(racers, timeout=10)
+    check = services._check_guest_limits
 
-    monkeypatch.setattr(services, "_lock_guest", unlocked)
+    def counted(**kwargs):
+        check(**kwargs)
+        wait_for_everyone(everyone_has_counted)
+
+    monkeypatch.setattr(services, "_lock_guest", lambda user_id: User.objects.get(pk=user_id))
+    monkeypatch.setattr(services, "_check_guest_limits", counted)
 
 
-@pytest.fixture
-def no_host_lock(monkeypatch):
-    def unlocked(user_id):
-        user = User.objects.get(pk=user_id)
-        time.sleep(WINDOW)
-        return user
+def remove_host_lock(monkeypatch, racers: int) -> None:
+    """The host is read, not locked; every racer runs the overlap check before any of them inserts.
 
-    monkeypatch.setattr(services, "_lock_host", unlocked)
+    Then one racer inserts first and the others a moment later. Two inserts into the exclusion
+    constraint's GiST index at the same instant can each find the other's row and wait for it, and
+    PostgreSQL then ends one of them with a deadlock error instead of the constraint violation this
+    control looks for (only a test without the host lock can get there)."""
+    everyone_has_checked = threading.Barrier(racers, timeout=10)
+    overlapping = services._overlapping
+
+    def checked(**kwargs):
+        clashes = overlapping(**kwargs)
+        arrival = 0
+        with contextlib.suppress(threading.BrokenBarrierError):
+            arrival = everyone_has_checked.wait()
+        if arrival:
+            time.sleep(WINDOW)
+        return clashes
+
+    monkeypatch.setattr(services, "_lock_host", lambda user_id: User.objects.get(pk=user_id))
+    monkeypatch.setattr(services, "_overlapping", checked)
 
 
 # --- capacity ------------------------------------------------------------------------------------
@@ -107,7 +136,8 @@ def test_ten_users_on_a_capacity_one_slot_get_one():
 
 
 @pytest.mark.parametrize(("capacity", "guests"), [(3, 12), (1, 10)])
-def test_control_without_the_slot_lock_only_the_check_constraint_stops_overbooking(no_slot_lock, capacity, guests):
+def test_control_without_the_slot_lock_only_the_check_constraint_stops_overbooking(monkeypatch, capacity, guests):
+    remove_slot_lock(monkeypatch, racers=guests)
     before = backstops("slot_booked_within_capacity")
 
     _, results = race_for_seats(capacity=capacity, guests=guests)
@@ -135,10 +165,12 @@ def test_one_guest_booking_eight_hosts_at_once_gets_exactly_five():
     assert SlotBooking.objects.filter(guest=guest).count() == 5
 
 
-def test_control_without_the_guest_lock_the_limit_of_five_breaks(no_guest_lock):
+def test_control_without_the_guest_lock_the_limit_of_five_breaks(monkeypatch):
+    remove_guest_lock(monkeypatch, racers=8)
+
     guest, _ = race_one_guest_over_eight_hosts()
 
-    assert SlotBooking.objects.filter(guest=guest).count() > 5
+    assert SlotBooking.objects.filter(guest=guest).count() == 8
 
 
 def test_one_guest_booking_two_slots_of_one_host_at_once_gets_one():
@@ -178,7 +210,8 @@ def test_two_overlapping_slot_creations_of_one_host_give_one_slot():
     assert backstops("slot_no_overlap_per_host") == before
 
 
-def test_control_without_the_host_lock_only_the_exclusion_constraint_stops_the_overlap(no_host_lock):
+def test_control_without_the_host_lock_only_the_exclusion_constraint_stops_the_overlap(monkeypatch):
+    remove_host_lock(monkeypatch, racers=2)
     before = backstops("slot_no_overlap_per_host")
 
     host, _ = race_overlapping_creations()
@@ -214,10 +247,11 @@ def test_a_reschedule_racing_bookings_of_its_target_never_overbooks():
     assert backstops("slot_booked_within_capacity") == before
 
 
-def test_control_without_the_slot_lock_the_reschedule_race_reaches_the_backstop(no_slot_lock):
+def test_control_without_the_slot_lock_the_reschedule_race_reaches_the_backstop(monkeypatch):
+    remove_slot_lock(monkeypatch, racers=5)
     before = backstops("slot_booked_within_capacity")
 
-    _, target, _ = race_reschedule_against_bookers()
+    _, target, _ = race_reschedule_against_bookers(bookers=4)
 
     assert backstops("slot_booked_within_capacity") > before
     assert SlotBooking.objects.filter(slot=target).claiming().count() == 1
@@ -263,4 +297,140 @@ def test_a_booking_racing_the_expiry_job_on_the_same_slot_neither_deadlocks_nor_
 
     assert len(wins(results)) == 3
     assert SlotBooking.objects.filter(slot=slot, status="EXPIRED").count() == 3
+    assert_counters_match_bookings()
+
+
+# --- the guest's row against foreign keys to it ----------------------------------------------------
+
+
+def guest_op(operation: str, booking: SlotBooking):
+    if operation == "confirm":
+        return lambda: services.slot_booking_confirm(booking_id=booking.pk, user=booking.guest, now=timezone.now())
+    return lambda: services.slot_booking_cancel(booking_id=booking.pk, user=booking.guest, now=timezone.now())
+
+
+def pause_after(monkeypatch, name: str, *, then_set: threading.Event, before: threading.Event | None = None):
+    """Patch ``services.<name>`` so the thread that reaches it (holding its locks) signals ``then_set``,
+    waits for ``before`` (when given) and for ``WINDOW`` so the other thread runs into its next lock."""
+    real = getattr(services, name)
+
+    def paused(*args, **kwargs):
+        then_set.set()
+        if before is not None:
+            before.wait(10)
+        time.sleep(WINDOW)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(services, name, paused)
+
+
+@pytest.mark.parametrize("first", ["the_booking_op", "the_new_booking"])
+@pytest.mark.parametrize("operation", ["confirm", "cancel"])
+def test_a_guest_confirming_or_cancelling_while_booking_the_same_slot_does_not_deadlock(monkeypatch, operation, first):
+    """The guest's new booking holds the guest's row and waits for the slot; the confirm or cancel holds
+    the slot and inserts an audit event naming the guest as its actor, which takes FOR KEY SHARE on the
+    guest's row. With FOR UPDATE on that row the two waited for each other; FOR NO KEY UPDATE lets the
+    audit insert through. Both orders of arrival."""
+    slot = SlotFactory(capacity=3, start=timezone.now() + timedelta(days=3))
+    status = "PENDING" if operation == "confirm" else "CONFIRMED"
+    booking = SlotBookingFactory(slot=slot, status=status)
+    holds_locks, other_started = threading.Event(), threading.Event()
+    if first == "the_booking_op":  # it holds the slot (and booking) when the new booking comes
+        pause_after(monkeypatch, "_apply", then_set=holds_locks)
+    else:  # the new booking holds the guest and the slot when the confirm or cancel comes
+        pause_after(monkeypatch, "_check_guest_limits", then_set=holds_locks, before=other_started)
+
+    def second(function):
+        def run():
+            holds_locks.wait(10)
+            other_started.set()
+            return function()
+
+        return run
+
+    op, new_booking = guest_op(operation, booking), booker(slot.pk, booking.guest)
+    if first == "the_booking_op":
+        results = run_concurrently([op, second(new_booking)])
+    else:
+        results = list(reversed(run_concurrently([new_booking, second(op)])))
+
+    assert holds_locks.is_set()
+    wins(results)  # no deadlock, no database error: only refusals the services chose
+    assert isinstance(results[0], SlotBooking)
+    assert results[0].status == ("CONFIRMED" if operation == "confirm" else "CANCELLED")
+    assert_counters_match_bookings()
+
+
+# --- judging expiry by the clock after the lock wait -----------------------------------------------
+
+
+def test_a_confirm_that_waited_for_the_slot_past_the_expiry_expires_the_hold_instead():
+    """The view took ``now`` before the lock wait; the hold lapsed meanwhile, and a new booking of the
+    guest with the same host counted it as lapsed. The confirm must not revive it (410, EXPIRED)."""
+    host = HostFactory()
+    held, other = SlotFactory(host=host, capacity=2), SlotFactory(host=host, capacity=2)
+    guest = UserFactory()
+    hold = SlotBookingFactory(
+        slot=held, guest=guest, status="PENDING", expires_at=timezone.now() + timedelta(seconds=0.6)
+    )
+    slot_busy = threading.Event()
+
+    def another_request_holding_the_slot():
+        with transaction.atomic():
+            list(Slot.objects.select_for_update().filter(pk=held.pk))
+            slot_busy.set()
+            time.sleep(1.2)
+
+    def confirm():
+        slot_busy.wait(10)
+        now = timezone.now()  # before the expiry; the lock wait ends after it
+        return services.slot_booking_confirm(booking_id=hold.pk, user=guest, now=now)
+
+    def book_the_same_host_after_the_expiry():
+        slot_busy.wait(10)
+        time.sleep(0.8)
+        return services.slot_booking_create(slot_id=other.pk, guest=guest, now=timezone.now())
+
+    _, confirmed, booked = run_concurrently(
+        [another_request_holding_the_slot, confirm, book_the_same_host_after_the_expiry]
+    )
+
+    assert isinstance(confirmed, services.HoldExpired), confirmed
+    assert isinstance(booked, SlotBooking), booked
+    hold.refresh_from_db()
+    assert hold.status == "EXPIRED"
+    assert SlotBooking.objects.active(now=timezone.now()).filter(guest=guest, slot__host=host).count() == 1
+    assert_counters_match_bookings()
+
+
+def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized_by_the_guest_lock(monkeypatch):
+    """The confirm holds its locks before the hold lapses and commits after; a new booking of the guest
+    with the same host, made after the expiry, waits for the guest's row and then sees the confirmed
+    booking (one per host). Without the guest lock in the confirm both committed."""
+    host = HostFactory()
+    held, other = SlotFactory(host=host, capacity=2), SlotFactory(host=host, capacity=2)
+    guest = UserFactory()
+    expires_at = timezone.now() + timedelta(seconds=0.5)
+    hold = SlotBookingFactory(slot=held, guest=guest, status="PENDING", expires_at=expires_at)
+    confirming = threading.Event()
+    apply = services._apply
+
+    def slow_apply(*args, **kwargs):  # the confirm decided before the expiry; it commits after it
+        confirming.set()
+        time.sleep(1.0)
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(services, "_apply", slow_apply)
+
+    def book_the_same_host_after_the_expiry():
+        confirming.wait(10)
+        time.sleep(max(0.0, (expires_at - timezone.now()).total_seconds()) + 0.1)
+        return services.slot_booking_create(slot_id=other.pk, guest=guest, now=timezone.now())
+
+    confirm = lambda: services.slot_booking_confirm(booking_id=hold.pk, user=guest, now=timezone.now())  # noqa: E731
+    confirmed, booked = run_concurrently([confirm, book_the_same_host_after_the_expiry])
+
+    assert isinstance(confirmed, SlotBooking) and confirmed.status == "CONFIRMED", confirmed
+    assert isinstance(booked, services.LimitReached), booked
+    assert SlotBooking.objects.filter(guest=guest, status__in=["PENDING", "CONFIRMED"]).count() == 1
     assert_counters_match_bookings()

@@ -70,6 +70,37 @@ def test_the_expiry_job_leaves_a_slot_locked_by_a_request_to_that_request_instea
     assert services.slot_bookings_expire_due(now=timezone.now()) == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_expiry_job_moves_past_holds_on_a_locked_slot_instead_of_fetching_them_again():
+    """A full batch of overdue holds whose slot a request holds used to come back in every next batch:
+    the job spun until the request let go. Now they are skipped once, and the job goes on past them."""
+    busy = SlotFactory(capacity=3)
+    stuck = [overdue_hold(slot=busy) for _ in range(3)]
+    free = overdue_hold()  # a later id, on a slot nobody holds
+    locked, release = threading.Event(), threading.Event()
+    released = []
+
+    def request_holding_the_slot():
+        with transaction.atomic():
+            list(Slot.objects.select_for_update().filter(pk=busy.pk))
+            locked.set()
+            released.append("by the test" if release.wait(10) else "by the timeout")
+
+    thread = threading.Thread(target=request_holding_the_slot)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        assert services.slot_bookings_expire_due(now=timezone.now(), batch_size=2) == 1
+    finally:
+        release.set()
+        thread.join()
+
+    assert released == ["by the test"]  # the job returned while the slot was still locked
+    assert SlotBooking.objects.get(pk=free.pk).status == "EXPIRED"
+    assert {b.status for b in SlotBooking.objects.filter(pk__in=[b.pk for b in stuck])} == {"PENDING"}
+    assert services.slot_bookings_expire_due(now=timezone.now(), batch_size=2) == 3
+
+
 @pytest.mark.django_db
 def test_creating_many_slots_is_all_or_nothing():
     host = HostFactory()

@@ -73,3 +73,88 @@ def test_a_date_only_filter_means_that_day_in_the_operators_time_zone(settings, 
     on_15th = api.get("/api/slots", {"hostId": host.pk, "startDate": "2031-01-15", "endDate": "2031-01-15"}).json()
 
     assert (on_14th["count"], on_15th["count"]) == (1, 0)
+
+
+def bulk_one_night(settings, staff, host, day: date, **overrides):
+    settings.TIME_ZONE = "Europe/Berlin"
+    client = Client()
+    client.force_login(staff)
+    data = {
+        "host": host.pk,
+        "capacity": 1,
+        "first_day": day.isoformat(),
+        "weeks": 1,
+        "weekdays": [str(day.weekday())],
+        "day_start": "01:00",
+        "day_end": "04:00",
+        "minutes": 30,
+        **overrides,
+    }
+    return client.post("/admin/slots/slot/bulk-add/", data, follow=True)
+
+
+def utc(day: int, month: int, hour: int, minute: int = 0, year: int = 2030) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
+def test_when_the_clocks_go_back_every_slot_lasts_its_length_and_the_repeated_hour_is_offered_once(settings, staff):
+    """Berlin, Sunday 27 October 2030: 03:00 summer time becomes 02:00 again. The slot at 02:30 (the first
+    02:30, summer time) used to end at 03:00 winter time, 90 minutes later."""
+    host = HostFactory()
+
+    response = bulk_one_night(settings, staff, host, date(2030, 10, 27))
+
+    assert response.status_code == 200 and "6 slots created" in response.content.decode()
+    slots = list(Slot.objects.filter(host=host).order_by("start"))
+    assert [(s.start, s.end) for s in slots] == [
+        (utc(26, 10, 23, 0), utc(26, 10, 23, 30)),  # 01:00 CEST
+        (utc(26, 10, 23, 30), utc(27, 10, 0, 0)),  # 01:30 CEST
+        (utc(27, 10, 0, 0), utc(27, 10, 0, 30)),  # 02:00 CEST (the first 02:00)
+        (utc(27, 10, 0, 30), utc(27, 10, 1, 0)),  # 02:30 CEST
+        (utc(27, 10, 2, 0), utc(27, 10, 2, 30)),  # 03:00 CET
+        (utc(27, 10, 2, 30), utc(27, 10, 3, 0)),  # 03:30 CET
+    ]
+    assert all(s.end - s.start == timedelta(minutes=30) for s in slots)
+
+
+def test_when_the_clocks_go_forward_the_missing_times_are_skipped_and_listed(settings, staff):
+    """Berlin, Sunday 31 March 2030: 02:00 winter time becomes 03:00 summer time. 02:00 and 02:30 do not
+    exist that night; they used to fail the whole batch with a misleading overlap message."""
+    host = HostFactory()
+
+    response = bulk_one_night(settings, staff, host, date(2030, 3, 31))
+
+    content = response.content.decode()
+    assert response.status_code == 200 and "4 slots created" in content
+    assert "Skipped 2 slot(s)" in content and "2030-03-31 02:00, 2030-03-31 02:30" in content
+    slots = list(Slot.objects.filter(host=host).order_by("start"))
+    assert [(s.start, s.end) for s in slots] == [
+        (utc(31, 3, 0, 0), utc(31, 3, 0, 30)),  # 01:00 CET
+        (utc(31, 3, 0, 30), utc(31, 3, 1, 0)),  # 01:30 CET, ends at 03:00 CEST
+        (utc(31, 3, 1, 0), utc(31, 3, 1, 30)),  # 03:00 CEST
+        (utc(31, 3, 1, 30), utc(31, 3, 2, 0)),  # 03:30 CEST
+    ]
+
+
+def test_when_the_clocks_go_forward_a_slot_that_would_overlap_its_neighbour_is_skipped(settings, staff):
+    """45-minute slots from 01:00: 01:45 CET lasts until 03:30 CEST, so 03:15 CEST would overlap it."""
+    host = HostFactory()
+
+    response = bulk_one_night(settings, staff, host, date(2030, 3, 31), minutes=45, day_end="05:00")
+
+    content = response.content.decode()
+    assert "2030-03-31 02:30, 2030-03-31 03:15" in content
+    slots = list(Slot.objects.filter(host=host).order_by("start"))
+    berlin = ZoneInfo("Europe/Berlin")
+    assert [s.start.astimezone(berlin).strftime("%H:%M") for s in slots] == ["01:00", "01:45", "04:00"]
+    assert all(s.end - s.start == timedelta(minutes=45) for s in slots)
+
+
+def test_a_night_made_only_of_missing_times_gives_no_slots_and_says_why(settings, staff):
+    host = HostFactory()
+
+    response = bulk_one_night(settings, staff, host, date(2030, 3, 31), day_start="02:00", day_end="03:00")
+
+    content = response.content.decode()
+    assert "These settings give no slots. Skipped 2 slot(s)" in content
+    assert not Slot.objects.filter(host=host).exists()
