@@ -3,35 +3,41 @@
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
+MAX_DEPTH = 32
+
 
 class SafeJSONParser(JSONParser):
     """DRF's JSON parser, refusing what PostgreSQL cannot store or Python cannot walk: NUL characters
     and lone surrogates anywhere in the document (text and jsonb reject them), and nesting deeper than
-    ``max_depth`` (json.loads would otherwise die of RecursionError). All are 400s, like any bad JSON."""
-
-    max_depth = 32
+    ``MAX_DEPTH`` (json.loads would otherwise die of RecursionError). All are 400s, like any bad JSON."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise ParseError("JSON nested too deeply.") from None
-        self._check(data)
+        problem = unstorable(data)
+        if problem:
+            raise ParseError(problem)
         return data
 
-    def _check(self, data) -> None:
-        pending = [(data, 1)]
-        while pending:
-            value, depth = pending.pop()
-            if depth > self.max_depth:
-                raise ParseError(f"JSON nested deeper than {self.max_depth} levels.")
-            if isinstance(value, dict):
-                pending.extend((k, depth) for k in value)
-                pending.extend((v, depth + 1) for v in value.values())
-            elif isinstance(value, list):
-                pending.extend((v, depth + 1) for v in value)
-            elif isinstance(value, str) and not storable_text(value):
-                raise ParseError("Text contains a NUL character or a lone surrogate.")
+
+def unstorable(data) -> str | None:
+    """What keeps a JSON value out of PostgreSQL (a NUL, a lone surrogate, runaway nesting), or None.
+    Walked without recursion. Also for JSON fields that reach a serializer by another parser (a form)."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            return f"JSON nested deeper than {MAX_DEPTH} levels."
+        if isinstance(value, dict):
+            pending.extend((key, depth) for key in value)
+            pending.extend((child, depth + 1) for child in value.values())
+        elif isinstance(value, list | tuple):
+            pending.extend((child, depth + 1) for child in value)
+        elif isinstance(value, str) and not storable_text(value):
+            return "Text contains a NUL character or a lone surrogate."
+    return None
 
 
 def storable_text(value: str) -> bool:

@@ -5,6 +5,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from booking_site.api import StrictSerializer
+from booking_site.parsers import unstorable
 from slots.models import Slot, SlotBooking
 from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
 
@@ -19,27 +20,6 @@ def check_day(value: date) -> date:
     if not EARLIEST_DAY <= value <= LATEST_DAY:
         raise serializers.ValidationError(f"Must be between {EARLIEST_DAY} and {LATEST_DAY}.")
     return value
-
-
-def _storable_text(text: str) -> bool:
-    """PostgreSQL text and jsonb cannot hold NUL, and a lone surrogate cannot be encoded as UTF-8."""
-    return "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text)
-
-
-def check_json_text(value, *, field: str = "metadata") -> None:
-    """Every key and string value, at any depth, is storable text (walked without recursion)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if isinstance(key, str) and not _storable_text(key):
-                    raise serializers.ValidationError(f"A key of {field} contains a NUL character or a lone surrogate.")
-                pending.append(child)
-        elif isinstance(item, list | tuple):
-            pending.extend(item)
-        elif isinstance(item, str) and not _storable_text(item):
-            raise serializers.ValidationError(f"A value in {field} contains a NUL character or a lone surrogate.")
 
 
 class SlotIn(StrictSerializer):
@@ -106,7 +86,9 @@ class SlotBookingIn(StrictSerializer):
     )
 
     def validate_metadata(self, value):
-        check_json_text(value)
+        problem = unstorable(value)
+        if problem:
+            raise serializers.ValidationError(problem)
         if len(json.dumps(value)) > 4096:
             raise serializers.ValidationError("At most 4096 characters of JSON.")
         return value
