@@ -9,11 +9,12 @@ claims" without a trigger.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+
+from booking_site.claims import Claim, ClaimQuerySet
 
 CLAIM_STATES = ["HELD", "CONFIRMED", "RELEASED", "EXPIRED", "CANCELLED"]
 
@@ -81,12 +82,7 @@ class Seat(models.Model):
         return self.code
 
 
-class SeatHoldGroupQuerySet(models.QuerySet):
-    def overdue(self, *, now: datetime):
-        return self.filter(state=SeatHoldGroup.State.HELD, expires_at__lte=now)
-
-
-class SeatHoldGroup(models.Model):
+class SeatHoldGroup(Claim, models.Model):
     """Several seats held together by one user: HELD → CONFIRMED → CANCELLED, or HELD → RELEASED /
     EXPIRED. ``id`` is the API's ``holdGroupId``; ``booking_group_id`` is set on confirm."""
 
@@ -97,6 +93,7 @@ class SeatHoldGroup(models.Model):
         EXPIRED = "EXPIRED", "Expired"
         CANCELLED = "CANCELLED", "Cancelled"
 
+    STATE_FIELD, HELD, CONFIRMED = "state", State.HELD, State.CONFIRMED
     BLOCKING_STATES = [State.HELD, State.CONFIRMED]
     TRANSITIONS = {
         State.HELD: {State.CONFIRMED, State.RELEASED, State.EXPIRED},
@@ -116,7 +113,7 @@ class SeatHoldGroup(models.Model):
     confirmed_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
 
-    objects = SeatHoldGroupQuerySet.as_manager()
+    objects = ClaimQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -143,12 +140,6 @@ class SeatHoldGroup(models.Model):
 
     def __str__(self) -> str:
         return f"Hold group {self.pk} ({self.state})"
-
-    def is_overdue(self, now: datetime) -> bool:
-        return self.state == self.State.HELD and self.expires_at <= now
-
-    def can_become(self, state: str) -> bool:
-        return state in self.TRANSITIONS.get(self.state, set())
 
 
 class SeatClaim(models.Model):

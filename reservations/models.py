@@ -1,8 +1,8 @@
-from datetime import datetime
-
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from booking_site.claims import Claim, ClaimQuerySet
 
 
 class Car(models.Model):
@@ -26,26 +26,14 @@ class Car(models.Model):
         return f"#{self.pk} {self.label}"
 
 
-class ReservationQuerySet(models.QuerySet):
-    def blocking(self):
-        """HELD or CONFIRMED rows: what the partial unique constraint counts, overdue holds included."""
-        return self.filter(state__in=Reservation.BLOCKING_STATES)
-
-    def active(self, *, now: datetime):
-        """Claims that hold the car right now: CONFIRMED, or HELD and not yet overdue (SPEC 2.2)."""
-        return self.filter(Q(state=Reservation.State.CONFIRMED) | Q(state=Reservation.State.HELD, expires_at__gt=now))
-
-    def overdue(self, *, now: datetime):
-        return self.filter(state=Reservation.State.HELD, expires_at__lte=now)
-
-
-class Reservation(models.Model):
+class Reservation(Claim, models.Model):
     class State(models.TextChoices):
         HELD = "HELD", "Held"
         CONFIRMED = "CONFIRMED", "Confirmed"
         CANCELLED = "CANCELLED", "Cancelled"
         EXPIRED = "EXPIRED", "Expired"
 
+    STATE_FIELD, HELD, CONFIRMED = "state", State.HELD, State.CONFIRMED
     BLOCKING_STATES = [State.HELD, State.CONFIRMED]
     # HELD is the only state with a way out; the rest are terminal (SPEC 4).
     TRANSITIONS = {State.HELD: {State.CONFIRMED, State.CANCELLED, State.EXPIRED}}
@@ -58,7 +46,7 @@ class Reservation(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
-    objects = ReservationQuerySet.as_manager()
+    objects = ClaimQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]
@@ -80,9 +68,3 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"Reservation #{self.pk} ({self.state})"
-
-    def is_overdue(self, now: datetime) -> bool:
-        return self.state == self.State.HELD and self.expires_at <= now
-
-    def can_become(self, state: str) -> bool:
-        return state in self.TRANSITIONS.get(self.state, set())

@@ -1,10 +1,10 @@
-from datetime import datetime
-
 from django.conf import settings
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import RangeOperators
 from django.db import models
 from django.db.models import F, Func, Q, Value
+
+from booking_site.claims import Claim, ClaimQuerySet
 
 
 class Int8Range(Func):
@@ -70,29 +70,15 @@ class Slot(models.Model):
         return f"Slot #{self.pk} {self.title or self.specialization or ''} {self.start:%Y-%m-%d %H:%M}".strip()
 
 
-class SlotBookingQuerySet(models.QuerySet):
-    def claiming(self):
-        """PENDING or CONFIRMED rows: what ``Slot.booked`` counts, overdue holds included."""
-        return self.filter(status__in=SlotBooking.CLAIMING_STATES)
-
-    def active(self, *, now: datetime):
-        """Bookings that hold a seat right now: CONFIRMED, or PENDING and not yet overdue (SPEC 2.2)."""
-        return self.filter(
-            Q(status=SlotBooking.Status.CONFIRMED) | Q(status=SlotBooking.Status.PENDING, expires_at__gt=now)
-        )
-
-    def overdue(self, *, now: datetime):
-        return self.filter(status=SlotBooking.Status.PENDING, expires_at__lte=now)
-
-
-class SlotBooking(models.Model):
+class SlotBooking(Claim, models.Model):
     class Status(models.TextChoices):
         PENDING = "PENDING", "Pending"
         CONFIRMED = "CONFIRMED", "Confirmed"
         CANCELLED = "CANCELLED", "Cancelled"
         EXPIRED = "EXPIRED", "Expired"
 
-    CLAIMING_STATES = [Status.PENDING, Status.CONFIRMED]
+    STATE_FIELD, HELD, CONFIRMED = "status", Status.PENDING, Status.CONFIRMED
+    BLOCKING_STATES = [Status.PENDING, Status.CONFIRMED]
     TRANSITIONS = {
         Status.PENDING: {Status.CONFIRMED, Status.CANCELLED, Status.EXPIRED},
         Status.CONFIRMED: {Status.CANCELLED},
@@ -112,7 +98,7 @@ class SlotBooking(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 
-    objects = SlotBookingQuerySet.as_manager()
+    objects = ClaimQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]
@@ -135,12 +121,3 @@ class SlotBooking(models.Model):
 
     def __str__(self) -> str:
         return f"Booking #{self.pk} ({self.status})"
-
-    def is_overdue(self, now: datetime) -> bool:
-        return self.status == self.Status.PENDING and self.expires_at <= now
-
-    def is_active(self, now: datetime) -> bool:
-        return self.status == self.Status.CONFIRMED or (self.status == self.Status.PENDING and not self.is_overdue(now))
-
-    def can_become(self, status: str) -> bool:
-        return status in self.TRANSITIONS.get(self.status, set())

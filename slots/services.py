@@ -320,7 +320,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
         _expire_overdue_on([slot], now=now)
-        booked = SlotBooking.objects.filter(slot=slot).claiming().count()
+        booked = SlotBooking.objects.filter(slot=slot).blocking().count()
         if booked:
             raise SlotBooked(f"Slot {slot_id} has {booked} active booking(s).", details={"slotId": slot_id})
         from_state = slot.status

@@ -49,6 +49,6 @@ class SlotBookingFactory(factory.django.DjangoModelFactory):
 
     @factory.post_generation
     def count_seats(booking, create, extracted, **kwargs):
-        if create and booking.status in SlotBooking.CLAIMING_STATES:
+        if create and booking.status in SlotBooking.BLOCKING_STATES:
             Slot.objects.filter(pk=booking.slot_id).update(booked=F("booked") + booking.seats)
             booking.slot.refresh_from_db()

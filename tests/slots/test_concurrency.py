@@ -38,7 +38,7 @@ def booker(slot_id: int, guest: User, seats: int = 1):
 
 def assert_counters_match_bookings() -> None:
     for slot in Slot.objects.all():
-        claimed = slot.bookings.claiming().aggregate(total=Sum("seats"))["total"] or 0
+        claimed = slot.bookings.blocking().aggregate(total=Sum("seats"))["total"] or 0
         assert slot.booked == claimed <= slot.capacity, f"slot {slot.pk}"
 
 
@@ -239,7 +239,7 @@ def test_a_reschedule_racing_bookings_of_its_target_never_overbooks():
     mover, target, results = race_reschedule_against_bookers()
 
     assert len(wins(results)) == 1
-    assert SlotBooking.objects.filter(slot=target).claiming().count() == 1
+    assert SlotBooking.objects.filter(slot=target).blocking().count() == 1
     mover.refresh_from_db()
     moved = SlotBooking.objects.filter(rescheduled_from=mover).exists()
     assert mover.status == ("CANCELLED" if moved else "CONFIRMED")  # all or nothing
@@ -254,7 +254,7 @@ def test_control_without_the_slot_lock_the_reschedule_race_reaches_the_backstop(
     _, target, _ = race_reschedule_against_bookers(bookers=4)
 
     assert backstops("slot_booked_within_capacity") > before
-    assert SlotBooking.objects.filter(slot=target).claiming().count() == 1
+    assert SlotBooking.objects.filter(slot=target).blocking().count() == 1
     assert_counters_match_bookings()
 
 

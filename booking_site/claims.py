@@ -1,0 +1,57 @@
+"""What every claim model shares — a car reservation, a seat hold group, a slot booking: a state
+machine with a *held* state that lapses at ``expires_at`` and a *confirmed* state, and one way of
+judging time. Each model names its state field and values:
+
+    class Reservation(Claim, models.Model):
+        STATE_FIELD, HELD, CONFIRMED = "state", State.HELD, State.CONFIRMED
+        TRANSITIONS = {State.HELD: {...}}
+        objects = ClaimQuerySet.as_manager()
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import models
+from django.db.models import Q
+
+
+class ClaimQuerySet(models.QuerySet):
+    def blocking(self):
+        """Held or confirmed rows: what the domain's constraint counts, overdue holds included."""
+        model = self.model
+        return self.filter(**{f"{model.STATE_FIELD}__in": [model.HELD, model.CONFIRMED]})
+
+    def active(self, *, now: datetime):
+        """Claims in force at ``now``: confirmed, or held and not yet overdue (SPEC 2.2)."""
+        model = self.model
+        return self.filter(
+            Q(**{model.STATE_FIELD: model.CONFIRMED}) | Q(**{model.STATE_FIELD: model.HELD, "expires_at__gt": now})
+        )
+
+    def overdue(self, *, now: datetime):
+        """Held claims whose expiry has passed: free for everyone, waiting to be flipped to EXPIRED."""
+        model = self.model
+        return self.filter(**{model.STATE_FIELD: model.HELD, "expires_at__lte": now})
+
+
+class Claim:
+    """Mixin for a claim model (see the module docstring for what it declares)."""
+
+    STATE_FIELD: str
+    HELD: str
+    CONFIRMED: str
+    TRANSITIONS: dict[str, set[str]]
+
+    @property
+    def current_state(self) -> str:
+        return getattr(self, self.STATE_FIELD)
+
+    def is_overdue(self, now: datetime) -> bool:
+        return self.current_state == self.HELD and self.expires_at <= now
+
+    def is_active(self, now: datetime) -> bool:
+        return self.current_state == self.CONFIRMED or (self.current_state == self.HELD and not self.is_overdue(now))
+
+    def can_become(self, state: str) -> bool:
+        return state in self.TRANSITIONS.get(self.current_state, set())
