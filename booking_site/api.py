@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import django_filters as filters
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field, inline_serializer
 from rest_framework import serializers
@@ -46,6 +47,28 @@ class StrictSerializer(serializers.Serializer):
 
 
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is True, int("²") fails
+
+
+class StrictSerializerSchema(OpenApiSerializerExtension):
+    """Say in the schema what StrictSerializer does: no fields beyond the declared ones (and the
+    ``requestId`` idempotency alias), so generated clients and fuzzers see the real contract."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if type(self.target).__dict__.get("__doc__") is None:
+            schema.pop("description", None)  # not StrictSerializer's own docstring on every body
+        if direction == "request":
+            schema["additionalProperties"] = False
+            schema.setdefault("properties", {})["requestId"] = {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 255,
+                "description": "Same as the Idempotency-Key header (SPEC 3.4).",
+            }
+        return schema
 
 
 class PagePagination(BasePagination):

@@ -69,3 +69,11 @@ def test_the_browsable_api_works_for_a_logged_in_operator(client, staff):
     response = client.get("/api/reservations", HTTP_ACCEPT="text/html")
 
     assert response.status_code == 200 and b"Reservation List" in response.content
+
+
+def test_the_schema_says_request_bodies_take_no_unknown_fields(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    body = schema["components"]["schemas"]["ReservationCreateInRequest"]
+    assert body["additionalProperties"] is False
+    assert {"carId", "buyerId", "holdDurationMinutes", "requestId"} == set(body["properties"])
