@@ -13,7 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, CharField, F, Q, Value, When
+
+EXPIRED = "EXPIRED"
 
 
 class ClaimQuerySet(models.QuerySet):
@@ -34,6 +36,18 @@ class ClaimQuerySet(models.QuerySet):
         model = self.model
         return self.filter(**{model.STATE_FIELD: model.HELD, "expires_at__lte": now})
 
+    def with_effective_state(self, *, now: datetime):
+        """Annotate ``effective_state``: the state as clients see it, an overdue hold reading as EXPIRED
+        before the expiry job has caught up with it (the SQL twin of ``Claim.state_at``)."""
+        model = self.model
+        return self.annotate(
+            effective_state=Case(
+                When(**{model.STATE_FIELD: model.HELD, "expires_at__lte": now}, then=Value(EXPIRED)),
+                default=F(model.STATE_FIELD),
+                output_field=CharField(),
+            )
+        )
+
 
 class Claim:
     """Mixin for a claim model (see the module docstring for what it declares)."""
@@ -49,6 +63,10 @@ class Claim:
 
     def is_overdue(self, now: datetime) -> bool:
         return self.current_state == self.HELD and self.expires_at <= now
+
+    def state_at(self, now: datetime) -> str:
+        """The state as clients see it at ``now``: an overdue hold reads as EXPIRED."""
+        return EXPIRED if self.is_overdue(now) else self.current_state
 
     def is_active(self, now: datetime) -> bool:
         return self.current_state == self.CONFIRMED or (self.current_state == self.HELD and not self.is_overdue(now))

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, CharField, F, QuerySet, Value, When
+from django.db.models import QuerySet
 from django.utils import timezone
 
 ExpireDue = Callable[..., int]  # expire_due(*, now: datetime) -> number of holds expired
@@ -30,16 +30,6 @@ def locked_now(now: datetime) -> datetime:
     the lock wait outlasted it. A hold that expired while a request waited for its lock is expired
     (SPEC 2.2); time never runs backwards for a decision."""
     return max(now, timezone.now())
-
-
-def effective_state(*, now: datetime, field: str, held: str, expired: str = "EXPIRED") -> Case:
-    """An annotation of a claim's state as clients see it: an overdue hold (``field == held`` and
-    ``expires_at <= now``) reads as ``expired`` before the expiry job has caught up with it."""
-    return Case(
-        When(**{field: held, "expires_at__lte": now}, then=Value(expired)),
-        default=F(field),
-        output_field=CharField(),
-    )
 
 
 def expire_in_batches(*, overdue: QuerySet, expire_batch: Callable[[list], None], batch_size: int | None = None) -> int:

@@ -234,7 +234,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
 
     @admin.display(description="State now", ordering="state")
     def state_now(self, group):
-        return selectors.effective_state(group, timezone.now())
+        return group.state_at(timezone.now())
 
     @admin.display(description="Seats")
     def seat_codes(self, group):

@@ -98,8 +98,3 @@ def group_seat_codes(group: SeatHoldGroup) -> list[str]:
     return list(
         Seat.objects.filter(claims__group=group).order_by("section", "row", "number").values_list("code", flat=True)
     )
-
-
-def effective_state(group: SeatHoldGroup, now: datetime) -> str:
-    """An overdue HELD reads as EXPIRED before the expiry job has caught up with it."""
-    return State.EXPIRED if group.is_overdue(now) else group.state

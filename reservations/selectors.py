@@ -7,10 +7,7 @@ from datetime import datetime
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from booking_site.accounts.models import User
-from booking_site.expiry import effective_state
 from reservations.models import Car, Reservation
-
-State = Reservation.State
 
 
 def cars_with_availability(*, now: datetime) -> QuerySet[Car]:
@@ -22,7 +19,7 @@ def cars_with_availability(*, now: datetime) -> QuerySet[Car]:
 def reservations_with_effective_state(*, now: datetime) -> QuerySet[Reservation]:
     """Reservations annotated with ``effective_state``: an overdue HELD reads as EXPIRED before the
     expiry job has caught up with it."""
-    return Reservation.objects.annotate(effective_state=effective_state(now=now, field="state", held=State.HELD))
+    return Reservation.objects.with_effective_state(now=now)
 
 
 def reservations_visible_to(user: User, *, now: datetime) -> QuerySet[Reservation]:

@@ -119,7 +119,7 @@ class SlotBookingAdmin(ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
-    list_display = ["id", "slot", "guest", "seats", "effective_status", "expires_at", "created_at"]
+    list_display = ["id", "slot", "guest", "seats", "effective_state", "expires_at", "created_at"]
     list_filter = ["status", "created_at"]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
     list_select_related = ["slot", "slot__host", "guest"]
@@ -130,7 +130,7 @@ class SlotBookingAdmin(ClaimAdmin):
         "guest",
         "seats",
         "status",
-        "effective_status",
+        "effective_state",
         "expires_at",
         "reason",
         "metadata",
@@ -142,11 +142,11 @@ class SlotBookingAdmin(ClaimAdmin):
     ]
 
     def get_queryset(self, request):
-        return selectors.slot_bookings_with_effective_status(now=timezone.now()).select_related("guest", "slot__host")
+        return selectors.slot_bookings_with_effective_state(now=timezone.now()).select_related("guest", "slot__host")
 
-    @admin.display(description="Status now", ordering="effective_status")
-    def effective_status(self, booking):
-        return booking.effective_status
+    @admin.display(description="Status now", ordering="effective_state")
+    def effective_state(self, booking):
+        return booking.effective_state
 
     @admin.action(description="Cancel selected bookings", permissions=["change"])
     def cancel(self, request, queryset):

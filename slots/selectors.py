@@ -11,7 +11,6 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from booking_site.accounts.models import User
-from booking_site.expiry import effective_state
 from slots.models import Slot, SlotBooking
 
 Status = SlotBooking.Status
@@ -46,17 +45,15 @@ def slots_of_host(host: User, *, now: datetime) -> QuerySet[Slot]:
     return slots_with_remaining(now=now).filter(host=host).order_by("start", "id")
 
 
-def slot_bookings_with_effective_status(*, now: datetime) -> QuerySet[SlotBooking]:
-    """Bookings annotated with ``effective_status``: an overdue PENDING reads as EXPIRED before the
+def slot_bookings_with_effective_state(*, now: datetime) -> QuerySet[SlotBooking]:
+    """Bookings annotated with ``effective_state``: an overdue PENDING reads as EXPIRED before the
     expiry job has caught up with it."""
-    return SlotBooking.objects.select_related("slot").annotate(
-        effective_status=effective_state(now=now, field="status", held=Status.PENDING)
-    )
+    return SlotBooking.objects.select_related("slot").with_effective_state(now=now)
 
 
 def slot_bookings_visible_to(user: User, *, now: datetime) -> QuerySet[SlotBooking]:
     """A guest sees their own bookings; operators see all (SPEC 2.6)."""
-    bookings = slot_bookings_with_effective_status(now=now)
+    bookings = slot_bookings_with_effective_state(now=now)
     return bookings if user.is_staff else bookings.filter(guest=user)
 
 

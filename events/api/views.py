@@ -99,7 +99,7 @@ def _hold_out(group: SeatHoldGroup, seat_codes: list[str]) -> dict:
     now = timezone.now()
     group.seat_codes = seat_codes
     group.expires_in = max(0, round((group.expires_at - now).total_seconds())) if group.state == "HELD" else 0
-    group.state = selectors.effective_state(group, now)
+    group.state = group.state_at(now)
     return SeatHoldOut(group).data
 
 

@@ -67,7 +67,7 @@ class SlotFilter(filters.FilterSet):
 
 class BookingFilter(filters.FilterSet):
     status = filters.ChoiceFilter(
-        choices=SlotBooking.Status.choices, field_name="effective_status", help_text="An overdue PENDING is EXPIRED"
+        choices=SlotBooking.Status.choices, field_name="effective_state", help_text="An overdue PENDING is EXPIRED"
     )
     slotId = IntegerFilter(field_name="slot_id", min_value=1, max_value=2**63 - 1)
 

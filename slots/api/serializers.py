@@ -140,7 +140,7 @@ class SlotBookingOut(serializers.ModelSerializer):
         ]
 
     def get_status(self, booking) -> str:
-        return getattr(booking, "effective_status", booking.status)
+        return getattr(booking, "effective_state", booking.status)
 
     def get_requestId(self, booking) -> str | None:
         return booking.request_id or None

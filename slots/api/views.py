@@ -130,7 +130,7 @@ class BookingList(ListAPIView):
 
 def _visible_booking(request, booking_id: int):
     """The guest, the slot's host and operators see a booking."""
-    booking = selectors.slot_bookings_with_effective_status(now=timezone.now()).filter(pk=booking_id).first()
+    booking = selectors.slot_bookings_with_effective_state(now=timezone.now()).filter(pk=booking_id).first()
     if booking is None:
         raise NotFound(f"Booking {booking_id} does not exist.")
     if request.user.pk not in (booking.guest_id, booking.slot.host_id) and not request.user.is_staff:
