@@ -227,28 +227,11 @@ def event_update_details(
     with transaction.atomic():
         event = _lock_event(event_id)
         now = locked_now(now)
-        changed = [field for field, value in wanted.items() if getattr(event, field) != value]
-        if not changed:
-            return event
-        if "event_date" in changed:
+        if event_date is not None and event_date != event.event_date:
             problem = event_date_problem(event_date, now=now)
             if problem:
                 raise ValidationFailed.for_field("date", problem)
-        before = {field: getattr(event, field) for field in changed}
-        for field in changed:
-            setattr(event, field, wanted[field])
-        event.updated_at = now
-        event.save(update_fields=[*changed, "updated_at"])
-        audit.record(
-            subject=event,
-            event="UPDATED",
-            actor=actor,
-            metadata={
-                "fields": changed,
-                "from": before,
-                "to": {field: wanted[field] for field in changed},
-            },
-        )
+        audit.record_update(event, wanted, actor=actor, now=now)
     return event
 
 

@@ -50,21 +50,7 @@ def car_update(*, car_id: int, actor: User | None = None, **fields) -> Car:
     car = _lock_car(car_id)
     if car is None:
         raise NotFound(f"Car {car_id} does not exist.")
-    changed = {name: value for name, value in fields.items() if getattr(car, name) != value}
-    if not changed:
-        return car
-    from_state = car.status
-    for name, value in changed.items():
-        setattr(car, name, value)
-    car.save(update_fields=[*changed, "updated_at"])
-    audit.record(
-        subject=car,
-        event="UPDATED",
-        from_state=from_state,
-        to_state=car.status,
-        actor=actor,
-        metadata={"changed": sorted(changed)},
-    )
+    audit.record_update(car, fields, actor=actor, state_field="status")
     return car
 
 

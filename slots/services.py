@@ -282,16 +282,8 @@ def slot_update_details(*, slot_id: int, title: str, specialization: str, actor:
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)
-        before = {"title": slot.title, "specialization": slot.specialization}
-        slot.title, slot.specialization, slot.updated_at = title, specialization, now
-        slot.save(update_fields=["title", "specialization", "updated_at"])
-        audit.record(
-            subject=slot,
-            event="UPDATED",
-            from_state=slot.status,
-            to_state=slot.status,
-            actor=actor,
-            metadata={"before": before, "after": {"title": title, "specialization": specialization}},
+        audit.record_update(
+            slot, {"title": title, "specialization": specialization}, actor=actor, now=now, state_field="status"
         )
     return slot
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -53,6 +54,34 @@ def event(
 def record(**fields: Any) -> AuditEvent:
     """Append one audit event (arguments as ``event``), inside the transaction of the change."""
     return record_many([event(**fields)])[0]
+
+
+def record_update(
+    obj: models.Model, changes: dict[str, Any], *, actor: Actor, now: datetime | None = None, state_field: str = ""
+) -> list[str]:
+    """Write the ``changes`` that differ from ``obj`` (caller holds its row lock), with ``updated_at``
+    (``now``, or the field's auto_now), and record one UPDATED event: the fields, their values before and
+    after, and ``state_field``'s value before and after when the model has one. Returns the changed
+    fields; when none changed, nothing is written."""
+    changed = [field for field, value in changes.items() if getattr(obj, field) != value]
+    if not changed:
+        return []
+    before = {field: getattr(obj, field) for field in changed}
+    from_state = getattr(obj, state_field) if state_field else ""
+    for field in changed:
+        setattr(obj, field, changes[field])
+    if now is not None:
+        obj.updated_at = now
+    obj.save(update_fields=[*changed, "updated_at"])
+    record(
+        subject=obj,
+        event="UPDATED",
+        from_state=from_state,
+        to_state=getattr(obj, state_field) if state_field else "",
+        actor=actor,
+        metadata={"fields": changed, "from": before, "to": {field: changes[field] for field in changed}},
+    )
+    return changed
 
 
 def record_many(events: list[AuditEvent]) -> list[AuditEvent]:
