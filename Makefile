@@ -1,30 +1,41 @@
 # The two commands of the README: `make run` runs the whole system, `make test` runs the whole suite.
-# Both build the virtualenv from requirements.txt first when it is missing or stale.
+# Both build the virtualenv first when it is missing or older than the requirements files.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PORT ?= 8000
+export PORT
 
-.PHONY: run test test-quick lint format
+.PHONY: run serve test test-quick lint format
 
-$(VENV)/.installed: requirements.txt
+# Runtime only (requirements.txt): what `make run` and `make serve` need.
+$(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --requirement requirements.txt
 	touch $@
 
-run: $(VENV)/.installed
+# Runtime plus tests and tooling (requirements-dev.txt).
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(BIN)/pip install --quiet --requirement requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.runtime
 	$(BIN)/python manage.py up
 
-test: $(VENV)/.installed
+serve: $(VENV)/.runtime
+	$(BIN)/python manage.py serve
+
+test: $(VENV)/.dev
 	$(BIN)/pytest
 
-test-quick: $(VENV)/.installed
+test-quick: $(VENV)/.dev
 	$(BIN)/pytest -m "not slow"
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-format: $(VENV)/.installed
+format: $(VENV)/.dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
