@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import django_filters as filters
@@ -23,6 +24,24 @@ class StaffWrites(IsAuthenticated):
         if request.method in SAFE_METHODS:
             return super().has_permission(request, view)
         return IsAdminUser().has_permission(request, view)
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    """DRF's ``ModelSerializer``, with its fields built once per class instead of once per instance.
+
+    DRF introspects the model every time a serializer is created, which was a third of the CPU of a
+    small GET (docs/decisions/0006-request-floor.md). The fields depend only on the class, so the first
+    instance builds them and every later one gets a fresh copy (fields are bound to their serializer,
+    so they are never shared).
+    """
+
+    def get_fields(self):
+        cls = type(self)
+        prototype = cls.__dict__.get("_fields_prototype")
+        if prototype is None:
+            prototype = super().get_fields()
+            cls._fields_prototype = prototype
+        return copy.deepcopy(prototype)
 
 
 class StrictSerializer(serializers.Serializer):

@@ -1,6 +1,6 @@
 """Product metrics exported at /metrics beside django-prometheus' request metrics (SPEC 8).
 
-Under gunicorn with several workers set PROMETHEUS_MULTIPROC_DIR so the counters add up across them.
+``manage.py serve`` sets PROMETHEUS_MULTIPROC_DIR, so the counters of every web worker add up.
 """
 
 from django.db import transaction

@@ -4,6 +4,7 @@ Every variable is documented in ``.env.example``. With nothing configured the pr
 embedded defaults of ``booking_site.embedded`` (SPEC 8).
 """
 
+import os
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -76,6 +77,12 @@ TEMPLATES = [
     },
 ]
 
+# --- The web server (`manage.py serve`, granian: docs/decisions/0006-request-floor.md) ------------
+# Worker processes, and threads in each: one thread per process on this project's measurements.
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=os.cpu_count() or 1)
+WEB_THREADS = env.int("WEB_THREADS", default=1)
+WEB_ACCESS_LOG = env.bool("WEB_ACCESS_LOG", default=True)
+
 # --- Database -------------------------------------------------------------------------------------
 # A lock wait longer than DB_LOCK_TIMEOUT_MS answers 503 `busy` instead of queueing forever.
 DB_LOCK_TIMEOUT_MS = env.int("DB_LOCK_TIMEOUT_MS", default=5000)
@@ -86,7 +93,7 @@ else:
     _database = embedded.database(VAR_DIR)
 _database["ENGINE"] = "django_prometheus.db.backends.postgresql"
 _database["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-_database["CONN_HEALTH_CHECKS"] = True
+_database["CONN_HEALTH_CHECKS"] = False  # no SELECT 1 per request: a dead connection is a 503 once (0006)
 _database.setdefault("OPTIONS", {})["options"] = f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}"
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -106,7 +113,7 @@ USE_TZ = True
 # The operators' time zone: the admin shows and reads local times in it; the database stores UTC.
 TIME_ZONE = env("TIME_ZONE", default="UTC")
 
-# --- Static files (served by WhiteNoise under gunicorn; `collectstatic` fills STATIC_ROOT) ---------
+# --- Static files (served by WhiteNoise; `collectstatic` fills STATIC_ROOT) ----------------------
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STORAGES = {
@@ -132,10 +139,14 @@ SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^metrics$"]  # load-balancer probes
 # --- REST framework -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "booking_site.accounts.auth.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "booking_site.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
     "DEFAULT_PARSER_CLASSES": [
         "booking_site.parsers.SafeJSONParser",
         "rest_framework.parsers.FormParser",
@@ -171,6 +182,11 @@ SPECTACULAR_SETTINGS = {
 
 # Throttle counters must be shared by every web process: point CACHE_URL at Redis in production.
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
+# How long a web process may keep using a token lookup (a revoked token works at most this long on
+# another process); 0 turns the cache off. See booking_site/accounts/auth.py.
+AUTH_TOKEN_CACHE_SECONDS = env.float("AUTH_TOKEN_CACHE_SECONDS", default=10)
+AUTH_TOKEN_CACHE_SIZE = env.int("AUTH_TOKEN_CACHE_SIZE", default=10_000)
 
 # --- Product settings -----------------------------------------------------------------------------
 IDEMPOTENCY_TTL_HOURS = env.int("IDEMPOTENCY_TTL_HOURS", default=24)

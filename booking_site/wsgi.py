@@ -1,4 +1,4 @@
-"""WSGI entry point: ``gunicorn booking_site.wsgi``."""
+"""WSGI entry point: ``manage.py serve`` runs it under granian."""
 
 import os
 

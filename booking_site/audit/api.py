@@ -3,11 +3,12 @@
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
 
+from booking_site.api import ModelSerializer
 from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import trail
 
 
-class AuditEventOut(serializers.ModelSerializer):
+class AuditEventOut(ModelSerializer):
     occurredAt = serializers.DateTimeField(source="occurred_at")
     actorId = serializers.IntegerField(source="actor_id", allow_null=True)
     actor = serializers.CharField(source="actor_label")

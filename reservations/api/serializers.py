@@ -1,7 +1,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from booking_site.api import StrictSerializer
+from booking_site.api import ModelSerializer, StrictSerializer
 from reservations.models import Car, Reservation
 
 
@@ -13,7 +13,7 @@ class CarIn(StrictSerializer):
     status = serializers.ChoiceField(choices=Car.Status.choices, required=False, default=Car.Status.ACTIVE)
 
 
-class CarOut(serializers.ModelSerializer):
+class CarOut(ModelSerializer):
     dealerId = serializers.IntegerField(source="dealer_id")
     available = serializers.BooleanField(help_text="ACTIVE and no active reservation now")
     createdAt = serializers.DateTimeField(source="created_at")
@@ -40,7 +40,7 @@ class ReservationCancelIn(StrictSerializer):
     reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
 
-class ReservationOut(serializers.ModelSerializer):
+class ReservationOut(ModelSerializer):
     carId = serializers.IntegerField(source="car_id")
     buyerId = serializers.IntegerField(source="buyer_id")
     state = serializers.SerializerMethodField(help_text="An overdue HELD reads as EXPIRED")

@@ -4,7 +4,7 @@ from datetime import date
 from django.utils import timezone
 from rest_framework import serializers
 
-from booking_site.api import StrictSerializer
+from booking_site.api import ModelSerializer, StrictSerializer
 from booking_site.parsers import unstorable
 from slots.models import Slot, SlotBooking
 from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
@@ -42,7 +42,7 @@ class SlotIn(StrictSerializer):
         return data
 
 
-class SlotOut(serializers.ModelSerializer):
+class SlotOut(ModelSerializer):
     hostId = serializers.IntegerField(source="host_id")
     hostName = serializers.SerializerMethodField()
     startTime = serializers.DateTimeField(source="start")
@@ -106,7 +106,7 @@ class SlotBookingRescheduleIn(StrictSerializer):
     slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
 
 
-class SlotBookingOut(serializers.ModelSerializer):
+class SlotBookingOut(ModelSerializer):
     slotId = serializers.IntegerField(source="slot_id")
     userId = serializers.IntegerField(source="guest_id")
     hostId = serializers.IntegerField(source="slot.host_id")

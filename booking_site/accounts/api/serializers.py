@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from booking_site.accounts.models import Role, User
-from booking_site.api import StrictSerializer
+from booking_site.api import ModelSerializer, StrictSerializer
 
 
 class UserRegisterIn(StrictSerializer):
@@ -13,7 +13,7 @@ class UserRegisterIn(StrictSerializer):
     )
 
 
-class UserOut(serializers.ModelSerializer):
+class UserOut(ModelSerializer):
     isStaff = serializers.BooleanField(source="is_staff")
     createdAt = serializers.DateTimeField(source="date_joined")
 

@@ -2,6 +2,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -11,11 +12,14 @@ from booking_site import embedded
 
 class Command(BaseCommand):
     help = (
-        "Run the production web server in the foreground (gunicorn, configured by gunicorn.conf.py), "
-        "listening on --host/--port (env HOST, PORT; default 0.0.0.0:8000) with WEB_CONCURRENCY worker "
-        "processes. It does not migrate or collect static files: do that first (README, 'Running in "
-        "production'). SIGTERM or Ctrl-C stops it. With no DATABASE_URL this process owns the embedded "
-        "PostgreSQL, which stops with it."
+        "Run the production web server in the foreground: granian serving booking_site.wsgi with "
+        "WEB_CONCURRENCY worker processes of WEB_THREADS threads each, HTTP keep-alive, respawning a "
+        "worker that dies (docs/decisions/0006-request-floor.md); /metrics adds up the workers' counters "
+        "(in PROMETHEUS_MULTIPROC_DIR, a fresh temporary directory unless set). Listens on --host/--port "
+        "(env HOST, PORT; default 0.0.0.0:8000); WEB_ACCESS_LOG=false silences the access log. It does "
+        "not migrate or collect static files: do that first (README, 'Running in production'). SIGTERM "
+        "or Ctrl-C stops it gracefully. With no DATABASE_URL this process owns the embedded PostgreSQL, "
+        "which stops with it."
     )
 
     def add_arguments(self, parser):
@@ -25,10 +29,20 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host, port, **options):
-        env = {**os.environ, "GUNICORN_BIND": f"{host}:{port}"}
+        env = dict(os.environ)
         if not os.environ.get("DATABASE_URL"):
             env["DATABASE_URL"] = embedded.database_url(settings.DATABASES["default"])
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "booking_site.wsgi"], env=env)
+        if "PROMETHEUS_MULTIPROC_DIR" not in env:  # /metrics adds up every worker's counters
+            env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="booking-site-metrics-")
+        argv = [
+            *(sys.executable, "-m", "granian", "--interface", "wsgi", "--no-ws"),
+            *("--host", host, "--port", str(port)),
+            *("--workers", str(settings.WEB_CONCURRENCY), "--blocking-threads", str(settings.WEB_THREADS)),
+            "--respawn-failed-workers",
+            "--access-log" if settings.WEB_ACCESS_LOG else "--no-access-log",
+            "booking_site.wsgi:application",
+        ]
+        server = subprocess.Popen(argv, env=env, cwd=settings.BASE_DIR)
         signal.signal(signal.SIGTERM, lambda *_: server.terminate())
         try:
             sys.exit(server.wait())
