@@ -29,10 +29,12 @@ class StaffWrites(IsAuthenticated):
 class ModelSerializer(serializers.ModelSerializer):
     """DRF's ``ModelSerializer``, with its fields built once per class instead of once per instance.
 
-    DRF introspects the model every time a serializer is created, which was a third of the CPU of a
-    small GET (docs/decisions/0006-request-floor.md). The fields depend only on the class, so the first
-    instance builds them and every later one gets a fresh copy (fields are bound to their serializer,
-    so they are never shared).
+    DRF introspects the model and constructs every field each time a serializer is created: a third of
+    the CPU of a small GET (docs/decisions/0006-request-floor.md). The fields depend only on the class,
+    so the first instance builds them and every later one gets copies. A copy is shallow: binding a
+    field to its serializer sets the copy's own name, parent and source, and what copies share
+    (validators, choices, a list's child) is only read while rendering. A nested serializer is copied
+    whole, because it binds fields of its own.
     """
 
     def get_fields(self):
@@ -41,7 +43,10 @@ class ModelSerializer(serializers.ModelSerializer):
         if prototype is None:
             prototype = super().get_fields()
             cls._fields_prototype = prototype
-        return copy.deepcopy(prototype)
+        return {
+            name: copy.deepcopy(field) if isinstance(field, serializers.BaseSerializer) else copy.copy(field)
+            for name, field in prototype.items()
+        }
 
 
 class StrictSerializer(serializers.Serializer):

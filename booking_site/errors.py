@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from booking_site.metrics import CONFLICTS
+from booking_site.middleware import is_api
 
 logger = logging.getLogger(__name__)
 
@@ -196,12 +197,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 # --- Django's own 404 / 500 pages answer in the envelope under /api/ ------------------------------
 
 
-def _is_api(request) -> bool:
-    return request.path.startswith("/api/")
-
-
 def page_not_found(request, exception=None):
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse(envelope("not_found", f"No such endpoint: {request.path}"), status=404)
     from django.views.defaults import page_not_found as default
 
@@ -209,7 +206,7 @@ def page_not_found(request, exception=None):
 
 
 def server_error(request):
-    if _is_api(request):
+    if is_api(request):
         return JsonResponse(envelope("internal_error", "An unexpected error occurred; it has been logged."), status=500)
     from django.views.defaults import server_error as default
 

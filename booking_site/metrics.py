@@ -4,6 +4,9 @@
 """
 
 from django.db import transaction
+from django.utils.deprecation import MiddlewareMixin
+from django_prometheus.middleware import Metrics
+from django_prometheus.utils import Time, TimeSince
 from prometheus_client import Counter
 
 HOLDS_CREATED = Counter("booking_holds_created_total", "Holds created", ["domain"])
@@ -21,3 +24,31 @@ def count_on_commit(counter: Counter, *labels: str, amount: int = 1) -> None:
     """Count an event of the current transaction only once it commits."""
     if amount:
         transaction.on_commit(lambda: counter.labels(*labels).inc(amount))
+
+
+class RequestMetricsMiddleware(MiddlewareMixin):
+    """The request metrics worth their cost: responses by status, view and method, and latency by view
+    and method (django-prometheus' own series, so dashboards keep working).
+
+    django-prometheus' two middlewares update fourteen series per request (by transport, charset, body
+    size, template, ...), a fifth of the CPU of a small GET (docs/decisions/0006-request-floor.md); these
+    two answer "how many, how many failed, how slow" per endpoint. First in MIDDLEWARE, so the latency
+    covers every middleware too.
+    """
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        self.metrics = Metrics.get_instance()
+
+    def process_request(self, request):
+        request.metrics_started = Time()
+
+    def process_response(self, request, response):
+        match = getattr(request, "resolver_match", None)
+        view = (match and match.view_name) or "<unnamed view>"
+        status, method = str(response.status_code), request.method
+        self.metrics.responses_by_status_view_method.labels(status=status, view=view, method=method).inc()
+        self.metrics.requests_latency_by_view_method.labels(view=view, method=method).observe(
+            TimeSince(request.metrics_started)
+        )
+        return response

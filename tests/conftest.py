@@ -1,6 +1,16 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
+from booking_site import embedded
 from tests.factories import UserFactory
 
 
@@ -60,3 +70,49 @@ def api(client_for, user):
 @pytest.fixture
 def staff_api(client_for, staff):
     return client_for(staff)
+
+
+@pytest.fixture
+def served(transactional_db, tmp_path):
+    """The production server (`manage.py serve`: granian, one worker) on a free port, on the test
+    database; yields its base URL and stops it afterwards. Data must be committed to be seen by it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "DATABASE_URL": embedded.database_url(settings.DATABASES["default"]),
+        "DEBUG": "False",
+        "SECURE_SSL_REDIRECT": "False",
+        "LOG_LEVEL": "ERROR",
+        "WEB_CONCURRENCY": "1",
+        "WEB_ACCESS_LOG": "false",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/metrics", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"manage.py serve did not come up: {server.stderr.read()}") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -59,7 +59,11 @@ def test_metrics_export_the_booking_counters(api, client):
 
     body = client.get("/metrics").content.decode()
 
-    assert "django_http_requests_total_by_method_total" in body
+    assert (
+        'django_http_responses_total_by_status_view_method_total{method="POST",status="404",view="reservation-list"}'
+        in body
+    )
+    assert 'django_http_requests_latency_seconds_by_view_method_count{method="POST",view="reservation-list"}' in body
     assert "booking_holds_created_total" in body and "booking_constraint_backstop_total" in body
 
 
