@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import DatabaseError, DataError, OperationalError
 from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from psycopg import errors as pg_errors
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -86,6 +89,14 @@ class IdempotencyKeyReused(DomainError):
     message = "This Idempotency-Key was used with a different request."
 
 
+class PayloadTooLarge(DomainError):
+    status, code = 413, "payload_too_large"
+
+    def __init__(self):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        super().__init__(f"The request body is larger than {limit} bytes.", details={"maxBytes": limit})
+
+
 class ServiceUnavailable(DomainError):
     status, code, message = 503, "unavailable", "The database is unavailable; try again shortly."
     headers = {"Retry-After": "5"}
@@ -153,6 +164,10 @@ def to_domain_error(exc: Exception) -> DomainError | None:
         return ValidationFailed(
             f"Malformed request body: {exc.detail}", details={"fields": {"body": [str(exc.detail)]}}
         )
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge()
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return ValidationFailed(str(exc), details={"fields": {"body": [str(exc)]}})
     if isinstance(exc, Http404):
         return NotFound()
     if isinstance(exc, DjangoPermissionDenied):
@@ -194,9 +209,24 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
-# --- Django's own 404 / 500 pages answer in the envelope under /api/ ------------------------------
+# --- Django's own error pages answer in the envelope under /api/ ----------------------------------
 
 
+def _api_error(error: DomainError) -> JsonResponse:
+    return JsonResponse(envelope(error.code, error.message, error.details), status=error.status)
+
+
+def bad_request(request, exception=None):
+    """handler400: a body Django refused before any view ran (too large, too many fields)."""
+    if is_api(request):
+        error = to_domain_error(exception) if exception else None
+        return _api_error(error or ValidationFailed("The request was malformed."))
+    from django.views.defaults import bad_request as default
+
+    return default(request, exception)
+
+
+@csrf_exempt  # a path no view matches answers 404 whatever the method, never a CSRF page
 def page_not_found(request, exception=None):
     if is_api(request):
         return JsonResponse(envelope("not_found", f"No such endpoint: {request.path}"), status=404)

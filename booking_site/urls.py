@@ -20,6 +20,7 @@ class IdConverter:
 
 register_converter(IdConverter, "id")
 
+handler400 = "booking_site.errors.bad_request"
 handler404 = "booking_site.errors.page_not_found"
 handler500 = "booking_site.errors.server_error"
 

@@ -1,5 +1,7 @@
 """Bad input never reaches a 500: every error is the one envelope (SPEC 3.2)."""
 
+from urllib.parse import urlencode
+
 import pytest
 
 from tests.reservations.factories import CarFactory
@@ -168,3 +170,60 @@ def test_a_value_the_database_refuses_is_still_a_400():
     error = to_domain_error(DataError("integer out of range"))
 
     assert (error.status, error.code) == (400, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/nope", "/api/reservations/9223372036854775807/confirm", "/api/reservations/", "/api/cars/1/"]
+)
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_an_unknown_api_path_is_a_json_404_for_every_method(path, method, client_for, user):
+    """Without a CSRF token a POST to a path no view matches used to be Django's HTML CSRF page."""
+    client = client_for(user)
+    client.handler.enforce_csrf_checks = True
+
+    response = getattr(client, method)(path, {}, format="json")
+
+    assert_envelope(response, 404, "not_found")
+
+
+def test_a_session_write_without_its_csrf_token_is_403_in_the_envelope(client, staff):
+    client.handler.enforce_csrf_checks = True
+    client.force_login(staff)
+
+    response = client.post("/api/cars", {"dealerId": 1, "label": "x"})
+
+    assert_envelope(response, 403, "forbidden")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+def test_a_body_over_the_upload_limit_is_413_in_the_envelope(api, settings, content_type):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = '{"carId": 1, "x": "%s"}' % ("a" * 2000) if content_type == "application/json" else "carId=1&x=" + "a" * 2000
+
+    response = api.post("/api/reservations", data=body, content_type=content_type)
+
+    error = assert_envelope(response, 413, "payload_too_large")
+    assert error["details"] == {"maxBytes": 1000}
+
+
+def test_a_multipart_body_over_the_upload_limit_is_413_in_the_envelope(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+
+    response = api.post("/api/reservations", data={"carId": "1", "x": "a" * 2000}, format="multipart")
+
+    assert_envelope(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize("format_", ["form", "multipart"])
+def test_more_fields_than_allowed_is_400_in_the_envelope(api, settings, format_):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    fields = {f"f{i}": "1" for i in range(20)}
+
+    if format_ == "form":
+        response = api.post(
+            "/api/reservations", data=urlencode(fields), content_type="application/x-www-form-urlencoded"
+        )
+    else:
+        response = api.post("/api/reservations", data=fields, format="multipart")
+
+    assert_envelope(response, 400, "validation_error")
