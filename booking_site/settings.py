@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "django_prometheus",
     "booking_site",
@@ -170,6 +171,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Reserve scarce things (cars, event seats, time slots) without ever selling one twice.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the project's own static files: /api/docs/ works without the internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # Three models have a "status": name each enum after its model.
     "ENUM_NAME_OVERRIDES": {
