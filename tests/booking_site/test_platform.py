@@ -91,3 +91,26 @@ def test_the_schema_says_request_bodies_take_no_unknown_fields(client):
     body = schema["components"]["schemas"]["ReservationCreateInRequest"]
     assert body["additionalProperties"] is False
     assert {"carId", "buyerId", "holdDurationMinutes", "requestId"} == set(body["properties"])
+
+
+def test_a_browser_on_an_allowed_origin_may_call_the_api_and_read_its_headers(api, settings):
+    settings.CORS_ALLOWED_ORIGINS = ["https://shop.example.com"]
+
+    preflight = api.options(
+        "/api/reservations",
+        HTTP_ORIGIN="https://shop.example.com",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization, content-type, idempotency-key",
+    )
+    response = api.get("/api/users/me", HTTP_ORIGIN="https://shop.example.com")
+
+    assert preflight["Access-Control-Allow-Origin"] == "https://shop.example.com"
+    assert "idempotency-key" in preflight["Access-Control-Allow-Headers"]
+    exposed = {h.strip() for h in response["Access-Control-Expose-Headers"].split(",")}
+    assert exposed == {"Idempotency-Key", "X-Request-ID", "Idempotent-Replayed", "Retry-After"}
+
+
+def test_no_origin_is_allowed_by_default(api):
+    response = api.get("/api/users/me", HTTP_ORIGIN="https://elsewhere.example.com")
+
+    assert "Access-Control-Allow-Origin" not in response
