@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: run serve test test-quick lint format
+.PHONY: help run serve test test-quick lint format
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
 # Runtime only (requirements.txt): what `make run` and `make serve` need.
 $(VENV)/.runtime: requirements.txt
@@ -19,23 +22,23 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(BIN)/pip install --quiet --requirement requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.runtime
+run: $(VENV)/.runtime  ## the whole system: web, worker, beat, demo data (PORT=8000)
 	$(BIN)/python manage.py up
 
-serve: $(VENV)/.runtime
+serve: $(VENV)/.runtime  ## the production web server alone (PORT=8000)
 	$(BIN)/python manage.py serve
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev  ## the whole test suite (what CI runs after lint)
 	$(BIN)/pytest
 
-test-quick: $(VENV)/.dev
+test-quick: $(VENV)/.dev  ## the suite without the slow tests
 	$(BIN)/pytest -m "not slow"
 
-lint: $(VENV)/.dev
+lint: $(VENV)/.dev  ## ruff and makemigrations --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-format: $(VENV)/.dev
+format: $(VENV)/.dev  ## ruff format and fix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .

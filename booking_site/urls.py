@@ -46,3 +46,4 @@ urlpatterns = [
 admin.site.site_header = "booking_site operations"
 admin.site.site_title = "booking_site"
 admin.site.index_title = "Back office"
+admin.site.site_url = "/api/"  # "View site": the API root, which links the docs

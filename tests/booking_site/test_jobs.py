@@ -1,11 +1,12 @@
 """The periodic jobs (SPEC 7): beat schedule, management commands, and a real Celery worker."""
 
+import socket
 import time
 from datetime import timedelta
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -60,7 +61,7 @@ def test_prune_command(capsys):
 
 @pytest.mark.django_db
 def test_commands_explain_themselves(capsys):
-    for command in ["expire_holds", "prune", "seed_demo", "up"]:
+    for command in ["expire_holds", "prune", "seed_demo", "up", "serve"]:
         with pytest.raises(SystemExit):
             call_command(command, "--help")
         assert len(capsys.readouterr().out) > 200
@@ -88,3 +89,14 @@ def test_a_real_worker_runs_the_expiry_task_from_the_broker():
             time.sleep(0.2)
 
     assert set(Reservation.objects.filter(pk__in=[h.pk for h in holds]).values_list("state", flat=True)) == {"EXPIRED"}
+
+
+@pytest.mark.parametrize("command", ["up", "serve"])
+def test_a_taken_port_stops_a_server_command_before_it_starts_anything(command):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(CommandError, match=f"Port {port} on 127.0.0.1 is already in use.*PORT={port + 1}"):
+            call_command(command, "--host", "127.0.0.1", "--port", str(port))

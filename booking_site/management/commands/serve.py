@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from booking_site import embedded
+from booking_site.management.ports import refuse_taken_port
 
 
 class Command(BaseCommand):
@@ -29,6 +30,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host, port, **options):
+        refuse_taken_port(host, port)
         env = dict(os.environ)
         if not os.environ.get("DATABASE_URL"):
             env["DATABASE_URL"] = embedded.database_url(settings.DATABASES["default"])

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand
 from honcho.manager import Manager
 
 from booking_site import embedded
+from booking_site.management.ports import refuse_taken_port
 
 
 class Command(BaseCommand):
@@ -19,10 +20,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1", help="address the web server listens on")
-        parser.add_argument("--port", type=int, default=8000, help="port the web server listens on")
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=int(os.environ.get("PORT", "8000")),
+            help="port the web server listens on (env PORT)",
+        )
         parser.add_argument("--no-demo", action="store_true", help="do not load the demo data set")
 
     def handle(self, *args, host, port, no_demo, **options):
+        refuse_taken_port(host, port)
         call_command("migrate", interactive=False, verbosity=1)
         if not no_demo:
             call_command("seed_demo")
