@@ -59,14 +59,14 @@ def measure(event, user, iterations: int, rng: random.Random) -> dict[str, list[
     for _ in range(iterations):
         codes = rng.sample(free, 4)
         ms, group = timed(
-            lambda codes=codes: services.seats_hold(event_id=event.pk, user=user, seat_codes=codes, now=timezone.now())
+            lambda codes=codes: services.seat_hold(event_id=event.pk, user=user, seat_codes=codes, now=timezone.now())
         )
         samples["hold 4 by code"].append(ms)
-        services.seats_release(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+        services.seat_hold_release(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
 
-        ms, group = timed(lambda: services.seats_hold(event_id=event.pk, user=user, quantity=4, now=timezone.now()))
+        ms, group = timed(lambda: services.seat_hold(event_id=event.pk, user=user, quantity=4, now=timezone.now()))
         samples["hold 4 best-available"].append(ms)
-        services.seats_release(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+        services.seat_hold_release(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
 
         ms, counted = timed(lambda: selectors.event_with_counts(event_id=event.pk, now=timezone.now()))
         samples["counts"].append(ms)
@@ -80,10 +80,10 @@ def fill(event, users: list[User], fraction: float, rng: random.Random) -> None:
     sold = codes[: int(len(codes) * fraction)]
     for i in range(0, len(sold), services.MAX_SEATS_PER_HOLD):
         user = users[i // services.MAX_SEATS_PER_HOLD % len(users)]
-        group = services.seats_hold(
+        group = services.seat_hold(
             event_id=event.pk, user=user, seat_codes=sold[i : i + services.MAX_SEATS_PER_HOLD], now=timezone.now()
         )
-        services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+        services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
     with connection.cursor() as cursor:  # what autovacuum would do on a live system after a bulk fill
         cursor.execute("ANALYZE events_seat; ANALYZE events_seatclaim; ANALYZE events_seatholdgroup")
 

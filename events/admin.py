@@ -245,7 +245,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
         self.run_service(
             request,
             queryset.exclude(booking_group_id=None),
-            lambda g: services.booking_cancel(
+            lambda g: services.seat_booking_cancel(
                 booking_group_id=g.booking_group_id, user=request.user, now=timezone.now()
             ),
             "cancelled",
@@ -256,7 +256,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
         self.run_service(
             request,
             queryset,
-            lambda g: services.seats_release(
+            lambda g: services.seat_hold_release(
                 event_id=g.event_id, hold_group_id=g.pk, user=request.user, now=timezone.now()
             ),
             "released",
@@ -267,6 +267,6 @@ class SeatHoldGroupAdmin(ClaimAdmin):
         self.run_service(
             request,
             queryset,
-            lambda g: services.hold_expire(hold_group_id=g.pk, user=request.user, now=timezone.now()),
+            lambda g: services.seat_hold_expire(hold_group_id=g.pk, user=request.user, now=timezone.now()),
             "expired",
         )

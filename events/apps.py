@@ -7,6 +7,6 @@ class EventsConfig(AppConfig):
 
     def ready(self) -> None:
         from booking_site import expiry
-        from events.services import events_expire_due
+        from events.services import seat_holds_expire_due
 
-        expiry.register("events", events_expire_due)
+        expiry.register("events", seat_holds_expire_due)

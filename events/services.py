@@ -1,20 +1,10 @@
 """Every write to events, seats and seat claims (SPEC 5).
 
-Lock order, everywhere: seat rows (primary-key order) → hold group rows (primary-key order) → the
-event row (only to move its ``confirmed_seats`` counter, last, so it is held for the shortest time; an
-edit of the event's details or its sales switch locks the event row alone). Nothing locks an earlier
-kind of row while holding a later one, so overlapping requests never deadlock.
-
-Seat and event rows are locked ``FOR NO KEY UPDATE`` (``select_for_update(no_key=True)``): their keys
-never change, and other transactions insert rows that reference them (a hold's group and claims take
-``FOR KEY SHARE`` on the event and seat rows). ``FOR UPDATE`` would make those inserts wait on, and
-so possibly deadlock with, a request that only moves the counter or edits the event's details; ``FOR NO
-KEY UPDATE`` does not conflict with ``FOR KEY SHARE`` (the counter's ``UPDATE`` takes that mode by
-itself, as it changes no key). Nothing in events locks user rows. Hold group rows keep ``FOR UPDATE``: a confirm
-sets ``booking_group_id``, a unique key.
-
-Each service judges expiry, and stamps what it writes, with ``locked_now(now)`` taken once its locks
-are held: a request's ``now`` is from before it waited for them (SPEC 2.2).
+The hold lifecycle is ``booking_site.engine``'s and the locks are ``booking_site.locking``'s (the
+order is written there). This module declares what is the events' own: a hold shares the event row
+(so it judges ``sales_open`` after a close has committed) and locks its seats; a seat is free when no
+active claim is on it; every seat claim mirrors its group; confirms and cancels move the event's
+``confirmed_seats`` counter, last; and the events' errors.
 """
 
 from __future__ import annotations
@@ -28,17 +18,17 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
+from booking_site import locking
 from booking_site.accounts.models import User
-from booking_site.accounts.services import require_owner
 from booking_site.audit import services as audit
-from booking_site.errors import Conflict, DomainError, HoldExpired, NotFound, ValidationFailed
-from booking_site.expiry import expire_in_batches, locked_now
-from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, RELEASE, ClaimEngine
+from booking_site.errors import Conflict, DomainError, NotFound, ValidationFailed
+from booking_site.expiry import locked_now
+from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from events import selectors
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 
 State = SeatHoldGroup.State
-EXPIRY_ACTOR = "system:expire_holds"
 MAX_SEATS_PER_EVENT = 100_000
 MAX_SEATS_PER_HOLD = 50
 PICK_ATTEMPTS = 20  # best-available: how often to pick again when racing holds took the picked seats
@@ -195,8 +185,8 @@ def _generate_seats(event: Event, layout: SeatLayout | None) -> None:
             )
 
 
-def _lock_event(event_id: int) -> Event:
-    event = Event.objects.select_for_update(no_key=True).filter(pk=event_id).first()
+def _locked_event(lock, event_id: int) -> Event:
+    event = lock(event_id)
     if event is None:
         raise NotFound(f"Event {event_id} does not exist.")
     return event
@@ -225,7 +215,7 @@ def event_update_details(
     if hold_minutes is not None:
         _check_hold_minutes(hold_minutes)
     with transaction.atomic():
-        event = _lock_event(event_id)
+        event = _locked_event(locking.lock_event, event_id)
         now = locked_now(now)
         if event_date is not None and event_date != event.event_date:
             problem = event_date_problem(event_date, now=now)
@@ -238,7 +228,7 @@ def event_update_details(
 def event_sales_set(*, event_id: int, sales_open: bool, actor: User | None, now: datetime) -> Event:
     """Open or close sales. Closing stops new holds; holds already granted may still be confirmed."""
     with transaction.atomic():
-        event = _lock_event(event_id)
+        event = _locked_event(locking.lock_event_sales, event_id)  # FOR UPDATE: waits for the holds in flight
         if event.sales_open == sales_open:
             return event
         now = locked_now(now)
@@ -255,19 +245,169 @@ def event_sales_set(*, event_id: int, sales_open: bool, actor: User | None, now:
     return event
 
 
-# --- holds ----------------------------------------------------------------------------------------------
+# --- holds ------------------------------------------------------------------------------------------
 
 
-def _lock_seats(*, event_id: int, seat_ids: list[int] | None = None, codes: list[str] | None = None) -> list[Seat]:
-    """Lock the named seats of one event in primary-key order; returns the seats that exist.
-    (Tests replace it to prove they catch a missing lock.)"""
-    seats = Seat.objects.select_for_update(no_key=True).filter(event_id=event_id)
-    seats = seats.filter(pk__in=seat_ids) if seat_ids is not None else seats.filter(code__in=codes)
-    return list(seats.order_by("pk"))
+@dataclass(frozen=True)
+class SeatHold:
+    """What a seat hold asks for: the named seats, or ``quantity`` best-available ones."""
+
+    event_id: int
+    user: User
+    seat_codes: list[str] | None
+    quantity: int | None
+    request_id: str
 
 
-@transaction.atomic
-def seats_hold(
+@dataclass
+class Target:
+    """The locked rows of a seat hold: its event and the seats."""
+
+    event: Event
+    seats: list[Seat]
+
+
+class SeatHolds(ClaimEngine):
+    """A hold group holds several seats of one event; each seat's ``SeatClaim`` mirrors the group, so
+    ``seat_claim_one_active_per_seat`` keeps a seat out of two active claims."""
+
+    model, domain = SeatHoldGroup, "events"
+    backstop = (
+        "seat_claim_one_active_per_seat",
+        lambda target, request: SeatsUnavailable(
+            f"Some of the seats of event {target.event.pk} were just taken.",
+            details={"seatCodes": [s.code for s in target.seats]},
+        ),
+    )
+
+    def take(self, request: SeatHold, *, now: datetime) -> tuple[Target, datetime]:
+        if request.seat_codes is not None:
+            return super().take(request, now=now)
+        return self._take_best_available(request, now=now)
+
+    def _take_best_available(self, request: SeatHold, *, now: datetime) -> tuple[Target, datetime]:
+        """Pick ``quantity`` free seats, lock and claim them; when a racing hold took some of them in the
+        meantime, undo this attempt (a savepoint, which also drops its row locks) and pick again."""
+        event = self._lock_event(request.event_id)
+        now = locked_now(now)
+        self._check_sales(event, now=now)
+        for _ in range(PICK_ATTEMPTS):
+            seat_ids = selectors.best_available_seat_ids(event_id=event.pk, quantity=request.quantity, now=now)
+            if len(seat_ids) < request.quantity:
+                raise SeatsUnavailable(
+                    f"Event {event.pk} has {len(seat_ids)} seats available, not {request.quantity}.",
+                    details={"requested": request.quantity, "available": len(seat_ids), "seatCodes": []},
+                )
+            try:
+                with transaction.atomic():
+                    target = Target(event, locking.lock_seats(event_id=event.pk, seat_ids=seat_ids))
+                    locked_at = locked_now(now)
+                    self.make_free(target, request, now=locked_at)
+                    return target, locked_at
+            except SeatsUnavailable:
+                continue
+        raise SeatsUnavailable(
+            f"The seats of event {event.pk} are selling too fast; try again.",
+            details={"requested": request.quantity, "seatCodes": []},
+        )
+
+    def _lock_event(self, event_id: int) -> Event:
+        event = locking.share_event(event_id)
+        if event is None:
+            raise NotFound(f"Event {event_id} does not exist.")
+        return event
+
+    def _check_sales(self, event: Event, *, now: datetime) -> None:
+        """Judged once the event row is shared: a close that committed is seen, one in flight waits."""
+        if not event.sales_open:
+            raise SalesClosed(f"Sales for event {event.pk} are closed.")
+        if event.event_date <= now:
+            raise SalesClosed(f"Event {event.pk} has already taken place.")
+
+    def lock_target(self, request: SeatHold) -> Target:
+        event = self._lock_event(request.event_id)
+        return Target(event, locking.lock_seats(event_id=event.pk, codes=request.seat_codes))
+
+    def check_target(self, target: Target, request: SeatHold, *, now: datetime) -> None:
+        self._check_sales(target.event, now=now)
+        unknown = sorted(set(request.seat_codes) - {s.code for s in target.seats})
+        if unknown:
+            raise ValidationFailed(
+                f"Event {target.event.pk} has no seats {', '.join(unknown)}.",
+                details={"fields": {"seatCodes": [f"Unknown seat codes: {', '.join(unknown)}."]}, "seatCodes": unknown},
+            )
+
+    def overdue_on(self, target: Target, *, now: datetime):
+        """Whole groups: a group with one overdue claim on these seats is expired with all its seats."""
+        on_seats = SeatClaim.objects.filter(seat__in=target.seats, state=State.HELD, expires_at__lte=now)
+        return SeatHoldGroup.objects.overdue(now=now).filter(pk__in=on_seats.values("group_id"))
+
+    def check_free(self, target: Target, request: SeatHold, *, now: datetime, expired: list) -> None:
+        taken = set(
+            SeatClaim.objects.filter(seat__in=target.seats, state__in=SeatHoldGroup.BLOCKING_STATES).values_list(
+                "seat_id", flat=True
+            )
+        )
+        if taken:
+            codes = [s.code for s in target.seats if s.pk in taken]
+            raise SeatsUnavailable(
+                f"Seats {', '.join(codes)} of event {target.event.pk} are taken.", details={"seatCodes": codes}
+            )
+
+    def insert(self, target: Target, request: SeatHold, *, now: datetime) -> SeatHoldGroup:
+        event, seats = target.event, target.seats
+        expires_at = now + timedelta(minutes=event.hold_minutes)
+        group = SeatHoldGroup.objects.create(
+            event=event,
+            user=request.user,
+            state=State.HELD,
+            seat_count=len(seats),
+            expires_at=expires_at,
+            request_id=request.request_id,
+            created_at=now,
+            updated_at=now,
+        )
+        SeatClaim.objects.bulk_create(
+            [SeatClaim(group=group, event=event, seat=s, state=State.HELD, expires_at=expires_at) for s in seats]
+        )
+        group.seats = seats
+        return group
+
+    def created_metadata(self, group: SeatHoldGroup, target: Target, request: SeatHold) -> dict:
+        return {"eventId": target.event.pk, "seatCodes": [s.code for s in target.seats], "expiresAt": group.expires_at}
+
+    def audit_subject(self, group: SeatHoldGroup) -> audit.Subject:
+        return hold_subject(group)
+
+    def audit_metadata(self, group: SeatHoldGroup, metadata: dict | None) -> dict:
+        return {"eventId": group.event_id, "bookingGroupId": group.booking_group_id, **(metadata or {})}
+
+    def changes(self, group: SeatHoldGroup, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
+        if to_state == State.CONFIRMED:
+            return {"booking_group_id": uuid.uuid4(), "confirmed_at": now}
+        if to_state == State.CANCELLED:
+            return {"cancelled_at": now}
+        return {}
+
+    def on_write(self, groups: list[SeatHoldGroup], *, from_states: list[str], to_state: str, now: datetime) -> None:
+        """Each seat claim mirrors its group; the event's booked-seat counter follows confirms and cancels."""
+        SeatClaim.objects.filter(group__in=groups).update(state=to_state)
+        if to_state in (State.CONFIRMED, State.CANCELLED):
+            [group] = groups
+            _count_confirmed(group.event_id, group.seat_count if to_state == State.CONFIRMED else -group.seat_count)
+
+    def refused(self, group: SeatHoldGroup, to_state: str) -> DomainError:
+        if to_state == State.CANCELLED:
+            return BookingNotActive(
+                f"Booking {group.booking_group_id} is {group.state}.", details={"state": group.state}
+            )
+        return HoldNotActive(f"Hold {group.pk} is {group.state}.", details={"state": group.state})
+
+
+SEAT_HOLDS = SeatHolds()
+
+
+def seat_hold(
     *,
     event_id: int,
     user: User,
@@ -282,212 +422,66 @@ def seats_hold(
     count = len(seat_codes) if seat_codes is not None else quantity
     if not 1 <= count <= MAX_SEATS_PER_HOLD:
         raise ValidationFailed.for_field("seatCodes", f"Hold 1 to {MAX_SEATS_PER_HOLD} seats at a time.")
-    event = Event.objects.filter(pk=event_id).first()
-    if event is None:
-        raise NotFound(f"Event {event_id} does not exist.")
-    if not event.sales_open:
-        raise SalesClosed(f"Sales for event {event_id} are closed.")
-    if event.event_date <= now:
-        raise SalesClosed(f"Event {event_id} has already taken place.")
-
-    if seat_codes is not None:
-        if len(set(seat_codes)) != len(seat_codes):
-            raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
-        seats = _lock_seats(event_id=event_id, codes=seat_codes)
-        now = locked_now(now)
-        unknown = sorted(set(seat_codes) - {s.code for s in seats})
-        if unknown:
-            raise ValidationFailed(
-                f"Event {event_id} has no seats {', '.join(unknown)}.",
-                details={"fields": {"seatCodes": [f"Unknown seat codes: {', '.join(unknown)}."]}, "seatCodes": unknown},
-            )
-        _claim(event, seats, now=now)
-    else:
-        seats, now = _hold_best_available(event, quantity, now=now)
-    return _create_group(event, seats, user=user, now=now, request_id=request_id)
+    if seat_codes is not None and len(set(seat_codes)) != len(seat_codes):
+        raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
+    request = SeatHold(event_id=event_id, user=user, seat_codes=seat_codes, quantity=quantity, request_id=request_id)
+    return SEAT_HOLDS.hold(request, now=now, actor=user)
 
 
-def _hold_best_available(event: Event, quantity: int, *, now: datetime) -> tuple[list[Seat], datetime]:
-    """Pick ``quantity`` free seats, lock and claim them; when a racing hold took some of them in the
-    meantime, undo this attempt (a savepoint, which also drops its row locks) and pick again. Returns
-    the seats and the time the claim was judged at (``locked_now``, once their locks were held)."""
-    for _ in range(PICK_ATTEMPTS):
-        seat_ids = selectors.best_available_seat_ids(event_id=event.pk, quantity=quantity, now=now)
-        if len(seat_ids) < quantity:
-            raise SeatsUnavailable(
-                f"Event {event.pk} has {len(seat_ids)} seats available, not {quantity}.",
-                details={"requested": quantity, "available": len(seat_ids), "seatCodes": []},
-            )
-        try:
-            with transaction.atomic():
-                seats = _lock_seats(event_id=event.pk, seat_ids=seat_ids)
-                locked_at = locked_now(now)
-                _claim(event, seats, now=locked_at)
-                return seats, locked_at
-        except SeatsUnavailable:
-            continue
-    raise SeatsUnavailable(
-        f"The seats of event {event.pk} are selling too fast; try again.",
-        details={"requested": quantity, "seatCodes": []},
-    )
-
-
-def _claim(event: Event, seats: list[Seat], *, now: datetime) -> None:
-    """Refuse when any of ``seats`` has an active claim. Caller holds the seats' row locks, and ``now``
-    is ``locked_now`` from after it took them.
-
-    Overdue holds on these seats are expired first, whole groups at a time: they never block (SPEC 2.2).
-    """
-    seat_ids = [s.pk for s in seats]
-    overdue = SeatClaim.objects.filter(seat_id__in=seat_ids, state=State.HELD, expires_at__lte=now)
-    group_ids = set(overdue.values_list("group_id", flat=True))
-    if group_ids:
-        groups = list(SeatHoldGroup.objects.select_for_update().filter(pk__in=group_ids).order_by("pk"))
-        _expire_groups([g for g in groups if g.is_overdue(now)], now=now)
-    taken = set(
-        SeatClaim.objects.filter(seat_id__in=seat_ids, state__in=SeatHoldGroup.BLOCKING_STATES).values_list(
-            "seat_id", flat=True
-        )
-    )
-    if taken:
-        codes = [s.code for s in seats if s.pk in taken]
-        raise SeatsUnavailable(f"Seats {', '.join(codes)} of event {event.pk} are taken.", details={"seatCodes": codes})
-
-
-def _create_group(event: Event, seats: list[Seat], *, user: User, now: datetime, request_id: str) -> SeatHoldGroup:
-    expires_at = now + timedelta(minutes=event.hold_minutes)
-    try:
-        with transaction.atomic():  # savepoint: the partial unique index on active claims is the backstop
-            group = SeatHoldGroup.objects.create(
-                event=event,
-                user=user,
-                state=State.HELD,
-                seat_count=len(seats),
-                expires_at=expires_at,
-                request_id=request_id,
-                created_at=now,
-                updated_at=now,
-            )
-            SeatClaim.objects.bulk_create(
-                [SeatClaim(group=group, event=event, seat=s, state=State.HELD, expires_at=expires_at) for s in seats]
-            )
-    except IntegrityError:
-        CONSTRAINT_BACKSTOPS.labels("seat_claim_one_active_per_seat").inc()
-        raise SeatsUnavailable(
-            f"Some of the seats of event {event.pk} were just taken.", details={"seatCodes": [s.code for s in seats]}
-        ) from None
-    group.seats = seats
-    audit.record(
-        subject=hold_subject(group),
-        event="CREATED",
-        to_state=State.HELD,
-        actor=user,
-        metadata={"eventId": event.pk, "seatCodes": [s.code for s in seats], "expiresAt": expires_at},
-    )
-    count_on_commit(HOLDS_CREATED, "events")
-    return group
-
-
-# --- confirm, release, cancel ----------------------------------------------------------------------------
-
-
-def seats_confirm(*, event_id: int, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatHoldGroup:
+def seat_hold_confirm(*, event_id: int, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatHoldGroup:
     """Turn a live hold into a booking. An overdue hold is expired instead — that commits — and 410."""
-    with transaction.atomic():
-        group = _lock_group(event_id=event_id, user=user, hold_group_id=hold_group_id)
-        now = locked_now(now)
-        if group.state == State.HELD and not group.is_overdue(now):
-            group.booking_group_id = uuid.uuid4()
-            group.confirmed_at = now
-            _apply(group, State.CONFIRMED, actor=user, now=now, fields=["booking_group_id", "confirmed_at"])
-            _count_confirmed(group.event_id, +group.seat_count)
-            return group
-        if group.is_overdue(now):
-            _expire_groups([group], now=now)
-    if group.state == State.EXPIRED:
-        raise HoldExpired(f"Hold {hold_group_id} expired at {group.expires_at.isoformat()}.")
-    raise HoldNotActive(f"Hold {hold_group_id} is {group.state}.", details={"state": group.state})
+    return _hold_transition(event_id, hold_group_id, State.CONFIRMED, action=CONFIRM, user=user, now=now)
 
 
-def seats_release(*, event_id: int, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatHoldGroup:
+def seat_hold_release(*, event_id: int, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatHoldGroup:
     """Give a live hold back. An overdue hold is already free: it is expired, and the release refused."""
-    with transaction.atomic():
-        group = _lock_group(event_id=event_id, user=user, hold_group_id=hold_group_id)
-        now = locked_now(now)
-        if group.state == State.HELD and not group.is_overdue(now):
-            return _apply(group, State.RELEASED, actor=user, now=now)
-        if group.is_overdue(now):
-            _expire_groups([group], now=now)
-    raise HoldNotActive(f"Hold {hold_group_id} is {group.state}.", details={"state": group.state})
+    return _hold_transition(event_id, hold_group_id, State.RELEASED, action=RELEASE, user=user, now=now)
 
 
-def booking_cancel(*, booking_group_id: uuid.UUID, user: User, now: datetime, reason: str = "") -> SeatHoldGroup:
+def seat_hold_expire(*, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatHoldGroup:
+    """An operator expires a hold now, overdue or not."""
+    return _hold_transition(None, hold_group_id, State.EXPIRED, action=EXPIRE, user=user, now=now)
+
+
+def seat_booking_cancel(*, booking_group_id: uuid.UUID, user: User, now: datetime, reason: str = "") -> SeatHoldGroup:
     """Soft-cancel a booking: its rows stay, as CANCELLED, and its seats are free again."""
-    with transaction.atomic():
-        group = SeatHoldGroup.objects.select_for_update().filter(booking_group_id=booking_group_id).first()
+
+    def lock() -> SeatHoldGroup:
+        group = locking.lock_claim(SeatHoldGroup.objects.filter(booking_group_id=booking_group_id))
         if group is None:
             raise NotFound(f"Booking {booking_group_id} does not exist.")
-        require_owner(user=user, owner_id=group.user_id, what=f"Booking {booking_group_id}")
-        if group.state != State.CONFIRMED:
-            raise BookingNotActive(f"Booking {booking_group_id} is {group.state}.", details={"state": group.state})
-        now = locked_now(now)
-        group.cancelled_at = now
-        _apply(group, State.CANCELLED, actor=user, now=now, fields=["cancelled_at"], metadata={"reason": reason})
-        _count_confirmed(group.event_id, -group.seat_count)
-    return group
+        return group
+
+    return SEAT_HOLDS.transition(
+        lock=lock,
+        to_state=State.CANCELLED,
+        action=CANCEL,
+        user=user,
+        now=now,
+        what=f"Booking {booking_group_id}",
+        metadata={"reason": reason},
+    )
 
 
-def hold_expire(*, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatHoldGroup:
-    """An operator expires a hold now, overdue or not."""
-    with transaction.atomic():
-        group = SeatHoldGroup.objects.select_for_update().filter(pk=hold_group_id).first()
+def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: str, **kwargs) -> SeatHoldGroup:
+    """``event_id``: the event the request names (None: any), checked against the hold's."""
+    if event_id is not None and not Event.objects.filter(pk=event_id).exists():
+        raise NotFound(f"Event {event_id} does not exist.")
+
+    def lock() -> SeatHoldGroup:
+        group = locking.lock_claim(SeatHoldGroup.objects.filter(pk=hold_group_id))
         if group is None:
             raise NotFound(f"Hold {hold_group_id} does not exist.")
-        if group.state != State.HELD:
-            raise HoldNotActive(f"Hold {hold_group_id} is {group.state}.", details={"state": group.state})
-        return _apply(group, State.EXPIRED, actor=user, now=locked_now(now))
+        return group
 
+    def same_event(group: SeatHoldGroup) -> None:
+        if event_id is not None and group.event_id != event_id:
+            raise EventMismatch(
+                f"Hold {hold_group_id} belongs to event {group.event_id}, not {event_id}.",
+                details={"eventId": group.event_id},
+            )
 
-def _lock_group(*, event_id: int, user: User, hold_group_id: uuid.UUID) -> SeatHoldGroup:
-    if not Event.objects.filter(pk=event_id).exists():
-        raise NotFound(f"Event {event_id} does not exist.")
-    group = SeatHoldGroup.objects.select_for_update().filter(pk=hold_group_id).first()
-    if group is None:
-        raise NotFound(f"Hold {hold_group_id} does not exist.")
-    require_owner(user=user, owner_id=group.user_id, what=f"Hold {hold_group_id}")
-    if group.event_id != event_id:
-        raise EventMismatch(
-            f"Hold {hold_group_id} belongs to event {group.event_id}, not {event_id}.",
-            details={"eventId": group.event_id},
-        )
-    return group
-
-
-def _apply(
-    group: SeatHoldGroup,
-    to_state: str,
-    *,
-    actor,
-    now: datetime,
-    fields: list[str] | None = None,
-    metadata: dict | None = None,
-) -> SeatHoldGroup:
-    """Move a group and its claims to ``to_state`` with one audit event. Caller holds the group's lock."""
-    from_state = group.state
-    group.state, group.updated_at = to_state, now
-    group.save(update_fields=["state", "updated_at", *(fields or [])])
-    SeatClaim.objects.filter(group=group).update(state=to_state)
-    audit.record(
-        subject=hold_subject(group),
-        event=to_state,
-        from_state=from_state,
-        to_state=to_state,
-        actor=actor,
-        metadata={"eventId": group.event_id, "bookingGroupId": group.booking_group_id, **(metadata or {})},
-    )
-    if to_state == State.EXPIRED:
-        count_on_commit(HOLDS_EXPIRED, "events")
-    return group
+    return SEAT_HOLDS.transition(lock=lock, to_state=to_state, check=same_event, what=f"Hold {hold_group_id}", **kwargs)
 
 
 def _count_confirmed(event_id: int, delta: int) -> None:
@@ -509,39 +503,6 @@ def _count_confirmed(event_id: int, delta: int) -> None:
         ) from None
 
 
-# --- expiry ------------------------------------------------------------------------------------------------
-
-
-def _expire_groups(groups: list[SeatHoldGroup], *, now: datetime) -> None:
-    """Flip overdue HELD groups and their claims to EXPIRED, one audit event per group. Caller holds
-    the groups' row locks."""
-    if not groups:
-        return
-    ids = [g.pk for g in groups]
-    SeatHoldGroup.objects.filter(pk__in=ids).update(state=State.EXPIRED, updated_at=now)
-    SeatClaim.objects.filter(group_id__in=ids).update(state=State.EXPIRED)
-    audit.record_many(
-        [
-            audit.event(
-                subject=hold_subject(g),
-                event=State.EXPIRED,
-                from_state=State.HELD,
-                to_state=State.EXPIRED,
-                actor=EXPIRY_ACTOR,
-                metadata={"eventId": g.event_id},
-            )
-            for g in groups
-        ]
-    )
-    for g in groups:
-        g.state, g.updated_at = State.EXPIRED, now
-    count_on_commit(HOLDS_EXPIRED, "events", amount=len(groups))
-
-
-def events_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
+def seat_holds_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
     """Flip every hold group overdue at ``now`` to EXPIRED, one audit event each (the beat job)."""
-    return expire_in_batches(
-        overdue=SeatHoldGroup.objects.overdue(now=now),
-        expire_batch=lambda batch: _expire_groups(batch, now=locked_now(now)),
-        batch_size=batch_size,
-    )
+    return SEAT_HOLDS.expire_due(now=now, batch_size=batch_size)

@@ -1,42 +1,25 @@
 """Every write to slots and slot bookings (SPEC 6).
 
-Lock order. A transaction that takes more than one of these locks takes them in this order, so two
-requests never wait for each other in a circle:
-
-1. one user row: the guest's for a booking, a confirm or a reschedule, the host's for creating
-   slots. It serializes the rules that count a user's rows: at most
-   ``SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST`` active bookings per guest, one active booking per guest
-   per host, and one host's slots never overlapping. The lock is ``FOR NO KEY UPDATE``, not
-   ``FOR UPDATE``: inserting a row with a foreign key to the user (an audit event naming the guest as
-   its actor, a booking) takes ``FOR KEY SHARE`` on that row, which ``FOR UPDATE`` would block. A
-   request holding a slot would then wait for the guest's row while the guest's new booking, holding
-   that row, waited for the slot: a deadlock. ``FOR NO KEY UPDATE`` still excludes every other
-   request's user-row lock, so the counting rules stay serialized;
-2. slot rows, in primary-key order. They serialize the seats of each slot (the ``booked`` counter);
-3. booking rows.
+The booking lifecycle is ``booking_site.engine``'s and the locks are ``booking_site.locking``'s (the
+order is written there: the guest's or host's user row, then slot rows, then booking rows). This
+module declares what is the slots' own: a booking locks its guest (the rules that count a guest's
+bookings: at most ``SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST``, one per host) and its slot (the seats of
+the slot: its ``booked`` counter, moved with ``F()`` under that lock); the slot's host may cancel its
+bookings; a guest's cancellation window; a reschedule; and the slots' errors.
 
 A request that starts from a booking id reads the booking's guest id and slot id first without a
-lock. That is safe because a booking never changes its guest or its slot. It then locks (the guest,
-when it needs the counting rules,) the slot and then the booking.
-
-Every service judges expiry and writes timestamps with ``locked_now(now)``, taken once its locks are
-held: a hold that lapsed while the request waited for a lock is expired, not confirmed (SPEC 2.2).
-
-The expiry job is the one exception to this order. It claims each overdue booking together with its
-slot in one ``SKIP LOCKED`` statement (shared ``expire_in_batches``), so a booking whose slot (or
-whose own row) a request holds is skipped and left to that request. The job never waits for a lock,
-cannot deadlock, and never fetches a skipped booking again in the same run.
+lock (``_peek``). That is safe because a booking never changes its guest or its slot.
 
 PostgreSQL backstops, so that a bug here cannot corrupt data: ``slot_booked_within_capacity``
-(check constraint on the counter, which is only ever changed with ``F()``), and
-``slot_no_overlap_per_host`` (exclusion constraint). When a backstop fires, the request gets the
-same 409 as the lock-and-check would have given, and ``CONSTRAINT_BACKSTOPS`` counts it.
+(check constraint on the counter), and ``slot_no_overlap_per_host`` (exclusion constraint). When a
+backstop fires, the request gets the same 409 as the lock-and-check would have given, and
+``CONSTRAINT_BACKSTOPS`` counts it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
@@ -44,9 +27,10 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from booking_site import locking
 from booking_site.accounts.models import User
-from booking_site.accounts.services import require_owner
 from booking_site.audit import services as audit
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, ClaimEngine, ClaimPolicy
 from booking_site.errors import (
     Conflict,
     DomainError,
@@ -56,12 +40,11 @@ from booking_site.errors import (
     NotOwner,
     ValidationFailed,
 )
-from booking_site.expiry import expire_in_batches, locked_now
-from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
+from booking_site.expiry import locked_now
+from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from slots.models import Slot, SlotBooking
 
 Status = SlotBooking.Status
-EXPIRY_ACTOR = "system:expire_holds"
 
 
 # --- settings (SLOTS_* in booking_site/settings.py, read from the environment) --------------------
@@ -140,24 +123,6 @@ class NotAHost(DomainError):
     status, code, message = 403, "forbidden", "Only hosts publish slots."
 
 
-# --- locks (tests replace them with non-locking versions to prove they catch a missing lock) -------
-
-
-def _lock_guest(user_id: int) -> User:
-    """Serializes the rules that count a guest's bookings (``FOR NO KEY UPDATE``: see the lock order)."""
-    return User.objects.select_for_update(no_key=True).get(pk=user_id)
-
-
-def _lock_host(user_id: int) -> User:
-    """Serializes the creation of one host's slots, no overlap (``FOR NO KEY UPDATE``: see the lock order)."""
-    return User.objects.select_for_update(no_key=True).get(pk=user_id)
-
-
-def _lock_slots(slot_ids: Iterable[int]) -> dict[int, Slot]:
-    """Serializes the seats of each slot. Locks in primary-key order; a missing id is simply absent."""
-    return {slot.pk: slot for slot in Slot.objects.select_for_update().filter(pk__in=set(slot_ids)).order_by("pk")}
-
-
 # --- slots ------------------------------------------------------------------------------------------
 
 
@@ -213,7 +178,7 @@ def slots_create_many(
         if next_start < end:
             raise SlotOverlap(f"The new slots overlap each other at {next_start.isoformat()}.")
 
-    _lock_host(host.pk)
+    locking.lock_user(host.pk)  # serializes the creation of one host's slots: no overlap
     now = locked_now(now)
     for start, _ in ranges:
         if start <= now:
@@ -278,7 +243,7 @@ def check_slot_times(start: datetime, end: datetime, *, now: datetime) -> None:
 def slot_update_details(*, slot_id: int, title: str, specialization: str, actor: User, now: datetime) -> Slot:
     """Change what a slot is called; its time, host and capacity stay as booked against."""
     with transaction.atomic():
-        slot = _lock_slots([slot_id]).get(slot_id)
+        slot = locking.lock_slots([slot_id]).get(slot_id)
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)
@@ -303,7 +268,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
     The row stays, CANCELLED, so its history and audit trail remain; its time is free again.
     """
     with transaction.atomic():
-        slot = _lock_slots([slot_id]).get(slot_id)
+        slot = locking.lock_slots([slot_id]).get(slot_id)
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         if slot.host_id != user.pk and not user.is_staff:
@@ -311,7 +276,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
         now = locked_now(now)
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
-        _expire_overdue_on([slot], now=now)
+        BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=slot), now=now)
         booked = SlotBooking.objects.filter(slot=slot).blocking().count()
         if booked:
             raise SlotBooked(f"Slot {slot_id} has {booked} active booking(s).", details={"slotId": slot_id})
@@ -325,7 +290,107 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
 # --- bookings ---------------------------------------------------------------------------------------
 
 
-@transaction.atomic
+class BookingPolicy(ClaimPolicy):
+    """The guest acts on their bookings; the slot's host may also cancel them; operators do anything."""
+
+    owner_field = "guest"
+
+    def may(self, user: User, action: str, booking: SlotBooking) -> bool:
+        if action == CANCEL and booking.slot.host_id == user.pk:
+            return True
+        return super().may(user, action, booking)
+
+
+@dataclass(frozen=True)
+class SlotBookingRequest:
+    slot_id: int
+    guest: User
+    seats: int
+    hold: bool
+    hold_minutes: int | None
+    metadata: dict = field(default_factory=dict)
+    request_id: str = ""
+
+
+class SlotBookings(ClaimEngine):
+    """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold."""
+
+    model, domain, policy = SlotBooking, "slots", BookingPolicy()
+    backstop = (
+        "slot_booked_within_capacity",
+        lambda slot, request: SlotFull(slot_id=slot.pk, seats=request.seats),
+    )
+
+    def lock_target(self, request: SlotBookingRequest) -> Slot:
+        locking.lock_user(request.guest.pk)
+        slot = locking.lock_slots([request.slot_id]).get(request.slot_id)
+        if slot is None:
+            raise NotFound(f"Slot {request.slot_id} does not exist.")
+        return slot
+
+    def check_target(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
+        _check_bookable(slot, guest=request.guest, now=now)
+        _check_guest_limits(guest=request.guest, host_id=slot.host_id, now=now)
+
+    def overdue_on(self, slot: Slot, *, now: datetime):
+        return SlotBooking.objects.overdue(now=now).filter(slot=slot)
+
+    def check_free(self, slot: Slot, request: SlotBookingRequest, *, now: datetime, expired: list) -> None:
+        if expired:
+            slot.refresh_from_db(fields=["booked"])  # the expiry of its overdue holds moved the counter
+        remaining = slot.capacity - slot.booked
+        if request.seats > remaining:
+            raise SlotFull(slot_id=slot.pk, seats=request.seats, remaining=remaining)
+
+    def insert(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> SlotBooking:
+        Slot.objects.filter(pk=slot.pk).update(booked=F("booked") + request.seats)
+        hold_minutes = request.hold_minutes or hold_minutes_default()
+        return SlotBooking.objects.create(
+            slot=slot,
+            guest=request.guest,
+            seats=request.seats,
+            status=Status.PENDING if request.hold else Status.CONFIRMED,
+            expires_at=now + timedelta(minutes=hold_minutes) if request.hold else None,
+            metadata=request.metadata,
+            request_id=request.request_id,
+            created_at=now,
+            updated_at=now,
+        )
+
+    def created_metadata(self, booking: SlotBooking, slot: Slot, request: SlotBookingRequest) -> dict:
+        return {"slotId": slot.pk, "seats": booking.seats, "expiresAt": booking.expires_at}
+
+    def changes(self, booking: SlotBooking, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
+        return {"reason": metadata["reason"]} if metadata else {}
+
+    def check_transition(self, booking: SlotBooking, to_state: str, *, user: User, now: datetime) -> None:
+        if to_state == Status.CANCELLED and booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
+            _check_cancellation_window(booking.slot, now=now)
+
+    def on_write(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime) -> None:
+        """A booking that stops blocking gives its seats back to its slot."""
+        if to_state in SlotBooking.BLOCKING_STATES:
+            return
+        seats_per_slot = Counter()
+        for booking, from_state in zip(bookings, from_states, strict=True):
+            if from_state in SlotBooking.BLOCKING_STATES:
+                seats_per_slot[booking.slot_id] += booking.seats
+        for slot_id, seats in sorted(seats_per_slot.items()):
+            Slot.objects.filter(pk=slot_id).update(booked=F("booked") - seats)
+
+    def refused(self, booking: SlotBooking, to_state: str) -> DomainError:
+        if to_state == Status.CONFIRMED:
+            return BookingNotPending(booking_id=booking.pk, status=booking.status)
+        return InvalidStateTransition(subject=f"Booking {booking.pk}", from_state=booking.status, to_state=to_state)
+
+    def due(self, *, now: datetime):
+        """With their slots: the batch locks both, so a booking whose slot a request holds is skipped."""
+        return SlotBooking.objects.overdue(now=now).select_related("slot")
+
+
+BOOKINGS = SlotBookings()
+
+
 def slot_booking_create(
     *,
     slot_id: int,
@@ -342,38 +407,16 @@ def slot_booking_create(
     it expires. Locks the guest row, then the slot row."""
     if seats < 1:
         raise ValidationFailed.for_field("seats", "Must be at least 1.")
-    _lock_guest(guest.pk)
-    slot = _lock_slots([slot_id]).get(slot_id)
-    if slot is None:
-        raise NotFound(f"Slot {slot_id} does not exist.")
-    now = locked_now(now)
-    _check_bookable(slot, guest=guest, now=now)
-    _check_guest_limits(guest=guest, host_id=slot.host_id, now=now)
-    _expire_overdue_on([slot], now=now)
-    _take_seats(slot, seats=seats)
-    status = Status.PENDING if hold else Status.CONFIRMED
-    expires_at = now + timedelta(minutes=hold_minutes or hold_minutes_default()) if hold else None
-    booking = SlotBooking.objects.create(
-        slot=slot,
+    request = SlotBookingRequest(
+        slot_id=slot_id,
         guest=guest,
         seats=seats,
-        status=status,
-        expires_at=expires_at,
+        hold=hold,
+        hold_minutes=hold_minutes,
         metadata=metadata or {},
         request_id=request_id,
-        created_at=now,
-        updated_at=now,
     )
-    audit.record(
-        subject=booking,
-        event="CREATED",
-        to_state=status,
-        actor=actor or guest,
-        metadata={"slotId": slot.pk, "seats": seats, "expiresAt": expires_at},
-    )
-    if hold:
-        count_on_commit(HOLDS_CREATED, "slots")
-    return booking
+    return BOOKINGS.hold(request, now=now, actor=actor or guest)
 
 
 def slot_booking_confirm(*, booking_id: int, user: User, now: datetime) -> SlotBooking:
@@ -383,50 +426,32 @@ def slot_booking_confirm(*, booking_id: int, user: User, now: datetime) -> SlotB
     Locks the guest's row, then the slot, then the booking. The guest's row serializes the confirm
     with the guest's new bookings: a new booking that counted this hold as lapsed cannot commit
     beside a confirm that still saw it alive (the one-per-host and max-active rules)."""
-    with transaction.atomic():
-        peek = _peek(booking_id)
-        require_owner(user=user, owner_id=peek["guest_id"], what=f"Booking {booking_id}")
-        _lock_guest(peek["guest_id"])
-        booking, _slot = _lock_booking(booking_id, slot_id=peek["slot_id"])
-        now = locked_now(now)
-        if booking.is_overdue(now):
-            _expire([booking], actor=EXPIRY_ACTOR, now=now)
-        elif booking.can_become(Status.CONFIRMED):
-            return _apply(booking, Status.CONFIRMED, actor=user, now=now)
-    if booking.status == Status.EXPIRED:
-        raise HoldExpired(f"Booking {booking_id} expired at {booking.expires_at.isoformat()}.")
-    raise BookingNotPending(booking_id=booking_id, status=booking.status)
+    return _transition(booking_id, Status.CONFIRMED, action=CONFIRM, user=user, now=now, lock_guest=True)
 
 
 def slot_booking_cancel(*, booking_id: int, user: User, now: datetime, reason: str = "") -> SlotBooking:
     """Cancel a booking and free its seats. The guest, the slot's host or an operator may cancel. A guest
     cannot cancel a CONFIRMED booking within the cancellation window before the start. The host and
     operators can always cancel, and a PENDING hold can always be released."""
-    with transaction.atomic():
-        booking, slot = _lock_booking(booking_id)
-        if user.pk not in (booking.guest_id, slot.host_id) and not user.is_staff:
-            raise NotOwner(f"Booking {booking_id} belongs to another user.")
-        now = locked_now(now)
-        if booking.is_overdue(now):
-            _expire([booking], actor=EXPIRY_ACTOR, now=now)
-        elif booking.can_become(Status.CANCELLED):
-            if booking.status == Status.CONFIRMED and _guest_only(user, slot):
-                _check_cancellation_window(slot, now=now)
-            _release_seats(slot, seats=booking.seats)
-            return _apply(booking, Status.CANCELLED, actor=user, now=now, reason=reason)
-    raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state=Status.CANCELLED)
+    metadata = {"reason": reason} if reason else None
+    return _transition(booking_id, Status.CANCELLED, action=CANCEL, user=user, now=now, metadata=metadata)
 
 
 def slot_booking_expire(*, booking_id: int, user: User, now: datetime) -> SlotBooking:
     """An operator expires a PENDING hold now, overdue or not (admin action)."""
-    with transaction.atomic():
-        booking, _slot = _lock_booking(booking_id)
-        require_owner(user=user, owner_id=booking.guest_id, what=f"Booking {booking_id}")
-        now = locked_now(now)
-        if booking.status == Status.PENDING:
-            _expire([booking], actor=user, now=now)
-            return booking
-    raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state=Status.EXPIRED)
+    return _transition(booking_id, Status.EXPIRED, action=EXPIRE, user=user, now=now)
+
+
+def _transition(
+    booking_id: int, to_state: str, *, lock_guest: bool = False, metadata: dict | None = None, **kwargs
+) -> SlotBooking:
+    def lock() -> SlotBooking:
+        peek = _peek(booking_id)
+        if lock_guest:
+            locking.lock_user(peek["guest_id"])
+        return _lock_booking(booking_id, slot_id=peek["slot_id"])
+
+    return BOOKINGS.transition(lock=lock, to_state=to_state, what=f"Booking {booking_id}", metadata=metadata, **kwargs)
 
 
 def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: datetime) -> SlotBooking:
@@ -438,18 +463,18 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
     """
     with transaction.atomic():
         peek = _peek(booking_id)
-        require_owner(user=user, owner_id=peek["guest_id"], what=f"Booking {booking_id}")
         if slot_id == peek["slot_id"]:
             raise ValidationFailed.for_field("slotId", "The booking is already on this slot.")
-        guest = _lock_guest(peek["guest_id"])
-        slots = _lock_slots([peek["slot_id"], slot_id])
-        booking = SlotBooking.objects.select_for_update().get(pk=booking_id)
+        guest = locking.lock_user(peek["guest_id"])
+        slots = locking.lock_slots([peek["slot_id"], slot_id])
+        booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+        BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
         old_slot, new_slot = slots[booking.slot_id], slots.get(slot_id)
         if new_slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)
         if booking.is_overdue(now):
-            _expire([booking], actor=EXPIRY_ACTOR, now=now)
+            BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
         elif booking.is_active(now):
             return _move(booking, old_slot=old_slot, new_slot=new_slot, guest=guest, user=user, now=now)
     if booking.status == Status.EXPIRED:
@@ -463,7 +488,7 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, guest: User, 
         _check_cancellation_window(old_slot, now=now)
     _check_bookable(new_slot, guest=guest, now=now)
     _check_guest_limits(guest=guest, host_id=new_slot.host_id, now=now, excluding=booking)
-    _expire_overdue_on([new_slot], now=now)
+    BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=new_slot), now=now)
     _take_seats(new_slot, seats=booking.seats)
     _release_seats(old_slot, seats=booking.seats)
     from_state = booking.status
@@ -504,20 +529,8 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, guest: User, 
 
 def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
     """Flip every PENDING hold overdue at ``now`` to EXPIRED and free its seats, one audit event each
-    (the beat job). Returns how many were expired.
-
-    Each batch locks the overdue bookings together with their slots in one ``FOR UPDATE SKIP LOCKED``
-    statement (the join on ``slot`` puts both rows under the lock). A booking whose slot a request in
-    flight holds is skipped by the database, not waited for: that request expires the slot's overdue
-    holds itself (see the lock order above). So every row a batch returns is expired, and the loop of
-    ``expire_in_batches`` moves on instead of fetching the same skipped rows again and again.
-    """
-
-    def expire_batch(batch: list[SlotBooking]) -> None:
-        _expire(batch, actor=EXPIRY_ACTOR, now=now)
-
-    overdue = SlotBooking.objects.overdue(now=now).select_related("slot")
-    return expire_in_batches(overdue=overdue, expire_batch=expire_batch, batch_size=batch_size)
+    (the beat job). Returns how many were expired."""
+    return BOOKINGS.expire_due(now=now, batch_size=batch_size)
 
 
 # --- the pieces ------------------------------------------------------------------------------------
@@ -532,13 +545,13 @@ def _peek(booking_id: int) -> dict:
     return peek
 
 
-def _lock_booking(booking_id: int, *, slot_id: int | None = None) -> tuple[SlotBooking, Slot]:
+def _lock_booking(booking_id: int, *, slot_id: int) -> SlotBooking:
     """Lock a booking's slot, then the booking (a booking never changes its slot, so the unlocked read
-    of ``slot_id`` stays true)."""
-    if slot_id is None:
-        slot_id = _peek(booking_id)["slot_id"]
-    slot = _lock_slots([slot_id])[slot_id]
-    return SlotBooking.objects.select_for_update().get(pk=booking_id), slot
+    of ``slot_id`` stays true). The booking comes with its locked slot."""
+    slot = locking.lock_slots([slot_id])[slot_id]
+    booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+    booking.slot = slot
+    return booking
 
 
 def _check_bookable(slot: Slot, *, guest: User, now: datetime) -> None:
@@ -592,54 +605,3 @@ def _take_seats(slot: Slot, *, seats: int) -> None:
 def _release_seats(slot: Slot, *, seats: int) -> None:
     Slot.objects.filter(pk=slot.pk).update(booked=F("booked") - seats)
     slot.refresh_from_db(fields=["booked"])
-
-
-def _expire_overdue_on(slots: list[Slot], *, now: datetime) -> None:
-    """An overdue hold never blocks, even when no worker has expired it yet (SPEC 2.2). Caller holds
-    the slots' row locks."""
-    overdue = list(SlotBooking.objects.overdue(now=now).filter(slot__in=slots).select_for_update().order_by("pk"))
-    if overdue:
-        _expire(overdue, actor=EXPIRY_ACTOR, now=now)
-        for slot in slots:
-            slot.refresh_from_db(fields=["booked"])
-
-
-def _expire(bookings: list[SlotBooking], *, actor, now: datetime) -> None:
-    """Flip PENDING bookings to EXPIRED and free their seats. Caller holds their rows and slots."""
-    if not bookings:
-        return
-    SlotBooking.objects.filter(pk__in=[b.pk for b in bookings]).update(status=Status.EXPIRED, updated_at=now)
-    seats_per_slot = Counter()
-    for booking in bookings:
-        seats_per_slot[booking.slot_id] += booking.seats
-    for slot_id, seats in sorted(seats_per_slot.items()):
-        Slot.objects.filter(pk=slot_id).update(booked=F("booked") - seats)
-    audit.record_many(
-        [
-            audit.event(subject=b, event=Status.EXPIRED, from_state=b.status, to_state=Status.EXPIRED, actor=actor)
-            for b in bookings
-        ]
-    )
-    for booking in bookings:
-        booking.status, booking.updated_at = Status.EXPIRED, now
-    count_on_commit(HOLDS_EXPIRED, "slots", amount=len(bookings))
-
-
-def _apply(booking: SlotBooking, status: str, *, actor, now: datetime, reason: str = "") -> SlotBooking:
-    """Write one transition and its audit event. Caller holds the booking's row lock."""
-    from_state = booking.status
-    booking.status, booking.updated_at = status, now
-    fields = ["status", "updated_at"]
-    if reason:
-        booking.reason = reason
-        fields.append("reason")
-    booking.save(update_fields=fields)
-    audit.record(
-        subject=booking,
-        event=status,
-        from_state=from_state,
-        to_state=status,
-        actor=actor,
-        metadata={"reason": reason} if reason else None,
-    )
-    return booking

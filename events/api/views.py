@@ -112,7 +112,7 @@ class SeatsReserve(APIView):
     @idempotent
     def post(self, request, event_id: int):
         data = SeatHoldIn.validated(request)
-        group = services.seats_hold(
+        group = services.seat_hold(
             event_id=event_id,
             user=acting_user(caller=request.user, user_id=data.get("userId")),
             seat_codes=data.get("seatCodes"),
@@ -132,7 +132,7 @@ class SeatsConfirm(APIView):
     @idempotent
     def post(self, request, event_id: int):
         data = HoldActionIn.validated(request)
-        group = services.seats_confirm(
+        group = services.seat_hold_confirm(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
             user=acting_user(caller=request.user, user_id=data.get("userId")),
@@ -158,7 +158,7 @@ class SeatsRelease(APIView):
     @idempotent
     def post(self, request, event_id: int):
         data = HoldActionIn.validated(request)
-        group = services.seats_release(
+        group = services.seat_hold_release(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
             user=acting_user(caller=request.user, user_id=data.get("userId")),
@@ -221,7 +221,7 @@ class BookingCancel(APIView):
     @idempotent
     def post(self, request, booking_group_id):
         data = BookingCancelIn.validated(request)
-        group = services.booking_cancel(
+        group = services.seat_booking_cancel(
             booking_group_id=booking_group_id, user=request.user, now=timezone.now(), reason=data["reason"]
         )
         return Response(BookingCancelOut({"cancelled": True, "bookingGroupId": group.booking_group_id}).data)

@@ -106,8 +106,8 @@ def test_close_sales_from_the_list(admin_client):
 
 def test_find_a_booking_and_cancel_it(admin_client, user):
     event = make_event()
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
-    group = services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
+    group = services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
 
     found = admin_client.get(f"/admin/events/seatholdgroup/?q={group.booking_group_id}").content.decode()
     detail = admin_client.get(f"/admin/events/seatholdgroup/{group.pk}/change/").content.decode()
@@ -125,7 +125,7 @@ def test_find_a_booking_and_cancel_it(admin_client, user):
 
 def test_expire_a_hold_from_the_list(admin_client, user):
     event = make_event()
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=_now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=_now())
 
     admin_client.post("/admin/events/seatholdgroup/", {"action": "expire_now", "_selected_action": [str(group.pk)]})
 
@@ -172,11 +172,11 @@ def test_an_edit_never_writes_back_the_counter_or_sales_it_read(admin_client, us
     """The admin read the event (0 booked, sales open) before a confirm and a sales close committed;
     saving the form must keep both (a full ``obj.save()`` wrote the stale values back)."""
     event = make_event()
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
     real_save_model = EventAdmin.save_model
 
     def others_commit_first(self, request, obj, form, change):
-        services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
+        services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
         services.event_sales_set(event_id=event.pk, sales_open=False, actor=None, now=_now())
         return real_save_model(self, request, obj, form, change)
 

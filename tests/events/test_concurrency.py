@@ -9,6 +9,7 @@ from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
+from booking_site import locking
 from booking_site.audit.services import trail
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from events import services
@@ -74,7 +75,7 @@ def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypat
         time.sleep(0.05)  # widen the window between the check and the insert
         return found
 
-    monkeypatch.setattr(services, "_lock_seats", unlocked_seats)
+    monkeypatch.setattr(locking, "lock_seats", unlocked_seats)
 
     event, wanted, responses, backstops = hold_race(client_for)
 
@@ -99,10 +100,10 @@ def test_best_available_racers_all_get_distinct_seats(client_for):
 
 def test_fifty_confirms_of_one_hold_book_it_once():
     event, user = make_event(), UserFactory()
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2", "S3"], now=timezone.now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2", "S3"], now=timezone.now())
 
     def confirm():
-        return services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+        return services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
 
     results = run_concurrently([confirm] * 50)
 
@@ -123,10 +124,10 @@ def test_confirm_release_expiry_and_a_rival_hold_racing_end_in_one_state(overdue
     group = write_hold(event, ["S1", "S2"], user=owner, created_at=created)
     now = timezone.now
     contenders = [
-        lambda: services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
-        lambda: services.seats_release(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
-        lambda: services.events_expire_due(now=now()),
-        lambda: services.seats_hold(event_id=event.pk, user=rival, seat_codes=["S2", "S3"], now=now()),
+        lambda: services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
+        lambda: services.seat_hold_release(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
+        lambda: services.seat_holds_expire_due(now=now()),
+        lambda: services.seat_hold(event_id=event.pk, user=rival, seat_codes=["S2", "S3"], now=now()),
     ] * 3
 
     results = run_concurrently(contenders)
@@ -153,7 +154,7 @@ def test_two_expiry_jobs_at_once_write_one_event_per_group():
         for i in range(1, 60, 2)
     ]
 
-    counts = run_concurrently([lambda: services.events_expire_due(now=timezone.now(), batch_size=4)] * 4)
+    counts = run_concurrently([lambda: services.seat_holds_expire_due(now=timezone.now(), batch_size=4)] * 4)
 
     assert sum(counts) == 30
     for group in groups:
@@ -166,7 +167,7 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
     It must write only the fields it edits: the counter stays equal to the confirmed claims (a full
     ``obj.save()`` wrote 0 back, and the booking's later cancel then broke the counter's constraint)."""
     event, guest = make_event(), UserFactory()
-    group = services.seats_hold(event_id=event.pk, user=guest, seat_codes=["S1", "S2"], now=timezone.now())
+    group = services.seat_hold(event_id=event.pk, user=guest, seat_codes=["S1", "S2"], now=timezone.now())
     real_save_model = EventAdmin.save_model
 
     def slow_save_model(self, request, obj, form, change):
@@ -190,7 +191,7 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
 
     def confirm():
         time.sleep(0.2)
-        return services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=guest, now=timezone.now())
+        return services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=guest, now=timezone.now())
 
     edited, confirmed = run_concurrently([edit, confirm])
 
@@ -198,7 +199,7 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
     event.refresh_from_db()
     assert (event.name, event.confirmed_seats) == ("Renamed", 2)
     assert violations(event) == []
-    services.booking_cancel(booking_group_id=confirmed.booking_group_id, user=guest, now=timezone.now())
+    services.seat_booking_cancel(booking_group_id=confirmed.booking_group_id, user=guest, now=timezone.now())
     event.refresh_from_db()
     assert event.confirmed_seats == 0
 
@@ -241,15 +242,15 @@ def test_confirms_holds_and_edits_of_one_event_at_once_never_deadlock():
         odd = [f"S{100 * round_ + 2 * i + 1}" for i in range(len(users))]
         even = [f"S{100 * round_ + 2 * i + 2}" for i in range(len(users))]
         held = [
-            services.seats_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
+            services.seat_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
             for u, code in zip(users, odd, strict=True)
         ]
         calls = [
-            lambda g=g: services.seats_confirm(event_id=event.pk, hold_group_id=g.pk, user=g.user, now=now())
+            lambda g=g: services.seat_hold_confirm(event_id=event.pk, hold_group_id=g.pk, user=g.user, now=now())
             for g in held
         ]
         calls += [
-            lambda u=u, code=code: services.seats_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
+            lambda u=u, code=code: services.seat_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
             for u, code in zip(users, even, strict=True)
         ]
         calls += [
@@ -287,7 +288,7 @@ def edit_while_holding(monkeypatch) -> dict[str, float]:
 
     def hold():
         time.sleep(0.3)
-        services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+        services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
         finished["hold"] = time.monotonic()
 
     results = run_concurrently([edit, hold])
@@ -308,7 +309,7 @@ def test_control_with_for_update_on_the_event_the_hold_waits(monkeypatch):
     def lock_event_for_update(event_id):
         return Event.objects.select_for_update().get(pk=event_id)
 
-    monkeypatch.setattr(services, "_lock_event", lock_event_for_update)
+    monkeypatch.setattr(locking, "lock_event", lock_event_for_update)
 
     finished = edit_while_holding(monkeypatch)
 

@@ -59,8 +59,8 @@ def test_expiry_job_flips_overdue_groups_with_one_event_each():
     overdue = [overdue_hold(event, [f"S{i}", f"S{i + 1}"]) for i in (1, 3, 5)]
     live = write_hold(event, ["S9"])
 
-    assert services.events_expire_due(now=timezone.now(), batch_size=2) == 3
-    assert services.events_expire_due(now=timezone.now()) == 0
+    assert services.seat_holds_expire_due(now=timezone.now(), batch_size=2) == 3
+    assert services.seat_holds_expire_due(now=timezone.now()) == 0
 
     for group in overdue:
         group.refresh_from_db()
@@ -94,17 +94,17 @@ def test_overdue_holds_count_as_available_before_the_job_runs():
 
 def test_confirm_at_the_expiry_instant_is_expired():
     event, user = make_event(), UserFactory()
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
 
     with pytest.raises(HoldExpired):
-        services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=group.expires_at)
+        services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=group.expires_at)
 
 
 def test_operator_expires_a_hold_now():
     event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
 
-    services.hold_expire(hold_group_id=group.pk, user=operator, now=timezone.now())
+    services.seat_hold_expire(hold_group_id=group.pk, user=operator, now=timezone.now())
 
     group.refresh_from_db()
     assert group.state == "EXPIRED"
@@ -115,7 +115,7 @@ def test_best_available_skips_overdue_blockers_and_expires_them():
     event, user = make_event(layout=(("A",), 1, 3)), UserFactory()
     overdue = overdue_hold(event, ["A-1-1", "A-1-2", "A-1-3"])
 
-    group = services.seats_hold(event_id=event.pk, user=user, quantity=3, now=timezone.now())
+    group = services.seat_hold(event_id=event.pk, user=user, quantity=3, now=timezone.now())
 
     assert sorted(s.code for s in group.seats) == ["A-1-1", "A-1-2", "A-1-3"]
     overdue.refresh_from_db()
@@ -124,12 +124,12 @@ def test_best_available_skips_overdue_blockers_and_expires_them():
 
 def test_cancel_moves_the_counter_back():
     event, user = make_event(), UserFactory()
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
-    group = services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
+    group = services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
     event.refresh_from_db()
     assert event.confirmed_seats == 2
 
-    services.booking_cancel(booking_group_id=group.booking_group_id, user=user, now=timezone.now())
+    services.seat_booking_cancel(booking_group_id=group.booking_group_id, user=user, now=timezone.now())
 
     event.refresh_from_db()
     assert event.confirmed_seats == 0
@@ -141,7 +141,7 @@ def test_hold_expiry_is_the_events_hold_minutes():
     event, user = make_event(hold_minutes=1), UserFactory()
     now = timezone.now()
 
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=now)
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=now)
 
     # From when the hold was granted: ``locked_now``, once the seat locks were held, not before.
     assert group.expires_at == group.created_at + timedelta(minutes=1)
@@ -151,8 +151,8 @@ def test_hold_expiry_is_the_events_hold_minutes():
 def test_update_details_writes_only_what_changed_and_audits_it():
     event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
     stale = Event.objects.get(pk=event.pk)  # read before the confirm below
-    group = services.seats_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
-    services.seats_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
+    services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
 
     updated = services.event_update_details(
         event_id=stale.pk, actor=operator, now=timezone.now(), name="Renamed", location=stale.location

@@ -9,6 +9,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
+from booking_site import locking
 from booking_site.audit.services import trail
 from booking_site.errors import HoldExpired
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
@@ -61,7 +62,7 @@ def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch
             everyone_has_read.wait()  # all buyers check before any inserts: the race, every time
         return car
 
-    monkeypatch.setattr(services, "_lock_car", unlocked_car)
+    monkeypatch.setattr(locking, "lock_car", unlocked_car)
 
     statuses, codes, backstops = hold_race(client_for)
 

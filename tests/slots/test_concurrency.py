@@ -1,6 +1,6 @@
 """Every rule that counts holds under real concurrency: threads released together by a barrier, each
-with its own PostgreSQL connection. Each race has a control that removes the lock (the services'
-``_lock_*`` functions are replaced by plain reads) and makes every racer finish its check before any
+with its own PostgreSQL connection. Each race has a control that removes the lock (the public
+functions of ``booking_site.locking`` are replaced by plain reads) and makes every racer finish its check before any
 of them writes (a ``threading.Barrier`` right after the check), so the control sees the race every
 time: the invariant breaks, or a database backstop had to refuse it."""
 
@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit.models import AuditEvent
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
@@ -64,7 +65,7 @@ def remove_slot_lock(monkeypatch, racers: int) -> None:
         wait_for_everyone(everyone_has_read)
         return slots
 
-    monkeypatch.setattr(services, "_lock_slots", unlocked)
+    monkeypatch.setattr(locking, "lock_slots", unlocked)
 
 
 def remove_guest_lock(monkeypatch, racers: int) -> None:
@@ -76,7 +77,7 @@ def remove_guest_lock(monkeypatch, racers: int) -> None:
         check(**kwargs)
         wait_for_everyone(everyone_has_counted)
 
-    monkeypatch.setattr(services, "_lock_guest", lambda user_id: User.objects.get(pk=user_id))
+    monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
     monkeypatch.setattr(services, "_check_guest_limits", counted)
 
 
@@ -99,7 +100,7 @@ def remove_host_lock(monkeypatch, racers: int) -> None:
             time.sleep(WINDOW)
         return clashes
 
-    monkeypatch.setattr(services, "_lock_host", lambda user_id: User.objects.get(pk=user_id))
+    monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
     monkeypatch.setattr(services, "_overlapping", checked)
 
 
@@ -309,10 +310,10 @@ def guest_op(operation: str, booking: SlotBooking):
     return lambda: services.slot_booking_cancel(booking_id=booking.pk, user=booking.guest, now=timezone.now())
 
 
-def pause_after(monkeypatch, name: str, *, then_set: threading.Event, before: threading.Event | None = None):
-    """Patch ``services.<name>`` so the thread that reaches it (holding its locks) signals ``then_set``,
+def pause_after(monkeypatch, owner, name: str, *, then_set: threading.Event, before: threading.Event | None = None):
+    """Patch ``owner.<name>`` so the thread that reaches it (holding its locks) signals ``then_set``,
     waits for ``before`` (when given) and for ``WINDOW`` so the other thread runs into its next lock."""
-    real = getattr(services, name)
+    real = getattr(owner, name)
 
     def paused(*args, **kwargs):
         then_set.set()
@@ -321,7 +322,7 @@ def pause_after(monkeypatch, name: str, *, then_set: threading.Event, before: th
         time.sleep(WINDOW)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(services, name, paused)
+    monkeypatch.setattr(owner, name, paused)
 
 
 @pytest.mark.parametrize("first", ["the_booking_op", "the_new_booking"])
@@ -336,9 +337,9 @@ def test_a_guest_confirming_or_cancelling_while_booking_the_same_slot_does_not_d
     booking = SlotBookingFactory(slot=slot, status=status)
     holds_locks, other_started = threading.Event(), threading.Event()
     if first == "the_booking_op":  # it holds the slot (and booking) when the new booking comes
-        pause_after(monkeypatch, "_apply", then_set=holds_locks)
+        pause_after(monkeypatch, services.BOOKINGS, "write", then_set=holds_locks)
     else:  # the new booking holds the guest and the slot when the confirm or cancel comes
-        pause_after(monkeypatch, "_check_guest_limits", then_set=holds_locks, before=other_started)
+        pause_after(monkeypatch, services, "_check_guest_limits", then_set=holds_locks, before=other_started)
 
     def second(function):
         def run():
@@ -413,14 +414,14 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
     expires_at = timezone.now() + timedelta(seconds=0.5)
     hold = SlotBookingFactory(slot=held, guest=guest, status="PENDING", expires_at=expires_at)
     confirming = threading.Event()
-    apply = services._apply
+    write = services.BOOKINGS.write
 
-    def slow_apply(*args, **kwargs):  # the confirm decided before the expiry; it commits after it
+    def slow_write(*args, **kwargs):  # the confirm decided before the expiry; it commits after it
         confirming.set()
         time.sleep(1.0)
-        return apply(*args, **kwargs)
+        return write(*args, **kwargs)
 
-    monkeypatch.setattr(services, "_apply", slow_apply)
+    monkeypatch.setattr(services.BOOKINGS, "write", slow_write)
 
     def book_the_same_host_after_the_expiry():
         confirming.wait(10)

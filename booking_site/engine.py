@@ -1,0 +1,277 @@
+"""The claim engine: the one lifecycle of every claim (a car reservation, a seat hold group, a slot
+booking). A domain subclasses ``ClaimEngine`` and declares only what is its own:
+
+- ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what);
+- for a hold: ``lock_target`` (its rows, in the order of ``booking_site.locking``), ``check_target``
+  (its rules), ``overdue_on`` (the holds that would block it), ``check_free`` (its capacity rule),
+  ``insert`` (the new claim) and ``backstop`` (the constraint under the insert and the 409 it means);
+- for every transition: ``changes`` (columns beside the state), ``on_write`` (side effects: seat claims
+  mirroring their group, counters), ``audit_subject`` / ``audit_metadata``, and ``refused`` (the error
+  of a transition the state machine does not allow).
+
+The engine owns the rest, the same for all three:
+
+    hold         lock → locked_now → check → expire the overdue holds on the target → check free →
+                 insert (in a savepoint: the constraint is the backstop) → audit CREATED → metrics
+    transition   lock → authorize (the policy) → locked_now → an overdue hold is expired and that
+                 commits (then 410 for a confirm, the domain's refusal otherwise) → or the transition
+    expire_due   the beat job: batches of overdue rows with SKIP LOCKED, safe twice at once
+
+Every transition is written by ``write``: the state and ``updated_at`` (``locked_now``), the domain's
+side effects, one audit event per claim, and ``booking_holds_expired_total`` once it commits. Each
+step is a method, so a domain can fuse steps into fewer statements without changing the shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+
+from booking_site import locking
+from booking_site.audit import services as audit
+from booking_site.claims import EXPIRED, Claim
+from booking_site.errors import DomainError, Forbidden, HoldExpired, NotOwner
+from booking_site.expiry import locked_now
+from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
+
+EXPIRY_ACTOR = "system:expire_holds"  # the actor of every expiry nobody asked for
+
+# The actions a policy is asked about.
+SEE, CONFIRM, CANCEL, RELEASE, EXPIRE, RESCHEDULE = "see", "confirm", "cancel", "release", "expire", "reschedule"
+
+
+class ClaimPolicy:
+    """Who may do what with one domain's claims (SPEC 2.6): the owner acts on their own claims, an
+    operator (staff) on everyone's; expiring a hold now is the operator's alone. A domain with more
+    parties (a slot's host) subclasses it."""
+
+    owner_field = "user"  # the claim's foreign key to its owner
+    operator_only = frozenset({EXPIRE})
+
+    def owner_id(self, claim: Claim) -> int:
+        return getattr(claim, f"{self.owner_field}_id")
+
+    def may(self, user: AbstractBaseUser, action: str, claim: Claim) -> bool:
+        if user.is_staff:
+            return True
+        return action not in self.operator_only and self.owner_id(claim) == user.pk
+
+    def require(self, user: AbstractBaseUser, action: str, claim: Claim, *, what: str) -> None:
+        if self.may(user, action, claim):
+            return
+        if action in self.operator_only:
+            raise Forbidden(f"Only operators may {action} {what}.")
+        raise NotOwner(f"{what} belongs to another user.")
+
+    def visible(self, claims: QuerySet, user: AbstractBaseUser) -> QuerySet:
+        """The claims ``user`` may see: their own; an operator all."""
+        return claims if user.is_staff else claims.filter(**{self.owner_field: user})
+
+
+class ClaimEngine:
+    model: type[Claim]
+    domain: str
+    policy: ClaimPolicy = ClaimPolicy()
+    backstop: tuple[str, Callable[..., DomainError]] | None = None  # (constraint, error factory(target, request))
+
+    # --- what a domain declares -------------------------------------------------------------------
+
+    def lock_target(self, request) -> Any:
+        """Lock the rows the hold is about, in the global order; raise NotFound when they are missing."""
+        raise NotImplementedError
+
+    def check_target(self, target, request, *, now: datetime) -> None:
+        """The domain's rules about the target (a car out of service, sales closed, a guest's limits)."""
+
+    def overdue_on(self, target, *, now: datetime) -> QuerySet | None:
+        """The overdue holds on the target: they never block (SPEC 2.2), and are expired first."""
+        return None
+
+    def check_free(self, target, request, *, now: datetime, expired: list[Claim]) -> None:
+        """The capacity rule, once the target's overdue holds (``expired``) are expired: raise the
+        domain's 409."""
+
+    def insert(self, target, request, *, now: datetime) -> Claim:
+        """Write the new claim (in a savepoint: ``backstop`` says what a constraint refusing it means)."""
+        raise NotImplementedError
+
+    def created_metadata(self, claim: Claim, target, request) -> dict:
+        return {}
+
+    def changes(self, claim: Claim, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
+        """Columns a transition writes beside the state and ``updated_at`` (one claim at a time)."""
+        return {}
+
+    def check_transition(self, claim: Claim, to_state: str, *, user, now: datetime) -> None:
+        """The domain's rules about an allowed transition (a cancellation window)."""
+
+    def on_write(self, claims: list[Claim], *, from_states: list[str], to_state: str, now: datetime) -> None:
+        """Side effects of a transition, after its audit events (seat claims, counters)."""
+
+    def audit_subject(self, claim: Claim):
+        return claim
+
+    def audit_metadata(self, claim: Claim, metadata: dict | None) -> dict | None:
+        return metadata
+
+    def refused(self, claim: Claim, to_state: str) -> DomainError:
+        """The error when the state machine does not allow ``claim`` to become ``to_state``."""
+        raise NotImplementedError
+
+    def due(self, *, now: datetime) -> QuerySet:
+        """What the expiry job locks a batch of: the overdue holds (and the rows ``on_write`` moves)."""
+        return self.model.objects.overdue(now=now)
+
+    # --- hold -------------------------------------------------------------------------------------
+
+    def hold(self, request, *, now: datetime, actor) -> Claim:
+        """Create a claim: lock → check → expire the overdue holds on the target → check free → insert →
+        audit → metrics. ``request`` is the domain's own description of what is asked."""
+        with transaction.atomic():
+            target, now = self.take(request, now=now)
+            claim = self.insert_backstopped(target, request, now=now)
+            audit.record(
+                subject=self.audit_subject(claim),
+                event="CREATED",
+                to_state=claim.current_state,
+                actor=actor,
+                metadata=self.created_metadata(claim, target, request),
+            )
+            if claim.current_state == self.model.HELD:
+                count_on_commit(HOLDS_CREATED, self.domain)
+            return claim
+
+    def take(self, request, *, now: datetime) -> tuple[Any, datetime]:
+        """Lock the target, judge by the clock after the lock, and make sure it is free. Returns the
+        target and that time."""
+        target = self.lock_target(request)
+        now = locked_now(now)
+        self.check_target(target, request, now=now)
+        self.make_free(target, request, now=now)
+        return target, now
+
+    def make_free(self, target, request, *, now: datetime) -> None:
+        """Expire the overdue holds on the locked target, then apply the capacity rule."""
+        overdue = self.overdue_on(target, now=now)
+        expired = self.expire_overdue(overdue, now=now) if overdue is not None else []
+        self.check_free(target, request, now=now, expired=expired)
+
+    def insert_backstopped(self, target, request, *, now: datetime) -> Claim:
+        if self.backstop is None:
+            return self.insert(target, request, now=now)
+        constraint, error = self.backstop
+        try:
+            with transaction.atomic():  # savepoint: the constraint is the backstop
+                return self.insert(target, request, now=now)
+        except IntegrityError:
+            CONSTRAINT_BACKSTOPS.labels(constraint).inc()
+            raise error(target, request) from None
+
+    # --- transitions ------------------------------------------------------------------------------
+
+    def transition(
+        self,
+        *,
+        lock: Callable[[], Claim],
+        to_state: str,
+        action: str,
+        user,
+        now: datetime,
+        what: str,
+        check: Callable[[Claim], None] | None = None,
+        metadata: dict | None = None,
+    ) -> Claim:
+        """Move one claim to ``to_state`` for ``user``. ``lock`` locks its rows in the global order (and
+        raises NotFound); ``check`` is a domain rule about the locked claim (it belongs to this event).
+
+        An overdue hold is expired first and stays expired: that change commits even though the request
+        is then refused (410 for a confirm, the domain's refusal otherwise).
+        """
+        with transaction.atomic():
+            claim = lock()
+            self.policy.require(user, action, claim, what=what)
+            if check is not None:
+                check(claim)
+            now = locked_now(now)
+            if claim.is_overdue(now) and to_state != EXPIRED:
+                self.write([claim], EXPIRED, actor=EXPIRY_ACTOR, now=now)
+            elif claim.can_become(to_state):
+                self.check_transition(claim, to_state, user=user, now=now)
+                extra = self.changes(claim, to_state, now=now, metadata=metadata)
+                return self.write([claim], to_state, actor=user, now=now, metadata=metadata, extra=extra)[0]
+        if to_state == self.model.CONFIRMED and claim.current_state == EXPIRED:
+            raise HoldExpired(f"{what} expired at {claim.expires_at.isoformat()}.")
+        raise self.refused(claim, to_state)
+
+    def write(
+        self,
+        claims: list[Claim],
+        to_state: str,
+        *,
+        actor,
+        now: datetime,
+        metadata: dict | None = None,
+        extra: dict | None = None,
+    ) -> list[Claim]:
+        """Write one transition of ``claims`` (``extra``: more columns, for one claim), its audit events
+        and side effects. Caller holds the claims' row locks (and those of their target)."""
+        if not claims:
+            return claims
+        extra = extra or {}
+        if extra and len(claims) != 1:
+            raise ValueError("extra columns are written for one claim at a time")
+        from_states = [c.current_state for c in claims]
+        fields = {self.model.STATE_FIELD: to_state, "updated_at": now, **extra}
+        self.model.objects.filter(pk__in=[c.pk for c in claims]).update(**fields)
+        for claim in claims:
+            for field, value in fields.items():
+                setattr(claim, field, value)
+        audit.record_many(
+            [
+                audit.event(
+                    subject=self.audit_subject(claim),
+                    event=to_state,
+                    from_state=from_state,
+                    to_state=to_state,
+                    actor=actor,
+                    metadata=self.audit_metadata(claim, metadata),
+                )
+                for claim, from_state in zip(claims, from_states, strict=True)
+            ]
+        )
+        self.on_write(claims, from_states=from_states, to_state=to_state, now=now)
+        if to_state == EXPIRED:
+            count_on_commit(HOLDS_EXPIRED, self.domain, amount=len(claims))
+        return claims
+
+    # --- expiry -----------------------------------------------------------------------------------
+
+    def expire_overdue(self, overdue: QuerySet, *, now: datetime) -> list[Claim]:
+        """Expire the holds ``overdue`` selects. Caller holds the lock of the resource they are on; their
+        own rows are locked here (after it), so a confirm that got there first is seen and skipped."""
+        claims = [c for c in locking.lock_claims(overdue) if c.is_overdue(now)]
+        if claims:
+            self.write(claims, EXPIRED, actor=EXPIRY_ACTOR, now=now)
+        return claims
+
+    def expire_due(self, *, now: datetime, batch_size: int | None = None) -> int:
+        """Flip every hold overdue at ``now`` to EXPIRED, one audit event each (the beat job): lock a batch
+        with SKIP LOCKED, write it, commit, repeat. Two runs at once share the rows instead of doing them
+        twice; a row a request holds (or whose target it holds) is left to that request, and not fetched
+        again in this run. Returns how many holds were expired."""
+        batch_size = batch_size or settings.EXPIRY_BATCH_SIZE
+        total = 0
+        while True:
+            with transaction.atomic():
+                batch = locking.lock_batch(self.due(now=now), batch_size)
+                if batch:
+                    self.write(batch, EXPIRED, actor=EXPIRY_ACTOR, now=locked_now(now))
+            total += len(batch)
+            if len(batch) < batch_size:
+                return total
