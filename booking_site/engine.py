@@ -36,7 +36,7 @@ from django.db.models import QuerySet
 from booking_site import locking
 from booking_site.audit import services as audit
 from booking_site.claims import EXPIRED, Claim
-from booking_site.errors import DomainError, Forbidden, HoldExpired, NotOwner
+from booking_site.errors import DomainError, Forbidden, HoldExpired, NotFound, NotOwner
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 
@@ -178,23 +178,29 @@ class ClaimEngine:
     def transition(
         self,
         *,
-        lock: Callable[[], Claim],
+        claims: QuerySet,
+        what: str,
         to_state: str,
         action: str,
         user,
         now: datetime,
-        what: str,
+        before: Callable[[], None] | None = None,
         check: Callable[[Claim], None] | None = None,
         metadata: dict | None = None,
     ) -> Claim:
-        """Move one claim to ``to_state`` for ``user``. ``lock`` locks its rows in the global order (and
-        raises NotFound); ``check`` is a domain rule about the locked claim (it belongs to this event).
+        """Move the one claim ``claims`` selects (``what``: its name in messages) to ``to_state`` for
+        ``user``. ``before`` locks the rows the global order puts before the claim (its guest, its slot);
+        ``check`` is a domain rule about the locked claim (it belongs to the event the request names).
 
         An overdue hold is expired first and stays expired: that change commits even though the request
         is then refused (410 for a confirm, the domain's refusal otherwise).
         """
         with transaction.atomic():
-            claim = lock()
+            if before is not None:
+                before()
+            claim = locking.lock_claim(claims)
+            if claim is None:
+                raise NotFound(f"{what} does not exist.")
             self.policy.require(user, action, claim, what=what)
             if check is not None:
                 check(claim)

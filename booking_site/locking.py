@@ -120,16 +120,17 @@ def lock_seats(*, event_id: int, seat_ids: list[int] | None = None, codes: list[
 
 
 def lock_claims(claims: QuerySet) -> list[Model]:
-    """The claim rows ``claims`` selects. Under READ COMMITTED a row changed by the transaction we waited
+    """The claim rows ``claims`` selects (only those: rows it ``select_related`` are read, not locked;
+    lock them first, in their place in the order). Under READ COMMITTED a row changed by the transaction we waited
     for is read again, and dropped when it no longer matches."""
     _in_transaction("lock_claims")
-    return list(claims.select_for_update(no_key=True).order_by("pk"))
+    return list(claims.select_for_update(no_key=True, of=("self",)).order_by("pk"))
 
 
 def lock_claim(claims: QuerySet) -> Model | None:
     """The one claim row ``claims`` selects, or None."""
     _in_transaction("lock_claim")
-    return claims.select_for_update(no_key=True).first()
+    return claims.select_for_update(no_key=True, of=("self",)).first()
 
 
 # the expiry job

@@ -445,20 +445,13 @@ def seat_hold_expire(*, hold_group_id: uuid.UUID, user: User, now: datetime) -> 
 
 def seat_booking_cancel(*, booking_group_id: uuid.UUID, user: User, now: datetime, reason: str = "") -> SeatHoldGroup:
     """Soft-cancel a booking: its rows stay, as CANCELLED, and its seats are free again."""
-
-    def lock() -> SeatHoldGroup:
-        group = locking.lock_claim(SeatHoldGroup.objects.filter(booking_group_id=booking_group_id))
-        if group is None:
-            raise NotFound(f"Booking {booking_group_id} does not exist.")
-        return group
-
     return SEAT_HOLDS.transition(
-        lock=lock,
+        claims=SeatHoldGroup.objects.filter(booking_group_id=booking_group_id),
+        what=f"Booking {booking_group_id}",
         to_state=State.CANCELLED,
         action=CANCEL,
         user=user,
         now=now,
-        what=f"Booking {booking_group_id}",
         metadata={"reason": reason},
     )
 
@@ -468,12 +461,6 @@ def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: s
     if event_id is not None and not Event.objects.filter(pk=event_id).exists():
         raise NotFound(f"Event {event_id} does not exist.")
 
-    def lock() -> SeatHoldGroup:
-        group = locking.lock_claim(SeatHoldGroup.objects.filter(pk=hold_group_id))
-        if group is None:
-            raise NotFound(f"Hold {hold_group_id} does not exist.")
-        return group
-
     def same_event(group: SeatHoldGroup) -> None:
         if event_id is not None and group.event_id != event_id:
             raise EventMismatch(
@@ -481,7 +468,13 @@ def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: s
                 details={"eventId": group.event_id},
             )
 
-    return SEAT_HOLDS.transition(lock=lock, to_state=to_state, check=same_event, what=f"Hold {hold_group_id}", **kwargs)
+    return SEAT_HOLDS.transition(
+        claims=SeatHoldGroup.objects.filter(pk=hold_group_id),
+        what=f"Hold {hold_group_id}",
+        to_state=to_state,
+        check=same_event,
+        **kwargs,
+    )
 
 
 def _count_confirmed(event_id: int, delta: int) -> None:

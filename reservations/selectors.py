@@ -8,6 +8,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from booking_site.accounts.models import User
 from reservations.models import Car, Reservation
+from reservations.services import RESERVATIONS
 
 
 def cars_with_availability(*, now: datetime) -> QuerySet[Car]:
@@ -23,9 +24,8 @@ def reservations_with_effective_state(*, now: datetime) -> QuerySet[Reservation]
 
 
 def reservations_visible_to(user: User, *, now: datetime) -> QuerySet[Reservation]:
-    """A user sees their own reservations; operators see all (SPEC 2.6)."""
-    reservations = reservations_with_effective_state(now=now)
-    return reservations if user.is_staff else reservations.filter(buyer=user)
+    """A user sees their own reservations; operators see all (SPEC 2.6: the reservations' policy)."""
+    return RESERVATIONS.policy.visible(reservations_with_effective_state(now=now), user)
 
 
 def car_current_reservation(*, car_id: int, now: datetime) -> Reservation | None:

@@ -136,21 +136,12 @@ def reservation_expire(*, reservation_id: int, user: User, now: datetime) -> Res
     return _transition(reservation_id, State.EXPIRED, action=EXPIRE, user=user, now=now)
 
 
-def _transition(reservation_id: int, to_state: str, *, action: str, user: User, now: datetime, metadata=None):
-    def lock() -> Reservation:
-        reservation = locking.lock_claim(Reservation.objects.filter(pk=reservation_id))
-        if reservation is None:
-            raise NotFound(f"Reservation {reservation_id} does not exist.")
-        return reservation
-
+def _transition(reservation_id: int, to_state: str, **kwargs) -> Reservation:
     return RESERVATIONS.transition(
-        lock=lock,
-        to_state=to_state,
-        action=action,
-        user=user,
-        now=now,
+        claims=Reservation.objects.filter(pk=reservation_id),
         what=f"Reservation {reservation_id}",
-        metadata=metadata,
+        to_state=to_state,
+        **kwargs,
     )
 
 

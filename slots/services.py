@@ -276,7 +276,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
         now = locked_now(now)
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
-        BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=slot), now=now)
+        SLOT_BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=slot), now=now)
         booked = SlotBooking.objects.filter(slot=slot).blocking().count()
         if booked:
             raise SlotBooked(f"Slot {slot_id} has {booked} active booking(s).", details={"slotId": slot_id})
@@ -388,7 +388,7 @@ class SlotBookings(ClaimEngine):
         return SlotBooking.objects.overdue(now=now).select_related("slot")
 
 
-BOOKINGS = SlotBookings()
+SLOT_BOOKINGS = SlotBookings()
 
 
 def slot_booking_create(
@@ -416,7 +416,7 @@ def slot_booking_create(
         metadata=metadata or {},
         request_id=request_id,
     )
-    return BOOKINGS.hold(request, now=now, actor=actor or guest)
+    return SLOT_BOOKINGS.hold(request, now=now, actor=actor or guest)
 
 
 def slot_booking_confirm(*, booking_id: int, user: User, now: datetime) -> SlotBooking:
@@ -442,16 +442,22 @@ def slot_booking_expire(*, booking_id: int, user: User, now: datetime) -> SlotBo
     return _transition(booking_id, Status.EXPIRED, action=EXPIRE, user=user, now=now)
 
 
-def _transition(
-    booking_id: int, to_state: str, *, lock_guest: bool = False, metadata: dict | None = None, **kwargs
-) -> SlotBooking:
-    def lock() -> SlotBooking:
+def _transition(booking_id: int, to_state: str, *, lock_guest: bool = False, **kwargs) -> SlotBooking:
+    """Locks (the guest,) the slot, then the booking: its guest and slot are read first, unlocked."""
+
+    def before() -> None:
         peek = _peek(booking_id)
         if lock_guest:
             locking.lock_user(peek["guest_id"])
-        return _lock_booking(booking_id, slot_id=peek["slot_id"])
+        locking.lock_slots([peek["slot_id"]])
 
-    return BOOKINGS.transition(lock=lock, to_state=to_state, what=f"Booking {booking_id}", metadata=metadata, **kwargs)
+    return SLOT_BOOKINGS.transition(
+        claims=SlotBooking.objects.filter(pk=booking_id).select_related("slot"),  # the slot: locked already
+        what=f"Booking {booking_id}",
+        to_state=to_state,
+        before=before,
+        **kwargs,
+    )
 
 
 def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: datetime) -> SlotBooking:
@@ -468,13 +474,13 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
         guest = locking.lock_user(peek["guest_id"])
         slots = locking.lock_slots([peek["slot_id"], slot_id])
         booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
-        BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
+        SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
         old_slot, new_slot = slots[booking.slot_id], slots.get(slot_id)
         if new_slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)
         if booking.is_overdue(now):
-            BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
+            SLOT_BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
         elif booking.is_active(now):
             return _move(booking, old_slot=old_slot, new_slot=new_slot, guest=guest, user=user, now=now)
     if booking.status == Status.EXPIRED:
@@ -488,7 +494,7 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, guest: User, 
         _check_cancellation_window(old_slot, now=now)
     _check_bookable(new_slot, guest=guest, now=now)
     _check_guest_limits(guest=guest, host_id=new_slot.host_id, now=now, excluding=booking)
-    BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=new_slot), now=now)
+    SLOT_BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=new_slot), now=now)
     _take_seats(new_slot, seats=booking.seats)
     _release_seats(old_slot, seats=booking.seats)
     from_state = booking.status
@@ -530,7 +536,7 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, guest: User, 
 def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
     """Flip every PENDING hold overdue at ``now`` to EXPIRED and free its seats, one audit event each
     (the beat job). Returns how many were expired."""
-    return BOOKINGS.expire_due(now=now, batch_size=batch_size)
+    return SLOT_BOOKINGS.expire_due(now=now, batch_size=batch_size)
 
 
 # --- the pieces ------------------------------------------------------------------------------------
@@ -543,15 +549,6 @@ def _peek(booking_id: int) -> dict:
     if peek is None:
         raise NotFound(f"Booking {booking_id} does not exist.")
     return peek
-
-
-def _lock_booking(booking_id: int, *, slot_id: int) -> SlotBooking:
-    """Lock a booking's slot, then the booking (a booking never changes its slot, so the unlocked read
-    of ``slot_id`` stays true). The booking comes with its locked slot."""
-    slot = locking.lock_slots([slot_id])[slot_id]
-    booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
-    booking.slot = slot
-    return booking
 
 
 def _check_bookable(slot: Slot, *, guest: User, now: datetime) -> None:

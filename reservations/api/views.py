@@ -4,9 +4,10 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.services import acting_user, require_owner
+from booking_site.accounts.services import acting_user
 from booking_site.api import IDEMPOTENCY_KEY, StaffWrites, errors
 from booking_site.audit.api import AuditTrailView
+from booking_site.engine import SEE
 from booking_site.errors import NotFound
 from booking_site.idempotency import idempotent
 from reservations import selectors, services
@@ -88,7 +89,7 @@ def _visible_reservation(request, reservation_id: int):
     reservation = selectors.reservations_with_effective_state(now=timezone.now()).filter(pk=reservation_id).first()
     if reservation is None:
         raise NotFound(f"Reservation {reservation_id} does not exist.")
-    require_owner(user=request.user, owner_id=reservation.buyer_id, what=f"Reservation {reservation_id}")
+    services.RESERVATIONS.policy.require(request.user, SEE, reservation, what=f"Reservation {reservation_id}")
     return reservation
 
 
@@ -132,7 +133,7 @@ class CarCurrentReservation(APIView):
         reservation = selectors.car_current_reservation(car_id=car_id, now=timezone.now())
         if reservation is None:
             raise NotFound(f"Car {car_id} has no active reservation.")
-        require_owner(user=request.user, owner_id=reservation.buyer_id, what=f"The reservation of car {car_id}")
+        services.RESERVATIONS.policy.require(request.user, SEE, reservation, what=f"The reservation of car {car_id}")
         return Response(ReservationOut(reservation).data)
 
 

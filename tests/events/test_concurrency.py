@@ -314,3 +314,63 @@ def test_control_with_for_update_on_the_event_the_hold_waits(monkeypatch):
     finished = edit_while_holding(monkeypatch)
 
     assert finished["hold"] > finished["edit"], "FOR UPDATE conflicts with the hold's FOR KEY SHARE"
+
+
+def close_while_holding(monkeypatch) -> tuple[list, int, int]:
+    """Six users hold a seat each; their holds linger half a second between taking their locks and
+    checking the sales switch, and an operator closes sales 0.2 s in. Returns what each hold got, how
+    many holds the close saw committed just before it committed, and how many there are in the end."""
+    event, operator = make_event(total_seats=6), UserFactory(is_staff=True)
+    users = [UserFactory() for _ in range(6)]
+    lock_seats, record = locking.lock_seats, services.audit.record
+    seen_by_the_close = []
+
+    def lingering_lock_seats(**kwargs):
+        seats = lock_seats(**kwargs)
+        time.sleep(0.5)
+        return seats
+
+    def record_and_count(**fields):
+        if fields.get("event") == "SALES_CLOSED":  # the close's last statement before its commit
+            seen_by_the_close.append(SeatHoldGroup.objects.filter(event=event).count())
+        return record(**fields)
+
+    monkeypatch.setattr(locking, "lock_seats", lingering_lock_seats)
+    monkeypatch.setattr(services.audit, "record", record_and_count)
+
+    def close():
+        time.sleep(0.2)
+        return services.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
+
+    holds = [
+        lambda u=u, n=n: services.seat_hold(event_id=event.pk, user=u, seat_codes=[f"S{n}"], now=timezone.now())
+        for n, u in enumerate(users, start=1)
+    ]
+
+    results = run_concurrently([close, *holds])
+
+    assert isinstance(results[0], Event), results[0]
+    return results[1:], seen_by_the_close[0], SeatHoldGroup.objects.filter(event=event).count()
+
+
+def assert_no_hold_commits_after_the_close(results, seen_by_the_close, held) -> None:
+    assert all(isinstance(r, SeatHoldGroup | services.SalesClosed) for r in results), results
+    assert held == sum(isinstance(r, SeatHoldGroup) for r in results)
+    assert seen_by_the_close >= 1, "no hold was in flight when the close came: the test raced nothing"
+    assert held == seen_by_the_close, "a hold that read sales open committed after the close"
+
+
+def test_no_hold_commits_after_a_close_of_sales_commits(monkeypatch):
+    """A hold shares the event row (FOR KEY SHARE) and judges ``sales_open`` under it; the close takes
+    FOR UPDATE on the row, so it waits for the holds in flight, and a hold that comes later sees it."""
+    assert_no_hold_commits_after_the_close(*close_while_holding(monkeypatch))
+
+
+def test_control_without_the_event_lock_holds_commit_after_the_close(monkeypatch):
+    monkeypatch.setattr(locking, "share_event", lambda event_id: Event.objects.filter(pk=event_id).first())
+
+    results, seen_by_the_close, held = close_while_holding(monkeypatch)
+
+    assert held > seen_by_the_close, "without the lock the holds judged a stale sales_open"
+    with pytest.raises(AssertionError):
+        assert_no_hold_commits_after_the_close(results, seen_by_the_close, held)

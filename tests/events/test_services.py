@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import trail
-from booking_site.errors import HoldExpired
+from booking_site.errors import Forbidden, HoldExpired
 from booking_site.expiry import expire_all
 from events import selectors, services
 from events.models import Event, Seat, SeatHoldGroup
@@ -205,3 +205,17 @@ def test_update_details_of_a_missing_event_is_not_found():
 def test_an_event_is_created_in_the_next_ten_years(event_date):
     with pytest.raises(services.ValidationFailed):
         services.event_create(name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now())
+
+
+@pytest.mark.parametrize("who", ["owner", "someone_else"])
+def test_only_an_operator_expires_a_hold_now(who):
+    event, owner = make_event(), UserFactory()
+    group = services.seat_hold(event_id=event.pk, user=owner, seat_codes=["S1"], now=timezone.now())
+    user = owner if who == "owner" else UserFactory()
+
+    with pytest.raises(Forbidden):
+        services.seat_hold_expire(hold_group_id=group.pk, user=user, now=timezone.now())
+
+    group.refresh_from_db()
+    assert group.state == "HELD"
+    assert not trail(services.hold_subject(group)).filter(event_type="EXPIRED").exists()

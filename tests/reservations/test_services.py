@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from booking_site.audit.services import trail
-from booking_site.errors import InvalidStateTransition
+from booking_site.errors import Forbidden, InvalidStateTransition
 from reservations import services
 from reservations.models import Reservation
 from tests.reservations.factories import CarFactory, ReservationFactory
@@ -57,3 +57,14 @@ def test_a_new_hold_after_a_cancellation(user):
     second = services.reservation_hold(car_id=car.pk, buyer=user, hold_minutes=5, now=timezone.now())
 
     assert second.state == "HELD" and second.pk != first.pk
+
+
+def test_only_an_operator_expires_a_hold_now(user):
+    reservation = ReservationFactory(buyer=user)
+
+    with pytest.raises(Forbidden):
+        services.reservation_expire(reservation_id=reservation.pk, user=user, now=timezone.now())
+
+    reservation.refresh_from_db()
+    assert reservation.state == "HELD"
+    assert not trail(reservation).exists()

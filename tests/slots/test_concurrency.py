@@ -337,7 +337,7 @@ def test_a_guest_confirming_or_cancelling_while_booking_the_same_slot_does_not_d
     booking = SlotBookingFactory(slot=slot, status=status)
     holds_locks, other_started = threading.Event(), threading.Event()
     if first == "the_booking_op":  # it holds the slot (and booking) when the new booking comes
-        pause_after(monkeypatch, services.BOOKINGS, "write", then_set=holds_locks)
+        pause_after(monkeypatch, services.SLOT_BOOKINGS, "write", then_set=holds_locks)
     else:  # the new booking holds the guest and the slot when the confirm or cancel comes
         pause_after(monkeypatch, services, "_check_guest_limits", then_set=holds_locks, before=other_started)
 
@@ -414,14 +414,14 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
     expires_at = timezone.now() + timedelta(seconds=0.5)
     hold = SlotBookingFactory(slot=held, guest=guest, status="PENDING", expires_at=expires_at)
     confirming = threading.Event()
-    write = services.BOOKINGS.write
+    write = services.SLOT_BOOKINGS.write
 
     def slow_write(*args, **kwargs):  # the confirm decided before the expiry; it commits after it
         confirming.set()
         time.sleep(1.0)
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(services.BOOKINGS, "write", slow_write)
+    monkeypatch.setattr(services.SLOT_BOOKINGS, "write", slow_write)
 
     def book_the_same_host_after_the_expiry():
         confirming.wait(10)

@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
-from booking_site.errors import ValidationFailed
+from booking_site.errors import Forbidden, ValidationFailed
 from booking_site.expiry import expire_all
 from slots import services
 from slots.models import Slot, SlotBooking
@@ -185,3 +185,17 @@ def test_the_booking_limit_is_a_setting(settings):
 
     with pytest.raises(services.LimitReached):
         services.slot_booking_create(slot_id=SlotFactory().pk, guest=guest, now=timezone.now())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["guest", "host"])
+def test_only_an_operator_expires_a_pending_hold_now(who):
+    hold = SlotBookingFactory(status="PENDING")
+    user = hold.guest if who == "guest" else hold.slot.host
+
+    with pytest.raises(Forbidden):
+        services.slot_booking_expire(booking_id=hold.pk, user=user, now=timezone.now())
+
+    hold.refresh_from_db()
+    assert hold.status == "PENDING"
+    assert not AuditEvent.objects.filter(subject_type="slotbooking", subject_id=str(hold.pk)).exists()

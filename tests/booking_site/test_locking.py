@@ -1,0 +1,28 @@
+"""The locking module refuses to lock outside a transaction: the lock would end with its statement."""
+
+import pytest
+
+from booking_site import locking
+from reservations.models import Reservation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.mark.parametrize(
+    "lock",
+    [
+        lambda: locking.lock_user(1),
+        lambda: locking.share_event(1),
+        lambda: locking.lock_event(1),
+        lambda: locking.lock_event_sales(1),
+        lambda: locking.lock_car(1),
+        lambda: locking.lock_slots([1]),
+        lambda: locking.lock_seats(event_id=1, seat_ids=[1]),
+        lambda: locking.lock_claims(Reservation.objects.all()),
+        lambda: locking.lock_claim(Reservation.objects.all()),
+        lambda: locking.lock_batch(Reservation.objects.all(), 10),
+    ],
+)
+def test_every_lock_refuses_to_run_outside_a_transaction(lock):
+    with pytest.raises(RuntimeError, match="inside a transaction"):
+        lock()
