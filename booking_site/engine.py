@@ -135,17 +135,22 @@ class ClaimEngine:
         audit → metrics. ``request`` is the domain's own description of what is asked."""
         with transaction.atomic():
             target, now = self.take(request, now=now)
-            claim = self.insert_backstopped(target, request, now=now)
-            audit.record(
-                subject=self.audit_subject(claim),
-                event="CREATED",
-                to_state=claim.current_state,
-                actor=actor,
-                metadata=self.created_metadata(claim, target, request),
-            )
+            claim = self.create(target, request, now=now, actor=actor)
             if claim.current_state == self.model.HELD:
                 count_on_commit(HOLDS_CREATED, self.domain)
             return claim
+
+    def create(self, target, request, *, now: datetime, actor) -> Claim:
+        """Insert the claim (the constraint is the backstop) and record its CREATED event."""
+        claim = self.insert_backstopped(target, request, now=now)
+        audit.record(
+            subject=self.audit_subject(claim),
+            event="CREATED",
+            to_state=claim.current_state,
+            actor=actor,
+            metadata=self.created_metadata(claim, target, request),
+        )
+        return claim
 
     def take(self, request, *, now: datetime) -> tuple[Any, datetime]:
         """Lock the target, judge by the clock after the lock, and make sure it is free. Returns the

@@ -95,10 +95,11 @@ def lock_event_sales(event_id: int) -> Event | None:
 # 3. the resources
 
 
-def lock_car(car_id: int) -> Car | None:
-    """Serializes every claim on one car."""
+def lock_car(car_id: int, **annotations) -> Car | None:
+    """Serializes every claim on one car. ``annotations`` are read by the same statement, from its
+    snapshot: taken before any wait for the lock, so what they say may be stale once it is held."""
     _in_transaction("lock_car")
-    return Car.objects.select_for_update(no_key=True).filter(pk=car_id).first()
+    return Car.objects.select_for_update(no_key=True, of=("self",)).filter(pk=car_id).annotate(**annotations).first()
 
 
 def lock_slots(slot_ids: Iterable[int]) -> dict[int, Slot]:

@@ -4,16 +4,24 @@ car is its capacity rule, and ``car_unavailable`` its refusal. Locks: ``booking_
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
+from django.db.models.functions import Now
+from django.utils import timezone
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, ClaimEngine, ClaimPolicy
+from booking_site.audit.models import AuditEvent
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, ClaimEngine, ClaimPolicy
 from booking_site.errors import Conflict, InvalidStateTransition, NotFound
+from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
+from booking_site.middleware import current_request_id
 from reservations.models import Car, Reservation
 
 State = Reservation.State
@@ -70,13 +78,23 @@ class ReservationPolicy(ClaimPolicy):
 
 
 class Reservations(ClaimEngine):
-    """A reservation holds one car (``reservation_one_active_per_car``)."""
+    """A reservation holds one car (``reservation_one_active_per_car``).
+
+    The hold is the lean write path: two statements between BEGIN and COMMIT. ``lock_target`` locks
+    the car and, in the same statement, reads whether an active reservation holds it (so a request
+    refused at once costs BEGIN, that statement, ROLLBACK). ``create`` is one statement after the lock
+    is held, so it reads with a fresh snapshot: it expires the car's overdue holds, checks that no other
+    reservation blocks the car, inserts the new one (``ON CONFLICT DO NOTHING`` on the partial unique
+    index: the constraint stays the backstop), and writes the audit events of both.
+    """
 
     model, domain, policy = Reservation, "reservations", ReservationPolicy()
-    backstop = ("reservation_one_active_per_car", lambda car, request: CarUnavailable(car_id=car.pk))
 
     def lock_target(self, request: CarHold) -> Car:
-        car = locking.lock_car(request.car_id)
+        # Judged at the statement's start: an active reservation then is a fair refusal. "Not taken"
+        # may be stale when the lock was waited for: ``create`` checks again after the lock.
+        taken = Exists(Reservation.objects.active(now=Now()).filter(car=OuterRef("pk")))
+        car = locking.lock_car(request.car_id, taken=taken)
         if car is None:
             raise NotFound(f"Car {request.car_id} does not exist.")
         return car
@@ -84,32 +102,101 @@ class Reservations(ClaimEngine):
     def check_target(self, car: Car, request: CarHold, *, now: datetime) -> None:
         if car.status != Car.Status.ACTIVE:
             raise CarUnavailable(car_id=car.pk, reason="is not available for reservation")
-
-    def overdue_on(self, car: Car, *, now: datetime):
-        return Reservation.objects.overdue(now=now).filter(car=car)
-
-    def check_free(self, car: Car, request: CarHold, *, now: datetime, expired: list) -> None:
-        if Reservation.objects.blocking().filter(car=car).exists():
+        if getattr(car, "taken", False):
             raise CarUnavailable(car_id=car.pk)
 
-    def insert(self, car: Car, request: CarHold, *, now: datetime) -> Reservation:
-        return Reservation.objects.create(
+    def make_free(self, car: Car, request: CarHold, *, now: datetime) -> None:
+        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
+
+    def create(self, car: Car, request: CarHold, *, now: datetime, actor) -> Reservation:
+        expires_at = now + timedelta(minutes=request.hold_minutes)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                HOLD_SQL,
+                {
+                    "car": car.pk,
+                    "buyer": request.buyer.pk,
+                    "buyer_label": f"user:{request.buyer.pk}",
+                    "expiry_actor": EXPIRY_ACTOR,
+                    "now": now,
+                    "expires_at": expires_at,
+                    "request_id": request.request_id,
+                    "occurred_at": timezone.now(),
+                    "trace_id": current_request_id() or "",
+                    "metadata": json.dumps({"carId": car.pk, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
+                },
+            )
+            expired, free, reservation_id, contended = cursor.fetchone()
+        count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
+        if not free:
+            raise CarUnavailable(car_id=car.pk)
+        if reservation_id is None:
+            if not contended:
+                CONSTRAINT_BACKSTOPS.labels("reservation_one_active_per_car").inc()
+            raise CarUnavailable(car_id=car.pk)
+        return Reservation(
+            pk=reservation_id,
             car=car,
             buyer=request.buyer,
             state=State.HELD,
-            expires_at=now + timedelta(minutes=request.hold_minutes),
+            expires_at=expires_at,
             request_id=request.request_id,
             created_at=now,
             updated_at=now,
         )
 
-    def created_metadata(self, reservation: Reservation, car: Car, request: CarHold) -> dict:
-        return {"carId": car.pk, "expiresAt": reservation.expires_at}
-
     def refused(self, reservation: Reservation, to_state: str) -> InvalidStateTransition:
         return InvalidStateTransition(
             subject=f"Reservation {reservation.pk}", from_state=reservation.state, to_state=to_state
         )
+
+
+# The car hold after the car's lock (``Reservations.create``). The sub-statements of one statement share
+# its snapshot and do not see each other's writes. ``overdue`` expires the car's overdue holds; its
+# UPDATE waits for a request holding one of them and skips a row that request changed. ``free`` judges
+# by the snapshot, where an overdue hold is free (SPEC 2.2), and reads ``overdue`` so that UPDATE has
+# run before ``created`` inserts. When a hold overdue in the snapshot was confirmed meanwhile (its
+# confirm judged it before its expiry), the unique index refuses the insert: ``contended`` counts
+# such rows, so that refusal is the confirm's win, not a backstop.
+_RESERVATION, _AUDIT = Reservation._meta.db_table, AuditEvent._meta.db_table
+_AUDIT_COLUMNS = (
+    "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
+    "request_id"
+)
+HOLD_SQL = f"""
+WITH overdue AS (
+    UPDATE {_RESERVATION} SET state = 'EXPIRED', updated_at = %(now)s
+    WHERE car_id = %(car)s AND state = 'HELD' AND expires_at <= %(now)s
+    RETURNING id
+), expired_events AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, 'reservation', id::text, 'EXPIRED', 'HELD', 'EXPIRED',
+           '{{}}'::jsonb, %(trace_id)s
+    FROM overdue
+), free AS (
+    SELECT (SELECT count(*) FROM overdue) AS expired
+    WHERE NOT EXISTS (
+        SELECT FROM {_RESERVATION}
+        WHERE car_id = %(car)s AND (state = 'CONFIRMED' OR (state = 'HELD' AND expires_at > %(now)s))
+    )
+), created AS (
+    INSERT INTO {_RESERVATION} (car_id, buyer_id, state, expires_at, request_id, created_at, updated_at)
+    SELECT %(car)s, %(buyer)s, 'HELD', %(expires_at)s, %(request_id)s, %(now)s, %(now)s FROM free
+    ON CONFLICT (car_id) WHERE state IN ('HELD', 'CONFIRMED') DO NOTHING
+    RETURNING id
+), created_event AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, %(buyer)s, %(buyer_label)s, 'reservation', id::text, 'CREATED', '', 'HELD',
+           %(metadata)s::jsonb, %(trace_id)s
+    FROM created
+)
+SELECT
+    (SELECT count(*) FROM overdue),
+    EXISTS (SELECT FROM free),
+    (SELECT id FROM created),
+    (SELECT count(*) FROM {_RESERVATION}
+     WHERE car_id = %(car)s AND state = 'HELD' AND expires_at <= %(now)s AND id NOT IN (SELECT id FROM overdue))
+"""
 
 
 RESERVATIONS = Reservations()

@@ -56,8 +56,8 @@ def test_thirty_buyers_holding_one_car_get_one_hold(client_for):
 def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch):
     everyone_has_read = threading.Barrier(BUYERS, timeout=10)
 
-    def unlocked_car(car_id):
-        car = Car.objects.filter(pk=car_id).first()
+    def unlocked_car(car_id, **annotations):
+        car = Car.objects.filter(pk=car_id).annotate(**annotations).first()
         with contextlib.suppress(threading.BrokenBarrierError):
             everyone_has_read.wait()  # all buyers check before any inserts: the race, every time
         return car
