@@ -30,11 +30,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db.models import Q, QuerySet, sql
 
 from booking_site import locking
 from booking_site.audit import services as audit
+from booking_site.audit.models import AuditEvent
 from booking_site.claims import EXPIRED, Claim
 from booking_site.errors import DomainError, Forbidden, HoldExpired, NotFound, NotOwner
 from booking_site.expiry import locked_now
@@ -239,27 +240,40 @@ class ClaimEngine:
             raise ValueError("extra columns are written for one claim at a time")
         from_states = [c.current_state for c in claims]
         fields = {self.model.STATE_FIELD: to_state, "updated_at": now, **extra}
-        self.model.objects.filter(pk__in=[c.pk for c in claims]).update(**fields)
         for claim in claims:
             for field, value in fields.items():
                 setattr(claim, field, value)
-        audit.record_many(
-            [
-                audit.event(
-                    subject=self.audit_subject(claim),
-                    event=to_state,
-                    from_state=from_state,
-                    to_state=to_state,
-                    actor=actor,
-                    metadata=self.audit_metadata(claim, metadata),
-                )
-                for claim, from_state in zip(claims, from_states, strict=True)
-            ]
-        )
+        events = [
+            audit.event(
+                subject=self.audit_subject(claim),
+                event=to_state,
+                from_state=from_state,
+                to_state=to_state,
+                actor=actor,
+                metadata=self.audit_metadata(claim, metadata),
+            )
+            for claim, from_state in zip(claims, from_states, strict=True)
+        ]
+        self.update_and_record(claims, fields, events)
         self.on_write(claims, from_states=from_states, to_state=to_state, now=now)
         if to_state == EXPIRED:
             count_on_commit(HOLDS_EXPIRED, self.domain, amount=len(claims))
         return claims
+
+    def update_and_record(self, claims: list[Claim], fields: dict, events: list) -> None:
+        """One statement: ``UPDATE`` the claims' ``fields`` and ``INSERT`` their audit events
+        (``WITH moved AS (UPDATE …) INSERT INTO audit …``), both compiled by the ORM."""
+        if not connection.in_atomic_block:
+            raise RuntimeError("a transition is written in the transaction that holds its locks")
+        update = sql.UpdateQuery(self.model)
+        update.add_update_values(fields)
+        update.add_q(Q(pk__in=[c.pk for c in claims]))
+        update_sql, update_params = update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+        insert = sql.InsertQuery(AuditEvent)
+        insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], events)
+        [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH moved AS ({update_sql}) {insert_sql}", (*update_params, *insert_params))
 
     # --- expiry -----------------------------------------------------------------------------------
 

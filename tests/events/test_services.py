@@ -219,3 +219,14 @@ def test_only_an_operator_expires_a_hold_now(who):
     group.refresh_from_db()
     assert group.state == "HELD"
     assert not trail(services.hold_subject(group)).filter(event_type="EXPIRED").exists()
+
+
+def test_a_confirm_is_audited_with_its_booking_id():
+    event, user = make_event(), UserFactory()
+    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+
+    confirmed = services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+
+    [audited] = trail(services.hold_subject(group)).filter(event_type="CONFIRMED")
+    assert audited.metadata == {"eventId": event.pk, "bookingGroupId": str(confirmed.booking_group_id)}
+    assert SeatHoldGroup.objects.get(pk=group.pk).booking_group_id == confirmed.booking_group_id

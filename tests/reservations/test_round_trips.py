@@ -61,3 +61,17 @@ def test_a_hold_refused_because_the_car_is_taken_is_three_round_trips(api_of):
 
     assert response.status_code == 409, response.content
     assert trips.count <= 3, trips.statements
+
+
+@pytest.mark.parametrize(("path", "state"), [("confirm", "CONFIRMED"), ("cancel", "CANCELLED")])
+def test_a_confirm_or_a_cancel_is_four_round_trips(api_of, path, state):
+    buyer = UserFactory()
+    held = ReservationFactory(buyer=buyer)
+    api = api_of(buyer)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/reservations/{held.pk}/{path}", {})
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 4, trips.statements
+    assert [(e.event_type, e.from_state, e.actor_id) for e in trail(held)] == [(state, "HELD", buyer.pk)]
