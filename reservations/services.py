@@ -102,7 +102,7 @@ class Reservations(ClaimEngine):
     def check_target(self, car: Car, request: CarHold, *, now: datetime) -> None:
         if car.status != Car.Status.ACTIVE:
             raise CarUnavailable(car_id=car.pk, reason="is not available for reservation")
-        if getattr(car, "taken", False):
+        if car.taken:
             raise CarUnavailable(car_id=car.pk)
 
     def make_free(self, car: Car, request: CarHold, *, now: datetime) -> None:
@@ -116,7 +116,9 @@ class Reservations(ClaimEngine):
                 {
                     "car": car.pk,
                     "buyer": request.buyer.pk,
-                    "buyer_label": f"user:{request.buyer.pk}",
+                    "actor": actor.pk,
+                    "actor_label": f"user:{actor.pk}",
+                    "subject_type": Reservation._meta.model_name,
                     "expiry_actor": EXPIRY_ACTOR,
                     "now": now,
                     "expires_at": expires_at,
@@ -170,7 +172,7 @@ WITH overdue AS (
     RETURNING id
 ), expired_events AS (
     INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, 'reservation', id::text, 'EXPIRED', 'HELD', 'EXPIRED',
+    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, %(subject_type)s, id::text, 'EXPIRED', 'HELD', 'EXPIRED',
            '{{}}'::jsonb, %(trace_id)s
     FROM overdue
 ), free AS (
@@ -186,7 +188,7 @@ WITH overdue AS (
     RETURNING id
 ), created_event AS (
     INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, %(buyer)s, %(buyer_label)s, 'reservation', id::text, 'CREATED', '', 'HELD',
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', 'HELD',
            %(metadata)s::jsonb, %(trace_id)s
     FROM created
 )
