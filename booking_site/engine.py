@@ -9,17 +9,21 @@ booking). A domain subclasses ``ClaimEngine`` and declares only what is its own:
   mirroring their group, counters), ``audit_subject`` / ``audit_metadata``, and ``refused`` (the error
   of a transition the state machine does not allow).
 
-The engine owns the rest, the same for all three:
+The engine owns the rest, the same for all three, each step a method:
 
-    hold         lock → locked_now → check → expire the overdue holds on the target → check free →
-                 insert (in a savepoint: the constraint is the backstop) → audit CREATED → metrics
-    transition   lock → authorize (the policy) → locked_now → an overdue hold is expired and that
-                 commits (then 410 for a confirm, the domain's refusal otherwise) → or the transition
+    hold         take:   lock_target → locked_now → check_target
+                         → make_free: overdue_on → expire_overdue → check_free
+                 create: insert (in a savepoint: the constraint is the backstop) → audit CREATED
+                 → booking_holds_created_total on commit
+    transition   (before) → lock the claim (404) → the policy (403) → check → locked_now → an overdue
+                 hold is expired and that commits (then 410 for a confirm, the domain's refusal
+                 otherwise) → or check_transition → changes → write
+    write        one statement: the claims' UPDATE and their audit events' INSERT; then on_write;
+                 booking_holds_expired_total on commit
     expire_due   the beat job: batches of overdue rows with SKIP LOCKED, safe twice at once
 
-Every transition is written by ``write``: the state and ``updated_at`` (``locked_now``), the domain's
-side effects, one audit event per claim, and ``booking_holds_expired_total`` once it commits. Each
-step is a method, so a domain can fuse steps into fewer statements without changing the shape.
+A domain makes its write path lean by overriding steps, not the lifecycle: the cars fuse make_free
+and create into one statement after the lock (``reservations.services.Reservations``).
 """
 
 from __future__ import annotations
