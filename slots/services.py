@@ -30,7 +30,7 @@ from django.db.models import F
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, ClaimEngine, ClaimPolicy
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, SEE, ClaimEngine, ClaimPolicy
 from booking_site.errors import (
     Conflict,
     DomainError,
@@ -291,12 +291,14 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
 
 
 class BookingPolicy(ClaimPolicy):
-    """The guest acts on their bookings; the slot's host may also cancel them; operators do anything."""
+    """The guest acts on their bookings; the slot's host also sees them and may cancel them (confirming
+    and rescheduling stay with the guest); operators do anything (contract §2.6)."""
 
     owner_field = "guest"
+    host_may = frozenset({SEE, CANCEL})
 
     def may(self, user: User, action: str, booking: SlotBooking) -> bool:
-        if action == CANCEL and booking.slot.host_id == user.pk:
+        if action in self.host_may and booking.slot.host_id == user.pk:
             return True
         return super().may(user, action, booking)
 

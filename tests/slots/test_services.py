@@ -199,3 +199,18 @@ def test_only_an_operator_expires_a_pending_hold_now(who):
     hold.refresh_from_db()
     assert hold.status == "PENDING"
     assert not AuditEvent.objects.filter(subject_type="slotbooking", subject_id=str(hold.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_the_bookings_policy_lets_the_host_see_and_cancel_but_not_confirm():
+    booking = SlotBookingFactory(status="PENDING")
+    host, stranger, policy = booking.slot.host, UserFactory(), services.SLOT_BOOKINGS.policy
+
+    assert [policy.may(host, action, booking) for action in ("see", "cancel", "confirm", "reschedule")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert not any(policy.may(stranger, action, booking) for action in ("see", "cancel", "confirm"))
+    assert policy.may(booking.guest, "confirm", booking) and not policy.may(booking.guest, "expire", booking)
