@@ -1,6 +1,7 @@
 """Races against a real PostgreSQL: many connections released at once (SPEC 2.1)."""
 
 import random
+import threading
 import time
 from datetime import timedelta
 
@@ -318,15 +319,17 @@ def test_control_with_for_update_on_the_event_the_hold_waits(monkeypatch):
 
 def close_while_holding(monkeypatch) -> tuple[list, int, int]:
     """Six users hold a seat each; their holds linger half a second between taking their locks and
-    checking the sales switch, and an operator closes sales 0.2 s in. Returns what each hold got, how
-    many holds the close saw committed just before it committed, and how many there are in the end."""
+    checking the sales switch, and an operator closes sales once a hold is in flight. Returns what each
+    hold got, how many holds the close saw committed just before it committed, and how many there are
+    in the end."""
     event, operator = make_event(total_seats=6), UserFactory(is_staff=True)
     users = [UserFactory() for _ in range(6)]
     lock_seats, record = locking.lock_seats, services.audit.record
-    seen_by_the_close = []
+    seen_by_the_close, a_hold_in_flight = [], threading.Event()
 
     def lingering_lock_seats(**kwargs):
         seats = lock_seats(**kwargs)
+        a_hold_in_flight.set()
         time.sleep(0.5)
         return seats
 
@@ -339,7 +342,8 @@ def close_while_holding(monkeypatch) -> tuple[list, int, int]:
     monkeypatch.setattr(services.audit, "record", record_and_count)
 
     def close():
-        time.sleep(0.2)
+        a_hold_in_flight.wait(10)
+        time.sleep(0.1)
         return services.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
 
     holds = [
