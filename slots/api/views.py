@@ -25,6 +25,7 @@ from slots.api.serializers import (
     SlotBookingOut,
     SlotBookingRescheduleIn,
     SlotIn,
+    SlotListedOut,
     SlotOut,
 )
 from slots.models import Slot, SlotBooking
@@ -43,7 +44,7 @@ class SlotList(ListAPIView):
     """Future AVAILABLE slots with ``remainingCapacity``, soonest first, as of ``asOf`` (at most a second
     ago; the page and its count from the same moment). Hosts publish a slot here."""
 
-    serializer_class = SlotOut
+    serializer_class = SlotListedOut
     filterset_class = SlotFilter
     pagination_class = AsOfPagePagination
 
