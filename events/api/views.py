@@ -50,7 +50,7 @@ recent_seat_maps: RecentReads[bytes] = RecentReads(size=16)
 def _read_counts(event_id: int, now) -> dict:
     event = _event(event_id, now=now)
     event.as_of = now
-    return EventCountsOut(event).data
+    return dict(EventCountsOut(event).data)  # a plain dict: the kept value holds no serializer or model
 
 
 def _read_seat_map(event_id: int, now) -> bytes:
