@@ -52,7 +52,8 @@ class SlotList(ListAPIView):
         return selectors.slots_listed(now=getattr(self, "now", None) or timezone.now())
 
     def list(self, request, *args, **kwargs):
-        # Everyone sees the same page for the same query: the key is the query string, nothing else.
+        # Everyone sees the same page for the same query (no per-user fields, no per-request time zone or
+        # language), so the query string is the whole key; a bad filter raises inside the read: never kept.
         key = tuple(sorted((name, tuple(values)) for name, values in request.query_params.lists()))
         body, _ = recent_pages.get(key, now=timezone.now(), read=lambda now: self._read_page(request, now))
         return Response(body)
