@@ -153,6 +153,21 @@ class PagePagination(BasePagination):
         ]
 
 
+class AsOfPagePagination(PagePagination):
+    """The page envelope plus ``asOf``, for a list served from a recent read (``booking_site.recent``):
+    the view adds it, this says so in the schema."""
+
+    def get_paginated_response_schema(self, schema):
+        envelope = super().get_paginated_response_schema(schema)
+        envelope["required"].append("asOf")
+        envelope["properties"]["asOf"] = {
+            "type": "string",
+            "format": "date-time",
+            "description": "When the database was read (at most a second ago): the page and its count as of then",
+        }
+        return envelope
+
+
 ERROR_SCHEMA = inline_serializer(
     "Error",
     {

@@ -209,6 +209,9 @@ RESERVATION_HOLD_MINUTES_DEFAULT = env.int("RESERVATION_HOLD_MINUTES_DEFAULT", d
 SLOTS_CANCELLATION_WINDOW_HOURS = env.int("SLOTS_CANCELLATION_WINDOW_HOURS", default=1)
 SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST = env.int("SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST", default=5)
 SLOTS_HOLD_MINUTES_DEFAULT = env.int("SLOTS_HOLD_MINUTES_DEFAULT", default=10)
+# Hot reads (event counts, seat maps, the slot listing) served from each process's memory for at most
+# this long (0 to 1 s; 0 reads the database every time), with the moment read as `asOf`.
+READS_MAX_AGE_SECONDS = env.float("READS_MAX_AGE_SECONDS", default=1.0)
 
 # --- Celery ---------------------------------------------------------------------------------------
 if env("CELERY_BROKER_URL", default=""):

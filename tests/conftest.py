@@ -30,6 +30,27 @@ def _static_files_without_collectstatic(settings):
 
 
 @pytest.fixture(autouse=True)
+def _reads_not_kept(settings):
+    """Every read goes to the database, so a test sees its own writes at once; the tests of recent
+    reads (``booking_site.recent``) turn keeping back on with the ``recent_reads`` fixture."""
+    settings.READS_MAX_AGE_SECONDS = 0
+
+
+@pytest.fixture
+def recent_reads(settings):
+    """Reads kept for the production second, starting empty."""
+    from events.api.views import recent_counts, recent_seat_maps
+    from slots.api.views import recent_pages
+
+    settings.READS_MAX_AGE_SECONDS = 1
+    for cache in (recent_counts, recent_seat_maps, recent_pages):
+        cache.clear()
+    yield
+    for cache in (recent_counts, recent_seat_maps, recent_pages):
+        cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

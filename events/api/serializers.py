@@ -63,6 +63,13 @@ class EventOut(serializers.Serializer):
     createdAt = serializers.DateTimeField(source="created_at")
 
 
+AS_OF_HELP = "When the database was read (at most a second ago): the counts are exactly what it said then"
+
+
+class EventCountsOut(EventOut):
+    asOf = serializers.DateTimeField(source="as_of", help_text=AS_OF_HELP)
+
+
 class EventCreatedOut(EventOut):
     eventId = serializers.IntegerField(source="id")
 
@@ -82,6 +89,7 @@ class SeatMapOut(serializers.Serializer):
     heldSeats = serializers.IntegerField()
     availableSeats = serializers.IntegerField()
     seats = SeatOut(many=True)
+    asOf = serializers.DateTimeField(help_text=AS_OF_HELP)
 
 
 class SeatHoldIn(StrictSerializer):

@@ -1,5 +1,9 @@
+import json
+
+from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
+from rest_framework.fields import DateTimeField
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -9,6 +13,7 @@ from booking_site.api import IDEMPOTENCY_KEY, StaffWrites, errors
 from booking_site.audit.api import AuditTrailView
 from booking_site.errors import NotFound
 from booking_site.idempotency import idempotent
+from booking_site.recent import RecentReads
 from events import selectors, services
 from events.api.filters import EventFilter
 from events.api.serializers import (
@@ -16,6 +21,7 @@ from events.api.serializers import (
     BookingCancelOut,
     BookingSeatOut,
     ConfirmOut,
+    EventCountsOut,
     EventCreatedOut,
     EventCreateIn,
     EventOut,
@@ -28,11 +34,36 @@ from events.api.serializers import (
 from events.models import SeatHoldGroup
 
 
-def _event(event_id: int):
-    event = selectors.event_with_counts(event_id=event_id, now=timezone.now())
+def _event(event_id: int, *, now=None):
+    event = selectors.event_with_counts(event_id=event_id, now=now or timezone.now())
     if event is None:
         raise NotFound(f"Event {event_id} does not exist.")
     return event
+
+
+# The two reads everyone polls when sales open, kept per process for at most a second (booking_site.recent):
+# an event's counts (small: many events fit) and its seat map (20,000 seats are 1.4 MB: a few events).
+recent_counts: RecentReads[dict] = RecentReads(size=1024)
+recent_seat_maps: RecentReads[bytes] = RecentReads(size=16)
+
+
+def _read_counts(event_id: int, now) -> dict:
+    event = _event(event_id, now=now)
+    event.as_of = now
+    return dict(EventCountsOut(event).data)  # a plain dict: the kept value holds no serializer or model
+
+
+def _read_seat_map(event_id: int, now) -> bytes:
+    """The body of GET …/seats as JSON bytes: the seats come as JSON text from the database and are
+    spliced in as they are (no serializer, no renderer per seat; docs/decisions/0007-reads.md)."""
+    read = selectors.seat_map_json(event_id=event_id, now=now)
+    if read is None:
+        raise NotFound(f"Event {event_id} does not exist.")
+    head = (
+        f'{{"eventId":{read.event_id},"totalSeats":{read.total},"confirmedSeats":{read.booked},'
+        f'"heldSeats":{read.held},"availableSeats":{read.available},"seats":['
+    )
+    return "".join([head, read.seats, f'],"asOf":"{DateTimeField().to_representation(now)}"}}']).encode()
 
 
 class EventList(ListAPIView):
@@ -70,29 +101,24 @@ class EventList(ListAPIView):
 
 
 class EventDetail(APIView):
-    @extend_schema(responses={200: EventOut, **errors(401, 404)})
+    """The event and its counts as of ``asOf`` (at most a second ago)."""
+
+    @extend_schema(responses={200: EventCountsOut, **errors(401, 404)})
     def get(self, request, event_id: int):
-        return Response(EventOut(_event(event_id)).data)
+        body, _ = recent_counts.get(event_id, now=timezone.now(), read=lambda now: _read_counts(event_id, now))
+        return Response(body)
 
 
 class EventSeats(APIView):
-    """The seat map: every seat in layout order with its status. An overdue hold reads as AVAILABLE."""
+    """The seat map as of ``asOf`` (at most a second ago): every seat in layout order with its status.
+    An overdue hold reads as AVAILABLE."""
 
     @extend_schema(responses={200: SeatMapOut, **errors(401, 404)})
     def get(self, request, event_id: int):
-        event = _event(event_id)
-        seats = selectors.seat_map(event=event, now=timezone.now())
-        held = sum(s["status"] == selectors.HELD for s in seats)
-        booked = sum(s["status"] == selectors.BOOKED for s in seats)
-        body = {
-            "eventId": event.pk,
-            "totalSeats": len(seats),
-            "confirmedSeats": booked,
-            "heldSeats": held,
-            "availableSeats": len(seats) - held - booked,
-            "seats": seats,
-        }
-        return Response(SeatMapOut(body).data)
+        body, _ = recent_seat_maps.get(event_id, now=timezone.now(), read=lambda now: _read_seat_map(event_id, now))
+        if request.accepted_renderer.format == "json":
+            return HttpResponse(body, content_type="application/json")
+        return Response(json.loads(body))  # the browsable API
 
 
 def _hold_out(group: SeatHoldGroup, seat_codes: list[str]) -> dict:

@@ -74,6 +74,11 @@ class SlotOut(ModelSerializer):
         return slot.host.name or slot.host.email
 
 
+class SlotListedOut(SlotOut):
+    """A slot in the guests' listing: the same fields; its own name so that the listing's page, which
+    says ``asOf``, is a component of its own in the schema (the host's listing has no ``asOf``)."""
+
+
 class SlotBookingIn(StrictSerializer):
     slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
     seats = serializers.IntegerField(min_value=1, max_value=10_000, required=False, default=1)

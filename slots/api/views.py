@@ -1,16 +1,18 @@
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.fields import DateTimeField
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from booking_site.accounts.services import acting_user
-from booking_site.api import IDEMPOTENCY_KEY, errors
+from booking_site.api import IDEMPOTENCY_KEY, AsOfPagePagination, errors
 from booking_site.audit.api import AuditTrailView
 from booking_site.errors import NotFound, NotOwner, ValidationFailed
 from booking_site.expiry import expire_all
 from booking_site.idempotency import idempotent
+from booking_site.recent import RecentReads
 from slots import selectors, services
 from slots.api.filters import BookingFilter, SlotFilter
 from slots.api.serializers import (
@@ -23,6 +25,7 @@ from slots.api.serializers import (
     SlotBookingOut,
     SlotBookingRescheduleIn,
     SlotIn,
+    SlotListedOut,
     SlotOut,
 )
 from slots.models import Slot, SlotBooking
@@ -32,14 +35,33 @@ def _slot_out(slot_id: int) -> dict:
     return SlotOut(selectors.slots_with_remaining(now=timezone.now()).get(pk=slot_id)).data
 
 
-class SlotList(ListAPIView):
-    """Future AVAILABLE slots with ``remainingCapacity``, soonest first. Hosts publish a slot here."""
+# What guests browse, one page per query string, kept per process for at most a second
+# (booking_site.recent): the page's count alone is a COUNT(*) over every future slot.
+recent_pages: RecentReads[dict] = RecentReads(size=256)
 
-    serializer_class = SlotOut
+
+class SlotList(ListAPIView):
+    """Future AVAILABLE slots with ``remainingCapacity``, soonest first, as of ``asOf`` (at most a second
+    ago; the page and its count from the same moment). Hosts publish a slot here."""
+
+    serializer_class = SlotListedOut
     filterset_class = SlotFilter
+    pagination_class = AsOfPagePagination
 
     def get_queryset(self):
-        return selectors.slots_listed(now=timezone.now())
+        return selectors.slots_listed(now=getattr(self, "now", None) or timezone.now())
+
+    def list(self, request, *args, **kwargs):
+        # Everyone sees the same page for the same query (no per-user fields, no per-request time zone or
+        # language), so the query string is the whole key; a bad filter raises inside the read: never kept.
+        key = tuple(sorted((name, tuple(values)) for name, values in request.query_params.lists()))
+        body, _ = recent_pages.get(key, now=timezone.now(), read=lambda now: self._read_page(request, now))
+        return Response(body)
+
+    def _read_page(self, request, now) -> dict:
+        self.now = now
+        body = super().list(request).data
+        return {**body, "asOf": DateTimeField().to_representation(now)}
 
     @extend_schema(request=SlotIn, responses={201: SlotOut, **errors(400, 401, 403, 409)}, parameters=[IDEMPOTENCY_KEY])
     @idempotent
