@@ -45,6 +45,7 @@ race tests' controls replace these functions to show that their test notices a m
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from django.db import connection
 from django.db.models import Model, QuerySet
@@ -109,12 +110,104 @@ def lock_slots(slot_ids: Iterable[int]) -> dict[int, Slot]:
     return {slot.pk: slot for slot in slots}
 
 
-def lock_seats(*, event_id: int, seat_ids: list[int] | None = None, codes: list[str] | None = None) -> list[Seat]:
-    """The named seats of one event (by id or by code); returns the seats that exist."""
+def lock_seats(
+    *, event_id: int, seat_ids: list[int] | None = None, codes: list[str] | None = None, **annotations
+) -> list[Seat]:
+    """The named seats of one event (by id or by code); returns the seats that exist. ``annotations``
+    are read by the same statement, from its snapshot (as in ``lock_car``)."""
     _in_transaction("lock_seats")
-    seats = Seat.objects.select_for_update(no_key=True).filter(event_id=event_id)
+    seats = Seat.objects.select_for_update(no_key=True, of=("self",)).filter(event_id=event_id)
     seats = seats.filter(pk__in=seat_ids) if seat_ids is not None else seats.filter(code__in=codes)
-    return list(seats.order_by("pk"))
+    return list(seats.annotate(**annotations).order_by("pk"))
+
+
+# 2 and 3 in one statement: a seat hold's locks (the lean write path, docs/decisions/0008-lean-seats.md)
+
+_EVENT, _SEAT, _CLAIM = Event._meta.db_table, Seat._meta.db_table, "events_seatclaim"
+# A seat is taken at %(at)s when an active claim is on it (an overdue hold is not: SPEC 2.2).
+_TAKEN = f"""EXISTS (
+    SELECT FROM {_CLAIM} c
+    WHERE c.seat_id = s.id AND c.state IN ('HELD', 'CONFIRMED') AND (c.state = 'CONFIRMED' OR c.expires_at > %(at)s))"""
+# The event first, FOR KEY SHARE (MATERIALIZED, and read by the outer query before the seats, so its
+# lock is taken first: an event that does not exist locks no seat). Its columns are those of the row
+# locked: READ COMMITTED re-reads a row it waited for, so a close of sales that committed is seen.
+_SHARED_EVENT = f"""event AS MATERIALIZED (
+    SELECT id, sales_open, event_date, hold_minutes FROM {_EVENT} WHERE id = %(event)s FOR KEY SHARE)"""
+# The outer query: the event's row, then each seat locked (none: one row of NULLs) with ``taken``.
+_EVENT_AND_SEATS = f"""
+    SELECT e.id, e.sales_open, e.event_date, e.hold_minutes, %(free)s, s.id, s.code, {_TAKEN}
+    FROM event e LEFT JOIN seats s ON true ORDER BY s.id"""
+
+
+def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if not rows:
+        return None, [], (0, False)
+    event_id, sales_open, event_date, hold_minutes, *free = rows[0][:6]
+    event = Event(pk=event_id, sales_open=sales_open, event_date=event_date, hold_minutes=hold_minutes)
+    seats = []
+    for *_, seat_id, code, taken in rows:
+        if seat_id is not None:
+            seat = Seat(pk=seat_id, event_id=event_id, code=code)
+            seat.taken = taken
+            seats.append(seat)
+    return event, seats, tuple(free)
+
+
+def share_event_lock_seats(event_id: int, *, codes: list[str], taken_at: datetime) -> tuple[Event | None, list[Seat]]:
+    """A seat hold by codes, in one statement: the event ``FOR KEY SHARE`` (as ``share_event``), then its
+    seats named by ``codes`` ``FOR NO KEY UPDATE`` in id order (as ``lock_seats``). Each seat says
+    whether it was ``taken`` at ``taken_at``, read from the statement's snapshot: from before any wait
+    for the seat locks, so good enough to refuse, never to grant. (None, []) when the event is missing."""
+    _in_transaction("share_event_lock_seats")
+    sql = f"""
+        WITH {_SHARED_EVENT}, seats AS MATERIALIZED (
+            SELECT s.id, s.code FROM {_SEAT} s
+            WHERE s.event_id = (SELECT id FROM event) AND s.code = ANY(%(codes)s::text[])
+            ORDER BY s.id FOR NO KEY UPDATE
+        ) {_EVENT_AND_SEATS.replace("%(free)s", "NULL, NULL")}"""
+    event, seats, _ = _event_and_seats(sql, {"event": event_id, "codes": list(codes), "at": taken_at})
+    return event, seats
+
+
+def share_event_lock_free_seats(
+    event_id: int, *, quantity: int, window: int, free_at: datetime, skip_locked: bool
+) -> tuple[Event | None, list[Seat], tuple[int, bool]]:
+    """A best-available seat hold, in one statement: the event ``FOR KEY SHARE``, then up to ``window``
+    of its seats free at ``free_at`` by the statement's snapshot, those in a run of ``quantity``
+    adjacent free seats of one row first, front sections and rows first, ``FOR NO KEY UPDATE``.
+    ``skip_locked``: in that order, passing over the seats others hold locked (it never waits, so its
+    order cannot close a circle); otherwise waiting for them, in id order. Returns the event, the seats
+    locked (id order; ``taken`` read from the snapshot, as in ``share_event_lock_seats``) and what the
+    snapshot says: how many seats are free, and whether a run of ``quantity`` adjacent ones is."""
+    _in_transaction("share_event_lock_free_seats")
+    free = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM runs WHERE n >= %(quantity)s)"
+    preferred = "ORDER BY r.n < %(quantity)s, f.section, f.row, f.number"
+    if skip_locked:
+        locked = f"""
+            SELECT s.id, s.code FROM {_SEAT} s JOIN free f ON f.id = s.id
+            JOIN runs r ON (r.section, r.row, r.run) = (f.section, f.row, f.run)
+            {preferred} LIMIT %(window)s FOR NO KEY UPDATE OF s SKIP LOCKED"""
+    else:
+        locked = f"""
+            SELECT s.id, s.code FROM {_SEAT} s
+            WHERE s.id IN (
+                SELECT f.id FROM free f JOIN runs r ON (r.section, r.row, r.run) = (f.section, f.row, f.run)
+                {preferred} LIMIT %(window)s)
+            ORDER BY s.id FOR NO KEY UPDATE"""
+    sql = f"""
+        WITH {_SHARED_EVENT}, free AS MATERIALIZED (
+            SELECT s.id, s.section, s.row, s.number,
+                   s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
+            FROM {_SEAT} s WHERE s.event_id = (SELECT id FROM event) AND NOT {_TAKEN}
+        ), runs AS (
+            SELECT section, row, run, COUNT(*) AS n FROM free GROUP BY section, row, run
+        ), seats AS MATERIALIZED ({locked}
+        ) {_EVENT_AND_SEATS.replace("%(free)s", free)}"""
+    params = {"event": event_id, "quantity": quantity, "window": window, "at": free_at}
+    return _event_and_seats(sql, params)
 
 
 # 4. claims

@@ -114,39 +114,6 @@ def seat_map_json(*, event_id: int, now: datetime) -> SeatMapJSON | None:
     return None if row is None else SeatMapJSON(*row)
 
 
-def best_available_seat_ids(*, event_id: int, quantity: int, now: datetime) -> list[int]:
-    """``quantity`` free seats: the first run of that many adjacent seats in one row (front sections and
-    rows first); when no row has such a run, the first free seats in layout order. Fewer when fewer are
-    free. Reads without locking: the caller locks and checks what it got."""
-    seat, claim = Seat._meta.db_table, SeatClaim._meta.db_table
-    free = f"""
-        SELECT s.id, s.section, s.row, s.number,
-               s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
-        FROM {seat} s
-        WHERE s.event_id = %(event)s AND NOT EXISTS (
-            SELECT 1 FROM {claim} c
-            WHERE c.seat_id = s.id AND c.state IN ('HELD', 'CONFIRMED')
-              AND (c.state = 'CONFIRMED' OR c.expires_at > %(now)s))
-    """
-    params = {"event": event_id, "now": now, "quantity": quantity}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH free AS ({free}),
-            block AS (
-                SELECT section, row, run FROM free GROUP BY section, row, run
-                HAVING COUNT(*) >= %(quantity)s ORDER BY section, row, MIN(number) LIMIT 1)
-            SELECT f.id FROM free f JOIN block b USING (section, row, run) ORDER BY f.number LIMIT %(quantity)s
-            """,
-            params,
-        )
-        ids = [row[0] for row in cursor.fetchall()]
-        if len(ids) == quantity:
-            return ids
-        cursor.execute(f"{free} ORDER BY s.section, s.row, s.number LIMIT %(quantity)s", params)
-        return [row[0] for row in cursor.fetchall()]
-
-
 def hold_groups_visible_to(user: User) -> QuerySet[SeatHoldGroup]:
     groups = SeatHoldGroup.objects.select_related("event", "user")
     return groups if user.is_staff else groups.filter(user=user)

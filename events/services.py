@@ -9,29 +9,34 @@ active claim is on it; every seat claim mirrors its group; confirms and cancels 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db.models import Q, sql
+from django.utils import timezone
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, RELEASE, ClaimEngine
-from booking_site.errors import Conflict, DomainError, NotFound, ValidationFailed
+from booking_site.audit.models import AuditEvent
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, ClaimEngine
+from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed
 from booking_site.expiry import locked_now
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
-from events import selectors
+from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
+from booking_site.middleware import current_request_id
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 
 State = SeatHoldGroup.State
 MAX_SEATS_PER_EVENT = 100_000
 MAX_SEATS_PER_HOLD = 50
-PICK_ATTEMPTS = 20  # best-available: how often to pick again when racing holds took the picked seats
+PICK_ATTEMPTS = 20  # best-available: how often to pick again when the seats locked came up short
+PICK_SLACK = 4  # best-available: candidates locked beyond the quantity, so a run can still be found
 logger = logging.getLogger(__name__)
 SECTION_NAME = re.compile(r"^[A-Za-z0-9]{1,20}$")
 HOLD_MINUTES_RANGE = (1, 60)
@@ -257,65 +262,86 @@ class SeatHold:
     seat_codes: list[str] | None
     quantity: int | None
     request_id: str
+    attempt: int = 0  # best available: picking again after the seats locked came up short
+
+    @property
+    def wait_for_seats(self) -> bool:
+        """Every other attempt waits for the seats it picks: no busy loop while other holds commit."""
+        return self.attempt % 2 == 1
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt == PICK_ATTEMPTS - 1
+
+    @property
+    def count(self) -> int:
+        return len(self.seat_codes) if self.seat_codes is not None else self.quantity
 
 
 @dataclass
 class Target:
-    """The locked rows of a seat hold: its event and the seats."""
+    """The locked rows of a seat hold: its event and the seats (best available: the candidates), and,
+    for best available, how many seats the lock statement's snapshot says are free."""
 
     event: Event
     seats: list[Seat]
+    available: int | None = None
+    adjacent_free: bool = False  # best available: the snapshot has a run of the quantity in one row
+
+
+class PickAgain(Exception):
+    """Best available: the seats locked came up short (others hold the free ones locked, or one was
+    taken between the lock statement's snapshot and its lock). The attempt is rolled back, which drops
+    its locks, and ``SeatHolds.hold`` picks again."""
 
 
 class SeatHolds(ClaimEngine):
     """A hold group holds several seats of one event; each seat's ``SeatClaim`` mirrors the group, so
-    ``seat_claim_one_active_per_seat`` keeps a seat out of two active claims."""
+    ``seat_claim_one_active_per_seat`` keeps a seat out of two active claims.
+
+    The lean write path (docs/decisions/0008-lean-seats.md): a hold is BEGIN, two statements, COMMIT.
+    ``lock_target`` is one statement: it shares the event, locks the seats and reads whether each is
+    taken (by codes), or locks free seats skipping those others hold locked (best available).
+    ``create`` is one statement after the locks are held, so it reads with a fresh snapshot: it picks
+    the seats (best available: adjacent in one row where it can), expires the overdue holds on them,
+    checks, inserts the group and its claims (``ON CONFLICT DO NOTHING`` on the partial unique index:
+    the constraint stays the backstop) and writes the audit events. A transition is BEGIN, the claim's
+    lock, one statement (``update_and_record``: the group, its claims, the event's counter, the audit
+    events), COMMIT.
+    """
 
     model, domain = SeatHoldGroup, "events"
-    backstop = (
-        "seat_claim_one_active_per_seat",
-        lambda target, request: SeatsUnavailable(
-            f"Some of the seats of event {target.event.pk} were just taken.",
-            details={"seatCodes": [s.code for s in target.seats]},
-        ),
-    )
 
-    def take(self, request: SeatHold, *, now: datetime) -> tuple[Target, datetime]:
+    def hold(self, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:
         if request.seat_codes is not None:
-            return super().take(request, now=now)
-        return self._take_best_available(request, now=now)
-
-    def _take_best_available(self, request: SeatHold, *, now: datetime) -> tuple[Target, datetime]:
-        """Pick ``quantity`` free seats, lock and claim them; when a racing hold took some of them in the
-        meantime, undo this attempt (a savepoint, which also drops its row locks) and pick again."""
-        event = self._lock_event(request.event_id)
-        now = locked_now(now)
-        self._check_sales(event, now=now)
-        for _ in range(PICK_ATTEMPTS):
-            seat_ids = selectors.best_available_seat_ids(event_id=event.pk, quantity=request.quantity, now=now)
-            if len(seat_ids) < request.quantity:
-                raise SeatsUnavailable(
-                    f"Event {event.pk} has {len(seat_ids)} seats available, not {request.quantity}.",
-                    details={"requested": request.quantity, "available": len(seat_ids), "seatCodes": []},
-                )
+            return super().hold(request, now=now, actor=actor)
+        for attempt in range(PICK_ATTEMPTS):
             try:
-                with transaction.atomic():
-                    target = Target(event, locking.lock_seats(event_id=event.pk, seat_ids=seat_ids))
-                    locked_at = locked_now(now)
-                    self.make_free(target, request, now=locked_at)
-                    return target, locked_at
-            except SeatsUnavailable:
+                return super().hold(replace(request, attempt=attempt), now=now, actor=actor)
+            except PickAgain:
                 continue
         raise SeatsUnavailable(
-            f"The seats of event {event.pk} are selling too fast; try again.",
+            f"The seats of event {request.event_id} are selling too fast; try again.",
             details={"requested": request.quantity, "seatCodes": []},
         )
 
-    def _lock_event(self, event_id: int) -> Event:
-        event = locking.share_event(event_id)
+    def lock_target(self, request: SeatHold) -> Target:
+        if request.seat_codes is not None:
+            event, seats = locking.share_event_lock_seats(
+                request.event_id, codes=request.seat_codes, taken_at=timezone.now()
+            )
+            available, adjacent_free = None, False
+        else:
+            event, seats, (available, adjacent_free) = locking.share_event_lock_free_seats(
+                request.event_id,
+                quantity=request.quantity,
+                window=request.quantity + PICK_SLACK,
+                free_at=timezone.now(),
+                skip_locked=not request.wait_for_seats,
+            )
         if event is None:
-            raise NotFound(f"Event {event_id} does not exist.")
-        return event
+            raise NotFound(f"Event {request.event_id} does not exist.")
+        return Target(event, seats, available, adjacent_free)
 
     def _check_sales(self, event: Event, *, now: datetime) -> None:
         """Judged once the event row is shared: a close that committed is seen, one in flight waits."""
@@ -324,57 +350,84 @@ class SeatHolds(ClaimEngine):
         if event.event_date <= now:
             raise SalesClosed(f"Event {event.pk} has already taken place.")
 
-    def lock_target(self, request: SeatHold) -> Target:
-        event = self._lock_event(request.event_id)
-        return Target(event, locking.lock_seats(event_id=event.pk, codes=request.seat_codes))
-
     def check_target(self, target: Target, request: SeatHold, *, now: datetime) -> None:
         self._check_sales(target.event, now=now)
+        if request.seat_codes is None:
+            if target.available < request.quantity:
+                raise SeatsUnavailable(
+                    f"Event {target.event.pk} has {target.available} seats available, not {request.quantity}.",
+                    details={"requested": request.quantity, "available": target.available, "seatCodes": []},
+                )
+            if len(target.seats) < request.quantity:
+                raise PickAgain  # the free seats are locked by holds in flight
+            return
         unknown = sorted(set(request.seat_codes) - {s.code for s in target.seats})
         if unknown:
             raise ValidationFailed(
                 f"Event {target.event.pk} has no seats {', '.join(unknown)}.",
                 details={"fields": {"seatCodes": [f"Unknown seat codes: {', '.join(unknown)}."]}, "seatCodes": unknown},
             )
+        # Taken by the lock statement's snapshot: a fair refusal (it was taken when we asked).
+        _refuse_taken(target.event, [s.code for s in target.seats if s.taken])
 
-    def overdue_on(self, target: Target, *, now: datetime):
-        """Whole groups: a group with one overdue claim on these seats is expired with all its seats."""
-        on_seats = SeatClaim.objects.filter(seat__in=target.seats, state=State.HELD, expires_at__lte=now)
-        return SeatHoldGroup.objects.overdue(now=now).filter(pk__in=on_seats.values("group_id"))
+    def make_free(self, target: Target, request: SeatHold, *, now: datetime) -> None:
+        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
 
-    def check_free(self, target: Target, request: SeatHold, *, now: datetime, expired: list) -> None:
-        taken = set(
-            SeatClaim.objects.filter(seat__in=target.seats, state__in=SeatHoldGroup.BLOCKING_STATES).values_list(
-                "seat_id", flat=True
-            )
-        )
-        if taken:
-            codes = [s.code for s in target.seats if s.pk in taken]
-            raise SeatsUnavailable(
-                f"Seats {', '.join(codes)} of event {target.event.pk} are taken.", details={"seatCodes": codes}
-            )
-
-    def insert(self, target: Target, request: SeatHold, *, now: datetime) -> SeatHoldGroup:
-        event, seats = target.event, target.seats
+    def create(self, target: Target, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:
+        event, best = target.event, request.seat_codes is None
         expires_at = now + timedelta(minutes=event.hold_minutes)
-        group = SeatHoldGroup.objects.create(
+        group_id = uuid.uuid4()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                HOLD_SQL.format(picked=PICK_BEST if best else PICK_NAMED),
+                {
+                    "event": event.pk,
+                    "seats": [s.pk for s in target.seats],
+                    "quantity": request.count,
+                    "group": group_id,
+                    "user": request.user.pk,
+                    "actor": actor.pk,
+                    "actor_label": f"user:{actor.pk}",
+                    "expiry_actor": EXPIRY_ACTOR,
+                    "now": now,
+                    "expires_at": expires_at,
+                    "expires_at_json": json.dumps(expires_at, cls=DjangoJSONEncoder),
+                    "request_id": request.request_id,
+                    "occurred_at": timezone.now(),
+                    "trace_id": current_request_id() or "",
+                },
+            )
+            expired, taken, picked, codes, adjacent, claimed, contended = cursor.fetchone()
+        count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
+        by_id = {s.pk: s.code for s in target.seats}
+        _refuse_taken(event, [by_id[pk] for pk in taken])
+        if len(picked) < request.count:
+            raise PickAgain  # best available: some candidates were taken after the lock statement's snapshot
+        if best and not adjacent and target.adjacent_free and not request.last_attempt:
+            raise PickAgain  # adjacent seats are free, but others hold some of them locked: try those again
+        if claimed < request.count:
+            # The unique index refused a claim. Contended: a hold overdue in this snapshot was confirmed
+            # meanwhile (its confirm judged it before its expiry), so the confirm won; else a backstop.
+            if not contended:
+                CONSTRAINT_BACKSTOPS.labels("seat_claim_one_active_per_seat").inc()
+            elif best:
+                raise PickAgain
+            raise SeatsUnavailable(
+                f"Some of the seats of event {event.pk} were just taken.", details={"seatCodes": codes}
+            )
+        group = SeatHoldGroup(
+            pk=group_id,
             event=event,
             user=request.user,
             state=State.HELD,
-            seat_count=len(seats),
+            seat_count=request.count,
             expires_at=expires_at,
             request_id=request.request_id,
             created_at=now,
             updated_at=now,
         )
-        SeatClaim.objects.bulk_create(
-            [SeatClaim(group=group, event=event, seat=s, state=State.HELD, expires_at=expires_at) for s in seats]
-        )
-        group.seats = seats
+        group.seats = [Seat(pk=pk, event_id=event.pk, code=code) for pk, code in zip(picked, codes, strict=True)]
         return group
-
-    def created_metadata(self, group: SeatHoldGroup, target: Target, request: SeatHold) -> dict:
-        return {"eventId": target.event.pk, "seatCodes": [s.code for s in target.seats], "expiresAt": group.expires_at}
 
     def audit_subject(self, group: SeatHoldGroup) -> audit.Subject:
         return hold_subject(group)
@@ -389,12 +442,38 @@ class SeatHolds(ClaimEngine):
             return {"cancelled_at": now}
         return {}
 
-    def on_write(self, groups: list[SeatHoldGroup], *, from_states: list[str], to_state: str, now: datetime) -> None:
-        """Each seat claim mirrors its group; the event's booked-seat counter follows confirms and cancels."""
-        SeatClaim.objects.filter(group__in=groups).update(state=to_state)
+    def update_and_record(self, groups: list[SeatHoldGroup], fields: dict, events: list) -> None:
+        """One statement: the groups' ``UPDATE`` (compiled by the ORM), their seat claims mirroring
+        them, the event's booked-seat counter on a confirm or a cancel (the transaction's last lock,
+        ADR 0001 row 5), and the audit events. Sets ``seat_codes`` on a group written alone."""
+        to_state = fields[self.model.STATE_FIELD]
+        delta = 0
         if to_state in (State.CONFIRMED, State.CANCELLED):
             [group] = groups
-            _count_confirmed(group.event_id, group.seat_count if to_state == State.CONFIRMED else -group.seat_count)
+            delta = group.seat_count if to_state == State.CONFIRMED else -group.seat_count
+        update_sql, update_params = compiled_update(self.model, groups, fields)
+        insert_sql, insert_params = compiled_audit_insert(events)
+        counted = f", counted AS (UPDATE {_EVENT} SET confirmed_seats = confirmed_seats + %s WHERE id = %s)"
+        statement = f"""
+            WITH moved AS ({update_sql} RETURNING id),
+            mirrored AS (UPDATE {_CLAIM} c SET state = %s FROM moved m WHERE c.group_id = m.id RETURNING c.seat_id)
+            {counted if delta else ""}, recorded AS ({insert_sql})
+            SELECT s.code FROM mirrored m JOIN {_SEAT} s ON s.id = m.seat_id ORDER BY s.section, s.row, s.number
+        """
+        params = (*update_params, to_state, *((delta, groups[0].event_id) if delta else ()), *insert_params)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement, params)
+                codes = [code for (code,) in cursor.fetchall()]
+        except IntegrityError as exc:
+            if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != "event_confirmed_within_total":
+                raise
+            _counter_refused(groups[0].event_id, delta)
+        if len(groups) == 1:
+            groups[0].seat_codes = codes
+
+    def on_write(self, groups: list[SeatHoldGroup], *, from_states: list[str], to_state: str, now: datetime) -> None:
+        """Nothing left: ``update_and_record`` moved the seat claims and the counter in its statement."""
 
     def refused(self, group: SeatHoldGroup, to_state: str) -> DomainError:
         if to_state == State.CANCELLED:
@@ -402,6 +481,131 @@ class SeatHolds(ClaimEngine):
                 f"Booking {group.booking_group_id} is {group.state}.", details={"state": group.state}
             )
         return HoldNotActive(f"Hold {group.pk} is {group.state}.", details={"state": group.state})
+
+
+def _refuse_taken(event: Event, codes: list[str]) -> None:
+    if codes:
+        raise SeatsUnavailable(f"Seats {', '.join(codes)} of event {event.pk} are taken.", details={"seatCodes": codes})
+
+
+def _counter_refused(event_id: int, delta: int) -> None:
+    """The event's booked-seat counter refused a move (``event_confirmed_within_total``).
+
+    The services keep the counter equal to the confirmed claims, so the constraint should never refuse;
+    if a counter has drifted anyway (a write outside the services), the request gets a 409 instead of a
+    500, and its transaction, with the whole statement, is rolled back: nothing is written.
+    """
+    CONSTRAINT_BACKSTOPS.labels("event_confirmed_within_total").inc()
+    logger.error("The booked-seat counter of event %s refused to move by %+d: it has drifted", event_id, delta)
+    raise SeatCountConflict(
+        f"The seat counts of event {event_id} are out of step; the change was not made.",
+        details={"eventId": event_id},
+    ) from None
+
+
+def compiled_update(model, rows: list, fields: dict) -> tuple[str, tuple]:
+    update = sql.UpdateQuery(model)
+    update.add_update_values(fields)
+    update.add_q(Q(pk__in=[r.pk for r in rows]))
+    return update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+
+
+def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
+    insert = sql.InsertQuery(AuditEvent)
+    insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], events)
+    [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+    return insert_sql, insert_params
+
+
+# The seat hold after its locks (``SeatHolds.create``). The sub-statements of one statement share its
+# snapshot and do not see each other's writes. ``picked``: the seats named (all of them), or best
+# available: among the candidates locked, those free now, the first run of ``quantity`` adjacent seats
+# in one row (front sections and rows first), else the first free seats in layout order. ``overdue``
+# expires the groups with an overdue claim on a picked seat, whole (all their seats); its UPDATE waits
+# for a request holding one of them and skips a group that request moved. ``free`` judges by the
+# snapshot, where an overdue hold is free (SPEC 2.2), and reads ``overdue_claims`` so those UPDATEs have
+# run before ``claimed`` inserts. When a hold overdue in the snapshot was confirmed meanwhile, the
+# unique index refuses the claim: ``contended`` counts such claims, so that refusal is the confirm's
+# win, not a backstop.
+_EVENT, _SEAT, _CLAIM, _GROUP = (m._meta.db_table for m in (Event, Seat, SeatClaim, SeatHoldGroup))
+_AUDIT = AuditEvent._meta.db_table
+_AUDIT_COLUMNS = (
+    "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
+    "request_id"
+)
+_ACTIVE = "(c.state = 'CONFIRMED' OR (c.state = 'HELD' AND c.expires_at > %(now)s))"
+PICK_NAMED = "SELECT unnest(%(seats)s::bigint[]) AS id"
+PICK_BEST = f"""
+    WITH free_now AS (
+        SELECT s.id, s.section, s.row, s.number,
+               s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
+        FROM {_SEAT} s
+        WHERE s.id = ANY(%(seats)s::bigint[])
+          AND NOT EXISTS (SELECT FROM {_CLAIM} c WHERE c.seat_id = s.id AND {_ACTIVE})
+    ), block AS (
+        SELECT section, row, run FROM free_now GROUP BY section, row, run
+        HAVING COUNT(*) >= %(quantity)s ORDER BY section, row, MIN(number) LIMIT 1
+    ), adjacent AS (
+        SELECT f.id FROM free_now f JOIN block b ON (b.section, b.row, b.run) = (f.section, f.row, f.run)
+        ORDER BY f.number LIMIT %(quantity)s
+    )
+    SELECT id FROM adjacent
+    UNION ALL
+    (SELECT id FROM free_now WHERE NOT EXISTS (SELECT FROM adjacent) ORDER BY section, row, number LIMIT %(quantity)s)
+"""
+HOLD_SQL = f"""
+WITH picked AS MATERIALIZED ({{picked}}
+), overdue AS (
+    UPDATE {_GROUP} g SET state = 'EXPIRED', updated_at = %(now)s
+    WHERE g.state = 'HELD' AND g.expires_at <= %(now)s AND g.id IN (
+        SELECT c.group_id FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id
+        WHERE c.state = 'HELD' AND c.expires_at <= %(now)s)
+    RETURNING g.id, g.event_id
+), overdue_claims AS (
+    UPDATE {_CLAIM} c SET state = 'EXPIRED' FROM overdue o WHERE c.group_id = o.id RETURNING c.id
+), expired_events AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, 'seat_hold_group', o.id::text, 'EXPIRED', 'HELD', 'EXPIRED',
+           jsonb_build_object('eventId', o.event_id, 'bookingGroupId', NULL), %(trace_id)s
+    FROM overdue o
+), taken AS (
+    SELECT c.seat_id FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id WHERE {_ACTIVE}
+), free AS (
+    SELECT FROM (SELECT COUNT(*) FROM overdue_claims) AS after_the_expiry
+    WHERE NOT EXISTS (SELECT FROM taken) AND (SELECT COUNT(*) FROM picked) = %(quantity)s
+), created AS (
+    INSERT INTO {_GROUP} (id, booking_group_id, event_id, user_id, state, seat_count, expires_at, request_id,
+                          created_at, updated_at, confirmed_at, cancelled_at)
+    SELECT %(group)s, NULL, %(event)s, %(user)s, 'HELD', %(quantity)s, %(expires_at)s, %(request_id)s,
+           %(now)s, %(now)s, NULL, NULL
+    FROM free
+    RETURNING id
+), claimed AS (
+    INSERT INTO {_CLAIM} (group_id, event_id, seat_id, state, expires_at)
+    SELECT c.id, %(event)s, p.id, 'HELD', %(expires_at)s FROM created c CROSS JOIN picked p
+    ON CONFLICT (seat_id) WHERE state IN ('HELD', 'CONFIRMED') DO NOTHING
+    RETURNING seat_id
+), created_event AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, 'seat_hold_group', c.id::text, 'CREATED', '', 'HELD',
+           jsonb_build_object(
+               'eventId', %(event)s::bigint,
+               'seatCodes', (SELECT jsonb_agg(s.code ORDER BY s.id) FROM picked p JOIN {_SEAT} s ON s.id = p.id),
+               'expiresAt', %(expires_at_json)s::jsonb),
+           %(trace_id)s
+    FROM created c
+)
+SELECT
+    (SELECT COUNT(*) FROM overdue),
+    ARRAY(SELECT seat_id FROM taken ORDER BY seat_id),
+    ARRAY(SELECT id FROM picked ORDER BY id),
+    ARRAY(SELECT s.code FROM picked p JOIN {_SEAT} s ON s.id = p.id ORDER BY p.id),
+    (SELECT COUNT(DISTINCT (s.section, s.row)) = 1 AND MAX(s.number) - MIN(s.number) = COUNT(*) - 1
+     FROM picked p JOIN {_SEAT} s ON s.id = p.id),
+    (SELECT COUNT(*) FROM claimed),
+    (SELECT COUNT(*) FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id
+     WHERE c.state = 'HELD' AND c.expires_at <= %(now)s AND c.group_id NOT IN (SELECT id FROM overdue))
+"""
 
 
 SEAT_HOLDS = SeatHolds()
@@ -457,43 +661,34 @@ def seat_booking_cancel(*, booking_group_id: uuid.UUID, user: User, now: datetim
 
 
 def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: str, **kwargs) -> SeatHoldGroup:
-    """``event_id``: the event the request names (None: any), checked against the hold's."""
-    if event_id is not None and not Event.objects.filter(pk=event_id).exists():
-        raise NotFound(f"Event {event_id} does not exist.")
+    """``event_id``: the event the request names (None: any), checked against the hold's. A missing
+    event is 404 before the hold's own refusals (404, 403), as if asked first: that is asked only once
+    the request is refused, so a transition that goes through never pays for it."""
+
+    def event_missing() -> bool:
+        return event_id is not None and not Event.objects.filter(pk=event_id).exists()
 
     def same_event(group: SeatHoldGroup) -> None:
         if event_id is not None and group.event_id != event_id:
+            if event_missing():
+                raise NotFound(f"Event {event_id} does not exist.")
             raise EventMismatch(
                 f"Hold {hold_group_id} belongs to event {group.event_id}, not {event_id}.",
                 details={"eventId": group.event_id},
             )
 
-    return SEAT_HOLDS.transition(
-        claims=SeatHoldGroup.objects.filter(pk=hold_group_id),
-        what=f"Hold {hold_group_id}",
-        to_state=to_state,
-        check=same_event,
-        **kwargs,
-    )
-
-
-def _count_confirmed(event_id: int, delta: int) -> None:
-    """Move the event's booked-seat counter. Last in the transaction: the event row is the hot one.
-
-    The services keep the counter equal to the confirmed claims, so ``event_confirmed_within_total``
-    should never refuse; if a counter has drifted anyway (a write outside the services), the constraint
-    refuses the move and the request gets a 409 instead of a 500, with nothing written.
-    """
     try:
-        with transaction.atomic():  # savepoint: the check constraint is the backstop
-            Event.objects.filter(pk=event_id).update(confirmed_seats=F("confirmed_seats") + delta)
-    except IntegrityError:
-        CONSTRAINT_BACKSTOPS.labels("event_confirmed_within_total").inc()
-        logger.error("The booked-seat counter of event %s refused to move by %+d: it has drifted", event_id, delta)
-        raise SeatCountConflict(
-            f"The seat counts of event {event_id} are out of step; the change was not made.",
-            details={"eventId": event_id},
-        ) from None
+        return SEAT_HOLDS.transition(
+            claims=SeatHoldGroup.objects.filter(pk=hold_group_id),
+            what=f"Hold {hold_group_id}",
+            to_state=to_state,
+            check=same_event,
+            **kwargs,
+        )
+    except (NotFound, NotOwner):
+        if event_missing():
+            raise NotFound(f"Event {event_id} does not exist.") from None
+        raise
 
 
 def seat_holds_expire_due(*, now: datetime, batch_size: int | None = None) -> int:

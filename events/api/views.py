@@ -170,7 +170,7 @@ class SeatsConfirm(APIView):
             "holdGroupId": group.pk,
             "eventId": group.event_id,
             "userId": group.user_id,
-            "seatCodes": selectors.group_seat_codes(group),
+            "seatCodes": group.seat_codes,  # read by the confirm's own statement
         }
         return Response(ConfirmOut(body).data)
 

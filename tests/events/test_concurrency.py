@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 from django.test import Client
 from django.utils import timezone
 
@@ -68,15 +69,21 @@ def test_thirty_two_users_holding_random_seats_never_share_one(client_for):
     assert_clean_race(*hold_race(client_for))
 
 
+def seats_taken(at):
+    """What the lock statement reads beside each seat: an active claim on it at ``at``."""
+    active = Q(state="CONFIRMED") | Q(state="HELD", expires_at__gt=at)
+    return Exists(SeatClaim.objects.filter(active, seat=OuterRef("pk")))
+
+
 def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypatch):
-    def unlocked_seats(*, event_id, seat_ids=None, codes=None):
-        seats = Seat.objects.filter(event_id=event_id)
-        seats = seats.filter(pk__in=seat_ids) if seat_ids is not None else seats.filter(code__in=codes)
+    def unlocked_seats(event_id, *, codes, taken_at):
+        event = locking.share_event(event_id)  # the event's lock stays: only the seats' goes
+        seats = Seat.objects.filter(event_id=event_id, code__in=codes).annotate(taken=seats_taken(taken_at))
         found = list(seats.order_by("pk"))
         time.sleep(0.05)  # widen the window between the check and the insert
-        return found
+        return event, found
 
-    monkeypatch.setattr(locking, "lock_seats", unlocked_seats)
+    monkeypatch.setattr(locking, "share_event_lock_seats", unlocked_seats)
 
     event, wanted, responses, backstops = hold_race(client_for)
 
@@ -96,6 +103,54 @@ def test_best_available_racers_all_get_distinct_seats(client_for):
     assert [r.status_code for r in responses] == [201] * 12
     seats = [code for r in responses for code in r.json()["seatCodes"]]
     assert len(seats) == len(set(seats)) == 24
+    assert violations(event) == []
+
+
+def best_available_rush(client_for, *, layout, clients, holds_each, quantity):
+    """``clients`` users, released together, each asking ``holds_each`` times in a row for ``quantity``
+    best-available seats. Returns every response."""
+    event = make_event(layout=layout)
+    apis = [client_for(UserFactory()) for _ in range(clients)]
+
+    def rush(api):
+        return [api.post(f"/api/events/{event.pk}/seats/reserve", {"quantity": quantity}) for _ in range(holds_each)]
+
+    results = run_concurrently([lambda api=api: rush(api) for api in apis], timeout=300)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    return event, [response for responses in results for response in responses]
+
+
+def test_best_available_is_never_refused_while_seats_are_free(client_for):
+    """Issue defect 3: sixteen clients asking for one seat each on a 5,000-seat event were refused
+    ("selling too fast") while thousands of seats were free. A hold passes over the seats other holds
+    have locked (SKIP LOCKED) instead of waiting for them and finding them taken."""
+    event, responses = best_available_rush(
+        client_for, layout=(("A", "B"), 50, 50), clients=16, holds_each=25, quantity=1
+    )
+
+    refused = [r.json() for r in responses if r.status_code != 201]
+    assert refused == [], f"{len(refused)} of {len(responses)} refused: {refused[:3]}"
+    seats = [code for r in responses for code in r.json()["seatCodes"]]
+    assert len(seats) == len(set(seats)) == 400
+    assert violations(event) == []
+
+
+def test_best_available_racers_get_adjacent_seats_in_one_row(client_for):
+    event, responses = best_available_rush(
+        client_for, layout=(("A", "B"), 10, 20), clients=12, holds_each=4, quantity=3
+    )
+
+    assert [r.status_code for r in responses] == [201] * 48
+    positions = dict(Seat.objects.filter(event=event).values_list("code", "pk"))
+    for response in responses:
+        codes = response.json()["seatCodes"]
+        rows = {code.rsplit("-", 1)[0] for code in codes}
+        numbers = sorted(int(code.rsplit("-", 1)[1]) for code in codes)
+        assert len(rows) == 1 and numbers == list(range(numbers[0], numbers[0] + 3)), codes
+        assert all(code in positions for code in codes)
+    seats = [code for r in responses for code in r.json()["seatCodes"]]
+    assert len(seats) == len(set(seats)) == 144
     assert violations(event) == []
 
 
@@ -324,21 +379,21 @@ def close_while_holding(monkeypatch) -> tuple[list, int, int]:
     in the end."""
     event, operator = make_event(total_seats=6), UserFactory(is_staff=True)
     users = [UserFactory() for _ in range(6)]
-    lock_seats, record = locking.lock_seats, services.audit.record
+    lock_seats, record = locking.share_event_lock_seats, services.audit.record
     seen_by_the_close, a_hold_in_flight = [], threading.Event()
 
-    def lingering_lock_seats(**kwargs):
-        seats = lock_seats(**kwargs)
+    def lingering_lock_seats(*args, **kwargs):
+        locked = lock_seats(*args, **kwargs)
         a_hold_in_flight.set()
         time.sleep(0.5)
-        return seats
+        return locked
 
     def record_and_count(**fields):
         if fields.get("event") == "SALES_CLOSED":  # the close's last statement before its commit
             seen_by_the_close.append(SeatHoldGroup.objects.filter(event=event).count())
         return record(**fields)
 
-    monkeypatch.setattr(locking, "lock_seats", lingering_lock_seats)
+    monkeypatch.setattr(locking, "share_event_lock_seats", lingering_lock_seats)
     monkeypatch.setattr(services.audit, "record", record_and_count)
 
     def close():
@@ -371,7 +426,11 @@ def test_no_hold_commits_after_a_close_of_sales_commits(monkeypatch):
 
 
 def test_control_without_the_event_lock_holds_commit_after_the_close(monkeypatch):
-    monkeypatch.setattr(locking, "share_event", lambda event_id: Event.objects.filter(pk=event_id).first())
+    def unshared_event(event_id, *, codes, taken_at):
+        event = Event.objects.filter(pk=event_id).first()  # the seats' locks stay: only the event's goes
+        return event, locking.lock_seats(event_id=event_id, codes=codes, taken=seats_taken(taken_at))
+
+    monkeypatch.setattr(locking, "share_event_lock_seats", unshared_event)
 
     results, seen_by_the_close, held = close_while_holding(monkeypatch)
 

@@ -1,0 +1,145 @@
+"""The lean write path for seats (issue "One claim engine with a lean write path", section 2): round
+trips to PostgreSQL per seat hold, confirm, release and cancel over HTTP on the cached-token path,
+counting BEGIN and COMMIT (``tests.round_trips``)."""
+
+import pytest
+
+from booking_site.audit.services import trail
+from events.models import Event, SeatClaim, SeatHoldGroup
+from events.services import hold_subject
+from tests.events.factories import make_event, overdue_hold, violations, write_hold
+from tests.factories import UserFactory
+from tests.round_trips import round_trips
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def api_of(client_for):
+    def make(user):
+        api = client_for(user)
+        api.get("/api/events")  # the token is looked up once, then cached: the path measured here
+        return api
+
+    return make
+
+
+def reserve(api, event, **body):
+    return api.post(f"/api/events/{event.pk}/seats/reserve", body, format="json")
+
+
+@pytest.mark.parametrize("codes", [["S1"], ["S1", "S2", "S3", "S4"]])
+def test_a_seat_hold_by_codes_is_four_round_trips(api_of, codes):
+    event, user = make_event(), UserFactory()
+    api = api_of(user)
+
+    with round_trips() as trips:
+        response = reserve(api, event, seatCodes=codes)
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 4, trips.statements
+    assert response.json()["seatCodes"] == codes
+    group = SeatHoldGroup.objects.get(pk=response.json()["holdGroupId"])
+    [created] = trail(hold_subject(group))
+    assert (created.event_type, created.to_state, created.actor_id) == ("CREATED", "HELD", user.pk)
+    assert created.metadata["seatCodes"] == codes
+    assert SeatClaim.objects.filter(group=group, state="HELD").count() == len(codes)
+    assert violations(event) == []
+
+
+def test_a_seat_hold_that_expires_an_overdue_hold_first_is_four_round_trips(api_of):
+    event = make_event()
+    overdue = overdue_hold(event, ["S1", "S2"])
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = reserve(api, event, seatCodes=["S2", "S3"])
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 4, trips.statements
+    overdue.refresh_from_db()
+    assert overdue.state == "EXPIRED"
+    assert set(overdue.claims.values_list("state", flat=True)) == {"EXPIRED"}
+    assert [(e.event_type, e.actor_label) for e in trail(hold_subject(overdue))] == [("EXPIRED", "system:expire_holds")]
+    assert violations(event) == []
+
+
+@pytest.mark.parametrize("quantity", [1, 4])
+def test_a_best_available_hold_is_four_round_trips(api_of, quantity):
+    event = make_event(layout=(("A", "B"), 5, 10))
+    write_hold(event, ["A-1-2"], state="CONFIRMED")
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = reserve(api, event, quantity=quantity)
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 4, trips.statements
+    assert len(response.json()["seatCodes"]) == quantity
+    assert violations(event) == []
+
+
+def test_a_hold_refused_because_a_seat_is_taken_is_three_round_trips(api_of, client_for):
+    event = make_event()
+    write_hold(event, ["S2"])
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = reserve(api, event, seatCodes=["S1", "S2"])
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "seats_unavailable"
+    assert trips.count <= 3, trips.statements
+
+
+def test_a_best_available_hold_refused_for_lack_of_seats_is_three_round_trips(api_of):
+    event = make_event(total_seats=2)
+    write_hold(event, ["S1"], state="CONFIRMED")
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = reserve(api, event, quantity=2)
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "seats_unavailable"
+    assert trips.count <= 3, trips.statements
+
+
+@pytest.mark.parametrize(("path", "state"), [("confirm", "CONFIRMED"), ("release", "RELEASED")])
+def test_a_confirm_or_a_release_is_four_round_trips(api_of, path, state):
+    event, user = make_event(), UserFactory()
+    group = write_hold(event, ["S1", "S2"], user=user)
+    api = api_of(user)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/events/{event.pk}/seats/{path}", {"holdGroupId": str(group.pk)}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 4, trips.statements
+    if path == "confirm":
+        assert response.json()["seatCodes"] == ["S1", "S2"]
+    group.refresh_from_db()
+    assert group.state == state
+    assert set(group.claims.values_list("state", flat=True)) == {state}
+    assert [(e.event_type, e.from_state, e.actor_id) for e in trail(hold_subject(group))] == [(state, "HELD", user.pk)]
+    assert Event.objects.get(pk=event.pk).confirmed_seats == (2 if state == "CONFIRMED" else 0)
+    assert violations(event) == []
+
+
+def test_a_booking_cancel_is_four_round_trips(api_of):
+    event, user = make_event(), UserFactory()
+    group = write_hold(event, ["S1", "S2"], user=user, state="CONFIRMED")
+    api = api_of(user)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/events/bookings/{group.booking_group_id}/cancel", {"reason": "ill"}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 4, trips.statements
+    group.refresh_from_db()
+    assert group.state == "CANCELLED" and group.cancelled_at is not None
+    assert set(group.claims.values_list("state", flat=True)) == {"CANCELLED"}
+    assert Event.objects.get(pk=event.pk).confirmed_seats == 0
+    [cancelled] = trail(hold_subject(group))
+    assert (cancelled.from_state, cancelled.to_state, cancelled.metadata["reason"]) == ("CONFIRMED", "CANCELLED", "ill")
+    assert violations(event) == []
