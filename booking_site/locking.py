@@ -35,6 +35,10 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   ``FOR KEY SHARE`` lockers past a waiting ``FOR UPDATE``: under a stream of holds the close waits for
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
+A seat hold takes 2 and 3 in one statement (``share_event_lock_seats``, ``share_event_lock_free_seats``:
+the event, then the seats; ADR 0008). Best available locks with ``SKIP LOCKED``: it never waits for a
+seat, so the order it takes them in (preference, not id) cannot close a circle.
+
 ``lock_batch`` (the expiry job) is outside the order: ``SKIP LOCKED`` never waits, so it cannot
 deadlock; a row a request holds is left to that request.
 
