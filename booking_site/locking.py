@@ -131,7 +131,8 @@ _EVENT, _SEAT, _CLAIM = Event._meta.db_table, Seat._meta.db_table, "events_seatc
 # A seat is taken at %(at)s when an active claim is on it (an overdue hold is not: SPEC 2.2).
 _TAKEN = f"""EXISTS (
     SELECT FROM {_CLAIM} c
-    WHERE c.seat_id = s.id AND c.state IN ('HELD', 'CONFIRMED') AND (c.state = 'CONFIRMED' OR c.expires_at > %(at)s))"""
+    WHERE c.event_id = s.event_id AND c.seat_id = s.id AND c.state IN ('HELD', 'CONFIRMED')
+      AND (c.state = 'CONFIRMED' OR c.expires_at > %(at)s))"""  # on seat_claim_active_idx
 # The event first, FOR KEY SHARE (MATERIALIZED, and read by the outer query before the seats, so its
 # lock is taken first: an event that does not exist locks no seat). Its columns are those of the row
 # locked: READ COMMITTED re-reads a row it waited for, so a close of sales that committed is seen.
@@ -168,7 +169,7 @@ def share_event_lock_seats(event_id: int, *, codes: list[str], taken_at: datetim
     _in_transaction("share_event_lock_seats")
     sql = f"""
         WITH {_SHARED_EVENT}, seats AS MATERIALIZED (
-            SELECT s.id, s.code FROM {_SEAT} s
+            SELECT s.id, s.event_id, s.code FROM {_SEAT} s
             WHERE s.event_id = (SELECT id FROM event) AND s.code = ANY(%(codes)s::text[])
             ORDER BY s.id FOR NO KEY UPDATE
         ) {_EVENT_AND_SEATS.replace("%(free)s", "NULL, NULL")}"""
@@ -187,30 +188,32 @@ def share_event_lock_free_seats(
     locked (id order; ``taken`` read from the snapshot, as in ``share_event_lock_seats``) and what the
     snapshot says: how many seats are free, and whether a run of ``quantity`` adjacent ones is."""
     _in_transaction("share_event_lock_free_seats")
-    free = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM runs WHERE n >= %(quantity)s)"
-    preferred = "ORDER BY r.n < %(quantity)s, f.section, f.row, f.number"
+    free_and_adjacent = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM free WHERE n >= %(quantity)s)"
+    # ``free``: each free seat with the length of its run (free seats numbered one after the other in a
+    # row); ``preferred``: the first of them in order of preference, a bounded sort, far more than
+    # ``window`` so that skipping the seats others hold locked still leaves enough (else: pick again).
     if skip_locked:
         locked = f"""
-            SELECT s.id, s.code FROM {_SEAT} s JOIN free f ON f.id = s.id
-            JOIN runs r ON (r.section, r.row, r.run) = (f.section, f.row, f.run)
-            {preferred} LIMIT %(window)s FOR NO KEY UPDATE OF s SKIP LOCKED"""
+            SELECT s.id, s.event_id, s.code FROM {_SEAT} s JOIN preferred p ON p.id = s.id
+            ORDER BY p.short, p.section, p.row, p.number LIMIT %(window)s FOR NO KEY UPDATE OF s SKIP LOCKED"""
     else:
         locked = f"""
-            SELECT s.id, s.code FROM {_SEAT} s
-            WHERE s.id IN (
-                SELECT f.id FROM free f JOIN runs r ON (r.section, r.row, r.run) = (f.section, f.row, f.run)
-                {preferred} LIMIT %(window)s)
+            SELECT s.id, s.event_id, s.code FROM {_SEAT} s
+            WHERE s.id IN (SELECT id FROM preferred ORDER BY short, section, row, number LIMIT %(window)s)
             ORDER BY s.id FOR NO KEY UPDATE"""
     sql = f"""
         WITH {_SHARED_EVENT}, free AS MATERIALIZED (
-            SELECT s.id, s.section, s.row, s.number,
-                   s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
-            FROM {_SEAT} s WHERE s.event_id = (SELECT id FROM event) AND NOT {_TAKEN}
-        ), runs AS (
-            SELECT section, row, run, COUNT(*) AS n FROM free GROUP BY section, row, run
+            SELECT id, section, row, number, COUNT(*) OVER (PARTITION BY section, row, run) AS n FROM (
+                SELECT s.id, s.section, s.row, s.number,
+                       s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
+                FROM {_SEAT} s WHERE s.event_id = (SELECT id FROM event) AND NOT {_TAKEN}
+            ) numbered
+        ), preferred AS MATERIALIZED (
+            SELECT id, n < %(quantity)s AS short, section, row, number FROM free
+            ORDER BY n < %(quantity)s, section, row, number LIMIT %(reach)s
         ), seats AS MATERIALIZED ({locked}
-        ) {_EVENT_AND_SEATS.replace("%(free)s", free)}"""
-    params = {"event": event_id, "quantity": quantity, "window": window, "at": free_at}
+        ) {_EVENT_AND_SEATS.replace("%(free)s", free_and_adjacent)}"""
+    params = {"event": event_id, "quantity": quantity, "window": window, "reach": 8 * window, "at": free_at}
     return _event_and_seats(sql, params)
 
 

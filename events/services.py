@@ -541,7 +541,7 @@ PICK_BEST = f"""
                s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
         FROM {_SEAT} s
         WHERE s.id = ANY(%(seats)s::bigint[])
-          AND NOT EXISTS (SELECT FROM {_CLAIM} c WHERE c.seat_id = s.id AND {_ACTIVE})
+          AND NOT EXISTS (SELECT FROM {_CLAIM} c WHERE c.event_id = s.event_id AND c.seat_id = s.id AND {_ACTIVE})
     ), block AS (
         SELECT section, row, run FROM free_now GROUP BY section, row, run
         HAVING COUNT(*) >= %(quantity)s ORDER BY section, row, MIN(number) LIMIT 1
