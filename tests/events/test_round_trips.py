@@ -92,6 +92,19 @@ def test_a_hold_refused_because_a_seat_is_taken_is_three_round_trips(api_of, cli
     assert trips.count <= 3, trips.statements
 
 
+@pytest.mark.parametrize("body", [{"seatCodes": ["S1"]}, {"quantity": 1}])
+def test_a_hold_refused_because_sales_are_closed_is_three_round_trips(api_of, body):
+    event = make_event(sales_open=False)
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = reserve(api, event, **body)
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "sales_closed"
+    assert trips.count <= 3, trips.statements
+
+
 def test_a_best_available_hold_refused_for_lack_of_seats_is_three_round_trips(api_of):
     event = make_event(total_seats=2)
     write_hold(event, ["S1"], state="CONFIRMED")
