@@ -1,4 +1,4 @@
-"""The data behind the hot-reads figures of docs/decisions/0007-reads.md, built with bulk SQL.
+"""The data behind the hot-reads figures of docs/decisions/0008-reads.md, built with bulk SQL.
 
     DATABASE_URL=postgres://... .venv/bin/python bench/reads_data.py
 

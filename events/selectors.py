@@ -79,7 +79,7 @@ def seat_map_json(*, event_id: int, now: datetime) -> SeatMapJSON | None:
     None when the event does not exist.
 
     20,000 seats as Python dicts through a serializer cost a third of a second; here each seat is one
-    string the database concatenates (docs/decisions/0007-reads.md). The left join meets at most one
+    string the database concatenates (docs/decisions/0008-reads.md). The left join meets at most one
     active claim per seat (``seat_claim_one_active_per_seat``), found on ``seat_claim_active_idx``.
     """
     event, seat, claim = Event._meta.db_table, Seat._meta.db_table, SeatClaim._meta.db_table
