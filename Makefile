@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: run serve test test-quick lint format
+.PHONY: run serve test test-quick lint format bench
 
 # Runtime only (requirements.txt): what `make run` and `make serve` need.
 $(VENV)/.runtime: requirements.txt
@@ -30,6 +30,10 @@ test: $(VENV)/.dev
 
 test-quick: $(VENV)/.dev
 	$(BIN)/pytest -m "not slow"
+
+# The measuring instrument (docs/benchmarks.md): make bench BENCH_ARGS="--runs 1 --seconds 5 --only 'hot-*'"
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
