@@ -22,8 +22,9 @@ from bench.stats import percentile
 def raw_request(line: str, address: str) -> bytes:
     method, path, token, body = line.rstrip("\n").split("\t", 3)
     payload = body.encode()
+    authorization = f"Authorization: Token {token}\r\n" if token != "-" else ""
     head = (
-        f"{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Token {token}\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + payload

@@ -21,7 +21,7 @@ WRK_THREADS = 2  # one per core of the reference machine; connections are spread
 class Ticket:
     method: str
     path: str
-    token: str
+    token: str  # "-": no Authorization header (the seeds)
     body: dict | None = None
 
     def line(self) -> str:

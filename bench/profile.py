@@ -60,7 +60,8 @@ def summarize(stacks: Counter, *, top: int = 12) -> str:
             inclusive[name] += count
         leaves[frames[-1]] += count
     lines = [f"{total} samples", "", "| library | self | inclusive |", "|---|---:|---:|"]
-    lines += [f"| {name} | {n / total:.0%} | {inclusive[name] / total:.0%} |" for name, n in own.most_common()]
+    ranked = sorted(inclusive, key=lambda name: (-own[name], -inclusive[name]))
+    lines += [f"| {name} | {own[name] / total:.0%} | {inclusive[name] / total:.0%} |" for name in ranked]
     lines += ["", "| top leaf frames | self |", "|---|---:|"]
     lines += [f"| `{frame}` | {n / total:.1%} |" for frame, n in leaves.most_common(top)]
     return "\n".join(lines)

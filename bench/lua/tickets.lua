@@ -1,5 +1,5 @@
 -- wrk script: every request is its own ticket, written by the harness (bench/load.py) to a file of
--- tab-separated lines: method, path, API token, JSON body (may be empty).
+-- tab-separated lines: method, path, API token ("-": none), JSON body (may be empty).
 --
 --   wrk -t T -c C -d S -s tickets.lua URL -- <tickets file> <T> <once|cycle> <limit per thread> <key prefix|->
 --
@@ -28,7 +28,10 @@ function init(args)
   for line in io.lines(path) do
     if number % thread_count == id then
       local method, url, token, body = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-      local headers = { ["Authorization"] = "Token " .. token }
+      local headers = {}
+      if token ~= "-" then
+        headers["Authorization"] = "Token " .. token
+      end
       if body == "" then
         body = nil
       else
