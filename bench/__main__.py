@@ -67,6 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for the server (2)")
     parser.add_argument("--keep-db", action="store_true", help="leave the bench database for inspection")
+    seeds = parser.add_argument_group(
+        "side by side with the seeds (started by you first, with the data of docs/benchmarks.md)"
+    )
+    for seed, example in (("seed001", "http://127.0.0.1:4000"), ("seed004", "http://127.0.0.1:4004")):
+        seeds.add_argument(f"--{seed}", metavar="URL", help=f"also drive {seed} at URL, e.g. {example}")
+        seeds.add_argument(
+            f"--{seed}-db", metavar="DATABASE_URL", help=f"{seed}'s database, to count its PostgreSQL CPU too"
+        )
     return parser.parse_args(argv)
 
 
@@ -120,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace, target: database.Database, started: float) -> int:
     from django.core.management import call_command
 
-    from bench import report, scenarios
+    from bench import report, scenarios, seeds
     from bench.cpu import Meter
     from bench.server import Server
 
@@ -149,12 +157,14 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
         )
         seen = "measured" if postgres.local else "not visible (a server on another machine)"
         print(f"server up at {server.url} ({args.workers} workers); PostgreSQL CPU {seen}")
-        for run in range(1, args.runs + 1):
-            for scenario in chosen:
-                print(f"run {run}/{args.runs}  {scenario.name:<16}", end=" ", flush=True)
-                result = scenario.run(bench, scenario.name)
-                measurements.append(result)
-                print(progress(result), flush=True)
+        with seeds.SeedRuns(
+            {"seed001": args.seed001, "seed004": args.seed004}, {"seed001": args.seed001_db, "seed004": args.seed004_db}
+        ) as seed_runs:
+            ours = [(s.name, lambda run, s=s: s.run(bench, s.name)) for s in chosen]
+            theirs = [(s.name, s.run_against(bench)) for s in seed_runs.scenarios(wanted={s.name for s in chosen})]
+            for run in range(1, args.runs + 1):
+                for name, measure_one in ours + theirs:
+                    measurements.append(announced(run, args.runs, name, measure_one))
         if args.profile:
             from bench import profile
 
@@ -168,6 +178,10 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
         f"{args.seconds:g} s  {args.connections} connections  medians"
     )
     print(report.table(summaries))
+    side_by_side = seeds.ratios(summaries)
+    if side_by_side:
+        print("\nside by side with the seeds (same run, same clients; medians)")
+        print(side_by_side)
     if args.json:
         report.write_json(args.json, machine=machine, measurements=measurements, summaries=summaries)
         print(f"raw results: {args.json}")
@@ -185,13 +199,23 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
     return 1 if failures else 0
 
 
+def announced(run: int, runs: int, name: str, measure):
+    print(f"run {run}/{runs}  {name:<24}", end=" ", flush=True)
+    result = measure(run)
+    print(progress(result), flush=True)
+    return result
+
+
 def progress(result) -> str:
     if result.failures:
         return "FAILED"
     if result.kind == "sweep":
         return f"{result.extra['holds_per_s']:,.0f} holds/s, peak {result.extra['peak_mb']:.0f} MB"
     statuses = " ".join(f"{status}:{n}" for status, n in sorted(result.statuses.items()))
-    return f"{result.rps:,.0f}/s p99 {result.p99_ms or 0:.1f} ms {statuses}".rstrip()
+    line = f"{result.rps:,.0f}/s p99 {result.p99_ms or 0:.1f} ms {statuses}".rstrip()
+    if result.extra.get("stopped_threads"):
+        line += "  (tickets ran out before the time: req/s understated; raise --max-requests)"
+    return line
 
 
 class database_monitor:

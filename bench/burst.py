@@ -30,7 +30,9 @@ def raw_request(line: str, address: str) -> bytes:
     return head.encode() + payload
 
 
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, float]:
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, float, str | None]:
     started = time.perf_counter()
     writer.write(request)
     await writer.drain()
@@ -40,9 +42,19 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    await reader.readexactly(length)
+    body = await reader.readexactly(length)
     writer.close()
-    return status, time.perf_counter() - started
+    return status, time.perf_counter() - started, outcome(body)
+
+
+def outcome(body: bytes) -> str | None:
+    """The ``status`` field of a JSON object body: seeds/004 answers every booking 201 and says in
+    the body whether it was CONFIRMED or FAILED."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document.get("status") if isinstance(document, dict) and isinstance(document.get("status"), str) else None
 
 
 async def burst(address: str, requests: list[bytes]) -> dict:
@@ -53,13 +65,14 @@ async def burst(address: str, requests: list[bytes]) -> dict:
         *(exchange(reader, writer, request) for (reader, writer), request in zip(connections, requests, strict=True))
     )
     duration, cpu = time.perf_counter() - started, time.process_time() - cpu
-    latencies = [seconds * 1e6 for _, seconds in answers]
+    latencies = [seconds * 1e6 for _, seconds, _ in answers]
     return {
         "requests": len(answers),
         "duration_us": round(duration * 1e6),
         **{f"p{p}_us": round(percentile(latencies, p)) for p in (50, 95, 99)},
         "max_us": round(max(latencies)),
-        "statuses": dict(Counter(str(status) for status, _ in answers)),
+        "statuses": dict(Counter(str(status) for status, _, _ in answers)),
+        "outcomes": dict(Counter(f"{status}:{body}" for status, _, body in answers if body)),
         "socket_errors": 0,
         "cpu_s": cpu,
     }

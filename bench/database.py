@@ -48,7 +48,14 @@ def configured() -> Database:
     """The database the project is configured with; with no DATABASE_URL, the embedded server is
     started (it stops when this process exits)."""
     url = os.environ.get("DATABASE_URL")
-    config = environ.Env.db_url_config(url) if url else embedded.database(VAR_DIR)
+    return from_url(url) if url else _from_config(embedded.database(VAR_DIR))
+
+
+def from_url(url: str) -> Database:
+    return _from_config(environ.Env.db_url_config(url))
+
+
+def _from_config(config: dict) -> Database:
     return Database(
         name=config["NAME"],
         user=config.get("USER") or "postgres",

@@ -118,7 +118,10 @@ def run_wrk(
     finished = run_measured(command)
     if finished.returncode != 0:
         raise RuntimeError(f"wrk failed ({finished.returncode}):\n{finished.output[-2000:]}")
-    return to_load(parse_report(finished.output), client_cpu_s=finished.cpu_s)
+    report = parse_report(finished.output)
+    load = to_load(report, client_cpu_s=finished.cpu_s)
+    load.extra["stopped_threads"] = report.get("stopped_threads", 0)
+    return load
 
 
 def run_burst(*, address: str, tickets: Path) -> Load:
@@ -128,4 +131,6 @@ def run_burst(*, address: str, tickets: Path) -> Load:
     if finished.returncode != 0:
         raise RuntimeError(f"the burst client failed ({finished.returncode}):\n{finished.output[-2000:]}")
     report = parse_report(finished.output)
-    return to_load(report, client_cpu_s=report["cpu_s"])
+    load = to_load(report, client_cpu_s=report["cpu_s"])
+    load.extra["outcomes"] = report.get("outcomes", {})
+    return load

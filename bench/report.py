@@ -40,6 +40,9 @@ def summarize(measurements: list) -> list[Summary]:
         statuses: Counter = Counter()
         for m in runs:
             statuses.update(m.statuses)
+        outcomes: Counter = Counter()
+        for m in runs:
+            outcomes.update(m.extra.get("outcomes", {}))
         numeric_extra = {
             key: median([m.extra.get(key) for m in runs])
             for key, value in runs[0].extra.items()
@@ -58,7 +61,7 @@ def summarize(measurements: list) -> list[Summary]:
                 errors=sum(m.errors for m in runs),
                 cpu_ms={group: median([m.cpu_ms.get(group) for m in runs]) for group in CPU_GROUPS},
                 ceiling_fraction=median([m.extra.get("ceiling_fraction") for m in runs]),
-                extra=numeric_extra,
+                extra={**numeric_extra, "outcomes": dict(outcomes)} if outcomes else numeric_extra,
                 failures=[failure for m in runs for failure in m.failures],
             )
         )
@@ -88,7 +91,7 @@ def table(summaries: list[Summary]) -> str:
             + [_number(s.cpu_ms.get(group), 2) for group in CPU_GROUPS]
             + [fraction]
         )
-    text = _grid(rows)
+    text = grid(rows)
     sweeps = [s for s in summaries if s.kind == "sweep"]
     if sweeps:
         rows = [["expiry sweep", "holds/s", "job wall s", "job start-up s", "peak RSS MB", "idle RSS MB"]]
@@ -105,11 +108,11 @@ def table(summaries: list[Summary]) -> str:
                     *(_number(c, 3) for c in per_hold),
                 ]
             )
-        text += "\n\n" + _grid(rows)
+        text += "\n\n" + grid(rows)
     return text
 
 
-def _grid(rows: list[list[str]]) -> str:
+def grid(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for number, row in enumerate(rows):
@@ -134,8 +137,11 @@ def write_json(path: Path, *, machine: dict, measurements: list, summaries: list
 
 def plot(path: Path, summaries: list[Summary], *, title: str) -> None:
     """Two panels: req/s and p99 per scenario (the sweep is in holds/s, so it is left out)."""
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # the settings' root logger says INFO
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -143,11 +149,17 @@ def plot(path: Path, summaries: list[Summary], *, title: str) -> None:
     names = [s.scenario for s in shown]
     colours = {"ceiling": "#7f7f7f", "write": "#1f77b4", "hot": "#d62728", "read": "#2ca02c"}
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 0.35 * len(shown) + 1.8), sharey=True)
-    positions = range(len(shown))
-    left.barh(positions, [s.rps for s in shown], color=[colours.get(s.kind, "#333") for s in shown])
-    left.set_xlabel("requests per second (pgbench: transactions per second)")
-    right.barh(positions, [s.p99_ms or 0 for s in shown], color=[colours.get(s.kind, "#333") for s in shown])
-    right.set_xlabel("p99 latency, ms (log scale)")
+    positions = list(range(len(shown)))
+    style = {
+        "color": [colours.get(s.kind, "#333") for s in shown],
+        "hatch": ["//" if ":" in s.scenario else "" for s in shown],  # a seed's run of our scenario
+        "edgecolor": "white",
+    }
+    left.barh(positions, [s.rps for s in shown], **style)
+    left.set_xlabel("requests per second, log scale (ceiling: pgbench transactions per second)")
+    left.set_xscale("log")
+    right.barh(positions, [s.p99_ms or 0 for s in shown], **style)
+    right.set_xlabel("p99 latency, ms, log scale")
     right.set_xscale("log")
     left.set_yticks(list(positions), names)
     left.invert_yaxis()

@@ -97,7 +97,10 @@ def measured(bench: Bench, scenario: str, kind: str, drive: Callable[[], Load], 
         statuses=load.statuses,
         cpu_ms=cpu,
         errors=sum(n for status, n in load.statuses.items() if status != expected) + load.socket_errors,
-        extra={"ceiling_fraction": load.rps / bench.ceiling_tps if kind != "read" and bench.ceiling_tps else None},
+        extra={
+            "ceiling_fraction": load.rps / bench.ceiling_tps if kind != "read" and bench.ceiling_tps else None,
+            **load.extra,
+        },
     )
 
 

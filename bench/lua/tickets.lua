@@ -8,7 +8,8 @@
 -- (reads). Either way a thread stops after <limit per thread> requests. With a key prefix every request
 -- carries its own Idempotency-Key (<prefix>-<ticket number>).
 -- done() prints one line, "BENCH {json}": requests, duration, latency percentiles (microseconds), the
--- count of every HTTP status and wrk's socket errors.
+-- count of every HTTP status, wrk's socket errors, and how many threads stopped early (their
+-- tickets or their limit used up before the time: wrk still divides by the whole duration).
 
 local threads = {}
 local next_id = 0
@@ -45,6 +46,7 @@ function init(args)
     number = number + 1
   end
   sent = 0
+  ran_out = 0
   statuses = {}
   -- What a stopping thread hands wrk for the connection it is writing to; its answer is never counted.
   parting = wrk.format("GET", "/api/health")
@@ -52,6 +54,7 @@ end
 
 function request()
   if #prepared == 0 or sent >= limit or (not cycle and sent >= #prepared) then
+    ran_out = 1
     wrk.thread:stop()
     return parting
   end
@@ -64,8 +67,9 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local counts = {}
+  local counts, stopped = {}, 0
   for _, thread in ipairs(threads) do
+    stopped = stopped + thread:get("ran_out")
     for status, n in pairs(thread:get("statuses")) do
       counts[status] = (counts[status] or 0) + n
     end
@@ -77,8 +81,8 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d, '
-      .. '"statuses": {%s}, "socket_errors": %d}\n',
+      .. '"statuses": {%s}, "socket_errors": %d, "stopped_threads": %d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99),
-    latency.max, table.concat(parts, ", "), e.connect + e.read + e.write + e.timeout
+    latency.max, table.concat(parts, ", "), e.connect + e.read + e.write + e.timeout, stopped
   ))
 end
