@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from events import services as events
 from events.models import Event, SeatClaim, SeatHoldGroup
 
 _batch = itertools.count(1)
+_started = f"{time.time_ns() // 1_000_000:x}"  # names stay unique in a database kept with --keep-db
 OVERDUE_BY = timedelta(hours=1)  # how long ago the sweep's holds expired
 
 
@@ -30,7 +32,7 @@ class User:
 
 def _tag(kind: str) -> str:
     """A name unique in this bench database, for the rows of one batch."""
-    return f"{kind}-{next(_batch)}"
+    return f"{kind}-{_started}-{next(_batch)}"
 
 
 def _rows(query: str, params: dict) -> list[tuple]:
@@ -209,27 +211,35 @@ def _overdue_car_holds(car_ids: list[int], *, buyer_ids: list[int], created: dat
 
 
 def _overdue_seat_holds(event: Event, *, buyer_ids: list[int], created: datetime, expires: datetime) -> None:
+    """Holds of two seats each: seats 2g and 2g+1 (in id order) form group g, whose id is derived from
+    g (an md5 is a valid UUID), so the claims find their group without a join."""
+    params = {
+        "event": event.pk,
+        "tag": _tag("hold"),
+        "groups": event.total_seats // 2,
+        "buyers": buyer_ids,
+        "buyer_count": len(buyer_ids),
+        "expires": expires,
+        "created": created,
+    }
     _rows(
         """
-        WITH seat AS (
-            SELECT id, (row_number() OVER (ORDER BY id) - 1) / 2 AS g FROM events_seat WHERE event_id = %(event)s),
-        grp AS MATERIALIZED (SELECT g, gen_random_uuid() AS id FROM seat GROUP BY g),
-        held AS (
-            INSERT INTO events_seatholdgroup (id, event_id, user_id, state, seat_count, expires_at, request_id,
-                                              created_at, updated_at)
-            SELECT id, %(event)s, (%(buyers)s::bigint[])[1 + g %% %(buyer_count)s], 'HELD', 2, %(expires)s, '',
-                   %(created)s, %(created)s
-            FROM grp)
-        INSERT INTO events_seatclaim (group_id, event_id, seat_id, state, expires_at)
-        SELECT grp.id, %(event)s, seat.id, 'HELD', %(expires)s FROM seat JOIN grp USING (g)
+        INSERT INTO events_seatholdgroup (id, event_id, user_id, state, seat_count, expires_at, request_id,
+                                          created_at, updated_at)
+        SELECT md5(%(tag)s || g)::uuid, %(event)s, (%(buyers)s::bigint[])[1 + g %% %(buyer_count)s], 'HELD', 2,
+               %(expires)s, '', %(created)s, %(created)s
+        FROM generate_series(0, %(groups)s - 1) AS g
         """,
-        {
-            "event": event.pk,
-            "buyers": buyer_ids,
-            "buyer_count": len(buyer_ids),
-            "expires": expires,
-            "created": created,
-        },
+        params,
+    )
+    _rows(
+        """
+        INSERT INTO events_seatclaim (group_id, event_id, seat_id, state, expires_at)
+        SELECT md5(%(tag)s || g)::uuid, %(event)s, id, 'HELD', %(expires)s
+        FROM (SELECT id, (row_number() OVER (ORDER BY id) - 1) / 2 AS g FROM events_seat WHERE event_id = %(event)s) s
+        WHERE g < %(groups)s
+        """,
+        params,
     )
 
 

@@ -91,7 +91,7 @@ def table(summaries: list[Summary]) -> str:
             + [_number(s.cpu_ms.get(group), 2) for group in CPU_GROUPS]
             + [fraction]
         )
-    text = grid(rows)
+    text = grid(rows) if len(rows) > 1 else ""
     sweeps = [s for s in summaries if s.kind == "sweep"]
     if sweeps:
         rows = [["expiry sweep", "holds/s", "job wall s", "job start-up s", "peak RSS MB", "idle RSS MB"]]
@@ -108,7 +108,7 @@ def table(summaries: list[Summary]) -> str:
                     *(_number(c, 3) for c in per_hold),
                 ]
             )
-        text += "\n\n" + grid(rows)
+        text = "\n\n".join(part for part in (text, grid(rows)) if part)
     return text
 
 
