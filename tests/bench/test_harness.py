@@ -3,6 +3,8 @@ profile's grouping. No timing, no server."""
 
 import math
 
+import pytest
+
 from bench import profile, report
 from bench.burst import raw_request
 from bench.load import Ticket, parse_report, to_load
@@ -84,3 +86,14 @@ def test_profile_samples_are_grouped_by_the_library_of_their_frames():
     assert "| Django ORM | 0% | 75% |" in summary
     assert profile.group_of("deepcopy (copy.py:151)") == "Python stdlib"
     assert profile.group_of("reservation_hold (reservations/services.py:64)") == "booking_site code"
+
+
+def test_only_picks_scenarios_by_pattern_and_brings_the_ceiling_along_with_writes():
+    from bench.__main__ import SCENARIO_NAMES, select
+    from bench.scenarios import SCENARIOS
+
+    assert [s.name for s in SCENARIOS] == SCENARIO_NAMES
+    assert [s.name for s in select(["hot-*"], SCENARIOS)] == ["ceiling", "hot-car", "hot-seat", "hot-slot"]
+    assert [s.name for s in select(["users-me"], SCENARIOS)] == ["users-me"]
+    with pytest.raises(SystemExit, match="no scenario matches"):
+        select(["nope"], SCENARIOS)
