@@ -8,6 +8,7 @@ Code raises a ``DomainError`` subclass and never builds an error response by han
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.conf import settings
@@ -76,8 +77,14 @@ class Conflict(DomainError):
 
 
 class RequestInProgress(Conflict):
+    """The first request with this key is still in its transaction. It ends (and its lock with it) within
+    that request's own duration, which a lock wait bounds at DB_LOCK_TIMEOUT_MS: the wait said."""
+
     code, message = "request_in_progress", "A request with this Idempotency-Key is still being processed."
-    headers = {"Retry-After": "1"}
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        super().__init__(message, details=details)
+        self.headers = {"Retry-After": str(max(1, math.ceil(settings.DB_LOCK_TIMEOUT_MS / 1000)))}
 
 
 class HoldExpired(DomainError):
