@@ -176,6 +176,8 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
 
             profile.record(bench, [s for s in scenarios.SCENARIOS if s.name in args.profile_scenarios], args.profile)
 
+    for tickets in workdir.glob("*.tsv"):  # megabytes each; the server's log stays
+        tickets.unlink()
     summaries = report.summarize(measurements)
     machine = machine_description(target, server_pg_version(), time.monotonic() - started, args)
     print()
@@ -198,7 +200,7 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
             title=f"booking_site, {machine['cores']} cores, {machine['date']} (medians of {args.runs})",
         )
         print(f"plot: {args.plot}")
-    print(f"took {machine['took_s'] / 60:.1f} min; server log and tickets in {workdir}")
+    print(f"took {machine['took_s'] / 60:.1f} min; the server's log is {workdir / 'server.log'}")
     failures = [failure for s in summaries for failure in s.failures]
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
