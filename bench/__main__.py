@@ -52,8 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="scenarios to run, by name or shell pattern ('hot-*'); the ceiling always runs with writes. "
         "Names: " + ", ".join(SCENARIO_NAMES),
     )
-    parser.add_argument("--json", type=Path, help="write every run's raw results and the medians here")
-    parser.add_argument("--plot", type=Path, help="write a PNG of req/s and p99 per scenario here")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every run's raw results and the medians here")
+    parser.add_argument("--plot", type=Path, metavar="PATH.png", help="write a PNG of req/s and p99 per scenario here")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -61,7 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="after the runs, run the --profile-scenarios once more under py-spy and write the stacks and a "
         "summary grouped by library to DIR (needs root, or ptrace permission)",
     )
-    parser.add_argument("--profile-scenarios", nargs="+", default=["car-hold", "users-me"], metavar="NAME")
+    parser.add_argument(
+        "--profile-scenarios",
+        nargs="+",
+        default=["car-hold", "users-me"],
+        metavar="NAME",
+        help="the scenarios --profile records (car-hold users-me)",
+    )
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"the server's port on 127.0.0.1 ({DEFAULT_PORT})"
     )
@@ -170,6 +176,8 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
 
             profile.record(bench, [s for s in scenarios.SCENARIOS if s.name in args.profile_scenarios], args.profile)
 
+    for tickets in workdir.glob("*.tsv"):  # megabytes each; the server's log stays
+        tickets.unlink()
     summaries = report.summarize(measurements)
     machine = machine_description(target, server_pg_version(), time.monotonic() - started, args)
     print()
@@ -192,7 +200,7 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
             title=f"booking_site, {machine['cores']} cores, {machine['date']} (medians of {args.runs})",
         )
         print(f"plot: {args.plot}")
-    print(f"took {machine['took_s'] / 60:.1f} min; server log and tickets in {workdir}")
+    print(f"took {machine['took_s'] / 60:.1f} min; the server's log is {workdir / 'server.log'}")
     failures = [failure for s in summaries for failure in s.failures]
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)

@@ -319,7 +319,10 @@ def ceiling(bench: Bench, name: str) -> Measurement:
     if job.returncode != 0 or tps is None:
         result.failures.append(f"{name}: pgbench failed (exit {job.returncode}):\n{job.output[-2000:]}")
         return result
-    latencies_ms = [int(line.split()[2]) / 1000 for log in logs.parent.glob(f"{logs.name}.*") for line in log.open()]
+    latencies_ms = []
+    for log in logs.parent.glob(f"{logs.name}.*"):
+        latencies_ms += [int(line.split()[2]) / 1000 for line in log.open()]
+        log.unlink()
     result.requests = len(latencies_ms)
     result.rps = float(tps.group(1))
     result.p50_ms, result.p95_ms, result.p99_ms = (percentile(latencies_ms, p) for p in (50, 95, 99))
