@@ -35,8 +35,6 @@ def server_env(*, database_url: str, port: int, workers: int) -> dict[str, str]:
         WEB_CONCURRENCY=str(workers),
         HOST="127.0.0.1",
         PORT=str(port),
-        # gunicorn's access log line per request is noise here (ignored by any other server)
-        GUNICORN_CMD_ARGS="--access-logfile /dev/null",
     )
     return env
 

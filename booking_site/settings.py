@@ -89,7 +89,9 @@ TEMPLATES = [
 # Worker processes, and threads in each: one thread per process on this project's measurements.
 WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=os.cpu_count() or 1)
 WEB_THREADS = env.int("WEB_THREADS", default=1)
-WEB_ACCESS_LOG = env.bool("WEB_ACCESS_LOG", default=True)
+# Off by default: the load balancer in front logs every request, and granian's access log line cost
+# 6-9 % of a worker's CPU (docs/decisions/0006-request-floor.md). On when nothing else logs requests.
+WEB_ACCESS_LOG = env.bool("WEB_ACCESS_LOG", default=False)
 
 # --- Database -------------------------------------------------------------------------------------
 # A lock wait longer than DB_LOCK_TIMEOUT_MS answers 503 `busy` instead of queueing forever.
