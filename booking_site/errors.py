@@ -1,4 +1,4 @@
-"""Errors: one base class, one envelope (SPEC 3.2), one DRF exception handler.
+"""Errors: one base class, one envelope (docs/contract.md §3.2), one DRF exception handler.
 
 Code raises a ``DomainError`` subclass and never builds an error response by hand:
 
@@ -118,7 +118,7 @@ def envelope(code: str, message: str, details: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
-# DRF's own exceptions, mapped onto the codes of SPEC 3.2.
+# DRF's own exceptions, mapped onto the codes of docs/contract.md §3.2.
 _DRF_CODES: list[tuple[type[drf.APIException], int, str]] = [
     (drf.NotAuthenticated, 401, "not_authenticated"),
     (drf.AuthenticationFailed, 401, "not_authenticated"),

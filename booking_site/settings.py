@@ -1,7 +1,7 @@
 """Settings: one module, read from the environment (and ``.env`` when present).
 
 Every variable is documented in ``.env.example``. With nothing configured the project runs on the
-embedded defaults of ``booking_site.embedded`` (SPEC 8).
+embedded defaults of ``booking_site.embedded`` (docs/contract.md §8).
 """
 
 import os

@@ -1,4 +1,4 @@
-"""Idempotency-Key (SPEC 3.4), exercised through the car reservation endpoints."""
+"""Idempotency-Key (docs/contract.md §3.4), exercised through the car reservation endpoints."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
