@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: help run serve test test-quick lint format
+.PHONY: help run serve test test-quick lint format bench
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -33,6 +33,10 @@ test: $(VENV)/.dev  ## the whole test suite (what CI runs after lint)
 
 test-quick: $(VENV)/.dev  ## the suite without the slow tests
 	$(BIN)/pytest -m "not slow"
+
+# BENCH_ARGS="--runs 1 --seconds 5 --only 'hot-*'" for a quick look; python -m bench --help for all
+bench: $(VENV)/.dev  ## the benchmark: every scenario, 3 runs, medians (docs/benchmarks.md)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(VENV)/.dev  ## ruff and makemigrations --check
 	$(BIN)/ruff check .

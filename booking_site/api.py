@@ -52,7 +52,7 @@ class ModelSerializer(serializers.ModelSerializer):
 class StrictSerializer(serializers.Serializer):
     """An input serializer that refuses unknown fields instead of silently ignoring a typo."""
 
-    # Fields a client may always send: the seeds' idempotency alias (SPEC 3.4).
+    # Fields a client may always send: the seeds' idempotency alias (docs/contract.md §3.4).
     always_allowed = frozenset({"requestId"})
 
     def to_internal_value(self, data):
@@ -90,13 +90,13 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
                 "type": "string",
                 "minLength": 1,
                 "maxLength": 255,
-                "description": "Same as the Idempotency-Key header (SPEC 3.4).",
+                "description": "Same as the Idempotency-Key header.",
             }
         return schema
 
 
 class PagePagination(BasePagination):
-    """``?page=&limit=`` (default 20, max 100) → ``{"results", "count", "page", "limit"}`` (SPEC 3.1).
+    """``?page=&limit=`` (default 20, max 100) → ``{"results", "count", "page", "limit"}`` (docs/contract.md §3.1).
 
     A page past the end is an empty page, not an error: the client learns the total from ``count``.
     """
@@ -192,7 +192,7 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
     location=OpenApiParameter.HEADER,
     required=False,
-    description="1 to 255 characters. A retry with the same key replays the first response (SPEC 3.4).",
+    description="1 to 255 characters. A retry with the same key replays the first response.",
 )
 
 

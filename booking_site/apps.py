@@ -11,7 +11,7 @@ class BookingSiteConfig(AppConfig):
 
 
 def ensure_beat_schedule(**kwargs) -> None:
-    """Give a fresh install its periodic tasks (SPEC 7). Existing entries are left as operators set
+    """Give a fresh install its periodic tasks (docs/contract.md §7). Existing entries are left as operators set
     them in the admin: only missing ones are created."""
     from django.conf import settings
     from django_celery_beat.models import IntervalSchedule, PeriodicTask

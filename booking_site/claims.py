@@ -25,7 +25,7 @@ class ClaimQuerySet(models.QuerySet):
         return self.filter(**{f"{model.STATE_FIELD}__in": [model.HELD, model.CONFIRMED]})
 
     def active(self, *, now: datetime):
-        """Claims in force at ``now``: confirmed, or held and not yet overdue (SPEC 2.2)."""
+        """Claims in force at ``now``: confirmed, or held and not yet overdue (docs/contract.md §2.2)."""
         model = self.model
         return self.filter(
             Q(**{model.STATE_FIELD: model.CONFIRMED}) | Q(**{model.STATE_FIELD: model.HELD, "expires_at__gt": now})

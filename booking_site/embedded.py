@@ -1,4 +1,4 @@
-"""Embedded defaults (SPEC 8): what runs when no server is configured.
+"""Embedded defaults (docs/contract.md §8): what runs when no server is configured.
 
 With no ``DATABASE_URL`` the project starts PostgreSQL from the ``pgserver`` wheel with its data in
 ``var/pgdata``; with no ``CELERY_BROKER_URL`` Celery uses kombu's filesystem transport in

@@ -1,4 +1,4 @@
-"""Errors: one base class, one envelope (SPEC 3.2), one DRF exception handler.
+"""Errors: one base class, one envelope (docs/contract.md §3.2), one DRF exception handler.
 
 Code raises a ``DomainError`` subclass and never builds an error response by hand:
 
@@ -8,6 +8,7 @@ Code raises a ``DomainError`` subclass and never builds an error response by han
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.conf import settings
@@ -76,8 +77,14 @@ class Conflict(DomainError):
 
 
 class RequestInProgress(Conflict):
+    """The first request with this key is still in its transaction. It ends (and its lock with it) within
+    that request's own duration, which a lock wait bounds at DB_LOCK_TIMEOUT_MS: the wait said."""
+
     code, message = "request_in_progress", "A request with this Idempotency-Key is still being processed."
-    headers = {"Retry-After": "1"}
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        super().__init__(message, details=details)
+        self.headers = {"Retry-After": str(max(1, math.ceil(settings.DB_LOCK_TIMEOUT_MS / 1000)))}
 
 
 class HoldExpired(DomainError):
@@ -111,7 +118,7 @@ def envelope(code: str, message: str, details: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
-# DRF's own exceptions, mapped onto the codes of SPEC 3.2.
+# DRF's own exceptions, mapped onto the codes of docs/contract.md §3.2.
 _DRF_CODES: list[tuple[type[drf.APIException], int, str]] = [
     (drf.NotAuthenticated, 401, "not_authenticated"),
     (drf.AuthenticationFailed, 401, "not_authenticated"),

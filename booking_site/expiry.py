@@ -1,4 +1,4 @@
-"""Hold expiry across domains (SPEC 7): each domain registers its batch expiry service here, in its
+"""Hold expiry across domains (docs/contract.md §7): each domain registers its batch expiry service here, in its
 AppConfig.ready(); the beat task, ``manage.py expire_holds`` and the staff endpoint run them all. The
 batches themselves are ``booking_site.engine.ClaimEngine.expire_due``."""
 
@@ -26,5 +26,5 @@ def expire_all(*, now: datetime) -> dict[str, int]:
 def locked_now(now: datetime) -> datetime:
     """The time a service judges expiry by once it holds its locks: the request's ``now``, or later when
     the lock wait outlasted it. A hold that expired while a request waited for its lock is expired
-    (SPEC 2.2); time never runs backwards for a decision."""
+    (docs/contract.md §2.2); time never runs backwards for a decision."""
     return max(now, timezone.now())

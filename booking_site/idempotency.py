@@ -1,14 +1,27 @@
-"""Idempotency-Key (SPEC 3.4): one mechanism every mutating endpoint gets by declaring it.
+"""Idempotency-Key (docs/contract.md §3.4, docs/decisions/0003-idempotency.md): one mechanism every
+mutating endpoint gets by declaring it.
 
     class ReservationConfirm(APIView):
         @idempotent
         def post(self, request, pk): ...
 
-The first request with a (caller, key) claims a row under the unique constraint
-``idempotency_one_record_per_caller_key``; its response is stored in the same transaction as the
-changes the handler made, so a replay never disagrees with the database. A duplicate that arrives
-while the first is in flight gets 409 ``request_in_progress``; the same key with another body gets
-422. 5xx, 409 ``request_in_progress`` and 429 are not stored: the claim is dropped and a retry runs.
+A keyed request is one transaction, and nothing of the key exists outside it:
+
+1. its first statement takes ``pg_try_advisory_xact_lock`` on a hash of (caller, key) and looks up the
+   stored record: a record answers (a replay, or 422 for another request); a lock someone else holds
+   means the first request is still in flight (409 ``request_in_progress``, at once: never a wait);
+2. the handler runs in the same transaction;
+3. its response is inserted as the record, and COMMIT sent in the same message.
+
+A rollback — a failed COMMIT included, or a process that died — leaves no record and releases the
+lock, so a retry simply runs. The lock is only a busy signal (two keys may share a hash: a spurious
+409); the unique constraint ``idempotency_one_record_per_caller_key`` is the truth, and a violation
+there is a concurrent duplicate (409). 5xx, 429 and 409 ``request_in_progress`` are never stored.
+
+Round trips (docs/decisions/0003): a key adds one (the lookup) to the handler's own; a replay is three.
+Under the keyed transaction the handler's own ``transaction.atomic()`` becomes a savepoint; the
+savepoint statements Django sends (``SAVEPOINT``, ``RELEASE``, ``ROLLBACK TO``) are batched with the
+next statement (``_SavepointsRideAlong``): the same statements in the same order, fewer round trips.
 """
 
 from __future__ import annotations
@@ -20,8 +33,10 @@ import re
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db.models import sql
 from django.utils import timezone
+from psycopg import ServerCursor
 from rest_framework.response import Response
 
 from booking_site.errors import IdempotencyKeyReused, RequestInProgress, ValidationFailed
@@ -31,6 +46,15 @@ HEADER = "Idempotency-Key"
 BODY_ALIAS = "requestId"
 REPLAY_HEADER = "Idempotent-Replayed"
 VALID_KEY = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,255}")  # no control characters, no lone surrogates
+UNIQUE = "idempotency_one_record_per_caller_key"
+
+_TABLE = IdempotencyRecord._meta.db_table
+# One row whatever is stored: the lock is taken exactly once, and the record (if any) read from the
+# statement's snapshot.
+_LOOKUP_SQL = f"""
+SELECT pg_try_advisory_xact_lock(%s), r.id, r.fingerprint, r.response_status, r.response_body, r.created_at
+FROM (SELECT) AS one LEFT JOIN {_TABLE} AS r ON r.user_id = %s AND r.key = %s
+"""
 
 
 def idempotent(handler):
@@ -43,27 +67,24 @@ def idempotent(handler):
         if key is None or not request.user.is_authenticated:
             return handler(view, request, *args, **kwargs)
 
-        record = _claim(request, key)
-        if record.response_status is not None:
-            return Response(record.response_body, status=record.response_status, headers={REPLAY_HEADER: "true"})
-
-        stored = False
-        try:
-            with transaction.atomic():
+        outermost = not connection.in_atomic_block
+        fingerprint = _fingerprint(request)
+        with transaction.atomic():
+            replay = _lookup(request.user.pk, key, fingerprint)
+            if replay is not None:
+                return replay
+            started_at = timezone.now()
+            with _SavepointsRideAlong() as batched:
                 try:
                     response = handler(view, request, *args, **kwargs)
                 except Exception as exc:
                     response = view.handle_exception(exc)  # re-raises what is not an expected error
-                if _storable(response) and not transaction.get_rollback():
-                    IdempotencyRecord.objects.filter(pk=record.pk).update(
-                        response_status=response.status_code,
-                        response_body=response.data,
-                        completed_at=timezone.now(),
-                    )
-                    stored = True
-        finally:
-            if not stored:
-                IdempotencyRecord.objects.filter(pk=record.pk).delete()
+            if transaction.get_rollback():
+                return response  # the transaction is lost: nothing is stored, the retry runs
+            if _storable(response):
+                _store(request, key, fingerprint, response, started_at, before=batched.pending, commit=outermost)
+            else:
+                batched.flush()
         return response
 
     return wrapper
@@ -82,38 +103,66 @@ def request_key(request) -> str | None:
     return header if header is not None else body
 
 
+def lock_id(user_id: int, key: str) -> int:
+    """The advisory lock of (caller, key): a signed 64-bit hash. Two pairs may share one (then the
+    second gets a spurious 409 while the first runs); the unique constraint stays the truth."""
+    digest = hashlib.blake2b(f"{user_id}:{key}".encode(), digest_size=8, person=b"idempotency").digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def _fingerprint(request) -> str:
     body = json.dumps(request.data, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(f"{request.method}\n{request.path}\n{body}".encode()).hexdigest()
 
 
-def _claim(request, key: str) -> IdempotencyRecord:
-    """Claim (caller, key) or return its finished record; raise when another request holds it."""
-    now = timezone.now()
-    fingerprint = _fingerprint(request)
-    fields = {"fingerprint": fingerprint, "method": request.method, "path": request.path[:512]}
-    record, created = IdempotencyRecord.objects.get_or_create(
-        user=request.user, key=key, defaults={**fields, "created_at": now}
-    )
-    if created:
-        return record
-    ttl = timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
-    stale = timedelta(seconds=settings.IDEMPOTENCY_STALE_SECONDS)
-    finished = record.response_status is not None
-    if (finished and record.created_at < now - ttl) or (not finished and record.created_at < now - stale):
-        # Past its TTL, or abandoned by a process that died: take it over, unless someone else just did.
-        taken = IdempotencyRecord.objects.filter(pk=record.pk, created_at=record.created_at).update(
-            **fields, created_at=now, response_status=None, response_body=None, completed_at=None
-        )
-        if not taken:
-            raise RequestInProgress()
-        record.refresh_from_db()
-        return record
-    if record.fingerprint != fingerprint:
-        raise IdempotencyKeyReused()
-    if not finished:
+def _lookup(user_id: int, key: str, fingerprint: str) -> Response | None:
+    """Take the key's lock and read its record, in one statement. Returns the replay of a stored
+    response; None when this request is to run (the lock is held until COMMIT or ROLLBACK)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LOOKUP_SQL, [lock_id(user_id, key), user_id, key])
+        locked, record_id, stored_fingerprint, status, body, created_at = cursor.fetchone()
+    cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
+    if record_id is not None and status is not None and created_at >= cutoff:
+        if stored_fingerprint != fingerprint:
+            raise IdempotencyKeyReused()
+        body = IdempotencyRecord._meta.get_field("response_body").from_db_value(body, None, connection)
+        return Response(body, status=status, headers={REPLAY_HEADER: "true"})
+    if not locked:
         raise RequestInProgress()
-    return record
+    if record_id is not None:
+        # Past its TTL (or a claim left by the design before this one, with no response): the key is
+        # free again. Ours is inserted in its place before COMMIT.
+        IdempotencyRecord.objects.filter(pk=record_id).delete()
+    return None
+
+
+def _store(request, key, fingerprint, response, started_at, *, before: list[str], commit: bool) -> None:
+    """Insert the record of ``response`` (after the batched savepoint statements ``before``) and, when
+    this is the outermost transaction, COMMIT in the same message. A unique violation is a duplicate
+    that got in between the lookup's snapshot and its lock: 409, and this transaction rolls back."""
+    record = IdempotencyRecord(
+        user=request.user,
+        key=key,
+        fingerprint=fingerprint,
+        method=request.method,
+        path=request.path[:512],
+        response_status=response.status_code,
+        response_body=response.data,
+        created_at=started_at,
+        completed_at=timezone.now(),
+    )
+    insert = sql.InsertQuery(IdempotencyRecord)
+    insert.insert_values([f for f in IdempotencyRecord._meta.concrete_fields if not f.primary_key], [record])
+    [(insert_sql, params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+    statements = [*before, insert_sql, *(["COMMIT"] if commit else [])]
+    try:
+        with connection.cursor() as cursor:
+            # Django's own COMMIT at the end of the atomic block then finds the transaction over: a no-op.
+            cursor.execute("; ".join(statements), params)
+    except IntegrityError as exc:
+        if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) == UNIQUE:
+            raise RequestInProgress() from None
+        raise
 
 
 def _storable(response) -> bool:
@@ -128,3 +177,49 @@ def idempotency_prune(*, now) -> int:
     cutoff = now - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
     deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
     return deleted
+
+
+class _SavepointsRideAlong:
+    """An execute wrapper for the handler of a keyed request. There, the handler's outermost
+    ``transaction.atomic()`` — BEGIN and COMMIT without a key — is a savepoint, which would cost a
+    ``SAVEPOINT`` and a ``RELEASE SAVEPOINT`` round trip each. Such statements return nothing anyone
+    reads, so they are held back and sent in front of the next statement, in one message (the simple
+    query protocol: Django binds parameters client side), and the cursor is moved past their results.
+    Which statements run, and in what order, does not change; only how many messages carry them.
+    What is still pending when the handler is done goes in front of the record's INSERT (or
+    ``flush()``); if the transaction is rolled back instead, it is moot."""
+
+    PREFIXES = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
+
+    def __init__(self):
+        self.pending: list[str] = []
+        self._wrapper = connection.execute_wrapper(self)
+
+    def __enter__(self):
+        self._wrapper.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._wrapper.__exit__(*exc_info)
+
+    def __call__(self, execute, sql_text, params, many, context):
+        if not many and params is None and sql_text.startswith(self.PREFIXES):
+            self.pending.append(sql_text)
+            return None
+        if not self.pending:
+            return execute(sql_text, params, many, context)
+        cursor = context["cursor"].cursor
+        if many or isinstance(cursor, ServerCursor):  # not a statement one can put anything in front of
+            self.flush()
+            return execute(sql_text, params, many, context)
+        before, self.pending = self.pending, []
+        result = execute("; ".join([*before, sql_text]), params, many, context)
+        for _ in before:
+            cursor.nextset()
+        return result
+
+    def flush(self) -> None:
+        if self.pending:
+            before, self.pending = self.pending, []
+            with connection.cursor() as cursor:
+                cursor.execute("; ".join(before))

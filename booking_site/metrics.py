@@ -1,4 +1,4 @@
-"""Product metrics exported at /metrics beside django-prometheus' request metrics (SPEC 8).
+"""Product metrics exported at /metrics beside django-prometheus' request metrics (docs/contract.md §8).
 
 ``manage.py serve`` sets PROMETHEUS_MULTIPROC_DIR, so the counters of every web worker add up.
 """

@@ -4,8 +4,10 @@ from django.db import models
 
 
 class IdempotencyRecord(models.Model):
-    """One Idempotency-Key of one caller (SPEC 3.4): claimed while its request runs, then the stored
-    response. ``response_status`` is null while the first request is still in flight."""
+    """One Idempotency-Key of one caller (docs/contract.md §3.4): the stored response of the request that
+    used it, inserted in that request's transaction (``booking_site.idempotency``), so a record is always
+    complete. (A record with no ``response_status`` could only be a claim left by the design before
+    ADR 0003's rewrite; it is taken over.) ``created_at`` is when the request began, for the TTL."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)

@@ -1,5 +1,5 @@
 """Recent reads: a hot read served from this process's memory for at most ``READS_MAX_AGE_SECONDS``
-(at most 1 s), labelled with the moment it was read (``asOf``). See docs/decisions/0007-reads.md.
+(at most 1 s), labelled with the moment it was read (``asOf``). See docs/decisions/0008-reads.md.
 
 A value is what the database said at ``as_of``, judged at ``as_of`` (an overdue hold is available):
 it is never patched, only replaced by a new read. Each process keeps its own values; nothing needs to

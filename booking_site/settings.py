@@ -1,7 +1,7 @@
 """Settings: one module, read from the environment (and ``.env`` when present).
 
 Every variable is documented in ``.env.example``. With nothing configured the project runs on the
-embedded defaults of ``booking_site.embedded`` (SPEC 8).
+embedded defaults of ``booking_site.embedded`` (docs/contract.md §8).
 """
 
 import os
@@ -89,7 +89,9 @@ TEMPLATES = [
 # Worker processes, and threads in each: one thread per process on this project's measurements.
 WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=os.cpu_count() or 1)
 WEB_THREADS = env.int("WEB_THREADS", default=1)
-WEB_ACCESS_LOG = env.bool("WEB_ACCESS_LOG", default=True)
+# Off by default: the load balancer in front logs every request, and granian's access log line cost
+# 6-9 % of a worker's CPU (docs/decisions/0006-request-floor.md). On when nothing else logs requests.
+WEB_ACCESS_LOG = env.bool("WEB_ACCESS_LOG", default=False)
 
 # --- Database -------------------------------------------------------------------------------------
 # A lock wait longer than DB_LOCK_TIMEOUT_MS answers 503 `busy` instead of queueing forever.
@@ -202,8 +204,6 @@ AUTH_TOKEN_CACHE_SIZE = env.int("AUTH_TOKEN_CACHE_SIZE", default=10_000)
 
 # --- Product settings -----------------------------------------------------------------------------
 IDEMPOTENCY_TTL_HOURS = env.int("IDEMPOTENCY_TTL_HOURS", default=24)
-# A claim on a key whose request never finished (its process died) is taken over after this long.
-IDEMPOTENCY_STALE_SECONDS = env.int("IDEMPOTENCY_STALE_SECONDS", default=60)
 EXPIRY_BATCH_SIZE = env.int("EXPIRY_BATCH_SIZE", default=500)
 RESERVATION_HOLD_MINUTES_DEFAULT = env.int("RESERVATION_HOLD_MINUTES_DEFAULT", default=15)
 SLOTS_CANCELLATION_WINDOW_HOURS = env.int("SLOTS_CANCELLATION_WINDOW_HOURS", default=1)

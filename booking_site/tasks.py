@@ -1,4 +1,4 @@
-"""The platform's periodic jobs (SPEC 7); each is also a management command of the same name."""
+"""The platform's periodic jobs (docs/contract.md §7); each is also a management command of the same name."""
 
 from celery import shared_task
 from django.utils import timezone

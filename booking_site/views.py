@@ -1,4 +1,4 @@
-"""The platform's own endpoints: the API root and ``GET /api/health`` (SPEC 8)."""
+"""The platform's own endpoints: the API root and ``GET /api/health`` (docs/contract.md §8)."""
 
 from django.db import connection
 from drf_spectacular.utils import extend_schema, inline_serializer

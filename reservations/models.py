@@ -35,7 +35,7 @@ class Reservation(Claim, models.Model):
 
     STATE_FIELD, HELD, CONFIRMED = "state", State.HELD, State.CONFIRMED
     BLOCKING_STATES = [State.HELD, State.CONFIRMED]
-    # HELD is the only state with a way out; the rest are terminal (SPEC 4).
+    # HELD is the only state with a way out; the rest are terminal (docs/contract.md §4).
     TRANSITIONS = {State.HELD: {State.CONFIRMED, State.CANCELLED, State.EXPIRED}}
 
     car = models.ForeignKey(Car, on_delete=models.PROTECT, related_name="reservations")

@@ -1,4 +1,4 @@
-"""Reads of cars and reservations that know about time: an overdue hold counts as free (SPEC 2.2)."""
+"""Reads of cars and reservations that know about time: an overdue hold counts as free (docs/contract.md §2.2)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def reservations_with_effective_state(*, now: datetime) -> QuerySet[Reservation]
 
 
 def reservations_visible_to(user: User, *, now: datetime) -> QuerySet[Reservation]:
-    """A user sees their own reservations; operators see all (SPEC 2.6: the reservations' policy)."""
+    """A user sees their own reservations; operators see all (docs/contract.md §2.6: the reservations' policy)."""
     return RESERVATIONS.policy.visible(reservations_with_effective_state(now=now), user)
 
 

@@ -1,4 +1,4 @@
-"""Every write to cars and reservations (SPEC 4). The lifecycle is ``booking_site.engine``'s; this
+"""Every write to cars and reservations (docs/contract.md §4). The lifecycle is ``booking_site.engine``'s; this
 module declares what is the cars' own: the car row is what a hold locks, one active reservation per
 car is its capacity rule, and ``car_unavailable`` its refusal. Locks: ``booking_site.locking``."""
 
@@ -156,7 +156,7 @@ class Reservations(ClaimEngine):
 # The car hold after the car's lock (``Reservations.create``). The sub-statements of one statement share
 # its snapshot and do not see each other's writes. ``overdue`` expires the car's overdue holds; its
 # UPDATE waits for a request holding one of them and skips a row that request changed. ``free`` judges
-# by the snapshot, where an overdue hold is free (SPEC 2.2), and reads ``overdue`` so that UPDATE has
+# by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue`` so that UPDATE has
 # run before ``created`` inserts. When a hold overdue in the snapshot was confirmed meanwhile (its
 # confirm judged it before its expiry), the unique index refuses the insert: ``contended`` counts
 # such rows, so that refusal is the confirm's win, not a backstop.

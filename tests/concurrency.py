@@ -1,9 +1,11 @@
 """Release several threads at once, each with its own database connection (STYLE: tests)."""
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from django.db import connections
+import psycopg
+from django.db import connection, connections
 
 
 def run_concurrently(functions: list[Callable[[], object]], timeout: float = 60) -> list[object]:
@@ -27,3 +29,23 @@ def run_concurrently(functions: list[Callable[[], object]], timeout: float = 60)
     for thread in threads:
         thread.join(timeout)
     return results
+
+
+@contextmanager
+def elsewhere(statement: str, params: list | None = None) -> Iterator[psycopg.Cursor]:
+    """Run ``statement`` in a transaction of another connection (psql, another process) and keep it open,
+    holding whatever it locked, until the block ends; yields that connection's cursor."""
+    settings = connection.settings_dict
+    other = psycopg.connect(
+        dbname=settings["NAME"],
+        user=settings["USER"],
+        password=settings["PASSWORD"] or None,
+        host=settings["HOST"] or None,
+        port=settings["PORT"] or None,
+    )
+    try:
+        cursor = other.cursor()
+        cursor.execute(statement, params)
+        yield cursor
+    finally:
+        other.close()  # never committed: rolled back

@@ -33,7 +33,10 @@ def _static_files_without_collectstatic(settings):
 def _reads_not_kept(settings):
     """Every read goes to the database, so a test sees its own writes at once; the tests of recent
     reads (``booking_site.recent``) turn keeping back on with the ``recent_reads`` fixture."""
+    from events import selectors
+
     settings.READS_MAX_AGE_SECONDS = 0
+    selectors._layouts.clear()  # seat layouts are kept for good: one test's event ids are not another's
 
 
 @pytest.fixture

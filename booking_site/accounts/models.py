@@ -10,7 +10,7 @@ class Role(models.TextChoices):
 
 
 class User(AbstractUser):
-    """A person using the platform. Staff users are the operators (SPEC 3.3)."""
+    """A person using the platform. Staff users are the operators (docs/contract.md §3.3)."""
 
     email = models.EmailField("email address")
     name = models.CharField(max_length=150, blank=True)

@@ -27,7 +27,7 @@ def user_register(*, email: str, name: str, roles: list[str], password: str | No
 
 
 def acting_user(*, caller: User, user_id: int | None) -> User:
-    """The user a request acts for (SPEC 3.3): the caller, or anyone when the caller is staff."""
+    """The user a request acts for (docs/contract.md §3.3): the caller, or anyone when the caller is staff."""
     if user_id is None or user_id == caller.pk:
         return caller
     if not caller.is_staff:
@@ -39,6 +39,6 @@ def acting_user(*, caller: User, user_id: int | None) -> User:
 
 
 def require_owner(*, user: User, owner_id: int, what: str) -> None:
-    """Only the owner of a claim, or an operator, may see or change it (SPEC 2.6)."""
+    """Only the owner of a claim, or an operator, may see or change it (docs/contract.md §2.6)."""
     if owner_id != user.pk and not user.is_staff:
         raise NotOwner(f"{what} belongs to another user.")

@@ -5,7 +5,7 @@ from django.utils import timezone
 
 
 class AuditEvent(models.Model):
-    """One state change of one subject (SPEC 3.5), written in the transaction that made the change.
+    """One state change of one subject (docs/contract.md §3.5), written in the transaction that made the change.
 
     Append-only: a database trigger (migration 0002) refuses any UPDATE that touches more than the
     delivery column, so the trail cannot be rewritten. Rows with ``delivered_at`` null are the outbox

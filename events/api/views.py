@@ -55,7 +55,7 @@ def _read_counts(event_id: int, now) -> dict:
 
 def _read_seat_map(event_id: int, now) -> bytes:
     """The body of GET …/seats as JSON bytes: the seats come as JSON text from the database and are
-    spliced in as they are (no serializer, no renderer per seat; docs/decisions/0007-reads.md)."""
+    spliced in as they are (no serializer, no renderer per seat; docs/decisions/0008-reads.md)."""
     read = selectors.seat_map_json(event_id=event_id, now=now)
     if read is None:
         raise NotFound(f"Event {event_id} does not exist.")

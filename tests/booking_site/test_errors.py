@@ -1,4 +1,4 @@
-"""Bad input never reaches a 500: every error is the one envelope (SPEC 3.2)."""
+"""Bad input never reaches a 500: every error is the one envelope (docs/contract.md §3.2)."""
 
 from urllib.parse import urlencode
 

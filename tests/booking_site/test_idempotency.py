@@ -1,14 +1,19 @@
-"""Idempotency-Key (SPEC 3.4), exercised through the car reservation endpoints."""
+"""Idempotency-Key (docs/contract.md §3.4), exercised through the car reservation endpoints."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
-from booking_site.idempotency import idempotency_prune
+from booking_site.accounts.models import User
+from booking_site.idempotency import idempotency_prune, lock_id
 from booking_site.models import IdempotencyRecord
-from reservations.models import Reservation
-from tests.concurrency import run_concurrently
+from reservations.models import Car, Reservation
+from tests.concurrency import elsewhere, run_concurrently
 from tests.factories import UserFactory
 from tests.reservations.factories import CarFactory
 
@@ -89,30 +94,49 @@ def test_a_key_too_long_is_400(api):
     assert hold(api, CarFactory(), key="x" * 256).status_code == 400
 
 
-@pytest.mark.django_db
-def test_a_request_in_flight_answers_409_with_retry_after(api, user):
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+def test_a_request_in_flight_answers_409_with_retry_after(api, user, settings):
     car = CarFactory()
-    hold(api, car, key="k-4")
-    IdempotencyRecord.objects.filter(key="k-4").update(response_status=None, response_body=None)  # still running
+    settings.DB_LOCK_TIMEOUT_MS = 4500
 
-    response = hold(api, car, key="k-4")
+    with elsewhere("SELECT pg_advisory_xact_lock(%s)", [lock_id(user.pk, "k-4")]):  # the first is running
+        response = hold(api, car, key="k-4")
 
     assert response.status_code == 409 and response.json()["error"]["code"] == "request_in_progress"
-    assert response["Retry-After"] == "1"
+    assert response["Retry-After"] == "5"  # the first request ends within a lock wait of DB_LOCK_TIMEOUT_MS
+    assert not IdempotencyRecord.objects.exists() and not Reservation.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+def test_a_request_whose_process_died_leaves_nothing_behind(api, user):
+    car = CarFactory()
+    with elsewhere("SELECT pg_advisory_xact_lock(%s)", [lock_id(user.pk, "k-5")]) as died:
+        died.execute(
+            "INSERT INTO booking_site_idempotencyrecord (user_id, key, fingerprint, method, path,"
+            " response_status, created_at) VALUES (%s, 'k-5', 'x', 'POST', '/api/reservations', 201, now())",
+            [user.pk],
+        )
+        died.connection.close()  # the process died inside its transaction
+
+    response = hold(api, car, key="k-5")
+
+    assert response.status_code == 201 and "Idempotent-Replayed" not in response
+    assert IdempotencyRecord.objects.get(key="k-5").response_body == response.json()
 
 
 @pytest.mark.django_db
-def test_a_claim_abandoned_by_a_dead_process_is_taken_over(api, settings):
+def test_a_claim_left_by_the_design_before_is_taken_over(api, user):
     car = CarFactory()
-    hold(api, car, key="k-5")
-    Reservation.objects.all().delete()  # the process died: its transaction never committed
-    IdempotencyRecord.objects.filter(key="k-5").update(
-        response_status=None, created_at=timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_STALE_SECONDS + 1)
+    IdempotencyRecord.objects.create(
+        user=user, key="k-5", fingerprint="x", method="POST", path="/", created_at=timezone.now()
     )
 
     response = hold(api, car, key="k-5")
 
     assert response.status_code == 201 and "Idempotent-Replayed" not in response
+    assert IdempotencyRecord.objects.get(key="k-5").response_status == 201
 
 
 @pytest.mark.django_db
@@ -161,3 +185,127 @@ def test_concurrent_duplicates_make_one_hold(client_for):
     assert all(r.json()["error"]["code"] == "request_in_progress" for r in in_flight)
     assert all(r.json() == fresh[0].json() for r in replays)
     assert Reservation.objects.filter(car=car).count() == 1
+
+
+def send_a_duplicate_while_the_first_waits(client_for):
+    """The first request with a key waits inside its transaction for a car lock the test holds; a
+    duplicate is sent meanwhile. Returns (the first's future, the duplicate, its seconds, the car)."""
+    car, buyer = CarFactory(), UserFactory()
+    first_client, duplicate_client = client_for(buyer), client_for(buyer)
+    with elsewhere(f"SELECT 1 FROM {Car._meta.db_table} WHERE id = %s FOR UPDATE", [car.pk]) as locker:
+        first = ThreadPoolExecutor(1).submit(hold, first_client, car, key="same")
+        wait_for_a_wait_on(locker)
+        started = time.monotonic()
+        duplicate = hold(duplicate_client, car, key="same")
+        answered_in = time.monotonic() - started
+        first_was_still_running = not first.done()
+    return first, duplicate, answered_in, first_was_still_running, duplicate_client, car
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+@pytest.mark.slow
+def test_a_duplicate_of_a_request_in_flight_is_answered_at_once(client_for):
+    first, duplicate, answered_in, first_was_still_running, client, car = send_a_duplicate_while_the_first_waits(
+        client_for
+    )
+
+    assert duplicate.status_code == 409 and duplicate.json()["error"]["code"] == "request_in_progress"
+    assert answered_in < 2 and first_was_still_running  # no wait for the car's lock (DB_LOCK_TIMEOUT_MS: 5 s)
+    assert first.result(10).status_code == 201
+    again = hold(client, car, key="same")
+    assert again.json() == first.result().json() and again["Idempotent-Replayed"] == "true"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+@pytest.mark.slow
+def test_control_without_the_advisory_lock_the_duplicate_waits_for_the_first(client_for, monkeypatch):
+    from booking_site import idempotency
+
+    no_lock = idempotency._LOOKUP_SQL.replace("pg_try_advisory_xact_lock(%s)", "%s IS NOT NULL")
+    monkeypatch.setattr(idempotency, "_LOOKUP_SQL", no_lock)
+
+    first, duplicate, answered_in, _, _, _ = send_a_duplicate_while_the_first_waits(client_for)
+
+    assert duplicate.status_code != 409 or answered_in >= 2  # the test above would notice
+    first.result(10)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+def test_a_request_whose_commit_waited_too_long_runs_again(staff, client_for, user):
+    """Defect 1: a 503 ``busy`` from a lock wait at COMMIT (the deferred foreign-key check of the new
+    reservation waits for the buyer's row), then, the lock released, the same key runs and succeeds."""
+    car, api = CarFactory(), client_for(staff)
+    with short_lock_timeout(), elsewhere(f"SELECT 1 FROM {User._meta.db_table} WHERE id = %s FOR UPDATE", [user.pk]):
+        busy = hold(api, car, key="k-7", buyerId=user.pk)
+
+    again = hold(api, car, key="k-7", buyerId=user.pk)
+
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy"
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again
+    assert Reservation.objects.get().buyer == user
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_that_fails_leaves_no_record(api, monkeypatch):
+    from reservations import services
+
+    car = CarFactory()
+    real_hold = services.reservation_hold
+
+    def hold_with_a_foreign_key_broken_at_commit(**kwargs):  # Django's foreign keys are checked at COMMIT
+        reservation = real_hold(**kwargs)
+        Reservation.objects.filter(pk=reservation.pk).update(buyer_id=10**12)
+        return reservation
+
+    monkeypatch.setattr(services, "reservation_hold", hold_with_a_foreign_key_broken_at_commit)
+    api.raise_request_exception = False
+    failed = hold(api, car, key="k-8")
+    monkeypatch.setattr(services, "reservation_hold", real_hold)
+
+    assert failed.status_code == 500
+    assert not IdempotencyRecord.objects.exists() and not Reservation.objects.exists()
+    assert hold(api, car, key="k-8").status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_that_got_past_the_lock_is_409(api, user, monkeypatch):
+    """The lock is only a busy signal (two keys may share a hash): the unique constraint is the truth."""
+    from booking_site import idempotency
+
+    hold(api, CarFactory(), key="k-9")
+    car = CarFactory()
+    monkeypatch.setattr(idempotency, "_LOOKUP_SQL", idempotency._LOOKUP_SQL.replace("r.key = %s", "r.key = %s || '?'"))
+
+    response = hold(api, car, key="k-9")  # as if the lookup's snapshot predated the first one's COMMIT
+
+    assert response.status_code == 409 and response.json()["error"]["code"] == "request_in_progress"
+    assert not Reservation.objects.filter(car=car).exists()
+
+
+@contextmanager
+def short_lock_timeout():
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = 300")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+
+
+def wait_for_a_wait_on(locker, timeout: float = 10) -> None:
+    """Until some backend waits for a lock the ``locker`` cursor's connection holds."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                [locker.connection.info.backend_pid],
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.02)
+    raise AssertionError("no request started waiting for the lock")

@@ -1,4 +1,4 @@
-"""The periodic jobs (SPEC 7): beat schedule, management commands, and a real Celery worker."""
+"""The periodic jobs (docs/contract.md §7): beat schedule, management commands, and a real Celery worker."""
 
 import socket
 import time

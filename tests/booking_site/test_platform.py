@@ -1,4 +1,4 @@
-"""Schema and docs, health, metrics, request ids, the API root (SPEC 3.1, 8)."""
+"""Schema and docs, health, metrics, request ids, the API root (docs/contract.md §3.1, §8)."""
 
 import re
 

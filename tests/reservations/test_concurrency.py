@@ -1,4 +1,4 @@
-"""Races against a real PostgreSQL: many connections released at once (SPEC 2.1)."""
+"""Races against a real PostgreSQL: many connections released at once (docs/contract.md §2.1)."""
 
 import contextlib
 import threading

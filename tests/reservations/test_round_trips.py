@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 
 from booking_site.audit.services import trail
+from booking_site.models import IdempotencyRecord
 from reservations.models import Reservation
 from tests.factories import UserFactory
 from tests.reservations.factories import CarFactory, ReservationFactory
@@ -75,3 +76,57 @@ def test_a_confirm_or_a_cancel_is_four_round_trips(api_of, path, state):
     assert response.status_code == 200, response.content
     assert trips.count <= 4, trips.statements
     assert [(e.event_type, e.from_state, e.actor_id) for e in trail(held)] == [(state, "HELD", buyer.pk)]
+
+
+# With an Idempotency-Key (docs/decisions/0003-idempotency.md): one more, the lookup; the record's INSERT
+# goes with the COMMIT, the handler's savepoint statements with its own statements.
+
+
+def test_a_car_hold_with_a_key_is_five_round_trips(api_of):
+    car = CarFactory()
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = api.post("/api/reservations", {"carId": car.pk}, HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 5, trips.statements
+    assert IdempotencyRecord.objects.get(key="k-1").response_body == response.json()
+
+
+def test_a_replay_is_three_round_trips(api_of):
+    car = CarFactory()
+    api = api_of(UserFactory())
+    first = api.post("/api/reservations", {"carId": car.pk}, HTTP_IDEMPOTENCY_KEY="k-2")
+
+    with round_trips() as trips:
+        again = api.post("/api/reservations", {"carId": car.pk}, HTTP_IDEMPOTENCY_KEY="k-2")
+
+    assert again.json() == first.json() and again["Idempotent-Replayed"] == "true"
+    assert trips.count <= 3, trips.statements
+
+
+def test_a_hold_refused_with_a_key_is_four_round_trips_and_stored(api_of):
+    held = ReservationFactory()
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = api.post("/api/reservations", {"carId": held.car_id}, HTTP_IDEMPOTENCY_KEY="k-3")
+
+    assert response.status_code == 409, response.content
+    assert trips.count <= 4, trips.statements
+    assert IdempotencyRecord.objects.get(key="k-3").response_status == 409
+
+
+@pytest.mark.parametrize(("path", "state"), [("confirm", "CONFIRMED"), ("cancel", "CANCELLED")])
+def test_a_confirm_or_a_cancel_with_a_key_is_five_round_trips(api_of, path, state):
+    buyer = UserFactory()
+    held = ReservationFactory(buyer=buyer)
+    api = api_of(buyer)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/reservations/{held.pk}/{path}", {}, HTTP_IDEMPOTENCY_KEY="k-4")
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 5, trips.statements
+    assert Reservation.objects.get(pk=held.pk).state == state

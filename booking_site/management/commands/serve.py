@@ -17,7 +17,7 @@ class Command(BaseCommand):
         "WEB_CONCURRENCY worker processes of WEB_THREADS threads each, HTTP keep-alive, respawning a "
         "worker that dies (docs/decisions/0006-request-floor.md); /metrics adds up the workers' counters "
         "(in PROMETHEUS_MULTIPROC_DIR, a fresh temporary directory unless set). Listens on --host/--port "
-        "(env HOST, PORT; default 0.0.0.0:8000); WEB_ACCESS_LOG=false silences the access log. It does "
+        "(env HOST, PORT; default 0.0.0.0:8000); WEB_ACCESS_LOG=true writes an access log. It does "
         "not migrate or collect static files: do that first (README, 'Running in production'). SIGTERM "
         "or Ctrl-C stops it gracefully. With no DATABASE_URL this process owns the embedded PostgreSQL, "
         "which stops with it."

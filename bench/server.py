@@ -1,0 +1,116 @@
+"""The system under test, started the production way: ``manage.py serve`` (what ``make serve`` runs),
+DEBUG off, on 127.0.0.1. Whatever server ``serve`` starts (gunicorn today), its whole process tree
+is measured and stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from bench import cpu
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 10
+
+
+def server_env(*, database_url: str, port: int, workers: int) -> dict[str, str]:
+    """Production settings, with what a benchmark on loopback needs: plain http, quiet logs, no throttle."""
+    env = {key: value for key, value in os.environ.items() if key not in ("THROTTLE_ANON", "THROTTLE_USER")}
+    env.update(
+        DATABASE_URL=database_url,
+        DEBUG="False",
+        SECURE_SSL_REDIRECT="False",
+        LOG_LEVEL="WARNING",
+        THROTTLE_ENABLED="False",
+        WEB_CONCURRENCY=str(workers),
+        HOST="127.0.0.1",
+        PORT=str(port),
+    )
+    return env
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+class Server:
+    """``with Server(...) as server:`` — up and answering /api/health inside, stopped after."""
+
+    def __init__(self, *, database_url: str, port: int, workers: int, log_path: Path):
+        self.port, self.log_path = port, log_path
+        self.env = server_env(database_url=database_url, port=port, workers=workers)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The server's process tree, now (the serve command, the server's master and its workers)."""
+        return cpu.tree(self.process.pid) if self.process else []
+
+    def workers(self) -> list[int]:
+        """The processes that answer requests: the leaves of the tree."""
+        leaves = []
+        for pid in self.pids():
+            with contextlib.suppress(psutil.Error):
+                if not psutil.Process(pid).children():
+                    leaves.append(pid)
+        return leaves
+
+    def __enter__(self) -> Server:
+        if not port_is_free(self.port):
+            raise SystemExit(f"port {self.port} is in use: choose another with --port (18000-18999)")
+        log = self.log_path.open("w")
+        command = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_healthy()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.process.returncode}); see {self.log_path}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"the server did not answer /api/health within {START_TIMEOUT_S} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """SIGTERM and wait; after STOP_TIMEOUT_S kill whatever is left of the tree."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        tree = [psutil.Process(pid) for pid in self.pids() if psutil.pid_exists(pid)]
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            print(f"the server did not stop within {STOP_TIMEOUT_S} s: killing its processes", file=sys.stderr)
+        _, alive = psutil.wait_procs(tree, timeout=STOP_TIMEOUT_S if self.process.poll() is not None else 0)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        self.process.wait()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,46 @@
+"""What an Idempotency-Key costs on the wire, for every domain's claim write: at most one round trip more
+than the same write without a key (docs/decisions/0003-idempotency.md), whatever the write's own path
+costs (``tests.round_trips``; the cars' absolute counts are pinned in tests/reservations)."""
+
+import pytest
+
+from booking_site.models import IdempotencyRecord
+from tests.events.factories import make_event
+from tests.factories import UserFactory
+from tests.reservations.factories import CarFactory
+from tests.round_trips import round_trips
+from tests.slots.factories import SlotFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WRITES = {
+    "car hold": lambda: ("/api/reservations", {"carId": CarFactory().pk}),
+    "seat hold": lambda: (f"/api/events/{make_event().pk}/seats/reserve", {"seatCodes": ["S1"]}),
+    "seat hold, best available": lambda: (f"/api/events/{make_event().pk}/seats/reserve", {"quantity": 2}),
+    "slot booking": lambda: ("/api/bookings", {"slotId": SlotFactory().pk}),
+}
+
+
+@pytest.fixture
+def api(client_for):
+    api = client_for(UserFactory())
+    api.get("/api/reservations")  # the token is looked up once, then cached: the path measured here
+    return api
+
+
+def trips_of(api, write, **headers):
+    path, body = write()
+    with round_trips() as trips:
+        response = api.post(path, body, format="json", **headers)
+    assert response.status_code == 201, response.content
+    return trips
+
+
+@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
+def test_a_key_costs_at_most_one_round_trip_more(api, write):
+    without = trips_of(api, write)
+
+    keyed = trips_of(api, write, HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert keyed.count <= without.count + 1, (without.count, keyed.statements)
+    assert IdempotencyRecord.objects.get(key="k-1").response_status == 201
