@@ -36,7 +36,7 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
 A seat hold takes 2 and 3 in one statement (``share_event_lock_seats``, ``share_event_lock_free_seats``:
-the event, then the seats; ADR 0008). Best available locks with ``SKIP LOCKED``: it never waits for a
+the event, then the seats; ADR 0009). Best available locks with ``SKIP LOCKED``: it never waits for a
 seat, so the order it takes them in (preference, not id) cannot close a circle.
 
 ``lock_batch`` (the expiry job) is outside the order: ``SKIP LOCKED`` never waits, so it cannot
@@ -125,10 +125,10 @@ def lock_seats(
     return list(seats.annotate(**annotations).order_by("pk"))
 
 
-# 2 and 3 in one statement: a seat hold's locks (the lean write path, docs/decisions/0008-lean-seats.md)
+# 2 and 3 in one statement: a seat hold's locks (the lean write path, docs/decisions/0009-lean-seats.md)
 
 _EVENT, _SEAT, _CLAIM = Event._meta.db_table, Seat._meta.db_table, "events_seatclaim"
-# A seat is taken at %(at)s when an active claim is on it (an overdue hold is not: SPEC 2.2).
+# A seat is taken at %(at)s when an active claim is on it (an overdue hold is not: docs/contract.md §2.2).
 _TAKEN = f"""EXISTS (
     SELECT FROM {_CLAIM} c
     WHERE c.event_id = s.event_id AND c.seat_id = s.id AND c.state IN ('HELD', 'CONFIRMED')

@@ -1,4 +1,4 @@
-"""Events, their seats, and the claims on those seats (SPEC 5).
+"""Events, their seats, and the claims on those seats (docs/contract.md §5).
 
 A hold group is one user's all-or-nothing hold on several seats of one event; confirming it makes it a
 booking (``booking_group_id``). Each seat it covers has a ``SeatClaim`` row that mirrors the group's

@@ -1,4 +1,4 @@
-"""Reads of events and seats that know about time: an overdue hold counts as available (SPEC 2.2)."""
+"""Reads of events and seats that know about time: an overdue hold counts as available (docs/contract.md §2.2)."""
 
 from __future__ import annotations
 

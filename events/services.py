@@ -1,4 +1,4 @@
-"""Every write to events, seats and seat claims (SPEC 5).
+"""Every write to events, seats and seat claims (docs/contract.md §5).
 
 The hold lifecycle is ``booking_site.engine``'s and the locks are ``booking_site.locking``'s (the
 order is written there). This module declares what is the events' own: a hold shares the event row
@@ -299,7 +299,7 @@ class SeatHolds(ClaimEngine):
     """A hold group holds several seats of one event; each seat's ``SeatClaim`` mirrors the group, so
     ``seat_claim_one_active_per_seat`` keeps a seat out of two active claims.
 
-    The lean write path (docs/decisions/0008-lean-seats.md): a hold is BEGIN, two statements, COMMIT.
+    The lean write path (docs/decisions/0009-lean-seats.md): a hold is BEGIN, two statements, COMMIT.
     ``lock_target`` is one statement: it shares the event, locks the seats and reads whether each is
     taken (by codes), or locks free seats skipping those others hold locked (best available).
     ``create`` is one statement after the locks are held, so it reads with a fresh snapshot: it picks
@@ -523,7 +523,7 @@ def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
 # in one row (front sections and rows first), else the first free seats in layout order. ``overdue``
 # expires the groups with an overdue claim on a picked seat, whole (all their seats); its UPDATE waits
 # for a request holding one of them and skips a group that request moved. ``free`` judges by the
-# snapshot, where an overdue hold is free (SPEC 2.2), and reads ``overdue_claims`` so those UPDATEs have
+# snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue_claims`` so those UPDATEs have
 # run before ``claimed`` inserts. When a hold overdue in the snapshot was confirmed meanwhile, the
 # unique index refuses the claim: ``contended`` counts such claims, so that refusal is the confirm's
 # win, not a backstop.
