@@ -358,7 +358,7 @@ class SlotBookings(ClaimEngine):
         return slot
 
     def check_target(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
-        _check_bookable(slot, guest=request.guest, now=now)
+        _check_bookable(slot, guest=request.guest.pk, now=now)
         _check_guest_limits(host_id=slot.host_id, active=slot.guest_active, with_host=slot.guest_with_host)
         _check_seats(slot, seats=request.seats, freed=slot.overdue_seats)
 
@@ -595,76 +595,139 @@ def _claims(booking_id: int, *, lock_guest: bool) -> QuerySet:
 
 def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: datetime) -> SlotBooking:
     """Move an active booking to another slot in one transaction. The seats of the new slot are taken
-    before those of the old slot are released. If the new slot cannot take them, nothing changes.
+    and those of the old slot released by one statement. If the new slot cannot take them, nothing
+    changes.
 
     Returns the new booking (same seats, status, expiry and metadata; ``rescheduled_from`` the old one).
-    The old booking becomes CANCELLED. Locks the guest row, then both slot rows, then the booking.
+    The old booking becomes CANCELLED. Locks the guest row and both slot rows (one statement), then the
+    booking, which reads the guest's other bookings with the new slot's host after the guest's lock.
     """
     with transaction.atomic():
         peek = _peek(booking_id)
         if slot_id == peek["slot_id"]:
             raise ValidationFailed.for_field("slotId", "The booking is already on this slot.")
-        guest = locking.lock_user(peek["guest_id"])
-        slots = locking.lock_slots([peek["slot_id"], slot_id])
-        booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+        slots = locking.lock_slots([peek["slot_id"], slot_id], after=locking.user_lock(peek["guest_id"]))
+        old_slot, new_slot = slots[peek["slot_id"]], slots.get(slot_id)
+        claims = SlotBooking.objects.filter(pk=booking_id)
+        if new_slot is not None:
+            with_host = SlotBooking.objects.active(now=locked_now(now)).filter(slot__host_id=new_slot.host_id)
+            claims = claims.annotate(
+                with_host=_count(with_host.filter(guest=OuterRef("guest_id")).exclude(pk=booking_id))
+            )
+        booking = locking.lock_claim(claims)
+        booking.slot = old_slot
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
-        old_slot, new_slot = slots[booking.slot_id], slots.get(slot_id)
         if new_slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)
         if booking.is_overdue(now):
             SLOT_BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
         elif booking.is_active(now):
-            return _move(booking, old_slot=old_slot, new_slot=new_slot, guest=guest, user=user, now=now)
+            return _move(booking, old_slot=old_slot, new_slot=new_slot, user=user, now=now)
     if booking.status == Status.EXPIRED:
         raise HoldExpired(f"Booking {booking_id} expired at {booking.expires_at.isoformat()}.")
     raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state="RESCHEDULED")
 
 
-def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, guest: User, user: User, now: datetime):
-    """Caller holds the guest row, both slot rows and the booking row."""
+def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, now: datetime) -> SlotBooking:
+    """Caller holds the guest row, both slot rows and the booking row (annotated ``with_host``: the
+    guest's other active bookings with the new slot's host, read after the guest's lock)."""
     if booking.status == Status.CONFIRMED and _guest_only(user, old_slot):
         _check_cancellation_window(old_slot, now=now)
-    _check_bookable(new_slot, guest=guest, now=now)
-    others = SlotBooking.objects.active(now=now).filter(guest=guest, slot__host_id=new_slot.host_id)
-    _check_guest_limits(host_id=new_slot.host_id, active=None, with_host=others.exclude(pk=booking.pk).count())
-    SLOT_BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=new_slot), now=now)
-    _take_seats(new_slot, seats=booking.seats)
-    _release_seats(old_slot, seats=booking.seats)
-    from_state = booking.status
-    booking.status, booking.reason, booking.updated_at = Status.CANCELLED, "rescheduled", now
-    booking.save(update_fields=["status", "reason", "updated_at"])
-    moved = SlotBooking.objects.create(
+    _check_bookable(new_slot, guest=booking.guest_id, now=now)
+    _check_guest_limits(host_id=new_slot.host_id, active=None, with_host=booking.with_host)
+    params = {
+        "booking": booking.pk,
+        "old_slot": old_slot.pk,
+        "new_slot": new_slot.pk,
+        "guest": booking.guest_id,
+        "seats": booking.seats,
+        "status": booking.status,
+        "expires_at": booking.expires_at,
+        "booking_metadata": json.dumps(booking.metadata, cls=DjangoJSONEncoder),
+        "now": now,
+        "actor": user.pk,
+        "actor_label": f"user:{user.pk}",
+        "subject_type": SlotBooking._meta.model_name,
+        "expiry_actor": EXPIRY_ACTOR,
+        "occurred_at": timezone.now(),
+        "trace_id": current_request_id() or "",
+    }
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(MOVE_SQL, params)
+            expired, remaining, moved_id = cursor.fetchone()
+    except IntegrityError:  # the transaction is aborted: the caller's atomic block rolls it back
+        CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
+        raise SlotFull(slot_id=new_slot.pk, seats=booking.seats) from None
+    if moved_id is None:
+        raise SlotFull(slot_id=new_slot.pk, seats=booking.seats, remaining=remaining)
+    count_on_commit(HOLDS_EXPIRED, SLOT_BOOKINGS.domain, amount=expired)
+    return SlotBooking(
+        pk=moved_id,
         slot=new_slot,
-        guest=guest,
+        guest_id=booking.guest_id,
         seats=booking.seats,
-        status=from_state,
+        status=booking.status,
         expires_at=booking.expires_at,
         metadata=booking.metadata,
-        rescheduled_from=booking,
+        rescheduled_from_id=booking.pk,
         created_at=now,
         updated_at=now,
     )
-    audit.record_many(
-        [
-            audit.event(
-                subject=booking,
-                event="RESCHEDULED",
-                from_state=from_state,
-                to_state=Status.CANCELLED,
-                actor=user,
-                metadata={"toBookingId": moved.pk, "toSlotId": new_slot.pk},
-            ),
-            audit.event(
-                subject=moved,
-                event="CREATED",
-                to_state=from_state,
-                actor=user,
-                metadata={"slotId": new_slot.pk, "seats": moved.seats, "rescheduledFromId": booking.pk},
-            ),
-        ]
-    )
-    return moved
+
+
+# The move after every lock (``_move``): like ``BOOK_SQL``, one snapshot taken once the locks are held.
+# ``overdue`` expires the new slot's overdue holds; ``free`` judges its seats; ``moving`` is the seats
+# that move (none when they do not fit: the caller then rolls everything back); ``taken`` moves both
+# counters in one UPDATE (the backstop as in BOOK_SQL); ``cancelled`` ends the old booking, ``created``
+# inserts the new one, ``events`` records RESCHEDULED and CREATED.
+MOVE_SQL = f"""
+WITH overdue AS (
+    UPDATE {_BOOKING} SET status = 'EXPIRED', updated_at = %(now)s
+    WHERE slot_id = %(new_slot)s AND status = 'PENDING' AND expires_at <= %(now)s
+    RETURNING id, seats
+), expired_events AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, %(subject_type)s, id::text, 'EXPIRED', 'PENDING', 'EXPIRED',
+           '{{}}'::jsonb, %(trace_id)s
+    FROM overdue
+), freed AS (
+    SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
+), seats AS (
+    SELECT s.capacity - s.booked + freed.seats AS remaining FROM {_SLOT} s, freed WHERE s.id = %(new_slot)s
+), free AS (
+    SELECT FROM seats WHERE seats.remaining >= %(seats)s
+), moving AS (
+    SELECT CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END AS seats
+), taken AS (
+    UPDATE {_SLOT}
+    SET booked = booked + CASE WHEN id = %(new_slot)s THEN moving.seats - freed.seats ELSE -moving.seats END
+    FROM freed, moving
+    WHERE id IN (%(old_slot)s, %(new_slot)s)
+), cancelled AS (
+    UPDATE {_BOOKING} SET status = 'CANCELLED', reason = 'rescheduled', updated_at = %(now)s
+    WHERE id = %(booking)s AND EXISTS (SELECT FROM free)
+), created AS (
+    INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, rescheduled_from_id,
+                            request_id, created_at, updated_at)
+    SELECT %(new_slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
+           %(booking)s, '', %(now)s, %(now)s
+    FROM free
+    RETURNING id
+), events AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, %(booking)s::text, 'RESCHEDULED',
+           %(status)s, 'CANCELLED', jsonb_build_object('toBookingId', id, 'toSlotId', %(new_slot)s), %(trace_id)s
+    FROM created
+    UNION ALL
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
+           jsonb_build_object('slotId', %(new_slot)s, 'seats', %(seats)s, 'rescheduledFromId', %(booking)s),
+           %(trace_id)s
+    FROM created
+)
+SELECT freed.holds, seats.remaining, (SELECT id FROM created) FROM freed, seats
+"""
 
 
 def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
@@ -685,10 +748,10 @@ def _peek(booking_id: int) -> dict:
     return peek
 
 
-def _check_bookable(slot: Slot, *, guest: User, now: datetime) -> None:
+def _check_bookable(slot: Slot, *, guest: int, now: datetime) -> None:
     if slot.status != Slot.Status.AVAILABLE:
         raise SlotUnavailable(f"Slot {slot.pk} was cancelled by its host.", details={"slotId": slot.pk})
-    if slot.host_id == guest.pk:
+    if slot.host_id == guest:
         raise OwnSlot(f"Slot {slot.pk} is your own.")
     if slot.start <= now:
         raise SlotInPast(f"Slot {slot.pk} started at {slot.start.isoformat()}.")
@@ -723,20 +786,3 @@ def _check_cancellation_window(slot: Slot, *, now: datetime) -> None:
             f"Bookings can be cancelled only more than {window} before the start ({slot.start.isoformat()}).",
             details={"startTime": slot.start, "windowHours": window.total_seconds() / 3600},
         )
-
-
-def _take_seats(slot: Slot, *, seats: int) -> None:
-    """Caller holds the slot's row lock and has expired its overdue holds."""
-    _check_seats(slot, seats=seats)
-    try:
-        with transaction.atomic():  # savepoint: the check constraint is the backstop
-            Slot.objects.filter(pk=slot.pk).update(booked=F("booked") + seats)
-    except IntegrityError:
-        CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
-        raise SlotFull(slot_id=slot.pk, seats=seats) from None
-    slot.refresh_from_db(fields=["booked"])
-
-
-def _release_seats(slot: Slot, *, seats: int) -> None:
-    Slot.objects.filter(pk=slot.pk).update(booked=F("booked") - seats)
-    slot.refresh_from_db(fields=["booked"])

@@ -123,3 +123,27 @@ def test_releasing_a_hold_is_four_round_trips(api_of):
     assert trips.count <= 4, trips.statements
     hold.slot.refresh_from_db()
     assert hold.slot.booked == 0
+
+
+def test_a_reschedule_is_six_round_trips(api_of):
+    """Two claims: BEGIN, the booking's guest and slot (unlocked), the guest and both slots, the booking,
+    the move, COMMIT."""
+    guest, host = UserFactory(), HostFactory()
+    old = SlotBookingFactory(guest=guest, slot=SlotFactory(host=host))
+    target = SlotFactory(host=host)
+    overdue = overdue_hold(target)
+    api = api_of(guest)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/bookings/{old.pk}/reschedule", {"slotId": target.pk})
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 6, trips.statements
+    moved = SlotBooking.objects.get(pk=response.json()["id"])
+    assert (moved.slot_id, moved.status, moved.rescheduled_from_id) == (target.pk, "CONFIRMED", old.pk)
+    assert [(e.event_type, e.from_state, e.to_state) for e in trail(old)] == [("RESCHEDULED", "CONFIRMED", "CANCELLED")]
+    assert [(e.event_type, e.metadata["rescheduledFromId"]) for e in trail(moved)] == [("CREATED", old.pk)]
+    assert [(e.event_type, e.actor_label) for e in trail(overdue)] == [("EXPIRED", "system:expire_holds")]
+    old.slot.refresh_from_db()
+    target.refresh_from_db()
+    assert (old.slot.booked, target.booked) == (0, 1)
