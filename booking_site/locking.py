@@ -35,6 +35,11 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   ``FOR KEY SHARE`` lockers past a waiting ``FOR UPDATE``: under a stream of holds the close waits for
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
+One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock``,
+``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``), which run below the statement's own row lock,
+so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
+list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
+
 ``lock_batch`` (the expiry job) is outside the order: ``SKIP LOCKED`` never waits, so it cannot
 deadlock; a row a request holds is left to that request.
 

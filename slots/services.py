@@ -371,6 +371,8 @@ class SlotBookings(ClaimEngine):
         expires_at = now + timedelta(minutes=hold_minutes) if request.hold else None
         params = {
             "slot": slot.pk,
+            "capacity": slot.capacity,
+            "booked": slot.booked,
             "host": slot.host_id,
             "guest": request.guest.pk,
             "seats": request.seats,
@@ -467,10 +469,12 @@ def _sum_seats(rows) -> Coalesce:
 # snapshot, taken once both locks are held; its sub-statements do not see each other's writes.
 # ``overdue`` expires the slot's overdue holds (nobody else can move them: their slot is locked) and
 # ``expired_events`` records them. ``limits`` counts the guest's active bookings by that snapshot, in
-# which an overdue hold is not active (SPEC 2.2). ``free`` judges the seats by the snapshot's
-# ``booked`` plus the seats ``overdue`` gave back, and the rules; ``taken`` moves the counter by both
-# (``slot_booked_within_capacity`` stays the backstop: it would refuse the statement, and the caller
-# counts it); ``created`` inserts the booking when ``free`` let it, and ``created_event`` records it.
+# which an overdue hold is not active (SPEC 2.2). ``seats`` and ``free`` judge the seats by the
+# counter as the slot's lock read it (a locked row is read at its latest version, and nobody moves
+# it while the lock is held) plus the seats ``overdue`` gave back, and the rules; ``taken`` moves the
+# counter by both (``slot_booked_within_capacity`` stays the backstop: it would refuse the statement,
+# and the caller counts it); ``created`` inserts the booking when ``free`` let it, and
+# ``created_event`` records it.
 _SLOT, _BOOKING, _AUDIT = Slot._meta.db_table, SlotBooking._meta.db_table, AuditEvent._meta.db_table
 _AUDIT_COLUMNS = (
     "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
@@ -493,7 +497,7 @@ WITH overdue AS (
     FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
     WHERE b.guest_id = %(guest)s AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
 ), seats AS (
-    SELECT s.capacity - s.booked + freed.seats AS remaining FROM {_SLOT} s, freed WHERE s.id = %(slot)s
+    SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats, limits
     WHERE seats.remaining >= %(seats)s AND limits.with_host = 0 AND limits.active < %(max_active)s
@@ -640,6 +644,8 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         "booking": booking.pk,
         "old_slot": old_slot.pk,
         "new_slot": new_slot.pk,
+        "capacity": new_slot.capacity,
+        "booked": new_slot.booked,
         "guest": booking.guest_id,
         "seats": booking.seats,
         "status": booking.status,
@@ -695,7 +701,7 @@ WITH overdue AS (
 ), freed AS (
     SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
 ), seats AS (
-    SELECT s.capacity - s.booked + freed.seats AS remaining FROM {_SLOT} s, freed WHERE s.id = %(new_slot)s
+    SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats WHERE seats.remaining >= %(seats)s
 ), moving AS (
