@@ -475,24 +475,20 @@ def _sum_seats(rows) -> Coalesce:
 # counter by both (``slot_booked_within_capacity`` stays the backstop: it would refuse the statement,
 # and the caller counts it); ``created`` inserts the booking when ``free`` let it, and
 # ``created_event`` records it.
-_SLOT, _BOOKING, _AUDIT = Slot._meta.db_table, SlotBooking._meta.db_table, AuditEvent._meta.db_table
-_AUDIT_COLUMNS = (
-    "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
-    "request_id"
-)
-BOOK_SQL = f"""
-WITH overdue AS (
+_SLOT, _BOOKING = Slot._meta.db_table, SlotBooking._meta.db_table
+_AUDIT, _AUDIT_COLUMNS = AuditEvent._meta.db_table, audit.SQL_COLUMNS
+# The slot's overdue holds expired with their events, and what that gave back (BOOK_SQL, MOVE_SQL).
+_EXPIRE_OVERDUE = f"""
+overdue AS (
     UPDATE {_BOOKING} SET status = 'EXPIRED', updated_at = %(now)s
     WHERE slot_id = %(slot)s AND status = 'PENDING' AND expires_at <= %(now)s
     RETURNING id, seats
-), expired_events AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, %(subject_type)s, id::text, 'EXPIRED', 'PENDING', 'EXPIRED',
-           '{{}}'::jsonb, %(trace_id)s
-    FROM overdue
+), expired_events AS ({audit.expiry_events_sql(rows="overdue", from_state="PENDING")}
 ), freed AS (
     SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
-), limits AS (
+)"""
+BOOK_SQL = f"""
+WITH {_EXPIRE_OVERDUE}, limits AS (
     SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
     FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
     WHERE b.guest_id = %(guest)s AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
@@ -643,7 +639,7 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
     params = {
         "booking": booking.pk,
         "old_slot": old_slot.pk,
-        "new_slot": new_slot.pk,
+        "slot": new_slot.pk,
         "capacity": new_slot.capacity,
         "booked": new_slot.booked,
         "guest": booking.guest_id,
@@ -683,24 +679,13 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
     )
 
 
-# The move after every lock (``_move``): like ``BOOK_SQL``, one snapshot taken once the locks are held.
-# ``overdue`` expires the new slot's overdue holds; ``free`` judges its seats; ``moving`` is the seats
+# The move after every lock (``_move``): like ``BOOK_SQL``, one snapshot taken once the locks are held,
+# ``slot`` the new slot. ``overdue`` expires its overdue holds; ``free`` judges its seats; ``moving`` is the seats
 # that move (none when they do not fit: the caller then rolls everything back); ``taken`` moves both
 # counters in one UPDATE (the backstop as in BOOK_SQL); ``cancelled`` ends the old booking, ``created``
 # inserts the new one, ``events`` records RESCHEDULED and CREATED.
 MOVE_SQL = f"""
-WITH overdue AS (
-    UPDATE {_BOOKING} SET status = 'EXPIRED', updated_at = %(now)s
-    WHERE slot_id = %(new_slot)s AND status = 'PENDING' AND expires_at <= %(now)s
-    RETURNING id, seats
-), expired_events AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, %(subject_type)s, id::text, 'EXPIRED', 'PENDING', 'EXPIRED',
-           '{{}}'::jsonb, %(trace_id)s
-    FROM overdue
-), freed AS (
-    SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
-), seats AS (
+WITH {_EXPIRE_OVERDUE}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats WHERE seats.remaining >= %(seats)s
@@ -708,27 +693,27 @@ WITH overdue AS (
     SELECT CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END AS seats
 ), taken AS (
     UPDATE {_SLOT}
-    SET booked = booked + CASE WHEN id = %(new_slot)s THEN moving.seats - freed.seats ELSE -moving.seats END
+    SET booked = booked + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END
     FROM freed, moving
-    WHERE id IN (%(old_slot)s, %(new_slot)s)
+    WHERE id IN (%(old_slot)s, %(slot)s)
 ), cancelled AS (
     UPDATE {_BOOKING} SET status = 'CANCELLED', reason = 'rescheduled', updated_at = %(now)s
     WHERE id = %(booking)s AND EXISTS (SELECT FROM free)
 ), created AS (
     INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, rescheduled_from_id,
                             request_id, created_at, updated_at)
-    SELECT %(new_slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
+    SELECT %(slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
            %(booking)s, '', %(now)s, %(now)s
     FROM free
     RETURNING id
 ), events AS (
     INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
     SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, %(booking)s::text, 'RESCHEDULED',
-           %(status)s, 'CANCELLED', jsonb_build_object('toBookingId', id, 'toSlotId', %(new_slot)s), %(trace_id)s
+           %(status)s, 'CANCELLED', jsonb_build_object('toBookingId', id, 'toSlotId', %(slot)s), %(trace_id)s
     FROM created
     UNION ALL
     SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
-           jsonb_build_object('slotId', %(new_slot)s, 'seats', %(seats)s, 'rescheduledFromId', %(booking)s),
+           jsonb_build_object('slotId', %(slot)s, 'seats', %(seats)s, 'rescheduledFromId', %(booking)s),
            %(trace_id)s
     FROM created
 )
