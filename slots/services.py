@@ -4,11 +4,14 @@ The booking lifecycle is ``booking_site.engine``'s and the locks are ``booking_s
 order is written there: the guest's or host's user row, then slot rows, then booking rows). This
 module declares what is the slots' own: a booking locks its guest (the rules that count a guest's
 bookings: at most ``SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST``, one per host) and its slot (the seats of
-the slot: its ``booked`` counter, moved with ``F()`` under that lock); the slot's host may cancel its
-bookings; a guest's cancellation window; a reschedule; and the slots' errors.
+the slot: its ``booked`` counter, moved by one ``UPDATE`` under that lock); the slot's host may cancel
+its bookings; a guest's cancellation window; a reschedule; and the slots' errors.
 
-A request that starts from a booking id reads the booking's guest id and slot id first without a
-lock (``_peek``). That is safe because a booking never changes its guest or its slot.
+The write path is lean (``SlotBookings``; ADR 0007, the slots): a booking, a confirm, a cancel is
+BEGIN, one statement that takes the locks, one that checks and writes, COMMIT. A transition finds
+the booking's guest and slot through the booking's row in its lock statement; a reschedule reads
+them first without a lock (``_peek``). Both are safe because a booking never changes its guest or
+its slot.
 
 PostgreSQL backstops, so that a bug here cannot corrupt data: ``slot_booked_within_capacity``
 (check constraint on the counter), and ``slot_no_overlap_per_host`` (exclusion constraint). When a
@@ -324,7 +327,7 @@ class SlotBookingRequest:
 class SlotBookings(ClaimEngine):
     """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold.
 
-    The lean write path (ADR 0008): a booking is two statements between BEGIN and COMMIT.
+    The lean write path (ADR 0007, the slots): a booking is two statements between BEGIN and COMMIT.
     ``lock_target`` locks the guest, then the slot, in one statement (``lock_slots(after=user_lock)``)
     that also reads, from its snapshot, the guest's active bookings and the slot's overdue seats: a
     request those refuse costs BEGIN, that statement, ROLLBACK. ``create`` is one statement after both
