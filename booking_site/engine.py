@@ -119,6 +119,12 @@ class ClaimEngine:
     def on_write(self, claims: list[Claim], *, from_states: list[str], to_state: str, now: datetime) -> None:
         """Side effects of a transition, after its audit events (seat claims, counters)."""
 
+    def write_along(self, claims: list[Claim], *, from_states: list[str], to_state: str, now: datetime) -> list:
+        """Side effects written by the transition's own statement, as more ``WITH`` sub-statements: a
+        list of ``(sql, params)`` (a counter the claims move). They read nothing the claims' ``UPDATE``
+        returns and run in no set order with it, so their rows are locked already (ADR 0001)."""
+        return []
+
     def audit_subject(self, claim: Claim):
         return claim
 
@@ -258,15 +264,17 @@ class ClaimEngine:
             )
             for claim, from_state in zip(claims, from_states, strict=True)
         ]
-        self.update_and_record(claims, fields, events)
+        along = self.write_along(claims, from_states=from_states, to_state=to_state, now=now)
+        self.update_and_record(claims, fields, events, along=along)
         self.on_write(claims, from_states=from_states, to_state=to_state, now=now)
         if to_state == EXPIRED:
             count_on_commit(HOLDS_EXPIRED, self.domain, amount=len(claims))
         return claims
 
-    def update_and_record(self, claims: list[Claim], fields: dict, events: list) -> None:
+    def update_and_record(self, claims: list[Claim], fields: dict, events: list, along: list = ()) -> None:
         """One statement: ``UPDATE`` the claims' ``fields`` and ``INSERT`` their audit events
-        (``WITH moved AS (UPDATE …) INSERT INTO audit …``), both compiled by the ORM."""
+        (``WITH moved AS (UPDATE …) INSERT INTO audit …``), both compiled by the ORM, and the
+        ``write_along`` sub-statements ``along``."""
         if not connection.in_atomic_block:
             raise RuntimeError("a transition is written in the transaction that holds its locks")
         update = sql.UpdateQuery(self.model)
@@ -276,8 +284,10 @@ class ClaimEngine:
         insert = sql.InsertQuery(AuditEvent)
         insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], events)
         [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+        ctes = [f"moved AS ({update_sql})", *(f"along_{i} AS ({sql_})" for i, (sql_, _) in enumerate(along))]
+        params = [*update_params, *(p for _, along_params in along for p in along_params), *insert_params]
         with connection.cursor() as cursor:
-            cursor.execute(f"WITH moved AS ({update_sql}) {insert_sql}", (*update_params, *insert_params))
+            cursor.execute(f"WITH {', '.join(ctes)} {insert_sql}", params)
 
     # --- expiry -----------------------------------------------------------------------------------
 

@@ -35,6 +35,11 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   ``FOR KEY SHARE`` lockers past a waiting ``FOR UPDATE``: under a stream of holds the close waits for
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
+One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock``,
+``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``), which run below the statement's own row lock,
+so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
+list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
+
 A seat hold takes 2 and 3 in one statement (``share_event_lock_seats``, ``share_event_lock_free_seats``:
 the event, then the seats; ADR 0009). Best available locks with ``SKIP LOCKED``: it never waits for a
 seat, so the order it takes them in (preference, not id) cannot close a circle.
@@ -52,7 +57,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Model, QuerySet
+from django.db.models import Exists, Model, OuterRef, QuerySet
 
 from booking_site.accounts.models import User
 from events.models import Event, Seat
@@ -72,6 +77,15 @@ def lock_user(user_id: int) -> User:
     """One user row, ``FOR NO KEY UPDATE``: serializes the rules that count this user's rows."""
     _in_transaction("lock_user")
     return User.objects.select_for_update(no_key=True).get(pk=user_id)
+
+
+def user_lock(user_id: int | OuterRef) -> Exists:
+    """The same lock as a condition of a bigger statement (true when the user exists), for a statement
+    that takes a lock of a later kind too (``lock_slots(..., after=user_lock(id))``, a claim's lock):
+    a sub-select runs below the statement's own row locking, so this lock is held before that one is
+    asked for. Built anywhere; the lock function that runs the statement refuses to outside a
+    transaction. The seam a race control replaces to remove the user's lock from a fused statement."""
+    return Exists(User.objects.select_for_update(no_key=True).filter(pk=user_id))
 
 
 # 2. the event row
@@ -107,11 +121,22 @@ def lock_car(car_id: int, **annotations) -> Car | None:
     return Car.objects.select_for_update(no_key=True, of=("self",)).filter(pk=car_id).annotate(**annotations).first()
 
 
-def lock_slots(slot_ids: Iterable[int]) -> dict[int, Slot]:
-    """Serializes the seats of each slot (its ``booked`` counter). A missing id is simply absent."""
+def lock_slots(slot_ids: Iterable[int], *, after: Exists | None = None, **annotations) -> dict[int, Slot]:
+    """Serializes the seats of each slot (its ``booked`` counter). A missing id is simply absent.
+    ``after``: a lock of an earlier kind taken by the same statement first (``user_lock``);
+    ``annotations`` are read by the same statement, from its snapshot (see ``lock_car``)."""
     _in_transaction("lock_slots")
-    slots = Slot.objects.select_for_update(no_key=True).filter(pk__in=set(slot_ids)).order_by("pk")
-    return {slot.pk: slot for slot in slots}
+    slots = Slot.objects.select_for_update(no_key=True, of=("self",)).filter(pk__in=set(slot_ids))
+    if after is not None:
+        slots = slots.filter(after)
+    return {slot.pk: slot for slot in slots.annotate(**annotations).order_by("pk")}
+
+
+def slot_lock(slot_id: int | OuterRef, *, after: Exists | None = None) -> Exists:
+    """One slot's lock as a condition of a bigger statement (see ``user_lock``): a claim's lock
+    (``lock_claim``) takes it first. The seam a race control replaces."""
+    slots = Slot.objects.select_for_update(no_key=True).filter(pk=slot_id)
+    return Exists(slots.filter(after) if after is not None else slots)
 
 
 def lock_seats(

@@ -442,10 +442,11 @@ class SeatHolds(ClaimEngine):
             return {"cancelled_at": now}
         return {}
 
-    def update_and_record(self, groups: list[SeatHoldGroup], fields: dict, events: list) -> None:
+    def update_and_record(self, groups: list[SeatHoldGroup], fields: dict, events: list, along: list = ()) -> None:
         """One statement: the groups' ``UPDATE`` (compiled by the ORM), their seat claims mirroring
         them, the event's booked-seat counter on a confirm or a cancel (the transaction's last lock,
-        ADR 0001 row 5), and the audit events. Sets ``seat_codes`` on a group written alone."""
+        ADR 0001 row 5), and the audit events. Sets ``seat_codes`` on a group written alone (so it
+        overrides the engine's statement rather than adding ``write_along`` parts: it returns them)."""
         to_state = fields[self.model.STATE_FIELD]
         delta = 0
         if to_state in (State.CONFIRMED, State.CANCELLED):
@@ -457,10 +458,17 @@ class SeatHolds(ClaimEngine):
         statement = f"""
             WITH moved AS ({update_sql} RETURNING id),
             mirrored AS (UPDATE {_CLAIM} c SET state = %s FROM moved m WHERE c.group_id = m.id RETURNING c.seat_id)
-            {counted if delta else ""}, recorded AS ({insert_sql})
+            {counted if delta else ""}{"".join(f", along_{i} AS ({part})" for i, (part, _) in enumerate(along))},
+            recorded AS ({insert_sql})
             SELECT s.code FROM mirrored m JOIN {_SEAT} s ON s.id = m.seat_id ORDER BY s.section, s.row, s.number
         """
-        params = (*update_params, to_state, *((delta, groups[0].event_id) if delta else ()), *insert_params)
+        params = (
+            *update_params,
+            to_state,
+            *((delta, groups[0].event_id) if delta else ()),
+            *(p for _, part_params in along for p in part_params),
+            *insert_params,
+        )
         try:
             with connection.cursor() as cursor:
                 cursor.execute(statement, params)
@@ -529,10 +537,7 @@ def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
 # win, not a backstop.
 _EVENT, _SEAT, _CLAIM, _GROUP = (m._meta.db_table for m in (Event, Seat, SeatClaim, SeatHoldGroup))
 _AUDIT = AuditEvent._meta.db_table
-_AUDIT_COLUMNS = (
-    "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
-    "request_id"
-)
+_AUDIT_COLUMNS = audit.SQL_COLUMNS
 _ACTIVE = "(c.state = 'CONFIRMED' OR (c.state = 'HELD' AND c.expires_at > %(now)s))"
 PICK_NAMED = "SELECT unnest(%(seats)s::bigint[]) AS id"
 PICK_BEST = f"""

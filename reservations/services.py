@@ -160,21 +160,13 @@ class Reservations(ClaimEngine):
 # run before ``created`` inserts. When a hold overdue in the snapshot was confirmed meanwhile (its
 # confirm judged it before its expiry), the unique index refuses the insert: ``contended`` counts
 # such rows, so that refusal is the confirm's win, not a backstop.
-_RESERVATION, _AUDIT = Reservation._meta.db_table, AuditEvent._meta.db_table
-_AUDIT_COLUMNS = (
-    "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
-    "request_id"
-)
+_RESERVATION, _AUDIT, _AUDIT_COLUMNS = Reservation._meta.db_table, AuditEvent._meta.db_table, audit.SQL_COLUMNS
 HOLD_SQL = f"""
 WITH overdue AS (
     UPDATE {_RESERVATION} SET state = 'EXPIRED', updated_at = %(now)s
     WHERE car_id = %(car)s AND state = 'HELD' AND expires_at <= %(now)s
     RETURNING id
-), expired_events AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, %(subject_type)s, id::text, 'EXPIRED', 'HELD', 'EXPIRED',
-           '{{}}'::jsonb, %(trace_id)s
-    FROM overdue
+), expired_events AS ({audit.expiry_events_sql(rows="overdue", from_state="HELD")}
 ), free AS (
     SELECT (SELECT count(*) FROM overdue) AS expired
     WHERE NOT EXISTS (

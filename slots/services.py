@@ -4,11 +4,14 @@ The booking lifecycle is ``booking_site.engine``'s and the locks are ``booking_s
 order is written there: the guest's or host's user row, then slot rows, then booking rows). This
 module declares what is the slots' own: a booking locks its guest (the rules that count a guest's
 bookings: at most ``SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST``, one per host) and its slot (the seats of
-the slot: its ``booked`` counter, moved with ``F()`` under that lock); the slot's host may cancel its
-bookings; a guest's cancellation window; a reschedule; and the slots' errors.
+the slot: its ``booked`` counter, moved by one ``UPDATE`` under that lock); the slot's host may cancel
+its bookings; a guest's cancellation window; a reschedule; and the slots' errors.
 
-A request that starts from a booking id reads the booking's guest id and slot id first without a
-lock (``_peek``). That is safe because a booking never changes its guest or its slot.
+The write path is lean (``SlotBookings``; ADR 0007, the slots): a booking, a confirm, a cancel is
+BEGIN, one statement that takes the locks, one that checks and writes, COMMIT. A transition finds
+the booking's guest and slot through the booking's row in its lock statement; a reschedule reads
+them first without a lock (``_peek``). Both are safe because a booking never changes its guest or
+its slot.
 
 PostgreSQL backstops, so that a bug here cannot corrupt data: ``slot_booked_within_capacity``
 (check constraint on the counter), and ``slot_no_overlap_per_host`` (exclusion constraint). When a
@@ -18,18 +21,23 @@ backstop fires, the request gets the same 409 as the lock-and-check would have g
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db.models import Case, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When, sql
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
+from booking_site.audit.models import AuditEvent
 from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, SEE, ClaimEngine, ClaimPolicy
 from booking_site.errors import (
     Conflict,
@@ -41,7 +49,8 @@ from booking_site.errors import (
     ValidationFailed,
 )
 from booking_site.expiry import locked_now
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
+from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
+from booking_site.middleware import current_request_id
 from slots.models import Slot, SlotBooking
 
 Status = SlotBooking.Status
@@ -312,10 +321,22 @@ class SlotBookingRequest:
     hold_minutes: int | None
     metadata: dict = field(default_factory=dict)
     request_id: str = ""
+    now: datetime | None = None  # when it was asked: the snapshot's reads judge expiry by it
 
 
 class SlotBookings(ClaimEngine):
-    """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold."""
+    """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold.
+
+    The lean write path (ADR 0007, the slots): a booking is two statements between BEGIN and COMMIT.
+    ``lock_target`` locks the guest, then the slot, in one statement (``lock_slots(after=user_lock)``)
+    that also reads, from its snapshot, the guest's active bookings and the slot's overdue seats: a
+    request those refuse costs BEGIN, that statement, ROLLBACK. ``create`` is one statement after both
+    locks are held, so it reads with a fresh snapshot: it expires the slot's overdue holds (with their
+    audit events), counts the guest's bookings again, checks the seats, moves ``booked``, inserts the
+    booking and its CREATED event. A transition locks the guest (for a confirm), the slot and the
+    booking in one statement (``_claims``), and writes the booking, its audit event and the slot's
+    counter in one more (``write_along``).
+    """
 
     model, domain, policy = SlotBooking, "slots", BookingPolicy()
     backstop = (
@@ -324,43 +345,81 @@ class SlotBookings(ClaimEngine):
     )
 
     def lock_target(self, request: SlotBookingRequest) -> Slot:
-        locking.lock_user(request.guest.pk)
-        slot = locking.lock_slots([request.slot_id]).get(request.slot_id)
+        # Read from the statement's snapshot, taken before any lock wait: fair to refuse, never to grant
+        # (``create`` counts again after the locks). The slot's own columns are its latest version.
+        active = SlotBooking.objects.active(now=request.now).filter(guest=request.guest.pk)
+        overdue = SlotBooking.objects.overdue(now=request.now).filter(slot=OuterRef("pk"))
+        slot = locking.lock_slots(
+            [request.slot_id],
+            after=locking.user_lock(request.guest.pk),
+            guest_active=_count(active),
+            guest_with_host=_count(active.filter(slot__host_id=OuterRef("host_id"))),
+            overdue_seats=_sum_seats(overdue),
+        ).get(request.slot_id)
         if slot is None:
             raise NotFound(f"Slot {request.slot_id} does not exist.")
         return slot
 
     def check_target(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
-        _check_bookable(slot, guest=request.guest, now=now)
-        _check_guest_limits(guest=request.guest, host_id=slot.host_id, now=now)
+        _check_bookable(slot, guest=request.guest.pk, now=now)
+        _check_guest_limits(host_id=slot.host_id, active=slot.guest_active, with_host=slot.guest_with_host)
+        _check_seats(slot, seats=request.seats, freed=slot.overdue_seats)
 
-    def overdue_on(self, slot: Slot, *, now: datetime):
-        return SlotBooking.objects.overdue(now=now).filter(slot=slot)
+    def make_free(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
+        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
 
-    def check_free(self, slot: Slot, request: SlotBookingRequest, *, now: datetime, expired: list) -> None:
-        if expired:
-            slot.refresh_from_db(fields=["booked"])  # the expiry of its overdue holds moved the counter
-        remaining = slot.capacity - slot.booked
-        if request.seats > remaining:
-            raise SlotFull(slot_id=slot.pk, seats=request.seats, remaining=remaining)
-
-    def insert(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> SlotBooking:
-        Slot.objects.filter(pk=slot.pk).update(booked=F("booked") + request.seats)
+    def create(self, slot: Slot, request: SlotBookingRequest, *, now: datetime, actor) -> SlotBooking:
         hold_minutes = request.hold_minutes or hold_minutes_default()
-        return SlotBooking.objects.create(
+        status = Status.PENDING if request.hold else Status.CONFIRMED
+        expires_at = now + timedelta(minutes=hold_minutes) if request.hold else None
+        params = {
+            "slot": slot.pk,
+            "capacity": slot.capacity,
+            "booked": slot.booked,
+            "host": slot.host_id,
+            "guest": request.guest.pk,
+            "seats": request.seats,
+            "max_active": max_active_bookings_per_guest(),
+            "status": status,
+            "expires_at": expires_at,
+            "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
+            "booking_request_id": request.request_id,
+            "now": now,
+            "actor": actor.pk,
+            "actor_label": f"user:{actor.pk}",
+            "subject_type": SlotBooking._meta.model_name,
+            "expiry_actor": EXPIRY_ACTOR,
+            "occurred_at": timezone.now(),
+            "trace_id": current_request_id() or "",
+            "metadata": json.dumps(
+                {"slotId": slot.pk, "seats": request.seats, "expiresAt": expires_at}, cls=DjangoJSONEncoder
+            ),
+        }
+        constraint, _ = self.backstop
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(BOOK_SQL, params)
+                expired, freed, active, with_host, remaining, booking_id = cursor.fetchone()
+        except IntegrityError:  # the transaction is aborted: the caller's atomic block rolls it back
+            CONSTRAINT_BACKSTOPS.labels(constraint).inc()
+            raise SlotFull(slot_id=slot.pk, seats=request.seats) from None
+        count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
+        if booking_id is None:
+            _check_guest_limits(host_id=slot.host_id, active=active, with_host=with_host)
+            raise SlotFull(slot_id=slot.pk, seats=request.seats, remaining=remaining)
+        slot.booked += request.seats - freed
+        return SlotBooking(
+            pk=booking_id,
             slot=slot,
             guest=request.guest,
             seats=request.seats,
-            status=Status.PENDING if request.hold else Status.CONFIRMED,
-            expires_at=now + timedelta(minutes=hold_minutes) if request.hold else None,
+            status=status,
+            expires_at=expires_at,
             metadata=request.metadata,
             request_id=request.request_id,
             created_at=now,
             updated_at=now,
         )
-
-    def created_metadata(self, booking: SlotBooking, slot: Slot, request: SlotBookingRequest) -> dict:
-        return {"slotId": slot.pk, "seats": booking.seats, "expiresAt": booking.expires_at}
 
     def changes(self, booking: SlotBooking, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
         return {"reason": metadata["reason"]} if metadata else {}
@@ -369,16 +428,22 @@ class SlotBookings(ClaimEngine):
         if to_state == Status.CANCELLED and booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
             _check_cancellation_window(booking.slot, now=now)
 
-    def on_write(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime) -> None:
-        """A booking that stops blocking gives its seats back to its slot."""
+    def write_along(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime):
+        """A booking that stops blocking gives its seats back to its slot: one ``UPDATE`` of the slots
+        in the transition's statement (the caller holds their locks)."""
         if to_state in SlotBooking.BLOCKING_STATES:
-            return
+            return []
         seats_per_slot = Counter()
         for booking, from_state in zip(bookings, from_states, strict=True):
             if from_state in SlotBooking.BLOCKING_STATES:
                 seats_per_slot[booking.slot_id] += booking.seats
-        for slot_id, seats in sorted(seats_per_slot.items()):
-            Slot.objects.filter(pk=slot_id).update(booked=F("booked") - seats)
+        if not seats_per_slot:
+            return []
+        freed = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in seats_per_slot.items()))
+        update = sql.UpdateQuery(Slot)
+        update.add_update_values({"booked": F("booked") - freed})
+        update.add_q(Q(pk__in=list(seats_per_slot)))
+        return [update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()]
 
     def refused(self, booking: SlotBooking, to_state: str) -> DomainError:
         if to_state == Status.CONFIRMED:
@@ -388,6 +453,73 @@ class SlotBookings(ClaimEngine):
     def due(self, *, now: datetime):
         """With their slots: the batch locks both, so a booking whose slot a request holds is skipped."""
         return SlotBooking.objects.overdue(now=now).select_related("slot")
+
+
+class _Count(Subquery):
+    template, output_field = "(SELECT count(*) FROM (%(subquery)s) _rows)", IntegerField()
+
+
+def _count(rows) -> _Count:
+    return _Count(rows.order_by().values("pk"))
+
+
+def _sum_seats(rows) -> Coalesce:
+    seats = rows.order_by().values("slot").annotate(total=Sum("seats")).values("total")
+    return Coalesce(Subquery(seats), 0)
+
+
+# The booking after the guest's and the slot's locks (``SlotBookings.create``): one statement, so one
+# snapshot, taken once both locks are held; its sub-statements do not see each other's writes.
+# ``overdue`` expires the slot's overdue holds (nobody else can move them: their slot is locked) and
+# ``expired_events`` records them. ``limits`` counts the guest's active bookings by that snapshot, in
+# which an overdue hold is not active (SPEC 2.2). ``seats`` and ``free`` judge the seats by the
+# counter as the slot's lock read it (a locked row is read at its latest version, and nobody moves
+# it while the lock is held) plus the seats ``overdue`` gave back, and the rules; ``taken`` moves the
+# counter by both (``slot_booked_within_capacity`` stays the backstop: it would refuse the statement,
+# and the caller counts it); ``created`` inserts the booking when ``free`` let it, and
+# ``created_event`` records it.
+_SLOT, _BOOKING = Slot._meta.db_table, SlotBooking._meta.db_table
+_AUDIT, _AUDIT_COLUMNS = AuditEvent._meta.db_table, audit.SQL_COLUMNS
+# The slot's overdue holds expired with their events, and what that gave back (BOOK_SQL, MOVE_SQL).
+_EXPIRE_OVERDUE = f"""
+overdue AS (
+    UPDATE {_BOOKING} SET status = 'EXPIRED', updated_at = %(now)s
+    WHERE slot_id = %(slot)s AND status = 'PENDING' AND expires_at <= %(now)s
+    RETURNING id, seats
+), expired_events AS ({audit.expiry_events_sql(rows="overdue", from_state="PENDING")}
+), freed AS (
+    SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
+)"""
+BOOK_SQL = f"""
+WITH {_EXPIRE_OVERDUE}, limits AS (
+    SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
+    FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
+    WHERE b.guest_id = %(guest)s AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
+), seats AS (
+    SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
+), free AS (
+    SELECT FROM seats, limits
+    WHERE seats.remaining >= %(seats)s AND limits.with_host = 0 AND limits.active < %(max_active)s
+), taken AS (
+    UPDATE {_SLOT} SET booked = booked - freed.seats + CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END
+    FROM freed
+    WHERE id = %(slot)s AND (freed.seats > 0 OR EXISTS (SELECT FROM free))
+), created AS (
+    INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, request_id, created_at,
+                            updated_at)
+    SELECT %(slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
+           %(booking_request_id)s, %(now)s, %(now)s
+    FROM free
+    RETURNING id
+), created_event AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
+           %(metadata)s::jsonb, %(trace_id)s
+    FROM created
+)
+SELECT freed.holds, freed.seats, limits.active, limits.with_host, seats.remaining, (SELECT id FROM created)
+FROM freed, limits, seats
+"""
 
 
 SLOT_BOOKINGS = SlotBookings()
@@ -417,6 +549,7 @@ def slot_booking_create(
         hold_minutes=hold_minutes,
         metadata=metadata or {},
         request_id=request_id,
+        now=now,
     )
     return SLOT_BOOKINGS.hold(request, now=now, actor=actor or guest)
 
@@ -445,94 +578,150 @@ def slot_booking_expire(*, booking_id: int, user: User, now: datetime) -> SlotBo
 
 
 def _transition(booking_id: int, to_state: str, *, lock_guest: bool = False, **kwargs) -> SlotBooking:
-    """Locks (the guest,) the slot, then the booking: its guest and slot are read first, unlocked."""
-
-    def before() -> None:
-        peek = _peek(booking_id)
-        if lock_guest:
-            locking.lock_user(peek["guest_id"])
-        locking.lock_slots([peek["slot_id"]])
-
     return SLOT_BOOKINGS.transition(
-        claims=SlotBooking.objects.filter(pk=booking_id).select_related("slot"),  # the slot: locked already
+        claims=_claims(booking_id, lock_guest=lock_guest),
         what=f"Booking {booking_id}",
         to_state=to_state,
-        before=before,
         **kwargs,
     )
 
 
+def _claims(booking_id: int, *, lock_guest: bool) -> QuerySet:
+    """The booking, for ``lock_claim``: one statement that locks (the guest,) the slot, then the booking.
+    The locks of the earlier kinds are conditions of that statement (``slot_lock``, ``user_lock``),
+    which run below its own row lock, each after the one it names as ``after``; they find the guest and
+    the slot through the booking's row, which a booking never changes. The slot is read with it."""
+    guest = locking.user_lock(OuterRef(OuterRef("guest_id"))) if lock_guest else None
+    slot = locking.slot_lock(OuterRef("slot_id"), after=guest)
+    return SlotBooking.objects.filter(slot, pk=booking_id).select_related("slot")
+
+
 def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: datetime) -> SlotBooking:
     """Move an active booking to another slot in one transaction. The seats of the new slot are taken
-    before those of the old slot are released. If the new slot cannot take them, nothing changes.
+    and those of the old slot released by one statement. If the new slot cannot take them, nothing
+    changes.
 
     Returns the new booking (same seats, status, expiry and metadata; ``rescheduled_from`` the old one).
-    The old booking becomes CANCELLED. Locks the guest row, then both slot rows, then the booking.
+    The old booking becomes CANCELLED. Locks the guest row and both slot rows (one statement), then the
+    booking, which reads the guest's other bookings with the new slot's host after the guest's lock.
     """
     with transaction.atomic():
         peek = _peek(booking_id)
         if slot_id == peek["slot_id"]:
             raise ValidationFailed.for_field("slotId", "The booking is already on this slot.")
-        guest = locking.lock_user(peek["guest_id"])
-        slots = locking.lock_slots([peek["slot_id"], slot_id])
-        booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+        slots = locking.lock_slots([peek["slot_id"], slot_id], after=locking.user_lock(peek["guest_id"]))
+        old_slot, new_slot = slots[peek["slot_id"]], slots.get(slot_id)
+        claims = SlotBooking.objects.filter(pk=booking_id)
+        if new_slot is not None:
+            with_host = SlotBooking.objects.active(now=locked_now(now)).filter(slot__host_id=new_slot.host_id)
+            claims = claims.annotate(
+                with_host=_count(with_host.filter(guest=OuterRef("guest_id")).exclude(pk=booking_id))
+            )
+        booking = locking.lock_claim(claims)
+        booking.slot = old_slot
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
-        old_slot, new_slot = slots[booking.slot_id], slots.get(slot_id)
         if new_slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)
         if booking.is_overdue(now):
             SLOT_BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
         elif booking.is_active(now):
-            return _move(booking, old_slot=old_slot, new_slot=new_slot, guest=guest, user=user, now=now)
+            return _move(booking, old_slot=old_slot, new_slot=new_slot, user=user, now=now)
     if booking.status == Status.EXPIRED:
         raise HoldExpired(f"Booking {booking_id} expired at {booking.expires_at.isoformat()}.")
     raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state="RESCHEDULED")
 
 
-def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, guest: User, user: User, now: datetime):
-    """Caller holds the guest row, both slot rows and the booking row."""
+def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, now: datetime) -> SlotBooking:
+    """Caller holds the guest row, both slot rows and the booking row (annotated ``with_host``: the
+    guest's other active bookings with the new slot's host, read after the guest's lock)."""
     if booking.status == Status.CONFIRMED and _guest_only(user, old_slot):
         _check_cancellation_window(old_slot, now=now)
-    _check_bookable(new_slot, guest=guest, now=now)
-    _check_guest_limits(guest=guest, host_id=new_slot.host_id, now=now, excluding=booking)
-    SLOT_BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=new_slot), now=now)
-    _take_seats(new_slot, seats=booking.seats)
-    _release_seats(old_slot, seats=booking.seats)
-    from_state = booking.status
-    booking.status, booking.reason, booking.updated_at = Status.CANCELLED, "rescheduled", now
-    booking.save(update_fields=["status", "reason", "updated_at"])
-    moved = SlotBooking.objects.create(
+    _check_bookable(new_slot, guest=booking.guest_id, now=now)
+    _check_guest_limits(host_id=new_slot.host_id, active=None, with_host=booking.with_host)
+    params = {
+        "booking": booking.pk,
+        "old_slot": old_slot.pk,
+        "slot": new_slot.pk,
+        "capacity": new_slot.capacity,
+        "booked": new_slot.booked,
+        "guest": booking.guest_id,
+        "seats": booking.seats,
+        "status": booking.status,
+        "expires_at": booking.expires_at,
+        "booking_metadata": json.dumps(booking.metadata, cls=DjangoJSONEncoder),
+        "now": now,
+        "actor": user.pk,
+        "actor_label": f"user:{user.pk}",
+        "subject_type": SlotBooking._meta.model_name,
+        "expiry_actor": EXPIRY_ACTOR,
+        "occurred_at": timezone.now(),
+        "trace_id": current_request_id() or "",
+    }
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(MOVE_SQL, params)
+            expired, remaining, moved_id = cursor.fetchone()
+    except IntegrityError:  # the transaction is aborted: the caller's atomic block rolls it back
+        CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
+        raise SlotFull(slot_id=new_slot.pk, seats=booking.seats) from None
+    if moved_id is None:
+        raise SlotFull(slot_id=new_slot.pk, seats=booking.seats, remaining=remaining)
+    count_on_commit(HOLDS_EXPIRED, SLOT_BOOKINGS.domain, amount=expired)
+    return SlotBooking(
+        pk=moved_id,
         slot=new_slot,
-        guest=guest,
+        guest_id=booking.guest_id,
         seats=booking.seats,
-        status=from_state,
+        status=booking.status,
         expires_at=booking.expires_at,
         metadata=booking.metadata,
-        rescheduled_from=booking,
+        rescheduled_from_id=booking.pk,
         created_at=now,
         updated_at=now,
     )
-    audit.record_many(
-        [
-            audit.event(
-                subject=booking,
-                event="RESCHEDULED",
-                from_state=from_state,
-                to_state=Status.CANCELLED,
-                actor=user,
-                metadata={"toBookingId": moved.pk, "toSlotId": new_slot.pk},
-            ),
-            audit.event(
-                subject=moved,
-                event="CREATED",
-                to_state=from_state,
-                actor=user,
-                metadata={"slotId": new_slot.pk, "seats": moved.seats, "rescheduledFromId": booking.pk},
-            ),
-        ]
-    )
-    return moved
+
+
+# The move after every lock (``_move``): like ``BOOK_SQL``, one snapshot taken once the locks are held,
+# ``slot`` the new slot. ``overdue`` expires its overdue holds; ``free`` judges its seats; ``moving`` is the seats
+# that move (none when they do not fit: the caller then rolls everything back); ``taken`` moves both
+# counters in one UPDATE (the backstop as in BOOK_SQL); ``cancelled`` ends the old booking, ``created``
+# inserts the new one, ``events`` records RESCHEDULED and CREATED.
+MOVE_SQL = f"""
+WITH {_EXPIRE_OVERDUE}, seats AS (
+    SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
+), free AS (
+    SELECT FROM seats WHERE seats.remaining >= %(seats)s
+), moving AS (
+    SELECT CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END AS seats
+), taken AS (
+    UPDATE {_SLOT}
+    SET booked = booked + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END
+    FROM freed, moving
+    WHERE id IN (%(old_slot)s, %(slot)s)
+), cancelled AS (
+    UPDATE {_BOOKING} SET status = 'CANCELLED', reason = 'rescheduled', updated_at = %(now)s
+    WHERE id = %(booking)s AND EXISTS (SELECT FROM free)
+), created AS (
+    INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, rescheduled_from_id,
+                            request_id, created_at, updated_at)
+    SELECT %(slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
+           %(booking)s, '', %(now)s, %(now)s
+    FROM free
+    RETURNING id
+), events AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, %(booking)s::text, 'RESCHEDULED',
+           %(status)s, 'CANCELLED', jsonb_build_object('toBookingId', id, 'toSlotId', %(slot)s), %(trace_id)s
+    FROM created
+    UNION ALL
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
+           jsonb_build_object('slotId', %(slot)s, 'seats', %(seats)s, 'rescheduledFromId', %(booking)s),
+           %(trace_id)s
+    FROM created
+)
+SELECT freed.holds, seats.remaining, (SELECT id FROM created) FROM freed, seats
+"""
 
 
 def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
@@ -553,25 +742,31 @@ def _peek(booking_id: int) -> dict:
     return peek
 
 
-def _check_bookable(slot: Slot, *, guest: User, now: datetime) -> None:
+def _check_bookable(slot: Slot, *, guest: int, now: datetime) -> None:
     if slot.status != Slot.Status.AVAILABLE:
         raise SlotUnavailable(f"Slot {slot.pk} was cancelled by its host.", details={"slotId": slot.pk})
-    if slot.host_id == guest.pk:
+    if slot.host_id == guest:
         raise OwnSlot(f"Slot {slot.pk} is your own.")
     if slot.start <= now:
         raise SlotInPast(f"Slot {slot.pk} started at {slot.start.isoformat()}.")
 
 
-def _check_guest_limits(*, guest: User, host_id: int, now: datetime, excluding: SlotBooking | None = None) -> None:
-    """Caller holds the guest's row lock: the counts cannot change under us."""
-    active = SlotBooking.objects.active(now=now).filter(guest=guest)
-    if excluding is not None:
-        active = active.exclude(pk=excluding.pk)
-    if active.filter(slot__host_id=host_id).exists():
+def _check_guest_limits(*, host_id: int, active: int | None, with_host: int) -> None:
+    """The guest's count rules, given how many active bookings the guest has (``active``; None: the
+    maximum does not apply) and how many of them are with ``host_id``. Counts read under the guest's row
+    lock are the truth; counts from a snapshot older than the lock only ever refuse fairly."""
+    if with_host:
         raise LimitReached(f"You already have an active booking with host {host_id}.", details={"rule": "one_per_host"})
     limit = max_active_bookings_per_guest()
-    if excluding is None and active.count() >= limit:
+    if active is not None and active >= limit:
         raise LimitReached(f"You already have {limit} active bookings.", details={"rule": "max_active", "max": limit})
+
+
+def _check_seats(slot: Slot, *, seats: int, freed: int = 0) -> None:
+    """``seats`` fit in the slot once the holds giving back ``freed`` seats are expired."""
+    remaining = slot.capacity - slot.booked + freed
+    if seats > remaining:
+        raise SlotFull(slot_id=slot.pk, seats=seats, remaining=remaining)
 
 
 def _guest_only(user: User, slot: Slot) -> bool:
@@ -585,22 +780,3 @@ def _check_cancellation_window(slot: Slot, *, now: datetime) -> None:
             f"Bookings can be cancelled only more than {window} before the start ({slot.start.isoformat()}).",
             details={"startTime": slot.start, "windowHours": window.total_seconds() / 3600},
         )
-
-
-def _take_seats(slot: Slot, *, seats: int) -> None:
-    """Caller holds the slot's row lock and has expired its overdue holds."""
-    remaining = slot.capacity - slot.booked
-    if seats > remaining:
-        raise SlotFull(slot_id=slot.pk, seats=seats, remaining=remaining)
-    try:
-        with transaction.atomic():  # savepoint: the check constraint is the backstop
-            Slot.objects.filter(pk=slot.pk).update(booked=F("booked") + seats)
-    except IntegrityError:
-        CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
-        raise SlotFull(slot_id=slot.pk, seats=seats) from None
-    slot.refresh_from_db(fields=["booked"])
-
-
-def _release_seats(slot: Slot, *, seats: int) -> None:
-    Slot.objects.filter(pk=slot.pk).update(booked=F("booked") - seats)
-    slot.refresh_from_db(fields=["booked"])

@@ -92,6 +92,19 @@ def api(client_for, user):
 
 
 @pytest.fixture
+def cached_api_of(client_for):
+    """``client_for`` on the cached-token path: the token is looked up once by a first request, then
+    cached (what the round-trip tests measure)."""
+
+    def make(user) -> APIClient:
+        client = client_for(user)
+        client.get("/api/users/me")
+        return client
+
+    return make
+
+
+@pytest.fixture
 def staff_api(client_for, staff):
     return client_for(staff)
 

@@ -5,7 +5,9 @@ import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from booking_site import locking
 from booking_site.audit.models import AuditEvent
+from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from slots.api.serializers import SlotBookingIn
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
@@ -403,6 +405,31 @@ def test_booking_a_full_slot_is_409(api):
     assert response.status_code == 409
     assert error_code(response) == "slot_full"
     assert book(api, slot, seats=1).status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)  # the booking's transaction is the outermost one, or under a key nested
+@pytest.mark.parametrize("headers", [{}, {"HTTP_IDEMPOTENCY_KEY": "backstop-1"}])
+def test_a_booking_only_the_constraint_refuses_is_a_clean_409_and_counted(api, monkeypatch, headers):
+    slot = SlotFactory(capacity=1)
+    SlotBookingFactory(slot=slot)
+    lock_slots = locking.lock_slots
+
+    def a_stale_counter(slot_ids, **kwargs):  # as if the lock had not serialized the seats
+        slots = lock_slots(slot_ids, **kwargs)
+        for locked in slots.values():
+            locked.booked = 0
+        return slots
+
+    monkeypatch.setattr(locking, "lock_slots", a_stale_counter)
+    before = CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity")._value.get()
+
+    response = api.post("/api/bookings", {"slotId": slot.pk}, **headers)
+
+    assert response.status_code == 409, response.content
+    assert error_code(response) == "slot_full"
+    assert CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity")._value.get() == before + 1
+    slot.refresh_from_db()
+    assert (slot.booked, slot.bookings.count()) == (1, 1)
 
 
 def test_booking_a_withdrawn_slot_is_409(api):

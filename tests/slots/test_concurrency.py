@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.db.models import Q, Sum
+from django.db.models import Exists, Q, Sum
 from django.utils import timezone
 
 from booking_site import locking
@@ -60,8 +60,10 @@ def remove_slot_lock(monkeypatch, racers: int) -> None:
     """The slots are read, not locked; every racer reads the seat counter before any of them takes seats."""
     everyone_has_read = threading.Barrier(racers, timeout=10)
 
-    def unlocked(slot_ids):
-        slots = {slot.pk: slot for slot in Slot.objects.filter(pk__in=set(slot_ids)).order_by("pk")}
+    def unlocked(slot_ids, *, after=None, **annotations):
+        slots = Slot.objects.filter(pk__in=set(slot_ids))
+        slots = slots.filter(after) if after is not None else slots
+        slots = {slot.pk: slot for slot in slots.annotate(**annotations).order_by("pk")}
         wait_for_everyone(everyone_has_read)
         return slots
 
@@ -69,16 +71,19 @@ def remove_slot_lock(monkeypatch, racers: int) -> None:
 
 
 def remove_guest_lock(monkeypatch, racers: int) -> None:
-    """The guest is read, not locked; every racer counts the guest's bookings before any of them inserts."""
-    everyone_has_counted = threading.Barrier(racers, timeout=10)
-    check = services._check_guest_limits
+    """The guest is read, not locked; every racer counts the guest's bookings and inserts its own before
+    any of them commits (a booking counts and inserts in one statement, after its locks)."""
+    everyone_has_inserted = threading.Barrier(racers, timeout=10)
+    create = services.SLOT_BOOKINGS.create
 
-    def counted(**kwargs):
-        check(**kwargs)
-        wait_for_everyone(everyone_has_counted)
+    def inserted(*args, **kwargs):
+        booking = create(*args, **kwargs)
+        wait_for_everyone(everyone_has_inserted)
+        return booking
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
-    monkeypatch.setattr(services, "_check_guest_limits", counted)
+    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", inserted)
 
 
 def remove_host_lock(monkeypatch, racers: int) -> None:

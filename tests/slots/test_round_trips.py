@@ -1,0 +1,144 @@
+"""The lean write path (issue "One claim engine with a lean write path", section 2): round trips to
+PostgreSQL per slot-booking write over HTTP on the cached-token path, counting BEGIN and COMMIT
+(``tests.round_trips``)."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from booking_site.audit.services import trail
+from slots.models import Slot, SlotBooking
+from tests.factories import UserFactory
+from tests.round_trips import round_trips
+from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def api_of(cached_api_of):
+    return cached_api_of
+
+
+def overdue_hold(slot: Slot) -> SlotBooking:
+    past = timezone.now() - timedelta(hours=1)
+    return SlotBookingFactory(slot=slot, status="PENDING", created_at=past, expires_at=past + timedelta(minutes=5))
+
+
+@pytest.mark.parametrize(("body", "status"), [({}, "CONFIRMED"), ({"hold": True}, "PENDING")])
+def test_a_booking_is_four_round_trips(api_of, body, status):
+    slot, guest = SlotFactory(), UserFactory()
+    api = api_of(guest)
+
+    with round_trips() as trips:
+        response = api.post("/api/bookings", {"slotId": slot.pk, **body})
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 4, trips.statements
+    booking = SlotBooking.objects.get(pk=response.json()["id"])
+    assert booking.status == status
+    [created] = trail(booking)
+    assert (created.event_type, created.to_state, created.actor_id) == ("CREATED", status, guest.pk)
+    slot.refresh_from_db()
+    assert slot.booked == 1
+
+
+def test_a_booking_that_expires_an_overdue_hold_first_is_four_round_trips(api_of):
+    slot = SlotFactory()
+    overdue = overdue_hold(slot)
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = api.post("/api/bookings", {"slotId": slot.pk})
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 4, trips.statements
+    overdue.refresh_from_db()
+    slot.refresh_from_db()
+    assert (overdue.status, slot.booked) == ("EXPIRED", 1)
+    assert [(e.event_type, e.actor_label) for e in trail(overdue)] == [("EXPIRED", "system:expire_holds")]
+
+
+def test_a_booking_of_a_full_slot_is_three_round_trips(api_of):
+    slot = SlotFactory()
+    SlotBookingFactory(slot=slot)
+    api = api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = api.post("/api/bookings", {"slotId": slot.pk})
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "slot_full"
+    assert trips.count <= 3, trips.statements
+
+
+def test_a_booking_over_the_guests_limit_is_three_round_trips(api_of):
+    guest, host = UserFactory(), HostFactory()
+    SlotBookingFactory(guest=guest, slot=SlotFactory(host=host))
+    slot, api = SlotFactory(host=host), api_of(guest)
+
+    with round_trips() as trips:
+        response = api.post("/api/bookings", {"slotId": slot.pk})
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "limit_reached"
+    assert trips.count <= 3, trips.statements
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "to_state"), [("confirm", "PENDING", "CONFIRMED"), ("cancel", "CONFIRMED", "CANCELLED")]
+)
+def test_a_confirm_or_a_cancel_is_four_round_trips(api_of, path, status, to_state):
+    guest = UserFactory()
+    booking = SlotBookingFactory(guest=guest, slot=SlotFactory(start=timezone.now() + timedelta(days=3)), status=status)
+    api = api_of(guest)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/bookings/{booking.pk}/{path}", {})
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 4, trips.statements
+    assert [(e.event_type, e.from_state, e.actor_id) for e in trail(booking).exclude(event_type="CREATED")] == [
+        (to_state, status, guest.pk)
+    ]
+    booking.slot.refresh_from_db()
+    assert booking.slot.booked == (1 if to_state == "CONFIRMED" else 0)
+
+
+def test_releasing_a_hold_is_four_round_trips(api_of):
+    guest = UserFactory()
+    hold = SlotBookingFactory(guest=guest, status="PENDING")
+    api = api_of(guest)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/bookings/{hold.pk}/cancel", {})
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 4, trips.statements
+    hold.slot.refresh_from_db()
+    assert hold.slot.booked == 0
+
+
+def test_a_reschedule_is_six_round_trips(api_of):
+    """Two claims: BEGIN, the booking's guest and slot (unlocked), the guest and both slots, the booking,
+    the move, COMMIT."""
+    guest, host = UserFactory(), HostFactory()
+    old = SlotBookingFactory(guest=guest, slot=SlotFactory(host=host))
+    target = SlotFactory(host=host)
+    overdue = overdue_hold(target)
+    api = api_of(guest)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/bookings/{old.pk}/reschedule", {"slotId": target.pk})
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 6, trips.statements
+    moved = SlotBooking.objects.get(pk=response.json()["id"])
+    assert (moved.slot_id, moved.status, moved.rescheduled_from_id) == (target.pk, "CONFIRMED", old.pk)
+    assert [(e.event_type, e.from_state, e.to_state) for e in trail(old)] == [("RESCHEDULED", "CONFIRMED", "CANCELLED")]
+    assert [(e.event_type, e.metadata["rescheduledFromId"]) for e in trail(moved)] == [("CREATED", old.pk)]
+    assert [(e.event_type, e.actor_label) for e in trail(overdue)] == [("EXPIRED", "system:expire_holds")]
+    old.slot.refresh_from_db()
+    target.refresh_from_db()
+    assert (old.slot.booked, target.booked) == (0, 1)
