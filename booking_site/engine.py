@@ -52,7 +52,7 @@ SEE, CONFIRM, CANCEL, RELEASE, EXPIRE, RESCHEDULE = "see", "confirm", "cancel", 
 
 
 class ClaimPolicy:
-    """Who may do what with one domain's claims (SPEC 2.6): the owner acts on their own claims, an
+    """Who may do what with one domain's claims (docs/contract.md §2.6): the owner acts on their own claims, an
     operator (staff) on everyone's; expiring a hold now is the operator's alone. A domain with more
     parties (a slot's host) subclasses it."""
 
@@ -95,7 +95,7 @@ class ClaimEngine:
         """The domain's rules about the target (a car out of service, sales closed, a guest's limits)."""
 
     def overdue_on(self, target, *, now: datetime) -> QuerySet | None:
-        """The overdue holds on the target: they never block (SPEC 2.2), and are expired first."""
+        """The overdue holds on the target: they never block (docs/contract.md §2.2), and are expired first."""
         return None
 
     def check_free(self, target, request, *, now: datetime, expired: list[Claim]) -> None:

@@ -1,4 +1,4 @@
-"""Reads of slots and bookings that know about time (an overdue hold counts as free, SPEC 2.2), and the
+"""Reads of slots and bookings that know about time (an overdue hold counts as free, docs/contract.md §2.2), and the
 operators' analytics, computed in the database with aggregate queries."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def slot_bookings_with_effective_state(*, now: datetime) -> QuerySet[SlotBooking
 
 
 def slot_bookings_visible_to(user: User, *, now: datetime) -> QuerySet[SlotBooking]:
-    """A guest sees their own bookings; operators see all (SPEC 2.6)."""
+    """A guest sees their own bookings; operators see all (docs/contract.md §2.6)."""
     bookings = slot_bookings_with_effective_state(now=now)
     return bookings if user.is_staff else bookings.filter(guest=user)
 

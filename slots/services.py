@@ -1,4 +1,4 @@
-"""Every write to slots and slot bookings (SPEC 6).
+"""Every write to slots and slot bookings (docs/contract.md §6).
 
 The booking lifecycle is ``booking_site.engine``'s and the locks are ``booking_site.locking``'s (the
 order is written there: the guest's or host's user row, then slot rows, then booking rows). This
@@ -117,7 +117,7 @@ class CancellationWindowClosed(DomainError):
 
 
 class BookingNotPending(Conflict):
-    """Confirming a booking that is not a PENDING hold (already confirmed, cancelled): SPEC 6 answers 409."""
+    """Confirming a booking that is not a PENDING hold (already confirmed, cancelled) is a 409 (docs/contract.md §6)."""
 
     code = "booking_not_pending"
 
@@ -472,7 +472,7 @@ def _sum_seats(rows) -> Coalesce:
 # snapshot, taken once both locks are held; its sub-statements do not see each other's writes.
 # ``overdue`` expires the slot's overdue holds (nobody else can move them: their slot is locked) and
 # ``expired_events`` records them. ``limits`` counts the guest's active bookings by that snapshot, in
-# which an overdue hold is not active (SPEC 2.2). ``seats`` and ``free`` judge the seats by the
+# which an overdue hold is not active (docs/contract.md §2.2). ``seats`` and ``free`` judge the seats by the
 # counter as the slot's lock read it (a locked row is read at its latest version, and nobody moves
 # it while the lock is held) plus the seats ``overdue`` gave back, and the rules; ``taken`` moves the
 # counter by both (``slot_booked_within_capacity`` stays the backstop: it would refuse the statement,
