@@ -58,7 +58,10 @@ class Event(models.Model):
 class Seat(models.Model):
     """One seat. Plain layouts are one row: section "", row 1, codes S1…Sn."""
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="seats")
+    # No index of its own: both unique indexes below lead with the event. A single-column one let the
+    # planner pick it for a hold by seat code on a just-created event (before ANALYZE saw its seats)
+    # and filter every seat of the event; without it the (event, code) index is the only choice.
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="seats", db_index=False)
     code = models.CharField(max_length=50)
     section = models.CharField(max_length=20, blank=True)
     row = models.PositiveIntegerField()
