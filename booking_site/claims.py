@@ -75,6 +75,7 @@ class Claim:
         return getattr(self, self.STATE_FIELD)
 
     def is_overdue(self, now: datetime) -> bool:
+        # A hold always has an expiry; without one a claim is never overdue, as in SQL (``overdue()``).
         return self.current_state == self.HELD and self.expires_at is not None and self.expires_at <= now
 
     def state_at(self, now: datetime) -> str:

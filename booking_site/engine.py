@@ -1,5 +1,5 @@
 """The claim engine: the one lifecycle of every claim (a car reservation, a seat hold group, a slot
-booking). A domain subclasses ``ClaimEngine`` and declares only what is its own:
+booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only what is its own:
 
 - ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what);
 - for a hold: ``lock_target`` (its rows, in the order of ``booking_site.locking``), ``check_target``
