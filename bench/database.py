@@ -88,7 +88,9 @@ class PostgresProcesses:
 
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None  # the query returns one row
+        backend = row[0]
         self.postmaster = None
         with contextlib.suppress(psutil.Error):
             process = psutil.Process(backend)

@@ -62,6 +62,7 @@ def run_measured(command: list[str], *, env: dict | None = None, cwd: Path | Non
     """Run ``command`` to its end, taking its resource usage from ``wait4`` (exact, and its own)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
+    assert process.stdout is not None  # stdout=PIPE
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)

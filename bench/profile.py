@@ -50,7 +50,9 @@ def parse_raw(text: str) -> Counter:
 
 def summarize(stacks: Counter, *, top: int = 12) -> str:
     total = sum(stacks.values()) or 1
-    own, inclusive, leaves = Counter(), Counter(), Counter()
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
     for stack, count in stacks.items():
         frames = [f for f in stack.split(";") if "(" in f]  # drop the process and thread labels
         if not frames:

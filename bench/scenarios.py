@@ -18,7 +18,9 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from bench import data
 from bench.cpu import Meter
@@ -53,12 +55,25 @@ class Measurement:
     extra: dict = field(default_factory=dict)
 
 
+class Serving(Protocol):
+    """The system under load as a scenario sees it: ours (``bench.server.Server``) or a seed the operator
+    runs (``bench.seeds.Seed``)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    def pids(self) -> list[int]: ...
+
+
 @dataclass
 class Bench:
     """What every scenario works with: the running server, the meters, the settings of the run, and
     the data created once for all runs."""
 
-    server: Server
+    server: Serving
     meter: Meter
     database_url: str
     workdir: Path
@@ -246,6 +261,7 @@ EXPIRED_LINE = re.compile(r"^(\w+): expired (\d+)$", re.MULTILINE)
 
 def expire_job(bench: Bench):
     """``manage.py expire_holds`` in its own process, as beat's worker would run the job."""
+    assert isinstance(bench.server, Server)  # the sweep runs against ours only
     env = {**bench.server.env, "LOG_LEVEL": "WARNING"}
     return run_measured([sys.executable, "manage.py", "expire_holds"], env=env, cwd=ROOT)
 
@@ -376,14 +392,14 @@ class Scenario:
 def _scenarios() -> list[Scenario]:
     listed = [Scenario("ceiling", "ceiling", ceiling)]
     for domain, measure in (("car-hold", car_holds), ("seat-hold", seat_holds), ("slot-book", slot_bookings)):
-        listed.append(Scenario(domain, "write", lambda b, n, m=measure: m(b, n, idempotent=False)))
-        listed.append(Scenario(f"{domain}-key", "write", lambda b, n, m=measure: m(b, n, idempotent=True)))
+        listed.append(Scenario(domain, "write", partial(measure, idempotent=False)))
+        listed.append(Scenario(f"{domain}-key", "write", partial(measure, idempotent=True)))
     listed += [Scenario("hot-car", "hot", hot_car), Scenario("hot-seat", "hot", hot_seat)]
     listed.append(Scenario("hot-slot", "hot", hot_slot))
     for name in ("event-counts-0", "event-counts-90", "seat-map-0", "seat-map-90", "slot-list", "users-me"):
         listed.append(Scenario(name, "read", read))
     for holds in SWEEP_SIZES:
-        listed.append(Scenario(f"sweep-{holds // 1000}k", "sweep", lambda b, n, h=holds: sweep(b, n, holds=h)))
+        listed.append(Scenario(f"sweep-{holds // 1000}k", "sweep", partial(sweep, holds=holds)))
     return listed
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import psutil
+import psycopg
 
 from bench import cpu, database
 from bench.cpu import Meter
@@ -151,7 +153,7 @@ class SeedRuns:
     def __init__(self, urls: dict[str, str | None], databases: dict[str, str | None]):
         self.seeds = {name: Seed(name, url) for name, url in urls.items() if url}
         self.databases = {name: url for name, url in databases.items() if url and name in self.seeds}
-        self._connections = []
+        self._connections: list[psycopg.Connection] = []
 
     def __enter__(self) -> SeedRuns:
         self.postgres = {}
@@ -179,8 +181,8 @@ class SeedRuns:
 class SeedScenario:
     name: str
     seed: Seed
-    postgres: object
-    measure: object
+    postgres: Callable[[], list[int]] | None  # its PostgreSQL's processes, when on this machine
+    measure: Callable[[Bench, str, int], Measurement]
 
     def run_against(self, bench: Bench):
         """A function of the run number measuring this scenario against the seed."""

@@ -86,9 +86,11 @@ class Server:
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
+        process = self.process
+        assert process is not None  # started by start()
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}); see {self.log_path}")
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited ({process.returncode}); see {self.log_path}")
             with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as answer:
                 if answer.status == 200:
                     return

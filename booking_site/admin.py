@@ -1,6 +1,10 @@
 """Admin building blocks every domain shares, and the pages of the platform's own models."""
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from django.contrib import admin, messages
+from django.db.models import Model
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
@@ -39,6 +43,10 @@ class AuditTrailMixin:
 
 class ServiceActionsMixin:
     """Admin actions that call a service per selected row and tell the operator what was refused, and why."""
+
+    if TYPE_CHECKING:  # from the ModelAdmin it is mixed into
+        model: type[Model]
+        message_user: Callable[..., None]
 
     def run_service(self, request, objects, call, verb: str) -> None:
         """Call ``call(obj)`` (one service call) for each object."""

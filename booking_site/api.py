@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import ClassVar
 
 import django_filters as filters
 from drf_spectacular.extensions import OpenApiSerializerExtension
@@ -36,6 +37,8 @@ class ModelSerializer(serializers.ModelSerializer):
     (validators, choices, a list's child) is only read while rendering. A nested serializer is copied
     whole, because it binds fields of its own.
     """
+
+    _fields_prototype: ClassVar[dict[str, serializers.Field]]  # set on each class by its first instance
 
     def get_fields(self):
         cls = type(self)

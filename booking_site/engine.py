@@ -1,5 +1,5 @@
 """The claim engine: the one lifecycle of every claim (a car reservation, a seat hold group, a slot
-booking). A domain subclasses ``ClaimEngine`` and declares only what is its own:
+booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only what is its own:
 
 - ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what);
 - for a hold: ``lock_target`` (its rows, in the order of ``booking_site.locking``), ``check_target``
@@ -28,16 +28,16 @@ and create into one statement after the lock (``reservations.services.Reservatio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import Q, QuerySet, sql
 
 from booking_site import locking
+from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
 from booking_site.claims import EXPIRED, Claim
@@ -50,8 +50,11 @@ EXPIRY_ACTOR = "system:expire_holds"  # the actor of every expiry nobody asked f
 # The actions a policy is asked about.
 SEE, CONFIRM, CANCEL, RELEASE, EXPIRE, RESCHEDULE = "see", "confirm", "cancel", "release", "expire", "reschedule"
 
+ClaimT = TypeVar("ClaimT", bound=Claim)  # one domain's claim model
+Along = Sequence[tuple[str, Sequence[Any]]]  # write_along's sub-statements: (sql, params) each
 
-class ClaimPolicy:
+
+class ClaimPolicy(Generic[ClaimT]):
     """Who may do what with one domain's claims (docs/contract.md §2.6): the owner acts on their own claims, an
     operator (staff) on everyone's; expiring a hold now is the operator's alone. A domain with more
     parties (a slot's host) subclasses it."""
@@ -59,30 +62,30 @@ class ClaimPolicy:
     owner_field = "user"  # the claim's foreign key to its owner
     operator_only = frozenset({EXPIRE})
 
-    def owner_id(self, claim: Claim) -> int:
+    def owner_id(self, claim: ClaimT) -> int:
         return getattr(claim, f"{self.owner_field}_id")
 
-    def may(self, user: AbstractBaseUser, action: str, claim: Claim) -> bool:
+    def may(self, user: User, action: str, claim: ClaimT) -> bool:
         if user.is_staff:
             return True
         return action not in self.operator_only and self.owner_id(claim) == user.pk
 
-    def require(self, user: AbstractBaseUser, action: str, claim: Claim, *, what: str) -> None:
+    def require(self, user: User, action: str, claim: ClaimT, *, what: str) -> None:
         if self.may(user, action, claim):
             return
         if action in self.operator_only:
             raise Forbidden(f"Only operators may {action} {what}.")
         raise NotOwner(f"{what} belongs to another user.")
 
-    def visible(self, claims: QuerySet, user: AbstractBaseUser) -> QuerySet:
+    def visible(self, claims: QuerySet, user: User) -> QuerySet:
         """The claims ``user`` may see: their own; an operator all."""
         return claims if user.is_staff else claims.filter(**{self.owner_field: user})
 
 
-class ClaimEngine:
-    model: type[Claim]
+class ClaimEngine(Generic[ClaimT]):
+    model: type[ClaimT]
     domain: str
-    policy: ClaimPolicy = ClaimPolicy()
+    policy: ClaimPolicy[ClaimT] = ClaimPolicy()
     backstop: tuple[str, Callable[..., DomainError]] | None = None  # (constraint, error factory(target, request))
 
     # --- what a domain declares -------------------------------------------------------------------
@@ -98,40 +101,40 @@ class ClaimEngine:
         """The overdue holds on the target: they never block (docs/contract.md §2.2), and are expired first."""
         return None
 
-    def check_free(self, target, request, *, now: datetime, expired: list[Claim]) -> None:
+    def check_free(self, target, request, *, now: datetime, expired: list[ClaimT]) -> None:
         """The capacity rule, once the target's overdue holds (``expired``) are expired: raise the
         domain's 409."""
 
-    def insert(self, target, request, *, now: datetime) -> Claim:
+    def insert(self, target, request, *, now: datetime) -> ClaimT:
         """Write the new claim (in a savepoint: ``backstop`` says what a constraint refusing it means)."""
         raise NotImplementedError
 
-    def created_metadata(self, claim: Claim, target, request) -> dict:
+    def created_metadata(self, claim: ClaimT, target, request) -> dict:
         return {}
 
-    def changes(self, claim: Claim, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
+    def changes(self, claim: ClaimT, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
         """Columns a transition writes beside the state and ``updated_at`` (one claim at a time)."""
         return {}
 
-    def check_transition(self, claim: Claim, to_state: str, *, user, now: datetime) -> None:
+    def check_transition(self, claim: ClaimT, to_state: str, *, user, now: datetime) -> None:
         """The domain's rules about an allowed transition (a cancellation window)."""
 
-    def on_write(self, claims: list[Claim], *, from_states: list[str], to_state: str, now: datetime) -> None:
+    def on_write(self, claims: list[ClaimT], *, from_states: list[str], to_state: str, now: datetime) -> None:
         """Side effects of a transition, after its audit events (seat claims, counters)."""
 
-    def write_along(self, claims: list[Claim], *, from_states: list[str], to_state: str, now: datetime) -> list:
+    def write_along(self, claims: list[ClaimT], *, from_states: list[str], to_state: str, now: datetime) -> Along:
         """Side effects written by the transition's own statement, as more ``WITH`` sub-statements: a
         list of ``(sql, params)`` (a counter the claims move). They read nothing the claims' ``UPDATE``
         returns and run in no set order with it, so their rows are locked already (ADR 0001)."""
         return []
 
-    def audit_subject(self, claim: Claim):
+    def audit_subject(self, claim: ClaimT):
         return claim
 
-    def audit_metadata(self, claim: Claim, metadata: dict | None) -> dict | None:
+    def audit_metadata(self, claim: ClaimT, metadata: dict | None) -> dict | None:
         return metadata
 
-    def refused(self, claim: Claim, to_state: str) -> DomainError:
+    def refused(self, claim: ClaimT, to_state: str) -> DomainError:
         """The error when the state machine does not allow ``claim`` to become ``to_state``."""
         raise NotImplementedError
 
@@ -141,7 +144,7 @@ class ClaimEngine:
 
     # --- hold -------------------------------------------------------------------------------------
 
-    def hold(self, request, *, now: datetime, actor) -> Claim:
+    def hold(self, request, *, now: datetime, actor) -> ClaimT:
         """Create a claim: lock → check → expire the overdue holds on the target → check free → insert →
         audit → metrics. ``request`` is the domain's own description of what is asked."""
         with transaction.atomic():
@@ -151,7 +154,7 @@ class ClaimEngine:
                 count_on_commit(HOLDS_CREATED, self.domain)
             return claim
 
-    def create(self, target, request, *, now: datetime, actor) -> Claim:
+    def create(self, target, request, *, now: datetime, actor) -> ClaimT:
         """Insert the claim (the constraint is the backstop) and record its CREATED event."""
         claim = self.insert_backstopped(target, request, now=now)
         audit.record(
@@ -178,7 +181,7 @@ class ClaimEngine:
         expired = self.expire_overdue(overdue, now=now) if overdue is not None else []
         self.check_free(target, request, now=now, expired=expired)
 
-    def insert_backstopped(self, target, request, *, now: datetime) -> Claim:
+    def insert_backstopped(self, target, request, *, now: datetime) -> ClaimT:
         if self.backstop is None:
             return self.insert(target, request, now=now)
         constraint, error = self.backstop
@@ -201,9 +204,9 @@ class ClaimEngine:
         user,
         now: datetime,
         before: Callable[[], None] | None = None,
-        check: Callable[[Claim], None] | None = None,
+        check: Callable[[ClaimT], None] | None = None,
         metadata: dict | None = None,
-    ) -> Claim:
+    ) -> ClaimT:
         """Move the one claim ``claims`` selects (``what``: its name in messages) to ``to_state`` for
         ``user``. ``before`` locks the rows the global order puts before the claim (its guest, its slot);
         ``check`` is a domain rule about the locked claim (it belongs to the event the request names).
@@ -214,7 +217,7 @@ class ClaimEngine:
         with transaction.atomic():
             if before is not None:
                 before()
-            claim = locking.lock_claim(claims)
+            claim: ClaimT | None = locking.lock_claim(claims)
             if claim is None:
                 raise NotFound(f"{what} does not exist.")
             self.policy.require(user, action, claim, what=what)
@@ -228,19 +231,20 @@ class ClaimEngine:
                 extra = self.changes(claim, to_state, now=now, metadata=metadata)
                 return self.write([claim], to_state, actor=user, now=now, metadata=metadata, extra=extra)[0]
         if to_state == self.model.CONFIRMED and claim.current_state == EXPIRED:
+            assert claim.expires_at is not None  # it was a hold, and a hold has an expiry
             raise HoldExpired(f"{what} expired at {claim.expires_at.isoformat()}.")
         raise self.refused(claim, to_state)
 
     def write(
         self,
-        claims: list[Claim],
+        claims: list[ClaimT],
         to_state: str,
         *,
         actor,
         now: datetime,
         metadata: dict | None = None,
         extra: dict | None = None,
-    ) -> list[Claim]:
+    ) -> list[ClaimT]:
         """Write one transition of ``claims`` (``extra``: more columns, for one claim), its audit events
         and side effects. Caller holds the claims' row locks (and those of their target)."""
         if not claims:
@@ -271,7 +275,7 @@ class ClaimEngine:
             count_on_commit(HOLDS_EXPIRED, self.domain, amount=len(claims))
         return claims
 
-    def update_and_record(self, claims: list[Claim], fields: dict, events: list, along: list = ()) -> None:
+    def update_and_record(self, claims: list[ClaimT], fields: dict, events: list, along: Along = ()) -> None:
         """One statement: ``UPDATE`` the claims' ``fields`` and ``INSERT`` their audit events
         (``WITH moved AS (UPDATE …) INSERT INTO audit …``), both compiled by the ORM, and the
         ``write_along`` sub-statements ``along``."""
@@ -291,10 +295,10 @@ class ClaimEngine:
 
     # --- expiry -----------------------------------------------------------------------------------
 
-    def expire_overdue(self, overdue: QuerySet, *, now: datetime) -> list[Claim]:
+    def expire_overdue(self, overdue: QuerySet, *, now: datetime) -> list[ClaimT]:
         """Expire the holds ``overdue`` selects. Caller holds the lock of the resource they are on; their
         own rows are locked here (after it), so a confirm that got there first is seen and skipped."""
-        claims = [c for c in locking.lock_claims(overdue) if c.is_overdue(now)]
+        claims: list[ClaimT] = [c for c in locking.lock_claims(overdue) if c.is_overdue(now)]
         if claims:
             self.write(claims, EXPIRED, actor=EXPIRY_ACTOR, now=now)
         return claims
@@ -308,7 +312,7 @@ class ClaimEngine:
         total = 0
         while True:
             with transaction.atomic():
-                batch = locking.lock_batch(self.due(now=now), batch_size)
+                batch: list[ClaimT] = locking.lock_batch(self.due(now=now), batch_size)
                 if batch:
                     self.write(batch, EXPIRED, actor=EXPIRY_ACTOR, now=locked_now(now))
             total += len(batch)

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TypeVar
 
 from django.db import connection
 from django.db.models import Exists, Model, OuterRef, QuerySet
@@ -63,6 +64,8 @@ from booking_site.accounts.models import User
 from events.models import Event, Seat
 from reservations.models import Car
 from slots.models import Slot
+
+_M = TypeVar("_M", bound=Model)
 
 
 def _in_transaction(what: str) -> None:
@@ -146,7 +149,12 @@ def lock_seats(
     are read by the same statement, from its snapshot (as in ``lock_car``)."""
     _in_transaction("lock_seats")
     seats = Seat.objects.select_for_update(no_key=True, of=("self",)).filter(event_id=event_id)
-    seats = seats.filter(pk__in=seat_ids) if seat_ids is not None else seats.filter(code__in=codes)
+    if seat_ids is not None:
+        seats = seats.filter(pk__in=seat_ids)
+    elif codes is not None:
+        seats = seats.filter(code__in=codes)
+    else:
+        raise TypeError("lock_seats needs seat_ids or codes")
     return list(seats.annotate(**annotations).order_by("pk"))
 
 
@@ -245,7 +253,7 @@ def share_event_lock_free_seats(
 # 4. claims
 
 
-def lock_claims(claims: QuerySet) -> list[Model]:
+def lock_claims(claims: QuerySet[_M]) -> list[_M]:
     """The claim rows ``claims`` selects (only those: rows it ``select_related`` are read, not locked;
     lock them first, in their place in the order). Under READ COMMITTED a row changed by the transaction we waited
     for is read again, and dropped when it no longer matches."""
@@ -253,7 +261,7 @@ def lock_claims(claims: QuerySet) -> list[Model]:
     return list(claims.select_for_update(no_key=True, of=("self",)).order_by("pk"))
 
 
-def lock_claim(claims: QuerySet) -> Model | None:
+def lock_claim(claims: QuerySet[_M]) -> _M | None:
     """The one claim row ``claims`` selects, or None."""
     _in_transaction("lock_claim")
     return claims.select_for_update(no_key=True, of=("self",)).first()
@@ -262,7 +270,7 @@ def lock_claim(claims: QuerySet) -> Model | None:
 # the expiry job
 
 
-def lock_batch(rows: QuerySet, size: int) -> list[Model]:
+def lock_batch(rows: QuerySet[_M], size: int) -> list[_M]:
     """Up to ``size`` rows of ``rows`` (with the rows it ``select_related``), skipping any row another
     transaction holds: never waits."""
     _in_transaction("lock_batch")

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path, re_path, register_converter
+from django.urls import URLPattern, URLResolver, include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from booking_site.errors import page_not_found
@@ -24,7 +24,7 @@ handler400 = "booking_site.errors.bad_request"
 handler404 = "booking_site.errors.page_not_found"
 handler500 = "booking_site.errors.server_error"
 
-api = [
+api: list[URLPattern | URLResolver] = [
     path("", ApiRoot.as_view(), name="api-root"),
     path("health", Health.as_view(), name="health"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -1,4 +1,5 @@
 from itertools import groupby
+from typing import Any
 
 from django import forms
 from django.contrib import admin
@@ -56,8 +57,9 @@ class EventCreateForm(EventChangeForm):
     class Meta(EventChangeForm.Meta):
         fields = ["name", "event_date", "location", "hold_minutes", "sales_open"]
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if data.get("layout") == SECTIONS:
             names = [s.strip() for s in (data.get("sections") or "").split(",") if s.strip()]
             if not names or not data.get("rows") or not data.get("seats_per_row"):
@@ -227,7 +229,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
         "cancelled_at",
         "audit_trail",
     ]
-    fields = readonly_fields
+    fields = tuple(readonly_fields)
 
     def get_audit_subject(self, group):
         return services.hold_subject(group)

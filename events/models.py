@@ -31,6 +31,7 @@ class Event(models.Model):
     confirmed_seats = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    held_seats: int  # annotated by selectors.events_with_counts, not a column
 
     class Meta:
         ordering = ["event_date", "id"]
@@ -66,6 +67,7 @@ class Seat(models.Model):
     section = models.CharField(max_length=20, blank=True)
     row = models.PositiveIntegerField()
     number = models.PositiveIntegerField()
+    taken: bool  # read by the seat hold's lock statement (booking_site.locking), not a column
 
     class Meta:
         ordering = ["event", "section", "row", "number"]
@@ -117,6 +119,10 @@ class SeatHoldGroup(Claim, models.Model):
     cancelled_at = models.DateTimeField(null=True, blank=True)
 
     objects = ClaimQuerySet.as_manager()
+    # Set by SeatHolds on a group it has just written, not columns: its seats, and their codes.
+    seats: list[Seat]
+    seat_codes: list[str]
+    expires_in: int  # seconds left, set by the API view that renders a hold
 
     class Meta:
         ordering = ["-created_at"]

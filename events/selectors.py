@@ -36,7 +36,9 @@ def events_with_counts(*, now: datetime) -> QuerySet[Event]:
     )
     # ``Event.available_seats`` is derived from the same row, in Python: repeating the subquery in SQL
     # would run it twice.
-    return Event.objects.annotate(held_seats=Coalesce(Subquery(held, output_field=IntegerField()), Value(0)))
+    held_seats = Coalesce(Subquery(held, output_field=IntegerField()), Value(0))
+    # Django refuses an annotation named like a field; Event.held_seats only declares this one, for its type.
+    return Event.objects.annotate(held_seats=held_seats)  # type: ignore[no-redef]  # django-stubs: not a field
 
 
 def event_with_counts(*, event_id: int, now: datetime) -> Event | None:

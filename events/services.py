@@ -25,7 +25,7 @@ from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, ClaimEngine
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, Along, ClaimEngine
 from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
@@ -275,7 +275,10 @@ class SeatHold:
 
     @property
     def count(self) -> int:
-        return len(self.seat_codes) if self.seat_codes is not None else self.quantity
+        if self.seat_codes is not None:
+            return len(self.seat_codes)
+        assert self.quantity is not None  # seat_hold gives one of the two
+        return self.quantity
 
 
 @dataclass
@@ -295,7 +298,7 @@ class PickAgain(Exception):
     its locks, and ``SeatHolds.hold`` picks again."""
 
 
-class SeatHolds(ClaimEngine):
+class SeatHolds(ClaimEngine[SeatHoldGroup]):
     """A hold group holds several seats of one event; each seat's ``SeatClaim`` mirrors the group, so
     ``seat_claim_one_active_per_seat`` keeps a seat out of two active claims.
 
@@ -334,8 +337,8 @@ class SeatHolds(ClaimEngine):
         else:
             event, seats, (available, adjacent_free) = locking.share_event_lock_free_seats(
                 request.event_id,
-                quantity=request.quantity,
-                window=request.quantity + PICK_SLACK,
+                quantity=request.count,
+                window=request.count + PICK_SLACK,
                 free_at=timezone.now(),
                 skip_locked=not request.wait_for_seats,
             )
@@ -353,12 +356,13 @@ class SeatHolds(ClaimEngine):
     def check_target(self, target: Target, request: SeatHold, *, now: datetime) -> None:
         self._check_sales(target.event, now=now)
         if request.seat_codes is None:
-            if target.available < request.quantity:
+            assert target.available is not None  # best available: the lock statement counted the free seats
+            if target.available < request.count:
                 raise SeatsUnavailable(
-                    f"Event {target.event.pk} has {target.available} seats available, not {request.quantity}.",
-                    details={"requested": request.quantity, "available": target.available, "seatCodes": []},
+                    f"Event {target.event.pk} has {target.available} seats available, not {request.count}.",
+                    details={"requested": request.count, "available": target.available, "seatCodes": []},
                 )
-            if len(target.seats) < request.quantity:
+            if len(target.seats) < request.count:
                 raise PickAgain  # the free seats are locked by holds in flight
             return
         unknown = sorted(set(request.seat_codes) - {s.code for s in target.seats})
@@ -442,7 +446,7 @@ class SeatHolds(ClaimEngine):
             return {"cancelled_at": now}
         return {}
 
-    def update_and_record(self, groups: list[SeatHoldGroup], fields: dict, events: list, along: list = ()) -> None:
+    def update_and_record(self, groups: list[SeatHoldGroup], fields: dict, events: list, along: Along = ()) -> None:
         """One statement: the groups' ``UPDATE`` (compiled by the ORM), their seat claims mirroring
         them, the event's booked-seat counter on a confirm or a cancel (the transaction's last lock,
         ADR 0001 row 5), and the audit events. Sets ``seat_codes`` on a group written alone (so it
@@ -520,7 +524,7 @@ def compiled_update(model, rows: list, fields: dict) -> tuple[str, tuple]:
 
 def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
     insert = sql.InsertQuery(AuditEvent)
-    insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], events)
+    insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], [*events])
     [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
     return insert_sql, insert_params
 
@@ -629,7 +633,7 @@ def seat_hold(
     if (seat_codes is None) == (quantity is None):
         raise ValidationFailed.for_field("seatCodes", "Give either seatCodes or quantity.")
     count = len(seat_codes) if seat_codes is not None else quantity
-    if not 1 <= count <= MAX_SEATS_PER_HOLD:
+    if count is None or not 1 <= count <= MAX_SEATS_PER_HOLD:  # (None: given neither, refused above)
         raise ValidationFailed.for_field("seatCodes", f"Hold 1 to {MAX_SEATS_PER_HOLD} seats at a time.")
     if seat_codes is not None and len(set(seat_codes)) != len(seat_codes):
         raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")

@@ -7,6 +7,7 @@ from datetime import datetime
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from booking_site.accounts.models import User
+from booking_site.claims import ClaimQuerySet
 from reservations.models import Car, Reservation
 from reservations.services import RESERVATIONS
 
@@ -17,7 +18,7 @@ def cars_with_availability(*, now: datetime) -> QuerySet[Car]:
     return Car.objects.annotate(available=Q(status=Car.Status.ACTIVE) & ~Exists(busy))
 
 
-def reservations_with_effective_state(*, now: datetime) -> QuerySet[Reservation]:
+def reservations_with_effective_state(*, now: datetime) -> ClaimQuerySet[Reservation]:
     """Reservations annotated with ``effective_state``: an overdue HELD reads as EXPIRED before the
     expiry job has caught up with it."""
     return Reservation.objects.with_effective_state(now=now)

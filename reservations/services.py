@@ -73,11 +73,11 @@ class CarHold:
     request_id: str
 
 
-class ReservationPolicy(ClaimPolicy):
+class ReservationPolicy(ClaimPolicy[Reservation]):
     owner_field = "buyer"
 
 
-class Reservations(ClaimEngine):
+class Reservations(ClaimEngine[Reservation]):
     """A reservation holds one car (``reservation_one_active_per_car``).
 
     The hold is the lean write path: two statements between BEGIN and COMMIT. ``lock_target`` locks

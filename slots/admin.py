@@ -44,12 +44,12 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [] if obj is None else [*self.readonly_on_change, "audit_trail"]
 
-    def get_form(self, request, obj=None, **kwargs):
+    def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
             kwargs["form"] = SlotAddForm
-            form = super().get_form(request, obj, **kwargs)
+            form = super().get_form(request, obj, change, **kwargs)
             return type("SlotAddFormForRequest", (form,), {"request": request})
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change, **kwargs)
 
     def save_model(self, request, obj, form, change):
         if not change:  # SlotAddForm.clean() created it through slot_create

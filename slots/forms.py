@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, cast
 
 from django import forms
+from django.http import HttpRequest
 from django.utils import timezone
 
 from booking_site.accounts.models import Role, User
+from booking_site.accounts.services import request_user
 from booking_site.errors import DomainError
 from slots import services
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
@@ -31,20 +34,22 @@ class SlotAddForm(forms.ModelForm):
         model = Slot
         fields = ["host", "title", "specialization", "start", "end", "capacity"]
 
-    request = None  # set by the ModelAdmin (SlotAdmin.get_form)
+    request: HttpRequest | None = None  # set by the ModelAdmin (SlotAdmin.get_form)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["host"].queryset = hosts()
+        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # the model's foreign key
         self.created: Slot | None = None
 
     def _post_clean(self):
         pass  # the service validates and writes; no model-level validation of an unsaved instance
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
+        assert self.request is not None  # the admin sets it before the form is used
         try:
             self.created = services.slot_create(
                 host=data["host"],
@@ -53,7 +58,7 @@ class SlotAddForm(forms.ModelForm):
                 capacity=data["capacity"],
                 title=data["title"],
                 specialization=data["specialization"],
-                actor=self.request.user,
+                actor=request_user(self.request),
                 now=timezone.now(),
             )
         except DomainError as error:
@@ -95,7 +100,7 @@ class BulkSlotForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["host"].queryset = hosts()
+        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # declared as one above
         self.fields["first_day"].initial = timezone.localdate() + timedelta(days=1)
         self.skipped: list[datetime] = []  # local wall-clock starts left out (see the class docstring)
 
@@ -108,8 +113,9 @@ class BulkSlotForm(forms.Form):
             raise forms.ValidationError(f"Slots can be added at most {services.SLOT_HORIZON_TEXT} ahead ({latest}).")
         return first_day
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         if data["day_end"] <= data["day_start"]:
@@ -189,8 +195,9 @@ class AnalyticsForm(forms.Form):
     start_date = forms.DateField(validators=[_check_day])
     end_date = forms.DateField(validators=[_check_day])
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         if not self.errors and data["end_date"] < data["start_date"]:
             raise forms.ValidationError("The end date must not be before the start date.")
         if not self.errors and (data["end_date"] - data["start_date"]).days >= 731:

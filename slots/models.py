@@ -41,6 +41,10 @@ class Slot(models.Model):
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.AVAILABLE)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    # Annotated by the booking's lock (slots.services.SlotBookings.lock_target), not columns.
+    guest_active: int
+    guest_with_host: int
+    overdue_seats: int
 
     class Meta:
         ordering = ["start", "id"]
@@ -99,6 +103,7 @@ class SlotBooking(Claim, models.Model):
     updated_at = models.DateTimeField()
 
     objects = ClaimQuerySet.as_manager()
+    with_host: int  # annotated by a reschedule's lock (slots.services), not a column
 
     class Meta:
         ordering = ["-id"]

@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -299,7 +300,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
 # --- bookings ---------------------------------------------------------------------------------------
 
 
-class BookingPolicy(ClaimPolicy):
+class BookingPolicy(ClaimPolicy[SlotBooking]):
     """The guest acts on their bookings; the slot's host also sees them and may cancel them (confirming
     and rescheduling stay with the guest); operators do anything (contract §2.6)."""
 
@@ -319,12 +320,12 @@ class SlotBookingRequest:
     seats: int
     hold: bool
     hold_minutes: int | None
+    now: datetime  # when it was asked: the snapshot's reads judge expiry by it
     metadata: dict = field(default_factory=dict)
     request_id: str = ""
-    now: datetime | None = None  # when it was asked: the snapshot's reads judge expiry by it
 
 
-class SlotBookings(ClaimEngine):
+class SlotBookings(ClaimEngine[SlotBooking]):
     """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold.
 
     The lean write path (ADR 0007, the slots): a booking is two statements between BEGIN and COMMIT.
@@ -433,7 +434,7 @@ class SlotBookings(ClaimEngine):
         in the transition's statement (the caller holds their locks)."""
         if to_state in SlotBooking.BLOCKING_STATES:
             return []
-        seats_per_slot = Counter()
+        seats_per_slot: Counter[int] = Counter()
         for booking, from_state in zip(bookings, from_states, strict=True):
             if from_state in SlotBooking.BLOCKING_STATES:
                 seats_per_slot[booking.slot_id] += booking.seats
@@ -614,10 +615,11 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
         claims = SlotBooking.objects.filter(pk=booking_id)
         if new_slot is not None:
             with_host = SlotBooking.objects.active(now=locked_now(now)).filter(slot__host_id=new_slot.host_id)
-            claims = claims.annotate(
-                with_host=_count(with_host.filter(guest=OuterRef("guest_id")).exclude(pk=booking_id))
-            )
+            others = _count(with_host.filter(guest=OuterRef("guest_id")).exclude(pk=booking_id))
+            # SlotBooking.with_host only declares this annotation, for its type (see events.selectors).
+            claims = claims.annotate(with_host=others)  # type: ignore[no-redef]  # django-stubs: not a field
         booking = locking.lock_claim(claims)
+        assert booking is not None  # _peek found it, and a booking is never deleted (PROTECT)
         booking.slot = old_slot
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
         if new_slot is None:
@@ -628,6 +630,7 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
         elif booking.is_active(now):
             return _move(booking, old_slot=old_slot, new_slot=new_slot, user=user, now=now)
     if booking.status == Status.EXPIRED:
+        assert booking.expires_at is not None  # it was a PENDING hold, which has an expiry
         raise HoldExpired(f"Booking {booking_id} expired at {booking.expires_at.isoformat()}.")
     raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state="RESCHEDULED")
 
@@ -639,7 +642,7 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         _check_cancellation_window(old_slot, now=now)
     _check_bookable(new_slot, guest=booking.guest_id, now=now)
     _check_guest_limits(host_id=new_slot.host_id, active=None, with_host=booking.with_host)
-    params = {
+    params: dict[str, Any] = {
         "booking": booking.pk,
         "old_slot": old_slot.pk,
         "slot": new_slot.pk,
@@ -733,7 +736,12 @@ def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) ->
 # --- the pieces ------------------------------------------------------------------------------------
 
 
-def _peek(booking_id: int) -> dict:
+class _Peek(TypedDict):
+    guest_id: int
+    slot_id: int
+
+
+def _peek(booking_id: int) -> _Peek:
     """A booking's ``guest_id`` and ``slot_id``, read without a lock: a booking never changes either,
     so the read stays true while the caller takes its locks in order."""
     peek = SlotBooking.objects.filter(pk=booking_id).values("guest_id", "slot_id").first()

@@ -10,7 +10,7 @@ class UserAdmin(DjangoUserAdmin):
     list_filter = ["is_staff", "is_active", "roles"]
     search_fields = ["username", "email", "name"]
     fieldsets = [
-        *DjangoUserAdmin.fieldsets,
+        *(DjangoUserAdmin.fieldsets or ()),
         ("Booking", {"fields": ["name", "roles"]}),
     ]
     add_fieldsets = [

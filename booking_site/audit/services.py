@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, models
 from django.utils import timezone
 
+from booking_site.accounts.models import User
 from booking_site.audit.models import AuditEvent
 from booking_site.middleware import current_request_id
 
@@ -22,7 +22,7 @@ class Subject:
     id: Any
 
 
-Actor = AbstractBaseUser | str | None  # a user, or the name of a system job ("system:expire_holds")
+Actor = User | str | None  # a user, or the name of a system job ("system:expire_holds")
 
 # An event's columns in the order a lean write path's ``INSERT INTO <AuditEvent table> (…) SELECT …``
 # names them (reservations.services.HOLD_SQL, slots.services.BOOK_SQL).
@@ -54,11 +54,11 @@ def event(
 ) -> AuditEvent:
     """An unsaved event: ``record_many`` writes a batch of them in one insert."""
     subject_type, subject_id = subject_key(subject)
-    user = actor if isinstance(actor, AbstractBaseUser) else None
+    user = actor if isinstance(actor, User) else None
     return AuditEvent(
         occurred_at=timezone.now(),
         actor=user,
-        actor_label=f"user:{user.pk}" if user is not None else (actor or "system"),
+        actor_label=f"user:{user.pk}" if user is not None else str(actor or "system"),
         subject_type=subject_type,
         subject_id=subject_id,
         event_type=event,
@@ -86,10 +86,11 @@ def record_update(
         return []
     before = {field: getattr(obj, field) for field in changed}
     from_state = getattr(obj, state_field) if state_field else ""
-    for field in changed:
-        setattr(obj, field, changes[field])
+    written = {field: changes[field] for field in changed}
     if now is not None:
-        obj.updated_at = now
+        written["updated_at"] = now
+    for field, value in written.items():
+        setattr(obj, field, value)
     obj.save(update_fields=[*changed, "updated_at"])
     record(
         subject=obj,
@@ -112,7 +113,7 @@ def subject_key(subject: models.Model | Subject) -> tuple[str, str]:
     """(subject_type, subject_id) as stored: a model row is named by its model, a Subject by itself."""
     if isinstance(subject, Subject):
         return subject.type, str(subject.id)
-    return subject._meta.model_name, str(subject.pk)
+    return cast(str, subject._meta.model_name), str(subject.pk)  # None only for a model not yet registered
 
 
 def trail(subject: models.Model | Subject):

@@ -1,10 +1,12 @@
+from typing import Any
+
 from django.utils import timezone
 from rest_framework import serializers
 
 from booking_site.api import StrictSerializer
 from events.services import MAX_SEATS_PER_EVENT, MAX_SEATS_PER_HOLD, event_date_problem
 
-USER_ID = {"min_value": 1, "max_value": 2**63 - 1}
+USER_ID: dict[str, Any] = {"min_value": 1, "max_value": 2**63 - 1}  # an IntegerField's bounds
 
 
 class SeatLayoutIn(StrictSerializer):

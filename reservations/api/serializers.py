@@ -7,7 +7,8 @@ from reservations.models import Car, Reservation
 
 class CarIn(StrictSerializer):
     dealerId = serializers.IntegerField(min_value=1, max_value=2_147_483_647)
-    label = serializers.CharField(max_length=200)
+    # A declared field, not Field.label (the serializer's own label): DRF's metaclass moves it to _declared_fields.
+    label = serializers.CharField(max_length=200)  # type: ignore[assignment]  # drf-stubs: see above
     make = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
     model = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
     status = serializers.ChoiceField(choices=Car.Status.choices, required=False, default=Car.Status.ACTIVE)

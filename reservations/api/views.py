@@ -4,7 +4,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.services import acting_user
+from booking_site.accounts.services import acting_user, request_user
 from booking_site.api import IDEMPOTENCY_KEY, StaffWrites, errors
 from booking_site.audit.api import AuditTrailView
 from booking_site.engine import SEE
@@ -65,7 +65,7 @@ class ReservationList(ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
             return Reservation.objects.none()
-        return selectors.reservations_visible_to(self.request.user, now=timezone.now()).order_by("-id")
+        return selectors.reservations_visible_to(request_user(self.request), now=timezone.now()).order_by("-id")
 
     @extend_schema(
         request=ReservationCreateIn,

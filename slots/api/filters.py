@@ -1,4 +1,4 @@
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 import django_filters as filters
 from django import forms
@@ -17,6 +17,11 @@ class IntegerFilter(filters.NumberFilter):
     field_class = forms.IntegerField
 
 
+def _check_day(name: str, day: date) -> None:
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise ValidationFailed.for_field(name, f"Must be between {EARLIEST_DAY} and {LATEST_DAY}.")
+
+
 def _parse_moment(name: str, raw: str) -> tuple[datetime, bool]:
     """An ISO date (a day in the operator's time zone) or datetime; returns (moment, is_whole_day).
 
@@ -27,12 +32,12 @@ def _parse_moment(name: str, raw: str) -> tuple[datetime, bool]:
         moment = None if day else parse_datetime(raw)
     except ValueError:
         day = moment = None
-    if day is None and moment is None:
-        raise ValidationFailed.for_field(name, "Expected an ISO 8601 date or date-time.")
-    if not EARLIEST_DAY <= (day or moment.date()) <= LATEST_DAY:
-        raise ValidationFailed.for_field(name, f"Must be between {EARLIEST_DAY} and {LATEST_DAY}.")
     if day is not None:
+        _check_day(name, day)
         return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone()), True
+    if moment is None:
+        raise ValidationFailed.for_field(name, "Expected an ISO 8601 date or date-time.")
+    _check_day(name, moment.date())
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment)
     return moment, False

@@ -16,10 +16,9 @@ BIGINT = 2**63 - 1
 EARLIEST_DAY, LATEST_DAY = date(1900, 1, 1), date(9000, 12, 31)
 
 
-def check_day(value: date) -> date:
+def check_day(value: date) -> None:
     if not EARLIEST_DAY <= value <= LATEST_DAY:
         raise serializers.ValidationError(f"Must be between {EARLIEST_DAY} and {LATEST_DAY}.")
-    return value
 
 
 class SlotIn(StrictSerializer):

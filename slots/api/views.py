@@ -6,7 +6,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.services import acting_user
+from booking_site.accounts.services import acting_user, request_user
 from booking_site.api import IDEMPOTENCY_KEY, AsOfPagePagination, errors
 from booking_site.audit.api import AuditTrailView
 from booking_site.errors import NotFound, NotOwner, ValidationFailed
@@ -97,9 +97,9 @@ class HostSlotList(ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Slot.objects.none()
-        if not self.request.user.is_host:
+        if not request_user(self.request).is_host:
             raise services.NotAHost("Only hosts have slots.")
-        return selectors.slots_of_host(self.request.user, now=timezone.now())
+        return selectors.slots_of_host(request_user(self.request), now=timezone.now())
 
 
 class SlotDetail(APIView):
@@ -127,7 +127,7 @@ class BookingList(ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return SlotBooking.objects.none()
-        return selectors.slot_bookings_visible_to(self.request.user, now=timezone.now()).order_by("-id")
+        return selectors.slot_bookings_visible_to(request_user(self.request), now=timezone.now()).order_by("-id")
 
     @extend_schema(
         request=SlotBookingIn,

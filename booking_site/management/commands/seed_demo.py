@@ -1,20 +1,17 @@
 from datetime import datetime, time, timedelta
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from booking_site.accounts.models import Role
+from booking_site.accounts.models import Role, User
 from events.models import Event
 from events.services import SeatLayout, event_create
 from reservations.models import Car
 from reservations.services import car_create
 from slots.models import Slot
 from slots.services import slots_create_many
-
-User = get_user_model()
 
 OPERATOR = ("operator", "operator")  # development only: the demo data is for a local machine
 DEMO_BUYER = "buyer@example.com"
