@@ -5,9 +5,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from booking_site import embedded
@@ -37,6 +39,34 @@ def _reads_not_kept(settings):
 
     settings.READS_MAX_AGE_SECONDS = 0
     selectors._layouts.clear()  # seat layouts are kept for good: one test's event ids are not another's
+
+
+class Clock:
+    """A view module's clock, set by the test: ``booking_site.recent`` judges a kept read's age by the
+    ``now`` the view gives it."""
+
+    def __init__(self, moment):
+        self.moment = moment
+
+    def now(self):
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+    @classmethod
+    def patched_into(cls, views, monkeypatch) -> "Clock":
+        clock = cls(timezone.now())
+        monkeypatch.setattr(views, "timezone", clock)
+        return clock
+
+
+@pytest.fixture
+def signed_in(user):
+    """A client whose requests cost no statement to authenticate: the counts are the endpoint's own."""
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
 
 
 @pytest.fixture

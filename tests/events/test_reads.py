@@ -6,43 +6,20 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from rest_framework.test import APIClient
 
 from events import selectors
 from events.api import views
 from events.api.serializers import SeatMapOut
 from events.models import Seat
+from tests.conftest import Clock
 from tests.events.factories import EventFactory, make_event, overdue_hold, write_hold
 
 pytestmark = pytest.mark.django_db
 
 
-class Clock:
-    """The views' clock, set by the test (``booking_site.recent`` judges age by the ``now`` it is given)."""
-
-    def __init__(self, moment):
-        self.moment = moment
-
-    def now(self):
-        return self.moment
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
-
-
 @pytest.fixture
 def clock(monkeypatch):
-    clock = Clock(timezone.now())
-    monkeypatch.setattr(views, "timezone", clock)
-    return clock
-
-
-@pytest.fixture
-def signed_in(user):
-    """A client whose requests cost no statement to authenticate: the counts below are the endpoint's own."""
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
+    return Clock.patched_into(views, monkeypatch)
 
 
 def counts(body) -> tuple[int, int, int, int]:

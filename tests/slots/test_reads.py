@@ -6,37 +6,17 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from rest_framework.test import APIClient
 
 from slots.api import views
+from tests.conftest import Clock
 from tests.slots.factories import SlotBookingFactory, SlotFactory
 
 pytestmark = pytest.mark.django_db
 
 
-class Clock:
-    def __init__(self, moment):
-        self.moment = moment
-
-    def now(self):
-        return self.moment
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
-
-
 @pytest.fixture
 def clock(monkeypatch):
-    clock = Clock(timezone.now())
-    monkeypatch.setattr(views, "timezone", clock)
-    return clock
-
-
-@pytest.fixture
-def signed_in(user):
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
+    return Clock.patched_into(views, monkeypatch)
 
 
 def test_the_page_says_as_of_when_and_keeps_its_shape(api):
