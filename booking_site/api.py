@@ -186,6 +186,22 @@ ERROR_SCHEMA = inline_serializer(
 )
 
 
+def body_limit_in_schema(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook: every operation that takes a body can answer 413
+    ``payload_too_large`` (a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE``, refused before any view runs)."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation.setdefault("responses", {}).setdefault(
+                    "413",
+                    {
+                        "description": "payload_too_large: the body is over the upload limit",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                )
+    return result
+
+
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
     """Schema entries for the error statuses an endpoint can answer, all in the one envelope."""
     return {status: OpenApiResponse(ERROR_SCHEMA) for status in statuses}

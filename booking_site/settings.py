@@ -186,6 +186,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "booking_site.api.body_limit_in_schema",
+    ],
     # Three models have a "status": name each enum after its model.
     "ENUM_NAME_OVERRIDES": {
         "CarStatusEnum": "reservations.models.Car.Status",

@@ -227,3 +227,10 @@ def test_more_fields_than_allowed_is_400_in_the_envelope(api, settings, format_)
         response = api.post("/api/reservations", data=fields, format="multipart")
 
     assert_envelope(response, 400, "validation_error")
+
+
+def test_the_schema_says_every_body_can_be_too_large(client):
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    with_body = [op for ops in schema["paths"].values() for op in ops.values() if "requestBody" in op]
+    assert with_body and all("413" in op["responses"] for op in with_body)
