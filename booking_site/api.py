@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import ClassVar
 
@@ -11,9 +12,11 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field, inline_serializer
 from rest_framework import serializers
+from rest_framework.fields import empty
 from rest_framework.pagination import BasePagination
 from rest_framework.permissions import SAFE_METHODS, IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
+from rest_framework.utils import html
 
 from booking_site.errors import ValidationFailed
 
@@ -50,6 +53,24 @@ class ModelSerializer(serializers.ModelSerializer):
             name: copy.deepcopy(field) if isinstance(field, serializers.BaseSerializer) else copy.copy(field)
             for name, field in prototype.items()
         }
+
+
+class JSONObjectField(serializers.DictField):
+    """A JSON object. A JSON body carries it as an object; a form (the browsable API, ``curl -d``) as
+    JSON text, parsed here: refused when it is not a JSON object, never silently dropped."""
+
+    def get_value(self, dictionary):
+        if html.is_html_input(dictionary):
+            return dictionary.get(self.field_name, empty)
+        return super().get_value(dictionary)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError:
+                raise serializers.ValidationError("Must be a JSON object.") from None
+        return super().to_internal_value(data)
 
 
 class StrictSerializer(serializers.Serializer):

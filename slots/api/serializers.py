@@ -4,7 +4,7 @@ from datetime import date
 from django.utils import timezone
 from rest_framework import serializers
 
-from booking_site.api import ModelSerializer, StrictSerializer
+from booking_site.api import JSONObjectField, ModelSerializer, StrictSerializer
 from booking_site.parsers import unstorable
 from slots.models import Slot, SlotBooking
 from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
@@ -84,7 +84,9 @@ class SlotBookingIn(StrictSerializer):
     hold = serializers.BooleanField(
         required=False, default=False, help_text="true: a PENDING hold with an expiry, to confirm later"
     )
-    metadata = serializers.DictField(required=False, default=dict, help_text="e.g. title and location")
+    metadata = JSONObjectField(
+        required=False, default=dict, help_text="e.g. title and location; in a form, as JSON text"
+    )
     userId = serializers.IntegerField(
         min_value=1, max_value=BIGINT, required=False, help_text="Must be the caller unless the caller is staff"
     )

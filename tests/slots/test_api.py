@@ -1,5 +1,6 @@
 import json
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.utils import timezone
@@ -817,3 +818,26 @@ def test_analytics_counts_rates_days_and_top_hosts(staff_api):
         {"hostId": busy.pk, "hostName": "Alice", "bookingCount": 3},
         {"hostId": quiet.pk, "hostName": "Bob", "bookingCount": 1},
     ]
+
+
+def test_form_encoded_metadata_is_parsed_as_json(api):
+    slot = SlotFactory()
+    form = urlencode({"slotId": slot.pk, "metadata": json.dumps({"a": 1, "note": "é"})})
+
+    response = api.post("/api/bookings", form, content_type="application/x-www-form-urlencoded")
+
+    assert response.status_code == 201, response.content
+    assert SlotBooking.objects.get(slot=slot).metadata == {"a": 1, "note": "é"}
+
+
+@pytest.mark.parametrize(
+    "text", ["not json", "[1, 2]", '"a string"', json.dumps({"note": "x" * 5000}), '{"a": "\\u0000"}', "\x00"]
+)
+def test_form_encoded_metadata_that_cannot_be_stored_is_400_never_dropped(api, text):
+    slot = SlotFactory()
+    form = urlencode({"slotId": slot.pk, "metadata": text})
+
+    response = api.post("/api/bookings", form, content_type="application/x-www-form-urlencoded")
+
+    assert response.status_code == 400 and "metadata" in response.json()["error"]["details"]["fields"]
+    assert not SlotBooking.objects.filter(slot=slot).exists()
