@@ -56,7 +56,8 @@ def broker(var_dir: Path) -> tuple[str, dict]:
     folder = var_dir / "broker"
     for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    return "filesystem://", {
+    # A host in the URL, so kombu does not warn "No hostname was supplied" on every start.
+    return "filesystem://localhost//", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
