@@ -14,19 +14,14 @@ from tests.round_trips import round_trips
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def api_of(cached_api_of):
-    return cached_api_of
-
-
 def reserve(api, event, **body):
     return api.post(f"/api/events/{event.pk}/seats/reserve", body, format="json")
 
 
 @pytest.mark.parametrize("codes", [["S1"], ["S1", "S2", "S3", "S4"]])
-def test_a_seat_hold_by_codes_is_four_round_trips(api_of, codes):
+def test_a_seat_hold_by_codes_is_four_round_trips(cached_api_of, codes):
     event, user = make_event(), UserFactory()
-    api = api_of(user)
+    api = cached_api_of(user)
 
     with round_trips() as trips:
         response = reserve(api, event, seatCodes=codes)
@@ -42,10 +37,10 @@ def test_a_seat_hold_by_codes_is_four_round_trips(api_of, codes):
     assert violations(event) == []
 
 
-def test_a_seat_hold_that_expires_an_overdue_hold_first_is_four_round_trips(api_of):
+def test_a_seat_hold_that_expires_an_overdue_hold_first_is_four_round_trips(cached_api_of):
     event = make_event()
     overdue = overdue_hold(event, ["S1", "S2"])
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = reserve(api, event, seatCodes=["S2", "S3"])
@@ -60,10 +55,10 @@ def test_a_seat_hold_that_expires_an_overdue_hold_first_is_four_round_trips(api_
 
 
 @pytest.mark.parametrize("quantity", [1, 4])
-def test_a_best_available_hold_is_four_round_trips(api_of, quantity):
+def test_a_best_available_hold_is_four_round_trips(cached_api_of, quantity):
     event = make_event(layout=(("A", "B"), 5, 10))
     write_hold(event, ["A-1-2"], state="CONFIRMED")
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = reserve(api, event, quantity=quantity)
@@ -74,10 +69,10 @@ def test_a_best_available_hold_is_four_round_trips(api_of, quantity):
     assert violations(event) == []
 
 
-def test_a_hold_refused_because_a_seat_is_taken_is_three_round_trips(api_of, client_for):
+def test_a_hold_refused_because_a_seat_is_taken_is_three_round_trips(cached_api_of, client_for):
     event = make_event()
     write_hold(event, ["S2"])
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = reserve(api, event, seatCodes=["S1", "S2"])
@@ -88,9 +83,9 @@ def test_a_hold_refused_because_a_seat_is_taken_is_three_round_trips(api_of, cli
 
 
 @pytest.mark.parametrize("body", [{"seatCodes": ["S1"]}, {"quantity": 1}])
-def test_a_hold_refused_because_sales_are_closed_is_three_round_trips(api_of, body):
+def test_a_hold_refused_because_sales_are_closed_is_three_round_trips(cached_api_of, body):
     event = make_event(sales_open=False)
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = reserve(api, event, **body)
@@ -100,10 +95,10 @@ def test_a_hold_refused_because_sales_are_closed_is_three_round_trips(api_of, bo
     assert trips.count <= 3, trips.statements
 
 
-def test_a_best_available_hold_refused_for_lack_of_seats_is_three_round_trips(api_of):
+def test_a_best_available_hold_refused_for_lack_of_seats_is_three_round_trips(cached_api_of):
     event = make_event(total_seats=2)
     write_hold(event, ["S1"], state="CONFIRMED")
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = reserve(api, event, quantity=2)
@@ -114,10 +109,10 @@ def test_a_best_available_hold_refused_for_lack_of_seats_is_three_round_trips(ap
 
 
 @pytest.mark.parametrize(("path", "state"), [("confirm", "CONFIRMED"), ("release", "RELEASED")])
-def test_a_confirm_or_a_release_is_four_round_trips(api_of, path, state):
+def test_a_confirm_or_a_release_is_four_round_trips(cached_api_of, path, state):
     event, user = make_event(), UserFactory()
     group = write_hold(event, ["S1", "S2"], user=user)
-    api = api_of(user)
+    api = cached_api_of(user)
 
     with round_trips() as trips:
         response = api.post(f"/api/events/{event.pk}/seats/{path}", {"holdGroupId": str(group.pk)}, format="json")
@@ -134,10 +129,10 @@ def test_a_confirm_or_a_release_is_four_round_trips(api_of, path, state):
     assert violations(event) == []
 
 
-def test_a_booking_cancel_is_four_round_trips(api_of):
+def test_a_booking_cancel_is_four_round_trips(cached_api_of):
     event, user = make_event(), UserFactory()
     group = write_hold(event, ["S1", "S2"], user=user, state="CONFIRMED")
-    api = api_of(user)
+    api = cached_api_of(user)
 
     with round_trips() as trips:
         response = api.post(f"/api/events/bookings/{group.booking_group_id}/cancel", {"reason": "ill"}, format="json")

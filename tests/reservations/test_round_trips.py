@@ -16,14 +16,9 @@ from tests.round_trips import round_trips
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def api_of(cached_api_of):
-    return cached_api_of
-
-
-def test_a_car_hold_is_four_round_trips(api_of):
+def test_a_car_hold_is_four_round_trips(cached_api_of):
     car, buyer = CarFactory(), UserFactory()
-    api = api_of(buyer)
+    api = cached_api_of(buyer)
 
     with round_trips() as trips:
         response = api.post("/api/reservations", {"carId": car.pk})
@@ -34,10 +29,10 @@ def test_a_car_hold_is_four_round_trips(api_of):
     assert (created.event_type, created.to_state, created.actor_id) == ("CREATED", "HELD", buyer.pk)
 
 
-def test_a_car_hold_that_expires_an_overdue_hold_first_is_four_round_trips(api_of):
+def test_a_car_hold_that_expires_an_overdue_hold_first_is_four_round_trips(cached_api_of):
     past = timezone.now() - timedelta(hours=1)
     overdue = ReservationFactory(created_at=past, expires_at=past + timedelta(minutes=1))
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = api.post("/api/reservations", {"carId": overdue.car_id})
@@ -48,9 +43,9 @@ def test_a_car_hold_that_expires_an_overdue_hold_first_is_four_round_trips(api_o
     assert [(e.event_type, e.actor_label) for e in trail(overdue)] == [("EXPIRED", "system:expire_holds")]
 
 
-def test_a_hold_refused_because_the_car_is_taken_is_three_round_trips(api_of):
+def test_a_hold_refused_because_the_car_is_taken_is_three_round_trips(cached_api_of):
     held = ReservationFactory()
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = api.post("/api/reservations", {"carId": held.car_id})
@@ -60,10 +55,10 @@ def test_a_hold_refused_because_the_car_is_taken_is_three_round_trips(api_of):
 
 
 @pytest.mark.parametrize(("path", "state"), [("confirm", "CONFIRMED"), ("cancel", "CANCELLED")])
-def test_a_confirm_or_a_cancel_is_four_round_trips(api_of, path, state):
+def test_a_confirm_or_a_cancel_is_four_round_trips(cached_api_of, path, state):
     buyer = UserFactory()
     held = ReservationFactory(buyer=buyer)
-    api = api_of(buyer)
+    api = cached_api_of(buyer)
 
     with round_trips() as trips:
         response = api.post(f"/api/reservations/{held.pk}/{path}", {})
@@ -77,9 +72,9 @@ def test_a_confirm_or_a_cancel_is_four_round_trips(api_of, path, state):
 # goes with the COMMIT, the handler's savepoint statements with its own statements.
 
 
-def test_a_car_hold_with_a_key_is_five_round_trips(api_of):
+def test_a_car_hold_with_a_key_is_five_round_trips(cached_api_of):
     car = CarFactory()
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = api.post("/api/reservations", {"carId": car.pk}, HTTP_IDEMPOTENCY_KEY="k-1")
@@ -89,9 +84,9 @@ def test_a_car_hold_with_a_key_is_five_round_trips(api_of):
     assert IdempotencyRecord.objects.get(key="k-1").response_body == response.json()
 
 
-def test_a_replay_is_three_round_trips(api_of):
+def test_a_replay_is_three_round_trips(cached_api_of):
     car = CarFactory()
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
     first = api.post("/api/reservations", {"carId": car.pk}, HTTP_IDEMPOTENCY_KEY="k-2")
 
     with round_trips() as trips:
@@ -101,9 +96,9 @@ def test_a_replay_is_three_round_trips(api_of):
     assert trips.count <= 3, trips.statements
 
 
-def test_a_hold_refused_with_a_key_is_four_round_trips_and_stored(api_of):
+def test_a_hold_refused_with_a_key_is_four_round_trips_and_stored(cached_api_of):
     held = ReservationFactory()
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = api.post("/api/reservations", {"carId": held.car_id}, HTTP_IDEMPOTENCY_KEY="k-3")
@@ -114,10 +109,10 @@ def test_a_hold_refused_with_a_key_is_four_round_trips_and_stored(api_of):
 
 
 @pytest.mark.parametrize(("path", "state"), [("confirm", "CONFIRMED"), ("cancel", "CANCELLED")])
-def test_a_confirm_or_a_cancel_with_a_key_is_five_round_trips(api_of, path, state):
+def test_a_confirm_or_a_cancel_with_a_key_is_five_round_trips(cached_api_of, path, state):
     buyer = UserFactory()
     held = ReservationFactory(buyer=buyer)
-    api = api_of(buyer)
+    api = cached_api_of(buyer)
 
     with round_trips() as trips:
         response = api.post(f"/api/reservations/{held.pk}/{path}", {}, HTTP_IDEMPOTENCY_KEY="k-4")

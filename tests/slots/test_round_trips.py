@@ -16,20 +16,15 @@ from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def api_of(cached_api_of):
-    return cached_api_of
-
-
 def overdue_hold(slot: Slot) -> SlotBooking:
     past = timezone.now() - timedelta(hours=1)
     return SlotBookingFactory(slot=slot, status="PENDING", created_at=past, expires_at=past + timedelta(minutes=5))
 
 
 @pytest.mark.parametrize(("body", "status"), [({}, "CONFIRMED"), ({"hold": True}, "PENDING")])
-def test_a_booking_is_four_round_trips(api_of, body, status):
+def test_a_booking_is_four_round_trips(cached_api_of, body, status):
     slot, guest = SlotFactory(), UserFactory()
-    api = api_of(guest)
+    api = cached_api_of(guest)
 
     with round_trips() as trips:
         response = api.post("/api/bookings", {"slotId": slot.pk, **body})
@@ -44,10 +39,10 @@ def test_a_booking_is_four_round_trips(api_of, body, status):
     assert slot.booked == 1
 
 
-def test_a_booking_that_expires_an_overdue_hold_first_is_four_round_trips(api_of):
+def test_a_booking_that_expires_an_overdue_hold_first_is_four_round_trips(cached_api_of):
     slot = SlotFactory()
     overdue = overdue_hold(slot)
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = api.post("/api/bookings", {"slotId": slot.pk})
@@ -60,10 +55,10 @@ def test_a_booking_that_expires_an_overdue_hold_first_is_four_round_trips(api_of
     assert [(e.event_type, e.actor_label) for e in trail(overdue)] == [("EXPIRED", "system:expire_holds")]
 
 
-def test_a_booking_of_a_full_slot_is_three_round_trips(api_of):
+def test_a_booking_of_a_full_slot_is_three_round_trips(cached_api_of):
     slot = SlotFactory()
     SlotBookingFactory(slot=slot)
-    api = api_of(UserFactory())
+    api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
         response = api.post("/api/bookings", {"slotId": slot.pk})
@@ -73,10 +68,10 @@ def test_a_booking_of_a_full_slot_is_three_round_trips(api_of):
     assert trips.count <= 3, trips.statements
 
 
-def test_a_booking_over_the_guests_limit_is_three_round_trips(api_of):
+def test_a_booking_over_the_guests_limit_is_three_round_trips(cached_api_of):
     guest, host = UserFactory(), HostFactory()
     SlotBookingFactory(guest=guest, slot=SlotFactory(host=host))
-    slot, api = SlotFactory(host=host), api_of(guest)
+    slot, api = SlotFactory(host=host), cached_api_of(guest)
 
     with round_trips() as trips:
         response = api.post("/api/bookings", {"slotId": slot.pk})
@@ -89,10 +84,10 @@ def test_a_booking_over_the_guests_limit_is_three_round_trips(api_of):
 @pytest.mark.parametrize(
     ("path", "status", "to_state"), [("confirm", "PENDING", "CONFIRMED"), ("cancel", "CONFIRMED", "CANCELLED")]
 )
-def test_a_confirm_or_a_cancel_is_four_round_trips(api_of, path, status, to_state):
+def test_a_confirm_or_a_cancel_is_four_round_trips(cached_api_of, path, status, to_state):
     guest = UserFactory()
     booking = SlotBookingFactory(guest=guest, slot=SlotFactory(start=timezone.now() + timedelta(days=3)), status=status)
-    api = api_of(guest)
+    api = cached_api_of(guest)
 
     with round_trips() as trips:
         response = api.post(f"/api/bookings/{booking.pk}/{path}", {})
@@ -106,10 +101,10 @@ def test_a_confirm_or_a_cancel_is_four_round_trips(api_of, path, status, to_stat
     assert booking.slot.booked == (1 if to_state == "CONFIRMED" else 0)
 
 
-def test_releasing_a_hold_is_four_round_trips(api_of):
+def test_releasing_a_hold_is_four_round_trips(cached_api_of):
     guest = UserFactory()
     hold = SlotBookingFactory(guest=guest, status="PENDING")
-    api = api_of(guest)
+    api = cached_api_of(guest)
 
     with round_trips() as trips:
         response = api.post(f"/api/bookings/{hold.pk}/cancel", {})
@@ -120,14 +115,14 @@ def test_releasing_a_hold_is_four_round_trips(api_of):
     assert hold.slot.booked == 0
 
 
-def test_a_reschedule_is_six_round_trips(api_of):
+def test_a_reschedule_is_six_round_trips(cached_api_of):
     """Two claims: BEGIN, the booking's guest and slot (unlocked), the guest and both slots, the booking,
     the move, COMMIT."""
     guest, host = UserFactory(), HostFactory()
     old = SlotBookingFactory(guest=guest, slot=SlotFactory(host=host))
     target = SlotFactory(host=host)
     overdue = overdue_hold(target)
-    api = api_of(guest)
+    api = cached_api_of(guest)
 
     with round_trips() as trips:
         response = api.post(f"/api/bookings/{old.pk}/reschedule", {"slotId": target.pk})
