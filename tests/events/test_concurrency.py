@@ -1,5 +1,6 @@
 """Races against a real PostgreSQL: many connections released at once (docs/contract.md §2.1)."""
 
+import contextlib
 import random
 import threading
 import time
@@ -76,11 +77,16 @@ def seats_taken(at):
 
 
 def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypatch):
+    everyone_has_read = threading.Barrier(USERS, timeout=10)
+
     def unlocked_seats(event_id, *, codes, taken_at):
         event = locking.share_event(event_id)  # the event's lock stays: only the seats' goes
         seats = Seat.objects.filter(event_id=event_id, code__in=codes).annotate(taken=seats_taken(taken_at))
         found = list(seats.order_by("pk"))
-        time.sleep(0.05)  # widen the window between the check and the insert
+        # Every racer reads its seats before any writes: the window the lock closes, made certain
+        # (a sleep only made it likely, and a quiet machine could serialize the racers by luck).
+        with contextlib.suppress(threading.BrokenBarrierError):
+            everyone_has_read.wait()
         return event, found
 
     monkeypatch.setattr(locking, "share_event_lock_seats", unlocked_seats)
