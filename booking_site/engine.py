@@ -2,7 +2,8 @@
 booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only what is its own:
 
 - ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what);
-- for a hold: ``lock_target`` (its rows, in the order of ``booking_site.locking``), ``check_target``
+- for a hold: ``lock_target`` (its rows, in the order of ``booking_site.locking``), ``cap`` (the
+  most one user may hold at once: a ``Cap``, counted under the owner's row lock), ``check_target``
   (its rules), ``overdue_on`` (the holds that would block it), ``check_free`` (its capacity rule),
   ``insert`` (the new claim) and ``backstop`` (the constraint under the insert and the 409 it means);
 - for every transition: ``changes`` (columns beside the state), ``on_write`` (side effects: seat claims
@@ -29,19 +30,20 @@ and create into one statement after the lock (``reservations.services.Reservatio
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import Q, QuerySet, sql
+from django.db.models import Exists, Q, QuerySet, sql
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
 from booking_site.claims import EXPIRED, Claim
-from booking_site.errors import DomainError, Forbidden, HoldExpired, NotFound, NotOwner
+from booking_site.errors import DomainError, Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 
@@ -82,10 +84,49 @@ class ClaimPolicy(Generic[ClaimT]):
         return claims if user.is_staff else claims.filter(**{self.owner_field: user})
 
 
+@dataclass(frozen=True)
+class Cap:
+    """The most one user may hold at once in a domain (docs/contract.md §2.7; OWASP API6: one account
+    hoarding a scarce thing). The limit is the setting ``setting``; a request over it is refused with
+    409 ``limit_reached``, ``details.rule`` = ``rule`` and ``details.limit``.
+
+    The count is read under the owner's user row lock (``locking.user_lock``, order 1), in a statement
+    after the one that takes it, so two holds of one user at once cannot both pass a count of one
+    below the limit. An operator's request (the actor is staff, for themselves or for someone else)
+    is exempt unless ``operators_exempt`` is off: then it takes no lock for the cap either."""
+
+    rule: str
+    setting: str
+    message: str  # formatted with count (held now), asked (this request) and limit
+    operators_exempt: bool = True
+
+    @property
+    def limit(self) -> int:
+        return getattr(settings, self.setting)
+
+    def limit_for(self, actor: User) -> int | None:
+        """The limit a claim ``actor`` asks for is held to; None when the cap does not apply to them."""
+        return None if self.operators_exempt and actor.is_staff else self.limit
+
+    def lock(self, owner_id: int, actor: User) -> Exists | None:
+        """The owner's row lock the count needs, as a condition of the hold's lock statement (None:
+        the cap does not apply, nothing to serialize)."""
+        return locking.user_lock(owner_id) if self.limit_for(actor) is not None else None
+
+    def check(self, *, count: int, asked: int, limit: int | None, **details: Any) -> None:
+        """Refuse when ``count`` held (read under the owner's lock) plus ``asked`` is over ``limit``."""
+        if limit is not None and count + asked > limit:
+            raise LimitReached(
+                self.message.format(count=count, asked=asked, limit=limit),
+                details={"rule": self.rule, "limit": limit, **details},
+            )
+
+
 class ClaimEngine(Generic[ClaimT]):
     model: type[ClaimT]
     domain: str
     policy: ClaimPolicy[ClaimT] = ClaimPolicy()
+    cap: Cap | None = None  # the most one user may hold at once (checked by the domain's create)
     backstop: tuple[str, Callable[..., DomainError]] | None = None  # (constraint, error factory(target, request))
 
     # --- what a domain declares -------------------------------------------------------------------

@@ -76,6 +76,13 @@ class Conflict(DomainError):
     status, code, message = 409, "conflict", "The resource is taken."
 
 
+class LimitReached(Conflict):
+    """A per-user cap refused the request (``booking_site.engine.Cap``): ``details.rule`` names the rule,
+    ``details.limit`` its limit (docs/contract.md §3.2)."""
+
+    code, message = "limit_reached", "A limit on what one user may hold at once is reached."
+
+
 class RequestInProgress(Conflict):
     """The first request with this key is still in its transaction. It ends (and its lock with it) within
     that request's own duration, which a lock wait bounds at DB_LOCK_TIMEOUT_MS: the wait said."""

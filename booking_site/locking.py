@@ -5,8 +5,9 @@ The order. A transaction that takes more than one of these locks takes them in t
 kind in primary-key order, so two requests never wait for each other in a circle:
 
 1. ``lock_user``: one user row (the guest's for a slot booking, a confirm or a reschedule; the host's
-   for creating slots). It serializes the rules that count one user's rows (bookings per guest, one
-   per host, a host's slots never overlapping).
+   for creating slots; the buyer's for a car hold and the holder's for a seat hold, unless an
+   operator asks). It serializes the rules that count one user's rows (bookings per guest, one per
+   host, a host's slots never overlapping, the caps on held cars and seats: ``engine.Cap``).
 2. the resource's parent, the event row: ``share_event`` in a seat hold (``FOR KEY SHARE``);
    ``lock_event`` for an edit of the event's details, ``lock_event_sales`` for the sales switch. Those
    two take no other lock.
@@ -41,8 +42,9 @@ so they are held before it is asked for (the plan's structure, not the order of 
 list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
 
 A seat hold takes 2 and 3 in one statement (``share_event_lock_seats``, ``share_event_lock_free_seats``:
-the event, then the seats; ADR 0009). Best available locks with ``SKIP LOCKED``: it never waits for a
-seat, so the order it takes them in (preference, not id) cannot close a circle.
+the event, then the seats; ADR 0009), after 1 (the holder) when the cap on held seats applies. Best
+available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it takes them in
+(preference, not id) cannot close a circle.
 
 ``lock_batch`` (the expiry job) is outside the order: ``SKIP LOCKED`` never waits, so it cannot
 deadlock; a row a request holds is left to that request.
@@ -117,11 +119,16 @@ def lock_event_sales(event_id: int) -> Event | None:
 # 3. the resources
 
 
-def lock_car(car_id: int, **annotations) -> Car | None:
-    """Serializes every claim on one car. ``annotations`` are read by the same statement, from its
-    snapshot: taken before any wait for the lock, so what they say may be stale once it is held."""
+def lock_car(car_id: int, *, after: Exists | None = None, **annotations) -> Car | None:
+    """Serializes every claim on one car. ``after``: a lock of an earlier kind taken by the same
+    statement first (the buyer's ``user_lock``, for the cap on a buyer's holds). ``annotations`` are
+    read by the same statement, from its snapshot: taken before any wait for the lock, so what they say
+    may be stale once it is held."""
     _in_transaction("lock_car")
-    return Car.objects.select_for_update(no_key=True, of=("self",)).filter(pk=car_id).annotate(**annotations).first()
+    cars = Car.objects.select_for_update(no_key=True, of=("self",)).filter(pk=car_id)
+    if after is not None:
+        cars = cars.filter(after)
+    return cars.annotate(**annotations).first()
 
 
 def lock_slots(slot_ids: Iterable[int], *, after: Exists | None = None, **annotations) -> dict[int, Slot]:
@@ -170,7 +177,20 @@ _TAKEN = f"""EXISTS (
 # lock is taken first: an event that does not exist locks no seat). Its columns are those of the row
 # locked: READ COMMITTED re-reads a row it waited for, so a close of sales that committed is seen.
 _SHARED_EVENT = f"""event AS MATERIALIZED (
-    SELECT id, sales_open, event_date, hold_minutes FROM {_EVENT} WHERE id = %(event)s FOR KEY SHARE)"""
+    SELECT id, sales_open, event_date, hold_minutes FROM {_EVENT} WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
+# The holder's user row first (order 1: the cap on a user's held seats), as the event's condition: an
+# uncorrelated sub-select, so it runs once, before the event's row is locked.
+_HOLDER = f"""holder AS MATERIALIZED (
+    SELECT id FROM {User._meta.db_table} WHERE id = %(holder)s FOR NO KEY UPDATE), """
+
+
+def _shared_event(holder: int | None) -> str:
+    """The event CTE, after the holder's lock when ``holder`` is given."""
+    if holder is None:
+        return _SHARED_EVENT.format(after="")
+    return _HOLDER + _SHARED_EVENT.format(after="AND EXISTS (SELECT FROM holder)")
+
+
 # The outer query: the event's row, then each seat locked (none: one row of NULLs) with ``taken``.
 _EVENT_AND_SEATS = f"""
     SELECT e.id, e.sales_open, e.event_date, e.hold_minutes, %(free)s, s.id, s.code, {_TAKEN}
@@ -194,26 +214,31 @@ def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], 
     return event, seats, tuple(free)
 
 
-def share_event_lock_seats(event_id: int, *, codes: list[str], taken_at: datetime) -> tuple[Event | None, list[Seat]]:
-    """A seat hold by codes, in one statement: the event ``FOR KEY SHARE`` (as ``share_event``), then its
-    seats named by ``codes`` ``FOR NO KEY UPDATE`` in id order (as ``lock_seats``). Each seat says
-    whether it was ``taken`` at ``taken_at``, read from the statement's snapshot: from before any wait
-    for the seat locks, so good enough to refuse, never to grant. (None, []) when the event is missing."""
+def share_event_lock_seats(
+    event_id: int, *, codes: list[str], taken_at: datetime, holder: int | None = None
+) -> tuple[Event | None, list[Seat]]:
+    """A seat hold by codes, in one statement: the ``holder``'s user row when given (as ``lock_user``),
+    the event ``FOR KEY SHARE`` (as ``share_event``), then its seats named by ``codes`` ``FOR NO KEY
+    UPDATE`` in id order (as ``lock_seats``). Each seat says whether it was ``taken`` at ``taken_at``,
+    read from the statement's snapshot: from before any wait for the seat locks, so good enough to
+    refuse, never to grant. (None, []) when the event is missing."""
     _in_transaction("share_event_lock_seats")
     sql = f"""
-        WITH {_SHARED_EVENT}, seats AS MATERIALIZED (
+        WITH {_shared_event(holder)}, seats AS MATERIALIZED (
             SELECT s.id, s.event_id, s.code FROM {_SEAT} s
             WHERE s.event_id = (SELECT id FROM event) AND s.code = ANY(%(codes)s::text[])
             ORDER BY s.id FOR NO KEY UPDATE
         ) {_EVENT_AND_SEATS.replace("%(free)s", "NULL, NULL")}"""
-    event, seats, _ = _event_and_seats(sql, {"event": event_id, "codes": list(codes), "at": taken_at})
+    params = {"event": event_id, "codes": list(codes), "at": taken_at, "holder": holder}
+    event, seats, _ = _event_and_seats(sql, params)
     return event, seats
 
 
 def share_event_lock_free_seats(
-    event_id: int, *, quantity: int, window: int, free_at: datetime, skip_locked: bool
+    event_id: int, *, quantity: int, window: int, free_at: datetime, skip_locked: bool, holder: int | None = None
 ) -> tuple[Event | None, list[Seat], tuple[int, bool]]:
-    """A best-available seat hold, in one statement: the event ``FOR KEY SHARE``, then up to ``window``
+    """A best-available seat hold, in one statement: the ``holder``'s user row when given, the event
+    ``FOR KEY SHARE``, then up to ``window``
     of its seats free at ``free_at`` by the statement's snapshot, those in a run of ``quantity``
     adjacent free seats of one row first, front sections and rows first, ``FOR NO KEY UPDATE``.
     ``skip_locked``: in that order, passing over the seats others hold locked (it never waits, so its
@@ -235,7 +260,7 @@ def share_event_lock_free_seats(
             WHERE s.id IN (SELECT id FROM preferred ORDER BY short, section, row, number LIMIT %(window)s)
             ORDER BY s.id FOR NO KEY UPDATE"""
     sql = f"""
-        WITH {_SHARED_EVENT}, free AS MATERIALIZED (
+        WITH {_shared_event(holder)}, free AS MATERIALIZED (
             SELECT id, section, row, number, COUNT(*) OVER (PARTITION BY section, row, run) AS n FROM (
                 SELECT s.id, s.section, s.row, s.number,
                        s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
@@ -246,7 +271,14 @@ def share_event_lock_free_seats(
             ORDER BY n < %(quantity)s, section, row, number LIMIT %(reach)s
         ), seats AS MATERIALIZED ({locked}
         ) {_EVENT_AND_SEATS.replace("%(free)s", free_and_adjacent)}"""
-    params = {"event": event_id, "quantity": quantity, "window": window, "reach": 8 * window, "at": free_at}
+    params = {
+        "event": event_id,
+        "quantity": quantity,
+        "window": window,
+        "reach": 8 * window,
+        "at": free_at,
+        "holder": holder,
+    }
     return _event_and_seats(sql, params)
 
 

@@ -166,14 +166,12 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "booking_site.errors.exception_handler",
+    # booking_site/throttling.py: on unless THROTTLE_ENABLED is off, at the THROTTLE_RATES below.
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "booking_site.throttling.AnonThrottle",
+        "booking_site.throttling.UserThrottle",
+        "booking_site.throttling.ScopeThrottle",
     ],
-    "DEFAULT_THROTTLE_RATES": {
-        "anon": env("THROTTLE_ANON", default=None),
-        "user": env("THROTTLE_USER", default=None),
-    },
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
@@ -198,8 +196,25 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# Throttle counters must be shared by every web process: point CACHE_URL at Redis in production.
+# Throttle counters must be shared by every web process: point CACHE_URL at Redis in production. With
+# the in-process default each process counts alone: N processes allow N times each rate.
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+# Throttling (docs/decisions/0010-abuse-limits.md), per rate "N/second|minute|hour|day"; a rate set to
+# "none" turns that scope off. Over one: 429 `throttled` with Retry-After.
+THROTTLE_ENABLED = env.bool("THROTTLE_ENABLED", default=True)
+
+
+def _rate(name: str, default: str) -> str | None:
+    rate = env(name, default=default)
+    return None if rate.lower() in ("", "none") else rate
+
+
+THROTTLE_RATES = {
+    "anon": _rate("THROTTLE_ANON", "60/minute"),  # without credentials, per IP address
+    "user": _rate("THROTTLE_USER", "600/minute"),  # a signed-in user
+    "holds": _rate("THROTTLE_HOLDS", "30/minute"),  # car, seat and slot holds, per user (not operators)
+    "registration": _rate("THROTTLE_REGISTRATION", "20/hour"),  # POST /api/users, per IP address
+}
 
 # How long a web process may keep using a token lookup (a revoked token works at most this long on
 # another process); 0 turns the cache off. See booking_site/accounts/auth.py.
@@ -212,6 +227,10 @@ EXPIRY_BATCH_SIZE = env.int("EXPIRY_BATCH_SIZE", default=500)
 RESERVATION_HOLD_MINUTES_DEFAULT = env.int("RESERVATION_HOLD_MINUTES_DEFAULT", default=15)
 SLOTS_CANCELLATION_WINDOW_HOURS = env.int("SLOTS_CANCELLATION_WINDOW_HOURS", default=1)
 SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST = env.int("SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST", default=5)
+# The caps on what one user holds at once (booking_site.engine.Cap; operators are exempt): live car
+# holds per buyer, and seats held per user on one event.
+RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER = env.int("RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER", default=3)
+EVENT_MAX_HELD_SEATS_PER_USER = env.int("EVENT_MAX_HELD_SEATS_PER_USER", default=10)
 SLOTS_HOLD_MINUTES_DEFAULT = env.int("SLOTS_HOLD_MINUTES_DEFAULT", default=10)
 # Hot reads (event counts, seat maps, the slot listing) served from each process's memory for at most
 # this long (0 to 1 s; 0 reads the database every time), with the moment read as `asOf`.

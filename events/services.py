@@ -25,7 +25,7 @@ from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, Along, ClaimEngine
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, Along, Cap, ClaimEngine
 from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
@@ -259,6 +259,7 @@ class SeatHold:
 
     event_id: int
     user: User
+    actor: User  # who asks: the holder, or an operator for them (exempt from the cap)
     seat_codes: list[str] | None
     quantity: int | None
     request_id: str
@@ -314,6 +315,11 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     """
 
     model, domain = SeatHoldGroup, "events"
+    cap = Cap(
+        rule="held_seats_per_user_per_event",
+        setting="EVENT_MAX_HELD_SEATS_PER_USER",
+        message="You hold {count} seats of this event and ask for {asked}; a user may hold at most {limit} at once.",
+    )
 
     def hold(self, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:
         if request.seat_codes is not None:
@@ -329,9 +335,10 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         )
 
     def lock_target(self, request: SeatHold) -> Target:
+        holder = request.user.pk if self.cap.limit_for(request.actor) is not None else None  # the cap's lock
         if request.seat_codes is not None:
             event, seats = locking.share_event_lock_seats(
-                request.event_id, codes=request.seat_codes, taken_at=timezone.now()
+                request.event_id, codes=request.seat_codes, taken_at=timezone.now(), holder=holder
             )
             available, adjacent_free = None, False
         else:
@@ -341,6 +348,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                 window=request.count + PICK_SLACK,
                 free_at=timezone.now(),
                 skip_locked=not request.wait_for_seats,
+                holder=holder,
             )
         if event is None:
             raise NotFound(f"Event {request.event_id} does not exist.")
@@ -381,6 +389,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         event, best = target.event, request.seat_codes is None
         expires_at = now + timedelta(minutes=event.hold_minutes)
         group_id = uuid.uuid4()
+        limit = self.cap.limit_for(request.actor)
         with connection.cursor() as cursor:
             cursor.execute(
                 HOLD_SQL.format(picked=PICK_BEST if best else PICK_NAMED),
@@ -390,6 +399,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                     "quantity": request.count,
                     "group": group_id,
                     "user": request.user.pk,
+                    "limit": limit,
                     "actor": actor.pk,
                     "actor_label": f"user:{actor.pk}",
                     "expiry_actor": EXPIRY_ACTOR,
@@ -401,10 +411,11 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                     "trace_id": current_request_id() or "",
                 },
             )
-            expired, taken, picked, codes, adjacent, claimed, contended = cursor.fetchone()
+            expired, taken, held, picked, codes, adjacent, claimed, contended = cursor.fetchone()
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         by_id = {s.pk: s.code for s in target.seats}
         _refuse_taken(event, [by_id[pk] for pk in taken])
+        self.cap.check(count=held, asked=request.count, limit=limit, eventId=event.pk)
         if len(picked) < request.count:
             raise PickAgain  # best available: some candidates were taken after the lock statement's snapshot
         if best and not adjacent and target.adjacent_free and not request.last_attempt:
@@ -538,7 +549,9 @@ def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
 # snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue_claims`` so those UPDATEs have
 # run before ``claimed`` inserts. When a hold overdue in the snapshot was confirmed meanwhile, the
 # unique index refuses the claim: ``contended`` counts such claims, so that refusal is the confirm's
-# win, not a backstop.
+# win, not a backstop. ``held`` counts the seats the user holds live on the event (the cap,
+# ``SeatHolds.cap``): read under the holder's lock, taken by the lock statement (none when the cap does
+# not apply: ``limit`` is then NULL); ``free`` lets the hold through only within the cap.
 _EVENT, _SEAT, _CLAIM, _GROUP = (m._meta.db_table for m in (Event, Seat, SeatClaim, SeatHoldGroup))
 _AUDIT = AuditEvent._meta.db_table
 _AUDIT_COLUMNS = audit.SQL_COLUMNS
@@ -579,9 +592,14 @@ WITH picked AS MATERIALIZED ({{picked}}
     FROM overdue o
 ), taken AS (
     SELECT c.seat_id FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id WHERE {_ACTIVE}
+), held AS (
+    SELECT COALESCE(SUM(g.seat_count), 0) AS seats FROM {_GROUP} g
+    WHERE %(limit)s::int IS NOT NULL AND g.user_id = %(user)s AND g.event_id = %(event)s AND g.state = 'HELD'
+      AND g.expires_at > %(now)s
 ), free AS (
-    SELECT FROM (SELECT COUNT(*) FROM overdue_claims) AS after_the_expiry
+    SELECT FROM (SELECT COUNT(*) FROM overdue_claims) AS after_the_expiry, held
     WHERE NOT EXISTS (SELECT FROM taken) AND (SELECT COUNT(*) FROM picked) = %(quantity)s
+      AND (%(limit)s::int IS NULL OR held.seats + %(quantity)s <= %(limit)s::int)
 ), created AS (
     INSERT INTO {_GROUP} (id, booking_group_id, event_id, user_id, state, seat_count, expires_at, request_id,
                           created_at, updated_at, confirmed_at, cancelled_at)
@@ -607,6 +625,7 @@ WITH picked AS MATERIALIZED ({{picked}}
 SELECT
     (SELECT COUNT(*) FROM overdue),
     ARRAY(SELECT seat_id FROM taken ORDER BY seat_id),
+    (SELECT seats FROM held),
     ARRAY(SELECT id FROM picked ORDER BY id),
     ARRAY(SELECT s.code FROM picked p JOIN {_SEAT} s ON s.id = p.id ORDER BY p.id),
     (SELECT COUNT(DISTINCT (s.section, s.row)) = 1 AND MAX(s.number) - MIN(s.number) = COUNT(*) - 1
@@ -628,8 +647,10 @@ def seat_hold(
     seat_codes: list[str] | None = None,
     quantity: int | None = None,
     request_id: str = "",
+    actor: User | None = None,
 ) -> SeatHoldGroup:
-    """Hold the named seats, or ``quantity`` best-available ones, all or nothing, for one user."""
+    """Hold the named seats, or ``quantity`` best-available ones, all or nothing, for one user, asked by
+    ``actor`` (the user, or an operator for them)."""
     if (seat_codes is None) == (quantity is None):
         raise ValidationFailed.for_field("seatCodes", "Give either seatCodes or quantity.")
     count = len(seat_codes) if seat_codes is not None else quantity
@@ -637,8 +658,11 @@ def seat_hold(
         raise ValidationFailed.for_field("seatCodes", f"Hold 1 to {MAX_SEATS_PER_HOLD} seats at a time.")
     if seat_codes is not None and len(set(seat_codes)) != len(seat_codes):
         raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
-    request = SeatHold(event_id=event_id, user=user, seat_codes=seat_codes, quantity=quantity, request_id=request_id)
-    return SEAT_HOLDS.hold(request, now=now, actor=user)
+    actor = actor or user
+    request = SeatHold(
+        event_id=event_id, user=user, actor=actor, seat_codes=seat_codes, quantity=quantity, request_id=request_id
+    )
+    return SEAT_HOLDS.hold(request, now=now, actor=actor)
 
 
 def seat_hold_confirm(*, event_id: int, hold_group_id: uuid.UUID, user: User, now: datetime) -> SeatHoldGroup:

@@ -18,7 +18,7 @@ from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, ClaimEngine, ClaimPolicy
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, Cap, ClaimEngine, ClaimPolicy
 from booking_site.errors import Conflict, InvalidStateTransition, NotFound
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
@@ -69,6 +69,7 @@ class CarHold:
 
     car_id: int
     buyer: User
+    actor: User  # who asks: the buyer, or an operator for them (exempt from the cap)
     hold_minutes: int
     request_id: str
 
@@ -89,12 +90,19 @@ class Reservations(ClaimEngine[Reservation]):
     """
 
     model, domain, policy = Reservation, "reservations", ReservationPolicy()
+    cap = Cap(
+        rule="active_car_holds_per_buyer",
+        setting="RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER",
+        message="You already hold {count} cars; a buyer may hold at most {limit} at once.",
+    )
 
     def lock_target(self, request: CarHold) -> Car:
         # Judged at the statement's start: an active reservation then is a fair refusal. "Not taken"
-        # may be stale when the lock was waited for: ``create`` checks again after the lock.
+        # may be stale when the lock was waited for: ``create`` checks again after the lock. The
+        # buyer's lock (the cap) is taken first, by the same statement.
         taken = Exists(Reservation.objects.active(now=Now()).filter(car=OuterRef("pk")))
-        car = locking.lock_car(request.car_id, taken=taken)
+        after = self.cap.lock(request.buyer.pk, request.actor)
+        car = locking.lock_car(request.car_id, after=after, taken=taken)
         if car is None:
             raise NotFound(f"Car {request.car_id} does not exist.")
         return car
@@ -110,12 +118,14 @@ class Reservations(ClaimEngine[Reservation]):
 
     def create(self, car: Car, request: CarHold, *, now: datetime, actor) -> Reservation:
         expires_at = now + timedelta(minutes=request.hold_minutes)
+        limit = self.cap.limit_for(request.actor)
         with connection.cursor() as cursor:
             cursor.execute(
                 HOLD_SQL,
                 {
                     "car": car.pk,
                     "buyer": request.buyer.pk,
+                    "limit": limit,
                     "actor": actor.pk,
                     "actor_label": f"user:{actor.pk}",
                     "subject_type": Reservation._meta.model_name,
@@ -128,10 +138,11 @@ class Reservations(ClaimEngine[Reservation]):
                     "metadata": json.dumps({"carId": car.pk, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
                 },
             )
-            expired, free, reservation_id, contended = cursor.fetchone()
+            expired, free, held, reservation_id, contended = cursor.fetchone()
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         if not free:
             raise CarUnavailable(car_id=car.pk)
+        self.cap.check(count=held, asked=1, limit=limit)
         if reservation_id is None:
             if not contended:
                 CONSTRAINT_BACKSTOPS.labels("reservation_one_active_per_car").inc()
@@ -159,7 +170,9 @@ class Reservations(ClaimEngine[Reservation]):
 # by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue`` so that UPDATE has
 # run before ``created`` inserts. When a hold overdue in the snapshot was confirmed meanwhile (its
 # confirm judged it before its expiry), the unique index refuses the insert: ``contended`` counts
-# such rows, so that refusal is the confirm's win, not a backstop.
+# such rows, so that refusal is the confirm's win, not a backstop. ``held`` counts the buyer's live
+# holds (the cap, ``Reservations.cap``): read under the buyer's lock, taken by the lock statement
+# (none when the cap does not apply: ``limit`` is then NULL). A hold overdue in the snapshot is not live.
 _RESERVATION, _AUDIT, _AUDIT_COLUMNS = Reservation._meta.db_table, AuditEvent._meta.db_table, audit.SQL_COLUMNS
 HOLD_SQL = f"""
 WITH overdue AS (
@@ -173,9 +186,13 @@ WITH overdue AS (
         SELECT FROM {_RESERVATION}
         WHERE car_id = %(car)s AND (state = 'CONFIRMED' OR (state = 'HELD' AND expires_at > %(now)s))
     )
+), held AS (
+    SELECT count(*) AS holds FROM {_RESERVATION}
+    WHERE %(limit)s::int IS NOT NULL AND buyer_id = %(buyer)s AND state = 'HELD' AND expires_at > %(now)s
 ), created AS (
     INSERT INTO {_RESERVATION} (car_id, buyer_id, state, expires_at, request_id, created_at, updated_at)
-    SELECT %(car)s, %(buyer)s, 'HELD', %(expires_at)s, %(request_id)s, %(now)s, %(now)s FROM free
+    SELECT %(car)s, %(buyer)s, 'HELD', %(expires_at)s, %(request_id)s, %(now)s, %(now)s FROM free, held
+    WHERE %(limit)s::int IS NULL OR held.holds < %(limit)s::int
     ON CONFLICT (car_id) WHERE state IN ('HELD', 'CONFIRMED') DO NOTHING
     RETURNING id
 ), created_event AS (
@@ -187,6 +204,7 @@ WITH overdue AS (
 SELECT
     (SELECT count(*) FROM overdue),
     EXISTS (SELECT FROM free),
+    (SELECT holds FROM held),
     (SELECT id FROM created),
     (SELECT count(*) FROM {_RESERVATION}
      WHERE car_id = %(car)s AND state = 'HELD' AND expires_at <= %(now)s AND id NOT IN (SELECT id FROM overdue))
@@ -197,10 +215,12 @@ RESERVATIONS = Reservations()
 
 
 def reservation_hold(
-    *, car_id: int, buyer: User, hold_minutes: int, now: datetime, request_id: str = ""
+    *, car_id: int, buyer: User, hold_minutes: int, now: datetime, request_id: str = "", actor: User | None = None
 ) -> Reservation:
-    request = CarHold(car_id=car_id, buyer=buyer, hold_minutes=hold_minutes, request_id=request_id)
-    return RESERVATIONS.hold(request, now=now, actor=buyer)
+    """Hold a car for ``buyer``, asked by ``actor`` (the buyer, or an operator for them)."""
+    actor = actor or buyer
+    request = CarHold(car_id=car_id, buyer=buyer, actor=actor, hold_minutes=hold_minutes, request_id=request_id)
+    return RESERVATIONS.hold(request, now=now, actor=actor)
 
 
 def reservation_confirm(*, reservation_id: int, user: User, now: datetime) -> Reservation:

@@ -39,12 +39,13 @@ from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, SEE, ClaimEngine, ClaimPolicy
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, SEE, Cap, ClaimEngine, ClaimPolicy
 from booking_site.errors import (
     Conflict,
     DomainError,
     HoldExpired,
     InvalidStateTransition,
+    LimitReached,
     NotFound,
     NotOwner,
     ValidationFailed,
@@ -66,10 +67,6 @@ SLOT_HORIZON_TEXT = "five years"
 
 def cancellation_window() -> timedelta:
     return timedelta(hours=settings.SLOTS_CANCELLATION_WINDOW_HOURS)
-
-
-def max_active_bookings_per_guest() -> int:
-    return settings.SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST
 
 
 def hold_minutes_default() -> int:
@@ -99,10 +96,6 @@ class SlotUnavailable(Conflict):
 
 class SlotBooked(Conflict):
     code = "slot_booked"
-
-
-class LimitReached(Conflict):
-    code = "limit_reached"
 
 
 class OwnSlot(DomainError):
@@ -340,6 +333,14 @@ class SlotBookings(ClaimEngine[SlotBooking]):
     """
 
     model, domain, policy = SlotBooking, "slots", BookingPolicy()
+    # A rule of the product about the guest (docs/contract.md §6), whoever books: operators are not
+    # exempt. ``details.max`` repeats the limit for the clients that read it before ``details.limit``.
+    cap = Cap(
+        rule="max_active",
+        setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
+        message="You already have {count} active bookings; a guest may have at most {limit}.",
+        operators_exempt=False,
+    )
     backstop = (
         "slot_booked_within_capacity",
         lambda slot, request: SlotFull(slot_id=slot.pk, seats=request.seats),
@@ -380,7 +381,7 @@ class SlotBookings(ClaimEngine[SlotBooking]):
             "host": slot.host_id,
             "guest": request.guest.pk,
             "seats": request.seats,
-            "max_active": max_active_bookings_per_guest(),
+            "max_active": self.cap.limit,
             "status": status,
             "expires_at": expires_at,
             "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
@@ -764,10 +765,12 @@ def _check_guest_limits(*, host_id: int, active: int | None, with_host: int) -> 
     maximum does not apply) and how many of them are with ``host_id``. Counts read under the guest's row
     lock are the truth; counts from a snapshot older than the lock only ever refuse fairly."""
     if with_host:
-        raise LimitReached(f"You already have an active booking with host {host_id}.", details={"rule": "one_per_host"})
-    limit = max_active_bookings_per_guest()
-    if active is not None and active >= limit:
-        raise LimitReached(f"You already have {limit} active bookings.", details={"rule": "max_active", "max": limit})
+        raise LimitReached(
+            f"You already have an active booking with host {host_id}.", details={"rule": "one_per_host", "limit": 1}
+        )
+    if active is not None:
+        cap = SLOT_BOOKINGS.cap
+        cap.check(count=active, asked=1, limit=cap.limit, max=cap.limit)
 
 
 def _check_seats(slot: Slot, *, seats: int, freed: int = 0) -> None:

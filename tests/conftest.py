@@ -84,6 +84,12 @@ def recent_reads(settings):
 
 
 @pytest.fixture(autouse=True)
+def _not_throttled(settings):
+    """Throttling is off in tests (as in the benchmark); tests/booking_site/test_throttling.py turns it on."""
+    settings.THROTTLE_ENABLED = False
+
+
+@pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -154,6 +160,7 @@ def served(transactional_db, tmp_path):
         "LOG_LEVEL": "ERROR",
         "WEB_CONCURRENCY": "1",
         "WEB_ACCESS_LOG": "false",
+        "THROTTLE_ENABLED": "False",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
     }
     server = subprocess.Popen(

@@ -14,6 +14,7 @@ from booking_site.audit.api import AuditTrailView
 from booking_site.errors import NotFound
 from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
+from booking_site.throttling import HOLDS
 from events import selectors, services
 from events.api.filters import EventFilter
 from events.api.serializers import (
@@ -130,6 +131,8 @@ def _hold_out(group: SeatHoldGroup, seat_codes: list[str]) -> dict:
 
 
 class SeatsReserve(APIView):
+    throttle_scope = HOLDS  # docs/contract.md §3.6
+
     @extend_schema(
         request=SeatHoldIn,
         responses={201: SeatHoldOut, **errors(400, 401, 403, 404, 409)},
@@ -145,6 +148,7 @@ class SeatsReserve(APIView):
             quantity=data.get("quantity"),
             now=timezone.now(),
             request_id=request.idempotency_key or "",
+            actor=request.user,
         )
         return Response(_hold_out(group, [s.code for s in group.seats]), status=201)
 

@@ -10,6 +10,7 @@ from booking_site.audit.api import AuditTrailView
 from booking_site.engine import SEE
 from booking_site.errors import NotFound
 from booking_site.idempotency import idempotent
+from booking_site.throttling import HOLDS
 from reservations import selectors, services
 from reservations.api.filters import CarFilter, ReservationFilter
 from reservations.api.serializers import (
@@ -59,6 +60,8 @@ class CarDetail(APIView):
 class ReservationList(ListAPIView):
     """The caller's reservations (operators: everyone's), newest first. Holding a car is a POST here."""
 
+    throttle_scope = HOLDS  # the holds' POST (docs/contract.md §3.6)
+
     serializer_class = ReservationOut
     filterset_class = ReservationFilter
 
@@ -81,6 +84,7 @@ class ReservationList(ListAPIView):
             hold_minutes=data["holdDurationMinutes"],
             now=timezone.now(),
             request_id=request.idempotency_key or "",
+            actor=request.user,
         )
         return Response(ReservationOut(reservation).data, status=201)
 

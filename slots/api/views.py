@@ -13,6 +13,7 @@ from booking_site.errors import NotFound, NotOwner, ValidationFailed
 from booking_site.expiry import expire_all
 from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
+from booking_site.throttling import HOLDS
 from slots import selectors, services
 from slots.api.filters import BookingFilter, SlotFilter
 from slots.api.serializers import (
@@ -119,6 +120,7 @@ class SlotDetail(APIView):
 
 
 class BookingList(ListAPIView):
+    throttle_scope = HOLDS  # the bookings' POST (docs/contract.md §3.6)
     """The caller's bookings (operators: everyone's), newest first. Booking a slot is a POST here."""
 
     serializer_class = SlotBookingOut

@@ -637,3 +637,59 @@ def test_event_json_is_camel_case(staff_api):
 
     assert set(staff_api.get(f"/api/events/{event.pk}").json()) == EVENT_FIELDS | {"asOf"}
     assert Event.objects.get(pk=event.pk).confirmed_seats == 0
+
+
+# --- the cap on the seats one user holds on an event (docs/contract.md §2.7) ------------------------
+
+
+def limit_details(response) -> dict:
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "limit_reached"
+    return response.json()["error"]["details"]
+
+
+@pytest.mark.parametrize("second", [{"seatCodes": ["S9", "S10", "S11"]}, {"quantity": 3}])
+def test_a_user_holds_at_most_ten_seats_of_an_event_at_once(api, user, second):
+    event = make_event(total_seats=20)
+    assert reserve(api, event, seatCodes=[f"S{n}" for n in range(1, 9)]).status_code == 201
+
+    response = reserve(api, event, **second)
+
+    assert limit_details(response) == {"rule": "held_seats_per_user_per_event", "limit": 10, "eventId": event.pk}
+    assert SeatHoldGroup.objects.filter(event=event, user=user).count() == 1
+    assert reserve(api, event, quantity=2).status_code == 201  # up to the limit exactly
+
+
+def test_one_hold_over_the_cap_is_refused_whole(api):
+    event = make_event(total_seats=20)
+
+    response = reserve(api, event, seatCodes=[f"S{n}" for n in range(1, 12)])
+
+    assert limit_details(response)["limit"] == 10
+    assert not SeatHoldGroup.objects.filter(event=event).exists()
+
+
+def test_the_seat_cap_is_per_event_and_counts_only_live_holds(api, user):
+    event, other = make_event(total_seats=20), make_event(total_seats=20)
+    write_hold(event, ["S1", "S2", "S3"], user=user, state="CONFIRMED")  # bought, not held
+    overdue_hold(event, ["S4", "S5", "S6"], user=user)  # overdue: free
+    write_hold(other, [f"S{n}" for n in range(1, 11)], user=user)  # another event
+
+    assert reserve(api, event, seatCodes=[f"S{n}" for n in range(4, 14)]).status_code == 201
+    assert limit_details(reserve(api, event, seatCodes=["S14"]))["limit"] == 10
+
+
+def test_released_seats_make_room(api):
+    event = make_event(total_seats=20)
+    held = reserve(api, event, quantity=10).json()["holdGroupId"]
+
+    assert release(api, event, held).status_code == 200
+
+    assert reserve(api, event, quantity=10).status_code == 201
+
+
+def test_operators_are_exempt_from_the_seat_cap(staff_api, user):
+    event = make_event(total_seats=30)
+
+    assert reserve(staff_api, event, quantity=12).status_code == 201
+    assert reserve(staff_api, event, quantity=12, userId=user.pk).status_code == 201

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from booking_site import locking
 from booking_site.audit.services import trail
+from booking_site.errors import LimitReached
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from events import services
 from events.admin import EventAdmin
@@ -79,8 +80,8 @@ def seats_taken(at):
 def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypatch):
     everyone_has_read = threading.Barrier(USERS, timeout=10)
 
-    def unlocked_seats(event_id, *, codes, taken_at):
-        event = locking.share_event(event_id)  # the event's lock stays: only the seats' goes
+    def unlocked_seats(event_id, *, codes, taken_at, holder=None):
+        event = locking.share_event(event_id)  # the event's lock stays: only the seats' goes (and the holder's)
         seats = Seat.objects.filter(event_id=event_id, code__in=codes).annotate(taken=seats_taken(taken_at))
         found = list(seats.order_by("pk"))
         # Every racer reads its seats before any writes: the window the lock closes, made certain
@@ -112,9 +113,11 @@ def test_best_available_racers_all_get_distinct_seats(client_for):
     assert violations(event) == []
 
 
-def best_available_rush(client_for, *, layout, clients, holds_each, quantity):
+def best_available_rush(client_for, settings, *, layout, clients, holds_each, quantity):
     """``clients`` users, released together, each asking ``holds_each`` times in a row for ``quantity``
-    best-available seats. Returns every response."""
+    best-available seats (all within the cap on a user's held seats: not what this races). Returns
+    every response."""
+    settings.EVENT_MAX_HELD_SEATS_PER_USER = holds_each * quantity
     event = make_event(layout=layout)
     apis = [client_for(UserFactory()) for _ in range(clients)]
 
@@ -127,12 +130,12 @@ def best_available_rush(client_for, *, layout, clients, holds_each, quantity):
     return event, [response for responses in results for response in responses]
 
 
-def test_best_available_is_never_refused_while_seats_are_free(client_for):
+def test_best_available_is_never_refused_while_seats_are_free(client_for, settings):
     """Issue defect 3: sixteen clients asking for one seat each on a 5,000-seat event were refused
     ("selling too fast") while thousands of seats were free. A hold passes over the seats other holds
     have locked (SKIP LOCKED) instead of waiting for them and finding them taken."""
     event, responses = best_available_rush(
-        client_for, layout=(("A", "B"), 50, 50), clients=16, holds_each=25, quantity=1
+        client_for, settings, layout=(("A", "B"), 50, 50), clients=16, holds_each=25, quantity=1
     )
 
     refused = [r.json() for r in responses if r.status_code != 201]
@@ -142,9 +145,9 @@ def test_best_available_is_never_refused_while_seats_are_free(client_for):
     assert violations(event) == []
 
 
-def test_best_available_racers_get_adjacent_seats_in_one_row(client_for):
+def test_best_available_racers_get_adjacent_seats_in_one_row(client_for, settings):
     event, responses = best_available_rush(
-        client_for, layout=(("A", "B"), 10, 20), clients=12, holds_each=4, quantity=3
+        client_for, settings, layout=(("A", "B"), 10, 20), clients=12, holds_each=4, quantity=3
     )
 
     assert [r.status_code for r in responses] == [201] * 48
@@ -432,7 +435,7 @@ def test_no_hold_commits_after_a_close_of_sales_commits(monkeypatch):
 
 
 def test_control_without_the_event_lock_holds_commit_after_the_close(monkeypatch):
-    def unshared_event(event_id, *, codes, taken_at):
+    def unshared_event(event_id, *, codes, taken_at, holder=None):
         event = Event.objects.filter(pk=event_id).first()  # the seats' locks stay: only the event's goes
         return event, locking.lock_seats(event_id=event_id, codes=codes, taken=seats_taken(taken_at))
 
@@ -443,3 +446,54 @@ def test_control_without_the_event_lock_holds_commit_after_the_close(monkeypatch
     assert held > seen_by_the_close, "without the lock the holds judged a stale sales_open"
     with pytest.raises(AssertionError):
         assert_no_hold_commits_after_the_close(results, seen_by_the_close, held)
+
+
+# --- the cap on the seats one user holds on an event (docs/contract.md §2.7) -------------------------
+
+PAIRS = 8  # one user, eight holds of two seats at once; the cap is ten seats: five win
+
+
+def race_one_user_over_eight_pairs():
+    event, user = make_event(total_seats=2 * PAIRS), UserFactory()
+    pairs = [[f"S{2 * n + 1}", f"S{2 * n + 2}"] for n in range(PAIRS)]
+    results = run_concurrently(
+        [
+            lambda codes=codes: services.seat_hold(event_id=event.pk, user=user, seat_codes=codes, now=timezone.now())
+            for codes in pairs
+        ]
+    )
+    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, LimitReached)]
+    assert not unexpected, unexpected
+    return event, user, results
+
+
+def held_seats(event, user) -> int:
+    return sum(SeatHoldGroup.objects.filter(event=event, user=user, state="HELD").values_list("seat_count", flat=True))
+
+
+def test_one_user_holding_eight_pairs_at_once_gets_exactly_ten_seats():
+    event, user, results = race_one_user_over_eight_pairs()
+
+    assert sum(isinstance(r, SeatHoldGroup) for r in results) == 5
+    assert held_seats(event, user) == 10
+    assert violations(event) == []
+
+
+def test_control_without_the_holders_lock_the_seat_cap_breaks(monkeypatch):
+    """The holder is not locked; every racer counts the user's seats and inserts its hold before any of
+    them commits (a hold counts and inserts in one statement, after its locks)."""
+    everyone_has_inserted = threading.Barrier(PAIRS, timeout=10)
+    lock_seats, create = locking.share_event_lock_seats, services.SEAT_HOLDS.create
+
+    def inserted(*args, **kwargs):
+        group = create(*args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            everyone_has_inserted.wait()
+        return group
+
+    monkeypatch.setattr(locking, "share_event_lock_seats", lambda *a, holder=None, **kw: lock_seats(*a, **kw))
+    monkeypatch.setattr(services.SEAT_HOLDS, "create", inserted)
+
+    event, user, _ = race_one_user_over_eight_pairs()
+
+    assert held_seats(event, user) > 10

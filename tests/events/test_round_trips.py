@@ -146,3 +146,18 @@ def test_a_booking_cancel_is_four_round_trips(cached_api_of):
     [cancelled] = trail(hold_subject(group))
     assert (cancelled.from_state, cancelled.to_state, cancelled.metadata["reason"]) == ("CONFIRMED", "CANCELLED", "ill")
     assert violations(event) == []
+
+
+def test_a_hold_refused_by_the_cap_on_held_seats_is_four_round_trips(cached_api_of):
+    """The cap costs no statement of its own: the hold's second statement counts the user's held seats
+    (after the lock statement took the user's row) and refuses; then the ROLLBACK."""
+    event, user = make_event(total_seats=20), UserFactory()
+    write_hold(event, [f"S{n}" for n in range(1, 10)], user=user)
+    api = cached_api_of(user)
+
+    with round_trips() as trips:
+        response = reserve(api, event, seatCodes=["S10", "S11"])
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "limit_reached"
+    assert trips.count <= 4, trips.statements

@@ -423,3 +423,66 @@ def test_get_a_car(api):
 
     assert api.get(f"/api/cars/{car.pk}").json()["id"] == car.pk
     assert api.get("/api/cars/987654").status_code == 404
+
+
+# --- the cap on a buyer's live holds (docs/contract.md §2.7) ---------------------------------------
+
+
+def test_a_buyer_holds_at_most_three_cars_at_once(api, user):
+    for _ in range(3):
+        assert hold(api, CarFactory()).status_code == 201
+    car = CarFactory()
+
+    response = hold(api, car)
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "limit_reached"
+    assert response.json()["error"]["details"] == {"rule": "active_car_holds_per_buyer", "limit": 3}
+    assert not Reservation.objects.filter(car=car).exists()
+    assert Reservation.objects.filter(buyer=user).count() == 3
+
+
+def test_the_cap_counts_only_live_holds(api, user):
+    past = timezone.now() - timedelta(hours=1)
+    ReservationFactory(buyer=user, state="CONFIRMED")  # bought, not held
+    ReservationFactory(buyer=user, state="CANCELLED")
+    ReservationFactory(buyer=user, created_at=past, expires_at=past + timedelta(minutes=1))  # overdue: free
+    ReservationFactory(buyer=user)
+    ReservationFactory(buyer=user)
+
+    assert hold(api, CarFactory()).status_code == 201
+    assert error_code(hold(api, CarFactory())) == "limit_reached"
+
+
+def test_a_cancelled_hold_makes_room_for_another(api, user):
+    held = [hold(api, CarFactory()).json()["id"] for _ in range(3)]
+
+    assert api.post(f"/api/reservations/{held[0]}/cancel", {}).status_code == 200
+
+    assert hold(api, CarFactory()).status_code == 201
+
+
+def test_the_cap_is_a_setting(api, settings):
+    settings.RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER = 1
+    assert hold(api, CarFactory()).status_code == 201
+
+    response = hold(api, CarFactory())
+
+    assert response.json()["error"]["details"] == {"rule": "active_car_holds_per_buyer", "limit": 1}
+
+
+def test_operators_are_exempt_from_the_cap_for_themselves_and_for_a_buyer(staff_api, staff, user):
+    for _ in range(4):
+        assert hold(staff_api, CarFactory()).status_code == 201
+    for _ in range(4):
+        assert hold(staff_api, CarFactory(), buyerId=user.pk).status_code == 201
+
+    assert Reservation.objects.filter(buyer=staff, state="HELD").count() == 4
+    assert Reservation.objects.filter(buyer=user, state="HELD").count() == 4
+
+
+def test_a_hold_an_operator_makes_for_a_buyer_is_audited_as_the_operators(staff_api, staff, user):
+    response = hold(staff_api, CarFactory(), buyerId=user.pk)
+
+    [created] = AuditEvent.objects.filter(subject_type="reservation", subject_id=str(response.json()["id"]))
+    assert (created.event_type, created.actor_id) == ("CREATED", staff.pk)

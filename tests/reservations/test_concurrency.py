@@ -7,11 +7,13 @@ from datetime import timedelta
 
 import pytest
 from django.db import transaction
+from django.db.models import Exists
 from django.utils import timezone
 
 from booking_site import locking
+from booking_site.accounts.models import User
 from booking_site.audit.services import trail
-from booking_site.errors import HoldExpired
+from booking_site.errors import HoldExpired, LimitReached
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from reservations import services
 from reservations.models import Car, Reservation
@@ -146,3 +148,48 @@ def test_a_confirm_that_waited_for_the_lock_past_the_expiry_is_refused():
     assert isinstance(results[2], Reservation) and results[2].state == "HELD"
     assert trail(reservation).filter(event_type="EXPIRED").count() == 1
     assert not trail(reservation).filter(event_type="CONFIRMED").exists()
+
+
+# --- the cap on one buyer's holds (docs/contract.md §2.7) ---------------------------------------------
+
+CARS = 8
+
+
+def race_one_buyer_over_eight_cars() -> tuple[object, list]:
+    """One buyer holds eight cars at once; the cap is three."""
+    buyer, cars = UserFactory(), [CarFactory() for _ in range(CARS)]
+    holder = services.reservation_hold
+    results = run_concurrently(
+        [lambda car=car: holder(car_id=car.pk, buyer=buyer, hold_minutes=15, now=timezone.now()) for car in cars]
+    )
+    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, LimitReached)]
+    assert not unexpected, unexpected
+    return buyer, results
+
+
+def test_one_buyer_holding_eight_cars_at_once_gets_exactly_three():
+    buyer, results = race_one_buyer_over_eight_cars()
+
+    assert sum(isinstance(r, Reservation) for r in results) == 3
+    assert sum(isinstance(r, LimitReached) for r in results) == CARS - 3
+    assert Reservation.objects.filter(buyer=buyer, state="HELD").count() == 3
+
+
+def test_control_without_the_buyer_lock_the_cap_breaks(monkeypatch):
+    """The buyer is read, not locked; every racer counts the buyer's holds and inserts its own before any
+    of them commits (a hold counts and inserts in one statement, after its locks)."""
+    everyone_has_inserted = threading.Barrier(CARS, timeout=10)
+    create = services.RESERVATIONS.create
+
+    def inserted(*args, **kwargs):
+        reservation = create(*args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            everyone_has_inserted.wait()
+        return reservation
+
+    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(services.RESERVATIONS, "create", inserted)
+
+    buyer, _ = race_one_buyer_over_eight_cars()
+
+    assert Reservation.objects.filter(buyer=buyer, state="HELD").count() > 3

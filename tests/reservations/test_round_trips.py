@@ -120,3 +120,19 @@ def test_a_confirm_or_a_cancel_with_a_key_is_five_round_trips(cached_api_of, pat
     assert response.status_code == 200, response.content
     assert trips.count <= 5, trips.statements
     assert Reservation.objects.get(pk=held.pk).state == state
+
+
+def test_a_hold_refused_by_the_cap_on_a_buyers_holds_is_four_round_trips(cached_api_of):
+    """The cap costs no statement of its own: the hold's second statement counts the buyer's live holds
+    (after the lock statement took the buyer's row) and refuses; then the ROLLBACK."""
+    buyer, car = UserFactory(), CarFactory()
+    for _ in range(3):
+        ReservationFactory(buyer=buyer)
+    api = cached_api_of(buyer)
+
+    with round_trips() as trips:
+        response = api.post("/api/reservations", {"carId": car.pk})
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "limit_reached"
+    assert trips.count <= 4, trips.statements

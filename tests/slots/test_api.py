@@ -452,7 +452,8 @@ def test_at_most_five_active_bookings_per_guest(api, user):
 
     assert response.status_code == 409
     assert error_code(response) == "limit_reached"
-    assert response.json()["error"]["details"]["rule"] == "max_active"
+    # The shape of every cap (rule, limit), and ``max``: what the first clients read, kept for them.
+    assert response.json()["error"]["details"] == {"rule": "max_active", "limit": 5, "max": 5}
 
 
 def test_cancelled_and_overdue_bookings_do_not_count_towards_the_limit(api, user):

@@ -6,12 +6,14 @@ from rest_framework.views import APIView
 from booking_site.accounts.api.serializers import UserOut, UserRegisterIn, UserWithTokenOut
 from booking_site.accounts.services import user_register
 from booking_site.api import errors
+from booking_site.throttling import REGISTRATION
 
 
 class UserRegister(APIView):
     """Register a user; the response carries the API token (``Authorization: Token <token>``)."""
 
     permission_classes = [AllowAny]
+    throttle_scope = REGISTRATION  # per IP address: no account farms (docs/contract.md §3.6)
 
     @extend_schema(request=UserRegisterIn, responses={201: UserWithTokenOut, **errors(400, 409)})
     def post(self, request):
