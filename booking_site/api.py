@@ -223,6 +223,26 @@ def body_limit_in_schema(result: dict, generator, request, public) -> dict:
     return result
 
 
+def throttling_in_schema(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook: every operation of a view with throttles can answer 429
+    ``throttled`` (with ``Retry-After``; ``booking_site.throttling``), whichever view it is."""
+    throttled = {
+        (path, method.lower()) for path, _, method, callback in generator.endpoints if callback.cls.throttle_classes
+    }
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            if isinstance(operation, dict) and (path, method) in throttled:
+                operation.setdefault("responses", {}).setdefault(
+                    "429",
+                    {
+                        "description": "throttled: over a rate; Retry-After says in how many seconds to try again",
+                        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                )
+    return result
+
+
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
     """Schema entries for the error statuses an endpoint can answer, all in the one envelope."""
     return {status: OpenApiResponse(ERROR_SCHEMA) for status in statuses}

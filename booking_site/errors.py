@@ -191,7 +191,7 @@ def to_domain_error(exc: Exception) -> DomainError | None:
             error = DomainError(str(exc.detail))
             error.status, error.code = status, code
             wait = getattr(exc, "wait", None)
-            error.headers = {"Retry-After": str(int(wait) + 1)} if wait is not None else {}
+            error.headers = {"Retry-After": str(max(1, math.ceil(wait)))} if wait is not None else {}
             return error
     if isinstance(exc, OperationalError) and isinstance(exc.__cause__, pg_errors.LockNotAvailable):
         return Busy()

@@ -187,6 +187,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "booking_site.api.body_limit_in_schema",
+        "booking_site.api.throttling_in_schema",
     ],
     # Three models have a "status": name each enum after its model.
     "ENUM_NAME_OVERRIDES": {
