@@ -9,6 +9,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
 from booking_site.audit.services import trail
+from booking_site.engine import Cap
 from booking_site.errors import DomainError
 from booking_site.models import IdempotencyRecord
 
@@ -66,7 +67,15 @@ class ServiceActionsMixin:
 
 class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     """A claim's pages (a reservation, a seat hold, a slot booking): rows are read-only, operators act
-    through the actions, which call the services, and read the audit trail on the page."""
+    through the actions, which call the services, and read the audit trail on the page. The list states
+    the domain's ``cap`` (the most one user holds at once: docs/contract.md §2.7) above its rows."""
+
+    cap: Cap | None = None
+    change_list_template = "admin/claim_change_list.html"
+
+    def changelist_view(self, request, extra_context=None):
+        cap_note = self.cap.describe() if self.cap is not None else None
+        return super().changelist_view(request, extra_context={"cap_note": cap_note, **(extra_context or {})})
 
     def has_add_permission(self, request):
         return False

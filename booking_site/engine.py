@@ -98,6 +98,7 @@ class Cap:
     rule: str
     setting: str
     message: str  # formatted with count (held now), asked (this request) and limit
+    summary: str  # the rule for operators, formatted with limit (the admin's claim lists show it)
     operators_exempt: bool = True
 
     @property
@@ -112,6 +113,14 @@ class Cap:
         """The owner's row lock the count needs, as a condition of the hold's lock statement (None:
         the cap does not apply, nothing to serialize)."""
         return locking.user_lock(owner_id) if self.limit_for(actor) is not None else None
+
+    def describe(self) -> str:
+        """The cap as the admin states it: the rule, its setting, its refusal, who is exempt."""
+        exempt = "Operators are exempt." if self.operators_exempt else "Operators acting for a user are held to it too."
+        return (
+            f"{self.summary.format(limit=self.limit)} Set by {self.setting}; past it a request is refused "
+            f"with 409 limit_reached (rule {self.rule}). {exempt}"
+        )
 
     def check(self, *, count: int, asked: int, limit: int | None, **details: Any) -> None:
         """Refuse when ``count`` held (read under the owner's lock) plus ``asked`` is over ``limit``."""

@@ -172,6 +172,9 @@ REST_FRAMEWORK = {
         "booking_site.throttling.UserThrottle",
         "booking_site.throttling.ScopeThrottle",
     ],
+    # How many proxies in front add X-Forwarded-For: the client's address is the one the outermost of
+    # them saw. 0: the connection's own address, and a client cannot pick its counter with that header.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {

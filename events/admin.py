@@ -206,6 +206,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
     """Holds and bookings: find one by its hold or booking id (or the user's email) and act on it
     through the actions, which call the services. Rows are never edited."""
 
+    cap = services.SEAT_HOLDS.cap
     list_display = ["id", "booking_group_id", "event", "user", "state_now", "seat_count", "expires_at", "created_at"]
     list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]

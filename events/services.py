@@ -319,6 +319,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         rule="held_seats_per_user_per_event",
         setting="EVENT_MAX_HELD_SEATS_PER_USER",
         message="You hold {count} seats of this event and ask for {asked}; a user may hold at most {limit} at once.",
+        summary="A user holds at most {limit} seats of one event at once; booked seats do not count.",
     )
 
     def hold(self, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:

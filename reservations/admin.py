@@ -62,6 +62,7 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
 class ReservationAdmin(ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
+    cap = services.RESERVATIONS.cap
     list_display = ["id", "car", "buyer", "effective_state", "expires_at", "created_at", "updated_at"]
     list_filter = ["state", ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=request_id"]

@@ -94,6 +94,7 @@ class Reservations(ClaimEngine[Reservation]):
         rule="active_car_holds_per_buyer",
         setting="RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER",
         message="You already hold {count} cars; a buyer may hold at most {limit} at once.",
+        summary="A buyer holds at most {limit} cars at once; confirmed reservations do not count.",
     )
 
     def lock_target(self, request: CarHold) -> Car:

@@ -119,6 +119,7 @@ class SlotBookingAdmin(ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
+    cap = services.SLOT_BOOKINGS.cap
     list_display = ["id", "slot", "guest", "seats", "effective_state", "expires_at", "created_at"]
     list_filter = ["status", "created_at"]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]

@@ -339,6 +339,7 @@ class SlotBookings(ClaimEngine[SlotBooking]):
         rule="max_active",
         setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
         message="You already have {count} active bookings; a guest may have at most {limit}.",
+        summary="A guest has at most {limit} active (pending or confirmed) bookings at once.",
         operators_exempt=False,
     )
     backstop = (

@@ -81,6 +81,24 @@ def test_anonymous_clients_are_counted_by_address(throttled, client_for):
     assert client_for(None).get("/api/", REMOTE_ADDR="192.0.2.7").status_code == 200
 
 
+def test_a_client_cannot_pick_its_counter_with_x_forwarded_for(throttled, client_for):
+    throttled["anon"] = "1/minute"
+    client = client_for(None)
+
+    assert client.get("/api/", HTTP_X_FORWARDED_FOR="198.51.100.1").status_code == 200
+    assert_throttled(client.get("/api/", HTTP_X_FORWARDED_FOR="198.51.100.2"))
+
+
+def test_behind_a_proxy_the_address_it_saw_is_the_clients(throttled, settings, client_for):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    throttled["anon"] = "1/minute"
+    client = client_for(None)
+
+    assert client.get("/api/", HTTP_X_FORWARDED_FOR="spoofed, 198.51.100.1").status_code == 200
+    assert client.get("/api/", HTTP_X_FORWARDED_FOR="spoofed, 198.51.100.2").status_code == 200
+    assert_throttled(client.get("/api/", HTTP_X_FORWARDED_FOR="other, 198.51.100.1"))
+
+
 def test_registration_has_its_own_tighter_rate(throttled, client_for):
     throttled["anon"], throttled["registration"] = "100/minute", "2/hour"
     client = client_for(None)
