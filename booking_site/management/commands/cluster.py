@@ -70,6 +70,8 @@ class Command(BaseCommand):
             "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "1"),
             # Plain HTTP on this machine: no TLS in front to redirect to (production sets it, deploy/README.md).
             "SECURE_SSL_REDIRECT": os.environ.get("SECURE_SSL_REDIRECT", "False"),
+            # HAProxy adds X-Forwarded-For: the throttles count the address it saw (docs/contract.md §3.6).
+            "NUM_PROXIES": os.environ.get("NUM_PROXIES", "1"),
         }
         if not os.environ.get("DATABASE_URL"):
             # This process owns the embedded server (and stops it on exit); the children just connect.
