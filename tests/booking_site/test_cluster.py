@@ -168,6 +168,7 @@ def test_two_hundred_clients_on_one_car_one_seat_one_slot_through_haproxy_one_wi
         "slot": ("POST", "/api/bookings", {"slotId": slot}),
     }
     for name, (method, path, body) in races.items():
+        cluster.wait_until(cluster.all_up, "every web process UP before the race")
         answers = send([cluster.address] * len(buyers), [(method, path, b.token, body) for b in buyers])
         assert statuses(answers) == Counter({201: 1, 409: 199}), name
 
