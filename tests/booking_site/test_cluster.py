@@ -35,6 +35,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 WEB = 4
 TOKEN_CACHE_SECONDS = 2  # the web processes' AUTH_TOKEN_CACHE_SECONDS, short to keep the test short
+REGISTRATIONS_PER_HOUR = 8  # the one throttle the cluster runs with (the races must not be throttled)
+
+
+def shared_cache() -> str | None:
+    """A Redis cache for the cluster's throttle counters, emptied first: CACHE_URL, or a database of the
+    broker's Redis; None on a machine with neither (the in-process default)."""
+    url = os.environ.get("CACHE_URL") or ""
+    broker = os.environ.get("CELERY_BROKER_URL") or ""
+    if not url.startswith("redis://") and broker.startswith("redis://"):
+        url = broker.rsplit("/", 1)[0] + "/15"
+    if not url.startswith("redis://"):
+        return None
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 def free_ports(count: int) -> int:
@@ -58,8 +74,9 @@ def _free(port: int) -> bool:
 
 
 class Cluster:
-    def __init__(self, port: int, run_dir, process: subprocess.Popen) -> None:
+    def __init__(self, port: int, run_dir, process: subprocess.Popen, *, shared_cache: bool) -> None:
         self.address, self.run_dir, self.process = f"127.0.0.1:{port}", run_dir, process
+        self.shared_cache = shared_cache
         self.web = [f"127.0.0.1:{port + n}" for n in range(1, WEB + 1)]
 
     def servers(self) -> dict[str, dict[str, str]]:
@@ -92,12 +109,15 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
     if shutil.which("haproxy") is None:
         pytest.fail("HAProxy is not installed: apt-get install haproxy")
     port, run_dir = free_ports(WEB + 1), tmp_path_factory.mktemp("cluster")
-    broker = os.environ.get("CELERY_BROKER_URL")
+    broker, cache = os.environ.get("CELERY_BROKER_URL"), shared_cache()
     env = {
         **os.environ,
         "DATABASE_URL": embedded.database_url(settings.DATABASES["default"]),
         "LOG_LEVEL": "WARNING",
-        "THROTTLE_ENABLED": "False",
+        **({"CACHE_URL": cache} if cache else {}),
+        "THROTTLE_ENABLED": "True",
+        **{f"THROTTLE_{scope}": "none" for scope in ("ANON", "USER", "HOLDS")},
+        "THROTTLE_REGISTRATION": f"{REGISTRATIONS_PER_HOUR}/hour",
         "AUTH_TOKEN_CACHE_SECONDS": str(TOKEN_CACHE_SECONDS),
         "EXPIRE_HOLDS_EVERY_SECONDS": "2",
     }
@@ -117,7 +137,7 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    running = Cluster(port, run_dir, process)
+    running = Cluster(port, run_dir, process, shared_cache=cache is not None)
     try:
         running.wait_until(running.all_up, "four web processes UP in HAProxy", seconds=120)
         yield running
@@ -242,6 +262,20 @@ def test_a_deleted_token_is_refused_by_every_web_process_within_the_cache_bound(
 
     assert set(refused) == set(cluster.web)
     assert max(refused.values()) <= TOKEN_CACHE_SECONDS + 0.5, refused
+
+
+def test_the_throttle_counts_across_every_web_process_in_the_shared_cache(cluster, transactional_db):
+    attempts = REGISTRATIONS_PER_HOUR + WEB
+    answers = [
+        send([cluster.address], [("POST", "/api/users", "-", {"email": f"r{n}@example.com", "name": "R"})])[0]
+        for n in range(attempts)  # one after the other: HAProxy sends them round robin to the four processes
+    ]
+
+    if cluster.shared_cache:  # Redis: one counter for the whole cluster
+        assert statuses(answers) == Counter({201: REGISTRATIONS_PER_HOUR, 429: attempts - REGISTRATIONS_PER_HOUR})
+        assert all(body["error"]["code"] == "throttled" for status, body in answers if status == 429)
+    else:  # the in-process default, as documented: each process counts alone
+        assert statuses(answers) == Counter({201: attempts})
 
 
 def test_two_beats_and_two_workers_expire_every_hold_once(cluster, transactional_db):
