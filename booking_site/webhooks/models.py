@@ -84,7 +84,9 @@ class WebhookDelivery(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["next_attempt_at"], condition=Q(status="PENDING"), name="webhook_delivery_due_idx"),
+            models.Index(
+                fields=["next_attempt_at", "id"], condition=Q(status="PENDING"), name="webhook_delivery_due_idx"
+            ),
             models.Index(
                 fields=["endpoint", "subject_type", "subject_id", "event"],
                 condition=Q(status="PENDING"),
