@@ -243,10 +243,11 @@ BEAT_SCHEDULE_SECONDS = {
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)
 # The waits before each retry (seconds, ±20 % jitter); after the last retry a delivery is FAILED.
 WEBHOOK_RETRY_DELAYS = [
-    int(s)
+    int(s.strip())
     for s in env.list(
         "WEBHOOK_RETRY_DELAYS", default=["5", "300", "1800", "7200", "18000", "36000", "50400", "72000", "86400"]
     )
+    if s.strip()  # empty: no retries
 ]
 # An endpoint whose every delivery failed for this many days is disabled.
 WEBHOOK_DISABLE_AFTER_DAYS = env.int("WEBHOOK_DISABLE_AFTER_DAYS", default=5)

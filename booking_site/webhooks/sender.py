@@ -67,7 +67,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> O
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     default_port = 443 if parts.scheme == "https" else 80
-    headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
+    name = f"[{host}]" if ":" in host else host  # an IPv6 literal
+    headers = {**headers, "Host": name if port == default_port else f"{name}:{port}"}
     pool: urllib3.HTTPConnectionPool
     if parts.scheme == "https":  # the certificate is checked against the name, the connection goes to the address
         pool = urllib3.HTTPSConnectionPool(address, port, server_hostname=host, assert_hostname=host, maxsize=1)

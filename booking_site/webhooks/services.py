@@ -56,7 +56,8 @@ def secret_problem(secret: str) -> str | None:
     if not secret.startswith(SECRET_PREFIX):
         return f'Must start with "{SECRET_PREFIX}".'
     try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+        encoded = secret[len(SECRET_PREFIX) :]
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)  # padding optional
     except ValueError:
         return f'Must be "{SECRET_PREFIX}" followed by base64.'
     if not 24 <= len(key) <= 64:

@@ -1,5 +1,7 @@
 """/api/webhooks: operators register endpoints, rotate secrets, read deliveries, send a test (docs/contract.md §3.6)."""
 
+import base64
+
 import pytest
 from django.utils import timezone
 from standardwebhooks import Webhook
@@ -155,3 +157,9 @@ def test_the_metrics_say_how_old_the_oldest_undelivered_event_is(client, endpoin
     assert 'booking_webhook_deliveries{status="PENDING"} 0.0' in body
     line = next(line for line in body.splitlines() if line.startswith("booking_webhook_oldest_undelivered_seconds"))
     assert float(line.split()[1]) > 0
+
+
+def test_an_unpadded_secret_is_accepted_as_the_library_reads_it(staff_api, receiver):
+    secret = "whsec_" + base64.b64encode(bytes(range(32))).decode().rstrip("=")  # 43 characters, no padding
+
+    assert staff_api.post("/api/webhooks", {"url": receiver.url, "secret": secret}).status_code == 201
