@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: help run serve test test-quick lint format bench
+.PHONY: help run serve cluster test test-quick lint format bench
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -27,6 +27,9 @@ run: $(VENV)/.runtime  ## the whole system: web, worker, beat, demo data (PORT=8
 
 serve: $(VENV)/.runtime  ## the production web server alone (PORT=8000)
 	$(BIN)/python manage.py serve
+
+cluster: $(VENV)/.runtime  ## HAProxy in front of WEB=2 web processes, WORKERS=1 workers, BEATS=1 beats (deploy/)
+	$(BIN)/python manage.py cluster
 
 test: $(VENV)/.dev  ## the whole test suite (what CI runs after lint)
 	$(BIN)/pytest

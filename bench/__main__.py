@@ -3,7 +3,8 @@
 Creates a fresh <database>_bench database on the configured PostgreSQL server (the embedded one when
 DATABASE_URL is unset), migrates it and fills it, starts the server with `manage.py serve` (production
 settings, 127.0.0.1), drives every scenario from a separate process (wrk; a barrier client for the
-hot-resource races; pgbench for the ceiling; `manage.py expire_holds` for the sweep), stops all of it,
+hot-resource races; pgbench for the ceiling; `manage.py expire_holds` for the sweep; `manage.py cluster`,
+HAProxy in front of 1, 2 and 4 web processes, for the scale-out), stops all of it,
 drops the database (unless --keep-db) and prints the medians of --runs runs.
 
 Exit status 1 when a check failed (a hot-resource race with other than one winner and 199 x 409, a
@@ -99,6 +100,7 @@ SCENARIO_NAMES = [
     *("event-counts-0", "event-counts-90", "seat-map-0", "seat-map-90", "slot-list", "users-me"),
     "sweep-10k",
     "sweep-100k",
+    *(f"scale-{load}-web{web}" for load in ("car-hold", "event-counts") for web in (1, 2, 4)),
 ]
 
 

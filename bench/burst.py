@@ -32,19 +32,25 @@ def raw_request(line: str, address: str) -> bytes:
 
 async def exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, float, str | None]:
+) -> tuple[int, float, bytes]:
+    """Send one request and read its answer: (status, seconds, body). A connection that closes or resets
+    before the answer is complete counts as status 0 (a socket error)."""
     started = time.perf_counter()
-    writer.write(request)
-    await writer.drain()
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = await reader.readexactly(length)
-    writer.close()
-    return status, time.perf_counter() - started, outcome(body)
+    try:
+        writer.write(request)
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length)
+    except (OSError, IndexError, asyncio.IncompleteReadError):
+        return 0, time.perf_counter() - started, b""
+    finally:
+        writer.close()
+    return status, time.perf_counter() - started, body
 
 
 def outcome(body: bytes) -> str | None:
@@ -57,13 +63,24 @@ def outcome(body: bytes) -> str | None:
     return document.get("status") if isinstance(document, dict) and isinstance(document.get("status"), str) else None
 
 
-async def burst(address: str, requests: list[bytes]) -> dict:
-    host, port = address.rsplit(":", 1)
-    connections = await asyncio.gather(*(asyncio.open_connection(host, int(port)) for _ in requests))
-    cpu, started = time.process_time(), time.perf_counter()
-    answers = await asyncio.gather(
+async def connect(addresses: list[str]) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """One open connection per address (host:port), all opened before anything is sent."""
+    return await asyncio.gather(
+        *(asyncio.open_connection(host, int(port)) for host, port in (a.rsplit(":", 1) for a in addresses))
+    )
+
+
+async def at_once(connections: list, requests: list[bytes]) -> list[tuple[int, float, bytes]]:
+    """Send each request on its connection, all at once; each answer as (status, seconds, body), in order."""
+    return await asyncio.gather(
         *(exchange(reader, writer, request) for (reader, writer), request in zip(connections, requests, strict=True))
     )
+
+
+async def burst(address: str, requests: list[bytes]) -> dict:
+    connections = await connect([address] * len(requests))
+    cpu, started = time.process_time(), time.perf_counter()
+    answers = [(status, seconds, outcome(body)) for status, seconds, body in await at_once(connections, requests)]
     duration, cpu = time.perf_counter() - started, time.process_time() - cpu
     latencies = [seconds * 1e6 for _, seconds, _ in answers]
     return {
@@ -73,7 +90,7 @@ async def burst(address: str, requests: list[bytes]) -> dict:
         "max_us": round(max(latencies)),
         "statuses": dict(Counter(str(status) for status, _, _ in answers)),
         "outcomes": dict(Counter(f"{status}:{body}" for status, _, body in answers if body)),
-        "socket_errors": 0,
+        "socket_errors": sum(1 for status, _, _ in answers if status == 0),
         "cpu_s": cpu,
     }
 

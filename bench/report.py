@@ -82,7 +82,7 @@ def table(summaries: list[Summary]) -> str:
     header += ["CPU ms/req server", "postgres", "client", "of ceiling"]
     rows = [header]
     for s in summaries:
-        if s.kind == "sweep":
+        if s.kind in ("sweep", "scale"):
             continue
         fraction = "-" if s.ceiling_fraction is None or s.kind == "read" else f"{s.ceiling_fraction:.0%}"
         rows.append(
@@ -107,6 +107,17 @@ def table(summaries: list[Summary]) -> str:
                     *map(_number, figures),
                     *(_number(c, 3) for c in per_hold),
                 ]
+            )
+        text = "\n\n".join(part for part in (text, grid(rows)) if part)
+    scaled = [s for s in summaries if s.kind == "scale"]
+    if scaled:
+        rows = [["through HAProxy", "web processes", "req/s", "p99 ms", "errors", "CPU ms/req web+HAProxy"]]
+        rows[0] += ["of it HAProxy", "postgres", "client"]
+        for s in scaled:
+            rows.append(
+                [s.scenario, _number(s.extra.get("web"), 0), _number(s.rps, 0), _number(s.p99_ms), str(s.errors)]
+                + [_number(c, 2) for c in (s.cpu_ms.get("server"), s.extra.get("haproxy_ms"))]
+                + [_number(s.cpu_ms.get(group), 2) for group in ("postgres", "client")]
             )
         text = "\n\n".join(part for part in (text, grid(rows)) if part)
     return text
@@ -145,7 +156,7 @@ def plot(path: Path, summaries: list[Summary], *, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [s for s in summaries if s.kind != "sweep" and s.rps is not None]
+    shown = [s for s in summaries if s.kind not in ("sweep", "scale") and s.rps is not None]
     names = [s.scenario for s in shown]
     colours = {"ceiling": "#7f7f7f", "write": "#1f77b4", "hot": "#d62728", "read": "#2ca02c"}
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 0.35 * len(shown) + 1.8), sharey=True)

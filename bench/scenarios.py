@@ -6,11 +6,13 @@ PostgreSQL and of the client, and the checks it failed.
     hot      200 clients released at once on one resource, then the database is checked (bench.burst)
     reads    event counts, seat map, slot listing, users/me (wrk)
     sweep    the expiry job over a backlog of overdue holds (manage.py expire_holds)
+    scale    spread car holds and event counts through HAProxy in front of 1, 2, 4 web processes
     ceiling  pgbench replaying the minimal hold transaction
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import shutil
@@ -25,7 +27,7 @@ from typing import Protocol
 from bench import data
 from bench.cpu import Meter
 from bench.load import Load, Ticket, run_burst, run_measured, run_wrk, write_tickets
-from bench.server import ROOT, Server
+from bench.server import ROOT, Cluster, Server
 from bench.stats import percentile
 from events.models import SeatClaim, SeatHoldGroup
 from reservations.models import Reservation
@@ -379,6 +381,31 @@ def shared_data(*, buyers: int) -> tuple[list[data.User], dict[str, str]]:
     return pool, reads
 
 
+# --- scale-out: the same load through HAProxy in front of more web processes -----------------------------
+
+SCALE_WEB = (1, 2, 4)
+
+
+def scaled(bench: Bench, name: str, *, web: int, load: str) -> Measurement:
+    """Spread car holds (``load="car-hold"``) or event counts (``"event-counts"``) through ``manage.py
+    cluster`` with ``web`` web processes of one worker each. CPU: ``server`` is HAProxy and the web
+    processes together, ``haproxy`` its share."""
+    assert isinstance(bench.server, Server)  # scale-out is ours only
+    port = bench.server.port + 10
+    with Cluster(
+        database_url=bench.database_url, port=port, web=web, log_path=bench.workdir / f"{name}.log"
+    ) as cluster:
+        groups = {"server": cluster.pids, "haproxy": cluster.haproxy, "postgres": bench.meter.groups["postgres"]}
+        through = dataclasses.replace(bench, server=cluster, meter=Meter(groups))
+        if load == "car-hold":
+            measurement = car_holds(through, name, idempotent=False)
+        else:
+            measurement = dataclasses.replace(read(through, "event-counts-0"), scenario=name)
+    measurement.kind = "scale"
+    measurement.extra.update(web=web, haproxy_ms=measurement.cpu_ms.pop("haproxy"))
+    return measurement
+
+
 # --- the catalogue, in the order a run measures them --------------------------------------------------------
 
 
@@ -400,6 +427,9 @@ def _scenarios() -> list[Scenario]:
         listed.append(Scenario(name, "read", read))
     for holds in SWEEP_SIZES:
         listed.append(Scenario(f"sweep-{holds // 1000}k", "sweep", partial(sweep, holds=holds)))
+    for load in ("car-hold", "event-counts"):
+        for web in SCALE_WEB:
+            listed.append(Scenario(f"scale-{load}-web{web}", "scale", partial(scaled, web=web, load=load)))
     return listed
 
 

@@ -1,6 +1,6 @@
 """The system under test, started the production way: ``manage.py serve`` (what ``make serve`` runs),
-DEBUG off, on 127.0.0.1. Whatever server ``serve`` starts (gunicorn today), its whole process tree
-is measured and stopped."""
+DEBUG off, on 127.0.0.1 — or ``manage.py cluster`` (HAProxy in front of several ``serve`` processes) for
+the scale-out scenarios. Its whole process tree is measured and stopped."""
 
 from __future__ import annotations
 
@@ -73,25 +73,36 @@ class Server:
                     leaves.append(pid)
         return leaves
 
+    def command(self) -> list[str]:
+        return [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def ports(self) -> list[int]:
+        """Every port it listens on, each answering /api/health once it is up."""
+        return [self.port]
+
     def __enter__(self) -> Server:
-        if not port_is_free(self.port):
-            raise SystemExit(f"port {self.port} is in use: choose another with --port (18000-18999)")
+        for port in self.ports():
+            if not port_is_free(port):
+                raise SystemExit(f"port {port} is in use: choose another with --port (18000-18999)")
         log = self.log_path.open("w")
-        command = [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self._wait_healthy()
+        for port in self.ports():
+            self._wait_healthy(port)
         return self
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, port: int) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         process = self.process
-        assert process is not None  # started by start()
+        assert process is not None  # started by __enter__
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"the server exited ({process.returncode}); see {self.log_path}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/api/health", timeout=2) as answer:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as answer,
+            ):
                 if answer.status == 200:
                     return
             time.sleep(0.3)
@@ -116,3 +127,35 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Cluster(Server):
+    """``manage.py cluster``: HAProxy on ``port`` in front of ``web`` web processes of one granian worker
+    each, on the next ports; no Celery (the scenarios need none)."""
+
+    RISE_S = 2.5  # HAProxy puts a process in rotation after two passed checks, 1 s apart (deploy/haproxy.cfg)
+
+    def __init__(self, *, database_url: str, port: int, web: int, log_path: Path):
+        super().__init__(database_url=database_url, port=port, workers=1, log_path=log_path)
+        self.web = web
+
+    def command(self) -> list[str]:
+        options: dict[str, object] = {"--port": self.port, "--web": self.web, "--workers": 0, "--beats": 0}
+        options["--run-dir"] = self.log_path.with_suffix("")
+        return [sys.executable, "manage.py", "cluster", *(str(part) for item in options.items() for part in item)]
+
+    def ports(self) -> list[int]:
+        return [self.port + n for n in range(1, self.web + 1)]
+
+    def __enter__(self) -> Cluster:
+        super().__enter__()
+        time.sleep(self.RISE_S)
+        return self
+
+    def haproxy(self) -> list[int]:
+        pids = []
+        for pid in self.pids():
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).name() == "haproxy":
+                    pids.append(pid)
+        return pids

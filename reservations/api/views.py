@@ -43,6 +43,7 @@ class CarList(ListAPIView):
             make=data["make"],
             model=data["model"],
             status=data["status"],
+            actor=request_user(request),
         )
         return Response(CarOut(selectors.cars_with_availability(now=timezone.now()).get(pk=car.pk)).data, status=201)
 

@@ -380,13 +380,14 @@ def test_audit_trail_of_someone_elses_reservation_is_403(api, other_user):
 # --- cars --------------------------------------------------------------------------------------------
 
 
-def test_staff_create_a_car(staff_api):
+def test_staff_create_a_car(staff_api, staff):
     response = staff_api.post("/api/cars", {"dealerId": 7, "label": "Tesla Model 3", "status": "ACTIVE"}, format="json")
 
     assert response.status_code == 201
     body = response.json()
     assert body["dealerId"] == 7 and body["label"] == "Tesla Model 3" and body["available"] is True
-    assert AuditEvent.objects.filter(subject_type="car", subject_id=str(body["id"]), event_type="CREATED").exists()
+    created = AuditEvent.objects.get(subject_type="car", subject_id=str(body["id"]), event_type="CREATED")
+    assert (created.actor_id, created.actor_label) == (staff.pk, f"user:{staff.pk}")
 
 
 def test_a_buyer_cannot_create_cars(api):

@@ -1,0 +1,275 @@
+"""The guarantees hold across processes (docs/contract.md §8.3, deploy/README.md): `manage.py cluster`
+with HAProxy in front of four web processes, two Celery workers and two beats on the test database, and
+the races of the domain tests sent through it, or straight to different web processes."""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from datetime import timedelta
+
+import psutil
+import pytest
+from django.conf import settings
+from django.db.models import Count
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from bench import data
+from bench.burst import at_once, connect, raw_request
+from booking_site import embedded
+from booking_site.audit.models import AuditEvent
+from events.models import SeatClaim
+from reservations.models import Reservation
+from slots.models import Slot, SlotBooking
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+WEB = 4
+TOKEN_CACHE_SECONDS = 2  # the web processes' AUTH_TOKEN_CACHE_SECONDS, short to keep the test short
+
+
+def free_ports(count: int) -> int:
+    """A first port such that it and the ``count - 1`` after it are free."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count < 65535 and all(_free(first + n) for n in range(count)):
+            return first
+    raise RuntimeError("no run of free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class Cluster:
+    def __init__(self, port: int, run_dir, process: subprocess.Popen) -> None:
+        self.address, self.run_dir, self.process = f"127.0.0.1:{port}", run_dir, process
+        self.web = [f"127.0.0.1:{port + n}" for n in range(1, WEB + 1)]
+
+    def servers(self) -> dict[str, dict[str, str]]:
+        """HAProxy's view of each web process (its `show stat` row: status, stot = requests sent to it)."""
+        with socket.socket(socket.AF_UNIX) as admin:
+            admin.connect(str(self.run_dir / "haproxy.sock"))
+            admin.sendall(b"show stat\n")
+            raw = b"".join(iter(lambda: admin.recv(65536), b"")).decode()
+        header, *rows = [line for line in raw.splitlines() if line]
+        names = header.lstrip("# ").split(",")
+        return {row["svname"]: row for row in (dict(zip(names, line.split(","), strict=False)) for line in rows)}
+
+    def wait_until(self, condition, what: str, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the cluster never got to: {what}")
+            time.sleep(0.2)
+
+    def all_up(self) -> bool:
+        try:
+            servers = self.servers()
+        except OSError:
+            return False
+        return all(servers.get(f"web{n}", {}).get("status") == "UP" for n in range(1, WEB + 1))
+
+
+@pytest.fixture(scope="module")
+def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
+    if shutil.which("haproxy") is None:
+        pytest.fail("HAProxy is not installed: apt-get install haproxy")
+    port, run_dir = free_ports(WEB + 1), tmp_path_factory.mktemp("cluster")
+    broker = os.environ.get("CELERY_BROKER_URL")
+    env = {
+        **os.environ,
+        "DATABASE_URL": embedded.database_url(settings.DATABASES["default"]),
+        "LOG_LEVEL": "WARNING",
+        "THROTTLE_ENABLED": "False",
+        "AUTH_TOKEN_CACHE_SECONDS": str(TOKEN_CACHE_SECONDS),
+        "EXPIRE_HOLDS_EVERY_SECONDS": "2",
+    }
+    workers = 2 if broker else 1  # the embedded broker serves one worker (manage.py cluster says why)
+    log = (run_dir / "cluster.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "cluster",
+            *("--port", str(port), "--web", str(WEB), "--workers", str(workers)),
+            *("--beats", "2", "--run-dir", str(run_dir)),
+        ],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    running = Cluster(port, run_dir, process)
+    try:
+        running.wait_until(running.all_up, "four web processes UP in HAProxy", seconds=120)
+        yield running
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def send(addresses: list[str], requests: list[tuple[str, str, str, dict]], headers: str = "") -> list[tuple[int, dict]]:
+    """Open a connection per request (to its address), then send them all at once: (status, JSON body) each,
+    status 0 for a connection that failed."""
+    raw = []
+    for address, (method, path, token, body) in zip(addresses, requests, strict=True):
+        request = raw_request(f"{method}\t{path}\t{token}\t{json.dumps(body)}", address)
+        raw.append(request.replace(b"\r\n\r\n", f"\r\n{headers}\r\n".encode(), 1) if headers else request)
+
+    async def go():
+        return await at_once(await connect(addresses), raw)
+
+    return [(status, json.loads(body) if body else {}) for status, _, body in asyncio.run(go())]
+
+
+def get(address: str, path: str, token: str) -> int:
+    request = urllib.request.Request(f"http://{address}{path}", headers={"Authorization": f"Token {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def statuses(answers) -> Counter:
+    return Counter(status for status, _ in answers)
+
+
+def test_two_hundred_clients_on_one_car_one_seat_one_slot_through_haproxy_one_winner_each(cluster, transactional_db):
+    buyers = data.users(200)
+    (car,), event = data.cars(1), data.event(10)
+    [[slot]] = data.slots(data.users(1, role="HOST"), per_host=1, capacity=1)
+    races = {
+        "car": ("POST", "/api/reservations", {"carId": car}),
+        "seat": ("POST", f"/api/events/{event.pk}/seats/reserve", {"seatCodes": ["S1"]}),
+        "slot": ("POST", "/api/bookings", {"slotId": slot}),
+    }
+    for name, (method, path, body) in races.items():
+        answers = send([cluster.address] * len(buyers), [(method, path, b.token, body) for b in buyers])
+        assert statuses(answers) == Counter({201: 1, 409: 199}), name
+
+    assert Reservation.objects.filter(car_id=car).count() == 1
+    assert SeatClaim.objects.filter(event=event).count() == 1
+    assert SlotBooking.objects.filter(slot_id=slot).count() == 1 and Slot.objects.get(pk=slot).booked == 1
+
+
+def test_one_idempotency_key_sent_to_four_web_processes_at_once_has_one_effect(cluster, transactional_db):
+    (buyer,), (car,) = data.users(1), data.cars(1)
+    answers = send(
+        cluster.web,
+        [("POST", "/api/reservations", buyer.token, {"carId": car})] * WEB,
+        headers="Idempotency-Key: one-key-four-processes\r\n",
+    )
+
+    assert set(statuses(answers)) <= {201, 409}, answers
+    assert all(body["error"]["code"] == "request_in_progress" for status, body in answers if status == 409)
+    assert len({body["id"] for status, body in answers if status == 201}) == 1
+    assert Reservation.objects.filter(car_id=car).count() == 1
+
+
+def test_a_web_process_killed_in_a_burst_of_holds_costs_at_most_its_requests_in_flight(cluster, transactional_db):
+    buyers, cars = data.users(400), data.cars(400)
+    victim = next(
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "serve" in (p.info["cmdline"] or []) and cluster.web[1].rsplit(":", 1)[1] in p.info["cmdline"]
+    )
+    answers: list[tuple[int, dict]] = []
+    for wave in range(8):  # 8 waves of 50 holds, the second web process killed after the second
+        part = slice(wave * 50, wave * 50 + 50)
+        requests = [
+            ("POST", "/api/reservations", b.token, {"carId": c}) for b, c in zip(buyers[part], cars[part], strict=True)
+        ]
+        answers += send([cluster.address] * 50, requests)
+        if wave == 1:
+            os.killpg(victim.pid, signal.SIGKILL)
+
+    counted = statuses(answers)
+    assert set(counted) <= {201, 503, 0}, counted  # a hold, HAProxy's 503 envelope, or a dropped connection
+    assert all(body["error"]["code"] == "unavailable" for status, body in answers if status == 503)
+    held = {body["carId"] for status, body in answers if status == 201}
+    stored = set(Reservation.objects.filter(car_id__in=cars).values_list("car_id", flat=True))
+    assert held <= stored and len(stored - held) <= counted[0] + counted[503]  # in flight: applied or not
+    created = AuditEvent.objects.filter(subject_type="reservation", event_type="CREATED")
+    assert created.filter(
+        subject_id__in=[str(pk) for pk in Reservation.objects.filter(car_id__in=cars).values_list("pk", flat=True)]
+    ).count() == len(stored)  # nothing half-written
+
+    # The supervisor starts it again; HAProxy's checks put it back, and it takes traffic.
+    cluster.wait_until(cluster.all_up, "the killed web process back UP")
+    before = int(cluster.servers()["web2"]["stot"])
+    for _ in range(2 * WEB):
+        assert get(cluster.address, "/api/cars", buyers[0].token) == 200
+    assert int(cluster.servers()["web2"]["stot"]) > before
+
+
+def test_a_deleted_token_is_refused_by_every_web_process_within_the_cache_bound(cluster, transactional_db):
+    (user,) = data.users(1)
+    assert [get(web, "/api/users/me", user.token) for web in cluster.web] == [200] * WEB  # every cache has it
+
+    Token.objects.filter(key=user.token).delete()
+    revoked = time.monotonic()
+    refused: dict[str, float] = {}
+    while len(refused) < WEB and time.monotonic() - revoked < TOKEN_CACHE_SECONDS + 5:
+        for web in cluster.web:
+            if web not in refused and get(web, "/api/users/me", user.token) == 401:
+                refused[web] = time.monotonic() - revoked
+        time.sleep(0.05)
+
+    assert set(refused) == set(cluster.web)
+    assert max(refused.values()) <= TOKEN_CACHE_SECONDS + 0.5, refused
+
+
+def test_two_beats_and_two_workers_expire_every_hold_once(cluster, transactional_db):
+    buyers = data.users(50)
+    overdue = data.overdue_holds(600, buyers=buyers)
+    expiring = data.cars(100)
+    now = timezone.now()
+    Reservation.objects.bulk_create(
+        Reservation(
+            car_id=car,
+            buyer_id=buyers[n % 50].id,
+            state="HELD",
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=3),
+        )
+        for n, car in enumerate(expiring)
+    )
+    total = sum(overdue.values()) + len(expiring)
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and AuditEvent.objects.filter(event_type="EXPIRED").count() < total:
+        time.sleep(1)
+
+    twice = (
+        AuditEvent.objects.filter(event_type="EXPIRED")
+        .values("subject_type", "subject_id")
+        .annotate(n=Count("id"))
+        .filter(n__gt=1)
+    )
+    assert list(twice) == []  # two beats, two workers: no hold expired twice
+    assert AuditEvent.objects.filter(event_type="EXPIRED").count() == total
