@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for the server (2)")
     parser.add_argument("--keep-db", action="store_true", help="leave the bench database for inspection")
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="register an active webhook endpoint first, so every write kicks a delivery run (published to "
+        "the broker; no worker runs, nothing is sent): the request path as it is with a subscriber",
+    )
     seeds = parser.add_argument_group(
         "side by side with the seeds (started by you first, with the data of docs/benchmarks.md)"
     )
@@ -144,6 +150,8 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
     call_command("migrate", verbosity=0)
     print("creating the shared data (users, two 20,000-seat events, 50,000 slots) ...", flush=True)
     buyers, reads = scenarios.shared_data(buyers=max(1000, args.connections, scenarios.HOT_CLIENTS))
+    if args.webhook:
+        register_webhook()
     workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / "var" if (ROOT / "var").is_dir() else None))
     measurements = []
     with (
@@ -207,6 +215,19 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def register_webhook() -> None:
+    from django.conf import settings
+    from django.utils import timezone
+
+    from booking_site.webhooks.services import webhook_endpoint_create
+
+    settings.WEBHOOKS_ALLOW_PRIVATE_URLS = True  # the discard port of this machine: never sent to (no worker)
+    endpoint = webhook_endpoint_create(
+        url="http://127.0.0.1:9/bench", description="make bench --webhook", now=timezone.now()
+    )
+    print(f"webhook endpoint {endpoint.pk} registered ({endpoint.url}): writes kick delivery runs", flush=True)
 
 
 def announced(run: int, runs: int, name: str, measure):

@@ -4,10 +4,12 @@
 """
 
 from django.db import transaction
+from django.http import HttpResponse
 from django.utils.deprecation import MiddlewareMixin
+from django_prometheus.exports import ExportToDjangoView
 from django_prometheus.middleware import Metrics
 from django_prometheus.utils import Time, TimeSince
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 HOLDS_CREATED = Counter("booking_holds_created_total", "Holds created", ["domain"])
 HOLDS_EXPIRED = Counter("booking_holds_expired_total", "Holds flipped to EXPIRED", ["domain"])
@@ -52,3 +54,15 @@ class RequestMetricsMiddleware(MiddlewareMixin):
             TimeSince(request.metrics_started)
         )
         return response
+
+
+# Gauges read from the database at each scrape: the same in every process, so they are not summed
+# across web workers like the counters above (webhooks register theirs here).
+DATABASE_GAUGES = CollectorRegistry(auto_describe=False)
+
+
+def export(request) -> HttpResponse:
+    """/metrics: django-prometheus' page (every worker's counters) and the DATABASE_GAUGES."""
+    response = ExportToDjangoView(request)
+    response.content = response.content + generate_latest(DATABASE_GAUGES)
+    return response

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "booking_site",
     "booking_site.accounts",
     "booking_site.audit",
+    "booking_site.webhooks",
     "reservations",
     "events",
     "slots",
@@ -64,6 +65,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "booking_site.middleware.AdminMessageMiddleware",
+    "booking_site.webhooks.kick.KickDeliveryMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -256,7 +258,30 @@ CELERY_TIMEZONE = "UTC"
 BEAT_SCHEDULE_SECONDS = {
     "booking_site.tasks.expire_holds": env.int("EXPIRE_HOLDS_EVERY_SECONDS", default=15),
     "booking_site.tasks.prune": env.int("PRUNE_EVERY_SECONDS", default=3600),
+    "booking_site.webhooks.tasks.deliver_audit_events": env.int("DELIVER_AUDIT_EVENTS_EVERY_SECONDS", default=5),
 }
+
+# --- Webhooks (docs/contract.md §3.7, docs/decisions/0013-webhooks.md) -----------------------------
+# Seconds to connect, and to wait for the answer: a 2xx within it is delivered.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10)
+# The waits before each retry (seconds, ±20 % jitter); after the last retry a delivery is FAILED.
+WEBHOOK_RETRY_DELAYS = [
+    int(s.strip())
+    for s in env.list(
+        "WEBHOOK_RETRY_DELAYS", default=["5", "300", "1800", "7200", "18000", "36000", "50400", "72000", "86400"]
+    )
+    if s.strip()  # empty: no retries
+]
+# An endpoint whose every delivery failed for this many days is disabled.
+WEBHOOK_DISABLE_AFTER_DAYS = env.int("WEBHOOK_DISABLE_AFTER_DAYS", default=5)
+# Private, loopback and link-local URLs (after DNS) are refused unless this is true.
+WEBHOOKS_ALLOW_PRIVATE_URLS = env.bool("WEBHOOKS_ALLOW_PRIVATE_URLS", default=DEBUG)
+# Delivered deliveries and their attempts are pruned after this many days.
+WEBHOOK_RETENTION_DAYS = env.int("WEBHOOK_RETENTION_DAYS", default=30)
+# One run of the job sends at most this many attempts (the next run goes on).
+WEBHOOK_MAX_ATTEMPTS_PER_RUN = env.int("WEBHOOK_MAX_ATTEMPTS_PER_RUN", default=1000)
+# A request that may have written kicks a delivery run at once (from a background thread); off: beat alone.
+WEBHOOK_KICK = env.bool("WEBHOOK_KICK", default=True)
 
 # --- Logging: JSON lines in production, readable lines in development; every line has request_id --
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from booking_site.expiry import expire_all
 from booking_site.idempotency import idempotency_prune
+from booking_site.webhooks.services import webhook_deliveries_prune
 
 
 @shared_task
@@ -14,4 +15,5 @@ def expire_holds() -> dict[str, int]:
 
 @shared_task
 def prune() -> dict[str, int]:
-    return {"idempotency_records": idempotency_prune(now=timezone.now())}
+    now = timezone.now()
+    return {"idempotency_records": idempotency_prune(now=now), "webhook_attempts": webhook_deliveries_prune(now=now)}

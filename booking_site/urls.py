@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from booking_site import metrics
 from booking_site.errors import page_not_found
 from booking_site.views import ApiRoot, Health
 
@@ -33,6 +34,7 @@ api: list[URLPattern | URLResolver] = [
     path("", include("reservations.api.urls")),
     path("", include("events.api.urls")),
     path("", include("slots.api.urls")),
+    path("", include("booking_site.webhooks.api.urls")),
     re_path(r"^.*$", page_not_found),  # an unknown /api/ path answers in the envelope, DEBUG or not
 ]
 
@@ -40,7 +42,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(api)),
     path("api-auth/", include("rest_framework.urls")),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics.export, name="prometheus-django-metrics"),
 ]
 
 admin.site.site_header = "booking_site operations"

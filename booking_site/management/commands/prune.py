@@ -5,7 +5,8 @@ from booking_site.tasks import prune
 
 class Command(BaseCommand):
     help = (
-        "Delete idempotency records older than IDEMPOTENCY_TTL_HOURS (default 24). The same job Celery "
+        "Delete idempotency records older than IDEMPOTENCY_TTL_HOURS (default 24), and webhook deliveries "
+        "delivered more than WEBHOOK_RETENTION_DAYS ago (default 30) with their attempts. The same job Celery "
         "beat runs hourly, run here in this process; safe to run at any time."
     )
 

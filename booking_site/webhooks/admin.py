@@ -1,0 +1,151 @@
+"""Webhooks in the back office: endpoints (add, change, send a test, rotate the secret) and deliveries
+with their attempts ("retry now"). Every write goes through booking_site.webhooks.services."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from booking_site.admin import ServiceActionsMixin
+from booking_site.errors import ValidationFailed
+from booking_site.webhooks import services
+from booking_site.webhooks.catalogue import EVENT_TYPES
+from booking_site.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https")
+    event_types = forms.MultipleChoiceField(
+        choices=[(t, t) for t in EVENT_TYPES],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every event type.",
+    )
+    secret = forms.CharField(
+        required=False, help_text='"whsec_" + base64; left empty, one is generated and shown once.'
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["url", "description", "event_types", "active", "secret"]
+
+    def clean(self):
+        data = super().clean() or {}
+        try:
+            services.webhook_endpoint_validate(
+                url=data.get("url"), event_types=data.get("event_types"), secret=data.get("secret") or None
+            )
+        except ValidationFailed as refused:
+            for field, problems in refused.details["fields"].items():
+                self.add_error({"eventTypes": "event_types"}.get(field, field), problems)
+        return data
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
+    form = WebhookEndpointForm
+    list_display = ["id", "url", "active", "event_types", "last_success_at", "last_failure_at", "disabled_reason"]
+    list_filter = ["active"]
+    search_fields = ["url", "description"]
+    readonly_fields = ["created_at", "last_success_at", "last_failure_at", "failing_since", "disabled_reason"]
+    actions = ["send_test_event", "rotate_secret"]
+
+    def get_fields(self, request, obj=None):
+        editable = ["url", "description", "event_types"] + (["secret"] if obj is None else ["active"])
+        return editable + ([] if obj is None else self.readonly_fields)
+
+    def save_model(self, request, obj, form, change):
+        data, now = form.cleaned_data, timezone.now()
+        if change:
+            fields = [f for f in form.changed_data if f in ("url", "description", "event_types", "active")]
+            services.webhook_endpoint_update(endpoint_id=obj.pk, changes={f: data[f] for f in fields}, now=now)
+            return
+        endpoint = services.webhook_endpoint_create(
+            url=data["url"],
+            description=data["description"],
+            event_types=data["event_types"],
+            secret=data["secret"] or None,
+            now=now,
+        )
+        obj.pk, obj._state.adding = endpoint.pk, False
+        self.message_user(
+            request, f"The secret of {endpoint.url}, shown this once: {endpoint.secret}", messages.WARNING
+        )
+
+    def delete_model(self, request, obj):
+        services.webhook_endpoint_delete(endpoint_id=obj.pk)
+
+    @admin.action(description="Send a test event")
+    def send_test_event(self, request, queryset):
+        for endpoint in queryset:
+            _, attempt = services.webhook_endpoint_send_test(endpoint_id=endpoint.pk, now=timezone.now())
+            result = f"HTTP {attempt.status_code}" if attempt.status_code else attempt.error
+            level = messages.SUCCESS if attempt.ok else messages.WARNING
+            self.message_user(request, f"{endpoint.url}: {result} in {attempt.duration_ms} ms.", level)
+
+    @admin.action(description="Rotate the secret (the old one signs for 24 h more)")
+    def rotate_secret(self, request, queryset):
+        for endpoint in queryset:
+            rotated = services.webhook_endpoint_rotate_secret(endpoint_id=endpoint.pk, now=timezone.now())
+            self.message_user(request, f"The new secret of {rotated.url}, shown this once: {rotated.secret}")
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    fields = readonly_fields = ("attempted_at", "status_code", "duration_ms", "error", "response_snippet")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ServiceActionsMixin, admin.ModelAdmin):
+    list_display = [
+        "id",
+        "endpoint",
+        "event_type",
+        "event",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "delivered_at",
+    ]
+    list_filter = ["status", "endpoint", "event_type"]
+    search_fields = ["=event__id", "=subject_id"]
+    list_select_related = ["endpoint"]
+    fields = readonly_fields = (
+        "endpoint",
+        "event",
+        "event_type",
+        "subject_type",
+        "subject_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "delivered_at",
+    )
+    inlines = [WebhookAttemptInline]
+    actions = ["retry_now"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request)  # the list's actions, not the form
+
+    @admin.action(description="Retry now")
+    def retry_now(self, request, queryset):
+        self.run_service(
+            request,
+            queryset,
+            lambda d: services.webhook_delivery_retry_now(delivery_id=d.pk, now=timezone.now()),
+            "made due now",
+        )
