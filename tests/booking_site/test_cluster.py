@@ -27,6 +27,8 @@ from bench import data
 from bench.burst import at_once, connect, raw_request
 from booking_site import embedded
 from booking_site.audit.models import AuditEvent
+from booking_site.webhooks.models import WebhookDelivery
+from booking_site.webhooks.services import webhook_endpoint_create
 from events.models import SeatClaim
 from reservations.models import Reservation
 from slots.models import Slot, SlotBooking
@@ -35,6 +37,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 WEB = 4
 TOKEN_CACHE_SECONDS = 2  # the web processes' AUTH_TOKEN_CACHE_SECONDS, short to keep the test short
+SOAK_SECONDS = float(os.environ.get("CLUSTER_SOAK_SECONDS", "120"))
+HOLDS_PER_WAVE = 5
 REGISTRATIONS_PER_HOUR = 8  # the one throttle the cluster runs with (the races must not be throttled)
 
 
@@ -120,6 +124,7 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
         "THROTTLE_REGISTRATION": f"{REGISTRATIONS_PER_HOUR}/hour",
         "AUTH_TOKEN_CACHE_SECONDS": str(TOKEN_CACHE_SECONDS),
         "EXPIRE_HOLDS_EVERY_SECONDS": "2",
+        "WEBHOOKS_ALLOW_PRIVATE_URLS": "True",  # the receiver listens on 127.0.0.1
     }
     workers = 2 if broker else 1  # the embedded broker serves one worker (manage.py cluster says why)
     log = (run_dir / "cluster.log").open("w")
@@ -278,33 +283,63 @@ def test_the_throttle_counts_across_every_web_process_in_the_shared_cache(cluste
         assert statuses(answers) == Counter({201: attempts})
 
 
-def test_two_beats_and_two_workers_expire_every_hold_once(cluster, transactional_db):
-    buyers = data.users(50)
-    overdue = data.overdue_holds(600, buyers=buyers)
-    expiring = data.cars(100)
+def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_event_once(
+    cluster, transactional_db, receiver
+):
+    """SOAK_SECONDS (CLUSTER_SOAK_SECONDS; 120 in CI, 300 for the issue's five minutes) of holds expiring —
+    a backlog overdue at the start, more falling due all along — and of holds and confirmations through
+    HAProxy, with a webhook endpoint answering 200: each hold expires once, each audit event reaches
+    the receiver once."""
+    endpoint = webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    waves = int(SOAK_SECONDS)  # a wave a second: HOLDS_PER_WAVE holds, the first two confirmed
+    buyers, cars = data.users(waves * HOLDS_PER_WAVE + 50), data.cars(waves * HOLDS_PER_WAVE + 300)
+    overdue = data.overdue_holds(300, buyers=buyers[-50:])
     now = timezone.now()
-    Reservation.objects.bulk_create(
+    Reservation.objects.bulk_create(  # due one after the other over the soak
         Reservation(
             car_id=car,
-            buyer_id=buyers[n % 50].id,
+            buyer_id=buyers[-50 + n % 50].id,
             state="HELD",
             created_at=now,
             updated_at=now,
-            expires_at=now + timedelta(seconds=3),
+            expires_at=now + timedelta(seconds=SOAK_SECONDS * (n + 1) / 300),
         )
-        for n, car in enumerate(expiring)
+        for n, car in enumerate(cars[-300:])
     )
-    total = sum(overdue.values()) + len(expiring)
+    expiring = sum(overdue.values()) + 300
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and AuditEvent.objects.filter(event_type="EXPIRED").count() < total:
+    answers: list[tuple[int, dict]] = []
+    started = time.monotonic()
+    for wave in range(waves):
+        part = slice(wave * HOLDS_PER_WAVE, (wave + 1) * HOLDS_PER_WAVE)
+        pairs = list(zip(buyers[part], cars[part], strict=True))
+        held = send(
+            [cluster.address] * len(pairs), [("POST", "/api/reservations", b.token, {"carId": c}) for b, c in pairs]
+        )
+        confirms = [
+            ("POST", f"/api/reservations/{body['id']}/confirm", b.token, {})
+            for (b, _), (status, body) in zip(pairs[:2], held[:2], strict=True)
+            if status == 201
+        ]
+        answers += held + send([cluster.address] * len(confirms), confirms)
+        time.sleep(max(0.0, started + wave + 1 - time.monotonic()))
+
+    assert set(statuses(answers)) == {200, 201}, statuses(answers)  # holds 201, confirmations 200
+    deadline = time.monotonic() + 60  # the last holds fall due at the end; the jobs catch up
+    while time.monotonic() < deadline and (
+        AuditEvent.objects.filter(event_type="EXPIRED").count() < expiring
+        or AuditEvent.objects.filter(delivered_at__isnull=True).exists()
+        or WebhookDelivery.objects.filter(status="PENDING").exists()
+    ):
         time.sleep(1)
 
     twice = (
-        AuditEvent.objects.filter(event_type="EXPIRED")
-        .values("subject_type", "subject_id")
-        .annotate(n=Count("id"))
-        .filter(n__gt=1)
+        AuditEvent.objects.values("subject_type", "subject_id", "event_type").annotate(n=Count("id")).filter(n__gt=1)
     )
-    assert list(twice) == []  # two beats, two workers: no hold expired twice
-    assert AuditEvent.objects.filter(event_type="EXPIRED").count() == total
+    assert list(twice) == []  # two beats, two workers: no hold expired (or created, or confirmed) twice
+    assert AuditEvent.objects.filter(event_type="EXPIRED").count() == expiring
+    events = AuditEvent.objects.filter(occurred_at__gte=endpoint.created_at).count()
+    delivered = WebhookDelivery.objects.filter(endpoint=endpoint, status="DELIVERED").count()
+    received = Counter(r.id for r in receiver.received)
+    assert delivered == events == len(received)  # every event delivered and received
+    assert max(received.values()) == 1  # none twice
