@@ -155,7 +155,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": [
         "booking_site.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        "booking_site.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": [
         "booking_site.parsers.SafeJSONParser",
