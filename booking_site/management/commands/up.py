@@ -9,7 +9,6 @@ from honcho.manager import SIGNALS, Manager
 from booking_site import embedded
 from booking_site.management.ports import refuse_taken_port
 
-
 STOPPED_ON_REQUEST = {signal["rc"] for signal in SIGNALS.values()}  # honcho's 130 (SIGINT), 143 (SIGTERM)
 
 
