@@ -118,6 +118,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Internationalisation -------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
+# Times as operators read them in the admin: "1 Dec 2026, 22:04", not "Dec. 1, 2026, 10:04 p.m."
+FORMAT_MODULE_PATH = ["booking_site.formats"]
 USE_I18N = True
 USE_TZ = True
 # The operators' time zone: the admin shows and reads local times in it; the database stores UTC.

@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin
+from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
 from booking_site.errors import DomainError
 from slots import selectors, services
 from slots.forms import AnalyticsForm, BulkSlotForm, SlotAddForm
@@ -119,8 +119,8 @@ class SlotBookingAdmin(ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
-    list_display = ["id", "slot", "guest", "seats", "effective_state", "expires_at", "created_at"]
-    list_filter = ["status", "created_at"]
+    list_display = ["id", "slot", "guest", "seats", "state_now", "expires_at", "created_at"]
+    list_filter = [StateFilter, "created_at"]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
     list_select_related = ["slot", "slot__host", "guest"]
     date_hierarchy = "created_at"
@@ -129,8 +129,7 @@ class SlotBookingAdmin(ClaimAdmin):
         "slot",
         "guest",
         "seats",
-        "status",
-        "effective_state",
+        "state_now",
         "expires_at",
         "reason",
         "metadata",
@@ -140,13 +139,10 @@ class SlotBookingAdmin(ClaimAdmin):
         "updated_at",
         "audit_trail",
     ]
+    fields = tuple(readonly_fields)  # the page shows these, "State" once, not the stored state beside it
 
     def get_queryset(self, request):
         return selectors.slot_bookings_with_effective_state(now=timezone.now()).select_related("guest", "slot__host")
-
-    @admin.display(description="Status now", ordering="effective_state")
-    def effective_state(self, booking):
-        return booking.effective_state
 
     @admin.action(description="Cancel selected bookings", permissions=["change"])
     def cancel(self, request, queryset):
