@@ -63,9 +63,7 @@ class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
 
     def render_form_for_serializer(self, serializer):
         data = serializer.data
-        for name, field in serializer.fields.items():
-            if isinstance(field, serializers.ListField) and not data.get(name):
-                data[name] = ""  # an empty input under its placeholder, not "[]"
+        _empty_lists_blank(serializer, data)
         return self.form_renderer_class().render(
             data, self.accepted_media_type, {"style": {"template_pack": "rest_framework/horizontal"}}
         )
@@ -95,7 +93,25 @@ class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
         if not (isinstance(body, type) and issubclass(body, serializers.Serializer)):
             return None
         serializer = body(context={"request": request, "view": view})
-        for field in serializer.fields.values():
-            if field.default is not empty:
-                field.initial = field.default
+        _as_on_the_wire(serializer)
         return serializer
+
+
+def _as_on_the_wire(serializer: serializers.Serializer) -> None:
+    """Each field labelled with its JSON name ("carId", not DRF's "Carid"), its default as its initial
+    value; nested serializers likewise."""
+    for name, field in serializer.fields.items():
+        field.label = name
+        if field.default is not empty:
+            field.initial = field.default
+        if isinstance(field, serializers.Serializer):
+            _as_on_the_wire(field)
+
+
+def _empty_lists_blank(serializer: serializers.Serializer, data: dict) -> None:
+    """An empty list's input shows its placeholder, not "[]" (which a form post would send back)."""
+    for name, field in serializer.fields.items():
+        if isinstance(field, serializers.ListField) and not data.get(name):
+            data[name] = ""
+        elif isinstance(field, serializers.Serializer) and isinstance(data.get(name), dict):
+            _empty_lists_blank(field, data[name])

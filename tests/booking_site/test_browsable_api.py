@@ -216,6 +216,7 @@ def test_the_form_starts_with_the_defaults(operator_browser):
 
     assert form.values["holdDurationMinutes"] == "15"
     assert form.values["carId"] == ""
+    assert re.search(r'control-label[^>]*>\s*holdDurationMinutes\s*<', page.content.decode())  # its JSON name
 
 
 def test_a_form_post_lands_as_a_json_client_would_have_sent_it(operator_browser, staff):
@@ -234,6 +235,19 @@ def test_a_form_post_lands_as_a_json_client_would_have_sent_it(operator_browser,
     assert response.status_code == 201, response.content
     assert sorted(response.json()["seatCodes"]) == ["S1", "S2"]
     assert SeatHoldGroup.objects.get(pk=response.json()["holdGroupId"]).user == guest
+
+
+def test_a_nested_form_left_as_offered_is_not_given(operator_browser):
+    page = operator_browser.get("/api/events", HTTP_ACCEPT="text/html")
+    form = _PostForm()
+    form.feed(page.content.decode())
+    typed = {"name": "Quiz", "date": _future(10), "location": "Goa", "totalSeats": "3"}
+
+    response = operator_browser.post("/api/events", {**form.values, **typed}, HTTP_ACCEPT="application/json")
+
+    assert form.values["layout.sections"] == ""  # its placeholder shows, not "[]"
+    assert response.status_code == 201, response.content
+    assert (response.json()["totalSeats"], response.json()["salesOpen"]) == (3, True)  # the checkbox's default
 
 
 def test_a_field_the_form_does_not_have_is_still_refused(operator_browser, staff):
