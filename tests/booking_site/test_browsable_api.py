@@ -216,7 +216,7 @@ def test_the_form_starts_with_the_defaults(operator_browser):
 
     assert form.values["holdDurationMinutes"] == "15"
     assert form.values["carId"] == ""
-    assert re.search(r'control-label[^>]*>\s*holdDurationMinutes\s*<', page.content.decode())  # its JSON name
+    assert re.search(r"control-label[^>]*>\s*holdDurationMinutes\s*<", page.content.decode())  # its JSON name
 
 
 def test_a_form_post_lands_as_a_json_client_would_have_sent_it(operator_browser, staff):
