@@ -91,9 +91,9 @@ class StrictSerializer(serializers.Serializer):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"body": ["Expected a JSON object."]})
         names = set(data)
-        if html.is_html_input(data):
+        if html.is_html_input(data):  # a field left empty is still a field: an unknown one is refused
+            names = {NESTED.split(name, maxsplit=1)[0] for name in data} - self.form_controls
             data = self._form_values(data)
-            names = {FORM_FIELD_NAME.match(name)[0] for name in data}  # type: ignore[index]  # always matches
         unknown = names - set(self.fields) - self.always_allowed
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
@@ -121,7 +121,7 @@ class StrictSerializer(serializers.Serializer):
         return serializer.validated_data
 
 
-FORM_FIELD_NAME = re.compile(r"[^.\[]*")  # "layout" of a nested form field "layout.rows" or "codes[0]"
+NESTED = re.compile(r"[.\[]")  # a nested form field's name: "layout.rows", "codes[0]" (the field is before it)
 
 
 def _form_list(text: str) -> list | None:

@@ -256,11 +256,12 @@ def test_a_field_the_form_does_not_have_is_still_refused(operator_browser, staff
     form.feed(page.content.decode())
 
     response = operator_browser.post(
-        "/api/reservations", {**form.values, "carId": str(CarFactory().pk), "state": "CONFIRMED"}
+        "/api/reservations", {**form.values, "carId": str(CarFactory().pk), "state": "CONFIRMED", "nte": ""}
     )
 
     assert response.status_code == 400
-    assert json.loads(response.content)["error"]["details"]["fields"] == {"state": ["Unknown field."]}
+    fields = json.loads(response.content)["error"]["details"]["fields"]
+    assert fields == {"state": ["Unknown field."], "nte": ["Unknown field."]}  # a typo, even left empty
     assert not Reservation.objects.exists()
 
 
