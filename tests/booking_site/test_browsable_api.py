@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from html.parser import HTMLParser
+from urllib.parse import urlencode
 
 import pytest
 from django.test import Client
@@ -193,8 +194,9 @@ def test_every_post_endpoint_of_the_urlconf_has_a_case(staff):
     assert _post_endpoints() == set(_cases(staff))
 
 
+@pytest.mark.parametrize("encoding", ["multipart", "urlencoded"])  # what the form sends; what curl -d sends
 @pytest.mark.parametrize("name", sorted(_post_endpoints()))
-def test_the_browsable_form_offers_the_input_fields_and_posting_it_works(operator_browser, staff, name):
+def test_the_browsable_form_offers_the_input_fields_and_posting_it_works(operator_browser, staff, name, encoding):
     case = _cases(staff)[name]
 
     page = operator_browser.get(case.path, HTTP_ACCEPT="text/html")
@@ -205,7 +207,13 @@ def test_the_browsable_form_offers_the_input_fields_and_posting_it_works(operato
     assert form.names - {"csrfmiddlewaretoken"} == case.fields
     assert form.values.get("csrfmiddlewaretoken")
     assert set(case.values) <= case.fields
-    response = operator_browser.post(case.path, {**form.values, **case.values}, HTTP_ACCEPT="text/html")
+    body = {**form.values, **case.values}
+    if encoding == "urlencoded":
+        response = operator_browser.post(
+            case.path, urlencode(body), content_type="application/x-www-form-urlencoded", HTTP_ACCEPT="text/html"
+        )
+    else:
+        response = operator_browser.post(case.path, body, HTTP_ACCEPT="text/html")
     assert response.status_code == case.status, re.sub(r"\s+", " ", response.content.decode())[-1500:]
 
 
