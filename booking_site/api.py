@@ -5,9 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import django_filters as filters
+from django.utils.datastructures import MultiValueDict
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field, inline_serializer
@@ -74,24 +75,63 @@ class JSONObjectField(serializers.DictField):
 
 
 class StrictSerializer(serializers.Serializer):
-    """An input serializer that refuses unknown fields instead of silently ignoring a typo."""
+    """An input serializer that refuses unknown fields instead of silently ignoring a typo.
+
+    A form post (the browsable API's HTML form, ``curl -F``/``-d``) is read as that form means it: its
+    CSRF token is not a field, a field left empty is a field not given, a nested field arrives as
+    ``layout.rows``, and a list as one comma-separated value or a JSON list (``booking_site.renderers``).
+    """
 
     # Fields a client may always send: the seeds' idempotency alias (docs/contract.md §3.4).
     always_allowed = frozenset({"requestId"})
+    # What Django's form machinery adds to a form post: never the client's field.
+    form_controls = frozenset({"csrfmiddlewaretoken"})
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"body": ["Expected a JSON object."]})
-        unknown = set(data) - set(self.fields) - self.always_allowed
+        names = set(data)
+        if html.is_html_input(data):  # a field left empty is still a field: an unknown one is refused
+            names = {NESTED.split(name, maxsplit=1)[0] for name in data} - self.form_controls
+            data = self._form_values(data)
+        unknown = names - set(self.fields) - self.always_allowed
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
         return super().to_internal_value(data)
+
+    def _form_values(self, data) -> MultiValueDict:
+        values: MultiValueDict[str, Any] = MultiValueDict()
+        for name in data:
+            given = [value for value in data.getlist(name) if value != ""]
+            if name in self.form_controls or not given:
+                continue
+            field = self.fields.get(name)
+            if isinstance(field, serializers.ListField) and len(given) == 1 and isinstance(given[0], str):
+                items = _form_list(given[0])
+                if items is None:
+                    raise serializers.ValidationError({name: ["Must be comma-separated or a JSON list."]})
+                given = items
+            values.setlist(name, given)
+        return values
 
     @classmethod
     def validated(cls, request, **kwargs) -> dict:
         serializer = cls(data=request.data, context={"request": request}, **kwargs)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
+
+
+NESTED = re.compile(r"[.\[]")  # a nested form field's name: "layout.rows", "codes[0]" (the field is before it)
+
+
+def _form_list(text: str) -> list | None:
+    """A list given as one form value: a JSON list, or comma-separated items (None: a broken JSON list)."""
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is True, int("²") fails

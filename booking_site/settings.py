@@ -120,6 +120,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Internationalisation -------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
+# Times as operators read them in the admin: "1 Dec 2026, 22:04", not "Dec. 1, 2026, 10:04 p.m."
+FORMAT_MODULE_PATH = ["booking_site.formats"]
 USE_I18N = True
 USE_TZ = True
 # The operators' time zone: the admin shows and reads local times in it; the database stores UTC.
@@ -157,7 +159,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": [
         "booking_site.renderers.JSONRenderer",
-        "rest_framework.renderers.BrowsableAPIRenderer",
+        "booking_site.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_PARSER_CLASSES": [
         "booking_site.parsers.SafeJSONParser",
@@ -245,9 +247,10 @@ READS_MAX_AGE_SECONDS = env.float("READS_MAX_AGE_SECONDS", default=1.0)
 # --- Celery ---------------------------------------------------------------------------------------
 if env("CELERY_BROKER_URL", default=""):
     CELERY_BROKER_URL = env("CELERY_BROKER_URL")
+    CELERY_BROKER_TRANSPORT: str | None = None  # the URL's scheme says
     CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 else:
-    CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = embedded.broker(VAR_DIR)
+    CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT, CELERY_BROKER_TRANSPORT_OPTIONS = embedded.broker(VAR_DIR)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

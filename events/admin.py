@@ -7,7 +7,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin
+from booking_site.admin import AuditTrailMixin, ClaimAdmin, StateFilter, short_id
 from booking_site.errors import DomainError
 from events import selectors, services
 from events.models import Event, SeatHoldGroup
@@ -207,8 +207,8 @@ class SeatHoldGroupAdmin(ClaimAdmin):
     through the actions, which call the services. Rows are never edited."""
 
     cap = services.SEAT_HOLDS.cap
-    list_display = ["id", "booking_group_id", "event", "user", "state_now", "seat_count", "expires_at", "created_at"]
-    list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
+    list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "expires_at", "created_at"]
+    list_filter = [StateFilter, ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]
     list_select_related = ["event", "user"]
     date_hierarchy = "created_at"
@@ -218,7 +218,6 @@ class SeatHoldGroupAdmin(ClaimAdmin):
         "booking_group_id",
         "event",
         "user",
-        "state",
         "state_now",
         "seat_codes",
         "seat_count",
@@ -235,9 +234,13 @@ class SeatHoldGroupAdmin(ClaimAdmin):
     def get_audit_subject(self, group):
         return services.hold_subject(group)
 
-    @admin.display(description="State now", ordering="state")
-    def state_now(self, group):
-        return group.state_at(timezone.now())
+    @admin.display(description="Hold", ordering="id")
+    def hold(self, group):
+        return short_id(group.pk)
+
+    @admin.display(description="Booking", ordering="booking_group_id")
+    def booking(self, group):
+        return short_id(group.booking_group_id)
 
     @admin.display(description="Seats")
     def seat_codes(self, group):

@@ -4,7 +4,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin
+from booking_site.admin import AuditTrailMixin, ClaimAdmin, StateFilter
 from reservations import services
 from reservations.models import Car, Reservation
 from reservations.selectors import reservations_with_effective_state
@@ -63,8 +63,8 @@ class ReservationAdmin(ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     cap = services.RESERVATIONS.cap
-    list_display = ["id", "car", "buyer", "effective_state", "expires_at", "created_at", "updated_at"]
-    list_filter = ["state", ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
+    list_display = ["id", "car", "buyer", "state_now", "expires_at", "created_at", "updated_at"]
+    list_filter = [StateFilter, ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=request_id"]
     list_select_related = ["car", "buyer"]
     date_hierarchy = "created_at"
@@ -72,21 +72,17 @@ class ReservationAdmin(ClaimAdmin):
     readonly_fields = [
         "car",
         "buyer",
-        "state",
-        "effective_state",
+        "state_now",
         "expires_at",
         "request_id",
         "created_at",
         "updated_at",
         "audit_trail",
     ]
+    fields = tuple(readonly_fields)  # the page shows these, "State" once, not the stored state beside it
 
     def get_queryset(self, request):
         return reservations_with_effective_state(now=timezone.now()).select_related("car", "buyer")
-
-    @admin.display(description="State now", ordering="effective_state")
-    def effective_state(self, reservation):
-        return reservation.effective_state
 
     @admin.action(description="Cancel selected held reservations", permissions=["change"])
     def cancel(self, request, queryset):

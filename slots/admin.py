@@ -1,16 +1,18 @@
 """The operators' back office for slots: single and bulk slot creation for any host, bookings with
 their audit trail, cancel / expire actions, and a bookings-per-day chart. Every write calls a service."""
 
-from datetime import timedelta
+from datetime import date, timedelta
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin
+from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
 from booking_site.errors import DomainError
 from slots import selectors, services
 from slots.forms import AnalyticsForm, BulkSlotForm, SlotAddForm
@@ -109,9 +111,27 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
             "opts": self.model._meta,
             "title": "Add slots in bulk",
             "form": form,
+            # The admin's own form layout. django-stubs wants a ModelForm; AdminForm only reads the fields.
+            "adminform": helpers.AdminForm(form, form.fieldsets, {}, model_admin=self),  # type: ignore[arg-type]
+            "media": self.media + form.media,
             "time_zone": timezone.get_current_timezone_name(),
         }
         return TemplateResponse(request, "admin/slots/bulk_add.html", context)
+
+
+class MovedFilter(admin.SimpleListFilter):
+    """Bookings rescheduled away (their successor is on the new slot) or not: the bookings-per-day page
+    counts a moved booking once, as its latest row."""
+
+    title, parameter_name = "rescheduled away", "moved"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Moved to another slot"), ("no", "Not moved (what bookings per day counts)")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(rescheduled_as__isnull=self.value() == "no")
+        return queryset
 
 
 @admin.register(SlotBooking)
@@ -120,8 +140,8 @@ class SlotBookingAdmin(ClaimAdmin):
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
     cap = services.SLOT_BOOKINGS.cap
-    list_display = ["id", "slot", "guest", "seats", "effective_state", "expires_at", "created_at"]
-    list_filter = ["status", "created_at"]
+    list_display = ["id", "slot", "guest", "seats", "state_now", "expires_at", "created_at"]
+    list_filter = [StateFilter, MovedFilter, "created_at"]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
     list_select_related = ["slot", "slot__host", "guest"]
     date_hierarchy = "created_at"
@@ -130,8 +150,7 @@ class SlotBookingAdmin(ClaimAdmin):
         "slot",
         "guest",
         "seats",
-        "status",
-        "effective_state",
+        "state_now",
         "expires_at",
         "reason",
         "metadata",
@@ -141,13 +160,10 @@ class SlotBookingAdmin(ClaimAdmin):
         "updated_at",
         "audit_trail",
     ]
+    fields = tuple(readonly_fields)  # the page shows these, "State" once, not the stored state beside it
 
     def get_queryset(self, request):
         return selectors.slot_bookings_with_effective_state(now=timezone.now()).select_related("guest", "slot__host")
-
-    @admin.display(description="Status now", ordering="effective_state")
-    def effective_state(self, booking):
-        return booking.effective_state
 
     @admin.action(description="Cancel selected bookings", permissions=["change"])
     def cancel(self, request, queryset):
@@ -176,28 +192,35 @@ class SlotBookingAdmin(ClaimAdmin):
     def analytics_view(self, request):
         today = timezone.localdate()
         form = AnalyticsForm(request.GET or {"start_date": today - timedelta(days=29), "end_date": today})
-        analytics = None
+        analytics = in_the_list = None
         if form.is_valid():
-            analytics = selectors.booking_analytics(
-                start_date=form.cleaned_data["start_date"], end_date=form.cleaned_data["end_date"]
-            )
+            start, end = form.cleaned_data["start_date"], form.cleaned_data["end_date"]
+            analytics = selectors.booking_analytics(start_date=start, end_date=end)
+            since, until = selectors.booking_days(start, end, timezone.get_current_timezone())
+            # The same bookings in the list beside this page: made in the window, a moved one once.
+            query = {"created_at__gte": since.isoformat(), "created_at__lt": until.isoformat(), "moved": "no"}
+            in_the_list = f"{reverse('admin:slots_slotbooking_changelist')}?{urlencode(query)}"
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Bookings per day",
             "form": form,
             "analytics": analytics,
+            "in_the_list": in_the_list,
             "chart": _bar_chart(analytics.bookings_per_day) if analytics else None,
             "time_zone": timezone.get_current_timezone_name(),
         }
         return TemplateResponse(request, "admin/slots/analytics.html", context)
 
 
-def _bar_chart(days: list[dict], height: int = 200, bar: int = 18, gap: int = 4) -> dict:
-    """Geometry of an inline SVG bar chart (no JavaScript, nothing from a CDN)."""
+def _bar_chart(days: list[dict], height: int = 200, bar: int = 18, gap: int = 4, left: int = 48) -> dict:
+    """Geometry of an inline SVG bar chart (no JavaScript, nothing from a CDN), each day labelled with
+    its weekday and month ("Tue 1 Dec")."""
     peak = max((d["count"] for d in days), default=0) or 1
     bars = []
     for index, day in enumerate(days):
-        h = round(height * day["count"] / peak)
-        bars.append({**day, "x": index * (bar + gap), "y": height - h, "height": h})
-    return {"bars": bars, "width": max(len(days) * (bar + gap), 1), "height": height, "bar": bar, "peak": peak}
+        h, when = round(height * day["count"] / peak), date.fromisoformat(day["date"])
+        label = f"{when:%a} {when.day} {when:%b}"
+        x = left + index * (bar + gap)  # the labels, slanted, reach left of their bar
+        bars.append({**day, "x": x, "middle": x + bar // 2, "y": height - h, "height": h, "label": label})
+    return {"bars": bars, "width": left + len(days) * (bar + gap), "height": height, "bar": bar, "peak": peak}

@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
 from django import forms
+from django.contrib.admin.widgets import AdminDateWidget, AdminTimeWidget
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -83,18 +84,44 @@ class BulkSlotForm(forms.Form):
       split around one night.
     """
 
-    host = forms.ModelChoiceField(queryset=User.objects.none())
-    title = forms.CharField(max_length=200, required=False)
-    specialization = forms.CharField(max_length=100, required=False)
-    capacity = forms.IntegerField(min_value=1, max_value=10_000, initial=1)
-    first_day = forms.DateField(help_text="YYYY-MM-DD")
-    weeks = forms.IntegerField(min_value=1, max_value=52, initial=4)
-    weekdays = forms.TypedMultipleChoiceField(
-        choices=WEEKDAYS, coerce=int, initial=[0, 1, 2, 3, 4], widget=forms.CheckboxSelectMultiple
+    host = forms.ModelChoiceField(queryset=User.objects.none(), help_text="A user with the HOST role.")
+    title = forms.CharField(max_length=200, required=False, help_text="Optional; shown to guests on every slot.")
+    specialization = forms.CharField(
+        max_length=100, required=False, help_text="Optional; what guests filter by (e.g. cardiology)."
     )
-    day_start = forms.TimeField(initial=time(9, 0), help_text="HH:MM, local time")
-    day_end = forms.TimeField(initial=time(12, 0), help_text="HH:MM, local time")
-    minutes = forms.IntegerField(min_value=5, max_value=24 * 60, initial=30, label="Slot length (minutes)")
+    capacity = forms.IntegerField(
+        min_value=1,
+        max_value=services.MAX_CAPACITY,
+        initial=1,
+        help_text=f"Guests per slot (1 to {services.MAX_CAPACITY:,}).",
+    )
+    first_day = forms.DateField(
+        widget=AdminDateWidget, help_text="The first day that gets slots: today or later (YYYY-MM-DD)."
+    )
+    weeks = forms.IntegerField(
+        min_value=1, max_value=52, initial=4, help_text="How many weeks, from the first day on (1 to 52)."
+    )
+    weekdays = forms.TypedMultipleChoiceField(
+        choices=WEEKDAYS,
+        coerce=int,
+        initial=[0, 1, 2, 3, 4],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The days of the week that get slots.",
+    )
+    day_start = forms.TimeField(initial=time(9, 0), widget=AdminTimeWidget(format="%H:%M"))
+    day_end = forms.TimeField(initial=time(12, 0), widget=AdminTimeWidget(format="%H:%M"))
+    minutes = forms.IntegerField(
+        min_value=5,
+        max_value=24 * 60,
+        initial=30,
+        label="Slot length (minutes)",
+        help_text="5 to 1,440. Slots follow each other from the day's start; the last one ends by the day's end.",
+    )
+
+    fieldsets = [
+        ("Slots", {"fields": ["host", "title", "specialization", "capacity"]}),
+        ("When", {"fields": ["first_day", "weeks", "weekdays", "day_start", "day_end", "minutes"]}),
+    ]
 
     MAX_SLOTS = 2000
 
@@ -102,6 +129,9 @@ class BulkSlotForm(forms.Form):
         super().__init__(*args, **kwargs)
         cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # declared as one above
         self.fields["first_day"].initial = timezone.localdate() + timedelta(days=1)
+        zone = timezone.get_current_timezone_name()
+        self.fields["day_start"].help_text = f"When the day's first slot starts: HH:MM on the clock in {zone}."
+        self.fields["day_end"].help_text = f"When the day's last slot ends at the latest: HH:MM in {zone}."
         self.skipped: list[datetime] = []  # local wall-clock starts left out (see the class docstring)
 
     def clean_first_day(self):

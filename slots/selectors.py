@@ -68,6 +68,13 @@ class Analytics:
     top_hosts: list[dict]
 
 
+def booking_days(start_date: date, end_date: date, tz: tzinfo) -> tuple[datetime, datetime]:
+    """The moments ``booking_analytics`` counts bookings made in: from the start of ``start_date`` to
+    the end of ``end_date`` in ``tz`` (the admin's list links to the same window)."""
+    since = datetime.combine(start_date, time.min, tzinfo=tz)
+    return since, datetime.combine(end_date + timedelta(days=1), time.min, tzinfo=tz)
+
+
 def booking_analytics(*, start_date: date, end_date: date, tz: tzinfo | None = None, top: int = 10) -> Analytics:
     """Bookings made from ``start_date`` to ``end_date`` (inclusive, days in the operator's time zone).
 
@@ -77,8 +84,7 @@ def booking_analytics(*, start_date: date, end_date: date, tz: tzinfo | None = N
     bookings on their slots that are neither cancelled nor expired.
     """
     tz = tz or timezone.get_current_timezone()
-    since = datetime.combine(start_date, time.min, tzinfo=tz)
-    until = datetime.combine(end_date + timedelta(days=1), time.min, tzinfo=tz)
+    since, until = booking_days(start_date, end_date, tz)
     bookings = SlotBooking.objects.filter(created_at__gte=since, created_at__lt=until, rescheduled_as__isnull=True)
 
     totals = bookings.aggregate(total=Count("id"), cancelled=Count("id", filter=Q(status=Status.CANCELLED)))

@@ -22,6 +22,7 @@ with app.connection_for_write() as conn:
     conn.ensure_connection(max_retries=1)
 print("host", connection.settings_dict["HOST"])
 print("broker", app.conf.broker_url)
+print("transport", type(app.connection_for_write().transport).__module__)
 print("expired", expire_all(now=timezone.now()))
 """
 
@@ -47,4 +48,5 @@ def test_migrate_and_run_a_job_on_the_embedded_defaults():
 
     assert "host /" in out  # a Unix socket directory of the embedded server, not a TCP host
     assert "broker filesystem://" in out
+    assert "transport booking_site.embedded" in out  # the transport whose files appear whole
     assert "expired {" in out

@@ -1,3 +1,5 @@
+import html
+import re
 from datetime import date, datetime, time, timedelta
 
 import pytest
@@ -5,6 +7,7 @@ from django.test import Client
 from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
+from slots.forms import BulkSlotForm
 from slots.models import Slot, SlotBooking
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 
@@ -164,8 +167,33 @@ def test_the_analytics_page_draws_bookings_per_day(admin_client):
     response = admin_client.get("/admin/slots/slotbooking/analytics/", {"start_date": today, "end_date": today})
 
     content = response.content.decode()
-    assert "<svg" in content and f"<title>{today}: 3</title>" in content
+    day = timezone.localdate()
+    assert "<svg" in content and f"<title>{day:%a} {day.day} {day:%b}: 3</title>" in content  # "Tue 1 Dec: 3"
     assert '<td id="total-bookings">3</td>' in content
+
+
+def test_the_analytics_page_says_what_it_counts(admin_client):
+    content = " ".join(admin_client.get("/admin/slots/slotbooking/analytics/").content.decode().split())
+
+    assert "slot bookings by the day they were made</strong> (not the day of the slot)" in content
+    assert "A booking moved to another slot counts once" in content
+
+
+def test_the_analytics_total_is_the_count_of_the_list_it_links_to(admin_client):
+    SlotBookingFactory(status=SlotBooking.Status.CANCELLED)
+    moved_away = SlotBookingFactory(status=SlotBooking.Status.CANCELLED)
+    SlotBookingFactory(rescheduled_from=moved_away)  # counted once, as this row
+    SlotBookingFactory(created_at=timezone.now() - timedelta(days=40))  # before the range
+    today = timezone.localdate()
+
+    page = admin_client.get(
+        "/admin/slots/slotbooking/analytics/", {"start_date": today - timedelta(days=29), "end_date": today}
+    ).content.decode()
+    listing = admin_client.get(html.unescape(re.search(r'id="in-the-list" href="([^"]+)"', page)[1]))
+
+    assert '<td id="total-bookings">2</td>' in page
+    assert listing.status_code == 200
+    assert "2 slot bookings" in listing.content.decode()
 
 
 def test_the_analytics_page_survives_an_empty_or_bad_range(admin_client):
@@ -184,6 +212,16 @@ def test_the_analytics_page_refuses_days_at_the_end_of_the_calendar(admin_client
 
     assert response.status_code == 200
     assert "Must be between 1900-01-01 and 9000-12-31." in response.content.decode()
+
+
+def test_the_bulk_form_is_an_admin_form_with_a_help_text_for_every_field(admin_client):
+    page = html.unescape(admin_client.get("/admin/slots/slot/bulk-add/").content.decode())
+
+    assert "admin/css/forms.css" in page and page.count('<fieldset class="module aligned') == 2
+    for field in BulkSlotForm().visible_fields():
+        assert field.help_text and field.help_text in page, field.name
+    assert 'value="09:00"' in page and 'value="12:00"' in page  # HH:MM, as the help texts say
+    assert "HH:MM on the clock in UTC" in page
 
 
 def test_bulk_creation_refuses_a_first_day_more_than_five_years_ahead(admin_client):
