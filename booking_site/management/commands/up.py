@@ -4,20 +4,18 @@ import sys
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
-from honcho.manager import SIGNALS, Manager
 
 from booking_site import embedded
 from booking_site.management.ports import refuse_taken_port
-
-STOPPED_ON_REQUEST = {signal["rc"] for signal in SIGNALS.values()}  # honcho's 130 (SIGINT), 143 (SIGTERM)
+from booking_site.management.supervisor import Program, Supervisor
 
 
 class Command(BaseCommand):
     help = (
         "Run the whole system on this machine: apply migrations, load the demo data once, then start the "
-        "web server, a Celery worker and Celery beat together, with their output interleaved. Ctrl-C "
-        "stops all of them (and the embedded PostgreSQL, when that is what runs) and exits 0. Uses "
-        "DATABASE_URL and CELERY_BROKER_URL when set, the embedded defaults otherwise."
+        "web server, a Celery worker and Celery beat together, with their output interleaved (one that dies "
+        "is started again). Ctrl-C stops all of them (and the embedded PostgreSQL, when that is what runs) "
+        "and exits 0. Uses DATABASE_URL and CELERY_BROKER_URL when set, the embedded defaults otherwise."
     )
 
     def add_arguments(self, parser):
@@ -55,22 +53,14 @@ class Command(BaseCommand):
             # This process owns the embedded server (and stops it on exit); the children just connect.
             env["DATABASE_URL"] = embedded.database_url(settings.DATABASES["default"])
         python, manage = sys.executable, os.path.join(settings.BASE_DIR, "manage.py")
-        manager = Manager()
-        manager.add_process("web", f"{python} {manage} runserver {host}:{port}", env=env, cwd=settings.BASE_DIR)
-        manager.add_process(
-            "worker",
-            f"{python} -m celery -A booking_site worker --loglevel INFO --pool threads --concurrency 2",
-            env=env,
-            cwd=settings.BASE_DIR,
-        )
-        manager.add_process(
-            "beat",
-            f"{python} -m celery -A booking_site beat --loglevel INFO --pidfile=",
-            env=env,
-            cwd=settings.BASE_DIR,
-        )
-        manager.loop()
+        celery = [python, "-m", "celery", "-A", "booking_site"]
+        programs = [
+            Program("web", [python, manage, "runserver", f"{host}:{port}"], env),
+            Program(
+                "worker", [*celery, "worker", "--loglevel", "INFO", "--pool", "threads", "--concurrency", "2"], env
+            ),
+            Program("beat", [*celery, "beat", "--loglevel", "INFO", "--pidfile="], env),
+        ]
         # Ctrl-C (or a SIGTERM) is how one stops this command: once the children are stopped, that is a
-        # clean exit, and `make run` reports no error. A child that ended on its own ends everything
-        # with its exit code.
-        sys.exit(0 if manager.returncode in STOPPED_ON_REQUEST else manager.returncode)
+        # clean exit, and `make run` reports no error. A child that dies is started again.
+        sys.exit(Supervisor(programs, cwd=str(settings.BASE_DIR)).run())
