@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from booking_site.expiry import expire_all
 from booking_site.idempotency import idempotency_prune
+from booking_site.invariants import invariants_check
 
 
 @shared_task
@@ -15,3 +16,8 @@ def expire_holds() -> dict[str, int]:
 @shared_task
 def prune() -> dict[str, int]:
     return {"idempotency_records": idempotency_prune(now=timezone.now())}
+
+
+@shared_task
+def check_invariants() -> dict[str, int]:
+    return {r["name"]: r["violations"] for r in invariants_check(now=timezone.now()).results}

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from booking_site import metrics
 from booking_site.errors import page_not_found
 from booking_site.views import ApiRoot, Health
 
@@ -40,7 +41,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(api)),
     path("api-auth/", include("rest_framework.urls")),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics.export, name="prometheus-django-metrics"),
 ]
 
 admin.site.site_header = "booking_site operations"
