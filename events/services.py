@@ -262,6 +262,7 @@ class SeatHold:
     seat_codes: list[str] | None
     quantity: int | None
     request_id: str
+    now: datetime  # when it was asked: the lock statement judges which seats are taken by it
     attempt: int = 0  # best available: picking again after the seats locked came up short
 
     @property
@@ -331,7 +332,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     def lock_target(self, request: SeatHold) -> Target:
         if request.seat_codes is not None:
             event, seats = locking.share_event_lock_seats(
-                request.event_id, codes=request.seat_codes, taken_at=timezone.now()
+                request.event_id, codes=request.seat_codes, taken_at=request.now
             )
             available, adjacent_free = None, False
         else:
@@ -339,7 +340,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                 request.event_id,
                 quantity=request.count,
                 window=request.count + PICK_SLACK,
-                free_at=timezone.now(),
+                free_at=request.now,
                 skip_locked=not request.wait_for_seats,
             )
         if event is None:
@@ -637,7 +638,9 @@ def seat_hold(
         raise ValidationFailed.for_field("seatCodes", f"Hold 1 to {MAX_SEATS_PER_HOLD} seats at a time.")
     if seat_codes is not None and len(set(seat_codes)) != len(seat_codes):
         raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
-    request = SeatHold(event_id=event_id, user=user, seat_codes=seat_codes, quantity=quantity, request_id=request_id)
+    request = SeatHold(
+        event_id=event_id, user=user, seat_codes=seat_codes, quantity=quantity, request_id=request_id, now=now
+    )
     return SEAT_HOLDS.hold(request, now=now, actor=user)
 
 

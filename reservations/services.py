@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from booking_site import locking
@@ -71,6 +70,7 @@ class CarHold:
     buyer: User
     hold_minutes: int
     request_id: str
+    now: datetime  # when it was asked: the lock statement judges "taken" by it
 
 
 class ReservationPolicy(ClaimPolicy[Reservation]):
@@ -91,9 +91,10 @@ class Reservations(ClaimEngine[Reservation]):
     model, domain, policy = Reservation, "reservations", ReservationPolicy()
 
     def lock_target(self, request: CarHold) -> Car:
-        # Judged at the statement's start: an active reservation then is a fair refusal. "Not taken"
-        # may be stale when the lock was waited for: ``create`` checks again after the lock.
-        taken = Exists(Reservation.objects.active(now=Now()).filter(car=OuterRef("pk")))
+        # Judged when the request was made (the caller's clock, not the database's): an active
+        # reservation then is a fair refusal. "Not taken" may be stale when the lock was waited for:
+        # ``create`` checks again after the lock.
+        taken = Exists(Reservation.objects.active(now=request.now).filter(car=OuterRef("pk")))
         car = locking.lock_car(request.car_id, taken=taken)
         if car is None:
             raise NotFound(f"Car {request.car_id} does not exist.")
@@ -199,7 +200,7 @@ RESERVATIONS = Reservations()
 def reservation_hold(
     *, car_id: int, buyer: User, hold_minutes: int, now: datetime, request_id: str = ""
 ) -> Reservation:
-    request = CarHold(car_id=car_id, buyer=buyer, hold_minutes=hold_minutes, request_id=request_id)
+    request = CarHold(car_id=car_id, buyer=buyer, hold_minutes=hold_minutes, request_id=request_id, now=now)
     return RESERVATIONS.hold(request, now=now, actor=buyer)
 
 
