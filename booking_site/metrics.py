@@ -9,7 +9,9 @@ from django.utils.deprecation import MiddlewareMixin
 from django_prometheus.exports import ExportToDjangoView
 from django_prometheus.middleware import Metrics
 from django_prometheus.utils import Time, TimeSince
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from booking_site.invariants import last_report
 
 HOLDS_CREATED = Counter("booking_holds_created_total", "Holds created", ["domain"])
 HOLDS_EXPIRED = Counter("booking_holds_expired_total", "Holds flipped to EXPIRED", ["domain"])
@@ -19,6 +21,21 @@ CONSTRAINT_BACKSTOPS = Counter(
     "Claims refused by a database constraint rather than by the lock-and-check: each one means a "
     "locking bug or a write outside the services",
     ["constraint"],
+)
+
+# The invariant monitor's last result (booking_site.invariants), set from its stored report by the web
+# process answering the scrape: "mostrecent" makes the multiprocess collector report that value, not
+# one per worker, so every worker answers the same.
+INVARIANT_VIOLATIONS = Gauge(
+    "booking_invariant_violations",
+    "Rows breaking each invariant at its last check (0: it holds)",
+    ["invariant"],
+    multiprocess_mode="mostrecent",
+)
+INVARIANTS_CHECKED = Gauge(
+    "booking_invariants_checked_timestamp_seconds",
+    "When the invariants were last checked (Unix time; 0: never)",
+    multiprocess_mode="mostrecent",
 )
 
 
@@ -62,7 +79,12 @@ DATABASE_GAUGES = CollectorRegistry(auto_describe=False)
 
 
 def export(request) -> HttpResponse:
-    """/metrics: django-prometheus' page (every worker's counters) and the DATABASE_GAUGES."""
+    """/metrics: django-prometheus' page (one worker's registry, or every worker's in multiprocess mode),
+    with the invariant gauges set from the last stored report first (one query), and the DATABASE_GAUGES."""
+    report = last_report()
+    INVARIANTS_CHECKED.set(report.checked_at.timestamp() if report is not None else 0)
+    for result in report.results if report is not None else []:
+        INVARIANT_VIOLATIONS.labels(result["name"]).set(result["violations"])
     response = ExportToDjangoView(request)
     response.content = response.content + generate_latest(DATABASE_GAUGES)
     return response

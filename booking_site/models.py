@@ -1,6 +1,13 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+
+if TYPE_CHECKING:
+    from booking_site.invariants import Result
 
 
 class IdempotencyRecord(models.Model):
@@ -26,3 +33,22 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}:{self.key}"
+
+
+class InvariantReport(models.Model):
+    """The last run of the invariant checks (``booking_site.invariants``): one row (``ONLY``), replaced by
+    each run, so that every process — the admin index, ``/metrics`` on any web worker — reads the same
+    result. ``results``: one ``invariants.Result`` per invariant, broken or not."""
+
+    ONLY = 1
+
+    checked_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField()
+    results = models.JSONField(default=list)
+
+    def __str__(self) -> str:
+        return f"Invariants checked at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def broken(self) -> list[Result]:
+        return [result for result in self.results if result["violations"]]

@@ -243,6 +243,12 @@ SLOTS_HOLD_MINUTES_DEFAULT = env.int("SLOTS_HOLD_MINUTES_DEFAULT", default=10)
 # Hot reads (event counts, seat maps, the slot listing) served from each process's memory for at most
 # this long (0 to 1 s; 0 reads the database every time), with the moment read as `asOf`.
 READS_MAX_AGE_SECONDS = env.float("READS_MAX_AGE_SECONDS", default=1.0)
+# The invariant monitor (booking_site/invariants.py) reports a hold still HELD this long after one
+# expiry interval past its expiry: the expiry job is not keeping up.
+INVARIANTS_OVERDUE_MARGIN_SECONDS = env.int("INVARIANTS_OVERDUE_MARGIN_SECONDS", default=60)
+# ... and checks the audit trails of the claims with an audit event in this many hours (0: all history,
+# a scan of every claim; `manage.py check_invariants --all-history` does that once).
+INVARIANTS_AUDIT_WINDOW_HOURS = env.int("INVARIANTS_AUDIT_WINDOW_HOURS", default=24)
 
 # --- Celery ---------------------------------------------------------------------------------------
 if env("CELERY_BROKER_URL", default=""):
@@ -262,6 +268,7 @@ BEAT_SCHEDULE_SECONDS = {
     "booking_site.tasks.expire_holds": env.int("EXPIRE_HOLDS_EVERY_SECONDS", default=15),
     "booking_site.tasks.prune": env.int("PRUNE_EVERY_SECONDS", default=3600),
     "booking_site.webhooks.tasks.deliver_audit_events": env.int("DELIVER_AUDIT_EVENTS_EVERY_SECONDS", default=5),
+    "booking_site.tasks.check_invariants": env.int("CHECK_INVARIANTS_EVERY_SECONDS", default=60),
 }
 
 # --- Webhooks (docs/contract.md §3.7, docs/decisions/0013-webhooks.md) -----------------------------

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from booking_site.expiry import expire_all
 from booking_site.idempotency import idempotency_prune
+from booking_site.invariants import invariants_check
 from booking_site.webhooks.services import webhook_deliveries_prune
 
 
@@ -17,3 +18,8 @@ def expire_holds() -> dict[str, int]:
 def prune() -> dict[str, int]:
     now = timezone.now()
     return {"idempotency_records": idempotency_prune(now=now), "webhook_attempts": webhook_deliveries_prune(now=now)}
+
+
+@shared_task
+def check_invariants() -> dict[str, int]:
+    return {r["name"]: r["violations"] for r in invariants_check(now=timezone.now()).results}

@@ -6,7 +6,10 @@ class EventsConfig(AppConfig):
     verbose_name = "Events and seats"
 
     def ready(self) -> None:
-        from booking_site import expiry
-        from events.services import seat_holds_expire_due
+        from booking_site import expiry, invariants
+        from events.invariants import INVARIANTS
+        from events.services import SEAT_HOLDS, seat_holds_expire_due
 
         expiry.register("events", seat_holds_expire_due)
+        invariants.register_claims(SEAT_HOLDS)
+        invariants.register(*INVARIANTS)

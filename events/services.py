@@ -263,6 +263,7 @@ class SeatHold:
     seat_codes: list[str] | None
     quantity: int | None
     request_id: str
+    now: datetime  # when it was asked: the lock statement judges which seats are taken by it
     attempt: int = 0  # best available: picking again after the seats locked came up short
 
     @property
@@ -339,7 +340,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         holder = request.user.pk if self.cap.limit_for(request.actor) is not None else None  # the cap's lock
         if request.seat_codes is not None:
             event, seats = locking.share_event_lock_seats(
-                request.event_id, codes=request.seat_codes, taken_at=timezone.now(), holder=holder
+                request.event_id, codes=request.seat_codes, taken_at=request.now, holder=holder
             )
             available, adjacent_free = None, False
         else:
@@ -347,7 +348,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                 request.event_id,
                 quantity=request.count,
                 window=request.count + PICK_SLACK,
-                free_at=timezone.now(),
+                free_at=request.now,
                 skip_locked=not request.wait_for_seats,
                 holder=holder,
             )
@@ -661,7 +662,13 @@ def seat_hold(
         raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
     actor = actor or user
     request = SeatHold(
-        event_id=event_id, user=user, actor=actor, seat_codes=seat_codes, quantity=quantity, request_id=request_id
+        event_id=event_id,
+        user=user,
+        actor=actor,
+        seat_codes=seat_codes,
+        quantity=quantity,
+        request_id=request_id,
+        now=now,
     )
     return SEAT_HOLDS.hold(request, now=now, actor=actor)
 

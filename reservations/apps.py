@@ -6,7 +6,10 @@ class ReservationsConfig(AppConfig):
     verbose_name = "Cars and reservations"
 
     def ready(self) -> None:
-        from booking_site import expiry
-        from reservations.services import reservations_expire_due
+        from booking_site import expiry, invariants
+        from reservations.invariants import INVARIANTS
+        from reservations.services import RESERVATIONS, reservations_expire_due
 
         expiry.register("reservations", reservations_expire_due)
+        invariants.register_claims(RESERVATIONS)
+        invariants.register(*INVARIANTS)

@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from booking_site import locking
@@ -72,6 +71,7 @@ class CarHold:
     actor: User  # who asks: the buyer, or an operator for them (exempt from the cap)
     hold_minutes: int
     request_id: str
+    now: datetime  # when it was asked: the lock statement judges "taken" by it
 
 
 class ReservationPolicy(ClaimPolicy[Reservation]):
@@ -98,10 +98,11 @@ class Reservations(ClaimEngine[Reservation]):
     )
 
     def lock_target(self, request: CarHold) -> Car:
-        # Judged at the statement's start: an active reservation then is a fair refusal. "Not taken"
-        # may be stale when the lock was waited for: ``create`` checks again after the lock. The
-        # buyer's lock (the cap) is taken first, by the same statement.
-        taken = Exists(Reservation.objects.active(now=Now()).filter(car=OuterRef("pk")))
+        # Judged when the request was made (the caller's clock, not the database's): an active
+        # reservation then is a fair refusal. "Not taken" may be stale when the lock was waited for:
+        # ``create`` checks again after the lock. The buyer's lock (the cap) is taken first, by the
+        # same statement.
+        taken = Exists(Reservation.objects.active(now=request.now).filter(car=OuterRef("pk")))
         after = self.cap.lock(request.buyer.pk, request.actor)
         car = locking.lock_car(request.car_id, after=after, taken=taken)
         if car is None:
@@ -220,7 +221,9 @@ def reservation_hold(
 ) -> Reservation:
     """Hold a car for ``buyer``, asked by ``actor`` (the buyer, or an operator for them)."""
     actor = actor or buyer
-    request = CarHold(car_id=car_id, buyer=buyer, actor=actor, hold_minutes=hold_minutes, request_id=request_id)
+    request = CarHold(
+        car_id=car_id, buyer=buyer, actor=actor, hold_minutes=hold_minutes, request_id=request_id, now=now
+    )
     return RESERVATIONS.hold(request, now=now, actor=actor)
 
 

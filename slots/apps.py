@@ -6,7 +6,10 @@ class SlotsConfig(AppConfig):
     verbose_name = "Slots and bookings"
 
     def ready(self) -> None:
-        from booking_site import expiry
-        from slots.services import slot_bookings_expire_due
+        from booking_site import expiry, invariants
+        from slots.invariants import INVARIANTS
+        from slots.services import SLOT_BOOKINGS, slot_bookings_expire_due
 
         expiry.register("slots", slot_bookings_expire_due)
+        invariants.register_claims(SLOT_BOOKINGS)
+        invariants.register(*INVARIANTS)
