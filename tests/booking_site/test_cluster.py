@@ -27,6 +27,7 @@ from bench import data
 from bench.burst import at_once, connect, raw_request
 from booking_site import embedded
 from booking_site.audit.models import AuditEvent
+from booking_site.invariants import describe, invariants_check
 from booking_site.webhooks.models import WebhookDelivery
 from booking_site.webhooks.services import webhook_endpoint_create
 from events.models import SeatClaim
@@ -289,7 +290,7 @@ def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_even
     """SOAK_SECONDS (CLUSTER_SOAK_SECONDS; 120 in CI, 300 for the issue's five minutes) of holds expiring —
     a backlog overdue at the start, more falling due all along — and of holds and confirmations through
     HAProxy, with a webhook endpoint answering 200: each hold expires once, each audit event reaches
-    the receiver once."""
+    the receiver once, and the invariant monitor finds every invariant holding at the end."""
     endpoint = webhook_endpoint_create(url=receiver.url, now=timezone.now())
     waves = int(SOAK_SECONDS)  # a wave a second: HOLDS_PER_WAVE holds, the first two confirmed
     buyers, cars = data.users(waves * HOLDS_PER_WAVE + 50), data.cars(waves * HOLDS_PER_WAVE + 300)
@@ -343,3 +344,5 @@ def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_even
     received = Counter(r.id for r in receiver.received)
     assert delivered == events == len(received)  # every event delivered and received
     assert max(received.values()) == 1  # none twice
+    report = invariants_check(now=timezone.now(), all_history=True)
+    assert report.broken == [], describe(report)  # the invariant monitor finds everything holding

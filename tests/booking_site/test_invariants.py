@@ -48,11 +48,12 @@ def some_of_everything(staff):
     now = timezone.now()
     buyer, guest = UserFactory(), UserFactory()
     cars = [CarFactory() for _ in range(4)]
-    _held, confirmed, cancelled, expired = (
-        reservations.reservation_hold(car_id=car.pk, buyer=buyer, hold_minutes=15, now=now) for car in cars
+    _held, confirmed, cancelled, expired = (  # two buyers: a buyer holds at most 3 cars at once
+        reservations.reservation_hold(car_id=car.pk, buyer=owner, hold_minutes=15, now=now)
+        for car, owner in zip(cars, [buyer, buyer, guest, guest], strict=True)
     )
     reservations.reservation_confirm(reservation_id=confirmed.pk, user=buyer, now=now)
-    reservations.reservation_cancel(reservation_id=cancelled.pk, user=buyer, now=now)
+    reservations.reservation_cancel(reservation_id=cancelled.pk, user=guest, now=now)
     reservations.reservation_expire(reservation_id=expired.pk, user=staff, now=now)
 
     event = make_event(total_seats=10)
