@@ -131,6 +131,16 @@ _DRF_CODES: list[tuple[type[drf.APIException], int, str]] = [
 ]
 
 
+def status_and_code(refusal: type[DomainError] | type[drf.APIException]) -> tuple[int, str]:
+    """The status and code a client gets for this kind of error (the schema documents them)."""
+    if issubclass(refusal, DomainError):
+        return refusal.status, refusal.code
+    for klass, status, code in _DRF_CODES:
+        if issubclass(refusal, klass):
+            return status, code
+    raise ValueError(f"{refusal.__name__} does not answer in the envelope")
+
+
 def _field_details(detail: Any) -> dict:
     """Flatten DRF's error detail into {"fields": {name: [messages]}}; non-field errors under "body"."""
     if isinstance(detail, dict):
