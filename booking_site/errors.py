@@ -3,6 +3,10 @@
 Code raises a ``DomainError`` subclass and never builds an error response by hand:
 
     {"error": {"code": "car_unavailable", "message": "...", "details": {}}}
+
+A class's ``status`` and ``code`` are what the OpenAPI schema lists for the endpoints that raise it
+(``status_and_code``; a view names its classes in ``booking_site.schema.errors(...)``), and README's
+error table lists every code by status.
 """
 
 from __future__ import annotations
