@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.utils import html
 
 from booking_site.errors import ValidationFailed
-from booking_site.idempotency import BODY_ALIAS, check_body_key
+from booking_site.idempotency import BODY_ALIAS, body_key
 
 
 class StaffWrites(IsAuthenticated):
@@ -88,7 +88,7 @@ class StrictSerializer(serializers.Serializer):
         unknown = set(data) - set(self.fields) - self.always_allowed
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
-        check_body_key(data.get(BODY_ALIAS))
+        body_key(data)
         return super().to_internal_value(data)
 
     @classmethod
