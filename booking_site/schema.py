@@ -97,6 +97,7 @@ class ApiSchema(AutoSchema):
                 parameter["allowEmptyValue"] = True
         responses = operation["responses"]
         statuses = _by_status(self.derived_refusals(operation))
+        # What the view lists with errors(...): its codes, read back from the descriptions it wrote.
         for status, response in responses.items():
             if status.isdigit() and int(status) >= 400 and response.get("description", "").startswith("`"):
                 statuses.setdefault(int(status), set()).update(re.findall(r"`([a-z_]+)`", response["description"]))
@@ -121,10 +122,8 @@ class ApiSchema(AutoSchema):
         parameters, body, idempotency and throttling (docs/contract.md §3.2)."""
         view, unsafe = self.view, self.method not in SAFE_METHODS
         parameters = operation.get("parameters", [])
-        refusals: list[Refusal] = [
-            drf.NotAcceptable,
-            ServiceUnavailable,
-        ]  # any Accept it cannot render; the database down
+        # Any operation: an Accept header it cannot render; the database down.
+        refusals: list[Refusal] = [drf.NotAcceptable, ServiceUnavailable]
         if view.get_authenticators():
             refusals.append(drf.NotAuthenticated)  # no or a bad token, even where anyone may call
         if unsafe or any(isinstance(p, IsAdminUser) for p in view.get_permissions()):
