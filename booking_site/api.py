@@ -1,4 +1,5 @@
-"""Pieces every app's API shares: strict input serializers, the page envelope, schema helpers."""
+"""Pieces every app's API shares: strict input serializers, the page envelope, filters (the schema's
+refusals are booking_site.schema)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import re
 from typing import Any, ClassVar
 
 import django_filters as filters
+from django import forms
 from django.utils.datastructures import MultiValueDict
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema_field, inline_serializer
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import empty
 from rest_framework.pagination import BasePagination
@@ -20,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.utils import html
 
 from booking_site.errors import ValidationFailed
+from booking_site.idempotency import BODY_ALIAS, body_key
 
 
 class StaffWrites(IsAuthenticated):
@@ -83,7 +86,7 @@ class StrictSerializer(serializers.Serializer):
     """
 
     # Fields a client may always send: the seeds' idempotency alias (docs/contract.md §3.4).
-    always_allowed = frozenset({"requestId"})
+    always_allowed = frozenset({BODY_ALIAS})
     # What Django's form machinery adds to a form post: never the client's field.
     form_controls = frozenset({"csrfmiddlewaretoken"})
 
@@ -97,6 +100,7 @@ class StrictSerializer(serializers.Serializer):
         unknown = names - set(self.fields) - self.always_allowed
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        body_key(data)
         return super().to_internal_value(data)
 
     def _form_values(self, data) -> MultiValueDict:
@@ -150,10 +154,11 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
             schema.pop("description", None)  # not StrictSerializer's own docstring on every body
         if direction == "request":
             schema["additionalProperties"] = False
-            schema.setdefault("properties", {})["requestId"] = {
+            schema.setdefault("properties", {})[BODY_ALIAS] = {
                 "type": "string",
                 "minLength": 1,
                 "maxLength": 255,
+                "pattern": r"^[^\x00-\x1f\x7f]*$",
                 "description": "Same as the Idempotency-Key header.",
             }
         return schema
@@ -232,68 +237,18 @@ class AsOfPagePagination(PagePagination):
         return envelope
 
 
-ERROR_SCHEMA = inline_serializer(
-    "Error",
-    {
-        "error": inline_serializer(
-            "ErrorBody",
-            {
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "details": serializers.DictField(),
-            },
-        )
-    },
-)
+BIGINT_MAX = 2**63 - 1
 
 
-def body_limit_in_schema(result: dict, generator, request, public) -> dict:
-    """drf-spectacular postprocessing hook: every operation that takes a body can answer 413
-    ``payload_too_large`` (a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE``, refused before any view runs)."""
-    for operations in result.get("paths", {}).values():
-        for operation in operations.values():
-            if isinstance(operation, dict) and "requestBody" in operation:
-                operation.setdefault("responses", {}).setdefault(
-                    "413",
-                    {
-                        "description": "payload_too_large: the body is over the upload limit",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                    },
-                )
-    return result
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": BIGINT_MAX})
+class IdFilter(filters.NumberFilter):
+    """An id query parameter: a whole number from 1 to the largest bigint; anything else is a 400
+    (``NumberFilter`` alone is a decimal: ``1.5`` would be quietly truncated, ``1e30`` a database error)."""
 
+    field_class = forms.IntegerField
 
-def throttling_in_schema(result: dict, generator, request, public) -> dict:
-    """drf-spectacular postprocessing hook: every operation of a view with throttles can answer 429
-    ``throttled`` (with ``Retry-After``; ``booking_site.throttling``), whichever view it is."""
-    throttled = {
-        (path, method.lower()) for path, _, method, callback in generator.endpoints if callback.cls.throttle_classes
-    }
-    for path, operations in result.get("paths", {}).items():
-        for method, operation in operations.items():
-            if isinstance(operation, dict) and (path, method) in throttled:
-                operation.setdefault("responses", {}).setdefault(
-                    "429",
-                    {
-                        "description": "throttled: over a rate; Retry-After says in how many seconds to try again",
-                        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                    },
-                )
-    return result
-
-
-def errors(*statuses: int) -> dict[int, OpenApiResponse]:
-    """Schema entries for the error statuses an endpoint can answer, all in the one envelope."""
-    return {status: OpenApiResponse(ERROR_SCHEMA) for status in statuses}
-
-
-IDEMPOTENCY_KEY = OpenApiParameter(
-    "Idempotency-Key",
-    location=OpenApiParameter.HEADER,
-    required=False,
-    description="1 to 255 characters. A retry with the same key replays the first response.",
-)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, min_value=1, max_value=BIGINT_MAX, **kwargs)
 
 
 @extend_schema_field(OpenApiTypes.BOOL)

@@ -3,6 +3,10 @@
 Code raises a ``DomainError`` subclass and never builds an error response by hand:
 
     {"error": {"code": "car_unavailable", "message": "...", "details": {}}}
+
+A class's ``status`` and ``code`` are what the OpenAPI schema lists for the endpoints that raise it
+(``status_and_code``; a view names its classes in ``booking_site.schema.errors(...)``), and README's
+error table lists every code by status.
 """
 
 from __future__ import annotations
@@ -136,6 +140,16 @@ _DRF_CODES: list[tuple[type[drf.APIException], int, str]] = [
     (drf.UnsupportedMediaType, 415, "unsupported_media_type"),
     (drf.Throttled, 429, "throttled"),
 ]
+
+
+def status_and_code(refusal: type[DomainError] | type[drf.APIException]) -> tuple[int, str]:
+    """The status and code a client gets for this kind of error (the schema documents them)."""
+    if issubclass(refusal, DomainError):
+        return refusal.status, refusal.code
+    for klass, status, code in _DRF_CODES:
+        if issubclass(refusal, klass):
+            return status, code
+    raise ValueError(f"{refusal.__name__} does not answer in the envelope")
 
 
 def _field_details(detail: Any) -> dict:

@@ -87,20 +87,30 @@ def idempotent(handler):
                 batched.flush()
         return response
 
+    wrapper.idempotent = True  # type: ignore[attr-defined]  # read by booking_site.api.ApiSchema
     return wrapper
 
 
 def request_key(request) -> str | None:
     """The key from the header, or the seeds' ``requestId`` body field; both given must agree."""
     header = request.headers.get(HEADER)
-    body = request.data.get(BODY_ALIAS) if isinstance(request.data, dict) else None
-    if body is not None and not (isinstance(body, str) and VALID_KEY.fullmatch(body)):
-        raise ValidationFailed.for_field(BODY_ALIAS, "Must be 1 to 255 printable characters.")
+    body = body_key(request.data)
     if header is not None and not VALID_KEY.fullmatch(header):
         raise ValidationFailed.for_field(HEADER, "Must be 1 to 255 printable characters.")
     if header is not None and body is not None and header != body:
         raise ValidationFailed.for_field(BODY_ALIAS, f"Differs from the {HEADER} header.")
     return header if header is not None else body
+
+
+def body_key(data) -> str | None:
+    """The ``requestId`` field of a body, if it has one. Where given, it is a key (a 400 otherwise, ``null``
+    included), whether or not the endpoint is idempotent: the schema declares it a key on every body."""
+    if not isinstance(data, dict) or BODY_ALIAS not in data:
+        return None
+    value = data[BODY_ALIAS]
+    if not (isinstance(value, str) and VALID_KEY.fullmatch(value)):
+        raise ValidationFailed.for_field(BODY_ALIAS, "Must be 1 to 255 printable characters.")
+    return value
 
 
 def lock_id(user_id: int, key: str) -> int:

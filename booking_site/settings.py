@@ -168,7 +168,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "booking_site.api.PagePagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Every operation's refusals derived from its view (docs/decisions/0011-schema-refusals.md).
+    "DEFAULT_SCHEMA_CLASS": "booking_site.schema.ApiSchema",
     "EXCEPTION_HANDLER": "booking_site.errors.exception_handler",
     # booking_site/throttling.py: on unless THROTTLE_ENABLED is off, at the THROTTLE_RATES below.
     "DEFAULT_THROTTLE_CLASSES": [
@@ -191,11 +192,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "POSTPROCESSING_HOOKS": [
-        "drf_spectacular.hooks.postprocess_schema_enums",
-        "booking_site.api.body_limit_in_schema",
-        "booking_site.api.throttling_in_schema",
-    ],
+    # Ids in paths (booking_site.urls.IdConverter): 1 to 18 digits; a longer one matches no route (404).
+    "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}},
     # Three models have a "status": name each enum after its model.
     "ENUM_NAME_OVERRIDES": {
         "CarStatusEnum": "reservations.models.Car.Status",

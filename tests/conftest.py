@@ -165,17 +165,21 @@ def served(transactional_db, tmp_path):
         "LOG_LEVEL": "ERROR",
         "WEB_CONCURRENCY": "1",
         "WEB_ACCESS_LOG": "false",
-        "THROTTLE_ENABLED": "False",
+        "THROTTLE_ENABLED": "False",  # as in the tests' own settings: no 429 unless a test asks for one
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
     }
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=settings.BASE_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    # Its log goes to a file, not a pipe: a pipe nobody reads fills up (64 KiB) and the server blocks
+    # writing to it, mid-request (a fuzzer's run logs that much).
+    log = tmp_path / "serve.log"
+    with log.open("w") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -185,7 +189,7 @@ def served(transactional_db, tmp_path):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"manage.py serve did not come up: {server.stderr.read()}") from None
+                    raise RuntimeError(f"manage.py serve did not come up: {log.read_text()}") from None
                 time.sleep(0.1)
         yield base
     finally:

@@ -1,11 +1,14 @@
 """The audit trail endpoint every claim type shares: ``GET /api/<claims>/{id}/events``."""
 
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.generics import ListAPIView
 
 from booking_site.api import ModelSerializer
 from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import trail
+from booking_site.errors import NotOwner
+from booking_site.schema import errors
 
 
 class AuditEventOut(ModelSerializer):
@@ -36,6 +39,7 @@ class AuditEventOut(ModelSerializer):
         ]
 
 
+@extend_schema_view(get=extend_schema(responses={200: AuditEventOut, **errors(NotOwner)}))
 class AuditTrailView(ListAPIView):
     """Lists one subject's events. Subclasses say which subject, after checking the caller may see it:
     ``get_subject()`` returns the model instance (or ``Subject``) whose trail to show."""

@@ -9,11 +9,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from booking_site.accounts.services import acting_user, require_owner
-from booking_site.api import IDEMPOTENCY_KEY, StaffWrites, errors
+from booking_site.api import StaffWrites
 from booking_site.audit.api import AuditTrailView
-from booking_site.errors import NotFound
+from booking_site.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
+from booking_site.schema import errors
 from booking_site.throttling import HOLDS
 from events import selectors, services
 from events.api.filters import EventFilter
@@ -77,9 +78,7 @@ class EventList(ListAPIView):
     def get_queryset(self):
         return selectors.events_with_counts(now=timezone.now()).order_by("event_date", "id")
 
-    @extend_schema(
-        request=EventCreateIn, responses={201: EventCreatedOut, **errors(400, 401, 403)}, parameters=[IDEMPOTENCY_KEY]
-    )
+    @extend_schema(request=EventCreateIn, responses={201: EventCreatedOut})
     @idempotent
     def post(self, request):
         data = EventCreateIn.validated(request)
@@ -104,7 +103,7 @@ class EventList(ListAPIView):
 class EventDetail(APIView):
     """The event and its counts as of ``asOf`` (at most a second ago)."""
 
-    @extend_schema(responses={200: EventCountsOut, **errors(401, 404)})
+    @extend_schema(responses={200: EventCountsOut})
     def get(self, request, event_id: int):
         body, _ = recent_counts.get(event_id, now=timezone.now(), read=lambda now: _read_counts(event_id, now))
         return Response(body)
@@ -114,7 +113,7 @@ class EventSeats(APIView):
     """The seat map as of ``asOf`` (at most a second ago): every seat in layout order with its status.
     An overdue hold reads as AVAILABLE."""
 
-    @extend_schema(responses={200: SeatMapOut, **errors(401, 404)})
+    @extend_schema(responses={200: SeatMapOut})
     def get(self, request, event_id: int):
         body, _ = recent_seat_maps.get(event_id, now=timezone.now(), read=lambda now: _read_seat_map(event_id, now))
         if request.accepted_renderer.format == "json":
@@ -135,8 +134,10 @@ class SeatsReserve(APIView):
 
     @extend_schema(
         request=SeatHoldIn,
-        responses={201: SeatHoldOut, **errors(400, 401, 403, 404, 409)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            201: SeatHoldOut,
+            **errors(services.SeatsUnavailable, services.SalesClosed, LimitReached, Forbidden),
+        },
     )
     @idempotent
     def post(self, request, event_id: int):
@@ -156,8 +157,17 @@ class SeatsReserve(APIView):
 class SeatsConfirm(APIView):
     @extend_schema(
         request=HoldActionIn,
-        responses={200: ConfirmOut, **errors(400, 401, 403, 404, 409, 410)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            200: ConfirmOut,
+            **errors(
+                services.EventMismatch,
+                services.HoldNotActive,
+                services.SeatCountConflict,
+                HoldExpired,
+                NotOwner,
+                Forbidden,
+            ),
+        },
     )
     @idempotent
     def post(self, request, event_id: int):
@@ -182,8 +192,7 @@ class SeatsConfirm(APIView):
 class SeatsRelease(APIView):
     @extend_schema(
         request=HoldActionIn,
-        responses={200: ReleaseOut, **errors(400, 401, 403, 404, 409)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={200: ReleaseOut, **errors(services.EventMismatch, services.HoldNotActive, NotOwner, Forbidden)},
     )
     @idempotent
     def post(self, request, event_id: int):
@@ -214,7 +223,7 @@ def _visible_booking(request, booking_group_id) -> SeatHoldGroup:
 
 
 class HoldDetail(APIView):
-    @extend_schema(responses={200: SeatHoldOut, **errors(401, 403, 404)})
+    @extend_schema(responses={200: SeatHoldOut, **errors(NotOwner)})
     def get(self, request, hold_group_id):
         group = _visible_hold(request, hold_group_id)
         return Response(_hold_out(group, selectors.group_seat_codes(group)))
@@ -223,7 +232,7 @@ class HoldDetail(APIView):
 class BookingDetail(APIView):
     """The seats of a booking group, one entry each (seeds/001)."""
 
-    @extend_schema(responses={200: BookingSeatOut(many=True), **errors(401, 403, 404)})
+    @extend_schema(responses={200: BookingSeatOut(many=True), **errors(NotOwner)})
     def get(self, request, booking_group_id):
         group = _visible_booking(request, booking_group_id)
         rows = [
@@ -245,8 +254,7 @@ class BookingDetail(APIView):
 class BookingCancel(APIView):
     @extend_schema(
         request=BookingCancelIn,
-        responses={200: BookingCancelOut, **errors(400, 401, 403, 404, 409)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={200: BookingCancelOut, **errors(services.BookingNotActive, services.SeatCountConflict, NotOwner)},
     )
     @idempotent
     def post(self, request, booking_group_id):

@@ -1,12 +1,12 @@
 import django_filters as filters
 
-from booking_site.api import StrictBooleanFilter
+from booking_site.api import IdFilter, StrictBooleanFilter
 from reservations.models import Car, Reservation
 
 
 class CarFilter(filters.FilterSet):
     available = StrictBooleanFilter(help_text="true: ACTIVE and no active reservation now")
-    dealerId = filters.NumberFilter(field_name="dealer_id")
+    dealerId = IdFilter(field_name="dealer_id")
     status = filters.ChoiceFilter(choices=Car.Status.choices)
 
     class Meta:
@@ -18,7 +18,7 @@ class ReservationFilter(filters.FilterSet):
     state = filters.ChoiceFilter(
         choices=Reservation.State.choices, field_name="effective_state", help_text="An overdue HELD counts as EXPIRED"
     )
-    carId = filters.NumberFilter(field_name="car_id")
+    carId = IdFilter(field_name="car_id")
 
     class Meta:
         model = Reservation

@@ -5,11 +5,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from booking_site.accounts.services import acting_user, request_user
-from booking_site.api import IDEMPOTENCY_KEY, StaffWrites, errors
+from booking_site.api import StaffWrites
 from booking_site.audit.api import AuditTrailView
 from booking_site.engine import SEE
-from booking_site.errors import NotFound
+from booking_site.errors import Forbidden, HoldExpired, InvalidStateTransition, LimitReached, NotFound, NotOwner
 from booking_site.idempotency import idempotent
+from booking_site.schema import errors
 from booking_site.throttling import HOLDS
 from reservations import selectors, services
 from reservations.api.filters import CarFilter, ReservationFilter
@@ -34,7 +35,7 @@ class CarList(ListAPIView):
     def get_queryset(self):
         return selectors.cars_with_availability(now=timezone.now()).order_by("id")
 
-    @extend_schema(request=CarIn, responses={201: CarOut, **errors(400, 401, 403)}, parameters=[IDEMPOTENCY_KEY])
+    @extend_schema(request=CarIn, responses={201: CarOut})
     @idempotent
     def post(self, request):
         data = CarIn.validated(request)
@@ -50,7 +51,7 @@ class CarList(ListAPIView):
 
 
 class CarDetail(APIView):
-    @extend_schema(responses={200: CarOut, **errors(401, 404)})
+    @extend_schema(responses={200: CarOut})
     def get(self, request, car_id: int):
         car = selectors.cars_with_availability(now=timezone.now()).filter(pk=car_id).first()
         if car is None:
@@ -73,8 +74,7 @@ class ReservationList(ListAPIView):
 
     @extend_schema(
         request=ReservationCreateIn,
-        responses={201: ReservationOut, **errors(400, 401, 403, 404, 409)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={201: ReservationOut, **errors(services.CarUnavailable, LimitReached, NotFound, Forbidden)},
     )
     @idempotent
     def post(self, request):
@@ -99,7 +99,7 @@ def _visible_reservation(request, reservation_id: int):
 
 
 class ReservationDetail(APIView):
-    @extend_schema(responses={200: ReservationOut, **errors(401, 403, 404)})
+    @extend_schema(responses={200: ReservationOut, **errors(NotOwner)})
     def get(self, request, reservation_id: int):
         return Response(ReservationOut(_visible_reservation(request, reservation_id)).data)
 
@@ -107,8 +107,7 @@ class ReservationDetail(APIView):
 class ReservationConfirm(APIView):
     @extend_schema(
         request=ReservationConfirmIn,
-        responses={200: ReservationOut, **errors(400, 401, 403, 404, 410)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={200: ReservationOut, **errors(InvalidStateTransition, HoldExpired, NotOwner)},
     )
     @idempotent
     def post(self, request, reservation_id: int):
@@ -120,8 +119,7 @@ class ReservationConfirm(APIView):
 class ReservationCancel(APIView):
     @extend_schema(
         request=ReservationCancelIn,
-        responses={200: ReservationOut, **errors(400, 401, 403, 404)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={200: ReservationOut, **errors(InvalidStateTransition, NotOwner)},
     )
     @idempotent
     def post(self, request, reservation_id: int):
@@ -133,7 +131,7 @@ class ReservationCancel(APIView):
 
 
 class CarCurrentReservation(APIView):
-    @extend_schema(responses={200: ReservationOut, **errors(401, 403, 404)})
+    @extend_schema(responses={200: ReservationOut, **errors(NotOwner)})
     def get(self, request, car_id: int):
         reservation = selectors.car_current_reservation(car_id=car_id, now=timezone.now())
         if reservation is None:

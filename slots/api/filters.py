@@ -1,20 +1,14 @@
 from datetime import date, datetime, time, timedelta
 
 import django_filters as filters
-from django import forms
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.utils import extend_schema_field
 
-from booking_site.api import StrictBooleanFilter
+from booking_site.api import IdFilter, StrictBooleanFilter
 from booking_site.errors import ValidationFailed
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.models import Slot, SlotBooking
-
-
-class IntegerFilter(filters.NumberFilter):
-    """A whole number: ``1.5`` or ``1e3`` is a 400, not quietly truncated (``NumberFilter`` is decimal)."""
-
-    field_class = forms.IntegerField
 
 
 def _check_day(name: str, day: date) -> None:
@@ -43,11 +37,16 @@ def _parse_moment(name: str, raw: str) -> tuple[datetime, bool]:
     return moment, False
 
 
+@extend_schema_field({"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]})
+class MomentFilter(filters.CharFilter):
+    """An ISO date (the whole day, in the operator's time zone) or date-time (``_parse_moment``)."""
+
+
 class SlotFilter(filters.FilterSet):
-    hostId = IntegerFilter(field_name="host_id", min_value=1, max_value=2**63 - 1)
+    hostId = IdFilter(field_name="host_id")
     specialization = filters.CharFilter(lookup_expr="iexact")
-    startDate = filters.CharFilter(method="filter_start_date", help_text="Slots starting at or after (date or time)")
-    endDate = filters.CharFilter(
+    startDate = MomentFilter(method="filter_start_date", help_text="Slots starting at or after (date or time)")
+    endDate = MomentFilter(
         method="filter_end_date", help_text="Slots starting at or before (a date includes the whole day)"
     )
     available = StrictBooleanFilter(method="filter_available", help_text="true: at least one seat free now")
@@ -74,7 +73,7 @@ class BookingFilter(filters.FilterSet):
     status = filters.ChoiceFilter(
         choices=SlotBooking.Status.choices, field_name="effective_state", help_text="An overdue PENDING is EXPIRED"
     )
-    slotId = IntegerFilter(field_name="slot_id", min_value=1, max_value=2**63 - 1)
+    slotId = IdFilter(field_name="slot_id")
 
     class Meta:
         model = SlotBooking

@@ -1,5 +1,6 @@
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.fields import DateTimeField
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import IsAdminUser
@@ -7,12 +8,20 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from booking_site.accounts.services import acting_user, request_user
-from booking_site.api import IDEMPOTENCY_KEY, AsOfPagePagination, errors
+from booking_site.api import AsOfPagePagination
 from booking_site.audit.api import AuditTrailView
-from booking_site.errors import NotFound, NotOwner, ValidationFailed
+from booking_site.errors import (
+    Forbidden,
+    HoldExpired,
+    InvalidStateTransition,
+    NotFound,
+    NotOwner,
+    ValidationFailed,
+)
 from booking_site.expiry import expire_all
 from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
+from booking_site.schema import errors
 from booking_site.throttling import HOLDS
 from slots import selectors, services
 from slots.api.filters import BookingFilter, SlotFilter
@@ -64,7 +73,10 @@ class SlotList(ListAPIView):
         body = super().list(request).data
         return {**body, "asOf": DateTimeField().to_representation(now)}
 
-    @extend_schema(request=SlotIn, responses={201: SlotOut, **errors(400, 401, 403, 409)}, parameters=[IDEMPOTENCY_KEY])
+    @extend_schema(
+        request=SlotIn,
+        responses={201: SlotOut, **errors(services.SlotOverlap, services.SlotInPast, services.NotAHost, NotFound)},
+    )
     @idempotent
     def post(self, request):
         data = SlotIn.validated(request)
@@ -90,6 +102,7 @@ class SlotList(ListAPIView):
         return Response(_slot_out(slot.pk), status=201)
 
 
+@extend_schema_view(get=extend_schema(responses={200: SlotOut, **errors(services.NotAHost)}))
 class HostSlotList(ListAPIView):
     """The caller's own slots (any status, past ones included), in time order. Hosts only."""
 
@@ -104,14 +117,14 @@ class HostSlotList(ListAPIView):
 
 
 class SlotDetail(APIView):
-    @extend_schema(responses={200: SlotOut, **errors(401, 404)})
+    @extend_schema(responses={200: SlotOut})
     def get(self, request, slot_id: int):
         slot = selectors.slots_with_remaining(now=timezone.now()).filter(pk=slot_id).first()
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         return Response(SlotOut(slot).data)
 
-    @extend_schema(responses={200: SlotOut, **errors(400, 401, 403, 404, 409)}, parameters=[IDEMPOTENCY_KEY])
+    @extend_schema(responses={200: SlotOut, **errors(InvalidStateTransition, services.SlotBooked, NotOwner)})
     @idempotent
     def delete(self, request, slot_id: int):
         """Withdraw a slot nobody holds a seat in (its host or an operator); it becomes CANCELLED."""
@@ -133,8 +146,18 @@ class BookingList(ListAPIView):
 
     @extend_schema(
         request=SlotBookingIn,
-        responses={201: SlotBookingOut, **errors(400, 401, 403, 404, 409)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            201: SlotBookingOut,
+            **errors(
+                services.SlotFull,
+                services.LimitReached,
+                services.SlotUnavailable,
+                services.OwnSlot,
+                services.SlotInPast,
+                NotFound,
+                Forbidden,
+            ),
+        },
     )
     @idempotent
     def post(self, request):
@@ -171,14 +194,16 @@ def _cancel(request, booking_id: int) -> Response:
 
 
 class BookingDetail(APIView):
-    @extend_schema(responses={200: SlotBookingOut, **errors(401, 403, 404)})
+    @extend_schema(responses={200: SlotBookingOut, **errors(NotOwner)})
     def get(self, request, booking_id: int):
         return Response(SlotBookingOut(_visible_booking(request, booking_id)).data)
 
     @extend_schema(
         request=SlotBookingCancelIn,
-        responses={200: SlotBookingOut, **errors(400, 401, 403, 404)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            200: SlotBookingOut,
+            **errors(InvalidStateTransition, services.CancellationWindowClosed, NotOwner),
+        },
     )
     @idempotent
     def delete(self, request, booking_id: int):
@@ -189,8 +214,10 @@ class BookingDetail(APIView):
 class BookingCancel(APIView):
     @extend_schema(
         request=SlotBookingCancelIn,
-        responses={200: SlotBookingOut, **errors(400, 401, 403, 404)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            200: SlotBookingOut,
+            **errors(InvalidStateTransition, services.CancellationWindowClosed, NotOwner),
+        },
     )
     @idempotent
     def post(self, request, booking_id: int):
@@ -200,8 +227,7 @@ class BookingCancel(APIView):
 class BookingConfirm(APIView):
     @extend_schema(
         request=SlotBookingConfirmIn,
-        responses={200: SlotBookingOut, **errors(400, 401, 403, 404, 409, 410)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={200: SlotBookingOut, **errors(services.BookingNotPending, HoldExpired, NotOwner)},
     )
     @idempotent
     def post(self, request, booking_id: int):
@@ -214,8 +240,20 @@ class BookingConfirm(APIView):
 class BookingReschedule(APIView):
     @extend_schema(
         request=SlotBookingRescheduleIn,
-        responses={200: SlotBookingOut, **errors(400, 401, 403, 404, 409, 410)},
-        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            200: SlotBookingOut,
+            **errors(
+                InvalidStateTransition,
+                HoldExpired,
+                services.CancellationWindowClosed,
+                services.SlotFull,
+                services.LimitReached,
+                services.SlotUnavailable,
+                services.OwnSlot,
+                services.SlotInPast,
+                NotOwner,
+            ),
+        },
     )
     @idempotent
     def post(self, request, booking_id: int):
@@ -241,10 +279,10 @@ class AdminAnalytics(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("start_date", str, required=True, description="YYYY-MM-DD, inclusive"),
-            OpenApiParameter("end_date", str, required=True, description="YYYY-MM-DD, inclusive"),
+            OpenApiParameter("start_date", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD, inclusive"),
+            OpenApiParameter("end_date", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD, inclusive"),
         ],
-        responses={200: BookingAnalyticsOut, **errors(400, 401, 403)},
+        responses={200: BookingAnalyticsOut},
     )
     def get(self, request):
         query = BookingAnalyticsQuery(data=request.query_params)
@@ -260,7 +298,7 @@ class AdminExpirePending(APIView):
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(request=None, responses={200: ExpirePendingOut, **errors(401, 403)}, parameters=[IDEMPOTENCY_KEY])
+    @extend_schema(request=None, responses={200: ExpirePendingOut})
     @idempotent
     def post(self, request):
         expired = expire_all(now=timezone.now())

@@ -84,7 +84,10 @@ def test_header_and_body_keys_must_agree(api):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("body", [{"requestId": 5}, {"requestId": ""}, {"requestId": "x" * 256}])
+@pytest.mark.parametrize(
+    "body",
+    [{"requestId": 5}, {"requestId": ""}, {"requestId": "x" * 256}, {"requestId": None}],  # null: schemathesis
+)
 def test_bad_request_ids_are_400(api, body):
     assert hold(api, CarFactory(), **body).status_code == 400
 

@@ -46,6 +46,8 @@ def test_an_email_is_taken_whatever_its_case(client_for):
         ({"name": ""}, "name"),
         ({"isStaff": True}, "isStaff"),
         ({"password": "short"}, "password"),
+        ({"requestId": "k" * 256}, "requestId"),  # what the schema says of every body's requestId
+        ({"requestId": "k\x07"}, "requestId"),
     ],
 )
 def test_invalid_registrations(client_for, body, field):

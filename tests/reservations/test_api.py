@@ -340,7 +340,10 @@ def test_list_filters_by_state_and_car(api, user):
     assert [r["id"] for r in api.get(f"/api/reservations?carId={car.pk}").json()["results"]] == [held.pk]
 
 
-@pytest.mark.parametrize("query", ["state=LOST", "carId=abc", "page=0", "limit=101", "page=x"])
+@pytest.mark.parametrize(
+    "query",
+    ["state=LOST", "carId=abc", "carId=1.5", "carId=0", "carId=9223372036854775808", "page=0", "limit=101", "page=x"],
+)
 def test_list_refuses_bad_filters_and_pages(api, query):
     response = api.get(f"/api/reservations?{query}")
 
@@ -417,6 +420,7 @@ def test_list_cars_with_availability(api, user):
     assert {c["id"]: c["available"] for c in body["results"]} == {free.pk: True, held.pk: False, inactive.pk: False}
     assert [c["id"] for c in api.get("/api/cars?available=true").json()["results"]] == [free.pk]
     assert api.get("/api/cars?available=maybe").status_code == 400
+    assert api.get("/api/cars?dealerId=1.5").status_code == 400  # an id, not quietly truncated to 1
 
 
 def test_get_a_car(api):

@@ -4,8 +4,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from booking_site.accounts.api.serializers import UserOut, UserRegisterIn, UserWithTokenOut
-from booking_site.accounts.services import user_register
-from booking_site.api import errors
+from booking_site.accounts.services import EmailTaken, user_register
+from booking_site.schema import errors
 from booking_site.throttling import REGISTRATION
 
 
@@ -15,7 +15,7 @@ class UserRegister(APIView):
     permission_classes = [AllowAny]
     throttle_scope = REGISTRATION  # per IP address: no account farms (docs/contract.md §3.6)
 
-    @extend_schema(request=UserRegisterIn, responses={201: UserWithTokenOut, **errors(400, 409)})
+    @extend_schema(request=UserRegisterIn, responses={201: UserWithTokenOut, **errors(EmailTaken)})
     def post(self, request):
         data = UserRegisterIn.validated(request)
         user, _token = user_register(
@@ -25,6 +25,6 @@ class UserRegister(APIView):
 
 
 class UserMe(APIView):
-    @extend_schema(responses={200: UserOut, **errors(401)})
+    @extend_schema(responses={200: UserOut})
     def get(self, request):
         return Response(UserOut(request.user).data)
