@@ -193,7 +193,8 @@ def withdraw_slots(slot_ids: list[int]) -> None:
 def overdue_holds(count: int, *, buyers: list[User]) -> dict[str, int]:
     """``count`` held claims whose expiry passed an hour ago, a third in each domain: car holds (one per
     car), seat holds of two seats on one event, and PENDING slot bookings (five hosts with slots of
-    10,000 seats; each guest holds one seat at each host, so five, the most a guest may hold)."""
+    10,000 seats, one host's hours after another's; each guest holds one seat at each host, so five, the
+    most a guest may hold, never two at once)."""
     per_domain = {"reservations": count // 3, "events": count // 3}
     per_domain["slots"] = count - sum(per_domain.values())
     now = timezone.now()
@@ -255,7 +256,14 @@ def _overdue_slot_holds(count: int, *, created: datetime, expires: datetime) -> 
     hosts = users(5, role="HOST")
     guests = users(-(-count // len(hosts)))
     per_slot = 10_000
-    slot_ids = slots(hosts, per_host=-(-len(guests) // per_slot), capacity=per_slot)
+    per_host = -(-len(guests) // per_slot)
+    # One host's slots after another's: a guest's holds with the five hosts never overlap in time (a guest
+    # is never in two places at once, slotbooking_guest_no_overlap).
+    first = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    slot_ids = [
+        slots([host], per_host=per_host, capacity=per_slot, start=first + timedelta(hours=n * per_host))[0]
+        for n, host in enumerate(hosts)
+    ]
     _rows(
         """
         WITH booking AS (
@@ -264,9 +272,11 @@ def _overdue_slot_holds(count: int, *, created: datetime, expires: datetime) -> 
                  generate_series(1, %(hosts)s) AS h(n)
             ORDER BY h.n, g.n LIMIT %(count)s),
         booked AS (
-            INSERT INTO slots_slotbooking (slot_id, guest_id, seats, status, expires_at, reason, metadata,
-                                           request_id, created_at, updated_at)
-            SELECT slot_id, guest_id, 1, 'PENDING', %(expires)s, '', '{}', '', %(created)s, %(created)s FROM booking
+            INSERT INTO slots_slotbooking (slot_id, guest_id, start, "end", seats, status, expires_at, reason,
+                                           metadata, request_id, created_at, updated_at)
+            SELECT b.slot_id, b.guest_id, s.start, s."end", 1, 'PENDING', %(expires)s, '', '{}', '', %(created)s,
+                   %(created)s
+            FROM booking b JOIN slots_slot s ON s.id = b.slot_id
             RETURNING slot_id)
         UPDATE slots_slot SET booked = s.n FROM (SELECT slot_id, count(*) AS n FROM booked GROUP BY slot_id) s
         WHERE slots_slot.id = s.slot_id

@@ -6,7 +6,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
 
 1. ``lock_user``: one user row (the guest's for a slot booking, a confirm or a reschedule; the host's
    for creating slots). It serializes the rules that count one user's rows (bookings per guest, one
-   per host, a host's slots never overlapping).
+   per host, a guest's bookings never overlapping in time, a host's slots never overlapping).
 2. the resource's parent, the event row: ``share_event`` in a seat hold (``FOR KEY SHARE``);
    ``lock_event`` for an edit of the event's details, ``lock_event_sales`` for the sales switch. Those
    two take no other lock.

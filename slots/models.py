@@ -2,7 +2,8 @@ from django.conf import settings
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import RangeOperators
 from django.db import models
-from django.db.models import F, Func, Q, Value
+from django.db.models import Case, F, Func, Q, Value, When
+from django.db.models.functions import Least
 
 from booking_site.claims import Claim, ClaimQuerySet
 
@@ -16,6 +17,15 @@ class Int8Range(Func):
 
 class TsTzRange(Func):
     function, output_field = "TSTZRANGE", models.DateTimeField()
+
+
+class Alive(TsTzRange):
+    """When a booking blocks its guest: ``[created_at, expires_at)`` for a hold, from ``created_at`` on once
+    confirmed (an expiry before the creation, only ever written by hand, is an empty range)."""
+
+    def __init__(self) -> None:
+        expiry = Case(When(status="CONFIRMED", then=Value(None)), default=F("expires_at"))
+        super().__init__(Least(F("created_at"), F("expires_at")), expiry, Value("[)"))
 
 
 class Slot(models.Model):
@@ -44,6 +54,7 @@ class Slot(models.Model):
     # Annotated by the booking's lock (slots.services.SlotBookings.lock_target), not columns.
     guest_active: int
     guest_with_host: int
+    guest_clash: dict | None  # the guest's first active booking overlapping the slot: {id, start, end}
     overdue_seats: int
 
     class Meta:
@@ -90,6 +101,10 @@ class SlotBooking(Claim, models.Model):
 
     slot = models.ForeignKey(Slot, on_delete=models.PROTECT, related_name="bookings")
     guest = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slot_bookings")
+    # The booking's own time: its slot's (which never changes, docs/contract.md §6), kept on the row so that
+    # ``slotbooking_guest_no_overlap`` can state the guest's rule without a join.
+    start = models.DateTimeField()
+    end = models.DateTimeField()
     seats = models.PositiveIntegerField(default=1)
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.CONFIRMED)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="When a PENDING hold lapses")
@@ -115,6 +130,22 @@ class SlotBooking(Claim, models.Model):
             models.CheckConstraint(condition=Q(seats__gte=1), name="slotbooking_seats_positive"),
             models.CheckConstraint(
                 condition=~Q(status="PENDING") | Q(expires_at__isnull=False), name="slotbooking_pending_expires"
+            ),
+            models.CheckConstraint(condition=Q(end__gt=F("start")), name="slotbooking_ends_after_start"),
+            # A guest is never in two places at once (docs/contract.md §2.1, ADR 0014). Two held or confirmed
+            # bookings of one guest clash when their times overlap *and* they are alive at the same time:
+            # a hold lives from its creation to its expiry, a confirmed booking from its creation on. So an
+            # overdue hold, free for everyone before any job flips it (§2.2), never blocks a booking created
+            # after its expiry, and the constraint needs no clock.
+            ExclusionConstraint(
+                name="slotbooking_guest_no_overlap",
+                index_type="GIST",
+                expressions=[
+                    (Int8Range(F("guest_id"), F("guest_id"), Value("[]")), RangeOperators.OVERLAPS),
+                    (TsTzRange(F("start"), F("end"), Value("[)")), RangeOperators.OVERLAPS),
+                    (Alive(), RangeOperators.OVERLAPS),
+                ],
+                condition=Q(status__in=["PENDING", "CONFIRMED"]),
             ),
         ]
         indexes = [

@@ -28,11 +28,25 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any, TypedDict
 
+import psycopg
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import Case, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When, sql
-from django.db.models.functions import Coalesce
+from django.db.models import (
+    Case,
+    F,
+    IntegerField,
+    JSONField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+    sql,
+)
+from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
 
 from booking_site import locking
@@ -62,6 +76,7 @@ Status = SlotBooking.Status
 MAX_CAPACITY = 10_000  # seats of one slot (the API, the admin forms and the services agree)
 SLOT_HORIZON = timedelta(days=5 * 365 + 1)  # a slot ends at most five years from now (SLOT_HORIZON_TEXT)
 SLOT_HORIZON_TEXT = "five years"
+GUEST_NO_OVERLAP = "slotbooking_guest_no_overlap"  # the constraint behind the guest's rule (ADR 0014)
 
 
 def cancellation_window() -> timedelta:
@@ -103,6 +118,22 @@ class SlotBooked(Conflict):
 
 class LimitReached(Conflict):
     code = "limit_reached"
+
+
+class GuestOverlap(Conflict):
+    """The guest already has an active booking at that time, with any host (docs/contract.md §2.1)."""
+
+    code = "guest_overlap"
+
+    def __init__(self, *, booking_id: int | None = None, start: datetime | None = None, end: datetime | None = None):
+        if booking_id is None or start is None or end is None:
+            # Refused by the constraint: the clashing row is not read back (the statement failed).
+            super().__init__("You already have an active booking overlapping this time.")
+            return
+        super().__init__(
+            f"You already have booking {booking_id} from {start.isoformat()} to {end.isoformat()}.",
+            details={"bookingId": booking_id, "startTime": start, "endTime": end},
+        )
 
 
 class OwnSlot(DomainError):
@@ -355,6 +386,7 @@ class SlotBookings(ClaimEngine[SlotBooking]):
             after=locking.user_lock(request.guest.pk),
             guest_active=_count(active),
             guest_with_host=_count(active.filter(slot__host_id=OuterRef("host_id"))),
+            guest_clash=_clash(active.filter(start__lt=OuterRef("end"), end__gt=OuterRef("start"))),
             overdue_seats=_sum_seats(overdue),
         ).get(request.slot_id)
         if slot is None:
@@ -364,6 +396,9 @@ class SlotBookings(ClaimEngine[SlotBooking]):
     def check_target(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
         _check_bookable(slot, guest=request.guest.pk, now=now)
         _check_guest_limits(host_id=slot.host_id, active=slot.guest_active, with_host=slot.guest_with_host)
+        if slot.guest_clash is not None:  # JSON: its times are ISO 8601 strings
+            clash = slot.guest_clash
+            _check_no_clash(clash["id"], datetime.fromisoformat(clash["start"]), datetime.fromisoformat(clash["end"]))
         _check_seats(slot, seats=request.seats, freed=slot.overdue_seats)
 
     def make_free(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
@@ -375,6 +410,9 @@ class SlotBookings(ClaimEngine[SlotBooking]):
         expires_at = now + timedelta(minutes=hold_minutes) if request.hold else None
         params = {
             "slot": slot.pk,
+            "booking": 0,  # no booking is this one's own
+            "start": slot.start,
+            "end": slot.end,
             "capacity": slot.capacity,
             "booked": slot.booked,
             "host": slot.host_id,
@@ -396,23 +434,24 @@ class SlotBookings(ClaimEngine[SlotBooking]):
                 {"slotId": slot.pk, "seats": request.seats, "expiresAt": expires_at}, cls=DjangoJSONEncoder
             ),
         }
-        constraint, _ = self.backstop
         try:
             with connection.cursor() as cursor:
                 cursor.execute(BOOK_SQL, params)
-                expired, freed, active, with_host, remaining, booking_id = cursor.fetchone()
-        except IntegrityError:  # the transaction is aborted: the caller's atomic block rolls it back
-            CONSTRAINT_BACKSTOPS.labels(constraint).inc()
-            raise SlotFull(slot_id=slot.pk, seats=request.seats) from None
+                expired, freed, active, with_host, remaining, *clash, booking_id = cursor.fetchone()
+        except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
+            raise _backstop_refusal(error, slot=slot, seats=request.seats) from None
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         if booking_id is None:
             _check_guest_limits(host_id=slot.host_id, active=active, with_host=with_host)
+            _check_no_clash(*clash)
             raise SlotFull(slot_id=slot.pk, seats=request.seats, remaining=remaining)
         slot.booked += request.seats - freed
         return SlotBooking(
             pk=booking_id,
             slot=slot,
             guest=request.guest,
+            start=slot.start,
+            end=slot.end,
             seats=request.seats,
             status=status,
             expires_at=expires_at,
@@ -464,6 +503,12 @@ def _count(rows) -> _Count:
     return _Count(rows.order_by().values("pk"))
 
 
+def _clash(rows) -> Subquery:
+    """The first of ``rows`` (a guest's active bookings overlapping a time) as ``{id, start, end}``, or None."""
+    first = rows.order_by("start").values(json=JSONObject(id="pk", start="start", end="end"))[:1]
+    return Subquery(first, output_field=JSONField())
+
+
 def _sum_seats(rows) -> Coalesce:
     seats = rows.order_by().values("slot").annotate(total=Sum("seats")).values("total")
     return Coalesce(Subquery(seats), 0)
@@ -491,25 +536,35 @@ overdue AS (
 ), freed AS (
     SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
 )"""
+# The guest's first active booking overlapping %(start)s to %(end)s, but %(booking)s (a reschedule's own): read
+# after the guest's lock, so it is the truth (ADR 0014). On the guest's bookings, which are few.
+_CLASH = f"""clash AS (
+    SELECT b.id, b.start, b."end" FROM {_BOOKING} b
+    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
+      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
+      AND b.start < %(end)s AND b."end" > %(start)s
+    ORDER BY b.start LIMIT 1
+)"""
 BOOK_SQL = f"""
 WITH {_EXPIRE_OVERDUE}, limits AS (
     SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
     FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
     WHERE b.guest_id = %(guest)s AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
-), seats AS (
+), {_CLASH}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats, limits
     WHERE seats.remaining >= %(seats)s AND limits.with_host = 0 AND limits.active < %(max_active)s
+      AND NOT EXISTS (SELECT FROM clash)
 ), taken AS (
     UPDATE {_SLOT} SET booked = booked - freed.seats + CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END
     FROM freed
     WHERE id = %(slot)s AND (freed.seats > 0 OR EXISTS (SELECT FROM free))
 ), created AS (
-    INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, request_id, created_at,
-                            updated_at)
-    SELECT %(slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
-           %(booking_request_id)s, %(now)s, %(now)s
+    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
+                            created_at, updated_at)
+    SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
+           %(booking_metadata)s::jsonb, %(booking_request_id)s, %(now)s, %(now)s
     FROM free
     RETURNING id
 ), created_event AS (
@@ -518,8 +573,9 @@ WITH {_EXPIRE_OVERDUE}, limits AS (
            %(metadata)s::jsonb, %(trace_id)s
     FROM created
 )
-SELECT freed.holds, freed.seats, limits.active, limits.with_host, seats.remaining, (SELECT id FROM created)
-FROM freed, limits, seats
+SELECT freed.holds, freed.seats, limits.active, limits.with_host, seats.remaining, clash.id, clash.start, clash."end",
+       (SELECT id FROM created)
+FROM freed, limits, seats LEFT JOIN clash ON true
 """
 
 
@@ -646,6 +702,8 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         "booking": booking.pk,
         "old_slot": old_slot.pk,
         "slot": new_slot.pk,
+        "start": new_slot.start,
+        "end": new_slot.end,
         "capacity": new_slot.capacity,
         "booked": new_slot.booked,
         "guest": booking.guest_id,
@@ -664,17 +722,19 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
     try:
         with connection.cursor() as cursor:
             cursor.execute(MOVE_SQL, params)
-            expired, remaining, moved_id = cursor.fetchone()
-    except IntegrityError:  # the transaction is aborted: the caller's atomic block rolls it back
-        CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
-        raise SlotFull(slot_id=new_slot.pk, seats=booking.seats) from None
+            expired, remaining, *clash, moved_id = cursor.fetchone()
+    except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
+        raise _backstop_refusal(error, slot=new_slot, seats=booking.seats) from None
     if moved_id is None:
+        _check_no_clash(*clash)
         raise SlotFull(slot_id=new_slot.pk, seats=booking.seats, remaining=remaining)
     count_on_commit(HOLDS_EXPIRED, SLOT_BOOKINGS.domain, amount=expired)
     return SlotBooking(
         pk=moved_id,
         slot=new_slot,
         guest_id=booking.guest_id,
+        start=new_slot.start,
+        end=new_slot.end,
         seats=booking.seats,
         status=booking.status,
         expires_at=booking.expires_at,
@@ -691,10 +751,10 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
 # counters in one UPDATE (the backstop as in BOOK_SQL); ``cancelled`` ends the old booking, ``created``
 # inserts the new one, ``events`` records RESCHEDULED and CREATED.
 MOVE_SQL = f"""
-WITH {_EXPIRE_OVERDUE}, seats AS (
+WITH {_EXPIRE_OVERDUE}, {_CLASH}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
-    SELECT FROM seats WHERE seats.remaining >= %(seats)s
+    SELECT FROM seats WHERE seats.remaining >= %(seats)s AND NOT EXISTS (SELECT FROM clash)
 ), moving AS (
     SELECT CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END AS seats
 ), taken AS (
@@ -705,12 +765,13 @@ WITH {_EXPIRE_OVERDUE}, seats AS (
 ), cancelled AS (
     UPDATE {_BOOKING} SET status = 'CANCELLED', reason = 'rescheduled', updated_at = %(now)s
     WHERE id = %(booking)s AND EXISTS (SELECT FROM free)
+    RETURNING id
 ), created AS (
-    INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, rescheduled_from_id,
-                            request_id, created_at, updated_at)
-    SELECT %(slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
-           %(booking)s, '', %(now)s, %(now)s
-    FROM free
+    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata,
+                            rescheduled_from_id, request_id, created_at, updated_at)
+    SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
+           %(booking_metadata)s::jsonb, %(booking)s, '', %(now)s, %(now)s
+    FROM cancelled
     RETURNING id
 ), events AS (
     INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
@@ -723,7 +784,8 @@ WITH {_EXPIRE_OVERDUE}, seats AS (
            %(trace_id)s
     FROM created
 )
-SELECT freed.holds, seats.remaining, (SELECT id FROM created) FROM freed, seats
+SELECT freed.holds, seats.remaining, clash.id, clash.start, clash."end", (SELECT id FROM created)
+FROM freed, seats LEFT JOIN clash ON true
 """
 
 
@@ -768,6 +830,23 @@ def _check_guest_limits(*, host_id: int, active: int | None, with_host: int) -> 
     limit = max_active_bookings_per_guest()
     if active is not None and active >= limit:
         raise LimitReached(f"You already have {limit} active bookings.", details={"rule": "max_active", "max": limit})
+
+
+def _check_no_clash(clash_id: int | None, start: datetime | None, end: datetime | None) -> None:
+    """The guest's rule, given the first active booking of theirs overlapping the time asked (if any)."""
+    if clash_id is not None:
+        raise GuestOverlap(booking_id=clash_id, start=start, end=end)
+
+
+def _backstop_refusal(error: IntegrityError, *, slot: Slot, seats: int) -> DomainError:
+    """The 409 a constraint's refusal of a booking statement means, counted (docs/contract.md §2.1)."""
+    cause = error.__cause__
+    constraint = cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
+    if constraint == GUEST_NO_OVERLAP:
+        CONSTRAINT_BACKSTOPS.labels(GUEST_NO_OVERLAP).inc()
+        return GuestOverlap()
+    CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
+    return SlotFull(slot_id=slot.pk, seats=seats)
 
 
 def _check_seats(slot: Slot, *, seats: int, freed: int = 0) -> None:

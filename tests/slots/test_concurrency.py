@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Exists, Q, Sum
 from django.utils import timezone
 
@@ -439,4 +439,97 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
     assert isinstance(confirmed, SlotBooking) and confirmed.status == "CONFIRMED", confirmed
     assert isinstance(booked, services.LimitReached), booked
     assert SlotBooking.objects.filter(guest=guest, status__in=["PENDING", "CONFIRMED"]).count() == 1
+    assert_counters_match_bookings()
+
+
+# --- a guest is never in two places at once ---------------------------------------------------------
+
+
+def pairwise_overlapping_slots(count: int) -> list[Slot]:
+    """``count`` slots of ``count`` hosts, each an hour long and starting a minute after the one before:
+    every two of them overlap."""
+    start = timezone.now().replace(microsecond=0) + timedelta(days=3)
+    return [
+        SlotFactory(start=start + timedelta(minutes=n), end=start + timedelta(minutes=60 + n)) for n in range(count)
+    ]
+
+
+def race_one_guest_over_overlapping_slots(count: int = 50):
+    guest = UserFactory()
+    results = run_concurrently([booker(slot.pk, guest) for slot in pairwise_overlapping_slots(count)])
+    return guest, results
+
+
+def remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers: int) -> None:
+    """The guest is read, not locked. One racer books and keeps its transaction open; the others check
+    the guest's bookings and insert meanwhile, so none of them sees its booking (a booking checks and
+    inserts in one statement, after its locks). Then it commits."""
+    everyone_has_read = threading.Barrier(racers, timeout=10)
+    create = services.SLOT_BOOKINGS.create
+
+    def racing(*args, **kwargs):
+        first = False
+        with contextlib.suppress(threading.BrokenBarrierError):
+            first = everyone_has_read.wait() == 0
+        if not first:
+            time.sleep(WINDOW)  # the first has inserted its booking by now
+        booking = create(*args, **kwargs)
+        if first:
+            time.sleep(3 * WINDOW)  # the others check and insert before it commits
+        return booking
+
+    monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
+    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", racing)
+
+
+def assert_no_guest_in_two_places() -> None:
+    for booking in SlotBooking.objects.blocking():
+        others = SlotBooking.objects.blocking().filter(
+            guest=booking.guest_id, start__lt=booking.end, end__gt=booking.start
+        )
+        assert list(others) == [booking]
+
+
+def test_fifty_pairwise_overlapping_bookings_of_one_guest_across_fifty_hosts_give_one():
+    before = backstops(services.GUEST_NO_OVERLAP)
+
+    guest, results = race_one_guest_over_overlapping_slots(50)
+
+    assert len(wins(results)) == 1
+    assert sum(isinstance(r, services.GuestOverlap) for r in results) == 49
+    assert SlotBooking.objects.filter(guest=guest).count() == 1
+    assert_no_guest_in_two_places()
+    assert backstops(services.GUEST_NO_OVERLAP) == before  # the guest's lock decided, not the constraint
+
+
+def test_control_without_the_guest_lock_only_the_exclusion_constraint_keeps_the_guest_in_one_place(monkeypatch):
+    remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers=50)
+    before = backstops(services.GUEST_NO_OVERLAP)
+
+    guest, results = race_one_guest_over_overlapping_slots(50)
+
+    # Two racers inserting at once can each wait for the other in the constraint's index: PostgreSQL
+    # then ends one with a deadlock error; only a test without the guest's lock gets there.
+    lost = [r for r in results if not isinstance(r, SlotBooking | services.GuestOverlap)]
+    assert all(isinstance(r, OperationalError) for r in lost), lost
+    assert backstops(services.GUEST_NO_OVERLAP) > before  # the race happened; the backstop caught it
+    assert SlotBooking.objects.filter(guest=guest).count() == 1
+    assert_no_guest_in_two_places()
+    assert_counters_match_bookings()
+
+
+def test_a_reschedule_racing_a_booking_of_the_same_guest_at_the_same_time_leaves_one():
+    guest = UserFactory()
+    moving = SlotBookingFactory(guest=guest)
+    target, clashing = pairwise_overlapping_slots(2)
+
+    def reschedule():
+        return services.slot_booking_reschedule(booking_id=moving.pk, slot_id=target.pk, user=guest, now=timezone.now())
+
+    results = run_concurrently([reschedule, booker(clashing.pk, guest)])
+
+    assert len(wins(results)) == 1
+    assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), services.GuestOverlap)
+    assert_no_guest_in_two_places()
     assert_counters_match_bookings()
