@@ -157,3 +157,38 @@ class SlotBooking(Claim, models.Model):
 
     def __str__(self) -> str:
         return f"Booking #{self.pk} ({self.status})"
+
+
+class Availability(models.Model):
+    """When a host can be booked (docs/contract.md §6): weekly hours and date overrides, wall-clock times in
+    ``time_zone``. Written only by ``slots.services.availability_set``, which checks the shapes below;
+    the free-time search (``slots.selectors.free_times``) reads it.
+
+    ``weekly``: ``[{"weekday": 0-6 (Monday 0), "start": "HH:MM", "end": "HH:MM"}, …]``, several windows a
+    day, never overlapping; ``overrides``: ``[{"date": "YYYY-MM-DD", "windows": [{"start", "end"}, …]}, …]``
+    replacing that date's weekly hours (no windows: a day off); ``durations``: the appointment lengths
+    offered, in minutes. An end of ``24:00`` is the end of the day.
+    """
+
+    host = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, primary_key=True, related_name="availability"
+    )
+    time_zone = models.CharField(max_length=64, help_text="An IANA zone, e.g. Europe/Berlin")
+    weekly = models.JSONField(default=list, blank=True)
+    overrides = models.JSONField(default=list, blank=True)
+    durations = models.JSONField(default=list, help_text="Appointment lengths offered, in minutes")
+    minimum_notice_minutes = models.PositiveIntegerField(default=0)
+    buffer_minutes = models.PositiveIntegerField(default=0, help_text="Kept free around every appointment")
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "availabilities"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(buffer_minutes__lte=24 * 60, minimum_notice_minutes__lte=366 * 24 * 60),
+                name="availability_minutes_bounded",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Availability of host #{self.host_id} ({self.time_zone})"

@@ -3,15 +3,18 @@ operators' analytics, computed in the database with aggregate queries."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo
 
 from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from booking_site.accounts.models import User
-from slots.models import Slot, SlotBooking
+from booking_site.errors import ValidationFailed
+from slots.models import Availability, Slot, SlotBooking
 
 Status = SlotBooking.Status
 
@@ -111,3 +114,147 @@ def booking_analytics(*, start_date: date, end_date: date, tz: tzinfo | None = N
         for h in hosts
     ]
     return Analytics(total, rate, bookings_per_day, top_hosts)
+
+
+# --- a host's free times (seeds/003's "Get Available Slots"; docs/contract.md §6, ADR 0014) ------------------
+
+MAX_SEARCH_DAYS = 62
+
+
+def availability_of(host_id: int) -> Availability | None:
+    return Availability.objects.filter(host_id=host_id).first()
+
+
+def search_range(availability: Availability, start: date | datetime, end: date | datetime) -> tuple[datetime, datetime]:
+    """The instants a search covers: a datetime as it is; a date from the start of that day in the host's
+    time zone (``startDate``) or to the end of it (``endDate``, so a date range includes both days). At most
+    ``MAX_SEARCH_DAYS`` days; ValidationFailed naming the field otherwise."""
+    zone = ZoneInfo(availability.time_zone)
+    begins = start if isinstance(start, datetime) else datetime.combine(start, time(0), tzinfo=zone)
+    ends = end if isinstance(end, datetime) else datetime.combine(end + timedelta(days=1), time(0), tzinfo=zone)
+    if ends <= begins:
+        raise ValidationFailed.for_field("endDate", "Must be after startDate.")
+    if ends - begins > timedelta(days=MAX_SEARCH_DAYS):
+        raise ValidationFailed.for_field("endDate", f"The range may span at most {MAX_SEARCH_DAYS} days.")
+    return begins.astimezone(UTC), ends.astimezone(UTC)
+
+
+def free_times(
+    *, host_id: int, start: date | datetime, end: date | datetime, minutes: int, now: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Every appointment of ``minutes`` the host can take between ``start`` and ``end``: stepped by its
+    length from the start of each window of the host's hours (weekly, or the date's override), in the
+    host's time zone, so across a DST change a window keeps its wall-clock bounds and lasts what it really
+    lasts; at least the minimum notice after ``now``; and clear, by the host's buffer on each side, of
+    everything that takes the host's time: their published slots, and their active appointments (an
+    overdue hold is free). ValidationFailed for a length the host does not offer."""
+    availability = availability_of(host_id)
+    if availability is None or minutes not in availability.durations:
+        offered = ", ".join(str(d) for d in availability.durations) if availability else "none"
+        raise ValidationFailed.for_field("slotDuration", f"Host {host_id} offers {offered} (minutes).")
+    begins, ends = search_range(availability, start, end)
+    length, buffer = timedelta(minutes=minutes), timedelta(minutes=availability.buffer_minutes)
+    earliest = max(begins, now + timedelta(minutes=availability.minimum_notice_minutes))
+    busy = _busy(host_id, begins - buffer - length, ends + buffer + length, now=now, buffer=buffer)
+    found = []
+    for window_start, window_end in availability_windows(availability, begins, ends):
+        moment = window_start
+        while moment + length <= window_end:
+            if moment >= earliest and moment + length <= ends and not _overlaps(busy, moment, moment + length):
+                found.append((moment, moment + length))
+            moment += length
+    return found
+
+
+def availability_windows(
+    availability: Availability, begins: datetime, ends: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The host's hours that touch ``begins`` to ``ends``, as UTC instants in time order: each date of the host's
+    time zone, its override's windows or its weekday's. A wall-clock bound that a DST change skips that day
+    is read with the offset before the change; one it repeats, as its first occurrence."""
+    zone = ZoneInfo(availability.time_zone)
+    weekly: dict[int, list[dict]] = {}
+    for window in availability.weekly:
+        weekly.setdefault(window["weekday"], []).append(window)
+    overrides = {o["date"]: o["windows"] for o in availability.overrides}
+    day, last = begins.astimezone(zone).date() - timedelta(days=1), ends.astimezone(zone).date()
+    found = []
+    while day <= last:
+        windows = overrides.get(day.isoformat(), weekly.get(day.weekday(), []))
+        for window in windows:
+            start, end = _wall(day, window["start"], zone), _wall(day, window["end"], zone)
+            if start < ends and end > begins:
+                found.append((start, end))
+        day += timedelta(days=1)
+    return found
+
+
+def _wall(day: date, clock: str, zone: ZoneInfo) -> datetime:
+    """``clock`` (HH:MM, or 24:00: the next midnight) on ``day`` in ``zone``, as a UTC instant."""
+    if clock == "24:00":
+        return datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone).astimezone(UTC)
+    hours, minutes = map(int, clock.split(":"))
+    return datetime.combine(day, time(hours, minutes), tzinfo=zone).astimezone(UTC)
+
+
+def _busy(host_id: int, begins: datetime, ends: datetime, *, now: datetime, buffer: timedelta) -> list[tuple]:
+    """What takes the host's time between ``begins`` and ``ends``, each widened by ``buffer`` on both sides,
+    merged and in time order."""
+    slots = Slot.objects.filter(host_id=host_id, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins)
+    spans = sorted((start - buffer, end + buffer) for start, end in slots.values_list("start", "end"))
+    merged: list[tuple] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _overlaps(busy: list[tuple], start: datetime, end: datetime) -> bool:
+    """Whether ``start`` to ``end`` overlaps a span of ``busy`` (merged, in time order); touching is fine."""
+    index = bisect.bisect_right(busy, (start, datetime.max.replace(tzinfo=UTC)))
+    return (index > 0 and busy[index - 1][1] > start) or (index < len(busy) and busy[index][0] < end)
+
+
+@dataclass(frozen=True)
+class WeekBlock:
+    """One thing on a host's week picture (the admin): its kind, its place in a day (percent of 24 hours)."""
+
+    kind: str  # "hours", "slot" or "booking"
+    label: str
+    top: float
+    height: float
+
+
+def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
+    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots and the
+    active bookings of those, each cut to its day."""
+    zone = ZoneInfo(availability.time_zone)
+    begins = datetime.combine(first_day, time(0), tzinfo=zone).astimezone(UTC)
+    ends = datetime.combine(first_day + timedelta(days=7), time(0), tzinfo=zone).astimezone(UTC)
+    spans = [("hours", "hours", s, e) for s, e in availability_windows(availability, begins, ends)]
+    slots = Slot.objects.filter(
+        host_id=availability.host_id, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins
+    )
+    spans += [("slot", f"slot #{s.pk}", s.start, s.end) for s in slots]
+    bookings = SlotBooking.objects.active(now=now).filter(
+        slot__host_id=availability.host_id, start__lt=ends, end__gt=begins
+    )
+    spans += [("booking", f"booking #{b.pk}", b.start, b.end) for b in bookings]
+    week = []
+    for offset in range(7):
+        day = first_day + timedelta(days=offset)
+        day_start = datetime.combine(day, time(0), tzinfo=zone)
+        day_end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+        length = (day_end.astimezone(UTC) - day_start.astimezone(UTC)).total_seconds()
+        blocks = []
+        for kind, label, start, end in spans:
+            start, end = max(start, day_start), min(end, day_end)
+            if start < end:
+                top = (start - day_start.astimezone(UTC)).total_seconds() / length * 100
+                height = (end - start).total_seconds() / length * 100
+                local = f"{start.astimezone(zone):%H:%M} to {end.astimezone(zone):%H:%M}"
+                blocks.append(WeekBlock(kind=kind, label=f"{label} {local}", top=top, height=height))
+        week.append((day, blocks))
+    return week

@@ -1,13 +1,24 @@
+import contextlib
 import json
-from datetime import date
+from datetime import date, datetime
 
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from booking_site.api import JSONObjectField, ModelSerializer, StrictSerializer
 from booking_site.parsers import unstorable
 from slots.models import Slot, SlotBooking
-from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
+from slots.services import (
+    MAX_BUFFER_MINUTES,
+    MAX_CAPACITY,
+    MAX_DURATION_MINUTES,
+    MAX_NOTICE_MINUTES,
+    SLOT_HORIZON,
+    SLOT_HORIZON_TEXT,
+)
 
 BIGINT = 2**63 - 1
 
@@ -175,3 +186,79 @@ class BookingAnalyticsOut(serializers.Serializer):
 
 class ExpirePendingOut(serializers.Serializer):
     expired = serializers.IntegerField()
+
+
+# --- availability and free times (docs/contract.md §6) ------------------------------------------------
+
+
+class WindowSchema(serializers.Serializer):
+    start = serializers.CharField(max_length=5, help_text="HH:MM, wall-clock time in timeZone")
+    end = serializers.CharField(max_length=5, help_text="HH:MM after start; 24:00 is the end of the day")
+
+
+class WeeklyWindowSchema(WindowSchema):
+    weekday = serializers.IntegerField(min_value=0, max_value=6, help_text="0 Monday … 6 Sunday")
+
+
+class OverrideSchema(serializers.Serializer):
+    date = serializers.CharField(max_length=10, help_text="YYYY-MM-DD in timeZone")
+    windows = WindowSchema(many=True, help_text="That date's hours instead of its weekday's; empty: a day off")
+
+
+class AvailabilityIn(StrictSerializer):
+    """The whole availability (a PUT replaces it). Windows of one day never overlap; back to back is fine."""
+
+    timeZone = serializers.CharField(max_length=64, help_text="IANA name, e.g. Europe/Berlin")
+    weekly = WeeklyWindowSchema(many=True, required=False, default=list)
+    overrides = OverrideSchema(many=True, required=False, default=list)
+    durations = serializers.ListField(
+        child=serializers.IntegerField(min_value=5, max_value=MAX_DURATION_MINUTES),
+        allow_empty=False,
+        max_length=100,
+        help_text="Appointment lengths offered, in minutes",
+    )
+    minimumNoticeMinutes = serializers.IntegerField(min_value=0, max_value=MAX_NOTICE_MINUTES, default=0)
+    bufferMinutes = serializers.IntegerField(min_value=0, max_value=MAX_BUFFER_MINUTES, default=0)
+
+
+class AvailabilityOut(serializers.Serializer):
+    hostId = serializers.IntegerField()
+    timeZone = serializers.CharField()
+    weekly = WeeklyWindowSchema(many=True)
+    overrides = OverrideSchema(many=True)
+    durations = serializers.ListField(child=serializers.IntegerField())
+    minimumNoticeMinutes = serializers.IntegerField()
+    bufferMinutes = serializers.IntegerField()
+    updatedAt = serializers.DateTimeField(allow_null=True, help_text="null: never set (no hours: nothing bookable)")
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class DateOrDateTimeField(serializers.Field):
+    """``YYYY-MM-DD`` (a day in the host's time zone) or an ISO 8601 datetime with its offset."""
+
+    default_error_messages = {"invalid": "A date (YYYY-MM-DD) or a datetime with its offset (2027-01-04T09:00+01:00)."}
+
+    def to_internal_value(self, data):
+        value: date | datetime | None = None
+        if isinstance(data, str):
+            with contextlib.suppress(ValueError):
+                value = date.fromisoformat(data) if len(data) == 10 else parse_datetime(data)
+        if value is None or (isinstance(value, datetime) and value.tzinfo is None):
+            self.fail("invalid")
+        check_day(value.date() if isinstance(value, datetime) else value)
+        return value
+
+
+class FreeTimesQuery(serializers.Serializer):
+    startDate = DateOrDateTimeField(help_text="YYYY-MM-DD (from that day's start, in the host's zone) or a datetime")
+    endDate = DateOrDateTimeField(help_text="YYYY-MM-DD (to that day's end, in the host's zone) or a datetime")
+    slotDuration = serializers.IntegerField(min_value=1, max_value=MAX_DURATION_MINUTES, help_text="Minutes")
+
+
+class FreeTimeSchema(serializers.Serializer):
+    startTime = serializers.DateTimeField()
+    endTime = serializers.DateTimeField()
+
+
+class FreeTimesOut(serializers.Serializer):
+    slots = FreeTimeSchema(many=True)

@@ -1,3 +1,5 @@
+from typing import cast
+
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.fields import DateTimeField
@@ -6,6 +8,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from booking_site.accounts.models import User
 from booking_site.accounts.services import acting_user, request_user
 from booking_site.api import IDEMPOTENCY_KEY, AsOfPagePagination, errors
 from booking_site.audit.api import AuditTrailView
@@ -16,9 +19,13 @@ from booking_site.recent import RecentReads
 from slots import selectors, services
 from slots.api.filters import BookingFilter, SlotFilter
 from slots.api.serializers import (
+    AvailabilityIn,
+    AvailabilityOut,
     BookingAnalyticsOut,
     BookingAnalyticsQuery,
     ExpirePendingOut,
+    FreeTimesOut,
+    FreeTimesQuery,
     SlotBookingCancelIn,
     SlotBookingConfirmIn,
     SlotBookingIn,
@@ -263,3 +270,70 @@ class AdminExpirePending(APIView):
     def post(self, request):
         expired = expire_all(now=timezone.now())
         return Response({"expired": sum(expired.values())})
+
+
+# --- availability and free times (docs/contract.md §6) ------------------------------------------------
+
+
+def _availability_out(host: User) -> dict:
+    availability = selectors.availability_of(host.pk)
+    if availability is None:  # never set: no hours, so nothing to book
+        document: dict = {"timeZone": "UTC", "weekly": [], "overrides": [], "durations": [], "updatedAt": None}
+        document |= {"minimumNoticeMinutes": 0, "bufferMinutes": 0}
+    else:
+        document = {**services.document_of(availability), "updatedAt": availability.updated_at}
+    return AvailabilityOut({"hostId": host.pk, **document}).data
+
+
+def _host(host_id: int) -> User:
+    host = User.objects.filter(pk=host_id).first()
+    if host is None or not host.is_host:
+        raise NotFound(f"Host {host_id} does not exist.")
+    return host
+
+
+class MyAvailability(APIView):
+    """The caller's own hours (hosts only): time zone, weekly windows, date overrides, durations, notice, buffer."""
+
+    @extend_schema(responses={200: AvailabilityOut, **errors(401, 403)})
+    def get(self, request):
+        host = request_user(request)
+        if not host.is_host:
+            raise services.NotAHost("Only hosts have availability.")
+        return Response(_availability_out(host))
+
+    @extend_schema(
+        request=AvailabilityIn, responses={200: AvailabilityOut, **errors(400, 401, 403)}, parameters=[IDEMPOTENCY_KEY]
+    )
+    @idempotent
+    def put(self, request):
+        document = cast(services.AvailabilityDocument, AvailabilityIn.validated(request))  # its fields, checked
+        host = request_user(request)
+        services.availability_set(host=host, document=document, actor=host, now=timezone.now())
+        return Response(_availability_out(host))
+
+
+class HostAvailability(APIView):
+    """A host's hours, for anyone signed in."""
+
+    @extend_schema(responses={200: AvailabilityOut, **errors(401, 404)})
+    def get(self, request, host_id: int):
+        return Response(_availability_out(_host(host_id)))
+
+
+class HostFreeTimes(APIView):
+    """seeds/003's "Get Available Slots": the appointments of ``slotDuration`` minutes the host (``userId``) can
+    take between ``startDate`` and ``endDate`` (at most 62 days), in time order."""
+
+    @extend_schema(parameters=[FreeTimesQuery], responses={200: FreeTimesOut, **errors(400, 401, 404)})
+    def get(self, request, user_id: int):
+        query = FreeTimesQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        found = selectors.free_times(
+            host_id=_host(user_id).pk,
+            start=query.validated_data["startDate"],
+            end=query.validated_data["endDate"],
+            minutes=query.validated_data["slotDuration"],
+            now=timezone.now(),
+        )
+        return Response(FreeTimesOut({"slots": [{"startTime": s, "endTime": e} for s, e in found]}).data)
