@@ -41,7 +41,14 @@ class Slot(models.Model):
         AVAILABLE = "AVAILABLE", "Available"
         CANCELLED = "CANCELLED", "Cancelled"
 
+    class Kind(models.TextChoices):
+        PUBLISHED = "PUBLISHED", "Published"  # a host's offer, booked by seats (seeds/002, 004)
+        # The time one interval booking takes (seeds/003): its appointment and the host's buffer after it.
+        # It exists for its one booking, and is CANCELLED with it: the host's time is free again.
+        APPOINTMENT = "APPOINTMENT", "Appointment"
+
     host = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slots")
+    kind = models.CharField(max_length=11, choices=Kind.choices, default=Kind.PUBLISHED)
     title = models.CharField(max_length=200, blank=True)
     specialization = models.CharField(max_length=100, blank=True, help_text='Free text, e.g. "cardiology"')
     start = models.DateTimeField()
@@ -66,6 +73,9 @@ class Slot(models.Model):
                 condition=Q(booked__gte=0, booked__lte=F("capacity")), name="slot_booked_within_capacity"
             ),
             models.CheckConstraint(condition=Q(status__in=["AVAILABLE", "CANCELLED"]), name="slot_status_valid"),
+            models.CheckConstraint(
+                condition=Q(kind="PUBLISHED") | Q(kind="APPOINTMENT", capacity=1), name="slot_kind_valid"
+            ),
             ExclusionConstraint(
                 name="slot_no_overlap_per_host",
                 index_type="GIST",

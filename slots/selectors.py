@@ -41,11 +41,13 @@ def slots_with_remaining(*, now: datetime) -> QuerySet[Slot]:
 
 def slots_listed(*, now: datetime) -> QuerySet[Slot]:
     """What guests browse: AVAILABLE slots that have not started yet, soonest first."""
-    return slots_with_remaining(now=now).filter(status=Slot.Status.AVAILABLE, start__gt=now).order_by("start", "id")
+    published = slots_with_remaining(now=now).filter(kind=Slot.Kind.PUBLISHED)
+    return published.filter(status=Slot.Status.AVAILABLE, start__gt=now).order_by("start", "id")
 
 
 def slots_of_host(host: User, *, now: datetime) -> QuerySet[Slot]:
-    return slots_with_remaining(now=now).filter(host=host).order_by("start", "id")
+    """The host's published slots (an appointment's slot is its booking's: ``GET /api/bookings``)."""
+    return slots_with_remaining(now=now).filter(host=host, kind=Slot.Kind.PUBLISHED).order_by("start", "id")
 
 
 def slot_bookings_with_effective_state(*, now: datetime) -> QuerySet[SlotBooking]:
@@ -197,11 +199,33 @@ def _wall(day: date, clock: str, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(hours, minutes), tzinfo=zone).astimezone(UTC)
 
 
+def _taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
+    """What takes the host's time between ``begins`` and ``ends``, as ``(slot id, start, end)``: their published
+    AVAILABLE slots, and their appointments whose booking is active (an overdue hold is free, §2.2)."""
+    published = Slot.objects.filter(
+        host_id=host_id, kind=Slot.Kind.PUBLISHED, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins
+    ).values_list("pk", "start", "end")
+    appointments = (
+        SlotBooking.objects.active(now=now)
+        .filter(slot__host_id=host_id, slot__kind=Slot.Kind.APPOINTMENT, start__lt=ends, end__gt=begins)
+        .values_list("slot_id", "start", "end")
+    )
+    return published.union(appointments, all=True)
+
+
+def host_taken(host_id: int, start: datetime, end: datetime, *, buffer: timedelta, now: datetime) -> list[int]:
+    """The slots whose time, widened by ``buffer`` on each side, overlaps ``start`` to ``end`` (an appointment's
+    time is its booking's); touching is fine."""
+    spans = _taking_time(host_id, start - buffer, end + buffer, now=now)
+    return sorted(
+        pk for pk, taken_start, taken_end in spans if taken_start - buffer < end and taken_end + buffer > start
+    )
+
+
 def _busy(host_id: int, begins: datetime, ends: datetime, *, now: datetime, buffer: timedelta) -> list[tuple]:
     """What takes the host's time between ``begins`` and ``ends``, each widened by ``buffer`` on both sides,
     merged and in time order."""
-    slots = Slot.objects.filter(host_id=host_id, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins)
-    spans = sorted((start - buffer, end + buffer) for start, end in slots.values_list("start", "end"))
+    spans = sorted((start - buffer, end + buffer) for _, start, end in _taking_time(host_id, begins, ends, now=now))
     merged: list[tuple] = []
     for start, end in spans:
         if merged and start <= merged[-1][1]:
@@ -228,14 +252,18 @@ class WeekBlock:
 
 
 def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
-    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots and the
-    active bookings of those, each cut to its day."""
+    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots and their
+    active bookings (in those slots, and appointments), each cut to its day."""
     zone = ZoneInfo(availability.time_zone)
     begins = datetime.combine(first_day, time(0), tzinfo=zone).astimezone(UTC)
     ends = datetime.combine(first_day + timedelta(days=7), time(0), tzinfo=zone).astimezone(UTC)
     spans = [("hours", "hours", s, e) for s, e in availability_windows(availability, begins, ends)]
     slots = Slot.objects.filter(
-        host_id=availability.host_id, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins
+        host_id=availability.host_id,
+        kind=Slot.Kind.PUBLISHED,
+        status=Slot.Status.AVAILABLE,
+        start__lt=ends,
+        end__gt=begins,
     )
     spans += [("slot", f"slot #{s.pk}", s.start, s.end) for s in slots]
     bookings = SlotBooking.objects.active(now=now).filter(

@@ -69,6 +69,7 @@ from booking_site.errors import (
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
+from slots import selectors
 from slots.models import Availability, Slot, SlotBooking
 
 Status = SlotBooking.Status
@@ -80,6 +81,7 @@ MAX_CAPACITY = 10_000  # seats of one slot (the API, the admin forms and the ser
 SLOT_HORIZON = timedelta(days=5 * 365 + 1)  # a slot ends at most five years from now (SLOT_HORIZON_TEXT)
 SLOT_HORIZON_TEXT = "five years"
 GUEST_NO_OVERLAP = "slotbooking_guest_no_overlap"  # the constraint behind the guest's rule (ADR 0014)
+HOST_NO_OVERLAP = "slot_no_overlap_per_host"  # and the host's: published slots and appointments
 
 
 def cancellation_window() -> timedelta:
@@ -137,6 +139,10 @@ class GuestOverlap(Conflict):
             f"You already have booking {booking_id} from {start.isoformat()} to {end.isoformat()}.",
             details={"bookingId": booking_id, "startTime": start, "endTime": end},
         )
+
+
+class OutsideAvailability(DomainError):
+    status, code = 400, "outside_availability"
 
 
 class OwnSlot(DomainError):
@@ -503,7 +509,50 @@ class SlotBookingRequest:
     request_id: str = ""
 
 
-class SlotBookings(ClaimEngine[SlotBooking]):
+class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
+    """What every slot booking shares once it exists, a seat of a published slot or an appointment: its
+    transitions (a booking that stops blocking gives its seats back, and its appointment's slot is
+    cancelled, by ``write_along``), its policy, its errors, its expiry batches."""
+
+    model, domain, policy = SlotBooking, "slots", BookingPolicy()
+
+    def changes(self, booking: SlotBooking, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
+        return {"reason": metadata["reason"]} if metadata else {}
+
+    def check_transition(self, booking: SlotBooking, to_state: str, *, user: User, now: datetime) -> None:
+        if to_state == Status.CANCELLED and booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
+            _check_cancellation_window(booking.slot, now=now)
+
+    def write_along(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime):
+        """A booking that stops blocking gives its seats back to its slot: one ``UPDATE`` of the slots
+        in the transition's statement (the caller holds their locks)."""
+        if to_state in SlotBooking.BLOCKING_STATES:
+            return []
+        seats_per_slot: Counter[int] = Counter()
+        for booking, from_state in zip(bookings, from_states, strict=True):
+            if from_state in SlotBooking.BLOCKING_STATES:
+                seats_per_slot[booking.slot_id] += booking.seats
+        if not seats_per_slot:
+            return []
+        freed = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in seats_per_slot.items()))
+        # An appointment's slot exists for its one booking: the host's time is free again (ADR 0014).
+        ended = Case(When(kind=Slot.Kind.APPOINTMENT, then=Value(Slot.Status.CANCELLED)), default=F("status"))
+        update = sql.UpdateQuery(Slot)
+        update.add_update_values({"booked": F("booked") - freed, "status": ended})
+        update.add_q(Q(pk__in=list(seats_per_slot)))
+        return [update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()]
+
+    def refused(self, booking: SlotBooking, to_state: str) -> DomainError:
+        if to_state == Status.CONFIRMED:
+            return BookingNotPending(booking_id=booking.pk, status=booking.status)
+        return InvalidStateTransition(subject=f"Booking {booking.pk}", from_state=booking.status, to_state=to_state)
+
+    def due(self, *, now: datetime):
+        """With their slots: the batch locks both, so a booking whose slot a request holds is skipped."""
+        return SlotBooking.objects.overdue(now=now).select_related("slot")
+
+
+class SlotBookings(SlotBookingLifecycle):
     """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold.
 
     The lean write path (ADR 0007, the slots): a booking is two statements between BEGIN and COMMIT.
@@ -517,7 +566,6 @@ class SlotBookings(ClaimEngine[SlotBooking]):
     counter in one more (``write_along``).
     """
 
-    model, domain, policy = SlotBooking, "slots", BookingPolicy()
     backstop = (
         "slot_booked_within_capacity",
         lambda slot, request: SlotFull(slot_id=slot.pk, seats=request.seats),
@@ -607,39 +655,6 @@ class SlotBookings(ClaimEngine[SlotBooking]):
             created_at=now,
             updated_at=now,
         )
-
-    def changes(self, booking: SlotBooking, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
-        return {"reason": metadata["reason"]} if metadata else {}
-
-    def check_transition(self, booking: SlotBooking, to_state: str, *, user: User, now: datetime) -> None:
-        if to_state == Status.CANCELLED and booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
-            _check_cancellation_window(booking.slot, now=now)
-
-    def write_along(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime):
-        """A booking that stops blocking gives its seats back to its slot: one ``UPDATE`` of the slots
-        in the transition's statement (the caller holds their locks)."""
-        if to_state in SlotBooking.BLOCKING_STATES:
-            return []
-        seats_per_slot: Counter[int] = Counter()
-        for booking, from_state in zip(bookings, from_states, strict=True):
-            if from_state in SlotBooking.BLOCKING_STATES:
-                seats_per_slot[booking.slot_id] += booking.seats
-        if not seats_per_slot:
-            return []
-        freed = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in seats_per_slot.items()))
-        update = sql.UpdateQuery(Slot)
-        update.add_update_values({"booked": F("booked") - freed})
-        update.add_q(Q(pk__in=list(seats_per_slot)))
-        return [update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()]
-
-    def refused(self, booking: SlotBooking, to_state: str) -> DomainError:
-        if to_state == Status.CONFIRMED:
-            return BookingNotPending(booking_id=booking.pk, status=booking.status)
-        return InvalidStateTransition(subject=f"Booking {booking.pk}", from_state=booking.status, to_state=to_state)
-
-    def due(self, *, now: datetime):
-        """With their slots: the batch locks both, so a booking whose slot a request holds is skipped."""
-        return SlotBooking.objects.overdue(now=now).select_related("slot")
 
 
 class _Count(Subquery):
@@ -756,6 +771,305 @@ def slot_booking_create(
         now=now,
     )
     return SLOT_BOOKINGS.hold(request, now=now, actor=actor or guest)
+
+
+# --- appointments: booking an interval of a host's hours (seeds/003; docs/contract.md §6, ADR 0014) ---------
+
+
+@dataclass(frozen=True)
+class AppointmentRequest:
+    host_id: int
+    guest: User
+    start: datetime
+    end: datetime
+    hold: bool
+    hold_minutes: int | None
+    now: datetime
+    metadata: dict = field(default_factory=dict)
+    request_id: str = ""
+    rescheduled_from: SlotBooking | None = None  # the booking a reschedule moves here: not in its own way
+
+
+@dataclass(frozen=True)
+class AppointmentTarget:
+    host: User
+    availability: Availability | None
+
+
+class Appointments(SlotBookingLifecycle):
+    """An interval booking is a slot booking on a slot of its own (kind APPOINTMENT): the appointment's time
+    and the host's buffer after it, so the host's ``slot_no_overlap_per_host`` is its backstop, and the
+    booking's ``slotbooking_guest_no_overlap`` the guest's. Confirm, cancel, expiry and audit are the slot
+    bookings' (a booking that stops blocking cancels its appointment's slot: ``write_along``).
+
+    The hold locks the guest's and the host's rows (``lock_users``, id order), then reads, after the
+    locks: the host's hours, the guest's bookings, the host's time. An overdue hold in the way of the
+    new slot is expired first, under its slot's lock (the host's constraint counts it until then)."""
+
+    def lock_target(self, request: AppointmentRequest) -> AppointmentTarget:
+        host = locking.lock_users([request.guest.pk, request.host_id]).get(request.host_id)
+        if host is None or not host.is_host:
+            raise NotFound(f"Host {request.host_id} does not exist.")
+        return AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+
+    def check_target(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
+        if target.host.pk == request.guest.pk:
+            raise OwnSlot("You cannot book your own time.")
+        check_slot_times(request.start, request.end, now=now)
+        _check_fits(target.availability, request, now=now)
+        moving = request.rescheduled_from
+        params: dict[str, Any] = {"guest": request.guest.pk, "host": target.host.pk, "now": now}
+        params |= {"booking": moving.pk if moving else 0, "start": request.start, "end": request.end}
+        with connection.cursor() as cursor:
+            cursor.execute(GUEST_RULES_SQL, params)
+            active, with_host, *clash = cursor.fetchone()
+        _check_guest_limits(host_id=target.host.pk, active=active, with_host=with_host)
+        _check_no_clash(*clash)
+        buffer = timedelta(minutes=target.availability.buffer_minutes if target.availability else 0)
+        taken = selectors.host_taken(target.host.pk, request.start, request.end, buffer=buffer, now=now)
+        if moving is not None and moving.slot.kind == Slot.Kind.APPOINTMENT:
+            taken = [pk for pk in taken if pk != moving.slot_id]  # its own time, released with it
+        if taken:
+            raise SlotOverlap(
+                f"Host {target.host.pk} is taken from {request.start.isoformat()} to {request.end.isoformat()}"
+                f" (with their {buffer} buffer).",
+                details={"slotIds": taken},
+            )
+
+    def make_free(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
+        """Expire the overdue holds on the host's appointments in the way of the new one's slot."""
+        overdue = SlotBooking.objects.overdue(now=now).filter(
+            slot__host_id=target.host.pk,
+            slot__kind=Slot.Kind.APPOINTMENT,
+            slot__status=Slot.Status.AVAILABLE,
+            slot__start__lt=request.end + _buffer(target),
+            slot__end__gt=request.start,
+        )
+        slot_ids = list(overdue.values_list("slot_id", flat=True))
+        if slot_ids:
+            locking.lock_slots(slot_ids)
+            self.expire_overdue(overdue, now=now)
+
+    def create(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime, actor) -> SlotBooking:
+        hold_minutes = request.hold_minutes or hold_minutes_default()
+        status = Status.PENDING if request.hold else Status.CONFIRMED
+        expires_at = now + timedelta(minutes=hold_minutes) if request.hold else None
+        if request.rescheduled_from is not None:  # a moved hold keeps its expiry
+            expires_at = request.rescheduled_from.expires_at if request.hold else None
+        slot = Slot(
+            host=target.host,
+            kind=Slot.Kind.APPOINTMENT,
+            start=request.start,
+            end=request.end + _buffer(target),
+            capacity=1,
+            booked=1,
+            created_at=now,
+            updated_at=now,
+        )
+        metadata = {"hostId": target.host.pk, "start": request.start, "end": request.end, "expiresAt": expires_at}
+        if request.rescheduled_from is not None:
+            metadata["rescheduledFromId"] = request.rescheduled_from.pk
+        params = {
+            "host": target.host.pk,
+            "guest": request.guest.pk,
+            "start": request.start,
+            "end": request.end,
+            "slot_end": slot.end,
+            "status": status,
+            "expires_at": expires_at,
+            "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
+            "booking_request_id": request.request_id,
+            "rescheduled_from": request.rescheduled_from.pk if request.rescheduled_from else None,
+            "now": now,
+            "actor": actor.pk,
+            "actor_label": f"user:{actor.pk}",
+            "subject_type": SlotBooking._meta.model_name,
+            "occurred_at": timezone.now(),
+            "trace_id": current_request_id() or "",
+            "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
+        }
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(APPOINTMENT_SQL, params)
+                slot.pk, booking_id = cursor.fetchone()
+        except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
+            raise _backstop_refusal(error, slot=slot, seats=1) from None
+        return SlotBooking(
+            pk=booking_id,
+            slot=slot,
+            guest=request.guest,
+            start=request.start,
+            end=request.end,
+            status=status,
+            expires_at=expires_at,
+            metadata=request.metadata,
+            request_id=request.request_id,
+            rescheduled_from=request.rescheduled_from,
+            created_at=now,
+            updated_at=now,
+        )
+
+
+# An appointment's rules about its guest, after the guest's lock: how many active bookings, how many with the
+# host, and the first active one overlapping (BOOK_SQL's ``limits`` and ``clash``).
+GUEST_RULES_SQL = f"""
+WITH limits AS (
+    SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
+    FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
+    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
+      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
+), {_CLASH}
+SELECT limits.active, limits.with_host, clash.id, clash.start, clash."end" FROM limits LEFT JOIN clash ON true
+"""
+# The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's
+# RETURNING, so it is written after it). ``slot_no_overlap_per_host`` and ``slotbooking_guest_no_overlap``
+# are the backstops: either refuses the statement, and the caller counts it.
+APPOINTMENT_SQL = f"""
+WITH slot AS (
+    INSERT INTO {_SLOT} (host_id, kind, title, specialization, start, "end", capacity, booked, status, created_at,
+                         updated_at)
+    VALUES (%(host)s, 'APPOINTMENT', '', '', %(start)s, %(slot_end)s, 1, 1, 'AVAILABLE', %(now)s, %(now)s)
+    RETURNING id
+), created AS (
+    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
+                            rescheduled_from_id, created_at, updated_at)
+    SELECT slot.id, %(guest)s, %(start)s, %(end)s, 1, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
+           %(booking_request_id)s, %(rescheduled_from)s, %(now)s, %(now)s
+    FROM slot
+    RETURNING id
+), created_event AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
+           %(metadata)s::jsonb, %(trace_id)s
+    FROM created
+)
+SELECT (SELECT id FROM slot), (SELECT id FROM created)
+"""
+
+
+def _buffer(target: AppointmentTarget) -> timedelta:
+    return timedelta(minutes=target.availability.buffer_minutes if target.availability else 0)
+
+
+def _check_fits(availability: Availability | None, request: AppointmentRequest, *, now: datetime) -> None:
+    """The interval is one of the host's durations, inside one window of their hours, and at least their
+    minimum notice from ``now``: 400 ``outside_availability`` otherwise."""
+    if availability is None:
+        raise OutsideAvailability(f"Host {request.host_id} has no hours.")
+    minutes = (request.end - request.start) / timedelta(minutes=1)
+    if minutes not in availability.durations:
+        offered = ", ".join(str(d) for d in availability.durations)
+        raise OutsideAvailability(f"Host {request.host_id} offers {offered} minutes, not {minutes:g}.")
+    notice = timedelta(minutes=availability.minimum_notice_minutes)
+    if request.start < now + notice:
+        raise OutsideAvailability(f"Host {request.host_id} takes bookings at least {notice} ahead.")
+    windows = selectors.availability_windows(availability, request.start, request.end)
+    if not any(start <= request.start and request.end <= end for start, end in windows):
+        raise OutsideAvailability(f"Host {request.host_id} is not working then (see their availability).")
+
+
+APPOINTMENTS = Appointments()
+
+
+def appointment_book(
+    *,
+    host_id: int,
+    guest: User,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    hold: bool = False,
+    hold_minutes: int | None = None,
+    metadata: dict | None = None,
+    request_id: str = "",
+    actor: User | None = None,
+) -> SlotBooking:
+    """Book ``start`` to ``end`` of a host's hours (``POST /api/bookings`` with ``hostId``): CONFIRMED at once,
+    or with ``hold`` a PENDING hold. Locks the guest's and the host's rows."""
+    request = AppointmentRequest(
+        host_id=host_id,
+        guest=guest,
+        start=start,
+        end=end,
+        hold=hold,
+        hold_minutes=hold_minutes,
+        now=now,
+        metadata=metadata or {},
+        request_id=request_id,
+    )
+    return APPOINTMENTS.hold(request, now=now, actor=actor or guest)
+
+
+def appointment_reschedule(
+    *, booking_id: int, start: datetime, end: datetime, user: User, now: datetime
+) -> SlotBooking:
+    """Move an active booking (an appointment, or seats of a published slot) to ``start`` to ``end`` of its
+    host's hours, in one transaction: the new appointment passes the booking rules (the booking itself not
+    in its own way) and, for a guest moving a CONFIRMED booking, the old time's cancellation window
+    applies; the old booking is CANCELLED (reason ``rescheduled``, audit ``RESCHEDULED``) and its seats and
+    appointment released before the new one is written, or, if anything refuses, nothing changes.
+
+    Returns the new booking (status, expiry and metadata kept; ``rescheduled_from`` the old one). Locks the
+    guest's and the host's rows, the old slot, then the booking."""
+    with transaction.atomic():
+        peek = SlotBooking.objects.filter(pk=booking_id).values("guest_id", "slot_id", "slot__host_id").first()
+        if peek is None:
+            raise NotFound(f"Booking {booking_id} does not exist.")
+        users = locking.lock_users([peek["guest_id"], peek["slot__host_id"]])
+        old_slot = locking.lock_slots([peek["slot_id"]])[peek["slot_id"]]
+        booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+        assert booking is not None  # found above, and a booking is never deleted (PROTECT)
+        booking.slot, booking.guest = old_slot, users[peek["guest_id"]]
+        SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
+        now = locked_now(now)
+        if booking.is_overdue(now):
+            SLOT_BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
+        elif booking.is_active(now):
+            return _move_to_interval(booking, users[peek["slot__host_id"]], start=start, end=end, user=user, now=now)
+    if booking.status == Status.EXPIRED:
+        assert booking.expires_at is not None  # it was a PENDING hold, which has an expiry
+        raise HoldExpired(f"Booking {booking_id} expired at {booking.expires_at.isoformat()}.")
+    raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state="RESCHEDULED")
+
+
+def _move_to_interval(booking: SlotBooking, host: User, *, start: datetime, end: datetime, user: User, now: datetime):
+    """Caller holds the guest's and the host's rows, the old slot's and the booking's."""
+    if booking.seats != 1:
+        raise ValidationFailed.for_field("startTime", "An appointment is one seat; this booking has more.")
+    if booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
+        _check_cancellation_window(booking.slot, now=now)
+    request = AppointmentRequest(
+        host_id=host.pk,
+        guest=booking.guest,
+        start=start,
+        end=end,
+        hold=booking.status == Status.PENDING,
+        hold_minutes=None,
+        now=now,
+        metadata=booking.metadata,
+        rescheduled_from=booking,
+    )
+    target = AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+    APPOINTMENTS.check_target(target, request, now=now)
+    APPOINTMENTS.make_free(target, request, now=now)
+    # The old booking gives back its seats (and its appointment's time) first: the new one may overlap it.
+    fields = {"status": Status.CANCELLED, "reason": "rescheduled", "updated_at": now}
+    along = SLOT_BOOKINGS.write_along([booking], from_states=[booking.status], to_state=Status.CANCELLED, now=now)
+    from_state = booking.status
+    with connection.cursor() as cursor:
+        for statement, params in along:
+            cursor.execute(statement, params)
+    SlotBooking.objects.filter(pk=booking.pk).update(**fields)
+    moved = APPOINTMENTS.create(target, request, now=now, actor=user)
+    audit.record(
+        subject=booking,
+        event="RESCHEDULED",
+        from_state=from_state,
+        to_state=Status.CANCELLED,
+        actor=user,
+        metadata={"toBookingId": moved.pk, "toSlotId": moved.slot_id},
+    )
+    return moved
 
 
 def slot_booking_confirm(*, booking_id: int, user: User, now: datetime) -> SlotBooking:
@@ -906,7 +1220,9 @@ WITH {_EXPIRE_OVERDUE}, {_CLASH}, seats AS (
     SELECT CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END AS seats
 ), taken AS (
     UPDATE {_SLOT}
-    SET booked = booked + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END
+    SET booked = booked + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END,
+        status = CASE WHEN id = %(old_slot)s AND kind = 'APPOINTMENT' AND moving.seats > 0 THEN 'CANCELLED'
+                      ELSE status END
     FROM freed, moving
     WHERE id IN (%(old_slot)s, %(slot)s)
 ), cancelled AS (
@@ -960,6 +1276,8 @@ def _peek(booking_id: int) -> _Peek:
 
 
 def _check_bookable(slot: Slot, *, guest: int, now: datetime) -> None:
+    if slot.kind == Slot.Kind.APPOINTMENT:
+        raise SlotUnavailable(f"Slot {slot.pk} is another booking's appointment.", details={"slotId": slot.pk})
     if slot.status != Slot.Status.AVAILABLE:
         raise SlotUnavailable(f"Slot {slot.pk} was cancelled by its host.", details={"slotId": slot.pk})
     if slot.host_id == guest:
@@ -992,6 +1310,9 @@ def _backstop_refusal(error: IntegrityError, *, slot: Slot, seats: int) -> Domai
     if constraint == GUEST_NO_OVERLAP:
         CONSTRAINT_BACKSTOPS.labels(GUEST_NO_OVERLAP).inc()
         return GuestOverlap()
+    if constraint == HOST_NO_OVERLAP:
+        CONSTRAINT_BACKSTOPS.labels(HOST_NO_OVERLAP).inc()
+        return SlotOverlap(f"Host {slot.host_id} is taken at that time.")
     CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
     return SlotFull(slot_id=slot.pk, seats=seats)
 

@@ -90,8 +90,16 @@ class SlotListedOut(SlotOut):
 
 
 class SlotBookingIn(StrictSerializer):
-    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
-    seats = serializers.IntegerField(min_value=1, max_value=10_000, required=False, default=1)
+    """Seats of a published slot (``slotId``), or an interval of a host's hours (``hostId``, ``startTime``,
+    ``endTime``: seeds/003)."""
+
+    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT, required=False)
+    hostId = serializers.IntegerField(min_value=1, max_value=BIGINT, required=False)
+    startTime = serializers.DateTimeField(required=False, help_text="With hostId: the appointment's start")
+    endTime = serializers.DateTimeField(required=False, help_text="With hostId: its end (a duration the host offers)")
+    seats = serializers.IntegerField(
+        min_value=1, max_value=10_000, required=False, default=1, help_text="With slotId; an appointment is 1"
+    )
     hold = serializers.BooleanField(
         required=False, default=False, help_text="true: a PENDING hold with an expiry, to confirm later"
     )
@@ -101,6 +109,20 @@ class SlotBookingIn(StrictSerializer):
     userId = serializers.IntegerField(
         min_value=1, max_value=BIGINT, required=False, help_text="Must be the caller unless the caller is staff"
     )
+
+    def validate(self, data):
+        interval = [name for name in ("hostId", "startTime", "endTime") if name in data]
+        if "slotId" in data and interval:
+            raise serializers.ValidationError({interval[0]: ["Give slotId, or hostId with startTime and endTime."]})
+        if "slotId" not in data:
+            for name in ("hostId", "startTime", "endTime"):
+                if name not in data:
+                    raise serializers.ValidationError({name: ["Required without slotId."]})
+            if data["endTime"] <= data["startTime"]:
+                raise serializers.ValidationError({"endTime": ["Must be after startTime."]})
+            if "seats" in self.initial_data and data["seats"] != 1:
+                raise serializers.ValidationError({"seats": ["An appointment is one seat."]})
+        return data
 
     def validate_metadata(self, value):
         problem = unstorable(value)
@@ -120,7 +142,23 @@ class SlotBookingCancelIn(StrictSerializer):
 
 
 class SlotBookingRescheduleIn(StrictSerializer):
-    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
+    """Another slot (``slotId``), or another interval of the booking's host's hours (``startTime``, ``endTime``)."""
+
+    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT, required=False)
+    startTime = serializers.DateTimeField(required=False)
+    endTime = serializers.DateTimeField(required=False)
+
+    def validate(self, data):
+        interval = [name for name in ("startTime", "endTime") if name in data]
+        if "slotId" in data and interval:
+            raise serializers.ValidationError({interval[0]: ["Give slotId, or startTime and endTime."]})
+        if "slotId" not in data:
+            for name in ("startTime", "endTime"):
+                if name not in data:
+                    raise serializers.ValidationError({name: ["Required without slotId."]})
+            if data["endTime"] <= data["startTime"]:
+                raise serializers.ValidationError({"endTime": ["Must be after startTime."]})
+        return data
 
 
 class SlotBookingOut(ModelSerializer):

@@ -144,16 +144,27 @@ class BookingList(ListAPIView):
     @idempotent
     def post(self, request):
         data = SlotBookingIn.validated(request)
-        booking = services.slot_booking_create(
-            slot_id=data["slotId"],
-            guest=acting_user(caller=request.user, user_id=data.get("userId")),
-            seats=data["seats"],
-            hold=data["hold"],
-            metadata=data["metadata"],
-            request_id=request.idempotency_key or "",
-            actor=request.user,
-            now=timezone.now(),
-        )
+        guest = acting_user(caller=request.user, user_id=data.get("userId"))
+        claim = {"hold": data["hold"], "metadata": data["metadata"], "request_id": request.idempotency_key or ""}
+        if "slotId" in data:
+            booking = services.slot_booking_create(
+                slot_id=data["slotId"],
+                guest=guest,
+                seats=data["seats"],
+                actor=request.user,
+                now=timezone.now(),
+                **claim,
+            )
+        else:
+            booking = services.appointment_book(
+                host_id=data["hostId"],
+                guest=guest,
+                start=data["startTime"],
+                end=data["endTime"],
+                actor=request.user,
+                now=timezone.now(),
+                **claim,
+            )
         return Response(SlotBookingOut(booking).data, status=201)
 
 
@@ -224,11 +235,21 @@ class BookingReschedule(APIView):
     )
     @idempotent
     def post(self, request, booking_id: int):
-        """Move the booking to another slot in one transaction; answers with the booking on the new slot."""
+        """Move the booking to another slot (``slotId``) or to another interval of its host's hours (``startTime``,
+        ``endTime``) in one transaction; answers with the new booking."""
         data = SlotBookingRescheduleIn.validated(request)
-        booking = services.slot_booking_reschedule(
-            booking_id=booking_id, slot_id=data["slotId"], user=request.user, now=timezone.now()
-        )
+        if "slotId" in data:
+            booking = services.slot_booking_reschedule(
+                booking_id=booking_id, slot_id=data["slotId"], user=request.user, now=timezone.now()
+            )
+        else:
+            booking = services.appointment_reschedule(
+                booking_id=booking_id,
+                start=data["startTime"],
+                end=data["endTime"],
+                user=request.user,
+                now=timezone.now(),
+            )
         return Response(SlotBookingOut(booking).data)
 
 
