@@ -4,10 +4,12 @@ operators' analytics, computed in the database with aggregate queries."""
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
+from django.db import connection
 from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
@@ -162,8 +164,9 @@ def free_times(
     for window_start, window_end in availability_windows(availability, begins, ends):
         moment = window_start
         while moment + length <= window_end:
-            if moment >= earliest and moment + length <= ends and not _overlaps(busy, moment, moment + length):
-                found.append((moment, moment + length))
+            end = moment + length
+            if moment >= earliest and end <= ends and not _overlaps(busy, moment.timestamp(), end.timestamp()):
+                found.append((moment, end))
             moment += length
     return found
 
@@ -210,6 +213,7 @@ def _taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetim
         .filter(slot__host_id=host_id, slot__kind=Slot.Kind.APPOINTMENT, start__lt=ends, end__gt=begins)
         .values_list("slot_id", "start", "end")
     )
+    published, appointments = published.order_by(), appointments.order_by()  # no sort for a union
     return published.union(appointments, all=True)
 
 
@@ -224,20 +228,23 @@ def host_taken(host_id: int, start: datetime, end: datetime, *, buffer: timedelt
 
 def _busy(host_id: int, begins: datetime, ends: datetime, *, now: datetime, buffer: timedelta) -> list[tuple]:
     """What takes the host's time between ``begins`` and ``ends``, each widened by ``buffer`` on both sides,
-    merged and in time order."""
-    spans = sorted((start - buffer, end + buffer) for _, start, end in _taking_time(host_id, begins, ends, now=now))
-    merged: list[tuple] = []
-    for start, end in spans:
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
+    merged by PostgreSQL (``range_agg``) and in time order, as POSIX seconds: a busy month is some hundred
+    spans, and parsing two timestamps each would cost more than the search."""
+    inner, params = _taking_time(host_id, begins, ends, now=now).query.sql_with_params()
+    sql = f"""
+        SELECT extract(epoch FROM lower(r))::float8, extract(epoch FROM upper(r))::float8
+        FROM unnest((SELECT range_agg(tstzrange(t.start - %s * interval '1 second', t."end" + %s * interval '1 second'))
+                     FROM ({inner}) AS t (pk, start, "end"))) AS r
+        ORDER BY 1"""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [buffer.total_seconds(), buffer.total_seconds(), *params])
+        return cursor.fetchall()
 
 
-def _overlaps(busy: list[tuple], start: datetime, end: datetime) -> bool:
-    """Whether ``start`` to ``end`` overlaps a span of ``busy`` (merged, in time order); touching is fine."""
-    index = bisect.bisect_right(busy, (start, datetime.max.replace(tzinfo=UTC)))
+def _overlaps(busy: list[tuple], start: float, end: float) -> bool:
+    """Whether ``start`` to ``end`` (POSIX seconds) overlaps a span of ``busy`` (merged, in time order);
+    touching is fine."""
+    index = bisect.bisect_right(busy, (start, math.inf))
     return (index > 0 and busy[index - 1][1] > start) or (index < len(busy) and busy[index][0] < end)
 
 
