@@ -1,9 +1,11 @@
 """Each invariant has a PostgreSQL constraint: a direct bad write (bypassing the services) is refused."""
 
+import importlib
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from psycopg import errors as pg_errors
@@ -166,3 +168,23 @@ def test_a_bookings_time_is_its_own_and_ends_after_it_starts():
     assert "slotbooking_ends_after_start" in str(
         refused(lambda: SlotBooking.objects.filter(pk=booking.pk).update(end=booking.start))
     )
+
+
+def test_the_migration_adding_the_guests_rule_refuses_existing_overlaps_and_names_them():
+    """What ``slots.0002`` does on a database where a guest is already in two places: it stops, naming the
+    pairs, and changes nothing (the constraint is dropped here, inside the test's transaction, to write them)."""
+    migration = importlib.import_module("slots.migrations.0002_slotbooking_start_end_guest_no_overlap")
+    first = SlotBookingFactory()
+    SlotBookingFactory(guest=first.guest, slot=SlotFactory(start=first.start, end=first.end), status="CANCELLED")
+    editor = SimpleNamespace(connection=connection)
+    migration.refuse_overlapping_bookings(None, editor)  # a cancelled one is no clash
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no foreign-key check pending: the table may change
+        cursor.execute("ALTER TABLE slots_slotbooking DROP CONSTRAINT slotbooking_guest_no_overlap")
+    second = SlotBookingFactory(guest=first.guest, slot=SlotFactory(start=first.start, end=first.end))
+
+    with pytest.raises(RuntimeError) as refused:
+        migration.refuse_overlapping_bookings(None, editor)
+
+    assert f"guest {first.guest_id}: bookings #{first.pk} and #{second.pk}" in str(refused.value)
+    assert "expire_holds" in str(refused.value)
