@@ -233,6 +233,7 @@ def slots_create_many(
     for start, _ in ranges:
         if start <= now:
             raise SlotInPast(f"A slot starting at {start.isoformat()} is in the past.")
+    _expire_overdue_appointments(host.pk, ranges, now=now)
     clashes = _overlapping(host=host, ranges=ranges)
     if clashes:
         listed = ", ".join(f"#{s.pk} {s.start.isoformat()} to {s.end.isoformat()}" for s in clashes[:10])
@@ -838,17 +839,7 @@ class Appointments(SlotBookingLifecycle):
 
     def make_free(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
         """Expire the overdue holds on the host's appointments in the way of the new one's slot."""
-        overdue = SlotBooking.objects.overdue(now=now).filter(
-            slot__host_id=target.host.pk,
-            slot__kind=Slot.Kind.APPOINTMENT,
-            slot__status=Slot.Status.AVAILABLE,
-            slot__start__lt=request.end + _buffer(target),
-            slot__end__gt=request.start,
-        )
-        slot_ids = list(overdue.values_list("slot_id", flat=True))
-        if slot_ids:
-            locking.lock_slots(slot_ids)
-            self.expire_overdue(overdue, now=now)
+        _expire_overdue_appointments(target.host.pk, [(request.start, request.end + _buffer(target))], now=now)
 
     def create(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime, actor) -> SlotBooking:
         hold_minutes = request.hold_minutes or hold_minutes_default()
@@ -945,6 +936,27 @@ WITH slot AS (
 )
 SELECT (SELECT id FROM slot), (SELECT id FROM created)
 """
+
+
+def _expire_overdue_appointments(host_id: int, ranges: list[tuple[datetime, datetime]], *, now: datetime) -> None:
+    """Expire the overdue holds on the host's appointments whose slots overlap ``ranges``, so that the host's
+    ``slot_no_overlap_per_host`` (which counts an appointment's slot until its booking ends) never makes an
+    overdue hold block (docs/contract.md §2.2). Caller holds the host's row lock; their slots are locked here."""
+    overdue = SlotBooking.objects.overdue(now=now).filter(
+        slot__host_id=host_id,
+        slot__kind=Slot.Kind.APPOINTMENT,
+        slot__status=Slot.Status.AVAILABLE,
+        slot__start__lt=max(end for _, end in ranges),
+        slot__end__gt=min(start for start, _ in ranges),
+    )
+    in_the_way = {
+        pk: slot_id
+        for pk, slot_id, slot_start, slot_end in overdue.values_list("pk", "slot_id", "slot__start", "slot__end")
+        if any(slot_start < end and slot_end > start for start, end in ranges)
+    }
+    if in_the_way:
+        locking.lock_slots(in_the_way.values())
+        APPOINTMENTS.expire_overdue(overdue.filter(pk__in=in_the_way), now=now)
 
 
 def _buffer(target: AppointmentTarget) -> timedelta:

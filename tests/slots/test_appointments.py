@@ -313,3 +313,15 @@ def test_only_the_guest_or_an_operator_reschedules(api, client_for):
     assert reschedule(api, 999999, at(monday, 11)).status_code == 404
     body = {"slotId": 1, "startTime": at(monday, 11).isoformat()}
     assert api.post(f"/api/bookings/{old['id']}/reschedule", body, format="json").status_code == 400
+
+
+def test_a_host_may_publish_a_slot_over_an_overdue_appointment_hold(api, client_for):
+    host = host_with()
+    monday = next_monday()
+    body = book(api, host, at(monday, 9), hold=True).json()
+    past = timezone.now() - timedelta(minutes=1)
+    SlotBooking.objects.filter(pk=body["id"]).update(created_at=past - timedelta(minutes=5), expires_at=past)
+    slot = {"startTime": at(monday, 9).isoformat(), "endTime": at(monday, 10).isoformat()}
+
+    assert client_for(host).post("/api/slots", slot, format="json").status_code == 201
+    assert SlotBooking.objects.get(pk=body["id"]).status == "EXPIRED"
