@@ -699,6 +699,13 @@ overdue AS (
 ), freed AS (
     SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
 )"""
+# How many active bookings the guest has, and how many with %(host)s, but %(booking)s (a reschedule's own).
+_LIMITS = f"""limits AS (
+    SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
+    FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
+    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
+      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
+)"""
 # The guest's first active booking overlapping %(start)s to %(end)s, but %(booking)s (a reschedule's own): read
 # after the guest's lock, so it is the truth (ADR 0014). On the guest's bookings, which are few.
 _CLASH = f"""clash AS (
@@ -709,11 +716,7 @@ _CLASH = f"""clash AS (
     ORDER BY b.start LIMIT 1
 )"""
 BOOK_SQL = f"""
-WITH {_EXPIRE_OVERDUE}, limits AS (
-    SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
-    FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
-    WHERE b.guest_id = %(guest)s AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
-), {_CLASH}, seats AS (
+WITH {_EXPIRE_OVERDUE}, {_LIMITS}, {_CLASH}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats, limits
@@ -904,12 +907,7 @@ class Appointments(SlotBookingLifecycle):
 # An appointment's rules about its guest, after the guest's lock: how many active bookings, how many with the
 # host, and the first active one overlapping (BOOK_SQL's ``limits`` and ``clash``).
 GUEST_RULES_SQL = f"""
-WITH limits AS (
-    SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
-    FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
-    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
-      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
-), {_CLASH}
+WITH {_LIMITS}, {_CLASH}
 SELECT limits.active, limits.with_host, clash.id, clash.start, clash."end" FROM limits LEFT JOIN clash ON true
 """
 # The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's

@@ -61,16 +61,6 @@ def future(hours: float = 24):
     return timezone.now().replace(microsecond=0) + timedelta(hours=hours)
 
 
-@pytest.fixture
-def host(db):
-    return HostFactory()
-
-
-@pytest.fixture
-def host_api(client_for, host):
-    return client_for(host)
-
-
 def create_slot(client, start, minutes=30, **body):
     return client.post(
         "/api/slots", {"startTime": iso(start), "endTime": iso(start + timedelta(minutes=minutes)), **body}

@@ -5,7 +5,6 @@ import pytest
 from booking_site.audit.services import trail
 from slots.models import Availability
 from tests.factories import UserFactory
-from tests.slots.factories import HostFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -24,16 +23,6 @@ WORK_WEEK = {
     "minimumNoticeMinutes": 60,
     "bufferMinutes": 10,
 }
-
-
-@pytest.fixture
-def host(db):
-    return HostFactory()
-
-
-@pytest.fixture
-def host_api(client_for, host):
-    return client_for(host)
 
 
 def problem(response) -> tuple[int, list[str]]:

@@ -650,7 +650,8 @@ def test_a_slot_booking_racing_an_interval_booking_of_the_same_guest_at_the_same
     assert_counters_match_bookings()
 
 
-def race_a_reschedule_against_a_booking_of_its_target_interval():
+def a_reschedule_and_a_booking_of_its_target_interval():
+    """A guest's appointment, and two racers: its reschedule three hours later, another guest's booking there."""
     [host] = working_hosts(1)
     mover, other = UserFactory(), UserFactory()
     start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=3)
@@ -663,7 +664,7 @@ def race_a_reschedule_against_a_booking_of_its_target_interval():
         end = target + timedelta(hours=1)
         return services.appointment_reschedule(booking_id=old.pk, start=target, end=end, user=mover, now=timezone.now())
 
-    return host, old, run_concurrently([reschedule, interval_booker(host, other, target)])
+    return host, old, [reschedule, interval_booker(host, other, target)]
 
 
 def assert_no_host_in_two_places(host) -> None:
@@ -673,9 +674,10 @@ def assert_no_host_in_two_places(host) -> None:
 
 
 def test_a_reschedule_racing_a_booking_of_its_target_interval_never_double_books_the_host():
+    host, old, racers = a_reschedule_and_a_booking_of_its_target_interval()
     before = backstops(services.HOST_NO_OVERLAP)
 
-    host, old, results = race_a_reschedule_against_a_booking_of_its_target_interval()
+    results = run_concurrently(racers)
 
     [won] = wins(results)
     assert isinstance(next(r for r in results if r is not won), services.SlotOverlap)
@@ -686,10 +688,11 @@ def test_a_reschedule_racing_a_booking_of_its_target_interval_never_double_books
 
 
 def test_control_without_the_users_locks_the_reschedule_race_reaches_the_hosts_backstop(monkeypatch):
+    host, _, racers = a_reschedule_and_a_booking_of_its_target_interval()
     remove_the_users_locks(monkeypatch, racers=2)
     before = backstops(services.HOST_NO_OVERLAP)
 
-    host, _, results = race_a_reschedule_against_a_booking_of_its_target_interval()
+    results = run_concurrently(racers)
 
     lost_to_the_database(results)
     assert backstops(services.HOST_NO_OVERLAP) > before
