@@ -325,3 +325,17 @@ def test_a_host_may_publish_a_slot_over_an_overdue_appointment_hold(api, client_
 
     assert client_for(host).post("/api/slots", slot, format="json").status_code == 201
     assert SlotBooking.objects.get(pk=body["id"]).status == "EXPIRED"
+
+
+def test_an_interval_booking_retried_with_its_idempotency_key_is_booked_once(api, user):
+    host = host_with()
+    start = at(next_monday(), 10)
+    body = {"hostId": host.pk, "startTime": start.isoformat(), "endTime": (start + timedelta(minutes=30)).isoformat()}
+
+    first = api.post("/api/bookings", body, format="json", HTTP_IDEMPOTENCY_KEY="appt-1")
+    again = api.post("/api/bookings", body, format="json", HTTP_IDEMPOTENCY_KEY="appt-1")
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json() == again.json()
+    assert SlotBooking.objects.filter(guest=user).count() == 1
+    assert SlotBooking.objects.get(guest=user).request_id == "appt-1"
