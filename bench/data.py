@@ -11,13 +11,16 @@ import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from django.db import connection, transaction
 from django.utils import timezone
 
+from booking_site.accounts.models import User as Account
 from events import services as events
 from events.models import Event, SeatClaim, SeatHoldGroup
+from slots import services as slot_services
 
 _batch = itertools.count(1)
 _started = f"{time.time_ns() // 1_000_000:x}"  # names stay unique in a database kept with --keep-db
@@ -153,9 +156,9 @@ def slots(hosts: list[User], *, per_host: int, capacity: int = 1, start: datetim
     start = start or timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
     rows = _rows(
         """
-        INSERT INTO slots_slot (host_id, title, specialization, start, "end", capacity, booked, status,
+        INSERT INTO slots_slot (host_id, kind, title, specialization, start, "end", capacity, booked, status,
                                 created_at, updated_at)
-        SELECT host_id, 'Bench slot', 'bench', %(start)s + (n - 1) * interval '1 hour',
+        SELECT host_id, 'PUBLISHED', 'Bench slot', 'bench', %(start)s + (n - 1) * interval '1 hour',
                %(start)s + (n - 1) * interval '1 hour' + interval '30 minutes', %(capacity)s, 0, 'AVAILABLE',
                now(), now()
         FROM unnest(%(hosts)s::bigint[]) AS host_id, generate_series(1, %(per_host)s) AS n
@@ -169,6 +172,48 @@ def slots(hosts: list[User], *, per_host: int, capacity: int = 1, start: datetim
     for slot_id, host_id in sorted(rows):
         by_host[host_id].append(slot_id)
     return [by_host[h.id] for h in hosts]
+
+
+def busy_host(*, days: int) -> tuple[User, date]:
+    """A host working every day 08:00 to 20:00 in Europe/Berlin (30 and 60-minute appointments, a 10-minute
+    buffer), with a 30-minute published slot every other hour of the ``days`` from tomorrow (and a withdrawn
+    one in each hour between), half of them booked: the free-time search's busy month. Returns the host and
+    the first day."""
+    [host] = users(1, role="HOST")
+    document: slot_services.AvailabilityDocument = {
+        "timeZone": "Europe/Berlin",
+        "weekly": [{"weekday": day, "start": "08:00", "end": "20:00"} for day in range(7)],
+        "overrides": [],
+        "durations": [30, 60],
+        "minimumNoticeMinutes": 0,
+        "bufferMinutes": 10,
+    }
+    account = Account.objects.get(pk=host.id)
+    slot_services.availability_set(host=account, document=document, actor=account, now=timezone.now())
+    first = timezone.now().astimezone(ZoneInfo("Europe/Berlin")).date() + timedelta(days=1)
+    start = datetime.combine(first, datetime.min.time(), tzinfo=ZoneInfo("Europe/Berlin"))
+    [slot_ids] = slots([host], per_host=days * 24, start=start)
+    guests = users(-(-len(slot_ids) // 4 // 5))  # five bookings each, the most a guest may have
+    _rows(
+        """
+        WITH numbered AS (SELECT id, n FROM unnest(%(slots)s::bigint[]) WITH ORDINALITY AS b(id, n)),
+        withdrawn AS (
+            UPDATE slots_slot SET status = 'CANCELLED' WHERE id IN (SELECT id FROM numbered WHERE n %% 2 = 0)),
+        booking AS (
+            SELECT s.id AS slot_id, s.start, s."end",
+                   (%(guests)s::bigint[])[1 + (row_number() OVER (ORDER BY s.id) - 1) %% %(count)s] AS guest_id
+            FROM numbered JOIN slots_slot s ON s.id = numbered.id WHERE n %% 4 = 1),
+        booked AS (
+            INSERT INTO slots_slotbooking (slot_id, guest_id, start, "end", seats, status, reason, metadata,
+                                           request_id, created_at, updated_at)
+            SELECT slot_id, guest_id, start, "end", 1, 'CONFIRMED', '', '{}', '', now(), now() FROM booking
+            RETURNING slot_id)
+        UPDATE slots_slot SET booked = 1 WHERE id IN (SELECT slot_id FROM booked)
+        """,
+        {"slots": slot_ids, "guests": [g.id for g in guests], "count": len(guests)},
+    )
+    analyze("slots_slotbooking")
+    return host, first
 
 
 def withdraw_slots(slot_ids: list[int]) -> None:
@@ -193,7 +238,8 @@ def withdraw_slots(slot_ids: list[int]) -> None:
 def overdue_holds(count: int, *, buyers: list[User]) -> dict[str, int]:
     """``count`` held claims whose expiry passed an hour ago, a third in each domain: car holds (one per
     car), seat holds of two seats on one event, and PENDING slot bookings (five hosts with slots of
-    10,000 seats; each guest holds one seat at each host, so five, the most a guest may hold)."""
+    10,000 seats, one host's hours after another's; each guest holds one seat at each host, so five, the
+    most a guest may hold, never two at once)."""
     per_domain = {"reservations": count // 3, "events": count // 3}
     per_domain["slots"] = count - sum(per_domain.values())
     now = timezone.now()
@@ -255,7 +301,14 @@ def _overdue_slot_holds(count: int, *, created: datetime, expires: datetime) -> 
     hosts = users(5, role="HOST")
     guests = users(-(-count // len(hosts)))
     per_slot = 10_000
-    slot_ids = slots(hosts, per_host=-(-len(guests) // per_slot), capacity=per_slot)
+    per_host = -(-len(guests) // per_slot)
+    # One host's slots after another's: a guest's holds with the five hosts never overlap in time (a guest
+    # is never in two places at once, slotbooking_guest_no_overlap).
+    first = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    slot_ids = [
+        slots([host], per_host=per_host, capacity=per_slot, start=first + timedelta(hours=n * per_host))[0]
+        for n, host in enumerate(hosts)
+    ]
     _rows(
         """
         WITH booking AS (
@@ -264,9 +317,11 @@ def _overdue_slot_holds(count: int, *, created: datetime, expires: datetime) -> 
                  generate_series(1, %(hosts)s) AS h(n)
             ORDER BY h.n, g.n LIMIT %(count)s),
         booked AS (
-            INSERT INTO slots_slotbooking (slot_id, guest_id, seats, status, expires_at, reason, metadata,
-                                           request_id, created_at, updated_at)
-            SELECT slot_id, guest_id, 1, 'PENDING', %(expires)s, '', '{}', '', %(created)s, %(created)s FROM booking
+            INSERT INTO slots_slotbooking (slot_id, guest_id, start, "end", seats, status, expires_at, reason,
+                                           metadata, request_id, created_at, updated_at)
+            SELECT b.slot_id, b.guest_id, s.start, s."end", 1, 'PENDING', %(expires)s, '', '{}', '', %(created)s,
+                   %(created)s
+            FROM booking b JOIN slots_slot s ON s.id = b.slot_id
             RETURNING slot_id)
         UPDATE slots_slot SET booked = s.n FROM (SELECT slot_id, count(*) AS n FROM booked GROUP BY slot_id) s
         WHERE slots_slot.id = s.slot_id

@@ -4,7 +4,7 @@ PostgreSQL and of the client, and the checks it failed.
 
     writes   spread holds, one resource per request, with and without Idempotency-Key (wrk)
     hot      200 clients released at once on one resource, then the database is checked (bench.burst)
-    reads    event counts, seat map, slot listing, users/me (wrk)
+    reads    event counts, seat map, slot listing, users/me, a busy host's free times (wrk)
     sweep    the expiry job over a backlog of overdue holds (manage.py expire_holds)
     scale    spread car holds and event counts through HAProxy in front of 1, 2, 4 web processes
     ceiling  pgbench replaying the minimal hold transaction
@@ -20,6 +20,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +40,7 @@ LISTED_SLOTS = 50_000
 MAP_SEATS = 20_000
 SWEEP_SIZES = (10_000, 100_000)
 SEAT_MAP_CONNECTIONS = 4
+FREE_TIME_DAYS = 31  # the free-time search over a month of a busy host
 
 
 @dataclass
@@ -362,12 +364,13 @@ def ceiling(bench: Bench, name: str) -> Measurement:
 
 def shared_data(*, buyers: int) -> tuple[list[data.User], dict[str, str]]:
     """Created once: the buyers whose tokens the requests carry, the read scenarios' events (20,000
-    seats, empty and 90 % sold) and the 50,000 listed slots (50 hosts, 1,000 slots each), and the
-    ceiling's tables. Returns the buyers and each read scenario's path."""
+    seats, empty and 90 % sold) and the 50,000 listed slots (50 hosts, 1,000 slots each), the busy host
+    of the free-time search, and the ceiling's tables. Returns the buyers and each read scenario's path."""
     pool = data.users(buyers)
     empty, sold = data.event(MAP_SEATS), data.event(MAP_SEATS)
     data.sell(sold, fraction=0.9, buyers=pool)
     data.slots(data.users(50, role="HOST"), per_host=LISTED_SLOTS // 50)
+    busy, first_day = data.busy_host(days=FREE_TIME_DAYS)
     data.ceiling_tables()
     data.analyze()
     reads = {
@@ -377,6 +380,10 @@ def shared_data(*, buyers: int) -> tuple[list[data.User], dict[str, str]]:
         "seat-map-90": f"/api/events/{sold.pk}/seats",
         "slot-list": "/api/slots",
         "users-me": "/api/users/me",
+        "free-times": (
+            f"/api/users/{busy.id}/slots?startDate={first_day}"
+            f"&endDate={first_day + timedelta(days=FREE_TIME_DAYS - 1)}&slotDuration=30"
+        ),
     }
     return pool, reads
 
@@ -423,7 +430,15 @@ def _scenarios() -> list[Scenario]:
         listed.append(Scenario(f"{domain}-key", "write", partial(measure, idempotent=True)))
     listed += [Scenario("hot-car", "hot", hot_car), Scenario("hot-seat", "hot", hot_seat)]
     listed.append(Scenario("hot-slot", "hot", hot_slot))
-    for name in ("event-counts-0", "event-counts-90", "seat-map-0", "seat-map-90", "slot-list", "users-me"):
+    for name in (
+        "event-counts-0",
+        "event-counts-90",
+        "seat-map-0",
+        "seat-map-90",
+        "slot-list",
+        "users-me",
+        "free-times",
+    ):
         listed.append(Scenario(name, "read", read))
     for holds in SWEEP_SIZES:
         listed.append(Scenario(f"sweep-{holds // 1000}k", "sweep", partial(sweep, holds=holds)))

@@ -5,9 +5,11 @@ The order. A transaction that takes more than one of these locks takes them in t
 kind in primary-key order, so two requests never wait for each other in a circle:
 
 1. ``lock_user``: one user row (the guest's for a slot booking, a confirm or a reschedule; the host's
-   for creating slots; the buyer's for a car hold and the holder's for a seat hold, unless an
-   operator asks). It serializes the rules that count one user's rows (bookings per guest, one per
-   host, a host's slots never overlapping, the caps on held cars and seats: ``engine.Cap``).
+   for creating slots or setting their hours; the buyer's for a car hold and the holder's for a seat
+   hold, unless an operator asks); ``lock_users``: the guest's and the host's for an interval booking
+   (by id). It serializes the rules that count one user's rows (bookings per guest, one per host, a
+   guest's bookings never overlapping in time, a host's slots never overlapping, the caps on held cars
+   and seats: ``engine.Cap``).
 2. the resource's parent, the event row: ``share_event`` in a seat hold (``FOR KEY SHARE``);
    ``lock_event`` for an edit of the event's details, ``lock_event_sales`` for the sales switch. Those
    two take no other lock.
@@ -82,6 +84,14 @@ def lock_user(user_id: int) -> User:
     """One user row, ``FOR NO KEY UPDATE``: serializes the rules that count this user's rows."""
     _in_transaction("lock_user")
     return User.objects.select_for_update(no_key=True).get(pk=user_id)
+
+
+def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
+    """Several user rows in primary-key order (a guest and a host), ``FOR NO KEY UPDATE``; a missing id
+    is simply absent."""
+    _in_transaction("lock_users")
+    users = User.objects.select_for_update(no_key=True).filter(pk__in=set(user_ids)).order_by("pk")
+    return {user.pk: user for user in users}
 
 
 def user_lock(user_id: int | OuterRef) -> Exists:

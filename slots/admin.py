@@ -1,13 +1,17 @@
 """The operators' back office for slots: single and bulk slot creation for any host, bookings with
-their audit trail, cancel / expire actions, and a bookings-per-day chart. Every write calls a service."""
+their audit trail, cancel / expire actions, a bookings-per-day chart, and hosts' availability with their
+week as a picture. Every write calls a service."""
 
+import contextlib
 from datetime import date, timedelta
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -15,8 +19,9 @@ from django.utils import timezone
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
 from booking_site.errors import DomainError
 from slots import selectors, services
-from slots.forms import AnalyticsForm, BulkSlotForm, SlotAddForm
-from slots.models import Slot, SlotBooking
+from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
+from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm
+from slots.models import Availability, Slot, SlotBooking
 
 
 @admin.register(Slot)
@@ -224,3 +229,55 @@ def _bar_chart(days: list[dict], height: int = 200, bar: int = 18, gap: int = 4,
         x = left + index * (bar + gap)  # the labels, slanted, reach left of their bar
         bars.append({**day, "x": x, "middle": x + bar // 2, "y": height - h, "height": h, "label": label})
     return {"bars": bars, "width": left + len(days) * (bar + gap), "height": height, "bar": bar, "peak": peak}
+
+
+@admin.register(Availability)
+class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
+    """Any host's hours, edited through ``availability_set`` (the same checks as the API), and the host's
+    week as a picture: hours, published slots, active bookings (``?week=YYYY-MM-DD`` for another week)."""
+
+    list_display = ["host", "time_zone", "durations", "minimum_notice_minutes", "buffer_minutes", "updated_at"]
+    search_fields = ["host__email", "host__name", "=host__id"]
+    list_select_related = ["host"]
+    form = AvailabilityForm
+    readonly_fields = ["updated_at", "audit_trail"]
+    change_form_template = "admin/slots/availability/change_form.html"
+
+    def get_fields(self, request, obj=None):
+        fields = [f for f in AvailabilityForm.Meta.fields if obj is None or f != "host"]
+        return fields if obj is None else [*fields, *self.readonly_fields]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        return type("AvailabilityFormForRequest", (form,), {"request": request})
+
+    def save_model(self, request, obj, form, change):
+        assert form.saved is not None  # AvailabilityForm.clean() wrote it through availability_set
+        for field in Availability._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(form.saved, field.attname))
+        obj._state.adding = False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a host with no hours is an empty document, set like any other
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        availability = self.get_object(request, object_id)
+        if availability is not None:
+            extra_context = {**(extra_context or {}), "week_picture": self.week_picture(availability, request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def week_picture(self, availability: Availability, request) -> str:
+        """The host's week (``?week=YYYY-MM-DD``: the week from that day; by default this one, from Monday)."""
+        now = timezone.now()
+        today = now.astimezone(ZoneInfo(availability.time_zone)).date()
+        first = today - timedelta(days=today.weekday())
+        with contextlib.suppress(ValueError):
+            first = min(max(date.fromisoformat(request.GET.get("week", "")), EARLIEST_DAY), LATEST_DAY)
+        context = {
+            "zone": availability.time_zone,
+            "week": selectors.host_week(availability, first_day=first, now=now),
+            "previous": first - timedelta(days=7),
+            "next": first + timedelta(days=7),
+            "hours": [{"top": hour / 24 * 100, "label": f"{hour:02d}:00"} for hour in range(0, 24, 2)],
+        }
+        return render_to_string("admin/slots/availability/week.html", context)

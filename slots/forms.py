@@ -15,7 +15,7 @@ from booking_site.accounts.services import request_user
 from booking_site.errors import DomainError
 from slots import services
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
-from slots.models import Slot
+from slots.models import Availability, Slot
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
 
@@ -232,4 +232,52 @@ class AnalyticsForm(forms.Form):
             raise forms.ValidationError("The end date must not be before the start date.")
         if not self.errors and (data["end_date"] - data["start_date"]).days >= 731:
             raise forms.ValidationError("At most 731 days at once.")
+        return data
+
+
+class AvailabilityForm(forms.ModelForm):
+    """A host's hours, edited by an operator through ``availability_set``: the same checks as the API, its
+    refusal (``weekly[1].end: Must be after start``) shown on the form."""
+
+    class Meta:
+        model = Availability
+        fields = ["host", "time_zone", "weekly", "overrides", "durations", "minimum_notice_minutes", "buffer_minutes"]
+        help_texts = {
+            "weekly": 'e.g. [{"weekday": 0, "start": "09:00", "end": "17:00"}] (weekday 0 is Monday)',
+            "overrides": 'e.g. [{"date": "2026-12-24", "windows": []}] (no windows: a day off)',
+            "durations": "e.g. [30, 60]",
+        }
+
+    request: HttpRequest | None = None  # set by the ModelAdmin (AvailabilityAdmin.get_form)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "host" in self.fields:  # on the add page only: a host's availability stays theirs
+            cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()
+        self.saved: Availability | None = None
+
+    def _post_clean(self):
+        pass  # the service validates and writes
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        if self.errors:
+            return data
+        assert self.request is not None  # the admin sets it before the form is used
+        document: services.AvailabilityDocument = {
+            "timeZone": data["time_zone"],
+            "weekly": data["weekly"],
+            "overrides": data["overrides"],
+            "durations": data["durations"],
+            "minimumNoticeMinutes": data["minimum_notice_minutes"],
+            "bufferMinutes": data["buffer_minutes"],
+        }
+        host = data["host"] if "host" in self.fields else self.instance.host  # the add page chooses one
+        try:
+            self.saved = services.availability_set(
+                host=host, document=document, actor=request_user(self.request), now=timezone.now()
+            )
+        except DomainError as error:
+            raise forms.ValidationError(error.message) from None
         return data

@@ -2,7 +2,8 @@ from django.conf import settings
 from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import RangeOperators
 from django.db import models
-from django.db.models import F, Func, Q, Value
+from django.db.models import Case, F, Func, Q, Value, When
+from django.db.models.functions import Least
 
 from booking_site.claims import Claim, ClaimQuerySet
 
@@ -18,6 +19,15 @@ class TsTzRange(Func):
     function, output_field = "TSTZRANGE", models.DateTimeField()
 
 
+class Alive(TsTzRange):
+    """When a booking blocks its guest: ``[created_at, expires_at)`` for a hold, from ``created_at`` on once
+    confirmed (an expiry before the creation, only ever written by hand, is an empty range)."""
+
+    def __init__(self) -> None:
+        expiry = Case(When(status="CONFIRMED", then=Value(None)), default=F("expires_at"))
+        super().__init__(Least(F("created_at"), F("expires_at")), expiry, Value("[)"))
+
+
 class Slot(models.Model):
     """A time slot a host publishes; guests book seats in it up to ``capacity``.
 
@@ -31,7 +41,14 @@ class Slot(models.Model):
         AVAILABLE = "AVAILABLE", "Available"
         CANCELLED = "CANCELLED", "Cancelled"
 
+    class Kind(models.TextChoices):
+        PUBLISHED = "PUBLISHED", "Published"  # a host's offer, booked by seats (seeds/002, 004)
+        # The time one interval booking takes (seeds/003): its appointment and the host's buffer after it.
+        # It exists for its one booking, and is CANCELLED with it: the host's time is free again.
+        APPOINTMENT = "APPOINTMENT", "Appointment"
+
     host = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slots")
+    kind = models.CharField(max_length=11, choices=Kind.choices, default=Kind.PUBLISHED)
     title = models.CharField(max_length=200, blank=True)
     specialization = models.CharField(max_length=100, blank=True, help_text='Free text, e.g. "cardiology"')
     start = models.DateTimeField()
@@ -44,6 +61,7 @@ class Slot(models.Model):
     # Annotated by the booking's lock (slots.services.SlotBookings.lock_target), not columns.
     guest_active: int
     guest_with_host: int
+    guest_clash: dict | None  # the guest's first active booking overlapping the slot: {id, start, end}
     overdue_seats: int
 
     class Meta:
@@ -55,6 +73,9 @@ class Slot(models.Model):
                 condition=Q(booked__gte=0, booked__lte=F("capacity")), name="slot_booked_within_capacity"
             ),
             models.CheckConstraint(condition=Q(status__in=["AVAILABLE", "CANCELLED"]), name="slot_status_valid"),
+            models.CheckConstraint(
+                condition=Q(kind="PUBLISHED") | Q(kind="APPOINTMENT", capacity=1), name="slot_kind_valid"
+            ),
             ExclusionConstraint(
                 name="slot_no_overlap_per_host",
                 index_type="GIST",
@@ -90,6 +111,10 @@ class SlotBooking(Claim, models.Model):
 
     slot = models.ForeignKey(Slot, on_delete=models.PROTECT, related_name="bookings")
     guest = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slot_bookings")
+    # The booking's own time: its slot's (which never changes, docs/contract.md §6), kept on the row so that
+    # ``slotbooking_guest_no_overlap`` can state the guest's rule without a join.
+    start = models.DateTimeField()
+    end = models.DateTimeField()
     seats = models.PositiveIntegerField(default=1)
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.CONFIRMED)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="When a PENDING hold lapses")
@@ -116,6 +141,22 @@ class SlotBooking(Claim, models.Model):
             models.CheckConstraint(
                 condition=~Q(status="PENDING") | Q(expires_at__isnull=False), name="slotbooking_pending_expires"
             ),
+            models.CheckConstraint(condition=Q(end__gt=F("start")), name="slotbooking_ends_after_start"),
+            # A guest is never in two places at once (docs/contract.md §2.1, ADR 0014). Two held or confirmed
+            # bookings of one guest clash when their times overlap *and* they are alive at the same time:
+            # a hold lives from its creation to its expiry, a confirmed booking from its creation on. So an
+            # overdue hold, free for everyone before any job flips it (§2.2), never blocks a booking created
+            # after its expiry, and the constraint needs no clock.
+            ExclusionConstraint(
+                name="slotbooking_guest_no_overlap",
+                index_type="GIST",
+                expressions=[
+                    (Int8Range(F("guest_id"), F("guest_id"), Value("[]")), RangeOperators.OVERLAPS),
+                    (TsTzRange(F("start"), F("end"), Value("[)")), RangeOperators.OVERLAPS),
+                    (Alive(), RangeOperators.OVERLAPS),
+                ],
+                condition=Q(status__in=["PENDING", "CONFIRMED"]),
+            ),
         ]
         indexes = [
             models.Index(fields=["expires_at"], condition=Q(status="PENDING"), name="slotbooking_pending_expiry_idx"),
@@ -126,3 +167,38 @@ class SlotBooking(Claim, models.Model):
 
     def __str__(self) -> str:
         return f"Booking #{self.pk} ({self.status})"
+
+
+class Availability(models.Model):
+    """When a host can be booked (docs/contract.md §6): weekly hours and date overrides, wall-clock times in
+    ``time_zone``. Written only by ``slots.services.availability_set``, which checks the shapes below;
+    the free-time search (``slots.selectors.free_times``) reads it.
+
+    ``weekly``: ``[{"weekday": 0-6 (Monday 0), "start": "HH:MM", "end": "HH:MM"}, …]``, several windows a
+    day, never overlapping; ``overrides``: ``[{"date": "YYYY-MM-DD", "windows": [{"start", "end"}, …]}, …]``
+    replacing that date's weekly hours (no windows: a day off); ``durations``: the appointment lengths
+    offered, in minutes. An end of ``24:00`` is the end of the day.
+    """
+
+    host = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, primary_key=True, related_name="availability"
+    )
+    time_zone = models.CharField(max_length=64, help_text="An IANA zone, e.g. Europe/Berlin")
+    weekly = models.JSONField(default=list, blank=True)
+    overrides = models.JSONField(default=list, blank=True)
+    durations = models.JSONField(default=list, help_text="Appointment lengths offered, in minutes")
+    minimum_notice_minutes = models.PositiveIntegerField(default=0)
+    buffer_minutes = models.PositiveIntegerField(default=0, help_text="Kept free around every appointment")
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "availabilities"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(buffer_minutes__lte=24 * 60, minimum_notice_minutes__lte=366 * 24 * 60),
+                name="availability_minutes_bounded",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Availability of host #{self.host_id} ({self.time_zone})"

@@ -3,15 +3,20 @@ operators' analytics, computed in the database with aggregate queries."""
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo
 
+from django.db import connection
 from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from booking_site.accounts.models import User
-from slots.models import Slot, SlotBooking
+from booking_site.errors import ValidationFailed
+from slots.models import Availability, Slot, SlotBooking
 
 Status = SlotBooking.Status
 
@@ -38,11 +43,13 @@ def slots_with_remaining(*, now: datetime) -> QuerySet[Slot]:
 
 def slots_listed(*, now: datetime) -> QuerySet[Slot]:
     """What guests browse: AVAILABLE slots that have not started yet, soonest first."""
-    return slots_with_remaining(now=now).filter(status=Slot.Status.AVAILABLE, start__gt=now).order_by("start", "id")
+    published = slots_with_remaining(now=now).filter(kind=Slot.Kind.PUBLISHED)
+    return published.filter(status=Slot.Status.AVAILABLE, start__gt=now).order_by("start", "id")
 
 
 def slots_of_host(host: User, *, now: datetime) -> QuerySet[Slot]:
-    return slots_with_remaining(now=now).filter(host=host).order_by("start", "id")
+    """The host's published slots (an appointment's slot is its booking's: ``GET /api/bookings``)."""
+    return slots_with_remaining(now=now).filter(host=host, kind=Slot.Kind.PUBLISHED).order_by("start", "id")
 
 
 def slot_bookings_with_effective_state(*, now: datetime) -> QuerySet[SlotBooking]:
@@ -117,3 +124,178 @@ def booking_analytics(*, start_date: date, end_date: date, tz: tzinfo | None = N
         for h in hosts
     ]
     return Analytics(total, rate, bookings_per_day, top_hosts)
+
+
+# --- a host's free times (seeds/003's "Get Available Slots"; docs/contract.md §6, ADR 0014) ------------------
+
+MAX_SEARCH_DAYS = 62
+
+
+def availability_of(host_id: int) -> Availability | None:
+    return Availability.objects.filter(host_id=host_id).first()
+
+
+def search_range(availability: Availability, start: date | datetime, end: date | datetime) -> tuple[datetime, datetime]:
+    """The instants a search covers: a datetime as it is; a date from the start of that day in the host's
+    time zone (``startDate``) or to the end of it (``endDate``, so a date range includes both days). At most
+    ``MAX_SEARCH_DAYS`` days; ValidationFailed naming the field otherwise."""
+    zone = ZoneInfo(availability.time_zone)
+    begins = start if isinstance(start, datetime) else datetime.combine(start, time(0), tzinfo=zone)
+    ends = end if isinstance(end, datetime) else datetime.combine(end + timedelta(days=1), time(0), tzinfo=zone)
+    if ends <= begins:
+        raise ValidationFailed.for_field("endDate", "Must be after startDate.")
+    if ends - begins > timedelta(days=MAX_SEARCH_DAYS):
+        raise ValidationFailed.for_field("endDate", f"The range may span at most {MAX_SEARCH_DAYS} days.")
+    return begins.astimezone(UTC), ends.astimezone(UTC)
+
+
+def free_times(
+    *, host_id: int, start: date | datetime, end: date | datetime, minutes: int, now: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Every appointment of ``minutes`` the host can take between ``start`` and ``end``: stepped by its
+    length from the start of each window of the host's hours (weekly, or the date's override), in the
+    host's time zone, so across a DST change a window keeps its wall-clock bounds and lasts what it really
+    lasts; at least the minimum notice after ``now``; and clear, by the host's buffer on each side, of
+    everything that takes the host's time: their published slots, and their active appointments (an
+    overdue hold is free). ValidationFailed for a length the host does not offer."""
+    availability = availability_of(host_id)
+    if availability is None or minutes not in availability.durations:
+        offered = ", ".join(str(d) for d in availability.durations) if availability else "none"
+        raise ValidationFailed.for_field("slotDuration", f"Host {host_id} offers {offered} (minutes).")
+    begins, ends = search_range(availability, start, end)
+    length, buffer = timedelta(minutes=minutes), timedelta(minutes=availability.buffer_minutes)
+    earliest = max(begins, now + timedelta(minutes=availability.minimum_notice_minutes))
+    busy = _busy(host_id, begins - buffer - length, ends + buffer + length, now=now, buffer=buffer)
+    found = []
+    for window_start, window_end in availability_windows(availability, begins, ends):
+        moment = window_start
+        while moment + length <= window_end:
+            end = moment + length
+            if moment >= earliest and end <= ends and not _overlaps(busy, moment.timestamp(), end.timestamp()):
+                found.append((moment, end))
+            moment += length
+    return found
+
+
+def availability_windows(
+    availability: Availability, begins: datetime, ends: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The host's hours that touch ``begins`` to ``ends``, as UTC instants in time order: each date of the host's
+    time zone, its override's windows or its weekday's. A wall-clock bound that a DST change skips that day
+    is read with the offset before the change; one it repeats, as its first occurrence."""
+    zone = ZoneInfo(availability.time_zone)
+    weekly: dict[int, list[dict]] = {}
+    for window in availability.weekly:
+        weekly.setdefault(window["weekday"], []).append(window)
+    overrides = {o["date"]: o["windows"] for o in availability.overrides}
+    day, last = begins.astimezone(zone).date() - timedelta(days=1), ends.astimezone(zone).date()
+    found = []
+    while day <= last:
+        windows = overrides.get(day.isoformat(), weekly.get(day.weekday(), []))
+        for window in windows:
+            start, end = _wall(day, window["start"], zone), _wall(day, window["end"], zone)
+            if start < ends and end > begins:
+                found.append((start, end))
+        day += timedelta(days=1)
+    return found
+
+
+def _wall(day: date, clock: str, zone: ZoneInfo) -> datetime:
+    """``clock`` (HH:MM, or 24:00: the next midnight) on ``day`` in ``zone``, as a UTC instant."""
+    if clock == "24:00":
+        return datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone).astimezone(UTC)
+    hours, minutes = map(int, clock.split(":"))
+    return datetime.combine(day, time(hours, minutes), tzinfo=zone).astimezone(UTC)
+
+
+def _taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
+    """What takes the host's time between ``begins`` and ``ends``, as ``(slot id, start, end)``: their published
+    AVAILABLE slots, and their appointments whose booking is active (an overdue hold is free, §2.2)."""
+    published = Slot.objects.filter(
+        host_id=host_id, kind=Slot.Kind.PUBLISHED, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins
+    ).values_list("pk", "start", "end")
+    appointments = (
+        SlotBooking.objects.active(now=now)
+        .filter(slot__host_id=host_id, slot__kind=Slot.Kind.APPOINTMENT, start__lt=ends, end__gt=begins)
+        .values_list("slot_id", "start", "end")
+    )
+    published, appointments = published.order_by(), appointments.order_by()  # no sort for a union
+    return published.union(appointments, all=True)
+
+
+def host_taken(host_id: int, start: datetime, end: datetime, *, buffer: timedelta, now: datetime) -> list[int]:
+    """The slots whose time, widened by ``buffer`` on each side, overlaps ``start`` to ``end`` (an appointment's
+    time is its booking's); touching is fine."""
+    spans = _taking_time(host_id, start - buffer, end + buffer, now=now)
+    return sorted(
+        pk for pk, taken_start, taken_end in spans if taken_start - buffer < end and taken_end + buffer > start
+    )
+
+
+def _busy(host_id: int, begins: datetime, ends: datetime, *, now: datetime, buffer: timedelta) -> list[tuple]:
+    """What takes the host's time between ``begins`` and ``ends``, each widened by ``buffer`` on both sides,
+    merged by PostgreSQL (``range_agg``) and in time order, as POSIX seconds: a busy month is some hundred
+    spans, and parsing two timestamps each would cost more than the search."""
+    inner, params = _taking_time(host_id, begins, ends, now=now).query.sql_with_params()
+    sql = f"""
+        SELECT extract(epoch FROM lower(r))::float8, extract(epoch FROM upper(r))::float8
+        FROM unnest((SELECT range_agg(tstzrange(t.start - %s * interval '1 second', t."end" + %s * interval '1 second'))
+                     FROM ({inner}) AS t (pk, start, "end"))) AS r
+        ORDER BY 1"""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [buffer.total_seconds(), buffer.total_seconds(), *params])
+        return cursor.fetchall()
+
+
+def _overlaps(busy: list[tuple], start: float, end: float) -> bool:
+    """Whether ``start`` to ``end`` (POSIX seconds) overlaps a span of ``busy`` (merged, in time order);
+    touching is fine."""
+    index = bisect.bisect_right(busy, (start, math.inf))
+    return (index > 0 and busy[index - 1][1] > start) or (index < len(busy) and busy[index][0] < end)
+
+
+@dataclass(frozen=True)
+class WeekBlock:
+    """One thing on a host's week picture (the admin): its kind, its place in a day (percent of 24 hours)."""
+
+    kind: str  # "hours", "slot" or "booking"
+    label: str
+    top: float
+    height: float
+
+
+def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
+    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots and their
+    active bookings (in those slots, and appointments), each cut to its day."""
+    zone = ZoneInfo(availability.time_zone)
+    begins = datetime.combine(first_day, time(0), tzinfo=zone).astimezone(UTC)
+    ends = datetime.combine(first_day + timedelta(days=7), time(0), tzinfo=zone).astimezone(UTC)
+    spans = [("hours", "hours", s, e) for s, e in availability_windows(availability, begins, ends)]
+    slots = Slot.objects.filter(
+        host_id=availability.host_id,
+        kind=Slot.Kind.PUBLISHED,
+        status=Slot.Status.AVAILABLE,
+        start__lt=ends,
+        end__gt=begins,
+    )
+    spans += [("slot", f"slot #{s.pk}", s.start, s.end) for s in slots]
+    bookings = SlotBooking.objects.active(now=now).filter(
+        slot__host_id=availability.host_id, start__lt=ends, end__gt=begins
+    )
+    spans += [("booking", f"booking #{b.pk}", b.start, b.end) for b in bookings]
+    week = []
+    for offset in range(7):
+        day = first_day + timedelta(days=offset)
+        day_start = datetime.combine(day, time(0), tzinfo=zone)
+        day_end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+        length = (day_end.astimezone(UTC) - day_start.astimezone(UTC)).total_seconds()
+        blocks = []
+        for kind, label, start, end in spans:
+            start, end = max(start, day_start), min(end, day_end)
+            if start < end:
+                top = (start - day_start.astimezone(UTC)).total_seconds() / length * 100
+                height = (end - start).total_seconds() / length * 100
+                local = f"{start.astimezone(zone):%H:%M} to {end.astimezone(zone):%H:%M}"
+                blocks.append(WeekBlock(kind=kind, label=f"{label} {local}", top=top, height=height))
+        week.append((day, blocks))
+    return week

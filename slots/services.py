@@ -21,18 +21,35 @@ backstop fires, the request gets the same 409 as the lock-and-check would have g
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import zoneinfo
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from itertools import pairwise
 from typing import Any, TypedDict
 
+import psycopg
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import Case, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value, When, sql
-from django.db.models.functions import Coalesce
+from django.db.models import (
+    Case,
+    F,
+    IntegerField,
+    JSONField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+    When,
+    sql,
+)
+from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
 
 from booking_site import locking
@@ -53,7 +70,8 @@ from booking_site.errors import (
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
-from slots.models import Slot, SlotBooking
+from slots import selectors
+from slots.models import Availability, Slot, SlotBooking
 
 Status = SlotBooking.Status
 
@@ -63,6 +81,8 @@ Status = SlotBooking.Status
 MAX_CAPACITY = 10_000  # seats of one slot (the API, the admin forms and the services agree)
 SLOT_HORIZON = timedelta(days=5 * 365 + 1)  # a slot ends at most five years from now (SLOT_HORIZON_TEXT)
 SLOT_HORIZON_TEXT = "five years"
+GUEST_NO_OVERLAP = "slotbooking_guest_no_overlap"  # the constraint behind the guest's rule (ADR 0014)
+HOST_NO_OVERLAP = "slot_no_overlap_per_host"  # and the host's: published slots and appointments
 
 
 def cancellation_window() -> timedelta:
@@ -96,6 +116,26 @@ class SlotUnavailable(Conflict):
 
 class SlotBooked(Conflict):
     code = "slot_booked"
+
+
+class GuestOverlap(Conflict):
+    """The guest already has an active booking at that time, with any host (docs/contract.md §2.1)."""
+
+    code = "guest_overlap"
+
+    def __init__(self, *, booking_id: int | None = None, start: datetime | None = None, end: datetime | None = None):
+        if booking_id is None or start is None or end is None:
+            # Refused by the constraint: the clashing row is not read back (the statement failed).
+            super().__init__("You already have an active booking overlapping this time.")
+            return
+        super().__init__(
+            f"You already have booking {booking_id} from {start.isoformat()} to {end.isoformat()}.",
+            details={"bookingId": booking_id, "startTime": start, "endTime": end},
+        )
+
+
+class OutsideAvailability(DomainError):
+    status, code = 400, "outside_availability"
 
 
 class OwnSlot(DomainError):
@@ -186,6 +226,7 @@ def slots_create_many(
     for start, _ in ranges:
         if start <= now:
             raise SlotInPast(f"A slot starting at {start.isoformat()} is in the past.")
+    _expire_overdue_appointments(host.pk, ranges, now=now)
     clashes = _overlapping(host=host, ranges=ranges)
     if clashes:
         listed = ", ".join(f"#{s.pk} {s.start.isoformat()} to {s.end.isoformat()}" for s in clashes[:10])
@@ -290,6 +331,150 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
     return slot
 
 
+# --- availability (docs/contract.md §6, ADR 0014) --------------------------------------------------------
+
+MAX_DURATION_MINUTES = 24 * 60
+MAX_BUFFER_MINUTES = 24 * 60
+MAX_NOTICE_MINUTES = 366 * 24 * 60
+_CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
+
+
+class AvailabilityDocument(TypedDict):
+    """What a host says about their hours: the JSON of ``/api/hosts/me/availability``."""
+
+    timeZone: str
+    weekly: list[dict]
+    overrides: list[dict]
+    durations: list[int]
+    minimumNoticeMinutes: int
+    bufferMinutes: int
+
+
+def availability_set(*, host: User, document: AvailabilityDocument, actor: User, now: datetime) -> Availability:
+    """Replace ``host``'s availability with ``document`` (``PUT /api/hosts/me/availability``, the admin), after
+    checking it whole: a 400 naming the first bad field (``weekly[2].end``), and nothing written. Locks the
+    host's row: a booking of the host judges their hours under the same lock."""
+    if not host.is_host:
+        raise NotAHost(f"User {host.pk} is not a host.")
+    fields = availability_clean(document)
+    with transaction.atomic():
+        locking.lock_user(host.pk)
+        now = locked_now(now)
+        current = Availability.objects.filter(host=host).first()
+        if current is None:
+            availability = Availability.objects.create(host=host, updated_at=now, **fields)
+            audit.record(subject=availability, event="CREATED", actor=actor, metadata=document_of(availability))
+            return availability
+        audit.record_update(current, fields, actor=actor, now=now)
+        return current
+
+
+def document_of(availability: Availability) -> dict:
+    return {
+        "timeZone": availability.time_zone,
+        "weekly": availability.weekly,
+        "overrides": availability.overrides,
+        "durations": availability.durations,
+        "minimumNoticeMinutes": availability.minimum_notice_minutes,
+        "bufferMinutes": availability.buffer_minutes,
+    }
+
+
+def availability_clean(document: AvailabilityDocument) -> dict[str, Any]:
+    """The model's fields for ``document``, windows in time order; ValidationFailed naming the field."""
+    zone = document.get("timeZone")
+    if not isinstance(zone, str) or zone not in zoneinfo.available_timezones():
+        raise ValidationFailed.for_field("timeZone", f"Unknown time zone {zone!r}; an IANA name, e.g. Europe/Berlin.")
+    weekly = _list(document.get("weekly"), "weekly")
+    for index, window in enumerate(weekly):
+        weekday = window.get("weekday") if isinstance(window, dict) else None
+        if not isinstance(weekday, int) or isinstance(weekday, bool) or not 0 <= weekday <= 6:
+            raise ValidationFailed.for_field(f"weekly[{index}].weekday", "Must be 0 (Monday) to 6 (Sunday).")
+    weekly_clean = []
+    for weekday in range(7):
+        of_day = [(i, w) for i, w in enumerate(weekly) if w["weekday"] == weekday]
+        for window in _windows(of_day, "weekly"):
+            weekly_clean.append({"weekday": weekday, **window})
+    overrides, dates = [], set()
+    for index, override in enumerate(_list(document.get("overrides"), "overrides")):
+        field = f"overrides[{index}]"
+        if not isinstance(override, dict):
+            raise ValidationFailed.for_field(field, "Must be an object with date and windows.")
+        day = _date(override.get("date"), f"{field}.date")
+        if day in dates:
+            raise ValidationFailed.for_field(f"{field}.date", f"{day} is overridden twice.")
+        dates.add(day)
+        windows = _list(override.get("windows"), f"{field}.windows")
+        overrides.append({"date": day, "windows": _windows(list(enumerate(windows)), f"{field}.windows")})
+    durations = _list(document.get("durations"), "durations")
+    if not durations:
+        raise ValidationFailed.for_field("durations", "Offer at least one appointment length.")
+    for index, minutes in enumerate(durations):
+        _bounded(minutes, f"durations[{index}]", low=5, high=MAX_DURATION_MINUTES)
+    if len(set(durations)) != len(durations):
+        raise ValidationFailed.for_field("durations", "Each length once.")
+    return {
+        "time_zone": zone,
+        "weekly": weekly_clean,
+        "overrides": sorted(overrides, key=lambda o: o["date"]),
+        "durations": sorted(durations),
+        "minimum_notice_minutes": _bounded(
+            document.get("minimumNoticeMinutes", 0), "minimumNoticeMinutes", low=0, high=MAX_NOTICE_MINUTES
+        ),
+        "buffer_minutes": _bounded(document.get("bufferMinutes", 0), "bufferMinutes", low=0, high=MAX_BUFFER_MINUTES),
+    }
+
+
+def _list(value: object, field: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValidationFailed.for_field(field, "Must be a list.")
+    if len(value) > 100:
+        raise ValidationFailed.for_field(field, "At most 100 entries.")
+    return value
+
+
+def _bounded(value: object, field: str, *, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValidationFailed.for_field(field, f"Must be a whole number from {low} to {high}.")
+    return value
+
+
+def _date(value: object, field: str) -> str:
+    if isinstance(value, str) and len(value) == 10:
+        with contextlib.suppress(ValueError):
+            return date.fromisoformat(value).isoformat()
+    raise ValidationFailed.for_field(field, "Must be a date, YYYY-MM-DD.")
+
+
+def _windows(windows: list[tuple[int, object]], field: str) -> list[dict]:
+    """One day's windows (with their index in ``field``), checked and in time order: each ``HH:MM`` to a
+    later ``HH:MM`` (``24:00``: the end of the day), none overlapping another (back to back is fine)."""
+    clean = []
+    for index, window in windows:
+        name = f"{field}[{index}]"
+        if not isinstance(window, dict):
+            raise ValidationFailed.for_field(name, "Must be an object with start and end.")
+        start, end = (_clock(window.get(key), f"{name}.{key}") for key in ("start", "end"))
+        if start == "24:00":
+            raise ValidationFailed.for_field(f"{name}.start", "24:00 ends a day; a window starts before it.")
+        if end <= start:
+            raise ValidationFailed.for_field(f"{name}.end", f"Must be after start ({start}).")
+        clean.append((start, end, name))
+    clean.sort()
+    for (_, end, _), (start, _, name) in pairwise(clean):
+        if start < end:
+            raise ValidationFailed.for_field(name, f"Overlaps the window ending at {end}.")
+    return [{"start": start, "end": end} for start, end, _ in clean]
+
+
+def _clock(value: object, field: str) -> str:
+    if not isinstance(value, str) or not _CLOCK.fullmatch(value):
+        raise ValidationFailed.for_field(field, "Must be a wall-clock time, HH:MM (00:00 to 24:00).")
+    return value
+
+
 # --- bookings ---------------------------------------------------------------------------------------
 
 
@@ -318,7 +503,59 @@ class SlotBookingRequest:
     request_id: str = ""
 
 
-class SlotBookings(ClaimEngine[SlotBooking]):
+class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
+    """What every slot booking shares once it exists, a seat of a published slot or an appointment: its
+    transitions (a booking that stops blocking gives its seats back, and its appointment's slot is
+    cancelled, by ``write_along``), its policy, its errors, its expiry batches."""
+
+    model, domain, policy = SlotBooking, "slots", BookingPolicy()
+    # A rule of the product about the guest (docs/contract.md §6), whoever books: operators are not
+    # exempt. ``details.max`` repeats the limit for the clients that read it before ``details.limit``.
+    cap = Cap(
+        rule="max_active",
+        setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
+        message="You already have {count} active bookings; a guest may have at most {limit}.",
+        summary="A guest has at most {limit} active (pending or confirmed) bookings at once.",
+        operators_exempt=False,
+    )
+
+    def changes(self, booking: SlotBooking, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
+        return {"reason": metadata["reason"]} if metadata else {}
+
+    def check_transition(self, booking: SlotBooking, to_state: str, *, user: User, now: datetime) -> None:
+        if to_state == Status.CANCELLED and booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
+            _check_cancellation_window(booking.slot, now=now)
+
+    def write_along(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime):
+        """A booking that stops blocking gives its seats back to its slot: one ``UPDATE`` of the slots
+        in the transition's statement (the caller holds their locks)."""
+        if to_state in SlotBooking.BLOCKING_STATES:
+            return []
+        seats_per_slot: Counter[int] = Counter()
+        for booking, from_state in zip(bookings, from_states, strict=True):
+            if from_state in SlotBooking.BLOCKING_STATES:
+                seats_per_slot[booking.slot_id] += booking.seats
+        if not seats_per_slot:
+            return []
+        freed = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in seats_per_slot.items()))
+        # An appointment's slot exists for its one booking: the host's time is free again (ADR 0014).
+        ended = Case(When(kind=Slot.Kind.APPOINTMENT, then=Value(Slot.Status.CANCELLED)), default=F("status"))
+        update = sql.UpdateQuery(Slot)
+        update.add_update_values({"booked": F("booked") - freed, "status": ended})
+        update.add_q(Q(pk__in=list(seats_per_slot)))
+        return [update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()]
+
+    def refused(self, booking: SlotBooking, to_state: str) -> DomainError:
+        if to_state == Status.CONFIRMED:
+            return BookingNotPending(booking_id=booking.pk, status=booking.status)
+        return InvalidStateTransition(subject=f"Booking {booking.pk}", from_state=booking.status, to_state=to_state)
+
+    def due(self, *, now: datetime):
+        """With their slots: the batch locks both, so a booking whose slot a request holds is skipped."""
+        return SlotBooking.objects.overdue(now=now).select_related("slot")
+
+
+class SlotBookings(SlotBookingLifecycle):
     """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold.
 
     The lean write path (ADR 0007, the slots): a booking is two statements between BEGIN and COMMIT.
@@ -332,16 +569,6 @@ class SlotBookings(ClaimEngine[SlotBooking]):
     counter in one more (``write_along``).
     """
 
-    model, domain, policy = SlotBooking, "slots", BookingPolicy()
-    # A rule of the product about the guest (docs/contract.md §6), whoever books: operators are not
-    # exempt. ``details.max`` repeats the limit for the clients that read it before ``details.limit``.
-    cap = Cap(
-        rule="max_active",
-        setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
-        message="You already have {count} active bookings; a guest may have at most {limit}.",
-        summary="A guest has at most {limit} active (pending or confirmed) bookings at once.",
-        operators_exempt=False,
-    )
     backstop = (
         "slot_booked_within_capacity",
         lambda slot, request: SlotFull(slot_id=slot.pk, seats=request.seats),
@@ -357,6 +584,7 @@ class SlotBookings(ClaimEngine[SlotBooking]):
             after=locking.user_lock(request.guest.pk),
             guest_active=_count(active),
             guest_with_host=_count(active.filter(slot__host_id=OuterRef("host_id"))),
+            guest_clash=_clash(active.filter(start__lt=OuterRef("end"), end__gt=OuterRef("start"))),
             overdue_seats=_sum_seats(overdue),
         ).get(request.slot_id)
         if slot is None:
@@ -366,6 +594,9 @@ class SlotBookings(ClaimEngine[SlotBooking]):
     def check_target(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
         _check_bookable(slot, guest=request.guest.pk, now=now)
         _check_guest_limits(host_id=slot.host_id, active=slot.guest_active, with_host=slot.guest_with_host)
+        if slot.guest_clash is not None:  # JSON: its times are ISO 8601 strings
+            clash = slot.guest_clash
+            _check_no_clash(clash["id"], datetime.fromisoformat(clash["start"]), datetime.fromisoformat(clash["end"]))
         _check_seats(slot, seats=request.seats, freed=slot.overdue_seats)
 
     def make_free(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
@@ -377,6 +608,9 @@ class SlotBookings(ClaimEngine[SlotBooking]):
         expires_at = now + timedelta(minutes=hold_minutes) if request.hold else None
         params = {
             "slot": slot.pk,
+            "booking": 0,  # no booking is this one's own
+            "start": slot.start,
+            "end": slot.end,
             "capacity": slot.capacity,
             "booked": slot.booked,
             "host": slot.host_id,
@@ -398,23 +632,24 @@ class SlotBookings(ClaimEngine[SlotBooking]):
                 {"slotId": slot.pk, "seats": request.seats, "expiresAt": expires_at}, cls=DjangoJSONEncoder
             ),
         }
-        constraint, _ = self.backstop
         try:
             with connection.cursor() as cursor:
                 cursor.execute(BOOK_SQL, params)
-                expired, freed, active, with_host, remaining, booking_id = cursor.fetchone()
-        except IntegrityError:  # the transaction is aborted: the caller's atomic block rolls it back
-            CONSTRAINT_BACKSTOPS.labels(constraint).inc()
-            raise SlotFull(slot_id=slot.pk, seats=request.seats) from None
+                expired, freed, active, with_host, remaining, *clash, booking_id = cursor.fetchone()
+        except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
+            raise _backstop_refusal(error, slot=slot, seats=request.seats) from None
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         if booking_id is None:
             _check_guest_limits(host_id=slot.host_id, active=active, with_host=with_host)
+            _check_no_clash(*clash)
             raise SlotFull(slot_id=slot.pk, seats=request.seats, remaining=remaining)
         slot.booked += request.seats - freed
         return SlotBooking(
             pk=booking_id,
             slot=slot,
             guest=request.guest,
+            start=slot.start,
+            end=slot.end,
             seats=request.seats,
             status=status,
             expires_at=expires_at,
@@ -424,39 +659,6 @@ class SlotBookings(ClaimEngine[SlotBooking]):
             updated_at=now,
         )
 
-    def changes(self, booking: SlotBooking, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
-        return {"reason": metadata["reason"]} if metadata else {}
-
-    def check_transition(self, booking: SlotBooking, to_state: str, *, user: User, now: datetime) -> None:
-        if to_state == Status.CANCELLED and booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
-            _check_cancellation_window(booking.slot, now=now)
-
-    def write_along(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime):
-        """A booking that stops blocking gives its seats back to its slot: one ``UPDATE`` of the slots
-        in the transition's statement (the caller holds their locks)."""
-        if to_state in SlotBooking.BLOCKING_STATES:
-            return []
-        seats_per_slot: Counter[int] = Counter()
-        for booking, from_state in zip(bookings, from_states, strict=True):
-            if from_state in SlotBooking.BLOCKING_STATES:
-                seats_per_slot[booking.slot_id] += booking.seats
-        if not seats_per_slot:
-            return []
-        freed = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in seats_per_slot.items()))
-        update = sql.UpdateQuery(Slot)
-        update.add_update_values({"booked": F("booked") - freed})
-        update.add_q(Q(pk__in=list(seats_per_slot)))
-        return [update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()]
-
-    def refused(self, booking: SlotBooking, to_state: str) -> DomainError:
-        if to_state == Status.CONFIRMED:
-            return BookingNotPending(booking_id=booking.pk, status=booking.status)
-        return InvalidStateTransition(subject=f"Booking {booking.pk}", from_state=booking.status, to_state=to_state)
-
-    def due(self, *, now: datetime):
-        """With their slots: the batch locks both, so a booking whose slot a request holds is skipped."""
-        return SlotBooking.objects.overdue(now=now).select_related("slot")
-
 
 class _Count(Subquery):
     template, output_field = "(SELECT count(*) FROM (%(subquery)s) _rows)", IntegerField()
@@ -464,6 +666,12 @@ class _Count(Subquery):
 
 def _count(rows) -> _Count:
     return _Count(rows.order_by().values("pk"))
+
+
+def _clash(rows) -> Subquery:
+    """The first of ``rows`` (a guest's active bookings overlapping a time) as ``{id, start, end}``, or None."""
+    first = rows.order_by("start").values(json=JSONObject(id="pk", start="start", end="end"))[:1]
+    return Subquery(first, output_field=JSONField())
 
 
 def _sum_seats(rows) -> Coalesce:
@@ -493,25 +701,38 @@ overdue AS (
 ), freed AS (
     SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
 )"""
-BOOK_SQL = f"""
-WITH {_EXPIRE_OVERDUE}, limits AS (
+# How many active bookings the guest has, and how many with %(host)s, but %(booking)s (a reschedule's own).
+_LIMITS = f"""limits AS (
     SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
     FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
-    WHERE b.guest_id = %(guest)s AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
-), seats AS (
+    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
+      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
+)"""
+# The guest's first active booking overlapping %(start)s to %(end)s, but %(booking)s (a reschedule's own): read
+# after the guest's lock, so it is the truth (ADR 0014). On the guest's bookings, which are few.
+_CLASH = f"""clash AS (
+    SELECT b.id, b.start, b."end" FROM {_BOOKING} b
+    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
+      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
+      AND b.start < %(end)s AND b."end" > %(start)s
+    ORDER BY b.start LIMIT 1
+)"""
+BOOK_SQL = f"""
+WITH {_EXPIRE_OVERDUE}, {_LIMITS}, {_CLASH}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats, limits
     WHERE seats.remaining >= %(seats)s AND limits.with_host = 0 AND limits.active < %(max_active)s
+      AND NOT EXISTS (SELECT FROM clash)
 ), taken AS (
     UPDATE {_SLOT} SET booked = booked - freed.seats + CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END
     FROM freed
     WHERE id = %(slot)s AND (freed.seats > 0 OR EXISTS (SELECT FROM free))
 ), created AS (
-    INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, request_id, created_at,
-                            updated_at)
-    SELECT %(slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
-           %(booking_request_id)s, %(now)s, %(now)s
+    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
+                            created_at, updated_at)
+    SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
+           %(booking_metadata)s::jsonb, %(booking_request_id)s, %(now)s, %(now)s
     FROM free
     RETURNING id
 ), created_event AS (
@@ -520,8 +741,9 @@ WITH {_EXPIRE_OVERDUE}, limits AS (
            %(metadata)s::jsonb, %(trace_id)s
     FROM created
 )
-SELECT freed.holds, freed.seats, limits.active, limits.with_host, seats.remaining, (SELECT id FROM created)
-FROM freed, limits, seats
+SELECT freed.holds, freed.seats, limits.active, limits.with_host, seats.remaining, clash.id, clash.start, clash."end",
+       (SELECT id FROM created)
+FROM freed, limits, seats LEFT JOIN clash ON true
 """
 
 
@@ -555,6 +777,311 @@ def slot_booking_create(
         now=now,
     )
     return SLOT_BOOKINGS.hold(request, now=now, actor=actor or guest)
+
+
+# --- appointments: booking an interval of a host's hours (seeds/003; docs/contract.md §6, ADR 0014) ---------
+
+
+@dataclass(frozen=True)
+class AppointmentRequest:
+    host_id: int
+    guest: User
+    start: datetime
+    end: datetime
+    hold: bool
+    hold_minutes: int | None
+    now: datetime
+    metadata: dict = field(default_factory=dict)
+    request_id: str = ""
+    rescheduled_from: SlotBooking | None = None  # the booking a reschedule moves here: not in its own way
+
+
+@dataclass(frozen=True)
+class AppointmentTarget:
+    host: User
+    availability: Availability | None
+
+
+class Appointments(SlotBookingLifecycle):
+    """An interval booking is a slot booking on a slot of its own (kind APPOINTMENT): the appointment's time
+    and the host's buffer after it, so the host's ``slot_no_overlap_per_host`` is its backstop, and the
+    booking's ``slotbooking_guest_no_overlap`` the guest's. Confirm, cancel, expiry and audit are the slot
+    bookings' (a booking that stops blocking cancels its appointment's slot: ``write_along``).
+
+    The hold locks the guest's and the host's rows (``lock_users``, id order), then reads, after the
+    locks: the host's hours, the guest's bookings, the host's time. An overdue hold in the way of the
+    new slot is expired first, under its slot's lock (the host's constraint counts it until then)."""
+
+    def lock_target(self, request: AppointmentRequest) -> AppointmentTarget:
+        host = locking.lock_users([request.guest.pk, request.host_id]).get(request.host_id)
+        if host is None or not host.is_host:
+            raise NotFound(f"Host {request.host_id} does not exist.")
+        return AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+
+    def check_target(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
+        if target.host.pk == request.guest.pk:
+            raise OwnSlot("You cannot book your own time.")
+        check_slot_times(request.start, request.end, now=now)
+        _check_fits(target.availability, request, now=now)
+        moving = request.rescheduled_from
+        params: dict[str, Any] = {"guest": request.guest.pk, "host": target.host.pk, "now": now}
+        params |= {"booking": moving.pk if moving else 0, "start": request.start, "end": request.end}
+        with connection.cursor() as cursor:
+            cursor.execute(GUEST_RULES_SQL, params)
+            active, with_host, *clash = cursor.fetchone()
+        _check_guest_limits(host_id=target.host.pk, active=active, with_host=with_host)
+        _check_no_clash(*clash)
+        buffer = timedelta(minutes=target.availability.buffer_minutes if target.availability else 0)
+        taken = selectors.host_taken(target.host.pk, request.start, request.end, buffer=buffer, now=now)
+        if moving is not None and moving.slot.kind == Slot.Kind.APPOINTMENT:
+            taken = [pk for pk in taken if pk != moving.slot_id]  # its own time, released with it
+        if taken:
+            raise SlotOverlap(
+                f"Host {target.host.pk} is taken from {request.start.isoformat()} to {request.end.isoformat()}"
+                f" (with their {buffer} buffer).",
+                details={"slotIds": taken},
+            )
+
+    def make_free(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
+        """Expire the overdue holds on the host's appointments in the way of the new one's slot."""
+        _expire_overdue_appointments(target.host.pk, [(request.start, request.end + _buffer(target))], now=now)
+
+    def create(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime, actor) -> SlotBooking:
+        hold_minutes = request.hold_minutes or hold_minutes_default()
+        status = Status.PENDING if request.hold else Status.CONFIRMED
+        expires_at = now + timedelta(minutes=hold_minutes) if request.hold else None
+        if request.rescheduled_from is not None:  # a moved hold keeps its expiry
+            expires_at = request.rescheduled_from.expires_at if request.hold else None
+        slot = Slot(
+            host=target.host,
+            kind=Slot.Kind.APPOINTMENT,
+            start=request.start,
+            end=request.end + _buffer(target),
+            capacity=1,
+            booked=1,
+            created_at=now,
+            updated_at=now,
+        )
+        metadata = {"hostId": target.host.pk, "start": request.start, "end": request.end, "expiresAt": expires_at}
+        if request.rescheduled_from is not None:
+            metadata["rescheduledFromId"] = request.rescheduled_from.pk
+        params = {
+            "host": target.host.pk,
+            "guest": request.guest.pk,
+            "start": request.start,
+            "end": request.end,
+            "slot_end": slot.end,
+            "status": status,
+            "expires_at": expires_at,
+            "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
+            "booking_request_id": request.request_id,
+            "rescheduled_from": request.rescheduled_from.pk if request.rescheduled_from else None,
+            "now": now,
+            "actor": actor.pk,
+            "actor_label": f"user:{actor.pk}",
+            "subject_type": SlotBooking._meta.model_name,
+            "occurred_at": timezone.now(),
+            "trace_id": current_request_id() or "",
+            "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
+        }
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(APPOINTMENT_SQL, params)
+                slot.pk, booking_id = cursor.fetchone()
+        except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
+            raise _backstop_refusal(error, slot=slot, seats=1) from None
+        return SlotBooking(
+            pk=booking_id,
+            slot=slot,
+            guest=request.guest,
+            start=request.start,
+            end=request.end,
+            status=status,
+            expires_at=expires_at,
+            metadata=request.metadata,
+            request_id=request.request_id,
+            rescheduled_from=request.rescheduled_from,
+            created_at=now,
+            updated_at=now,
+        )
+
+
+# An appointment's rules about its guest, after the guest's lock: how many active bookings, how many with the
+# host, and the first active one overlapping (BOOK_SQL's ``limits`` and ``clash``).
+GUEST_RULES_SQL = f"""
+WITH {_LIMITS}, {_CLASH}
+SELECT limits.active, limits.with_host, clash.id, clash.start, clash."end" FROM limits LEFT JOIN clash ON true
+"""
+# The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's
+# RETURNING, so it is written after it). ``slot_no_overlap_per_host`` and ``slotbooking_guest_no_overlap``
+# are the backstops: either refuses the statement, and the caller counts it.
+APPOINTMENT_SQL = f"""
+WITH slot AS (
+    INSERT INTO {_SLOT} (host_id, kind, title, specialization, start, "end", capacity, booked, status, created_at,
+                         updated_at)
+    VALUES (%(host)s, 'APPOINTMENT', '', '', %(start)s, %(slot_end)s, 1, 1, 'AVAILABLE', %(now)s, %(now)s)
+    RETURNING id
+), created AS (
+    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
+                            rescheduled_from_id, created_at, updated_at)
+    SELECT slot.id, %(guest)s, %(start)s, %(end)s, 1, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
+           %(booking_request_id)s, %(rescheduled_from)s, %(now)s, %(now)s
+    FROM slot
+    RETURNING id
+), created_event AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
+           %(metadata)s::jsonb, %(trace_id)s
+    FROM created
+)
+SELECT (SELECT id FROM slot), (SELECT id FROM created)
+"""
+
+
+def _expire_overdue_appointments(host_id: int, ranges: list[tuple[datetime, datetime]], *, now: datetime) -> None:
+    """Expire the overdue holds on the host's appointments whose slots overlap ``ranges``, so that the host's
+    ``slot_no_overlap_per_host`` (which counts an appointment's slot until its booking ends) never makes an
+    overdue hold block (docs/contract.md §2.2). Caller holds the host's row lock; their slots are locked here."""
+    overdue = SlotBooking.objects.overdue(now=now).filter(
+        slot__host_id=host_id,
+        slot__kind=Slot.Kind.APPOINTMENT,
+        slot__status=Slot.Status.AVAILABLE,
+        slot__start__lt=max(end for _, end in ranges),
+        slot__end__gt=min(start for start, _ in ranges),
+    )
+    in_the_way = {
+        pk: slot_id
+        for pk, slot_id, slot_start, slot_end in overdue.values_list("pk", "slot_id", "slot__start", "slot__end")
+        if any(slot_start < end and slot_end > start for start, end in ranges)
+    }
+    if in_the_way:
+        locking.lock_slots(in_the_way.values())
+        APPOINTMENTS.expire_overdue(overdue.filter(pk__in=in_the_way), now=now)
+
+
+def _buffer(target: AppointmentTarget) -> timedelta:
+    return timedelta(minutes=target.availability.buffer_minutes if target.availability else 0)
+
+
+def _check_fits(availability: Availability | None, request: AppointmentRequest, *, now: datetime) -> None:
+    """The interval is one of the host's durations, inside one window of their hours, and at least their
+    minimum notice from ``now``: 400 ``outside_availability`` otherwise."""
+    if availability is None:
+        raise OutsideAvailability(f"Host {request.host_id} has no hours.")
+    minutes = (request.end - request.start) / timedelta(minutes=1)
+    if minutes not in availability.durations:
+        offered = ", ".join(str(d) for d in availability.durations)
+        raise OutsideAvailability(f"Host {request.host_id} offers {offered} minutes, not {minutes:g}.")
+    notice = timedelta(minutes=availability.minimum_notice_minutes)
+    if request.start < now + notice:
+        raise OutsideAvailability(f"Host {request.host_id} takes bookings at least {notice} ahead.")
+    windows = selectors.availability_windows(availability, request.start, request.end)
+    if not any(start <= request.start and request.end <= end for start, end in windows):
+        raise OutsideAvailability(f"Host {request.host_id} is not working then (see their availability).")
+
+
+APPOINTMENTS = Appointments()
+
+
+def appointment_book(
+    *,
+    host_id: int,
+    guest: User,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    hold: bool = False,
+    hold_minutes: int | None = None,
+    metadata: dict | None = None,
+    request_id: str = "",
+    actor: User | None = None,
+) -> SlotBooking:
+    """Book ``start`` to ``end`` of a host's hours (``POST /api/bookings`` with ``hostId``): CONFIRMED at once,
+    or with ``hold`` a PENDING hold. Locks the guest's and the host's rows."""
+    request = AppointmentRequest(
+        host_id=host_id,
+        guest=guest,
+        start=start,
+        end=end,
+        hold=hold,
+        hold_minutes=hold_minutes,
+        now=now,
+        metadata=metadata or {},
+        request_id=request_id,
+    )
+    return APPOINTMENTS.hold(request, now=now, actor=actor or guest)
+
+
+def appointment_reschedule(
+    *, booking_id: int, start: datetime, end: datetime, user: User, now: datetime
+) -> SlotBooking:
+    """Move an active booking (an appointment, or seats of a published slot) to ``start`` to ``end`` of its
+    host's hours, in one transaction: the new appointment passes the booking rules (the booking itself not
+    in its own way) and, for a guest moving a CONFIRMED booking, the old time's cancellation window
+    applies; the old booking is CANCELLED (reason ``rescheduled``, audit ``RESCHEDULED``) and its seats and
+    appointment released before the new one is written, or, if anything refuses, nothing changes.
+
+    Returns the new booking (status, expiry and metadata kept; ``rescheduled_from`` the old one). Locks the
+    guest's and the host's rows, the old slot, then the booking."""
+    with transaction.atomic():
+        peek = SlotBooking.objects.filter(pk=booking_id).values("guest_id", "slot_id", "slot__host_id").first()
+        if peek is None:
+            raise NotFound(f"Booking {booking_id} does not exist.")
+        users = locking.lock_users([peek["guest_id"], peek["slot__host_id"]])
+        old_slot = locking.lock_slots([peek["slot_id"]])[peek["slot_id"]]
+        booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+        assert booking is not None  # found above, and a booking is never deleted (PROTECT)
+        booking.slot, booking.guest = old_slot, users[peek["guest_id"]]
+        SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
+        now = locked_now(now)
+        if booking.is_overdue(now):
+            SLOT_BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
+        elif booking.is_active(now):
+            return _move_to_interval(booking, users[peek["slot__host_id"]], start=start, end=end, user=user, now=now)
+    if booking.status == Status.EXPIRED:
+        assert booking.expires_at is not None  # it was a PENDING hold, which has an expiry
+        raise HoldExpired(f"Booking {booking_id} expired at {booking.expires_at.isoformat()}.")
+    raise InvalidStateTransition(subject=f"Booking {booking_id}", from_state=booking.status, to_state="RESCHEDULED")
+
+
+def _move_to_interval(booking: SlotBooking, host: User, *, start: datetime, end: datetime, user: User, now: datetime):
+    """Caller holds the guest's and the host's rows, the old slot's and the booking's."""
+    if booking.seats != 1:
+        raise ValidationFailed.for_field("startTime", "An appointment is one seat; this booking has more.")
+    if booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
+        _check_cancellation_window(booking.slot, now=now)
+    request = AppointmentRequest(
+        host_id=host.pk,
+        guest=booking.guest,
+        start=start,
+        end=end,
+        hold=booking.status == Status.PENDING,
+        hold_minutes=None,
+        now=now,
+        metadata=booking.metadata,
+        rescheduled_from=booking,
+    )
+    target = AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+    APPOINTMENTS.check_target(target, request, now=now)
+    APPOINTMENTS.make_free(target, request, now=now)
+    # The old booking gives back its seats (and its appointment's time) first: the new one may overlap it.
+    fields = {"status": Status.CANCELLED, "reason": "rescheduled", "updated_at": now}
+    along = SLOT_BOOKINGS.write_along([booking], from_states=[booking.status], to_state=Status.CANCELLED, now=now)
+    from_state = booking.status
+    with connection.cursor() as cursor:
+        for statement, params in along:
+            cursor.execute(statement, params)
+    SlotBooking.objects.filter(pk=booking.pk).update(**fields)
+    moved = APPOINTMENTS.create(target, request, now=now, actor=user)
+    audit.record(
+        subject=booking,
+        event="RESCHEDULED",
+        from_state=from_state,
+        to_state=Status.CANCELLED,
+        actor=user,
+        metadata={"toBookingId": moved.pk, "toSlotId": moved.slot_id},
+    )
+    return moved
 
 
 def slot_booking_confirm(*, booking_id: int, user: User, now: datetime) -> SlotBooking:
@@ -648,6 +1175,8 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         "booking": booking.pk,
         "old_slot": old_slot.pk,
         "slot": new_slot.pk,
+        "start": new_slot.start,
+        "end": new_slot.end,
         "capacity": new_slot.capacity,
         "booked": new_slot.booked,
         "guest": booking.guest_id,
@@ -666,17 +1195,19 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
     try:
         with connection.cursor() as cursor:
             cursor.execute(MOVE_SQL, params)
-            expired, remaining, moved_id = cursor.fetchone()
-    except IntegrityError:  # the transaction is aborted: the caller's atomic block rolls it back
-        CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
-        raise SlotFull(slot_id=new_slot.pk, seats=booking.seats) from None
+            expired, remaining, *clash, moved_id = cursor.fetchone()
+    except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
+        raise _backstop_refusal(error, slot=new_slot, seats=booking.seats) from None
     if moved_id is None:
+        _check_no_clash(*clash)
         raise SlotFull(slot_id=new_slot.pk, seats=booking.seats, remaining=remaining)
     count_on_commit(HOLDS_EXPIRED, SLOT_BOOKINGS.domain, amount=expired)
     return SlotBooking(
         pk=moved_id,
         slot=new_slot,
         guest_id=booking.guest_id,
+        start=new_slot.start,
+        end=new_slot.end,
         seats=booking.seats,
         status=booking.status,
         expires_at=booking.expires_at,
@@ -693,26 +1224,29 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
 # counters in one UPDATE (the backstop as in BOOK_SQL); ``cancelled`` ends the old booking, ``created``
 # inserts the new one, ``events`` records RESCHEDULED and CREATED.
 MOVE_SQL = f"""
-WITH {_EXPIRE_OVERDUE}, seats AS (
+WITH {_EXPIRE_OVERDUE}, {_CLASH}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
-    SELECT FROM seats WHERE seats.remaining >= %(seats)s
+    SELECT FROM seats WHERE seats.remaining >= %(seats)s AND NOT EXISTS (SELECT FROM clash)
 ), moving AS (
     SELECT CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END AS seats
 ), taken AS (
     UPDATE {_SLOT}
-    SET booked = booked + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END
+    SET booked = booked + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END,
+        status = CASE WHEN id = %(old_slot)s AND kind = 'APPOINTMENT' AND moving.seats > 0 THEN 'CANCELLED'
+                      ELSE status END
     FROM freed, moving
     WHERE id IN (%(old_slot)s, %(slot)s)
 ), cancelled AS (
     UPDATE {_BOOKING} SET status = 'CANCELLED', reason = 'rescheduled', updated_at = %(now)s
     WHERE id = %(booking)s AND EXISTS (SELECT FROM free)
+    RETURNING id
 ), created AS (
-    INSERT INTO {_BOOKING} (slot_id, guest_id, seats, status, expires_at, reason, metadata, rescheduled_from_id,
-                            request_id, created_at, updated_at)
-    SELECT %(slot)s, %(guest)s, %(seats)s, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
-           %(booking)s, '', %(now)s, %(now)s
-    FROM free
+    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata,
+                            rescheduled_from_id, request_id, created_at, updated_at)
+    SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
+           %(booking_metadata)s::jsonb, %(booking)s, '', %(now)s, %(now)s
+    FROM cancelled
     RETURNING id
 ), events AS (
     INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
@@ -725,7 +1259,8 @@ WITH {_EXPIRE_OVERDUE}, seats AS (
            %(trace_id)s
     FROM created
 )
-SELECT freed.holds, seats.remaining, (SELECT id FROM created) FROM freed, seats
+SELECT freed.holds, seats.remaining, clash.id, clash.start, clash."end", (SELECT id FROM created)
+FROM freed, seats LEFT JOIN clash ON true
 """
 
 
@@ -753,6 +1288,8 @@ def _peek(booking_id: int) -> _Peek:
 
 
 def _check_bookable(slot: Slot, *, guest: int, now: datetime) -> None:
+    if slot.kind == Slot.Kind.APPOINTMENT:
+        raise SlotUnavailable(f"Slot {slot.pk} is another booking's appointment.", details={"slotId": slot.pk})
     if slot.status != Slot.Status.AVAILABLE:
         raise SlotUnavailable(f"Slot {slot.pk} was cancelled by its host.", details={"slotId": slot.pk})
     if slot.host_id == guest:
@@ -772,6 +1309,26 @@ def _check_guest_limits(*, host_id: int, active: int | None, with_host: int) -> 
     if active is not None:
         cap = SLOT_BOOKINGS.cap
         cap.check(count=active, asked=1, limit=cap.limit, max=cap.limit)
+
+
+def _check_no_clash(clash_id: int | None, start: datetime | None, end: datetime | None) -> None:
+    """The guest's rule, given the first active booking of theirs overlapping the time asked (if any)."""
+    if clash_id is not None:
+        raise GuestOverlap(booking_id=clash_id, start=start, end=end)
+
+
+def _backstop_refusal(error: IntegrityError, *, slot: Slot, seats: int) -> DomainError:
+    """The 409 a constraint's refusal of a booking statement means, counted (docs/contract.md §2.1)."""
+    cause = error.__cause__
+    constraint = cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
+    if constraint == GUEST_NO_OVERLAP:
+        CONSTRAINT_BACKSTOPS.labels(GUEST_NO_OVERLAP).inc()
+        return GuestOverlap()
+    if constraint == HOST_NO_OVERLAP:
+        CONSTRAINT_BACKSTOPS.labels(HOST_NO_OVERLAP).inc()
+        return SlotOverlap(f"Host {slot.host_id} is taken at that time.")
+    CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
+    return SlotFull(slot_id=slot.pk, seats=seats)
 
 
 def _check_seats(slot: Slot, *, seats: int, freed: int = 0) -> None:

@@ -1,13 +1,24 @@
+import contextlib
 import json
-from datetime import date
+from datetime import date, datetime
 
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from booking_site.api import JSONObjectField, ModelSerializer, StrictSerializer
 from booking_site.parsers import unstorable
 from slots.models import Slot, SlotBooking
-from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
+from slots.services import (
+    MAX_BUFFER_MINUTES,
+    MAX_CAPACITY,
+    MAX_DURATION_MINUTES,
+    MAX_NOTICE_MINUTES,
+    SLOT_HORIZON,
+    SLOT_HORIZON_TEXT,
+)
 
 BIGINT = 2**63 - 1
 
@@ -79,8 +90,16 @@ class SlotListedOut(SlotOut):
 
 
 class SlotBookingIn(StrictSerializer):
-    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
-    seats = serializers.IntegerField(min_value=1, max_value=10_000, required=False, default=1)
+    """Seats of a published slot (``slotId``), or an interval of a host's hours (``hostId``, ``startTime``,
+    ``endTime``: seeds/003)."""
+
+    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT, required=False)
+    hostId = serializers.IntegerField(min_value=1, max_value=BIGINT, required=False)
+    startTime = serializers.DateTimeField(required=False, help_text="With hostId: the appointment's start")
+    endTime = serializers.DateTimeField(required=False, help_text="With hostId: its end (a duration the host offers)")
+    seats = serializers.IntegerField(
+        min_value=1, max_value=10_000, required=False, default=1, help_text="With slotId; an appointment is 1"
+    )
     hold = serializers.BooleanField(
         required=False, default=False, help_text="true: a PENDING hold with an expiry, to confirm later"
     )
@@ -90,6 +109,20 @@ class SlotBookingIn(StrictSerializer):
     userId = serializers.IntegerField(
         min_value=1, max_value=BIGINT, required=False, help_text="Must be the caller unless the caller is staff"
     )
+
+    def validate(self, data):
+        interval = [name for name in ("hostId", "startTime", "endTime") if name in data]
+        if "slotId" in data and interval:
+            raise serializers.ValidationError({interval[0]: ["Give slotId, or hostId with startTime and endTime."]})
+        if "slotId" not in data:
+            for name in ("hostId", "startTime", "endTime"):
+                if name not in data:
+                    raise serializers.ValidationError({name: ["Required without slotId."]})
+            if data["endTime"] <= data["startTime"]:
+                raise serializers.ValidationError({"endTime": ["Must be after startTime."]})
+            if "seats" in self.initial_data and data["seats"] != 1:
+                raise serializers.ValidationError({"seats": ["An appointment is one seat."]})
+        return data
 
     def validate_metadata(self, value):
         problem = unstorable(value)
@@ -109,7 +142,23 @@ class SlotBookingCancelIn(StrictSerializer):
 
 
 class SlotBookingRescheduleIn(StrictSerializer):
-    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT)
+    """Another slot (``slotId``), or another interval of the booking's host's hours (``startTime``, ``endTime``)."""
+
+    slotId = serializers.IntegerField(min_value=1, max_value=BIGINT, required=False)
+    startTime = serializers.DateTimeField(required=False)
+    endTime = serializers.DateTimeField(required=False)
+
+    def validate(self, data):
+        interval = [name for name in ("startTime", "endTime") if name in data]
+        if "slotId" in data and interval:
+            raise serializers.ValidationError({interval[0]: ["Give slotId, or startTime and endTime."]})
+        if "slotId" not in data:
+            for name in ("startTime", "endTime"):
+                if name not in data:
+                    raise serializers.ValidationError({name: ["Required without slotId."]})
+            if data["endTime"] <= data["startTime"]:
+                raise serializers.ValidationError({"endTime": ["Must be after startTime."]})
+        return data
 
 
 class SlotBookingOut(ModelSerializer):
@@ -117,8 +166,8 @@ class SlotBookingOut(ModelSerializer):
     userId = serializers.IntegerField(source="guest_id")
     hostId = serializers.IntegerField(source="slot.host_id")
     status = serializers.SerializerMethodField(help_text="An overdue PENDING reads as EXPIRED")
-    startTime = serializers.DateTimeField(source="slot.start")
-    endTime = serializers.DateTimeField(source="slot.end")
+    startTime = serializers.DateTimeField(source="start")
+    endTime = serializers.DateTimeField(source="end")
     expiresAt = serializers.DateTimeField(source="expires_at", allow_null=True)
     rescheduledFromId = serializers.IntegerField(source="rescheduled_from_id", allow_null=True)
     requestId = serializers.SerializerMethodField()
@@ -175,3 +224,79 @@ class BookingAnalyticsOut(serializers.Serializer):
 
 class ExpirePendingOut(serializers.Serializer):
     expired = serializers.IntegerField()
+
+
+# --- availability and free times (docs/contract.md §6) ------------------------------------------------
+
+
+class WindowSchema(serializers.Serializer):
+    start = serializers.CharField(max_length=5, help_text="HH:MM, wall-clock time in timeZone")
+    end = serializers.CharField(max_length=5, help_text="HH:MM after start; 24:00 is the end of the day")
+
+
+class WeeklyWindowSchema(WindowSchema):
+    weekday = serializers.IntegerField(min_value=0, max_value=6, help_text="0 Monday … 6 Sunday")
+
+
+class OverrideSchema(serializers.Serializer):
+    date = serializers.CharField(max_length=10, help_text="YYYY-MM-DD in timeZone")
+    windows = WindowSchema(many=True, help_text="That date's hours instead of its weekday's; empty: a day off")
+
+
+class AvailabilityIn(StrictSerializer):
+    """The whole availability (a PUT replaces it). Windows of one day never overlap; back to back is fine."""
+
+    timeZone = serializers.CharField(max_length=64, help_text="IANA name, e.g. Europe/Berlin")
+    weekly = WeeklyWindowSchema(many=True, required=False, default=list)
+    overrides = OverrideSchema(many=True, required=False, default=list)
+    durations = serializers.ListField(
+        child=serializers.IntegerField(min_value=5, max_value=MAX_DURATION_MINUTES),
+        allow_empty=False,
+        max_length=100,
+        help_text="Appointment lengths offered, in minutes",
+    )
+    minimumNoticeMinutes = serializers.IntegerField(min_value=0, max_value=MAX_NOTICE_MINUTES, default=0)
+    bufferMinutes = serializers.IntegerField(min_value=0, max_value=MAX_BUFFER_MINUTES, default=0)
+
+
+class AvailabilityOut(serializers.Serializer):
+    hostId = serializers.IntegerField()
+    timeZone = serializers.CharField()
+    weekly = WeeklyWindowSchema(many=True)
+    overrides = OverrideSchema(many=True)
+    durations = serializers.ListField(child=serializers.IntegerField())
+    minimumNoticeMinutes = serializers.IntegerField()
+    bufferMinutes = serializers.IntegerField()
+    updatedAt = serializers.DateTimeField(allow_null=True, help_text="null: never set (no hours: nothing bookable)")
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class DateOrDateTimeField(serializers.Field):
+    """``YYYY-MM-DD`` (a day in the host's time zone) or an ISO 8601 datetime with its offset."""
+
+    default_error_messages = {"invalid": "A date (YYYY-MM-DD) or a datetime with its offset (2027-01-04T09:00+01:00)."}
+
+    def to_internal_value(self, data):
+        value: date | datetime | None = None
+        if isinstance(data, str):
+            with contextlib.suppress(ValueError):
+                value = date.fromisoformat(data) if len(data) == 10 else parse_datetime(data)
+        if value is None or (isinstance(value, datetime) and value.tzinfo is None):
+            self.fail("invalid")
+        check_day(value.date() if isinstance(value, datetime) else value)
+        return value
+
+
+class FreeTimesQuery(serializers.Serializer):
+    startDate = DateOrDateTimeField(help_text="YYYY-MM-DD (from that day's start, in the host's zone) or a datetime")
+    endDate = DateOrDateTimeField(help_text="YYYY-MM-DD (to that day's end, in the host's zone) or a datetime")
+    slotDuration = serializers.IntegerField(min_value=1, max_value=MAX_DURATION_MINUTES, help_text="Minutes")
+
+
+class FreeTimeSchema(serializers.Serializer):
+    startTime = serializers.DateTimeField()
+    endTime = serializers.DateTimeField()
+
+
+class FreeTimesOut(serializers.Serializer):
+    slots = FreeTimeSchema(many=True)

@@ -1,3 +1,6 @@
+from datetime import datetime, tzinfo
+from typing import cast
+
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
@@ -7,6 +10,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from booking_site.accounts.models import User
 from booking_site.accounts.services import acting_user, request_user
 from booking_site.api import AsOfPagePagination
 from booking_site.audit.api import AuditTrailView
@@ -26,9 +30,13 @@ from booking_site.throttling import HOLDS
 from slots import selectors, services
 from slots.api.filters import BookingFilter, SlotFilter
 from slots.api.serializers import (
+    AvailabilityIn,
+    AvailabilityOut,
     BookingAnalyticsOut,
     BookingAnalyticsQuery,
     ExpirePendingOut,
+    FreeTimesOut,
+    FreeTimesQuery,
     SlotBookingCancelIn,
     SlotBookingConfirmIn,
     SlotBookingIn,
@@ -150,10 +158,13 @@ class BookingList(ListAPIView):
             201: SlotBookingOut,
             **errors(
                 services.SlotFull,
+                services.SlotOverlap,
                 services.LimitReached,
+                services.GuestOverlap,
                 services.SlotUnavailable,
                 services.OwnSlot,
                 services.SlotInPast,
+                services.OutsideAvailability,
                 NotFound,
                 Forbidden,
             ),
@@ -162,16 +173,27 @@ class BookingList(ListAPIView):
     @idempotent
     def post(self, request):
         data = SlotBookingIn.validated(request)
-        booking = services.slot_booking_create(
-            slot_id=data["slotId"],
-            guest=acting_user(caller=request.user, user_id=data.get("userId")),
-            seats=data["seats"],
-            hold=data["hold"],
-            metadata=data["metadata"],
-            request_id=request.idempotency_key or "",
-            actor=request.user,
-            now=timezone.now(),
-        )
+        guest = acting_user(caller=request.user, user_id=data.get("userId"))
+        claim = {"hold": data["hold"], "metadata": data["metadata"], "request_id": request.idempotency_key or ""}
+        if "slotId" in data:
+            booking = services.slot_booking_create(
+                slot_id=data["slotId"],
+                guest=guest,
+                seats=data["seats"],
+                actor=request.user,
+                now=timezone.now(),
+                **claim,
+            )
+        else:
+            booking = services.appointment_book(
+                host_id=data["hostId"],
+                guest=guest,
+                start=data["startTime"],
+                end=data["endTime"],
+                actor=request.user,
+                now=timezone.now(),
+                **claim,
+            )
         return Response(SlotBookingOut(booking).data, status=201)
 
 
@@ -247,21 +269,34 @@ class BookingReschedule(APIView):
                 HoldExpired,
                 services.CancellationWindowClosed,
                 services.SlotFull,
+                services.SlotOverlap,
                 services.LimitReached,
+                services.GuestOverlap,
                 services.SlotUnavailable,
                 services.OwnSlot,
                 services.SlotInPast,
+                services.OutsideAvailability,
                 NotOwner,
             ),
         },
     )
     @idempotent
     def post(self, request, booking_id: int):
-        """Move the booking to another slot in one transaction; answers with the booking on the new slot."""
+        """Move the booking to another slot (``slotId``) or to another interval of its host's hours (``startTime``,
+        ``endTime``) in one transaction; answers with the new booking."""
         data = SlotBookingRescheduleIn.validated(request)
-        booking = services.slot_booking_reschedule(
-            booking_id=booking_id, slot_id=data["slotId"], user=request.user, now=timezone.now()
-        )
+        if "slotId" in data:
+            booking = services.slot_booking_reschedule(
+                booking_id=booking_id, slot_id=data["slotId"], user=request.user, now=timezone.now()
+            )
+        else:
+            booking = services.appointment_reschedule(
+                booking_id=booking_id,
+                start=data["startTime"],
+                end=data["endTime"],
+                user=request.user,
+                now=timezone.now(),
+            )
         return Response(SlotBookingOut(booking).data)
 
 
@@ -303,3 +338,77 @@ class AdminExpirePending(APIView):
     def post(self, request):
         expired = expire_all(now=timezone.now())
         return Response({"expired": sum(expired.values())})
+
+
+# --- availability and free times (docs/contract.md §6) ------------------------------------------------
+
+
+def _availability_out(host: User) -> dict:
+    availability = selectors.availability_of(host.pk)
+    if availability is None:  # never set: no hours, so nothing to book
+        document: dict = {"timeZone": "UTC", "weekly": [], "overrides": [], "durations": [], "updatedAt": None}
+        document |= {"minimumNoticeMinutes": 0, "bufferMinutes": 0}
+    else:
+        document = {**services.document_of(availability), "updatedAt": availability.updated_at}
+    return AvailabilityOut({"hostId": host.pk, **document}).data
+
+
+def _host(host_id: int) -> User:
+    host = User.objects.filter(pk=host_id).first()
+    if host is None or not host.is_host:
+        raise NotFound(f"Host {host_id} does not exist.")
+    return host
+
+
+class MyAvailability(APIView):
+    """The caller's own hours (hosts only): time zone, weekly windows, date overrides, durations, notice, buffer."""
+
+    @extend_schema(responses={200: AvailabilityOut, **errors(services.NotAHost)})
+    def get(self, request):
+        host = request_user(request)
+        if not host.is_host:
+            raise services.NotAHost("Only hosts have availability.")
+        return Response(_availability_out(host))
+
+    @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(services.NotAHost)})
+    @idempotent
+    def put(self, request):
+        document = cast(services.AvailabilityDocument, AvailabilityIn.validated(request))  # its fields, checked
+        host = request_user(request)
+        services.availability_set(host=host, document=document, actor=host, now=timezone.now())
+        return Response(_availability_out(host))
+
+
+class HostAvailability(APIView):
+    """A host's hours, for anyone signed in."""
+
+    @extend_schema(responses={200: AvailabilityOut})
+    def get(self, request, host_id: int):
+        return Response(_availability_out(_host(host_id)))
+
+
+class HostFreeTimes(APIView):
+    """seeds/003's "Get Available Slots": the appointments of ``slotDuration`` minutes the host (``userId``) can
+    take between ``startDate`` and ``endDate`` (at most 62 days), in time order."""
+
+    @extend_schema(parameters=[FreeTimesQuery], responses={200: FreeTimesOut})
+    def get(self, request, user_id: int):
+        query = FreeTimesQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        found = selectors.free_times(
+            host_id=_host(user_id).pk,
+            start=query.validated_data["startDate"],
+            end=query.validated_data["endDate"],
+            minutes=query.validated_data["slotDuration"],
+            now=timezone.now(),
+        )
+        # FreeTimesOut's shape, written directly: a month is hundreds of datetimes, and DRF's DateTimeField
+        # (a time zone lookup each) took more CPU than the search (ADR 0014).
+        zone = timezone.get_current_timezone()
+        return Response({"slots": [{"startTime": _iso(s, zone), "endTime": _iso(e, zone)} for s, e in found]})
+
+
+def _iso(moment: datetime, zone: tzinfo) -> str:
+    """As DRF's DateTimeField writes it: ISO 8601 in the current time zone, UTC as ``Z``."""
+    text = moment.astimezone(zone).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -116,14 +116,16 @@ def _cases(staff) -> dict[str, Case]:
         ),
         "booking-list": Case(
             "/api/bookings",
-            {"slotId", "seats", "hold", "metadata", "userId"},
+            {"slotId", "hostId", "startTime", "endTime", "seats", "hold", "metadata", "userId"},
             {"slotId": str(other_slot.pk), "metadata": '{"note": "wheelchair"}', "userId": str(guest.pk)},
             201,
         ),
         "booking-confirm": Case(f"/api/bookings/{pending.pk}/confirm", set()),
         "booking-cancel": Case(f"/api/bookings/{pending.pk}/cancel", {"reason"}),
         "booking-reschedule": Case(
-            f"/api/bookings/{confirmed.pk}/reschedule", {"slotId"}, {"slotId": str(SlotFactory().pk)}
+            f"/api/bookings/{confirmed.pk}/reschedule",
+            {"slotId", "startTime", "endTime"},
+            {"slotId": str(SlotFactory().pk)},
         ),
         "admin-expire-pending": Case("/api/admin/expire-pending", set()),
         "webhook-list": Case(

@@ -39,6 +39,8 @@ class SlotBookingFactory(factory.django.DjangoModelFactory):
 
     slot = factory.SubFactory(SlotFactory)
     guest = factory.SubFactory(UserFactory)
+    start = factory.SelfAttribute("slot.start")
+    end = factory.SelfAttribute("slot.end")
     seats = 1
     status = SlotBooking.Status.CONFIRMED
     expires_at = factory.LazyAttribute(

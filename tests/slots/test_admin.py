@@ -1,6 +1,8 @@
 import html
+import json
 import re
 from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.test import Client
@@ -8,7 +10,7 @@ from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
 from slots.forms import BulkSlotForm
-from slots.models import Slot, SlotBooking
+from slots.models import Availability, Slot, SlotBooking
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 
 pytestmark = pytest.mark.django_db
@@ -277,3 +279,63 @@ def test_adding_a_slot_more_than_five_years_ahead_is_a_form_error(admin_client):
     assert response.status_code == 200
     assert "A slot must end within five years" in response.content.decode()
     assert not Slot.objects.filter(host=host).exists()
+
+
+# --- availability --------------------------------------------------------------------------------
+
+
+def availability_form(host=None, **overrides) -> dict:
+    data = {
+        "time_zone": "Europe/Berlin",
+        "weekly": json.dumps([{"weekday": d, "start": "09:00", "end": "17:00"} for d in range(5)]),
+        "overrides": "[]",
+        "durations": "[30]",
+        "minimum_notice_minutes": 0,
+        "buffer_minutes": 0,
+        **overrides,
+    }
+    return {**data, "host": host.pk} if host is not None else data
+
+
+def test_an_operator_sets_any_hosts_hours_through_the_service(admin_client, staff):
+    host = HostFactory()
+
+    response = admin_client.post("/admin/slots/availability/add/", availability_form(host))
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    availability = Availability.objects.get(host=host)
+    assert (availability.time_zone, len(availability.weekly)) == ("Europe/Berlin", 5)
+    [created] = AuditEvent.objects.filter(subject_type="availability", subject_id=str(host.pk))
+    assert created.actor_id == staff.pk
+
+
+def test_bad_hours_in_the_admin_show_on_the_form_naming_the_field(admin_client):
+    host = HostFactory()
+    bad = json.dumps([{"weekday": 0, "start": "12:00", "end": "09:00"}])
+
+    response = admin_client.post("/admin/slots/availability/add/", availability_form(host, weekly=bad))
+
+    assert response.status_code == 200
+    assert "weekly[0].end" in response.content.decode()
+    assert not Availability.objects.exists()
+
+
+def test_the_change_page_edits_the_hours_and_draws_the_hosts_week(admin_client):
+    host = HostFactory()
+    admin_client.post("/admin/slots/availability/add/", availability_form(host))
+    monday = next_monday()
+    zone = ZoneInfo("Europe/Berlin")
+    slot = SlotFactory(
+        host=host,
+        start=datetime.combine(monday, time(10), tzinfo=zone),
+        end=datetime.combine(monday, time(11), tzinfo=zone),
+    )
+    booking = SlotBookingFactory(slot=slot)
+
+    page = admin_client.get(f"/admin/slots/availability/{host.pk}/change/?week={monday}").content.decode()
+
+    assert "hours 09:00 to 17:00" in page
+    assert f"slot #{slot.pk} 10:00 to 11:00" in page and f"booking #{booking.pk} 10:00 to 11:00" in page
+    response = admin_client.post(f"/admin/slots/availability/{host.pk}/change/", availability_form(buffer_minutes=15))
+    assert response.status_code == 302
+    assert Availability.objects.get(host=host).buffer_minutes == 15

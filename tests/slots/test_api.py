@@ -61,16 +61,6 @@ def future(hours: float = 24):
     return timezone.now().replace(microsecond=0) + timedelta(hours=hours)
 
 
-@pytest.fixture
-def host(db):
-    return HostFactory()
-
-
-@pytest.fixture
-def host_api(client_for, host):
-    return client_for(host)
-
-
 def create_slot(client, start, minutes=30, **body):
     return client.post(
         "/api/slots", {"startTime": iso(start), "endTime": iso(start + timedelta(minutes=minutes)), **body}
@@ -842,3 +832,87 @@ def test_form_encoded_metadata_that_cannot_be_stored_is_400_never_dropped(api, t
 
     assert response.status_code == 400 and "metadata" in response.json()["error"]["details"]["fields"]
     assert not SlotBooking.objects.filter(slot=slot).exists()
+
+
+# --- a guest is never in two places at once (docs/contract.md §2.1) -----------------------------------
+
+
+def backstops(constraint: str) -> float:
+    return CONSTRAINT_BACKSTOPS.labels(constraint)._value.get()
+
+
+def overlapping(booking: SlotBooking, minutes: int = 15) -> Slot:
+    """A slot of another host starting ``minutes`` into ``booking``."""
+    return SlotFactory(start=booking.start + timedelta(minutes=minutes), end=booking.end + timedelta(minutes=minutes))
+
+
+def test_booking_a_time_the_guest_already_has_with_another_host_is_409_naming_that_booking(api, user):
+    mine = SlotBookingFactory(guest=user)
+    before = backstops("slotbooking_guest_no_overlap")
+
+    response = book(api, overlapping(mine))
+
+    assert response.status_code == 409 and error_code(response) == "guest_overlap"
+    details = response.json()["error"]["details"]
+    assert details["bookingId"] == mine.pk
+    assert (parse_datetime(details["startTime"]), parse_datetime(details["endTime"])) == (mine.start, mine.end)
+    assert SlotBooking.objects.filter(guest=user).count() == 1
+    assert backstops("slotbooking_guest_no_overlap") == before  # the check under the guest's lock refused it
+
+
+def test_back_to_back_bookings_and_others_at_the_same_time_are_fine(api, user):
+    mine = SlotBookingFactory(guest=user)
+
+    assert book(api, SlotFactory(start=mine.end, end=mine.end + timedelta(minutes=30))).status_code == 201
+    assert book(api, SlotFactory(start=mine.start - timedelta(minutes=30), end=mine.start)).status_code == 201
+    assert book(api, SlotFactory(start=mine.start, end=mine.end, capacity=2)).status_code == 409
+    SlotBookingFactory(slot=overlapping(mine))  # another guest at the same time: nothing to do with this one
+
+
+def test_a_live_hold_blocks_its_guest_but_an_overdue_or_cancelled_one_does_not(api, user):
+    hold = SlotBookingFactory(guest=user, status="PENDING")
+    assert error_code(book(api, overlapping(hold))) == "guest_overlap"
+
+    past = timezone.now() - timedelta(hours=1)
+    SlotBooking.objects.filter(pk=hold.pk).update(created_at=past, expires_at=past + timedelta(minutes=10))
+    assert book(api, overlapping(hold, minutes=5)).status_code == 201
+
+    cancelled = SlotBookingFactory(guest=user, status="CANCELLED")
+    assert book(api, overlapping(cancelled)).status_code == 201
+
+
+def test_a_booking_the_guest_is_refused_for_changes_nothing_even_when_it_would_expire_holds(api, user):
+    mine = SlotBookingFactory(guest=user)
+    target = overlapping(mine)
+    past = timezone.now() - timedelta(hours=1)
+    stale = SlotBookingFactory(slot=target, status="PENDING", created_at=past, expires_at=past + timedelta(minutes=5))
+
+    assert error_code(book(api, target)) == "guest_overlap"
+
+    stale.refresh_from_db()
+    target.refresh_from_db()
+    assert (stale.status, target.booked) == ("PENDING", 1)  # refused before the write, nothing expired
+
+
+def test_rescheduling_onto_a_time_overlapping_the_booking_itself_is_fine(api, user):
+    old = SlotBookingFactory(guest=user)
+    target = overlapping(old)
+
+    response = api.post(f"/api/bookings/{old.pk}/reschedule", {"slotId": target.pk})
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (parse_datetime(body["startTime"]), parse_datetime(body["endTime"])) == (target.start, target.end)
+
+
+def test_rescheduling_onto_a_time_of_another_of_the_guests_bookings_is_409_and_changes_nothing(api, user):
+    other = SlotBookingFactory(guest=user)
+    old = SlotBookingFactory(guest=user)
+
+    response = api.post(f"/api/bookings/{old.pk}/reschedule", {"slotId": overlapping(other).pk})
+
+    assert response.status_code == 409 and error_code(response) == "guest_overlap"
+    assert response.json()["error"]["details"]["bookingId"] == other.pk
+    old.refresh_from_db()
+    assert old.status == "CONFIRMED"
+    assert SlotBooking.objects.filter(guest=user).count() == 2

@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.db.models import Exists, Q, Sum
 from django.utils import timezone
 
@@ -440,3 +440,260 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
     assert isinstance(booked, services.LimitReached), booked
     assert SlotBooking.objects.filter(guest=guest, status__in=["PENDING", "CONFIRMED"]).count() == 1
     assert_counters_match_bookings()
+
+
+# --- a guest is never in two places at once ---------------------------------------------------------
+
+
+def pairwise_overlapping_slots(count: int) -> list[Slot]:
+    """``count`` slots of ``count`` hosts, each an hour long and starting a minute after the one before:
+    every two of them overlap."""
+    start = timezone.now().replace(microsecond=0) + timedelta(days=3)
+    return [
+        SlotFactory(start=start + timedelta(minutes=n), end=start + timedelta(minutes=60 + n)) for n in range(count)
+    ]
+
+
+def race_one_guest_over_overlapping_slots(count: int = 50):
+    guest = UserFactory()
+    results = run_concurrently([booker(slot.pk, guest) for slot in pairwise_overlapping_slots(count)])
+    return guest, results
+
+
+def remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers: int) -> None:
+    """The guest is read, not locked. One racer books and keeps its transaction open; the others check
+    the guest's bookings and insert meanwhile, so none of them sees its booking (a booking checks and
+    inserts in one statement, after its locks). Then it commits."""
+    everyone_has_read = threading.Barrier(racers, timeout=10)
+    create = services.SLOT_BOOKINGS.create
+
+    def racing(*args, **kwargs):
+        first = False
+        with contextlib.suppress(threading.BrokenBarrierError):
+            first = everyone_has_read.wait() == 0
+        if not first:
+            time.sleep(WINDOW)  # the first has inserted its booking by now
+        booking = create(*args, **kwargs)
+        if first:
+            time.sleep(3 * WINDOW)  # the others check and insert before it commits
+        return booking
+
+    monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
+    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", racing)
+
+
+def assert_no_guest_in_two_places() -> None:
+    for booking in SlotBooking.objects.blocking():
+        others = SlotBooking.objects.blocking().filter(
+            guest=booking.guest_id, start__lt=booking.end, end__gt=booking.start
+        )
+        assert list(others) == [booking]
+
+
+def test_fifty_pairwise_overlapping_bookings_of_one_guest_across_fifty_hosts_give_one():
+    before = backstops(services.GUEST_NO_OVERLAP)
+
+    guest, results = race_one_guest_over_overlapping_slots(50)
+
+    assert len(wins(results)) == 1
+    assert sum(isinstance(r, services.GuestOverlap) for r in results) == 49
+    assert SlotBooking.objects.filter(guest=guest).count() == 1
+    assert_no_guest_in_two_places()
+    assert backstops(services.GUEST_NO_OVERLAP) == before  # the guest's lock decided, not the constraint
+
+
+def test_control_without_the_guest_lock_only_the_exclusion_constraint_keeps_the_guest_in_one_place(monkeypatch):
+    remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers=50)
+    before = backstops(services.GUEST_NO_OVERLAP)
+
+    guest, results = race_one_guest_over_overlapping_slots(50)
+
+    # Two racers inserting at once can each wait for the other in the constraint's index: PostgreSQL
+    # then ends one with a deadlock error; only a test without the guest's lock gets there.
+    lost = [r for r in results if not isinstance(r, SlotBooking | services.GuestOverlap)]
+    assert all(isinstance(r, OperationalError) for r in lost), lost
+    assert backstops(services.GUEST_NO_OVERLAP) > before  # the race happened; the backstop caught it
+    assert SlotBooking.objects.filter(guest=guest).count() == 1
+    assert_no_guest_in_two_places()
+    assert_counters_match_bookings()
+
+
+def test_a_reschedule_racing_a_booking_of_the_same_guest_at_the_same_time_leaves_one():
+    guest = UserFactory()
+    moving = SlotBookingFactory(guest=guest)
+    target, clashing = pairwise_overlapping_slots(2)
+
+    def reschedule():
+        return services.slot_booking_reschedule(booking_id=moving.pk, slot_id=target.pk, user=guest, now=timezone.now())
+
+    results = run_concurrently([reschedule, booker(clashing.pk, guest)])
+
+    assert len(wins(results)) == 1
+    assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), services.GuestOverlap)
+    assert_no_guest_in_two_places()
+    assert_counters_match_bookings()
+
+
+# --- appointments: booking intervals of a host's hours -------------------------------------------------
+
+
+def working_hosts(count: int) -> list[User]:
+    hosts = [HostFactory() for _ in range(count)]
+    for host in hosts:
+        document = {
+            "timeZone": "UTC",
+            "weekly": [{"weekday": day, "start": "00:00", "end": "24:00"} for day in range(7)],
+            "durations": [60],
+        }
+        services.availability_set(host=host, document=document, actor=host, now=timezone.now())
+    return hosts
+
+
+def interval_booker(host: User, guest: User, start, minutes: int = 60):
+    end = start + timedelta(minutes=minutes)
+    return lambda: services.appointment_book(host_id=host.pk, guest=guest, start=start, end=end, now=timezone.now())
+
+
+def race_one_guest_over_fifty_overlapping_intervals_of_five_hosts():
+    guest, hosts = UserFactory(), working_hosts(5)
+    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=3)
+    bookers = [interval_booker(hosts[n % 5], guest, start + timedelta(minutes=n)) for n in range(50)]
+    return guest, run_concurrently(bookers)
+
+
+def remove_the_users_locks(monkeypatch, racers: int) -> None:
+    """The guest and the host are read, not locked; every racer checks before any of them inserts."""
+    everyone_has_checked = threading.Barrier(racers, timeout=10)
+    create = services.APPOINTMENTS.create
+
+    def checked(*args, **kwargs):
+        arrival = 0
+        with contextlib.suppress(threading.BrokenBarrierError):
+            arrival = everyone_has_checked.wait()
+        if arrival:
+            time.sleep(WINDOW)  # one inserts first (see remove_host_lock)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
+    monkeypatch.setattr(services.APPOINTMENTS, "create", checked)
+
+
+def lost_to_the_database(results) -> None:
+    """In a control, besides the clean refusals, a racer may lose to a deadlock error: two inserts into one
+    exclusion constraint's index at once each waiting for the other (only a test without the locks gets
+    there)."""
+    lost = [r for r in results if not isinstance(r, SlotBooking | services.DomainError)]
+    assert all(isinstance(r, OperationalError) for r in lost), lost
+
+
+def test_fifty_pairwise_overlapping_intervals_of_one_guest_across_five_hosts_give_one():
+    before = backstops(services.GUEST_NO_OVERLAP), backstops(services.HOST_NO_OVERLAP)
+
+    guest, results = race_one_guest_over_fifty_overlapping_intervals_of_five_hosts()
+
+    assert len(wins(results)) == 1
+    assert SlotBooking.objects.filter(guest=guest).blocking().count() == 1
+    assert_no_guest_in_two_places()
+    assert (backstops(services.GUEST_NO_OVERLAP), backstops(services.HOST_NO_OVERLAP)) == before
+
+
+def test_control_without_the_users_locks_the_fifty_intervals_reach_the_backstops(monkeypatch):
+    remove_the_users_locks(monkeypatch, racers=50)
+    before = backstops(services.GUEST_NO_OVERLAP) + backstops(services.HOST_NO_OVERLAP)
+
+    guest, results = race_one_guest_over_fifty_overlapping_intervals_of_five_hosts()
+
+    lost_to_the_database(results)
+    assert backstops(services.GUEST_NO_OVERLAP) + backstops(services.HOST_NO_OVERLAP) > before
+    assert SlotBooking.objects.filter(guest=guest).blocking().count() == 1
+    assert_no_guest_in_two_places()
+
+
+def race_two_guests_on_one_hosts_interval():
+    [host] = working_hosts(1)
+    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=3)
+    return host, run_concurrently([interval_booker(host, UserFactory(), start) for _ in range(2)])
+
+
+def test_two_guests_on_the_same_interval_of_one_host_give_one():
+    before = backstops(services.HOST_NO_OVERLAP)
+
+    host, results = race_two_guests_on_one_hosts_interval()
+
+    assert len(wins(results)) == 1
+    assert sum(isinstance(r, services.SlotOverlap) for r in results) == 1
+    assert Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE).count() == 1
+    assert backstops(services.HOST_NO_OVERLAP) == before
+
+
+def test_control_without_the_host_lock_only_the_hosts_exclusion_constraint_stops_the_second(monkeypatch):
+    remove_the_users_locks(monkeypatch, racers=2)
+    before = backstops(services.HOST_NO_OVERLAP)
+
+    host, results = race_two_guests_on_one_hosts_interval()
+
+    lost_to_the_database(results)
+    assert backstops(services.HOST_NO_OVERLAP) > before
+    assert Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE).count() == 1
+
+
+def test_a_slot_booking_racing_an_interval_booking_of_the_same_guest_at_the_same_time_gives_one():
+    guest, [host] = UserFactory(), working_hosts(1)
+    slot = pairwise_overlapping_slots(1)[0]
+
+    results = run_concurrently([booker(slot.pk, guest), interval_booker(host, guest, slot.start)])
+
+    assert len(wins(results)) == 1
+    assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), services.GuestOverlap)
+    assert_no_guest_in_two_places()
+    assert_counters_match_bookings()
+
+
+def a_reschedule_and_a_booking_of_its_target_interval():
+    """A guest's appointment, and two racers: its reschedule three hours later, another guest's booking there."""
+    [host] = working_hosts(1)
+    mover, other = UserFactory(), UserFactory()
+    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=3)
+    old = services.appointment_book(
+        host_id=host.pk, guest=mover, start=start, end=start + timedelta(hours=1), now=timezone.now()
+    )
+    target = start + timedelta(hours=3)
+
+    def reschedule():
+        end = target + timedelta(hours=1)
+        return services.appointment_reschedule(booking_id=old.pk, start=target, end=end, user=mover, now=timezone.now())
+
+    return host, old, [reschedule, interval_booker(host, other, target)]
+
+
+def assert_no_host_in_two_places(host) -> None:
+    taken = Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE)
+    for slot in taken:
+        assert list(taken.filter(start__lt=slot.end, end__gt=slot.start)) == [slot]
+
+
+def test_a_reschedule_racing_a_booking_of_its_target_interval_never_double_books_the_host():
+    host, old, racers = a_reschedule_and_a_booking_of_its_target_interval()
+    before = backstops(services.HOST_NO_OVERLAP)
+
+    results = run_concurrently(racers)
+
+    [won] = wins(results)
+    assert isinstance(next(r for r in results if r is not won), services.SlotOverlap)
+    old.refresh_from_db()
+    assert old.status == ("CANCELLED" if won.rescheduled_from_id == old.pk else "CONFIRMED")
+    assert_no_host_in_two_places(host)
+    assert backstops(services.HOST_NO_OVERLAP) == before
+
+
+def test_control_without_the_users_locks_the_reschedule_race_reaches_the_hosts_backstop(monkeypatch):
+    host, _, racers = a_reschedule_and_a_booking_of_its_target_interval()
+    remove_the_users_locks(monkeypatch, racers=2)
+    before = backstops(services.HOST_NO_OVERLAP)
+
+    results = run_concurrently(racers)
+
+    lost_to_the_database(results)
+    assert backstops(services.HOST_NO_OVERLAP) > before
+    assert_no_host_in_two_places(host)

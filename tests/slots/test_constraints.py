@@ -1,10 +1,13 @@
 """Each invariant has a PostgreSQL constraint: a direct bad write (bypassing the services) is refused."""
 
+import importlib
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.utils import timezone
 from psycopg import errors as pg_errors
 
 from slots.models import Slot, SlotBooking
@@ -96,3 +99,92 @@ def test_booking_status_is_known():
     booking = SlotBookingFactory()
 
     refused(lambda: SlotBooking.objects.filter(pk=booking.pk).update(status="FAILED"))
+
+
+# --- a guest is never in two places at once (slotbooking_guest_no_overlap) ---------------------------
+
+
+def at_the_same_time_with_another_host(booking: SlotBooking, *, shift: timedelta = timedelta(0)) -> Slot:
+    return SlotFactory(start=booking.start + shift, end=booking.end + shift)
+
+
+def test_one_guests_active_bookings_never_overlap_in_time_whatever_the_host():
+    booking = SlotBookingFactory()
+    clashing = at_the_same_time_with_another_host(booking, shift=timedelta(minutes=15))
+
+    error = refused(lambda: SlotBookingFactory(guest=booking.guest, slot=clashing))
+
+    assert isinstance(error.__cause__, pg_errors.ExclusionViolation)
+    assert "slotbooking_guest_no_overlap" in str(error)
+
+
+def test_a_live_hold_blocks_its_guest_as_a_confirmed_booking_does():
+    hold = SlotBookingFactory(status=SlotBooking.Status.PENDING)
+
+    refused(lambda: SlotBookingFactory(guest=hold.guest, slot=at_the_same_time_with_another_host(hold)))
+
+
+def test_back_to_back_ended_and_other_guests_bookings_may_share_time():
+    booking = SlotBookingFactory()
+    same_time = at_the_same_time_with_another_host(booking)
+
+    SlotBookingFactory(guest=booking.guest, slot=SlotFactory(start=booking.end, end=booking.end + timedelta(hours=1)))
+    SlotBookingFactory(
+        guest=booking.guest, slot=SlotFactory(start=booking.start - timedelta(hours=1), end=booking.start)
+    )
+    SlotBookingFactory(guest=booking.guest, slot=same_time, status=SlotBooking.Status.CANCELLED)
+    SlotBookingFactory(guest=booking.guest, slot=same_time, status=SlotBooking.Status.EXPIRED)
+    SlotBookingFactory(slot=same_time)
+
+
+def test_an_overdue_hold_never_blocks_a_booking_made_after_its_expiry_nor_can_it_be_confirmed_over_it():
+    past = timezone.now() - timedelta(hours=1)
+    overdue = SlotBookingFactory(
+        status=SlotBooking.Status.PENDING, created_at=past, expires_at=past + timedelta(minutes=10)
+    )
+
+    later = SlotBookingFactory(guest=overdue.guest, slot=at_the_same_time_with_another_host(overdue))
+
+    assert later.pk
+    refused(lambda: SlotBooking.objects.filter(pk=overdue.pk).update(status=SlotBooking.Status.CONFIRMED))
+
+
+def test_a_hold_alive_when_a_booking_was_made_blocks_it_even_once_overdue():
+    created = timezone.now() - timedelta(hours=1)
+    hold = SlotBookingFactory(
+        status=SlotBooking.Status.PENDING, created_at=created, expires_at=created + timedelta(minutes=10)
+    )
+
+    refused(
+        lambda: SlotBookingFactory(
+            guest=hold.guest, slot=at_the_same_time_with_another_host(hold), created_at=created + timedelta(minutes=5)
+        )
+    )
+
+
+def test_a_bookings_time_is_its_own_and_ends_after_it_starts():
+    booking = SlotBookingFactory()
+
+    assert "slotbooking_ends_after_start" in str(
+        refused(lambda: SlotBooking.objects.filter(pk=booking.pk).update(end=booking.start))
+    )
+
+
+def test_the_migration_adding_the_guests_rule_refuses_existing_overlaps_and_names_them():
+    """What ``slots.0002`` does on a database where a guest is already in two places: it stops, naming the
+    pairs, and changes nothing (the constraint is dropped here, inside the test's transaction, to write them)."""
+    migration = importlib.import_module("slots.migrations.0002_slotbooking_start_end_guest_no_overlap")
+    first = SlotBookingFactory()
+    SlotBookingFactory(guest=first.guest, slot=SlotFactory(start=first.start, end=first.end), status="CANCELLED")
+    editor = SimpleNamespace(connection=connection)
+    migration.refuse_overlapping_bookings(None, editor)  # a cancelled one is no clash
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no foreign-key check pending: the table may change
+        cursor.execute("ALTER TABLE slots_slotbooking DROP CONSTRAINT slotbooking_guest_no_overlap")
+    second = SlotBookingFactory(guest=first.guest, slot=SlotFactory(start=first.start, end=first.end))
+
+    with pytest.raises(RuntimeError) as refused:
+        migration.refuse_overlapping_bookings(None, editor)
+
+    assert f"guest {first.guest_id}: bookings #{first.pk} and #{second.pk}" in str(refused.value)
+    assert "expire_holds" in str(refused.value)

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from booking_site.audit.services import trail
+from slots import services
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
 from tests.round_trips import round_trips
@@ -137,3 +138,24 @@ def test_a_reschedule_is_six_round_trips(cached_api_of):
     old.slot.refresh_from_db()
     target.refresh_from_db()
     assert (old.slot.booked, target.booked) == (0, 1)
+
+
+def test_an_interval_booking_is_eight_round_trips(cached_api_of):
+    """BEGIN, the guest's and the host's rows, the host's hours, the guest's bookings, the host's time, the
+    overdue holds in the way, the slot and the booking with its CREATED event, COMMIT."""
+    host, guest = HostFactory(), UserFactory()
+    document = {"timeZone": "UTC", "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]}
+    services.availability_set(host=host, document={**document, "durations": [30]}, actor=host, now=timezone.now())
+    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=2)
+    api = cached_api_of(guest)
+
+    with round_trips() as trips:
+        response = api.post(
+            "/api/bookings",
+            {"hostId": host.pk, "startTime": start.isoformat(), "endTime": (start + timedelta(minutes=30)).isoformat()},
+        )
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 8, trips.statements
+    booking = SlotBooking.objects.get(pk=response.json()["id"])
+    assert [(e.event_type, e.to_state) for e in trail(booking)] == [("CREATED", "CONFIRMED")]
