@@ -106,7 +106,9 @@ class StrictSerializer(serializers.Serializer):
     def _form_values(self, data) -> MultiValueDict:
         values: MultiValueDict[str, Any] = MultiValueDict()
         for name in data:
-            given = [value for value in data.getlist(name) if value != ""]
+            # An empty field is one not given, but for a key the form does not offer (``requestId``):
+            # there an empty value is one given, and refused as the JSON API would.
+            given = [value for value in data.getlist(name) if value != "" or name in self.always_allowed]
             if name in self.form_controls or not given:
                 continue
             field = self.fields.get(name)

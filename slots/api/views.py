@@ -140,6 +140,19 @@ class SlotDetail(APIView):
         return Response(_slot_out(slot.pk))
 
 
+# What a booking refuses, wherever it is made: a new one (POST /api/bookings) or a move (reschedule).
+BOOKING_REFUSALS = (
+    services.SlotFull,
+    services.SlotOverlap,
+    services.LimitReached,
+    services.GuestOverlap,
+    services.SlotUnavailable,
+    services.OwnSlot,
+    services.SlotInPast,
+    services.OutsideAvailability,
+)
+
+
 class BookingList(ListAPIView):
     throttle_scope = HOLDS  # the bookings' POST (docs/contract.md §3.6)
     """The caller's bookings (operators: everyone's), newest first. Booking a slot is a POST here."""
@@ -156,18 +169,7 @@ class BookingList(ListAPIView):
         request=SlotBookingIn,
         responses={
             201: SlotBookingOut,
-            **errors(
-                services.SlotFull,
-                services.SlotOverlap,
-                services.LimitReached,
-                services.GuestOverlap,
-                services.SlotUnavailable,
-                services.OwnSlot,
-                services.SlotInPast,
-                services.OutsideAvailability,
-                NotFound,
-                Forbidden,
-            ),
+            **errors(*BOOKING_REFUSALS, NotFound, Forbidden),
         },
     )
     @idempotent
@@ -265,18 +267,7 @@ class BookingReschedule(APIView):
         responses={
             200: SlotBookingOut,
             **errors(
-                InvalidStateTransition,
-                HoldExpired,
-                services.CancellationWindowClosed,
-                services.SlotFull,
-                services.SlotOverlap,
-                services.LimitReached,
-                services.GuestOverlap,
-                services.SlotUnavailable,
-                services.OwnSlot,
-                services.SlotInPast,
-                services.OutsideAvailability,
-                NotOwner,
+                InvalidStateTransition, HoldExpired, services.CancellationWindowClosed, *BOOKING_REFUSALS, NotOwner
             ),
         },
     )

@@ -71,3 +71,11 @@ def test_me(api, user):
     body = api.get("/api/users/me").json()
 
     assert body["id"] == user.pk and body["email"] == user.email and "token" not in body
+
+
+def test_an_empty_request_id_in_a_form_is_refused_as_in_json(client_for):
+    """A form's empty field is one not given, but ``requestId`` is no field of a form: empty, it is a
+    key given, and too short (what schemathesis found: a multipart registration with ``requestId=``)."""
+    response = client_for(None).post("/api/users", {"email": "f@example.com", "name": "F", "requestId": ""})
+
+    assert response.status_code == 400 and "requestId" in response.json()["error"]["details"]["fields"]

@@ -54,3 +54,9 @@ class SlotBookingFactory(factory.django.DjangoModelFactory):
         if create and booking.status in SlotBooking.BLOCKING_STATES:
             Slot.objects.filter(pk=booking.slot_id).update(booked=F("booked") + booking.seats)
             booking.slot.refresh_from_db()
+
+
+def morning(days: int):
+    """10:00 UTC ``days`` from today: an hour-long appointment then stays inside one day's window of a host
+    who works around the clock, whatever the time of day the test runs."""
+    return (timezone.now() + timedelta(days=days)).replace(hour=10, minute=0, second=0, microsecond=0)

@@ -22,7 +22,7 @@ from slots import services
 from slots.models import Slot, SlotBooking
 from tests.concurrency import run_concurrently
 from tests.factories import UserFactory
-from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
+from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory, morning
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency, pytest.mark.slow]
 
@@ -448,7 +448,7 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
 def pairwise_overlapping_slots(count: int) -> list[Slot]:
     """``count`` slots of ``count`` hosts, each an hour long and starting a minute after the one before:
     every two of them overlap."""
-    start = timezone.now().replace(microsecond=0) + timedelta(days=3)
+    start = morning(3)
     return [
         SlotFactory(start=start + timedelta(minutes=n), end=start + timedelta(minutes=60 + n)) for n in range(count)
     ]
@@ -557,7 +557,7 @@ def interval_booker(host: User, guest: User, start, minutes: int = 60):
 
 def race_one_guest_over_fifty_overlapping_intervals_of_five_hosts():
     guest, hosts = UserFactory(), working_hosts(5)
-    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=3)
+    start = morning(3)
     bookers = [interval_booker(hosts[n % 5], guest, start + timedelta(minutes=n)) for n in range(50)]
     return guest, run_concurrently(bookers)
 
@@ -612,7 +612,7 @@ def test_control_without_the_users_locks_the_fifty_intervals_reach_the_backstops
 
 def race_two_guests_on_one_hosts_interval():
     [host] = working_hosts(1)
-    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=3)
+    start = morning(3)
     return host, run_concurrently([interval_booker(host, UserFactory(), start) for _ in range(2)])
 
 
@@ -654,7 +654,7 @@ def a_reschedule_and_a_booking_of_its_target_interval():
     """A guest's appointment, and two racers: its reschedule three hours later, another guest's booking there."""
     [host] = working_hosts(1)
     mover, other = UserFactory(), UserFactory()
-    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=3)
+    start = morning(3)
     old = services.appointment_book(
         host_id=host.pk, guest=mover, start=start, end=start + timedelta(hours=1), now=timezone.now()
     )

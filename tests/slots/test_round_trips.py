@@ -12,7 +12,7 @@ from slots import services
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
 from tests.round_trips import round_trips
-from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
+from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory, morning
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,7 +146,7 @@ def test_an_interval_booking_is_eight_round_trips(cached_api_of):
     host, guest = HostFactory(), UserFactory()
     document = {"timeZone": "UTC", "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]}
     services.availability_set(host=host, document={**document, "durations": [30]}, actor=host, now=timezone.now())
-    start = timezone.now().replace(second=0, microsecond=0) + timedelta(days=2)
+    start = morning(2)
     api = cached_api_of(guest)
 
     with round_trips() as trips:
