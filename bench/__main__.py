@@ -98,6 +98,7 @@ SCENARIO_NAMES = [
     "hot-seat",
     "hot-slot",
     *("event-counts-0", "event-counts-90", "seat-map-0", "seat-map-90", "slot-list", "users-me", "free-times"),
+    "free-times-latency",
     "sweep-10k",
     "sweep-100k",
     *(f"scale-{load}-web{web}" for load in ("car-hold", "event-counts") for web in (1, 2, 4)),

@@ -40,6 +40,7 @@ LISTED_SLOTS = 50_000
 MAP_SEATS = 20_000
 SWEEP_SIZES = (10_000, 100_000)
 SEAT_MAP_CONNECTIONS = 4
+LATENCY_CONNECTIONS = 2  # one per worker: each request is served at once, so p99 is its own time, no queue
 FREE_TIME_DAYS = 31  # the free-time search over a month of a busy host
 
 
@@ -252,9 +253,14 @@ def hot_slot(bench: Bench, name: str) -> Measurement:
 def read(bench: Bench, name: str) -> Measurement:
     """GETs of one path, each request with the next buyer's token. The 20,000-seat map takes a large
     fraction of a second of server CPU per request: with 50 connections most requests would queue past
-    wrk's 10 s timeout, so it runs with SEAT_MAP_CONNECTIONS (still two per worker)."""
-    tickets = [Ticket("GET", bench.reads[name], buyer.token) for buyer in bench.buyers]
-    connections = SEAT_MAP_CONNECTIONS if name.startswith("seat-map") else None
+    wrk's 10 s timeout, so it runs with SEAT_MAP_CONNECTIONS (still two per worker). A ``-latency``
+    scenario reads the same path with LATENCY_CONNECTIONS: the time of one request, not of a queue."""
+    path = bench.reads[name.removesuffix("-latency")]
+    tickets = [Ticket("GET", path, buyer.token) for buyer in bench.buyers]
+    if name.endswith("-latency"):
+        connections: int | None = LATENCY_CONNECTIONS
+    else:
+        connections = SEAT_MAP_CONNECTIONS if name.startswith("seat-map") else None
     return measured(bench, name, "read", wrk(bench, name, tickets, once=False, connections=connections), expected=200)
 
 
@@ -438,6 +444,7 @@ def _scenarios() -> list[Scenario]:
         "slot-list",
         "users-me",
         "free-times",
+        "free-times-latency",
     ):
         listed.append(Scenario(name, "read", read))
     for holds in SWEEP_SIZES:
