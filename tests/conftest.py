@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 from booking_site import embedded
 from tests.factories import UserFactory
+from tests.processes import stop_group
 
 
 @pytest.fixture(autouse=True)
@@ -193,12 +194,7 @@ def served(transactional_db, tmp_path):
                 time.sleep(0.1)
         yield base
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, signal.SIGTERM, grace=10)
 
 
 # --- a webhook receiver: a threaded http.server on 127.0.0.1 ------------------------------------------

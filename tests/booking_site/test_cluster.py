@@ -35,6 +35,7 @@ from booking_site.webhooks.services import webhook_endpoint_create
 from events.models import SeatClaim
 from reservations.models import Reservation
 from slots.models import Slot, SlotBooking
+from tests.processes import stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -150,12 +151,7 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
         running.wait_until(running.all_up, "four web processes UP in HAProxy", seconds=120)
         yield running
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, signal.SIGINT, grace=30)
         log.close()
 
 
