@@ -148,7 +148,7 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^api/health$", r"^metrics$"]  # load-balancer probes speak plain HTTP
+SECURE_REDIRECT_EXEMPT = [r"^api/health(/ready)?$", r"^metrics$"]  # load-balancer probes speak plain HTTP
 
 # --- REST framework -------------------------------------------------------------------------------
 REST_FRAMEWORK = {

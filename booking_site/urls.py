@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from booking_site import metrics
 from booking_site.errors import page_not_found
-from booking_site.views import ApiRoot, Health
+from booking_site.views import ApiRoot, Health, Ready
 
 
 class IdConverter:
@@ -28,6 +28,7 @@ handler500 = "booking_site.errors.server_error"
 api: list[URLPattern | URLResolver] = [
     path("", ApiRoot.as_view(), name="api-root"),
     path("health", Health.as_view(), name="health"),
+    path("health/ready", Ready.as_view(), name="health-ready"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("", include("booking_site.accounts.api.urls")),

@@ -1,4 +1,5 @@
-"""The platform's own endpoints: the API root and ``GET /api/health`` (docs/contract.md §8)."""
+"""The platform's own endpoints: the API root, ``GET /api/health`` and ``GET /api/health/ready``
+(docs/contract.md §8.4)."""
 
 from django.db import connection
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -31,11 +32,13 @@ def _broker() -> str:
 
 
 class Health(APIView):
-    """Database and broker reachability: 200 when both answer, 503 otherwise."""
+    """Database and broker reachability: 200 when both answer, 503 otherwise (the whole system: a
+    monitor asks this)."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
     throttle_classes: list = []
+    checks = {"database": _database, "broker": _broker}
 
     @extend_schema(
         responses={
@@ -43,12 +46,21 @@ class Health(APIView):
         },
     )
     def get(self, request):
-        checks = {"database": _database(), "broker": _broker()}
+        checks = {name: check() for name, check in self.checks.items()}
         if all(value == "ok" for value in checks.values()):
             return Response({"status": "ok", "checks": checks})
         response = Response(envelope("unavailable", "A dependency is down.", {"checks": checks}), status=503)
         response["Retry-After"] = "5"
         return response
+
+
+class Ready(Health):
+    """Whether this web process can serve requests: the database answers (a load balancer asks this).
+    The broker is left out: no request needs it to answer (a webhook kick that cannot reach it is a
+    logged warning, and the deliveries wait in the database for the broker), so a broker outage must not
+    take every web process out of the pool."""
+
+    checks = {"database": _database}
 
 
 class ApiRoot(APIView):
@@ -67,6 +79,7 @@ class ApiRoot(APIView):
             "slot-list",
             "booking-list",
             "health",
+            "health-ready",
             "schema",
             "docs",
         ]

@@ -46,16 +46,26 @@ def test_health_reports_database_and_broker(client):
     assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
 
 
-def test_health_is_503_when_the_broker_is_down(client, monkeypatch):
+@pytest.fixture
+def broker_down(monkeypatch):
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")  # Celery reads it before its config
     monkeypatch.setitem(celery_app.conf, "broker_url", "redis://127.0.0.1:1/0")
     monkeypatch.setitem(celery_app.conf, "broker_transport_options", {})
 
+
+def test_health_is_503_when_the_broker_is_down(client, broker_down):
     response = client.get("/api/health")
 
     assert response.status_code == 503 and response["Retry-After"]
     error = response.json()["error"]
     assert error["code"] == "unavailable" and error["details"]["checks"]["broker"].startswith("down")
+
+
+def test_ready_asks_the_database_only_so_a_broker_outage_keeps_the_web_processes_in_the_pool(client, broker_down):
+    response = client.get("/api/health/ready")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
 
 
 def test_request_ids_come_back_and_are_made_up_when_missing(api):

@@ -133,11 +133,12 @@ def test_a_transition_is_not_a_hold(throttled, api, user):
         assert api.post(f"/api/reservations/{reservation.pk}/cancel", {}).status_code == 200
 
 
-def test_health_is_never_throttled(throttled, client_for):
+@pytest.mark.parametrize("path", ["/api/health", "/api/health/ready"])
+def test_health_is_never_throttled(throttled, client_for, path):
     throttled["anon"] = "1/minute"
     client = client_for(None)
 
-    assert [client.get("/api/health").status_code for _ in range(3)] == [200] * 3
+    assert [client.get(path).status_code for _ in range(3)] == [200] * 3
 
 
 def test_throttle_enabled_false_turns_every_scope_off(throttled, settings, api):
@@ -168,8 +169,9 @@ def test_the_schema_says_every_throttled_operation_can_answer_429_and_every_hold
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
 
     operations = {(path, method): op for path, ops in schema["paths"].items() for method, op in ops.items()}
-    assert all("429" in op["responses"] for (path, _), op in operations.items() if path != "/api/health")
-    assert "429" not in operations[("/api/health", "get")]["responses"]  # never throttled
+    health = {"/api/health", "/api/health/ready"}
+    assert all("429" in op["responses"] for (path, _), op in operations.items() if path not in health)
+    assert all("429" not in operations[(path, "get")]["responses"] for path in health)  # never throttled
     for hold_path in ("/api/reservations", "/api/events/{event_id}/seats/reserve", "/api/bookings"):
         assert "409" in operations[(hold_path, "post")]["responses"]  # limit_reached among the 409s
     assert operations[("/api/reservations", "post")]["responses"]["429"]["headers"]["Retry-After"]

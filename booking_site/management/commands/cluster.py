@@ -28,7 +28,7 @@ class Command(BaseCommand):
         "of --web web processes (each `manage.py serve` on the next ports, one granian worker each unless "
         "WEB_CONCURRENCY is set), --workers Celery workers and --beats Celery beats (2 rehearses running "
         "one by mistake), against DATABASE_URL and CELERY_BROKER_URL (the embedded PostgreSQL when unset). "
-        "HAProxy checks /api/health every second and takes a failing web process out. A program that dies "
+        "HAProxy checks /api/health/ready every second and takes a failing web process out. A program that dies "
         "is started again; Ctrl-C stops all of it. Migrates first. Needs HAProxy (apt-get install haproxy)."
     )
 
