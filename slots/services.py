@@ -14,7 +14,9 @@ them first without a lock (``_peek``). Both are safe because a booking never cha
 its slot.
 
 PostgreSQL backstops, so that a bug here cannot corrupt data: ``slot_booked_within_capacity``
-(check constraint on the counter), and ``slot_no_overlap_per_host`` (exclusion constraint). When a
+(check constraint on the counter), ``slot_no_overlap_per_host`` and ``slot_buffer_before_per_host``
+(exclusion constraints: a host's time, an appointment's buffer after and before it), and
+``slotbooking_guest_no_overlap`` (a guest's time). When a
 backstop fires, the request gets the same 409 as the lock-and-check would have given, and
 ``CONSTRAINT_BACKSTOPS`` counts it.
 """
@@ -82,7 +84,8 @@ MAX_CAPACITY = 10_000  # seats of one slot (the API, the admin forms and the ser
 SLOT_HORIZON = timedelta(days=5 * 365 + 1)  # a slot ends at most five years from now (SLOT_HORIZON_TEXT)
 SLOT_HORIZON_TEXT = "five years"
 GUEST_NO_OVERLAP = "slotbooking_guest_no_overlap"  # the constraint behind the guest's rule (ADR 0014)
-HOST_NO_OVERLAP = "slot_no_overlap_per_host"  # and the host's: published slots and appointments
+HOST_NO_OVERLAP = "slot_no_overlap_per_host"  # and the host's: published slots, appointments with the buffer after
+HOST_BUFFER_BEFORE = "slot_buffer_before_per_host"  # and with the buffer before (ADR 0014)
 
 
 def cancellation_window() -> timedelta:
@@ -249,8 +252,8 @@ def slots_create_many(
     try:
         with transaction.atomic():  # savepoint: the exclusion constraint is the backstop
             created = Slot.objects.bulk_create(rows)
-    except IntegrityError:
-        CONSTRAINT_BACKSTOPS.labels("slot_no_overlap_per_host").inc()
+    except IntegrityError as error:
+        CONSTRAINT_BACKSTOPS.labels(_constraint_of(error) or HOST_NO_OVERLAP).inc()
         raise SlotOverlap(f"Host {host.pk} already has a slot overlapping these times.") from None
     audit.record_many(
         [
@@ -298,10 +301,13 @@ def slot_update_details(*, slot_id: int, title: str, specialization: str, actor:
 
 
 def _overlapping(*, host: User, ranges: list[tuple[datetime, datetime]]) -> list[Slot]:
+    """The host's AVAILABLE slots whose time overlaps one of ``ranges``, an appointment's with its buffer."""
     found: dict[int, Slot] = {}
-    existing = Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE)
+    existing = Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE).alias(
+        taken_from=Coalesce("blocked_from", "start"), taken_until=Coalesce("blocked_until", "end")
+    )
     for start, end in ranges:
-        for slot in existing.filter(start__lt=end, end__gt=start):
+        for slot in existing.filter(taken_from__lt=end, taken_until__gt=start):
             found[slot.pk] = slot
     return sorted(found.values(), key=lambda s: s.start)
 
@@ -803,10 +809,15 @@ class AppointmentTarget:
 
 
 class Appointments(SlotBookingLifecycle):
-    """An interval booking is a slot booking on a slot of its own (kind APPOINTMENT): the appointment's time
-    and the host's buffer after it, so the host's ``slot_no_overlap_per_host`` is its backstop, and the
-    booking's ``slotbooking_guest_no_overlap`` the guest's. Confirm, cancel, expiry and audit are the slot
-    bookings' (a booking that stops blocking cancels its appointment's slot: ``write_along``).
+    """An interval booking is a slot booking on a slot of its own (kind APPOINTMENT): the appointment's time,
+    with the host's buffer before and after it (``blocked_from``, ``blocked_until``), so the host's
+    ``slot_no_overlap_per_host`` and ``slot_buffer_before_per_host`` are its backstops, and the booking's
+    ``slotbooking_guest_no_overlap`` the guest's. A host who is a guest elsewhere at that time is not free
+    either: no constraint backstops that rule (it compares a slot's host with a booking's guest, rows of two
+    tables; an exclusion constraint compares rows of one table by the same expressions), so it is kept
+    under the host's row lock, which every booking of the host as a guest takes too. Confirm, cancel,
+    expiry and audit are the slot bookings' (a booking that stops blocking cancels its appointment's slot:
+    ``write_along``).
 
     The hold locks the guest's and the host's rows (``lock_users``, id order), then reads, after the
     locks: the host's hours, the guest's bookings, the host's time. An overdue hold in the way of the
@@ -831,7 +842,7 @@ class Appointments(SlotBookingLifecycle):
             active, with_host, *clash = cursor.fetchone()
         _check_guest_limits(host_id=target.host.pk, active=active, with_host=with_host)
         _check_no_clash(*clash)
-        buffer = timedelta(minutes=target.availability.buffer_minutes if target.availability else 0)
+        buffer = _buffer(target)
         taken = selectors.host_taken(target.host.pk, request.start, request.end, buffer=buffer, now=now)
         if moving is not None and moving.slot.kind == Slot.Kind.APPOINTMENT:
             taken = [pk for pk in taken if pk != moving.slot_id]  # its own time, released with it
@@ -839,12 +850,13 @@ class Appointments(SlotBookingLifecycle):
             raise SlotOverlap(
                 f"Host {target.host.pk} is taken from {request.start.isoformat()} to {request.end.isoformat()}"
                 f" (with their {buffer} buffer).",
-                details={"slotIds": taken},
+                details={"slotIds": [pk for pk in taken if pk != selectors.AWAY]},  # where the host is a guest: theirs
             )
 
     def make_free(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
         """Expire the overdue holds on the host's appointments in the way of the new one's slot."""
-        _expire_overdue_appointments(target.host.pk, [(request.start, request.end + _buffer(target))], now=now)
+        buffer = _buffer(target)
+        _expire_overdue_appointments(target.host.pk, [(request.start - buffer, request.end + buffer)], now=now)
 
     def create(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime, actor) -> SlotBooking:
         hold_minutes = request.hold_minutes or hold_minutes_default()
@@ -856,7 +868,9 @@ class Appointments(SlotBookingLifecycle):
             host=target.host,
             kind=Slot.Kind.APPOINTMENT,
             start=request.start,
-            end=request.end + _buffer(target),
+            end=request.end,
+            blocked_from=request.start - _buffer(target),
+            blocked_until=request.end + _buffer(target),
             capacity=1,
             booked=1,
             created_at=now,
@@ -870,7 +884,8 @@ class Appointments(SlotBookingLifecycle):
             "guest": request.guest.pk,
             "start": request.start,
             "end": request.end,
-            "slot_end": slot.end,
+            "blocked_from": slot.blocked_from,
+            "blocked_until": slot.blocked_until,
             "status": status,
             "expires_at": expires_at,
             "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
@@ -913,13 +928,14 @@ WITH {_LIMITS}, {_CLASH}
 SELECT limits.active, limits.with_host, clash.id, clash.start, clash."end" FROM limits LEFT JOIN clash ON true
 """
 # The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's
-# RETURNING, so it is written after it). ``slot_no_overlap_per_host`` and ``slotbooking_guest_no_overlap``
-# are the backstops: either refuses the statement, and the caller counts it.
+# RETURNING, so it is written after it). ``slot_no_overlap_per_host``, ``slot_buffer_before_per_host`` and
+# ``slotbooking_guest_no_overlap`` are the backstops: each refuses the statement, and the caller counts it.
 APPOINTMENT_SQL = f"""
 WITH slot AS (
-    INSERT INTO {_SLOT} (host_id, kind, title, specialization, start, "end", capacity, booked, status, created_at,
-                         updated_at)
-    VALUES (%(host)s, 'APPOINTMENT', '', '', %(start)s, %(slot_end)s, 1, 1, 'AVAILABLE', %(now)s, %(now)s)
+    INSERT INTO {_SLOT} (host_id, kind, title, specialization, start, "end", blocked_from, blocked_until, capacity,
+                         booked, status, created_at, updated_at)
+    VALUES (%(host)s, 'APPOINTMENT', '', '', %(start)s, %(end)s, %(blocked_from)s, %(blocked_until)s, 1, 1, 'AVAILABLE',
+            %(now)s, %(now)s)
     RETURNING id
 ), created AS (
     INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
@@ -939,20 +955,22 @@ SELECT (SELECT id FROM slot), (SELECT id FROM created)
 
 
 def _expire_overdue_appointments(host_id: int, ranges: list[tuple[datetime, datetime]], *, now: datetime) -> None:
-    """Expire the overdue holds on the host's appointments whose slots overlap ``ranges``, so that the host's
-    ``slot_no_overlap_per_host`` (which counts an appointment's slot until its booking ends) never makes an
-    overdue hold block (docs/contract.md §2.2). Caller holds the host's row lock; their slots are locked here."""
+    """Expire the overdue holds on the host's appointments whose slots, with their buffers, overlap ``ranges`` (the
+    new slots' times with theirs), so that the host's constraints (which count an appointment's slot until its
+    booking ends) never make an overdue hold block (docs/contract.md §2.2). Caller holds the host's row lock;
+    their slots are locked here."""
     overdue = SlotBooking.objects.overdue(now=now).filter(
         slot__host_id=host_id,
         slot__kind=Slot.Kind.APPOINTMENT,
         slot__status=Slot.Status.AVAILABLE,
-        slot__start__lt=max(end for _, end in ranges),
-        slot__end__gt=min(start for start, _ in ranges),
+        slot__blocked_from__lt=max(end for _, end in ranges),
+        slot__blocked_until__gt=min(start for start, _ in ranges),
     )
+    spans = overdue.values_list("pk", "slot_id", "slot__blocked_from", "slot__blocked_until")
     in_the_way = {
         pk: slot_id
-        for pk, slot_id, slot_start, slot_end in overdue.values_list("pk", "slot_id", "slot__start", "slot__end")
-        if any(slot_start < end and slot_end > start for start, end in ranges)
+        for pk, slot_id, taken_from, taken_until in spans
+        if any(taken_from < end and taken_until > start for start, end in ranges)
     }
     if in_the_way:
         locking.lock_slots(in_the_way.values())
@@ -1317,15 +1335,19 @@ def _check_no_clash(clash_id: int | None, start: datetime | None, end: datetime 
         raise GuestOverlap(booking_id=clash_id, start=start, end=end)
 
 
+def _constraint_of(error: IntegrityError) -> str | None:
+    cause = error.__cause__
+    return cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
+
+
 def _backstop_refusal(error: IntegrityError, *, slot: Slot, seats: int) -> DomainError:
     """The 409 a constraint's refusal of a booking statement means, counted (docs/contract.md §2.1)."""
-    cause = error.__cause__
-    constraint = cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
+    constraint = _constraint_of(error)
     if constraint == GUEST_NO_OVERLAP:
         CONSTRAINT_BACKSTOPS.labels(GUEST_NO_OVERLAP).inc()
         return GuestOverlap()
-    if constraint == HOST_NO_OVERLAP:
-        CONSTRAINT_BACKSTOPS.labels(HOST_NO_OVERLAP).inc()
+    if constraint in (HOST_NO_OVERLAP, HOST_BUFFER_BEFORE):
+        CONSTRAINT_BACKSTOPS.labels(constraint).inc()
         return SlotOverlap(f"Host {slot.host_id} is taken at that time.")
     CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
     return SlotFull(slot_id=slot.pk, seats=seats)

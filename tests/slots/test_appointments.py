@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from booking_site.audit.services import trail
+from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from slots import services
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
@@ -94,9 +95,10 @@ def test_an_interval_booking_is_a_slot_booking_on_an_appointment_slot_with_the_b
         "APPOINTMENT",
         host.pk,
         at(monday, 9),
-        at(monday, 9, 40),
+        at(monday, 9, 30),
         1,
     )
+    assert (slot.blocked_from, slot.blocked_until) == (at(monday, 8, 50), at(monday, 9, 40))
     [created] = trail(booking)
     assert (created.event_type, created.to_state, created.actor_id) == ("CREATED", "CONFIRMED", user.pk)
     assert not api.get("/api/slots").json()["results"]  # an appointment is nobody else's to book
@@ -134,6 +136,55 @@ def test_the_host_taken_is_409_slot_overlap_with_their_buffer(api, client_for):
         response = book(api, host, start)
         assert response.status_code == 409 and error_code(response) == "slot_overlap", start
     assert book(api, host, at(monday, 15)).status_code == 201
+
+
+def test_a_host_cannot_publish_a_slot_in_the_buffer_before_or_after_an_appointment(api, client_for):
+    host = host_with(bufferMinutes=10)
+    monday = next_monday()
+    assert book(api, host, at(monday, 10)).status_code == 201
+    host_api = client_for(host)
+
+    def publish(start, end):
+        return host_api.post("/api/slots", {"startTime": start.isoformat(), "endTime": end.isoformat()}, format="json")
+
+    assert error_code(publish(at(monday, 9), at(monday, 9, 55))) == "slot_overlap"
+    assert error_code(publish(at(monday, 10, 35), at(monday, 11))) == "slot_overlap"
+    assert publish(at(monday, 9), at(monday, 9, 50)).status_code == 201
+    assert publish(at(monday, 10, 40), at(monday, 11)).status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)  # the booking's transaction is the outermost one
+@pytest.mark.parametrize(("published", "start"), [((9, 0), (9, 35)), ((10, 35), (10, 0))])
+def test_without_the_check_the_constraints_keep_the_buffer_on_both_sides(api, monkeypatch, published, start):
+    host = host_with(bufferMinutes=10)
+    monday = next_monday()
+    SlotFactory(host=host, start=at(monday, *published), end=at(monday, *published) + timedelta(minutes=30))
+    monkeypatch.setattr(services.selectors, "host_taken", lambda *args, **kwargs: [])  # as if nothing were there
+    constraint = services.HOST_BUFFER_BEFORE if start > published else services.HOST_NO_OVERLAP
+    before = CONSTRAINT_BACKSTOPS.labels(constraint)._value.get()
+
+    response = book(api, host, at(monday, *start))
+
+    assert response.status_code == 409 and error_code(response) == "slot_overlap", response.content
+    assert CONSTRAINT_BACKSTOPS.labels(constraint)._value.get() == before + 1
+    assert not SlotBooking.objects.exists()
+
+
+def test_an_appointment_keeps_the_buffer_it_was_booked_with_when_the_host_shortens_it(api, client_for):
+    host = host_with(bufferMinutes=30)
+    monday = next_monday()
+    assert book(client_for(UserFactory()), host, at(monday, 12)).status_code == 201
+    document = {"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30], "bufferMinutes": 0}
+    assert client_for(host).put("/api/hosts/me/availability", document, format="json").status_code == 200
+    before = CONSTRAINT_BACKSTOPS.labels(services.HOST_NO_OVERLAP)._value.get()
+
+    found = free(api, host, monday)
+
+    assert at(monday, 11) in found and at(monday, 13) in found
+    assert not {at(monday, 11, 30), at(monday, 12), at(monday, 12, 30)} & set(found)
+    assert error_code(book(api, host, at(monday, 12, 30))) == "slot_overlap"  # refused by the check
+    assert CONSTRAINT_BACKSTOPS.labels(services.HOST_NO_OVERLAP)._value.get() == before
+    assert book(api, host, at(monday, 13)).status_code == 201
 
 
 def test_a_hold_is_pending_confirmed_like_any_booking_and_a_cancel_frees_the_hosts_time(api, user):
