@@ -187,6 +187,36 @@ def test_an_appointment_keeps_the_buffer_it_was_booked_with_when_the_host_shorte
     assert book(api, host, at(monday, 13)).status_code == 201
 
 
+def test_a_host_booked_as_a_guest_elsewhere_is_not_free_then(api, client_for):
+    host, elsewhere = host_with(bufferMinutes=10), host_with()
+    monday = next_monday()
+    host_as_guest = client_for(host)
+    assert book(host_as_guest, elsewhere, at(monday, 11)).status_code == 201
+    published = SlotFactory(start=at(monday, 14), end=at(monday, 14, 30))
+    assert host_as_guest.post("/api/bookings", {"slotId": published.pk}).status_code == 201
+
+    found = free(api, host, monday)
+
+    assert not {at(monday, 10, 30), at(monday, 11), at(monday, 11, 30), at(monday, 14)} & set(found)
+    assert {at(monday, 10), at(monday, 12), at(monday, 13), at(monday, 15)} <= set(found)
+    for start in (at(monday, 11), at(monday, 11, 30), at(monday, 13, 30), at(monday, 14)):
+        response = book(api, host, start)
+        assert response.status_code == 409 and error_code(response) == "slot_overlap", start
+        assert response.json()["error"]["details"]["slotIds"] == []  # another host's slots are not named
+    assert book(api, host, at(monday, 12)).status_code == 201
+
+
+def test_a_hosts_overdue_hold_as_a_guest_elsewhere_leaves_them_free(api, client_for):
+    host, elsewhere = host_with(), host_with()
+    monday = next_monday()
+    body = book(client_for(host), elsewhere, at(monday, 11), hold=True).json()
+    past = timezone.now() - timedelta(minutes=1)
+    SlotBooking.objects.filter(pk=body["id"]).update(created_at=past - timedelta(minutes=10), expires_at=past)
+
+    assert at(monday, 11) in free(api, host, monday)
+    assert book(api, host, at(monday, 11)).status_code == 201
+
+
 def test_a_hold_is_pending_confirmed_like_any_booking_and_a_cancel_frees_the_hosts_time(api, user):
     host = host_with()
     monday = next_monday()

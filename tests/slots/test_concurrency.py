@@ -697,6 +697,52 @@ def test_control_without_the_guests_lock_the_slot_and_interval_race_reaches_the_
     assert_counters_match_bookings()
 
 
+def a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch):
+    """Two racers: the host books a published slot of another host and keeps its transaction open a moment
+    after inserting; meanwhile a guest books the host at that time. (Only once the host's insert is done:
+    the other order is allowed, as nothing refuses a host's booking as a guest over their own appointment.)"""
+    [host], guest = working_hosts(1), UserFactory()
+    slot = pairwise_overlapping_slots(1)[0]
+    inserted = threading.Event()
+    create = services.SLOT_BOOKINGS.create
+
+    def create_then_linger(*args, **kwargs):
+        booking = create(*args, **kwargs)
+        inserted.set()
+        time.sleep(3 * WINDOW)  # the guest's booking asks for the host meanwhile
+        return booking
+
+    def guest_books_the_host():
+        inserted.wait(10)
+        return interval_booker(host, guest, slot.start)()
+
+    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", create_then_linger)
+    return host, guest, [booker(slot.pk, host), guest_books_the_host]
+
+
+def test_a_guest_booking_a_host_who_is_booking_elsewhere_then_waits_for_the_host_and_is_refused(monkeypatch):
+    host, guest, racers = a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch)
+
+    as_guest, as_host = run_concurrently(racers)
+
+    assert isinstance(as_guest, SlotBooking) and as_guest.guest_id == host.pk
+    assert isinstance(as_host, services.SlotOverlap), as_host
+    assert not SlotBooking.objects.filter(guest=guest).exists()
+
+
+def test_control_without_the_hosts_lock_the_host_is_booked_in_two_places_and_nothing_backstops_it(monkeypatch):
+    host, guest, racers = a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch)
+    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
+
+    as_guest, as_host = run_concurrently(racers)
+
+    # The guest's check could not see the host's uncommitted booking, and no constraint spans the two.
+    assert isinstance(as_guest, SlotBooking) and isinstance(as_host, SlotBooking), (as_guest, as_host)
+    assert (as_host.slot.host_id, as_host.guest_id, as_guest.guest_id) == (host.pk, guest.pk, host.pk)
+    assert (as_guest.start, as_guest.end) == (as_host.start, as_host.end)
+
+
 def a_reschedule_and_a_booking_of_its_target_interval():
     """A guest's appointment, and two racers: its reschedule three hours later, another guest's booking there."""
     [host] = working_hosts(1)
