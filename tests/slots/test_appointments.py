@@ -60,13 +60,23 @@ def error_code(response) -> str:
     return response.json()["error"]["code"]
 
 
-def test_done_means_a_week_set_a_time_found_booked_gone_and_no_second_place(client_for, api, user):
+def free_in_the_week(api, host, monday) -> list[datetime]:
+    week = {"startDate": monday, "endDate": monday + timedelta(days=4), "slotDuration": 30}
+    response = api.get(f"/api/users/{host.pk}/slots", week)
+    assert response.status_code == 200, response.content
+    return [parse_datetime(s["startTime"]) for s in response.json()["slots"]]
+
+
+def test_done_means_a_week_set_a_time_found_booked_gone_no_second_place_moved_and_drawn(
+    client_for, api, user, admin_client
+):
     host = HostFactory()
     host_api = client_for(host)
     week = {"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30]}
     assert host_api.put("/api/hosts/me/availability", week, format="json").status_code == 200
     monday = next_monday()
-    assert len(free(api, host, monday)) == 16
+    found = free_in_the_week(api, host, monday)
+    assert len(found) == 5 * 16 and found[0] == at(monday, 9) and found[-1] == at(monday + timedelta(days=4), 16, 30)
 
     response = book(api, host, at(monday, 10))
 
@@ -75,12 +85,29 @@ def test_done_means_a_week_set_a_time_found_booked_gone_and_no_second_place(clie
     assert (body["hostId"], body["userId"], body["status"], body["expiresAt"]) == (host.pk, user.pk, "CONFIRMED", None)
     assert parse_datetime(body["startTime"]) == at(monday, 10)
     assert parse_datetime(body["endTime"]) == at(monday, 10, 30)
-    assert at(monday, 10) not in free(api, host, monday) and len(free(api, host, monday)) == 15
+    found = free_in_the_week(api, host, monday)
+    assert at(monday, 10) not in found and len(found) == 5 * 16 - 1
     other = host_with()
     assert error_code(book(api, other, at(monday, 10, 0))) == "guest_overlap"
+    assert error_code(book(api, other, at(monday, 9, 45))) == "guest_overlap"
     published = SlotFactory(start=at(monday, 10, 15), end=at(monday, 10, 45))
     assert api.post("/api/bookings", {"slotId": published.pk}).json()["error"]["code"] == "guest_overlap"
-    assert book(api, other, at(monday, 10, 30)).status_code == 201  # back to back
+
+    tuesday = monday + timedelta(days=1)
+    moved = reschedule(api, body["id"], at(tuesday, 14))
+
+    assert moved.status_code == 200, moved.content
+    assert (moved.json()["rescheduledFromId"], parse_datetime(moved.json()["startTime"])) == (
+        body["id"],
+        at(tuesday, 14),
+    )
+    found = free_in_the_week(api, host, monday)
+    assert at(monday, 10) in found and at(tuesday, 14) not in found
+    assert book(api, other, at(monday, 10, 0)).status_code == 201  # the old time is free for the guest again
+    page = admin_client.get(f"/admin/slots/availability/{host.pk}/change/?week={monday}")
+    assert page.status_code == 200
+    assert "hours 09:00 to 17:00" in page.content.decode()
+    assert f"booking #{moved.json()['id']} 14:00 to 14:30" in page.content.decode()
 
 
 def test_an_interval_booking_is_a_slot_booking_on_an_appointment_slot_with_the_buffer(api, user):
