@@ -226,6 +226,12 @@ class Availability(models.Model):
     minimum_notice_minutes = models.PositiveIntegerField(default=0)
     buffer_minutes = models.PositiveIntegerField(default=0, help_text="Kept free around every appointment")
     updated_at = models.DateTimeField()
+    # Annotated by an appointment's read after its locks (slots.services._hours_and_rules), not columns.
+    guest_active: int
+    guest_with_host: int
+    guest_clash: dict | None  # the guest's first active booking overlapping the interval: {id, start, end}
+    host_time: list[list]  # what takes the host's time near it: [slot id, start, end, blocked from, until]
+    overdue_appointments: list[list]  # [booking id, slot id, start, end, blocked from, until]
 
     class Meta:
         verbose_name_plural = "availabilities"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
@@ -156,7 +157,7 @@ def free_times(
     length from the start of each window of the host's hours (weekly, or the date's override), in the
     host's time zone, so across a DST change a window keeps its wall-clock bounds and lasts what it really
     lasts; at least the minimum notice after ``now``; and clear of everything that takes the host's time
-    (``host_taken``'s rule: their published slots, their active appointments, their own active bookings as a
+    (``in_the_way``'s rule: their published slots, their active appointments, their own active bookings as a
     guest; an overdue hold is free). ValidationFailed for a length the host does not offer."""
     availability = availability_of(host_id)
     if availability is None or minutes not in availability.durations:
@@ -208,10 +209,10 @@ def _wall(day: date, clock: str, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(hours, minutes), tzinfo=zone).astimezone(UTC)
 
 
-AWAY = 0  # ``host_taken``'s slot id for the host's own booking as a guest (another host's slot, not theirs to name)
+AWAY = 0  # ``in_the_way``'s slot id for the host's own booking as a guest (another host's slot, not theirs to name)
 
 
-def _taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
+def taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
     """What takes the host's time between ``begins`` and ``ends`` (with its buffers), as ``(slot id, start, end,
     blocked from, blocked until)``: their published AVAILABLE slots; their appointments whose booking is active
     (an overdue hold is free, §2.2), with the buffer they were booked with; and their own active bookings as a
@@ -243,24 +244,24 @@ def _taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetim
     return published.union(appointments, away, all=True)
 
 
-def host_taken(host_id: int, start: datetime, end: datetime, *, buffer: timedelta, now: datetime) -> list[int]:
-    """The slots (``AWAY``: a booking of the host's as a guest) that keep the host from ``start`` to ``end`` with
-    the host's ``buffer`` around it: whose time, widened by ``buffer`` on each side or by the buffer an
+def in_the_way(spans: Iterable[tuple], start: datetime, end: datetime, *, buffer: timedelta) -> list:
+    """The keys of ``spans`` (``(key, start, end, blocked from, blocked until)``, as ``taking_time`` reads them; a
+    key is a slot id, ``AWAY`` a booking of the host's as a guest) that keep the host from ``start`` to ``end``
+    with their ``buffer`` around it: whose time, widened by ``buffer`` on each side or by the buffer an
     appointment was booked with when that is larger, overlaps it; touching is fine. The rule the host's two
-    constraints keep for their slots (``slot_no_overlap_per_host``, ``slot_buffer_before_per_host``)."""
-    spans = _taking_time(host_id, start - buffer, end + buffer, now=now)
+    constraints keep between their slots (``slot_no_overlap_per_host``, ``slot_buffer_before_per_host``)."""
     return sorted(
-        pk
-        for pk, taken_start, taken_end, taken_from, taken_until in spans
+        key
+        for key, taken_start, taken_end, taken_from, taken_until in spans
         if min(taken_start - buffer, taken_from) < end and max(taken_end + buffer, taken_until) > start
     )
 
 
 def _busy(host_id: int, begins: datetime, ends: datetime, *, now: datetime, buffer: timedelta) -> list[tuple]:
-    """What takes the host's time between ``begins`` and ``ends``, each widened as ``host_taken`` widens it,
+    """What takes the host's time between ``begins`` and ``ends``, each widened as ``in_the_way`` widens it,
     merged by PostgreSQL (``range_agg``) and in time order, as POSIX seconds: a busy month is some hundred
     spans, and parsing two timestamps each would cost more than the search."""
-    inner, params = _taking_time(host_id, begins, ends, now=now).query.sql_with_params()
+    inner, params = taking_time(host_id, begins, ends, now=now).query.sql_with_params()
     sql = f"""
         SELECT extract(epoch FROM lower(r))::float8, extract(epoch FROM upper(r))::float8
         FROM unnest((SELECT range_agg(tstzrange(least(t.start - %s * interval '1 second', t.taken_from),

@@ -51,6 +51,7 @@ from django.db.models import (
     When,
     sql,
 )
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
 
@@ -802,10 +803,14 @@ class AppointmentRequest:
     rescheduled_from: SlotBooking | None = None  # the booking a reschedule moves here: not in its own way
 
 
-@dataclass(frozen=True)
+@dataclass
 class AppointmentTarget:
+    """The host, locked; then what ``check_target`` reads after the locks: their hours, and the overdue holds on
+    their appointments in the way (booking id → slot id), which ``make_free`` expires."""
+
     host: User
-    availability: Availability | None
+    availability: Availability | None = None
+    in_the_way: dict[int, int] = field(default_factory=dict)
 
 
 class Appointments(SlotBookingLifecycle):
@@ -820,30 +825,32 @@ class Appointments(SlotBookingLifecycle):
     ``write_along``).
 
     The hold locks the guest's and the host's rows (``lock_users``, id order), then reads, after the
-    locks: the host's hours, the guest's bookings, the host's time. An overdue hold in the way of the
-    new slot is expired first, under its slot's lock (the host's constraint counts it until then)."""
+    locks and in one statement (``_hours_and_rules``): the host's hours, the guest's bookings, the host's
+    time, the overdue holds in the way. Such a hold is expired before the write, under its slot's lock (the
+    host's constraints count it until then)."""
 
     def lock_target(self, request: AppointmentRequest) -> AppointmentTarget:
         host = locking.lock_users([request.guest.pk, request.host_id]).get(request.host_id)
         if host is None or not host.is_host:
             raise NotFound(f"Host {request.host_id} does not exist.")
-        return AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+        return AppointmentTarget(host=host)
 
     def check_target(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
         if target.host.pk == request.guest.pk:
             raise OwnSlot("You cannot book your own time.")
         check_slot_times(request.start, request.end, now=now)
-        _check_fits(target.availability, request, now=now)
-        moving = request.rescheduled_from
-        params: dict[str, Any] = {"guest": request.guest.pk, "host": target.host.pk, "now": now}
-        params |= {"booking": moving.pk if moving else 0, "start": request.start, "end": request.end}
-        with connection.cursor() as cursor:
-            cursor.execute(GUEST_RULES_SQL, params)
-            active, with_host, *clash = cursor.fetchone()
-        _check_guest_limits(host_id=target.host.pk, active=active, with_host=with_host)
-        _check_no_clash(*clash)
+        target.availability = hours = _hours_and_rules(target.host.pk, request, now=now)
+        _check_fits(hours, request, now=now)
+        assert hours is not None  # _check_fits refuses a host without hours
+        _check_guest_limits(host_id=target.host.pk, active=hours.guest_active, with_host=hours.guest_with_host)
+        if hours.guest_clash is not None:  # JSON: its times are ISO 8601 strings
+            clash = hours.guest_clash
+            _check_no_clash(clash["id"], datetime.fromisoformat(clash["start"]), datetime.fromisoformat(clash["end"]))
         buffer = _buffer(target)
-        taken = selectors.host_taken(target.host.pk, request.start, request.end, buffer=buffer, now=now)
+        taken = selectors.in_the_way(_spans(hours.host_time), request.start, request.end, buffer=buffer)
+        overdue = _spans(hours.overdue_appointments, keys=2)  # (booking id, slot id): an overdue hold's appointment
+        target.in_the_way = dict(selectors.in_the_way(overdue, request.start, request.end, buffer=buffer))
+        moving = request.rescheduled_from
         if moving is not None and moving.slot.kind == Slot.Kind.APPOINTMENT:
             taken = [pk for pk in taken if pk != moving.slot_id]  # its own time, released with it
         if taken:
@@ -854,9 +861,9 @@ class Appointments(SlotBookingLifecycle):
             )
 
     def make_free(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
-        """Expire the overdue holds on the host's appointments in the way of the new one's slot."""
-        buffer = _buffer(target)
-        _expire_overdue_appointments(target.host.pk, [(request.start - buffer, request.end + buffer)], now=now)
+        """Expire the overdue holds on the host's appointments in the way of the new one's slot (``check_target``
+        found them): nothing to do, and no round trip, when there are none."""
+        _expire_in_the_way(target.in_the_way, now=now)
 
     def create(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime, actor) -> SlotBooking:
         hold_minutes = request.hold_minutes or hold_minutes_default()
@@ -921,12 +928,49 @@ class Appointments(SlotBookingLifecycle):
         )
 
 
-# An appointment's rules about its guest, after the guest's lock: how many active bookings, how many with the
-# host, and the first active one overlapping (BOOK_SQL's ``limits`` and ``clash``).
-GUEST_RULES_SQL = f"""
-WITH {_LIMITS}, {_CLASH}
-SELECT limits.active, limits.with_host, clash.id, clash.start, clash."end" FROM limits LEFT JOIN clash ON true
-"""
+def _hours_and_rules(host_id: int, request: AppointmentRequest, *, now: datetime) -> Availability | None:
+    """The host's hours (None: they have none), annotated with all an appointment's rules read, in one statement
+    after the guest's and the host's locks, so by a snapshot that sees every booking those locks serialize:
+    the guest's active bookings (``guest_active``), those with the host (``guest_with_host``), the first one
+    overlapping the interval (``guest_clash``), each but the booking a reschedule moves (``BOOK_SQL``'s
+    ``limits`` and ``clash``); and near the interval what takes the host's time (``host_time``:
+    ``selectors.taking_time``) and the overdue holds on their appointments (``overdue_appointments``). Near:
+    within the longest buffer a host may have, as theirs is read by the same statement; the caller narrows."""
+    reach = timedelta(minutes=MAX_BUFFER_MINUTES)
+    begins, ends = request.start - reach, request.end + reach
+    moving = request.rescheduled_from.pk if request.rescheduled_from else 0
+    active = SlotBooking.objects.active(now=now).filter(guest=request.guest.pk).exclude(pk=moving)
+    annotations = {  # Availability declares them, for their types: a dict keeps django-stubs from redefining them
+        "guest_active": _count(active),
+        "guest_with_host": _count(active.filter(slot__host_id=host_id)),
+        "guest_clash": _clash(active.filter(start__lt=request.end, end__gt=request.start)),
+        "host_time": _json_rows(selectors.taking_time(host_id, begins, ends, now=now), width=5),
+        "overdue_appointments": _json_rows(_overdue_spans(host_id, begins, ends, now=now), width=6),
+    }
+    return Availability.objects.filter(host_id=host_id).annotate(**annotations).first()
+
+
+def _json_rows(rows: QuerySet, *, width: int) -> RawSQL:
+    """``rows`` (a ``values_list`` of ``width`` columns) as one JSON array of arrays, for a bigger statement."""
+    sql, params = rows.query.sql_with_params()
+    columns = ", ".join(f"c{n}" for n in range(width))
+    return RawSQL(
+        f"(SELECT coalesce(jsonb_agg(jsonb_build_array({columns})), '[]') FROM ({sql}) AS t ({columns}))",
+        params,
+        output_field=JSONField(),
+    )
+
+
+def _spans(rows: list[list], *, keys: int = 1) -> list[tuple]:
+    """JSON rows of ``keys`` key columns then four instants (ISO 8601 strings), as ``(key, instant, …)``: the
+    spans ``selectors.in_the_way`` reads."""
+    spans = []
+    for row in rows:
+        key = row[0] if keys == 1 else tuple(row[:keys])
+        spans.append((key, *(datetime.fromisoformat(instant) for instant in row[keys:])))
+    return spans
+
+
 # The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's
 # RETURNING, so it is written after it). ``slot_no_overlap_per_host``, ``slot_buffer_before_per_host`` and
 # ``slotbooking_guest_no_overlap`` are the backstops: each refuses the statement, and the caller counts it.
@@ -954,27 +998,35 @@ SELECT (SELECT id FROM slot), (SELECT id FROM created)
 """
 
 
-def _expire_overdue_appointments(host_id: int, ranges: list[tuple[datetime, datetime]], *, now: datetime) -> None:
-    """Expire the overdue holds on the host's appointments whose slots, with their buffers, overlap ``ranges`` (the
-    new slots' times with theirs), so that the host's constraints (which count an appointment's slot until its
-    booking ends) never make an overdue hold block (docs/contract.md §2.2). Caller holds the host's row lock;
-    their slots are locked here."""
+def _overdue_spans(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
+    """The overdue holds on the host's appointments whose slots, with their buffers, overlap ``begins`` to ``ends``,
+    as ``(booking id, slot id, start, end, blocked from, blocked until)``."""
     overdue = SlotBooking.objects.overdue(now=now).filter(
         slot__host_id=host_id,
         slot__kind=Slot.Kind.APPOINTMENT,
         slot__status=Slot.Status.AVAILABLE,
-        slot__blocked_from__lt=max(end for _, end in ranges),
-        slot__blocked_until__gt=min(start for start, _ in ranges),
+        slot__blocked_from__lt=ends,
+        slot__blocked_until__gt=begins,
     )
-    spans = overdue.values_list("pk", "slot_id", "slot__blocked_from", "slot__blocked_until")
-    in_the_way = {
-        pk: slot_id
-        for pk, slot_id, taken_from, taken_until in spans
-        if any(taken_from < end and taken_until > start for start, end in ranges)
-    }
+    return overdue.values_list("pk", "slot_id", "start", "end", "slot__blocked_from", "slot__blocked_until")
+
+
+def _expire_overdue_appointments(host_id: int, ranges: list[tuple[datetime, datetime]], *, now: datetime) -> None:
+    """Expire the overdue holds on the host's appointments in the way of new published slots (``ranges``, which
+    have no buffer). Caller holds the host's row lock."""
+    rows = _overdue_spans(host_id, min(start for start, _ in ranges), max(end for _, end in ranges), now=now)
+    spans = [((pk, slot_id), *times) for pk, slot_id, *times in rows]
+    in_the_way = [key for start, end in ranges for key in selectors.in_the_way(spans, start, end, buffer=timedelta(0))]
+    _expire_in_the_way(dict(in_the_way), now=now)
+
+
+def _expire_in_the_way(in_the_way: dict[int, int], *, now: datetime) -> None:
+    """Expire these overdue holds (booking id → its appointment's slot id) under their slots' locks, so that the
+    host's constraints (which count an appointment's slot until its booking ends) never make an overdue hold
+    block (docs/contract.md §2.2). Caller holds the host's row lock."""
     if in_the_way:
         locking.lock_slots(in_the_way.values())
-        APPOINTMENTS.expire_overdue(overdue.filter(pk__in=in_the_way), now=now)
+        APPOINTMENTS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(pk__in=in_the_way), now=now)
 
 
 def _buffer(target: AppointmentTarget) -> timedelta:
@@ -1079,7 +1131,7 @@ def _move_to_interval(booking: SlotBooking, host: User, *, start: datetime, end:
         metadata=booking.metadata,
         rescheduled_from=booking,
     )
-    target = AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+    target = AppointmentTarget(host=host)
     APPOINTMENTS.check_target(target, request, now=now)
     APPOINTMENTS.make_free(target, request, now=now)
     # The old booking gives back its seats (and its appointment's time) first: the new one may overlap it.

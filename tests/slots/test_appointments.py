@@ -186,7 +186,7 @@ def test_without_the_check_the_constraints_keep_the_buffer_on_both_sides(api, mo
     host = host_with(bufferMinutes=10)
     monday = next_monday()
     SlotFactory(host=host, start=at(monday, *published), end=at(monday, *published) + timedelta(minutes=30))
-    monkeypatch.setattr(services.selectors, "host_taken", lambda *args, **kwargs: [])  # as if nothing were there
+    monkeypatch.setattr(services.selectors, "in_the_way", lambda *args, **kwargs: [])  # as if nothing were there
     constraint = services.HOST_BUFFER_BEFORE if start > published else services.HOST_NO_OVERLAP
     before = CONSTRAINT_BACKSTOPS.labels(constraint)._value.get()
 
