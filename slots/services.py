@@ -629,12 +629,8 @@ class SlotBookings(SlotBookingLifecycle):
             "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
             "booking_request_id": request.request_id,
             "now": now,
-            "actor": actor.pk,
-            "actor_label": f"user:{actor.pk}",
-            "subject_type": SlotBooking._meta.model_name,
             "expiry_actor": EXPIRY_ACTOR,
-            "occurred_at": timezone.now(),
-            "trace_id": current_request_id() or "",
+            **_event_params(actor),
             "metadata": json.dumps(
                 {"slotId": slot.pk, "seats": request.seats, "expiresAt": expires_at}, cls=DjangoJSONEncoder
             ),
@@ -651,19 +647,16 @@ class SlotBookings(SlotBookingLifecycle):
             _check_no_clash(*clash)
             raise SlotFull(slot_id=slot.pk, seats=request.seats, remaining=remaining)
         slot.booked += request.seats - freed
-        return SlotBooking(
-            pk=booking_id,
-            slot=slot,
+        return _written(
+            booking_id,
+            slot,
+            now=now,
             guest=request.guest,
-            start=slot.start,
-            end=slot.end,
             seats=request.seats,
             status=status,
             expires_at=expires_at,
             metadata=request.metadata,
             request_id=request.request_id,
-            created_at=now,
-            updated_at=now,
         )
 
 
@@ -899,11 +892,7 @@ class Appointments(SlotBookingLifecycle):
             "booking_request_id": request.request_id,
             "rescheduled_from": request.rescheduled_from.pk if request.rescheduled_from else None,
             "now": now,
-            "actor": actor.pk,
-            "actor_label": f"user:{actor.pk}",
-            "subject_type": SlotBooking._meta.model_name,
-            "occurred_at": timezone.now(),
-            "trace_id": current_request_id() or "",
+            **_event_params(actor),
             "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
         }
         try:
@@ -912,19 +901,16 @@ class Appointments(SlotBookingLifecycle):
                 slot.pk, booking_id = cursor.fetchone()
         except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
             raise _backstop_refusal(error, slot=slot, seats=1) from None
-        return SlotBooking(
-            pk=booking_id,
-            slot=slot,
+        return _written(
+            booking_id,
+            slot,
+            now=now,
             guest=request.guest,
-            start=request.start,
-            end=request.end,
             status=status,
             expires_at=expires_at,
             metadata=request.metadata,
             request_id=request.request_id,
             rescheduled_from=request.rescheduled_from,
-            created_at=now,
-            updated_at=now,
         )
 
 
@@ -1255,12 +1241,8 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         "expires_at": booking.expires_at,
         "booking_metadata": json.dumps(booking.metadata, cls=DjangoJSONEncoder),
         "now": now,
-        "actor": user.pk,
-        "actor_label": f"user:{user.pk}",
-        "subject_type": SlotBooking._meta.model_name,
         "expiry_actor": EXPIRY_ACTOR,
-        "occurred_at": timezone.now(),
-        "trace_id": current_request_id() or "",
+        **_event_params(user),
     }
     try:
         with connection.cursor() as cursor:
@@ -1272,19 +1254,16 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         _check_no_clash(*clash)
         raise SlotFull(slot_id=new_slot.pk, seats=booking.seats, remaining=remaining)
     count_on_commit(HOLDS_EXPIRED, SLOT_BOOKINGS.domain, amount=expired)
-    return SlotBooking(
-        pk=moved_id,
-        slot=new_slot,
+    return _written(
+        moved_id,
+        new_slot,
+        now=now,
         guest_id=booking.guest_id,
-        start=new_slot.start,
-        end=new_slot.end,
         seats=booking.seats,
         status=booking.status,
         expires_at=booking.expires_at,
         metadata=booking.metadata,
         rescheduled_from_id=booking.pk,
-        created_at=now,
-        updated_at=now,
     )
 
 
@@ -1341,6 +1320,25 @@ def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) ->
 
 
 # --- the pieces ------------------------------------------------------------------------------------
+
+
+def _event_params(actor: User) -> dict[str, Any]:
+    """The parameters of the audit event a booking statement writes (``audit.SQL_COLUMNS``) for ``actor``."""
+    return {
+        "actor": actor.pk,
+        "actor_label": f"user:{actor.pk}",
+        "subject_type": SlotBooking._meta.model_name,
+        "occurred_at": timezone.now(),
+        "trace_id": current_request_id() or "",
+    }
+
+
+def _written(booking_id: int, slot: Slot, *, now: datetime, **fields: Any) -> SlotBooking:
+    """The booking a statement inserted on ``slot`` (``BOOK_SQL``, ``APPOINTMENT_SQL``, ``MOVE_SQL``), as it wrote
+    it: the slot's time, created at ``now``, and ``fields``; returned without reading it back."""
+    return SlotBooking(
+        pk=booking_id, slot=slot, start=slot.start, end=slot.end, created_at=now, updated_at=now, **fields
+    )
 
 
 class _Peek(TypedDict):

@@ -172,7 +172,12 @@ def test_an_interval_booking_over_an_overdue_hold_expires_it_in_three_more(cache
     """The five, and the overdue hold's slot locked, the hold locked, expired with its event."""
     host, start = working_host(), morning(2)
     earlier = services.appointment_book(
-        host_id=host.pk, guest=UserFactory(), start=start, end=start + timedelta(minutes=30), now=timezone.now(), hold=True
+        host_id=host.pk,
+        guest=UserFactory(),
+        start=start,
+        end=start + timedelta(minutes=30),
+        now=timezone.now(),
+        hold=True,
     )
     past = timezone.now() - timedelta(minutes=1)
     SlotBooking.objects.filter(pk=earlier.pk).update(created_at=past - timedelta(minutes=10), expires_at=past)
