@@ -284,15 +284,16 @@ def _overlaps(busy: list[tuple], start: float, end: float) -> bool:
 class WeekBlock:
     """One thing on a host's week picture (the admin): its kind, its place in a day (percent of 24 hours)."""
 
-    kind: str  # "hours", "slot" or "booking"
+    kind: str  # "hours", "slot", "booking", or "away" (the host's own booking as a guest of another host)
     label: str
     top: float
     height: float
 
 
 def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
-    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots and their
-    active bookings (in those slots, and appointments), each cut to its day."""
+    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots, their
+    active bookings (in those slots, and appointments) and their own active bookings as a guest elsewhere
+    (time they are not free either), each cut to its day."""
     zone = ZoneInfo(availability.time_zone)
     begins = datetime.combine(first_day, time(0), tzinfo=zone).astimezone(UTC)
     ends = datetime.combine(first_day + timedelta(days=7), time(0), tzinfo=zone).astimezone(UTC)
@@ -309,6 +310,8 @@ def host_week(availability: Availability, *, first_day: date, now: datetime) -> 
         slot__host_id=availability.host_id, start__lt=ends, end__gt=begins
     )
     spans += [("booking", f"booking #{b.pk}", b.start, b.end) for b in bookings]
+    away = SlotBooking.objects.active(now=now).filter(guest_id=availability.host_id, start__lt=ends, end__gt=begins)
+    spans += [("away", f"away: booking #{b.pk}", b.start, b.end) for b in away]
     week = []
     for offset in range(7):
         day = first_day + timedelta(days=offset)
