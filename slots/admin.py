@@ -60,9 +60,7 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if not change:  # SlotAddForm.clean() created it through slot_create
-            for field in Slot._meta.concrete_fields:
-                setattr(obj, field.attname, getattr(form.created, field.attname))
-            obj._state.adding = False
+            form.adopt(obj)
             return
         services.slot_update_details(
             slot_id=obj.pk,
@@ -252,10 +250,7 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
         return type("AvailabilityFormForRequest", (form,), {"request": request})
 
     def save_model(self, request, obj, form, change):
-        assert form.saved is not None  # AvailabilityForm.clean() wrote it through availability_set
-        for field in Availability._meta.concrete_fields:
-            setattr(obj, field.attname, getattr(form.saved, field.attname))
-        obj._state.adding = False
+        form.adopt(obj)  # AvailabilityForm.clean() wrote it through availability_set
 
     def has_delete_permission(self, request, obj=None):
         return False  # a host with no hours is an empty document, set like any other

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from django import forms
 from django.contrib.admin.widgets import AdminDateWidget, AdminTimeWidget
+from django.db.models import Model
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -24,23 +25,16 @@ def hosts():
     return User.objects.filter(roles__contains=[Role.HOST]).order_by("name", "email")
 
 
-class SlotAddForm(forms.ModelForm):
-    """Adds one slot through ``slot_create``: its refusal (overlap, past, more than five years ahead)
-    shows on the form."""
+class ServiceModelForm(forms.ModelForm):
+    """A model form the admin saves through a service: ``clean`` calls ``write`` (the service checks and writes,
+    so its refusal shows on the form) and keeps the row it wrote as ``written``; the model's own validation of
+    the unsaved instance is skipped, and the admin's ``save_model`` takes the row over (``adopt``)."""
 
-    # Declared, not derived from the model: the model's range validators never run (see _post_clean).
-    capacity = forms.IntegerField(min_value=1, max_value=services.MAX_CAPACITY, initial=1)
-
-    class Meta:
-        model = Slot
-        fields = ["host", "title", "specialization", "start", "end", "capacity"]
-
-    request: HttpRequest | None = None  # set by the ModelAdmin (SlotAdmin.get_form)
+    request: HttpRequest | None = None  # set by the ModelAdmin's get_form
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # the model's foreign key
-        self.created: Slot | None = None
+        self.written: Model | None = None
 
     def _post_clean(self):
         pass  # the service validates and writes; no model-level validation of an unsaved instance
@@ -52,19 +46,48 @@ class SlotAddForm(forms.ModelForm):
             return data
         assert self.request is not None  # the admin sets it before the form is used
         try:
-            self.created = services.slot_create(
-                host=data["host"],
-                start=data["start"],
-                end=data["end"],
-                capacity=data["capacity"],
-                title=data["title"],
-                specialization=data["specialization"],
-                actor=request_user(self.request),
-                now=timezone.now(),
-            )
+            self.written = self.write(data, actor=request_user(self.request))
         except DomainError as error:
             raise forms.ValidationError(error.message) from None
         return data
+
+    def write(self, data: dict[str, Any], *, actor: User) -> Model:
+        raise NotImplementedError
+
+    def adopt(self, obj: Model) -> None:
+        """Make the admin's ``obj`` the row ``write`` wrote, so that the admin does not save it again."""
+        assert self.written is not None  # clean() wrote it, or the admin would not save
+        for field in type(self.written)._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(self.written, field.attname))
+        obj._state.adding = False
+
+
+class SlotAddForm(ServiceModelForm):
+    """Adds one slot through ``slot_create``: its refusal (overlap, past, more than five years ahead)
+    shows on the form."""
+
+    # Declared, not derived from the model: the model's range validators never run (see _post_clean).
+    capacity = forms.IntegerField(min_value=1, max_value=services.MAX_CAPACITY, initial=1)
+
+    class Meta:
+        model = Slot
+        fields = ["host", "title", "specialization", "start", "end", "capacity"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # the model's foreign key
+
+    def write(self, data: dict[str, Any], *, actor: User) -> Slot:
+        return services.slot_create(
+            host=data["host"],
+            start=data["start"],
+            end=data["end"],
+            capacity=data["capacity"],
+            title=data["title"],
+            specialization=data["specialization"],
+            actor=actor,
+            now=timezone.now(),
+        )
 
 
 class BulkSlotForm(forms.Form):
@@ -235,7 +258,7 @@ class AnalyticsForm(forms.Form):
         return data
 
 
-class AvailabilityForm(forms.ModelForm):
+class AvailabilityForm(ServiceModelForm):
     """A host's hours, edited by an operator through ``availability_set``: the same checks as the API, its
     refusal (``weekly[1].end: Must be after start``) shown on the form."""
 
@@ -248,23 +271,12 @@ class AvailabilityForm(forms.ModelForm):
             "durations": "e.g. [30, 60]",
         }
 
-    request: HttpRequest | None = None  # set by the ModelAdmin (AvailabilityAdmin.get_form)
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "host" in self.fields:  # on the add page only: a host's availability stays theirs
             cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()
-        self.saved: Availability | None = None
 
-    def _post_clean(self):
-        pass  # the service validates and writes
-
-    def clean(self) -> dict[str, Any]:
-        super().clean()
-        data = self.cleaned_data
-        if self.errors:
-            return data
-        assert self.request is not None  # the admin sets it before the form is used
+    def write(self, data: dict[str, Any], *, actor: User) -> Availability:
         document: services.AvailabilityDocument = {
             "timeZone": data["time_zone"],
             "weekly": data["weekly"],
@@ -274,10 +286,4 @@ class AvailabilityForm(forms.ModelForm):
             "bufferMinutes": data["buffer_minutes"],
         }
         host = data["host"] if "host" in self.fields else self.instance.host  # the add page chooses one
-        try:
-            self.saved = services.availability_set(
-                host=host, document=document, actor=request_user(self.request), now=timezone.now()
-            )
-        except DomainError as error:
-            raise forms.ValidationError(error.message) from None
-        return data
+        return services.availability_set(host=host, document=document, actor=actor, now=timezone.now())

@@ -3,7 +3,7 @@ from django.contrib.postgres.constraints import ExclusionConstraint
 from django.contrib.postgres.fields import RangeOperators
 from django.db import models
 from django.db.models import Case, F, Func, Q, Value, When
-from django.db.models.functions import Least
+from django.db.models.functions import Coalesce, Least
 
 from booking_site.claims import Claim, ClaimQuerySet
 
@@ -43,8 +43,9 @@ class Slot(models.Model):
 
     class Kind(models.TextChoices):
         PUBLISHED = "PUBLISHED", "Published"  # a host's offer, booked by seats (seeds/002, 004)
-        # The time one interval booking takes (seeds/003): its appointment and the host's buffer after it.
-        # It exists for its one booking, and is CANCELLED with it: the host's time is free again.
+        # The time one interval booking takes (seeds/003): its appointment, with the host's buffer around it
+        # (``blocked_from``, ``blocked_until``). It exists for its one booking, and is CANCELLED with it: the
+        # host's time is free again.
         APPOINTMENT = "APPOINTMENT", "Appointment"
 
     host = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slots")
@@ -53,6 +54,10 @@ class Slot(models.Model):
     specialization = models.CharField(max_length=100, blank=True, help_text='Free text, e.g. "cardiology"')
     start = models.DateTimeField()
     end = models.DateTimeField()
+    # An appointment's time with the host's buffer before and after it, as it was booked: the host takes
+    # nothing else from ``blocked_from`` to ``blocked_until``. None on a published slot (it takes its time).
+    blocked_from = models.DateTimeField(null=True, blank=True)
+    blocked_until = models.DateTimeField(null=True, blank=True)
     capacity = models.PositiveIntegerField(default=1)
     booked = models.PositiveIntegerField(default=0, help_text="Seats claimed by PENDING and CONFIRMED bookings")
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.AVAILABLE)
@@ -76,12 +81,43 @@ class Slot(models.Model):
             models.CheckConstraint(
                 condition=Q(kind="PUBLISHED") | Q(kind="APPOINTMENT", capacity=1), name="slot_kind_valid"
             ),
+            models.CheckConstraint(
+                condition=Q(kind="PUBLISHED", blocked_from__isnull=True, blocked_until__isnull=True)
+                | Q(
+                    kind="APPOINTMENT",
+                    blocked_from__isnull=False,
+                    blocked_until__isnull=False,
+                    blocked_from__lte=F("start"),
+                    blocked_until__gte=F("end"),
+                ),
+                name="slot_blocked_around_appointment",
+            ),
+            # One host's time is never taken twice (ADR 0014). Each of the two constraints compares one range per
+            # slot: a published slot's own time in both; an appointment's time with the buffer after it here, and
+            # with the buffer before it in the next one. Together they keep an appointment's buffer free on both
+            # sides of a published slot, and two appointments at least the larger of their buffers apart; a
+            # single range with both buffers would ask twice the buffer between two appointments.
             ExclusionConstraint(
                 name="slot_no_overlap_per_host",
                 index_type="GIST",
                 expressions=[
                     (Int8Range(F("host_id"), F("host_id"), Value("[]")), RangeOperators.OVERLAPS),
-                    (TsTzRange(F("start"), F("end"), Value("[)")), RangeOperators.OVERLAPS),
+                    (
+                        TsTzRange(F("start"), Coalesce(F("blocked_until"), F("end")), Value("[)")),
+                        RangeOperators.OVERLAPS,
+                    ),
+                ],
+                condition=Q(status="AVAILABLE"),
+            ),
+            ExclusionConstraint(
+                name="slot_buffer_before_per_host",
+                index_type="GIST",
+                expressions=[
+                    (Int8Range(F("host_id"), F("host_id"), Value("[]")), RangeOperators.OVERLAPS),
+                    (
+                        TsTzRange(Coalesce(F("blocked_from"), F("start")), F("end"), Value("[)")),
+                        RangeOperators.OVERLAPS,
+                    ),
                 ],
                 condition=Q(status="AVAILABLE"),
             ),
@@ -190,6 +226,12 @@ class Availability(models.Model):
     minimum_notice_minutes = models.PositiveIntegerField(default=0)
     buffer_minutes = models.PositiveIntegerField(default=0, help_text="Kept free around every appointment")
     updated_at = models.DateTimeField()
+    # Annotated by an appointment's read after its locks (slots.services._hours_and_rules), not columns.
+    guest_active: int
+    guest_with_host: int
+    guest_clash: dict | None  # the guest's first active booking overlapping the interval: {id, start, end}
+    host_time: list[list]  # what takes the host's time near it: [slot id, start, end, blocked from, until]
+    overdue_appointments: list[list]  # [booking id, slot id, start, end, blocked from, until]
 
     class Meta:
         verbose_name_plural = "availabilities"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
@@ -155,9 +156,9 @@ def free_times(
     """Every appointment of ``minutes`` the host can take between ``start`` and ``end``: stepped by its
     length from the start of each window of the host's hours (weekly, or the date's override), in the
     host's time zone, so across a DST change a window keeps its wall-clock bounds and lasts what it really
-    lasts; at least the minimum notice after ``now``; and clear, by the host's buffer on each side, of
-    everything that takes the host's time: their published slots, and their active appointments (an
-    overdue hold is free). ValidationFailed for a length the host does not offer."""
+    lasts; at least the minimum notice after ``now``; and clear of everything that takes the host's time
+    (``in_the_way``'s rule: their published slots, their active appointments, their own active bookings as a
+    guest; an overdue hold is free). ValidationFailed for a length the host does not offer."""
     availability = availability_of(host_id)
     if availability is None or minutes not in availability.durations:
         offered = ", ".join(str(d) for d in availability.durations) if availability else "none"
@@ -208,39 +209,64 @@ def _wall(day: date, clock: str, zone: ZoneInfo) -> datetime:
     return datetime.combine(day, time(hours, minutes), tzinfo=zone).astimezone(UTC)
 
 
-def _taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
-    """What takes the host's time between ``begins`` and ``ends``, as ``(slot id, start, end)``: their published
-    AVAILABLE slots, and their appointments whose booking is active (an overdue hold is free, §2.2)."""
-    published = Slot.objects.filter(
-        host_id=host_id, kind=Slot.Kind.PUBLISHED, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins
-    ).values_list("pk", "start", "end")
-    appointments = (
-        SlotBooking.objects.active(now=now)
-        .filter(slot__host_id=host_id, slot__kind=Slot.Kind.APPOINTMENT, start__lt=ends, end__gt=begins)
-        .values_list("slot_id", "start", "end")
+AWAY = 0  # ``in_the_way``'s slot id for the host's own booking as a guest (another host's slot, not theirs to name)
+
+
+def taking_time(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
+    """What takes the host's time between ``begins`` and ``ends`` (with its buffers), as ``(slot id, start, end,
+    blocked from, blocked until)``: their published AVAILABLE slots; their appointments whose booking is active
+    (an overdue hold is free, §2.2), with the buffer they were booked with; and their own active bookings as a
+    guest of another host (slot id ``AWAY``): a host is not in two places at once either."""
+    published = (
+        Slot.objects.filter(
+            host_id=host_id, kind=Slot.Kind.PUBLISHED, status=Slot.Status.AVAILABLE, start__lt=ends, end__gt=begins
+        )
+        .annotate(taken_from=F("start"), taken_until=F("end"))
+        .values_list("pk", "start", "end", "taken_from", "taken_until")
     )
-    published, appointments = published.order_by(), appointments.order_by()  # no sort for a union
-    return published.union(appointments, all=True)
+    active = SlotBooking.objects.active(now=now)
+    appointments = (
+        active.filter(
+            slot__host_id=host_id,
+            slot__kind=Slot.Kind.APPOINTMENT,
+            slot__blocked_from__lt=ends,
+            slot__blocked_until__gt=begins,
+        )
+        .annotate(taken_from=F("slot__blocked_from"), taken_until=F("slot__blocked_until"))
+        .values_list("slot_id", "start", "end", "taken_from", "taken_until")
+    )
+    away = (
+        active.filter(guest_id=host_id, start__lt=ends, end__gt=begins)
+        .annotate(away=Value(AWAY), taken_from=F("start"), taken_until=F("end"))
+        .values_list("away", "start", "end", "taken_from", "taken_until")
+    )
+    published, appointments, away = published.order_by(), appointments.order_by(), away.order_by()  # for a union
+    return published.union(appointments, away, all=True)
 
 
-def host_taken(host_id: int, start: datetime, end: datetime, *, buffer: timedelta, now: datetime) -> list[int]:
-    """The slots whose time, widened by ``buffer`` on each side, overlaps ``start`` to ``end`` (an appointment's
-    time is its booking's); touching is fine."""
-    spans = _taking_time(host_id, start - buffer, end + buffer, now=now)
+def in_the_way(spans: Iterable[tuple], start: datetime, end: datetime, *, buffer: timedelta) -> list:
+    """The keys of ``spans`` (``(key, start, end, blocked from, blocked until)``, as ``taking_time`` reads them; a
+    key is a slot id, ``AWAY`` a booking of the host's as a guest) that keep the host from ``start`` to ``end``
+    with their ``buffer`` around it: whose time, widened by ``buffer`` on each side or by the buffer an
+    appointment was booked with when that is larger, overlaps it; touching is fine. The rule the host's two
+    constraints keep between their slots (``slot_no_overlap_per_host``, ``slot_buffer_before_per_host``)."""
     return sorted(
-        pk for pk, taken_start, taken_end in spans if taken_start - buffer < end and taken_end + buffer > start
+        key
+        for key, taken_start, taken_end, taken_from, taken_until in spans
+        if min(taken_start - buffer, taken_from) < end and max(taken_end + buffer, taken_until) > start
     )
 
 
 def _busy(host_id: int, begins: datetime, ends: datetime, *, now: datetime, buffer: timedelta) -> list[tuple]:
-    """What takes the host's time between ``begins`` and ``ends``, each widened by ``buffer`` on both sides,
+    """What takes the host's time between ``begins`` and ``ends``, each widened as ``in_the_way`` widens it,
     merged by PostgreSQL (``range_agg``) and in time order, as POSIX seconds: a busy month is some hundred
     spans, and parsing two timestamps each would cost more than the search."""
-    inner, params = _taking_time(host_id, begins, ends, now=now).query.sql_with_params()
+    inner, params = taking_time(host_id, begins, ends, now=now).query.sql_with_params()
     sql = f"""
         SELECT extract(epoch FROM lower(r))::float8, extract(epoch FROM upper(r))::float8
-        FROM unnest((SELECT range_agg(tstzrange(t.start - %s * interval '1 second', t."end" + %s * interval '1 second'))
-                     FROM ({inner}) AS t (pk, start, "end"))) AS r
+        FROM unnest((SELECT range_agg(tstzrange(least(t.start - %s * interval '1 second', t.taken_from),
+                                                greatest(t."end" + %s * interval '1 second', t.taken_until)))
+                     FROM ({inner}) AS t (pk, start, "end", taken_from, taken_until))) AS r
         ORDER BY 1"""
     with connection.cursor() as cursor:
         cursor.execute(sql, [buffer.total_seconds(), buffer.total_seconds(), *params])
@@ -258,15 +284,16 @@ def _overlaps(busy: list[tuple], start: float, end: float) -> bool:
 class WeekBlock:
     """One thing on a host's week picture (the admin): its kind, its place in a day (percent of 24 hours)."""
 
-    kind: str  # "hours", "slot" or "booking"
+    kind: str  # "hours", "slot", "booking", or "away" (the host's own booking as a guest of another host)
     label: str
     top: float
     height: float
 
 
 def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
-    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots and their
-    active bookings (in those slots, and appointments), each cut to its day."""
+    """The seven days from ``first_day`` in the host's time zone: their hours, their published slots, their
+    active bookings (in those slots, and appointments) and their own active bookings as a guest elsewhere
+    (time they are not free either), each cut to its day."""
     zone = ZoneInfo(availability.time_zone)
     begins = datetime.combine(first_day, time(0), tzinfo=zone).astimezone(UTC)
     ends = datetime.combine(first_day + timedelta(days=7), time(0), tzinfo=zone).astimezone(UTC)
@@ -283,6 +310,8 @@ def host_week(availability: Availability, *, first_day: date, now: datetime) -> 
         slot__host_id=availability.host_id, start__lt=ends, end__gt=begins
     )
     spans += [("booking", f"booking #{b.pk}", b.start, b.end) for b in bookings]
+    away = SlotBooking.objects.active(now=now).filter(guest_id=availability.host_id, start__lt=ends, end__gt=begins)
+    spans += [("away", f"away: booking #{b.pk}", b.start, b.end) for b in away]
     week = []
     for offset in range(7):
         day = first_day + timedelta(days=offset)

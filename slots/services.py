@@ -14,7 +14,9 @@ them first without a lock (``_peek``). Both are safe because a booking never cha
 its slot.
 
 PostgreSQL backstops, so that a bug here cannot corrupt data: ``slot_booked_within_capacity``
-(check constraint on the counter), and ``slot_no_overlap_per_host`` (exclusion constraint). When a
+(check constraint on the counter), ``slot_no_overlap_per_host`` and ``slot_buffer_before_per_host``
+(exclusion constraints: a host's time, an appointment's buffer after and before it), and
+``slotbooking_guest_no_overlap`` (a guest's time). When a
 backstop fires, the request gets the same 409 as the lock-and-check would have given, and
 ``CONSTRAINT_BACKSTOPS`` counts it.
 """
@@ -49,6 +51,7 @@ from django.db.models import (
     When,
     sql,
 )
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
 
@@ -82,7 +85,8 @@ MAX_CAPACITY = 10_000  # seats of one slot (the API, the admin forms and the ser
 SLOT_HORIZON = timedelta(days=5 * 365 + 1)  # a slot ends at most five years from now (SLOT_HORIZON_TEXT)
 SLOT_HORIZON_TEXT = "five years"
 GUEST_NO_OVERLAP = "slotbooking_guest_no_overlap"  # the constraint behind the guest's rule (ADR 0014)
-HOST_NO_OVERLAP = "slot_no_overlap_per_host"  # and the host's: published slots and appointments
+HOST_NO_OVERLAP = "slot_no_overlap_per_host"  # and the host's: published slots, appointments with the buffer after
+HOST_BUFFER_BEFORE = "slot_buffer_before_per_host"  # and with the buffer before (ADR 0014)
 
 
 def cancellation_window() -> timedelta:
@@ -249,8 +253,8 @@ def slots_create_many(
     try:
         with transaction.atomic():  # savepoint: the exclusion constraint is the backstop
             created = Slot.objects.bulk_create(rows)
-    except IntegrityError:
-        CONSTRAINT_BACKSTOPS.labels("slot_no_overlap_per_host").inc()
+    except IntegrityError as error:
+        CONSTRAINT_BACKSTOPS.labels(_constraint_of(error) or HOST_NO_OVERLAP).inc()
         raise SlotOverlap(f"Host {host.pk} already has a slot overlapping these times.") from None
     audit.record_many(
         [
@@ -298,10 +302,13 @@ def slot_update_details(*, slot_id: int, title: str, specialization: str, actor:
 
 
 def _overlapping(*, host: User, ranges: list[tuple[datetime, datetime]]) -> list[Slot]:
+    """The host's AVAILABLE slots whose time overlaps one of ``ranges``, an appointment's with its buffer."""
     found: dict[int, Slot] = {}
-    existing = Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE)
+    existing = Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE).alias(
+        taken_from=Coalesce("blocked_from", "start"), taken_until=Coalesce("blocked_until", "end")
+    )
     for start, end in ranges:
-        for slot in existing.filter(start__lt=end, end__gt=start):
+        for slot in existing.filter(taken_from__lt=end, taken_until__gt=start):
             found[slot.pk] = slot
     return sorted(found.values(), key=lambda s: s.start)
 
@@ -622,12 +629,8 @@ class SlotBookings(SlotBookingLifecycle):
             "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
             "booking_request_id": request.request_id,
             "now": now,
-            "actor": actor.pk,
-            "actor_label": f"user:{actor.pk}",
-            "subject_type": SlotBooking._meta.model_name,
             "expiry_actor": EXPIRY_ACTOR,
-            "occurred_at": timezone.now(),
-            "trace_id": current_request_id() or "",
+            **_event_params(actor),
             "metadata": json.dumps(
                 {"slotId": slot.pk, "seats": request.seats, "expiresAt": expires_at}, cls=DjangoJSONEncoder
             ),
@@ -644,19 +647,16 @@ class SlotBookings(SlotBookingLifecycle):
             _check_no_clash(*clash)
             raise SlotFull(slot_id=slot.pk, seats=request.seats, remaining=remaining)
         slot.booked += request.seats - freed
-        return SlotBooking(
-            pk=booking_id,
-            slot=slot,
+        return _written(
+            booking_id,
+            slot,
+            now=now,
             guest=request.guest,
-            start=slot.start,
-            end=slot.end,
             seats=request.seats,
             status=status,
             expires_at=expires_at,
             metadata=request.metadata,
             request_id=request.request_id,
-            created_at=now,
-            updated_at=now,
         )
 
 
@@ -796,55 +796,67 @@ class AppointmentRequest:
     rescheduled_from: SlotBooking | None = None  # the booking a reschedule moves here: not in its own way
 
 
-@dataclass(frozen=True)
+@dataclass
 class AppointmentTarget:
+    """The host, locked; then what ``check_target`` reads after the locks: their hours, and the overdue holds on
+    their appointments in the way (booking id → slot id), which ``make_free`` expires."""
+
     host: User
-    availability: Availability | None
+    availability: Availability | None = None
+    in_the_way: dict[int, int] = field(default_factory=dict)
 
 
 class Appointments(SlotBookingLifecycle):
-    """An interval booking is a slot booking on a slot of its own (kind APPOINTMENT): the appointment's time
-    and the host's buffer after it, so the host's ``slot_no_overlap_per_host`` is its backstop, and the
-    booking's ``slotbooking_guest_no_overlap`` the guest's. Confirm, cancel, expiry and audit are the slot
-    bookings' (a booking that stops blocking cancels its appointment's slot: ``write_along``).
+    """An interval booking is a slot booking on a slot of its own (kind APPOINTMENT): the appointment's time,
+    with the host's buffer before and after it (``blocked_from``, ``blocked_until``), so the host's
+    ``slot_no_overlap_per_host`` and ``slot_buffer_before_per_host`` are its backstops, and the booking's
+    ``slotbooking_guest_no_overlap`` the guest's. A host who is a guest elsewhere at that time is not free
+    either: no constraint backstops that rule (it compares a slot's host with a booking's guest, rows of two
+    tables; an exclusion constraint compares rows of one table by the same expressions), so it is kept
+    under the host's row lock, which every booking of the host as a guest takes too. Confirm, cancel,
+    expiry and audit are the slot bookings' (a booking that stops blocking cancels its appointment's slot:
+    ``write_along``).
 
     The hold locks the guest's and the host's rows (``lock_users``, id order), then reads, after the
-    locks: the host's hours, the guest's bookings, the host's time. An overdue hold in the way of the
-    new slot is expired first, under its slot's lock (the host's constraint counts it until then)."""
+    locks and in one statement (``_hours_and_rules``): the host's hours, the guest's bookings, the host's
+    time, the overdue holds in the way. Such a hold is expired before the write, under its slot's lock (the
+    host's constraints count it until then)."""
 
     def lock_target(self, request: AppointmentRequest) -> AppointmentTarget:
         host = locking.lock_users([request.guest.pk, request.host_id]).get(request.host_id)
         if host is None or not host.is_host:
             raise NotFound(f"Host {request.host_id} does not exist.")
-        return AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+        return AppointmentTarget(host=host)
 
     def check_target(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
         if target.host.pk == request.guest.pk:
             raise OwnSlot("You cannot book your own time.")
         check_slot_times(request.start, request.end, now=now)
-        _check_fits(target.availability, request, now=now)
+        target.availability = hours = _hours_and_rules(target.host.pk, request, now=now)
+        _check_fits(hours, request, now=now)
+        assert hours is not None  # _check_fits refuses a host without hours
+        _check_guest_limits(host_id=target.host.pk, active=hours.guest_active, with_host=hours.guest_with_host)
+        if hours.guest_clash is not None:  # JSON: its times are ISO 8601 strings
+            clash = hours.guest_clash
+            _check_no_clash(clash["id"], datetime.fromisoformat(clash["start"]), datetime.fromisoformat(clash["end"]))
+        buffer = _buffer(target)
+        taken = selectors.in_the_way(_spans(hours.host_time), request.start, request.end, buffer=buffer)
+        overdue = _spans(hours.overdue_appointments, keys=2)  # (booking id, slot id): an overdue hold's appointment
+        target.in_the_way = dict(selectors.in_the_way(overdue, request.start, request.end, buffer=buffer))
         moving = request.rescheduled_from
-        params: dict[str, Any] = {"guest": request.guest.pk, "host": target.host.pk, "now": now}
-        params |= {"booking": moving.pk if moving else 0, "start": request.start, "end": request.end}
-        with connection.cursor() as cursor:
-            cursor.execute(GUEST_RULES_SQL, params)
-            active, with_host, *clash = cursor.fetchone()
-        _check_guest_limits(host_id=target.host.pk, active=active, with_host=with_host)
-        _check_no_clash(*clash)
-        buffer = timedelta(minutes=target.availability.buffer_minutes if target.availability else 0)
-        taken = selectors.host_taken(target.host.pk, request.start, request.end, buffer=buffer, now=now)
         if moving is not None and moving.slot.kind == Slot.Kind.APPOINTMENT:
             taken = [pk for pk in taken if pk != moving.slot_id]  # its own time, released with it
         if taken:
             raise SlotOverlap(
                 f"Host {target.host.pk} is taken from {request.start.isoformat()} to {request.end.isoformat()}"
                 f" (with their {buffer} buffer).",
-                details={"slotIds": taken},
+                details={"slotIds": [pk for pk in taken if pk != selectors.AWAY]},  # where the host is a guest: theirs
             )
 
     def make_free(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime) -> None:
-        """Expire the overdue holds on the host's appointments in the way of the new one's slot."""
-        _expire_overdue_appointments(target.host.pk, [(request.start, request.end + _buffer(target))], now=now)
+        """Expire the overdue holds on the host's appointments in the way of the new one's slot (``check_target``
+        found them): nothing to do, and no round trip, when there are none."""
+        _expire_in_the_way(target.in_the_way, now=now)
 
     def create(self, target: AppointmentTarget, request: AppointmentRequest, *, now: datetime, actor) -> SlotBooking:
         hold_minutes = request.hold_minutes or hold_minutes_default()
@@ -856,7 +868,9 @@ class Appointments(SlotBookingLifecycle):
             host=target.host,
             kind=Slot.Kind.APPOINTMENT,
             start=request.start,
-            end=request.end + _buffer(target),
+            end=request.end,
+            blocked_from=request.start - _buffer(target),
+            blocked_until=request.end + _buffer(target),
             capacity=1,
             booked=1,
             created_at=now,
@@ -870,18 +884,15 @@ class Appointments(SlotBookingLifecycle):
             "guest": request.guest.pk,
             "start": request.start,
             "end": request.end,
-            "slot_end": slot.end,
+            "blocked_from": slot.blocked_from,
+            "blocked_until": slot.blocked_until,
             "status": status,
             "expires_at": expires_at,
             "booking_metadata": json.dumps(request.metadata, cls=DjangoJSONEncoder),
             "booking_request_id": request.request_id,
             "rescheduled_from": request.rescheduled_from.pk if request.rescheduled_from else None,
             "now": now,
-            "actor": actor.pk,
-            "actor_label": f"user:{actor.pk}",
-            "subject_type": SlotBooking._meta.model_name,
-            "occurred_at": timezone.now(),
-            "trace_id": current_request_id() or "",
+            **_event_params(actor),
             "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
         }
         try:
@@ -890,36 +901,71 @@ class Appointments(SlotBookingLifecycle):
                 slot.pk, booking_id = cursor.fetchone()
         except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
             raise _backstop_refusal(error, slot=slot, seats=1) from None
-        return SlotBooking(
-            pk=booking_id,
-            slot=slot,
+        return _written(
+            booking_id,
+            slot,
+            now=now,
             guest=request.guest,
-            start=request.start,
-            end=request.end,
             status=status,
             expires_at=expires_at,
             metadata=request.metadata,
             request_id=request.request_id,
             rescheduled_from=request.rescheduled_from,
-            created_at=now,
-            updated_at=now,
         )
 
 
-# An appointment's rules about its guest, after the guest's lock: how many active bookings, how many with the
-# host, and the first active one overlapping (BOOK_SQL's ``limits`` and ``clash``).
-GUEST_RULES_SQL = f"""
-WITH {_LIMITS}, {_CLASH}
-SELECT limits.active, limits.with_host, clash.id, clash.start, clash."end" FROM limits LEFT JOIN clash ON true
-"""
+def _hours_and_rules(host_id: int, request: AppointmentRequest, *, now: datetime) -> Availability | None:
+    """The host's hours (None: they have none), annotated with all an appointment's rules read, in one statement
+    after the guest's and the host's locks, so by a snapshot that sees every booking those locks serialize:
+    the guest's active bookings (``guest_active``), those with the host (``guest_with_host``), the first one
+    overlapping the interval (``guest_clash``), each but the booking a reschedule moves (``BOOK_SQL``'s
+    ``limits`` and ``clash``); and near the interval what takes the host's time (``host_time``:
+    ``selectors.taking_time``) and the overdue holds on their appointments (``overdue_appointments``). Near:
+    within the longest buffer a host may have, as theirs is read by the same statement; the caller narrows."""
+    reach = timedelta(minutes=MAX_BUFFER_MINUTES)
+    begins, ends = request.start - reach, request.end + reach
+    moving = request.rescheduled_from.pk if request.rescheduled_from else 0
+    active = SlotBooking.objects.active(now=now).filter(guest=request.guest.pk).exclude(pk=moving)
+    annotations = {  # Availability declares them, for their types: a dict keeps django-stubs from redefining them
+        "guest_active": _count(active),
+        "guest_with_host": _count(active.filter(slot__host_id=host_id)),
+        "guest_clash": _clash(active.filter(start__lt=request.end, end__gt=request.start)),
+        "host_time": _json_rows(selectors.taking_time(host_id, begins, ends, now=now), width=5),
+        "overdue_appointments": _json_rows(_overdue_spans(host_id, begins, ends, now=now), width=6),
+    }
+    return Availability.objects.filter(host_id=host_id).annotate(**annotations).first()
+
+
+def _json_rows(rows: QuerySet, *, width: int) -> RawSQL:
+    """``rows`` (a ``values_list`` of ``width`` columns) as one JSON array of arrays, for a bigger statement."""
+    sql, params = rows.query.sql_with_params()
+    columns = ", ".join(f"c{n}" for n in range(width))
+    return RawSQL(
+        f"(SELECT coalesce(jsonb_agg(jsonb_build_array({columns})), '[]') FROM ({sql}) AS t ({columns}))",
+        params,
+        output_field=JSONField(),
+    )
+
+
+def _spans(rows: list[list], *, keys: int = 1) -> list[tuple]:
+    """JSON rows of ``keys`` key columns then four instants (ISO 8601 strings), as ``(key, instant, …)``: the
+    spans ``selectors.in_the_way`` reads."""
+    spans = []
+    for row in rows:
+        key = row[0] if keys == 1 else tuple(row[:keys])
+        spans.append((key, *(datetime.fromisoformat(instant) for instant in row[keys:])))
+    return spans
+
+
 # The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's
-# RETURNING, so it is written after it). ``slot_no_overlap_per_host`` and ``slotbooking_guest_no_overlap``
-# are the backstops: either refuses the statement, and the caller counts it.
+# RETURNING, so it is written after it). ``slot_no_overlap_per_host``, ``slot_buffer_before_per_host`` and
+# ``slotbooking_guest_no_overlap`` are the backstops: each refuses the statement, and the caller counts it.
 APPOINTMENT_SQL = f"""
 WITH slot AS (
-    INSERT INTO {_SLOT} (host_id, kind, title, specialization, start, "end", capacity, booked, status, created_at,
-                         updated_at)
-    VALUES (%(host)s, 'APPOINTMENT', '', '', %(start)s, %(slot_end)s, 1, 1, 'AVAILABLE', %(now)s, %(now)s)
+    INSERT INTO {_SLOT} (host_id, kind, title, specialization, start, "end", blocked_from, blocked_until, capacity,
+                         booked, status, created_at, updated_at)
+    VALUES (%(host)s, 'APPOINTMENT', '', '', %(start)s, %(end)s, %(blocked_from)s, %(blocked_until)s, 1, 1, 'AVAILABLE',
+            %(now)s, %(now)s)
     RETURNING id
 ), created AS (
     INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
@@ -938,25 +984,35 @@ SELECT (SELECT id FROM slot), (SELECT id FROM created)
 """
 
 
-def _expire_overdue_appointments(host_id: int, ranges: list[tuple[datetime, datetime]], *, now: datetime) -> None:
-    """Expire the overdue holds on the host's appointments whose slots overlap ``ranges``, so that the host's
-    ``slot_no_overlap_per_host`` (which counts an appointment's slot until its booking ends) never makes an
-    overdue hold block (docs/contract.md §2.2). Caller holds the host's row lock; their slots are locked here."""
+def _overdue_spans(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
+    """The overdue holds on the host's appointments whose slots, with their buffers, overlap ``begins`` to ``ends``,
+    as ``(booking id, slot id, start, end, blocked from, blocked until)``."""
     overdue = SlotBooking.objects.overdue(now=now).filter(
         slot__host_id=host_id,
         slot__kind=Slot.Kind.APPOINTMENT,
         slot__status=Slot.Status.AVAILABLE,
-        slot__start__lt=max(end for _, end in ranges),
-        slot__end__gt=min(start for start, _ in ranges),
+        slot__blocked_from__lt=ends,
+        slot__blocked_until__gt=begins,
     )
-    in_the_way = {
-        pk: slot_id
-        for pk, slot_id, slot_start, slot_end in overdue.values_list("pk", "slot_id", "slot__start", "slot__end")
-        if any(slot_start < end and slot_end > start for start, end in ranges)
-    }
+    return overdue.values_list("pk", "slot_id", "start", "end", "slot__blocked_from", "slot__blocked_until")
+
+
+def _expire_overdue_appointments(host_id: int, ranges: list[tuple[datetime, datetime]], *, now: datetime) -> None:
+    """Expire the overdue holds on the host's appointments in the way of new published slots (``ranges``, which
+    have no buffer). Caller holds the host's row lock."""
+    rows = _overdue_spans(host_id, min(start for start, _ in ranges), max(end for _, end in ranges), now=now)
+    spans = [((pk, slot_id), *times) for pk, slot_id, *times in rows]
+    in_the_way = [key for start, end in ranges for key in selectors.in_the_way(spans, start, end, buffer=timedelta(0))]
+    _expire_in_the_way(dict(in_the_way), now=now)
+
+
+def _expire_in_the_way(in_the_way: dict[int, int], *, now: datetime) -> None:
+    """Expire these overdue holds (booking id → its appointment's slot id) under their slots' locks, so that the
+    host's constraints (which count an appointment's slot until its booking ends) never make an overdue hold
+    block (docs/contract.md §2.2). Caller holds the host's row lock."""
     if in_the_way:
         locking.lock_slots(in_the_way.values())
-        APPOINTMENTS.expire_overdue(overdue.filter(pk__in=in_the_way), now=now)
+        APPOINTMENTS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(pk__in=in_the_way), now=now)
 
 
 def _buffer(target: AppointmentTarget) -> timedelta:
@@ -1061,7 +1117,7 @@ def _move_to_interval(booking: SlotBooking, host: User, *, start: datetime, end:
         metadata=booking.metadata,
         rescheduled_from=booking,
     )
-    target = AppointmentTarget(host=host, availability=Availability.objects.filter(host=host).first())
+    target = AppointmentTarget(host=host)
     APPOINTMENTS.check_target(target, request, now=now)
     APPOINTMENTS.make_free(target, request, now=now)
     # The old booking gives back its seats (and its appointment's time) first: the new one may overlap it.
@@ -1185,12 +1241,8 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         "expires_at": booking.expires_at,
         "booking_metadata": json.dumps(booking.metadata, cls=DjangoJSONEncoder),
         "now": now,
-        "actor": user.pk,
-        "actor_label": f"user:{user.pk}",
-        "subject_type": SlotBooking._meta.model_name,
         "expiry_actor": EXPIRY_ACTOR,
-        "occurred_at": timezone.now(),
-        "trace_id": current_request_id() or "",
+        **_event_params(user),
     }
     try:
         with connection.cursor() as cursor:
@@ -1202,19 +1254,16 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         _check_no_clash(*clash)
         raise SlotFull(slot_id=new_slot.pk, seats=booking.seats, remaining=remaining)
     count_on_commit(HOLDS_EXPIRED, SLOT_BOOKINGS.domain, amount=expired)
-    return SlotBooking(
-        pk=moved_id,
-        slot=new_slot,
+    return _written(
+        moved_id,
+        new_slot,
+        now=now,
         guest_id=booking.guest_id,
-        start=new_slot.start,
-        end=new_slot.end,
         seats=booking.seats,
         status=booking.status,
         expires_at=booking.expires_at,
         metadata=booking.metadata,
         rescheduled_from_id=booking.pk,
-        created_at=now,
-        updated_at=now,
     )
 
 
@@ -1273,6 +1322,25 @@ def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) ->
 # --- the pieces ------------------------------------------------------------------------------------
 
 
+def _event_params(actor: User) -> dict[str, Any]:
+    """The parameters of the audit event a booking statement writes (``audit.SQL_COLUMNS``) for ``actor``."""
+    return {
+        "actor": actor.pk,
+        "actor_label": f"user:{actor.pk}",
+        "subject_type": SlotBooking._meta.model_name,
+        "occurred_at": timezone.now(),
+        "trace_id": current_request_id() or "",
+    }
+
+
+def _written(booking_id: int, slot: Slot, *, now: datetime, **fields: Any) -> SlotBooking:
+    """The booking a statement inserted on ``slot`` (``BOOK_SQL``, ``APPOINTMENT_SQL``, ``MOVE_SQL``), as it wrote
+    it: the slot's time, created at ``now``, and ``fields``; returned without reading it back."""
+    return SlotBooking(
+        pk=booking_id, slot=slot, start=slot.start, end=slot.end, created_at=now, updated_at=now, **fields
+    )
+
+
 class _Peek(TypedDict):
     guest_id: int
     slot_id: int
@@ -1317,15 +1385,19 @@ def _check_no_clash(clash_id: int | None, start: datetime | None, end: datetime 
         raise GuestOverlap(booking_id=clash_id, start=start, end=end)
 
 
+def _constraint_of(error: IntegrityError) -> str | None:
+    cause = error.__cause__
+    return cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
+
+
 def _backstop_refusal(error: IntegrityError, *, slot: Slot, seats: int) -> DomainError:
     """The 409 a constraint's refusal of a booking statement means, counted (docs/contract.md §2.1)."""
-    cause = error.__cause__
-    constraint = cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
+    constraint = _constraint_of(error)
     if constraint == GUEST_NO_OVERLAP:
         CONSTRAINT_BACKSTOPS.labels(GUEST_NO_OVERLAP).inc()
         return GuestOverlap()
-    if constraint == HOST_NO_OVERLAP:
-        CONSTRAINT_BACKSTOPS.labels(HOST_NO_OVERLAP).inc()
+    if constraint in (HOST_NO_OVERLAP, HOST_BUFFER_BEFORE):
+        CONSTRAINT_BACKSTOPS.labels(constraint).inc()
         return SlotOverlap(f"Host {slot.host_id} is taken at that time.")
     CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity").inc()
     return SlotFull(slot_id=slot.pk, seats=seats)

@@ -331,11 +331,16 @@ def test_the_change_page_edits_the_hours_and_draws_the_hosts_week(admin_client):
         end=datetime.combine(monday, time(11), tzinfo=zone),
     )
     booking = SlotBookingFactory(slot=slot)
+    elsewhere = SlotFactory(
+        start=datetime.combine(monday, time(12), tzinfo=zone), end=datetime.combine(monday, time(12, 30), tzinfo=zone)
+    )
+    away = SlotBookingFactory(slot=elsewhere, guest=host)
 
     page = admin_client.get(f"/admin/slots/availability/{host.pk}/change/?week={monday}").content.decode()
 
     assert "hours 09:00 to 17:00" in page
     assert f"slot #{slot.pk} 10:00 to 11:00" in page and f"booking #{booking.pk} 10:00 to 11:00" in page
+    assert f"away: booking #{away.pk} 12:00 to 12:30" in page
     response = admin_client.post(f"/admin/slots/availability/{host.pk}/change/", availability_form(buffer_minutes=15))
     assert response.status_code == 302
     assert Availability.objects.get(host=host).buffer_minutes == 15

@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from booking_site.audit.services import trail
+from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from slots import services
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
@@ -59,13 +60,23 @@ def error_code(response) -> str:
     return response.json()["error"]["code"]
 
 
-def test_done_means_a_week_set_a_time_found_booked_gone_and_no_second_place(client_for, api, user):
+def free_in_the_week(api, host, monday) -> list[datetime]:
+    week = {"startDate": monday, "endDate": monday + timedelta(days=4), "slotDuration": 30}
+    response = api.get(f"/api/users/{host.pk}/slots", week)
+    assert response.status_code == 200, response.content
+    return [parse_datetime(s["startTime"]) for s in response.json()["slots"]]
+
+
+def test_done_means_a_week_set_a_time_found_booked_gone_no_second_place_moved_and_drawn(
+    client_for, api, user, admin_client
+):
     host = HostFactory()
     host_api = client_for(host)
     week = {"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30]}
     assert host_api.put("/api/hosts/me/availability", week, format="json").status_code == 200
     monday = next_monday()
-    assert len(free(api, host, monday)) == 16
+    found = free_in_the_week(api, host, monday)
+    assert len(found) == 5 * 16 and found[0] == at(monday, 9) and found[-1] == at(monday + timedelta(days=4), 16, 30)
 
     response = book(api, host, at(monday, 10))
 
@@ -74,12 +85,29 @@ def test_done_means_a_week_set_a_time_found_booked_gone_and_no_second_place(clie
     assert (body["hostId"], body["userId"], body["status"], body["expiresAt"]) == (host.pk, user.pk, "CONFIRMED", None)
     assert parse_datetime(body["startTime"]) == at(monday, 10)
     assert parse_datetime(body["endTime"]) == at(monday, 10, 30)
-    assert at(monday, 10) not in free(api, host, monday) and len(free(api, host, monday)) == 15
+    found = free_in_the_week(api, host, monday)
+    assert at(monday, 10) not in found and len(found) == 5 * 16 - 1
     other = host_with()
     assert error_code(book(api, other, at(monday, 10, 0))) == "guest_overlap"
+    assert error_code(book(api, other, at(monday, 9, 45))) == "guest_overlap"
     published = SlotFactory(start=at(monday, 10, 15), end=at(monday, 10, 45))
     assert api.post("/api/bookings", {"slotId": published.pk}).json()["error"]["code"] == "guest_overlap"
-    assert book(api, other, at(monday, 10, 30)).status_code == 201  # back to back
+
+    tuesday = monday + timedelta(days=1)
+    moved = reschedule(api, body["id"], at(tuesday, 14))
+
+    assert moved.status_code == 200, moved.content
+    assert (moved.json()["rescheduledFromId"], parse_datetime(moved.json()["startTime"])) == (
+        body["id"],
+        at(tuesday, 14),
+    )
+    found = free_in_the_week(api, host, monday)
+    assert at(monday, 10) in found and at(tuesday, 14) not in found
+    assert book(api, other, at(monday, 10, 0)).status_code == 201  # the old time is free for the guest again
+    page = admin_client.get(f"/admin/slots/availability/{host.pk}/change/?week={monday}")
+    assert page.status_code == 200
+    assert "hours 09:00 to 17:00" in page.content.decode()
+    assert f"booking #{moved.json()['id']} 14:00 to 14:30" in page.content.decode()
 
 
 def test_an_interval_booking_is_a_slot_booking_on_an_appointment_slot_with_the_buffer(api, user):
@@ -94,9 +122,10 @@ def test_an_interval_booking_is_a_slot_booking_on_an_appointment_slot_with_the_b
         "APPOINTMENT",
         host.pk,
         at(monday, 9),
-        at(monday, 9, 40),
+        at(monday, 9, 30),
         1,
     )
+    assert (slot.blocked_from, slot.blocked_until) == (at(monday, 8, 50), at(monday, 9, 40))
     [created] = trail(booking)
     assert (created.event_type, created.to_state, created.actor_id) == ("CREATED", "CONFIRMED", user.pk)
     assert not api.get("/api/slots").json()["results"]  # an appointment is nobody else's to book
@@ -134,6 +163,85 @@ def test_the_host_taken_is_409_slot_overlap_with_their_buffer(api, client_for):
         response = book(api, host, start)
         assert response.status_code == 409 and error_code(response) == "slot_overlap", start
     assert book(api, host, at(monday, 15)).status_code == 201
+
+
+def test_a_host_cannot_publish_a_slot_in_the_buffer_before_or_after_an_appointment(api, client_for):
+    host = host_with(bufferMinutes=10)
+    monday = next_monday()
+    assert book(api, host, at(monday, 10)).status_code == 201
+    host_api = client_for(host)
+
+    def publish(start, end):
+        return host_api.post("/api/slots", {"startTime": start.isoformat(), "endTime": end.isoformat()}, format="json")
+
+    assert error_code(publish(at(monday, 9), at(monday, 9, 55))) == "slot_overlap"
+    assert error_code(publish(at(monday, 10, 35), at(monday, 11))) == "slot_overlap"
+    assert publish(at(monday, 9), at(monday, 9, 50)).status_code == 201
+    assert publish(at(monday, 10, 40), at(monday, 11)).status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)  # the booking's transaction is the outermost one
+@pytest.mark.parametrize(("published", "start"), [((9, 0), (9, 35)), ((10, 35), (10, 0))])
+def test_without_the_check_the_constraints_keep_the_buffer_on_both_sides(api, monkeypatch, published, start):
+    host = host_with(bufferMinutes=10)
+    monday = next_monday()
+    SlotFactory(host=host, start=at(monday, *published), end=at(monday, *published) + timedelta(minutes=30))
+    monkeypatch.setattr(services.selectors, "in_the_way", lambda *args, **kwargs: [])  # as if nothing were there
+    constraint = services.HOST_BUFFER_BEFORE if start > published else services.HOST_NO_OVERLAP
+    before = CONSTRAINT_BACKSTOPS.labels(constraint)._value.get()
+
+    response = book(api, host, at(monday, *start))
+
+    assert response.status_code == 409 and error_code(response) == "slot_overlap", response.content
+    assert CONSTRAINT_BACKSTOPS.labels(constraint)._value.get() == before + 1
+    assert not SlotBooking.objects.exists()
+
+
+def test_an_appointment_keeps_the_buffer_it_was_booked_with_when_the_host_shortens_it(api, client_for):
+    host = host_with(bufferMinutes=30)
+    monday = next_monday()
+    assert book(client_for(UserFactory()), host, at(monday, 12)).status_code == 201
+    document = {"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30], "bufferMinutes": 0}
+    assert client_for(host).put("/api/hosts/me/availability", document, format="json").status_code == 200
+    before = CONSTRAINT_BACKSTOPS.labels(services.HOST_NO_OVERLAP)._value.get()
+
+    found = free(api, host, monday)
+
+    assert at(monday, 11) in found and at(monday, 13) in found
+    assert not {at(monday, 11, 30), at(monday, 12), at(monday, 12, 30)} & set(found)
+    assert error_code(book(api, host, at(monday, 12, 30))) == "slot_overlap"  # refused by the check
+    assert CONSTRAINT_BACKSTOPS.labels(services.HOST_NO_OVERLAP)._value.get() == before
+    assert book(api, host, at(monday, 13)).status_code == 201
+
+
+def test_a_host_booked_as_a_guest_elsewhere_is_not_free_then(api, client_for):
+    host, elsewhere = host_with(bufferMinutes=10), host_with()
+    monday = next_monday()
+    host_as_guest = client_for(host)
+    assert book(host_as_guest, elsewhere, at(monday, 11)).status_code == 201
+    published = SlotFactory(start=at(monday, 14), end=at(monday, 14, 30))
+    assert host_as_guest.post("/api/bookings", {"slotId": published.pk}).status_code == 201
+
+    found = free(api, host, monday)
+
+    assert not {at(monday, 10, 30), at(monday, 11), at(monday, 11, 30), at(monday, 14)} & set(found)
+    assert {at(monday, 10), at(monday, 12), at(monday, 13), at(monday, 15)} <= set(found)
+    for start in (at(monday, 11), at(monday, 11, 30), at(monday, 13, 30), at(monday, 14)):
+        response = book(api, host, start)
+        assert response.status_code == 409 and error_code(response) == "slot_overlap", start
+        assert response.json()["error"]["details"]["slotIds"] == []  # another host's slots are not named
+    assert book(api, host, at(monday, 12)).status_code == 201
+
+
+def test_a_hosts_overdue_hold_as_a_guest_elsewhere_leaves_them_free(api, client_for):
+    host, elsewhere = host_with(), host_with()
+    monday = next_monday()
+    body = book(client_for(host), elsewhere, at(monday, 11), hold=True).json()
+    past = timezone.now() - timedelta(minutes=1)
+    SlotBooking.objects.filter(pk=body["id"]).update(created_at=past - timedelta(minutes=10), expires_at=past)
+
+    assert at(monday, 11) in free(api, host, monday)
+    assert book(api, host, at(monday, 11)).status_code == 201
 
 
 def test_a_hold_is_pending_confirmed_like_any_booking_and_a_cancel_frees_the_hosts_time(api, user):

@@ -638,16 +638,109 @@ def test_control_without_the_host_lock_only_the_hosts_exclusion_constraint_stops
     assert Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE).count() == 1
 
 
-def test_a_slot_booking_racing_an_interval_booking_of_the_same_guest_at_the_same_time_gives_one():
+def a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time():
     guest, [host] = UserFactory(), working_hosts(1)
     slot = pairwise_overlapping_slots(1)[0]
+    return [booker(slot.pk, guest), interval_booker(host, guest, slot.start)]
 
-    results = run_concurrently([booker(slot.pk, guest), interval_booker(host, guest, slot.start)])
+
+def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) -> None:
+    """The guest is read, not locked, on both paths (the slot booking's ``user_lock``, the interval's
+    ``lock_users``). The slot booking inserts and keeps its transaction open; the interval booking checks
+    the guest's bookings meanwhile (it sees nothing: the other is uncommitted) and inserts. Then the slot
+    booking commits."""
+    both_locked = threading.Barrier(2, timeout=10)
+    create, check_target = services.SLOT_BOOKINGS.create, services.APPOINTMENTS.check_target
+
+    def slot_booking_first(*args, **kwargs):
+        wait_for_everyone(both_locked)
+        booking = create(*args, **kwargs)
+        time.sleep(3 * WINDOW)  # the interval booking checks and inserts before this commits
+        return booking
+
+    def interval_checks_after_it(*args, **kwargs):
+        wait_for_everyone(both_locked)
+        time.sleep(WINDOW)  # the slot booking has inserted by now
+        return check_target(*args, **kwargs)
+
+    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
+    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", slot_booking_first)
+    monkeypatch.setattr(services.APPOINTMENTS, "check_target", interval_checks_after_it)
+
+
+def test_a_slot_booking_racing_an_interval_booking_of_the_same_guest_at_the_same_time_gives_one():
+    before = backstops(services.GUEST_NO_OVERLAP)
+
+    results = run_concurrently(a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time())
 
     assert len(wins(results)) == 1
     assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), services.GuestOverlap)
     assert_no_guest_in_two_places()
     assert_counters_match_bookings()
+    assert backstops(services.GUEST_NO_OVERLAP) == before  # the guest's lock decided, not the constraint
+
+
+def test_control_without_the_guests_lock_the_slot_and_interval_race_reaches_the_guests_backstop(monkeypatch):
+    remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch)
+    before = backstops(services.GUEST_NO_OVERLAP)
+
+    slot_booking, interval_booking = run_concurrently(
+        a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time()
+    )
+
+    # The interval's check passed (it could not see the slot booking); only the constraint refused it.
+    assert isinstance(slot_booking, SlotBooking)
+    assert isinstance(interval_booking, services.GuestOverlap), interval_booking
+    assert backstops(services.GUEST_NO_OVERLAP) == before + 1
+    assert_no_guest_in_two_places()
+    assert_counters_match_bookings()
+
+
+def a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch):
+    """Two racers: the host books a published slot of another host and keeps its transaction open a moment
+    after inserting; meanwhile a guest books the host at that time. (Only once the host's insert is done:
+    the other order is allowed, as nothing refuses a host's booking as a guest over their own appointment.)"""
+    [host], guest = working_hosts(1), UserFactory()
+    slot = pairwise_overlapping_slots(1)[0]
+    inserted = threading.Event()
+    create = services.SLOT_BOOKINGS.create
+
+    def create_then_linger(*args, **kwargs):
+        booking = create(*args, **kwargs)
+        inserted.set()
+        time.sleep(3 * WINDOW)  # the guest's booking asks for the host meanwhile
+        return booking
+
+    def guest_books_the_host():
+        inserted.wait(10)
+        return interval_booker(host, guest, slot.start)()
+
+    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", create_then_linger)
+    return host, guest, [booker(slot.pk, host), guest_books_the_host]
+
+
+def test_a_guest_booking_a_host_who_is_booking_elsewhere_then_waits_for_the_host_and_is_refused(monkeypatch):
+    host, guest, racers = a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch)
+
+    as_guest, as_host = run_concurrently(racers)
+
+    assert isinstance(as_guest, SlotBooking) and as_guest.guest_id == host.pk
+    assert isinstance(as_host, services.SlotOverlap), as_host
+    assert not SlotBooking.objects.filter(guest=guest).exists()
+
+
+def test_control_without_the_hosts_lock_the_host_is_booked_in_two_places_and_nothing_backstops_it(monkeypatch):
+    host, guest, racers = a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch)
+    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
+
+    as_guest, as_host = run_concurrently(racers)
+
+    # The guest's check could not see the host's uncommitted booking, and no constraint spans the two.
+    assert isinstance(as_guest, SlotBooking) and isinstance(as_host, SlotBooking), (as_guest, as_host)
+    assert (as_host.slot.host_id, as_host.guest_id, as_guest.guest_id) == (host.pk, guest.pk, host.pk)
+    assert (as_guest.start, as_guest.end) == (as_host.start, as_host.end)
 
 
 def a_reschedule_and_a_booking_of_its_target_interval():

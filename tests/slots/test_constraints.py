@@ -81,6 +81,100 @@ def test_reopening_a_cancelled_slot_over_a_new_one_is_refused():
     refused(lambda: Slot.objects.filter(pk=slot.pk).update(status=Slot.Status.AVAILABLE))
 
 
+# --- a host's appointments keep their buffer on both sides (slot_no_overlap_per_host, slot_buffer_before_per_host) ---
+
+BUFFER = timedelta(minutes=10)
+
+
+def appointment(host, start, *, buffer=BUFFER, minutes=30) -> Slot:
+    """An appointment's slot written directly, as ``Appointments.create`` writes it: its time and its buffer."""
+    end = start + timedelta(minutes=minutes)
+    return SlotFactory(
+        host=host, kind="APPOINTMENT", start=start, end=end, blocked_from=start - buffer, blocked_until=end + buffer
+    )
+
+
+def test_a_published_slot_in_the_buffer_before_an_appointment_is_refused():
+    slot = SlotFactory()
+
+    error = refused(lambda: appointment(slot.host, slot.end + BUFFER - timedelta(minutes=1)))
+
+    assert isinstance(error.__cause__, pg_errors.ExclusionViolation)
+    assert "slot_buffer_before_per_host" in str(error)
+
+
+def test_a_published_slot_in_the_buffer_after_an_appointment_is_refused():
+    booked = appointment(HostFactory(), timezone.now().replace(microsecond=0) + timedelta(days=3))
+
+    error = refused(lambda: SlotFactory(host=booked.host, start=booked.end + BUFFER - timedelta(minutes=1)))
+
+    assert isinstance(error.__cause__, pg_errors.ExclusionViolation)
+    assert "slot_no_overlap_per_host" in str(error)
+
+
+def test_appointments_keep_the_larger_of_their_buffers_apart_and_no_more():
+    first = appointment(HostFactory(), timezone.now().replace(microsecond=0) + timedelta(days=3))
+    host, wide = first.host, 3 * BUFFER
+
+    assert "slot_buffer_before_per_host" in str(refused(lambda: appointment(host, first.end + BUFFER, buffer=wide)))
+    assert "slot_no_overlap_per_host" in str(refused(lambda: appointment(host, first.start - wide, buffer=wide)))
+    appointment(host, first.end + BUFFER)  # the buffer apart, not twice the buffer
+    appointment(host, first.start - BUFFER - timedelta(minutes=30))
+    SlotFactory(host=host, start=first.end + BUFFER + timedelta(minutes=30) + BUFFER)
+    SlotFactory(host=HostFactory(), start=first.end, end=first.end + BUFFER)  # another host's time
+
+
+def test_only_an_appointment_has_a_buffer_and_it_is_around_its_time():
+    slot, booked = SlotFactory(), appointment(HostFactory(), timezone.now() + timedelta(days=3))
+
+    for write in (
+        lambda: Slot.objects.filter(pk=slot.pk).update(blocked_from=slot.start, blocked_until=slot.end),
+        lambda: Slot.objects.filter(pk=booked.pk).update(blocked_from=None, blocked_until=None),
+        lambda: Slot.objects.filter(pk=booked.pk).update(blocked_from=booked.start + timedelta(minutes=1)),
+        lambda: Slot.objects.filter(pk=booked.pk).update(blocked_until=booked.end - timedelta(minutes=1)),
+    ):
+        assert "slot_blocked_around_appointment" in str(refused(write))
+
+
+def test_the_migration_adding_the_buffer_before_refuses_existing_slots_in_it_and_names_them():
+    """What ``slots.0005`` does on a database where a published slot already sits in the buffer before an
+    appointment: it stops, naming the pair (the constraint is dropped here, inside the test's transaction)."""
+    migration = importlib.import_module("slots.migrations.0005_slot_blocked_buffer_both_sides")
+    slot = SlotFactory()
+    later = SlotFactory(host=slot.host, start=slot.end, end=slot.end + timedelta(minutes=30))  # back to back: fine
+    editor = SimpleNamespace(connection=connection)
+    migration.refuse_slots_in_a_buffer(None, editor)
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no foreign-key check pending: the table may change
+        cursor.execute("ALTER TABLE slots_slot DROP CONSTRAINT slot_buffer_before_per_host")
+    booked = appointment(slot.host, later.end + timedelta(minutes=5))  # its buffer before: 10 minutes
+    appointment(slot.host, later.end + timedelta(hours=2), buffer=timedelta(0))  # clear of the rest
+
+    with pytest.raises(RuntimeError) as refused_:
+        migration.refuse_slots_in_a_buffer(None, editor)
+
+    assert str(refused_.value).startswith("1 pair(s)")
+    assert f"host {slot.host_id}: slots #{later.pk} and #{booked.pk}" in str(refused_.value)
+    assert "expire_holds" in str(refused_.value)
+
+
+def test_the_migration_gives_an_existing_appointment_its_buffer_on_both_sides():
+    migration = importlib.import_module("slots.migrations.0005_slot_blocked_buffer_both_sides")
+    booking = SlotBookingFactory(slot=appointment(HostFactory(), timezone.now() + timedelta(days=3)))
+    slot = booking.slot
+    with connection.cursor() as cursor:  # as 0004 left it: the slot to the end of the buffer after, no columns
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("ALTER TABLE slots_slot DROP CONSTRAINT slot_blocked_around_appointment")
+        cursor.execute(migration.JOIN)
+        cursor.execute("UPDATE slots_slot SET blocked_from = NULL, blocked_until = NULL")
+
+        cursor.execute(migration.SPLIT)
+
+    slot.refresh_from_db()
+    assert (slot.start, slot.end) == (booking.start, booking.end)
+    assert (slot.blocked_from, slot.blocked_until) == (booking.start - BUFFER, booking.end + BUFFER)
+
+
 def test_a_booking_has_at_least_one_seat():
     booking = SlotBookingFactory()
 

@@ -140,22 +140,53 @@ def test_a_reschedule_is_six_round_trips(cached_api_of):
     assert (old.slot.booked, target.booked) == (0, 1)
 
 
-def test_an_interval_booking_is_eight_round_trips(cached_api_of):
-    """BEGIN, the guest's and the host's rows, the host's hours, the guest's bookings, the host's time, the
-    overdue holds in the way, the slot and the booking with its CREATED event, COMMIT."""
-    host, guest = HostFactory(), UserFactory()
+def working_host():
+    host = HostFactory()
     document = {"timeZone": "UTC", "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]}
     services.availability_set(host=host, document={**document, "durations": [30]}, actor=host, now=timezone.now())
-    start = morning(2)
+    return host
+
+
+def book_interval(api, host, start):
+    end = start + timedelta(minutes=30)
+    return api.post("/api/bookings", {"hostId": host.pk, "startTime": start.isoformat(), "endTime": end.isoformat()})
+
+
+def test_an_interval_booking_is_five_round_trips(cached_api_of):
+    """BEGIN, the guest's and the host's rows, one read of the host's hours and of every rule (the guest's
+    bookings, the host's time, the overdue holds in the way), the slot and the booking with its CREATED event,
+    COMMIT."""
+    host, guest, start = working_host(), UserFactory(), morning(2)
     api = cached_api_of(guest)
 
     with round_trips() as trips:
-        response = api.post(
-            "/api/bookings",
-            {"hostId": host.pk, "startTime": start.isoformat(), "endTime": (start + timedelta(minutes=30)).isoformat()},
-        )
+        response = book_interval(api, host, start)
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 5, trips.statements
+    booking = SlotBooking.objects.get(pk=response.json()["id"])
+    assert [(e.event_type, e.to_state) for e in trail(booking)] == [("CREATED", "CONFIRMED")]
+
+
+def test_an_interval_booking_over_an_overdue_hold_expires_it_in_three_more(cached_api_of):
+    """The five, and the overdue hold's slot locked, the hold locked, expired with its event."""
+    host, start = working_host(), morning(2)
+    earlier = services.appointment_book(
+        host_id=host.pk,
+        guest=UserFactory(),
+        start=start,
+        end=start + timedelta(minutes=30),
+        now=timezone.now(),
+        hold=True,
+    )
+    past = timezone.now() - timedelta(minutes=1)
+    SlotBooking.objects.filter(pk=earlier.pk).update(created_at=past - timedelta(minutes=10), expires_at=past)
+    api = cached_api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = book_interval(api, host, start)
 
     assert response.status_code == 201, response.content
     assert trips.count <= 8, trips.statements
-    booking = SlotBooking.objects.get(pk=response.json()["id"])
-    assert [(e.event_type, e.to_state) for e in trail(booking)] == [("CREATED", "CONFIRMED")]
+    earlier.refresh_from_db()
+    assert earlier.status == "EXPIRED"
