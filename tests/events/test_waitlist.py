@@ -272,3 +272,99 @@ def test_turning_the_list_off_is_audited(staff):
 
     assert not Event.objects.get(pk=event.pk).waitlist_enabled
     assert trail(event).last().metadata["fields"] == ["waitlist_enabled"]
+
+
+# --- the API --------------------------------------------------------------------------------------
+
+
+def test_joining_through_the_api(api, user):
+    event, _ = sold_out()
+
+    response = api.post(f"/api/events/{event.pk}/waitlist", {"quantity": 2}, format="json")
+
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert {k: body[k] for k in ("position", "state", "quantity", "holdGroupId", "offerExpiresAt")} == {
+        "position": 1,
+        "state": "WAITING",
+        "quantity": 2,
+        "holdGroupId": None,
+        "offerExpiresAt": None,
+    }
+    assert body["userId"] == user.pk
+    assert api.get(f"/api/events/{event.pk}").json()["waitingCount"] == 1
+    assert api.get(f"/api/events/{event.pk}/waitlist/{body['entryId']}").json() == body
+
+
+def test_a_join_with_a_request_id_is_answered_once(api):
+    event, _ = sold_out()
+
+    first = api.post(f"/api/events/{event.pk}/waitlist", {"quantity": 1, "requestId": "j-1"}, format="json")
+    again = api.post(f"/api/events/{event.pk}/waitlist", {"quantity": 1, "requestId": "j-1"}, format="json")
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert WaitlistEntry.objects.filter(event=event).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "code"),
+    [("free", "seats_available"), ("twice", "already_waiting"), ("off", "waitlist_closed")],
+)
+def test_join_refusals_through_the_api(api, user, setup, code):
+    event = make_event(total_seats=4) if setup == "free" else sold_out()[0]
+    if setup == "twice":
+        join(event, user)
+    if setup == "off":
+        Event.objects.filter(pk=event.pk).update(waitlist_enabled=False)
+
+    response = api.post(f"/api/events/{event.pk}/waitlist", {"quantity": 2}, format="json")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == code
+
+
+def test_a_hold_while_someone_waits_is_409_waitlist_active(api):
+    event = make_event(total_seats=4)
+    services.seat_hold(event_id=event.pk, user=UserFactory(), quantity=3, now=timezone.now())
+    join(event, quantity=2)
+
+    response = api.post(f"/api/events/{event.pk}/seats/reserve", {"quantity": 1}, format="json")
+
+    assert response.status_code == 409
+    assert response.json()["error"] == {
+        "code": "waitlist_active",
+        "message": response.json()["error"]["message"],
+        "details": {"waitingCount": 1},
+    }
+
+
+def test_leaving_through_the_api(api, user, client_for, other_user):
+    event, _ = sold_out()
+    entry = join(event, user)
+    path = f"/api/events/{event.pk}/waitlist/{entry.pk}"
+
+    assert client_for(other_user).get(path).status_code == 403
+    assert client_for(other_user).delete(path).status_code == 403
+    response = api.delete(path)
+
+    assert response.status_code == 200
+    assert (response.json()["state"], response.json()["position"]) == ("LEFT", None)
+    assert api.delete(path).json()["error"]["code"] == "waitlist_entry_not_waiting"
+    assert api.get(f"/api/events/{event.pk}/waitlist/999999").status_code == 404
+
+
+def test_an_offer_reads_as_its_hold_and_expired_once_the_hold_is_overdue(api, user, monkeypatch):
+    event, group = sold_out()
+    entry = join(event, user, quantity=2)
+    release(group)
+    path = f"/api/events/{event.pk}/waitlist/{entry.pk}"
+
+    offered = api.get(path).json()
+    assert (offered["state"], offered["position"]) == ("OFFERED", None)
+    assert offered["holdGroupId"] == str(entry_of(entry).hold_group_id)
+    hold = api.get(f"/api/events/holds/{offered['holdGroupId']}").json()
+    assert (hold["userId"], hold["state"], len(hold["seatCodes"])) == (user.pk, "HELD", 2)
+
+    WaitlistEntry.objects.filter(pk=entry.pk).update(offer_expires_at=timezone.now() - timedelta(seconds=1))
+    assert api.get(path).json()["state"] == "EXPIRED"
