@@ -4,10 +4,12 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from standardwebhooks import Webhook
 
 from booking_site.audit.services import trail
 from booking_site.errors import HoldExpired, LimitReached, NotOwner
 from booking_site.expiry import expire_all
+from booking_site.webhooks.services import webhook_endpoint_create, webhooks_deliver
 from events import selectors, services
 from events.models import Event, SeatHoldGroup, WaitlistEntry
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
@@ -368,3 +370,36 @@ def test_an_offer_reads_as_its_hold_and_expired_once_the_hold_is_overdue(api, us
 
     WaitlistEntry.objects.filter(pk=entry.pk).update(offer_expires_at=timezone.now() - timedelta(seconds=1))
     assert api.get(path).json()["state"] == "EXPIRED"
+
+
+def test_a_cancellation_hands_a_sold_out_events_seats_to_the_first_who_gets_the_webhook_and_confirms(
+    client_for, receiver
+):
+    """Done means (issue 12): the event sells out, users join its list, a cancellation hands its seats
+    to the first of them, who receives the offer as a webhook and confirms it."""
+    endpoint = webhook_endpoint_create(url=receiver.url, event_types=["waitlist_entry.offered"], now=timezone.now())
+    event = make_event(total_seats=4)
+    buyer, first, second = (client_for(UserFactory()) for _ in range(3))
+    hold = buyer.post(f"/api/events/{event.pk}/seats/reserve", {"quantity": 4}, format="json").json()
+    booking = buyer.post(f"/api/events/{event.pk}/seats/confirm", {"holdGroupId": hold["holdGroupId"]}, format="json")
+    joined = [c.post(f"/api/events/{event.pk}/waitlist", {"quantity": 2}, format="json") for c in (first, second)]
+    assert [j.json()["position"] for j in joined] == [1, 2]
+
+    cancelled = buyer.post(f"/api/events/bookings/{booking.json()['bookingGroupId']}/cancel", {}, format="json")
+    assert cancelled.status_code == 200
+    assert webhooks_deliver().delivered == 2  # both fit: the first, then the second
+
+    offers = [Webhook(endpoint.secret).verify(r.body, r.headers) for r in receiver.received]
+    assert [o["type"] for o in offers] == ["waitlist_entry.offered"] * 2
+    offer = offers[0]["data"]
+    assert offer["subject"] == {"type": "waitlist_entry", "id": str(joined[0].json()["entryId"])}
+    assert (offer["actor"], offer["fromState"], offer["toState"]) == ("system:waitlist", "WAITING", "OFFERED")
+    assert len(offer["metadata"]["seatCodes"]) == 2
+    confirmed = first.post(
+        f"/api/events/{event.pk}/seats/confirm", {"holdGroupId": offer["metadata"]["holdGroupId"]}, format="json"
+    )
+    assert confirmed.status_code == 200
+    assert sorted(confirmed.json()["seatCodes"]) == offer["metadata"]["seatCodes"]
+    entry = first.get(f"/api/events/{event.pk}/waitlist/{joined[0].json()['entryId']}").json()
+    assert (entry["state"], entry["holdGroupId"]) == ("ACCEPTED", offer["metadata"]["holdGroupId"])
+    assert violations(event) == []
