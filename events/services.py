@@ -970,7 +970,8 @@ def waitlist_set(*, event_id: int, enabled: bool, actor: User | None, now: datet
     return event
 
 
-# One offer to the head, once its hold is made: the entry, the event's waiting counter, the audit event.
+# One offer to the head, once its hold is made: the entry, the event's waiting counter (returned: how many
+# still wait), the audit event.
 ENTRY_OFFERED_SQL = f"""
 WITH offered AS (
     UPDATE {_ENTRY} SET state = 'OFFERED', hold_group_id = %(group)s, offer_expires_at = %(expires_at)s,
@@ -978,13 +979,14 @@ WITH offered AS (
     WHERE id = %(entry)s AND state = 'WAITING' RETURNING id
 ), counted AS (
     UPDATE {_EVENT} SET waiting_count = waiting_count - 1 WHERE id = %(event)s AND EXISTS (SELECT FROM offered)
+    RETURNING waiting_count
 ), recorded AS (
     INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
     SELECT %(occurred_at)s, NULL, %(actor_label)s, 'waitlist_entry', id::text, 'OFFERED', 'WAITING', 'OFFERED',
            %(metadata)s::jsonb, %(trace_id)s
     FROM offered
 )
-SELECT COUNT(*) FROM offered
+SELECT (SELECT COUNT(*) FROM offered), (SELECT waiting_count FROM counted)
 """
 
 
@@ -993,7 +995,7 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
     hold (best available, adjacent where possible) owned by the entry's user, for the event's hold
     length. Strict order: it stops at the first entry whose whole quantity is not free (or when sales
     are closed). Caller holds the event's row lock (``lock_event``, ``freed_events_lock``)."""
-    offered = []
+    offered: list[WaitlistEntry] = []
     while True:
         head = WaitlistEntry.objects.filter(event_id=event_id, state=Entry.WAITING).select_related("user").first()
         if head is None:
@@ -1036,8 +1038,10 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
                     "trace_id": current_request_id() or "",
                 },
             )
-            [(moved,)] = cursor.fetchall()
+            [(moved, still_waiting)] = cursor.fetchall()
         if not moved:  # under the event's lock a WAITING entry cannot change: a lock is missing
             raise RuntimeError(f"waiting-list entry {head.pk} changed under its event's lock")
         head.state, head.hold_group, head.offer_expires_at = Entry.OFFERED, group, group.expires_at
         offered.append(head)
+        if not still_waiting:
+            return offered
