@@ -11,17 +11,27 @@ kind in primary-key order, so two requests never wait for each other in a circle
    guest's bookings never overlapping in time, a host's slots never overlapping, the caps on held cars
    and seats: ``engine.Cap``).
 2. the resource's parent, the event row: ``share_event`` in a seat hold (``FOR KEY SHARE``);
-   ``lock_event`` for an edit of the event's details, ``lock_event_sales`` for the sales switch. Those
-   two take no other lock.
+   ``lock_event`` for an edit of the event's details, the waiting-list switch, and a join or a leave
+   of the waiting list; ``lock_event_sales`` for the sales switch. The event's lock stands for its
+   WAITING waiting-list entries: they are read and written under it, never locked themselves (an
+   OFFERED entry changes with its hold group, under the group's lock). An edit and the switches take
+   no other lock; a join or a leave, and opening sales, may go on to offer seats (below, 5).
 3. ``lock_car``, ``lock_slots``, ``lock_seats``: the rows a claim is on. They serialize the claims on
    one car, the seats of one slot (its ``booked`` counter), each seat.
 4. ``lock_claims``, ``lock_claim``: claim rows (reservations, seat hold groups, slot bookings), e.g.
    the overdue holds a new claim expires, or the one claim a confirm moves.
-5. The one exception, written last: a confirm or a cancel of seats moves the event's
-   ``confirmed_seats`` counter with a plain ``UPDATE`` as the last write of its transaction. That
-   update's implicit lock (``FOR NO KEY UPDATE``) conflicts with no lock a hold takes on the event,
-   and the transactions it does conflict with (edits, the sales switch) take no other row lock, so it
-   cannot close a circle.
+5. The one exception: the event row after the claims. A confirm or a cancel of seats moves the
+   event's ``confirmed_seats`` counter with a plain ``UPDATE`` in the transition's own statement, and a
+   release or an expiry of seats (one, or the expiry job's batch: in id order) takes the same
+   ``FOR NO KEY UPDATE`` there (``freed_events_lock``): the seats it frees are serialized with the
+   waiting list. That lock conflicts with no lock a hold takes on the event. After it, only a
+   transaction that freed seats while people wait (or a join, a leave, opening sales) goes on: it
+   offers them to the waiting list, as seat holds that lock no seat and expire no other hold
+   (``share_event_lock_free_seats(..., lock_seats=False)``). So what it can wait for after the event's
+   lock is an uncommitted claim of a hold in flight on the seat index, and such a hold waits for
+   nothing more once it has written its claims; the others holding or waiting for the event's lock
+   (confirms, cancels, releases, the expiry job, joins, leaves, edits, the sales switch) wait for
+   nothing after it either. It cannot close a circle (docs/decisions/0016-waiting-list.md).
 
 The mode is ``FOR NO KEY UPDATE`` (``select_for_update(no_key=True)``): it excludes every other
 writer of the row just as well, but not the ``FOR KEY SHARE`` that inserting a row referencing the
