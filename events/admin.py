@@ -3,9 +3,10 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, When
-from django.template.response import TemplateResponse
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
@@ -316,7 +317,17 @@ class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
     (a hold) an entry was made. Operators remove an entry through the action (a confirmation page
     first), which calls the service: the entries behind move up, and the next may be offered seats."""
 
-    list_display = ["id", "event", "position", "user", "quantity", "state_now", "offer", "offer_expires_at", "created_at"]
+    list_display = [
+        "id",
+        "event",
+        "position",
+        "user",
+        "quantity",
+        "state_now",
+        "offer",
+        "offer_expires_at",
+        "created_at",
+    ]
     list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "user__email", "user__name", "=hold_group__id"]
     list_select_related = ["event", "user"]
@@ -386,7 +397,7 @@ class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
                     "title": "Remove from the waiting list?",
                     "entries": queryset.select_related("event", "user"),
                     "action": "remove_entries",
-                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                    "action_checkbox_name": ACTION_CHECKBOX_NAME,
                     "opts": self.model._meta,
                 },
             )

@@ -536,7 +536,9 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         update_sql, update_params = compiled_update(self.model, groups, fields)
         insert_sql, insert_params = compiled_audit_insert(events)
         if delta:
-            event_sql = f"UPDATE {_EVENT} SET confirmed_seats = confirmed_seats + %s WHERE id = %s RETURNING id, waiting_count"
+            event_sql = (
+                f"UPDATE {_EVENT} SET confirmed_seats = confirmed_seats + %s WHERE id = %s RETURNING id, waiting_count"
+            )
             event_params: tuple = (delta, groups[0].event_id)
         else:
             event_sql, event_params = locking.freed_events_lock(), (sorted({g.event_id for g in groups}),)

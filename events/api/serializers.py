@@ -164,7 +164,9 @@ class BookingCancelOut(serializers.Serializer):
 
 class WaitlistJoinIn(StrictSerializer):
     quantity = serializers.IntegerField(
-        min_value=1, max_value=MAX_SEATS_PER_HOLD, help_text="Seats wanted, all together (at most the cap on held seats)"
+        min_value=1,
+        max_value=MAX_SEATS_PER_HOLD,
+        help_text="Seats wanted, all together (at most the cap on held seats)",
     )
 
 
@@ -173,7 +175,9 @@ class WaitlistEntryOut(serializers.Serializer):
     eventId = serializers.IntegerField(source="event_id")
     userId = serializers.IntegerField(source="user_id")
     state = serializers.ChoiceField(choices=["WAITING", "OFFERED", "ACCEPTED", "EXPIRED", "LEFT"])
-    position = serializers.IntegerField(allow_null=True, help_text="1: offered the next seats that free; null unless WAITING")
+    position = serializers.IntegerField(
+        allow_null=True, help_text="1: offered the next seats that free; null unless WAITING"
+    )
     quantity = serializers.IntegerField()
     holdGroupId = serializers.UUIDField(source="hold_group_id", allow_null=True, help_text="The offer: a seat hold")
     offerExpiresAt = serializers.DateTimeField(source="offer_expires_at", allow_null=True)

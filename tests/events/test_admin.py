@@ -285,7 +285,7 @@ def test_the_event_page_shows_how_many_wait_and_links_to_the_list(admin_client):
 
 
 def test_removing_an_entry_asks_first_then_goes_through_the_service(admin_client, staff):
-    event, (first, second) = waiting_event()
+    event, (first, _second) = waiting_event()
     form = {"action": "remove_entries", "_selected_action": [str(first.pk)]}
 
     asked = admin_client.post("/admin/events/waitlistentry/", form)

@@ -40,31 +40,32 @@ def offered_codes(e: WaitlistEntry) -> set[str]:
     return set(selectors.group_seat_codes(group)) if group else set()
 
 
+def a_release_while_a_poller_holds_the_same_seat() -> tuple[set[str], bool]:
+    """S1 released while a client polls to hold S1, and someone waits for two seats (one freed is not
+    enough: it stays free for them); then S2 is released. Returns the seats offered to the waiter and
+    whether the poller got S1."""
+    event = make_event(total_seats=3)
+    first, second = write_hold(event, ["S1"]), write_hold(event, ["S2"])
+    write_hold(event, ["S3"])
+    waiter, poller = join(event, quantity=2), UserFactory()
+
+    def poll():
+        for _ in range(40):
+            try:
+                return services.seat_hold(event_id=event.pk, user=poller, seat_codes=["S1"], now=timezone.now())
+            except DomainError:
+                time.sleep(0.002)
+        return None
+
+    results = run_concurrently([release(first), poll])
+    assert not [r for r in results if isinstance(r, Exception)], results
+    release(second)()
+    assert violations(event) == []
+    return offered_codes(waiter), results[1] is not None
+
+
 def release_while_a_poller_holds_the_same_seat() -> list[tuple[set[str], bool]]:
-    """Rounds of: S1 released while a client polls to hold S1, and someone waits for two seats (one
-    freed is not enough: it stays free for them); then S2 is released. Returns, per round, the seats
-    offered to the waiter and whether the poller got S1."""
-    outcomes = []
-    for _ in range(ROUNDS):
-        event = make_event(total_seats=3)
-        first, second = write_hold(event, ["S1"]), write_hold(event, ["S2"])
-        write_hold(event, ["S3"])
-        waiter, poller = join(event, quantity=2), UserFactory()
-
-        def poll():
-            for _ in range(40):
-                try:
-                    return services.seat_hold(event_id=event.pk, user=poller, seat_codes=["S1"], now=timezone.now())
-                except DomainError:
-                    time.sleep(0.002)
-            return None
-
-        results = run_concurrently([release(first), poll])
-        assert not [r for r in results if isinstance(r, Exception)], results
-        release(second)()
-        outcomes.append((offered_codes(waiter), results[1] is not None))
-        assert violations(event) == []
-    return outcomes
+    return [a_release_while_a_poller_holds_the_same_seat() for _ in range(ROUNDS)]
 
 
 def test_a_seat_released_while_someone_waits_goes_to_them_never_to_a_poller():
@@ -119,38 +120,39 @@ def test_control_without_the_event_lock_of_the_freed_seats_two_releases_collide(
 
     outcomes = []
     for _ in range(ROUNDS):
-        (head, second, _third), results = two_releases_at_once()
+        (_head, second, _third), results = two_releases_at_once()
         outcomes.append(all(isinstance(r, SeatHoldGroup) for r in results) and second.state == "OFFERED")
 
     assert not all(outcomes)
 
 
-def an_offer_lapsing_while_its_user_confirms() -> list[tuple]:
-    outcomes = []
-    for _ in range(ROUNDS):
-        event = make_event(total_seats=2)
-        group = write_hold(event, ["S1", "S2"])
-        head, behind = join(event, quantity=2), join(event, quantity=2)
-        release(group)()
-        offer = entry(head).hold_group
-        lapsed = offer.expires_at + timedelta(seconds=1)
+def an_offer_lapsing_while_its_user_confirms() -> tuple:
+    event = make_event(total_seats=2)
+    group = write_hold(event, ["S1", "S2"])
+    head, behind = join(event, quantity=2), join(event, quantity=2)
+    release(group)()
+    offer = entry(head).hold_group
+    lapsed = offer.expires_at + timedelta(seconds=1)
 
-        results = run_concurrently(
-            [
-                lambda: services.seat_hold_confirm(
-                    event_id=event.pk, hold_group_id=offer.pk, user=head.user, now=timezone.now()
-                ),
-                lambda: services.seat_holds_expire_due(now=lapsed),
-            ]
-        )
+    results = run_concurrently(
+        [
+            lambda: services.seat_hold_confirm(
+                event_id=event.pk, hold_group_id=offer.pk, user=head.user, now=timezone.now()
+            ),
+            lambda: services.seat_holds_expire_due(now=lapsed),
+        ]
+    )
 
-        offer.refresh_from_db()
-        transitions = trail(services.hold_subject(offer)).exclude(event_type="CREATED").count()
-        entry_events = trail(services.waitlist_entry_subject(head)).exclude(event_type__in=["CREATED", "OFFERED"])
-        confirm = type(results[0]).__name__
-        outcome = (confirm, offer.state, entry(head).state, entry(behind).state, transitions, entry_events.count())
-        outcomes.append((*outcome, violations(event) == []))
-    return outcomes
+    offer.refresh_from_db()
+    transitions = trail(services.hold_subject(offer)).exclude(event_type="CREATED").count()
+    entry_events = trail(services.waitlist_entry_subject(head)).exclude(event_type__in=["CREATED", "OFFERED"])
+    confirm = type(results[0]).__name__
+    outcome = (confirm, offer.state, entry(head).state, entry(behind).state, transitions, entry_events.count())
+    return (*outcome, violations(event) == [])
+
+
+def offers_lapsing_while_their_users_confirm() -> list[tuple]:
+    return [an_offer_lapsing_while_its_user_confirms() for _ in range(ROUNDS)]
 
 
 # The confirm got there first, or the expiry did (and the seats went to the next in line).
@@ -161,7 +163,7 @@ ONE_WAY = {
 
 
 def test_an_offer_lapsing_while_its_user_confirms_ends_one_way():
-    outcomes = an_offer_lapsing_while_its_user_confirms()
+    outcomes = offers_lapsing_while_their_users_confirm()
 
     assert set(outcomes) <= ONE_WAY
 
@@ -169,6 +171,6 @@ def test_an_offer_lapsing_while_its_user_confirms_ends_one_way():
 def test_control_without_the_claims_lock_the_offer_is_both_accepted_and_lapsed(monkeypatch):
     monkeypatch.setattr(locking, "lock_claim", lambda claims: claims.first())
 
-    outcomes = an_offer_lapsing_while_its_user_confirms()
+    outcomes = offers_lapsing_while_their_users_confirm()
 
     assert not set(outcomes) <= ONE_WAY
