@@ -217,21 +217,32 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def turn_waitlist_on(self, request, queryset):
         self._set_waitlist(request, queryset, enabled=True)
 
-    def _set_waitlist(self, request, queryset, *, enabled: bool) -> None:
-        ids = list(queryset.values_list("id", flat=True))
-        for event_id in ids:
-            services.waitlist_set(event_id=event_id, enabled=enabled, actor=request.user, now=timezone.now())
-        self.message_user(
-            request,
-            f"Waiting list turned {'on' if enabled else 'off'} for {len(ids)} event(s)"
-            + ("." if enabled else "; those on it keep their place and are still offered seats."),
-        )
-
     def _set_sales(self, request, queryset, *, sales_open: bool) -> None:
+        done = self._each_event(
+            queryset,
+            lambda event_id: services.event_sales_set(
+                event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now()
+            ),
+        )
+        self.message_user(request, f"Sales {'opened' if sales_open else 'closed'} for {done} event(s).")
+
+    def _set_waitlist(self, request, queryset, *, enabled: bool) -> None:
+        done = self._each_event(
+            queryset,
+            lambda event_id: services.waitlist_set(
+                event_id=event_id, enabled=enabled, actor=request.user, now=timezone.now()
+            ),
+        )
+        kept = "." if enabled else "; those on it keep their place and are still offered seats."
+        self.message_user(request, f"Waiting list turned {'on' if enabled else 'off'} for {done} event(s){kept}")
+
+    @staticmethod
+    def _each_event(queryset, call) -> int:
+        """Call a service for each selected event (by id: the service locks and reads the row itself)."""
         ids = list(queryset.values_list("id", flat=True))
         for event_id in ids:
-            services.event_sales_set(event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now())
-        self.message_user(request, f"Sales {'opened' if sales_open else 'closed'} for {len(ids)} event(s).")
+            call(event_id)
+        return len(ids)
 
 
 @admin.register(SeatHoldGroup)
