@@ -11,17 +11,27 @@ kind in primary-key order, so two requests never wait for each other in a circle
    guest's bookings never overlapping in time, a host's slots never overlapping, the caps on held cars
    and seats: ``engine.Cap``).
 2. the resource's parent, the event row: ``share_event`` in a seat hold (``FOR KEY SHARE``);
-   ``lock_event`` for an edit of the event's details, ``lock_event_sales`` for the sales switch. Those
-   two take no other lock.
+   ``lock_event`` for an edit of the event's details, the waiting-list switch, and a join or a leave
+   of the waiting list; ``lock_event_sales`` for the sales switch. The event's lock stands for its
+   WAITING waiting-list entries: they are read and written under it, never locked themselves (an
+   OFFERED entry changes with its hold group, under the group's lock). An edit and the switches take
+   no other lock; a join or a leave, and opening sales, may go on to offer seats (below, 5).
 3. ``lock_car``, ``lock_slots``, ``lock_seats``: the rows a claim is on. They serialize the claims on
    one car, the seats of one slot (its ``booked`` counter), each seat.
 4. ``lock_claims``, ``lock_claim``: claim rows (reservations, seat hold groups, slot bookings), e.g.
    the overdue holds a new claim expires, or the one claim a confirm moves.
-5. The one exception, written last: a confirm or a cancel of seats moves the event's
-   ``confirmed_seats`` counter with a plain ``UPDATE`` as the last write of its transaction. That
-   update's implicit lock (``FOR NO KEY UPDATE``) conflicts with no lock a hold takes on the event,
-   and the transactions it does conflict with (edits, the sales switch) take no other row lock, so it
-   cannot close a circle.
+5. The one exception: the event row after the claims. A confirm or a cancel of seats moves the
+   event's ``confirmed_seats`` counter with a plain ``UPDATE`` in the transition's own statement, and a
+   release or an expiry of seats (one, or the expiry job's batch: in id order) takes the same
+   ``FOR NO KEY UPDATE`` there (``freed_events_lock``): the seats it frees are serialized with the
+   waiting list. That lock conflicts with no lock a hold takes on the event. After it, only a
+   transaction that freed seats while people wait (or a join, a leave, opening sales) goes on: it
+   offers them to the waiting list, as seat holds that lock no seat and expire no other hold
+   (``share_event_lock_free_seats(..., lock_seats=False)``). So what it can wait for after the event's
+   lock is an uncommitted claim of a hold in flight on the seat index, and such a hold waits for
+   nothing more once it has written its claims; the others holding or waiting for the event's lock
+   (confirms, cancels, releases, the expiry job, joins, leaves, edits, the sales switch) wait for
+   nothing after it either. It cannot close a circle (docs/decisions/0016-waiting-list.md).
 
 The mode is ``FOR NO KEY UPDATE`` (``select_for_update(no_key=True)``): it excludes every other
 writer of the row just as well, but not the ``FOR KEY SHARE`` that inserting a row referencing the
@@ -187,7 +197,8 @@ _TAKEN = f"""EXISTS (
 # lock is taken first: an event that does not exist locks no seat). Its columns are those of the row
 # locked: READ COMMITTED re-reads a row it waited for, so a close of sales that committed is seen.
 _SHARED_EVENT = f"""event AS MATERIALIZED (
-    SELECT id, sales_open, event_date, hold_minutes FROM {_EVENT} WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
+    SELECT id, sales_open, event_date, hold_minutes, waiting_count FROM {_EVENT}
+    WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
 # The holder's user row first (order 1: the cap on a user's held seats), as the event's condition: an
 # uncorrelated sub-select, so it runs once, before the event's row is locked.
 _HOLDER = f"""holder AS MATERIALIZED (
@@ -203,7 +214,7 @@ def _shared_event(holder: int | None) -> str:
 
 # The outer query: the event's row, then each seat locked (none: one row of NULLs) with ``taken``.
 _EVENT_AND_SEATS = f"""
-    SELECT e.id, e.sales_open, e.event_date, e.hold_minutes, %(free)s, s.id, s.code, {_TAKEN}
+    SELECT e.id, e.sales_open, e.event_date, e.hold_minutes, e.waiting_count, %(free)s, s.id, s.code, {_TAKEN}
     FROM event e LEFT JOIN seats s ON true ORDER BY s.id"""
 
 
@@ -213,8 +224,14 @@ def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], 
         rows = cursor.fetchall()
     if not rows:
         return None, [], (0, False)
-    event_id, sales_open, event_date, hold_minutes, *free = rows[0][:6]
-    event = Event(pk=event_id, sales_open=sales_open, event_date=event_date, hold_minutes=hold_minutes)
+    event_id, sales_open, event_date, hold_minutes, waiting_count, *free = rows[0][:7]
+    event = Event(
+        pk=event_id,
+        sales_open=sales_open,
+        event_date=event_date,
+        hold_minutes=hold_minutes,
+        waiting_count=waiting_count,
+    )
     seats = []
     for *_, seat_id, code, taken in rows:
         if seat_id is not None:
@@ -245,7 +262,14 @@ def share_event_lock_seats(
 
 
 def share_event_lock_free_seats(
-    event_id: int, *, quantity: int, window: int, free_at: datetime, skip_locked: bool, holder: int | None = None
+    event_id: int,
+    *,
+    quantity: int,
+    window: int,
+    free_at: datetime,
+    skip_locked: bool,
+    holder: int | None = None,
+    lock_seats: bool = True,
 ) -> tuple[Event | None, list[Seat], tuple[int, bool]]:
     """A best-available seat hold, in one statement: the ``holder``'s user row when given, the event
     ``FOR KEY SHARE``, then up to ``window``
@@ -254,13 +278,20 @@ def share_event_lock_free_seats(
     ``skip_locked``: in that order, passing over the seats others hold locked (it never waits, so its
     order cannot close a circle); otherwise waiting for them, in id order. Returns the event, the seats
     locked (id order; ``taken`` read from the snapshot, as in ``share_event_lock_seats``) and what the
-    snapshot says: how many seats are free, and whether a run of ``quantity`` adjacent ones is."""
+    snapshot says: how many seats are free, and whether a run of ``quantity`` adjacent ones is.
+    ``lock_seats`` off: the seats are read, not locked (a waiting-list offer, made under the event's
+    lock, ``freed_events_lock``: its claims' insert is the arbiter with a hold in flight, and it waits
+    for no seat, so it cannot wait in a circle; docs/decisions/0016-waiting-list.md)."""
     _in_transaction("share_event_lock_free_seats")
     free_and_adjacent = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM free WHERE n >= %(quantity)s)"
     # ``free``: each free seat with the length of its run (free seats numbered one after the other in a
     # row); ``preferred``: the first of them in order of preference, a bounded sort, far more than
     # ``window`` so that skipping the seats others hold locked still leaves enough (else: pick again).
-    if skip_locked:
+    if not lock_seats:
+        locked = f"""
+            SELECT s.id, s.event_id, s.code FROM {_SEAT} s JOIN preferred p ON p.id = s.id
+            ORDER BY p.short, p.section, p.row, p.number LIMIT %(window)s"""
+    elif skip_locked:
         locked = f"""
             SELECT s.id, s.event_id, s.code FROM {_SEAT} s JOIN preferred p ON p.id = s.id
             ORDER BY p.short, p.section, p.row, p.number LIMIT %(window)s FOR NO KEY UPDATE OF s SKIP LOCKED"""
@@ -290,6 +321,20 @@ def share_event_lock_free_seats(
         "holder": holder,
     }
     return _event_and_seats(sql, params)
+
+
+# 2 (again, after 4) and 5: the events of a transition that frees seats
+
+
+def freed_events_lock() -> str:
+    """The events of the hold groups a transition frees (a release, an expiry, a cancel), as a
+    sub-statement of the transition's own statement (its parameter: their ids): ``FOR NO KEY UPDATE``
+    in id order, returning each ``waiting_count`` as it is once the lock is held (READ COMMITTED
+    re-reads a row it waited for). It serializes the seats freed with the waiting list: a join, a
+    leave and every offer take the same lock, so a freed seat is offered to the head of the list that
+    every join before it committed, and two releases offer one after the other, in list order
+    (docs/decisions/0016-waiting-list.md). The seam a race control replaces."""
+    return f"SELECT id, waiting_count FROM {_EVENT} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR NO KEY UPDATE"
 
 
 # 4. claims

@@ -3,14 +3,19 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, When
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin, StateFilter, short_id
+from booking_site.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
 from booking_site.errors import DomainError
 from events import selectors, services
-from events.models import Event, SeatHoldGroup
+from events.models import Event, SeatHoldGroup, WaitlistEntry
 
 PLAIN, SECTIONS = "plain", "sections"
 UPDATABLE = ("name", "event_date", "location", "hold_minutes")  # what the change form may change
@@ -88,17 +93,20 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         "held_seats",
         "available_seats",
         "sales_open",
+        "waiting",
     ]
-    list_filter = ["sales_open", "event_date"]
+    list_filter = ["sales_open", "waitlist_enabled", "event_date"]
     search_fields = ["name", "location", "=id"]
     date_hierarchy = "event_date"
-    actions = ["close_sales", "open_sales"]
+    actions = ["close_sales", "open_sales", "turn_waitlist_off", "turn_waitlist_on"]
     readonly_fields = [
         "total_seats",
         "confirmed_seats",
         "held_seats",
         "available_seats",
         "sales_open",
+        "waitlist_enabled",
+        "waiting",
         "created_at",
         "seat_map",
         "audit_trail",
@@ -106,6 +114,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]}),
         ("Seats", {"fields": ["total_seats", "confirmed_seats", "held_seats", "available_seats", "seat_map"]}),
+        ("Waiting list", {"fields": ["waitlist_enabled", "waiting"]}),
         ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
     ]
 
@@ -165,6 +174,12 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def available_seats(self, event):
         return event.available_seats
 
+    @admin.display(description="Waiting", ordering="waiting_count")
+    def waiting(self, event):
+        """The WAITING entries, linked to the event's list (positions, offers, removal)."""
+        url = reverse("admin:events_waitlistentry_changelist") + f"?event__id__exact={event.pk}"
+        return format_html('<a href="{}">{} waiting</a>', url, event.waiting_count)
+
     @admin.display(description="Seat map")
     def seat_map(self, event):
         seats = selectors.seat_map(event=event, now=timezone.now())
@@ -194,11 +209,40 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def open_sales(self, request, queryset):
         self._set_sales(request, queryset, sales_open=True)
 
+    @admin.action(description="Turn the waiting list off for the selected events", permissions=["change"])
+    def turn_waitlist_off(self, request, queryset):
+        self._set_waitlist(request, queryset, enabled=False)
+
+    @admin.action(description="Turn the waiting list on for the selected events", permissions=["change"])
+    def turn_waitlist_on(self, request, queryset):
+        self._set_waitlist(request, queryset, enabled=True)
+
     def _set_sales(self, request, queryset, *, sales_open: bool) -> None:
+        done = self._each_event(
+            queryset,
+            lambda event_id: services.event_sales_set(
+                event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now()
+            ),
+        )
+        self.message_user(request, f"Sales {'opened' if sales_open else 'closed'} for {done} event(s).")
+
+    def _set_waitlist(self, request, queryset, *, enabled: bool) -> None:
+        done = self._each_event(
+            queryset,
+            lambda event_id: services.waitlist_set(
+                event_id=event_id, enabled=enabled, actor=request.user, now=timezone.now()
+            ),
+        )
+        kept = "." if enabled else "; those on it keep their place and are still offered seats."
+        self.message_user(request, f"Waiting list turned {'on' if enabled else 'off'} for {done} event(s){kept}")
+
+    @staticmethod
+    def _each_event(queryset, call) -> int:
+        """Call a service for each selected event (by id: the service locks and reads the row itself)."""
         ids = list(queryset.values_list("id", flat=True))
         for event_id in ids:
-            services.event_sales_set(event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now())
-        self.message_user(request, f"Sales {'opened' if sales_open else 'closed'} for {len(ids)} event(s).")
+            call(event_id)
+        return len(ids)
 
 
 @admin.register(SeatHoldGroup)
@@ -276,3 +320,104 @@ class SeatHoldGroupAdmin(ClaimAdmin):
             lambda g: services.seat_hold_expire(hold_group_id=g.pk, user=request.user, now=timezone.now()),
             "expired",
         )
+
+
+@admin.register(WaitlistEntry)
+class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
+    """Each event's waiting list, in join order: who waits for how many seats, their position, the offer
+    (a hold) an entry was made. Operators remove an entry through the action (a confirmation page
+    first), which calls the service: the entries behind move up, and the next may be offered seats."""
+
+    list_display = [
+        "id",
+        "event",
+        "position",
+        "user",
+        "quantity",
+        "state_now",
+        "offer",
+        "offer_expires_at",
+        "created_at",
+    ]
+    list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
+    search_fields = ["=id", "user__email", "user__name", "=hold_group__id"]
+    list_select_related = ["event", "user"]
+    ordering = ["event", "id"]
+    actions = ["remove_entries"]
+    readonly_fields = [
+        "id",
+        "event",
+        "user",
+        "quantity",
+        "state_now",
+        "position",
+        "offer",
+        "offer_expires_at",
+        "request_id",
+        "created_at",
+        "updated_at",
+        "audit_trail",
+    ]
+    fields = tuple(readonly_fields)
+
+    def get_queryset(self, request):
+        ahead = (
+            WaitlistEntry.objects.filter(event=OuterRef("event"), state="WAITING", id__lte=OuterRef("id"))
+            .order_by()
+            .values("event")
+            .annotate(n=Count("*"))
+            .values("n")
+        )  # on waitlist_entry_waiting_idx: as many rows as are ahead
+        waiting_position = Subquery(ahead, output_field=IntegerField())
+        return super().get_queryset(request).annotate(position_now=Case(When(state="WAITING", then=waiting_position)))
+
+    def has_change_permission(self, request, obj=None):
+        """The page is read-only; the removal action needs the change permission (given to operators)."""
+        return obj is None and admin.ModelAdmin.has_change_permission(self, request)
+
+    def get_audit_subject(self, entry):
+        return services.waitlist_entry_subject(entry)
+
+    @admin.display(description="Position", ordering="id")
+    def position(self, entry):
+        return entry.position_now
+
+    @admin.display(description="State", ordering="state")
+    def state_now(self, entry):
+        """As the API reads it: an offer whose hold is overdue is EXPIRED (the sweep has not run yet)."""
+        if entry.state == "OFFERED" and entry.offer_expires_at and entry.offer_expires_at <= timezone.now():
+            return "EXPIRED (offer overdue, sweep pending)"
+        return entry.state
+
+    @admin.display(description="Offer (hold)")
+    def offer(self, entry):
+        if entry.hold_group_id is None:
+            return None
+        url = reverse("admin:events_seatholdgroup_change", args=[entry.hold_group_id])
+        return format_html('<a href="{}">{}</a>', url, short_id(entry.hold_group_id))
+
+    @admin.action(description="Remove selected entries from the waiting list", permissions=["change"])
+    def remove_entries(self, request, queryset):
+        """A confirmation page first; removed entries become LEFT, recorded as the operator's act."""
+        if request.POST.get("confirmed") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/events/waitlistentry/remove_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Remove from the waiting list?",
+                    "entries": queryset.select_related("event", "user"),
+                    "action": "remove_entries",
+                    "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                    "opts": self.model._meta,
+                },
+            )
+        self.run_service(
+            request,
+            queryset,
+            lambda e: services.waitlist_leave(
+                event_id=e.event_id, entry_id=e.pk, user=request.user, now=timezone.now()
+            ),
+            "removed from the waiting list",
+        )
+        return None

@@ -2,9 +2,9 @@
 come from the engine). Every query names hold groups, the rows the admin shows."""
 
 from booking_site.invariants import Invariant, column, one_active_per, table
-from events.models import Event, SeatClaim, SeatHoldGroup
+from events.models import Event, SeatClaim, SeatHoldGroup, WaitlistEntry
 
-_EVENT, _CLAIM, _GROUP = table(Event), table(SeatClaim), table(SeatHoldGroup)
+_EVENT, _CLAIM, _GROUP, _ENTRY = table(Event), table(SeatClaim), table(SeatHoldGroup), table(WaitlistEntry)
 _CONFIRMED = column(Event, "confirmed_seats")
 
 INVARIANTS = [
@@ -34,5 +34,23 @@ INVARIANTS = [
                 SELECT c.group_id FROM {_CLAIM} c JOIN {_GROUP} g ON g.id = c.group_id
                 WHERE c.state IN ('HELD', 'CONFIRMED') AND (c.state <> g.state OR c.expires_at <> g.expires_at)""",
         model=SeatHoldGroup,
+    ),
+    Invariant(
+        name="events.waiting_counted",
+        holds="Each event's waiting_count equals its WAITING waiting-list entries.",
+        # Per event, a range of waitlist_entry_waiting_idx (event, id; WAITING entries only).
+        sql=f"""SELECT e.id FROM {_EVENT} e WHERE e.waiting_count <> (
+                    SELECT COUNT(*) FROM {_ENTRY} w WHERE w.event_id = e.id AND w.state = 'WAITING')""",
+        model=Event,
+    ),
+    Invariant(
+        name="events.offer_follows_its_hold",
+        holds="An OFFERED waiting-list entry's hold is HELD, an ACCEPTED one's was confirmed, and an entry's "
+        "offer expires when its hold does.",
+        sql=f"""SELECT w.id FROM {_ENTRY} w JOIN {_GROUP} g ON g.id = w.hold_group_id
+                WHERE (w.state = 'OFFERED' AND g.state <> 'HELD')
+                   OR (w.state = 'ACCEPTED' AND g.state NOT IN ('CONFIRMED', 'CANCELLED'))
+                   OR w.offer_expires_at <> g.expires_at""",
+        model=WaitlistEntry,
     ),
 ]

@@ -29,6 +29,12 @@ class Event(models.Model):
     # A counter, kept by the services in the transaction of each confirm / cancel, so that reading the
     # counts never has to count the booked seats: it costs the same at 0 % and at 100 % sold.
     confirmed_seats = models.PositiveIntegerField(default=0, editable=False)
+    # The waiting list (docs/decisions/0016-waiting-list.md): off, nobody may join; on by default.
+    waitlist_enabled = models.BooleanField(default=True, help_text="Whether users may join the waiting list")
+    # Another counter: the WAITING entries of the event, moved under the event's row lock by every join,
+    # leave and offer. Every seat hold reads it in its lock statement (no extra round trip): while it is
+    # above 0, seats go to the list, and public holds are refused.
+    waiting_count = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     held_seats: int  # annotated by selectors.events_with_counts, not a column
@@ -44,6 +50,7 @@ class Event(models.Model):
                 condition=Q(confirmed_seats__gte=0, confirmed_seats__lte=F("total_seats")),
                 name="event_confirmed_within_total",
             ),
+            models.CheckConstraint(condition=Q(waiting_count__gte=0), name="event_waiting_count_not_negative"),
         ]
         indexes = [models.Index(fields=["event_date"], name="event_date_idx")]
 
@@ -123,6 +130,7 @@ class SeatHoldGroup(Claim, models.Model):
     seats: list[Seat]
     seat_codes: list[str]
     expires_in: int  # seconds left, set by the API view that renders a hold
+    offer_to_waitlist: bool  # set by SeatHolds on a group whose transition freed seats people wait for
 
     class Meta:
         ordering = ["-created_at"]
@@ -180,3 +188,70 @@ class SeatClaim(models.Model):
 
     def __str__(self) -> str:
         return f"Claim on seat {self.seat_id} ({self.state})"
+
+
+class WaitlistEntry(models.Model):
+    """One user waiting for ``quantity`` seats of an event: WAITING → OFFERED (a hold group is made for
+    them: ``hold_group``) → ACCEPTED (they confirmed it) or EXPIRED (it lapsed or they released it);
+    WAITING → LEFT (they left, or an operator removed them). The join order is ``id`` (a sequence: the
+    database decides it, not a clock)."""
+
+    class State(models.TextChoices):
+        WAITING = "WAITING", "Waiting"
+        OFFERED = "OFFERED", "Offered"
+        ACCEPTED = "ACCEPTED", "Accepted"
+        EXPIRED = "EXPIRED", "Expired"
+        LEFT = "LEFT", "Left"
+
+    LIVE_STATES = [State.WAITING, State.OFFERED]
+
+    id = models.BigAutoField(primary_key=True)
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="waitlist_entries")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="waitlist_entries")
+    quantity = models.PositiveSmallIntegerField()
+    state = models.CharField(max_length=8, choices=State.choices, default=State.WAITING)
+    hold_group = models.OneToOneField(
+        SeatHoldGroup, on_delete=models.PROTECT, null=True, blank=True, related_name="waitlist_entry"
+    )
+    offer_expires_at = models.DateTimeField(null=True, blank=True)
+    request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["event", "id"]
+        verbose_name_plural = "waitlist entries"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(state__in=["WAITING", "OFFERED", "ACCEPTED", "EXPIRED", "LEFT"]),
+                name="waitlist_entry_state_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(quantity__gte=1, quantity__lte=50), name="waitlist_entry_quantity_range"
+            ),
+            models.UniqueConstraint(
+                fields=["event", "user"],
+                condition=Q(state__in=["WAITING", "OFFERED"]),
+                name="waitlist_entry_one_live_per_user_per_event",
+            ),
+            # An offer is a hold group: it has one from the moment it is offered, and never before.
+            models.CheckConstraint(
+                condition=Q(state__in=["WAITING", "LEFT"], hold_group__isnull=True, offer_expires_at__isnull=True)
+                | Q(
+                    state__in=["OFFERED", "ACCEPTED", "EXPIRED"],
+                    hold_group__isnull=False,
+                    offer_expires_at__isnull=False,
+                ),
+                name="waitlist_entry_offered_iff_hold_group",
+            ),
+        ]
+        indexes = [
+            # The head of an event's list, and a position: the WAITING entries ahead of one, by id.
+            models.Index(fields=["event", "id"], condition=Q(state="WAITING"), name="waitlist_entry_waiting_idx"),
+            models.Index(fields=["user", "-created_at"], name="waitlist_entry_user_idx"),
+        ]
+
+    position: int | None  # set by the services on an entry they return (``waitlist_position``)
+
+    def __str__(self) -> str:
+        return f"Waitlist entry #{self.pk} ({self.state})"

@@ -14,11 +14,11 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import Q, sql
+from django.db.models import F, Q, sql
 from django.utils import timezone
 
 from booking_site import locking
@@ -30,9 +30,16 @@ from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, Valid
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
-from events.models import Event, Seat, SeatClaim, SeatHoldGroup
+from events.models import Event, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
 
 State = SeatHoldGroup.State
+Entry = WaitlistEntry.State
+# What a hold group's transition makes of the waiting-list entry it was offered to.
+ENTRY_STATE_OF = {State.CONFIRMED: Entry.ACCEPTED, State.RELEASED: Entry.EXPIRED, State.EXPIRED: Entry.EXPIRED}
+FREEING_STATES = (State.RELEASED, State.EXPIRED, State.CANCELLED)  # transitions whose seats are free again
+OFFER_ACTOR = "system:waitlist"  # the actor of an offer's hold: the waiting list made it
+# An offer judges a seat by its stored rows: a hold, even an overdue one, still has it (until it is expired).
+OFFER_FREE_AT = datetime.min.replace(tzinfo=UTC)
 MAX_SEATS_PER_EVENT = 100_000
 MAX_SEATS_PER_HOLD = 50
 PICK_ATTEMPTS = 20  # best-available: how often to pick again when the seats locked came up short
@@ -56,6 +63,30 @@ class SalesClosed(Conflict):
 
 class HoldNotActive(Conflict):
     code = "hold_not_active"
+
+
+class WaitlistActive(Conflict):
+    """A public hold on an event whose waiting list has someone WAITING: freed seats are theirs first."""
+
+    code = "waitlist_active"
+
+
+class SeatsAvailable(Conflict):
+    """Joining the waiting list while that many seats are free and nobody waits: hold them instead."""
+
+    code = "seats_available"
+
+
+class WaitlistClosed(Conflict):
+    code = "waitlist_closed"
+
+
+class AlreadyWaiting(Conflict):
+    code = "already_waiting"
+
+
+class EntryNotWaiting(Conflict):
+    code = "waitlist_entry_not_waiting"
 
 
 class BookingNotActive(Conflict):
@@ -231,7 +262,8 @@ def event_update_details(
 
 
 def event_sales_set(*, event_id: int, sales_open: bool, actor: User | None, now: datetime) -> Event:
-    """Open or close sales. Closing stops new holds; holds already granted may still be confirmed."""
+    """Open or close sales. Closing stops new holds, and offers to the waiting list; holds already
+    granted may still be confirmed. Opening offers the free seats to the waiting list."""
     with transaction.atomic():
         event = _locked_event(locking.lock_event_sales, event_id)  # FOR UPDATE: waits for the holds in flight
         if event.sales_open == sales_open:
@@ -247,6 +279,8 @@ def event_sales_set(*, event_id: int, sales_open: bool, actor: User | None, now:
             to_state=states[1],
             actor=actor,
         )
+        if sales_open and event.waiting_count:
+            waitlist_offer(event_id=event_id, now=now)  # offers wait while sales are closed
     return event
 
 
@@ -265,6 +299,7 @@ class SeatHold:
     request_id: str
     now: datetime  # when it was asked: the lock statement judges which seats are taken by it
     attempt: int = 0  # best available: picking again after the seats locked came up short
+    offer: bool = False  # made by the waiting list for its head (``waitlist_offer``), not asked by a client
 
     @property
     def wait_for_seats(self) -> bool:
@@ -336,9 +371,25 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             details={"requested": request.quantity, "seatCodes": []},
         )
 
+    def limit_for(self, request: SeatHold) -> int | None:
+        """The cap a hold is held to: an offer has none (its quantity was held to it when its user joined,
+        and it takes no user lock: it runs after the event's lock, ``locking.freed_events_lock``)."""
+        return None if request.offer else self.cap.limit_for(request.actor)
+
     def lock_target(self, request: SeatHold) -> Target:
-        holder = request.user.pk if self.cap.limit_for(request.actor) is not None else None  # the cap's lock
-        if request.seat_codes is not None:
+        holder = request.user.pk if self.limit_for(request) is not None else None  # the cap's lock
+        if request.offer:
+            # Seats free by their stored rows alone: an offer never expires another hold (it would wait
+            # for that hold's row while holding the event's lock), and locks no seat (it waits for none).
+            event, seats, (available, adjacent_free) = locking.share_event_lock_free_seats(
+                request.event_id,
+                quantity=request.count,
+                window=request.count + PICK_SLACK,
+                free_at=OFFER_FREE_AT,
+                skip_locked=False,
+                lock_seats=False,
+            )
+        elif request.seat_codes is not None:
             event, seats = locking.share_event_lock_seats(
                 request.event_id, codes=request.seat_codes, taken_at=request.now, holder=holder
             )
@@ -365,6 +416,12 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def check_target(self, target: Target, request: SeatHold, *, now: datetime) -> None:
         self._check_sales(target.event, now=now)
+        if target.event.waiting_count and not request.offer:
+            raise WaitlistActive(
+                f"{target.event.waiting_count} users are waiting for seats of event {target.event.pk}, and seats "
+                "that free go to them first: join the waiting list.",
+                details={"waitingCount": target.event.waiting_count},
+            )
         if request.seat_codes is None:
             assert target.available is not None  # best available: the lock statement counted the free seats
             if target.available < request.count:
@@ -391,7 +448,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         event, best = target.event, request.seat_codes is None
         expires_at = now + timedelta(minutes=event.hold_minutes)
         group_id = uuid.uuid4()
-        limit = self.cap.limit_for(request.actor)
+        limit = self.limit_for(request)
         with connection.cursor() as cursor:
             cursor.execute(
                 HOLD_SQL.format(picked=PICK_BEST if best else PICK_NAMED),
@@ -402,8 +459,8 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                     "group": group_id,
                     "user": request.user.pk,
                     "limit": limit,
-                    "actor": actor.pk,
-                    "actor_label": f"user:{actor.pk}",
+                    "actor": None if request.offer else actor.pk,
+                    "actor_label": OFFER_ACTOR if request.offer else f"user:{actor.pk}",
                     "expiry_actor": EXPIRY_ACTOR,
                     "now": now,
                     "expires_at": expires_at,
@@ -415,6 +472,8 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             )
             expired, taken, held, picked, codes, adjacent, claimed, contended = cursor.fetchone()
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
+        if taken and request.offer:
+            raise PickAgain  # taken since the read of the candidates (an offer locks none)
         by_id = {s.pk: s.code for s in target.seats}
         _refuse_taken(event, [by_id[pk] for pk in taken])
         self.cap.check(count=held, asked=request.count, limit=limit, eventId=event.pk)
@@ -422,6 +481,8 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             raise PickAgain  # best available: some candidates were taken after the lock statement's snapshot
         if best and not adjacent and target.adjacent_free and not request.last_attempt:
             raise PickAgain  # adjacent seats are free, but others hold some of them locked: try those again
+        if claimed < request.count and request.offer:
+            raise PickAgain  # a hold in flight claimed one of its seats first (an offer locks none)
         if claimed < request.count:
             # The unique index refused a claim. Contended: a hold overdue in this snapshot was confirmed
             # meanwhile (its confirm judged it before its expiry), so the confirm won; else a backstop.
@@ -461,9 +522,12 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def update_and_record(self, groups: list[SeatHoldGroup], fields: dict, events: list, along: Along = ()) -> None:
         """One statement: the groups' ``UPDATE`` (compiled by the ORM), their seat claims mirroring
-        them, the event's booked-seat counter on a confirm or a cancel (the transaction's last lock,
-        ADR 0001 row 5), and the audit events. Sets ``seat_codes`` on a group written alone (so it
-        overrides the engine's statement rather than adding ``write_along`` parts: it returns them)."""
+        them, the event's row (its booked-seat counter on a confirm or a cancel, the transaction's last
+        lock, ADR 0001 row 5; the lock of the events whose seats a release or an expiry frees,
+        ``locking.freed_events_lock``), the waiting-list entries the groups were offered to (accepted
+        or lapsed) and the audit events. Sets ``seat_codes`` on a group written alone (so it overrides
+        the engine's statement rather than adding ``write_along`` parts: it returns them), and
+        ``offer_to_waitlist`` on each group: whether its event has people waiting (``on_write``)."""
         to_state = fields[self.model.STATE_FIELD]
         delta = 0
         if to_state in (State.CONFIRMED, State.CANCELLED):
@@ -471,34 +535,72 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             delta = group.seat_count if to_state == State.CONFIRMED else -group.seat_count
         update_sql, update_params = compiled_update(self.model, groups, fields)
         insert_sql, insert_params = compiled_audit_insert(events)
-        counted = f", counted AS (UPDATE {_EVENT} SET confirmed_seats = confirmed_seats + %s WHERE id = %s)"
+        if delta:
+            event_sql = (
+                f"UPDATE {_EVENT} SET confirmed_seats = confirmed_seats + %s WHERE id = %s RETURNING id, waiting_count"
+            )
+            event_params: tuple = (delta, groups[0].event_id)
+        else:
+            event_sql, event_params = locking.freed_events_lock(), (sorted({g.event_id for g in groups}),)
+        entry_state = ENTRY_STATE_OF.get(to_state)
+        entries = ""
+        if entry_state is not None:  # the offers these groups were: accepted, or lapsed
+            first = events[0]
+            entries = f""", entries AS (
+                UPDATE {_ENTRY} w SET state = %s, updated_at = %s FROM moved m
+                WHERE w.hold_group_id = m.id AND w.state = 'OFFERED' RETURNING w.id, w.event_id, w.hold_group_id
+            ), entry_events AS (
+                INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+                SELECT %s, %s, %s, 'waitlist_entry', w.id::text, %s, 'OFFERED', %s,
+                       jsonb_build_object('eventId', w.event_id, 'holdGroupId', w.hold_group_id), %s
+                FROM entries w
+            )"""
+            entry_params: tuple = (
+                entry_state,
+                fields["updated_at"],
+                first.occurred_at,
+                first.actor_id,
+                first.actor_label,
+                entry_state,
+                entry_state,
+                first.request_id,
+            )
         statement = f"""
             WITH moved AS ({update_sql} RETURNING id),
-            mirrored AS (UPDATE {_CLAIM} c SET state = %s FROM moved m WHERE c.group_id = m.id RETURNING c.seat_id)
-            {counted if delta else ""}{"".join(f", along_{i} AS ({part})" for i, (part, _) in enumerate(along))},
+            mirrored AS (UPDATE {_CLAIM} c SET state = %s FROM moved m WHERE c.group_id = m.id RETURNING c.seat_id),
+            counted AS ({event_sql}){entries}{"".join(f", along_{i} AS ({part})" for i, (part, _) in enumerate(along))},
             recorded AS ({insert_sql})
-            SELECT s.code FROM mirrored m JOIN {_SEAT} s ON s.id = m.seat_id ORDER BY s.section, s.row, s.number
+            SELECT s.code, (SELECT COALESCE(array_agg(id), '{{}}') FROM counted WHERE waiting_count > 0)
+            FROM mirrored m JOIN {_SEAT} s ON s.id = m.seat_id ORDER BY s.section, s.row, s.number
         """
         params = (
             *update_params,
             to_state,
-            *((delta, groups[0].event_id) if delta else ()),
+            *event_params,
+            *(entry_params if entries else ()),
             *(p for _, part_params in along for p in part_params),
             *insert_params,
         )
         try:
             with connection.cursor() as cursor:
                 cursor.execute(statement, params)
-                codes = [code for (code,) in cursor.fetchall()]
+                rows = cursor.fetchall()
         except IntegrityError as exc:
             if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != "event_confirmed_within_total":
                 raise
             _counter_refused(groups[0].event_id, delta)
+        waiting = set(rows[0][1]) if rows else set()
+        for group in groups:
+            group.offer_to_waitlist = group.event_id in waiting and to_state in FREEING_STATES
         if len(groups) == 1:
-            groups[0].seat_codes = codes
+            groups[0].seat_codes = [code for code, _ in rows]
 
     def on_write(self, groups: list[SeatHoldGroup], *, from_states: list[str], to_state: str, now: datetime) -> None:
-        """Nothing left: ``update_and_record`` moved the seat claims and the counter in its statement."""
+        """Seats freed while people wait go to the waiting list, in this transaction
+        (``update_and_record`` moved the seat claims and the counter in its statement, and locked the
+        events: ``locking.freed_events_lock``)."""
+        for event_id in sorted({g.event_id for g in groups if g.offer_to_waitlist}):
+            waitlist_offer(event_id=event_id, now=now)
 
     def refused(self, group: SeatHoldGroup, to_state: str) -> DomainError:
         if to_state == State.CANCELLED:
@@ -546,7 +648,8 @@ def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
 # snapshot and do not see each other's writes. ``picked``: the seats named (all of them), or best
 # available: among the candidates locked, those free now, the first run of ``quantity`` adjacent seats
 # in one row (front sections and rows first), else the first free seats in layout order. ``overdue``
-# expires the groups with an overdue claim on a picked seat, whole (all their seats); its UPDATE waits
+# expires the groups with an overdue claim on a picked seat, whole (all their seats), and ``lapsed`` the
+# waiting-list offers among them (a hold runs only while nobody waits: no offer of the seats follows); its UPDATE waits
 # for a request holding one of them and skips a group that request moved. ``free`` judges by the
 # snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue_claims`` so those UPDATEs have
 # run before ``claimed`` inserts. When a hold overdue in the snapshot was confirmed meanwhile, the
@@ -554,7 +657,9 @@ def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
 # win, not a backstop. ``held`` counts the seats the user holds live on the event (the cap,
 # ``SeatHolds.cap``): read under the holder's lock, taken by the lock statement (none when the cap does
 # not apply: ``limit`` is then NULL); ``free`` lets the hold through only within the cap.
-_EVENT, _SEAT, _CLAIM, _GROUP = (m._meta.db_table for m in (Event, Seat, SeatClaim, SeatHoldGroup))
+_EVENT, _SEAT, _CLAIM, _GROUP, _ENTRY = (
+    m._meta.db_table for m in (Event, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry)
+)
 _AUDIT = AuditEvent._meta.db_table
 _AUDIT_COLUMNS = audit.SQL_COLUMNS
 _ACTIVE = "(c.state = 'CONFIRMED' OR (c.state = 'HELD' AND c.expires_at > %(now)s))"
@@ -592,6 +697,14 @@ WITH picked AS MATERIALIZED ({{picked}}
     SELECT %(occurred_at)s, NULL, %(expiry_actor)s, 'seat_hold_group', o.id::text, 'EXPIRED', 'HELD', 'EXPIRED',
            jsonb_build_object('eventId', o.event_id, 'bookingGroupId', NULL), %(trace_id)s
     FROM overdue o
+), lapsed AS (
+    UPDATE {_ENTRY} w SET state = 'EXPIRED', updated_at = %(now)s FROM overdue o
+    WHERE w.hold_group_id = o.id AND w.state = 'OFFERED' RETURNING w.id, w.event_id, w.hold_group_id
+), lapsed_events AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, 'waitlist_entry', w.id::text, 'EXPIRED', 'OFFERED', 'EXPIRED',
+           jsonb_build_object('eventId', w.event_id, 'holdGroupId', w.hold_group_id), %(trace_id)s
+    FROM lapsed w
 ), taken AS (
     SELECT c.seat_id FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id WHERE {_ACTIVE}
 ), held AS (
@@ -735,3 +848,202 @@ def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: s
 def seat_holds_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
     """Flip every hold group overdue at ``now`` to EXPIRED, one audit event each (the beat job)."""
     return SEAT_HOLDS.expire_due(now=now, batch_size=batch_size)
+
+
+# --- the waiting list (docs/contract.md §5.8, docs/decisions/0016-waiting-list.md) --------------------
+#
+# The event's row lock (``FOR NO KEY UPDATE``) serializes every change of its WAITING entries: a join, a
+# leave and an offer each take it (a transition that frees seats takes it in its own statement:
+# ``locking.freed_events_lock``), and the entries themselves are read under it, never locked. An OFFERED
+# entry changes with its hold group, in the group's own statement (``SeatHolds.update_and_record``,
+# ``HOLD_SQL``'s ``lapsed``), under the group's row lock.
+
+
+def waitlist_entry_subject(entry: WaitlistEntry) -> audit.Subject:
+    return audit.Subject(type="waitlist_entry", id=entry.pk)
+
+
+def waitlist_position(entry: WaitlistEntry) -> int | None:
+    """Where a WAITING entry stands (1: next to be offered seats), else None: the WAITING entries of its
+    event up to it, counted on the partial index ``waitlist_entry_waiting_idx`` (as many rows as are ahead)."""
+    if entry.state != Entry.WAITING:
+        return None
+    return WaitlistEntry.objects.filter(event_id=entry.event_id, state=Entry.WAITING, id__lte=entry.pk).count()
+
+
+def _free_seats(event: Event, *, now: datetime) -> int:
+    """The event's seats free at ``now`` as clients count them (an overdue hold is free)."""
+    held = SeatClaim.objects.filter(event=event, state=State.HELD, expires_at__gt=now).count()
+    return event.total_seats - event.confirmed_seats - held
+
+
+def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, request_id: str = "") -> WaitlistEntry:
+    """Put ``user`` on the event's waiting list for ``quantity`` seats (at the end: the order is the
+    entries' ids). Refused when the list is off, sales are closed, ``quantity`` is over the cap on held
+    seats, the user is on the list already, or that many seats are free now and nobody waits (hold them)."""
+    limit = SEAT_HOLDS.cap.limit_for(user)
+    if not 1 <= quantity <= MAX_SEATS_PER_HOLD:
+        raise ValidationFailed.for_field("quantity", f"Wait for 1 to {MAX_SEATS_PER_HOLD} seats.")
+    SEAT_HOLDS.cap.check(count=0, asked=quantity, limit=limit, eventId=event_id)
+    try:
+        with transaction.atomic():
+            event = _locked_event(locking.lock_event, event_id)
+            now = locked_now(now)
+            if not event.waitlist_enabled:
+                raise WaitlistClosed(f"The waiting list of event {event_id} is closed.")
+            SEAT_HOLDS._check_sales(event, now=now)
+            live = WaitlistEntry.objects.filter(event=event, user=user, state__in=WaitlistEntry.LIVE_STATES).first()
+            if live is not None:
+                raise _already_waiting(live)
+            if not event.waiting_count:
+                free = _free_seats(event, now=now)
+                if free >= quantity:
+                    raise SeatsAvailable(
+                        f"Event {event_id} has {free} seats available: hold them instead.",
+                        details={"requested": quantity, "available": free},
+                    )
+            entry = WaitlistEntry.objects.create(
+                event=event, user=user, quantity=quantity, request_id=request_id, created_at=now, updated_at=now
+            )
+            Event.objects.filter(pk=event_id).update(waiting_count=F("waiting_count") + 1)
+            audit.record(
+                subject=waitlist_entry_subject(entry),
+                event="CREATED",
+                to_state=Entry.WAITING,
+                actor=user,
+                metadata={"eventId": event_id, "quantity": quantity},
+            )
+    except IntegrityError:  # the backstop, waitlist_entry_one_live_per_user_per_event (the lock decides first)
+        CONSTRAINT_BACKSTOPS.labels("waitlist_entry_one_live_per_user_per_event").inc()
+        live = WaitlistEntry.objects.filter(event_id=event_id, user=user, state__in=WaitlistEntry.LIVE_STATES).first()
+        if live is None:
+            raise
+        raise _already_waiting(live) from None
+    entry.position = event.waiting_count + 1  # read under the lock: everyone WAITING is ahead
+    return entry
+
+
+def _already_waiting(entry: WaitlistEntry) -> AlreadyWaiting:
+    return AlreadyWaiting(
+        f"You are on the waiting list of event {entry.event_id} already (entry {entry.pk}, {entry.state}).",
+        details={"entryId": entry.pk, "state": entry.state},
+    )
+
+
+def waitlist_leave(*, event_id: int, entry_id: int, user: User, now: datetime) -> WaitlistEntry:
+    """Take a WAITING entry off the list (its user leaves, or an operator removes it). The entries behind
+    move up; when it was the head, the next may fit the seats free now, and is offered them."""
+    with transaction.atomic():
+        event = _locked_event(locking.lock_event, event_id)
+        entry = WaitlistEntry.objects.filter(pk=entry_id, event_id=event_id).first()
+        if entry is None:
+            raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
+        if not user.is_staff and entry.user_id != user.pk:
+            raise NotOwner(f"Waiting-list entry {entry_id} belongs to another user.")
+        if entry.state != Entry.WAITING:
+            raise EntryNotWaiting(
+                f"Waiting-list entry {entry_id} is {entry.state}: only a waiting entry leaves the list.",
+                details={"state": entry.state},
+            )
+        now = locked_now(now)
+        was_head = waitlist_position(entry) == 1
+        entry.state, entry.updated_at = Entry.LEFT, now
+        entry.save(update_fields=["state", "updated_at"])
+        Event.objects.filter(pk=event_id).update(waiting_count=F("waiting_count") - 1)
+        audit.record(
+            subject=waitlist_entry_subject(entry),
+            event=Entry.LEFT,
+            from_state=Entry.WAITING,
+            to_state=Entry.LEFT,
+            actor=user,
+            metadata={"eventId": event_id},
+        )
+        if was_head and event.waiting_count > 1:
+            waitlist_offer(event_id=event_id, now=now)
+    return entry
+
+
+def waitlist_set(*, event_id: int, enabled: bool, actor: User | None, now: datetime) -> Event:
+    """Turn the event's waiting list on or off. Off, nobody joins; the entries on it keep their place
+    and are still offered the seats that free (an operator removes them to end that)."""
+    with transaction.atomic():
+        event = _locked_event(locking.lock_event, event_id)
+        audit.record_update(event, {"waitlist_enabled": enabled}, actor=actor, now=locked_now(now))
+    return event
+
+
+# One offer to the head, once its hold is made: the entry, the event's waiting counter (returned: how many
+# still wait), the audit event.
+ENTRY_OFFERED_SQL = f"""
+WITH offered AS (
+    UPDATE {_ENTRY} SET state = 'OFFERED', hold_group_id = %(group)s, offer_expires_at = %(expires_at)s,
+                        updated_at = %(now)s
+    WHERE id = %(entry)s AND state = 'WAITING' RETURNING id
+), counted AS (
+    UPDATE {_EVENT} SET waiting_count = waiting_count - 1 WHERE id = %(event)s AND EXISTS (SELECT FROM offered)
+    RETURNING waiting_count
+), recorded AS (
+    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
+    SELECT %(occurred_at)s, NULL, %(actor_label)s, 'waitlist_entry', id::text, 'OFFERED', 'WAITING', 'OFFERED',
+           %(metadata)s::jsonb, %(trace_id)s
+    FROM offered
+)
+SELECT (SELECT COUNT(*) FROM offered), (SELECT waiting_count FROM counted)
+"""
+
+
+def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
+    """Offer the event's free seats to its waiting list, head first: each offer is an ordinary seat
+    hold (best available, adjacent where possible) owned by the entry's user, for the event's hold
+    length. Strict order: it stops at the first entry whose whole quantity is not free (or when sales
+    are closed). Caller holds the event's row lock (``lock_event``, ``freed_events_lock``)."""
+    offered: list[WaitlistEntry] = []
+    while True:
+        head = WaitlistEntry.objects.filter(event_id=event_id, state=Entry.WAITING).select_related("user").first()
+        if head is None:
+            return offered
+        ask = SeatHold(
+            event_id=event_id,
+            user=head.user,
+            actor=head.user,
+            seat_codes=None,
+            quantity=head.quantity,
+            request_id="",
+            now=now,
+            offer=True,
+        )
+        try:
+            group = SEAT_HOLDS.hold(ask, now=now, actor=head.user)
+        except (SeatsUnavailable, SalesClosed):
+            return offered
+        codes = sorted(s.code for s in group.seats)
+        metadata = {
+            "eventId": event_id,
+            "userId": head.user_id,
+            "quantity": head.quantity,
+            "holdGroupId": group.pk,
+            "seatCodes": codes,
+            "expiresAt": group.expires_at,
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(
+                ENTRY_OFFERED_SQL,
+                {
+                    "group": group.pk,
+                    "expires_at": group.expires_at,
+                    "now": now,
+                    "entry": head.pk,
+                    "event": event_id,
+                    "occurred_at": timezone.now(),
+                    "actor_label": OFFER_ACTOR,
+                    "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
+                    "trace_id": current_request_id() or "",
+                },
+            )
+            [(moved, still_waiting)] = cursor.fetchall()
+        if not moved:  # under the event's lock a WAITING entry cannot change: a lock is missing
+            raise RuntimeError(f"waiting-list entry {head.pk} changed under its event's lock")
+        head.state, head.hold_group, head.offer_expires_at = Entry.OFFERED, group, group.expires_at
+        offered.append(head)
+        if not still_waiting:
+            return offered

@@ -62,6 +62,8 @@ class EventOut(serializers.Serializer):
     availableSeats = serializers.IntegerField(source="available_seats")
     salesOpen = serializers.BooleanField(source="sales_open")
     holdMinutes = serializers.IntegerField(source="hold_minutes")
+    waitlistEnabled = serializers.BooleanField(source="waitlist_enabled", help_text="Whether users may join")
+    waitingCount = serializers.IntegerField(source="waiting_count", help_text="Users on the waiting list, WAITING")
     createdAt = serializers.DateTimeField(source="created_at")
 
 
@@ -158,3 +160,25 @@ class BookingCancelIn(StrictSerializer):
 class BookingCancelOut(serializers.Serializer):
     cancelled = serializers.BooleanField()
     bookingGroupId = serializers.UUIDField()
+
+
+class WaitlistJoinIn(StrictSerializer):
+    quantity = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_SEATS_PER_HOLD,
+        help_text="Seats wanted, all together (at most the cap on held seats)",
+    )
+
+
+class WaitlistEntryOut(serializers.Serializer):
+    entryId = serializers.IntegerField(source="id")
+    eventId = serializers.IntegerField(source="event_id")
+    userId = serializers.IntegerField(source="user_id")
+    state = serializers.ChoiceField(choices=["WAITING", "OFFERED", "ACCEPTED", "EXPIRED", "LEFT"])
+    position = serializers.IntegerField(
+        allow_null=True, help_text="1: offered the next seats that free; null unless WAITING"
+    )
+    quantity = serializers.IntegerField()
+    holdGroupId = serializers.UUIDField(source="hold_group_id", allow_null=True, help_text="The offer: a seat hold")
+    offerExpiresAt = serializers.DateTimeField(source="offer_expires_at", allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at")

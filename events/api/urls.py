@@ -9,6 +9,10 @@ urlpatterns = [
     path("events/<id:event_id>/seats/reserve", views.SeatsReserve.as_view(), name="event-seats-reserve"),
     path("events/<id:event_id>/seats/confirm", views.SeatsConfirm.as_view(), name="event-seats-confirm"),
     path("events/<id:event_id>/seats/release", views.SeatsRelease.as_view(), name="event-seats-release"),
+    path("events/<id:event_id>/waitlist", views.Waitlist.as_view(), name="event-waitlist"),
+    path(
+        "events/<id:event_id>/waitlist/<id:entry_id>", views.WaitlistEntryDetail.as_view(), name="event-waitlist-entry"
+    ),
     path("events/holds/<uuid:hold_group_id>", views.HoldDetail.as_view(), name="event-hold-detail"),
     path("events/holds/<uuid:hold_group_id>/events", views.HoldEvents.as_view(), name="event-hold-events"),
     path("events/bookings/<uuid:booking_group_id>", views.BookingDetail.as_view(), name="event-booking-detail"),

@@ -32,8 +32,10 @@ from events.api.serializers import (
     SeatHoldIn,
     SeatHoldOut,
     SeatMapOut,
+    WaitlistEntryOut,
+    WaitlistJoinIn,
 )
-from events.models import SeatHoldGroup
+from events.models import SeatHoldGroup, WaitlistEntry
 
 
 def _event(event_id: int, *, now=None):
@@ -136,7 +138,7 @@ class SeatsReserve(APIView):
         request=SeatHoldIn,
         responses={
             201: SeatHoldOut,
-            **errors(services.SeatsUnavailable, services.SalesClosed, LimitReached, Forbidden),
+            **errors(services.SeatsUnavailable, services.SalesClosed, services.WaitlistActive, LimitReached, Forbidden),
         },
     )
     @idempotent
@@ -277,3 +279,62 @@ class BookingEvents(AuditTrailView):
 
     def get_subject(self):
         return services.hold_subject(_visible_booking(self.request, self.kwargs["booking_group_id"]))
+
+
+def _entry_out(entry: WaitlistEntry) -> dict:
+    """An entry as clients see it: an offer whose hold is overdue reads EXPIRED, as its hold does."""
+    if entry.state == "OFFERED" and entry.offer_expires_at is not None and entry.offer_expires_at <= timezone.now():
+        entry.state = "EXPIRED"
+    if not hasattr(entry, "position"):
+        entry.position = services.waitlist_position(entry)
+    return WaitlistEntryOut(entry).data
+
+
+class Waitlist(APIView):
+    """Join the event's waiting list: seats that free go to it first, in join order (docs/contract.md §5.8)."""
+
+    @extend_schema(
+        request=WaitlistJoinIn,
+        responses={
+            201: WaitlistEntryOut,
+            **errors(
+                services.SeatsAvailable,
+                services.AlreadyWaiting,
+                services.WaitlistClosed,
+                services.SalesClosed,
+                LimitReached,
+            ),
+        },
+    )
+    @idempotent
+    def post(self, request, event_id: int):
+        data = WaitlistJoinIn.validated(request)
+        entry = services.waitlist_join(
+            event_id=event_id,
+            user=request.user,
+            quantity=data["quantity"],
+            now=timezone.now(),
+            request_id=request.idempotency_key or "",
+        )
+        return Response(_entry_out(entry), status=201)
+
+
+class WaitlistEntryDetail(APIView):
+    """One entry of the waiting list (its user's, or any for an operator): GET reads it, DELETE leaves."""
+
+    def _entry(self, request, event_id: int, entry_id: int) -> WaitlistEntry:
+        entry = WaitlistEntry.objects.filter(pk=entry_id, event_id=event_id).first()
+        if entry is None:
+            raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
+        require_owner(user=request.user, owner_id=entry.user_id, what=f"Waiting-list entry {entry_id}")
+        return entry
+
+    @extend_schema(responses={200: WaitlistEntryOut, **errors(NotOwner)})
+    def get(self, request, event_id: int, entry_id: int):
+        return Response(_entry_out(self._entry(request, event_id, entry_id)))
+
+    @extend_schema(responses={200: WaitlistEntryOut, **errors(services.EntryNotWaiting, NotOwner)})
+    @idempotent
+    def delete(self, request, event_id: int, entry_id: int):
+        entry = services.waitlist_leave(event_id=event_id, entry_id=entry_id, user=request.user, now=timezone.now())
+        return Response(_entry_out(entry))

@@ -108,6 +108,9 @@ def _cases(staff) -> dict[str, Case]:
             {"holdGroupId": str(to_release.pk), "userId": str(guest.pk)},
         ),
         "event-booking-cancel": Case(f"/api/events/bookings/{booked.booking_group_id}/cancel", {"reason"}),
+        "event-waitlist": Case(
+            f"/api/events/{make_event(total_seats=1).pk}/waitlist", {"quantity"}, {"quantity": "2"}, 201
+        ),
         "slot-list": Case(
             "/api/slots",
             {"startTime", "endTime", "capacity", "title", "specialization", "hostId"},

@@ -1,5 +1,6 @@
 """A model-based test of the claim lifecycle (booking_site/engine.py, docs/contract.md §2): random sequences
 of holds, confirms, releases, cancels, operator expiries, the expiry job and a clock that jumps forward,
+and joins and leaves of the event's waiting list, whose head is offered the seats that free (§5.8),
 over two users and a few resources in all three domains (cars, seats of an event, two slots), driven
 through the services. After every step the database, and what clients read through the API, must
 agree with a plain Python model: who holds what, the counts, each claim's state as clients see it (an
@@ -28,9 +29,10 @@ from rest_framework.test import APIClient
 from booking_site import expiry, invariants
 from booking_site.audit.models import AuditEvent
 from booking_site.errors import DomainError
+from events import selectors as event_selectors
 from events import services as events
 from events.api import views as event_views
-from events.models import SeatHoldGroup
+from events.models import SeatHoldGroup, WaitlistEntry
 from reservations import services as reservations
 from reservations.api import views as reservation_views
 from reservations.models import Reservation
@@ -47,6 +49,7 @@ PENDING, CANCELLED, RELEASED = "PENDING", "CANCELLED", "RELEASED"
 SEAT_CODES = [f"S{n}" for n in range(1, 7)]
 ACTORS = st.sampled_from(["owner", "owner", "operator", "other"])  # who asks for a transition
 SUBJECT_TYPE = {"reservations": "reservation", "events": "seat_hold_group", "slots": "slotbooking"}
+WAITING, OFFERED, ACCEPTED, LEFT = "WAITING", "OFFERED", "ACCEPTED", "LEFT"
 
 
 @dataclass
@@ -94,9 +97,31 @@ class Claim:
         self.trail.append(state)
 
 
+@dataclass
+class Entry:
+    """One waiting-list entry as the model knows it."""
+
+    pk: int
+    owner: int
+    quantity: int
+    state: str = WAITING
+    offer: Claim | None = None  # the hold it was offered
+    trail: list[str] = field(default_factory=lambda: ["CREATED"])
+
+    def seen_state(self, now: datetime) -> str:
+        if self.state == OFFERED and self.offer is not None and self.offer.overdue(now):
+            return EXPIRED  # as its hold reads
+        return self.state
+
+    def move(self, state: str) -> None:
+        self.state = state
+        self.trail.append(state)
+
+
 class ClaimLifecycle(RuleBasedStateMachine):
     world: World  # set by the test, before the first example
     claims = Bundle("claims")
+    entries = Bundle("entries")
 
     def __init__(self):
         super().__init__()
@@ -106,6 +131,7 @@ class ClaimLifecycle(RuleBasedStateMachine):
         for views in (reservation_views, event_views, slot_views):
             views.timezone = self.clock  # the API reads judge by the same clock (restored by the test)
         self.model: dict[tuple[str, object], Claim] = {}
+        self.waitlist: list[Entry] = []  # in join order
         self.first_event = AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
         self.api = APIClient()
         self.api.force_authenticate(self.world.staff)
@@ -127,7 +153,34 @@ class ClaimLifecycle(RuleBasedStateMachine):
         return [c for c in self.model.values() if c.domain == domain]
 
     def expire(self, claim: Claim) -> None:
-        claim.move(EXPIRED)
+        self.move(claim, EXPIRED)
+
+    def move(self, claim: Claim, state: str) -> None:
+        """A claim's transition, and what it makes of the waiting-list entry it was offered to."""
+        claim.move(state)
+        for entry in self.waitlist:
+            if entry.offer is claim and entry.state == OFFERED and state in (CONFIRMED, RELEASED, EXPIRED):
+                entry.move(ACCEPTED if state == CONFIRMED else EXPIRED)
+
+    def waiting(self) -> list[Entry]:
+        return [e for e in self.waitlist if e.state == WAITING]
+
+    def offers(self) -> None:
+        """The seats that freed go to the head of the list while its whole quantity is free: free by the
+        stored rows (a hold overdue but not yet expired still has its seats)."""
+        while self.waiting():
+            head = self.waiting()[0]
+            stored = {code for c in self.of("events") if c.state in (HELD, CONFIRMED) for code in c.seats}
+            free = set(SEAT_CODES) - stored
+            if len(free) < head.quantity:
+                return
+            group = WaitlistEntry.objects.get(pk=head.pk).hold_group
+            assert group is not None, f"entry {head.pk} should have been offered {head.quantity} of {sorted(free)}"
+            codes = tuple(sorted(event_selectors.group_seat_codes(group)))
+            assert len(codes) == head.quantity and set(codes) <= free
+            expires_at = self.now + timedelta(minutes=self.world.event.hold_minutes)
+            head.offer = self.add(Claim("events", group.pk, head.owner, None, HELD, expires_at, seats=codes))
+            head.move(OFFERED)
 
     def attempt(self, call, expected_error: str | None):
         """Call a service; it must raise the DomainError with code ``expected_error``, or succeed."""
@@ -185,7 +238,7 @@ class ClaimLifecycle(RuleBasedStateMachine):
             lambda: events.seat_hold(
                 event_id=self.world.event.pk, user=self.world.users[user], seat_codes=sorted(codes), now=self.now
             ),
-            "seats_unavailable" if taken else None,
+            "waitlist_active" if self.waiting() else "seats_unavailable" if taken else None,
         )
         if group is None:
             return multiple()
@@ -199,7 +252,7 @@ class ClaimLifecycle(RuleBasedStateMachine):
             lambda: events.seat_hold(
                 event_id=self.world.event.pk, user=self.world.users[user], quantity=quantity, now=self.now
             ),
-            "seats_unavailable" if len(free) < quantity else None,
+            "waitlist_active" if self.waiting() else "seats_unavailable" if len(free) < quantity else None,
         )
         if group is None:
             return multiple()
@@ -235,6 +288,47 @@ class ClaimLifecycle(RuleBasedStateMachine):
         state = PENDING if hold else CONFIRMED
         return self.add(Claim("slots", booking.pk, guest.pk, the_slot.pk, state, expires_at, seat_count=seats))
 
+    # --- the waiting list -------------------------------------------------------------------------
+
+    @rule(target=entries, user=st.integers(0, 1), quantity=st.integers(1, 4))
+    def join_waitlist(self, user, quantity):
+        owner = self.world.users[user]
+        free = len(SEAT_CODES) - len(self.seats_taken())
+        if any(e.owner == owner.pk and e.state in (WAITING, OFFERED) for e in self.waitlist):
+            expected = "already_waiting"
+        elif not self.waiting() and free >= quantity:
+            expected = "seats_available"
+        else:
+            expected = None
+        joined = self.attempt(
+            lambda: events.waitlist_join(event_id=self.world.event.pk, user=owner, quantity=quantity, now=self.now),
+            expected,
+        )
+        if joined is None:
+            return multiple()
+        assert joined.position == len(self.waiting()) + 1
+        entry = Entry(joined.pk, owner.pk, quantity)
+        self.waitlist.append(entry)
+        return entry
+
+    @rule(entry=entries, who=ACTORS)
+    def leave_waitlist(self, entry, who):
+        owner, other = sorted(self.world.users, key=lambda u: u.pk != entry.owner)
+        user = {"owner": owner, "operator": self.world.staff, "other": other}[who]
+        if who == "other":
+            expected = "not_owner"
+        elif entry.state != WAITING:
+            expected = "waitlist_entry_not_waiting"
+        else:
+            expected = None
+        left = self.attempt(
+            lambda: events.waitlist_leave(event_id=self.world.event.pk, entry_id=entry.pk, user=user, now=self.now),
+            expected,
+        )
+        if left is not None:
+            entry.move(LEFT)
+            self.offers()
+
     # --- transitions ------------------------------------------------------------------------------
 
     def transition(self, claim: Claim, who: str, to_state: str) -> None:
@@ -257,13 +351,14 @@ class ClaimLifecycle(RuleBasedStateMachine):
             self.attempt(call, "hold_expired" if to_state == CONFIRMED else refused)
         elif to_state in ALLOWED[claim.domain].get(claim.state, ()):
             result = self.attempt(call, None)
-            claim.move(to_state)
+            self.move(claim, to_state)
             if claim.domain == "events" and to_state == CONFIRMED:
                 claim.booking_id = result.booking_group_id
         elif to_state == CONFIRMED and claim.state == EXPIRED:
             self.attempt(call, "hold_expired")  # however it expired
         else:
             self.attempt(call, refused)
+        self.offers()
 
     @rule(claim=claims, who=ACTORS)
     def confirm(self, claim, who):
@@ -296,6 +391,7 @@ class ClaimLifecycle(RuleBasedStateMachine):
         for claim in due:
             self.expire(claim)
         assert sum(done.values()) == len(due)
+        self.offers()
 
     @rule(seconds=st.sampled_from([20, 90, 4 * 60, 6 * 60, 16 * 60]))
     def clock_jumps(self, seconds):
@@ -341,6 +437,25 @@ class ClaimLifecycle(RuleBasedStateMachine):
         ):
             trails.setdefault((subject_type, subject_id), []).append(event_type)
         assert trails == {(SUBJECT_TYPE[c.domain], str(c.pk)): c.trail for c in self.model.values()}
+        entry_trails: dict[str, list[str]] = {}
+        for subject_id, event_type in (
+            AuditEvent.objects.filter(id__gt=self.first_event, subject_type="waitlist_entry")
+            .order_by("id")
+            .values_list("subject_id", "event_type")
+        ):
+            entry_trails.setdefault(subject_id, []).append(event_type)
+        assert entry_trails == {str(e.pk): e.trail for e in self.waitlist}
+
+    @invariant()
+    def the_waiting_list_is_the_models(self):
+        stored = dict(WaitlistEntry.objects.filter(event=self.world.event).values_list("pk", "state"))
+        assert stored == {e.pk: e.state for e in self.waitlist}
+        counts = self.api.get(f"/api/events/{self.world.event.pk}").json()
+        assert counts["waitingCount"] == len(self.waiting())
+        for entry in self.waitlist[-2:]:
+            read = self.api.get(f"/api/events/{self.world.event.pk}/waitlist/{entry.pk}").json()
+            position = self.waiting().index(entry) + 1 if entry.state == WAITING else None
+            assert (read["state"], read["position"]) == (entry.seen_state(self.now), position)
 
     @invariant()
     def clients_read_what_the_model_says(self):

@@ -16,7 +16,7 @@ from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import record
 from booking_site.tasks import check_invariants
 from events import services as events
-from events.models import Event, SeatClaim, SeatHoldGroup
+from events.models import Event, SeatClaim, SeatHoldGroup, WaitlistEntry
 from reservations import services as reservations
 from reservations.models import Reservation
 from slots import services as slots
@@ -129,6 +129,28 @@ def _confirmed_seats_drifted():
     return {event.pk}
 
 
+def _waiting_count_drifted():
+    event = make_event(total_seats=3)
+    Event.objects.filter(pk=event.pk).update(waiting_count=2)
+    return {event.pk}
+
+
+def _offer_outliving_its_hold():
+    event = make_event(total_seats=2)
+    group = write_hold(event, ["S1", "S2"], state="CONFIRMED")
+    entry = WaitlistEntry.objects.create(
+        event=event,
+        user=UserFactory(),
+        quantity=2,
+        state="OFFERED",
+        hold_group=group,
+        offer_expires_at=group.expires_at,
+        created_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    return {entry.pk}
+
+
 def _seat_claim_left_behind():
     event = make_event(total_seats=3)
     group = write_hold(event, ["S1", "S2"])
@@ -183,6 +205,8 @@ CORRUPTIONS = {
     "events.one_active_claim_per_seat": [_seat_in_two_holds],
     "events.confirmed_seats_counted": [_confirmed_seats_drifted],
     "events.seat_claims_mirror_group": [_seat_claim_left_behind],
+    "events.waiting_counted": [_waiting_count_drifted],
+    "events.offer_follows_its_hold": [_offer_outliving_its_hold],
     "events.terminal_claim_audited_once": [_seat_hold_ended_unaudited],
     "events.no_stale_hold": [_stale_seat_hold],
     "slots.booked_counted": [_slot_counter_drifted],
@@ -264,7 +288,7 @@ def test_the_admin_index_says_what_is_broken_and_links_the_rows(staff, client):
 
     page = client.get("/admin/").content.decode()
 
-    assert "1 of 12 invariants broken" in page
+    assert f"1 of {len(invariants.registered())} invariants broken" in page
     assert "reservations.one_active_per_car" in page
     for pk in rows:
         assert f'<a href="/admin/reservations/reservation/{pk}/change/">{pk}</a>' in page

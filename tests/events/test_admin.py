@@ -8,8 +8,9 @@ from django.utils import timezone
 from booking_site.audit.models import AuditEvent
 from events import services
 from events.admin import EventAdmin
-from events.models import Event, Seat, SeatHoldGroup
+from events.models import Event, Seat, SeatHoldGroup, WaitlistEntry
 from tests.events.factories import make_event, violations, write_hold
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -252,3 +253,58 @@ def test_an_event_already_past_can_still_be_renamed(admin_client):
 
 def _now():
     return timezone.now()
+
+
+# --- the waiting list ------------------------------------------------------------------------------
+
+
+def waiting_event(n: int = 2):
+    event = make_event(total_seats=2)
+    write_hold(event, ["S1", "S2"])
+    users = [UserFactory() for _ in range(n)]
+    return event, [services.waitlist_join(event_id=event.pk, user=u, quantity=1, now=timezone.now()) for u in users]
+
+
+def test_the_waiting_list_shows_positions_states_and_users(admin_client):
+    event, (first, second) = waiting_event()
+
+    page = admin_client.get(f"/admin/events/waitlistentry/?event__id__exact={event.pk}").content.decode()
+
+    assert str(first.user) in page and str(second.user) in page
+    assert '<td class="field-position">1</td>' in page and '<td class="field-position">2</td>' in page
+    assert "WAITING" in page
+    assert admin_client.get(f"/admin/events/waitlistentry/{first.pk}/change/").status_code == 200
+
+
+def test_the_event_page_shows_how_many_wait_and_links_to_the_list(admin_client):
+    event, _ = waiting_event()
+
+    page = admin_client.get(f"/admin/events/event/{event.pk}/change/").content.decode()
+
+    assert f"/admin/events/waitlistentry/?event__id__exact={event.pk}" in page and "2 waiting" in page
+
+
+def test_removing_an_entry_asks_first_then_goes_through_the_service(admin_client, staff):
+    event, (first, _second) = waiting_event()
+    form = {"action": "remove_entries", "_selected_action": [str(first.pk)]}
+
+    asked = admin_client.post("/admin/events/waitlistentry/", form)
+
+    assert asked.status_code == 200 and "Yes, remove them" in asked.content.decode()
+    assert WaitlistEntry.objects.get(pk=first.pk).state == "WAITING"
+
+    done = admin_client.post("/admin/events/waitlistentry/", {**form, "confirmed": "yes"})
+
+    assert done.status_code == 302
+    assert WaitlistEntry.objects.get(pk=first.pk).state == "LEFT"
+    left = AuditEvent.objects.get(subject_type="waitlist_entry", subject_id=str(first.pk), event_type="LEFT")
+    assert left.actor_id == staff.pk
+    assert Event.objects.get(pk=event.pk).waiting_count == 1
+
+
+def test_turn_the_waiting_list_off_from_the_event_list(admin_client):
+    event = make_event()
+
+    admin_client.post("/admin/events/event/", {"action": "turn_waitlist_off", "_selected_action": [str(event.pk)]})
+
+    assert not Event.objects.get(pk=event.pk).waitlist_enabled

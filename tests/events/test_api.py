@@ -22,6 +22,8 @@ EVENT_FIELDS = {
     "availableSeats",
     "salesOpen",
     "holdMinutes",
+    "waitlistEnabled",
+    "waitingCount",
     "createdAt",
 }
 

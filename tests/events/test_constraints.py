@@ -7,7 +7,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from events.models import Event, Seat, SeatClaim, SeatHoldGroup
+from events.models import Event, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
 from tests.events.factories import EventFactory, make_event, write_hold
 from tests.factories import UserFactory
 
@@ -25,7 +25,14 @@ def refused(write) -> bool:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"total_seats": 0}, {"hold_minutes": 0}, {"hold_minutes": 61}, {"confirmed_seats": 11}, {"confirmed_seats": -1}],
+    [
+        {"total_seats": 0},
+        {"hold_minutes": 0},
+        {"hold_minutes": 61},
+        {"confirmed_seats": 11},
+        {"confirmed_seats": -1},
+        {"waiting_count": -1},
+    ],
 )
 def test_event_checks(fields):
     assert refused(lambda: EventFactory(**fields))
@@ -148,3 +155,54 @@ def test_a_claims_seat_belongs_to_the_claims_event():
             group=group, event=event, seat=foreign_seat, state="HELD", expires_at=group.expires_at
         )
     )
+
+
+def write_entry(event, **fields):
+    now = timezone.now()
+    fields.setdefault("user", UserFactory())
+    fields.setdefault("quantity", 1)
+    return WaitlistEntry.objects.create(event=event, created_at=now, updated_at=now, **fields)
+
+
+def test_one_live_waitlist_entry_per_user_per_event():
+    event, user = make_event(total_seats=2), UserFactory()
+    write_entry(event, user=user)
+    group = write_hold(event, ["S1"])
+
+    assert refused(lambda: write_entry(event, user=user))
+    assert refused(
+        lambda: write_entry(event, user=user, state="OFFERED", hold_group=group, offer_expires_at=group.expires_at)
+    )
+    assert not refused(
+        lambda: write_entry(event, user=user, state="ACCEPTED", hold_group=group, offer_expires_at=group.expires_at)
+    )
+    assert not refused(lambda: write_entry(event, user=user, state="LEFT"))  # an ended entry does not count
+    assert not refused(lambda: write_entry(EventFactory(), user=user))
+
+
+@pytest.mark.parametrize("quantity", [0, 51])
+def test_a_waitlist_entry_waits_for_1_to_50_seats(quantity):
+    assert refused(lambda: write_entry(EventFactory(), quantity=quantity))
+
+
+def test_a_waitlist_entry_state_is_one_of_its_states():
+    assert refused(lambda: write_entry(EventFactory(), state="MAYBE"))
+
+
+@pytest.mark.parametrize(
+    ("state", "offered"),
+    [("WAITING", True), ("LEFT", True), ("OFFERED", False), ("ACCEPTED", False), ("EXPIRED", False)],
+)
+def test_an_entry_has_a_hold_group_exactly_when_it_was_offered(state, offered):
+    event = make_event(total_seats=2)
+    offer = {"hold_group": write_hold(event, ["S1"]), "offer_expires_at": timezone.now()} if offered else {}
+
+    assert refused(lambda: write_entry(event, state=state, **offer))
+
+
+def test_a_hold_group_is_the_offer_of_one_entry_at_most():
+    event = make_event(total_seats=2)
+    group = write_hold(event, ["S1"])
+    write_entry(event, state="OFFERED", hold_group=group, offer_expires_at=group.expires_at)
+
+    assert refused(lambda: write_entry(event, state="EXPIRED", hold_group=group, offer_expires_at=group.expires_at))

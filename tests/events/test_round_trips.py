@@ -3,9 +3,11 @@ trips to PostgreSQL per seat hold, confirm, release and cancel over HTTP on the 
 counting BEGIN and COMMIT (``tests.round_trips``)."""
 
 import pytest
+from django.utils import timezone
 
 from booking_site.audit.services import trail
-from events.models import Event, SeatClaim, SeatHoldGroup
+from events import services
+from events.models import Event, SeatClaim, SeatHoldGroup, WaitlistEntry
 from events.services import hold_subject
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
 from tests.factories import UserFactory
@@ -161,3 +163,55 @@ def test_a_hold_refused_by_the_cap_on_held_seats_is_four_round_trips(cached_api_
     assert response.status_code == 409, response.content
     assert response.json()["error"]["code"] == "limit_reached"
     assert trips.count <= 4, trips.statements
+
+
+# The waiting list (docs/decisions/0016-waiting-list.md).
+
+
+def test_a_hold_refused_because_someone_waits_is_three_round_trips(cached_api_of):
+    event = make_event(total_seats=2)
+    write_hold(event, ["S1"])
+    services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
+    api = cached_api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = reserve(api, event, seatCodes=["S2"])
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "waitlist_active"
+    assert trips.count <= 3, trips.statements  # the waiting counter is read by the lock statement
+
+
+@pytest.mark.parametrize("anyone_waiting", [False, True])
+def test_joining_the_waiting_list_is_eight_round_trips(cached_api_of, anyone_waiting):
+    event = make_event(total_seats=2)
+    write_hold(event, ["S1", "S2"])
+    if anyone_waiting:
+        services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    api = cached_api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = api.post(f"/api/events/{event.pk}/waitlist", {"quantity": 1}, format="json")
+
+    assert response.status_code == 201, response.content
+    # BEGIN, the event's lock, the user's live entry, the free seats (only while nobody waits), the
+    # entry, the counter, the audit event, COMMIT.
+    assert trips.count <= (7 if anyone_waiting else 8), trips.statements
+
+
+def test_a_release_that_offers_its_seats_to_the_head_is_ten_round_trips(cached_api_of):
+    event, user = make_event(total_seats=2), UserFactory()
+    group = write_hold(event, ["S1", "S2"], user=user)
+    head = services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
+    api = cached_api_of(user)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/events/{event.pk}/seats/release", {"holdGroupId": str(group.pk)}, format="json")
+
+    assert response.status_code == 200, response.content
+    # The release's own four (its statement takes the event's lock and reads the waiting counter), then
+    # the offer: the head, a savepoint, the seats and the hold's statement (as a best-available hold),
+    # the entry's OFFERED with the counter and the audit event, and the head after it (none left).
+    assert trips.count <= 10, trips.statements
+    assert WaitlistEntry.objects.get(pk=head.pk).state == "OFFERED"
+    assert violations(event) == []
