@@ -19,6 +19,7 @@ SUBJECTS = {
     "seat_hold_group": "seat_hold",
     "slot": "slot",
     "slotbooking": "slot_booking",
+    "queue_entry": "queue_entry",
 }
 
 # Every event type a subscriber can receive, by subject: the audit events each subject records.
@@ -29,6 +30,7 @@ EVENT_TYPES: list[str] = [
     *(f"seat_hold.{e}" for e in ("created", "confirmed", "released", "expired", "cancelled")),
     *(f"slot.{e}" for e in ("created", "updated", "cancelled")),
     *(f"slot_booking.{e}" for e in ("created", "confirmed", "cancelled", "expired", "rescheduled")),
+    *(f"queue_entry.{e}" for e in ("created", "admitted", "expired")),
     TEST_EVENT,
 ]
 

@@ -22,6 +22,9 @@ EVENT_FIELDS = {
     "availableSeats",
     "salesOpen",
     "holdMinutes",
+    "queueEnabled",
+    "admittedPerMinute",
+    "admissionWindowMinutes",
     "createdAt",
 }
 
