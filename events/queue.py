@@ -1,4 +1,4 @@
-"""The admission queue of an on-sale (docs/contract.md §5.4, docs/decisions/0017-admission-queue.md).
+"""The admission queue of an on-sale (docs/contract.md §5, docs/decisions/0017-admission-queue.md).
 
 While an event's ``queue_enabled`` is on, a seat hold on it needs the ``X-Queue-Token`` of an entry of
 its user admitted now (``events.services.SeatHolds.check_target``; operators are exempt). This module

@@ -193,6 +193,10 @@ class BookingCancelOut(serializers.Serializer):
     bookingGroupId = serializers.UUIDField()
 
 
+class QueueJoinIn(StrictSerializer):
+    """Nothing to give: the caller joins, once."""
+
+
 class QueueEntryOut(serializers.Serializer):
     token = serializers.CharField(help_text="Poll with it; send it as X-Queue-Token on seat holds once ADMITTED")
     eventId = serializers.IntegerField(source="event_id")

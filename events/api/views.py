@@ -30,6 +30,7 @@ from events.api.serializers import (
     EventOut,
     HoldActionIn,
     QueueEntryOut,
+    QueueJoinIn,
     ReleaseOut,
     SeatHoldIn,
     SeatHoldOut,
@@ -196,11 +197,12 @@ class QueueJoin(APIView):
     """Join the event's admission queue (one entry per user: joining again answers 200 with it)."""
 
     @extend_schema(
-        request=None,
+        request=QueueJoinIn,
         responses={201: QueueEntryOut, 200: QueueEntryOut, **errors(queue.QueueDisabled, services.SalesClosed)},
     )
     @idempotent
     def post(self, request, event_id: int):
+        QueueJoinIn.validated(request)
         entry, created = queue.queue_join(event_id=event_id, user=request.user, now=timezone.now())
         return Response(QueueEntryOut(entry).data, status=201 if created else 200)
 

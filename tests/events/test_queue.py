@@ -1,4 +1,4 @@
-"""The admission queue of an on-sale (docs/contract.md §5.4): switching it on, joining, polling, the
+"""The admission queue of an on-sale (docs/contract.md §5): switching it on, joining, polling, the
 admission job's order and rate, and the seat holds it gates."""
 
 from datetime import timedelta
