@@ -264,7 +264,12 @@ class QueueEntry(models.Model):
             # Admitted (and maybe lapsed since) exactly when it has an admission window.
             models.CheckConstraint(
                 condition=Q(state="WAITING", admitted_at__isnull=True, admitted_until__isnull=True)
-                | Q(state__in=["ADMITTED", "EXPIRED"], admitted_until__gt=F("admitted_at")),
+                | Q(
+                    state__in=["ADMITTED", "EXPIRED"],
+                    admitted_at__isnull=False,
+                    admitted_until__isnull=False,
+                    admitted_until__gt=F("admitted_at"),
+                ),
                 name="queue_entry_window_iff_admitted",
             ),
         ]

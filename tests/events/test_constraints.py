@@ -163,6 +163,9 @@ def test_a_claims_seat_belongs_to_the_claims_event():
 # --- the admission queue -------------------------------------------------------------------------------
 
 
+MOMENT = timezone.now()
+
+
 def entry(event, number: int, **fields) -> QueueEntry:
     now = timezone.now()
     return QueueEntry.objects.create(
@@ -198,7 +201,7 @@ def test_one_queue_entry_per_user_per_event_and_one_per_number():
         {"state": "LEFT"},
         {"state": "ADMITTED"},  # admitted without a window
         {"state": "WAITING", "admitted_at": timezone.now(), "admitted_until": timezone.now() + timedelta(minutes=1)},
-        {"state": "EXPIRED", "admitted_at": timezone.now(), "admitted_until": timezone.now()},
+        {"state": "EXPIRED", "admitted_at": MOMENT, "admitted_until": MOMENT},  # a window of no length
     ],
 )
 def test_queue_entry_checks(fields):
