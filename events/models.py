@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -30,10 +31,14 @@ class Event(models.Model):
     # hold needs the X-Queue-Token of an admitted entry; the beat job admits this many a minute, in order.
     queue_enabled = models.BooleanField(default=False, help_text="Holds need an admission from the queue")
     admitted_per_minute = models.PositiveIntegerField(
-        default=60, help_text="How many people in the queue are admitted per minute (1-10000)"
+        default=60,
+        validators=[MinValueValidator(1), MaxValueValidator(10_000)],
+        help_text="How many people in the queue are admitted per minute (1-10000)",
     )
     admission_window_minutes = models.PositiveSmallIntegerField(
-        default=10, help_text="How long an admitted person may hold seats (1-120 minutes)"
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(120)],
+        help_text="How long an admitted person may hold seats (1-120 minutes)",
     )
     # A counter, kept by the services in the transaction of each confirm / cancel, so that reading the
     # counts never has to count the booked seats: it costs the same at 0 % and at 100 % sold.

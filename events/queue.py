@@ -55,7 +55,7 @@ def queue_subject(entry_id: int) -> audit.Subject:
     return audit.Subject(type="queue_entry", id=entry_id)
 
 
-def _position(entry: QueueEntry, admitted_through: int) -> QueueEntry:
+def with_position(entry: QueueEntry, admitted_through: int) -> QueueEntry:
     """Set ``position``: 1 for the next to be admitted; 0 once admitted (or lapsed)."""
     entry.position = entry.number - admitted_through if entry.state == State.WAITING else 0
     return entry
@@ -122,7 +122,7 @@ def queue_join(*, event_id: int, user: User, now: datetime) -> tuple[QueueEntry,
     entry = QueueEntry(
         pk=entry_id, event_id=event_id, user=user, token=token, number=number, state=State.WAITING, joined_at=now
     )
-    return _position(entry, admitted_through), True
+    return with_position(entry, admitted_through), True
 
 
 def _join_read(event_id: int, user_id: int) -> tuple[bool, datetime, QueueEntry | None] | None:
@@ -136,7 +136,7 @@ def _join_read(event_id: int, user_id: int) -> tuple[bool, datetime, QueueEntry 
     if columns[0] is None:
         return queue_enabled, event_date, None
     entry = QueueEntry(event_id=event_id, user_id=user_id, **dict(zip(_ENTRY_COLUMNS, columns, strict=True)))
-    return queue_enabled, event_date, _position(entry, admitted_through)
+    return queue_enabled, event_date, with_position(entry, admitted_through)
 
 
 def _insert_entry(*, event_id: int, user: User, token: str, number: int, now: datetime) -> int:
@@ -168,7 +168,7 @@ def queue_entry_read(*, event_id: int, token: str) -> QueueEntry | None:
     unique index, and the queue row by its key); None when there is none."""
     through = EventQueue.objects.filter(pk=OuterRef("event_id")).values("admitted_through")
     entry = QueueEntry.objects.filter(token=token, event_id=event_id).annotate(through=Subquery(through)).first()
-    return _position(entry, entry.through) if entry is not None else None
+    return with_position(entry, entry.through) if entry is not None else None
 
 
 # --- admission ------------------------------------------------------------------------------------------
