@@ -212,7 +212,7 @@ class EventQueue(models.Model):
     lock, so numbers are gapless and committed in the order they were given (a join holds the lock to
     its commit). Every entry numbered up to ``admitted_through`` has been admitted; those after it
     wait, so a waiting entry's position is ``number - admitted_through``: one row read, no count.
-    ``credit_from``: admissions accrue from this moment at the event's rate (at most a minute's worth).
+    ``credit_from``: admissions accrue from this moment at the event's rate (``events.queue.admissions_due``).
     """
 
     event = models.OneToOneField(Event, on_delete=models.CASCADE, primary_key=True, related_name="queue")

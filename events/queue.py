@@ -12,7 +12,7 @@ is the queue itself:
 - ``queue_admit`` / ``queues_admit_due`` (the beat job, ``manage.py admit_queues``): per event, under
   the queue row's lock (``locking.lock_event_queue``: two runs take turns), expire the admissions whose
   window has passed and admit the next numbers, as many as the event's rate has accrued since the last
-  run (at most a minute's worth), each for the event's admission window; one statement writes the
+  run (at most ``ACCRUAL_CAP``'s worth, ten seconds), each for the event's admission window; one statement writes the
   entries, the queue row and one audit event per entry.
 """
 
@@ -42,7 +42,9 @@ from events.services import SalesClosed
 State = QueueEntry.State
 ADMIT_ACTOR = "system:admit_queues"  # the actor of every admission and every lapsed admission
 TOKEN_BYTES = 32  # 256 random bits: a token is never guessed (and is only good for its own user)
-ACCRUAL_CAP = timedelta(minutes=1)  # an idle queue saves up at most a minute's admissions
+# An idle queue (sales not open yet, beat late) saves up at most this much time's admissions (or one,
+# at a rate slower than that): admission comes in steps of about one job run (5 s), never in a flood.
+ACCRUAL_CAP = timedelta(seconds=10)
 logger = logging.getLogger(__name__)
 
 
@@ -208,13 +210,13 @@ _ADMIT_SQL = f"""
 def admissions_due(queue: EventQueue, *, now: datetime) -> tuple[int, datetime]:
     """How many of the queue to admit at ``now``, and the queue's ``credit_from`` after admitting them.
 
-    Admissions accrue at the event's ``admitted_per_minute`` from ``credit_from``, at most a minute's
-    worth (``ACCRUAL_CAP``: a queue that waited for its sale to open, or for beat, admits no more than a
-    minute's at once); each admission spends its share of a minute. Nothing accrues toward an event
+    Admissions accrue at the event's ``admitted_per_minute`` from ``credit_from``, over at most
+    ``ACCRUAL_CAP`` (or one admission's share of a minute, when that is longer): a queue that waited for
+    its sale to open, or for beat, admits no more than that at once. Each admission spends its share. Nothing accrues toward an event
     whose queue is off, whose sales are closed or that has taken place: those admit none."""
     event = queue.event
     rate = event.admitted_per_minute
-    start = max(queue.credit_from, now - ACCRUAL_CAP)
+    start = max(queue.credit_from, now - max(ACCRUAL_CAP, timedelta(minutes=1) / rate))
     if not (event.queue_enabled and event.sales_open and event.event_date > now):
         return 0, start
     elapsed_us = (now - start) // timedelta(microseconds=1)

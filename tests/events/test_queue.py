@@ -245,11 +245,20 @@ def test_admission_follows_the_join_order_at_the_rate():
     assert (queue_row.joined, queue_row.admitted_through) == (10, 6)
 
 
-def test_an_idle_queue_saves_up_at_most_a_minute_of_admissions():
-    event = queued_event(rate=5)
+def test_an_idle_queue_saves_up_at_most_ten_seconds_of_admissions():
+    event = queued_event(rate=60)
     joined(event, 20)
 
-    assert admit(event, seconds=3600) == (5, 0)
+    assert admit(event, seconds=3600) == (10, 0)
+
+
+def test_a_slow_queue_still_admits_one_at_a_time():
+    event = queued_event(rate=5)
+    joined(event, 3)
+
+    assert admit(event, seconds=3600) == (1, 0)
+    assert admit(event, seconds=3605) == (0, 0)
+    assert admit(event, seconds=3612) == (1, 0)
 
 
 def test_nothing_is_admitted_while_sales_are_closed_or_the_queue_is_off():
