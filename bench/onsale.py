@@ -6,9 +6,10 @@ The buyers are CLIENTS keep-alive HTTP connections of this process (standard lib
 its share of the buyers one after the other, then, in the order they joined, polling each one's entry
 every POLL_SECONDS until it is admitted and buying; the admission job runs every ADMIT_EVERY_SECONDS
 from the start, in a thread of this process (``events.queue.queues_admit_due``, what beat's worker
-runs), against the same database: the sale is on while buyers still join. Checks (a failure exits 1, as the races do): every seat
-sold once, to an admitted buyer; admitted strictly in join order, each once; nothing but the expected
-answers. Reports how long the last buyer who got a seat waited, from its join to its booking.
+runs), against the same database: the sale is on while buyers still join. Checks (a failure exits
+1, as the races do): every seat sold once, to an admitted buyer; admitted strictly in join order,
+each once; nothing but the expected answers. Reports how long the last buyer who got a seat waited,
+from its join to its booking.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from django.db import connections
 from django.utils import timezone
 
 from bench import data
-from booking_site.audit.models import AuditEvent
 from bench.stats import percentile
+from booking_site.audit.models import AuditEvent
 from events import services
 from events.models import EventQueue, QueueEntry, SeatClaim
 from events.queue import queues_admit_due
@@ -127,7 +128,12 @@ def run(*, address: str, rate: int) -> dict:
             else:
                 return
             status, hold = client.call(
-                "hold", "POST", f"{base}/seats/reserve", buyer.user.token, {"quantity": 1}, **{"X-Queue-Token": buyer.token}
+                "hold",
+                "POST",
+                f"{base}/seats/reserve",
+                buyer.user.token,
+                {"quantity": 1},
+                **{"X-Queue-Token": buyer.token},
             )
             if status == 409 and hold.get("error", {}).get("code") == "seats_unavailable":
                 sold_out.set()
@@ -190,7 +196,9 @@ def checks(event_id: int, outcome: Outcome, *, sold: int) -> list[str]:
         failures.append(f"onsale: {len(set(booked))} seats booked ({len(booked)} claims), {sold} buyers served")
     holders = set(SeatClaim.objects.filter(event_id=event_id).values_list("group__user_id", flat=True))
     admitted = set(
-        QueueEntry.objects.filter(event_id=event_id, state__in=["ADMITTED", "EXPIRED"]).values_list("user_id", flat=True)
+        QueueEntry.objects.filter(event_id=event_id, state__in=["ADMITTED", "EXPIRED"]).values_list(
+            "user_id", flat=True
+        )
     )
     if not holders <= admitted:
         failures.append(f"onsale: {len(holders - admitted)} users held seats without an admission")
@@ -201,7 +209,9 @@ def checks(event_id: int, outcome: Outcome, *, sold: int) -> list[str]:
         .order_by("admitted_at", "number")
         .values_list("number")
     ]
-    admissions = AuditEvent.objects.filter(subject_type="queue_entry", event_type="ADMITTED", metadata__eventId=event_id)
+    admissions = AuditEvent.objects.filter(
+        subject_type="queue_entry", event_type="ADMITTED", metadata__eventId=event_id
+    )
     if numbers != list(range(1, row.admitted_through + 1)) or admissions.count() != len(numbers):
         failures.append(
             f"onsale: admitted out of join order or twice ({len(numbers)} admitted, {admissions.count()} admissions "

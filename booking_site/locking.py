@@ -158,9 +158,12 @@ def lock_event_queue(event_id: int) -> EventQueue | None:
     """One event's queue row with its event (read, not locked), ``FOR NO KEY UPDATE``, for an admission
     run: it waits for the joins in flight, and two runs on one queue take turns."""
     _in_transaction("lock_event_queue")
-    return EventQueue.objects.select_for_update(no_key=True, of=("self",)).select_related("event").filter(
-        pk=event_id
-    ).first()
+    return (
+        EventQueue.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("event")
+        .filter(pk=event_id)
+        .first()
+    )
 
 
 # 3. the resources
@@ -265,7 +268,11 @@ def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], 
         return None, [], (0, False)
     event_id, sales_open, event_date, hold_minutes, queue_enabled, admitted, *free = rows[0][:8]
     event = Event(
-        pk=event_id, sales_open=sales_open, event_date=event_date, hold_minutes=hold_minutes, queue_enabled=queue_enabled
+        pk=event_id,
+        sales_open=sales_open,
+        event_date=event_date,
+        hold_minutes=hold_minutes,
+        queue_enabled=queue_enabled,
     )
     event.admitted = bool(admitted)
     seats = []

@@ -5,15 +5,14 @@ from django import forms
 from django.contrib import admin
 from django.db.models import OuterRef, Subquery
 from django.template.loader import render_to_string
-from django.utils import timezone
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, StateFilter, short_id
 from booking_site.errors import DomainError
-from events import selectors, services
-from events import queue
+from events import queue, selectors, services
 from events.models import Event, EventQueue, QueueEntry, SeatHoldGroup
 
 PLAIN, SECTIONS = "plain", "sections"
@@ -326,7 +325,7 @@ class QueueEntryAdmin(AuditTrailMixin, ReadOnlyAdmin):
     search_fields = ["user__email", "user__name", "=token"]
     list_select_related = ["event", "user"]
     ordering = ["event", "number"]
-    fields = [
+    readonly_fields = [
         "event",
         "user",
         "number",
@@ -337,7 +336,7 @@ class QueueEntryAdmin(AuditTrailMixin, ReadOnlyAdmin):
         "admitted_until",
         "audit_trail",
     ]
-    readonly_fields = fields
+    fields = tuple(readonly_fields)
 
     def get_queryset(self, request):
         through = EventQueue.objects.filter(pk=OuterRef("event_id")).values("admitted_through")

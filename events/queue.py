@@ -169,7 +169,9 @@ def queue_entry_read(*, event_id: int, token: str) -> QueueEntry | None:
     """The entry with this token in the event's queue, with ``position``, in one statement (the token's
     unique index, and the queue row by its key); None when there is none."""
     through = EventQueue.objects.filter(pk=OuterRef("event_id")).values("admitted_through")
-    entry = QueueEntry.objects.filter(token=token, event_id=event_id).annotate(through=Subquery(through)).first()
+    entries = QueueEntry.objects.filter(token=token, event_id=event_id)
+    # QueueEntry.through only declares this annotation, for its type (as selectors.events_with_counts does).
+    entry = entries.annotate(through=Subquery(through)).first()  # type: ignore[no-redef]
     return with_position(entry, entry.through) if entry is not None else None
 
 
@@ -196,7 +198,8 @@ _ADMIT_SQL = f"""
     ), recorded AS (
         INSERT INTO {AuditEvent._meta.db_table} ({audit.SQL_COLUMNS})
         SELECT %(occurred_at)s, NULL::bigint, %(actor)s, 'queue_entry', id::text, 'ADMITTED', 'WAITING', 'ADMITTED',
-               jsonb_build_object('eventId', %(event)s::bigint, 'number', number, 'admittedUntil', %(until_json)s::jsonb),
+               jsonb_build_object(
+                   'eventId', %(event)s::bigint, 'number', number, 'admittedUntil', %(until_json)s::jsonb),
                %(trace_id)s
         FROM admitted
         UNION ALL
@@ -212,8 +215,9 @@ def admissions_due(queue: EventQueue, *, now: datetime) -> tuple[int, datetime]:
 
     Admissions accrue at the event's ``admitted_per_minute`` from ``credit_from``, over at most
     ``ACCRUAL_CAP`` (or one admission's share of a minute, when that is longer): a queue that waited for
-    its sale to open, or for beat, admits no more than that at once. Each admission spends its share. Nothing accrues toward an event
-    whose queue is off, whose sales are closed or that has taken place: those admit none."""
+    its sale to open, or for beat, admits no more than that at once. Each admission spends its share.
+    Nothing accrues toward an event whose queue is off, whose sales are closed or that has taken place:
+    those admit none."""
     event = queue.event
     rate = event.admitted_per_minute
     start = max(queue.credit_from, now - max(ACCRUAL_CAP, timedelta(minutes=1) / rate))
@@ -265,7 +269,12 @@ def queues_admit_due(*, now: datetime) -> dict[str, int]:
     once: the runs on one queue take turns, and the second finds nothing accrued."""
     lapsed = QueueEntry.objects.filter(event_id=OuterRef("pk"), state=State.ADMITTED, admitted_until__lte=now)
     queues = EventQueue.objects.filter(
-        Q(event__queue_enabled=True, event__sales_open=True, event__event_date__gt=now, joined__gt=F("admitted_through"))
+        Q(
+            event__queue_enabled=True,
+            event__sales_open=True,
+            event__event_date__gt=now,
+            joined__gt=F("admitted_through"),
+        )
         | Q(Exists(lapsed))
     )
     admitted = expired = 0

@@ -75,7 +75,11 @@ def test_an_operator_puts_an_event_behind_a_queue(staff_api):
     assert staff_api.get(f"/api/events/{event.pk}").json()["queueEnabled"] is True
     [updated] = [e for e in trail(event) if e.event_type == "UPDATED"]
     assert updated.metadata["fields"] == ["queue_enabled", "admitted_per_minute", "admission_window_minutes"]
-    assert updated.metadata["from"] == {"queue_enabled": False, "admitted_per_minute": 60, "admission_window_minutes": 10}
+    assert updated.metadata["from"] == {
+        "queue_enabled": False,
+        "admitted_per_minute": 60,
+        "admission_window_minutes": 10,
+    }
 
 
 def test_a_new_event_has_no_queue(api):

@@ -142,7 +142,9 @@ def test_control_without_the_queue_row_lock_joins_take_the_same_number(monkeypat
     monkeypatch.setattr(locking, "take_queue_number", unlocked_number)
     users = [UserFactory() for _ in range(8)]
 
-    results = run_concurrently([lambda u=u: queue.queue_join(event_id=event.pk, user=u, now=timezone.now()) for u in users])
+    results = run_concurrently(
+        [lambda u=u: queue.queue_join(event_id=event.pk, user=u, now=timezone.now()) for u in users]
+    )
 
     refused = [r for r in results if isinstance(r, IntegrityError)]
     assert len(refused) == 7, results
