@@ -226,9 +226,9 @@ _TAKEN = f"""EXISTS (
 # The event first, FOR KEY SHARE (MATERIALIZED, and read by the outer query before the seats, so its
 # lock is taken first: an event that does not exist locks no seat). Its columns are those of the row
 # locked: READ COMMITTED re-reads a row it waited for, so a close of sales that committed is seen.
+_EVENT_COLUMNS = ("sales_open", "event_date", "hold_minutes", "queue_enabled")  # what a hold judges
 _SHARED_EVENT = f"""event AS MATERIALIZED (
-    SELECT id, sales_open, event_date, hold_minutes, queue_enabled FROM {_EVENT}
-    WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
+    SELECT id, {", ".join(_EVENT_COLUMNS)} FROM {_EVENT} WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
 # While the event's queue is on: whether the hold's X-Queue-Token is an entry of its user admitted at
 # %(at)s (read, not locked: one probe of the token's unique index; nothing at all when the queue is off).
 _ADMITTED = f"""e.queue_enabled AND EXISTS (
@@ -250,8 +250,7 @@ def _shared_event(holder: int | None) -> str:
 
 # The outer query: the event's row, then each seat locked (none: one row of NULLs) with ``taken``.
 _EVENT_AND_SEATS = f"""
-    SELECT e.id, e.sales_open, e.event_date, e.hold_minutes, e.queue_enabled, {_ADMITTED}, %(free)s,
-           s.id, s.code, {_TAKEN}
+    SELECT e.id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}, {_ADMITTED}, %(free)s, s.id, s.code, {_TAKEN}
     FROM event e LEFT JOIN seats s ON true ORDER BY s.id"""
 
 
@@ -266,14 +265,10 @@ def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], 
         rows = cursor.fetchall()
     if not rows:
         return None, [], (0, False)
-    event_id, sales_open, event_date, hold_minutes, queue_enabled, admitted, *free = rows[0][:8]
-    event = Event(
-        pk=event_id,
-        sales_open=sales_open,
-        event_date=event_date,
-        hold_minutes=hold_minutes,
-        queue_enabled=queue_enabled,
-    )
+    # The first row: the event's id and columns, whether the hold is admitted, and the two free figures.
+    n = len(_EVENT_COLUMNS)
+    event_id, columns, admitted, free = rows[0][0], rows[0][1 : 1 + n], rows[0][1 + n], rows[0][2 + n : 4 + n]
+    event = Event(pk=event_id, **dict(zip(_EVENT_COLUMNS, columns, strict=True)))
     event.admitted = bool(admitted)
     seats = []
     for *_, seat_id, code, taken in rows:
