@@ -8,6 +8,7 @@ claims" without a trigger.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from django.conf import settings
@@ -233,6 +234,7 @@ class EventQueue(models.Model):
 
 
 QUEUE_STATES = ["WAITING", "ADMITTED", "EXPIRED"]
+QUEUE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what events.queue issues (URL-safe base64), and no more
 
 
 class QueueEntry(models.Model):

@@ -36,7 +36,7 @@ from booking_site.errors import Conflict, NotFound
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from booking_site.middleware import current_request_id
-from events.models import Event, EventQueue, QueueEntry
+from events.models import QUEUE_TOKEN, Event, EventQueue, QueueEntry
 from events.services import SalesClosed
 
 State = QueueEntry.State
@@ -167,7 +167,10 @@ def _insert_entry(*, event_id: int, user: User, token: str, number: int, now: da
 
 def queue_entry_read(*, event_id: int, token: str) -> QueueEntry | None:
     """The entry with this token in the event's queue, with ``position``, in one statement (the token's
-    unique index, and the queue row by its key); None when there is none."""
+    unique index, and the queue row by its key); None when there is none (a token of a shape never
+    issued is not looked up)."""
+    if not QUEUE_TOKEN.fullmatch(token):
+        return None
     through = EventQueue.objects.filter(pk=OuterRef("event_id")).values("admitted_through")
     entries = QueueEntry.objects.filter(token=token, event_id=event_id)
     # QueueEntry.through only declares this annotation, for its type (as selectors.events_with_counts does).

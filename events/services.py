@@ -30,7 +30,7 @@ from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, Valid
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
-from events.models import Event, Seat, SeatClaim, SeatHoldGroup
+from events.models import QUEUE_TOKEN, Event, Seat, SeatClaim, SeatHoldGroup
 
 State = SeatHoldGroup.State
 MAX_SEATS_PER_EVENT = 100_000
@@ -365,7 +365,8 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     def lock_target(self, request: SeatHold) -> Target:
         holder = request.user.pk if self.cap.limit_for(request.actor) is not None else None  # the cap's lock
         # The admission is read by the same statement (no round trip of its own), when a token is given.
-        admission = {"admission": (request.queue_token, request.user.pk)} if request.queue_token else {}
+        token = request.queue_token
+        admission = {"admission": (token, request.user.pk)} if token and QUEUE_TOKEN.fullmatch(token) else {}
         if request.seat_codes is not None:
             event, seats = locking.share_event_lock_seats(
                 request.event_id, codes=request.seat_codes, taken_at=request.now, holder=holder, **admission

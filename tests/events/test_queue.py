@@ -213,6 +213,7 @@ def test_a_token_of_another_event_or_none_at_all_is_404(api):
 
     assert poll(api, other, token).status_code == 404
     assert poll(api, event, "not-a-token").status_code == 404
+    assert poll(api, event, "a%00b").status_code == 404, "a token never issued is not looked up"
 
 
 def test_an_admission_past_its_window_reads_as_expired_before_the_job_writes_it(api):
@@ -349,6 +350,14 @@ def test_a_hold_without_an_admission_is_403_not_admitted(api, header):
     assert response.status_code == 403, response.content
     assert error_code(response) == "not_admitted"
     assert not event.hold_groups.exists()
+
+
+def test_a_token_of_a_shape_never_issued_is_not_admitted(api):
+    event = queued_event()
+
+    response = reserve(api, event, "a\x00b")
+
+    assert (response.status_code, error_code(response)) == (403, "not_admitted")
 
 
 def test_a_token_of_another_event_does_not_admit(api):
