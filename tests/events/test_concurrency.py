@@ -251,6 +251,8 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
             "event_date_1": local.strftime("%H:%M:%S"),
             "location": event.location,
             "hold_minutes": "5",
+            "admitted_per_minute": "60",
+            "admission_window_minutes": "10",
         }
         return operator.post(f"/admin/events/event/{event.pk}/change/", form).status_code
 
