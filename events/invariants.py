@@ -2,9 +2,10 @@
 come from the engine). Every query names hold groups, the rows the admin shows."""
 
 from booking_site.invariants import Invariant, column, one_active_per, table
-from events.models import Event, SeatClaim, SeatHoldGroup
+from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup
 
 _EVENT, _CLAIM, _GROUP = table(Event), table(SeatClaim), table(SeatHoldGroup)
+_QUEUE, _ENTRY = table(EventQueue), table(QueueEntry)
 _CONFIRMED = column(Event, "confirmed_seats")
 
 INVARIANTS = [
@@ -34,5 +35,19 @@ INVARIANTS = [
                 SELECT c.group_id FROM {_CLAIM} c JOIN {_GROUP} g ON g.id = c.group_id
                 WHERE c.state IN ('HELD', 'CONFIRMED') AND (c.state <> g.state OR c.expires_at <> g.expires_at)""",
         model=SeatHoldGroup,
+    ),
+    Invariant(
+        name="events.queue_numbers_and_mark",
+        holds="Each admission queue's entries are numbered 1 to joined without a gap, and exactly those up to "
+        "admitted_through have been admitted (so every position shown is exact).",
+        # Per queue, two ranges of queue_entry_number_unique_per_event (event, number).
+        # Named by the event: its admin page shows the queue's figures and links its entries.
+        sql=f"""SELECT q.event_id AS id FROM {_QUEUE} q
+                WHERE q.joined <> (SELECT COUNT(*) FROM {_ENTRY} x WHERE x.event_id = q.event_id)
+                   OR EXISTS (SELECT FROM {_ENTRY} x WHERE x.event_id = q.event_id AND x.number <= q.admitted_through
+                              AND x.state = 'WAITING')
+                   OR EXISTS (SELECT FROM {_ENTRY} x WHERE x.event_id = q.event_id AND x.number > q.admitted_through
+                              AND x.state <> 'WAITING')""",
+        model=Event,
     ),
 ]
