@@ -3,12 +3,14 @@
 Creates a fresh <database>_bench database on the configured PostgreSQL server (the embedded one when
 DATABASE_URL is unset), migrates it and fills it, starts the server with `manage.py serve` (production
 settings, 127.0.0.1), drives every scenario from a separate process (wrk; a barrier client for the
-hot-resource races; pgbench for the ceiling; `manage.py expire_holds` for the sweep; `manage.py cluster`,
+hot-resource races; pgbench for the ceiling; `manage.py expire_holds` for the sweep; bench.onsale for
+the on-sale through the admission queue; `manage.py cluster`,
 HAProxy in front of 1, 2 and 4 web processes, for the scale-out), stops all of it,
 drops the database (unless --keep-db) and prints the medians of --runs runs.
 
 Exit status 1 when a check failed (a hot-resource race with other than one winner and 199 x 409, a
-sweep that did not expire its backlog); the table is printed either way.
+sweep that did not expire its backlog, an on-sale that sold a seat twice or admitted out of join
+order); the table is printed either way.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--port", type=int, default=DEFAULT_PORT, help=f"the server's port on 127.0.0.1 ({DEFAULT_PORT})"
     )
     parser.add_argument("--workers", type=int, default=2, help="WEB_CONCURRENCY for the server (2)")
+    parser.add_argument(
+        "--onsale-rate",
+        type=int,
+        default=3000,
+        metavar="N",
+        help="the on-sale's admissions per minute (3000: its 500 seats sell in about ten seconds)",
+    )
     parser.add_argument("--keep-db", action="store_true", help="leave the bench database for inspection")
     parser.add_argument(
         "--webhook",
@@ -101,6 +110,7 @@ SCENARIO_NAMES = [
     "free-times-latency",
     "sweep-10k",
     "sweep-100k",
+    "onsale",
     *(f"scale-{load}-web{web}" for load in ("car-hold", "event-counts") for web in (1, 2, 4)),
 ]
 
@@ -171,6 +181,7 @@ def measure(args: argparse.Namespace, target: database.Database, started: float)
             max_requests=args.max_requests,
             buyers=buyers,
             reads=reads,
+            onsale_rate=args.onsale_rate,
         )
         seen = "measured" if postgres.local else "not visible (a server on another machine)"
         print(f"server up at {server.url} ({args.workers} workers); PostgreSQL CPU {seen}")
@@ -243,6 +254,12 @@ def progress(result) -> str:
         return "FAILED"
     if result.kind == "sweep":
         return f"{result.extra['holds_per_s']:,.0f} holds/s, peak {result.extra['peak_mb']:.0f} MB"
+    if result.kind == "onsale":
+        e = result.extra
+        return (
+            f"{e['sold']} seats sold in {e['sold_out_s']:.1f} s at {e['rate_per_min']}/min; "
+            f"the last buyer waited {e.get('last_buyer_wait_s', 0):.1f} s"
+        )
     statuses = " ".join(f"{status}:{n}" for status, n in sorted(result.statuses.items()))
     line = f"{result.rps:,.0f}/s p99 {result.p99_ms or 0:.1f} ms {statuses}".rstrip()
     if result.extra.get("stopped_threads"):

@@ -82,7 +82,7 @@ def table(summaries: list[Summary]) -> str:
     header += ["CPU ms/req server", "postgres", "client", "of ceiling"]
     rows = [header]
     for s in summaries:
-        if s.kind in ("sweep", "scale"):
+        if s.kind in ("sweep", "scale", "onsale"):
             continue
         fraction = "-" if s.ceiling_fraction is None or s.kind == "read" else f"{s.ceiling_fraction:.0%}"
         rows.append(
@@ -107,6 +107,19 @@ def table(summaries: list[Summary]) -> str:
                     *map(_number, figures),
                     *(_number(c, 3) for c in per_hold),
                 ]
+            )
+        text = "\n\n".join(part for part in (text, grid(rows)) if part)
+    sales = [s for s in summaries if s.kind == "onsale"]
+    if sales:
+        rows = [["on-sale", "buyers", "seats sold", "admitted/min", "joined in s", "sold out in s"]]
+        rows[0] += ["last buyer waited s", "median wait s", "req/s", "p99 ms", "errors"]
+        for s in sales:
+            e = s.extra
+            rows.append(
+                [s.scenario]
+                + [_number(e.get(k), 0) for k in ("buyers", "sold", "rate_per_min")]
+                + [_number(e.get(k)) for k in ("joined_s", "sold_out_s", "last_buyer_wait_s", "median_wait_s")]
+                + [_number(s.rps, 0), _number(s.p99_ms), str(s.errors)]
             )
         text = "\n\n".join(part for part in (text, grid(rows)) if part)
     scaled = [s for s in summaries if s.kind == "scale"]
@@ -156,7 +169,7 @@ def plot(path: Path, summaries: list[Summary], *, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [s for s in summaries if s.kind not in ("sweep", "scale") and s.rps is not None]
+    shown = [s for s in summaries if s.kind not in ("sweep", "scale", "onsale") and s.rps is not None]
     names = [s.scenario for s in shown]
     colours = {"ceiling": "#7f7f7f", "write": "#1f77b4", "hot": "#d62728", "read": "#2ca02c"}
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 0.35 * len(shown) + 1.8), sharey=True)

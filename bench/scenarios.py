@@ -6,6 +6,7 @@ PostgreSQL and of the client, and the checks it failed.
     hot      200 clients released at once on one resource, then the database is checked (bench.burst)
     reads    event counts, seat map, slot listing, users/me, a busy host's free times (wrk)
     sweep    the expiry job over a backlog of overdue holds (manage.py expire_holds)
+    onsale   2,000 buyers through the admission queue of a 500-seat event, each holding and confirming (bench.onsale)
     scale    spread car holds and event counts through HAProxy in front of 1, 2, 4 web processes
     ceiling  pgbench replaying the minimal hold transaction
 """
@@ -18,6 +19,7 @@ import re
 import shutil
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from bench import data
+from bench import data, onsale
 from bench.cpu import Meter
 from bench.load import Load, Ticket, run_burst, run_measured, run_wrk, write_tickets
 from bench.server import ROOT, Cluster, Server
@@ -88,6 +90,7 @@ class Bench:
     buyers: list[data.User]
     reads: dict[str, str]  # read scenario -> path
     ceiling_tps: float | None = None
+    onsale_rate: int = 3000  # the on-sale's admissions per minute
 
     def tickets(self, name: str, tickets: list[Ticket]) -> Path:
         return write_tickets(self.workdir / f"{name}.tsv", tickets)
@@ -307,6 +310,36 @@ def sweep(bench: Bench, name: str, *, holds: int) -> Measurement:
     return result
 
 
+# --- the on-sale: a queue admitting buyers in join order ----------------------------------------------------
+
+
+def on_sale(bench: Bench, name: str) -> Measurement:
+    """bench.onsale: every request of the sale (joins, polls, holds, confirms) counts; req/s over the sale."""
+    started = bench.meter.start()
+    sale = onsale.run(address=bench.server.address, rate=bench.onsale_rate)
+    used = bench.meter.stop(started)
+    outcome, extra = sale["outcome"], sale["extra"]
+    statuses: Counter[int] = Counter()
+    for key, n in outcome.statuses.items():  # "hold 409" -> 409
+        statuses[int(key.rsplit(" ", 1)[1])] += n
+    requests = sum(statuses.values())
+    per_request = 1000 / requests if requests else None
+    return Measurement(
+        scenario=name,
+        kind="onsale",
+        requests=requests,
+        rps=requests / extra["sold_out_s"] if extra["sold_out_s"] else None,
+        p50_ms=percentile(outcome.latencies_ms, 50),
+        p95_ms=percentile(outcome.latencies_ms, 95),
+        p99_ms=percentile(outcome.latencies_ms, 99),
+        statuses=dict(statuses),
+        cpu_ms={g: (s * per_request if per_request and s is not None else None) for g, s in used.items()},
+        errors=sum(n for key, n in outcome.statuses.items() if key not in onsale.EXPECTED),
+        failures=sale["failures"],
+        extra={k: v for k, v in extra.items() if isinstance(v, int | float)},
+    )
+
+
 # --- the ceiling: PostgreSQL alone, the minimal hold transaction ---------------------------------------------
 
 CEILING_SCRIPT = """\
@@ -449,6 +482,7 @@ def _scenarios() -> list[Scenario]:
         listed.append(Scenario(name, "read", read))
     for holds in SWEEP_SIZES:
         listed.append(Scenario(f"sweep-{holds // 1000}k", "sweep", partial(sweep, holds=holds)))
+    listed.append(Scenario("onsale", "onsale", on_sale))
     for load in ("car-hold", "event-counts"):
         for web in SCALE_WEB:
             listed.append(Scenario(f"scale-{load}-web{web}", "scale", partial(scaled, web=web, load=load)))

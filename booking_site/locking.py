@@ -20,6 +20,14 @@ kind in primary-key order, so two requests never wait for each other in a circle
    one car, the seats of one slot (its ``booked`` counter), each seat.
 4. ``lock_claims``, ``lock_claim``: claim rows (reservations, seat hold groups, slot bookings), e.g.
    the overdue holds a new claim expires, or the one claim a confirm moves.
+2b. the event's queue row (``EventQueue``, docs/decisions/0017-admission-queue.md):
+   ``take_queue_number`` (a join moves its counter, ``FOR NO KEY UPDATE`` by the ``UPDATE``, held to
+   the join's commit, so numbers commit in the order they are given) and ``lock_event_queue`` (one
+   event's admission run: it waits for the joins in flight, and two runs take turns). Their
+   transactions take no other row lock than the ``FOR KEY SHARE`` that inserting an entry takes on
+   its event and user (which conflicts only with ``lock_event_sales``, a transaction that takes no
+   other lock) and the entry rows an admission run moves (locked by nobody else), so the queue row
+   cannot close a circle. A seat hold reads its entry in its lock statement without locking it.
 5. The one exception: the event row after the claims. A confirm or a cancel of seats moves the
    event's ``confirmed_seats`` counter with a plain ``UPDATE`` in the transition's own statement, and a
    release or an expiry of seats (one, or the expiry job's batch: in id order) takes the same
@@ -75,7 +83,7 @@ from django.db import connection
 from django.db.models import Exists, Model, OuterRef, QuerySet
 
 from booking_site.accounts.models import User
-from events.models import Event, Seat
+from events.models import Event, EventQueue, QueueEntry, Seat
 from reservations.models import Car
 from slots.models import Slot
 
@@ -134,6 +142,38 @@ def lock_event_sales(event_id: int) -> Event | None:
     """The event row for opening or closing sales, ``FOR UPDATE``: waits for the holds in flight."""
     _in_transaction("lock_event_sales")
     return Event.objects.select_for_update().filter(pk=event_id).first()
+
+
+# 2b. the event's queue row
+
+
+def take_queue_number(event_id: int, *, now: datetime) -> tuple[int, int]:
+    """The next number of the event's queue (its row is created by the first join), by moving the
+    queue's counter, and the queue's ``admitted_through`` under that lock: the row stays locked ``FOR
+    NO KEY UPDATE`` until the join commits, so the next join's number waits for this one's entry, and
+    the entries commit in number order."""
+    _in_transaction("take_queue_number")
+    table = EventQueue._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} AS q (event_id, joined, admitted_through, credit_from) VALUES (%s, 1, 0, %s) "
+            "ON CONFLICT (event_id) DO UPDATE SET joined = q.joined + 1 RETURNING q.joined, q.admitted_through",
+            [event_id, now],
+        )
+        number, admitted_through = cursor.fetchone()
+    return number, admitted_through
+
+
+def lock_event_queue(event_id: int) -> EventQueue | None:
+    """One event's queue row with its event (read, not locked), ``FOR NO KEY UPDATE``, for an admission
+    run: it waits for the joins in flight, and two runs on one queue take turns."""
+    _in_transaction("lock_event_queue")
+    return (
+        EventQueue.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("event")
+        .filter(pk=event_id)
+        .first()
+    )
 
 
 # 3. the resources
@@ -196,9 +236,15 @@ _TAKEN = f"""EXISTS (
 # The event first, FOR KEY SHARE (MATERIALIZED, and read by the outer query before the seats, so its
 # lock is taken first: an event that does not exist locks no seat). Its columns are those of the row
 # locked: READ COMMITTED re-reads a row it waited for, so a close of sales that committed is seen.
+_EVENT_COLUMNS = ("sales_open", "event_date", "hold_minutes", "waiting_count", "queue_enabled")  # what a hold judges
 _SHARED_EVENT = f"""event AS MATERIALIZED (
-    SELECT id, sales_open, event_date, hold_minutes, waiting_count FROM {_EVENT}
-    WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
+    SELECT id, {", ".join(_EVENT_COLUMNS)} FROM {_EVENT} WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
+# While the event's queue is on: whether the hold's X-Queue-Token is an entry of its user admitted at
+# %(at)s (read, not locked: one probe of the token's unique index; nothing at all when the queue is off).
+_ADMITTED = f"""e.queue_enabled AND EXISTS (
+    SELECT FROM {QueueEntry._meta.db_table} q
+    WHERE q.token = %(queue_token)s AND q.event_id = e.id AND q.user_id = %(queue_user)s
+      AND q.state = 'ADMITTED' AND q.admitted_until > %(at)s)"""
 # The holder's user row first (order 1: the cap on a user's held seats), as the event's condition: an
 # uncorrelated sub-select, so it runs once, before the event's row is locked.
 _HOLDER = f"""holder AS MATERIALIZED (
@@ -214,8 +260,13 @@ def _shared_event(holder: int | None) -> str:
 
 # The outer query: the event's row, then each seat locked (none: one row of NULLs) with ``taken``.
 _EVENT_AND_SEATS = f"""
-    SELECT e.id, e.sales_open, e.event_date, e.hold_minutes, e.waiting_count, %(free)s, s.id, s.code, {_TAKEN}
+    SELECT e.id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}, {_ADMITTED}, %(free)s, s.id, s.code, {_TAKEN}
     FROM event e LEFT JOIN seats s ON true ORDER BY s.id"""
+
+
+def _admission(admission: tuple[str, int] | None) -> dict:
+    token, user = admission or (None, None)
+    return {"queue_token": token, "queue_user": user}
 
 
 def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], tuple]:
@@ -224,14 +275,11 @@ def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], 
         rows = cursor.fetchall()
     if not rows:
         return None, [], (0, False)
-    event_id, sales_open, event_date, hold_minutes, waiting_count, *free = rows[0][:7]
-    event = Event(
-        pk=event_id,
-        sales_open=sales_open,
-        event_date=event_date,
-        hold_minutes=hold_minutes,
-        waiting_count=waiting_count,
-    )
+    # The first row: the event's id and columns, whether the hold is admitted, and the two free figures.
+    n = len(_EVENT_COLUMNS)
+    event_id, columns, admitted, free = rows[0][0], rows[0][1 : 1 + n], rows[0][1 + n], rows[0][2 + n : 4 + n]
+    event = Event(pk=event_id, **dict(zip(_EVENT_COLUMNS, columns, strict=True)))
+    event.admitted = bool(admitted)
     seats = []
     for *_, seat_id, code, taken in rows:
         if seat_id is not None:
@@ -242,13 +290,20 @@ def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], 
 
 
 def share_event_lock_seats(
-    event_id: int, *, codes: list[str], taken_at: datetime, holder: int | None = None
+    event_id: int,
+    *,
+    codes: list[str],
+    taken_at: datetime,
+    holder: int | None = None,
+    admission: tuple[str, int] | None = None,
 ) -> tuple[Event | None, list[Seat]]:
     """A seat hold by codes, in one statement: the ``holder``'s user row when given (as ``lock_user``),
     the event ``FOR KEY SHARE`` (as ``share_event``), then its seats named by ``codes`` ``FOR NO KEY
     UPDATE`` in id order (as ``lock_seats``). Each seat says whether it was ``taken`` at ``taken_at``,
     read from the statement's snapshot: from before any wait for the seat locks, so good enough to
-    refuse, never to grant. (None, []) when the event is missing."""
+    refuse, never to grant. (None, []) when the event is missing. ``admission`` (token, user id): the
+    event says whether that is an admitted entry of its queue (``admitted``; false when none is given),
+    when its queue is on."""
     _in_transaction("share_event_lock_seats")
     sql = f"""
         WITH {_shared_event(holder)}, seats AS MATERIALIZED (
@@ -256,7 +311,7 @@ def share_event_lock_seats(
             WHERE s.event_id = (SELECT id FROM event) AND s.code = ANY(%(codes)s::text[])
             ORDER BY s.id FOR NO KEY UPDATE
         ) {_EVENT_AND_SEATS.replace("%(free)s", "NULL, NULL")}"""
-    params = {"event": event_id, "codes": list(codes), "at": taken_at, "holder": holder}
+    params = {"event": event_id, "codes": list(codes), "at": taken_at, "holder": holder, **_admission(admission)}
     event, seats, _ = _event_and_seats(sql, params)
     return event, seats
 
@@ -270,6 +325,7 @@ def share_event_lock_free_seats(
     skip_locked: bool,
     holder: int | None = None,
     lock_seats: bool = True,
+    admission: tuple[str, int] | None = None,
 ) -> tuple[Event | None, list[Seat], tuple[int, bool]]:
     """A best-available seat hold, in one statement: the ``holder``'s user row when given, the event
     ``FOR KEY SHARE``, then up to ``window``
@@ -319,6 +375,7 @@ def share_event_lock_free_seats(
         "reach": 8 * window,
         "at": free_at,
         "holder": holder,
+        **_admission(admission),
     }
     return _event_and_seats(sql, params)
 

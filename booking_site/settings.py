@@ -26,7 +26,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # Browser clients on other origins (django-cors-headers), e.g. https://shop.example.com; none by default.
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
 CORS_URLS_REGEX = r"^/api/.*$"
-CORS_ALLOW_HEADERS = (*default_headers, "idempotency-key", "x-request-id")
+CORS_ALLOW_HEADERS = (*default_headers, "idempotency-key", "x-request-id", "x-queue-token")
 CORS_EXPOSE_HEADERS = ["Idempotency-Key", "X-Request-ID", "Idempotent-Replayed", "Retry-After"]
 
 INSTALLED_APPS = [
@@ -267,6 +267,7 @@ BEAT_SCHEDULE_SECONDS = {
     "booking_site.tasks.prune": env.int("PRUNE_EVERY_SECONDS", default=3600),
     "booking_site.webhooks.tasks.deliver_audit_events": env.int("DELIVER_AUDIT_EVENTS_EVERY_SECONDS", default=5),
     "booking_site.tasks.check_invariants": env.int("CHECK_INVARIANTS_EVERY_SECONDS", default=60),
+    "events.tasks.admit_queues": env.int("ADMIT_QUEUES_EVERY_SECONDS", default=5),
 }
 
 # --- Webhooks (docs/contract.md §3.7, docs/decisions/0013-webhooks.md) -----------------------------

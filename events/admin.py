@@ -14,17 +14,27 @@ from django.utils.safestring import mark_safe
 
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
 from booking_site.errors import DomainError
-from events import selectors, services
-from events.models import Event, SeatHoldGroup, WaitlistEntry
+from events import queue, selectors, services
+from events.models import Event, EventQueue, QueueEntry, SeatHoldGroup, WaitlistEntry
 
 PLAIN, SECTIONS = "plain", "sections"
-UPDATABLE = ("name", "event_date", "location", "hold_minutes")  # what the change form may change
+# What the change form may change.
+UPDATABLE = (
+    "name",
+    "event_date",
+    "location",
+    "hold_minutes",
+    "queue_enabled",
+    "admitted_per_minute",
+    "admission_window_minutes",
+)
 
 
 class EventChangeForm(forms.ModelForm):
     """An event's details. The date is bounded as the API bounds it (``services.event_date_problem``:
     in the future, at most ten years ahead); a date left as it was (an event already past) may stay.
-    The hold length is 1-60 minutes, as ``event_hold_minutes_range`` requires."""
+    The hold length is 1-60 minutes, as ``event_hold_minutes_range`` requires; the queue's rate and
+    window are bounded by the model's validators, as its check constraints require."""
 
     hold_minutes = forms.IntegerField(
         min_value=services.HOLD_MINUTES_RANGE[0],
@@ -35,7 +45,7 @@ class EventChangeForm(forms.ModelForm):
 
     class Meta:
         model = Event
-        fields = ["name", "event_date", "location", "hold_minutes"]
+        fields = ["name", "event_date", "location", "hold_minutes", *UPDATABLE[4:]]
 
     def clean_event_date(self):
         event_date = self.cleaned_data["event_date"]
@@ -94,8 +104,9 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         "available_seats",
         "sales_open",
         "waiting",
+        "queue_enabled",
     ]
-    list_filter = ["sales_open", "waitlist_enabled", "event_date"]
+    list_filter = ["sales_open", "waitlist_enabled", "queue_enabled", "event_date"]
     search_fields = ["name", "location", "=id"]
     date_hierarchy = "event_date"
     actions = ["close_sales", "open_sales", "turn_waitlist_off", "turn_waitlist_on"]
@@ -109,10 +120,19 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         "waiting",
         "created_at",
         "seat_map",
+        "queue_summary",
         "audit_trail",
     ]
     fieldsets = [
         (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]}),
+        (
+            "Admission queue",
+            {
+                "fields": ["queue_enabled", "admitted_per_minute", "admission_window_minutes", "queue_summary"],
+                "description": "On: seat holds need an admission from the queue (operators are exempt). "
+                "The admit queues job lets the next people in, in join order, at this rate while sales are open.",
+            },
+        ),
         ("Seats", {"fields": ["total_seats", "confirmed_seats", "held_seats", "available_seats", "seat_map"]}),
         ("Waiting list", {"fields": ["waitlist_enabled", "waiting"]}),
         ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
@@ -165,6 +185,20 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         )
         obj.pk, obj.total_seats, obj.created_at = created.pk, created.total_seats, created.created_at
         obj._state.adding = False
+
+    @admin.display(description="Queue now")
+    def queue_summary(self, event):
+        row = EventQueue.objects.filter(pk=event.pk).first()
+        if row is None:
+            return "Nobody has joined."
+        url = reverse("admin:events_queueentry_changelist") + f"?event__id__exact={event.pk}"
+        return format_html(
+            '{} joined, {} admitted, {} waiting: <a href="{}">the entries</a>',
+            row.joined,
+            row.admitted_through,
+            row.joined - row.admitted_through,
+            url,
+        )
 
     @admin.display(description="Held now")
     def held_seats(self, event):
@@ -421,3 +455,43 @@ class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
             "removed from the waiting list",
         )
         return None
+
+
+@admin.register(QueueEntry)
+class QueueEntryAdmin(AuditTrailMixin, ReadOnlyAdmin):
+    """The admission queues: each entry with its place, in join order per event. Only the services
+    write them (a join, the admit queues job); operators watch."""
+
+    list_display = ["number", "event", "user", "state_now", "position", "joined_at", "admitted_until"]
+    list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["user__email", "user__name", "=token"]
+    list_select_related = ["event", "user"]
+    ordering = ["event", "number"]
+    readonly_fields = [
+        "event",
+        "user",
+        "number",
+        "state_now",
+        "position",
+        "joined_at",
+        "admitted_at",
+        "admitted_until",
+        "audit_trail",
+    ]
+    fields = tuple(readonly_fields)
+
+    def get_queryset(self, request):
+        through = EventQueue.objects.filter(pk=OuterRef("event_id")).values("admitted_through")
+        return super().get_queryset(request).annotate(through=Subquery(through))
+
+    def get_audit_subject(self, entry):
+        return queue.queue_subject(entry.pk)
+
+    @admin.display(description="State now", ordering="state")
+    def state_now(self, entry):
+        return entry.state_at(timezone.now())
+
+    @admin.display(description="Position")
+    def position(self, entry):
+        """1 for the next to be admitted; 0 once admitted."""
+        return queue.with_position(entry, entry.through).position

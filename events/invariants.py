@@ -2,9 +2,10 @@
 come from the engine). Every query names hold groups, the rows the admin shows."""
 
 from booking_site.invariants import Invariant, column, one_active_per, table
-from events.models import Event, SeatClaim, SeatHoldGroup, WaitlistEntry
+from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 
 _EVENT, _CLAIM, _GROUP, _ENTRY = table(Event), table(SeatClaim), table(SeatHoldGroup), table(WaitlistEntry)
+_QUEUE, _QUEUE_ENTRY = table(EventQueue), table(QueueEntry)
 _CONFIRMED = column(Event, "confirmed_seats")
 
 INVARIANTS = [
@@ -52,5 +53,19 @@ INVARIANTS = [
                    OR (w.state = 'ACCEPTED' AND g.state NOT IN ('CONFIRMED', 'CANCELLED'))
                    OR w.offer_expires_at <> g.expires_at""",
         model=WaitlistEntry,
+    ),
+    Invariant(
+        name="events.queue_numbers_and_mark",
+        holds="Each admission queue's entries are numbered 1 to joined without a gap, and exactly those up to "
+        "admitted_through have been admitted (so every position shown is exact).",
+        # Per queue, two ranges of queue_entry_number_unique_per_event (event, number).
+        # Named by the event: its admin page shows the queue's figures and links its entries.
+        sql=f"""SELECT q.event_id AS id FROM {_QUEUE} q
+                WHERE q.joined <> (SELECT COUNT(*) FROM {_QUEUE_ENTRY} x WHERE x.event_id = q.event_id)
+                   OR EXISTS (SELECT FROM {_QUEUE_ENTRY} x WHERE x.event_id = q.event_id
+                              AND x.number <= q.admitted_through AND x.state = 'WAITING')
+                   OR EXISTS (SELECT FROM {_QUEUE_ENTRY} x WHERE x.event_id = q.event_id
+                              AND x.number > q.admitted_through AND x.state <> 'WAITING')""",
+        model=Event,
     ),
 ]

@@ -8,9 +8,11 @@ claims" without a trigger.
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -26,6 +28,19 @@ class Event(models.Model):
     total_seats = models.PositiveIntegerField(help_text="How many seats were generated; fixed after creation")
     sales_open = models.BooleanField(default=True)
     hold_minutes = models.PositiveSmallIntegerField(default=5, help_text="How long a seat hold lasts (1-60)")
+    # The admission queue of an on-sale (docs/decisions/0017-admission-queue.md): while it is on, a seat
+    # hold needs the X-Queue-Token of an admitted entry; the beat job admits this many a minute, in order.
+    queue_enabled = models.BooleanField(default=False, help_text="Holds need an admission from the queue")
+    admitted_per_minute = models.PositiveIntegerField(
+        default=60,
+        validators=[MinValueValidator(1), MaxValueValidator(10_000)],
+        help_text="How many people in the queue are admitted per minute (1-10000)",
+    )
+    admission_window_minutes = models.PositiveSmallIntegerField(
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(120)],
+        help_text="How long an admitted person may hold seats (1-120 minutes)",
+    )
     # A counter, kept by the services in the transaction of each confirm / cancel, so that reading the
     # counts never has to count the booked seats: it costs the same at 0 % and at 100 % sold.
     confirmed_seats = models.PositiveIntegerField(default=0, editable=False)
@@ -38,6 +53,7 @@ class Event(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     held_seats: int  # annotated by selectors.events_with_counts, not a column
+    admitted: bool  # read by the seat hold's lock statement (booking_site.locking), not a column
 
     class Meta:
         ordering = ["event_date", "id"]
@@ -51,6 +67,14 @@ class Event(models.Model):
                 name="event_confirmed_within_total",
             ),
             models.CheckConstraint(condition=Q(waiting_count__gte=0), name="event_waiting_count_not_negative"),
+            models.CheckConstraint(
+                condition=Q(admitted_per_minute__gte=1, admitted_per_minute__lte=10_000),
+                name="event_admitted_per_minute_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(admission_window_minutes__gte=1, admission_window_minutes__lte=120),
+                name="event_admission_window_range",
+            ),
         ]
         indexes = [models.Index(fields=["event_date"], name="event_date_idx")]
 
@@ -255,3 +279,95 @@ class WaitlistEntry(models.Model):
 
     def __str__(self) -> str:
         return f"Waitlist entry #{self.pk} ({self.state})"
+
+
+class EventQueue(models.Model):
+    """One event's admission queue: the numbers it has given out and how far it has admitted.
+
+    ``joined`` is the queue's sequence: a join takes the next number by moving it, under this row's
+    lock, so numbers are gapless and committed in the order they were given (a join holds the lock to
+    its commit). Every entry numbered up to ``admitted_through`` has been admitted; those after it
+    wait, so a waiting entry's position is ``number - admitted_through``: one row read, no count.
+    ``credit_from``: admissions accrue from this moment at the event's rate (``events.queue.admissions_due``).
+    """
+
+    event = models.OneToOneField(Event, on_delete=models.CASCADE, primary_key=True, related_name="queue")
+    joined = models.BigIntegerField(default=0, help_text="The last number given out")
+    admitted_through = models.BigIntegerField(default=0, help_text="Every entry up to this number is admitted")
+    credit_from = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(admitted_through__gte=0, admitted_through__lte=F("joined")),
+                name="event_queue_admitted_within_joined",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Queue of event {self.event_id}"
+
+
+QUEUE_STATES = ["WAITING", "ADMITTED", "EXPIRED"]
+QUEUE_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what events.queue issues (URL-safe base64), and no more
+
+
+class QueueEntry(models.Model):
+    """One user's place in an event's admission queue: WAITING → ADMITTED (for the event's admission
+    window) → EXPIRED once the window has passed. ``number`` is its place in join order, given by the
+    queue's sequence (``EventQueue.joined``); ``token`` is what the client polls with and sends as
+    ``X-Queue-Token`` on its seat holds."""
+
+    class State(models.TextChoices):
+        WAITING = "WAITING", "Waiting"
+        ADMITTED = "ADMITTED", "Admitted"
+        EXPIRED = "EXPIRED", "Expired"
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="queue_entries")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="queue_entries")
+    token = models.CharField(max_length=64, unique=True)
+    number = models.BigIntegerField()
+    state = models.CharField(max_length=8, choices=State.choices, default=State.WAITING)
+    joined_at = models.DateTimeField()
+    admitted_at = models.DateTimeField(null=True, blank=True)
+    admitted_until = models.DateTimeField(null=True, blank=True)
+    position: int  # set by events.queue from the queue's admitted_through, not a column
+    through: int  # annotated by events.queue.queue_entry_read: the queue's admitted_through
+
+    class Meta:
+        ordering = ["event", "number"]
+        verbose_name_plural = "queue entries"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "user"], name="queue_entry_one_per_user_per_event"),
+            # Also the index admission walks: the next numbers of one event.
+            models.UniqueConstraint(fields=["event", "number"], name="queue_entry_number_unique_per_event"),
+            models.CheckConstraint(condition=Q(number__gte=1), name="queue_entry_number_positive"),
+            models.CheckConstraint(condition=Q(state__in=QUEUE_STATES), name="queue_entry_state_valid"),
+            # Admitted (and maybe lapsed since) exactly when it has an admission window.
+            models.CheckConstraint(
+                condition=Q(state="WAITING", admitted_at__isnull=True, admitted_until__isnull=True)
+                | Q(
+                    state__in=["ADMITTED", "EXPIRED"],
+                    admitted_at__isnull=False,
+                    admitted_until__isnull=False,
+                    admitted_until__gt=F("admitted_at"),
+                ),
+                name="queue_entry_window_iff_admitted",
+            ),
+        ]
+        indexes = [
+            # The admission job's lapsed admissions: bounded by who is admitted now, not by the queue.
+            models.Index(
+                fields=["event", "admitted_until"], condition=Q(state="ADMITTED"), name="queue_entry_admitted_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.number} in the queue of event {self.event_id} ({self.state})"
+
+    def state_at(self, now) -> str:
+        """The state as of ``now``: an admission whose window has passed reads as EXPIRED before the job
+        has written it."""
+        if self.state == self.State.ADMITTED and self.admitted_until is not None and self.admitted_until <= now:
+            return self.State.EXPIRED
+        return self.state

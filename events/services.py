@@ -30,7 +30,7 @@ from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, Valid
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
-from events.models import Event, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
+from events.models import QUEUE_TOKEN, Event, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
 
 State = SeatHoldGroup.State
 Entry = WaitlistEntry.State
@@ -47,6 +47,8 @@ PICK_SLACK = 4  # best-available: candidates locked beyond the quantity, so a ru
 logger = logging.getLogger(__name__)
 SECTION_NAME = re.compile(r"^[A-Za-z0-9]{1,20}$")
 HOLD_MINUTES_RANGE = (1, 60)
+ADMITTED_PER_MINUTE_RANGE = (1, 10_000)  # event_admitted_per_minute_range
+ADMISSION_WINDOW_RANGE = (1, 120)  # event_admission_window_range
 # How far ahead an event may be scheduled. Ten years is past any real on-sale window, and keeps every
 # event date far from datetime's year-9999 edge, where rendering it in a time zone east of UTC (or
 # reading a naive date in one west of it) overflows.
@@ -93,6 +95,13 @@ class BookingNotActive(Conflict):
     code = "booking_not_active"
 
 
+class NotAdmitted(DomainError):
+    """The event's sale is behind its admission queue, and the hold brought no ``X-Queue-Token`` of an
+    entry of its user admitted now (docs/decisions/0017-admission-queue.md)."""
+
+    status, code = 403, "not_admitted"
+
+
 class EventMismatch(DomainError):
     status, code = 400, "event_mismatch"
 
@@ -123,10 +132,10 @@ def event_date_problem(event_date: datetime, *, now: datetime) -> str | None:
     return None
 
 
-def _check_hold_minutes(hold_minutes: int) -> None:
-    low, high = HOLD_MINUTES_RANGE
-    if not low <= hold_minutes <= high:
-        raise ValidationFailed.for_field("holdMinutes", f"Must be between {low} and {high}.")
+def _check_range(field: str, value: int | None, bounds: tuple[int, int]) -> None:
+    low, high = bounds
+    if value is not None and not low <= value <= high:
+        raise ValidationFailed.for_field(field, f"Must be between {low} and {high}.")
 
 
 @dataclass(frozen=True)
@@ -178,7 +187,7 @@ def event_create(
     problem = event_date_problem(event_date, now=now)
     if problem:
         raise ValidationFailed.for_field("date", problem)
-    _check_hold_minutes(hold_minutes)
+    _check_range("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE)
     with transaction.atomic():
         event = Event.objects.create(
             name=name,
@@ -237,19 +246,35 @@ def event_update_details(
     event_date: datetime | None = None,
     location: str | None = None,
     hold_minutes: int | None = None,
+    queue_enabled: bool | None = None,
+    admitted_per_minute: int | None = None,
+    admission_window_minutes: int | None = None,
 ) -> Event:
-    """Change an event's name, date, location or hold length (``None``: leave it as it is).
+    """Change an event's name, date, location, hold length or admission queue (on or off, its rate and
+    its admission window) (``None``: leave it as it is).
 
     Only these columns are written, under the event's row lock: the ``confirmed_seats`` counter and
     ``sales_open``, which confirms, cancels and the sales actions move meanwhile, are never written back
     from an earlier read. One ``UPDATED`` audit event lists what changed; nothing changed writes nothing.
     A new ``hold_minutes`` applies to holds granted from now on. A new date must pass
-    ``event_date_problem``; an unchanged one (an event already past, say) may stay.
+    ``event_date_problem``; an unchanged one (an event already past, say) may stay. Turning the queue
+    on gates the holds that come after this commits (they read it under the event's key share); a new
+    rate applies from the next admission run; a new window to admissions from then on. Entries still
+    waiting when the queue is turned off keep their places for when it is turned on again.
     """
-    wanted = {"name": name, "event_date": event_date, "location": location, "hold_minutes": hold_minutes}
+    wanted = {
+        "name": name,
+        "event_date": event_date,
+        "location": location,
+        "hold_minutes": hold_minutes,
+        "queue_enabled": queue_enabled,
+        "admitted_per_minute": admitted_per_minute,
+        "admission_window_minutes": admission_window_minutes,
+    }
     wanted = {field: value for field, value in wanted.items() if value is not None}
-    if hold_minutes is not None:
-        _check_hold_minutes(hold_minutes)
+    _check_range("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE)
+    _check_range("admittedPerMinute", admitted_per_minute, ADMITTED_PER_MINUTE_RANGE)
+    _check_range("admissionWindowMinutes", admission_window_minutes, ADMISSION_WINDOW_RANGE)
     with transaction.atomic():
         event = _locked_event(locking.lock_event, event_id)
         now = locked_now(now)
@@ -298,6 +323,7 @@ class SeatHold:
     quantity: int | None
     request_id: str
     now: datetime  # when it was asked: the lock statement judges which seats are taken by it
+    queue_token: str | None = None  # X-Queue-Token: needed while the event's queue is on
     attempt: int = 0  # best available: picking again after the seats locked came up short
     offer: bool = False  # made by the waiting list for its head (``waitlist_offer``), not asked by a client
 
@@ -378,6 +404,9 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def lock_target(self, request: SeatHold) -> Target:
         holder = request.user.pk if self.limit_for(request) is not None else None  # the cap's lock
+        # The admission is read by the same statement (no round trip of its own), when a token is given.
+        token = request.queue_token
+        admission = (token, request.user.pk) if token and QUEUE_TOKEN.fullmatch(token) else None
         if request.offer:
             # Seats free by their stored rows alone: an offer never expires another hold (it would wait
             # for that hold's row while holding the event's lock), and locks no seat (it waits for none).
@@ -391,7 +420,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             )
         elif request.seat_codes is not None:
             event, seats = locking.share_event_lock_seats(
-                request.event_id, codes=request.seat_codes, taken_at=request.now, holder=holder
+                request.event_id, codes=request.seat_codes, taken_at=request.now, holder=holder, admission=admission
             )
             available, adjacent_free = None, False
         else:
@@ -402,6 +431,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                 free_at=request.now,
                 skip_locked=not request.wait_for_seats,
                 holder=holder,
+                admission=admission,
             )
         if event is None:
             raise NotFound(f"Event {request.event_id} does not exist.")
@@ -416,6 +446,15 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def check_target(self, target: Target, request: SeatHold, *, now: datetime) -> None:
         self._check_sales(target.event, now=now)
+        if target.event.queue_enabled and not target.event.admitted and not (request.actor.is_staff or request.offer):
+            raise NotAdmitted(
+                f"Event {target.event.pk} sells through its queue: send X-Queue-Token of your admitted entry "
+                f"(join with POST /api/events/{target.event.pk}/queue and poll it until it is ADMITTED)."
+                if request.queue_token is None
+                else f"This X-Queue-Token is not an admission of yours to event {target.event.pk} (still waiting, "
+                "lapsed, or of another user or event).",
+                details={"eventId": target.event.pk},
+            )
         if target.event.waiting_count and not request.offer:
             raise WaitlistActive(
                 f"{target.event.waiting_count} users are waiting for seats of event {target.event.pk}, and seats "
@@ -763,9 +802,11 @@ def seat_hold(
     quantity: int | None = None,
     request_id: str = "",
     actor: User | None = None,
+    queue_token: str | None = None,
 ) -> SeatHoldGroup:
     """Hold the named seats, or ``quantity`` best-available ones, all or nothing, for one user, asked by
-    ``actor`` (the user, or an operator for them)."""
+    ``actor`` (the user, or an operator for them). While the event's queue is on, ``queue_token`` must
+    be an entry of the user admitted now, unless the actor is an operator."""
     if (seat_codes is None) == (quantity is None):
         raise ValidationFailed.for_field("seatCodes", "Give either seatCodes or quantity.")
     count = len(seat_codes) if seat_codes is not None else quantity
@@ -782,6 +823,7 @@ def seat_hold(
         quantity=quantity,
         request_id=request_id,
         now=now,
+        queue_token=queue_token,
     )
     return SEAT_HOLDS.hold(request, now=now, actor=actor)
 

@@ -20,6 +20,7 @@ SUBJECTS = {
     "slot": "slot",
     "slotbooking": "slot_booking",
     "waitlist_entry": "waitlist_entry",
+    "queue_entry": "queue_entry",
 }
 
 # Every event type a subscriber can receive, by subject: the audit events each subject records.
@@ -31,6 +32,7 @@ EVENT_TYPES: list[str] = [
     *(f"slot.{e}" for e in ("created", "updated", "cancelled")),
     *(f"slot_booking.{e}" for e in ("created", "confirmed", "cancelled", "expired", "rescheduled")),
     *(f"waitlist_entry.{e}" for e in ("created", "offered", "accepted", "expired", "left")),
+    *(f"queue_entry.{e}" for e in ("created", "admitted", "expired")),
     TEST_EVENT,
 ]
 

@@ -4,7 +4,14 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from booking_site.api import StrictSerializer
-from events.services import MAX_SEATS_PER_EVENT, MAX_SEATS_PER_HOLD, event_date_problem
+from events.services import (
+    ADMISSION_WINDOW_RANGE,
+    ADMITTED_PER_MINUTE_RANGE,
+    HOLD_MINUTES_RANGE,
+    MAX_SEATS_PER_EVENT,
+    MAX_SEATS_PER_HOLD,
+    event_date_problem,
+)
 
 USER_ID: dict[str, Any] = {"min_value": 1, "max_value": 2**63 - 1}  # an IntegerField's bounds
 
@@ -51,6 +58,29 @@ class EventCreateIn(StrictSerializer):
         return data
 
 
+class EventChangeIn(StrictSerializer):
+    """What an operator may change on an event (each optional; nothing given changes nothing)."""
+
+    name = serializers.CharField(max_length=255, required=False)
+    date = EventDateField(required=False, help_text="In the future, at most ten years ahead")
+    location = serializers.CharField(max_length=255, required=False)
+    holdMinutes = serializers.IntegerField(
+        min_value=HOLD_MINUTES_RANGE[0], max_value=HOLD_MINUTES_RANGE[1], required=False
+    )
+    queueEnabled = serializers.BooleanField(
+        required=False, help_text="On: seat holds need the X-Queue-Token of an admitted entry of the queue"
+    )
+    admittedPerMinute = serializers.IntegerField(
+        min_value=ADMITTED_PER_MINUTE_RANGE[0], max_value=ADMITTED_PER_MINUTE_RANGE[1], required=False
+    )
+    admissionWindowMinutes = serializers.IntegerField(
+        min_value=ADMISSION_WINDOW_RANGE[0],
+        max_value=ADMISSION_WINDOW_RANGE[1],
+        required=False,
+        help_text="How long an admitted entry may hold seats",
+    )
+
+
 class EventOut(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
@@ -64,6 +94,9 @@ class EventOut(serializers.Serializer):
     holdMinutes = serializers.IntegerField(source="hold_minutes")
     waitlistEnabled = serializers.BooleanField(source="waitlist_enabled", help_text="Whether users may join")
     waitingCount = serializers.IntegerField(source="waiting_count", help_text="Users on the waiting list, WAITING")
+    queueEnabled = serializers.BooleanField(source="queue_enabled")
+    admittedPerMinute = serializers.IntegerField(source="admitted_per_minute")
+    admissionWindowMinutes = serializers.IntegerField(source="admission_window_minutes")
     createdAt = serializers.DateTimeField(source="created_at")
 
 
@@ -182,3 +215,18 @@ class WaitlistEntryOut(serializers.Serializer):
     holdGroupId = serializers.UUIDField(source="hold_group_id", allow_null=True, help_text="The offer: a seat hold")
     offerExpiresAt = serializers.DateTimeField(source="offer_expires_at", allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at")
+
+
+class QueueJoinIn(StrictSerializer):
+    """Nothing to give: the caller joins, once."""
+
+
+class QueueEntryOut(serializers.Serializer):
+    token = serializers.CharField(help_text="Poll with it; send it as X-Queue-Token on seat holds once ADMITTED")
+    eventId = serializers.IntegerField(source="event_id")
+    position = serializers.IntegerField(help_text="While WAITING: 1 is the next to be admitted; 0 once admitted")
+    state = serializers.ChoiceField(choices=["WAITING", "ADMITTED", "EXPIRED"])
+    joinedAt = serializers.DateTimeField(source="joined_at")
+    admittedUntil = serializers.DateTimeField(
+        source="admitted_until", allow_null=True, help_text="Seat holds are admitted until then"
+    )

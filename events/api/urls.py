@@ -8,6 +8,8 @@ urlpatterns = [
     path("events/<id:event_id>/seats", views.EventSeats.as_view(), name="event-seats"),
     path("events/<id:event_id>/seats/reserve", views.SeatsReserve.as_view(), name="event-seats-reserve"),
     path("events/<id:event_id>/seats/confirm", views.SeatsConfirm.as_view(), name="event-seats-confirm"),
+    path("events/<id:event_id>/queue", views.QueueJoin.as_view(), name="event-queue-join"),
+    path("events/<id:event_id>/queue/<str:token>", views.QueueEntryDetail.as_view(), name="event-queue-entry"),
     path("events/<id:event_id>/seats/release", views.SeatsRelease.as_view(), name="event-seats-release"),
     path("events/<id:event_id>/waitlist", views.Waitlist.as_view(), name="event-waitlist"),
     path(

@@ -2,7 +2,7 @@ import json
 
 from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.fields import DateTimeField
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
@@ -16,18 +16,21 @@ from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
 from booking_site.schema import errors
 from booking_site.throttling import HOLDS
-from events import selectors, services
+from events import queue, selectors, services
 from events.api.filters import EventFilter
 from events.api.serializers import (
     BookingCancelIn,
     BookingCancelOut,
     BookingSeatOut,
     ConfirmOut,
+    EventChangeIn,
     EventCountsOut,
     EventCreatedOut,
     EventCreateIn,
     EventOut,
     HoldActionIn,
+    QueueEntryOut,
+    QueueJoinIn,
     ReleaseOut,
     SeatHoldIn,
     SeatHoldOut,
@@ -36,6 +39,17 @@ from events.api.serializers import (
     WaitlistJoinIn,
 )
 from events.models import SeatHoldGroup, WaitlistEntry
+
+# The fields of PATCH /api/events/{id}, by the service's name for them.
+_CHANGES = {
+    "name": "name",
+    "date": "event_date",
+    "location": "location",
+    "holdMinutes": "hold_minutes",
+    "queueEnabled": "queue_enabled",
+    "admittedPerMinute": "admitted_per_minute",
+    "admissionWindowMinutes": "admission_window_minutes",
+}
 
 
 def _event(event_id: int, *, now=None):
@@ -103,12 +117,25 @@ class EventList(ListAPIView):
 
 
 class EventDetail(APIView):
-    """The event and its counts as of ``asOf`` (at most a second ago)."""
+    """The event and its counts as of ``asOf`` (at most a second ago). Operators change its details and
+    its admission queue with PATCH."""
+
+    permission_classes = [StaffWrites]
 
     @extend_schema(responses={200: EventCountsOut})
     def get(self, request, event_id: int):
         body, _ = recent_counts.get(event_id, now=timezone.now(), read=lambda now: _read_counts(event_id, now))
         return Response(body)
+
+    @extend_schema(request=EventChangeIn, responses={200: EventCountsOut})
+    @idempotent
+    def patch(self, request, event_id: int):
+        data = EventChangeIn.validated(request)
+        now = timezone.now()
+        services.event_update_details(
+            event_id=event_id, actor=request.user, now=now, **{_CHANGES[k]: v for k, v in data.items() if k in _CHANGES}
+        )
+        return Response(_read_counts(event_id, now))
 
 
 class EventSeats(APIView):
@@ -131,14 +158,32 @@ def _hold_out(group: SeatHoldGroup, seat_codes: list[str]) -> dict:
     return SeatHoldOut(group).data
 
 
+QUEUE_TOKEN_HEADER = "X-Queue-Token"
+
+
 class SeatsReserve(APIView):
     throttle_scope = HOLDS  # docs/contract.md §3.6
 
     @extend_schema(
         request=SeatHoldIn,
+        parameters=[
+            OpenApiParameter(
+                QUEUE_TOKEN_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                description="While the event's queue is on: the token of your admitted queue entry",
+            )
+        ],
         responses={
             201: SeatHoldOut,
-            **errors(services.SeatsUnavailable, services.SalesClosed, services.WaitlistActive, LimitReached, Forbidden),
+            **errors(
+                services.SeatsUnavailable,
+                services.SalesClosed,
+                services.WaitlistActive,
+                services.NotAdmitted,
+                LimitReached,
+                Forbidden,
+            ),
         },
     )
     @idempotent
@@ -152,8 +197,36 @@ class SeatsReserve(APIView):
             now=timezone.now(),
             request_id=request.idempotency_key or "",
             actor=request.user,
+            queue_token=request.headers.get(QUEUE_TOKEN_HEADER),
         )
         return Response(_hold_out(group, [s.code for s in group.seats]), status=201)
+
+
+class QueueJoin(APIView):
+    """Join the event's admission queue (one entry per user: joining again answers 200 with it)."""
+
+    @extend_schema(
+        request=QueueJoinIn,
+        responses={201: QueueEntryOut, 200: QueueEntryOut, **errors(queue.QueueDisabled, services.SalesClosed)},
+    )
+    @idempotent
+    def post(self, request, event_id: int):
+        QueueJoinIn.validated(request)
+        entry, created = queue.queue_join(event_id=event_id, user=request.user, now=timezone.now())
+        return Response(QueueEntryOut(entry).data, status=201 if created else 200)
+
+
+class QueueEntryDetail(APIView):
+    """Poll a queue entry: its position while WAITING, then ADMITTED until ``admittedUntil``, then EXPIRED."""
+
+    @extend_schema(responses={200: QueueEntryOut, **errors(NotOwner)})
+    def get(self, request, event_id: int, token: str):
+        entry = queue.queue_entry_read(event_id=event_id, token=token)
+        if entry is None:
+            raise NotFound(f"Event {event_id} has no queue entry with this token.")
+        require_owner(user=request.user, owner_id=entry.user_id, what="This queue entry")
+        entry.state = entry.state_at(timezone.now())
+        return Response(QueueEntryOut(entry).data)
 
 
 class SeatsConfirm(APIView):

@@ -72,6 +72,26 @@ def test_the_table_shows_medians_and_adds_up_the_statuses_of_all_runs():
     assert "201:30" in row and "20%" in row
 
 
+def test_the_on_sale_has_its_own_table_and_stays_out_of_the_load_table():
+    runs = [
+        Measurement(
+            "onsale",
+            "onsale",
+            rps=120,
+            p99_ms=900,
+            statuses={201: 2500, 200: 9000, 409: 1},
+            extra={"buyers": 2000, "sold": 500, "rate_per_min": 3000, "sold_out_s": 30.4, "last_buyer_wait_s": w},
+        )
+        for w in (27.9, 25.0, 30.0)
+    ]
+
+    text = report.table(report.summarize(runs))
+
+    assert text.splitlines()[0].split()[:2] == ["on-sale", "buyers"]
+    row = text.splitlines()[2].split()
+    assert row[:4] == ["onsale", "2,000", "500", "3,000"] and "27.9" in row
+
+
 def test_profile_samples_are_grouped_by_the_library_of_their_frames():
     raw = (
         'process 1:"gunicorn";handle (gunicorn/workers/sync.py:1);execute (django/db/models/sql/compiler.py:2);'

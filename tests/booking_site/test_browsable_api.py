@@ -15,7 +15,7 @@ from django.utils import timezone
 from rest_framework.views import APIView
 
 from booking_site.webhooks.services import webhook_endpoint_create
-from events.models import SeatHoldGroup
+from events.models import Event, SeatHoldGroup
 from reservations.models import Reservation
 from slots.models import SlotBooking
 from tests.events.factories import make_event, write_hold
@@ -46,6 +46,8 @@ def _cases(staff) -> dict[str, Case]:
     to_confirm = write_hold(event, ["S1"], user=guest)
     to_release = write_hold(event, ["S2"], user=guest)
     booked = write_hold(event, ["S3"], user=guest, state="CONFIRMED")
+    queued = make_event(total_seats=1)
+    Event.objects.filter(pk=queued.pk).update(queue_enabled=True)
     slot, other_slot = SlotFactory(), SlotFactory()
     pending = SlotBookingFactory(guest=guest, status=SlotBooking.Status.PENDING)
     confirmed = SlotBookingFactory(guest=guest, slot=slot)
@@ -107,6 +109,7 @@ def _cases(staff) -> dict[str, Case]:
             {"userId", "holdGroupId"},
             {"holdGroupId": str(to_release.pk), "userId": str(guest.pk)},
         ),
+        "event-queue-join": Case(f"/api/events/{queued.pk}/queue", set(), status=201),
         "event-booking-cancel": Case(f"/api/events/bookings/{booked.booking_group_id}/cancel", {"reason"}),
         "event-waitlist": Case(
             f"/api/events/{make_event(total_seats=1).pk}/waitlist", {"quantity"}, {"quantity": "2"}, 201

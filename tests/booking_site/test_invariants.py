@@ -15,8 +15,9 @@ from booking_site import invariants
 from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import record
 from booking_site.tasks import check_invariants
+from events import queue
 from events import services as events
-from events.models import Event, SeatClaim, SeatHoldGroup, WaitlistEntry
+from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 from reservations import services as reservations
 from reservations.models import Reservation
 from slots import services as slots
@@ -151,6 +152,26 @@ def _offer_outliving_its_hold():
     return {entry.pk}
 
 
+def _queued(joins: int):
+    event = make_event()
+    events.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=True)
+    entries = [queue.queue_join(event_id=event.pk, user=UserFactory(), now=timezone.now())[0] for _ in range(joins)]
+    return event, entries
+
+
+def _queue_mark_drifted():
+    event, _ = _queued(3)
+    queue.queue_admit(event_id=event.pk, now=timezone.now() + timedelta(seconds=2))
+    EventQueue.objects.filter(pk=event.pk).update(admitted_through=0)  # positions would be off by two
+    return {event.pk}
+
+
+def _queue_number_gap():
+    event, entries = _queued(2)
+    QueueEntry.objects.filter(pk=entries[0].pk).delete()
+    return {event.pk}
+
+
 def _seat_claim_left_behind():
     event = make_event(total_seats=3)
     group = write_hold(event, ["S1", "S2"])
@@ -209,6 +230,7 @@ CORRUPTIONS = {
     "events.offer_follows_its_hold": [_offer_outliving_its_hold],
     "events.terminal_claim_audited_once": [_seat_hold_ended_unaudited],
     "events.no_stale_hold": [_stale_seat_hold],
+    "events.queue_numbers_and_mark": [_queue_mark_drifted, _queue_number_gap],
     "slots.booked_counted": [_slot_counter_drifted],
     "slots.within_capacity": [_slot_over_capacity],
     "slots.terminal_claim_audited_once": [_slot_booking_ended_unaudited],

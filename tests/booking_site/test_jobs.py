@@ -19,7 +19,13 @@ from django_celery_beat.models import PeriodicTask
 from booking_site import embedded
 from booking_site.celery import app as celery_app
 from booking_site.tasks import expire_holds
+from events.models import EventQueue, QueueEntry
+from events.queue import queue_join
+from events.services import event_update_details
+from events.tasks import admit_queues
 from reservations.models import Reservation
+from tests.events.factories import make_event
+from tests.factories import UserFactory
 from tests.reservations.factories import ReservationFactory
 
 
@@ -35,6 +41,7 @@ def test_a_fresh_install_has_its_beat_schedule():
     expire = tasks["booking_site.tasks.expire_holds"]
     assert expire.enabled and (expire.interval.every, expire.interval.period) == (15, "seconds")
     assert tasks["booking_site.tasks.prune"].interval.every == 3600
+    assert tasks["events.tasks.admit_queues"].interval.every == 5
 
 
 @pytest.mark.django_db
@@ -68,7 +75,7 @@ def test_prune_command(capsys):
 
 @pytest.mark.django_db
 def test_commands_explain_themselves(capsys):
-    for command in ["expire_holds", "prune", "seed_demo", "up", "serve"]:
+    for command in ["expire_holds", "prune", "admit_queues", "seed_demo", "up", "serve"]:
         with pytest.raises(SystemExit):
             call_command(command, "--help")
         assert len(capsys.readouterr().out) > 200
@@ -96,6 +103,24 @@ def test_a_real_worker_runs_the_expiry_task_from_the_broker():
             time.sleep(0.2)
 
     assert set(Reservation.objects.filter(pk__in=[h.pk for h in holds]).values_list("state", flat=True)) == {"EXPIRED"}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_real_worker_runs_the_admission_task_from_the_broker():
+    event = make_event()
+    event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=True, admitted_per_minute=600)
+    for _ in range(3):
+        queue_join(event_id=event.pk, user=UserFactory(), now=timezone.now())
+    EventQueue.objects.update(credit_from=timezone.now() - timedelta(seconds=10))
+
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        admit_queues.delay()
+        deadline = time.monotonic() + 30
+        while QueueEntry.objects.filter(state="WAITING").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    assert list(QueueEntry.objects.order_by("number").values_list("state", flat=True)) == ["ADMITTED"] * 3
 
 
 @pytest.mark.parametrize("command", ["up", "serve"])

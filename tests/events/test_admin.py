@@ -6,7 +6,7 @@ from django.test import Client
 from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
-from events import services
+from events import queue, services
 from events.admin import EventAdmin
 from events.models import Event, Seat, SeatHoldGroup, WaitlistEntry
 from tests.events.factories import make_event, violations, write_hold
@@ -141,6 +141,9 @@ def change_event(admin_client, event, **fields):
         "event_date_1": local.strftime("%H:%M:%S"),
         "location": event.location,
         "hold_minutes": str(event.hold_minutes),
+        "admitted_per_minute": str(event.admitted_per_minute),
+        "admission_window_minutes": str(event.admission_window_minutes),
+        **({"queue_enabled": "on"} if event.queue_enabled else {}),
         **fields,
     }
     return admin_client.post(f"/admin/events/event/{event.pk}/change/", form)
@@ -188,6 +191,42 @@ def test_an_edit_never_writes_back_the_counter_or_sales_it_read(admin_client, us
     event.refresh_from_db()
     assert (event.name, event.confirmed_seats, event.sales_open) == ("Renamed", 2, False)
     assert violations(event) == []
+
+
+def test_an_operator_puts_an_event_behind_its_queue_in_the_admin(admin_client, staff):
+    event = make_event()
+
+    response = change_event(admin_client, event, queue_enabled="on", admitted_per_minute="120")
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    event.refresh_from_db()
+    assert (event.queue_enabled, event.admitted_per_minute) == (True, 120)
+    updated = AuditEvent.objects.get(subject_type="event", subject_id=str(event.pk), event_type="UPDATED")
+    assert (updated.metadata["fields"], updated.actor_id) == (["queue_enabled", "admitted_per_minute"], staff.pk)
+
+
+def test_the_admin_refuses_a_rate_out_of_range(admin_client):
+    event = make_event()
+
+    response = change_event(admin_client, event, admitted_per_minute="0")
+
+    assert response.status_code == 200
+    assert Event.objects.get(pk=event.pk).admitted_per_minute == 60
+
+
+def test_operators_watch_the_queue_in_join_order(admin_client, user):
+    event = services.event_update_details(event_id=make_event().pk, actor=None, now=_now(), queue_enabled=True)
+    entries = [queue.queue_join(event_id=event.pk, user=UserFactory(), now=_now())[0] for _ in range(3)]
+    queue.queue_admit(event_id=event.pk, now=_now() + timedelta(seconds=1))
+
+    page = admin_client.get(f"/admin/events/event/{event.pk}/change/").content.decode()
+    listing = admin_client.get(f"/admin/events/queueentry/?event__id__exact={event.pk}").content.decode()
+    detail = admin_client.get(f"/admin/events/queueentry/{entries[2].pk}/change/").content.decode()
+
+    assert "3 joined, 1 admitted, 2 waiting" in page
+    assert "ADMITTED" in listing and str(entries[1].user) in listing
+    assert "WAITING" in detail and "CREATED" in detail  # its state and its audit trail
+    assert admin_client.post(f"/admin/events/queueentry/{entries[0].pk}/delete/", {"post": "yes"}).status_code == 403
 
 
 def test_events_cannot_be_deleted(admin_client):

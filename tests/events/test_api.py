@@ -24,6 +24,9 @@ EVENT_FIELDS = {
     "holdMinutes",
     "waitlistEnabled",
     "waitingCount",
+    "queueEnabled",
+    "admittedPerMinute",
+    "admissionWindowMinutes",
     "createdAt",
 }
 

@@ -80,7 +80,7 @@ def seats_taken(at):
 def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypatch):
     everyone_has_read = threading.Barrier(USERS, timeout=10)
 
-    def unlocked_seats(event_id, *, codes, taken_at, holder=None):
+    def unlocked_seats(event_id, *, codes, taken_at, holder=None, admission=None):
         event = locking.share_event(event_id)  # the event's lock stays: only the seats' goes (and the holder's)
         seats = Seat.objects.filter(event_id=event_id, code__in=codes).annotate(taken=seats_taken(taken_at))
         found = list(seats.order_by("pk"))
@@ -251,6 +251,8 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
             "event_date_1": local.strftime("%H:%M:%S"),
             "location": event.location,
             "hold_minutes": "5",
+            "admitted_per_minute": "60",
+            "admission_window_minutes": "10",
         }
         return operator.post(f"/admin/events/event/{event.pk}/change/", form).status_code
 
@@ -435,7 +437,7 @@ def test_no_hold_commits_after_a_close_of_sales_commits(monkeypatch):
 
 
 def test_control_without_the_event_lock_holds_commit_after_the_close(monkeypatch):
-    def unshared_event(event_id, *, codes, taken_at, holder=None):
+    def unshared_event(event_id, *, codes, taken_at, holder=None, admission=None):
         event = Event.objects.filter(pk=event_id).first()  # the seats' locks stay: only the event's goes
         return event, locking.lock_seats(event_id=event_id, codes=codes, taken=seats_taken(taken_at))
 

@@ -7,7 +7,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from events.models import Event, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
+from events.models import Event, EventQueue, QueueEntry, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
 from tests.events.factories import EventFactory, make_event, write_hold
 from tests.factories import UserFactory
 
@@ -32,6 +32,10 @@ def refused(write) -> bool:
         {"confirmed_seats": 11},
         {"confirmed_seats": -1},
         {"waiting_count": -1},
+        {"admitted_per_minute": 0},
+        {"admitted_per_minute": 10_001},
+        {"admission_window_minutes": 0},
+        {"admission_window_minutes": 121},
     ],
 )
 def test_event_checks(fields):
@@ -206,3 +210,61 @@ def test_a_hold_group_is_the_offer_of_one_entry_at_most():
     write_entry(event, state="OFFERED", hold_group=group, offer_expires_at=group.expires_at)
 
     assert refused(lambda: write_entry(event, state="EXPIRED", hold_group=group, offer_expires_at=group.expires_at))
+
+
+# --- the admission queue -------------------------------------------------------------------------------
+
+
+MOMENT = timezone.now()
+
+
+def entry(event, number: int, **fields) -> QueueEntry:
+    now = timezone.now()
+    return QueueEntry.objects.create(
+        event=event,
+        user=fields.pop("user", None) or UserFactory(),
+        token=fields.pop("token", None) or uuid.uuid4().hex,
+        number=number,
+        joined_at=now,
+        **fields,
+    )
+
+
+def test_a_queue_never_admits_past_what_it_gave_out():
+    event = EventFactory()
+    EventQueue.objects.create(event=event, joined=3, admitted_through=3, credit_from=timezone.now())
+
+    assert refused(lambda: EventQueue.objects.filter(pk=event.pk).update(admitted_through=4))
+    assert refused(lambda: EventQueue.objects.filter(pk=event.pk).update(admitted_through=-1))
+
+
+def test_one_queue_entry_per_user_per_event_and_one_per_number():
+    event, other = EventFactory(), EventFactory()
+    first = entry(event, 1)
+
+    assert refused(lambda: entry(event, 2, user=first.user))
+    assert refused(lambda: entry(event, 1))
+    assert not refused(lambda: entry(other, 1, user=first.user))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"state": "LEFT"},
+        {"state": "ADMITTED"},  # admitted without a window
+        {"state": "WAITING", "admitted_at": timezone.now(), "admitted_until": timezone.now() + timedelta(minutes=1)},
+        {"state": "EXPIRED", "admitted_at": MOMENT, "admitted_until": MOMENT},  # a window of no length
+    ],
+)
+def test_queue_entry_checks(fields):
+    event = EventFactory()
+
+    assert refused(lambda: entry(event, 1, **fields))
+    assert refused(lambda: entry(event, 0))
+
+
+def test_queue_entry_tokens_are_unique():
+    event = EventFactory()
+    first = entry(event, 1)
+
+    assert refused(lambda: entry(event, 2, token=first.token))

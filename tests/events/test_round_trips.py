@@ -2,11 +2,13 @@
 trips to PostgreSQL per seat hold, confirm, release and cancel over HTTP on the cached-token path,
 counting BEGIN and COMMIT (``tests.round_trips``)."""
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 
 from booking_site.audit.services import trail
-from events import services
+from events import queue, services
 from events.models import Event, SeatClaim, SeatHoldGroup, WaitlistEntry
 from events.services import hold_subject
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
@@ -215,3 +217,70 @@ def test_a_release_that_offers_its_seats_to_the_head_is_ten_round_trips(cached_a
     assert trips.count <= 10, trips.statements
     assert WaitlistEntry.objects.get(pk=head.pk).state == "OFFERED"
     assert violations(event) == []
+
+
+# --- the admission queue (docs/decisions/0017-admission-queue.md) ---------------------------------------
+
+
+def queued(event):
+    return services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=True)
+
+
+def admitted_token(event, user) -> str:
+    entry, _ = queue.queue_join(event_id=event.pk, user=user, now=timezone.now())
+    queue.queue_admit(event_id=event.pk, now=timezone.now() + timedelta(minutes=1))
+    return entry.token
+
+
+@pytest.mark.parametrize("body", [{"seatCodes": ["S1", "S2"]}, {"quantity": 2}])
+def test_a_hold_through_the_queue_is_still_four_round_trips(cached_api_of, body):
+    """The admission is read by the hold's lock statement: the queue costs no statement of its own."""
+    event, user = queued(make_event()), UserFactory()
+    token = admitted_token(event, user)
+    api = cached_api_of(user)
+
+    with round_trips() as trips:
+        response = api.post(f"/api/events/{event.pk}/seats/reserve", body, format="json", HTTP_X_QUEUE_TOKEN=token)
+
+    assert response.status_code == 201, response.content
+    assert trips.count <= 4, trips.statements
+
+
+def test_a_hold_refused_for_want_of_an_admission_is_three_round_trips(cached_api_of):
+    event = queued(make_event())
+    api = cached_api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = reserve(api, event, seatCodes=["S1"])
+
+    assert response.status_code == 403, response.content
+    assert response.json()["error"]["code"] == "not_admitted"
+    assert trips.count <= 3, trips.statements
+
+
+def test_a_poll_of_a_queue_entry_is_one_round_trip(cached_api_of):
+    event, user = queued(make_event()), UserFactory()
+    entry, _ = queue.queue_join(event_id=event.pk, user=user, now=timezone.now())
+    api = cached_api_of(user)
+
+    with round_trips() as trips:
+        response = api.get(f"/api/events/{event.pk}/queue/{entry.token}")
+
+    assert response.status_code == 200, response.content
+    assert trips.count == 1, trips.statements
+
+
+def test_a_join_is_five_round_trips_and_joining_again_one(cached_api_of):
+    """A read (the event's switch and any entry of the user), then BEGIN, the number (the queue row's
+    lock), the entry with its audit event, COMMIT."""
+    event, user = queued(make_event()), UserFactory()
+    api = cached_api_of(user)
+
+    with round_trips() as first:
+        created = api.post(f"/api/events/{event.pk}/queue")
+    with round_trips() as again:
+        repeated = api.post(f"/api/events/{event.pk}/queue")
+
+    assert (created.status_code, repeated.status_code) == (201, 200)
+    assert first.count <= 5, first.statements
+    assert again.count == 1, again.statements

@@ -1,0 +1,287 @@
+"""The admission queue of an on-sale (docs/contract.md §5, docs/decisions/0017-admission-queue.md).
+
+While an event's ``queue_enabled`` is on, a seat hold on it needs the ``X-Queue-Token`` of an entry of
+its user admitted now (``events.services.SeatHolds.check_target``; operators are exempt). This module
+is the queue itself:
+
+- ``queue_join``: the entry, WAITING, numbered by the event's queue (``locking.take_queue_number``:
+  the queue row's counter, moved under its lock, so numbers are gapless and commit in the order given:
+  join order is the database's, not a clock's). One entry per user and event; joining again returns it.
+- ``queue_entry_read``: what a client polls, one indexed read: a waiting entry's position is its number
+  minus the queue's ``admitted_through`` (every entry up to it is admitted), no count over the queue.
+- ``queue_admit`` / ``queues_admit_due`` (the beat job, ``manage.py admit_queues``): per event, under
+  the queue row's lock (``locking.lock_event_queue``: two runs take turns), expire the admissions whose
+  window has passed and admit the next numbers, as many as the event's rate has accrued since the last
+  run (at most ``ACCRUAL_CAP``'s worth, ten seconds), each for the event's admission window; one statement writes the
+  entries, the queue row and one audit event per entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from datetime import datetime, timedelta
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.db.models import Exists, F, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from booking_site import locking
+from booking_site.accounts.models import User
+from booking_site.audit import services as audit
+from booking_site.audit.models import AuditEvent
+from booking_site.errors import Conflict, NotFound
+from booking_site.expiry import locked_now
+from booking_site.metrics import CONSTRAINT_BACKSTOPS
+from booking_site.middleware import current_request_id
+from events.models import QUEUE_TOKEN, Event, EventQueue, QueueEntry
+from events.services import SalesClosed
+
+State = QueueEntry.State
+ADMIT_ACTOR = "system:admit_queues"  # the actor of every admission and every lapsed admission
+TOKEN_BYTES = 32  # 256 random bits: a token is never guessed (and is only good for its own user)
+# An idle queue (sales not open yet, beat late) saves up at most this much time's admissions (or one,
+# at a rate slower than that): admission comes in steps of about one job run (5 s), never in a flood.
+ACCRUAL_CAP = timedelta(seconds=10)
+logger = logging.getLogger(__name__)
+
+
+class QueueDisabled(Conflict):
+    code = "queue_disabled"
+
+
+def queue_subject(entry_id: int) -> audit.Subject:
+    """A queue entry's life (joined, admitted, expired) is one audit subject."""
+    return audit.Subject(type="queue_entry", id=entry_id)
+
+
+def with_position(entry: QueueEntry, admitted_through: int) -> QueueEntry:
+    """Set ``position``: 1 for the next to be admitted; 0 once admitted (or lapsed)."""
+    entry.position = entry.number - admitted_through if entry.state == State.WAITING else 0
+    return entry
+
+
+# --- joining --------------------------------------------------------------------------------------------
+
+_ENTRY_COLUMNS = ("id", "token", "number", "state", "joined_at", "admitted_at", "admitted_until")
+_JOIN_READ = f"""
+    SELECT e.queue_enabled, e.event_date, q.admitted_through, {", ".join(f"x.{c}" for c in _ENTRY_COLUMNS)}
+    FROM {Event._meta.db_table} e
+    LEFT JOIN {QueueEntry._meta.db_table} x ON x.event_id = e.id AND x.user_id = %(user)s
+    LEFT JOIN {EventQueue._meta.db_table} q ON q.event_id = e.id
+    WHERE e.id = %(event)s"""
+# The entry and its CREATED event, after its number was taken. A concurrent join of the same user that
+# committed first makes the insert a no-op (no row): the caller rolls the number back with it.
+_JOIN_INSERT = f"""
+    WITH entry AS (
+        INSERT INTO {QueueEntry._meta.db_table}
+            (event_id, user_id, token, number, state, joined_at, admitted_at, admitted_until)
+        VALUES (%(event)s, %(user)s, %(token)s, %(number)s, 'WAITING', %(now)s, NULL, NULL)
+        ON CONFLICT (event_id, user_id) DO NOTHING
+        RETURNING id
+    ), recorded AS (
+        INSERT INTO {AuditEvent._meta.db_table} ({audit.SQL_COLUMNS})
+        SELECT %(occurred_at)s, %(user)s, %(actor_label)s, 'queue_entry', id::text, 'CREATED', '', 'WAITING',
+               jsonb_build_object('eventId', %(event)s::bigint, 'number', %(number)s::bigint), %(trace_id)s
+        FROM entry
+    )
+    SELECT id FROM entry"""
+
+
+class _JoinedMeanwhile(Exception):
+    """The same user's other join committed first: roll back this one's number."""
+
+
+def queue_join(*, event_id: int, user: User, now: datetime) -> tuple[QueueEntry, bool]:
+    """Put ``user`` in the event's queue, WAITING, behind everyone who joined before; returns the entry
+    (with ``position``) and whether it was created now. Joining again returns the same entry, whatever
+    its state. Refused with 409 ``queue_disabled`` while the event's queue is off, and ``sales_closed``
+    once the event has taken place.
+
+    A new entry is BEGIN, its number (the queue row's lock, held to COMMIT), one statement for the
+    entry and its audit event, COMMIT, after one read that finds an existing entry."""
+    found = _join_read(event_id, user.pk)
+    if found is None:
+        raise NotFound(f"Event {event_id} does not exist.")
+    queue_enabled, event_date, entry = found
+    if not queue_enabled:
+        raise QueueDisabled(f"Event {event_id} has no admission queue: hold seats directly.")
+    if entry is not None:
+        return entry, False
+    if event_date <= now:
+        raise SalesClosed(f"Event {event_id} has already taken place.")
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    try:
+        with transaction.atomic():
+            number, admitted_through = locking.take_queue_number(event_id, now=now)
+            entry_id = _insert_entry(event_id=event_id, user=user, token=token, number=number, now=now)
+    except _JoinedMeanwhile:
+        found = _join_read(event_id, user.pk)
+        assert found is not None and found[2] is not None  # it committed: that is why this insert did nothing
+        return found[2], False
+    entry = QueueEntry(
+        pk=entry_id, event_id=event_id, user=user, token=token, number=number, state=State.WAITING, joined_at=now
+    )
+    return with_position(entry, admitted_through), True
+
+
+def _join_read(event_id: int, user_id: int) -> tuple[bool, datetime, QueueEntry | None] | None:
+    """The event's queue switch and date, and the user's entry (with its position) if any: one statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(_JOIN_READ, {"event": event_id, "user": user_id})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    queue_enabled, event_date, admitted_through, *columns = row
+    if columns[0] is None:
+        return queue_enabled, event_date, None
+    entry = QueueEntry(event_id=event_id, user_id=user_id, **dict(zip(_ENTRY_COLUMNS, columns, strict=True)))
+    return queue_enabled, event_date, with_position(entry, admitted_through)
+
+
+def _insert_entry(*, event_id: int, user: User, token: str, number: int, now: datetime) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _JOIN_INSERT,
+            {
+                "event": event_id,
+                "user": user.pk,
+                "token": token,
+                "number": number,
+                "now": now,
+                "occurred_at": timezone.now(),
+                "actor_label": f"user:{user.pk}",
+                "trace_id": current_request_id() or "",
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise _JoinedMeanwhile
+    return row[0]
+
+
+# --- polling --------------------------------------------------------------------------------------------
+
+
+def queue_entry_read(*, event_id: int, token: str) -> QueueEntry | None:
+    """The entry with this token in the event's queue, with ``position``, in one statement (the token's
+    unique index, and the queue row by its key); None when there is none (a token of a shape never
+    issued is not looked up)."""
+    if not QUEUE_TOKEN.fullmatch(token):
+        return None
+    through = EventQueue.objects.filter(pk=OuterRef("event_id")).values("admitted_through")
+    entries = QueueEntry.objects.filter(token=token, event_id=event_id)
+    # QueueEntry.through only declares this annotation, for its type (as selectors.events_with_counts does).
+    entry = entries.annotate(through=Subquery(through)).first()  # type: ignore[no-redef]
+    return with_position(entry, entry.through) if entry is not None else None
+
+
+# --- admission ------------------------------------------------------------------------------------------
+
+_ENTRY, _QUEUE = QueueEntry._meta.db_table, EventQueue._meta.db_table
+# One admission run on one queue, whose row the caller holds locked. ``lapsed``: the admissions whose
+# window has passed; ``admitted``: the next %(count)s numbers after %(through)s, each WAITING by the
+# queue's own bookkeeping (the predicate is the backstop: a run that fell short would mean the lock
+# failed); ``moved``: the queue row; ``recorded``: one audit event per entry moved.
+_ADMIT_SQL = f"""
+    WITH lapsed AS (
+        UPDATE {_ENTRY} x SET state = 'EXPIRED'
+        WHERE x.event_id = %(event)s AND x.state = 'ADMITTED' AND x.admitted_until <= %(now)s
+        RETURNING x.id, x.number
+    ), admitted AS (
+        UPDATE {_ENTRY} x SET state = 'ADMITTED', admitted_at = %(now)s, admitted_until = %(until)s
+        WHERE x.event_id = %(event)s AND x.number > %(through)s AND x.number <= %(through)s + %(count)s
+          AND x.state = 'WAITING'
+        RETURNING x.id, x.number
+    ), moved AS (
+        UPDATE {_QUEUE} SET admitted_through = %(through)s + %(count)s, credit_from = %(credit_from)s
+        WHERE event_id = %(event)s
+    ), recorded AS (
+        INSERT INTO {AuditEvent._meta.db_table} ({audit.SQL_COLUMNS})
+        SELECT %(occurred_at)s, NULL::bigint, %(actor)s, 'queue_entry', id::text, 'ADMITTED', 'WAITING', 'ADMITTED',
+               jsonb_build_object(
+                   'eventId', %(event)s::bigint, 'number', number, 'admittedUntil', %(until_json)s::jsonb),
+               %(trace_id)s
+        FROM admitted
+        UNION ALL
+        SELECT %(occurred_at)s, NULL, %(actor)s, 'queue_entry', id::text, 'EXPIRED', 'ADMITTED', 'EXPIRED',
+               jsonb_build_object('eventId', %(event)s::bigint, 'number', number), %(trace_id)s
+        FROM lapsed
+    )
+    SELECT (SELECT COUNT(*) FROM admitted), (SELECT COUNT(*) FROM lapsed)"""
+
+
+def admissions_due(queue: EventQueue, *, now: datetime) -> tuple[int, datetime]:
+    """How many of the queue to admit at ``now``, and the queue's ``credit_from`` after admitting them.
+
+    Admissions accrue at the event's ``admitted_per_minute`` from ``credit_from``, over at most
+    ``ACCRUAL_CAP`` (or one admission's share of a minute, when that is longer): a queue that waited for
+    its sale to open, or for beat, admits no more than that at once. Each admission spends its share.
+    Nothing accrues toward an event whose queue is off, whose sales are closed or that has taken place:
+    those admit none."""
+    event = queue.event
+    rate = event.admitted_per_minute
+    start = max(queue.credit_from, now - max(ACCRUAL_CAP, timedelta(minutes=1) / rate))
+    if not (event.queue_enabled and event.sales_open and event.event_date > now):
+        return 0, start
+    elapsed_us = (now - start) // timedelta(microseconds=1)
+    count = min(elapsed_us * rate // 60_000_000, queue.joined - queue.admitted_through)
+    return count, start + timedelta(microseconds=count * 60_000_000 // rate)
+
+
+def queue_admit(*, event_id: int, now: datetime) -> tuple[int, int]:
+    """One admission run on one event's queue (see the module docstring); returns (admitted, expired).
+    Waits for the queue row (the joins in flight, another run): the run after it sees what it wrote."""
+    with transaction.atomic():
+        queue = locking.lock_event_queue(event_id)
+        if queue is None:
+            return 0, 0
+        now = locked_now(now)
+        count, credit_from = admissions_due(queue, now=now)
+        until = now + timedelta(minutes=queue.event.admission_window_minutes)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _ADMIT_SQL,
+                {
+                    "event": event_id,
+                    "now": now,
+                    "until": until,
+                    "until_json": json.dumps(until, cls=DjangoJSONEncoder),
+                    "through": queue.admitted_through,
+                    "count": count,
+                    "credit_from": credit_from,
+                    "occurred_at": timezone.now(),
+                    "actor": ADMIT_ACTOR,
+                    "trace_id": current_request_id() or "",
+                },
+            )
+            admitted, expired = cursor.fetchone()
+    if admitted < count:
+        CONSTRAINT_BACKSTOPS.labels("queue_admission_waiting_only").inc()
+        logger.error(
+            "The queue of event %s admitted %d of %d: entries past its mark were not WAITING", event_id, admitted, count
+        )
+    return admitted, expired
+
+
+def queues_admit_due(*, now: datetime) -> dict[str, int]:
+    """The beat job: one admission run on every queue with something to do (someone to admit on an
+    open sale, or an admission whose window has passed), each in its own transaction. Safe twice at
+    once: the runs on one queue take turns, and the second finds nothing accrued."""
+    lapsed = QueueEntry.objects.filter(event_id=OuterRef("pk"), state=State.ADMITTED, admitted_until__lte=now)
+    queues = EventQueue.objects.filter(
+        Q(
+            event__queue_enabled=True,
+            event__sales_open=True,
+            event__event_date__gt=now,
+            joined__gt=F("admitted_through"),
+        )
+        | Q(Exists(lapsed))
+    )
+    admitted = expired = 0
+    for event_id in queues.order_by("pk").values_list("pk", flat=True):
+        moved = queue_admit(event_id=event_id, now=now)
+        admitted, expired = admitted + moved[0], expired + moved[1]
+    return {"admitted": admitted, "expired": expired}
