@@ -20,6 +20,12 @@ State = SeatHoldGroup.State
 AVAILABLE, HELD, BOOKED = "AVAILABLE", "HELD", "BOOKED"
 
 
+def live_seat_holds(*, now: datetime) -> QuerySet[SeatClaim]:
+    """The seat claims held and not overdue at ``now``: the held seats of the counts (an overdue hold is
+    free, docs/contract.md §2.2), on the partial index of live holds (``seat_claim_held_idx``)."""
+    return SeatClaim.objects.filter(state=State.HELD, expires_at__gt=now)
+
+
 def events_with_counts(*, now: datetime) -> QuerySet[Event]:
     """Events annotated with ``held_seats`` (``available_seats`` follows from it).
 
@@ -28,7 +34,8 @@ def events_with_counts(*, now: datetime) -> QuerySet[Event]:
     held ones are counted on the partial index of live holds (``seat_claim_held_idx``).
     """
     held = (
-        SeatClaim.objects.filter(event=OuterRef("pk"), state=State.HELD, expires_at__gt=now)
+        live_seat_holds(now=now)
+        .filter(event=OuterRef("pk"))
         .order_by()
         .values("event")
         .annotate(n=Count("*"))

@@ -30,6 +30,7 @@ from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, Valid
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
+from events import selectors
 from events.models import QUEUE_TOKEN, Event, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
 
 State = SeatHoldGroup.State
@@ -913,12 +914,6 @@ def waitlist_position(entry: WaitlistEntry) -> int | None:
     return WaitlistEntry.objects.filter(event_id=entry.event_id, state=Entry.WAITING, id__lte=entry.pk).count()
 
 
-def _free_seats(event: Event, *, now: datetime) -> int:
-    """The event's seats free at ``now`` as clients count them (an overdue hold is free)."""
-    held = SeatClaim.objects.filter(event=event, state=State.HELD, expires_at__gt=now).count()
-    return event.total_seats - event.confirmed_seats - held
-
-
 def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, request_id: str = "") -> WaitlistEntry:
     """Put ``user`` on the event's waiting list for ``quantity`` seats (at the end: the order is the
     entries' ids). Refused when the list is off, sales are closed, ``quantity`` is over the cap on held
@@ -938,7 +933,8 @@ def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, re
             if live is not None:
                 raise _already_waiting(live)
             if not event.waiting_count:
-                free = _free_seats(event, now=now)
+                event.held_seats = selectors.live_seat_holds(now=now).filter(event=event).count()
+                free = event.available_seats
                 if free >= quantity:
                     raise SeatsAvailable(
                         f"Event {event_id} has {free} seats available: hold them instead.",
