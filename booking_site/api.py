@@ -112,7 +112,7 @@ class StrictSerializer(serializers.Serializer):
         for name, field in self.fields.items():
             value, child = data.get(name), getattr(field, "child", None)
             items = value if isinstance(child, serializers.CharField) and isinstance(value, list) else []
-            if isinstance(field, serializers.CharField) and _number(value) or any(map(_number, items)):
+            if (isinstance(field, serializers.CharField) and _number(value)) or any(map(_number, items)):
                 wrong.append(name)
         if wrong:
             raise serializers.ValidationError({name: [NOT_TEXT] for name in wrong})
