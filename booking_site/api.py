@@ -172,9 +172,9 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
     match_subclasses = True
 
     def map_serializer(self, auto_schema, direction):
-        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
-        if type(self.target).__dict__.get("__doc__") is None:
-            schema.pop("description", None)  # not StrictSerializer's own docstring on every body
+        schema = own_description(
+            self.target, auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        )
         if direction == "request":
             schema["additionalProperties"] = False
             schema.setdefault("properties", {})[BODY_ALIAS] = {
@@ -185,6 +185,25 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
                 "description": "Same as the Idempotency-Key header.",
             }
         return schema
+
+
+class ModelSerializerSchema(OpenApiSerializerExtension):
+    """A model serializer's schema, without ModelSerializer's notes on its field cache as its description
+    in every generated client's models."""
+
+    target_class = ModelSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        return own_description(self.target, auto_schema._map_serializer(self.target, direction, bypass_extensions=True))
+
+
+def own_description(serializer, schema: dict) -> dict:
+    """``schema`` described by its serializer's own docstring only: drf-spectacular falls back on a base
+    class's, which is written for this code's developers, not for the API's clients."""
+    if type(serializer).__dict__.get("__doc__") is None:
+        schema.pop("description", None)
+    return schema
 
 
 class PagePagination(BasePagination):

@@ -1,11 +1,13 @@
 """The schema's refusals, derived from the views (booking_site.schema, docs/decisions/0011-schema-refusals.md)."""
 
+import inspect
 import re
 from types import SimpleNamespace
 
 import pytest
 from drf_spectacular.generators import SchemaGenerator
 
+from booking_site.api import ModelSerializer, StrictSerializer
 from booking_site.idempotency import VALID_KEY
 from booking_site.schema import ERROR_CODES
 from tests.booking_site import schemathesis_hooks
@@ -131,3 +133,12 @@ def test_the_fuzzers_check_refuses_a_code_the_operation_does_not_list(schema):
     schemathesis_hooks.error_code_listed(None, answer(201, "ignored"), case)  # not an error
     with pytest.raises(AssertionError, match="409 `slot_full`, which its schema does not list"):
         schemathesis_hooks.error_code_listed(None, answer(409, "slot_full"), case)
+
+
+def test_no_model_is_described_by_a_base_class_written_for_developers(schema):
+    """drf-spectacular falls back on a base class's docstring: the field cache's notes were the description
+    of every output model, and so of every generated client's classes."""
+    bases = {inspect.cleandoc(base.__doc__) for base in (ModelSerializer, StrictSerializer)}
+
+    described = {name: c.get("description") for name, c in schema["components"]["schemas"].items()}
+    assert {name for name, text in described.items() if text in bases} == set()
