@@ -192,6 +192,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Request bodies documented as JSON only: a client generated from the schema sends JSON. The server
+    # still parses forms and multipart (DEFAULT_PARSER_CLASSES) for the browsable API's HTML forms and
+    # `curl -d` (docs/decisions/0018-schema-for-clients.md).
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
     # Ids in paths (booking_site.urls.IdConverter): 1 to 18 digits; a longer one matches no route (404).
     "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}},
     # Three models have a "status": name each enum after its model.
