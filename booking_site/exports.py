@@ -66,10 +66,7 @@ class CsvExportMixin:
         model: type[Model]
         admin_site: admin.AdminSite
 
-        def get_urls(self) -> list: ...
-        def changelist_view(self, request, extra_context=None) -> Any: ...
         def get_changelist_instance(self, request) -> Any: ...
-        def get_actions(self, request) -> dict: ...
         def get_action(self, action) -> Any: ...
         def has_view_permission(self, request, obj=None) -> bool: ...
 
@@ -102,7 +99,9 @@ class CsvExportMixin:
         try:
             changelist = self.get_changelist_instance(request)
         except IncorrectLookupParameters:
-            return HttpResponseRedirect(reverse(f"admin:{self.model._meta.app_label}_{self.model._meta.model_name}_changelist") + "?e=1")
+            return HttpResponseRedirect(
+                reverse(f"admin:{self.model._meta.app_label}_{self.model._meta.model_name}_changelist") + "?e=1"
+            )
         return self._csv(changelist.get_queryset(request))
 
     @admin.action(description="Export selected as CSV")

@@ -28,6 +28,7 @@ from django.db.models import Count, Max, Q
 from drf_spectacular.types import OpenApiTypes
 from rest_framework import renderers
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from booking_site.accounts.models import User
 from booking_site.audit.models import AuditEvent
@@ -47,8 +48,9 @@ class BookingNotConfirmed(Conflict):
     code = "booking_not_confirmed"
 
     def __init__(self, *, what: str, state: str):
-        super().__init__(f"{what} is {state}: only a confirmed or cancelled booking has a calendar file.",
-                         details={"status": state})
+        super().__init__(
+            f"{what} is {state}: only a confirmed or cancelled booking has a calendar file.", details={"status": state}
+        )
 
 
 @dataclass(frozen=True)
@@ -212,9 +214,9 @@ def calendar_response(body: bytes, *, filename: str) -> Response:
 CALENDAR_RESPONSE = {(200, CalendarRenderer.media_type): OpenApiTypes.STR}
 
 
-class CalendarViewMixin:
-    """For an APIView answering a calendar file: ``Accept: text/calendar`` (or anything) is served, and
-    every refusal still answers in the JSON envelope (docs/contract.md §3.2), whatever was accepted."""
+class CalendarView(APIView):
+    """A view answering a calendar file: ``Accept: text/calendar`` (or anything) is served, and every
+    refusal still answers in the JSON envelope (docs/contract.md §3.2), whatever was accepted."""
 
     renderer_classes = [CalendarRenderer, JSONRenderer]
     schema = CalendarSchema()
@@ -222,4 +224,4 @@ class CalendarViewMixin:
     def finalize_response(self, request, response, *args, **kwargs):
         if not isinstance(getattr(response, "data", None), bytes):
             request.accepted_renderer, request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type
-        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]  # a mixin of APIView
+        return super().finalize_response(request, response, *args, **kwargs)

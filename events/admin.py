@@ -319,6 +319,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
             .values("codes")
         )
         return queryset.annotate(seat_codes=Subquery(codes))
+
     readonly_fields = [
         "id",
         "booking_group_id",

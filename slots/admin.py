@@ -135,12 +135,13 @@ class StartDayFilter(admin.SimpleListFilter):
         return [(day.isoformat(), "Today" if day == today else f"{day:%a} {day.day} {day:%b}") for day in days]
 
     def queryset(self, request, queryset):
-        if not self.value():
+        value = self.value()
+        if not value:
             return queryset
         try:
-            day = date.fromisoformat(self.value())
+            day = date.fromisoformat(value)
         except ValueError:
-            raise admin.options.IncorrectLookupParameters(f"Not a day: {self.value()}") from None
+            raise admin.options.IncorrectLookupParameters(f"Not a day: {value}") from None
         zone = timezone.get_current_timezone()
         since, until = selectors.booking_days(day, day, zone)
         return queryset.filter(start__gte=since, start__lt=until)
@@ -168,7 +169,13 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
     change_list_template = "admin/slots/slotbooking/change_list.html"
     cap = services.SLOT_BOOKINGS.cap
     list_display = ["id", "slot", "guest", "seats", "state_now", "expires_at", "created_at"]
-    list_filter = [StateFilter, MovedFilter, StartDayFilter, ("slot__host", admin.RelatedOnlyFieldListFilter), "created_at"]
+    list_filter = [
+        StateFilter,
+        MovedFilter,
+        StartDayFilter,
+        ("slot__host", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    ]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
     export_columns = [
         ("booking", "id"),

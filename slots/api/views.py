@@ -23,7 +23,7 @@ from booking_site.errors import (
     ValidationFailed,
 )
 from booking_site.expiry import expire_all
-from booking_site.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarViewMixin, calendar_response
+from booking_site.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarView, calendar_response
 from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
 from booking_site.schema import errors
@@ -299,7 +299,7 @@ class BookingEvents(AuditTrailView):
         return _visible_booking(self.request, self.kwargs["booking_id"])
 
 
-class BookingCalendar(CalendarViewMixin, APIView):
+class BookingCalendar(CalendarView):
     """The booking as a calendar file (RFC 5545, one VEVENT): for its guest, the slot's host and operators,
     once it is confirmed (a cancelled one reads STATUS:CANCELLED)."""
 

@@ -38,9 +38,7 @@ def _uids(response) -> set[str]:
     return {event.uid for event in read_both(response.content)}
 
 
-def test_the_feed_lists_what_the_user_has_as_guest_and_as_host_confirmed_or_recently_cancelled(
-    api, user, feed, app
-):
+def test_the_feed_lists_what_the_user_has_as_guest_and_as_host_confirmed_or_recently_cancelled(api, user, feed, app):
     user.roles = ["GUEST", "HOST"]
     user.save()
     now = timezone.now()

@@ -17,7 +17,6 @@ from psycopg import sql
 from booking_site.exports import cell
 from events.models import SeatClaim, SeatHoldGroup
 from reservations.models import Reservation
-from slots.models import SlotBooking
 from tests.events.factories import make_event, write_hold
 from tests.factories import UserFactory
 from tests.reservations.factories import ReservationFactory
@@ -41,7 +40,7 @@ def _rows(response) -> list[dict[str, str]]:
 @pytest.mark.parametrize(
     ("value", "written"),
     [
-        ("=HYPERLINK(\"http://evil\")", "'=HYPERLINK(\"http://evil\")"),
+        ('=HYPERLINK("http://evil")', '\'=HYPERLINK("http://evil")'),
         ("+1 555", "'+1 555"),
         ("-2+3", "'-2+3"),
         ("@SUM(A1)", "'@SUM(A1)"),
@@ -98,7 +97,9 @@ def test_the_slot_bookings_of_a_day_and_of_a_host(operator):
     day = operator.get(f"/admin/slots/slotbooking/?day={tomorrow.date().isoformat()}&slot__host__id__exact={host.pk}")
     assert day.status_code == 200
     rows = _rows(
-        operator.get(f"/admin/slots/slotbooking/export.csv?day={tomorrow.date().isoformat()}&slot__host__id__exact={host.pk}")
+        operator.get(
+            f"/admin/slots/slotbooking/export.csv?day={tomorrow.date().isoformat()}&slot__host__id__exact={host.pk}"
+        )
     )
 
     assert [int(row["booking"]) for row in rows] == [on_the_day.pk]
@@ -164,11 +165,13 @@ def _door_list_of(seats: int) -> int:
     event, buyer = make_event(total_seats=seats), UserFactory()
     query = sql.SQL(
         """
-        WITH pairs AS MATERIALIZED (SELECT id AS seat_id, gen_random_uuid() AS group_id FROM {seat} WHERE event_id = %(event)s),
+        WITH pairs AS MATERIALIZED (
+            SELECT id AS seat_id, gen_random_uuid() AS group_id FROM {seat} WHERE event_id = %(event)s),
         groups AS (
             INSERT INTO {group} (id, booking_group_id, event_id, user_id, state, seat_count, expires_at, request_id,
                                  created_at, updated_at, confirmed_at)
-            SELECT group_id, gen_random_uuid(), %(event)s, %(buyer)s, 'CONFIRMED', 1, %(expires)s, '', %(now)s, %(now)s, %(now)s
+            SELECT group_id, gen_random_uuid(), %(event)s, %(buyer)s, 'CONFIRMED', 1, %(expires)s, '',
+                   %(now)s, %(now)s, %(now)s
             FROM pairs)
         INSERT INTO {claim} (group_id, event_id, seat_id, state, expires_at)
         SELECT group_id, %(event)s, seat_id, 'CONFIRMED', %(expires)s FROM pairs
@@ -183,7 +186,11 @@ def _door_list_of(seats: int) -> int:
         cursor.execute(query, {"event": event.pk, "buyer": buyer.pk, "now": now, "expires": now + timedelta(minutes=5)})
         # What autovacuum does within a minute of a bulk load: without it the planner takes the new tables
         # for empty and reads every claim for each group's seat codes.
-        cursor.execute(sql.SQL("ANALYZE {}, {}").format(sql.Identifier(SeatHoldGroup._meta.db_table), sql.Identifier(SeatClaim._meta.db_table)))
+        cursor.execute(
+            sql.SQL("ANALYZE {}, {}").format(
+                sql.Identifier(SeatHoldGroup._meta.db_table), sql.Identifier(SeatClaim._meta.db_table)
+            )
+        )
     return event.pk
 
 
@@ -211,8 +218,10 @@ def test_100000_rows_export_in_constant_memory(operator):
     rows_small, peak_small, _, _ = _export_measured(operator, small)
     rows_large, peak_large, rss_growth, seconds = _export_measured(operator, large)
 
-    print(f"\n10k rows: peak {peak_small / 2**20:.1f} MiB; 100k rows: peak {peak_large / 2**20:.1f} MiB, "
-          f"RSS growth {rss_growth / 2**20:.1f} MiB, {seconds:.1f} s")
+    print(
+        f"\n10k rows: peak {peak_small / 2**20:.1f} MiB; 100k rows: peak {peak_large / 2**20:.1f} MiB, "
+        f"RSS growth {rss_growth / 2**20:.1f} MiB, {seconds:.1f} s"
+    )
     assert (rows_small, rows_large) == (10_000, 100_000)
     assert peak_large < 16 * 2**20  # the whole file is ~17 MB: it never is in memory at once
     assert peak_large < 1.5 * peak_small  # ten times the rows, the same memory: one chunk at a time

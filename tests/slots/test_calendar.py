@@ -79,9 +79,10 @@ def test_the_uid_stays_and_the_sequence_grows_with_each_change(api, user, staff)
 def test_an_unchanged_booking_gives_the_same_bytes(api, user):
     booking = _booked(user)
 
-    assert api.get(f"/api/bookings/{booking.pk}/calendar").content == api.get(
-        f"/api/bookings/{booking.pk}/calendar"
-    ).content
+    assert (
+        api.get(f"/api/bookings/{booking.pk}/calendar").content
+        == api.get(f"/api/bookings/{booking.pk}/calendar").content
+    )
 
 
 def test_a_pending_hold_has_no_calendar_file_yet(api, user):
@@ -121,7 +122,11 @@ def test_refusals_answer_in_the_json_envelope_whatever_was_accepted(client_for, 
     anonymous = client_for(None).get(f"/api/bookings/{booking.pk}/calendar", HTTP_ACCEPT=accept)
     missing = client_for(user).get("/api/bookings/999999/calendar", HTTP_ACCEPT=accept)
 
-    for response, status, code in [(stranger, 403, "not_owner"), (anonymous, 401, "not_authenticated"), (missing, 404, "not_found")]:
+    for response, status, code in [
+        (stranger, 403, "not_owner"),
+        (anonymous, 401, "not_authenticated"),
+        (missing, 404, "not_found"),
+    ]:
         assert response.status_code == status
         assert response["Content-Type"] == "application/json"
         assert response.json()["error"]["code"] == code

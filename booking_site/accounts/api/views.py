@@ -61,7 +61,7 @@ class MyCalendarFeed(APIView):
         return Response(status=204)
 
 
-class CalendarFeedDocument(ical.CalendarViewMixin, APIView):
+class CalendarFeedDocument(ical.CalendarView):
     """A user's bookings as a calendar a calendar app subscribes to: the secret in the path is the only
     credential. Confirmed and recently cancelled bookings (``CALENDAR_FEED_PAST_DAYS`` back), as a guest
     and as a host, at most a year ahead. ``ETag``: an unchanged feed answers ``If-None-Match`` with 304."""
