@@ -1,4 +1,4 @@
-"""CSV exports of the admin's lists (docs/decisions/0018-calendar-and-exports.md): what an operator takes
+"""CSV exports of the admin's lists (docs/decisions/0019-calendar-and-exports.md): what an operator takes
 to the door or to a spreadsheet.
 
 ``CsvExportMixin`` is declared once; each admin mixes it in and declares its ``export_columns``. The list

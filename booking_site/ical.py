@@ -1,5 +1,5 @@
 """Calendar files (RFC 5545) of bookings and the private feed (docs/contract.md §3.8,
-docs/decisions/0018-calendar-and-exports.md).
+docs/decisions/0019-calendar-and-exports.md).
 
 A domain describes each of its bookings as an ``Entry`` and registers, in its AppConfig.ready(), the
 entries of one user's feed (``register``); this module writes them with ``icalendar`` (folding, escaping,

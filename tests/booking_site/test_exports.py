@@ -1,4 +1,4 @@
-"""The admin's CSV exports (booking_site/exports.py, docs/decisions/0018-calendar-and-exports.md)."""
+"""The admin's CSV exports (booking_site/exports.py, docs/decisions/0019-calendar-and-exports.md)."""
 
 import csv
 import io
