@@ -252,6 +252,13 @@ INVARIANTS_OVERDUE_MARGIN_SECONDS = env.int("INVARIANTS_OVERDUE_MARGIN_SECONDS",
 # a scan of every claim; `manage.py check_invariants --all-history` does that once).
 INVARIANTS_AUDIT_WINDOW_HOURS = env.int("INVARIANTS_AUDIT_WINDOW_HOURS", default=24)
 
+# Calendar files and feeds (docs/contract.md §3.8): how long an event (which has only a start) lasts in a
+# calendar; how many days back a feed lists bookings, and cancelled ones cancelled in that time.
+CALENDAR_EVENT_DURATION_MINUTES = env.int("CALENDAR_EVENT_DURATION_MINUTES", default=120)
+CALENDAR_FEED_PAST_DAYS = env.int("CALENDAR_FEED_PAST_DAYS", default=30)
+# Admin CSV exports (booking_site/exports.py): rows fetched from the database per round trip.
+EXPORT_CHUNK_SIZE = env.int("EXPORT_CHUNK_SIZE", default=2000)
+
 # --- Celery ---------------------------------------------------------------------------------------
 if env("CELERY_BROKER_URL", default=""):
     CELERY_BROKER_URL = env("CELERY_BROKER_URL")

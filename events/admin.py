@@ -4,7 +4,8 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, When
+from django.contrib.postgres.aggregates import StringAgg
+from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, When
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -14,8 +15,9 @@ from django.utils.safestring import mark_safe
 
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
 from booking_site.errors import DomainError
+from booking_site.exports import CsvExportMixin
 from events import queue, selectors, services
-from events.models import Event, EventQueue, QueueEntry, SeatHoldGroup, WaitlistEntry
+from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 
 PLAIN, SECTIONS = "plain", "sections"
 # What the change form may change.
@@ -280,9 +282,24 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
 
 
 @admin.register(SeatHoldGroup)
-class SeatHoldGroupAdmin(ClaimAdmin):
+class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
     """Holds and bookings: find one by its hold or booking id (or the user's email) and act on it
-    through the actions, which call the services. Rows are never edited."""
+    through the actions, which call the services. Rows are never edited. Exported (an event's confirmed
+    bookings: the door list), each booking with its seat codes and its buyer."""
+
+    export_columns = [
+        ("booking", "booking_group_id"),
+        ("hold", "id"),
+        ("event", "event__name"),
+        ("event date", "event__event_date"),
+        ("state", "effective_state"),
+        ("seats", "seat_count"),
+        ("seat codes", "seat_codes"),
+        ("buyer email", "user__email"),
+        ("buyer name", "user__name"),
+        ("confirmed at", "confirmed_at"),
+        ("cancelled at", "cancelled_at"),
+    ]
 
     cap = services.SEAT_HOLDS.cap
     list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "expires_at", "created_at"]
@@ -291,6 +308,18 @@ class SeatHoldGroupAdmin(ClaimAdmin):
     list_select_related = ["event", "user"]
     date_hierarchy = "created_at"
     actions = ["cancel_bookings", "release_holds", "expire_now"]
+
+    def export_queryset(self, queryset: QuerySet) -> QuerySet:
+        """Each group's seat codes, in layout order, one subquery per row (an index on the group)."""
+        codes = (
+            SeatClaim.objects.filter(group=OuterRef("pk"))
+            .order_by()
+            .values("group")
+            .annotate(codes=StringAgg("seat__code", " ", order_by=("seat__section", "seat__row", "seat__number")))
+            .values("codes")
+        )
+        return queryset.annotate(seat_codes=Subquery(codes))
+
     readonly_fields = [
         "id",
         "booking_group_id",
@@ -357,7 +386,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
 
 
 @admin.register(WaitlistEntry)
-class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
+class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
     """Each event's waiting list, in join order: who waits for how many seats, their position, the offer
     (a hold) an entry was made. Operators remove an entry through the action (a confirmation page
     first), which calls the service: the entries behind move up, and the next may be offered seats."""
@@ -375,6 +404,17 @@ class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
     ]
     list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "user__email", "user__name", "=hold_group__id"]
+    export_columns = [
+        ("entry", "id"),
+        ("event", "event__name"),
+        ("user email", "user__email"),
+        ("user name", "user__name"),
+        ("quantity", "quantity"),
+        ("state", "state"),
+        ("offer (hold)", "hold_group_id"),
+        ("offer expires at", "offer_expires_at"),
+        ("joined at", "created_at"),
+    ]
     list_select_related = ["event", "user"]
     ordering = ["event", "id"]
     actions = ["remove_entries"]

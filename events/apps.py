@@ -6,10 +6,12 @@ class EventsConfig(AppConfig):
     verbose_name = "Events and seats"
 
     def ready(self) -> None:
-        from booking_site import expiry, invariants
+        from booking_site import expiry, ical, invariants
+        from events import calendar
         from events.invariants import INVARIANTS
         from events.services import SEAT_HOLDS, seat_holds_expire_due
 
         expiry.register("events", seat_holds_expire_due)
         invariants.register_claims(SEAT_HOLDS)
         invariants.register(*INVARIANTS)
+        ical.register("events", calendar.feed_entries)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
 from booking_site.errors import DomainError
+from booking_site.exports import CsvExportMixin
 from slots import selectors, services
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm
@@ -122,6 +123,30 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
         return TemplateResponse(request, "admin/slots/bulk_add.html", context)
 
 
+class StartDayFilter(admin.SimpleListFilter):
+    """Bookings taking place on one day, in the operators' time zone (``?day=YYYY-MM-DD``; the next two
+    weeks are offered): a day's list, and its export."""
+
+    title, parameter_name = "day", "day"
+
+    def lookups(self, request, model_admin):
+        today = timezone.localdate()
+        days = [today + timedelta(days=n) for n in range(14)]
+        return [(day.isoformat(), "Today" if day == today else f"{day:%a} {day.day} {day:%b}") for day in days]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise admin.options.IncorrectLookupParameters(f"Not a day: {value}") from None
+        zone = timezone.get_current_timezone()
+        since, until = selectors.booking_days(day, day, zone)
+        return queryset.filter(start__gte=since, start__lt=until)
+
+
 class MovedFilter(admin.SimpleListFilter):
     """Bookings rescheduled away (their successor is on the new slot) or not: the bookings-per-day page
     counts a moved booking once, as its latest row."""
@@ -138,14 +163,35 @@ class MovedFilter(admin.SimpleListFilter):
 
 
 @admin.register(SlotBooking)
-class SlotBookingAdmin(ClaimAdmin):
+class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
     cap = services.SLOT_BOOKINGS.cap
     list_display = ["id", "slot", "guest", "seats", "state_now", "expires_at", "created_at"]
-    list_filter = [StateFilter, MovedFilter, "created_at"]
+    list_filter = [
+        StateFilter,
+        MovedFilter,
+        StartDayFilter,
+        ("slot__host", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    ]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
+    export_columns = [
+        ("booking", "id"),
+        ("slot", "slot_id"),
+        ("title", "slot__title"),
+        ("host email", "slot__host__email"),
+        ("host name", "slot__host__name"),
+        ("start", "start"),
+        ("end", "end"),
+        ("guest email", "guest__email"),
+        ("guest name", "guest__name"),
+        ("seats", "seats"),
+        ("state", "effective_state"),
+        ("reason", "reason"),
+        ("created at", "created_at"),
+    ]
     list_select_related = ["slot", "slot__host", "guest"]
     date_hierarchy = "created_at"
     actions = ["cancel", "expire_now"]

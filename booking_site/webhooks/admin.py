@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from booking_site.admin import ServiceActionsMixin
 from booking_site.errors import ValidationFailed
+from booking_site.exports import CsvExportMixin
 from booking_site.webhooks import services
 from booking_site.webhooks.catalogue import EVENT_TYPES
 from booking_site.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -100,7 +101,7 @@ class WebhookAttemptInline(admin.TabularInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(ServiceActionsMixin, admin.ModelAdmin):
+class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "endpoint",
@@ -114,6 +115,21 @@ class WebhookDeliveryAdmin(ServiceActionsMixin, admin.ModelAdmin):
     ]
     list_filter = ["status", "endpoint", "event_type"]
     search_fields = ["=event__id", "=subject_id"]
+    export_columns = [
+        ("delivery", "id"),
+        ("endpoint", "endpoint__url"),
+        ("event", "event_id"),
+        ("event type", "event_type"),
+        ("subject type", "subject_type"),
+        ("subject", "subject_id"),
+        ("status", "status"),
+        ("attempts", "attempts"),
+        ("last status code", "last_status_code"),
+        ("last error", "last_error"),
+        ("next attempt at", "next_attempt_at"),
+        ("created at", "created_at"),
+        ("delivered at", "delivered_at"),
+    ]
     list_select_related = ["endpoint"]
     fields = readonly_fields = (
         "endpoint",
