@@ -26,6 +26,7 @@ import psutil
 # one stop asked twice: Ctrl-C in a terminal reaches `make` and this process at once, and make passes its
 # own on; a process manager signals the whole process group.
 FORCE_AFTER = 1.0
+GRACE = 10  # seconds a program has to stop after SIGTERM, by default
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -45,7 +46,7 @@ class Supervisor:
         *,
         cwd: str,
         out: IO[str] = sys.stdout,
-        grace: float = 10,
+        grace: float = GRACE,
         pause: float = 1,
         tick: float = 0.2,
     ) -> None:
@@ -132,7 +133,7 @@ class Supervisor:
             if program.restart_at is not None:
                 if now < program.restart_at:
                     continue
-                if group_alive(process.pid):  # what ignored the SIGTERM; started again once it is gone
+                if group_members(process.pid):  # what ignored the SIGTERM; started again once it is gone
                     self.signal(process, signal.SIGKILL)
                 else:
                     self.start(program)
@@ -170,18 +171,19 @@ def _nothing(signum: int, frame: object) -> None:
 
 def alive(process: subprocess.Popen) -> bool:
     """Whether the program still runs: its first process, or any other of its process group."""
-    return process.poll() is None or group_alive(process.pid)
+    return process.poll() is None or bool(group_members(process.pid))
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of the group runs. A zombie does not count: it only waits for its parent to read
+def group_members(pgid: int) -> list[int]:
+    """The processes of a process group that run. A zombie does not: it only waits for its parent to read
     its exit status, and an orphan's parent is init, which in a container may never do so."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
-        return False
+        return []
+    members = []
     for pid in psutil.pids():
         with contextlib.suppress(OSError, psutil.Error):  # gone meanwhile
             if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return True
-    return False
+                members.append(pid)
+    return members

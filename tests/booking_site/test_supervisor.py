@@ -1,23 +1,33 @@
 """The supervisor of `make run` and `make cluster` (booking_site/management/supervisor.py) always stops, and
 takes every process of its programs with it: stopped the way people stop it (two signals close together),
 at any moment of its loop, hundreds of times; with a program that ignores SIGTERM; asked twice; and a
-program whose first process dies leaves nothing behind before it starts again.
+program whose first process dies leaves nothing behind before it starts again. Then `manage.py up` itself
+(the cluster's own are in test_cluster.py).
 
 The supervisors run in a fork of this process (no interpreter to start: a round takes milliseconds) with
 cheap programs (sh, sleep), which write their process ids to a file so that the test can look for them."""
 
+import contextlib
 import os
 import random
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from django.conf import settings
 
+from booking_site import embedded
 from booking_site.management import supervisor
-from booking_site.management.supervisor import FORCE_AFTER, Program, Supervisor
+from booking_site.management.supervisor import FORCE_AFTER, GRACE, Program, Supervisor
+from tests.processes import left_running
 
 ROUNDS = 200
 CONTROL_ROUNDS = 600  # until the first hang
@@ -167,3 +177,76 @@ def test_a_program_whose_first_process_dies_is_started_again_once_the_rest_of_it
         os.kill(pid, signal.SIGTERM)
         assert exited(pid, 10) == 0
     assert running(pids) == []
+
+
+@contextlib.contextmanager
+def up() -> Iterator[subprocess.Popen]:
+    """`manage.py up` (no demo data, on the test database, a free port) in its own process group, as a
+    terminal's foreground job, once its web server answers; killed with its programs if a test leaves it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": embedded.database_url(settings.DATABASES["default"]), "LOG_LEVEL": "ERROR"}
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "up", "--no-demo", "--port", str(port)],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        yield process
+    finally:
+        if process.poll() is None:
+            for child in psutil.Process(process.pid).children():
+                os.killpg(child.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def programs_of(process: subprocess.Popen) -> dict[str, int]:
+    """A supervisor's programs: each one's first process, whose id is its process group's, by command."""
+    return {" ".join(child.cmdline()[1:]): child.pid for child in psutil.Process(process.pid).children()}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_ctrl_c_stops_up_and_its_programs_with_exit_0():
+    """Ctrl-C in a terminal signals the whole foreground process group (`make` and `up`; make passes one on
+    too): `up` stops its web server, worker and beat and exits 0, so `make run` prints no "Error 130"."""
+    with up() as running:
+        groups = programs_of(running)
+        assert len(groups) == 3
+
+        os.killpg(running.pid, signal.SIGINT)
+
+        assert running.wait(30) == 0, running.stderr.read() if running.stderr else ""
+        assert left_running(groups) == {}
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_sigterm_stops_up_within_the_grace_period_with_a_hung_program():
+    """A process manager's SIGTERM to `up` alone, while its Celery worker is frozen (SIGSTOP: it cannot act
+    on SIGTERM) as a hung process would be: the others stop at once, the worker is killed at the end of
+    the grace period, and `up` exits 0 with nothing of its programs left."""
+    with up() as running:
+        groups = programs_of(running)
+        (worker,) = [pid for name, pid in groups.items() if "worker" in name]
+        psutil.Process(worker).suspend()
+        asked = time.monotonic()
+
+        running.send_signal(signal.SIGTERM)
+
+        assert running.wait(30) == 0, running.stderr.read() if running.stderr else ""
+        assert GRACE - 1 < time.monotonic() - asked < GRACE + 5
+        assert left_running(groups) == {}
