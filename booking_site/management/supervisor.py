@@ -150,9 +150,10 @@ class Supervisor:
         self.say("cluster", f"stopping {len(running)} programs (Ctrl-C again kills them at once)")
         for process in running:
             self.signal(process, signal.SIGTERM)
-        kill_at = time.monotonic() + self.grace
+        kill_at: float | None = time.monotonic() + self.grace
         while running := [process for process in running if alive(process)]:
-            if kill_at is not None and (time.monotonic() >= kill_at or self.asked[-1] >= self.asked[0] + FORCE_AFTER):
+            forced = self.asked[-1] >= self.asked[0] + FORCE_AFTER
+            if kill_at is not None and (forced or time.monotonic() >= kill_at):
                 self.say("cluster", f"killing {len(running)} programs")
                 for process in running:
                     self.signal(process, signal.SIGKILL)
