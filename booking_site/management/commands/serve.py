@@ -49,8 +49,8 @@ class Command(BaseCommand):
         ]
         os.chdir(settings.BASE_DIR)
         if os.environ.get("DATABASE_URL"):
-            # One process, granian's own: whoever runs this signals, waits for and kills the server itself,
-            # and nothing of it outlives it but its workers, in its process group.
+            # Become granian (ADR 0019): whoever started this command signals, watches and restarts the
+            # server itself, not a wrapper that could die and leave the server running behind it.
             sys.stdout.flush()
             sys.stderr.flush()
             os.execve(sys.executable, argv, env)
