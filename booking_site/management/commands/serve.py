@@ -23,7 +23,7 @@ class Command(BaseCommand):
         "(in PROMETHEUS_MULTIPROC_DIR, a fresh temporary directory unless set). Listens on --host/--port "
         "(env HOST, PORT; default 0.0.0.0:8000); WEB_ACCESS_LOG=true writes an access log. It does "
         "not migrate or collect static files: do that first (README, 'Running in production'). This "
-        "process becomes granian's main process (docs/decisions/0019-serve-execs-granian.md); SIGTERM or "
+        "process becomes granian's main process (docs/decisions/0020-serve-execs-granian.md); SIGTERM or "
         "Ctrl-C stops it gracefully. With no DATABASE_URL it stays granian's parent instead, owning the "
         "embedded PostgreSQL, which stops with it; granian dies with it."
     )
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         ]
         os.chdir(settings.BASE_DIR)
         if os.environ.get("DATABASE_URL"):
-            # Become granian (ADR 0019): whoever started this command signals, watches and restarts the
+            # Become granian (ADR 0020): whoever started this command signals, watches and restarts the
             # server itself, not a wrapper that could die and leave the server running behind it.
             sys.stdout.flush()
             sys.stderr.flush()
