@@ -3,6 +3,7 @@ their audit trail, cancel / expire actions, a bookings-per-day chart, and hosts'
 week as a picture. Every write calls a service."""
 
 import contextlib
+import math
 from datetime import date, timedelta
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -241,9 +242,14 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
     readonly_fields = ["updated_at", "audit_trail"]
     change_form_template = "admin/slots/availability/change_form.html"
 
-    def get_fields(self, request, obj=None):
+    def get_fieldsets(self, request, obj=None):
         fields = [f for f in AvailabilityForm.Meta.fields if obj is None or f != "host"]
-        return fields if obj is None else [*fields, *self.readonly_fields]
+        if obj is None:
+            return [(None, {"fields": fields})]
+        return [
+            (None, {"fields": [*fields, "updated_at"]}),
+            ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
+        ]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change, **kwargs)
@@ -268,11 +274,58 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
         first = today - timedelta(days=today.weekday())
         with contextlib.suppress(ValueError):
             first = min(max(date.fromisoformat(request.GET.get("week", "")), EARLIEST_DAY), LATEST_DAY)
+        week = selectors.host_week(availability, first_day=first, now=now)
         context = {
             "zone": availability.time_zone,
-            "week": selectors.host_week(availability, first_day=first, now=now),
+            "this_week": today - timedelta(days=today.weekday()),
             "previous": first - timedelta(days=7),
             "next": first + timedelta(days=7),
-            "hours": [{"top": hour / 24 * 100, "label": f"{hour:02d}:00"} for hour in range(0, 24, 2)],
+            **_week_geometry(week, today=today),
         }
         return render_to_string("admin/slots/availability/week.html", context)
+
+
+HOUR_PX = 56  # a 30-minute block is 28 px: two lines of its label, its name and its times
+
+
+def _week_geometry(week: list[tuple[date, list[selectors.WeekBlock]]], *, today: date) -> dict:
+    """Where each block of the week picture goes, in pixels: the picture shows the hours from the earliest
+    thing of the week to the latest (whole hours, at least 8 of them; 08:00 to 18:00 for an empty week), so
+    an operator's day is drawn at a legible scale instead of 24 hours squeezed into one screen. Slots take
+    the left half of a day, the bookings in them (and the host's own bookings elsewhere) the right half,
+    on the host's hours; bookings of the same time (a slot with room for several) are one block."""
+    blocks = [block for _, day in week for block in day]
+    first = min((math.floor(b.start) for b in blocks), default=8)
+    last = max((math.ceil(b.end) for b in blocks), default=18)
+    if last - first < 8:
+        first = max(0, min(first, last - 8))
+        last = first + 8
+    days = []
+    for day, in_day in week:
+        merged: dict[tuple[str, float, float], list[selectors.WeekBlock]] = {}
+        for block in in_day:
+            merged.setdefault((block.kind, block.start, block.end), []).append(block)
+        drawn = []
+        for (kind, start, end), same in merged.items():
+            top, height = (start - first) * HOUR_PX, (end - start) * HOUR_PX
+            name = same[0].name if len(same) == 1 else f"{len(same)} bookings"  # each one in the title
+            drawn.append(
+                {
+                    "kind": kind,
+                    "title": "; ".join(b.label for b in same),
+                    "name": "" if kind == "hours" else name.replace("away: booking", "away"),
+                    "times": f"{same[0].begins}–{same[0].ends}",
+                    "lines": 2 if height >= 26 else 1 if height >= 13 else 0,
+                    "top": top,
+                    "height": height,
+                }
+            )
+        days.append({"day": day, "today": day == today, "blocks": drawn})
+    hours = [{"top": (hour - first) * HOUR_PX, "label": f"{hour:02d}:00"} for hour in range(first, last + 1)]
+    return {
+        "days": days,
+        "hours": hours,
+        "height": (last - first) * HOUR_PX,
+        "hour_px": HOUR_PX,
+        "half_hour_px": HOUR_PX // 2,
+    }

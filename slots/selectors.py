@@ -282,12 +282,19 @@ def _overlaps(busy: list[tuple], start: float, end: float) -> bool:
 
 @dataclass(frozen=True)
 class WeekBlock:
-    """One thing on a host's week picture (the admin): its kind, its place in a day (percent of 24 hours)."""
+    """One thing on a host's week picture (the admin): its kind, what it is, and when in its day, as hours
+    since the day's local midnight in real time (a day has 23 or 25 of them across a daylight-saving change)."""
 
     kind: str  # "hours", "slot", "booking", or "away" (the host's own booking as a guest of another host)
-    label: str
-    top: float
-    height: float
+    name: str  # "slot #12"
+    begins: str  # local wall-clock times, "10:00"
+    ends: str
+    start: float
+    end: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.begins} to {self.ends}"
 
 
 def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
@@ -317,14 +324,19 @@ def host_week(availability: Availability, *, first_day: date, now: datetime) -> 
         day = first_day + timedelta(days=offset)
         day_start = datetime.combine(day, time(0), tzinfo=zone)
         day_end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
-        length = (day_end.astimezone(UTC) - day_start.astimezone(UTC)).total_seconds()
-        blocks = []
-        for kind, label, start, end in spans:
+        origin, blocks = day_start.astimezone(UTC), []  # real hours, not wall-clock ones
+        for kind, name, start, end in spans:
             start, end = max(start, day_start), min(end, day_end)
             if start < end:
-                top = (start - day_start.astimezone(UTC)).total_seconds() / length * 100
-                height = (end - start).total_seconds() / length * 100
-                local = f"{start.astimezone(zone):%H:%M} to {end.astimezone(zone):%H:%M}"
-                blocks.append(WeekBlock(kind=kind, label=f"{label} {local}", top=top, height=height))
+                blocks.append(
+                    WeekBlock(
+                        kind=kind,
+                        name=name,
+                        begins=f"{start.astimezone(zone):%H:%M}",
+                        ends="24:00" if end == day_end else f"{end.astimezone(zone):%H:%M}",
+                        start=(start - origin).total_seconds() / 3600,
+                        end=(end - origin).total_seconds() / 3600,
+                    )
+                )
         week.append((day, blocks))
     return week
