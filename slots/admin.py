@@ -144,7 +144,7 @@ class SlotBookingAdmin(ClaimAdmin):
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
     cap = services.SLOT_BOOKINGS.cap
-    list_display = ["id", "slot", "guest", "seats", "state_now", "expires_at", "created_at"]
+    list_display = ["id", "slot", "guest", "seats", "state_now", "hold_expires", "created_at"]
     list_filter = [StateFilter, MovedFilter, "created_at"]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
     list_select_related = ["slot", "slot__host", "guest"]
@@ -155,7 +155,7 @@ class SlotBookingAdmin(ClaimAdmin):
         "guest",
         "seats",
         "state_now",
-        "expires_at",
+        "hold_expires",
         "reason",
         "metadata",
         "rescheduled_from",
@@ -314,7 +314,7 @@ def _week_geometry(week: list[tuple[date, list[selectors.WeekBlock]]], *, today:
                     "kind": kind,
                     "title": "; ".join(b.label for b in same),
                     "name": "" if kind == "hours" else name.replace("away: booking", "away"),
-                    "times": f"{same[0].begins}–{same[0].ends}",
+                    "times": f"{same[0].begins}\N{EN DASH}{same[0].ends}",
                     "lines": 2 if height >= 26 else 1 if height >= 13 else 0,
                     "top": top,
                     "height": height,

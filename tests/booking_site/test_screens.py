@@ -75,7 +75,7 @@ def test_the_hosts_week_is_drawn_first_and_legible_at_half_an_hour(screen, staff
     assert page.locator(".week-picture .block.slot").first.inner_text().split() == [
         "slot",
         f"#{slots[0].pk}",
-        "10:00–10:30",
+        "10:00\N{EN DASH}10:30",
     ]
     booking = screen.box(".week-picture .block.booking")
     assert booking["left"] >= slot["left"] + slot["width"], "the booking is beside its slot, not over its label"

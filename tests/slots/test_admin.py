@@ -355,11 +355,11 @@ def test_the_form_writes_the_apis_shape_rows_per_day_dates_and_lengths(admin_cli
     ("fields", "field", "says"),
     [
         (
-            {"weekly": [("", [("12:00", "09:00")])] + NINE_TO_FIVE[1:]},
+            {"weekly": [("", [("12:00", "09:00")]), *NINE_TO_FIVE[1:]]},
             "weekly",
             "Monday 12:00 to 09:00: Must be after start (12:00).",
         ),
-        ({"weekly": [("", [("9", "")])] + NINE_TO_FIVE[1:]}, "weekly", "Monday 9 to ?: Must be a wall-clock time"),
+        ({"weekly": [("", [("9", "")]), *NINE_TO_FIVE[1:]]}, "weekly", "Monday 9 to ?: Must be a wall-clock time"),
         (
             {"weekly": [("", [("09:00", "12:00"), ("11:00", "13:00")])]},
             "weekly",
