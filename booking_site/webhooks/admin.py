@@ -49,11 +49,15 @@ class WebhookEndpointForm(forms.ModelForm):
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
     form = WebhookEndpointForm
-    list_display = ["id", "url", "active", "event_types", "last_success_at", "last_failure_at", "disabled_reason"]
+    list_display = ["id", "url", "active", "types", "last_success_at", "last_failure_at", "disabled_reason"]
     list_filter = ["active"]
     search_fields = ["url", "description"]
     readonly_fields = ["created_at", "last_success_at", "last_failure_at", "failing_since", "disabled_reason"]
     actions = ["send_test_event", "rotate_secret"]
+
+    @admin.display(description="Event types")
+    def types(self, endpoint):
+        return ", ".join(endpoint.event_types) or "every type"
 
     def get_fields(self, request, obj=None):
         editable = ["url", "description", "event_types"] + (["secret"] if obj is None else ["active"])
