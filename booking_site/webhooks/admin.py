@@ -1,9 +1,9 @@
 """Webhooks in the back office: endpoints (add, change, send a test, rotate the secret) and deliveries
 with their attempts ("retry now"). Every write goes through booking_site.webhooks.services."""
 
-from django import forms
 from urllib.parse import urlsplit
 
+from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
