@@ -27,6 +27,8 @@ class Program:
 
 
 class Supervisor:
+    name = "cluster"  # the label of the supervisor's own lines (`up` says "up")
+
     def __init__(
         self, programs: Sequence[Program], *, cwd: str, out: IO[str] = sys.stdout, grace: float = 10, pause: float = 1
     ) -> None:
@@ -78,7 +80,7 @@ class Supervisor:
 
     def stop(self) -> None:
         running = [p.process for p in self.programs if p.process is not None and p.process.poll() is None]
-        self.say("cluster", f"stopping {len(running)} programs")
+        self.say(self.name, f"stopping {len(running)} programs")
         for process in running:
             self.signal(process, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
