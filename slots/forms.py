@@ -327,9 +327,6 @@ class HoursWidget(forms.Widget):
             row += 1
         return value
 
-    def value_omitted_from_data(self, data, files, name) -> bool:
-        return f"{name}-0-0-start" not in data
-
 
 class HoursField(forms.Field):
     """The windows as the API takes them: the widget builds the shape, ``availability_set`` checks it."""
@@ -341,14 +338,16 @@ class HoursField(forms.Field):
         return value or []
 
 
-class DurationsField(forms.CharField):
+class DurationsField(forms.Field):
     """Appointment lengths as an operator types them, "30, 60": the API's list of minutes."""
+
+    widget = forms.TextInput
 
     def prepare_value(self, value):
         return ", ".join(str(minutes) for minutes in value) if isinstance(value, list) else value
 
-    def to_python(self, value) -> list:  # type: ignore[override]  # a list of minutes, not the text typed
-        words = (super().to_python(value) or "").replace(",", " ").split()
+    def to_python(self, value) -> list:
+        words = str(value or "").replace(",", " ").split()
         return [int(word) if word.isdigit() else word for word in words]  # availability_set refuses a word
 
 
@@ -400,12 +399,14 @@ class AvailabilityForm(ServiceModelForm):
         if not fields:
             raise forms.ValidationError(error.message)
         for path, problems in fields.items():
-            name, index, window = PLACE.fullmatch(path).groups()  # type: ignore[union-attr]  # the validator's paths
-            where = self._where(name, index, window)
+            place = PLACE.fullmatch(path)
+            assert place is not None  # every path availability_clean names has this shape
+            name, where = place.group(1), self._where(*place.groups())
             self.add_error(self.FIELDS.get(name, name), [f"{where}{problem}" for problem in problems])
 
     def _where(self, name: str, index: str | None, window: str | None) -> str:
-        """ "Tuesday 12:00 to 09:00: ", "2026-12-24 13:00 to 12:00: ", "45x: " for the validator's place."""
+        """Where the validator's place is, as the form shows it: "Tuesday 12:00 to 09:00: ", "2026-12-24 13:00
+        to 12:00: ", "45x: "."""
         entries = self.cleaned_data.get(name)
         if index is None or not isinstance(entries, list) or int(index) >= len(entries):
             return ""

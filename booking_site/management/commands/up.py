@@ -18,7 +18,8 @@ class Command(BaseCommand):
     help = (
         "Run the whole system on this machine: apply migrations, load the demo data once, then start the "
         "web server, a Celery worker and Celery beat together, with their output interleaved (one that dies "
-        "is started again), and print the URLs once the web server answers. Ctrl-C stops all of them (and the embedded PostgreSQL, when that is what runs) "
+        "is started again), and print the URLs once the web server answers. Ctrl-C stops all of them (and "
+        "the embedded PostgreSQL, when that is what runs) "
         "and exits 0. Uses DATABASE_URL and CELERY_BROKER_URL when set, the embedded defaults otherwise."
     )
 
@@ -37,13 +38,13 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=1)
         if not no_demo:
             call_command("seed_demo")
-        base = f"http://{host}:{port}"
+        base, database = f"http://{host}:{port}", settings.DATABASES["default"]
         banner = [
             "booking_site is up:",
             f"  admin     {base}/admin/",
             f"  API       {base}/api/",
             f"  API docs  {base}/api/docs/",
-            f"  database  {settings.DATABASES['default']['HOST'] or 'localhost'}/{settings.DATABASES['default']['NAME']}",
+            f"  database  {database['HOST'] or 'localhost'}/{database['NAME']}",
             f"  broker    {settings.CELERY_BROKER_URL}",
             f"Try: curl -X POST {base}/api/reservations -H 'Authorization: Token <token>' "
             f"-H 'Content-Type: application/json' -d '{{\"carId\": 1}}'",
