@@ -21,7 +21,7 @@ from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin,
 from booking_site.errors import DomainError
 from slots import selectors, services
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
-from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm
+from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm, lengths_text
 from slots.models import Availability, Slot, SlotBooking
 
 
@@ -235,12 +235,16 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
     """Any host's hours, edited through ``availability_set`` (the same checks as the API), and the host's
     week as a picture: hours, published slots, active bookings (``?week=YYYY-MM-DD`` for another week)."""
 
-    list_display = ["host", "time_zone", "durations", "minimum_notice_minutes", "buffer_minutes", "updated_at"]
+    list_display = ["host", "time_zone", "lengths", "minimum_notice_minutes", "buffer_minutes", "updated_at"]
     search_fields = ["host__email", "host__name", "=host__id"]
     list_select_related = ["host"]
     form = AvailabilityForm
     readonly_fields = ["updated_at", "audit_trail"]
     change_form_template = "admin/slots/availability/change_form.html"
+
+    @admin.display(description="Appointment lengths")
+    def lengths(self, availability):
+        return f"{lengths_text(availability.durations)} minutes"
 
     def get_fieldsets(self, request, obj=None):
         fields = [f for f in AvailabilityForm.Meta.fields if obj is None or f != "host"]

@@ -338,13 +338,18 @@ class HoursField(forms.Field):
         return value or []
 
 
+def lengths_text(durations: list[int]) -> str:
+    """Appointment lengths as an operator reads and types them: "30, 60"."""
+    return ", ".join(str(minutes) for minutes in durations)
+
+
 class DurationsField(forms.Field):
     """Appointment lengths as an operator types them, "30, 60": the API's list of minutes."""
 
     widget = forms.TextInput
 
     def prepare_value(self, value):
-        return ", ".join(str(minutes) for minutes in value) if isinstance(value, list) else value
+        return lengths_text(value) if isinstance(value, list) else value
 
     def to_python(self, value) -> list:
         words = str(value or "").replace(",", " ").split()
@@ -380,6 +385,7 @@ class AvailabilityForm(ServiceModelForm):
         super().__init__(*args, **kwargs)
         if "host" in self.fields:  # on the add page only: a host's availability stays theirs
             cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()
+            self.fields["time_zone"].initial = timezone.get_current_timezone_name()
 
     def write(self, data: dict[str, Any], *, actor: User) -> Availability:
         document: services.AvailabilityDocument = {
