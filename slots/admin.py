@@ -290,6 +290,9 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
 
 
 HOUR_PX = 56  # a 30-minute block is 28 px: two lines of its label, its name and its times
+# A block's label (templates/admin/slots/availability/week.html): lines of 12 px inside 1 px of padding and
+# 1 px of border above and below.
+LINE_PX, FRAME_PX = 12, 4
 
 
 def _week_geometry(week: list[tuple[date, list[selectors.WeekBlock]]], *, today: date) -> dict:
@@ -317,9 +320,9 @@ def _week_geometry(week: list[tuple[date, list[selectors.WeekBlock]]], *, today:
                 {
                     "kind": kind,
                     "title": "; ".join(b.label for b in same),
-                    "name": "" if kind == "hours" else name.replace("away: booking", "away"),
+                    "name": "" if kind == "hours" else name,  # the hours need none: they are the background
                     "times": f"{same[0].begins}\N{EN DASH}{same[0].ends}",
-                    "lines": 2 if height >= 26 else 1 if height >= 13 else 0,
+                    "lines": min(2, max(0, int(height) - FRAME_PX) // LINE_PX),  # what fits: name, then times
                     "top": top,
                     "height": height,
                 }

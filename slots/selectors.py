@@ -286,7 +286,7 @@ class WeekBlock:
     since the day's local midnight in real time (a day has 23 or 25 of them across a daylight-saving change)."""
 
     kind: str  # "hours", "slot", "booking", or "away" (the host's own booking as a guest of another host)
-    name: str  # "slot #12"
+    name: str  # "slot #12", "booking #3"
     begins: str  # local wall-clock times, "10:00"
     ends: str
     start: float
@@ -294,7 +294,8 @@ class WeekBlock:
 
     @property
     def label(self) -> str:
-        return f"{self.name} {self.begins} to {self.ends}"
+        away = "away: " if self.kind == "away" else ""
+        return f"{away}{self.name} {self.begins} to {self.ends}"
 
 
 def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
@@ -318,7 +319,7 @@ def host_week(availability: Availability, *, first_day: date, now: datetime) -> 
     )
     spans += [("booking", f"booking #{b.pk}", b.start, b.end) for b in bookings]
     away = SlotBooking.objects.active(now=now).filter(guest_id=availability.host_id, start__lt=ends, end__gt=begins)
-    spans += [("away", f"away: booking #{b.pk}", b.start, b.end) for b in away]
+    spans += [("away", f"booking #{b.pk}", b.start, b.end) for b in away]
     week = []
     for offset in range(7):
         day = first_day + timedelta(days=offset)

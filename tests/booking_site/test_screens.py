@@ -71,6 +71,11 @@ def test_the_hosts_week_is_drawn_first_and_legible_at_half_an_hour(screen, staff
     ]
     SlotBookingFactory(slot=slots[1])
     SlotBookingFactory(slot=slots[1])
+    tuesday = datetime.combine(monday + timedelta(days=1), time(14), tzinfo=zone)
+    SlotFactory(host=host, start=tuesday, end=tuesday + timedelta(minutes=15))  # too short for a label
+    SlotBookingFactory(
+        slot=SlotFactory(start=tuesday + timedelta(hours=1), end=tuesday + timedelta(hours=2)), guest=host
+    )
 
     page = screen.open(f"/admin/slots/availability/{host.pk}/change/?week={monday}", shot="week")
 
