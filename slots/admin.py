@@ -315,12 +315,13 @@ def _week_geometry(week: list[tuple[date, list[selectors.WeekBlock]]], *, today:
         drawn = []
         for (kind, start, end), same in merged.items():
             top, height = (start - first) * HOUR_PX, (end - start) * HOUR_PX
-            name = same[0].name if len(same) == 1 else f"{len(same)} bookings"  # each one in the title
+            # The id alone (the lane and colour say what it is; the title says it in words), so that it fits.
+            name = f"#{same[0].number}" if len(same) == 1 else f"{len(same)} bookings"
             drawn.append(
                 {
                     "kind": kind,
                     "title": "; ".join(b.label for b in same),
-                    "name": "" if kind == "hours" else name,  # the hours need none: they are the background
+                    "name": "" if kind == "hours" else name,  # the hours are the background: no label
                     "times": f"{same[0].begins}\N{EN DASH}{same[0].ends}",
                     "lines": min(2, max(0, int(height) - FRAME_PX) // LINE_PX),  # what fits: name, then times
                     "top": top,

@@ -85,7 +85,6 @@ def test_the_hosts_week_is_drawn_first_and_legible_at_half_an_hour(screen, staff
     assert slot["height"] >= 24, "a 30-minute slot is tall enough for its label"
     assert screen.overflowing(".week-picture .block") == []
     assert page.locator(".week-picture .block.slot").first.inner_text().split() == [
-        "slot",
         f"#{slots[0].pk}",
         "10:00\N{EN DASH}10:30",
     ]
