@@ -106,8 +106,8 @@ class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     """A claim's pages (a reservation, a seat hold, a slot booking): rows are read-only, operators act
     through the actions, which call the services, and read the audit trail on the page. Put "state_now"
     in the list and the page (the one state column), "hold_expires" for the expiry, and StateFilter in the
-    filters. The list states the
-    domain's ``cap`` (the most one user holds at once: docs/contract.md §2.7) above its rows."""
+    filters. The list states the domain's ``cap`` (the most one user holds at once: docs/contract.md §2.7)
+    above its rows, in words; its setting and the API's refusal are the note's help."""
 
     cap: Cap | None = None
     change_list_template = "admin/claim_change_list.html"

@@ -12,7 +12,6 @@ from django.db.models import Model
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
-from django.utils.safestring import mark_safe
 
 from booking_site.accounts.models import Role, User
 from booking_site.accounts.services import request_user
@@ -308,7 +307,7 @@ class HoursWidget(forms.Widget):
 
     def render(self, name, value, attrs=None, renderer=None):
         # The project's template (templates/), which the form renderer's own engine does not search.
-        return mark_safe(render_to_string(self.template_name, self.get_context(name, value, attrs)))
+        return render_to_string(self.template_name, self.get_context(name, value, attrs))  # safe: a template's
 
     def value_from_datadict(self, data, files, name) -> list[dict]:
         value = []
