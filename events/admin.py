@@ -113,10 +113,6 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     date_hierarchy = "event_date"
     actions = ["close_sales", "open_sales", "turn_waitlist_off", "turn_waitlist_on"]
     readonly_fields = [
-        "total_seats",
-        "confirmed_seats",
-        "held_seats",
-        "available_seats",
         "sales_open",
         "waitlist_enabled",
         "waiting",
@@ -125,7 +121,10 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         "queue_summary",
         "audit_trail",
     ]
+    # The seat map first, where an operator looks: its legend counts the seats (available, held, booked,
+    # of the total), so the counts need no rows of their own.
     fieldsets = [
+        ("Seats", {"fields": ["seat_map"]}),
         (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]}),
         (
             "Admission queue",
@@ -135,7 +134,6 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
                 "The admit queues job lets the next people in, in join order, at this rate while sales are open.",
             },
         ),
-        ("Seats", {"fields": ["total_seats", "confirmed_seats", "held_seats", "available_seats", "seat_map"]}),
         ("Waiting list", {"fields": ["waitlist_enabled", "waiting"]}),
         ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
     ]
@@ -302,7 +300,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
     ]
 
     cap = services.SEAT_HOLDS.cap
-    list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "expires_at", "created_at"]
+    list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "hold_expires", "created_at"]
     list_filter = [StateFilter, ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]
     list_select_related = ["event", "user"]
@@ -328,7 +326,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
         "state_now",
         "seat_codes",
         "seat_count",
-        "expires_at",
+        "hold_expires",
         "request_id",
         "created_at",
         "updated_at",

@@ -64,7 +64,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     cap = services.RESERVATIONS.cap
-    list_display = ["id", "car", "buyer", "state_now", "expires_at", "created_at", "updated_at"]
+    list_display = ["id", "car", "buyer", "state_now", "hold_expires", "created_at", "updated_at"]
     list_filter = [StateFilter, ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=request_id"]
     export_columns = [
@@ -85,7 +85,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
         "car",
         "buyer",
         "state_now",
-        "expires_at",
+        "hold_expires",
         "request_id",
         "created_at",
         "updated_at",

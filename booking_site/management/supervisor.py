@@ -40,6 +40,8 @@ class Program:
 
 
 class Supervisor:
+    name = "cluster"  # the label of the supervisor's own lines (`up` says "up")
+
     def __init__(
         self,
         programs: Sequence[Program],
@@ -147,14 +149,14 @@ class Supervisor:
         """SIGTERM to every program's process group; SIGKILL to what is left of them after the grace period,
         or at once when a stop signal comes FORCE_AFTER seconds after the first. Returns when they are gone."""
         running = [p.process for p in self.programs if p.process is not None and alive(p.process)]
-        self.say("cluster", f"stopping {len(running)} programs (Ctrl-C again kills them at once)")
+        self.say(self.name, f"stopping {len(running)} programs (Ctrl-C again kills them at once)")
         for process in running:
             self.signal(process, signal.SIGTERM)
         kill_at: float | None = time.monotonic() + self.grace
         while running := [process for process in running if alive(process)]:
             forced = self.asked[-1] >= self.asked[0] + FORCE_AFTER
             if kill_at is not None and (forced or time.monotonic() >= kill_at):
-                self.say("cluster", f"killing {len(running)} programs")
+                self.say(self.name, f"killing {len(running)} programs")
                 for process in running:
                     self.signal(process, signal.SIGKILL)
                 kill_at = None
