@@ -36,6 +36,37 @@ def test_a_known_token_costs_no_statement(api, django_assert_num_queries):
     assert response.status_code == 200
 
 
+def test_an_unseen_token_costs_one_statement_and_reads_what_the_orm_reads(user, django_assert_num_queries):
+    auth._cache.clear()
+
+    with django_assert_num_queries(1):
+        auth_user, token = auth.CachedTokenAuthentication().authenticate_credentials(user.auth_token.key)
+
+    stored = Token.objects.select_related("user").get(key=user.auth_token.key)
+    assert (token.key, token.user_id, token.created) == (stored.key, stored.user_id, stored.created)
+    fields = [field.attname for field in type(user)._meta.concrete_fields]
+    assert [getattr(auth_user, name) for name in fields] == [getattr(stored.user, name) for name in fields]
+    assert not auth_user._state.adding and auth_user._state.db == stored.user._state.db
+
+
+@pytest.mark.parametrize(
+    ("case", "message"), [("unknown", "Invalid token."), ("inactive", "User inactive or deleted.")]
+)
+def test_a_refused_token_says_what_drf_says(client_for, user, case, message):
+    key = user.auth_token.key
+    if case == "unknown":
+        key = "x" * len(key)
+    else:
+        type(user).objects.filter(pk=user.pk).update(is_active=False)
+    auth._cache.clear()
+
+    client = client_for(None)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    response = client.get("/api/users/me")
+
+    assert response.status_code == 401 and response.json()["error"]["message"] == message
+
+
 def test_a_deleted_token_is_refused_at_once(api, user):
     assert me(api).status_code == 200
 
