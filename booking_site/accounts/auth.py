@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import copy
 import threading
+from typing import cast
 
 from cachetools import TTLCache
 from django.conf import settings
 from django.db import connection
-from django.db.models import Model
+from django.db.models import Field, Model
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils.translation import gettext_lazy as _
@@ -40,10 +41,12 @@ _cache: TTLCache[str, Token] = TTLCache(maxsize=settings.AUTH_TOKEN_CACHE_SIZE, 
 _lock = threading.Lock()  # TTLCache is not thread-safe; threaded servers share it
 
 
-def _columns(model: type[Model]) -> sql.Composed:
-    return sql.SQL(", ").join(
-        sql.Identifier(model._meta.db_table, field.column) for field in model._meta.concrete_fields
-    )
+def _column(model: type[Model], field: Field) -> sql.Identifier:
+    return sql.Identifier(model._meta.db_table, cast(str, field.column))
+
+
+def _columns(model: type[Model]) -> sql.Composable:
+    return sql.SQL(", ").join([_column(model, field) for field in model._meta.concrete_fields])
 
 
 # The token and its user, every concrete column of both in _meta order (what Model.from_db reads).
@@ -56,9 +59,9 @@ _LOOKUP = (
         _columns(User),
         sql.Identifier(Token._meta.db_table),
         sql.Identifier(User._meta.db_table),
-        sql.Identifier(User._meta.db_table, User._meta.pk.column),
-        sql.Identifier(Token._meta.db_table, Token._meta.get_field("user").column),
-        sql.Identifier(Token._meta.db_table, Token._meta.get_field("key").column),
+        _column(User, User._meta.pk),
+        _column(Token, Token._meta.get_field("user")),
+        _column(Token, Token._meta.get_field("key")),
     )
     .as_string(None)
 )

@@ -19,6 +19,7 @@ from rest_framework.authtoken.models import Token
 
 from booking_site.accounts import auth
 from booking_site.accounts.api.serializers import UserOut
+from booking_site.api import OutputSerializer
 from booking_site.renderers import JSONRenderer
 from tests.factories import UserFactory
 
@@ -178,3 +179,40 @@ def test_model_serializers_render_what_drf_renders(user):
 
     assert UserOut(user).data == StockUserOut(user).data
     assert UserOut([user, user], many=True).data == StockUserOut([user, user], many=True).data
+
+
+class Shape(OutputSerializer):
+    id = serializers.IntegerField()
+    when = serializers.DateTimeField(allow_null=True)
+    codes = serializers.ListField(child=serializers.CharField(), source="seat_codes")
+    optional = serializers.CharField(required=False)
+    label = serializers.SerializerMethodField()
+    secret = serializers.CharField(write_only=True)
+
+    def get_label(self, shape) -> str:
+        return f"#{shape['id']} of {self.context['of']}"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"id": 1, "when": dt.datetime(2026, 12, 1, 10, 30, tzinfo=dt.UTC), "seat_codes": ["S1"], "optional": "x"},
+        {"id": 2, "when": None, "seat_codes": [], "secret": "never shown"},  # no "optional": omitted
+    ],
+)
+def test_an_output_serializer_renders_by_plan_what_drf_renders(shape):
+    planned = Shape(shape, context={"of": "these"}).data
+
+    assert planned == serializers.Serializer.to_representation(Shape(context={"of": "these"}), shape)
+    assert list(planned) == [name for name in ["id", "when", "codes", "optional", "label"] if name in planned]
+    assert Shape._plan is not None
+
+
+def test_an_output_serializer_with_a_nested_one_renders_as_drf_does():
+    class Nested(OutputSerializer):
+        shapes = Shape(many=True)
+
+    data = Nested({"shapes": [{"id": 3, "when": None, "seat_codes": ["S2"]}]}, context={"of": "those"}).data
+
+    assert data == {"shapes": [{"id": 3, "when": None, "codes": ["S2"], "label": "#3 of those"}]}
+    assert Nested._plan is None
