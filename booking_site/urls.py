@@ -39,9 +39,9 @@ api: list[URLPattern | URLResolver] = [
     re_path(r"^.*$", page_not_found),  # an unknown /api/ path answers in the envelope, DEBUG or not
 ]
 
-urlpatterns = [
-    path("admin/", admin.site.urls),
+urlpatterns = [  # the API first: Django tries the patterns in order, and nearly every request is one
     path("api/", include(api)),
+    path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
     path("metrics", metrics.export, name="prometheus-django-metrics"),
 ]

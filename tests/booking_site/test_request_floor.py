@@ -15,12 +15,15 @@ from django.conf import settings
 from django.db import connection
 from django.utils.translation import gettext_lazy
 from rest_framework import renderers, serializers
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.request import Request
+from rest_framework.test import APIRequestFactory
 from rest_framework.authtoken.models import Token
 
 from booking_site.accounts import auth
 from booking_site.accounts.api.serializers import UserOut
 from booking_site.api import OutputSerializer
-from booking_site.renderers import JSONRenderer
+from booking_site.renderers import BrowsableAPIRenderer, ContentNegotiation, JSONRenderer
 from tests.factories import UserFactory
 
 
@@ -216,3 +219,20 @@ def test_an_output_serializer_with_a_nested_one_renders_as_drf_does():
 
     assert data == {"shapes": [{"id": 3, "when": None, "codes": ["S2"], "label": "#3 of those"}]}
     assert Nested._plan is None
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "text/html", "application/json; indent=4", "a/b"])
+@pytest.mark.parametrize("query", ["", "?format=json", "?format=api", "?page=2"])
+def test_content_negotiation_answers_what_drf_answers(accept, query):
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    request = Request(APIRequestFactory().get(f"/api/users/me{query}", **headers))
+    available = [JSONRenderer(), BrowsableAPIRenderer()]
+
+    def negotiate(negotiation):
+        try:
+            renderer, media_type = negotiation.select_renderer(request, available)
+        except Exception as error:
+            return type(error)
+        return type(renderer), media_type
+
+    assert negotiate(ContentNegotiation()) == negotiate(DefaultContentNegotiation())
