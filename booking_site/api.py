@@ -114,17 +114,15 @@ class OutputSerializer(PlannedRepresentation, serializers.Serializer):
     """An output shape (``PlannedRepresentation``); input shapes are ``StrictSerializer``s."""
 
 
-class ModelSerializer(PlannedRepresentation, serializers.ModelSerializer):
-    """DRF's ``ModelSerializer``, rendered by plan (``PlannedRepresentation``), and with its fields built
-    once per class instead of once per instance where they are built (a browsable API form, a nested
-    serializer that is not plain).
+class FieldsBuiltOnce:
+    """A serializer whose fields are built once per class instead of once per instance.
 
-    DRF introspects the model and constructs every field each time a serializer is created: a third of
-    the CPU of a small GET (docs/decisions/0006-request-floor.md). The fields depend only on the class,
-    so the first instance builds them and every later one gets copies. A copy is shallow: binding a
-    field to its serializer sets the copy's own name, parent and source, and what copies share
-    (validators, choices, a list's child) is only read while rendering. A nested serializer is copied
-    whole, because it binds fields of its own.
+    DRF builds every field each time a serializer is created (a deep copy of the declared fields, or the
+    model's introspection): a third of the CPU of a small GET (docs/decisions/0006-request-floor.md). The
+    fields depend only on the class, so the first instance builds them and every later one gets copies.
+    A copy is shallow: binding a field to its serializer sets the copy's own name, parent and source,
+    and what copies share (validators, choices, a list's child) is only read, while rendering and while
+    validating. A nested serializer is copied whole, because it binds fields of its own.
     """
 
     _fields_prototype: ClassVar[dict[str, serializers.Field]]  # set on each class by its first instance
@@ -133,12 +131,17 @@ class ModelSerializer(PlannedRepresentation, serializers.ModelSerializer):
         cls = type(self)
         prototype = cls.__dict__.get("_fields_prototype")
         if prototype is None:
-            prototype = super().get_fields()
+            prototype = super().get_fields()  # type: ignore[misc]  # a Serializer's, by the MRO
             cls._fields_prototype = prototype
         return {
             name: copy.deepcopy(field) if isinstance(field, serializers.BaseSerializer) else copy.copy(field)
             for name, field in prototype.items()
         }
+
+
+class ModelSerializer(PlannedRepresentation, FieldsBuiltOnce, serializers.ModelSerializer):
+    """DRF's ``ModelSerializer``, rendered by plan (``PlannedRepresentation``), its fields built once per
+    class where they are built (``FieldsBuiltOnce``: a browsable API form, a nested serializer)."""
 
 
 class JSONObjectField(serializers.DictField):
@@ -159,8 +162,9 @@ class JSONObjectField(serializers.DictField):
         return super().to_internal_value(data)
 
 
-class StrictSerializer(serializers.Serializer):
-    """An input serializer that refuses unknown fields instead of silently ignoring a typo.
+class StrictSerializer(FieldsBuiltOnce, serializers.Serializer):
+    """An input serializer that refuses unknown fields instead of silently ignoring a typo (its fields
+    built once per class: ``FieldsBuiltOnce``).
 
     A form post (the browsable API's HTML form, ``curl -F``/``-d``) is read as that form means it: its
     CSRF token is not a field, a field left empty is a field not given, a nested field arrives as
@@ -269,11 +273,12 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
         return schema
 
 
-class ModelSerializerSchema(OpenApiSerializerExtension):
-    """A model serializer's schema, without ModelSerializer's notes on its field cache as its description
-    in every generated client's models."""
+class OutputSerializerSchema(OpenApiSerializerExtension):
+    """An output serializer's schema (a model serializer's too), without the notes of ``ModelSerializer``,
+    ``OutputSerializer`` and ``PlannedRepresentation`` on how they render as its description in every
+    generated client's models."""
 
-    target_class = ModelSerializer
+    target_class = PlannedRepresentation
     match_subclasses = True
 
     def map_serializer(self, auto_schema, direction):

@@ -15,15 +15,16 @@ from django.conf import settings
 from django.db import connection
 from django.utils.translation import gettext_lazy
 from rest_framework import renderers, serializers
+from rest_framework.authtoken.models import Token
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.test import APIRequestFactory
-from rest_framework.authtoken.models import Token
 
 from booking_site.accounts import auth
 from booking_site.accounts.api.serializers import UserOut
 from booking_site.api import OutputSerializer
 from booking_site.renderers import BrowsableAPIRenderer, ContentNegotiation, JSONRenderer
+from reservations.api.serializers import ReservationCreateIn
 from tests.factories import UserFactory
 
 
@@ -133,6 +134,16 @@ def test_the_browsable_api_still_gets_indented_json():
     rendered = JSONRenderer().render({"a": 1}, "application/json; indent=4")
 
     assert json.loads(rendered) == {"a": 1} and b"\n    " in rendered
+
+
+def test_input_serializer_fields_are_built_once_and_never_shared():
+    first = ReservationCreateIn(data={"carId": 0})
+    second = ReservationCreateIn(data={"carId": 7, "holdDurationMinutes": 30})
+
+    assert all(first.fields[name] is not second.fields[name] for name in first.fields)
+    assert first.fields["carId"].parent is first and second.fields["carId"].parent is second
+    assert not first.is_valid() and list(first.errors) == ["carId"]
+    assert second.is_valid() and second.validated_data == {"carId": 7, "holdDurationMinutes": 30}
 
 
 @pytest.mark.django_db
