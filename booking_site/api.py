@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import django_filters as filters
 from django import forms
@@ -15,7 +15,7 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
-from rest_framework.fields import empty
+from rest_framework.fields import SkipField, empty
 from rest_framework.pagination import BasePagination
 from rest_framework.permissions import SAFE_METHODS, IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
@@ -34,15 +34,95 @@ class StaffWrites(IsAuthenticated):
         return IsAdminUser().has_permission(request, view)
 
 
-class ModelSerializer(serializers.ModelSerializer):
-    """DRF's ``ModelSerializer``, with its fields built once per class instead of once per instance.
+# Fields whose representation reads only the value and the field's own options (no request, no context,
+# no parent): a field shared by every instance of its serializer gives every one the same answer.
+_PLAIN_FIELDS = (
+    serializers.BooleanField,
+    serializers.CharField,
+    serializers.ChoiceField,
+    serializers.DateField,
+    serializers.DateTimeField,
+    serializers.DecimalField,
+    serializers.FloatField,
+    serializers.IntegerField,
+    serializers.JSONField,
+    serializers.UUIDField,
+    serializers.ReadOnlyField,
+)
 
-    DRF introspects the model and constructs every field each time a serializer is created: a third of
-    the CPU of a small GET (docs/decisions/0006-request-floor.md). The fields depend only on the class,
-    so the first instance builds them and every later one gets copies. A copy is shallow: binding a
-    field to its serializer sets the copy's own name, parent and source, and what copies share
-    (validators, choices, a list's child) is only read while rendering. A nested serializer is copied
-    whole, because it binds fields of its own.
+# One readable field of a planned serializer: its name, and either the field (shared, bound to a
+# template instance) or the name of the serializer's method that answers it (a SerializerMethodField).
+_Step = tuple[str, serializers.Field | None, str | None]
+
+
+def _plain(field: serializers.Field) -> bool:
+    if isinstance(field, serializers.ListField | serializers.DictField):
+        return _plain(field.child)
+    return isinstance(field, _PLAIN_FIELDS)
+
+
+class PlannedRepresentation:
+    """Output serializers that render an instance without building their fields for it.
+
+    DRF builds and binds every field of a serializer for each instance it renders (a deep copy of the
+    declared fields, or the model's introspection), then reads each. For a response of one object that
+    was most of the serializer's cost (docs/decisions/0006-request-floor.md). Here the first instance of
+    a class binds its fields once, to a template instance, and every later ``to_representation`` reads
+    through those, in DRF's order and with DRF's rules (a ``SkipField`` omits the key, ``None`` stays
+    ``None``), calling a ``SerializerMethodField``'s method on the serializer at hand. Only fields that
+    read nothing but the value are shared (``_PLAIN_FIELDS``); a class with any other field (a nested
+    serializer, a related or hyperlinked field) renders as DRF does.
+    """
+
+    _plan: ClassVar[list[_Step] | None]  # set on each class by its first rendering
+
+    def to_representation(self, instance):
+        cls = type(self)
+        if "_plan" not in cls.__dict__:
+            cls._plan = _plan_of(cls)
+        if cls._plan is None:
+            return super().to_representation(instance)  # type: ignore[misc]  # a Serializer's, by the MRO
+        ret: dict[str, Any] = {}
+        for name, field, method in cls._plan:
+            if method is not None:
+                ret[name] = getattr(self, method)(instance)
+                continue
+            assert field is not None  # a step has a field or a method
+            try:
+                attribute = field.get_attribute(instance)
+            except SkipField:
+                continue
+            ret[name] = None if attribute is None else field.to_representation(attribute)
+        return ret
+
+
+def _plan_of(cls: type) -> list[_Step] | None:
+    """The steps of ``cls``'s representation, or None when one of its fields is not plain."""
+    template = cls()
+    plan: list[_Step] = []
+    for field in template._readable_fields:
+        if isinstance(field, serializers.SerializerMethodField):
+            plan.append((cast(str, field.field_name), None, field.method_name))
+        elif _plain(field):
+            plan.append((cast(str, field.field_name), field, None))
+        else:
+            return None
+    return plan
+
+
+class OutputSerializer(PlannedRepresentation, serializers.Serializer):
+    """An output shape (``PlannedRepresentation``); input shapes are ``StrictSerializer``s."""
+
+
+class FieldsBuiltOnce:
+    """A serializer whose fields are built once per class instead of once per instance.
+
+    DRF builds every field each time a serializer is created (a deep copy of the declared fields, or the
+    model's introspection): a third of the CPU of a small GET (docs/decisions/0006-request-floor.md). The
+    fields depend only on the class, so the first instance builds them and every later one gets copies.
+    A copy is shallow: binding a field to its serializer sets the copy's own name, parent and source,
+    and what copies share (validators, choices, a list's child) is only read, while rendering and while
+    validating. A nested serializer is copied whole, because it binds fields of its own.
     """
 
     _fields_prototype: ClassVar[dict[str, serializers.Field]]  # set on each class by its first instance
@@ -51,12 +131,17 @@ class ModelSerializer(serializers.ModelSerializer):
         cls = type(self)
         prototype = cls.__dict__.get("_fields_prototype")
         if prototype is None:
-            prototype = super().get_fields()
+            prototype = super().get_fields()  # type: ignore[misc]  # a Serializer's, by the MRO
             cls._fields_prototype = prototype
         return {
             name: copy.deepcopy(field) if isinstance(field, serializers.BaseSerializer) else copy.copy(field)
             for name, field in prototype.items()
         }
+
+
+class ModelSerializer(PlannedRepresentation, FieldsBuiltOnce, serializers.ModelSerializer):
+    """DRF's ``ModelSerializer``, rendered by plan (``PlannedRepresentation``), its fields built once per
+    class where they are built (``FieldsBuiltOnce``: a browsable API form, a nested serializer)."""
 
 
 class JSONObjectField(serializers.DictField):
@@ -77,8 +162,9 @@ class JSONObjectField(serializers.DictField):
         return super().to_internal_value(data)
 
 
-class StrictSerializer(serializers.Serializer):
-    """An input serializer that refuses unknown fields instead of silently ignoring a typo.
+class StrictSerializer(FieldsBuiltOnce, serializers.Serializer):
+    """An input serializer that refuses unknown fields instead of silently ignoring a typo (its fields
+    built once per class: ``FieldsBuiltOnce``).
 
     A form post (the browsable API's HTML form, ``curl -F``/``-d``) is read as that form means it: its
     CSRF token is not a field, a field left empty is a field not given, a nested field arrives as
@@ -187,11 +273,12 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
         return schema
 
 
-class ModelSerializerSchema(OpenApiSerializerExtension):
-    """A model serializer's schema, without ModelSerializer's notes on its field cache as its description
-    in every generated client's models."""
+class OutputSerializerSchema(OpenApiSerializerExtension):
+    """An output serializer's schema (a model serializer's too), without the notes of ``ModelSerializer``,
+    ``OutputSerializer`` and ``PlannedRepresentation`` on how they render as its description in every
+    generated client's models."""
 
-    target_class = ModelSerializer
+    target_class = PlannedRepresentation
     match_subclasses = True
 
     def map_serializer(self, auto_schema, direction):

@@ -3,12 +3,13 @@
 ``manage.py serve`` sets PROMETHEUS_MULTIPROC_DIR, so the counters of every web worker add up.
 """
 
+import functools
+from timeit import default_timer
+
 from django.db import transaction
 from django.http import HttpResponse
-from django.utils.deprecation import MiddlewareMixin
 from django_prometheus.exports import ExportToDjangoView
 from django_prometheus.middleware import Metrics
-from django_prometheus.utils import Time, TimeSince
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from booking_site.invariants import last_report
@@ -45,31 +46,36 @@ def count_on_commit(counter: Counter, *labels: str, amount: int = 1) -> None:
         transaction.on_commit(lambda: counter.labels(*labels).inc(amount))
 
 
-class RequestMetricsMiddleware(MiddlewareMixin):
+class RequestMetricsMiddleware:
     """The request metrics worth their cost: responses by status, view and method, and latency by view
     and method (django-prometheus' own series, so dashboards keep working).
 
     django-prometheus' two middlewares update fourteen series per request (by transport, charset, body
     size, template, ...), a fifth of the CPU of a small GET (docs/decisions/0006-request-floor.md); these
     two answer "how many, how many failed, how slow" per endpoint. First in MIDDLEWARE, so the latency
-    covers every middleware too.
+    covers every middleware too. Each series' child is looked up once per label set and kept: the
+    client's ``labels()`` checks its arguments and takes a lock on every call.
     """
 
     def __init__(self, get_response):
-        super().__init__(get_response)
-        self.metrics = Metrics.get_instance()
+        self.get_response = get_response
+        metrics = Metrics.get_instance()
+        self._responses = functools.cache(
+            lambda status, view, method: metrics.responses_by_status_view_method.labels(
+                status=status, view=view, method=method
+            )
+        )
+        self._latency = functools.cache(
+            lambda view, method: metrics.requests_latency_by_view_method.labels(view=view, method=method)
+        )
 
-    def process_request(self, request):
-        request.metrics_started = Time()
-
-    def process_response(self, request, response):
+    def __call__(self, request):
+        started = default_timer()
+        response = self.get_response(request)
         match = getattr(request, "resolver_match", None)
         view = (match and match.view_name) or "<unnamed view>"
-        status, method = str(response.status_code), request.method
-        self.metrics.responses_by_status_view_method.labels(status=status, view=view, method=method).inc()
-        self.metrics.requests_latency_by_view_method.labels(view=view, method=method).observe(
-            TimeSince(request.metrics_started)
-        )
+        self._responses(response.status_code, view, request.method).inc()
+        self._latency(view, request.method).observe(default_timer() - started)
         return response
 
 

@@ -161,6 +161,7 @@ REST_FRAMEWORK = {
         "booking_site.renderers.JSONRenderer",
         "booking_site.renderers.BrowsableAPIRenderer",
     ],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "booking_site.renderers.ContentNegotiation",
     "DEFAULT_PARSER_CLASSES": [
         "booking_site.parsers.SafeJSONParser",
         "rest_framework.parsers.FormParser",

@@ -3,7 +3,7 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
-from booking_site.api import StrictSerializer
+from booking_site.api import OutputSerializer, StrictSerializer
 from events.services import (
     ADMISSION_WINDOW_RANGE,
     ADMITTED_PER_MINUTE_RANGE,
@@ -81,7 +81,7 @@ class EventChangeIn(StrictSerializer):
     )
 
 
-class EventOut(serializers.Serializer):
+class EventOut(OutputSerializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     eventDate = serializers.DateTimeField(source="event_date")
@@ -111,7 +111,7 @@ class EventCreatedOut(EventOut):
     eventId = serializers.IntegerField(source="id")
 
 
-class SeatOut(serializers.Serializer):
+class SeatOut(OutputSerializer):
     code = serializers.CharField()
     section = serializers.CharField()
     row = serializers.IntegerField()
@@ -119,7 +119,7 @@ class SeatOut(serializers.Serializer):
     status = serializers.ChoiceField(choices=["AVAILABLE", "HELD", "BOOKED"])
 
 
-class SeatMapOut(serializers.Serializer):
+class SeatMapOut(OutputSerializer):
     eventId = serializers.IntegerField()
     totalSeats = serializers.IntegerField()
     confirmedSeats = serializers.IntegerField()
@@ -145,7 +145,7 @@ class SeatHoldIn(StrictSerializer):
         return data
 
 
-class SeatHoldOut(serializers.Serializer):
+class SeatHoldOut(OutputSerializer):
     holdGroupId = serializers.UUIDField(source="id")
     eventId = serializers.IntegerField(source="event_id")
     userId = serializers.IntegerField(source="user_id")
@@ -161,7 +161,7 @@ class HoldActionIn(StrictSerializer):
     holdGroupId = serializers.UUIDField()
 
 
-class ConfirmOut(serializers.Serializer):
+class ConfirmOut(OutputSerializer):
     success = serializers.BooleanField()
     bookingGroupId = serializers.UUIDField()
     holdGroupId = serializers.UUIDField()
@@ -170,12 +170,12 @@ class ConfirmOut(serializers.Serializer):
     seatCodes = serializers.ListField(child=serializers.CharField())
 
 
-class ReleaseOut(serializers.Serializer):
+class ReleaseOut(OutputSerializer):
     released = serializers.BooleanField()
     holdGroupId = serializers.UUIDField()
 
 
-class BookingSeatOut(serializers.Serializer):
+class BookingSeatOut(OutputSerializer):
     bookingGroupId = serializers.UUIDField()
     holdGroupId = serializers.UUIDField()
     status = serializers.CharField()
@@ -190,7 +190,7 @@ class BookingCancelIn(StrictSerializer):
     reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
 
 
-class BookingCancelOut(serializers.Serializer):
+class BookingCancelOut(OutputSerializer):
     cancelled = serializers.BooleanField()
     bookingGroupId = serializers.UUIDField()
 
@@ -203,7 +203,7 @@ class WaitlistJoinIn(StrictSerializer):
     )
 
 
-class WaitlistEntryOut(serializers.Serializer):
+class WaitlistEntryOut(OutputSerializer):
     entryId = serializers.IntegerField(source="id")
     eventId = serializers.IntegerField(source="event_id")
     userId = serializers.IntegerField(source="user_id")
@@ -221,7 +221,7 @@ class QueueJoinIn(StrictSerializer):
     """Nothing to give: the caller joins, once."""
 
 
-class QueueEntryOut(serializers.Serializer):
+class QueueEntryOut(OutputSerializer):
     token = serializers.CharField(help_text="Poll with it; send it as X-Queue-Token on seat holds once ADMITTED")
     eventId = serializers.IntegerField(source="event_id")
     position = serializers.IntegerField(help_text="While WAITING: 1 is the next to be admitted; 0 once admitted")

@@ -8,7 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from booking_site.api import JSONObjectField, ModelSerializer, StrictSerializer
+from booking_site.api import JSONObjectField, ModelSerializer, OutputSerializer, StrictSerializer
 from booking_site.parsers import unstorable
 from slots.models import Slot, SlotBooking
 from slots.services import (
@@ -215,14 +215,14 @@ class BookingAnalyticsQuery(serializers.Serializer):
         return data
 
 
-class BookingAnalyticsOut(serializers.Serializer):
+class BookingAnalyticsOut(OutputSerializer):
     totalBookings = serializers.IntegerField(source="total_bookings")
     cancellationRate = serializers.FloatField(source="cancellation_rate", help_text="Percent, 0 to 100")
     bookingsPerDay = serializers.ListField(source="bookings_per_day", child=serializers.DictField())
     topHosts = serializers.ListField(source="top_hosts", child=serializers.DictField())
 
 
-class ExpirePendingOut(serializers.Serializer):
+class ExpirePendingOut(OutputSerializer):
     expired = serializers.IntegerField()
 
 
@@ -259,7 +259,7 @@ class AvailabilityIn(StrictSerializer):
     bufferMinutes = serializers.IntegerField(min_value=0, max_value=MAX_BUFFER_MINUTES, default=0)
 
 
-class AvailabilityOut(serializers.Serializer):
+class AvailabilityOut(OutputSerializer):
     hostId = serializers.IntegerField()
     timeZone = serializers.CharField()
     weekly = WeeklyWindowSchema(many=True)
@@ -298,5 +298,5 @@ class FreeTimeSchema(serializers.Serializer):
     endTime = serializers.DateTimeField()
 
 
-class FreeTimesOut(serializers.Serializer):
+class FreeTimesOut(OutputSerializer):
     slots = FreeTimeSchema(many=True)

@@ -16,10 +16,15 @@ from django.db import connection
 from django.utils.translation import gettext_lazy
 from rest_framework import renderers, serializers
 from rest_framework.authtoken.models import Token
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.request import Request
+from rest_framework.test import APIRequestFactory
 
 from booking_site.accounts import auth
 from booking_site.accounts.api.serializers import UserOut
-from booking_site.renderers import JSONRenderer
+from booking_site.api import OutputSerializer
+from booking_site.renderers import BrowsableAPIRenderer, ContentNegotiation, JSONRenderer
+from reservations.api.serializers import ReservationCreateIn
 from tests.factories import UserFactory
 
 
@@ -34,6 +39,37 @@ def test_a_known_token_costs_no_statement(api, django_assert_num_queries):
         response = me(api)
 
     assert response.status_code == 200
+
+
+def test_an_unseen_token_costs_one_statement_and_reads_what_the_orm_reads(user, django_assert_num_queries):
+    auth._cache.clear()
+
+    with django_assert_num_queries(1):
+        auth_user, token = auth.CachedTokenAuthentication().authenticate_credentials(user.auth_token.key)
+
+    stored = Token.objects.select_related("user").get(key=user.auth_token.key)
+    assert (token.key, token.user_id, token.created) == (stored.key, stored.user_id, stored.created)
+    fields = [field.attname for field in type(user)._meta.concrete_fields]
+    assert [getattr(auth_user, name) for name in fields] == [getattr(stored.user, name) for name in fields]
+    assert not auth_user._state.adding and auth_user._state.db == stored.user._state.db
+
+
+@pytest.mark.parametrize(
+    ("case", "message"), [("unknown", "Invalid token."), ("inactive", "User inactive or deleted.")]
+)
+def test_a_refused_token_says_what_drf_says(client_for, user, case, message):
+    key = user.auth_token.key
+    if case == "unknown":
+        key = "x" * len(key)
+    else:
+        type(user).objects.filter(pk=user.pk).update(is_active=False)
+    auth._cache.clear()
+
+    client = client_for(None)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    response = client.get("/api/users/me")
+
+    assert response.status_code == 401 and response.json()["error"]["message"] == message
 
 
 def test_a_deleted_token_is_refused_at_once(api, user):
@@ -100,6 +136,16 @@ def test_the_browsable_api_still_gets_indented_json():
     assert json.loads(rendered) == {"a": 1} and b"\n    " in rendered
 
 
+def test_input_serializer_fields_are_built_once_and_never_shared():
+    first = ReservationCreateIn(data={"carId": 0})
+    second = ReservationCreateIn(data={"carId": 7, "holdDurationMinutes": 30})
+
+    assert all(first.fields[name] is not second.fields[name] for name in first.fields)
+    assert first.fields["carId"].parent is first and second.fields["carId"].parent is second
+    assert not first.is_valid() and list(first.errors) == ["carId"]
+    assert second.is_valid() and second.validated_data == {"carId": 7, "holdDurationMinutes": 30}
+
+
 @pytest.mark.django_db
 def test_model_serializer_fields_are_built_once_and_never_shared():
     first, second = UserOut(UserFactory()), UserOut(UserFactory())
@@ -147,3 +193,57 @@ def test_model_serializers_render_what_drf_renders(user):
 
     assert UserOut(user).data == StockUserOut(user).data
     assert UserOut([user, user], many=True).data == StockUserOut([user, user], many=True).data
+
+
+class Shape(OutputSerializer):
+    id = serializers.IntegerField()
+    when = serializers.DateTimeField(allow_null=True)
+    codes = serializers.ListField(child=serializers.CharField(), source="seat_codes")
+    optional = serializers.CharField(required=False)
+    label = serializers.SerializerMethodField()
+    secret = serializers.CharField(write_only=True)
+
+    def get_label(self, shape) -> str:
+        return f"#{shape['id']} of {self.context['of']}"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"id": 1, "when": dt.datetime(2026, 12, 1, 10, 30, tzinfo=dt.UTC), "seat_codes": ["S1"], "optional": "x"},
+        {"id": 2, "when": None, "seat_codes": [], "secret": "never shown"},  # no "optional": omitted
+    ],
+)
+def test_an_output_serializer_renders_by_plan_what_drf_renders(shape):
+    planned = Shape(shape, context={"of": "these"}).data
+
+    assert planned == serializers.Serializer.to_representation(Shape(context={"of": "these"}), shape)
+    assert list(planned) == [name for name in ["id", "when", "codes", "optional", "label"] if name in planned]
+    assert Shape._plan is not None
+
+
+def test_an_output_serializer_with_a_nested_one_renders_as_drf_does():
+    class Nested(OutputSerializer):
+        shapes = Shape(many=True)
+
+    data = Nested({"shapes": [{"id": 3, "when": None, "seat_codes": ["S2"]}]}, context={"of": "those"}).data
+
+    assert data == {"shapes": [{"id": 3, "when": None, "codes": ["S2"], "label": "#3 of those"}]}
+    assert Nested._plan is None
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "text/html", "application/json; indent=4", "a/b"])
+@pytest.mark.parametrize("query", ["", "?format=json", "?format=api", "?page=2"])
+def test_content_negotiation_answers_what_drf_answers(accept, query):
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    request = Request(APIRequestFactory().get(f"/api/users/me{query}", **headers))
+    available = [JSONRenderer(), BrowsableAPIRenderer()]
+
+    def negotiate(negotiation):
+        try:
+            renderer, media_type = negotiation.select_renderer(request, available)
+        except Exception as error:
+            return type(error)
+        return type(renderer), media_type
+
+    assert negotiate(ContentNegotiation()) == negotiate(DefaultContentNegotiation())

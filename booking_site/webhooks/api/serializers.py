@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from booking_site.api import ModelSerializer, StrictSerializer
+from booking_site.api import ModelSerializer, OutputSerializer, StrictSerializer
 from booking_site.webhooks.catalogue import EVENT_TYPES
 from booking_site.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -59,7 +59,7 @@ class WebhookCreatedOut(WebhookOut):
         fields = [*WebhookOut.Meta.fields, "secret"]
 
 
-class WebhookSecretOut(serializers.Serializer):
+class WebhookSecretOut(OutputSerializer):
     secret = serializers.CharField(help_text="The new secret; the previous one also signs for 24 h")
 
 
