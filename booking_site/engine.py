@@ -36,9 +36,11 @@ from typing import Any, Generic, TypeVar
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import Exists, Q, QuerySet, sql
+from django.db.models import Exists, Q, QuerySet
+from django.db.models import sql as orm_sql
+from psycopg import sql
 
-from booking_site import locking
+from booking_site import locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
@@ -99,6 +101,9 @@ class Cap:
     setting: str
     message: str  # formatted with count (held now), asked (this request) and limit
     summary: str  # the rule for operators, formatted with limit (the admin's claim lists show it)
+    # Which of the owner's claims count against the limit: the one declaration the hold's statement
+    # (``counted``), the admin's text (``describe``) and the refusal (``check``) all read.
+    counts: statements.Rows
     operators_exempt: bool = True
 
     @property
@@ -114,19 +119,23 @@ class Cap:
         the cap does not apply, nothing to serialize)."""
         return locking.user_lock(owner_id) if self.limit_for(actor) is not None else None
 
+    def counted(self, model: type[Claim], alias: str = "") -> sql.Composable:
+        """The condition on ``model``'s rows (aliased ``alias``) that the limit counts, for a statement."""
+        return self.counts.sql(model, alias)
+
     def describe(self) -> str:
-        """The cap as the admin states it: the rule, its setting, its refusal, who is exempt."""
+        """The cap as the admin states it: the rule, what it counts, its setting, its refusal, who is exempt."""
         exempt = "Operators are exempt." if self.operators_exempt else "Operators acting for a user are held to it too."
         return (
-            f"{self.summary.format(limit=self.limit)} Set by {self.setting}; past it a request is refused "
-            f"with 409 limit_reached (rule {self.rule}). {exempt}"
+            f"{self.summary.format(limit=self.limit)} It counts {self.counts.words}. Set by {self.setting}; past "
+            f"it a request is refused with 409 limit_reached (rule {self.rule}). {exempt}"
         )
 
     def check(self, *, count: int, asked: int, limit: int | None, **details: Any) -> None:
         """Refuse when ``count`` held (read under the owner's lock) plus ``asked`` is over ``limit``."""
         if limit is not None and count + asked > limit:
             raise LimitReached(
-                self.message.format(count=count, asked=asked, limit=limit),
+                f"{self.message.format(count=count, asked=asked, limit=limit)} It counts {self.counts.words}.",
                 details={"rule": self.rule, "limit": limit, **details},
             )
 
@@ -331,11 +340,11 @@ class ClaimEngine(Generic[ClaimT]):
         ``write_along`` sub-statements ``along``."""
         if not connection.in_atomic_block:
             raise RuntimeError("a transition is written in the transaction that holds its locks")
-        update = sql.UpdateQuery(self.model)
+        update = orm_sql.UpdateQuery(self.model)
         update.add_update_values(fields)
         update.add_q(Q(pk__in=[c.pk for c in claims]))
         update_sql, update_params = update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-        insert = sql.InsertQuery(AuditEvent)
+        insert = orm_sql.InsertQuery(AuditEvent)
         insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], events)
         [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
         ctes = [f"moved AS ({update_sql})", *(f"along_{i} AS ({sql_})" for i, (sql_, _) in enumerate(along))]

@@ -21,7 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import F, Q, sql
 from django.utils import timezone
 
-from booking_site import locking
+from booking_site import locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
@@ -382,7 +382,8 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         rule="held_seats_per_user_per_event",
         setting="EVENT_MAX_HELD_SEATS_PER_USER",
         message="You hold {count} seats of this event and ask for {asked}; a user may hold at most {limit} at once.",
-        summary="A user holds at most {limit} seats of one event at once; booked seats do not count.",
+        summary="A user holds at most {limit} seats of one event at once.",
+        counts=statements.LIVE_HOLDS,
     )
 
     def hold(self, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:

@@ -55,7 +55,7 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
 
-from booking_site import locking
+from booking_site import locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
@@ -522,7 +522,8 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         rule="max_active",
         setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
         message="You already have {count} active bookings; a guest may have at most {limit}.",
-        summary="A guest has at most {limit} active (pending or confirmed) bookings at once.",
+        summary="A guest has at most {limit} bookings at once.",
+        counts=statements.ACTIVE,
         operators_exempt=False,
     )
 

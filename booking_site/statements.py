@@ -1,0 +1,146 @@
+"""The claim statements, composed once per process from what each domain declares (docs/decisions/
+0018-prepared-statements.md).
+
+A claim statement is built with ``psycopg.sql`` when its module is imported: tables and columns from
+the models' ``_meta`` (``table``, ``column``), states from the models' choices as literals, the rows a
+rule counts from one declaration (``Rows``: the statement, the admin's text and the refusal all read
+it), and the audit rows by one builder (``audit_rows``) from ``AuditEvent._meta``. Its text is then
+the same on every call, so psycopg prepares it on a connection once it has run there
+``DB_PREPARE_THRESHOLD`` times, and PostgreSQL plans it once per connection instead of per request.
+
+``Statement.run`` sends it through Django's cursor (so execute wrappers, query logging and the
+metrics see it) with its integer parameters sent as ``bigint``: psycopg types a Python int by its
+value (int2, int4 or int8), and a prepared statement is kept per combination of parameter types, so
+car 7 and car 70,000 would each get their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from django.db import connection
+from django.db.models import Field, Model
+from psycopg import sql
+from psycopg.types.numeric import Int8
+
+from booking_site.audit.models import AuditEvent
+from booking_site.claims import EXPIRED, Claim
+
+P = sql.Placeholder  # a named parameter: P("now") is %(now)s
+
+
+def table(model: type[Model]) -> sql.Identifier:
+    return sql.Identifier(model._meta.db_table)
+
+
+def column(model: type[Model], field: str, alias: str = "") -> sql.Identifier:
+    """The column of ``model``'s field ``field`` (``car`` is ``car_id``), qualified by ``alias`` if given."""
+    name = cast(str, cast(Field, model._meta.get_field(field)).column)  # a concrete field: it has a column
+    return sql.Identifier(alias, name) if alias else sql.Identifier(name)
+
+
+def state(model: type[Claim], alias: str = "") -> sql.Identifier:
+    """The state column of a claim model."""
+    return column(model, model.STATE_FIELD, alias)  # type: ignore[arg-type]  # a Claim is a Model
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which claims a rule is about, declared once: in words (the admin's text, a refusal's message)
+    and as SQL over any claim model (its state column and values, its ``expires_at``), judged at the
+    statement's parameter ``now``."""
+
+    words: str
+    where: Callable[[type[Claim], str], sql.Composable]
+
+    def sql(self, model: type[Claim], alias: str = "") -> sql.Composable:
+        return sql.SQL("({})").format(self.where(model, alias))
+
+
+def _held(model: type[Claim], alias: str) -> sql.Composable:
+    return sql.SQL("{} = {}").format(state(model, alias), sql.Literal(model.HELD))
+
+
+def _confirmed(model: type[Claim], alias: str) -> sql.Composable:
+    return sql.SQL("{} = {}").format(state(model, alias), sql.Literal(model.CONFIRMED))
+
+
+def _live_hold(model: type[Claim], alias: str) -> sql.Composable:
+    expires = column(model, "expires_at", alias)  # type: ignore[arg-type]  # a Claim is a Model
+    return sql.SQL("{} AND {} > {}").format(_held(model, alias), expires, P("now"))
+
+
+def _overdue(model: type[Claim], alias: str) -> sql.Composable:
+    expires = column(model, "expires_at", alias)  # type: ignore[arg-type]  # a Claim is a Model
+    return sql.SQL("{} AND {} <= {}").format(_held(model, alias), expires, P("now"))
+
+
+# The rows of every claim model's lifecycle (docs/contract.md §2.2: an overdue hold is not active).
+LIVE_HOLDS = Rows("holds not yet expired (confirmed ones do not count)", _live_hold)
+CONFIRMED = Rows("confirmed ones (holds do not count)", _confirmed)
+ACTIVE = Rows(
+    "confirmed ones and holds not yet expired",
+    lambda model, alias: sql.SQL("{} OR ({})").format(_confirmed(model, alias), _live_hold(model, alias)),
+)
+OVERDUE = Rows("holds past their expiry", _overdue)
+
+
+# --- the audit rows -------------------------------------------------------------------------------
+
+# What a claim statement writes of an event: every column but the key and the outbox's delivery mark.
+AUDIT_FIELDS = tuple(f for f in AuditEvent._meta.concrete_fields if not f.primary_key and f.name != "delivered_at")
+
+
+def audit_rows(*, source: sql.Composable, **values: sql.Composable) -> sql.Composed:
+    """``INSERT INTO`` the audit table one event per row of ``source`` (a sub-statement's name, or a
+    ``FROM`` list), its columns given by field name (``actor`` for ``actor_id``): every field of
+    ``AUDIT_FIELDS``, no other."""
+    missing, unknown = {f.name for f in AUDIT_FIELDS} - values.keys(), values.keys() - {f.name for f in AUDIT_FIELDS}
+    if missing or unknown:
+        raise TypeError(f"audit_rows: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+        table(AuditEvent),
+        sql.SQL(", ").join([sql.Identifier(cast(str, f.column)) for f in AUDIT_FIELDS]),
+        sql.SQL(", ").join(values[f.name] for f in AUDIT_FIELDS),
+        source,
+    )
+
+
+def expiry_events(model: type[Claim], *, rows: str, subject_type: sql.Composable | None = None) -> sql.Composed:
+    """One EXPIRED event (from the held state, by the expiry actor) per ``id`` that the sub-statement
+    named ``rows`` returns. Parameters: ``occurred_at``, ``expiry_actor``, ``trace_id``."""
+    return audit_rows(
+        source=sql.Identifier(rows),
+        occurred_at=P("occurred_at"),
+        actor=sql.NULL,
+        actor_label=P("expiry_actor"),
+        subject_type=subject_type or sql.Literal(model._meta.model_name),  # type: ignore[attr-defined]  # a Model
+        subject_id=sql.SQL("id::text"),
+        event_type=sql.Literal(EXPIRED),
+        from_state=sql.Literal(model.HELD),
+        to_state=sql.Literal(EXPIRED),
+        metadata=sql.SQL("'{}'::jsonb"),
+        request_id=P("trace_id"),
+    )
+
+
+# --- running them ---------------------------------------------------------------------------------
+
+
+def _typed(value: Any) -> Any:
+    """An int as ``bigint`` (one prepared statement whatever its size); anything else as it is."""
+    return Int8(value) if type(value) is int else value
+
+
+class Statement:
+    """One claim statement: composed once, its text constant (so psycopg prepares it)."""
+
+    def __init__(self, composed: sql.Composable):
+        self.text = composed.as_string(None)
+
+    def fetchone(self, params: Mapping[str, Any]) -> tuple:
+        with connection.cursor() as cursor:
+            cursor.execute(self.text, {name: _typed(value) for name, value in params.items()})
+            return cursor.fetchone()
