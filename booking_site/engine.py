@@ -40,11 +40,11 @@ from django.db.models import Exists, Q, QuerySet
 from django.db.models import sql as orm_sql
 from psycopg import sql
 
-from booking_site import locking, statements
+from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.claims import EXPIRED, Claim
+from booking_site.claims import EXPIRED, Claim, Rows
 from booking_site.errors import DomainError, Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
@@ -103,7 +103,7 @@ class Cap:
     summary: str  # the rule for operators, formatted with limit (the admin's claim lists show it)
     # Which of the owner's claims count against the limit: the one declaration the hold's statement
     # (``counted``), the admin's text (``describe``) and the refusal (``check``) all read.
-    counts: statements.Rows
+    counts: Rows
     operators_exempt: bool = True
 
     @property

@@ -2,31 +2,31 @@
 0018-prepared-statements.md).
 
 A claim statement is built with ``psycopg.sql`` when its module is imported: tables and columns from
-the models' ``_meta`` (``table``, ``column``), states from the models' choices as literals, the rows a
-rule counts from one declaration (``Rows``: the statement, the admin's text and the refusal all read
-it), and the audit rows by one builder (``audit_rows``) from ``AuditEvent._meta``. Its text is then
-the same on every call, so psycopg prepares it on a connection once it has run there
-``DB_PREPARE_THRESHOLD`` times, and PostgreSQL plans it once per connection instead of per request.
+the models' ``_meta`` (``table``, ``claims.column``), states from the models' choices as literals,
+the rows a rule is about from one declaration (``claims.Rows``: the statement, the ORM's querysets,
+the admin's text and the refusal all read it), and the audit rows by one builder (``audit_rows``)
+from ``AuditEvent._meta``. Its text is then the same on every call, so psycopg prepares it on a
+connection once it has run there ``DB_PREPARE_THRESHOLD`` times, and PostgreSQL plans it once per
+connection instead of per request.
 
-``Statement.run`` sends it through Django's cursor (so execute wrappers, query logging and the
-metrics see it) with its integer parameters sent as ``bigint``: psycopg types a Python int by its
-value (int2, int4 or int8), and a prepared statement is kept per combination of parameter types, so
-car 7 and car 70,000 would each get their own.
+``Statement`` sends it through Django's cursor (so execute wrappers, query logging and the metrics
+see it) with its integer parameters sent as ``bigint``: psycopg types a Python int by its value
+(int2, int4 or int8), and a prepared statement is kept per combination of parameter types, so car 7
+and car 70,000 would each get their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, cast
 
 from django.db import connection
-from django.db.models import Field, Model
+from django.db.models import Model
 from psycopg import sql
 from psycopg.types.numeric import Int8
 
 from booking_site.audit.models import AuditEvent
-from booking_site.claims import EXPIRED, Claim
+from booking_site.claims import EXPIRED, Claim, column
 
 P = sql.Placeholder  # a named parameter: P("now") is %(now)s
 
@@ -35,56 +35,13 @@ def table(model: type[Model]) -> sql.Identifier:
     return sql.Identifier(model._meta.db_table)
 
 
-def column(model: type[Model], field: str, alias: str = "") -> sql.Identifier:
-    """The column of ``model``'s field ``field`` (``car`` is ``car_id``), qualified by ``alias`` if given."""
-    name = cast(str, cast(Field, model._meta.get_field(field)).column)  # a concrete field: it has a column
-    return sql.Identifier(alias, name) if alias else sql.Identifier(name)
-
-
-def state(model: type[Claim], alias: str = "") -> sql.Identifier:
-    """The state column of a claim model."""
-    return column(model, model.STATE_FIELD, alias)  # type: ignore[arg-type]  # a Claim is a Model
-
-
-@dataclass(frozen=True)
-class Rows:
-    """Which claims a rule is about, declared once: in words (the admin's text, a refusal's message)
-    and as SQL over any claim model (its state column and values, its ``expires_at``), judged at the
-    statement's parameter ``now``."""
-
-    words: str
-    where: Callable[[type[Claim], str], sql.Composable]
-
-    def sql(self, model: type[Claim], alias: str = "") -> sql.Composable:
-        return sql.SQL("({})").format(self.where(model, alias))
-
-
-def _held(model: type[Claim], alias: str) -> sql.Composable:
-    return sql.SQL("{} = {}").format(state(model, alias), sql.Literal(model.HELD))
-
-
-def _confirmed(model: type[Claim], alias: str) -> sql.Composable:
-    return sql.SQL("{} = {}").format(state(model, alias), sql.Literal(model.CONFIRMED))
-
-
-def _live_hold(model: type[Claim], alias: str) -> sql.Composable:
-    expires = column(model, "expires_at", alias)  # type: ignore[arg-type]  # a Claim is a Model
-    return sql.SQL("{} AND {} > {}").format(_held(model, alias), expires, P("now"))
-
-
-def _overdue(model: type[Claim], alias: str) -> sql.Composable:
-    expires = column(model, "expires_at", alias)  # type: ignore[arg-type]  # a Claim is a Model
-    return sql.SQL("{} AND {} <= {}").format(_held(model, alias), expires, P("now"))
-
-
-# The rows of every claim model's lifecycle (docs/contract.md §2.2: an overdue hold is not active).
-LIVE_HOLDS = Rows("holds not yet expired (confirmed ones do not count)", _live_hold)
-CONFIRMED = Rows("confirmed ones (holds do not count)", _confirmed)
-ACTIVE = Rows(
-    "confirmed ones and holds not yet expired",
-    lambda model, alias: sql.SQL("{} OR ({})").format(_confirmed(model, alias), _live_hold(model, alias)),
-)
-OVERDUE = Rows("holds past their expiry", _overdue)
+def names(model: type[Model], prefix: str, alias: str = "") -> dict[str, sql.Composable]:
+    """A statement template's names for ``model``: ``{<prefix>table}`` and ``{<prefix><field>}`` for each
+    concrete field (its column, qualified by ``alias`` if given), for ``sql.SQL(template).format(**…)``."""
+    return {
+        f"{prefix}table": table(model),
+        **{f"{prefix}{f.name}": column(model, f.name, alias) for f in model._meta.concrete_fields},
+    }
 
 
 # --- the audit rows -------------------------------------------------------------------------------

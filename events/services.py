@@ -21,7 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import F, Q, sql
 from django.utils import timezone
 
-from booking_site import locking, statements
+from booking_site import claims, locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
@@ -383,7 +383,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         setting="EVENT_MAX_HELD_SEATS_PER_USER",
         message="You hold {count} seats of this event and ask for {asked}; a user may hold at most {limit} at once.",
         summary="A user holds at most {limit} seats of one event at once.",
-        counts=statements.LIVE_HOLDS,
+        counts=claims.LIVE_HOLDS,
     )
 
     def hold(self, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:

@@ -15,7 +15,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import locking, statements
+from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, Cap, ClaimEngine, ClaimPolicy
@@ -96,7 +96,7 @@ class Reservations(ClaimEngine[Reservation]):
         setting="RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER",
         message="You already hold {count} cars; a buyer may hold at most {limit} at once.",
         summary="A buyer holds at most {limit} cars at once.",
-        counts=statements.LIVE_HOLDS,
+        counts=claims.LIVE_HOLDS,
     )
 
     def lock_target(self, request: CarHold) -> Car:
@@ -166,7 +166,7 @@ class Reservations(ClaimEngine[Reservation]):
 
 def _hold_statement() -> statements.Statement:
     P, R = statements.P, Reservation
-    c = functools.partial(statements.column, R)
+    c = functools.partial(claims.column, R)
     held, expired = sql.Literal(R.HELD), sql.Literal(State.EXPIRED)
     on_car = sql.SQL("{} = {}").format(c("car"), P("car"))
     # Order 3 kinds of locks never waited for here: the car's lock is held (``lock_target``).
@@ -198,7 +198,7 @@ SELECT
     (SELECT count(*) FROM {table} WHERE {on_car} AND {overdue} AND id NOT IN (SELECT id FROM overdue))
 """).format(
             table=statements.table(R),
-            state=statements.state(R),
+            state=c(R.STATE_FIELD),
             car=c("car"),
             buyer=c("buyer"),
             expires_at=c("expires_at"),
@@ -208,13 +208,11 @@ SELECT
             held=held,
             expired=expired,
             on_car=on_car,
-            overdue=statements.OVERDUE.sql(R),
-            active=statements.ACTIVE.sql(R),
+            overdue=claims.OVERDUE.sql(R),
+            active=claims.ACTIVE.sql(R),
             counted=Reservations.cap.counted(R),
             # The partial unique index ``reservation_one_active_per_car``, named by its predicate.
-            blocking=sql.SQL("{} IN ({})").format(
-                statements.state(R), sql.SQL(", ").join(map(sql.Literal, R.BLOCKING_STATES))
-            ),
+            blocking=claims.BLOCKING.sql(R),
             expired_events=statements.expiry_events(R, rows="overdue"),
             created_event=statements.audit_rows(
                 source=sql.Identifier("created"),

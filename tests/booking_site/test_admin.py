@@ -31,7 +31,7 @@ def operator(client, staff):
     [
         ("/admin/reservations/reservation/", "A buyer holds at most 2 cars at once"),
         ("/admin/events/seatholdgroup/", "A user holds at most 10 seats of one event at once"),
-        ("/admin/slots/slotbooking/", "A guest has at most 5 active (pending or confirmed) bookings at once"),
+        ("/admin/slots/slotbooking/", "A guest has at most 5 bookings at once. It counts confirmed ones and holds"),
     ],
 )
 def test_each_claim_list_states_its_cap_as_set(operator, settings, path, says):
