@@ -11,7 +11,7 @@ A keyed request is one transaction, and nothing of the key exists outside it:
    stored record: a record answers (a replay, or 422 for another request); a lock someone else holds
    means the first request is still in flight (409 ``request_in_progress``, at once: never a wait);
 2. the handler runs in the same transaction;
-3. its response is inserted as the record, and COMMIT sent in the same message.
+3. its response is inserted as the record, and COMMIT sent in the same round trip.
 
 A rollback — a failed COMMIT included, or a process that died — leaves no record and releases the
 lock, so a retry simply runs. The lock is only a busy signal (two keys may share a hash: a spurious

@@ -17,12 +17,16 @@ and car 70,000 would each get their own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+import psycopg
 from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 from psycopg import sql
+from psycopg._preparing import Prepare, PrepareManager
+from psycopg.pq.abc import PGresult
 from psycopg.types.numeric import Int8
 
 from booking_site.audit.models import AuditEvent
@@ -101,3 +105,40 @@ class Statement:
         with connection.cursor() as cursor:
             cursor.execute(self.text, {name: _typed(value) for name, value in params.items()})
             return cursor.fetchone()
+
+
+# --- keeping them through a ROLLBACK --------------------------------------------------------------
+
+
+class _KeptThroughRollback(PrepareManager):
+    """psycopg's prepared-statement cache, except that a ROLLBACK (or ROLLBACK TO SAVEPOINT) keeps it."""
+
+    def _should_discard(self, prep: Prepare, results: Sequence[PGresult], *args: Any) -> bool:
+        if any(result.command_status == b"ROLLBACK" for result in results):
+            return False
+        return super()._should_discard(prep, results, *args)
+
+
+class _KeptThroughRollbackConnection(psycopg.Connection):
+    def _rollback_gen(self):  # psycopg's own generator
+        self._prepared.clear = lambda: False  # type: ignore[method-assign]  # just for this ROLLBACK
+        try:
+            yield from super()._rollback_gen()
+        finally:
+            del self._prepared.clear
+
+
+def keep_prepared_statements(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    """On each new connection (``connection_created``): keep its prepared statements through a ROLLBACK.
+
+    PostgreSQL keeps a session's prepared statements when a transaction rolls back; psycopg forgets all
+    of them and sends ``DEALLOCATE ALL``, in case the transaction created an object they refer to. Our
+    web processes never run DDL (``migrate`` is another session), and a refused claim rolls back: with
+    psycopg's default every 409 would cost one more round trip and the connection its statements
+    (each prepared again after ``DB_PREPARE_THRESHOLD`` runs, one more round trip each). psycopg's
+    internals (3.3: ``_prepared``, ``_rollback_gen``, ``_should_discard``) are reached here;
+    ``tests/booking_site/test_prepared_statements.py`` fails if they change."""
+    raw = connection.connection
+    if isinstance(raw, psycopg.Connection) and not isinstance(raw, _KeptThroughRollbackConnection):
+        raw.__class__ = _KeptThroughRollbackConnection
+        raw._prepared.__class__ = _KeptThroughRollback

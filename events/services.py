@@ -487,9 +487,6 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         # Taken by the lock statement's snapshot: a fair refusal (it was taken when we asked).
         _refuse_taken(target.event, [s.code for s in target.seats if s.taken])
 
-    def make_free(self, target: Target, request: SeatHold, *, now: datetime) -> None:
-        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
-
     def create(self, target: Target, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:
         event, best = target.event, request.seat_codes is None
         expires_at = now + timedelta(minutes=event.hold_minutes)

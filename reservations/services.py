@@ -117,9 +117,6 @@ class Reservations(ClaimEngine[Reservation]):
         if car.taken:
             raise CarUnavailable(car_id=car.pk)
 
-    def make_free(self, car: Car, request: CarHold, *, now: datetime) -> None:
-        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
-
     def create(self, car: Car, request: CarHold, *, now: datetime, actor) -> Reservation:
         expires_at = now + timedelta(minutes=request.hold_minutes)
         limit = self.cap.limit_for(request.actor)

@@ -577,11 +577,6 @@ class SlotBookings(SlotBookingLifecycle):
     counter in one more (``write_along``).
     """
 
-    backstop = (
-        "slot_booked_within_capacity",
-        lambda slot, request: SlotFull(slot_id=slot.pk, seats=request.seats),
-    )
-
     def lock_target(self, request: SlotBookingRequest) -> Slot:
         # Read from the statement's snapshot, taken before any lock wait: fair to refuse, never to grant
         # (``create`` counts again after the locks). The slot's own columns are its latest version.
@@ -607,9 +602,6 @@ class SlotBookings(SlotBookingLifecycle):
             clash = slot.guest_clash
             _check_no_clash(clash["id"], datetime.fromisoformat(clash["start"]), datetime.fromisoformat(clash["end"]))
         _check_seats(slot, seats=request.seats, freed=slot.overdue_seats)
-
-    def make_free(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
-        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
 
     def create(self, slot: Slot, request: SlotBookingRequest, *, now: datetime, actor) -> SlotBooking:
         hold_minutes = request.hold_minutes or hold_minutes_default()

@@ -14,7 +14,8 @@ from booking_site import claims
 from reservations.models import Reservation
 from reservations.services import HOLD
 from tests.factories import UserFactory
-from tests.reservations.factories import CarFactory
+from tests.reservations.factories import CarFactory, ReservationFactory
+from tests.round_trips import round_trips
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,6 +69,23 @@ def test_a_claim_statement_is_prepared_once_whatever_the_size_of_its_integers(pr
             )
 
     assert _prepared("created_event AS") == 1
+
+
+def test_a_refused_hold_keeps_the_connections_prepared_statements(cached_api_of, prepare_at_once):
+    """A 409 rolls its transaction back; psycopg would then forget every prepared statement of the
+    connection and send DEALLOCATE ALL (``statements.keep_prepared_statements`` keeps them): the refusal
+    stays 3 round trips, and what was prepared stays prepared."""
+    held = ReservationFactory()
+    api = cached_api_of(UserFactory())
+    assert api.post("/api/reservations", {"carId": held.car_id}).status_code == 409  # prepares the lock statement
+    before = _prepared("FOR NO KEY UPDATE")
+
+    with round_trips() as trips:
+        refused = api.post("/api/reservations", {"carId": held.car_id})
+
+    assert refused.status_code == 409, refused.content
+    assert trips.count <= 3 and not any("DEALLOCATE" in s for s in trips.statements), trips.statements
+    assert before > 0 and _prepared("FOR NO KEY UPDATE") == before
 
 
 def test_the_cap_is_one_declaration_read_by_the_statement_the_admin_and_the_refusal():
