@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 from django.db.models.signals import post_migrate
 
 
@@ -7,7 +8,10 @@ class BookingSiteConfig(AppConfig):
     verbose_name = "Platform"
 
     def ready(self) -> None:
+        from booking_site.statements import keep_prepared_statements
+
         post_migrate.connect(ensure_beat_schedule, sender=self)
+        connection_created.connect(keep_prepared_statements)
 
 
 def ensure_beat_schedule(**kwargs) -> None:

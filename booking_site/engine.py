@@ -3,19 +3,19 @@ booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only
 
 - ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what);
 - for a hold: ``lock_target`` (its rows, in the order of ``booking_site.locking``), ``cap`` (the
-  most one user may hold at once: a ``Cap``, counted under the owner's row lock), ``check_target``
-  (its rules), ``overdue_on`` (the holds that would block it), ``check_free`` (its capacity rule),
-  ``insert`` (the new claim) and ``backstop`` (the constraint under the insert and the 409 it means);
+  most one user may hold at once: a ``Cap``, its count under the owner's row lock), ``check_target``
+  (its rules), ``make_free`` (what must happen before ``create``, when that is more than one statement
+  can do: nothing by default), and ``create``: the domain's one statement after the locks, composed once
+  (``booking_site.statements``) from its declarations — expire the overdue holds on the target, check
+  the capacity and the cap, insert with the constraint as the backstop, write the audit events;
 - for every transition: ``changes`` (columns beside the state), ``on_write`` (side effects: seat claims
   mirroring their group, counters), ``audit_subject`` / ``audit_metadata``, and ``refused`` (the error
   of a transition the state machine does not allow).
 
 The engine owns the rest, the same for all three, each step a method:
 
-    hold         take:   lock_target → locked_now → check_target
-                         → make_free: overdue_on → expire_overdue → check_free
-                 create: insert (in a savepoint: the constraint is the backstop) → audit CREATED
-                 → booking_holds_created_total on commit
+    hold         take:   lock_target → locked_now → check_target → make_free
+                 create: the domain's statement → booking_holds_created_total on commit
     transition   (before) → lock the claim (404) → the policy (403) → check → locked_now → an overdue
                  hold is expired and that commits (then 410 for a confirm, the domain's refusal
                  otherwise) → or check_transition → changes → write
@@ -23,8 +23,7 @@ The engine owns the rest, the same for all three, each step a method:
                  booking_holds_expired_total on commit
     expire_due   the beat job: batches of overdue rows with SKIP LOCKED, safe twice at once
 
-A domain makes its write path lean by overriding steps, not the lifecycle: the cars fuse make_free
-and create into one statement after the lock (``reservations.services.Reservations``).
+Every domain's ``create`` is one composed statement (ADR 0007, ADR 0021).
 """
 
 from __future__ import annotations
@@ -35,17 +34,19 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import Exists, Q, QuerySet, sql
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
+from django.db.models import Exists, Q, QuerySet
+from django.db.models import sql as orm_sql
+from psycopg import sql
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.claims import EXPIRED, Claim
+from booking_site.claims import EXPIRED, Claim, Rows
 from booking_site.errors import DomainError, Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from booking_site.expiry import locked_now
-from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
+from booking_site.metrics import HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 
 EXPIRY_ACTOR = "system:expire_holds"  # the actor of every expiry nobody asked for
 
@@ -99,6 +100,9 @@ class Cap:
     setting: str
     message: str  # formatted with count (held now), asked (this request) and limit
     summary: str  # the rule for operators, formatted with limit (the admin's claim lists show it)
+    # Which of the owner's claims count against the limit: the one declaration the hold's statement
+    # (``counted``), the admin's text (``describe``) and the refusal (``check``) all read.
+    counts: Rows
     operators_exempt: bool = True
 
     @property
@@ -114,10 +118,15 @@ class Cap:
         the cap does not apply, nothing to serialize)."""
         return locking.user_lock(owner_id) if self.limit_for(actor) is not None else None
 
+    def counted(self, model: type[Claim], alias: str = "") -> sql.Composable:
+        """The condition on ``model``'s rows (aliased ``alias``) that the limit counts, for a statement."""
+        return self.counts.sql(model, alias)
+
     def describe(self) -> str:
-        """The cap in words, as the admin's claim lists state it to operators: the rule, who is exempt."""
+        """The cap in words, as the admin's claim lists state it to operators: the rule, what it counts, who
+        is exempt."""
         exempt = "Operators are exempt." if self.operators_exempt else "Operators acting for a user are held to it too."
-        return f"{self.summary.format(limit=self.limit)} {exempt}"
+        return f"{self.summary.format(limit=self.limit)} It counts {self.counts.words}. {exempt}"
 
     def help_text(self) -> str:
         """How the cap is set and how the API refuses past it: the help beside ``describe()``'s words."""
@@ -130,7 +139,7 @@ class Cap:
         """Refuse when ``count`` held (read under the owner's lock) plus ``asked`` is over ``limit``."""
         if limit is not None and count + asked > limit:
             raise LimitReached(
-                self.message.format(count=count, asked=asked, limit=limit),
+                f"{self.message.format(count=count, asked=asked, limit=limit)} It counts {self.counts.words}.",
                 details={"rule": self.rule, "limit": limit, **details},
             )
 
@@ -140,7 +149,6 @@ class ClaimEngine(Generic[ClaimT]):
     domain: str
     policy: ClaimPolicy[ClaimT] = ClaimPolicy()
     cap: Cap | None = None  # the most one user may hold at once (checked by the domain's create)
-    backstop: tuple[str, Callable[..., DomainError]] | None = None  # (constraint, error factory(target, request))
 
     # --- what a domain declares -------------------------------------------------------------------
 
@@ -151,20 +159,15 @@ class ClaimEngine(Generic[ClaimT]):
     def check_target(self, target, request, *, now: datetime) -> None:
         """The domain's rules about the target (a car out of service, sales closed, a guest's limits)."""
 
-    def overdue_on(self, target, *, now: datetime) -> QuerySet | None:
-        """The overdue holds on the target: they never block (docs/contract.md §2.2), and are expired first."""
-        return None
+    def make_free(self, target, request, *, now: datetime) -> None:
+        """What must happen on the locked target before ``create`` that its statement cannot do (an
+        appointment's overdue holds on other slots); nothing by default: ``create`` expires the overdue
+        holds on the target itself (they never block: docs/contract.md §2.2)."""
 
-    def check_free(self, target, request, *, now: datetime, expired: list[ClaimT]) -> None:
-        """The capacity rule, once the target's overdue holds (``expired``) are expired: raise the
-        domain's 409."""
-
-    def insert(self, target, request, *, now: datetime) -> ClaimT:
-        """Write the new claim (in a savepoint: ``backstop`` says what a constraint refusing it means)."""
+    def create(self, target, request, *, now: datetime, actor) -> ClaimT:
+        """The domain's one statement after the locks: expire the overdue holds on the target, check its
+        capacity and the cap, insert the claim (the constraint is the backstop), record the audit events."""
         raise NotImplementedError
-
-    def created_metadata(self, claim: ClaimT, target, request) -> dict:
-        return {}
 
     def changes(self, claim: ClaimT, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
         """Columns a transition writes beside the state and ``updated_at`` (one claim at a time)."""
@@ -208,18 +211,6 @@ class ClaimEngine(Generic[ClaimT]):
                 count_on_commit(HOLDS_CREATED, self.domain)
             return claim
 
-    def create(self, target, request, *, now: datetime, actor) -> ClaimT:
-        """Insert the claim (the constraint is the backstop) and record its CREATED event."""
-        claim = self.insert_backstopped(target, request, now=now)
-        audit.record(
-            subject=self.audit_subject(claim),
-            event="CREATED",
-            to_state=claim.current_state,
-            actor=actor,
-            metadata=self.created_metadata(claim, target, request),
-        )
-        return claim
-
     def take(self, request, *, now: datetime) -> tuple[Any, datetime]:
         """Lock the target, judge by the clock after the lock, and make sure it is free. Returns the
         target and that time."""
@@ -228,23 +219,6 @@ class ClaimEngine(Generic[ClaimT]):
         self.check_target(target, request, now=now)
         self.make_free(target, request, now=now)
         return target, now
-
-    def make_free(self, target, request, *, now: datetime) -> None:
-        """Expire the overdue holds on the locked target, then apply the capacity rule."""
-        overdue = self.overdue_on(target, now=now)
-        expired = self.expire_overdue(overdue, now=now) if overdue is not None else []
-        self.check_free(target, request, now=now, expired=expired)
-
-    def insert_backstopped(self, target, request, *, now: datetime) -> ClaimT:
-        if self.backstop is None:
-            return self.insert(target, request, now=now)
-        constraint, error = self.backstop
-        try:
-            with transaction.atomic():  # savepoint: the constraint is the backstop
-                return self.insert(target, request, now=now)
-        except IntegrityError:
-            CONSTRAINT_BACKSTOPS.labels(constraint).inc()
-            raise error(target, request) from None
 
     # --- transitions ------------------------------------------------------------------------------
 
@@ -335,11 +309,11 @@ class ClaimEngine(Generic[ClaimT]):
         ``write_along`` sub-statements ``along``."""
         if not connection.in_atomic_block:
             raise RuntimeError("a transition is written in the transaction that holds its locks")
-        update = sql.UpdateQuery(self.model)
+        update = orm_sql.UpdateQuery(self.model)
         update.add_update_values(fields)
         update.add_q(Q(pk__in=[c.pk for c in claims]))
         update_sql, update_params = update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-        insert = sql.InsertQuery(AuditEvent)
+        insert = orm_sql.InsertQuery(AuditEvent)
         insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], events)
         [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
         ctes = [f"moved AS ({update_sql})", *(f"along_{i} AS ({sql_})" for i, (sql_, _) in enumerate(along))]

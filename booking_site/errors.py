@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.db import DatabaseError, DataError, OperationalError
+from django.db import DatabaseError, DataError, OperationalError, connection
 from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from psycopg import errors as pg_errors
@@ -120,6 +120,14 @@ class ServiceUnavailable(DomainError):
     headers = {"Retry-After": "5"}
 
 
+class SchemaChanged(ServiceUnavailable):
+    """A statement prepared on this connection before a migration changed what it returns
+    (docs/decisions/0021-prepared-statements.md): the connection is dropped, the retry runs on a new one."""
+
+    message = "The database schema changed under this request; try again."
+    headers = {"Retry-After": "1"}
+
+
 class Busy(ServiceUnavailable):
     code, message = "busy", "The resource is busy; try again shortly."
     headers = {"Retry-After": "1"}
@@ -211,6 +219,10 @@ def to_domain_error(exc: Exception) -> DomainError | None:
         return Busy()
     if isinstance(exc, DatabaseError) and isinstance(exc.__cause__, pg_errors.QueryCanceled):
         return Busy()
+    if isinstance(exc, DatabaseError) and _stale_prepared_statement(exc.__cause__):
+        logger.warning("a prepared statement outlived a schema change; reconnecting: %s", exc)
+        connection.close()  # its prepared statements go with it (in a transaction: once that has rolled back)
+        return SchemaChanged()
     if isinstance(exc, DataError):
         # Input the validation let through and the database refused (a value out of a column's range):
         # still the client's 400, but logged, because a serializer should have caught it.
@@ -220,6 +232,14 @@ def to_domain_error(exc: Exception) -> DomainError | None:
         logger.warning("database unavailable: %s", exc)
         return ServiceUnavailable()
     return None
+
+
+def _stale_prepared_statement(cause: BaseException | None) -> bool:
+    """PostgreSQL refused a statement prepared before a migration: one whose result columns changed type
+    ("cached plan must not change result type"), or one a DEALLOCATE dropped under psycopg."""
+    if isinstance(cause, pg_errors.InvalidSqlStatementName):
+        return True
+    return isinstance(cause, pg_errors.FeatureNotSupported) and "cached plan must not change result type" in str(cause)
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

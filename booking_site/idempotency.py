@@ -11,7 +11,7 @@ A keyed request is one transaction, and nothing of the key exists outside it:
    stored record: a record answers (a replay, or 422 for another request); a lock someone else holds
    means the first request is still in flight (409 ``request_in_progress``, at once: never a wait);
 2. the handler runs in the same transaction;
-3. its response is inserted as the record, and COMMIT sent in the same message.
+3. its response is inserted as the record, and COMMIT sent in the same round trip.
 
 A rollback — a failed COMMIT included, or a process that died — leaves no record and releases the
 lock, so a retry simply runs. The lock is only a busy signal (two keys may share a hash: a spurious
@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
@@ -166,11 +167,9 @@ def _store(request, key, fingerprint, response, started_at, *, before: list[str]
     insert = sql.InsertQuery(IdempotencyRecord)
     insert.insert_values([f for f in IdempotencyRecord._meta.concrete_fields if not f.primary_key], [record])
     [(insert_sql, params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-    statements = [*before, insert_sql, *(["COMMIT"] if commit else [])]
     try:
-        with connection.cursor() as cursor:
-            # Django's own COMMIT at the end of the atomic block then finds the transaction over: a no-op.
-            cursor.execute("; ".join(statements), params)
+        # Django's own COMMIT at the end of the atomic block then finds the transaction over: a no-op.
+        _send_together([*before, (insert_sql, params), *(["COMMIT"] if commit else [])])
     except IntegrityError as exc:
         if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) == UNIQUE:
             raise RequestInProgress() from None
@@ -195,9 +194,9 @@ class _SavepointsRideAlong:
     """An execute wrapper for the handler of a keyed request. There, the handler's outermost
     ``transaction.atomic()`` — BEGIN and COMMIT without a key — is a savepoint, which would cost a
     ``SAVEPOINT`` and a ``RELEASE SAVEPOINT`` round trip each. Such statements return nothing anyone
-    reads, so they are held back and sent in front of the next statement, in one message (the simple
-    query protocol: Django binds parameters client side), and the cursor is moved past their results.
-    Which statements run, and in what order, does not change; only how many messages carry them.
+    reads, so they are held back and sent in front of the next statement, in one round trip.
+    Which statements run, and in what order, does not change; only how many round trips carry them
+    (psycopg's pipeline mode: ``_send_together``).
     What is still pending when the handler is done goes in front of the record's INSERT (or
     ``flush()``); if the transaction is rolled back instead, it is moot."""
 
@@ -225,13 +224,28 @@ class _SavepointsRideAlong:
             self.flush()
             return execute(sql_text, params, many, context)
         before, self.pending = self.pending, []
-        result = execute("; ".join([*before, sql_text]), params, many, context)
-        for _ in before:
-            cursor.nextset()
-        return result
+        with connection.wrap_database_errors, connection.connection.pipeline():
+            _queue(before)
+            return execute(sql_text, params, many, context)
 
     def flush(self) -> None:
         if self.pending:
             before, self.pending = self.pending, []
-            with connection.cursor() as cursor:
-                cursor.execute("; ".join(before))
+            _send_together(before)
+
+
+def _send_together(statements: Sequence[str | tuple[str, list]]) -> None:
+    """Send ``statements`` (text, or text and parameters) in one round trip: in psycopg's pipeline mode
+    (statements are bound server side, so one message cannot carry several: the extended protocol
+    sends each as its own Parse/Bind/Execute and one Sync ends them all). Their results are discarded;
+    an error is raised as Django's."""
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        _queue(statements)
+
+
+def _queue(statements: Sequence[str | tuple[str, list]]) -> None:
+    """Queue ``statements`` in the pipeline this is called in."""
+    with connection.connection.cursor() as cursor:
+        for statement in statements:
+            text, params = statement if isinstance(statement, tuple) else (statement, None)
+            cursor.execute(text, params)

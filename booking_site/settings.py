@@ -106,7 +106,18 @@ else:
 _database["ENGINE"] = "django_prometheus.db.backends.postgresql"
 _database["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 _database["CONN_HEALTH_CHECKS"] = False  # no SELECT 1 per request: a dead connection is a 503 once (0006)
-_database.setdefault("OPTIONS", {})["options"] = f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}"
+# Statements are bound server-side (the extended protocol: parameters travel apart from the text, so a
+# statement's text is the same on every call) and prepared on a connection once it has run
+# DB_PREPARE_THRESHOLD times there (psycopg's default, 5); PostgreSQL then parses and plans it once per
+# connection instead of on every call (docs/decisions/0021-prepared-statements.md). Empty: never prepare,
+# for a pooler in transaction mode that does not track prepared statements (deploy/README.md).
+_prepare_threshold = env("DB_PREPARE_THRESHOLD", default="5")
+DB_PREPARE_THRESHOLD = int(_prepare_threshold) if _prepare_threshold else None
+_database.setdefault("OPTIONS", {}).update(
+    options=f"-c lock_timeout={DB_LOCK_TIMEOUT_MS}",
+    server_side_binding=True,
+    prepare_threshold=DB_PREPARE_THRESHOLD,
+)
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -183,8 +183,12 @@ class SeatHoldGroup(Claim, models.Model):
         return f"Hold group {self.pk} ({self.state})"
 
 
-class SeatClaim(models.Model):
-    """One seat of a hold group; ``state`` and ``expires_at`` mirror the group's."""
+class SeatClaim(Claim, models.Model):
+    """One seat of a hold group; ``state`` and ``expires_at`` mirror the group's (and so its states and
+    transitions: the rows of ``claims.Rows`` read the same on both)."""
+
+    STATE_FIELD, HELD, CONFIRMED = "state", SeatHoldGroup.State.HELD, SeatHoldGroup.State.CONFIRMED
+    TRANSITIONS = SeatHoldGroup.TRANSITIONS
 
     group = models.ForeignKey(SeatHoldGroup, on_delete=models.CASCADE, related_name="claims")
     event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")

@@ -18,10 +18,12 @@ from datetime import UTC, datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import F, Q, sql
+from django.db.models import F, Q
+from django.db.models import sql as orm_sql
 from django.utils import timezone
+from psycopg import sql
 
-from booking_site import locking
+from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
@@ -115,9 +117,12 @@ class SeatCountConflict(Conflict):
     code = "seat_count_conflict"
 
 
+HOLD_SUBJECT, ENTRY_SUBJECT = "seat_hold_group", "waitlist_entry"  # the audit subjects of a hold group, an entry
+
+
 def hold_subject(group: SeatHoldGroup) -> audit.Subject:
     """A hold group's whole life (held, confirmed as a booking, cancelled) is one audit subject."""
-    return audit.Subject(type="seat_hold_group", id=group.pk)
+    return audit.Subject(type=HOLD_SUBJECT, id=group.pk)
 
 
 # --- events and their seats ---------------------------------------------------------------------------
@@ -382,7 +387,8 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         rule="held_seats_per_user_per_event",
         setting="EVENT_MAX_HELD_SEATS_PER_USER",
         message="You hold {count} seats of this event and ask for {asked}; a user may hold at most {limit} at once.",
-        summary="A user holds at most {limit} seats of one event at once; booked seats do not count.",
+        summary="A user holds at most {limit} seats of one event at once.",
+        counts=claims.LIVE_HOLDS,
     )
 
     def hold(self, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:
@@ -481,36 +487,32 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         # Taken by the lock statement's snapshot: a fair refusal (it was taken when we asked).
         _refuse_taken(target.event, [s.code for s in target.seats if s.taken])
 
-    def make_free(self, target: Target, request: SeatHold, *, now: datetime) -> None:
-        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
-
     def create(self, target: Target, request: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:
         event, best = target.event, request.seat_codes is None
         expires_at = now + timedelta(minutes=event.hold_minutes)
         group_id = uuid.uuid4()
         limit = self.limit_for(request)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                HOLD_SQL.format(picked=PICK_BEST if best else PICK_NAMED),
-                {
-                    "event": event.pk,
-                    "seats": [s.pk for s in target.seats],
-                    "quantity": request.count,
-                    "group": group_id,
-                    "user": request.user.pk,
-                    "limit": limit,
-                    "actor": None if request.offer else actor.pk,
-                    "actor_label": OFFER_ACTOR if request.offer else f"user:{actor.pk}",
-                    "expiry_actor": EXPIRY_ACTOR,
-                    "now": now,
-                    "expires_at": expires_at,
-                    "expires_at_json": json.dumps(expires_at, cls=DjangoJSONEncoder),
-                    "request_id": request.request_id,
-                    "occurred_at": timezone.now(),
-                    "trace_id": current_request_id() or "",
-                },
-            )
-            expired, taken, held, picked, codes, adjacent, claimed, contended = cursor.fetchone()
+        expired, taken, held, picked, codes, adjacent, claimed, contended = (
+            HOLD_BEST if best else HOLD_NAMED
+        ).fetchone(
+            {
+                "event": event.pk,
+                "seats": [s.pk for s in target.seats],
+                "quantity": request.count,
+                "group": group_id,
+                "user": request.user.pk,
+                "limit": limit,
+                "actor": None if request.offer else actor.pk,
+                "actor_label": OFFER_ACTOR if request.offer else f"user:{actor.pk}",
+                "expiry_actor": EXPIRY_ACTOR,
+                "now": now,
+                "expires_at": expires_at,
+                "expires_at_json": json.dumps(expires_at, cls=DjangoJSONEncoder),
+                "request_id": request.request_id,
+                "occurred_at": timezone.now(),
+                "trace_id": current_request_id() or "",
+            }
+        )
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         if taken and request.offer:
             raise PickAgain  # taken since the read of the candidates (an offer locks none)
@@ -671,14 +673,14 @@ def _counter_refused(event_id: int, delta: int) -> None:
 
 
 def compiled_update(model, rows: list, fields: dict) -> tuple[str, tuple]:
-    update = sql.UpdateQuery(model)
+    update = orm_sql.UpdateQuery(model)
     update.add_update_values(fields)
     update.add_q(Q(pk__in=[r.pk for r in rows]))
     return update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
 
 
 def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
-    insert = sql.InsertQuery(AuditEvent)
+    insert = orm_sql.InsertQuery(AuditEvent)
     insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], [*events])
     [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
     return insert_sql, insert_params
@@ -702,15 +704,30 @@ _EVENT, _SEAT, _CLAIM, _GROUP, _ENTRY = (
 )
 _AUDIT = AuditEvent._meta.db_table
 _AUDIT_COLUMNS = audit.SQL_COLUMNS
-_ACTIVE = "(c.state = 'CONFIRMED' OR (c.state = 'HELD' AND c.expires_at > %(now)s))"
-PICK_NAMED = "SELECT unnest(%(seats)s::bigint[]) AS id"
-PICK_BEST = f"""
+_G, _C = SeatHoldGroup, SeatClaim
+# The names a seat hold's template uses: ``{g_…}`` a hold group's table and columns, ``{c_…}`` a seat
+# claim's, ``{s_…}`` a seat's, ``{w_…}`` a waiting-list entry's.
+_NAMES = {
+    **statements.names(_G, "g_"),
+    **statements.names(_C, "c_"),
+    **statements.names(Seat, "s_"),
+    **statements.names(WaitlistEntry, "w_"),
+    "expired": sql.Literal(State.EXPIRED),
+    "held": sql.Literal(State.HELD),
+    "active": claims.ACTIVE.sql(_C, "c"),  # a claim in force: its seat is taken
+    "overdue_claim": claims.OVERDUE.sql(_C, "c"),
+}
+# The seats named (all of them).
+_PICK_NAMED = sql.SQL("SELECT unnest(%(seats)s::bigint[]) AS id")
+# Best available: among the candidates locked, those free now, the first run of ``quantity`` adjacent seats in one
+# row (front sections and rows first), else the first free seats in layout order.
+_PICK_BEST = sql.SQL("""
     WITH free_now AS (
-        SELECT s.id, s.section, s.row, s.number,
-               s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
-        FROM {_SEAT} s
+        SELECT s.id, s.{s_section} AS section, s.{s_row} AS row, s.{s_number} AS number,
+               s.{s_number} - ROW_NUMBER() OVER (PARTITION BY s.{s_section}, s.{s_row} ORDER BY s.{s_number}) AS run
+        FROM {s_table} s
         WHERE s.id = ANY(%(seats)s::bigint[])
-          AND NOT EXISTS (SELECT FROM {_CLAIM} c WHERE c.event_id = s.event_id AND c.seat_id = s.id AND {_ACTIVE})
+          AND NOT EXISTS (SELECT FROM {c_table} c WHERE c.{c_event} = s.{s_event} AND c.{c_seat} = s.id AND {active})
     ), block AS (
         SELECT section, row, run FROM free_now GROUP BY section, row, run
         HAVING COUNT(*) >= %(quantity)s ORDER BY section, row, MIN(number) LIMIT 1
@@ -721,74 +738,113 @@ PICK_BEST = f"""
     SELECT id FROM adjacent
     UNION ALL
     (SELECT id FROM free_now WHERE NOT EXISTS (SELECT FROM adjacent) ORDER BY section, row, number LIMIT %(quantity)s)
-"""
-HOLD_SQL = f"""
-WITH picked AS MATERIALIZED ({{picked}}
+""").format(**_NAMES)
+
+
+def _seat_hold_statement(picked: sql.Composable) -> statements.Statement:
+    P = statements.P
+    expiry = {"occurred_at": P("occurred_at"), "actor": sql.NULL, "actor_label": P("expiry_actor")}
+    return statements.Statement(
+        sql.SQL("""
+WITH picked AS MATERIALIZED ({picked}
 ), overdue AS (
-    UPDATE {_GROUP} g SET state = 'EXPIRED', updated_at = %(now)s
-    WHERE g.state = 'HELD' AND g.expires_at <= %(now)s AND g.id IN (
-        SELECT c.group_id FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id
-        WHERE c.state = 'HELD' AND c.expires_at <= %(now)s)
-    RETURNING g.id, g.event_id
+    UPDATE {g_table} g SET {g_state} = {expired}, {g_updated_at} = %(now)s
+    WHERE {overdue_group} AND g.id IN (
+        SELECT c.{c_group} FROM {c_table} c JOIN picked p ON p.id = c.{c_seat} WHERE {overdue_claim})
+    RETURNING g.id, g.{g_event} AS event_id
 ), overdue_claims AS (
-    UPDATE {_CLAIM} c SET state = 'EXPIRED' FROM overdue o WHERE c.group_id = o.id RETURNING c.id
-), expired_events AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, 'seat_hold_group', o.id::text, 'EXPIRED', 'HELD', 'EXPIRED',
-           jsonb_build_object('eventId', o.event_id, 'bookingGroupId', NULL), %(trace_id)s
-    FROM overdue o
+    UPDATE {c_table} c SET {c_state} = {expired} FROM overdue o WHERE c.{c_group} = o.id RETURNING c.id
+), expired_events AS ({expired_events}
 ), lapsed AS (
-    UPDATE {_ENTRY} w SET state = 'EXPIRED', updated_at = %(now)s FROM overdue o
-    WHERE w.hold_group_id = o.id AND w.state = 'OFFERED' RETURNING w.id, w.event_id, w.hold_group_id
-), lapsed_events AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, 'waitlist_entry', w.id::text, 'EXPIRED', 'OFFERED', 'EXPIRED',
-           jsonb_build_object('eventId', w.event_id, 'holdGroupId', w.hold_group_id), %(trace_id)s
-    FROM lapsed w
+    UPDATE {w_table} w SET {w_state} = {entry_expired}, {w_updated_at} = %(now)s FROM overdue o
+    WHERE w.{w_hold_group} = o.id AND w.{w_state} = {offered}
+    RETURNING w.id, w.{w_event} AS event_id, w.{w_hold_group} AS hold_group_id
+), lapsed_events AS ({lapsed_events}
 ), taken AS (
-    SELECT c.seat_id FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id WHERE {_ACTIVE}
+    SELECT c.{c_seat} AS seat_id FROM {c_table} c JOIN picked p ON p.id = c.{c_seat} WHERE {active}
 ), held AS (
-    SELECT COALESCE(SUM(g.seat_count), 0) AS seats FROM {_GROUP} g
-    WHERE %(limit)s::int IS NOT NULL AND g.user_id = %(user)s AND g.event_id = %(event)s AND g.state = 'HELD'
-      AND g.expires_at > %(now)s
+    SELECT COALESCE(SUM(g.{g_seat_count}), 0) AS seats FROM {g_table} g
+    WHERE %(limit)s::bigint IS NOT NULL AND g.{g_user} = %(user)s AND g.{g_event} = %(event)s AND {counted}
 ), free AS (
     SELECT FROM (SELECT COUNT(*) FROM overdue_claims) AS after_the_expiry, held
     WHERE NOT EXISTS (SELECT FROM taken) AND (SELECT COUNT(*) FROM picked) = %(quantity)s
-      AND (%(limit)s::int IS NULL OR held.seats + %(quantity)s <= %(limit)s::int)
+      AND (%(limit)s::bigint IS NULL OR held.seats + %(quantity)s <= %(limit)s::bigint)
 ), created AS (
-    INSERT INTO {_GROUP} (id, booking_group_id, event_id, user_id, state, seat_count, expires_at, request_id,
-                          created_at, updated_at, confirmed_at, cancelled_at)
-    SELECT %(group)s, NULL, %(event)s, %(user)s, 'HELD', %(quantity)s, %(expires_at)s, %(request_id)s,
+    INSERT INTO {g_table} ({g_id}, {g_booking_group_id}, {g_event}, {g_user}, {g_state}, {g_seat_count}, {g_expires_at},
+                           {g_request_id}, {g_created_at}, {g_updated_at}, {g_confirmed_at}, {g_cancelled_at})
+    SELECT %(group)s, NULL, %(event)s, %(user)s, {held}, %(quantity)s, %(expires_at)s, %(request_id)s,
            %(now)s, %(now)s, NULL, NULL
     FROM free
     RETURNING id
 ), claimed AS (
-    INSERT INTO {_CLAIM} (group_id, event_id, seat_id, state, expires_at)
-    SELECT c.id, %(event)s, p.id, 'HELD', %(expires_at)s FROM created c CROSS JOIN picked p
-    ON CONFLICT (seat_id) WHERE state IN ('HELD', 'CONFIRMED') DO NOTHING
-    RETURNING seat_id
-), created_event AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, 'seat_hold_group', c.id::text, 'CREATED', '', 'HELD',
-           jsonb_build_object(
-               'eventId', %(event)s::bigint,
-               'seatCodes', (SELECT jsonb_agg(s.code ORDER BY s.id) FROM picked p JOIN {_SEAT} s ON s.id = p.id),
-               'expiresAt', %(expires_at_json)s::jsonb),
-           %(trace_id)s
-    FROM created c
+    INSERT INTO {c_table} ({c_group}, {c_event}, {c_seat}, {c_state}, {c_expires_at})
+    SELECT c.id, %(event)s, p.id, {held}, %(expires_at)s FROM created c CROSS JOIN picked p
+    ON CONFLICT ({c_seat}) WHERE {blocking} DO NOTHING
+    RETURNING {c_seat}
+), created_event AS ({created_event}
 )
 SELECT
     (SELECT COUNT(*) FROM overdue),
     ARRAY(SELECT seat_id FROM taken ORDER BY seat_id),
     (SELECT seats FROM held),
     ARRAY(SELECT id FROM picked ORDER BY id),
-    ARRAY(SELECT s.code FROM picked p JOIN {_SEAT} s ON s.id = p.id ORDER BY p.id),
-    (SELECT COUNT(DISTINCT (s.section, s.row)) = 1 AND MAX(s.number) - MIN(s.number) = COUNT(*) - 1
-     FROM picked p JOIN {_SEAT} s ON s.id = p.id),
+    ARRAY(SELECT s.{s_code} FROM picked p JOIN {s_table} s ON s.id = p.id ORDER BY p.id),
+    (SELECT COUNT(DISTINCT (s.{s_section}, s.{s_row})) = 1 AND MAX(s.{s_number}) - MIN(s.{s_number}) = COUNT(*) - 1
+     FROM picked p JOIN {s_table} s ON s.id = p.id),
     (SELECT COUNT(*) FROM claimed),
-    (SELECT COUNT(*) FROM {_CLAIM} c JOIN picked p ON p.id = c.seat_id
-     WHERE c.state = 'HELD' AND c.expires_at <= %(now)s AND c.group_id NOT IN (SELECT id FROM overdue))
-"""
+    (SELECT COUNT(*) FROM {c_table} c JOIN picked p ON p.id = c.{c_seat}
+     WHERE {overdue_claim} AND c.{c_group} NOT IN (SELECT id FROM overdue))
+""").format(
+            **_NAMES,
+            picked=picked,
+            overdue_group=claims.OVERDUE.sql(_G, "g"),
+            counted=SeatHolds.cap.counted(_G, "g"),
+            blocking=claims.BLOCKING.sql(_C),
+            entry_expired=sql.Literal(WaitlistEntry.State.EXPIRED),
+            offered=sql.Literal(WaitlistEntry.State.OFFERED),
+            expired_events=statements.audit_rows(
+                source=sql.SQL("overdue o"),
+                **expiry,
+                subject_type=sql.Literal(HOLD_SUBJECT),
+                subject_id=sql.SQL("o.id::text"),
+                event_type=sql.Literal(State.EXPIRED),
+                from_state=sql.Literal(State.HELD),
+                to_state=sql.Literal(State.EXPIRED),
+                metadata=sql.SQL("jsonb_build_object('eventId', o.event_id, 'bookingGroupId', NULL)"),
+                request_id=P("trace_id"),
+            ),
+            lapsed_events=statements.audit_rows(
+                source=sql.SQL("lapsed w"),
+                **expiry,
+                subject_type=sql.Literal(ENTRY_SUBJECT),
+                subject_id=sql.SQL("w.id::text"),
+                event_type=sql.Literal(WaitlistEntry.State.EXPIRED),
+                from_state=sql.Literal(WaitlistEntry.State.OFFERED),
+                to_state=sql.Literal(WaitlistEntry.State.EXPIRED),
+                metadata=sql.SQL("jsonb_build_object('eventId', w.event_id, 'holdGroupId', w.hold_group_id)"),
+                request_id=P("trace_id"),
+            ),
+            created_event=statements.audit_rows(
+                source=sql.SQL("created c"),
+                occurred_at=P("occurred_at"),
+                actor=P("actor"),
+                actor_label=P("actor_label"),
+                subject_type=sql.Literal(HOLD_SUBJECT),
+                subject_id=sql.SQL("c.id::text"),
+                event_type=sql.Literal("CREATED"),
+                from_state=sql.Literal(""),
+                to_state=sql.Literal(State.HELD),
+                metadata=sql.SQL("""jsonb_build_object(
+               'eventId', %(event)s::bigint,
+               'seatCodes', (SELECT jsonb_agg(s.{s_code} ORDER BY s.id) FROM picked p JOIN {s_table} s ON s.id = p.id),
+               'expiresAt', %(expires_at_json)s::jsonb)""").format(**_NAMES),
+                request_id=P("trace_id"),
+            ),
+        )
+    )
+
+
+HOLD_NAMED, HOLD_BEST = _seat_hold_statement(_PICK_NAMED), _seat_hold_statement(_PICK_BEST)
 
 
 SEAT_HOLDS = SeatHolds()
@@ -899,11 +955,11 @@ def seat_holds_expire_due(*, now: datetime, batch_size: int | None = None) -> in
 # leave and an offer each take it (a transition that frees seats takes it in its own statement:
 # ``locking.freed_events_lock``), and the entries themselves are read under it, never locked. An OFFERED
 # entry changes with its hold group, in the group's own statement (``SeatHolds.update_and_record``,
-# ``HOLD_SQL``'s ``lapsed``), under the group's row lock.
+# ``HOLD_NAMED``'s and ``HOLD_BEST``'s ``lapsed``), under the group's row lock.
 
 
 def waitlist_entry_subject(entry: WaitlistEntry) -> audit.Subject:
-    return audit.Subject(type="waitlist_entry", id=entry.pk)
+    return audit.Subject(type=ENTRY_SUBJECT, id=entry.pk)
 
 
 def waitlist_position(entry: WaitlistEntry) -> int | None:

@@ -4,19 +4,20 @@ car is its capacity rule, and ``car_unavailable`` its refusal. Locks: ``booking_
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from psycopg import sql
 
-from booking_site import locking
+from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.audit.models import AuditEvent
 from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, Cap, ClaimEngine, ClaimPolicy
 from booking_site.errors import Conflict, InvalidStateTransition, NotFound
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
@@ -94,7 +95,8 @@ class Reservations(ClaimEngine[Reservation]):
         rule="active_car_holds_per_buyer",
         setting="RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER",
         message="You already hold {count} cars; a buyer may hold at most {limit} at once.",
-        summary="A buyer holds at most {limit} cars at once; confirmed reservations do not count.",
+        summary="A buyer holds at most {limit} cars at once.",
+        counts=claims.LIVE_HOLDS,
     )
 
     def lock_target(self, request: CarHold) -> Car:
@@ -115,32 +117,25 @@ class Reservations(ClaimEngine[Reservation]):
         if car.taken:
             raise CarUnavailable(car_id=car.pk)
 
-    def make_free(self, car: Car, request: CarHold, *, now: datetime) -> None:
-        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
-
     def create(self, car: Car, request: CarHold, *, now: datetime, actor) -> Reservation:
         expires_at = now + timedelta(minutes=request.hold_minutes)
         limit = self.cap.limit_for(request.actor)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                HOLD_SQL,
-                {
-                    "car": car.pk,
-                    "buyer": request.buyer.pk,
-                    "limit": limit,
-                    "actor": actor.pk,
-                    "actor_label": f"user:{actor.pk}",
-                    "subject_type": Reservation._meta.model_name,
-                    "expiry_actor": EXPIRY_ACTOR,
-                    "now": now,
-                    "expires_at": expires_at,
-                    "request_id": request.request_id,
-                    "occurred_at": timezone.now(),
-                    "trace_id": current_request_id() or "",
-                    "metadata": json.dumps({"carId": car.pk, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
-                },
-            )
-            expired, free, held, reservation_id, contended = cursor.fetchone()
+        expired, free, held, reservation_id, contended = HOLD.fetchone(
+            {
+                "car": car.pk,
+                "buyer": request.buyer.pk,
+                "limit": limit,
+                "actor": actor.pk,
+                "actor_label": f"user:{actor.pk}",
+                "expiry_actor": EXPIRY_ACTOR,
+                "now": now,
+                "expires_at": expires_at,
+                "request_id": request.request_id,
+                "occurred_at": timezone.now(),
+                "trace_id": current_request_id() or "",
+                "metadata": json.dumps({"carId": car.pk, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
+            }
+        )
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         if not free:
             raise CarUnavailable(car_id=car.pk)
@@ -166,51 +161,83 @@ class Reservations(ClaimEngine[Reservation]):
         )
 
 
-# The car hold after the car's lock (``Reservations.create``). The sub-statements of one statement share
-# its snapshot and do not see each other's writes. ``overdue`` expires the car's overdue holds; its
-# UPDATE waits for a request holding one of them and skips a row that request changed. ``free`` judges
-# by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue`` so that UPDATE has
-# run before ``created`` inserts. When a hold overdue in the snapshot was confirmed meanwhile (its
-# confirm judged it before its expiry), the unique index refuses the insert: ``contended`` counts
-# such rows, so that refusal is the confirm's win, not a backstop. ``held`` counts the buyer's live
-# holds (the cap, ``Reservations.cap``): read under the buyer's lock, taken by the lock statement
-# (none when the cap does not apply: ``limit`` is then NULL). A hold overdue in the snapshot is not live.
-_RESERVATION, _AUDIT, _AUDIT_COLUMNS = Reservation._meta.db_table, AuditEvent._meta.db_table, audit.SQL_COLUMNS
-HOLD_SQL = f"""
+def _hold_statement() -> statements.Statement:
+    P, R = statements.P, Reservation
+    c = functools.partial(claims.column, R)
+    held, expired = sql.Literal(R.HELD), sql.Literal(State.EXPIRED)
+    on_car = sql.SQL("{} = {}").format(c("car"), P("car"))
+    # Order 3 kinds of locks never waited for here: the car's lock is held (``lock_target``).
+    return statements.Statement(
+        sql.SQL("""
 WITH overdue AS (
-    UPDATE {_RESERVATION} SET state = 'EXPIRED', updated_at = %(now)s
-    WHERE car_id = %(car)s AND state = 'HELD' AND expires_at <= %(now)s
+    UPDATE {table} SET {state} = {expired}, {updated_at} = %(now)s WHERE {on_car} AND {overdue}
     RETURNING id
-), expired_events AS ({audit.expiry_events_sql(rows="overdue", from_state="HELD")}
+), expired_events AS ({expired_events}
 ), free AS (
     SELECT (SELECT count(*) FROM overdue) AS expired
-    WHERE NOT EXISTS (
-        SELECT FROM {_RESERVATION}
-        WHERE car_id = %(car)s AND (state = 'CONFIRMED' OR (state = 'HELD' AND expires_at > %(now)s))
-    )
+    WHERE NOT EXISTS (SELECT FROM {table} WHERE {on_car} AND {active})
 ), held AS (
-    SELECT count(*) AS holds FROM {_RESERVATION}
-    WHERE %(limit)s::int IS NOT NULL AND buyer_id = %(buyer)s AND state = 'HELD' AND expires_at > %(now)s
+    SELECT count(*) AS holds FROM {table}
+    WHERE %(limit)s::bigint IS NOT NULL AND {buyer} = %(buyer)s AND {counted}
 ), created AS (
-    INSERT INTO {_RESERVATION} (car_id, buyer_id, state, expires_at, request_id, created_at, updated_at)
-    SELECT %(car)s, %(buyer)s, 'HELD', %(expires_at)s, %(request_id)s, %(now)s, %(now)s FROM free, held
-    WHERE %(limit)s::int IS NULL OR held.holds < %(limit)s::int
-    ON CONFLICT (car_id) WHERE state IN ('HELD', 'CONFIRMED') DO NOTHING
+    INSERT INTO {table} ({car}, {buyer}, {state}, {expires_at}, {request_id}, {created_at}, {updated_at})
+    SELECT %(car)s, %(buyer)s, {held}, %(expires_at)s, %(request_id)s, %(now)s, %(now)s FROM free, held
+    WHERE %(limit)s::bigint IS NULL OR held.holds < %(limit)s::bigint
+    ON CONFLICT ({car}) WHERE {blocking} DO NOTHING
     RETURNING id
-), created_event AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', 'HELD',
-           %(metadata)s::jsonb, %(trace_id)s
-    FROM created
+), created_event AS ({created_event}
 )
 SELECT
     (SELECT count(*) FROM overdue),
     EXISTS (SELECT FROM free),
     (SELECT holds FROM held),
     (SELECT id FROM created),
-    (SELECT count(*) FROM {_RESERVATION}
-     WHERE car_id = %(car)s AND state = 'HELD' AND expires_at <= %(now)s AND id NOT IN (SELECT id FROM overdue))
-"""
+    (SELECT count(*) FROM {table} WHERE {on_car} AND {overdue} AND id NOT IN (SELECT id FROM overdue))
+""").format(
+            table=statements.table(R),
+            state=c(R.STATE_FIELD),
+            car=c("car"),
+            buyer=c("buyer"),
+            expires_at=c("expires_at"),
+            request_id=c("request_id"),
+            created_at=c("created_at"),
+            updated_at=c("updated_at"),
+            held=held,
+            expired=expired,
+            on_car=on_car,
+            overdue=claims.OVERDUE.sql(R),
+            active=claims.ACTIVE.sql(R),
+            counted=Reservations.cap.counted(R),
+            # The partial unique index ``reservation_one_active_per_car``, named by its predicate.
+            blocking=claims.BLOCKING.sql(R),
+            expired_events=statements.expiry_events(R, rows="overdue"),
+            created_event=statements.audit_rows(
+                source=sql.Identifier("created"),
+                occurred_at=P("occurred_at"),
+                actor=P("actor"),
+                actor_label=P("actor_label"),
+                subject_type=sql.Literal(R._meta.model_name),
+                subject_id=sql.SQL("id::text"),
+                event_type=sql.Literal("CREATED"),
+                from_state=sql.Literal(""),
+                to_state=held,
+                metadata=sql.SQL("%(metadata)s::jsonb"),
+                request_id=P("trace_id"),
+            ),
+        )
+    )
+
+
+# The car hold after the car's lock (``Reservations.create``). The sub-statements of one statement share
+# its snapshot and do not see each other's writes. ``overdue`` expires the car's overdue holds; its
+# UPDATE waits for a request holding one of them and skips a row that request changed. ``free`` judges
+# by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue`` so that UPDATE has
+# run before ``created`` inserts. When a hold overdue in the snapshot was confirmed meanwhile (its
+# confirm judged it before its expiry), the unique index refuses the insert: the last column counts
+# such rows, so that refusal is the confirm's win, not a backstop. ``held`` counts the buyer's claims
+# the cap counts (``Reservations.cap.counts``): read under the buyer's lock, taken by the lock statement
+# (none when the cap does not apply: ``limit`` is then NULL).
+HOLD = _hold_statement()
 
 
 RESERVATIONS = Reservations()

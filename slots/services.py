@@ -49,16 +49,16 @@ from django.db.models import (
     Sum,
     Value,
     When,
-    sql,
 )
+from django.db.models import sql as orm_sql
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
+from psycopg import sql
 
-from booking_site import locking
+from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.audit.models import AuditEvent
 from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, SEE, Cap, ClaimEngine, ClaimPolicy
 from booking_site.errors import (
     Conflict,
@@ -522,7 +522,8 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         rule="max_active",
         setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
         message="You already have {count} active bookings; a guest may have at most {limit}.",
-        summary="A guest has at most {limit} active (pending or confirmed) bookings at once.",
+        summary="A guest has at most {limit} bookings at once.",
+        counts=claims.ACTIVE,
         operators_exempt=False,
     )
 
@@ -547,7 +548,7 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         freed = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in seats_per_slot.items()))
         # An appointment's slot exists for its one booking: the host's time is free again (ADR 0014).
         ended = Case(When(kind=Slot.Kind.APPOINTMENT, then=Value(Slot.Status.CANCELLED)), default=F("status"))
-        update = sql.UpdateQuery(Slot)
+        update = orm_sql.UpdateQuery(Slot)
         update.add_update_values({"booked": F("booked") - freed, "status": ended})
         update.add_q(Q(pk__in=list(seats_per_slot)))
         return [update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()]
@@ -576,20 +577,16 @@ class SlotBookings(SlotBookingLifecycle):
     counter in one more (``write_along``).
     """
 
-    backstop = (
-        "slot_booked_within_capacity",
-        lambda slot, request: SlotFull(slot_id=slot.pk, seats=request.seats),
-    )
-
     def lock_target(self, request: SlotBookingRequest) -> Slot:
         # Read from the statement's snapshot, taken before any lock wait: fair to refuse, never to grant
         # (``create`` counts again after the locks). The slot's own columns are its latest version.
         active = SlotBooking.objects.active(now=request.now).filter(guest=request.guest.pk)
+        counted = SlotBooking.objects.filter(self.cap.counts.q(SlotBooking, now=request.now), guest=request.guest.pk)
         overdue = SlotBooking.objects.overdue(now=request.now).filter(slot=OuterRef("pk"))
         slot = locking.lock_slots(
             [request.slot_id],
             after=locking.user_lock(request.guest.pk),
-            guest_active=_count(active),
+            guest_active=_count(counted),
             guest_with_host=_count(active.filter(slot__host_id=OuterRef("host_id"))),
             guest_clash=_clash(active.filter(start__lt=OuterRef("end"), end__gt=OuterRef("start"))),
             overdue_seats=_sum_seats(overdue),
@@ -605,9 +602,6 @@ class SlotBookings(SlotBookingLifecycle):
             clash = slot.guest_clash
             _check_no_clash(clash["id"], datetime.fromisoformat(clash["start"]), datetime.fromisoformat(clash["end"]))
         _check_seats(slot, seats=request.seats, freed=slot.overdue_seats)
-
-    def make_free(self, slot: Slot, request: SlotBookingRequest, *, now: datetime) -> None:
-        """Nothing to do before ``create``: its statement expires the overdue holds and checks."""
 
     def create(self, slot: Slot, request: SlotBookingRequest, *, now: datetime, actor) -> SlotBooking:
         hold_minutes = request.hold_minutes or hold_minutes_default()
@@ -636,9 +630,7 @@ class SlotBookings(SlotBookingLifecycle):
             ),
         }
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(BOOK_SQL, params)
-                expired, freed, active, with_host, remaining, *clash, booking_id = cursor.fetchone()
+            expired, freed, active, with_host, remaining, *clash, booking_id = BOOK.fetchone(params)
         except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
             raise _backstop_refusal(error, slot=slot, seats=request.seats) from None
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
@@ -689,63 +681,100 @@ def _sum_seats(rows) -> Coalesce:
 # counter by both (``slot_booked_within_capacity`` stays the backstop: it would refuse the statement,
 # and the caller counts it); ``created`` inserts the booking when ``free`` let it, and
 # ``created_event`` records it.
-_SLOT, _BOOKING = Slot._meta.db_table, SlotBooking._meta.db_table
-_AUDIT, _AUDIT_COLUMNS = AuditEvent._meta.db_table, audit.SQL_COLUMNS
-# The slot's overdue holds expired with their events, and what that gave back (BOOK_SQL, MOVE_SQL).
-_EXPIRE_OVERDUE = f"""
+_B, _S = SlotBooking, Slot
+Status_ = SlotBooking.Status
+# The names a slot statement's template uses: ``{b_…}`` a booking's table and columns, ``{s_…}`` a slot's.
+_NAMES = {**statements.names(_B, "b_"), **statements.names(_S, "s_")}
+
+
+def _slot_statement(template: str, **parts: sql.Composable) -> statements.Statement:
+    return statements.Statement(sql.SQL(template).format(**_NAMES, **parts))
+
+
+def _booking_event(
+    source: str, *, subject_id: str, event_type: str, from_state: sql.Composable, metadata: str
+) -> sql.Composed:
+    """The audit event of a booking a statement writes, one per row of ``source``, by the request's actor
+    (``_event_params``), ``subject_id`` and ``metadata`` SQL over that row."""
+    return statements.audit_rows(
+        source=sql.Identifier(source),
+        occurred_at=statements.P("occurred_at"),
+        actor=statements.P("actor"),
+        actor_label=statements.P("actor_label"),
+        subject_type=sql.Literal(_B._meta.model_name),
+        subject_id=sql.SQL(subject_id),
+        event_type=sql.Literal(event_type),
+        from_state=from_state,
+        to_state=statements.P("status"),
+        metadata=sql.SQL(metadata),
+        request_id=statements.P("trace_id"),
+    )
+
+
+# The slot's overdue holds expired with their events, and what that gave back (BOOK, MOVE).
+_EXPIRE_OVERDUE = sql.SQL("""
 overdue AS (
-    UPDATE {_BOOKING} SET status = 'EXPIRED', updated_at = %(now)s
-    WHERE slot_id = %(slot)s AND status = 'PENDING' AND expires_at <= %(now)s
-    RETURNING id, seats
-), expired_events AS ({audit.expiry_events_sql(rows="overdue", from_state="PENDING")}
+    UPDATE {b_table} SET {b_status} = {expired}, {b_updated_at} = %(now)s WHERE {b_slot} = %(slot)s AND {overdue}
+    RETURNING id, {b_seats}
+), expired_events AS ({expired_events}
 ), freed AS (
     SELECT count(*) AS holds, coalesce(sum(seats), 0) AS seats FROM overdue
-)"""
-# How many active bookings the guest has, and how many with %(host)s, but %(booking)s (a reschedule's own).
-_LIMITS = f"""limits AS (
-    SELECT count(*) AS active, count(*) FILTER (WHERE s.host_id = %(host)s) AS with_host
-    FROM {_BOOKING} b JOIN {_SLOT} s ON s.id = b.slot_id
-    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
-      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
-)"""
+)""").format(
+    **_NAMES,
+    expired=sql.Literal(Status_.EXPIRED),
+    overdue=claims.OVERDUE.sql(_B),
+    expired_events=statements.expiry_events(_B, rows="overdue"),
+)
+# The guest's active bookings but %(booking)s (a reschedule's own): how many the cap counts
+# (``SlotBookings.cap.counts``), and how many are with %(host)s (``one_per_host``).
+_LIMITS = sql.SQL("""limits AS (
+    SELECT count(*) FILTER (WHERE {counted}) AS active, count(*) FILTER (WHERE s.{s_host} = %(host)s AND {active})
+           AS with_host
+    FROM {b_table} b JOIN {s_table} s ON s.id = b.{b_slot}
+    WHERE b.{b_guest} = %(guest)s AND b.id <> %(booking)s AND ({counted} OR {active})
+)""").format(**_NAMES, counted=SlotBookings.cap.counted(_B, "b"), active=claims.ACTIVE.sql(_B, "b"))
 # The guest's first active booking overlapping %(start)s to %(end)s, but %(booking)s (a reschedule's own): read
 # after the guest's lock, so it is the truth (ADR 0014). On the guest's bookings, which are few.
-_CLASH = f"""clash AS (
-    SELECT b.id, b.start, b."end" FROM {_BOOKING} b
-    WHERE b.guest_id = %(guest)s AND b.id <> %(booking)s
-      AND (b.status = 'CONFIRMED' OR (b.status = 'PENDING' AND b.expires_at > %(now)s))
-      AND b.start < %(end)s AND b."end" > %(start)s
-    ORDER BY b.start LIMIT 1
-)"""
-BOOK_SQL = f"""
-WITH {_EXPIRE_OVERDUE}, {_LIMITS}, {_CLASH}, seats AS (
+_CLASH = sql.SQL("""clash AS (
+    SELECT b.id, b.{b_start} AS start, b.{b_end} AS "end" FROM {b_table} b
+    WHERE b.{b_guest} = %(guest)s AND b.id <> %(booking)s AND {active}
+      AND b.{b_start} < %(end)s AND b.{b_end} > %(start)s
+    ORDER BY b.{b_start} LIMIT 1
+)""").format(**_NAMES, active=claims.ACTIVE.sql(_B, "b"))
+_CREATED_EVENT = _booking_event(
+    "created", subject_id="id::text", event_type="CREATED", from_state=sql.Literal(""), metadata="%(metadata)s::jsonb"
+)
+BOOK = _slot_statement(
+    """
+WITH {expire_overdue}, {limits}, {clash}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats, limits
     WHERE seats.remaining >= %(seats)s AND limits.with_host = 0 AND limits.active < %(max_active)s
       AND NOT EXISTS (SELECT FROM clash)
 ), taken AS (
-    UPDATE {_SLOT} SET booked = booked - freed.seats + CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END
+    UPDATE {s_table} SET {s_booked} = {s_booked} - freed.seats
+                                      + CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END
     FROM freed
     WHERE id = %(slot)s AND (freed.seats > 0 OR EXISTS (SELECT FROM free))
 ), created AS (
-    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
-                            created_at, updated_at)
+    INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
+                           {b_metadata}, {b_request_id}, {b_created_at}, {b_updated_at})
     SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
            %(booking_metadata)s::jsonb, %(booking_request_id)s, %(now)s, %(now)s
     FROM free
     RETURNING id
-), created_event AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
-           %(metadata)s::jsonb, %(trace_id)s
-    FROM created
+), created_event AS ({created_event}
 )
 SELECT freed.holds, freed.seats, limits.active, limits.with_host, seats.remaining, clash.id, clash.start, clash."end",
        (SELECT id FROM created)
 FROM freed, limits, seats LEFT JOIN clash ON true
-"""
-
+""",
+    expire_overdue=_EXPIRE_OVERDUE,
+    limits=_LIMITS,
+    clash=_CLASH,
+    created_event=_CREATED_EVENT,
+)
 
 SLOT_BOOKINGS = SlotBookings()
 
@@ -896,9 +925,7 @@ class Appointments(SlotBookingLifecycle):
             "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
         }
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(APPOINTMENT_SQL, params)
-                slot.pk, booking_id = cursor.fetchone()
+            slot.pk, booking_id = APPOINTMENT.fetchone(params)
         except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
             raise _backstop_refusal(error, slot=slot, seats=1) from None
         return _written(
@@ -918,7 +945,7 @@ def _hours_and_rules(host_id: int, request: AppointmentRequest, *, now: datetime
     """The host's hours (None: they have none), annotated with all an appointment's rules read, in one statement
     after the guest's and the host's locks, so by a snapshot that sees every booking those locks serialize:
     the guest's active bookings (``guest_active``), those with the host (``guest_with_host``), the first one
-    overlapping the interval (``guest_clash``), each but the booking a reschedule moves (``BOOK_SQL``'s
+    overlapping the interval (``guest_clash``), each but the booking a reschedule moves (``BOOK``'s
     ``limits`` and ``clash``); and near the interval what takes the host's time (``host_time``:
     ``selectors.taking_time``) and the overdue holds on their appointments (``overdue_appointments``). Near:
     within the longest buffer a host may have, as theirs is read by the same statement; the caller narrows."""
@@ -926,8 +953,9 @@ def _hours_and_rules(host_id: int, request: AppointmentRequest, *, now: datetime
     begins, ends = request.start - reach, request.end + reach
     moving = request.rescheduled_from.pk if request.rescheduled_from else 0
     active = SlotBooking.objects.active(now=now).filter(guest=request.guest.pk).exclude(pk=moving)
+    counted = SlotBooking.objects.filter(SLOT_BOOKINGS.cap.counts.q(SlotBooking, now=now), guest=request.guest.pk)
     annotations = {  # Availability declares them, for their types: a dict keeps django-stubs from redefining them
-        "guest_active": _count(active),
+        "guest_active": _count(counted.exclude(pk=moving)),
         "guest_with_host": _count(active.filter(slot__host_id=host_id)),
         "guest_clash": _clash(active.filter(start__lt=request.end, end__gt=request.start)),
         "host_time": _json_rows(selectors.taking_time(host_id, begins, ends, now=now), width=5),
@@ -960,28 +988,29 @@ def _spans(rows: list[list], *, keys: int = 1) -> list[tuple]:
 # The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's
 # RETURNING, so it is written after it). ``slot_no_overlap_per_host``, ``slot_buffer_before_per_host`` and
 # ``slotbooking_guest_no_overlap`` are the backstops: each refuses the statement, and the caller counts it.
-APPOINTMENT_SQL = f"""
+APPOINTMENT = _slot_statement(
+    """
 WITH slot AS (
-    INSERT INTO {_SLOT} (host_id, kind, title, specialization, start, "end", blocked_from, blocked_until, capacity,
-                         booked, status, created_at, updated_at)
-    VALUES (%(host)s, 'APPOINTMENT', '', '', %(start)s, %(end)s, %(blocked_from)s, %(blocked_until)s, 1, 1, 'AVAILABLE',
+    INSERT INTO {s_table} ({s_host}, {s_kind}, {s_title}, {s_specialization}, {s_start}, {s_end}, {s_blocked_from},
+                           {s_blocked_until}, {s_capacity}, {s_booked}, {s_status}, {s_created_at}, {s_updated_at})
+    VALUES (%(host)s, {appointment}, '', '', %(start)s, %(end)s, %(blocked_from)s, %(blocked_until)s, 1, 1, {available},
             %(now)s, %(now)s)
     RETURNING id
 ), created AS (
-    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata, request_id,
-                            rescheduled_from_id, created_at, updated_at)
+    INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
+                           {b_metadata}, {b_request_id}, {b_rescheduled_from}, {b_created_at}, {b_updated_at})
     SELECT slot.id, %(guest)s, %(start)s, %(end)s, 1, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
            %(booking_request_id)s, %(rescheduled_from)s, %(now)s, %(now)s
     FROM slot
     RETURNING id
-), created_event AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
-           %(metadata)s::jsonb, %(trace_id)s
-    FROM created
+), created_event AS ({created_event}
 )
 SELECT (SELECT id FROM slot), (SELECT id FROM created)
-"""
+""",
+    appointment=sql.Literal(Slot.Kind.APPOINTMENT),
+    available=sql.Literal(Slot.Status.AVAILABLE),
+    created_event=_CREATED_EVENT,
+)
 
 
 def _overdue_spans(host_id: int, begins: datetime, ends: datetime, *, now: datetime) -> QuerySet:
@@ -1245,9 +1274,7 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
         **_event_params(user),
     }
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(MOVE_SQL, params)
-            expired, remaining, *clash, moved_id = cursor.fetchone()
+        expired, remaining, *clash, moved_id = MOVE.fetchone(params)
     except IntegrityError as error:  # the transaction is aborted: the caller's atomic block rolls it back
         raise _backstop_refusal(error, slot=new_slot, seats=booking.seats) from None
     if moved_id is None:
@@ -1267,50 +1294,70 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
     )
 
 
-# The move after every lock (``_move``): like ``BOOK_SQL``, one snapshot taken once the locks are held,
+# The move after every lock (``_move``): like ``BOOK``, one snapshot taken once the locks are held,
 # ``slot`` the new slot. ``overdue`` expires its overdue holds; ``free`` judges its seats; ``moving`` is the seats
 # that move (none when they do not fit: the caller then rolls everything back); ``taken`` moves both
-# counters in one UPDATE (the backstop as in BOOK_SQL); ``cancelled`` ends the old booking, ``created``
-# inserts the new one, ``events`` records RESCHEDULED and CREATED.
-MOVE_SQL = f"""
-WITH {_EXPIRE_OVERDUE}, {_CLASH}, seats AS (
+# counters in one UPDATE (the backstop as in BOOK); ``cancelled`` ends the old booking, ``created``
+# inserts the new one, ``rescheduled_event`` and ``created_event`` record RESCHEDULED and CREATED.
+MOVE = _slot_statement(
+    """
+WITH {expire_overdue}, {clash}, seats AS (
     SELECT %(capacity)s - %(booked)s + freed.seats AS remaining FROM freed
 ), free AS (
     SELECT FROM seats WHERE seats.remaining >= %(seats)s AND NOT EXISTS (SELECT FROM clash)
 ), moving AS (
     SELECT CASE WHEN EXISTS (SELECT FROM free) THEN %(seats)s ELSE 0 END AS seats
 ), taken AS (
-    UPDATE {_SLOT}
-    SET booked = booked + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END,
-        status = CASE WHEN id = %(old_slot)s AND kind = 'APPOINTMENT' AND moving.seats > 0 THEN 'CANCELLED'
-                      ELSE status END
+    UPDATE {s_table}
+    SET {s_booked} = {s_booked} + CASE WHEN id = %(slot)s THEN moving.seats - freed.seats ELSE -moving.seats END,
+        {s_status} = CASE WHEN id = %(old_slot)s AND {s_kind} = {appointment} AND moving.seats > 0 THEN {slot_cancelled}
+                          ELSE {s_status} END
     FROM freed, moving
     WHERE id IN (%(old_slot)s, %(slot)s)
 ), cancelled AS (
-    UPDATE {_BOOKING} SET status = 'CANCELLED', reason = 'rescheduled', updated_at = %(now)s
+    UPDATE {b_table} SET {b_status} = {cancelled}, {b_reason} = 'rescheduled', {b_updated_at} = %(now)s
     WHERE id = %(booking)s AND EXISTS (SELECT FROM free)
     RETURNING id
 ), created AS (
-    INSERT INTO {_BOOKING} (slot_id, guest_id, start, "end", seats, status, expires_at, reason, metadata,
-                            rescheduled_from_id, request_id, created_at, updated_at)
+    INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
+                           {b_metadata}, {b_rescheduled_from}, {b_request_id}, {b_created_at}, {b_updated_at})
     SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
            %(booking_metadata)s::jsonb, %(booking)s, '', %(now)s, %(now)s
     FROM cancelled
     RETURNING id
-), events AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, %(booking)s::text, 'RESCHEDULED',
-           %(status)s, 'CANCELLED', jsonb_build_object('toBookingId', id, 'toSlotId', %(slot)s), %(trace_id)s
-    FROM created
-    UNION ALL
-    SELECT %(occurred_at)s, %(actor)s, %(actor_label)s, %(subject_type)s, id::text, 'CREATED', '', %(status)s,
-           jsonb_build_object('slotId', %(slot)s, 'seats', %(seats)s, 'rescheduledFromId', %(booking)s),
-           %(trace_id)s
-    FROM created
+), rescheduled_event AS ({rescheduled_event}
+), created_event AS ({created_event}
 )
 SELECT freed.holds, seats.remaining, clash.id, clash.start, clash."end", (SELECT id FROM created)
 FROM freed, seats LEFT JOIN clash ON true
-"""
+""",
+    expire_overdue=_EXPIRE_OVERDUE,
+    clash=_CLASH,
+    appointment=sql.Literal(Slot.Kind.APPOINTMENT),
+    slot_cancelled=sql.Literal(Slot.Status.CANCELLED),
+    cancelled=sql.Literal(Status_.CANCELLED),
+    # The old booking's RESCHEDULED (from its state, %(status)s, to CANCELLED) and the new one's CREATED.
+    rescheduled_event=statements.audit_rows(
+        source=sql.Identifier("created"),
+        occurred_at=statements.P("occurred_at"),
+        actor=statements.P("actor"),
+        actor_label=statements.P("actor_label"),
+        subject_type=sql.Literal(_B._meta.model_name),
+        subject_id=sql.SQL("%(booking)s::text"),
+        event_type=sql.Literal("RESCHEDULED"),
+        from_state=statements.P("status"),
+        to_state=sql.Literal(Status_.CANCELLED),
+        metadata=sql.SQL("jsonb_build_object('toBookingId', id, 'toSlotId', %(slot)s)"),
+        request_id=statements.P("trace_id"),
+    ),
+    created_event=_booking_event(
+        "created",
+        subject_id="id::text",
+        event_type="CREATED",
+        from_state=sql.Literal(""),
+        metadata="jsonb_build_object('slotId', %(slot)s, 'seats', %(seats)s, 'rescheduledFromId', %(booking)s)",
+    ),
+)
 
 
 def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) -> int:
@@ -1323,18 +1370,17 @@ def slot_bookings_expire_due(*, now: datetime, batch_size: int | None = None) ->
 
 
 def _event_params(actor: User) -> dict[str, Any]:
-    """The parameters of the audit event a booking statement writes (``audit.SQL_COLUMNS``) for ``actor``."""
+    """The parameters of the audit event a booking statement writes (``_booking_event``) for ``actor``."""
     return {
         "actor": actor.pk,
         "actor_label": f"user:{actor.pk}",
-        "subject_type": SlotBooking._meta.model_name,
         "occurred_at": timezone.now(),
         "trace_id": current_request_id() or "",
     }
 
 
 def _written(booking_id: int, slot: Slot, *, now: datetime, **fields: Any) -> SlotBooking:
-    """The booking a statement inserted on ``slot`` (``BOOK_SQL``, ``APPOINTMENT_SQL``, ``MOVE_SQL``), as it wrote
+    """The booking a statement inserted on ``slot`` (``BOOK``, ``APPOINTMENT``, ``MOVE``), as it wrote
     it: the slot's time, created at ``now``, and ``fields``; returned without reading it back."""
     return SlotBooking(
         pk=booking_id, slot=slot, start=slot.start, end=slot.end, created_at=now, updated_at=now, **fields

@@ -19,8 +19,10 @@ class RoundTrips:
 
     @property
     def statements(self) -> list[str]:
-        """What was sent, one line per round trip (for the assertion message)."""
-        return [m.split("\t", 3)[3] for m in self.messages if m.startswith("F\t") and "\tQuery\t" in m]
+        """What was sent (for the assertion message): each statement's text (a simple Query, or the Parse of
+        the extended protocol: statements are bound server side) and each Bind of a prepared one."""
+        sent = ("\tQuery\t", "\tParse\t", "\tBind\t")
+        return [m.split("\t", 3)[3] for m in self.messages if m.startswith("F\t") and any(k in m for k in sent)]
 
 
 @contextmanager

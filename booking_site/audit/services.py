@@ -24,23 +24,12 @@ class Subject:
 
 Actor = User | str | None  # a user, or the name of a system job ("system:expire_holds")
 
-# An event's columns in the order a lean write path's ``INSERT INTO <AuditEvent table> (…) SELECT …``
-# names them (reservations.services.HOLD_SQL, slots.services.BOOK_SQL).
+# An event's columns in the order the statements not yet composed by ``booking_site.statements.audit_rows``
+# name them in ``INSERT INTO <AuditEvent table> (…) SELECT …`` (the admission queue's, a seat transition's).
 SQL_COLUMNS = (
     "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
     "request_id"
 )
-
-
-def expiry_events_sql(*, rows: str, from_state: str) -> str:
-    """A ``WITH`` sub-statement recording one EXPIRED event (from ``from_state``, by the expiry actor)
-    for each ``id`` that the sub-statement named ``rows`` returns. Its parameters: ``occurred_at``,
-    ``expiry_actor``, ``subject_type``, ``trace_id``."""
-    return f"""
-    INSERT INTO {AuditEvent._meta.db_table} ({SQL_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(expiry_actor)s, %(subject_type)s, id::text, 'EXPIRED', '{from_state}', 'EXPIRED',
-           '{{}}'::jsonb, %(trace_id)s
-    FROM {rows}"""
 
 
 def event(

@@ -40,7 +40,7 @@ CAPS = [
     ),
     (
         "/admin/slots/slotbooking/",
-        "A guest has at most 5 active (pending or confirmed) bookings at once",
+        "A guest has at most 5 bookings at once. It counts confirmed ones and holds",
         "SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
     ),
 ]
