@@ -569,7 +569,7 @@ def run(world: World, **limits) -> None:
 
 
 def test_the_claim_lifecycle_agrees_with_its_model(world):
-    run(world, max_examples=12, stateful_step_count=25, derandomize=True)
+    run(world, max_examples=6, stateful_step_count=25, derandomize=True)
 
 
 @pytest.mark.slow
