@@ -1,4 +1,5 @@
-# The two commands of the README: `make run` runs the whole system, `make test` runs the whole suite.
+# The two commands of the README: `make run` runs the whole system, `make test` runs the whole suite
+# (`make test-long`: what it leaves to CI, its long runs at full length).
 # Both build the virtualenv first when it is missing or older than the requirements files.
 PYTHON ?= python3
 VENV := .venv

@@ -4,7 +4,7 @@
 import pytest
 
 
-def short_and_long(name: str, short: float, full: float):
+def short_and_long(name: str, short: object, full: object):
     """Parametrize ``name`` with ``short`` (test id ``short``) and ``full`` (id ``long``, marked ``long``
     and ``slow``): every guarantee is checked by `make test`, and at full length by CI."""
     return pytest.mark.parametrize(
