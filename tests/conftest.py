@@ -16,6 +16,7 @@ from typing import NoReturn
 import pytest
 from django.conf import settings
 from django.utils import timezone
+from psycopg import sql
 from rest_framework.test import APIClient
 
 from booking_site import embedded
@@ -42,16 +43,17 @@ def _flush_by_deleting_what_is_there():
         if reset_sequences or not superuser:
             return truncate(style, connection, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
         tables = connection.introspection.django_table_names(only_existing=True, include_views=False)
-        quoted = {table: connection.ops.quote_name(table) for table in tables}
+        probe = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(table), sql.Identifier(table))
+            for table in tables
+        )
         with connection.cursor() as cursor:
-            cursor.execute(
-                " UNION ALL ".join(f"SELECT %s WHERE EXISTS (SELECT FROM {quoted[table]})" for table in tables),
-                tables,
-            )
+            cursor.execute(probe.as_string(connection.connection))
             filled = [table for (table,) in cursor.fetchall()]
         if not filled:
             return []  # as Django's flush of an empty database: no post_migrate either
-        return ["SET LOCAL session_replication_role = replica", *(f"DELETE FROM {quoted[t]}" for t in filled)]
+        deletes = (sql.SQL("DELETE FROM {}").format(sql.Identifier(table)) for table in filled)
+        return ["SET LOCAL session_replication_role = replica", *(d.as_string(connection.connection) for d in deletes)]
 
     flush.sql_flush = delete_rows
     yield
