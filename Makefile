@@ -32,7 +32,7 @@ serve: $(VENV)/.runtime  ## the production web server alone (PORT=8000)
 cluster: $(VENV)/.runtime  ## HAProxy in front of WEB=2 web processes, WORKERS=1 workers, BEATS=1 beats (deploy/)
 	$(BIN)/python manage.py cluster
 
-test: $(VENV)/.dev  ## the test suite, under 5 minutes (CI runs it after lint, then test-long)
+test: $(VENV)/.dev  ## the test suite (CI runs it after lint, then test-long)
 	$(BIN)/pytest
 
 test-long: $(VENV)/.dev  ## what `make test` leaves to CI: the soak, stress and model-based runs at full length
