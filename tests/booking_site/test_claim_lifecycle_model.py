@@ -7,8 +7,9 @@ agree with a plain Python model: who holds what, the counts, each claim's state 
 overdue hold reads EXPIRED before the job has run), and one audit event per transition.
 
 The short run is part of every test run (bounded, derandomized: the same examples every time); the
-long one runs with ``pytest -m long`` (CONTRIBUTING.md). Each example runs in a savepoint of the test's
-transaction, rolled back by its teardown, so every example starts from the same database.
+long one runs with ``pytest -m long`` (`make test-long`, CONTRIBUTING.md). Each example runs in a
+savepoint of the test's transaction, rolled back by its teardown, so every example starts from the same
+database.
 """
 
 from __future__ import annotations
@@ -569,7 +570,7 @@ def run(world: World, **limits) -> None:
 
 
 def test_the_claim_lifecycle_agrees_with_its_model(world):
-    run(world, max_examples=12, stateful_step_count=25, derandomize=True)
+    run(world, max_examples=4, stateful_step_count=25, derandomize=True)
 
 
 @pytest.mark.slow
