@@ -6,10 +6,13 @@ class SlotsConfig(AppConfig):
     verbose_name = "Slots and bookings"
 
     def ready(self) -> None:
-        from booking_site import expiry, invariants
+        from booking_site import expiry, invariants, reminders
         from slots.invariants import INVARIANTS
+        from slots.reminders import REMINDERS
         from slots.services import SLOT_BOOKINGS, slot_bookings_expire_due
 
         expiry.register("slots", slot_bookings_expire_due)
         invariants.register_claims(SLOT_BOOKINGS)
         invariants.register(*INVARIANTS)
+        reminders.register(REMINDERS)
+        invariants.register(REMINDERS.invariant())
