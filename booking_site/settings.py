@@ -9,8 +9,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
 from corsheaders.defaults import default_headers
+from django.core.exceptions import ImproperlyConfigured
 
 from booking_site import embedded
 
@@ -253,7 +253,9 @@ INVARIANTS_AUDIT_WINDOW_HOURS = env.int("INVARIANTS_AUDIT_WINDOW_HOURS", default
 # before its start (booking_site/reminders.py): a REMINDED audit event, delivered as a webhook. "none": off.
 _reminder_hours = _unless_none("REMINDER_HOURS_BEFORE", "24")
 if _reminder_hours is not None and not (_reminder_hours.isdigit() and int(_reminder_hours) >= 1):
-    raise ImproperlyConfigured(f"REMINDER_HOURS_BEFORE={_reminder_hours}: a whole number of hours (1 or more), or none.")
+    raise ImproperlyConfigured(
+        f"REMINDER_HOURS_BEFORE={_reminder_hours}: a whole number of hours (1 or more), or none."
+    )
 REMINDER_HOURS_BEFORE = None if _reminder_hours is None else int(_reminder_hours)
 
 # --- Celery ---------------------------------------------------------------------------------------

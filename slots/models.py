@@ -202,7 +202,9 @@ class SlotBooking(Claim, models.Model):
             models.Index(fields=["created_at"], name="slotbooking_created_idx"),
             # The reminder job's range: the confirmed bookings not reminded yet, by start (booking_site.reminders).
             models.Index(
-                fields=["start"], condition=Q(status="CONFIRMED", reminded_at__isnull=True), name="slotbooking_unreminded_idx"
+                fields=["start"],
+                condition=Q(status="CONFIRMED", reminded_at__isnull=True),
+                name="slotbooking_unreminded_idx",
             ),
         ]
 

@@ -72,7 +72,9 @@ def some_of_everything(staff):
 
     # Reminded, one of them cancelled since: both were confirmed when reminded.
     start = now + timedelta(days=3)
-    kept, dropped = (slots.slot_booking_create(slot_id=SlotFactory(start=start).pk, guest=UserFactory(), now=now) for _ in range(2))
+    _kept, dropped = (
+        slots.slot_booking_create(slot_id=SlotFactory(start=start).pk, guest=UserFactory(), now=now) for _ in range(2)
+    )
     seats = events.seat_hold(event_id=make_event(total_seats=2, event_date=start).pk, user=buyer, quantity=1, now=now)
     events.seat_hold_confirm(event_id=seats.event_id, hold_group_id=seats.pk, user=buyer, now=now)
     assert reminders.reminders_send(now=start - timedelta(hours=12)) == {"events": 1, "slots": 2}

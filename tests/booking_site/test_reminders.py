@@ -42,7 +42,9 @@ def reminded(subject_type: str) -> dict[str, int]:
 
 
 def slot_booking(start, guest=None) -> SlotBooking:
-    return slots.slot_booking_create(slot_id=SlotFactory(start=start).pk, guest=guest or UserFactory(), now=timezone.now())
+    return slots.slot_booking_create(
+        slot_id=SlotFactory(start=start).pk, guest=guest or UserFactory(), now=timezone.now()
+    )
 
 
 def seat_booking(event_date, seats: int = 2) -> SeatHoldGroup:
@@ -80,7 +82,11 @@ def test_a_booking_is_reminded_once_when_its_start_is_a_day_away_not_before():
     event = AuditEvent.objects.get(subject_type="seat_hold_group", event_type="REMINDED")
     assert (event.from_state, event.to_state, event.actor_label) == ("CONFIRMED", "CONFIRMED", "system:send_reminders")
     assert parse_datetime(event.metadata.pop("startsAt")) == start
-    assert event.metadata == {"hoursBefore": 24, "eventId": seats.event_id, "bookingGroupId": str(seats.booking_group_id)}
+    assert event.metadata == {
+        "hoursBefore": 24,
+        "eventId": seats.event_id,
+        "bookingGroupId": str(seats.booking_group_id),
+    }
 
 
 @pytest.mark.django_db
