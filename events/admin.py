@@ -305,6 +305,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
         "updated_at",
         "confirmed_at",
         "cancelled_at",
+        "reminded_at",
         "audit_trail",
     ]
     fields = tuple(readonly_fields)

@@ -161,6 +161,7 @@ class SlotBookingAdmin(ClaimAdmin):
         "request_id",
         "created_at",
         "updated_at",
+        "reminded_at",
         "audit_trail",
     ]
     fields = tuple(readonly_fields)  # the page shows these, "State" once, not the stored state beside it
