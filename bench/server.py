@@ -69,7 +69,8 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
     def pids(self) -> list[int]:
-        """The server's process tree, now (the serve command, the server's master and its workers)."""
+        """The server's process tree, now (granian's main process, which the serve command became, and its
+        workers)."""
         return cpu.tree(self.process.pid) if self.process else []
 
     def workers(self) -> list[int]:

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
@@ -104,15 +105,16 @@ class StateFilter(admin.SimpleListFilter):
 class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     """A claim's pages (a reservation, a seat hold, a slot booking): rows are read-only, operators act
     through the actions, which call the services, and read the audit trail on the page. Put "state_now"
-    in the list and the page (the one state column) and StateFilter in the filters. The list states the
-    domain's ``cap`` (the most one user holds at once: docs/contract.md §2.7) above its rows."""
+    in the list and the page (the one state column), "hold_expires" for the expiry, and StateFilter in the
+    filters. The list states the domain's ``cap`` (the most one user holds at once: docs/contract.md §2.7)
+    above its rows, in words; its setting and the API's refusal are the note's help."""
 
     cap: Cap | None = None
     change_list_template = "admin/claim_change_list.html"
 
     def changelist_view(self, request, extra_context=None):
-        cap_note = self.cap.describe() if self.cap is not None else None
-        return super().changelist_view(request, extra_context={"cap_note": cap_note, **(extra_context or {})})
+        cap = {"cap_note": self.cap.describe(), "cap_help": self.cap.help_text()} if self.cap is not None else {}
+        return super().changelist_view(request, extra_context={**cap, **(extra_context or {})})
 
     def get_queryset(self, request):
         claims = cast(ClaimQuerySet, super().get_queryset(request))  # every claim model's manager
@@ -134,6 +136,11 @@ class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
             claim.current_state,
             EXPIRED,
         )
+
+    @admin.display(description="Hold expires", ordering="expires_at")
+    def hold_expires(self, claim: Claim) -> datetime | None:
+        """When the hold ends, or ended; nothing once the claim was confirmed (its expiry no longer applies)."""
+        return claim.expires_at if claim.current_state in (claim.HELD, EXPIRED) else None
 
     def has_add_permission(self, request):
         return False

@@ -93,15 +93,29 @@ class StrictSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"body": ["Expected a JSON object."]})
-        names = set(data)
-        if html.is_html_input(data):  # a field left empty is still a field: an unknown one is refused
+        names, form = set(data), html.is_html_input(data)
+        if form:  # a field left empty is still a field: an unknown one is refused
             names = {NESTED.split(name, maxsplit=1)[0] for name in data} - self.form_controls
             data = self._form_values(data)
         unknown = names - set(self.fields) - self.always_allowed
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        if not form:
+            self._refuse_numbers_for_text(data)
         body_key(data)
         return super().to_internal_value(data)
+
+    def _refuse_numbers_for_text(self, data: dict) -> None:
+        """A JSON body gives text as a JSON string, as the schema says: DRF's CharField would take
+        ``"name": 0`` as "0" (a form's values are all text, so only JSON is held to it)."""
+        wrong = []
+        for name, field in self.fields.items():
+            value, child = data.get(name), getattr(field, "child", None)
+            items = value if isinstance(child, serializers.CharField) and isinstance(value, list) else []
+            if (isinstance(field, serializers.CharField) and _number(value)) or any(map(_number, items)):
+                wrong.append(name)
+        if wrong:
+            raise serializers.ValidationError({name: [NOT_TEXT] for name in wrong})
 
     def _form_values(self, data) -> MultiValueDict:
         values: MultiValueDict[str, Any] = MultiValueDict()
@@ -125,6 +139,13 @@ class StrictSerializer(serializers.Serializer):
         serializer = cls(data=request.data, context={"request": request}, **kwargs)
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
+
+
+NOT_TEXT = serializers.CharField.default_error_messages["invalid"]
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float)  # bool too: DRF's CharField refuses it anyway
 
 
 NESTED = re.compile(r"[.\[]")  # a nested form field's name: "layout.rows", "codes[0]" (the field is before it)
@@ -151,9 +172,9 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
     match_subclasses = True
 
     def map_serializer(self, auto_schema, direction):
-        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
-        if type(self.target).__dict__.get("__doc__") is None:
-            schema.pop("description", None)  # not StrictSerializer's own docstring on every body
+        schema = own_description(
+            self.target, auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        )
         if direction == "request":
             schema["additionalProperties"] = False
             schema.setdefault("properties", {})[BODY_ALIAS] = {
@@ -164,6 +185,25 @@ class StrictSerializerSchema(OpenApiSerializerExtension):
                 "description": "Same as the Idempotency-Key header.",
             }
         return schema
+
+
+class ModelSerializerSchema(OpenApiSerializerExtension):
+    """A model serializer's schema, without ModelSerializer's notes on its field cache as its description
+    in every generated client's models."""
+
+    target_class = ModelSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        return own_description(self.target, auto_schema._map_serializer(self.target, direction, bypass_extensions=True))
+
+
+def own_description(serializer, schema: dict) -> dict:
+    """``schema`` described by its serializer's own docstring only: drf-spectacular falls back on a base
+    class's, which is written for this code's developers, not for the API's clients."""
+    if type(serializer).__dict__.get("__doc__") is None:
+        schema.pop("description", None)
+    return schema
 
 
 class PagePagination(BasePagination):

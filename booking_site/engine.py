@@ -115,11 +115,15 @@ class Cap:
         return locking.user_lock(owner_id) if self.limit_for(actor) is not None else None
 
     def describe(self) -> str:
-        """The cap as the admin states it: the rule, its setting, its refusal, who is exempt."""
+        """The cap in words, as the admin's claim lists state it to operators: the rule, who is exempt."""
         exempt = "Operators are exempt." if self.operators_exempt else "Operators acting for a user are held to it too."
+        return f"{self.summary.format(limit=self.limit)} {exempt}"
+
+    def help_text(self) -> str:
+        """How the cap is set and how the API refuses past it: the help beside ``describe()``'s words."""
         return (
-            f"{self.summary.format(limit=self.limit)} Set by {self.setting}; past it a request is refused "
-            f"with 409 limit_reached (rule {self.rule}). {exempt}"
+            f"The limit is the setting {self.setting}; past it the API refuses a hold with 409 limit_reached "
+            f"(rule {self.rule})."
         )
 
     def check(self, *, count: int, asked: int, limit: int | None, **details: Any) -> None:

@@ -193,6 +193,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Request bodies documented as JSON only: a client generated from the schema sends JSON. The server
+    # still parses forms and multipart (DEFAULT_PARSER_CLASSES) for the browsable API's HTML forms and
+    # `curl -d` (docs/decisions/0018-schema-for-clients.md).
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
     # Ids in paths (booking_site.urls.IdConverter): 1 to 18 digits; a longer one matches no route (404).
     "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}},
     # Three models have a "status": name each enum after its model.
@@ -257,6 +261,13 @@ if _reminder_hours is not None and not (_reminder_hours.isdigit() and int(_remin
         f"REMINDER_HOURS_BEFORE={_reminder_hours}: a whole number of hours (1 or more), or none."
     )
 REMINDER_HOURS_BEFORE = None if _reminder_hours is None else int(_reminder_hours)
+
+# Calendar files and feeds (docs/contract.md §3.8): how long an event (which has only a start) lasts in a
+# calendar; how many days back a feed lists bookings, and cancelled ones cancelled in that time.
+CALENDAR_EVENT_DURATION_MINUTES = env.int("CALENDAR_EVENT_DURATION_MINUTES", default=120)
+CALENDAR_FEED_PAST_DAYS = env.int("CALENDAR_FEED_PAST_DAYS", default=30)
+# Admin CSV exports (booking_site/exports.py): rows fetched from the database per round trip.
+EXPORT_CHUNK_SIZE = env.int("EXPORT_CHUNK_SIZE", default=2000)
 
 # --- Celery ---------------------------------------------------------------------------------------
 if env("CELERY_BROKER_URL", default=""):

@@ -73,6 +73,7 @@ class ApiRoot(APIView):
         names = [
             "user-register",
             "user-me",
+            "calendar-feed",
             "car-list",
             "reservation-list",
             "event-list",

@@ -4,7 +4,8 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, When
+from django.contrib.postgres.aggregates import StringAgg
+from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, When
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -14,8 +15,9 @@ from django.utils.safestring import mark_safe
 
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
 from booking_site.errors import DomainError
+from booking_site.exports import CsvExportMixin
 from events import queue, selectors, services
-from events.models import Event, EventQueue, QueueEntry, SeatHoldGroup, WaitlistEntry
+from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 
 PLAIN, SECTIONS = "plain", "sections"
 # What the change form may change.
@@ -111,10 +113,6 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     date_hierarchy = "event_date"
     actions = ["close_sales", "open_sales", "turn_waitlist_off", "turn_waitlist_on"]
     readonly_fields = [
-        "total_seats",
-        "confirmed_seats",
-        "held_seats",
-        "available_seats",
         "sales_open",
         "waitlist_enabled",
         "waiting",
@@ -123,7 +121,10 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         "queue_summary",
         "audit_trail",
     ]
+    # The seat map first, where an operator looks: its legend counts the seats (available, held, booked,
+    # of the total), so the counts need no rows of their own.
     fieldsets = [
+        ("Seats", {"fields": ["seat_map"]}),
         (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]}),
         (
             "Admission queue",
@@ -133,7 +134,6 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
                 "The admit queues job lets the next people in, in join order, at this rate while sales are open.",
             },
         ),
-        ("Seats", {"fields": ["total_seats", "confirmed_seats", "held_seats", "available_seats", "seat_map"]}),
         ("Waiting list", {"fields": ["waitlist_enabled", "waiting"]}),
         ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
     ]
@@ -280,17 +280,44 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
 
 
 @admin.register(SeatHoldGroup)
-class SeatHoldGroupAdmin(ClaimAdmin):
+class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
     """Holds and bookings: find one by its hold or booking id (or the user's email) and act on it
-    through the actions, which call the services. Rows are never edited."""
+    through the actions, which call the services. Rows are never edited. Exported (an event's confirmed
+    bookings: the door list), each booking with its seat codes and its buyer."""
+
+    export_columns = [
+        ("booking", "booking_group_id"),
+        ("hold", "id"),
+        ("event", "event__name"),
+        ("event date", "event__event_date"),
+        ("state", "effective_state"),
+        ("seats", "seat_count"),
+        ("seat codes", "seat_codes"),
+        ("buyer email", "user__email"),
+        ("buyer name", "user__name"),
+        ("confirmed at", "confirmed_at"),
+        ("cancelled at", "cancelled_at"),
+    ]
 
     cap = services.SEAT_HOLDS.cap
-    list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "expires_at", "created_at"]
+    list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "hold_expires", "created_at"]
     list_filter = [StateFilter, ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]
     list_select_related = ["event", "user"]
     date_hierarchy = "created_at"
     actions = ["cancel_bookings", "release_holds", "expire_now"]
+
+    def export_queryset(self, queryset: QuerySet) -> QuerySet:
+        """Each group's seat codes, in layout order, one subquery per row (an index on the group)."""
+        codes = (
+            SeatClaim.objects.filter(group=OuterRef("pk"))
+            .order_by()
+            .values("group")
+            .annotate(codes=StringAgg("seat__code", " ", order_by=("seat__section", "seat__row", "seat__number")))
+            .values("codes")
+        )
+        return queryset.annotate(seat_codes=Subquery(codes))
+
     readonly_fields = [
         "id",
         "booking_group_id",
@@ -299,7 +326,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
         "state_now",
         "seat_codes",
         "seat_count",
-        "expires_at",
+        "hold_expires",
         "request_id",
         "created_at",
         "updated_at",
@@ -358,7 +385,7 @@ class SeatHoldGroupAdmin(ClaimAdmin):
 
 
 @admin.register(WaitlistEntry)
-class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
+class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
     """Each event's waiting list, in join order: who waits for how many seats, their position, the offer
     (a hold) an entry was made. Operators remove an entry through the action (a confirmation page
     first), which calls the service: the entries behind move up, and the next may be offered seats."""
@@ -376,6 +403,17 @@ class WaitlistEntryAdmin(AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
     ]
     list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "user__email", "user__name", "=hold_group__id"]
+    export_columns = [
+        ("entry", "id"),
+        ("event", "event__name"),
+        ("user email", "user__email"),
+        ("user name", "user__name"),
+        ("quantity", "quantity"),
+        ("state", "state"),
+        ("offer (hold)", "hold_group_id"),
+        ("offer expires at", "offer_expires_at"),
+        ("joined at", "created_at"),
+    ]
     list_select_related = ["event", "user"]
     ordering = ["event", "id"]
     actions = ["remove_entries"]

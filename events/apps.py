@@ -6,7 +6,8 @@ class EventsConfig(AppConfig):
     verbose_name = "Events and seats"
 
     def ready(self) -> None:
-        from booking_site import expiry, invariants, reminders
+        from booking_site import expiry, ical, invariants, reminders
+        from events import calendar
         from events.invariants import INVARIANTS
         from events.reminders import REMINDERS
         from events.services import SEAT_HOLDS, seat_holds_expire_due
@@ -16,3 +17,4 @@ class EventsConfig(AppConfig):
         invariants.register(*INVARIANTS)
         reminders.register(REMINDERS)
         invariants.register(REMINDERS.invariant())
+        ical.register("events", calendar.feed_entries)

@@ -5,6 +5,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, StateFilter
+from booking_site.exports import CsvExportMixin
 from reservations import services
 from reservations.models import Car, Reservation
 from reservations.selectors import reservations_with_effective_state
@@ -59,13 +60,24 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
 
 
 @admin.register(Reservation)
-class ReservationAdmin(ClaimAdmin):
+class ReservationAdmin(CsvExportMixin, ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     cap = services.RESERVATIONS.cap
-    list_display = ["id", "car", "buyer", "state_now", "expires_at", "created_at", "updated_at"]
+    list_display = ["id", "car", "buyer", "state_now", "hold_expires", "created_at", "updated_at"]
     list_filter = [StateFilter, ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=request_id"]
+    export_columns = [
+        ("reservation", "id"),
+        ("car", "car_id"),
+        ("car label", "car__label"),
+        ("buyer email", "buyer__email"),
+        ("buyer name", "buyer__name"),
+        ("state", "effective_state"),
+        ("expires at", "expires_at"),
+        ("created at", "created_at"),
+        ("updated at", "updated_at"),
+    ]
     list_select_related = ["car", "buyer"]
     date_hierarchy = "created_at"
     actions = ["cancel", "expire_now"]
@@ -73,7 +85,7 @@ class ReservationAdmin(ClaimAdmin):
         "car",
         "buyer",
         "state_now",
-        "expires_at",
+        "hold_expires",
         "request_id",
         "created_at",
         "updated_at",

@@ -3,6 +3,7 @@ their audit trail, cancel / expire actions, a bookings-per-day chart, and hosts'
 week as a picture. Every write calls a service."""
 
 import contextlib
+import math
 from datetime import date, timedelta
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -18,9 +19,10 @@ from django.utils import timezone
 
 from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
 from booking_site.errors import DomainError
+from booking_site.exports import CsvExportMixin
 from slots import selectors, services
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
-from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm
+from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm, lengths_text
 from slots.models import Availability, Slot, SlotBooking
 
 
@@ -122,6 +124,30 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
         return TemplateResponse(request, "admin/slots/bulk_add.html", context)
 
 
+class StartDayFilter(admin.SimpleListFilter):
+    """Bookings taking place on one day, in the operators' time zone (``?day=YYYY-MM-DD``; the next two
+    weeks are offered): a day's list, and its export."""
+
+    title, parameter_name = "day", "day"
+
+    def lookups(self, request, model_admin):
+        today = timezone.localdate()
+        days = [today + timedelta(days=n) for n in range(14)]
+        return [(day.isoformat(), "Today" if day == today else f"{day:%a} {day.day} {day:%b}") for day in days]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise admin.options.IncorrectLookupParameters(f"Not a day: {value}") from None
+        zone = timezone.get_current_timezone()
+        since, until = selectors.booking_days(day, day, zone)
+        return queryset.filter(start__gte=since, start__lt=until)
+
+
 class MovedFilter(admin.SimpleListFilter):
     """Bookings rescheduled away (their successor is on the new slot) or not: the bookings-per-day page
     counts a moved booking once, as its latest row."""
@@ -138,14 +164,35 @@ class MovedFilter(admin.SimpleListFilter):
 
 
 @admin.register(SlotBooking)
-class SlotBookingAdmin(ClaimAdmin):
+class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
     cap = services.SLOT_BOOKINGS.cap
-    list_display = ["id", "slot", "guest", "seats", "state_now", "expires_at", "created_at"]
-    list_filter = [StateFilter, MovedFilter, "created_at"]
+    list_display = ["id", "slot", "guest", "seats", "state_now", "hold_expires", "created_at"]
+    list_filter = [
+        StateFilter,
+        MovedFilter,
+        StartDayFilter,
+        ("slot__host", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+    ]
     search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
+    export_columns = [
+        ("booking", "id"),
+        ("slot", "slot_id"),
+        ("title", "slot__title"),
+        ("host email", "slot__host__email"),
+        ("host name", "slot__host__name"),
+        ("start", "start"),
+        ("end", "end"),
+        ("guest email", "guest__email"),
+        ("guest name", "guest__name"),
+        ("seats", "seats"),
+        ("state", "effective_state"),
+        ("reason", "reason"),
+        ("created at", "created_at"),
+    ]
     list_select_related = ["slot", "slot__host", "guest"]
     date_hierarchy = "created_at"
     actions = ["cancel", "expire_now"]
@@ -154,7 +201,7 @@ class SlotBookingAdmin(ClaimAdmin):
         "guest",
         "seats",
         "state_now",
-        "expires_at",
+        "hold_expires",
         "reason",
         "metadata",
         "rescheduled_from",
@@ -235,16 +282,25 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
     """Any host's hours, edited through ``availability_set`` (the same checks as the API), and the host's
     week as a picture: hours, published slots, active bookings (``?week=YYYY-MM-DD`` for another week)."""
 
-    list_display = ["host", "time_zone", "durations", "minimum_notice_minutes", "buffer_minutes", "updated_at"]
+    list_display = ["host", "time_zone", "lengths", "minimum_notice_minutes", "buffer_minutes", "updated_at"]
     search_fields = ["host__email", "host__name", "=host__id"]
     list_select_related = ["host"]
     form = AvailabilityForm
     readonly_fields = ["updated_at", "audit_trail"]
     change_form_template = "admin/slots/availability/change_form.html"
 
-    def get_fields(self, request, obj=None):
+    @admin.display(description="Appointment lengths")
+    def lengths(self, availability):
+        return f"{lengths_text(availability.durations)} minutes"
+
+    def get_fieldsets(self, request, obj=None):
         fields = [f for f in AvailabilityForm.Meta.fields if obj is None or f != "host"]
-        return fields if obj is None else [*fields, *self.readonly_fields]
+        if obj is None:
+            return [(None, {"fields": fields})]
+        return [
+            (None, {"fields": [*fields, "updated_at"]}),
+            ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
+        ]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change, **kwargs)
@@ -269,11 +325,62 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
         first = today - timedelta(days=today.weekday())
         with contextlib.suppress(ValueError):
             first = min(max(date.fromisoformat(request.GET.get("week", "")), EARLIEST_DAY), LATEST_DAY)
+        week = selectors.host_week(availability, first_day=first, now=now)
         context = {
             "zone": availability.time_zone,
-            "week": selectors.host_week(availability, first_day=first, now=now),
+            "this_week": today - timedelta(days=today.weekday()),
             "previous": first - timedelta(days=7),
             "next": first + timedelta(days=7),
-            "hours": [{"top": hour / 24 * 100, "label": f"{hour:02d}:00"} for hour in range(0, 24, 2)],
+            **_week_geometry(week, today=today),
         }
         return render_to_string("admin/slots/availability/week.html", context)
+
+
+HOUR_PX = 56  # a 30-minute block is 28 px: two lines of its label, its name and its times
+# A block's label (templates/admin/slots/availability/week.html): lines of 12 px inside 1 px of padding and
+# 1 px of border above and below.
+LINE_PX, FRAME_PX = 12, 4
+
+
+def _week_geometry(week: list[tuple[date, list[selectors.WeekBlock]]], *, today: date) -> dict:
+    """Where each block of the week picture goes, in pixels: the picture shows the hours from the earliest
+    thing of the week to the latest (whole hours, at least 8 of them; 08:00 to 18:00 for an empty week), so
+    an operator's day is drawn at a legible scale instead of 24 hours squeezed into one screen. Slots take
+    the left half of a day, the bookings in them (and the host's own bookings elsewhere) the right half,
+    on the host's hours; bookings of the same time (a slot with room for several) are one block."""
+    blocks = [block for _, day in week for block in day]
+    first = min((math.floor(b.start) for b in blocks), default=8)
+    last = max((math.ceil(b.end) for b in blocks), default=18)
+    if last - first < 8:
+        first = max(0, min(first, last - 8))
+        last = first + 8
+    days = []
+    for day, in_day in week:
+        merged: dict[tuple[str, float, float], list[selectors.WeekBlock]] = {}
+        for block in in_day:
+            merged.setdefault((block.kind, block.start, block.end), []).append(block)
+        drawn = []
+        for (kind, start, end), same in merged.items():
+            top, height = (start - first) * HOUR_PX, (end - start) * HOUR_PX
+            # The id alone (the lane and colour say what it is; the title says it in words), so that it fits.
+            name = f"#{same[0].number}" if len(same) == 1 else f"{len(same)} bookings"
+            drawn.append(
+                {
+                    "kind": kind,
+                    "title": "; ".join(b.label for b in same),
+                    "name": "" if kind == "hours" else name,  # the hours are the background: no label
+                    "times": f"{same[0].begins}\N{EN DASH}{same[0].ends}",
+                    "lines": min(2, max(0, int(height) - FRAME_PX) // LINE_PX),  # what fits: name, then times
+                    "top": top,
+                    "height": height,
+                }
+            )
+        days.append({"day": day, "today": day == today, "blocks": drawn})
+    hours = [{"top": (hour - first) * HOUR_PX, "label": f"{hour:02d}:00"} for hour in range(first, last + 1)]
+    return {
+        "days": days,
+        "hours": hours,
+        "height": (last - first) * HOUR_PX,
+        "hour_px": HOUR_PX,
+        "half_hour_px": HOUR_PX // 2,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
@@ -9,6 +10,7 @@ from django import forms
 from django.contrib.admin.widgets import AdminDateWidget, AdminTimeWidget
 from django.db.models import Model
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from booking_site.accounts.models import Role, User
@@ -48,11 +50,15 @@ class ServiceModelForm(forms.ModelForm):
         try:
             self.written = self.write(data, actor=request_user(self.request))
         except DomainError as error:
-            raise forms.ValidationError(error.message) from None
+            self.refused(error)
         return data
 
     def write(self, data: dict[str, Any], *, actor: User) -> Model:
         raise NotImplementedError
+
+    def refused(self, error: DomainError) -> None:
+        """Show the service's refusal on the form (the whole form's error unless a subclass places it)."""
+        raise forms.ValidationError(error.message) from None
 
     def adopt(self, obj: Model) -> None:
         """Make the admin's ``obj`` the row ``write`` wrote, so that the admin does not save it again."""
@@ -258,23 +264,127 @@ class AnalyticsForm(forms.Form):
         return data
 
 
+DAY_NAMES = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+class HoursWidget(forms.Widget):
+    """Wall-clock windows as rows of start and end inputs (HH:MM; 24:00 ends a day): one row per weekday for
+    the weekly hours, or, with ``dated``, one row per date (an override; a date with no window is a day off)
+    and two empty rows to add one. Each row has room for one more window than the busiest row has. What it
+    reads back is the API's JSON shape (``weekly`` or ``overrides`` of ``/api/hosts/me/availability``), with
+    the times as typed: ``availability_set`` checks them."""
+
+    template_name = "admin/slots/availability/hours_widget.html"
+
+    def __init__(self, *, dated: bool, attrs=None) -> None:
+        super().__init__(attrs)
+        self.dated = dated
+
+    def rows(self, value: list[dict] | None) -> list[tuple[str, list[dict]]]:
+        """(the row's key: a weekday's number or a date, its windows)"""
+        value = value if isinstance(value, list) else []
+        if self.dated:
+            return [(str(o.get("date", "")), list(o.get("windows") or [])) for o in value] + [("", []), ("", [])]
+        return [(str(day), [w for w in value if w.get("weekday") == day]) for day in range(7)]
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        rows = self.rows(value)
+        room = max(2, *(len(windows) + 1 for _, windows in rows))
+        context["widget"].update(
+            dated=self.dated,
+            rows=[
+                {
+                    "index": index,
+                    "key": key,
+                    "day": None if self.dated else DAY_NAMES[int(key)],
+                    "windows": [*windows, *[{}] * (room - len(windows))],
+                }
+                for index, (key, windows) in enumerate(rows)
+            ],
+        )
+        return context
+
+    def render(self, name, value, attrs=None, renderer=None):
+        # The project's template (templates/), which the form renderer's own engine does not search.
+        return render_to_string(self.template_name, self.get_context(name, value, attrs))  # safe: a template's
+
+    def value_from_datadict(self, data, files, name) -> list[dict]:
+        value = []
+        row = 0
+        while f"{name}-{row}-0-start" in data:
+            windows, column = [], 0
+            while f"{name}-{row}-{column}-start" in data:
+                start, end = (data.get(f"{name}-{row}-{column}-{key}", "").strip() for key in ("start", "end"))
+                if start or end:  # an empty pair is room for another window, not a window
+                    windows.append({"start": start, "end": end})
+                column += 1
+            if not self.dated:
+                value += [{"weekday": row, **window} for window in windows]
+            elif (day := data.get(f"{name}-{row}-date", "").strip()) or windows:
+                value.append({"date": day, "windows": windows})
+            row += 1
+        return value
+
+
+class HoursField(forms.Field):
+    """The windows as the API takes them: the widget builds the shape, ``availability_set`` checks it."""
+
+    def __init__(self, *, dated: bool, **kwargs) -> None:
+        super().__init__(widget=HoursWidget(dated=dated), required=False, **kwargs)
+
+    def to_python(self, value):
+        return value or []
+
+
+def lengths_text(durations: list[int]) -> str:
+    """Appointment lengths as an operator reads and types them: "30, 60"."""
+    return ", ".join(str(minutes) for minutes in durations)
+
+
+class DurationsField(forms.Field):
+    """Appointment lengths as an operator types them, "30, 60": the API's list of minutes."""
+
+    widget = forms.TextInput
+
+    def prepare_value(self, value):
+        return lengths_text(value) if isinstance(value, list) else value
+
+    def to_python(self, value) -> list:
+        words = str(value or "").replace(",", " ").split()
+        return [int(word) if word.isdigit() else word for word in words]  # availability_set refuses a word
+
+
 class AvailabilityForm(ServiceModelForm):
     """A host's hours, edited by an operator through ``availability_set``: the same checks as the API, its
-    refusal (``weekly[1].end: Must be after start``) shown on the form."""
+    refusal shown at the field it is about (``Tuesday 12:00 to 09:00: Must be after start (12:00).``)."""
+
+    weekly = HoursField(dated=False, label="Weekly hours", help_text="HH:MM to HH:MM; 24:00 ends a day.")
+    overrides = HoursField(
+        dated=True,
+        label="Dates with other hours",
+        help_text="Replace that date's weekly hours; a date with no window is a day off (YYYY-MM-DD).",
+    )
+    durations = DurationsField(
+        label="Appointment lengths", required=False, help_text="In minutes, e.g. 30, 60 (5 to 1,440 each)."
+    )  # none given: availability_set says that at least one is needed
 
     class Meta:
         model = Availability
         fields = ["host", "time_zone", "weekly", "overrides", "durations", "minimum_notice_minutes", "buffer_minutes"]
-        help_texts = {
-            "weekly": 'e.g. [{"weekday": 0, "start": "09:00", "end": "17:00"}] (weekday 0 is Monday)',
-            "overrides": 'e.g. [{"date": "2026-12-24", "windows": []}] (no windows: a day off)',
-            "durations": "e.g. [30, 60]",
-        }
+
+    # The API's names of the document's fields, and the form's.
+    FIELDS = {
+        "timeZone": "time_zone",
+        "minimumNoticeMinutes": "minimum_notice_minutes",
+        "bufferMinutes": "buffer_minutes",
+    }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "host" in self.fields:  # on the add page only: a host's availability stays theirs
             cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()
+            self.fields["time_zone"].initial = timezone.get_current_timezone_name()
 
     def write(self, data: dict[str, Any], *, actor: User) -> Availability:
         document: services.AvailabilityDocument = {
@@ -287,3 +397,35 @@ class AvailabilityForm(ServiceModelForm):
         }
         host = data["host"] if "host" in self.fields else self.instance.host  # the add page chooses one
         return services.availability_set(host=host, document=document, actor=actor, now=timezone.now())
+
+    def refused(self, error: DomainError) -> None:
+        """The validator names a place in the document (``weekly[3].end``); say it as the form shows it."""
+        fields = error.details.get("fields")
+        if not fields:
+            raise forms.ValidationError(error.message)
+        for path, problems in fields.items():
+            place = PLACE.fullmatch(path)
+            assert place is not None  # every path availability_clean names has this shape
+            name, where = place.group(1), self._where(*place.groups())
+            self.add_error(self.FIELDS.get(name, name), [f"{where}{problem}" for problem in problems])
+
+    def _where(self, name: str, index: str | None, window: str | None) -> str:
+        """Where the validator's place is, as the form shows it: "Tuesday 12:00 to 09:00: ", "2026-12-24 13:00
+        to 12:00: ", "45x: "."""
+        entries = self.cleaned_data.get(name)
+        if index is None or not isinstance(entries, list) or int(index) >= len(entries):
+            return ""
+        entry = entries[int(index)]
+        if name == "durations":
+            return f"{entry}: "
+        if name == "overrides":
+            day, windows = entry["date"] or "A row with no date", entry["windows"]
+            return f"{day} {_times(windows[int(window)])}: " if window is not None else f"{day}: "
+        return f"{DAY_NAMES[entry['weekday']]} {_times(entry)}: "
+
+
+PLACE = re.compile(r"(\w+)(?:\[(\d+)\])?(?:\.windows\[(\d+)\])?(?:\.\w+)?")
+
+
+def _times(window: dict) -> str:
+    return f"{window.get('start') or '?'} to {window.get('end') or '?'}"

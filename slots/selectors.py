@@ -282,12 +282,23 @@ def _overlaps(busy: list[tuple], start: float, end: float) -> bool:
 
 @dataclass(frozen=True)
 class WeekBlock:
-    """One thing on a host's week picture (the admin): its kind, its place in a day (percent of 24 hours)."""
+    """One thing on a host's week picture (the admin): its kind, what it is, and when in its day, as hours
+    since the day's local midnight in real time (a day has 23 or 25 of them across a daylight-saving change)."""
 
     kind: str  # "hours", "slot", "booking", or "away" (the host's own booking as a guest of another host)
-    label: str
-    top: float
-    height: float
+    number: int | None  # the slot's or the booking's id; None for hours
+    begins: str  # local wall-clock times, "10:00"
+    ends: str
+    start: float
+    end: float
+
+    @property
+    def label(self) -> str:
+        """What it is and when, in words: "slot #12 10:00 to 10:30", "away: booking #3 12:00 to 12:30"."""
+        name = {"hours": "hours", "slot": f"slot #{self.number}", "booking": f"booking #{self.number}"}.get(
+            self.kind, f"away: booking #{self.number}"
+        )
+        return f"{name} {self.begins} to {self.ends}"
 
 
 def host_week(availability: Availability, *, first_day: date, now: datetime) -> list[tuple[date, list[WeekBlock]]]:
@@ -297,7 +308,9 @@ def host_week(availability: Availability, *, first_day: date, now: datetime) -> 
     zone = ZoneInfo(availability.time_zone)
     begins = datetime.combine(first_day, time(0), tzinfo=zone).astimezone(UTC)
     ends = datetime.combine(first_day + timedelta(days=7), time(0), tzinfo=zone).astimezone(UTC)
-    spans = [("hours", "hours", s, e) for s, e in availability_windows(availability, begins, ends)]
+    spans: list[tuple[str, int | None, datetime, datetime]] = [
+        ("hours", None, s, e) for s, e in availability_windows(availability, begins, ends)
+    ]
     slots = Slot.objects.filter(
         host_id=availability.host_id,
         kind=Slot.Kind.PUBLISHED,
@@ -305,26 +318,31 @@ def host_week(availability: Availability, *, first_day: date, now: datetime) -> 
         start__lt=ends,
         end__gt=begins,
     )
-    spans += [("slot", f"slot #{s.pk}", s.start, s.end) for s in slots]
+    spans += [("slot", s.pk, s.start, s.end) for s in slots]
     bookings = SlotBooking.objects.active(now=now).filter(
         slot__host_id=availability.host_id, start__lt=ends, end__gt=begins
     )
-    spans += [("booking", f"booking #{b.pk}", b.start, b.end) for b in bookings]
+    spans += [("booking", b.pk, b.start, b.end) for b in bookings]
     away = SlotBooking.objects.active(now=now).filter(guest_id=availability.host_id, start__lt=ends, end__gt=begins)
-    spans += [("away", f"away: booking #{b.pk}", b.start, b.end) for b in away]
+    spans += [("away", b.pk, b.start, b.end) for b in away]
     week = []
     for offset in range(7):
         day = first_day + timedelta(days=offset)
         day_start = datetime.combine(day, time(0), tzinfo=zone)
         day_end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
-        length = (day_end.astimezone(UTC) - day_start.astimezone(UTC)).total_seconds()
-        blocks = []
-        for kind, label, start, end in spans:
+        origin, blocks = day_start.astimezone(UTC), []  # real hours, not wall-clock ones
+        for kind, number, start, end in spans:
             start, end = max(start, day_start), min(end, day_end)
             if start < end:
-                top = (start - day_start.astimezone(UTC)).total_seconds() / length * 100
-                height = (end - start).total_seconds() / length * 100
-                local = f"{start.astimezone(zone):%H:%M} to {end.astimezone(zone):%H:%M}"
-                blocks.append(WeekBlock(kind=kind, label=f"{label} {local}", top=top, height=height))
+                blocks.append(
+                    WeekBlock(
+                        kind=kind,
+                        number=number,
+                        begins=f"{start.astimezone(zone):%H:%M}",
+                        ends="24:00" if end == day_end else f"{end.astimezone(zone):%H:%M}",
+                        start=(start - origin).total_seconds() / 3600,
+                        end=(end - origin).total_seconds() / 3600,
+                    )
+                )
         week.append((day, blocks))
     return week

@@ -28,3 +28,16 @@ class User(AbstractUser):
     @property
     def is_host(self) -> bool:
         return Role.HOST in self.roles
+
+
+class CalendarFeed(models.Model):
+    """A user's private calendar feed (docs/contract.md §3.8): the URL ``/api/calendar/<secret>.ics`` a
+    calendar app subscribes to, since it cannot send headers. Only the SHA-256 of the secret is kept, so
+    the table alone opens no feed; a new secret replaces the row's hash, and the old URL is dead at once."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, primary_key=True, related_name="calendar_feed")
+    secret_sha256 = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"Calendar feed of user #{self.user_id}"

@@ -1,3 +1,6 @@
+import hashlib
+import secrets
+from datetime import datetime
 from typing import cast
 
 from django.db import IntegrityError, transaction
@@ -5,7 +8,7 @@ from django.http import HttpRequest
 from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 
-from booking_site.accounts.models import User
+from booking_site.accounts.models import CalendarFeed, User
 from booking_site.errors import Conflict, Forbidden, NotFound, NotOwner
 
 
@@ -51,3 +54,35 @@ def require_owner(*, user: User, owner_id: int, what: str) -> None:
     """Only the owner of a claim, or an operator, may see or change it (docs/contract.md §2.6)."""
     if owner_id != user.pk and not user.is_staff:
         raise NotOwner(f"{what} belongs to another user.")
+
+
+# --- the private calendar feed (docs/contract.md §3.8) ----------------------------------------------
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def calendar_feed_issue(*, user: User, now: datetime) -> str:
+    """A new secret for the user's feed, returned this once; the previous one stops working as this
+    commits. One statement (an upsert on the user), so two at once leave exactly one secret alive."""
+    secret = secrets.token_urlsafe(32)
+    CalendarFeed.objects.bulk_create(
+        [CalendarFeed(user=user, secret_sha256=_sha256(secret), created_at=now)],
+        update_conflicts=True,
+        unique_fields=["user"],
+        update_fields=["secret_sha256", "created_at"],
+    )
+    return secret
+
+
+def calendar_feed_revoke(*, user: User) -> bool:
+    """Turn the user's feed off; False when it was off already."""
+    deleted, _ = CalendarFeed.objects.filter(user=user).delete()
+    return bool(deleted)
+
+
+def calendar_feed_owner(secret: str) -> User | None:
+    """The user whose feed ``secret`` opens (an active one), or None."""
+    feed = CalendarFeed.objects.select_related("user").filter(secret_sha256=_sha256(secret)).first()
+    return feed.user if feed is not None and feed.user.is_active else None

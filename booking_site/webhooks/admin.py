@@ -1,19 +1,26 @@
 """Webhooks in the back office: endpoints (add, change, send a test, rotate the secret) and deliveries
 with their attempts ("retry now"). Every write goes through booking_site.webhooks.services."""
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
+from django.utils.html import format_html
 
-from booking_site.admin import ServiceActionsMixin
+from booking_site.admin import ServiceActionsMixin, short_id
 from booking_site.errors import ValidationFailed
+from booking_site.exports import CsvExportMixin
 from booking_site.webhooks import services
 from booking_site.webhooks.catalogue import EVENT_TYPES
 from booking_site.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 
 class WebhookEndpointForm(forms.ModelForm):
-    url = forms.URLField(max_length=2000, assume_scheme="https")
+    # As wide as a real receiver's URL (the admin's default box shows some 25 characters of it).
+    url = forms.URLField(
+        label="URL", max_length=2000, assume_scheme="https", widget=forms.URLInput(attrs={"class": "vURLField wide"})
+    )
     event_types = forms.MultipleChoiceField(
         choices=[(t, t) for t in EVENT_TYPES],
         required=False,
@@ -43,11 +50,15 @@ class WebhookEndpointForm(forms.ModelForm):
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
     form = WebhookEndpointForm
-    list_display = ["id", "url", "active", "event_types", "last_success_at", "last_failure_at", "disabled_reason"]
+    list_display = ["id", "url", "active", "types", "last_success_at", "last_failure_at", "disabled_reason"]
     list_filter = ["active"]
     search_fields = ["url", "description"]
     readonly_fields = ["created_at", "last_success_at", "last_failure_at", "failing_since", "disabled_reason"]
     actions = ["send_test_event", "rotate_secret"]
+
+    @admin.display(description="Event types")
+    def types(self, endpoint):
+        return ", ".join(endpoint.event_types) or "every type"
 
     def get_fields(self, request, obj=None):
         editable = ["url", "description", "event_types"] + (["secret"] if obj is None else ["active"])
@@ -80,7 +91,8 @@ class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
             _, attempt = services.webhook_endpoint_send_test(endpoint_id=endpoint.pk, now=timezone.now())
             result = f"HTTP {attempt.status_code}" if attempt.status_code else attempt.error
             level = messages.SUCCESS if attempt.ok else messages.WARNING
-            self.message_user(request, f"{endpoint.url}: {result} in {attempt.duration_ms} ms.", level)
+            # Not the URL first: the admin capitalises a message's first letter ("Http://…").
+            self.message_user(request, f"Test event to {endpoint.url}: {result} in {attempt.duration_ms} ms.", level)
 
     @admin.action(description="Rotate the secret (the old one signs for 24 h more)")
     def rotate_secret(self, request, queryset):
@@ -100,20 +112,36 @@ class WebhookAttemptInline(admin.TabularInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(ServiceActionsMixin, admin.ModelAdmin):
+class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, admin.ModelAdmin):
     list_display = [
         "id",
-        "endpoint",
+        "endpoint_short",
         "event_type",
-        "event",
+        "subject",
         "status",
         "attempts",
         "last_status_code",
+        "error",
         "next_attempt_at",
         "delivered_at",
     ]
     list_filter = ["status", "endpoint", "event_type"]
     search_fields = ["=event__id", "=subject_id"]
+    export_columns = [
+        ("delivery", "id"),
+        ("endpoint", "endpoint__url"),
+        ("event", "event_id"),
+        ("event type", "event_type"),
+        ("subject type", "subject_type"),
+        ("subject", "subject_id"),
+        ("status", "status"),
+        ("attempts", "attempts"),
+        ("last status code", "last_status_code"),
+        ("last error", "last_error"),
+        ("next attempt at", "next_attempt_at"),
+        ("created at", "created_at"),
+        ("delivered at", "delivered_at"),
+    ]
     list_select_related = ["endpoint"]
     fields = readonly_fields = (
         "endpoint",
@@ -140,6 +168,24 @@ class WebhookDeliveryAdmin(ServiceActionsMixin, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return obj is None and super().has_change_permission(request)  # the list's actions, not the form
+
+    @admin.display(description="Endpoint", ordering="endpoint")
+    def endpoint_short(self, delivery):
+        """Its number and host; the whole URL on hover (the list has no room for a receiver's path)."""
+        url = delivery.endpoint.url
+        return format_html('<span title="{}">#{} {}</span>', url, delivery.endpoint_id, urlsplit(url).netloc)
+
+    @admin.display(description="Subject", ordering="subject_type")
+    def subject(self, delivery):
+        return format_html("{} {}", delivery.subject_type, short_id(delivery.subject_id) or "")
+
+    @admin.display(description="Last error")
+    def error(self, delivery):
+        """Why the last attempt failed, so that an operator need not open each pending delivery."""
+        if not delivery.last_error:
+            return None
+        text = delivery.last_error
+        return format_html('<span title="{}">{}</span>', text, text if len(text) <= 60 else f"{text[:60]}…")
 
     @admin.action(description="Retry now")
     def retry_now(self, request, queryset):

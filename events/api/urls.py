@@ -19,5 +19,10 @@ urlpatterns = [
     path("events/holds/<uuid:hold_group_id>/events", views.HoldEvents.as_view(), name="event-hold-events"),
     path("events/bookings/<uuid:booking_group_id>", views.BookingDetail.as_view(), name="event-booking-detail"),
     path("events/bookings/<uuid:booking_group_id>/cancel", views.BookingCancel.as_view(), name="event-booking-cancel"),
+    path(
+        "events/bookings/<uuid:booking_group_id>/calendar",
+        views.BookingCalendar.as_view(),
+        name="event-booking-calendar",
+    ),
     path("events/bookings/<uuid:booking_group_id>/events", views.BookingEvents.as_view(), name="event-booking-events"),
 ]

@@ -8,15 +8,16 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.services import acting_user, require_owner
+from booking_site.accounts.services import acting_user, request_user, require_owner
 from booking_site.api import StaffWrites
 from booking_site.audit.api import AuditTrailView
 from booking_site.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
+from booking_site.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
 from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
 from booking_site.schema import errors
 from booking_site.throttling import HOLDS
-from events import queue, selectors, services
+from events import calendar, queue, selectors, services
 from events.api.filters import EventFilter
 from events.api.serializers import (
     BookingCancelIn,
@@ -338,6 +339,18 @@ class BookingCancel(APIView):
             booking_group_id=booking_group_id, user=request.user, now=timezone.now(), reason=data["reason"]
         )
         return Response(BookingCancelOut({"cancelled": True, "bookingGroupId": group.booking_group_id}).data)
+
+
+class BookingCalendar(CalendarView):
+    """The booking as a calendar file (RFC 5545, one VEVENT for its seats): for its owner and operators; a
+    cancelled one reads STATUS:CANCELLED."""
+
+    @extend_schema(responses={**CALENDAR_RESPONSE, **errors(NotOwner)})
+    def get(self, request, booking_group_id):
+        body = calendar.booking_calendar(
+            booking_group_id=booking_group_id, user=request_user(request), now=timezone.now()
+        )
+        return calendar_response(body, filename=f"booking-{booking_group_id}.ics")
 
 
 class HoldEvents(AuditTrailView):

@@ -12,6 +12,7 @@ urlpatterns = [
     path("bookings/<id:booking_id>/cancel", views.BookingCancel.as_view(), name="booking-cancel"),
     path("bookings/<id:booking_id>/reschedule", views.BookingReschedule.as_view(), name="booking-reschedule"),
     path("bookings/<id:booking_id>/events", views.BookingEvents.as_view(), name="booking-events"),
+    path("bookings/<id:booking_id>/calendar", views.BookingCalendar.as_view(), name="booking-calendar"),
     path("hosts/me/availability", views.MyAvailability.as_view(), name="availability-mine"),
     path("hosts/<id:host_id>/availability", views.HostAvailability.as_view(), name="availability-host"),
     path("users/<id:user_id>/slots", views.HostFreeTimes.as_view(), name="host-free-times"),

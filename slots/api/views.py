@@ -23,11 +23,12 @@ from booking_site.errors import (
     ValidationFailed,
 )
 from booking_site.expiry import expire_all
+from booking_site.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarView, calendar_response
 from booking_site.idempotency import idempotent
 from booking_site.recent import RecentReads
 from booking_site.schema import errors
 from booking_site.throttling import HOLDS
-from slots import selectors, services
+from slots import calendar, selectors, services
 from slots.api.filters import BookingFilter, SlotFilter
 from slots.api.serializers import (
     AvailabilityIn,
@@ -296,6 +297,16 @@ class BookingEvents(AuditTrailView):
 
     def get_subject(self):
         return _visible_booking(self.request, self.kwargs["booking_id"])
+
+
+class BookingCalendar(CalendarView):
+    """The booking as a calendar file (RFC 5545, one VEVENT): for its guest, the slot's host and operators,
+    once it is confirmed (a cancelled one reads STATUS:CANCELLED)."""
+
+    @extend_schema(responses={**CALENDAR_RESPONSE, **errors(NotOwner, BookingNotConfirmed)})
+    def get(self, request, booking_id: int):
+        body = calendar.booking_calendar(booking_id=booking_id, user=request_user(request), now=timezone.now())
+        return calendar_response(body, filename=f"booking-{booking_id}.ics")
 
 
 class AdminAnalytics(APIView):

@@ -59,6 +59,7 @@ def _cases(staff) -> dict[str, Case]:
             {"email": "new@example.com", "name": "New", "roles": "HOST, GUEST", "password": "long enough"},
             201,
         ),
+        "calendar-feed": Case("/api/users/me/calendar-feed", set(), status=201),
         "car-list": Case(
             "/api/cars",
             {"dealerId", "label", "make", "model", "status"},

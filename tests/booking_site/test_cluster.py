@@ -3,8 +3,10 @@ with HAProxy in front of four web processes, two Celery workers and two beats on
 the races of the domain tests sent through it, or straight to different web processes."""
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,12 +32,13 @@ from bench.burst import at_once, connect, raw_request
 from booking_site import embedded
 from booking_site.audit.models import AuditEvent
 from booking_site.invariants import describe, invariants_check
+from booking_site.management.supervisor import GRACE, group_members
 from booking_site.webhooks.models import WebhookDelivery
 from booking_site.webhooks.services import webhook_endpoint_create
 from events.models import SeatClaim
 from reservations.models import Reservation
 from slots.models import Slot, SlotBooking
-from tests.processes import stop_group
+from tests.processes import left_running, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -86,6 +89,14 @@ class Cluster:
         self.address, self.run_dir, self.process = f"127.0.0.1:{port}", run_dir, process
         self.shared_cache = shared_cache
         self.web = [f"127.0.0.1:{port + n}" for n in range(1, WEB + 1)]
+        self.ports = {"haproxy": port, **{f"web{n}": port + n for n in range(1, WEB + 1)}}
+
+    def leaders(self) -> dict[str, int]:
+        """Each program's first process now, by name (the supervisor's last "started (pid N)" line for it);
+        its process id is its process group's."""
+        started = re.compile(r"\S+ (\S+) +\| started \(pid (\d+)\)$")
+        lines = (self.run_dir / "cluster.log").read_text().splitlines()
+        return {found[1]: int(found[2]) for found in map(started.match, lines) if found}
 
     def servers(self) -> dict[str, dict[str, str]]:
         """HAProxy's view of each web process (its `show stat` row: status, stot = requests sent to it)."""
@@ -151,7 +162,8 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
         running.wait_until(running.all_up, "four web processes UP in HAProxy", seconds=120)
         yield running
     finally:
-        stop_group(process, signal.SIGINT, grace=30)
+        if process.poll() is None:  # the last test stops it itself
+            stop_group(process, signal.SIGINT, grace=30)
         log.close()
 
 
@@ -234,11 +246,7 @@ def test_one_idempotency_key_sent_to_four_web_processes_at_once_has_one_effect(c
 
 def test_a_web_process_killed_in_a_burst_of_holds_costs_at_most_its_requests_in_flight(cluster, committed):
     buyers, cars = data.users(400), data.cars(400)
-    victim = next(
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if "serve" in (p.info["cmdline"] or []) and cluster.web[1].rsplit(":", 1)[1] in p.info["cmdline"]
-    )
+    victim = cluster.leaders()["web2"]  # `manage.py serve`, which is granian's main process
     answers: list[tuple[int, dict]] = []
     for wave in range(8):  # 8 waves of 50 holds, the second web process killed after the second
         part = slice(wave * 50, wave * 50 + 50)
@@ -247,7 +255,7 @@ def test_a_web_process_killed_in_a_burst_of_holds_costs_at_most_its_requests_in_
         ]
         answers += send([cluster.address] * 50, requests)
         if wave == 1:
-            os.killpg(victim.pid, signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
 
     counted = statuses(answers)
     assert set(counted) <= {201, 503, 0}, counted  # a hold, HAProxy's 503 envelope, or a dropped connection
@@ -359,3 +367,58 @@ def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_even
     assert max(received.values()) == 1  # none twice
     report = invariants_check(now=timezone.now(), all_history=True)
     assert report.broken == [], describe(report)  # the invariant monitor finds everything holding
+
+
+def listening_groups(port: int) -> set[int]:
+    """The process groups of the processes listening on ``port`` (a server's workers share its socket)."""
+    groups = set()
+    for connection in psutil.net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            with contextlib.suppress(ProcessLookupError):
+                groups.add(os.getpgid(connection.pid))
+    return groups
+
+
+def test_each_kind_of_process_killed_is_replaced_by_one_and_leaves_nothing_behind(cluster):
+    """SIGKILL, at once: web1's `manage.py serve` (which is granian's main process: it execs granian), a
+    granian worker of web3, Celery worker1's main process (its pool processes live on), beat1 and HAProxy.
+    The supervisor ends what is left of each program before starting it again (granian respawns its own
+    worker): then exactly one server listens on each port, and nothing of the killed ones runs."""
+    before = cluster.leaders()
+    granian_worker = psutil.Process(before["web3"]).children()[0].pid
+    killed = ["web1", "worker1", "beat1", "haproxy"]
+    assert all(group_members(before[name]) for name in killed)
+    for pid in [granian_worker, *(before[name] for name in killed)]:
+        os.kill(pid, signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = cluster.leaders()
+        return all(now[name] != before[name] for name in killed) and cluster.all_up()
+
+    cluster.wait_until(replaced, "every killed program started again, every web process UP", seconds=120)
+    after = cluster.leaders()
+    assert left_running({name: before[name] for name in killed}) == {}
+    assert after["web3"] == before["web3"] and granian_worker not in group_members(after["web3"])
+    assert {name: listening_groups(port) for name, port in cluster.ports.items()} == {
+        name: {after[name]} for name in cluster.ports
+    }
+    assert get(cluster.address, "/api/health/ready", "-") == 200
+
+
+def test_sigterm_stops_the_whole_cluster_within_the_grace_period_even_with_hung_processes(cluster):
+    """Runs last: it stops the module's cluster. A granian worker and a Celery worker are frozen (SIGSTOP:
+    they cannot act on SIGTERM), as hung processes would be. SIGTERM to the main process alone, as a
+    process manager sends it: the others stop at once, the frozen ones are killed at the end of the grace
+    period, and nothing of any program's process group is left. (Ctrl-C again, which does not wait:
+    test_supervisor.py, on `manage.py up`.)"""
+    leaders = cluster.leaders()
+    frozen = [psutil.Process(leaders["web2"]).children()[0], psutil.Process(leaders["worker1"])]
+    for process in frozen:
+        process.suspend()
+    asked = time.monotonic()
+
+    os.kill(cluster.process.pid, signal.SIGTERM)
+
+    assert cluster.process.wait(GRACE + 10) == 0
+    assert GRACE - 1 < time.monotonic() - asked < GRACE + 5
+    assert left_running(leaders) == {}

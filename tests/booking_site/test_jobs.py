@@ -1,22 +1,15 @@
 """The periodic jobs (docs/contract.md §7): beat schedule, management commands, and a real Celery worker."""
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from datetime import timedelta
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from booking_site import embedded
 from booking_site.celery import app as celery_app
 from booking_site.tasks import expire_holds
 from events.models import EventQueue, QueueEntry
@@ -133,42 +126,3 @@ def test_a_taken_port_stops_a_server_command_before_it_starts_anything(command):
 
         with pytest.raises(CommandError, match=f"Port {port} on 127.0.0.1 is already in use.*PORT={port + 1}"):
             call_command(command, "--host", "127.0.0.1", "--port", str(port))
-
-
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.slow
-def test_ctrl_c_stops_up_and_its_children_with_exit_0():
-    """Ctrl-C in a terminal signals the whole foreground process group: `up`, its web, worker and beat.
-    `up` stops them and exits 0, so `make run` prints no "Error 130"."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": embedded.database_url(settings.DATABASES["default"]), "LOG_LEVEL": "ERROR"}
-    up = subprocess.Popen(
-        [sys.executable, "manage.py", "up", "--no-demo", "--port", str(port)],
-        cwd=settings.BASE_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while up.poll() is None and time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert up.poll() is None, up.stderr.read()
-
-        os.killpg(up.pid, signal.SIGINT)
-
-        assert up.wait(30) == 0, up.stderr.read()
-        time.sleep(0.5)
-        with pytest.raises(ProcessLookupError):  # nothing of the group is left running
-            os.killpg(up.pid, 0)
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()

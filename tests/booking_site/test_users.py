@@ -44,6 +44,7 @@ def test_an_email_is_taken_whatever_its_case(client_for):
         ({"roles": ["ADMIN"]}, "roles"),
         ({"roles": "HOST"}, "roles"),
         ({"name": ""}, "name"),
+        ({"name": 0}, "name"),  # text is a JSON string, as the schema says (DRF would take "0")
         ({"isStaff": True}, "isStaff"),
         ({"password": "short"}, "password"),
         ({"requestId": "k" * 256}, "requestId"),  # what the schema says of every body's requestId

@@ -96,6 +96,16 @@ def test_staff_create_an_event_with_a_layout(staff_api):
         ({"name": "x", "date": "2031-01-10T18:00:00Z", "location": "x", "totalSeats": 0}, "totalSeats"),
         ({"name": "x", "date": "2031-01-10T18:00:00Z", "location": "x", "totalSeats": 10**6}, "totalSeats"),
         ({"name": "x", "date": "2031-01-10T18:00:00Z", "location": "x", "totalSeats": 5, "colour": 1}, "colour"),
+        ({"name": "x", "date": "2031-01-10T18:00:00Z", "location": 7, "totalSeats": 5}, "location"),
+        (
+            {
+                "name": "x",
+                "date": "2031-01-10T18:00:00Z",
+                "location": "x",
+                "layout": {"sections": [1], "rows": 1, "seatsPerRow": 2},
+            },
+            "layout",
+        ),
         (
             {"name": "x", "date": "2031-01-10T18:00:00Z", "location": "x", "layout": {"sections": ["A-1"], "rows": 1}},
             "layout",

@@ -1,5 +1,4 @@
 import html
-import json
 import re
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -284,15 +283,30 @@ def test_adding_a_slot_more_than_five_years_ahead_is_a_form_error(admin_client):
 # --- availability --------------------------------------------------------------------------------
 
 
-def availability_form(host=None, **overrides) -> dict:
+def hours_rows(name: str, rows: list[tuple[str, list[tuple[str, str]]]], room: int = 2) -> dict:
+    """The POST of an HoursWidget: each row its key (a date, or nothing for a weekday) and its windows."""
+    data = {}
+    for index, (key, windows) in enumerate(rows):
+        if key:
+            data[f"{name}-{index}-date"] = key
+        for column in range(room):
+            start, end = windows[column] if column < len(windows) else ("", "")
+            data |= {f"{name}-{index}-{column}-start": start, f"{name}-{index}-{column}-end": end}
+    return data
+
+
+NINE_TO_FIVE = [("", [("09:00", "17:00")])] * 5 + [("", [])] * 2
+
+
+def availability_form(host=None, weekly=NINE_TO_FIVE, overrides=(("", []),), **fields) -> dict:
     data = {
         "time_zone": "Europe/Berlin",
-        "weekly": json.dumps([{"weekday": d, "start": "09:00", "end": "17:00"} for d in range(5)]),
-        "overrides": "[]",
-        "durations": "[30]",
+        **hours_rows("weekly", weekly),
+        **hours_rows("overrides", list(overrides)),
+        "durations": "30",
         "minimum_notice_minutes": 0,
         "buffer_minutes": 0,
-        **overrides,
+        **fields,
     }
     return {**data, "host": host.pk} if host is not None else data
 
@@ -309,14 +323,68 @@ def test_an_operator_sets_any_hosts_hours_through_the_service(admin_client, staf
     assert created.actor_id == staff.pk
 
 
-def test_bad_hours_in_the_admin_show_on_the_form_naming_the_field(admin_client):
+def test_the_form_writes_the_apis_shape_rows_per_day_dates_and_lengths(admin_client):
     host = HostFactory()
-    bad = json.dumps([{"weekday": 0, "start": "12:00", "end": "09:00"}])
+    weekly = [("", [("13:30", "17:00"), ("09:00", "12:30")]), *NINE_TO_FIVE[1:]]
+    overrides = [("2031-12-24", []), ("2031-12-31", [("10:00", "12:00")]), ("", [])]
 
-    response = admin_client.post("/admin/slots/availability/add/", availability_form(host, weekly=bad))
+    response = admin_client.post(
+        "/admin/slots/availability/add/",
+        availability_form(host, weekly=weekly, overrides=overrides, durations="60, 30"),
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    availability = Availability.objects.get(host=host)
+    assert availability.weekly[:3] == [
+        {"weekday": 0, "start": "09:00", "end": "12:30"},
+        {"weekday": 0, "start": "13:30", "end": "17:00"},
+        {"weekday": 1, "start": "09:00", "end": "17:00"},
+    ]
+    assert availability.overrides == [
+        {"date": "2031-12-24", "windows": []},
+        {"date": "2031-12-31", "windows": [{"start": "10:00", "end": "12:00"}]},
+    ]
+    assert availability.durations == [30, 60]
+    page = admin_client.get(f"/admin/slots/availability/{host.pk}/change/").content.decode()
+    assert 'name="weekly-0-1-start" value="13:30"' in page and 'name="weekly-0-2-start" value=""' in page
+    assert 'name="overrides-1-date" value="2031-12-31"' in page and 'name="overrides-2-date" value=""' in page
+    assert 'name="durations" value="30, 60"' in page
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        (
+            {"weekly": [("", [("12:00", "09:00")]), *NINE_TO_FIVE[1:]]},
+            "weekly",
+            "Monday 12:00 to 09:00: Must be after start (12:00).",
+        ),
+        ({"weekly": [("", [("9", "")]), *NINE_TO_FIVE[1:]]}, "weekly", "Monday 9 to ?: Must be a wall-clock time"),
+        (
+            {"weekly": [("", [("09:00", "12:00"), ("11:00", "13:00")])]},
+            "weekly",
+            "Monday 11:00 to 13:00: Overlaps the window",
+        ),
+        (
+            {"overrides": [("2031-12-31", [("13:00", "12:00")])]},
+            "overrides",
+            "2031-12-31 13:00 to 12:00: Must be after",
+        ),
+        ({"overrides": [("24.12.2031", [])]}, "overrides", "24.12.2031: Must be a date, YYYY-MM-DD."),
+        ({"overrides": [("2031-12-24", []), ("2031-12-24", [])]}, "overrides", "2031-12-24 is overridden twice."),
+        ({"durations": "30, half an hour"}, "durations", "half: Must be a whole number from 5 to 1440."),
+        ({"durations": ""}, "durations", "Offer at least one appointment length."),
+        ({"time_zone": "Mars/Olympus"}, "time_zone", "Unknown time zone"),
+    ],
+)
+def test_bad_hours_show_at_their_field_in_the_apis_words(admin_client, fields, field, says):
+    host = HostFactory()
+
+    response = admin_client.post("/admin/slots/availability/add/", availability_form(host, **fields))
 
     assert response.status_code == 200
-    assert "weekly[0].end" in response.content.decode()
+    errors = response.context["adminform"].form.errors
+    assert any(says in problem for problem in errors[field]), errors
     assert not Availability.objects.exists()
 
 

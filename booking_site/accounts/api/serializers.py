@@ -27,3 +27,7 @@ class UserWithTokenOut(UserOut):
 
     class Meta(UserOut.Meta):
         fields = [*UserOut.Meta.fields, "token"]
+
+
+class CalendarFeedOut(serializers.Serializer):
+    url = serializers.URLField(help_text="Subscribe to it in a calendar app; shown this once (only its hash is kept)")

@@ -1,4 +1,4 @@
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -10,12 +10,14 @@ from events.models import Event
 from events.services import SeatLayout, event_create
 from reservations.models import Car
 from reservations.services import car_create
-from slots.models import Slot
-from slots.services import slots_create_many
+from slots.models import Availability, Slot
+from slots.services import availability_set, slots_create_many
 
 OPERATOR = ("operator", "operator")  # development only: the demo data is for a local machine
 DEMO_BUYER = "buyer@example.com"
 DEMO_HOST = "doctor@example.com"
+# The demo host's week: weekday mornings and afternoons with a lunch break, in the operators' TIME_ZONE.
+DEMO_HOURS = [("09:00", "12:30"), ("13:30", "17:00")]
 DEMO_CARS = [
     (1, "Volvo", "XC40", "Volvo XC40 Recharge, white"),
     (1, "Tesla", "Model 3", "Tesla Model 3 Long Range, blue"),
@@ -27,8 +29,9 @@ DEMO_CARS = [
 class Command(BaseCommand):
     help = (
         "Load the small demo data set once: an operator login (operator / operator) for /admin/, a demo "
-        "buyer and a demo host (a doctor) with API tokens, a few cars, an event with a 100-seat layout and "
-        "a morning of the doctor's slots. Running it again changes nothing and prints the logins."
+        "buyer and a demo host (a doctor) with API tokens, a few cars, an event with a 100-seat layout, "
+        "the doctor's weekday hours and a morning of their slots on the next weekday. Running it again "
+        "changes nothing and prints the logins."
     )
 
     @transaction.atomic
@@ -50,7 +53,10 @@ class Command(BaseCommand):
                 actor=operator,
             )
         if not Slot.objects.exists():
-            morning = timezone.make_aware(datetime.combine(now.date() + timedelta(days=1), time(9)))
+            day = timezone.localdate(now) + timedelta(days=1)
+            while day.weekday() >= 5:  # within the demo host's weekday hours
+                day += timedelta(days=1)
+            morning = timezone.make_aware(datetime.combine(day, time(9)))
             ranges = [
                 (morning + timedelta(minutes=30 * i), morning + timedelta(minutes=30 * (i + 1))) for i in range(6)
             ]
@@ -63,7 +69,24 @@ class Command(BaseCommand):
                 title="Consultation",
                 specialization="cardiology",
             )
+        if not Availability.objects.filter(host=host).exists():
+            availability_set(
+                host=host,
+                document={
+                    "timeZone": timezone.get_current_timezone_name(),
+                    "weekly": [{"weekday": day, "start": s, "end": e} for day in range(5) for s, e in DEMO_HOURS],
+                    "overrides": [],
+                    "durations": [30, 60],
+                    "minimumNoticeMinutes": 60,
+                    "bufferMinutes": 0,
+                },
+                actor=operator,
+                now=now,
+            )
         self.stdout.write(f"Operator login for /admin/: {OPERATOR[0]} / {OPERATOR[1]}")
+        first = Slot.objects.filter(host=host).order_by("start").values_list("start", flat=True).first()
+        week = f"?week={_monday(first)}" if first else ""  # the week of the demo slots
+        self.stdout.write(f"The demo host's week: /admin/slots/availability/{host.pk}/change/{week}")
         self.stdout.write(f"API token of the demo buyer ({DEMO_BUYER}): {buyer.auth_token.key}")
         self.stdout.write(f"API token of the demo host ({DEMO_HOST}): {host.auth_token.key}")
         self.stdout.write(f"API token of the operator: {operator.auth_token.key}")
@@ -81,3 +104,8 @@ class Command(BaseCommand):
             user.save()
             Token.objects.create(user=user)
         return user
+
+
+def _monday(moment: datetime) -> date:
+    day = timezone.localdate(moment)
+    return day - timedelta(days=day.weekday())

@@ -1,14 +1,18 @@
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from booking_site import embedded
 from booking_site.management.ports import refuse_taken_port
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class Command(BaseCommand):
@@ -18,9 +22,10 @@ class Command(BaseCommand):
         "worker that dies (docs/decisions/0006-request-floor.md); /metrics adds up the workers' counters "
         "(in PROMETHEUS_MULTIPROC_DIR, a fresh temporary directory unless set). Listens on --host/--port "
         "(env HOST, PORT; default 0.0.0.0:8000); WEB_ACCESS_LOG=true writes an access log. It does "
-        "not migrate or collect static files: do that first (README, 'Running in production'). SIGTERM "
-        "or Ctrl-C stops it gracefully. With no DATABASE_URL this process owns the embedded PostgreSQL, "
-        "which stops with it."
+        "not migrate or collect static files: do that first (README, 'Running in production'). This "
+        "process becomes granian's main process (docs/decisions/0020-serve-execs-granian.md); SIGTERM or "
+        "Ctrl-C stops it gracefully. With no DATABASE_URL it stays granian's parent instead, owning the "
+        "embedded PostgreSQL, which stops with it; granian dies with it."
     )
 
     def add_arguments(self, parser):
@@ -32,8 +37,6 @@ class Command(BaseCommand):
     def handle(self, *args, host, port, **options):
         refuse_taken_port(host, port)
         env = dict(os.environ)
-        if not os.environ.get("DATABASE_URL"):
-            env["DATABASE_URL"] = embedded.database_url(settings.DATABASES["default"])
         if "PROMETHEUS_MULTIPROC_DIR" not in env:  # /metrics adds up every worker's counters
             env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="booking-site-metrics-")
         argv = [
@@ -44,9 +47,33 @@ class Command(BaseCommand):
             "--access-log" if settings.WEB_ACCESS_LOG else "--no-access-log",
             "booking_site.wsgi:application",
         ]
-        server = subprocess.Popen(argv, env=env, cwd=settings.BASE_DIR)
+        os.chdir(settings.BASE_DIR)
+        if os.environ.get("DATABASE_URL"):
+            # Become granian (ADR 0020): whoever started this command signals, watches and restarts the
+            # server itself, not a wrapper that could die and leave the server running behind it.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execve(sys.executable, argv, env)
+        # This process owns the embedded PostgreSQL and stops it when it exits, after granian: it stays,
+        # and granian is told to stop when it dies, however it dies.
+        env["DATABASE_URL"] = embedded.database_url(settings.DATABASES["default"])
+        server = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent(os.getpid()))
         signal.signal(signal.SIGTERM, lambda *_: server.terminate())
         try:
             sys.exit(server.wait())
         except KeyboardInterrupt:  # the terminal sent SIGINT to the server too; let it finish
             sys.exit(server.wait())
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the kernel sends the child SIGTERM when ``parent`` dies, however it dies (Linux's
+    parent-death signal; elsewhere there is none), and a child whose parent died before it asked stops."""
+    prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None  # looked up before the fork
+
+    def ask() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return ask

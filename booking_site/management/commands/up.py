@@ -1,5 +1,9 @@
 import os
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 
 from django.conf import settings
 from django.core.management import call_command
@@ -14,7 +18,8 @@ class Command(BaseCommand):
     help = (
         "Run the whole system on this machine: apply migrations, load the demo data once, then start the "
         "web server, a Celery worker and Celery beat together, with their output interleaved (one that dies "
-        "is started again). Ctrl-C stops all of them (and the embedded PostgreSQL, when that is what runs) "
+        "is started again), and print the URLs once the web server answers. Ctrl-C stops all of them (and "
+        "the embedded PostgreSQL, when that is what runs) "
         "and exits 0. Uses DATABASE_URL and CELERY_BROKER_URL when set, the embedded defaults otherwise."
     )
 
@@ -33,21 +38,18 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=1)
         if not no_demo:
             call_command("seed_demo")
-        base = f"http://{host}:{port}"
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"\nbooking_site is starting:\n"
-                f"  admin     {base}/admin/\n"
-                f"  API       {base}/api/\n"
-                f"  API docs  {base}/api/docs/\n"
-                f"  database  {settings.DATABASES['default']['HOST'] or 'localhost'}"
-                f"/{settings.DATABASES['default']['NAME']}\n"
-                f"  broker    {settings.CELERY_BROKER_URL}\n"
-                f"Try: curl -X POST {base}/api/reservations -H 'Authorization: Token <token>' "
-                f"-H 'Content-Type: application/json' -d '{{\"carId\": 1}}'\n"
-                f"Ctrl-C stops everything.\n"
-            )
-        )
+        base, database = f"http://{host}:{port}", settings.DATABASES["default"]
+        banner = [
+            "booking_site is up:",
+            f"  admin     {base}/admin/",
+            f"  API       {base}/api/",
+            f"  API docs  {base}/api/docs/",
+            f"  database  {database['HOST'] or 'localhost'}/{database['NAME']}",
+            f"  broker    {settings.CELERY_BROKER_URL}",
+            f"Try: curl -X POST {base}/api/reservations -H 'Authorization: Token <token>' "
+            f"-H 'Content-Type: application/json' -d '{{\"carId\": 1}}'",
+            "Ctrl-C stops everything.",
+        ]
         env = {**os.environ, "DEBUG": os.environ.get("DEBUG", "True"), "PYTHONUNBUFFERED": "1"}
         if not os.environ.get("DATABASE_URL"):
             # This process owns the embedded server (and stops it on exit); the children just connect.
@@ -63,4 +65,22 @@ class Command(BaseCommand):
         ]
         # Ctrl-C (or a SIGTERM) is how one stops this command: once the children are stopped, that is a
         # clean exit, and `make run` reports no error. A child that dies is started again.
-        sys.exit(Supervisor(programs, cwd=str(settings.BASE_DIR)).run())
+        supervisor = Supervisor(programs, cwd=str(settings.BASE_DIR))
+        supervisor.name = "up"
+        threading.Thread(target=self.announce, args=(supervisor, base, banner), daemon=True).start()
+        sys.exit(supervisor.run())
+
+    def announce(self, supervisor: Supervisor, base: str, banner: list[str]) -> None:
+        """Print the URLs once the web server answers: it takes seconds to start, and a URL printed before
+        then is refused when followed at once."""
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/", timeout=2).close()
+            except urllib.error.HTTPError:
+                break  # it answers, whatever it says
+            except OSError:
+                time.sleep(0.2)
+                continue
+            break
+        for line in banner:
+            supervisor.say(supervisor.name, self.style.SUCCESS(line))
