@@ -26,6 +26,7 @@ from events import services as events
 from events.models import SeatHoldGroup
 from slots import services as slots
 from slots.models import SlotBooking
+from tests.calendars import read_one
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, write_hold
 from tests.factories import UserFactory
@@ -199,6 +200,18 @@ def test_subscribers_get_slot_booking_and_seat_hold_reminded_webhooks(receiver):
     assert (data["event"], data["fromState"], data["toState"]) == ("REMINDED", "CONFIRMED", "CONFIRMED")
     assert data["metadata"]["slotId"] == booking.slot_id
     assert parse_datetime(data["metadata"]["startsAt"]) == start
+
+
+@pytest.mark.django_db
+def test_a_reminder_changes_nothing_in_the_bookings_calendar_file(api, user):
+    start = morning(3)
+    booking = slot_booking(start, guest=user)
+    before = api.get(f"/api/bookings/{booking.pk}/calendar").content
+
+    reminders.reminders_send(now=start - DAY)
+
+    assert read_one(api.get(f"/api/bookings/{booking.pk}/calendar").content).sequence == 0
+    assert api.get(f"/api/bookings/{booking.pk}/calendar").content == before  # so its ETag stays
 
 
 @pytest.mark.django_db
