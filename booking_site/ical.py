@@ -9,9 +9,9 @@ views their renderer. It imports no domain.
 SEQUENCE is read from the audit trail, not kept in a version column: every change of a claim already
 records one append-only audit event in its own transaction (a trigger refuses rewrites), so the count
 of a booking's events — plus the UPDATED events of its event or slot that changed what the file shows —
-only ever grows, and grows with each change, whichever write path made it. A reminder
-(``booking_site.reminders``) is an event of the booking that changes nothing the file shows: not counted. A version column would be
-one more thing every lean write statement of the claim engine must remember to move.
+only ever grows, and grows with each change, whichever write path made it (but for a reminder,
+``booking_site.reminders``: an event of the booking that changes nothing the file shows). A version
+column would be one more thing every lean write statement of the claim engine must remember to move.
 """
 
 from __future__ import annotations
