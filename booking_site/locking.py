@@ -57,7 +57,8 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
 One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock``,
-``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``), which run below the statement's own row lock,
+``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``; ``user_lock_sql`` is ``user_lock`` for a statement
+composed once, as ``lock_car``'s), which run below the statement's own row lock,
 so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
 list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
 
@@ -75,16 +76,21 @@ race tests' controls replace these functions to show that their test notices a m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TypeVar
 
 from django.db import connection
 from django.db.models import Exists, Model, OuterRef, QuerySet
+from psycopg import sql
 
+from booking_site import claims
 from booking_site.accounts.models import User
+from booking_site.claims import column
+from booking_site.statements import P, Statement, table
 from events.models import Event, EventQueue, QueueEntry, Seat
-from reservations.models import Car
+from reservations.models import Car, Reservation
 from slots.models import Slot
 
 _M = TypeVar("_M", bound=Model)
@@ -119,6 +125,15 @@ def user_lock(user_id: int | OuterRef) -> Exists:
     asked for. Built anywhere; the lock function that runs the statement refuses to outside a
     transaction. The seam a race control replaces to remove the user's lock from a fused statement."""
     return Exists(User.objects.select_for_update(no_key=True).filter(pk=user_id))
+
+
+def user_lock_sql(user: sql.Composable) -> sql.Composable:
+    """``user_lock`` for a statement composed once (``psycopg.sql``; ``user``: its parameter). The seam a
+    race control replaces: a statement built with it is composed again for the replacement (``_car_lock``
+    is cached by this function)."""
+    return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = {} FOR NO KEY UPDATE)").format(
+        table(User), column(User, "id"), user
+    )
 
 
 # 2. the event row
@@ -179,16 +194,43 @@ def lock_event_queue(event_id: int) -> EventQueue | None:
 # 3. the resources
 
 
-def lock_car(car_id: int, *, after: Exists | None = None, **annotations) -> Car | None:
-    """Serializes every claim on one car. ``after``: a lock of an earlier kind taken by the same
-    statement first (the buyer's ``user_lock``, for the cap on a buyer's holds). ``annotations`` are
-    read by the same statement, from its snapshot: taken before any wait for the lock, so what they say
-    may be stale once it is held."""
+@functools.cache
+def _car_lock(user_lock: Callable[[sql.Composable], sql.Composable], *, owner: bool) -> Statement:
+    """The car's lock statement, composed once per (user lock, whether the owner's is taken first): the
+    car's columns and whether an active reservation holds it at ``%(now)s`` (``claims.ACTIVE``)."""
+    fields = Car._meta.concrete_fields
+    taken = sql.SQL("EXISTS (SELECT FROM {} r WHERE {} = {} AND {})").format(
+        table(Reservation), column(Reservation, "car", "r"), column(Car, "id", "c"), claims.ACTIVE.sql(Reservation, "r")
+    )
+    after = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
+    return Statement(
+        sql.SQL("SELECT {}, {} FROM {} c WHERE {} = {} {} FOR NO KEY UPDATE OF c").format(
+            sql.SQL(", ").join(column(Car, f.name, "c") for f in fields),
+            taken,
+            table(Car),
+            column(Car, "id", "c"),
+            P("car"),
+            after,
+        )
+    )
+
+
+_CAR_ATTNAMES = [f.attname for f in Car._meta.concrete_fields]
+
+
+def lock_car(car_id: int, *, taken_at: datetime, owner: int | None = None) -> Car | None:
+    """Serializes every claim on one car. ``owner``: the user whose row the same statement locks first
+    (order 1: the buyer's, for the cap on a buyer's holds). The car says whether it was ``taken`` (an
+    active reservation holds it) at ``taken_at``, read from the statement's snapshot: taken before any
+    wait for the lock, so what it says may be stale once the lock is held. One statement composed once,
+    so it is prepared (``_car_lock``)."""
     _in_transaction("lock_car")
-    cars = Car.objects.select_for_update(no_key=True, of=("self",)).filter(pk=car_id)
-    if after is not None:
-        cars = cars.filter(after)
-    return cars.annotate(**annotations).first()
+    row = _car_lock(user_lock_sql, owner=owner is not None).fetchone({"car": car_id, "owner": owner, "now": taken_at})
+    if row is None:
+        return None
+    car = Car.from_db(connection.alias, _CAR_ATTNAMES, row[:-1])
+    car.taken = row[-1]
+    return car
 
 
 def lock_slots(slot_ids: Iterable[int], *, after: Exists | None = None, **annotations) -> dict[int, Slot]:
