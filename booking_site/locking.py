@@ -77,9 +77,9 @@ race tests' controls replace these functions to show that their test notices a m
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.db import connection
 from django.db.models import Exists, Model, OuterRef, QuerySet
@@ -120,7 +120,7 @@ def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
 
 def user_lock(user_id: int | OuterRef) -> Exists:
     """The same lock as a condition of a bigger statement (true when the user exists), for a statement
-    that takes a lock of a later kind too (``lock_slots(..., after=user_lock(id))``, a claim's lock):
+    that takes a lock of a later kind too (a claim's lock, ``slot_lock(..., after=user_lock(id))``):
     a sub-select runs below the statement's own row locking, so this lock is held before that one is
     asked for. Built anywhere; the lock function that runs the statement refuses to outside a
     transaction. The seam a race control replaces to remove the user's lock from a fused statement."""
@@ -233,15 +233,58 @@ def lock_car(car_id: int, *, taken_at: datetime, owner: int | None = None) -> Ca
     return car
 
 
-def lock_slots(slot_ids: Iterable[int], *, after: Exists | None = None, **annotations) -> dict[int, Slot]:
+class Reads:
+    """What a lock statement reads besides its rows' columns, from its snapshot, declared once by a
+    domain: a name for each expression (over the locked row, aliased ``s``, and the statement's named
+    parameters). Composed into the statement once (its statements are cached by this object). ``loads``:
+    how a value is read, by name (``json.loads`` for JSON: Django's connection loads ``jsonb`` as text)."""
+
+    def __init__(self, *, loads: Mapping[str, Callable[[Any], Any]] | None = None, **columns: sql.Composable) -> None:
+        self.columns, self.loads = columns, loads or {}
+
+
+NO_READS = Reads()
+
+
+@functools.cache
+def _slots_lock(user_lock: Callable[[sql.Composable], sql.Composable], *, owner: bool, reads: Reads) -> Statement:
+    """The slots' lock statement, composed once per (user lock, whether the owner's is taken first,
+    reads): the slots whose ids are in ``%(slots)s``, in id order."""
+    after = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
+    return Statement(
+        sql.SQL("SELECT {} FROM {} s WHERE {} = ANY({}) {} ORDER BY {} FOR NO KEY UPDATE OF s").format(
+            sql.SQL(", ").join(
+                [column(Slot, f.name, "s") for f in Slot._meta.concrete_fields] + list(reads.columns.values())
+            ),
+            table(Slot),
+            column(Slot, "id", "s"),
+            P("slots"),
+            after,
+            column(Slot, "id", "s"),
+        )
+    )
+
+
+_SLOT_ATTNAMES = [f.attname for f in Slot._meta.concrete_fields]
+
+
+def lock_slots(
+    slot_ids: Iterable[int], *, owner: int | None = None, reads: Reads = NO_READS, **params: object
+) -> dict[int, Slot]:
     """Serializes the seats of each slot (its ``booked`` counter). A missing id is simply absent.
-    ``after``: a lock of an earlier kind taken by the same statement first (``user_lock``);
-    ``annotations`` are read by the same statement, from its snapshot (see ``lock_car``)."""
+    ``owner``: the user whose row the same statement locks first (order 1: a guest's, as ``lock_car``);
+    ``reads`` (with their ``params``) are read by the same statement, from its snapshot (see
+    ``lock_car``), each an attribute of its slot. One statement composed once (``_slots_lock``)."""
     _in_transaction("lock_slots")
-    slots = Slot.objects.select_for_update(no_key=True, of=("self",)).filter(pk__in=set(slot_ids))
-    if after is not None:
-        slots = slots.filter(after)
-    return {slot.pk: slot for slot in slots.annotate(**annotations).order_by("pk")}
+    statement = _slots_lock(user_lock_sql, owner=owner is not None, reads=reads)
+    rows = statement.fetchall({"slots": sorted(set(slot_ids)), "owner": owner, **params})
+    slots = {}
+    for row in rows:
+        slot = Slot.from_db(connection.alias, _SLOT_ATTNAMES, row[: len(_SLOT_ATTNAMES)])
+        for name, value in zip(reads.columns, row[len(_SLOT_ATTNAMES) :], strict=True):
+            setattr(slot, name, reads.loads[name](value) if name in reads.loads and value is not None else value)
+        slots[slot.pk] = slot
+    return slots
 
 
 def slot_lock(slot_id: int | OuterRef, *, after: Exists | None = None) -> Exists:
