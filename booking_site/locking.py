@@ -71,7 +71,14 @@ available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it
 deadlock; a row a request holds is left to that request.
 
 Every function refuses to run outside a transaction (a lock there would end with its statement). The
-race tests' controls replace these functions to show that their test notices a missing lock.
+race tests' controls replace these functions (and the seam ``user_lock_sql``) to show that their test
+notices a missing lock.
+
+The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``, ``lock_event_sales``
+(``_rows_lock``), ``lock_car`` (``_car_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
+with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
+they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
+The others are still ORM querysets.
 """
 
 from __future__ import annotations
@@ -104,18 +111,47 @@ def _in_transaction(what: str) -> None:
 # 1. users
 
 
+# The modes (see above); a lock statement's last words.
+NO_KEY_UPDATE, UPDATE, KEY_SHARE = "FOR NO KEY UPDATE", "FOR UPDATE", "FOR KEY SHARE"
+
+
+@functools.cache
+def _rows_lock(model: type[Model], mode: str) -> Statement:
+    """Rows of ``model`` by primary key (``%(ids)s``, a bigint array), in key order, locked in ``mode``:
+    one statement per (model, mode), composed once."""
+    key = column(model, model._meta.pk.name)
+    return Statement(
+        sql.SQL("SELECT {} FROM {} WHERE {} = ANY({}) ORDER BY {} {}").format(
+            sql.SQL(", ").join(column(model, f.name) for f in model._meta.concrete_fields),
+            table(model),
+            key,
+            P("ids"),
+            key,
+            sql.SQL(mode),  # one of the modes above
+        )
+    )
+
+
+def _locked(model: type[_M], ids: Iterable[int], mode: str) -> list[_M]:
+    rows = _rows_lock(model, mode).fetchall({"ids": sorted(set(ids))})
+    attnames = [f.attname for f in model._meta.concrete_fields]
+    return [model.from_db(connection.alias, attnames, row) for row in rows]
+
+
 def lock_user(user_id: int) -> User:
     """One user row, ``FOR NO KEY UPDATE``: serializes the rules that count this user's rows."""
     _in_transaction("lock_user")
-    return User.objects.select_for_update(no_key=True).get(pk=user_id)
+    users = _locked(User, [user_id], NO_KEY_UPDATE)
+    if not users:
+        raise User.DoesNotExist(f"User {user_id} does not exist.")
+    return users[0]
 
 
 def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
     """Several user rows in primary-key order (a guest and a host), ``FOR NO KEY UPDATE``; a missing id
     is simply absent."""
     _in_transaction("lock_users")
-    users = User.objects.select_for_update(no_key=True).filter(pk__in=set(user_ids)).order_by("pk")
-    return {user.pk: user for user in users}
+    return {user.pk: user for user in _locked(User, user_ids, NO_KEY_UPDATE)}
 
 
 def user_lock(user_id: int | OuterRef) -> Exists:
@@ -143,20 +179,19 @@ def share_event(event_id: int) -> Event | None:
     """The event of a seat hold, ``FOR KEY SHARE``: the hold reads ``sales_open`` after a close committed,
     and a close waits for the holds in flight (see the module docstring)."""
     _in_transaction("share_event")
-    table = Event._meta.db_table
-    return next(iter(Event.objects.raw(f"SELECT * FROM {table} WHERE id = %s FOR KEY SHARE", [event_id])), None)
+    return next(iter(_locked(Event, [event_id], KEY_SHARE)), None)
 
 
 def lock_event(event_id: int) -> Event | None:
     """The event row for an edit of its details, ``FOR NO KEY UPDATE`` (holds go on meanwhile)."""
     _in_transaction("lock_event")
-    return Event.objects.select_for_update(no_key=True).filter(pk=event_id).first()
+    return next(iter(_locked(Event, [event_id], NO_KEY_UPDATE)), None)
 
 
 def lock_event_sales(event_id: int) -> Event | None:
     """The event row for opening or closing sales, ``FOR UPDATE``: waits for the holds in flight."""
     _in_transaction("lock_event_sales")
-    return Event.objects.select_for_update().filter(pk=event_id).first()
+    return next(iter(_locked(Event, [event_id], UPDATE)), None)
 
 
 # 2b. the event's queue row
