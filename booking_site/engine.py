@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
-from django.db.models import Exists, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models import sql as orm_sql
 from psycopg import sql
 
@@ -113,10 +113,10 @@ class Cap:
         """The limit a claim ``actor`` asks for is held to; None when the cap does not apply to them."""
         return None if self.operators_exempt and actor.is_staff else self.limit
 
-    def lock(self, owner_id: int, actor: User) -> Exists | None:
-        """The owner's row lock the count needs, as a condition of the hold's lock statement (None:
-        the cap does not apply, nothing to serialize)."""
-        return locking.user_lock(owner_id) if self.limit_for(actor) is not None else None
+    def locked_owner(self, owner_id: int, actor: User) -> int | None:
+        """The user whose row lock the count needs (``owner``: a lock function takes it first, by its
+        hold's lock statement); None when the cap does not apply, nothing to serialize."""
+        return owner_id if self.limit_for(actor) is not None else None
 
     def counted(self, model: type[Claim], alias: str = "") -> sql.Composable:
         """The condition on ``model``'s rows (aliased ``alias``) that the limit counts, for a statement."""

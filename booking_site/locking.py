@@ -57,7 +57,8 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
 One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock``,
-``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``), which run below the statement's own row lock,
+``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``; ``user_lock_sql`` is ``user_lock`` for a statement
+composed once, as ``lock_car``'s), which run below the statement's own row lock,
 so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
 list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
 
@@ -70,21 +71,33 @@ available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it
 LOCKED`` never waits, so they cannot deadlock; a row a request holds is left to that request.
 
 Every function refuses to run outside a transaction (a lock there would end with its statement). The
-race tests' controls replace these functions to show that their test notices a missing lock.
+race tests' controls replace these functions (and the seam ``user_lock_sql``) to show that their test
+notices a missing lock.
+
+The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``, ``lock_event_sales``
+(``_rows_lock``), ``lock_car`` (``_car_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
+with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
+they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
+The others are still ORM querysets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.db import connection
 from django.db.models import Exists, Model, OuterRef, QuerySet
+from psycopg import sql
 
+from booking_site import claims
 from booking_site.accounts.models import User
+from booking_site.claims import column
+from booking_site.statements import P, Statement, table
 from events.models import Event, EventQueue, QueueEntry, Seat
-from reservations.models import Car
+from reservations.models import Car, Reservation
 from slots.models import Slot
 
 _M = TypeVar("_M", bound=Model)
@@ -98,27 +111,65 @@ def _in_transaction(what: str) -> None:
 # 1. users
 
 
+# The modes (see above); a lock statement's last words.
+NO_KEY_UPDATE, UPDATE, KEY_SHARE = "FOR NO KEY UPDATE", "FOR UPDATE", "FOR KEY SHARE"
+
+
+@functools.cache
+def _rows_lock(model: type[Model], mode: str) -> Statement:
+    """Rows of ``model`` by primary key (``%(ids)s``, a bigint array), in key order, locked in ``mode``:
+    one statement per (model, mode), composed once."""
+    key = column(model, model._meta.pk.name)
+    return Statement(
+        sql.SQL("SELECT {} FROM {} WHERE {} = ANY({}) ORDER BY {} {}").format(
+            sql.SQL(", ").join(column(model, f.name) for f in model._meta.concrete_fields),
+            table(model),
+            key,
+            P("ids"),
+            key,
+            sql.SQL(mode),  # one of the modes above
+        )
+    )
+
+
+def _locked(model: type[_M], ids: Iterable[int], mode: str) -> list[_M]:
+    rows = _rows_lock(model, mode).fetchall({"ids": sorted(set(ids))})
+    attnames = [f.attname for f in model._meta.concrete_fields]
+    return [model.from_db(connection.alias, attnames, row) for row in rows]
+
+
 def lock_user(user_id: int) -> User:
     """One user row, ``FOR NO KEY UPDATE``: serializes the rules that count this user's rows."""
     _in_transaction("lock_user")
-    return User.objects.select_for_update(no_key=True).get(pk=user_id)
+    users = _locked(User, [user_id], NO_KEY_UPDATE)
+    if not users:
+        raise User.DoesNotExist(f"User {user_id} does not exist.")
+    return users[0]
 
 
 def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
     """Several user rows in primary-key order (a guest and a host), ``FOR NO KEY UPDATE``; a missing id
     is simply absent."""
     _in_transaction("lock_users")
-    users = User.objects.select_for_update(no_key=True).filter(pk__in=set(user_ids)).order_by("pk")
-    return {user.pk: user for user in users}
+    return {user.pk: user for user in _locked(User, user_ids, NO_KEY_UPDATE)}
 
 
 def user_lock(user_id: int | OuterRef) -> Exists:
     """The same lock as a condition of a bigger statement (true when the user exists), for a statement
-    that takes a lock of a later kind too (``lock_slots(..., after=user_lock(id))``, a claim's lock):
+    that takes a lock of a later kind too (a claim's lock, ``slot_lock(..., after=user_lock(id))``):
     a sub-select runs below the statement's own row locking, so this lock is held before that one is
     asked for. Built anywhere; the lock function that runs the statement refuses to outside a
     transaction. The seam a race control replaces to remove the user's lock from a fused statement."""
     return Exists(User.objects.select_for_update(no_key=True).filter(pk=user_id))
+
+
+def user_lock_sql(user: sql.Composable) -> sql.Composable:
+    """``user_lock`` for a statement composed once (``psycopg.sql``; ``user``: its parameter). The seam a
+    race control replaces: a statement built with it is composed again for the replacement (``_car_lock``
+    is cached by this function)."""
+    return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = {} FOR NO KEY UPDATE)").format(
+        table(User), column(User, "id"), user
+    )
 
 
 # 2. the event row
@@ -128,20 +179,19 @@ def share_event(event_id: int) -> Event | None:
     """The event of a seat hold, ``FOR KEY SHARE``: the hold reads ``sales_open`` after a close committed,
     and a close waits for the holds in flight (see the module docstring)."""
     _in_transaction("share_event")
-    table = Event._meta.db_table
-    return next(iter(Event.objects.raw(f"SELECT * FROM {table} WHERE id = %s FOR KEY SHARE", [event_id])), None)
+    return next(iter(_locked(Event, [event_id], KEY_SHARE)), None)
 
 
 def lock_event(event_id: int) -> Event | None:
     """The event row for an edit of its details, ``FOR NO KEY UPDATE`` (holds go on meanwhile)."""
     _in_transaction("lock_event")
-    return Event.objects.select_for_update(no_key=True).filter(pk=event_id).first()
+    return next(iter(_locked(Event, [event_id], NO_KEY_UPDATE)), None)
 
 
 def lock_event_sales(event_id: int) -> Event | None:
     """The event row for opening or closing sales, ``FOR UPDATE``: waits for the holds in flight."""
     _in_transaction("lock_event_sales")
-    return Event.objects.select_for_update().filter(pk=event_id).first()
+    return next(iter(_locked(Event, [event_id], UPDATE)), None)
 
 
 # 2b. the event's queue row
@@ -179,27 +229,97 @@ def lock_event_queue(event_id: int) -> EventQueue | None:
 # 3. the resources
 
 
-def lock_car(car_id: int, *, after: Exists | None = None, **annotations) -> Car | None:
-    """Serializes every claim on one car. ``after``: a lock of an earlier kind taken by the same
-    statement first (the buyer's ``user_lock``, for the cap on a buyer's holds). ``annotations`` are
-    read by the same statement, from its snapshot: taken before any wait for the lock, so what they say
-    may be stale once it is held."""
+@functools.cache
+def _car_lock(user_lock: Callable[[sql.Composable], sql.Composable], *, owner: bool) -> Statement:
+    """The car's lock statement, composed once per (user lock, whether the owner's is taken first): the
+    car's columns and whether an active reservation holds it at ``%(now)s`` (``claims.ACTIVE``)."""
+    fields = Car._meta.concrete_fields
+    taken = sql.SQL("EXISTS (SELECT FROM {} r WHERE {} = {} AND {})").format(
+        table(Reservation), column(Reservation, "car", "r"), column(Car, "id", "c"), claims.ACTIVE.sql(Reservation, "r")
+    )
+    after = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
+    return Statement(
+        sql.SQL("SELECT {}, {} FROM {} c WHERE {} = {} {} FOR NO KEY UPDATE OF c").format(
+            sql.SQL(", ").join(column(Car, f.name, "c") for f in fields),
+            taken,
+            table(Car),
+            column(Car, "id", "c"),
+            P("car"),
+            after,
+        )
+    )
+
+
+_CAR_ATTNAMES = [f.attname for f in Car._meta.concrete_fields]
+
+
+def lock_car(car_id: int, *, taken_at: datetime, owner: int | None = None) -> Car | None:
+    """Serializes every claim on one car. ``owner``: the user whose row the same statement locks first
+    (order 1: the buyer's, for the cap on a buyer's holds). The car says whether it was ``taken`` (an
+    active reservation holds it) at ``taken_at``, read from the statement's snapshot: taken before any
+    wait for the lock, so what it says may be stale once the lock is held. One statement composed once,
+    so it is prepared (``_car_lock``)."""
     _in_transaction("lock_car")
-    cars = Car.objects.select_for_update(no_key=True, of=("self",)).filter(pk=car_id)
-    if after is not None:
-        cars = cars.filter(after)
-    return cars.annotate(**annotations).first()
+    row = _car_lock(user_lock_sql, owner=owner is not None).fetchone({"car": car_id, "owner": owner, "now": taken_at})
+    if row is None:
+        return None
+    car = Car.from_db(connection.alias, _CAR_ATTNAMES, row[:-1])
+    car.taken = row[-1]
+    return car
 
 
-def lock_slots(slot_ids: Iterable[int], *, after: Exists | None = None, **annotations) -> dict[int, Slot]:
+class Reads:
+    """What a lock statement reads besides its rows' columns, from its snapshot, declared once by a
+    domain: a name for each expression (over the locked row, aliased ``s``, and the statement's named
+    parameters). Composed into the statement once (its statements are cached by this object). ``loads``:
+    how a value is read, by name (``json.loads`` for JSON: Django's connection loads ``jsonb`` as text)."""
+
+    def __init__(self, *, loads: Mapping[str, Callable[[Any], Any]] | None = None, **columns: sql.Composable) -> None:
+        self.columns, self.loads = columns, loads or {}
+
+
+NO_READS = Reads()
+
+
+@functools.cache
+def _slots_lock(user_lock: Callable[[sql.Composable], sql.Composable], *, owner: bool, reads: Reads) -> Statement:
+    """The slots' lock statement, composed once per (user lock, whether the owner's is taken first,
+    reads): the slots whose ids are in ``%(slots)s``, in id order."""
+    after = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
+    return Statement(
+        sql.SQL("SELECT {} FROM {} s WHERE {} = ANY({}) {} ORDER BY {} FOR NO KEY UPDATE OF s").format(
+            sql.SQL(", ").join(
+                [column(Slot, f.name, "s") for f in Slot._meta.concrete_fields] + list(reads.columns.values())
+            ),
+            table(Slot),
+            column(Slot, "id", "s"),
+            P("slots"),
+            after,
+            column(Slot, "id", "s"),
+        )
+    )
+
+
+_SLOT_ATTNAMES = [f.attname for f in Slot._meta.concrete_fields]
+
+
+def lock_slots(
+    slot_ids: Iterable[int], *, owner: int | None = None, reads: Reads = NO_READS, **params: object
+) -> dict[int, Slot]:
     """Serializes the seats of each slot (its ``booked`` counter). A missing id is simply absent.
-    ``after``: a lock of an earlier kind taken by the same statement first (``user_lock``);
-    ``annotations`` are read by the same statement, from its snapshot (see ``lock_car``)."""
+    ``owner``: the user whose row the same statement locks first (order 1: a guest's, as ``lock_car``);
+    ``reads`` (with their ``params``) are read by the same statement, from its snapshot (see
+    ``lock_car``), each an attribute of its slot. One statement composed once (``_slots_lock``)."""
     _in_transaction("lock_slots")
-    slots = Slot.objects.select_for_update(no_key=True, of=("self",)).filter(pk__in=set(slot_ids))
-    if after is not None:
-        slots = slots.filter(after)
-    return {slot.pk: slot for slot in slots.annotate(**annotations).order_by("pk")}
+    statement = _slots_lock(user_lock_sql, owner=owner is not None, reads=reads)
+    rows = statement.fetchall({"slots": sorted(set(slot_ids)), "owner": owner, **params})
+    slots = {}
+    for row in rows:
+        slot = Slot.from_db(connection.alias, _SLOT_ATTNAMES, row[: len(_SLOT_ATTNAMES)])
+        for name, value in zip(reads.columns, row[len(_SLOT_ATTNAMES) :], strict=True):
+            setattr(slot, name, reads.loads[name](value) if name in reads.loads and value is not None else value)
+        slots[slot.pk] = slot
+    return slots
 
 
 def slot_lock(slot_id: int | OuterRef, *, after: Exists | None = None) -> Exists:

@@ -91,8 +91,13 @@ def expiry_events(model: type[Claim], *, rows: str, subject_type: sql.Composable
 
 
 def _typed(value: Any) -> Any:
-    """An int as ``bigint`` (one prepared statement whatever its size); anything else as it is."""
-    return Int8(value) if type(value) is int else value
+    """An int as ``bigint`` (one prepared statement whatever its size), a list of ints as ``bigint[]``;
+    anything else as it is."""
+    if type(value) is int:
+        return Int8(value)
+    if type(value) is list and value and all(type(v) is int for v in value):
+        return [Int8(v) for v in value]
+    return value
 
 
 class Statement:
@@ -105,6 +110,11 @@ class Statement:
         with connection.cursor() as cursor:
             cursor.execute(self.text, {name: _typed(value) for name, value in params.items()})
             return cursor.fetchone()
+
+    def fetchall(self, params: Mapping[str, Any]) -> list[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(self.text, {name: _typed(value) for name, value in params.items()})
+            return cursor.fetchall()
 
 
 # --- keeping them through a ROLLBACK --------------------------------------------------------------

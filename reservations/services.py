@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from psycopg import sql
 
@@ -56,7 +55,7 @@ def car_create(
 def car_update(*, car_id: int, actor: User | None = None, **fields) -> Car:
     """Change some of a car's ``CAR_FIELDS`` or status under its row lock, recording what changed. A car taken out of
     service (INACTIVE) keeps its current reservation; it only cannot be held again."""
-    car = locking.lock_car(car_id)
+    car = locking.lock_car(car_id, taken_at=timezone.now())
     if car is None:
         raise NotFound(f"Car {car_id} does not exist.")
     audit.record_update(car, fields, actor=actor, state_field="status")
@@ -104,9 +103,8 @@ class Reservations(ClaimEngine[Reservation]):
         # reservation then is a fair refusal. "Not taken" may be stale when the lock was waited for:
         # ``create`` checks again after the lock. The buyer's lock (the cap) is taken first, by the
         # same statement.
-        taken = Exists(Reservation.objects.active(now=request.now).filter(car=OuterRef("pk")))
-        after = self.cap.lock(request.buyer.pk, request.actor)
-        car = locking.lock_car(request.car_id, after=after, taken=taken)
+        owner = self.cap.locked_owner(request.buyer.pk, request.actor)
+        car = locking.lock_car(request.car_id, taken_at=request.now, owner=owner)
         if car is None:
             raise NotFound(f"Car {request.car_id} does not exist.")
         return car

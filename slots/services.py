@@ -567,7 +567,7 @@ class SlotBookings(SlotBookingLifecycle):
     """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold.
 
     The lean write path (ADR 0007, the slots): a booking is two statements between BEGIN and COMMIT.
-    ``lock_target`` locks the guest, then the slot, in one statement (``lock_slots(after=user_lock)``)
+    ``lock_target`` locks the guest, then the slot, in one statement (``lock_slots(owner=guest)``)
     that also reads, from its snapshot, the guest's active bookings and the slot's overdue seats: a
     request those refuse costs BEGIN, that statement, ROLLBACK. ``create`` is one statement after both
     locks are held, so it reads with a fresh snapshot: it expires the slot's overdue holds (with their
@@ -580,16 +580,8 @@ class SlotBookings(SlotBookingLifecycle):
     def lock_target(self, request: SlotBookingRequest) -> Slot:
         # Read from the statement's snapshot, taken before any lock wait: fair to refuse, never to grant
         # (``create`` counts again after the locks). The slot's own columns are its latest version.
-        active = SlotBooking.objects.active(now=request.now).filter(guest=request.guest.pk)
-        counted = SlotBooking.objects.filter(self.cap.counts.q(SlotBooking, now=request.now), guest=request.guest.pk)
-        overdue = SlotBooking.objects.overdue(now=request.now).filter(slot=OuterRef("pk"))
         slot = locking.lock_slots(
-            [request.slot_id],
-            after=locking.user_lock(request.guest.pk),
-            guest_active=_count(counted),
-            guest_with_host=_count(active.filter(slot__host_id=OuterRef("host_id"))),
-            guest_clash=_clash(active.filter(start__lt=OuterRef("end"), end__gt=OuterRef("start"))),
-            overdue_seats=_sum_seats(overdue),
+            [request.slot_id], owner=request.guest.pk, reads=_BOOKING_READS, guest=request.guest.pk, now=request.now
         ).get(request.slot_id)
         if slot is None:
             raise NotFound(f"Slot {request.slot_id} does not exist.")
@@ -685,6 +677,39 @@ _B, _S = SlotBooking, Slot
 Status_ = SlotBooking.Status
 # The names a slot statement's template uses: ``{b_…}`` a booking's table and columns, ``{s_…}`` a slot's.
 _NAMES = {**statements.names(_B, "b_"), **statements.names(_S, "s_")}
+
+
+def _booking_reads() -> locking.Reads:
+    """What a booking's lock statement reads of its guest (``%(guest)s``) at ``%(now)s`` for the slot
+    it locks (``s``): the bookings the cap counts, the active ones with the slot's host, the first active
+    one overlapping the slot (JSON ``{id, start, end}``), and the slot's overdue seats."""
+    b, bs = statements.names(_B, "", "b"), statements.names(_S, "", "bs")
+    s = {f.name: claims.column(_S, f.name, "s") for f in _S._meta.concrete_fields}
+    guests = sql.SQL("FROM {} b WHERE {} = %(guest)s AND {}").format(b["table"], b["guest"], claims.ACTIVE.sql(_B, "b"))
+    return locking.Reads(
+        loads={"guest_clash": json.loads},
+        guest_active=sql.SQL("(SELECT count(*) FROM {} b WHERE {} = %(guest)s AND {})").format(
+            b["table"], b["guest"], SlotBookingLifecycle.cap.counted(_B, "b")
+        ),
+        guest_with_host=sql.SQL("(SELECT count(*) {} AND EXISTS (SELECT FROM {} bs WHERE {} = {} AND {} = {}))").format(
+            guests, bs["table"], bs["id"], b["slot"], bs["host"], s["host"]
+        ),
+        guest_clash=sql.SQL("(SELECT jsonb_build_object('id', {}, 'start', {}, 'end', {}) {} {} LIMIT 1)").format(
+            b["id"],
+            b["start"],
+            b["end"],
+            guests,
+            sql.SQL("AND {} < {} AND {} > {} ORDER BY {}").format(
+                b["start"], s["end"], b["end"], s["start"], b["start"]
+            ),
+        ),
+        overdue_seats=sql.SQL("COALESCE((SELECT sum({}) FROM {} b WHERE {} = {} AND {}), 0)").format(
+            b["seats"], b["table"], b["slot"], s["id"], claims.OVERDUE.sql(_B, "b")
+        ),
+    )
+
+
+_BOOKING_READS = _booking_reads()
 
 
 def _slot_statement(template: str, **parts: sql.Composable) -> statements.Statement:
@@ -1224,7 +1249,7 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
         peek = _peek(booking_id)
         if slot_id == peek["slot_id"]:
             raise ValidationFailed.for_field("slotId", "The booking is already on this slot.")
-        slots = locking.lock_slots([peek["slot_id"], slot_id], after=locking.user_lock(peek["guest_id"]))
+        slots = locking.lock_slots([peek["slot_id"], slot_id], owner=peek["guest_id"])
         old_slot, new_slot = slots[peek["slot_id"]], slots.get(slot_id)
         claims = SlotBooking.objects.filter(pk=booking_id)
         if new_slot is not None:

@@ -7,14 +7,16 @@ from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.db.models import Exists
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from psycopg import sql
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit.services import trail
 from booking_site.errors import HoldExpired, LimitReached
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
+from booking_site.statements import table
 from reservations import services
 from reservations.models import Car, Reservation
 from tests.concurrency import run_concurrently
@@ -58,8 +60,9 @@ def test_thirty_buyers_holding_one_car_get_one_hold(client_for):
 def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch):
     everyone_has_read = threading.Barrier(BUYERS, timeout=10)
 
-    def unlocked_car(car_id, **annotations):
-        car = Car.objects.filter(pk=car_id).annotate(**annotations).first()
+    def unlocked_car(car_id, *, taken_at, owner=None):
+        taken = Exists(Reservation.objects.active(now=taken_at).filter(car=OuterRef("pk")))
+        car = Car.objects.filter(pk=car_id).annotate(taken=taken).first()
         with contextlib.suppress(threading.BrokenBarrierError):
             everyone_has_read.wait()  # all buyers check before any inserts: the race, every time
         return car
@@ -187,7 +190,8 @@ def test_control_without_the_buyer_lock_the_cap_breaks(monkeypatch):
             everyone_has_inserted.wait()
         return reservation
 
-    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    read_only = sql.SQL("EXISTS (SELECT FROM {} WHERE id = {})")  # the user's row read, not locked
+    monkeypatch.setattr(locking, "user_lock_sql", lambda user: read_only.format(table(User), user))
     monkeypatch.setattr(services.RESERVATIONS, "create", inserted)
 
     buyer, _ = race_one_buyer_over_eight_cars()

@@ -13,11 +13,13 @@ import pytest
 from django.db import OperationalError, transaction
 from django.db.models import Exists, Q, Sum
 from django.utils import timezone
+from psycopg import sql
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit.models import AuditEvent
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
+from booking_site.statements import table
 from slots import services
 from slots.models import Slot, SlotBooking
 from tests.concurrency import run_concurrently
@@ -56,14 +58,23 @@ def wait_for_everyone(barrier: threading.Barrier) -> None:
         barrier.wait()
 
 
+def read_user(user: sql.Composable) -> sql.Composable:
+    """``locking.user_lock_sql`` without the lock: the user's row read."""
+    return sql.SQL("EXISTS (SELECT FROM {} WHERE id = {})").format(table(User), user)
+
+
 def remove_slot_lock(monkeypatch, racers: int) -> None:
     """The slots are read, not locked; every racer reads the seat counter before any of them takes seats."""
     everyone_has_read = threading.Barrier(racers, timeout=10)
 
-    def unlocked(slot_ids, *, after=None, **annotations):
-        slots = Slot.objects.filter(pk__in=set(slot_ids))
-        slots = slots.filter(after) if after is not None else slots
-        slots = {slot.pk: slot for slot in slots.annotate(**annotations).order_by("pk")}
+    lock_slots = locking.lock_slots
+
+    def unlocked(slot_ids, **kwargs):
+        # The same statement, in a transaction of its own that commits at once: what it reads, without
+        # the lock held by the racer's transaction.
+        slots = run_concurrently([lambda: transaction.atomic()(lock_slots)(slot_ids, **kwargs)])[0]
+        if isinstance(slots, Exception):
+            raise slots
         wait_for_everyone(everyone_has_read)
         return slots
 
@@ -83,6 +94,7 @@ def remove_guest_lock(monkeypatch, racers: int) -> None:
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
     monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(services.SLOT_BOOKINGS, "create", inserted)
 
 
@@ -480,6 +492,7 @@ def remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
     monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(services.SLOT_BOOKINGS, "create", racing)
 
 
@@ -664,6 +677,7 @@ def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) ->
         return check_target(*args, **kwargs)
 
     monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
     monkeypatch.setattr(services.SLOT_BOOKINGS, "create", slot_booking_first)
     monkeypatch.setattr(services.APPOINTMENTS, "check_target", interval_checks_after_it)
@@ -733,6 +747,7 @@ def test_a_guest_booking_a_host_who_is_booking_elsewhere_then_waits_for_the_host
 def test_control_without_the_hosts_lock_the_host_is_booked_in_two_places_and_nothing_backstops_it(monkeypatch):
     host, guest, racers = a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch)
     monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
+    monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
 
     as_guest, as_host = run_concurrently(racers)
