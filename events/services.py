@@ -962,7 +962,13 @@ def seat_booking_cancel(
     claims = SeatHoldGroup.objects.filter(booking_group_id=booking_group_id)
     if seat_codes is None:
         return SEAT_HOLDS.transition(
-            claims=claims, what=what, to_state=State.CANCELLED, action=CANCEL, user=user, now=now, metadata={"reason": reason}
+            claims=claims,
+            what=what,
+            to_state=State.CANCELLED,
+            action=CANCEL,
+            user=user,
+            now=now,
+            metadata={"reason": reason},
         )
     if not seat_codes:
         raise ValidationFailed.for_field("seatCodes", "Name at least one seat to cancel, or leave seatCodes out.")
@@ -981,7 +987,10 @@ def seat_booking_cancel(
         if unknown:
             raise ValidationFailed(
                 f"Seats {', '.join(unknown)} are not booked in {what}.",
-                details={"fields": {"seatCodes": [f"Not booked in this booking: {', '.join(unknown)}."]}, "seatCodes": unknown},
+                details={
+                    "fields": {"seatCodes": [f"Not booked in this booking: {', '.join(unknown)}."]},
+                    "seatCodes": unknown,
+                },
             )
         if len(seat_codes) == len(booked):  # its last seats: the booking is cancelled, whole
             metadata = {"reason": reason}

@@ -5,8 +5,8 @@ import pytest
 from django.utils import timezone
 
 from booking_site.audit.services import trail
-from booking_site.webhooks.catalogue import EVENT_TYPES, event_type
 from booking_site.webhooks import services as webhooks
+from booking_site.webhooks.catalogue import EVENT_TYPES, event_type
 from booking_site.webhooks.services import webhooks_deliver
 from events import selectors, services
 from events.models import Event, SeatHoldGroup, WaitlistEntry
@@ -134,7 +134,11 @@ def test_the_api_answers_the_seats_still_booked_and_replays_by_idempotency_key(a
     retry = api.post(url(group), {"seatCodes": ["S2"]}, format="json", HTTP_IDEMPOTENCY_KEY="part-1")
 
     assert first.status_code == retry.status_code == 200
-    assert first.json() == {"cancelled": False, "bookingGroupId": str(group.booking_group_id), "seatCodes": ["S1", "S3"]}
+    assert first.json() == {
+        "cancelled": False,
+        "bookingGroupId": str(group.booking_group_id),
+        "seatCodes": ["S1", "S3"],
+    }
     assert retry["Idempotent-Replayed"] == "true" and retry.json() == first.json()
     event.refresh_from_db()
     assert event.confirmed_seats == 2

@@ -66,8 +66,7 @@ def a_partial_cancel_while_a_release_offers_seats() -> tuple[list[WaitlistEntry]
     booking = write_hold(event, ["S1", "S2"], state="CONFIRMED")
     held = write_hold(event, ["S3", "S4"])
     entries = [
-        services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
-        for _ in range(3)
+        services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now()) for _ in range(3)
     ]
 
     def release():
