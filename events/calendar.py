@@ -66,7 +66,7 @@ def _entry(group: SeatHoldGroup, codes: list[str], found: dict[tuple[str, str], 
     sequence, stamp = ical.revised(
         found.get(subject_key(hold_subject(group))), found.get(subject_key(event)), since=group.updated_at
     )
-    lines = [f"Booking {group.booking_group_id}", f"Seats ({group.seat_count}): {', '.join(codes)}"]
+    lines = [f"Booking {group.booking_group_id}", f"Seats ({len(codes)}): {', '.join(codes)}"]
     return ical.Entry(
         uid=ical.uid("seat-booking", group.booking_group_id),
         start=event.event_date,

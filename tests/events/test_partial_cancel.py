@@ -172,6 +172,10 @@ def test_the_calendar_file_lists_only_the_seats_still_booked_and_its_sequence_gr
 
     assert after.description == f"Booking {group.booking_group_id}\nSeats (1): S2"
     assert after.status == "CONFIRMED" and after.sequence > before.sequence and after.uid == before.uid
+    cancel(group, user)
+    cancelled = read_one(api.get(calendar).content)
+    assert cancelled.status == "CANCELLED" and cancelled.sequence > after.sequence
+    assert cancelled.description == f"Booking {group.booking_group_id}\nSeats (3): S1, S2, S3"  # all it had
 
 
 def test_the_partial_cancel_reaches_webhook_subscribers(receiver, user):
