@@ -1,6 +1,7 @@
 """A model-based test of the claim lifecycle (booking_site/engine.py, docs/contract.md §2): random sequences
-of holds, confirms, releases, cancels (of a booking's seats, some or all), operator expiries, the expiry job and a clock that jumps forward,
-and joins and leaves of the event's waiting list, whose head is offered the seats that free (§5.8),
+of holds, confirms, releases, cancels (of a booking's seats, some or all), operator expiries, the expiry
+job and a clock that jumps forward, and joins and leaves of the event's waiting list, whose head is
+offered the seats that free (§5.8),
 over two users and a few resources in all three domains (cars, seats of an event, two slots), driven
 through the services. After every step the database, and what clients read through the API, must
 agree with a plain Python model: who holds what, the counts, each claim's state as clients see it (an
