@@ -1,4 +1,5 @@
-# The two commands of the README: `make run` runs the whole system, `make test` runs the whole suite.
+# The two commands of the README: `make run` runs the whole system, `make test` runs the whole suite
+# (`make test-long`: what it leaves to CI, its long runs at full length).
 # Both build the virtualenv first when it is missing or older than the requirements files.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 export PORT
 
-.PHONY: help run serve cluster test test-quick lint format bench
+.PHONY: help run serve cluster test test-long test-quick lint format bench
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -31,8 +32,11 @@ serve: $(VENV)/.runtime  ## the production web server alone (PORT=8000)
 cluster: $(VENV)/.runtime  ## HAProxy in front of WEB=2 web processes, WORKERS=1 workers, BEATS=1 beats (deploy/)
 	$(BIN)/python manage.py cluster
 
-test: $(VENV)/.dev  ## the whole test suite (what CI runs after lint)
+test: $(VENV)/.dev  ## the test suite (CI runs it after lint, then test-long)
 	$(BIN)/pytest
+
+test-long: $(VENV)/.dev  ## what `make test` leaves to CI: the soak, stress and model-based runs at full length
+	$(BIN)/pytest -m long
 
 test-quick: $(VENV)/.dev  ## the suite without the slow tests
 	$(BIN)/pytest -m "not slow"

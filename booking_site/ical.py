@@ -9,8 +9,9 @@ views their renderer. It imports no domain.
 SEQUENCE is read from the audit trail, not kept in a version column: every change of a claim already
 records one append-only audit event in its own transaction (a trigger refuses rewrites), so the count
 of a booking's events — plus the UPDATED events of its event or slot that changed what the file shows —
-only ever grows, and grows with each change, whichever write path made it. A version column would be
-one more thing every lean write statement of the claim engine must remember to move.
+only ever grows, and grows with each change, whichever write path made it (but for a reminder,
+``booking_site.reminders``: an event of the booking that changes nothing the file shows). A version
+column would be one more thing every lean write statement of the claim engine must remember to move.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rest_framework.views import APIView
 from booking_site.accounts.models import User
 from booking_site.audit.models import AuditEvent
 from booking_site.errors import Conflict
+from booking_site.reminders import REMINDED
 from booking_site.renderers import JSONRenderer
 from booking_site.schema import ApiSchema
 
@@ -121,9 +123,11 @@ def revisions(
     *, claims: dict[str, Collection[str]], places: dict[str, Collection[str]], place_fields: Collection[str]
 ) -> dict[tuple[str, str], Revision]:
     """The audit events of many subjects in one statement, by ``(subject_type, subject_id)``: every event
-    of each claim (subject type → ids), and each place's (an event's, a slot's) UPDATED events that
+    of each claim (subject type → ids) but its reminder, and each place's (an event's, a slot's) UPDATED events that
     changed one of ``place_fields`` (what the calendar shows of it)."""
-    wanted = [Q(subject_type=kind, subject_id__in=list(ids)) for kind, ids in claims.items() if ids]
+    wanted = [
+        Q(subject_type=kind, subject_id__in=list(ids)) & ~Q(event_type=REMINDED) for kind, ids in claims.items() if ids
+    ]
     shown = reduce(or_, (Q(metadata__fields__contains=[name]) for name in place_fields))
     wanted += [
         Q(subject_type=kind, subject_id__in=list(ids), event_type="UPDATED") & shown

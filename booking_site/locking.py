@@ -66,8 +66,8 @@ the event, then the seats; ADR 0009), after 1 (the holder) when the cap on held 
 available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it takes them in
 (preference, not id) cannot close a circle.
 
-``lock_batch`` (the expiry job) is outside the order: ``SKIP LOCKED`` never waits, so it cannot
-deadlock; a row a request holds is left to that request.
+``lock_batch`` (the expiry job) and ``batch_lock`` (the reminder job) are outside the order: ``SKIP
+LOCKED`` never waits, so they cannot deadlock; a row a request holds is left to that request.
 
 Every function refuses to run outside a transaction (a lock there would end with its statement). The
 race tests' controls replace these functions to show that their test notices a missing lock.
@@ -419,3 +419,14 @@ def lock_batch(rows: QuerySet[_M], size: int) -> list[_M]:
     transaction holds: never waits."""
     _in_transaction("lock_batch")
     return list(rows.select_for_update(no_key=True, skip_locked=True).order_by("pk")[:size])
+
+
+# the reminder job
+
+
+def batch_lock(rows: QuerySet[_M], size: int) -> QuerySet[_M]:
+    """Up to ``size`` rows of ``rows`` in its order, as a sub-statement that locks them for the statement
+    writing them (``booking_site.reminders``): only those rows (not the rows they join), skipping any row
+    another transaction holds. Like ``lock_batch`` outside the order: it never waits."""
+    _in_transaction("batch_lock")
+    return rows.select_for_update(no_key=True, skip_locked=True, of=("self",))[:size]

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 import environ
 from corsheaders.defaults import default_headers
+from django.core.exceptions import ImproperlyConfigured
 
 from booking_site import embedded
 
@@ -226,16 +227,17 @@ CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 THROTTLE_ENABLED = env.bool("THROTTLE_ENABLED", default=True)
 
 
-def _rate(name: str, default: str) -> str | None:
-    rate = env(name, default=default)
-    return None if rate.lower() in ("", "none") else rate
+def _unless_none(name: str, default: str) -> str | None:
+    """The variable's value, or None when it is set to "none" (or empty): that feature is off."""
+    value = env(name, default=default)
+    return None if value.lower() in ("", "none") else value
 
 
 THROTTLE_RATES = {
-    "anon": _rate("THROTTLE_ANON", "60/minute"),  # without credentials, per IP address
-    "user": _rate("THROTTLE_USER", "600/minute"),  # a signed-in user
-    "holds": _rate("THROTTLE_HOLDS", "30/minute"),  # car, seat and slot holds, per user (not operators)
-    "registration": _rate("THROTTLE_REGISTRATION", "20/hour"),  # POST /api/users, per IP address
+    "anon": _unless_none("THROTTLE_ANON", "60/minute"),  # without credentials, per IP address
+    "user": _unless_none("THROTTLE_USER", "600/minute"),  # a signed-in user
+    "holds": _unless_none("THROTTLE_HOLDS", "30/minute"),  # car, seat and slot holds, per user (not operators)
+    "registration": _unless_none("THROTTLE_REGISTRATION", "20/hour"),  # POST /api/users, per IP address
 }
 
 # How long a web process may keep using a token lookup (a revoked token works at most this long on
@@ -263,6 +265,14 @@ INVARIANTS_OVERDUE_MARGIN_SECONDS = env.int("INVARIANTS_OVERDUE_MARGIN_SECONDS",
 # ... and checks the audit trails of the claims with an audit event in this many hours (0: all history,
 # a scan of every claim; `manage.py check_invariants --all-history` does that once).
 INVARIANTS_AUDIT_WINDOW_HOURS = env.int("INVARIANTS_AUDIT_WINDOW_HOURS", default=24)
+# Each confirmed booking (a slot booking, an appointment, a seat booking) is reminded once this many hours
+# before its start (booking_site/reminders.py): a REMINDED audit event, delivered as a webhook. "none": off.
+_reminder_hours = _unless_none("REMINDER_HOURS_BEFORE", "24")
+if _reminder_hours is not None and not (_reminder_hours.isdigit() and int(_reminder_hours) >= 1):
+    raise ImproperlyConfigured(
+        f"REMINDER_HOURS_BEFORE={_reminder_hours}: a whole number of hours (1 or more), or none."
+    )
+REMINDER_HOURS_BEFORE = None if _reminder_hours is None else int(_reminder_hours)
 
 # Calendar files and feeds (docs/contract.md §3.8): how long an event (which has only a start) lasts in a
 # calendar; how many days back a feed lists bookings, and cancelled ones cancelled in that time.
@@ -291,6 +301,7 @@ BEAT_SCHEDULE_SECONDS = {
     "booking_site.webhooks.tasks.deliver_audit_events": env.int("DELIVER_AUDIT_EVENTS_EVERY_SECONDS", default=5),
     "booking_site.tasks.check_invariants": env.int("CHECK_INVARIANTS_EVERY_SECONDS", default=60),
     "events.tasks.admit_queues": env.int("ADMIT_QUEUES_EVERY_SECONDS", default=5),
+    "booking_site.tasks.send_reminders": env.int("SEND_REMINDERS_EVERY_SECONDS", default=60),
 }
 
 # --- Webhooks (docs/contract.md §3.7, docs/decisions/0013-webhooks.md) -----------------------------

@@ -6,6 +6,7 @@ from django.utils import timezone
 from booking_site.expiry import expire_all
 from booking_site.idempotency import idempotency_prune
 from booking_site.invariants import invariants_check
+from booking_site.reminders import reminders_send
 from booking_site.webhooks.services import webhook_deliveries_prune
 
 
@@ -23,3 +24,8 @@ def prune() -> dict[str, int]:
 @shared_task
 def check_invariants() -> dict[str, int]:
     return {r["name"]: r["violations"] for r in invariants_check(now=timezone.now()).results}
+
+
+@shared_task
+def send_reminders() -> dict[str, int]:
+    return reminders_send(now=timezone.now())

@@ -332,6 +332,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
         "updated_at",
         "confirmed_at",
         "cancelled_at",
+        "reminded_at",
         "audit_trail",
     ]
     fields = tuple(readonly_fields)

@@ -148,6 +148,7 @@ class SeatHoldGroup(Claim, models.Model):
     updated_at = models.DateTimeField()
     confirmed_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    reminded_at = models.DateTimeField(null=True, blank=True, help_text="When the booking's reminder was sent")
 
     objects = ClaimQuerySet.as_manager()
     # Set by SeatHolds on a group it has just written, not columns: its seats, and their codes.

@@ -184,7 +184,9 @@ _ENTRY, _QUEUE = QueueEntry._meta.db_table, EventQueue._meta.db_table
 # One admission run on one queue, whose row the caller holds locked. ``lapsed``: the admissions whose
 # window has passed; ``admitted``: the next %(count)s numbers after %(through)s, each WAITING by the
 # queue's own bookkeeping (the predicate is the backstop: a run that fell short would mean the lock
-# failed); ``moved``: the queue row; ``recorded``: one audit event per entry moved.
+# failed); ``moved``: the queue row; ``recorded``: one audit event per entry moved, in number order (an
+# UPDATE returns its rows in the heap's order, which is not the numbers' once the table's space is reused:
+# the trail would show 67 admitted before 66).
 _ADMIT_SQL = f"""
     WITH lapsed AS (
         UPDATE {_ENTRY} x SET state = 'EXPIRED'
@@ -204,11 +206,11 @@ _ADMIT_SQL = f"""
                jsonb_build_object(
                    'eventId', %(event)s::bigint, 'number', number, 'admittedUntil', %(until_json)s::jsonb),
                %(trace_id)s
-        FROM admitted
+        FROM (SELECT * FROM admitted ORDER BY number) admitted
         UNION ALL
         SELECT %(occurred_at)s, NULL, %(actor)s, 'queue_entry', id::text, 'EXPIRED', 'ADMITTED', 'EXPIRED',
                jsonb_build_object('eventId', %(event)s::bigint, 'number', number), %(trace_id)s
-        FROM lapsed
+        FROM (SELECT * FROM lapsed ORDER BY number) lapsed
     )
     SELECT (SELECT COUNT(*) FROM admitted), (SELECT COUNT(*) FROM lapsed)"""
 

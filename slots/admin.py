@@ -208,6 +208,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         "request_id",
         "created_at",
         "updated_at",
+        "reminded_at",
         "audit_trail",
     ]
     fields = tuple(readonly_fields)  # the page shows these, "State" once, not the stored state beside it

@@ -6,12 +6,15 @@ class SlotsConfig(AppConfig):
     verbose_name = "Slots and bookings"
 
     def ready(self) -> None:
-        from booking_site import expiry, ical, invariants
+        from booking_site import expiry, ical, invariants, reminders
         from slots import calendar
         from slots.invariants import INVARIANTS
+        from slots.reminders import REMINDERS
         from slots.services import SLOT_BOOKINGS, slot_bookings_expire_due
 
         expiry.register("slots", slot_bookings_expire_due)
         invariants.register_claims(SLOT_BOOKINGS)
         invariants.register(*INVARIANTS)
+        reminders.register(REMINDERS)
+        invariants.register(REMINDERS.invariant())
         ical.register("slots", calendar.feed_entries)

@@ -162,6 +162,7 @@ class SlotBooking(Claim, models.Model):
     request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
+    reminded_at = models.DateTimeField(null=True, blank=True, help_text="When its reminder was sent")
 
     objects = ClaimQuerySet.as_manager()
     with_host: int  # annotated by a reschedule's lock (slots.services), not a column
@@ -199,6 +200,12 @@ class SlotBooking(Claim, models.Model):
             models.Index(fields=["guest", "status"], name="slotbooking_guest_status_idx"),
             models.Index(fields=["slot", "status"], name="slotbooking_slot_status_idx"),
             models.Index(fields=["created_at"], name="slotbooking_created_idx"),
+            # The reminder job's range: the confirmed bookings not reminded yet, by start (booking_site.reminders).
+            models.Index(
+                fields=["start"],
+                condition=Q(status="CONFIRMED", reminded_at__isnull=True),
+                name="slotbooking_unreminded_idx",
+            ),
         ]
 
     def __str__(self) -> str:

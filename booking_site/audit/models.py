@@ -32,6 +32,14 @@ class AuditEvent(models.Model):
             models.Index(fields=["subject_type", "subject_id", "id"], name="audit_subject_idx"),
             models.Index(fields=["id"], condition=models.Q(delivered_at__isnull=True), name="audit_undelivered_idx"),
         ]
+        constraints = [
+            # A booking is reminded once (booking_site.reminders): the backstop under the reminder job's guard.
+            models.UniqueConstraint(
+                fields=["subject_type", "subject_id"],
+                condition=models.Q(event_type="REMINDED"),
+                name="audit_one_reminder_per_subject",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subject_type} {self.subject_id} {self.event_type}"

@@ -1,16 +1,26 @@
-"""The embedded broker (booking_site.embedded.FilesystemTransport) under a producer and two consumer
-processes polling one queue folder: every message arrives whole, once. kombu's own filesystem transport,
-which creates a message file before it writes it, loses messages to a JSONDecodeError in the same run
-(docs/decisions/0015-atomic-broker-files.md)."""
+"""The brokers. The embedded one (booking_site.embedded.FilesystemTransport) under a producer and two
+consumer processes polling one queue folder: every message arrives whole, once. kombu's own filesystem
+transport, which creates a message file before it writes it, loses messages to a JSONDecodeError in the
+same run (docs/decisions/0015-atomic-broker-files.md). And a real worker running a job through each
+broker a deployment may name in CELERY_BROKER_URL, Redis and RabbitMQ (the rest of `make test` runs on
+the embedded one)."""
 
 import json
 import multiprocessing
+import time
 import uuid
 
-from kombu import Connection
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from kombu import Connection, Queue
 
 from booking_site import embedded
+from booking_site.celery import app as project_app
 from booking_site.embedded import FilesystemTransport
+from booking_site.tasks import expire_holds
+from reservations.models import Reservation
+from tests.booking_site.test_jobs import overdue_holds
 
 STOCK = "filesystem"  # kombu.transport.filesystem.Transport
 OURS = "booking_site.embedded:FilesystemTransport"
@@ -99,3 +109,43 @@ def test_the_embedded_broker_is_this_transport(tmp_path):
 
     with Connection(url, transport=transport, transport_options=options) as conn:
         assert type(conn.transport) is FilesystemTransport
+
+
+def app_on(broker_url: str) -> Celery:
+    """The project's Celery app as a deployment with ``CELERY_BROKER_URL=broker_url`` has it (the URL's
+    scheme picks the transport), on a queue of its own that goes when its worker does."""
+    app = Celery("booking_site")
+    app.config_from_object("django.conf:settings", namespace="CELERY")
+    queue = Queue(f"test-{uuid.uuid4().hex}", auto_delete=True, durable=False)
+    app.conf.update(
+        broker_url=broker_url,
+        broker_transport=None,
+        broker_transport_options={},
+        task_queues=[queue],
+        task_default_queue=queue.name,
+    )
+    return app
+
+
+@pytest.fixture
+def restore_current_app():
+    """A test worker makes its app the process's current one: the project's app is put back after it."""
+    yield
+    project_app.set_current()
+    project_app.set_default()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+@pytest.mark.parametrize("broker", ["redis_url", "rabbitmq_url"], ids=["redis", "rabbitmq"])
+def test_a_real_worker_runs_the_expiry_job_through_redis_and_rabbitmq(request, broker, restore_current_app):
+    app = app_on(request.getfixturevalue(broker))
+    holds = overdue_holds(3)
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        app.send_task(expire_holds.name)
+        deadline = time.monotonic() + 30
+        while Reservation.objects.filter(state="HELD").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    assert set(Reservation.objects.filter(pk__in=[h.pk for h in holds]).values_list("state", flat=True)) == {"EXPIRED"}

@@ -20,6 +20,7 @@ from datetime import timedelta
 
 import psutil
 import pytest
+import redis
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -38,30 +39,16 @@ from booking_site.webhooks.services import webhook_endpoint_create
 from events.models import SeatClaim
 from reservations.models import Reservation
 from slots.models import Slot, SlotBooking
+from tests.lengths import short_and_long
 from tests.processes import left_running, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 WEB = 4
 TOKEN_CACHE_SECONDS = 2  # the web processes' AUTH_TOKEN_CACHE_SECONDS, short to keep the test short
-SOAK_SECONDS = float(os.environ.get("CLUSTER_SOAK_SECONDS", "120"))
+SOAK_SECONDS = float(os.environ.get("CLUSTER_SOAK_SECONDS", "120"))  # the long run's (`make test-long`)
 HOLDS_PER_WAVE = 5
 REGISTRATIONS_PER_HOUR = 8  # the one throttle the cluster runs with (the races must not be throttled)
-
-
-def shared_cache() -> str | None:
-    """A Redis cache for the cluster's throttle counters, emptied first: CACHE_URL, or a database of the
-    broker's Redis; None on a machine with neither (the in-process default)."""
-    url = os.environ.get("CACHE_URL") or ""
-    broker = os.environ.get("CELERY_BROKER_URL") or ""
-    if not url.startswith("redis://") and broker.startswith("redis://"):
-        url = broker.rsplit("/", 1)[0] + "/15"
-    if not url.startswith("redis://"):
-        return None
-    import redis
-
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 def free_ports(count: int) -> int:
@@ -85,9 +72,8 @@ def _free(port: int) -> bool:
 
 
 class Cluster:
-    def __init__(self, port: int, run_dir, process: subprocess.Popen, *, shared_cache: bool) -> None:
+    def __init__(self, port: int, run_dir, process: subprocess.Popen) -> None:
         self.address, self.run_dir, self.process = f"127.0.0.1:{port}", run_dir, process
-        self.shared_cache = shared_cache
         self.web = [f"127.0.0.1:{port + n}" for n in range(1, WEB + 1)]
         self.ports = {"haproxy": port, **{f"web{n}": port + n for n in range(1, WEB + 1)}}
 
@@ -124,16 +110,19 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
+def cluster(django_db_setup, django_db_blocker, tmp_path_factory, redis_url):
+    """The cluster as production runs it: Redis its broker (two workers) and the throttle counters' shared
+    cache, emptied first."""
     if shutil.which("haproxy") is None:
         pytest.fail("HAProxy is not installed: apt-get install haproxy")
     port, run_dir = free_ports(WEB + 1), tmp_path_factory.mktemp("cluster")
-    broker, cache = os.environ.get("CELERY_BROKER_URL"), shared_cache()
+    redis.Redis.from_url(redis_url).flushdb()
     env = {
         **os.environ,
         "DATABASE_URL": embedded.database_url(settings.DATABASES["default"]),
+        "CELERY_BROKER_URL": redis_url,
+        "CACHE_URL": redis_url,
         "LOG_LEVEL": "WARNING",
-        **({"CACHE_URL": cache} if cache else {}),
         "THROTTLE_ENABLED": "True",
         **{f"THROTTLE_{scope}": "none" for scope in ("ANON", "USER", "HOLDS")},
         "THROTTLE_REGISTRATION": f"{REGISTRATIONS_PER_HOUR}/hour",
@@ -141,14 +130,13 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
         "EXPIRE_HOLDS_EVERY_SECONDS": "2",
         "WEBHOOKS_ALLOW_PRIVATE_URLS": "True",  # the receiver listens on 127.0.0.1
     }
-    workers = 2 if broker else 1  # the embedded broker serves one worker (manage.py cluster says why)
     log = (run_dir / "cluster.log").open("w")
     process = subprocess.Popen(
         [
             sys.executable,
             "manage.py",
             "cluster",
-            *("--port", str(port), "--web", str(WEB), "--workers", str(workers)),
+            *("--port", str(port), "--web", str(WEB), "--workers", "2"),
             *("--beats", "2", "--run-dir", str(run_dir)),
         ],
         cwd=settings.BASE_DIR,
@@ -157,7 +145,7 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    running = Cluster(port, run_dir, process, shared_cache=cache is not None)
+    running = Cluster(port, run_dir, process)
     try:
         running.wait_until(running.all_up, "four web processes UP in HAProxy", seconds=120)
         yield running
@@ -300,20 +288,20 @@ def test_the_throttle_counts_across_every_web_process_in_the_shared_cache(cluste
         for n in range(attempts)  # one after the other: HAProxy sends them round robin to the four processes
     ]
 
-    if cluster.shared_cache:  # Redis: one counter for the whole cluster
-        assert statuses(answers) == Counter({201: REGISTRATIONS_PER_HOUR, 429: attempts - REGISTRATIONS_PER_HOUR})
-        assert all(body["error"]["code"] == "throttled" for status, body in answers if status == 429)
-    else:  # the in-process default, as documented: each process counts alone
-        assert statuses(answers) == Counter({201: attempts})
+    assert statuses(answers) == Counter({201: REGISTRATIONS_PER_HOUR, 429: attempts - REGISTRATIONS_PER_HOUR})
+    assert all(body["error"]["code"] == "throttled" for status, body in answers if status == 429)
 
 
-def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_event_once(cluster, committed, receiver):
-    """SOAK_SECONDS (CLUSTER_SOAK_SECONDS; 120 in CI, 300 for the issue's five minutes) of holds expiring —
+@short_and_long("seconds", 10, SOAK_SECONDS)
+def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_event_once(
+    cluster, committed, receiver, seconds
+):
+    """``seconds`` (10 in `make test`; CLUSTER_SOAK_SECONDS in the long run, 120 by default) of holds expiring —
     a backlog overdue at the start, more falling due all along — and of holds and confirmations through
     HAProxy, with a webhook endpoint answering 200: each hold expires once, each audit event reaches
     the receiver once, and the invariant monitor finds every invariant holding at the end."""
     endpoint = webhook_endpoint_create(url=receiver.url, now=timezone.now())
-    waves = int(SOAK_SECONDS)  # a wave a second: HOLDS_PER_WAVE holds, the first two confirmed
+    waves = int(seconds)  # a wave a second: HOLDS_PER_WAVE holds, the first two confirmed
     buyers, cars = data.users(waves * HOLDS_PER_WAVE + 50), data.cars(waves * HOLDS_PER_WAVE + 300)
     overdue = data.overdue_holds(300, buyers=buyers[-50:])
     now = timezone.now()
@@ -324,7 +312,7 @@ def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_even
             state="HELD",
             created_at=now,
             updated_at=now,
-            expires_at=now + timedelta(seconds=SOAK_SECONDS * (n + 1) / 300),
+            expires_at=now + timedelta(seconds=seconds * (n + 1) / 300),
         )
         for n, car in enumerate(cars[-300:])
     )

@@ -1,6 +1,6 @@
 """The embedded defaults a newcomer gets (docs/contract.md §8): with no DATABASE_URL and no CELERY_BROKER_URL the
-project runs on pgserver's PostgreSQL in var/pgdata and kombu's filesystem broker in var/broker.
-CI points the rest of the suite at real servers; this test keeps the embedded path honest."""
+project runs on pgserver's PostgreSQL in var/pgdata and kombu's filesystem broker in var/broker. `make test` runs
+on them when nothing is set; this test checks a fresh process on them whatever the suite runs on."""
 
 import os
 import subprocess

@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from booking_site import invariants
+from booking_site import invariants, reminders
 from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import record
 from booking_site.tasks import check_invariants
@@ -69,6 +69,16 @@ def some_of_everything(staff):
     slots.slot_booking_confirm(booking_id=pending.pk, user=guest, now=now)
     other = slots.slot_booking_create(slot_id=SlotFactory(capacity=2).pk, guest=UserFactory(), seats=2, now=now)
     slots.slot_booking_cancel(booking_id=other.pk, user=staff, now=now)
+
+    # Reminded, one of them cancelled since: both were confirmed when reminded.
+    start = now + timedelta(days=3)
+    _kept, dropped = (
+        slots.slot_booking_create(slot_id=SlotFactory(start=start).pk, guest=UserFactory(), now=now) for _ in range(2)
+    )
+    seats = events.seat_hold(event_id=make_event(total_seats=2, event_date=start).pk, user=buyer, quantity=1, now=now)
+    events.seat_hold_confirm(event_id=seats.event_id, hold_group_id=seats.pk, user=buyer, now=now)
+    assert reminders.reminders_send(now=start - timedelta(hours=12)) == {"events": 1, "slots": 2}
+    slots.slot_booking_cancel(booking_id=dropped.pk, user=staff, now=now)
     return event
 
 
@@ -230,6 +240,42 @@ def _stale_slot_hold():
     return {SlotBookingFactory(status="PENDING", created_at=past, expires_at=past + timedelta(minutes=5)).pk}
 
 
+def reminded(subject, *, booking=None):
+    """A REMINDED event as the reminder job writes it (and ``reminded_at`` on ``booking``, when given)."""
+    record(subject=subject, event="REMINDED", from_state="CONFIRMED", to_state="CONFIRMED")
+    if booking is not None:
+        type(booking).objects.filter(pk=booking.pk).update(reminded_at=timezone.now())
+
+
+def _slot_booking_reminded_once_cancelled():
+    booking = created(SlotBookingFactory(status="CANCELLED"), "CONFIRMED")
+    record(subject=booking, event="CANCELLED", from_state="CONFIRMED", to_state="CANCELLED")
+    reminded(booking, booking=booking)
+    return {booking.pk}
+
+
+def _slot_booking_reminded_unrecorded():
+    booking = created(SlotBookingFactory(), "CONFIRMED")
+    reminded(booking)
+    return {booking.pk}
+
+
+def _seat_booking_reminded_twice():
+    drop_constraint("audit_one_reminder_per_subject", AuditEvent._meta.db_table)
+    group = write_hold(make_event(total_seats=1), ["S1"], state="CONFIRMED")
+    created(events.hold_subject(group), "CONFIRMED")
+    reminded(events.hold_subject(group), booking=group)
+    reminded(events.hold_subject(group))
+    return {group.pk}
+
+
+def _held_seats_reminded():
+    group = write_hold(make_event(total_seats=1), ["S1"])
+    created(events.hold_subject(group))
+    reminded(events.hold_subject(group), booking=group)
+    return {group.pk}
+
+
 CORRUPTIONS = {
     "reservations.one_active_per_car": [_two_active_reservations],
     "reservations.terminal_claim_audited_once": [_reservation_ended_unaudited, _reservation_ended_twice],
@@ -246,6 +292,8 @@ CORRUPTIONS = {
     "slots.within_capacity": [_slot_over_capacity],
     "slots.terminal_claim_audited_once": [_slot_booking_ended_unaudited],
     "slots.no_stale_hold": [_stale_slot_hold],
+    "slots.reminded_once_while_confirmed": [_slot_booking_reminded_once_cancelled, _slot_booking_reminded_unrecorded],
+    "events.reminded_once_while_confirmed": [_seat_booking_reminded_twice, _held_seats_reminded],
 }
 
 

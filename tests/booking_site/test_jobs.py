@@ -35,6 +35,7 @@ def test_a_fresh_install_has_its_beat_schedule():
     assert expire.enabled and (expire.interval.every, expire.interval.period) == (15, "seconds")
     assert tasks["booking_site.tasks.prune"].interval.every == 3600
     assert tasks["events.tasks.admit_queues"].interval.every == 5
+    assert tasks["booking_site.tasks.send_reminders"].interval.every == 60
 
 
 @pytest.mark.django_db
@@ -68,7 +69,7 @@ def test_prune_command(capsys):
 
 @pytest.mark.django_db
 def test_commands_explain_themselves(capsys):
-    for command in ["expire_holds", "prune", "admit_queues", "seed_demo", "up", "serve"]:
+    for command in ["expire_holds", "prune", "admit_queues", "send_reminders", "seed_demo", "up", "serve"]:
         with pytest.raises(SystemExit):
             call_command(command, "--help")
         assert len(capsys.readouterr().out) > 200

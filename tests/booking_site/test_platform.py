@@ -46,10 +46,13 @@ def test_health_reports_database_and_broker(client):
     assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
 
 
-@pytest.fixture
-def broker_down(monkeypatch):
-    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")  # Celery reads it before its config
-    monkeypatch.setitem(celery_app.conf, "broker_url", "redis://127.0.0.1:1/0")
+@pytest.fixture(params=["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1//"], ids=["redis", "rabbitmq"])
+def broker_down(request, monkeypatch):
+    """A broker that does not answer, whatever the suite runs on: the URL's scheme picks the transport, as
+    settings.py does for a CELERY_BROKER_URL; the embedded defaults' filesystem transport must not stay."""
+    monkeypatch.setenv("CELERY_BROKER_URL", request.param)  # Celery reads it before its config
+    monkeypatch.setitem(celery_app.conf, "broker_url", request.param)
+    monkeypatch.setitem(celery_app.conf, "broker_transport", None)
     monkeypatch.setitem(celery_app.conf, "broker_transport_options", {})
 
 

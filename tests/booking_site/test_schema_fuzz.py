@@ -2,8 +2,11 @@
 one of its default checks, against the production server, as an operator and as an ordinary user, over
 every operation, finds nothing.
 
-The run is bounded and repeatable: a few examples per operation and a fixed seed. A longer one:
-``SCHEMATHESIS_MAX_EXAMPLES=100 .venv/bin/pytest tests/booking_site/test_schema_fuzz.py`` (CONTRIBUTING.md).
+The run is bounded and repeatable: a fixed seed, a few examples per operation (SCHEMATHESIS_MAX_EXAMPLES, 3).
+`make test` runs schemathesis's examples, fuzzing and stateful phases; the long run (`make test-long`) adds
+the coverage phase, every boundary and wrong value of every parameter: ~5,400 requests, a minute and a half
+of each caller's run. A longer one:
+``SCHEMATHESIS_MAX_EXAMPLES=100 .venv/bin/pytest -m long tests/booking_site/test_schema_fuzz.py`` (CONTRIBUTING.md).
 """
 
 import io
@@ -17,6 +20,7 @@ from django.core.management import call_command
 from drf_spectacular.generators import SchemaGenerator
 
 from booking_site.accounts.models import User
+from tests.lengths import short_and_long
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")  # each error's code is one its operation lists
@@ -24,7 +28,7 @@ MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "3")
 SEED = os.environ.get("SCHEMATHESIS_SEED", "1")
 
 
-def schemathesis(base_url: str, token: str, log: Path) -> tuple[int, str]:
+def schemathesis(base_url: str, token: str, phases: str, log: Path) -> tuple[int, str]:
     """Run schemathesis against the server at ``base_url``; its exit status and its report."""
     command = [
         str(Path(sys.executable).with_name("schemathesis")),
@@ -35,6 +39,8 @@ def schemathesis(base_url: str, token: str, log: Path) -> tuple[int, str]:
         f"{base_url}/api/schema/",
         "--header",
         f"Authorization: Token {token}",
+        "--phases",
+        phases,
         "--max-examples",
         MAX_EXAMPLES,
         "--seed",
@@ -61,13 +67,14 @@ def schemathesis(base_url: str, token: str, log: Path) -> tuple[int, str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("caller", ["operator", "buyer"])
-def test_schemathesis_finds_nothing(served, caller, tmp_path):
+@short_and_long("phases", "examples,fuzzing,stateful", "examples,coverage,fuzzing,stateful")
+def test_schemathesis_finds_nothing(served, caller, phases, tmp_path):
     call_command("seed_demo", stdout=io.StringIO())  # cars, an event, slots: ids that exist
     user = User.objects.get(is_staff=True) if caller == "operator" else User.objects.get(username="buyer@example.com")
 
     operations = sum(len(methods) for methods in SchemaGenerator().get_schema(public=True)["paths"].values())
 
-    status, report = schemathesis(served, user.auth_token.key, tmp_path / "schemathesis.txt")
+    status, report = schemathesis(served, user.auth_token.key, phases, tmp_path / "schemathesis.txt")
 
     assert f"Tested: {operations}" in report, report[-3000:]  # every operation
     assert status == 0, report[-20000:]

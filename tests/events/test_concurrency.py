@@ -22,6 +22,7 @@ from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory
+from tests.lengths import short_and_long
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency, pytest.mark.slow]
 
@@ -130,18 +131,19 @@ def best_available_rush(client_for, settings, *, layout, clients, holds_each, qu
     return event, [response for responses in results for response in responses]
 
 
-def test_best_available_is_never_refused_while_seats_are_free(client_for, settings):
+@short_and_long("holds_each", 8, 25)
+def test_best_available_is_never_refused_while_seats_are_free(client_for, settings, holds_each):
     """Issue defect 3: sixteen clients asking for one seat each on a 5,000-seat event were refused
     ("selling too fast") while thousands of seats were free. A hold passes over the seats other holds
     have locked (SKIP LOCKED) instead of waiting for them and finding them taken."""
     event, responses = best_available_rush(
-        client_for, settings, layout=(("A", "B"), 50, 50), clients=16, holds_each=25, quantity=1
+        client_for, settings, layout=(("A", "B"), 50, 50), clients=16, holds_each=holds_each, quantity=1
     )
 
     refused = [r.json() for r in responses if r.status_code != 201]
     assert refused == [], f"{len(refused)} of {len(responses)} refused: {refused[:3]}"
     seats = [code for r in responses for code in r.json()["seatCodes"]]
-    assert len(seats) == len(set(seats)) == 400
+    assert len(seats) == len(set(seats)) == 16 * holds_each
     assert violations(event) == []
 
 

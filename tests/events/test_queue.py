@@ -5,6 +5,8 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from booking_site.audit.models import AuditEvent
@@ -396,3 +398,19 @@ def test_a_queue_turned_off_lets_everyone_hold_again(api):
 
     assert reserve(api, event).status_code == 201
     assert AuditEvent.objects.filter(subject_type="event", event_type="UPDATED").count() == 2
+
+
+def test_the_trail_records_a_runs_admissions_in_number_order_wherever_the_rows_lie():
+    """An UPDATE returns its rows in the order it finds them in the table, which is not the numbers' once
+    rows have moved (any update writes a new version, and a vacuumed table reuses its space): the
+    trail must still say 1, 2, 3. (The 500 joins of test_queue_concurrency.py showed it, now and then.)"""
+    event = queued_event(rate=600)
+    entries = joined(event, 3)
+    QueueEntry.objects.filter(pk=entries[0].pk).update(state=F("state"))  # number 1's row now lies after 3's
+    with connection.cursor() as cursor:  # the planner reads the table in its own order (as it may with many rows)
+        cursor.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+
+    admit(event, seconds=60)
+
+    admitted = AuditEvent.objects.filter(subject_type="queue_entry", event_type="ADMITTED").order_by("pk")
+    assert [e.metadata["number"] for e in admitted] == [1, 2, 3]
