@@ -8,7 +8,7 @@ from collections import defaultdict
 from datetime import datetime
 from uuid import UUID
 
-from django.db.models import Q
+from django.db.models import F, Q
 
 from booking_site import ical
 from booking_site.accounts.models import User
@@ -46,7 +46,8 @@ def feed_entries(user: User, window: ical.Window) -> list[ical.Entry]:
 def _entries(groups: list[SeatHoldGroup]) -> list[ical.Entry]:
     codes: defaultdict[UUID, list[str]] = defaultdict(list)
     seats = (
-        SeatClaim.objects.filter(group__in=[g.pk for g in groups])
+        # A claim in its group's state: a booking's seats cancelled on their own are no longer its seats.
+        SeatClaim.objects.filter(group__in=[g.pk for g in groups], state=F("group__state"))
         .order_by("group", "seat__section", "seat__row", "seat__number")
         .values_list("group", "seat__code")
     )
@@ -65,7 +66,7 @@ def _entry(group: SeatHoldGroup, codes: list[str], found: dict[tuple[str, str], 
     sequence, stamp = ical.revised(
         found.get(subject_key(hold_subject(group))), found.get(subject_key(event)), since=group.updated_at
     )
-    lines = [f"Booking {group.booking_group_id}", f"Seats ({group.seat_count}): {', '.join(codes)}"]
+    lines = [f"Booking {group.booking_group_id}", f"Seats ({len(codes)}): {', '.join(codes)}"]
     return ical.Entry(
         uid=ical.uid("seat-booking", group.booking_group_id),
         start=event.event_date,

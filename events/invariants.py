@@ -27,13 +27,17 @@ INVARIANTS = [
     ),
     Invariant(
         name="events.seat_claims_mirror_group",
-        holds="A live hold group has seat_count seat claims in its own state, and no seat claim is active "
-        "for a group that is not.",
+        holds="A live hold group has seat_count seat claims in its own state, no seat claim is active "
+        "for a group that is not, and a claim in another state than its group's is a seat cancelled on its "
+        "own: CANCELLED, of a booking (confirmed or cancelled since).",
         sql=f"""SELECT g.id FROM {_GROUP} g WHERE g.state IN ('HELD', 'CONFIRMED') AND g.seat_count <> (
                     SELECT COUNT(*) FROM {_CLAIM} c WHERE c.group_id = g.id AND c.state = g.state)
                 UNION
                 SELECT c.group_id FROM {_CLAIM} c JOIN {_GROUP} g ON g.id = c.group_id
-                WHERE c.state IN ('HELD', 'CONFIRMED') AND (c.state <> g.state OR c.expires_at <> g.expires_at)""",
+                WHERE c.state IN ('HELD', 'CONFIRMED') AND (c.state <> g.state OR c.expires_at <> g.expires_at)
+                UNION
+                SELECT c.group_id FROM {_CLAIM} c JOIN {_GROUP} g ON g.id = c.group_id
+                WHERE c.state <> g.state AND (c.state <> 'CANCELLED' OR g.state NOT IN ('CONFIRMED', 'CANCELLED'))""",
         model=SeatHoldGroup,
     ),
     Invariant(

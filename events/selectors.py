@@ -166,6 +166,10 @@ def hold_groups_visible_to(user: User) -> QuerySet[SeatHoldGroup]:
 
 
 def group_seat_codes(group: SeatHoldGroup) -> list[str]:
+    """The seats of the group as it stands, in layout order: its claims in its own state (a booking's
+    seats cancelled on their own are no longer its seats; a cancelled booking's are all it had)."""
     return list(
-        Seat.objects.filter(claims__group=group).order_by("section", "row", "number").values_list("code", flat=True)
+        Seat.objects.filter(claims__group=group, claims__state=group.state)
+        .order_by("section", "row", "number")
+        .values_list("code", flat=True)
     )

@@ -900,17 +900,128 @@ def seat_hold_expire(*, hold_group_id: uuid.UUID, user: User, now: datetime) -> 
     return _hold_transition(None, hold_group_id, State.EXPIRED, action=EXPIRE, user=user, now=now)
 
 
-def seat_booking_cancel(*, booking_group_id: uuid.UUID, user: User, now: datetime, reason: str = "") -> SeatHoldGroup:
-    """Soft-cancel a booking: its rows stay, as CANCELLED, and its seats are free again."""
-    return SEAT_HOLDS.transition(
-        claims=SeatHoldGroup.objects.filter(booking_group_id=booking_group_id),
-        what=f"Booking {booking_group_id}",
-        to_state=State.CANCELLED,
-        action=CANCEL,
-        user=user,
-        now=now,
-        metadata={"reason": reason},
+SEATS_CANCELLED = "SEATS_CANCELLED"  # the audit event of a partial cancel: the booking stays CONFIRMED
+
+# A partial cancel, once the booking's row is locked and the seats checked (``seat_booking_cancel``): the
+# seats' claims, the booking's seat count, the event's booked-seat counter (its row lock, the transaction's
+# last, ADR 0001 row 5, as a whole cancel takes it) and the audit event, in one statement. The seats freed
+# are counted from the claims the statement moved, so the booking and the counter move by the same number.
+# Returns how many seats were freed (the caller checked every one under the booking's lock: all of them)
+# and the event's waiting count once its lock is held.
+PARTIAL_CANCEL = statements.Statement(
+    sql.SQL("""
+WITH cancelled AS (
+    UPDATE {c_table} c SET {c_state} = {cancelled} FROM {s_table} s
+    WHERE c.{c_group} = %(group)s AND c.{c_state} = {confirmed} AND s.id = c.{c_seat}
+      AND s.{s_code} = ANY(%(codes)s::text[])
+    RETURNING s.{s_code} AS code, s.{s_section} AS section, s.{s_row} AS row, s.{s_number} AS number
+), freed AS (
+    SELECT COUNT(*) AS seats, jsonb_agg(code ORDER BY section, row, number) AS codes FROM cancelled
+), regrouped AS (
+    UPDATE {g_table} g SET {g_seat_count} = g.{g_seat_count} - f.seats, {g_updated_at} = %(now)s FROM freed f
+    WHERE g.id = %(group)s AND f.seats > 0
+    RETURNING g.{g_seat_count} AS seats_left
+), counted AS (
+    UPDATE {e_table} e SET {e_confirmed_seats} = e.{e_confirmed_seats} - f.seats FROM freed f
+    WHERE e.id = %(event)s AND f.seats > 0
+    RETURNING e.{e_waiting_count} AS waiting
+), recorded AS ({recorded}
+)
+SELECT (SELECT seats FROM freed), (SELECT waiting FROM counted)
+""").format(
+        **_NAMES,
+        **statements.names(Event, "e_"),
+        cancelled=sql.Literal(State.CANCELLED),
+        confirmed=sql.Literal(State.CONFIRMED),
+        recorded=statements.audit_rows(
+            source=sql.SQL("freed f, regrouped g"),
+            occurred_at=statements.P("occurred_at"),
+            actor=statements.P("actor"),
+            actor_label=statements.P("actor_label"),
+            subject_type=sql.Literal(HOLD_SUBJECT),
+            subject_id=sql.SQL("%(group)s::text"),
+            event_type=sql.Literal(SEATS_CANCELLED),
+            from_state=sql.Literal(State.CONFIRMED),
+            to_state=sql.Literal(State.CONFIRMED),
+            metadata=sql.SQL("""jsonb_build_object(
+               'eventId', %(event)s::bigint, 'bookingGroupId', %(booking)s::text, 'seatCodes', f.codes,
+               'seatCount', g.seats_left, 'reason', %(reason)s::text)"""),
+            request_id=statements.P("trace_id"),
+        ),
     )
+)
+
+
+def seat_booking_cancel(
+    *, booking_group_id: uuid.UUID, user: User, now: datetime, reason: str = "", seat_codes: list[str] | None = None
+) -> SeatHoldGroup:
+    """Soft-cancel a booking: its rows stay, as CANCELLED, and its seats are free again. ``seat_codes``:
+    only those seats (each booked in it now, else 400), the rest stay booked; the last seats cancel the
+    booking. Seats freed while people wait are offered to the waiting list, as any freed seat is."""
+    what = f"Booking {booking_group_id}"
+    claims = SeatHoldGroup.objects.filter(booking_group_id=booking_group_id)
+    if seat_codes is None:
+        return SEAT_HOLDS.transition(
+            claims=claims,
+            what=what,
+            to_state=State.CANCELLED,
+            action=CANCEL,
+            user=user,
+            now=now,
+            metadata={"reason": reason},
+        )
+    if not seat_codes:
+        raise ValidationFailed.for_field("seatCodes", "Name at least one seat to cancel, or leave seatCodes out.")
+    if len(set(seat_codes)) != len(seat_codes):
+        raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
+    with transaction.atomic():
+        group = locking.lock_claim(claims)  # the booking's seats change only under it (a whole cancel takes it too)
+        if group is None:
+            raise NotFound(f"{what} does not exist.")
+        SEAT_HOLDS.policy.require(user, CANCEL, group, what=what)
+        if group.state != State.CONFIRMED:
+            raise SEAT_HOLDS.refused(group, State.CANCELLED)
+        now = locked_now(now)
+        booked = selectors.group_seat_codes(group)
+        unknown = sorted(set(seat_codes) - set(booked))
+        if unknown:
+            raise ValidationFailed(
+                f"Seats {', '.join(unknown)} are not booked in {what}.",
+                details={
+                    "fields": {"seatCodes": [f"Not booked in this booking: {', '.join(unknown)}."]},
+                    "seatCodes": unknown,
+                },
+            )
+        if len(seat_codes) == len(booked):  # its last seats: the booking is cancelled, whole
+            metadata = {"reason": reason}
+            extra = SEAT_HOLDS.changes(group, State.CANCELLED, now=now, metadata=metadata)
+            return SEAT_HOLDS.write([group], State.CANCELLED, actor=user, now=now, metadata=metadata, extra=extra)[0]
+        try:
+            freed, waiting = PARTIAL_CANCEL.fetchone(
+                {
+                    "group": group.pk,
+                    "booking": str(group.booking_group_id),
+                    "event": group.event_id,
+                    "codes": seat_codes,
+                    "now": now,
+                    "reason": reason,
+                    "occurred_at": timezone.now(),
+                    "actor": user.pk,
+                    "actor_label": f"user:{user.pk}",
+                    "trace_id": current_request_id() or "",
+                }
+            )
+        except IntegrityError as exc:
+            if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != "event_confirmed_within_total":
+                raise
+            _counter_refused(group.event_id, -len(seat_codes))
+        if freed != len(seat_codes):  # checked under the booking's lock: a lock is missing
+            raise RuntimeError(f"the seats of booking {booking_group_id} changed under its lock")
+        if waiting:
+            waitlist_offer(event_id=group.event_id, now=now)  # the statement holds the event's lock
+        group.seat_count, group.updated_at = group.seat_count - freed, now
+        group.seat_codes = [code for code in booked if code not in seat_codes]
+    return group
 
 
 def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: str, **kwargs) -> SeatHoldGroup:

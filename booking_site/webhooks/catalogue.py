@@ -28,7 +28,10 @@ EVENT_TYPES: list[str] = [
     *(f"car.{e}" for e in ("created", "updated")),
     *(f"reservation.{e}" for e in ("created", "confirmed", "cancelled", "expired")),
     *(f"event.{e}" for e in ("created", "updated", "sales_opened", "sales_closed")),
-    *(f"seat_hold.{e}" for e in ("created", "confirmed", "released", "expired", "cancelled", "reminded")),
+    *(
+        f"seat_hold.{e}"
+        for e in ("created", "confirmed", "released", "expired", "cancelled", "seats_cancelled", "reminded")
+    ),
     *(f"slot.{e}" for e in ("created", "updated", "cancelled")),
     *(f"slot_booking.{e}" for e in ("created", "confirmed", "cancelled", "expired", "rescheduled", "reminded")),
     *(f"waitlist_entry.{e}" for e in ("created", "offered", "accepted", "expired", "left")),

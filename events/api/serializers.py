@@ -188,11 +188,21 @@ class BookingSeatOut(OutputSerializer):
 
 class BookingCancelIn(StrictSerializer):
     reason = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
+    seatCodes = serializers.ListField(
+        child=serializers.CharField(max_length=50),
+        max_length=MAX_SEATS_PER_HOLD,
+        required=False,
+        help_text="Cancel only these seats of the booking (each booked in it now); the rest stay booked, and "
+        "cancelling its last seats cancels the booking. Left out: the whole booking.",
+    )
 
 
 class BookingCancelOut(OutputSerializer):
-    cancelled = serializers.BooleanField()
+    cancelled = serializers.BooleanField(help_text="Whether the booking as a whole is now cancelled.")
     bookingGroupId = serializers.UUIDField()
+    seatCodes = serializers.ListField(
+        child=serializers.CharField(), help_text="The seats still booked in it (none once it is cancelled)."
+    )
 
 
 class WaitlistJoinIn(StrictSerializer):

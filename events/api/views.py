@@ -336,9 +336,15 @@ class BookingCancel(APIView):
     def post(self, request, booking_group_id):
         data = BookingCancelIn.validated(request)
         group = services.seat_booking_cancel(
-            booking_group_id=booking_group_id, user=request.user, now=timezone.now(), reason=data["reason"]
+            booking_group_id=booking_group_id,
+            user=request.user,
+            now=timezone.now(),
+            reason=data["reason"],
+            seat_codes=data.get("seatCodes"),
         )
-        return Response(BookingCancelOut({"cancelled": True, "bookingGroupId": group.booking_group_id}).data)
+        cancelled = group.state == services.State.CANCELLED
+        out = {"cancelled": cancelled, "bookingGroupId": group.booking_group_id}
+        return Response(BookingCancelOut({**out, "seatCodes": [] if cancelled else group.seat_codes}).data)
 
 
 class BookingCalendar(CalendarView):

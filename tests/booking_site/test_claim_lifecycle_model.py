@@ -1,6 +1,7 @@
 """A model-based test of the claim lifecycle (booking_site/engine.py, docs/contract.md §2): random sequences
-of holds, confirms, releases, cancels, operator expiries, the expiry job, the reminder job and a clock that
-jumps forward, and joins and leaves of the event's waiting list, whose head is offered the seats that free (§5.8),
+of holds, confirms, releases, cancels (of a booking's seats, some or all), operator expiries, the expiry
+job, the reminder job and a clock that jumps forward, and joins and leaves of the event's waiting list,
+whose head is offered the seats that free (§5.8),
 over two users and a few resources in all three domains (cars, seats of an event, two slots), driven
 through the services. After every step the database, and what clients read through the API, must
 agree with a plain Python model: who holds what, the counts, each claim's state as clients see it (an
@@ -377,6 +378,42 @@ class ClaimLifecycle(RuleBasedStateMachine):
             )
             return
         self.transition(claim, who, CANCELLED)
+
+    @rule(pick=st.integers(0, 7), who=ACTORS, own=st.booleans(), data=st.data())
+    def cancel_some_seats(self, pick, who, own, data):
+        """Some seats of a booking (docs/contract.md §5), one of those made so far (``pick``): the booking's
+        own seats only (``own``: drawn from them, else from the event's); its last ones cancel it; the seats
+        freed go to the waiting list."""
+        bookings = [c for c in self.of("events") if c.booking_id is not None]
+        assume(bookings)
+        claim = bookings[pick % len(bookings)]
+        pool = list(claim.seats) if own and claim.seats else SEAT_CODES
+        codes = data.draw(st.sets(st.sampled_from(pool), min_size=1, max_size=2))
+        owner, other = sorted(self.world.users, key=lambda u: u.pk != claim.owner)
+        user = {"owner": owner, "operator": self.world.staff, "other": other}[who]
+        if who == "other":
+            expected = "not_owner"
+        elif claim.state != CONFIRMED:
+            expected = "booking_not_active"
+        elif not codes <= set(claim.seats):
+            expected = "validation_error"
+        else:
+            expected = None
+        done = self.attempt(
+            lambda: events.seat_booking_cancel(
+                booking_group_id=claim.booking_id, user=user, now=self.now, seat_codes=sorted(codes)
+            ),
+            expected,
+        )
+        if done is None:
+            return
+        if codes == set(claim.seats):
+            self.move(claim, CANCELLED)
+        else:
+            claim.seats = tuple(code for code in claim.seats if code not in codes)
+            claim.trail.append(events.SEATS_CANCELLED)
+            assert done.seat_codes == sorted(claim.seats, key=SEAT_CODES.index)
+        self.offers()
 
     @rule(claim=claims, who=ACTORS)
     def release(self, claim, who):

@@ -189,6 +189,17 @@ def _seat_claim_left_behind():
     return {group.pk}
 
 
+def _seat_of_a_booking_released_alone():
+    """A seat of a booking in another state than CANCELLED (only a cancel frees a booked seat on its own),
+    its group's count and the event's counter kept in step so that only this rule sees it."""
+    event = make_event(total_seats=3)
+    group = write_hold(event, ["S1", "S2"], state="CONFIRMED")
+    SeatClaim.objects.filter(group=group, seat__code="S2").update(state="RELEASED")
+    SeatHoldGroup.objects.filter(pk=group.pk).update(seat_count=1)
+    Event.objects.filter(pk=event.pk).update(confirmed_seats=1)
+    return {group.pk}
+
+
 def _seat_hold_ended_unaudited():
     event = make_event(total_seats=3)
     group = write_hold(event, ["S1"])
@@ -271,7 +282,7 @@ CORRUPTIONS = {
     "reservations.no_stale_hold": [_stale_reservation],
     "events.one_active_claim_per_seat": [_seat_in_two_holds],
     "events.confirmed_seats_counted": [_confirmed_seats_drifted],
-    "events.seat_claims_mirror_group": [_seat_claim_left_behind],
+    "events.seat_claims_mirror_group": [_seat_claim_left_behind, _seat_of_a_booking_released_alone],
     "events.waiting_counted": [_waiting_count_drifted],
     "events.offer_follows_its_hold": [_offer_outliving_its_hold],
     "events.terminal_claim_audited_once": [_seat_hold_ended_unaudited],
