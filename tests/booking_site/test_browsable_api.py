@@ -111,7 +111,7 @@ def _cases(staff) -> dict[str, Case]:
             {"holdGroupId": str(to_release.pk), "userId": str(guest.pk)},
         ),
         "event-queue-join": Case(f"/api/events/{queued.pk}/queue", set(), status=201),
-        "event-booking-cancel": Case(f"/api/events/bookings/{booked.booking_group_id}/cancel", {"reason"}),
+        "event-booking-cancel": Case(f"/api/events/bookings/{booked.booking_group_id}/cancel", {"reason", "seatCodes"}),
         "event-waitlist": Case(
             f"/api/events/{make_event(total_seats=1).pk}/waitlist", {"quantity"}, {"quantity": "2"}, 201
         ),

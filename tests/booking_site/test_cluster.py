@@ -186,6 +186,14 @@ def send(addresses: list[str], requests: list[tuple[str, str, str, dict]], heade
     return [(status, json.loads(body) if body else {}) for status, _, body in asyncio.run(go())]
 
 
+def serving(address: str, token: str) -> bool:
+    """Whether the web process at ``address`` serves a request now (a refused connection is a no)."""
+    try:
+        return get(address, "/api/cars", token) == 200
+    except OSError:
+        return False
+
+
 def get(address: str, path: str, token: str) -> int:
     request = urllib.request.Request(f"http://{address}{path}", headers={"Authorization": f"Token {token}"})
     try:
@@ -256,8 +264,13 @@ def test_a_web_process_killed_in_a_burst_of_holds_costs_at_most_its_requests_in_
         subject_id__in=[str(pk) for pk in Reservation.objects.filter(car_id__in=cars).values_list("pk", flat=True)]
     ).count() == len(stored)  # nothing half-written
 
-    # The supervisor starts it again; HAProxy's checks put it back, and it takes traffic.
-    cluster.wait_until(cluster.all_up, "the killed web process back UP")
+    # The supervisor starts it again; HAProxy's checks put it back, and it takes traffic. Until the new one
+    # runs, the dead one's orphaned worker may still answer (and pass HAProxy's check) on its port, then go:
+    # wait for the new process itself.
+    cluster.wait_until(
+        lambda: cluster.leaders()["web2"] != victim and serving(cluster.web[1], buyers[0].token) and cluster.all_up(),
+        "the killed web process started again, answering and back UP",
+    )
     before = int(cluster.servers()["web2"]["stot"])
     for _ in range(2 * WEB):
         assert get(cluster.address, "/api/cars", buyers[0].token) == 200
