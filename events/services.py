@@ -9,10 +9,12 @@ active claim is on it; every seat claim mirrors its group; confirms and cancels 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -623,14 +625,9 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             *(p for _, part_params in along for p in part_params),
             *insert_params,
         )
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(statement, params)
-                rows = cursor.fetchall()
-        except IntegrityError as exc:
-            if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != "event_confirmed_within_total":
-                raise
-            _counter_refused(groups[0].event_id, delta)
+        with _counter_backstop(groups[0].event_id, delta), connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            rows = cursor.fetchall()
         waiting = set(rows[0][1]) if rows else set()
         for group in groups:
             group.offer_to_waitlist = group.event_id in waiting and to_state in FREEING_STATES
@@ -657,19 +654,26 @@ def _refuse_taken(event: Event, codes: list[str]) -> None:
         raise SeatsUnavailable(f"Seats {', '.join(codes)} of event {event.pk} are taken.", details={"seatCodes": codes})
 
 
-def _counter_refused(event_id: int, delta: int) -> None:
-    """The event's booked-seat counter refused a move (``event_confirmed_within_total``).
+@contextlib.contextmanager
+def _counter_backstop(event_id: int, delta: int) -> Iterator[None]:
+    """Run a statement that moves the event's booked-seat counter by ``delta``; a refusal by
+    ``event_confirmed_within_total`` becomes 409 ``seat_count_conflict``.
 
     The services keep the counter equal to the confirmed claims, so the constraint should never refuse;
     if a counter has drifted anyway (a write outside the services), the request gets a 409 instead of a
     500, and its transaction, with the whole statement, is rolled back: nothing is written.
     """
-    CONSTRAINT_BACKSTOPS.labels("event_confirmed_within_total").inc()
-    logger.error("The booked-seat counter of event %s refused to move by %+d: it has drifted", event_id, delta)
-    raise SeatCountConflict(
-        f"The seat counts of event {event_id} are out of step; the change was not made.",
-        details={"eventId": event_id},
-    ) from None
+    try:
+        yield
+    except IntegrityError as exc:
+        if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != "event_confirmed_within_total":
+            raise
+        CONSTRAINT_BACKSTOPS.labels("event_confirmed_within_total").inc()
+        logger.error("The booked-seat counter of event %s refused to move by %+d: it has drifted", event_id, delta)
+        raise SeatCountConflict(
+            f"The seat counts of event {event_id} are out of step; the change was not made.",
+            details={"eventId": event_id},
+        ) from None
 
 
 def compiled_update(model, rows: list, fields: dict) -> tuple[str, tuple]:
@@ -996,7 +1000,7 @@ def seat_booking_cancel(
             metadata = {"reason": reason}
             extra = SEAT_HOLDS.changes(group, State.CANCELLED, now=now, metadata=metadata)
             return SEAT_HOLDS.write([group], State.CANCELLED, actor=user, now=now, metadata=metadata, extra=extra)[0]
-        try:
+        with _counter_backstop(group.event_id, -len(seat_codes)):
             freed, waiting = PARTIAL_CANCEL.fetchone(
                 {
                     "group": group.pk,
@@ -1011,10 +1015,6 @@ def seat_booking_cancel(
                     "trace_id": current_request_id() or "",
                 }
             )
-        except IntegrityError as exc:
-            if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != "event_confirmed_within_total":
-                raise
-            _counter_refused(group.event_id, -len(seat_codes))
         if freed != len(seat_codes):  # checked under the booking's lock: a lock is missing
             raise RuntimeError(f"the seats of booking {booking_group_id} changed under its lock")
         if waiting:
