@@ -149,6 +149,7 @@ class ClaimEngine(Generic[ClaimT]):
     domain: str
     policy: ClaimPolicy[ClaimT] = ClaimPolicy()
     cap: Cap | None = None  # the most one user may hold at once (checked by the domain's create)
+    one_statement = False  # the hold is ``decide``: one statement in autocommit where it can decide
 
     # --- what a domain declares -------------------------------------------------------------------
 
@@ -163,6 +164,13 @@ class ClaimEngine(Generic[ClaimT]):
         """What must happen on the locked target before ``create`` that its statement cannot do (an
         appointment's overdue holds on other slots); nothing by default: ``create`` expires the overdue
         holds on the target itself (they never block: docs/contract.md §2.2)."""
+
+    def decide(self, request, *, now: datetime, actor) -> ClaimT | None:
+        """The hold as one statement, for a domain whose hold is ``one_statement``: its locks taken by
+        ``locking.claim_lock_sql``, the lazy expiry, the checks, the insert, the audit events; raises the
+        refusal. None when its snapshot's reads under a lock may be stale (``locking.fresh_sql``): it
+        then wrote nothing but the locks' claim sequences."""
+        raise NotImplementedError
 
     def create(self, target, request, *, now: datetime, actor) -> ClaimT:
         """The domain's one statement after the locks: expire the overdue holds on the target, check its
@@ -203,13 +211,35 @@ class ClaimEngine(Generic[ClaimT]):
 
     def hold(self, request, *, now: datetime, actor) -> ClaimT:
         """Create a claim: lock → check → expire the overdue holds on the target → check free → insert →
-        audit → metrics. ``request`` is the domain's own description of what is asked."""
+        audit → metrics. ``request`` is the domain's own description of what is asked. A domain whose
+        hold is ``one_statement`` runs ``decide`` (``hold_decided``); the others, in a transaction, ``take``
+        (their lock statement and checks) and then ``create``."""
+        if self.one_statement:
+            claim = self.hold_decided(request, now=now, actor=actor)
+        else:
+            with transaction.atomic():
+                target, now = self.take(request, now=now)
+                claim = self.create(target, request, now=now, actor=actor)
+        if claim.current_state == self.model.HELD:
+            count_on_commit(HOLDS_CREATED, self.domain)
+        return claim
+
+    def hold_decided(self, request, *, now: datetime, actor) -> ClaimT:
+        """``decide`` in autocommit: one statement, no BEGIN or COMMIT. When it cannot decide (a claim
+        committed under one of its locks after its snapshot), in a transaction: ``decide`` again, whose
+        locks are then held to the COMMIT; if yet another claim committed under them between the two
+        statements, once more, and that statement's snapshot is taken under the locks, so it decides
+        (docs/decisions/0022-one-statement-holds.md). In a caller's transaction, straight to the second."""
+        if not connection.in_atomic_block:
+            claim = self.decide(request, now=locked_now(now), actor=actor)
+            if claim is not None:
+                return claim
         with transaction.atomic():
-            target, now = self.take(request, now=now)
-            claim = self.create(target, request, now=now, actor=actor)
-            if claim.current_state == self.model.HELD:
-                count_on_commit(HOLDS_CREATED, self.domain)
-            return claim
+            for _ in range(2):
+                claim = self.decide(request, now=locked_now(now), actor=actor)
+                if claim is not None:
+                    return claim
+        raise RuntimeError(f"A {self.domain} hold could not decide under its own locks.")
 
     def take(self, request, *, now: datetime) -> tuple[Any, datetime]:
         """Lock the target, judge by the clock after the lock, and make sure it is free. Returns the

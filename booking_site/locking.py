@@ -92,12 +92,11 @@ from django.db import connection
 from django.db.models import Exists, Model, OuterRef, QuerySet
 from psycopg import sql
 
-from booking_site import claims
 from booking_site.accounts.models import User
 from booking_site.claims import column
 from booking_site.statements import P, Statement, table
 from events.models import Event, EventQueue, QueueEntry, Seat
-from reservations.models import Car, Reservation
+from reservations.models import Car
 from slots.models import Slot
 
 _M = TypeVar("_M", bound=Model)
@@ -172,6 +171,53 @@ def user_lock_sql(user: sql.Composable) -> sql.Composable:
     )
 
 
+# 1 and 3 in a hold's one statement: the claim locks (docs/decisions/0022-one-statement-holds.md)
+
+# The column a claim lock moves, in the users' and the cars' tables: outside their models (migrations
+# accounts 0003, reservations 0002), so that a save() of a row read earlier never writes it back stale.
+CLAIM_SEQ = "claim_seq"
+
+
+def claim_lock_sql(
+    model: type[Model], key: sql.Composable, *, after: sql.Composable | None = None, returning: tuple[str, ...] = ()
+) -> sql.Composable:
+    """The row of ``model`` whose key is ``key`` locked by a hold's one statement, as its ``WITH``
+    sub-statement: ``UPDATE … SET claim_seq = claim_seq + 1 … RETURNING claim_seq`` and the fields
+    ``returning``, of the row's latest version (READ COMMITTED re-reads a row it waited for). The UPDATE
+    takes the row's lock ``FOR NO KEY UPDATE``, as ``lock_user`` and ``lock_car`` do, held to the commit,
+    and moves the row's claim sequence, which ``fresh_sql`` compares with the statement's snapshot
+    (``seen_sql``). ``after``: a condition reading the sub-statement of the lock before it in the order,
+    so that lock is held before this one is asked for (a condition runs below the UPDATE's own lock).
+    The seam a race control replaces (the statements are cached by this function)."""
+    seq = sql.Identifier(CLAIM_SEQ)
+    return sql.SQL("UPDATE {} SET {} = {} + 1 WHERE {} = {}{} RETURNING {}").format(
+        table(model),
+        seq,
+        seq,
+        column(model, model._meta.pk.name),
+        key,
+        sql.SQL(" AND {}").format(after) if after is not None else sql.SQL(""),
+        sql.SQL(", ").join([seq, *(column(model, name) for name in returning)]),
+    )
+
+
+def seen_sql(model: type[Model], key: sql.Composable) -> sql.Composable:
+    """The claim sequence of ``model``'s row ``key`` as the statement's snapshot has it: read, not locked,
+    so from before any wait for the row's lock (NULL when the row is missing or ``key`` is NULL)."""
+    return sql.SQL("(SELECT {} FROM {} WHERE {} = {})").format(
+        sql.Identifier(CLAIM_SEQ), table(model), column(model, model._meta.pk.name), key
+    )
+
+
+def fresh_sql(seen: sql.Composable, locked: sql.Composable) -> sql.Composable:
+    """Whether what a statement read from its snapshot under a claim lock is still the truth once it holds
+    it: no claim that took the lock committed between the snapshot and the lock (``locked``, the claim
+    sequence the statement's own ``claim_lock_sql`` returned, is one past ``seen``, the snapshot's,
+    ``seen_sql``). Every write that raises what a hold reads under the lock takes it by ``claim_lock_sql``.
+    The seam a race control replaces to take the detection away."""
+    return sql.SQL("({} = {} + 1)").format(locked, seen)
+
+
 # 2. the event row
 
 
@@ -229,43 +275,11 @@ def lock_event_queue(event_id: int) -> EventQueue | None:
 # 3. the resources
 
 
-@functools.cache
-def _car_lock(user_lock: Callable[[sql.Composable], sql.Composable], *, owner: bool) -> Statement:
-    """The car's lock statement, composed once per (user lock, whether the owner's is taken first): the
-    car's columns and whether an active reservation holds it at ``%(now)s`` (``claims.ACTIVE``)."""
-    fields = Car._meta.concrete_fields
-    taken = sql.SQL("EXISTS (SELECT FROM {} r WHERE {} = {} AND {})").format(
-        table(Reservation), column(Reservation, "car", "r"), column(Car, "id", "c"), claims.ACTIVE.sql(Reservation, "r")
-    )
-    after = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
-    return Statement(
-        sql.SQL("SELECT {}, {} FROM {} c WHERE {} = {} {} FOR NO KEY UPDATE OF c").format(
-            sql.SQL(", ").join(column(Car, f.name, "c") for f in fields),
-            taken,
-            table(Car),
-            column(Car, "id", "c"),
-            P("car"),
-            after,
-        )
-    )
-
-
-_CAR_ATTNAMES = [f.attname for f in Car._meta.concrete_fields]
-
-
-def lock_car(car_id: int, *, taken_at: datetime, owner: int | None = None) -> Car | None:
-    """Serializes every claim on one car. ``owner``: the user whose row the same statement locks first
-    (order 1: the buyer's, for the cap on a buyer's holds). The car says whether it was ``taken`` (an
-    active reservation holds it) at ``taken_at``, read from the statement's snapshot: taken before any
-    wait for the lock, so what it says may be stale once the lock is held. One statement composed once,
-    so it is prepared (``_car_lock``)."""
+def lock_car(car_id: int) -> Car | None:
+    """Serializes every write on one car (an edit of its details or status). A hold takes the same lock
+    as its claim lock (``claim_lock_sql``), inside its one statement."""
     _in_transaction("lock_car")
-    row = _car_lock(user_lock_sql, owner=owner is not None).fetchone({"car": car_id, "owner": owner, "now": taken_at})
-    if row is None:
-        return None
-    car = Car.from_db(connection.alias, _CAR_ATTNAMES, row[:-1])
-    car.taken = row[-1]
-    return car
+    return next(iter(_locked(Car, [car_id], NO_KEY_UPDATE)), None)
 
 
 class Reads:

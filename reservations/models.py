@@ -17,7 +17,6 @@ class Car(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    taken: bool  # annotated by the hold's lock (reservations.services), not a column
 
     class Meta:
         ordering = ["id"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -55,7 +56,7 @@ def car_create(
 def car_update(*, car_id: int, actor: User | None = None, **fields) -> Car:
     """Change some of a car's ``CAR_FIELDS`` or status under its row lock, recording what changed. A car taken out of
     service (INACTIVE) keeps its current reservation; it only cannot be held again."""
-    car = locking.lock_car(car_id, taken_at=timezone.now())
+    car = locking.lock_car(car_id)
     if car is None:
         raise NotFound(f"Car {car_id} does not exist.")
     audit.record_update(car, fields, actor=actor, state_field="status")
@@ -71,7 +72,7 @@ class CarHold:
     actor: User  # who asks: the buyer, or an operator for them (exempt from the cap)
     hold_minutes: int
     request_id: str
-    now: datetime  # when it was asked: the lock statement judges "taken" by it
+    now: datetime  # when it was asked
 
 
 class ReservationPolicy(ClaimPolicy[Reservation]):
@@ -81,15 +82,17 @@ class ReservationPolicy(ClaimPolicy[Reservation]):
 class Reservations(ClaimEngine[Reservation]):
     """A reservation holds one car (``reservation_one_active_per_car``).
 
-    The hold is the lean write path: two statements between BEGIN and COMMIT. ``lock_target`` locks
-    the car and, in the same statement, reads whether an active reservation holds it (so a request
-    refused at once costs BEGIN, that statement, ROLLBACK). ``create`` is one statement after the lock
-    is held, so it reads with a fresh snapshot: it expires the car's overdue holds, checks that no other
-    reservation blocks the car, inserts the new one (``ON CONFLICT DO NOTHING`` on the partial unique
-    index: the constraint stays the backstop), and writes the audit events of both.
+    The hold is one statement in autocommit (``decide``, docs/decisions/0022-one-statement-holds.md): it
+    takes the buyer's lock and the car's (``locking.claim_lock_sql``), expires the car's overdue holds,
+    checks that no other reservation blocks the car and the cap on the buyer's holds, inserts the new one
+    (``ON CONFLICT DO NOTHING`` on the partial unique index: the arbiter between holds in flight, and the
+    constraint stays the backstop), and writes the audit events of both. When a hold of the same buyer
+    committed after the statement's snapshot, its count of the buyer's holds may be stale: it writes
+    nothing (but the claim sequences) and the engine runs it again in a transaction (``hold_decided``).
     """
 
     model, domain, policy = Reservation, "reservations", ReservationPolicy()
+    one_statement = True
     cap = Cap(
         rule="active_car_holds_per_buyer",
         setting="RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER",
@@ -98,29 +101,13 @@ class Reservations(ClaimEngine[Reservation]):
         counts=claims.LIVE_HOLDS,
     )
 
-    def lock_target(self, request: CarHold) -> Car:
-        # Judged when the request was made (the caller's clock, not the database's): an active
-        # reservation then is a fair refusal. "Not taken" may be stale when the lock was waited for:
-        # ``create`` checks again after the lock. The buyer's lock (the cap) is taken first, by the
-        # same statement.
-        owner = self.cap.locked_owner(request.buyer.pk, request.actor)
-        car = locking.lock_car(request.car_id, taken_at=request.now, owner=owner)
-        if car is None:
-            raise NotFound(f"Car {request.car_id} does not exist.")
-        return car
-
-    def check_target(self, car: Car, request: CarHold, *, now: datetime) -> None:
-        if car.status != Car.Status.ACTIVE:
-            raise CarUnavailable(car_id=car.pk, reason="is not available for reservation")
-        if car.taken:
-            raise CarUnavailable(car_id=car.pk)
-
-    def create(self, car: Car, request: CarHold, *, now: datetime, actor) -> Reservation:
+    def decide(self, request: CarHold, *, now: datetime, actor) -> Reservation | None:
         expires_at = now + timedelta(minutes=request.hold_minutes)
         limit = self.cap.limit_for(request.actor)
-        expired, free, held, reservation_id, contended = HOLD.fetchone(
+        row = hold_statement().fetchone(
             {
-                "car": car.pk,
+                "car": request.car_id,
+                "owner": self.cap.locked_owner(request.buyer.pk, request.actor),
                 "buyer": request.buyer.pk,
                 "limit": limit,
                 "actor": actor.pk,
@@ -131,20 +118,29 @@ class Reservations(ClaimEngine[Reservation]):
                 "request_id": request.request_id,
                 "occurred_at": timezone.now(),
                 "trace_id": current_request_id() or "",
-                "metadata": json.dumps({"carId": car.pk, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
+                "metadata": json.dumps({"carId": request.car_id, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
             }
         )
+        found, available, owner_fresh, car_fresh, expired, free, held, reservation_id, confirmed = row
+        if not found:
+            raise NotFound(f"Car {request.car_id} does not exist.")
+        if not available:
+            raise CarUnavailable(car_id=request.car_id, reason="is not available for reservation")
+        if not owner_fresh:
+            return None  # the count of the buyer's holds may be stale: it wrote nothing
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         if not free:
-            raise CarUnavailable(car_id=car.pk)
+            raise CarUnavailable(car_id=request.car_id)  # taken by the snapshot: it was taken when we asked
         self.cap.check(count=held, asked=1, limit=limit)
         if reservation_id is None:
-            if not contended:
+            # The unique index refused it. The arbiter when a hold committed under the car's lock after
+            # the snapshot, or a confirm won a hold overdue in it (``confirmed``); otherwise a backstop.
+            if car_fresh and not confirmed:
                 CONSTRAINT_BACKSTOPS.labels("reservation_one_active_per_car").inc()
-            raise CarUnavailable(car_id=car.pk)
+            raise CarUnavailable(car_id=request.car_id)
         return Reservation(
             pk=reservation_id,
-            car=car,
+            car_id=request.car_id,
             buyer=request.buyer,
             state=State.HELD,
             expires_at=expires_at,
@@ -159,20 +155,36 @@ class Reservations(ClaimEngine[Reservation]):
         )
 
 
-def _hold_statement() -> statements.Statement:
+@functools.cache
+def _hold_statement(
+    claim_lock: Callable[..., sql.Composable], fresh: Callable[..., sql.Composable]
+) -> statements.Statement:
+    """The car hold's one statement, composed once per (claim lock, freshness check): the seams a race
+    control replaces (``locking.claim_lock_sql``, ``locking.fresh_sql``)."""
     P, R = statements.P, Reservation
     c = functools.partial(claims.column, R)
     held, expired = sql.Literal(R.HELD), sql.Literal(State.EXPIRED)
     on_car = sql.SQL("{} = {}").format(c("car"), P("car"))
-    # Order 3 kinds of locks never waited for here: the car's lock is held (``lock_target``).
     return statements.Statement(
         sql.SQL("""
-WITH overdue AS (
-    UPDATE {table} SET {state} = {expired}, {updated_at} = %(now)s WHERE {on_car} AND {overdue}
+WITH seen AS (
+    SELECT {seen_owner} AS owner, {seen_car} AS car
+), owner AS ({owner_lock}
+), car AS ({car_lock}
+), judged AS MATERIALIZED (
+    SELECT car.{status} = {active_car} AS available,
+           %(owner)s::bigint IS NULL OR {owner_fresh} AS owner_fresh,
+           {car_fresh} AS car_fresh
+    FROM car CROSS JOIN seen LEFT JOIN owner ON true
+), go AS (
+    SELECT FROM judged WHERE available AND owner_fresh
+), overdue AS (
+    UPDATE {table} SET {state} = {expired}, {updated_at} = %(now)s
+    WHERE {on_car} AND {overdue} AND EXISTS (SELECT FROM go)
     RETURNING id
 ), expired_events AS ({expired_events}
 ), free AS (
-    SELECT (SELECT count(*) FROM overdue) AS expired
+    SELECT (SELECT count(*) FROM overdue) AS expired FROM go
     WHERE NOT EXISTS (SELECT FROM {table} WHERE {on_car} AND {active})
 ), held AS (
     SELECT count(*) AS holds FROM {table}
@@ -186,12 +198,31 @@ WITH overdue AS (
 ), created_event AS ({created_event}
 )
 SELECT
+    EXISTS (SELECT FROM judged),
+    COALESCE((SELECT available FROM judged), false),
+    COALESCE((SELECT owner_fresh FROM judged), false),
+    COALESCE((SELECT car_fresh FROM judged), false),
     (SELECT count(*) FROM overdue),
     EXISTS (SELECT FROM free),
     (SELECT holds FROM held),
     (SELECT id FROM created),
     (SELECT count(*) FROM {table} WHERE {on_car} AND {overdue} AND id NOT IN (SELECT id FROM overdue))
 """).format(
+            seen_owner=locking.seen_sql(User, P("owner")),
+            seen_car=locking.seen_sql(Car, P("car")),
+            # Order 1, then 3: the car's UPDATE reads the buyer's (when the cap applies), so that lock is
+            # held before the car's is asked for; the overdue holds (4) after both (``go`` reads them).
+            owner_lock=claim_lock(User, P("owner")),
+            car_lock=claim_lock(
+                Car,
+                P("car"),
+                after=sql.SQL("(%(owner)s::bigint IS NULL OR EXISTS (SELECT FROM owner))"),
+                returning=("status",),
+            ),
+            owner_fresh=fresh(sql.SQL("seen.owner"), sql.SQL("owner.{}").format(sql.Identifier(locking.CLAIM_SEQ))),
+            car_fresh=fresh(sql.SQL("seen.car"), sql.SQL("car.{}").format(sql.Identifier(locking.CLAIM_SEQ))),
+            status=claims.column(Car, "status"),
+            active_car=sql.Literal(Car.Status.ACTIVE),
             table=statements.table(R),
             state=c(R.STATE_FIELD),
             car=c("car"),
@@ -226,16 +257,28 @@ SELECT
     )
 
 
-# The car hold after the car's lock (``Reservations.create``). The sub-statements of one statement share
-# its snapshot and do not see each other's writes. ``overdue`` expires the car's overdue holds; its
-# UPDATE waits for a request holding one of them and skips a row that request changed. ``free`` judges
-# by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and reads ``overdue`` so that UPDATE has
-# run before ``created`` inserts. When a hold overdue in the snapshot was confirmed meanwhile (its
-# confirm judged it before its expiry), the unique index refuses the insert: the last column counts
-# such rows, so that refusal is the confirm's win, not a backstop. ``held`` counts the buyer's claims
-# the cap counts (``Reservations.cap.counts``): read under the buyer's lock, taken by the lock statement
-# (none when the cap does not apply: ``limit`` is then NULL).
-HOLD = _hold_statement()
+def hold_statement() -> statements.Statement:
+    """The car hold (``Reservations.decide``), composed once.
+
+    The sub-statements of one statement share its snapshot, taken when it starts, and do not see each
+    other's writes. ``seen`` reads the buyer's and the car's claim sequences from it; ``owner`` and
+    ``car`` take their locks by moving them (``locking.claim_lock_sql``), the car's after the buyer's,
+    and return the rows' latest versions: the car's status is the truth. ``judged``: the snapshot's reads
+    under a lock are the truth when no hold committed under it after the snapshot (``locking.fresh_sql``).
+    Only then, and with the car in service, does anything else run (``go``). ``overdue`` expires the
+    car's overdue holds; its UPDATE waits for a request holding one of them and skips a row that request
+    changed. ``free`` judges by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and
+    reads ``overdue`` so that UPDATE has run before ``created`` inserts. ``held`` counts the buyer's claims
+    the cap counts (``Reservations.cap.counts``): fresh when ``owner_fresh`` (none when the cap does not
+    apply: ``limit`` and ``owner`` are then NULL). ``created`` inserts with ``ON CONFLICT DO NOTHING`` on
+    the partial unique index: a hold that committed after the snapshot (the car's lock was waited for)
+    or is in flight wins there. When a hold overdue in the snapshot was confirmed meanwhile (its confirm
+    judged it before its expiry), the index refuses too: the last column counts such rows, so that
+    refusal is the confirm's win, not a backstop."""
+    return _hold_statement(locking.claim_lock_sql, locking.fresh_sql)
+
+
+hold_statement()  # composed at import
 
 
 RESERVATIONS = Reservations()

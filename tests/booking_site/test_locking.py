@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
         lambda: locking.share_event(1),
         lambda: locking.lock_event(1),
         lambda: locking.lock_event_sales(1),
-        lambda: locking.lock_car(1, taken_at=timezone.now()),
+        lambda: locking.lock_car(1),
         lambda: locking.lock_slots([1]),
         lambda: locking.lock_seats(event_id=1, seat_ids=[1]),
         lambda: locking.share_event_lock_seats(1, codes=["S1"], taken_at=timezone.now()),

@@ -1,13 +1,11 @@
 """Races against a real PostgreSQL: many connections released at once (docs/contract.md §2.1)."""
 
-import contextlib
 import threading
 import time
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db import connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
@@ -19,9 +17,11 @@ from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from booking_site.statements import table
 from reservations import services
 from reservations.models import Car, Reservation
+from reservations.services import CarUnavailable
 from tests.concurrency import run_concurrently
 from tests.factories import UserFactory
 from tests.reservations.factories import CarFactory, ReservationFactory
+from tests.round_trips import round_trips
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 
@@ -57,17 +57,30 @@ def test_thirty_buyers_holding_one_car_get_one_hold(client_for):
     assert_exactly_one_hold(*hold_race(client_for))
 
 
+def unlocked(model, pause: float):
+    """``locking.claim_lock_sql`` without the lock for rows of ``model``: the row read (its claim sequence
+    as if moved, so the statement judges its snapshot fresh) after ``pause`` seconds, so that every racer's
+    snapshot is taken before any of them commits: the race, every time."""
+    claim_lock = locking.claim_lock_sql
+
+    def claim_lock_sql(lock_model, key, *, after=None, returning=()):
+        if lock_model is not model:
+            return claim_lock(lock_model, key, after=after, returning=returning)
+        seq = sql.Identifier(locking.CLAIM_SEQ)
+        return sql.SQL("SELECT {} + 1 AS {}{} FROM {} WHERE id = {} AND EXISTS (SELECT pg_sleep({}))").format(
+            seq,
+            seq,
+            sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(name)) for name in returning),
+            table(lock_model),
+            key,
+            sql.Literal(pause),
+        )
+
+    return claim_lock_sql
+
+
 def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch):
-    everyone_has_read = threading.Barrier(BUYERS, timeout=10)
-
-    def unlocked_car(car_id, *, taken_at, owner=None):
-        taken = Exists(Reservation.objects.active(now=taken_at).filter(car=OuterRef("pk")))
-        car = Car.objects.filter(pk=car_id).annotate(taken=taken).first()
-        with contextlib.suppress(threading.BrokenBarrierError):
-            everyone_has_read.wait()  # all buyers check before any inserts: the race, every time
-        return car
-
-    monkeypatch.setattr(locking, "lock_car", unlocked_car)
+    monkeypatch.setattr(locking, "claim_lock_sql", unlocked(Car, pause=1.0))
 
     statuses, codes, backstops = hold_race(client_for)
 
@@ -179,21 +192,113 @@ def test_one_buyer_holding_eight_cars_at_once_gets_exactly_three():
 
 
 def test_control_without_the_buyer_lock_the_cap_breaks(monkeypatch):
-    """The buyer is read, not locked; every racer counts the buyer's holds and inserts its own before any
-    of them commits (a hold counts and inserts in one statement, after its locks)."""
-    everyone_has_inserted = threading.Barrier(CARS, timeout=10)
-    create = services.RESERVATIONS.create
-
-    def inserted(*args, **kwargs):
-        reservation = create(*args, **kwargs)
-        with contextlib.suppress(threading.BrokenBarrierError):
-            everyone_has_inserted.wait()
-        return reservation
-
-    read_only = sql.SQL("EXISTS (SELECT FROM {} WHERE id = {})")  # the user's row read, not locked
-    monkeypatch.setattr(locking, "user_lock_sql", lambda user: read_only.format(table(User), user))
-    monkeypatch.setattr(services.RESERVATIONS, "create", inserted)
+    """The buyer is read, not locked: every racer counts the buyer's holds from a snapshot taken before
+    any of them commits, and inserts its own."""
+    monkeypatch.setattr(locking, "claim_lock_sql", unlocked(User, pause=1.0))
 
     buyer, _ = race_one_buyer_over_eight_cars()
 
     assert Reservation.objects.filter(buyer=buyer, state="HELD").count() > 3
+
+
+# --- a hold that waited for a lock while another hold committed under it (docs/decisions/0022) ---------
+
+
+def wait_until_blocked() -> None:
+    """Until some backend waits for a lock (the one-statement hold, behind the open transaction)."""
+    for _ in range(200):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0")
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.025)
+    raise AssertionError("the hold never waited for the lock")
+
+
+def behind_an_open_hold(first, second) -> tuple[object, object, int]:
+    """``first`` holds in a transaction left open; ``second``, a one-statement hold in autocommit, waits
+    for a lock ``first`` took; then ``first`` commits. Returns both results and ``second``'s round trips."""
+    held, release = threading.Event(), threading.Event()
+    trips = []
+
+    def opener():
+        with transaction.atomic():
+            result = first()
+            held.set()
+            release.wait(10)
+        return result
+
+    def waiter():
+        held.wait(10)
+        with round_trips() as counted:
+            try:
+                return second()
+            finally:
+                trips.append(counted)
+
+    def releaser():
+        held.wait(10)
+        wait_until_blocked()
+        release.set()
+
+    results = run_concurrently([opener, waiter, releaser])
+    return results[0], results[1], trips[0]
+
+
+def hold(car, buyer):
+    return lambda: services.reservation_hold(car_id=car.pk, buyer=buyer, hold_minutes=15, now=timezone.now())
+
+
+def test_a_hold_that_waited_for_the_buyers_lock_counts_the_hold_committed_meanwhile():
+    """The waiter's snapshot predates the first hold's commit, so its count of the buyer's holds is stale
+    (two, not three): it sees so (the buyer's claim sequence moved since its snapshot), writes nothing,
+    and decides in a transaction: BEGIN, the statement again, ROLLBACK (the refusal). 4 round trips."""
+    buyer = UserFactory()
+    for _ in range(2):
+        ReservationFactory(buyer=buyer)
+
+    first, second, trips = behind_an_open_hold(hold(CarFactory(), buyer), hold(CarFactory(), buyer))
+
+    assert isinstance(first, Reservation), first
+    assert isinstance(second, LimitReached), second
+    assert Reservation.objects.filter(buyer=buyer, state="HELD").count() == 3
+    sent = [s for s in trips.statements if "BEGIN" in s or "ROLLBACK" in s]
+    assert trips.count == 4 and len(sent) == 2 and "BEGIN" in sent[0] and "ROLLBACK" in sent[1], trips.statements
+
+
+def test_control_without_the_detection_the_waiter_breaks_the_cap(monkeypatch):
+    monkeypatch.setattr(locking, "fresh_sql", lambda seen, locked: sql.SQL("true"))
+    buyer = UserFactory()
+    for _ in range(2):
+        ReservationFactory(buyer=buyer)
+
+    first, second, _ = behind_an_open_hold(hold(CarFactory(), buyer), hold(CarFactory(), buyer))
+
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    assert Reservation.objects.filter(buyer=buyer, state="HELD").count() == 4
+
+
+def test_a_hold_that_waited_for_the_cars_lock_is_refused_by_the_hold_committed_meanwhile():
+    """The waiter's snapshot predates the first hold's commit, so it finds the car free; the unique index
+    refuses its insert, and it knows that for the arbiter's answer (the car's claim sequence moved since
+    its snapshot), not a backstop. One round trip: nothing in it needs a second."""
+    car = CarFactory()
+    before = backstop_hits()
+
+    first, second, trips = behind_an_open_hold(hold(car, UserFactory()), hold(car, UserFactory()))
+
+    assert isinstance(first, Reservation), first
+    assert isinstance(second, CarUnavailable), second
+    assert backstop_hits() - before == 0
+    assert trips.count == 1, trips.statements
+
+
+def test_control_without_the_detection_the_cars_waiter_counts_a_backstop(monkeypatch):
+    monkeypatch.setattr(locking, "fresh_sql", lambda seen, locked: sql.SQL("true"))
+    car = CarFactory()
+    before = backstop_hits()
+
+    first, second, _ = behind_an_open_hold(hold(car, UserFactory()), hold(car, UserFactory()))
+
+    assert isinstance(first, Reservation) and isinstance(second, CarUnavailable)
+    assert backstop_hits() - before == 1
