@@ -2,7 +2,12 @@
 booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only what is its own:
 
 - ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what);
-- for a hold: ``lock_target`` (its rows, in the order of ``booking_site.locking``), ``cap`` (the
+- for a hold that is one statement (``one_statement``, the car's): ``decide``, that statement
+  (docs/decisions/0022-one-statement-holds.md): its locks, the lazy expiry, the checks, the insert, the
+  audit events; None when its snapshot may be stale under a lock it took (then ``hold_decided`` runs it
+  again in a transaction);
+- for a hold in a transaction (the seats', the slots'): ``lock_target`` (its rows, in the order of
+  ``booking_site.locking``), ``cap`` (the
   most one user may hold at once: a ``Cap``, its count under the owner's row lock), ``check_target``
   (its rules), ``make_free`` (what must happen before ``create``, when that is more than one statement
   can do: nothing by default), and ``create``: the domain's one statement after the locks, composed once
@@ -14,8 +19,10 @@ booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only
 
 The engine owns the rest, the same for all three, each step a method:
 
-    hold         take:   lock_target → locked_now → check_target → make_free
-                 create: the domain's statement → booking_holds_created_total on commit
+    hold         one statement: decide in autocommit → (it could not decide) decide in a transaction
+                 or take:   lock_target → locked_now → check_target → make_free
+                    create: the domain's statement
+                 → booking_holds_created_total on commit
     transition   (before) → lock the claim (404) → the policy (403) → check → locked_now → an overdue
                  hold is expired and that commits (then 410 for a confirm, the domain's refusal
                  otherwise) → or check_transition → changes → write
@@ -92,9 +99,12 @@ class Cap:
     409 ``limit_reached``, ``details.rule`` = ``rule`` and ``details.limit``.
 
     The count is read under the owner's user row lock (``locking.user_lock``, order 1), in a statement
-    after the one that takes it, so two holds of one user at once cannot both pass a count of one
-    below the limit. An operator's request (the actor is staff, for themselves or for someone else)
-    is exempt unless ``operators_exempt`` is off: then it takes no lock for the cap either."""
+    after the one that takes it — or, in a one-statement hold, in the statement that takes it by
+    ``locking.claim_lock_sql``, trusted only when no claim committed under that lock after its snapshot
+    (``locking.fresh_sql``, docs/decisions/0022-one-statement-holds.md) — so two holds of one user at
+    once cannot both pass a count of one below the limit. An operator's request (the actor is staff, for
+    themselves or for someone else) is exempt unless ``operators_exempt`` is off: then it takes no lock
+    for the cap either."""
 
     rule: str
     setting: str
@@ -115,7 +125,8 @@ class Cap:
 
     def locked_owner(self, owner_id: int, actor: User) -> int | None:
         """The user whose row lock the count needs (``owner``: a lock function takes it first, by its
-        hold's lock statement); None when the cap does not apply, nothing to serialize."""
+        hold's lock statement, or its one statement); None when the cap does not apply, nothing to
+        serialize."""
         return owner_id if self.limit_for(actor) is not None else None
 
     def counted(self, model: type[Claim], alias: str = "") -> sql.Composable:

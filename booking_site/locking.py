@@ -17,7 +17,8 @@ kind in primary-key order, so two requests never wait for each other in a circle
    OFFERED entry changes with its hold group, under the group's lock). An edit and the switches take
    no other lock; a join or a leave, and opening sales, may go on to offer seats (below, 5).
 3. ``lock_car``, ``lock_slots``, ``lock_seats``: the rows a claim is on. They serialize the claims on
-   one car, the seats of one slot (its ``booked`` counter), each seat.
+   one car, the seats of one slot (its ``booked`` counter), each seat. A car hold takes the car's lock
+   (after the buyer's, 1) in its one statement by ``claim_lock_sql`` (below).
 4. ``lock_claims``, ``lock_claim``: claim rows (reservations, seat hold groups, slot bookings), e.g.
    the overdue holds a new claim expires, or the one claim a confirm moves.
 2b. the event's queue row (``EventQueue``, docs/decisions/0017-admission-queue.md):
@@ -58,7 +59,7 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
 
 One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock``,
 ``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``; ``user_lock_sql`` is ``user_lock`` for a statement
-composed once, as ``lock_car``'s), which run below the statement's own row lock,
+composed once, as ``lock_slots``'s), which run below the statement's own row lock,
 so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
 list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
 
@@ -70,12 +71,18 @@ available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it
 ``lock_batch`` (the expiry job) and ``batch_lock`` (the reminder job) are outside the order: ``SKIP
 LOCKED`` never waits, so they cannot deadlock; a row a request holds is left to that request.
 
-Every function refuses to run outside a transaction (a lock there would end with its statement). The
-race tests' controls replace these functions (and the seam ``user_lock_sql``) to show that their test
-notices a missing lock.
+Every function refuses to run outside a transaction (a lock there would end with its statement), but
+the claim locks, which are parts of one statement and held to its end. The race tests' controls
+replace these functions (and the seams ``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``) to show
+that their test notices a missing lock.
 
-The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``, ``lock_event_sales``
-(``_rows_lock``), ``lock_car`` (``_car_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
+A hold that is one statement in autocommit (the car's: docs/decisions/0022-one-statement-holds.md)
+takes its locks as ``WITH`` sub-statements, ``claim_lock_sql``: an ``UPDATE`` moving the row's claim
+sequence, each one's condition reading the one before it in the order, so that lock is held first.
+``fresh_sql`` tells the statement whether what its snapshot says under those locks is still the truth.
+
+The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``, ``lock_event_sales``,
+``lock_car`` (``_rows_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
 with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
 they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
 The others are still ORM querysets.
