@@ -208,7 +208,10 @@ def wait_until_blocked() -> None:
     """Until some backend waits for a lock (the one-statement hold, behind the open transaction)."""
     for _ in range(200):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE cardinality(pg_blocking_pids(pid)) > 0")
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
+            )
             if cursor.fetchone()[0]:
                 return
         time.sleep(0.025)
