@@ -305,3 +305,24 @@ def test_control_without_the_detection_the_cars_waiter_counts_a_backstop(monkeyp
 
     assert isinstance(first, Reservation) and isinstance(second, CarUnavailable)
     assert backstop_hits() - before == 1
+
+
+def test_holds_of_few_buyers_on_few_cars_with_edits_and_expiry_jobs_never_deadlock():
+    """The hold's one statement takes the buyer's lock, then the car's, then the car's overdue holds
+    (ADR 0001's order, by the plan's structure: ADR 0022); edits lock the car alone and the expiry job
+    skips what is locked. Every buyer on every car at once, each car with an overdue hold to expire,
+    beside edits and expiry jobs: only refusals, no deadlock (which PostgreSQL would report as an error)."""
+    buyers, cars = [UserFactory() for _ in range(3)], [CarFactory() for _ in range(3)]
+    past = timezone.now() - timedelta(hours=1)
+    for car in cars:
+        ReservationFactory(car=car, created_at=past, expires_at=past + timedelta(minutes=1))
+    holds = [hold(car, buyer) for buyer in buyers for car in cars]
+    edits = [lambda car=car: services.car_update(car_id=car.pk, label="edited") for car in cars]
+    expiry = [lambda: services.reservations_expire_due(now=timezone.now())] * 2
+
+    results = run_concurrently(holds * 2 + edits + expiry)
+
+    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, CarUnavailable | LimitReached)]
+    assert not unexpected, unexpected
+    for car in cars:
+        assert Reservation.objects.filter(car=car).blocking().count() == 1
