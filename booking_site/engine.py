@@ -180,7 +180,7 @@ class ClaimEngine(Generic[ClaimT]):
         """The hold as one statement, for a domain whose hold is ``one_statement``: its locks taken by
         ``locking.claim_lock_sql``, the lazy expiry, the checks, the insert, the audit events; raises the
         refusal. None when its snapshot's reads under a lock may be stale (``locking.fresh_sql``): it
-        then wrote nothing but the locks' claim sequences."""
+        then wrote nothing."""
         raise NotImplementedError
 
     def create(self, target, request, *, now: datetime, actor) -> ClaimT:

@@ -77,9 +77,10 @@ replace these functions (and the seams ``user_lock_sql``, ``claim_lock_sql``, ``
 that their test notices a missing lock.
 
 A hold that is one statement in autocommit (the car's: docs/decisions/0022-one-statement-holds.md)
-takes its locks as ``WITH`` sub-statements, ``claim_lock_sql``: an ``UPDATE`` moving the row's claim
-sequence, each one's condition reading the one before it in the order, so that lock is held first.
-``fresh_sql`` tells the statement whether what its snapshot says under those locks is still the truth.
+takes its locks as ``WITH`` sub-statements, ``claim_lock_sql``, each one's condition reading the one
+before it in the order, so that lock is held first. ``fresh_sql`` tells the statement whether what its
+snapshot says under those locks is still the truth: whether a claim that moved the rows' claim
+sequence (``claim_moved_sql``) committed after the snapshot.
 
 The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``, ``lock_event_sales``,
 ``lock_car`` (``_rows_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
@@ -180,8 +181,9 @@ def user_lock_sql(user: sql.Composable) -> sql.Composable:
 
 # 1 and 3 in a hold's one statement: the claim locks (docs/decisions/0022-one-statement-holds.md)
 
-# The column a claim lock moves, in the users' and the cars' tables: outside their models (migrations
-# accounts 0003, reservations 0002), so that a save() of a row read earlier never writes it back stale.
+# The column a claim moves (``claim_moved_sql``) and a claim lock reads, in the users' and the cars' tables:
+# outside their models (migrations accounts 0003, reservations 0002), so that a save() of a row read
+# earlier never writes it back stale.
 CLAIM_SEQ = "claim_seq"
 
 
@@ -189,22 +191,29 @@ def claim_lock_sql(
     model: type[Model], key: sql.Composable, *, after: sql.Composable | None = None, returning: tuple[str, ...] = ()
 ) -> sql.Composable:
     """The row of ``model`` whose key is ``key`` locked by a hold's one statement, as its ``WITH``
-    sub-statement: ``UPDATE … SET claim_seq = claim_seq + 1 … RETURNING claim_seq`` and the fields
-    ``returning``, of the row's latest version (READ COMMITTED re-reads a row it waited for). The UPDATE
-    takes the row's lock ``FOR NO KEY UPDATE``, as ``lock_user`` and ``lock_car`` do, held to the commit,
-    and moves the row's claim sequence, which ``fresh_sql`` compares with the statement's snapshot
+    sub-statement: ``SELECT claim_seq`` and the fields ``returning`` ``… FOR NO KEY UPDATE`` (the mode of
+    ``lock_user`` and ``lock_car``, held to the commit), of the row's newest version (READ COMMITTED
+    re-reads a row it waited for), which ``fresh_sql`` compares with the statement's snapshot
     (``seen_sql``). ``after``: a condition reading the sub-statement of the lock before it in the order,
-    so that lock is held before this one is asked for (a condition runs below the UPDATE's own lock).
+    so that lock is held before this one is asked for (a condition runs below the row's own lock).
     The seam a race control replaces (the statements are cached by this function)."""
-    seq = sql.Identifier(CLAIM_SEQ)
-    return sql.SQL("UPDATE {} SET {} = {} + 1 WHERE {} = {}{} RETURNING {}").format(
+    return sql.SQL("SELECT {} FROM {} WHERE {} = {}{} FOR NO KEY UPDATE").format(
+        sql.SQL(", ").join([sql.Identifier(CLAIM_SEQ), *(column(model, name) for name in returning)]),
         table(model),
-        seq,
-        seq,
         column(model, model._meta.pk.name),
         key,
         sql.SQL(" AND {}").format(after) if after is not None else sql.SQL(""),
-        sql.SQL(", ").join([seq, *(column(model, name) for name in returning)]),
+    )
+
+
+def claim_moved_sql(model: type[Model], key: sql.Composable, *, when: sql.Composable) -> sql.Composable:
+    """The claim sequence of ``model``'s row ``key`` moved on by one when ``when`` (a condition reading
+    what the statement inserted), as a ``WITH`` sub-statement of the statement that took the row's lock
+    by ``claim_lock_sql`` (so it waits for nobody). Every write that raises what a hold reads under that
+    lock moves it, in the transaction of that write."""
+    seq = sql.Identifier(CLAIM_SEQ)
+    return sql.SQL("UPDATE {} SET {} = {} + 1 WHERE {} = {} AND {}").format(
+        table(model), seq, seq, column(model, model._meta.pk.name), key, when
     )
 
 
@@ -218,11 +227,11 @@ def seen_sql(model: type[Model], key: sql.Composable) -> sql.Composable:
 
 def fresh_sql(seen: sql.Composable, locked: sql.Composable) -> sql.Composable:
     """Whether what a statement read from its snapshot under a claim lock is still the truth once it holds
-    it: no claim that took the lock committed between the snapshot and the lock (``locked``, the claim
-    sequence the statement's own ``claim_lock_sql`` returned, is one past ``seen``, the snapshot's,
-    ``seen_sql``). Every write that raises what a hold reads under the lock takes it by ``claim_lock_sql``.
-    The seam a race control replaces to take the detection away."""
-    return sql.SQL("({} = {} + 1)").format(locked, seen)
+    it: no claim that moved the row's claim sequence (``claim_moved_sql``) committed between the snapshot
+    and the lock (``locked``, the sequence of the row's newest version as ``claim_lock_sql`` returned it,
+    is ``seen``, the snapshot's, ``seen_sql``). The seam a race control replaces to take the detection
+    away."""
+    return sql.SQL("({} = {})").format(locked, seen)
 
 
 # 2. the event row

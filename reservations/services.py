@@ -86,9 +86,10 @@ class Reservations(ClaimEngine[Reservation]):
     takes the buyer's lock and the car's (``locking.claim_lock_sql``), expires the car's overdue holds,
     checks that no other reservation blocks the car and the cap on the buyer's holds, inserts the new one
     (``ON CONFLICT DO NOTHING`` on the partial unique index: the arbiter between holds in flight, and the
-    constraint stays the backstop), and writes the audit events of both. When a hold of the same buyer
-    committed after the statement's snapshot, its count of the buyer's holds may be stale: it writes
-    nothing (but the claim sequences) and the engine runs it again in a transaction (``hold_decided``).
+    constraint stays the backstop), writes the audit events of both, and moves the buyer's and the car's
+    claim sequences. When a hold of the same buyer committed after the statement's snapshot, its count
+    of the buyer's holds may be stale: it writes nothing and the engine runs it again in a transaction
+    (``hold_decided``).
     """
 
     model, domain, policy = Reservation, "reservations", ReservationPolicy()
@@ -169,8 +170,8 @@ def _hold_statement(
         sql.SQL("""
 WITH seen AS (
     SELECT {seen_owner} AS owner, {seen_car} AS car
-), owner AS ({owner_lock}
-), car AS ({car_lock}
+), owner AS MATERIALIZED ({owner_lock}
+), car AS MATERIALIZED ({car_lock}
 ), judged AS MATERIALIZED (
     SELECT car.{status} = {active_car} AS available,
            %(owner)s::bigint IS NULL OR {owner_fresh} AS owner_fresh,
@@ -196,6 +197,8 @@ WITH seen AS (
     ON CONFLICT ({car}) WHERE {blocking} DO NOTHING
     RETURNING id
 ), created_event AS ({created_event}
+), owner_moved AS ({owner_moved}
+), car_moved AS ({car_moved}
 )
 SELECT
     EXISTS (SELECT FROM judged),
@@ -219,6 +222,8 @@ SELECT
                 after=sql.SQL("(%(owner)s::bigint IS NULL OR EXISTS (SELECT FROM owner))"),
                 returning=("status",),
             ),
+            owner_moved=locking.claim_moved_sql(User, P("owner"), when=sql.SQL("EXISTS (SELECT FROM created)")),
+            car_moved=locking.claim_moved_sql(Car, P("car"), when=sql.SQL("EXISTS (SELECT FROM created)")),
             owner_fresh=fresh(sql.SQL("seen.owner"), sql.SQL("owner.{}").format(sql.Identifier(locking.CLAIM_SEQ))),
             car_fresh=fresh(sql.SQL("seen.car"), sql.SQL("car.{}").format(sql.Identifier(locking.CLAIM_SEQ))),
             status=claims.column(Car, "status"),
@@ -262,9 +267,10 @@ def hold_statement() -> statements.Statement:
 
     The sub-statements of one statement share its snapshot, taken when it starts, and do not see each
     other's writes. ``seen`` reads the buyer's and the car's claim sequences from it; ``owner`` and
-    ``car`` take their locks by moving them (``locking.claim_lock_sql``), the car's after the buyer's,
-    and return the rows' latest versions: the car's status is the truth. ``judged``: the snapshot's reads
-    under a lock are the truth when no hold committed under it after the snapshot (``locking.fresh_sql``).
+    ``car`` take their locks (``locking.claim_lock_sql``), the car's after the buyer's, and return the
+    rows' newest versions: the car's status is the truth. ``judged``: the snapshot's reads under a lock
+    are the truth when no hold committed under it after the snapshot (``locking.fresh_sql``: the
+    sequences are the snapshot's).
     Only then, and with the car in service, does anything else run (``go``). ``overdue`` expires the
     car's overdue holds; its UPDATE waits for a request holding one of them and skips a row that request
     changed. ``free`` judges by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and
@@ -274,7 +280,9 @@ def hold_statement() -> statements.Statement:
     the partial unique index: a hold that committed after the snapshot (the car's lock was waited for)
     or is in flight wins there. When a hold overdue in the snapshot was confirmed meanwhile (its confirm
     judged it before its expiry), the index refuses too: the last column counts such rows, so that
-    refusal is the confirm's win, not a backstop."""
+    refusal is the confirm's win, not a backstop. ``owner_moved`` and ``car_moved`` move both sequences
+    when ``created`` inserted (``locking.claim_moved_sql``): a refused hold writes nothing, so 200
+    buyers at one car leave one new version of its row, not 200."""
     return _hold_statement(locking.claim_lock_sql, locking.fresh_sql)
 
 

@@ -58,17 +58,17 @@ def test_thirty_buyers_holding_one_car_get_one_hold(client_for):
 
 
 def unlocked(model, pause: float):
-    """``locking.claim_lock_sql`` without the lock for rows of ``model``: the row read (its claim sequence
-    as if moved, so the statement judges its snapshot fresh) after ``pause`` seconds, so that every racer's
-    snapshot is taken before any of them commits: the race, every time."""
+    """``locking.claim_lock_sql`` without the lock for rows of ``model``: the row read from the snapshot
+    (so the statement judges it fresh) after ``pause`` seconds, so that every racer's snapshot is taken
+    before any of them commits: the race, every time."""
     claim_lock = locking.claim_lock_sql
 
     def claim_lock_sql(lock_model, key, *, after=None, returning=()):
         if lock_model is not model:
             return claim_lock(lock_model, key, after=after, returning=returning)
         seq = sql.Identifier(locking.CLAIM_SEQ)
-        return sql.SQL("SELECT {} + 1 AS {}{} FROM {} WHERE id = {} AND EXISTS (SELECT pg_sleep({}))").format(
-            seq,
+        # (A scalar sub-select, not EXISTS: EXISTS never evaluates its select list.)
+        return sql.SQL("SELECT {}{} FROM {} WHERE id = {} AND (SELECT 1 FROM pg_sleep({})) = 1").format(
             seq,
             sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(name)) for name in returning),
             table(lock_model),
