@@ -168,17 +168,24 @@ def _hold_statement(
     on_car = sql.SQL("{} = {}").format(c("car"), P("car"))
     return statements.Statement(
         sql.SQL("""
-WITH seen AS (
-    SELECT {seen_owner} AS owner, {seen_car} AS car
+WITH seen AS MATERIALIZED (
+    SELECT {seen_owner} AS owner, {seen_car} AS car,
+           (SELECT {status} FROM {car_table} WHERE {car_id} = %(car)s) AS status,
+           NOT EXISTS (SELECT FROM {table} WHERE {on_car} AND {active}) AS free,
+           (SELECT count(*) FROM {table} WHERE %(limit)s::bigint IS NOT NULL AND {buyer} = %(buyer)s AND {counted})
+           AS holds
+), wanted AS (
+    SELECT FROM seen WHERE status IS NOT NULL AND free AND (%(limit)s::bigint IS NULL OR holds < %(limit)s::bigint)
 ), owner AS MATERIALIZED ({owner_lock}
 ), car AS MATERIALIZED ({car_lock}
 ), judged AS MATERIALIZED (
-    SELECT car.{status} = {active_car} AS available,
-           %(owner)s::bigint IS NULL OR {owner_fresh} AS owner_fresh,
+    SELECT COALESCE(car.{status}, seen.status) = {active_car} AS available,
+           car.{seq} IS NULL OR %(owner)s::bigint IS NULL OR {owner_fresh} AS owner_fresh,
            {car_fresh} AS car_fresh
-    FROM car CROSS JOIN seen LEFT JOIN owner ON true
+    FROM seen LEFT JOIN car ON true LEFT JOIN owner ON true
+    WHERE seen.status IS NOT NULL OR car.{seq} IS NOT NULL
 ), go AS (
-    SELECT FROM judged WHERE available AND owner_fresh
+    SELECT FROM judged, car WHERE available AND owner_fresh
 ), overdue AS (
     UPDATE {table} SET {state} = {expired}, {updated_at} = %(now)s
     WHERE {on_car} AND {overdue} AND EXISTS (SELECT FROM go)
@@ -186,10 +193,8 @@ WITH seen AS (
 ), expired_events AS ({expired_events}
 ), free AS (
     SELECT (SELECT count(*) FROM overdue) AS expired FROM go
-    WHERE NOT EXISTS (SELECT FROM {table} WHERE {on_car} AND {active})
 ), held AS (
-    SELECT count(*) AS holds FROM {table}
-    WHERE %(limit)s::bigint IS NOT NULL AND {buyer} = %(buyer)s AND {counted}
+    SELECT holds FROM seen
 ), created AS (
     INSERT INTO {table} ({car}, {buyer}, {state}, {expires_at}, {request_id}, {created_at}, {updated_at})
     SELECT %(car)s, %(buyer)s, {held}, %(expires_at)s, %(request_id)s, %(now)s, %(now)s FROM free, held
@@ -206,8 +211,8 @@ SELECT
     COALESCE((SELECT owner_fresh FROM judged), false),
     COALESCE((SELECT car_fresh FROM judged), false),
     (SELECT count(*) FROM overdue),
-    EXISTS (SELECT FROM free),
-    (SELECT holds FROM held),
+    COALESCE((SELECT free FROM seen), false),
+    (SELECT holds FROM seen),
     (SELECT id FROM created),
     (SELECT count(*) FROM {table} WHERE {on_car} AND {overdue} AND id NOT IN (SELECT id FROM overdue))
 """).format(
@@ -215,13 +220,18 @@ SELECT
             seen_car=locking.seen_sql(Car, P("car")),
             # Order 1, then 3: the car's UPDATE reads the buyer's (when the cap applies), so that lock is
             # held before the car's is asked for; the overdue holds (4) after both (``go`` reads them).
-            owner_lock=claim_lock(User, P("owner")),
+            owner_lock=claim_lock(User, P("owner"), after=sql.SQL("EXISTS (SELECT FROM wanted)")),
             car_lock=claim_lock(
                 Car,
                 P("car"),
-                after=sql.SQL("(%(owner)s::bigint IS NULL OR EXISTS (SELECT FROM owner))"),
+                after=sql.SQL(
+                    "EXISTS (SELECT FROM wanted) AND (%(owner)s::bigint IS NULL OR EXISTS (SELECT FROM owner))"
+                ),
                 returning=("status",),
             ),
+            car_table=statements.table(Car),
+            car_id=claims.column(Car, "id"),
+            seq=sql.Identifier(locking.CLAIM_SEQ),
             owner_moved=locking.claim_moved_sql(User, P("owner"), when=sql.SQL("EXISTS (SELECT FROM created)")),
             car_moved=locking.claim_moved_sql(Car, P("car"), when=sql.SQL("EXISTS (SELECT FROM created)")),
             owner_fresh=fresh(sql.SQL("seen.owner"), sql.SQL("owner.{}").format(sql.Identifier(locking.CLAIM_SEQ))),
@@ -266,17 +276,19 @@ def hold_statement() -> statements.Statement:
     """The car hold (``Reservations.decide``), composed once.
 
     The sub-statements of one statement share its snapshot, taken when it starts, and do not see each
-    other's writes. ``seen`` reads the buyer's and the car's claim sequences from it; ``owner`` and
-    ``car`` take their locks (``locking.claim_lock_sql``), the car's after the buyer's, and return the
-    rows' newest versions: the car's status is the truth. ``judged``: the snapshot's reads under a lock
+    other's writes. ``seen`` reads from it the buyer's and the car's claim sequences, the car's status,
+    whether an active reservation holds the car (where an overdue hold is free: docs/contract.md §2.2) and
+    the buyer's claims the cap counts (``Reservations.cap.counts``; none when the cap does not apply:
+    ``limit`` and ``owner`` are then NULL). A hold those refuse was refused by what was true when it was
+    asked, and takes no lock: it writes nothing, so it commits nothing to wait for (``wanted``).
+    Otherwise ``owner`` and ``car`` take their locks (``locking.claim_lock_sql``), the car's after the
+    buyer's, and return the rows' newest versions: the car's status is the truth. ``judged``: the snapshot's reads under a lock
     are the truth when no hold committed under it after the snapshot (``locking.fresh_sql``: the
     sequences are the snapshot's).
     Only then, and with the car in service, does anything else run (``go``). ``overdue`` expires the
     car's overdue holds; its UPDATE waits for a request holding one of them and skips a row that request
-    changed. ``free`` judges by the snapshot, where an overdue hold is free (docs/contract.md §2.2), and
-    reads ``overdue`` so that UPDATE has run before ``created`` inserts. ``held`` counts the buyer's claims
-    the cap counts (``Reservations.cap.counts``): fresh when ``owner_fresh`` (none when the cap does not
-    apply: ``limit`` and ``owner`` are then NULL). ``created`` inserts with ``ON CONFLICT DO NOTHING`` on
+    changed. ``free`` reads ``overdue`` so that UPDATE has run before ``created`` inserts, by ``seen``'s
+    count (fresh when ``owner_fresh``). ``created`` inserts with ``ON CONFLICT DO NOTHING`` on
     the partial unique index: a hold that committed after the snapshot (the car's lock was waited for)
     or is in flight wins there. When a hold overdue in the snapshot was confirmed meanwhile (its confirm
     judged it before its expiry), the index refuses too: the last column counts such rows, so that
