@@ -282,9 +282,9 @@ def hold_statement() -> statements.Statement:
     ``limit`` and ``owner`` are then NULL). A hold those refuse was refused by what was true when it was
     asked, and takes no lock: it writes nothing, so it commits nothing to wait for (``wanted``).
     Otherwise ``owner`` and ``car`` take their locks (``locking.claim_lock_sql``), the car's after the
-    buyer's, and return the rows' newest versions: the car's status is the truth. ``judged``: the snapshot's reads under a lock
-    are the truth when no hold committed under it after the snapshot (``locking.fresh_sql``: the
-    sequences are the snapshot's).
+    buyer's, and return the rows' newest versions: the car's status is the truth. ``judged``: the
+    snapshot's reads under a lock are the truth when no hold committed under it after the snapshot
+    (``locking.fresh_sql``: the sequences are the snapshot's).
     Only then, and with the car in service, does anything else run (``go``). ``overdue`` expires the
     car's overdue holds; its UPDATE waits for a request holding one of them and skips a row that request
     changed. ``free`` reads ``overdue`` so that UPDATE has run before ``created`` inserts, by ``seen``'s
