@@ -12,7 +12,6 @@ from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from booking_site.accounts.models import User
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 
 State = SeatHoldGroup.State
@@ -158,11 +157,6 @@ def seat_map_json(*, event_id: int, now: datetime) -> SeatMapJSON | None:
         for pk, fixed in zip(layout.seat_ids, layout.fixed, strict=True)
     )
     return SeatMapJSON(event_id, len(layout.seat_ids), len(booked), len(held), seats)
-
-
-def hold_groups_visible_to(user: User) -> QuerySet[SeatHoldGroup]:
-    groups = SeatHoldGroup.objects.select_related("event", "user")
-    return groups if user.is_staff else groups.filter(user=user)
 
 
 def group_seat_codes(group: SeatHoldGroup) -> list[str]:

@@ -1143,8 +1143,7 @@ def waitlist_leave(*, event_id: int, entry_id: int, user: User, now: datetime) -
         entry = WaitlistEntry.objects.filter(pk=entry_id, event_id=event_id).first()
         if entry is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
-        if not user.is_staff and entry.user_id != user.pk:
-            raise NotOwner(f"Waiting-list entry {entry_id} belongs to another user.")
+        SEAT_HOLDS.policy.require_owner(user, entry.user_id, what=f"Waiting-list entry {entry_id}")
         if entry.state != Entry.WAITING:
             raise EntryNotWaiting(
                 f"Waiting-list entry {entry_id} is {entry.state}: only a waiting entry leaves the list.",

@@ -67,7 +67,6 @@ from booking_site.errors import (
     InvalidStateTransition,
     LimitReached,
     NotFound,
-    NotOwner,
     ValidationFailed,
 )
 from booking_site.expiry import locked_now
@@ -322,8 +321,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
         slot = locking.lock_slots([slot_id]).get(slot_id)
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
-        if slot.host_id != user.pk and not user.is_staff:
-            raise NotOwner(f"Slot {slot_id} belongs to another host.")
+        SLOT_BOOKINGS.policy.require_owner(user, slot.host_id, what=f"Slot {slot_id}", owner="host")
         now = locked_now(now)
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
