@@ -48,6 +48,7 @@ from slots.api.serializers import (
     SlotListedOut,
     SlotOut,
 )
+from slots.availability import AvailabilityFields, document_of
 from slots.models import Slot, SlotBooking
 
 
@@ -352,7 +353,7 @@ def _availability_out(host: User) -> dict:
         document: dict = {"timeZone": "UTC", "weekly": [], "overrides": [], "durations": [], "updatedAt": None}
         document |= {"minimumNoticeMinutes": 0, "bufferMinutes": 0}
     else:
-        document = {**services.document_of(availability), "updatedAt": availability.updated_at}
+        document = {**document_of(availability), "updatedAt": availability.updated_at}
     return AvailabilityOut({"hostId": host.pk, **document}).data
 
 
@@ -376,9 +377,9 @@ class MyAvailability(APIView):
     @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(services.NotAHost)})
     @idempotent
     def put(self, request):
-        document = cast(services.AvailabilityDocument, AvailabilityIn.validated(request))  # its fields, checked
+        fields = cast(AvailabilityFields, AvailabilityIn.validated(request))  # the document, checked whole
         host = request_user(request)
-        services.availability_set(host=host, document=document, actor=host, now=timezone.now())
+        services.availability_set(host=host, fields=fields, actor=host, now=timezone.now())
         return Response(_availability_out(host))
 
 
