@@ -43,7 +43,6 @@ from django.db.models import (
     Q,
     QuerySet,
     Subquery,
-    Sum,
     Value,
     When,
 )
@@ -529,11 +528,6 @@ def _clash(rows) -> Subquery:
     """The first of ``rows`` (a guest's active bookings overlapping a time) as ``{id, start, end}``, or None."""
     first = rows.order_by("start").values(json=JSONObject(id="pk", start="start", end="end"))[:1]
     return Subquery(first, output_field=JSONField())
-
-
-def _sum_seats(rows) -> Coalesce:
-    seats = rows.order_by().values("slot").annotate(total=Sum("seats")).values("total")
-    return Coalesce(Subquery(seats), 0)
 
 
 # The booking after the guest's and the slot's locks (``SlotBookings.create``): one statement, so one
