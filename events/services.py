@@ -30,7 +30,7 @@ from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
 from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, Along, Cap, ClaimEngine
-from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed
+from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed, bounded
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
@@ -140,12 +140,6 @@ def event_date_problem(event_date: datetime, *, now: datetime) -> str | None:
     return None
 
 
-def _check_range(field: str, value: int | None, bounds: tuple[int, int]) -> None:
-    low, high = bounds
-    if value is not None and not low <= value <= high:
-        raise ValidationFailed.for_field(field, f"Must be between {low} and {high}.")
-
-
 @dataclass(frozen=True)
 class SeatLayout:
     """Sections x rows x seats per row, giving codes like ``A-3-12``."""
@@ -190,12 +184,11 @@ def event_create(
         if total_seats is not None and total_seats != layout.total:
             raise ValidationFailed.for_field("totalSeats", f"The layout has {layout.total} seats, not {total_seats}.")
         total_seats = layout.total
-    if total_seats is None or not 1 <= total_seats <= MAX_SEATS_PER_EVENT:
-        raise ValidationFailed.for_field("totalSeats", f"Must be between 1 and {MAX_SEATS_PER_EVENT}.")
+    total_seats = bounded(total_seats, "totalSeats", 1, MAX_SEATS_PER_EVENT)
     problem = event_date_problem(event_date, now=now)
     if problem:
         raise ValidationFailed.for_field("date", problem)
-    _check_range("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE)
+    bounded(hold_minutes, "holdMinutes", *HOLD_MINUTES_RANGE)
     with transaction.atomic():
         event = Event.objects.create(
             name=name,
@@ -280,9 +273,13 @@ def event_update_details(
         "admission_window_minutes": admission_window_minutes,
     }
     wanted = {field: value for field, value in wanted.items() if value is not None}
-    _check_range("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE)
-    _check_range("admittedPerMinute", admitted_per_minute, ADMITTED_PER_MINUTE_RANGE)
-    _check_range("admissionWindowMinutes", admission_window_minutes, ADMISSION_WINDOW_RANGE)
+    for field, value, bounds in [
+        ("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE),
+        ("admittedPerMinute", admitted_per_minute, ADMITTED_PER_MINUTE_RANGE),
+        ("admissionWindowMinutes", admission_window_minutes, ADMISSION_WINDOW_RANGE),
+    ]:
+        if value is not None:
+            bounded(value, field, *bounds)
     with transaction.atomic():
         event = _locked_event(locking.lock_event, event_id)
         now = locked_now(now)
@@ -1143,8 +1140,7 @@ def waitlist_leave(*, event_id: int, entry_id: int, user: User, now: datetime) -
         entry = WaitlistEntry.objects.filter(pk=entry_id, event_id=event_id).first()
         if entry is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
-        if not user.is_staff and entry.user_id != user.pk:
-            raise NotOwner(f"Waiting-list entry {entry_id} belongs to another user.")
+        SEAT_HOLDS.policy.require_owner(user, entry.user_id, what=f"Waiting-list entry {entry_id}")
         if entry.state != Entry.WAITING:
             raise EntryNotWaiting(
                 f"Waiting-list entry {entry_id} is {entry.state}: only a waiting entry leaves the list.",

@@ -25,6 +25,7 @@ from booking_site.webhooks.services import webhook_endpoint_create, webhooks_del
 from events import services as events
 from events.models import SeatHoldGroup
 from slots import services as slots
+from slots.availability import availability_clean
 from slots.models import SlotBooking
 from tests.calendars import read_one
 from tests.concurrency import run_concurrently
@@ -57,7 +58,9 @@ def seat_booking(event_date, seats: int = 2) -> SeatHoldGroup:
 def appointment(start):
     host = HostFactory()
     week = {"timeZone": "UTC", "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]}
-    slots.availability_set(host=host, document={**week, "durations": [30]}, actor=host, now=timezone.now())
+    slots.availability_set(
+        host=host, fields=availability_clean({**week, "durations": [30]}), actor=host, now=timezone.now()
+    )
     return slots.appointment_book(
         host_id=host.pk, guest=UserFactory(), start=start, end=start + timedelta(minutes=30), now=timezone.now()
     )
