@@ -1177,24 +1177,55 @@ def waitlist_set(*, event_id: int, enabled: bool, actor: User | None, now: datet
     return event
 
 
+_W, _U = WaitlistEntry._meta.concrete_fields, User._meta.concrete_fields
+# The head of the event's waiting list (its first WAITING entry, on ``waitlist_entry_waiting_idx``) and its user.
+_WAITLIST_HEAD = statements.Statement(
+    sql.SQL("""
+SELECT {entry}, {user} FROM {w_table} w JOIN {u_table} u ON {u_id} = w.{w_user}
+WHERE w.{w_event} = %(event)s AND w.{w_state} = {waiting} ORDER BY w.{w_id} LIMIT 1""").format(
+        entry=sql.SQL(", ").join(claims.column(WaitlistEntry, f.name, "w") for f in _W),
+        user=sql.SQL(", ").join(claims.column(User, f.name, "u") for f in _U),
+        u_table=statements.table(User),
+        u_id=claims.column(User, "id", "u"),
+        waiting=sql.Literal(Entry.WAITING),
+        **_NAMES,
+    )
+)
 # One offer to the head, once its hold is made: the entry, the event's waiting counter (returned: how many
 # still wait), the audit event.
-ENTRY_OFFERED_SQL = f"""
+ENTRY_OFFERED = statements.Statement(
+    sql.SQL("""
 WITH offered AS (
-    UPDATE {_ENTRY} SET state = 'OFFERED', hold_group_id = %(group)s, offer_expires_at = %(expires_at)s,
-                        updated_at = %(now)s
-    WHERE id = %(entry)s AND state = 'WAITING' RETURNING id
+    UPDATE {w_table} SET {w_state} = {offered}, {w_hold_group} = %(group)s, {w_offer_expires_at} = %(expires_at)s,
+                         {w_updated_at} = %(now)s
+    WHERE {w_id} = %(entry)s AND {w_state} = {waiting} RETURNING {w_id}
 ), counted AS (
-    UPDATE {_EVENT} SET waiting_count = waiting_count - 1 WHERE id = %(event)s AND EXISTS (SELECT FROM offered)
-    RETURNING waiting_count
-), recorded AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(actor_label)s, 'waitlist_entry', id::text, 'OFFERED', 'WAITING', 'OFFERED',
-           %(metadata)s::jsonb, %(trace_id)s
-    FROM offered
+    UPDATE {e_table} SET {e_waiting_count} = {e_waiting_count} - 1
+    WHERE {e_id} = %(event)s AND EXISTS (SELECT FROM offered)
+    RETURNING {e_waiting_count}
+), recorded AS ({recorded})
+SELECT (SELECT COUNT(*) FROM offered), (SELECT {e_waiting_count} FROM counted)""").format(
+        offered=sql.Literal(Entry.OFFERED),
+        waiting=sql.Literal(Entry.WAITING),
+        e_table=statements.table(Event),
+        e_waiting_count=claims.column(Event, "waiting_count"),
+        e_id=claims.column(Event, "id"),
+        recorded=statements.audit_rows(
+            source=sql.Identifier("offered"),
+            occurred_at=statements.P("occurred_at"),
+            actor=sql.NULL,
+            actor_label=statements.P("actor_label"),
+            subject_type=sql.Literal(ENTRY_SUBJECT),
+            subject_id=sql.SQL("id::text"),
+            event_type=sql.Literal(Entry.OFFERED),
+            from_state=sql.Literal(Entry.WAITING),
+            to_state=sql.Literal(Entry.OFFERED),
+            metadata=sql.SQL("{}::jsonb").format(statements.P("metadata")),
+            request_id=statements.P("trace_id"),
+        ),
+        **_NAMES,
+    )
 )
-SELECT (SELECT COUNT(*) FROM offered), (SELECT waiting_count FROM counted)
-"""
 
 
 def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
@@ -1204,9 +1235,11 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
     are closed). Caller holds the event's row lock (``lock_event``, ``freed_events_lock``)."""
     offered: list[WaitlistEntry] = []
     while True:
-        head = WaitlistEntry.objects.filter(event_id=event_id, state=Entry.WAITING).select_related("user").first()
-        if head is None:
+        row = _WAITLIST_HEAD.fetchone({"event": event_id})
+        if row is None:
             return offered
+        head = WaitlistEntry.from_db(connection.alias, [f.attname for f in _W], row[: len(_W)])
+        head.user = User.from_db(connection.alias, [f.attname for f in _U], row[len(_W) :])
         ask = SeatHold(
             event_id=event_id,
             user=head.user,
@@ -1230,22 +1263,19 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
             "seatCodes": codes,
             "expiresAt": group.expires_at,
         }
-        with connection.cursor() as cursor:
-            cursor.execute(
-                ENTRY_OFFERED_SQL,
-                {
-                    "group": group.pk,
-                    "expires_at": group.expires_at,
-                    "now": now,
-                    "entry": head.pk,
-                    "event": event_id,
-                    "occurred_at": timezone.now(),
-                    "actor_label": OFFER_ACTOR,
-                    "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
-                    "trace_id": current_request_id() or "",
-                },
-            )
-            [(moved, still_waiting)] = cursor.fetchall()
+        moved, still_waiting = ENTRY_OFFERED.fetchone(
+            {
+                "group": group.pk,
+                "expires_at": group.expires_at,
+                "now": now,
+                "entry": head.pk,
+                "event": event_id,
+                "occurred_at": timezone.now(),
+                "actor_label": OFFER_ACTOR,
+                "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
+                "trace_id": current_request_id() or "",
+            }
+        )
         if not moved:  # under the event's lock a WAITING entry cannot change: a lock is missing
             raise RuntimeError(f"waiting-list entry {head.pk} changed under its event's lock")
         head.state, head.hold_group, head.offer_expires_at = Entry.OFFERED, group, group.expires_at
