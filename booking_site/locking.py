@@ -575,9 +575,9 @@ def lock_batch(rows: QuerySet[_M], size: int) -> list[_M]:
 # the reminder job
 
 
-def batch_lock(rows: QuerySet[_M], size: int) -> QuerySet[_M]:
-    """Up to ``size`` rows of ``rows`` in its order, as a sub-statement that locks them for the statement
-    writing them (``booking_site.reminders``): only those rows (not the rows they join), skipping any row
-    another transaction holds. Like ``lock_batch`` outside the order: it never waits."""
-    _in_transaction("batch_lock")
-    return rows.select_for_update(no_key=True, skip_locked=True, of=("self",))[:size]
+def batch_lock(alias: str) -> sql.Composable:
+    """The locking clause of a sub-statement that selects up to a batch of rows (``alias``: their table's
+    alias) for the statement writing them (``booking_site.reminders``): only those rows (not the rows they
+    join), skipping any row another transaction holds. Like ``lock_batch`` outside the order: it never
+    waits. The statement runs inside a transaction (its caller checks). The seam a race control replaces."""
+    return sql.SQL("FOR NO KEY UPDATE OF {} SKIP LOCKED").format(sql.Identifier(alias))
