@@ -39,7 +39,7 @@ from booking_site.audit.models import AuditEvent
 from booking_site.claims import column
 from booking_site.invariants import Invariant
 from booking_site.middleware import current_request_id
-from booking_site.statements import P, Statement, audit_rows, table
+from booking_site.statements import P, Statement, system_events, table
 
 if TYPE_CHECKING:
     from booking_site.engine import ClaimEngine
@@ -183,10 +183,8 @@ SELECT COUNT(*) FROM recorded""").format(
                 guard=guard(model, b),
                 lock=lock(b),
                 reminded_at=column(model, "reminded_at"),
-                recorded=audit_rows(
+                recorded=system_events(
                     source=sql.SQL("reminded JOIN due USING (id)"),
-                    occurred_at=P("occurred_at"),
-                    actor=sql.NULL,
                     actor_label=sql.Literal(REMINDER_ACTOR),
                     subject_type=sql.Literal(reminders.subject_type),
                     subject_id=sql.SQL("id::text"),
@@ -194,7 +192,6 @@ SELECT COUNT(*) FROM recorded""").format(
                     from_state=sql.Literal(model.CONFIRMED),
                     to_state=sql.Literal(model.CONFIRMED),
                     metadata=sql.SQL("due.reminder"),
-                    request_id=P("trace_id"),
                 ),
             )
         )

@@ -37,7 +37,7 @@ from booking_site.errors import Conflict, NotFound
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from booking_site.middleware import current_request_id
-from booking_site.statements import P, Statement, audit_rows, names
+from booking_site.statements import P, Statement, names, request_events, system_events
 from events.models import QUEUE_TOKEN, Event, EventQueue, QueueEntry
 from events.services import SalesClosed
 
@@ -109,18 +109,14 @@ _JOIN_INSERT = Statement(
         columns=sql.SQL(", ").join(column(QueueEntry, name) for name in _JOINED),
         event=column(QueueEntry, "event"),
         user=column(QueueEntry, "user"),
-        recorded=audit_rows(
+        recorded=request_events(
             source=sql.Identifier("entry"),
-            occurred_at=P("occurred_at"),
-            actor=P("user"),
-            actor_label=P("actor_label"),
             subject_type=sql.Literal(SUBJECT),
             subject_id=sql.SQL("id::text"),
             event_type=sql.Literal("CREATED"),
             from_state=sql.Literal(""),
             to_state=sql.Literal(State.WAITING),
             metadata=_event(),
-            request_id=P("trace_id"),
         ),
         **_NAMES,
     )
@@ -181,6 +177,7 @@ def _insert_entry(*, event_id: int, user: User, token: str, number: int, now: da
         {
             "event": event_id,
             "user": user.pk,
+            "actor": user.pk,
             "token": token,
             "number": number,
             "now": now,
@@ -253,10 +250,8 @@ _ADMIT = Statement(
         credit_from=column(EventQueue, "credit_from"),
         admitted_metadata=_event(admittedUntil=sql.SQL("{}::jsonb").format(P("until_json"))),
         lapsed_metadata=_event(),
-        recorded=audit_rows(
+        recorded=system_events(
             source=sql.Identifier("entries"),
-            occurred_at=P("occurred_at"),
-            actor=sql.NULL,
             actor_label=P("actor"),
             subject_type=sql.Literal(SUBJECT),
             subject_id=sql.SQL("id::text"),
@@ -264,7 +259,6 @@ _ADMIT = Statement(
             from_state=sql.SQL("from_state"),
             to_state=sql.SQL("to_state"),
             metadata=sql.SQL("metadata"),
-            request_id=P("trace_id"),
         ),
         **_NAMES,
     )

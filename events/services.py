@@ -937,11 +937,8 @@ SELECT (SELECT seats FROM freed), (SELECT waiting FROM counted)
         **statements.names(Event, "e_"),
         cancelled=sql.Literal(State.CANCELLED),
         confirmed=sql.Literal(State.CONFIRMED),
-        recorded=statements.audit_rows(
+        recorded=statements.request_events(
             source=sql.SQL("freed f, regrouped g"),
-            occurred_at=statements.P("occurred_at"),
-            actor=statements.P("actor"),
-            actor_label=statements.P("actor_label"),
             subject_type=sql.Literal(HOLD_SUBJECT),
             subject_id=sql.SQL("%(group)s::text"),
             event_type=sql.Literal(SEATS_CANCELLED),
@@ -950,7 +947,6 @@ SELECT (SELECT seats FROM freed), (SELECT waiting FROM counted)
             metadata=sql.SQL("""jsonb_build_object(
                'eventId', %(event)s::bigint, 'bookingGroupId', %(booking)s::text, 'seatCodes', f.codes,
                'seatCount', g.seats_left, 'reason', %(reason)s::text)"""),
-            request_id=statements.P("trace_id"),
         ),
     )
 )
@@ -1210,10 +1206,8 @@ SELECT (SELECT COUNT(*) FROM offered), (SELECT {e_waiting_count} FROM counted)""
         e_table=statements.table(Event),
         e_waiting_count=claims.column(Event, "waiting_count"),
         e_id=claims.column(Event, "id"),
-        recorded=statements.audit_rows(
+        recorded=statements.system_events(
             source=sql.Identifier("offered"),
-            occurred_at=statements.P("occurred_at"),
-            actor=sql.NULL,
             actor_label=statements.P("actor_label"),
             subject_type=sql.Literal(ENTRY_SUBJECT),
             subject_id=sql.SQL("id::text"),
@@ -1221,7 +1215,6 @@ SELECT (SELECT COUNT(*) FROM offered), (SELECT {e_waiting_count} FROM counted)""
             from_state=sql.Literal(Entry.WAITING),
             to_state=sql.Literal(Entry.OFFERED),
             metadata=sql.SQL("{}::jsonb").format(statements.P("metadata")),
-            request_id=statements.P("trace_id"),
         ),
         **_NAMES,
     )
