@@ -201,6 +201,23 @@ def test_joining_the_waiting_list_is_four_round_trips(cached_api_of, anyone_wait
     assert trips.count <= 4, trips.statements
 
 
+def test_leaving_the_waiting_list_is_five_round_trips(cached_api_of):
+    event, user = make_event(total_seats=2), UserFactory()
+    write_hold(event, ["S1", "S2"])
+    services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    entry = services.waitlist_join(event_id=event.pk, user=user, quantity=1, now=timezone.now())
+    api = cached_api_of(user)
+
+    with round_trips() as trips:
+        response = api.delete(f"/api/events/{event.pk}/waitlist/{entry.pk}")
+
+    assert response.status_code == 200, response.content
+    # BEGIN, the event's lock, the entry (and whether it is the head), the entry's LEFT with the counter and
+    # the audit event (``services.WAITLIST_LEAVE``), COMMIT.
+    assert trips.count <= 5, trips.statements
+    assert Event.objects.get(pk=event.pk).waiting_count == 1 and violations(event) == []
+
+
 def test_a_release_that_offers_its_seats_to_the_head_is_ten_round_trips(cached_api_of):
     event, user = make_event(total_seats=2), UserFactory()
     group = write_hold(event, ["S1", "S2"], user=user)
