@@ -218,24 +218,24 @@ def event_create(
     return event
 
 
+_SEAT_COLUMNS = sql.SQL(", ").join(claims.column(Seat, name) for name in ("event", "code", "section", "row", "number"))
+# An event's seats: a plain layout (S1…Sn, one row), or each section's rows of seats (A-1-1…).
+_PLAIN_SEATS = sql.SQL(
+    "INSERT INTO {} ({}) SELECT %(event)s, 'S' || n, '', 1, n FROM generate_series(1, %(seats)s) AS n ORDER BY n"
+).format(statements.table(Seat), _SEAT_COLUMNS)
+_SECTION_SEATS = sql.SQL("""INSERT INTO {} ({}) SELECT %(event)s, s.name || '-' || r || '-' || n, s.name, r, n
+FROM unnest(%(sections)s::text[]) WITH ORDINALITY AS s(name, position),
+     generate_series(1, %(rows)s) AS r, generate_series(1, %(seats)s) AS n
+ORDER BY s.position, r, n""").format(statements.table(Seat), _SEAT_COLUMNS)
+
+
 def _generate_seats(event: Event, layout: SeatLayout | None) -> None:
-    table = Seat._meta.db_table
     with connection.cursor() as cursor:
         if layout is None:
-            cursor.execute(
-                f"INSERT INTO {table} (event_id, code, section, row, number) "
-                "SELECT %s, 'S' || n, '', 1, n FROM generate_series(1, %s) AS n ORDER BY n",
-                [event.pk, event.total_seats],
-            )
+            cursor.execute(_PLAIN_SEATS.as_string(None), {"event": event.pk, "seats": event.total_seats})
         else:
-            cursor.execute(
-                f"INSERT INTO {table} (event_id, code, section, row, number) "
-                "SELECT %s, s.name || '-' || r || '-' || n, s.name, r, n "
-                "FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, position), "
-                "generate_series(1, %s) AS r, generate_series(1, %s) AS n "
-                "ORDER BY s.position, r, n",
-                [event.pk, list(layout.sections), layout.rows, layout.seats_per_row],
-            )
+            params = {"event": event.pk, "sections": list(layout.sections), "rows": layout.rows}
+            cursor.execute(_SECTION_SEATS.as_string(None), {**params, "seats": layout.seats_per_row})
 
 
 def _locked_event(lock, event_id: int) -> Event:
