@@ -78,7 +78,8 @@ The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``
 (``_rows_lock``), ``lock_car`` (``_car_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
 with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
 they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
-The others are still ORM querysets.
+So are ``take_queue_number`` and ``lock_event_queue``; ``batch_lock`` is a clause of the reminders'
+statement, composed with it. The others are still ORM querysets.
 """
 
 from __future__ import annotations
