@@ -234,8 +234,10 @@ def _generate_seats(event: Event, layout: SeatLayout | None) -> None:
         if layout is None:
             cursor.execute(_PLAIN_SEATS.as_string(None), {"event": event.pk, "seats": event.total_seats})
         else:
-            params = {"event": event.pk, "sections": list(layout.sections), "rows": layout.rows}
-            cursor.execute(_SECTION_SEATS.as_string(None), {**params, "seats": layout.seats_per_row})
+            sections, rows, seats = list(layout.sections), layout.rows, layout.seats_per_row
+            cursor.execute(
+                _SECTION_SEATS.as_string(None), {"event": event.pk, "sections": sections, "rows": rows, "seats": seats}
+            )
 
 
 def _locked_event(lock, event_id: int) -> Event:
