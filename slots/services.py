@@ -393,7 +393,7 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
     cap = Cap(
         rule="max_active",
         setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
-        message="You already have {count} active bookings; a guest may have at most {limit}.",
+        message="You already have {count} bookings that count toward the limit; a guest may have at most {limit}.",
         summary="A guest has at most {limit} bookings at once.",
         counts=claims.ACTIVE,
         operators_exempt=False,
