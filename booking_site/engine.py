@@ -67,7 +67,8 @@ Along = Sequence[tuple[str, Sequence[Any]]]  # write_along's sub-statements: (sq
 class ClaimPolicy(Generic[ClaimT]):
     """Who may do what with one domain's claims (docs/contract.md §2.6): the owner acts on their own claims, an
     operator (staff) on everyone's; expiring a hold now is the operator's alone. A domain with more
-    parties (a slot's host) subclasses it."""
+    parties (a slot's host) subclasses it. The domain's rows that are not claims but belong to one user
+    (a waiting-list entry, a queue entry, a host's slot) follow the same rule: ``owns``, ``require_owner``."""
 
     owner_field = "user"  # the claim's foreign key to its owner
     operator_only = frozenset({EXPIRE})
@@ -75,10 +76,14 @@ class ClaimPolicy(Generic[ClaimT]):
     def owner_id(self, claim: ClaimT) -> int:
         return getattr(claim, f"{self.owner_field}_id")
 
+    def owns(self, user: User, owner_id: int) -> bool:
+        """Whether ``user`` may act on what belongs to ``owner_id``: the owner, or an operator."""
+        return user.is_staff or owner_id == user.pk
+
     def may(self, user: User, action: str, claim: ClaimT) -> bool:
-        if user.is_staff:
-            return True
-        return action not in self.operator_only and self.owner_id(claim) == user.pk
+        if action in self.operator_only:
+            return user.is_staff
+        return self.owns(user, self.owner_id(claim))
 
     def require(self, user: User, action: str, claim: ClaimT, *, what: str) -> None:
         if self.may(user, action, claim):
@@ -86,6 +91,12 @@ class ClaimPolicy(Generic[ClaimT]):
         if action in self.operator_only:
             raise Forbidden(f"Only operators may {action} {what}.")
         raise NotOwner(f"{what} belongs to another user.")
+
+    def require_owner(self, user: User, owner_id: int, *, what: str, owner: str = "user") -> None:
+        """Refuse ``user`` ``what``, a row that belongs to ``owner_id`` (its ``owner``: a user, a host), unless
+        ``owns`` allows it."""
+        if not self.owns(user, owner_id):
+            raise NotOwner(f"{what} belongs to another {owner}.")
 
     def visible(self, claims: QuerySet, user: User) -> QuerySet:
         """The claims ``user`` may see: their own; an operator all."""
