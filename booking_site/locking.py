@@ -18,8 +18,9 @@ kind in primary-key order, so two requests never wait for each other in a circle
    no other lock; a join or a leave, and opening sales, may go on to offer seats (below, 5).
 3. ``lock_car``, ``lock_slots``, ``lock_seats``: the rows a claim is on. They serialize the claims on
    one car, the seats of one slot (its ``booked`` counter), each seat.
-4. ``lock_claims``, ``lock_claim``: claim rows (reservations, seat hold groups, slot bookings), e.g.
-   the overdue holds a new claim expires, or the one claim a confirm moves.
+4. claim rows (reservations, seat hold groups, slot bookings): the one claim a transition moves
+   (``claim_lock_sql``, in its statement), the overdue holds an expiry moves (in its statement,
+   ``engine._expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
 2b. the event's queue row (``EventQueue``, docs/decisions/0017-admission-queue.md):
    ``take_queue_number`` (a join moves its counter, ``FOR NO KEY UPDATE`` by the ``UPDATE``, held to
    the join's commit, so numbers commit in the order they are given) and ``lock_event_queue`` (one
@@ -56,9 +57,9 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   ``FOR KEY SHARE`` lockers past a waiting ``FOR UPDATE``: under a stream of holds the close waits for
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
-One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock``,
-``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``; ``user_lock_sql`` is ``user_lock`` for a statement
-composed once, as ``lock_car``'s), which run below the statement's own row lock,
+One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock_sql``,
+``slot_lock_sql``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``, in a statement composed once, as ``lock_car``'s
+and a transition's), which run below the statement's own row lock,
 so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
 list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
 
@@ -67,18 +68,20 @@ the event, then the seats; ADR 0009), after 1 (the holder) when the cap on held 
 available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it takes them in
 (preference, not id) cannot close a circle.
 
-``lock_batch`` (the expiry job) and ``batch_lock`` (the reminder job) are outside the order: ``SKIP
-LOCKED`` never waits, so they cannot deadlock; a row a request holds is left to that request.
+The expiry job's batch (``engine._expiry_statement``: the overdue rows, with the slots of slot bookings)
+and ``batch_lock`` (the reminder job) are outside the order: ``SKIP LOCKED`` never waits, so they cannot deadlock; a row a request holds is left to that request.
 
-Every function refuses to run outside a transaction (a lock there would end with its statement). The
-race tests' controls replace these functions (and the seam ``user_lock_sql``) to show that their test
-notices a missing lock.
+Every function refuses to run outside a transaction (a lock there would end with its statement); the
+``…_sql`` seams are conditions of one statement that is the whole claim operation (a transition in
+autocommit). The race tests' controls replace these functions and seams to show that their test notices
+a missing lock.
 
 The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``, ``lock_event_sales``
 (``_rows_lock``), ``lock_car`` (``_car_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
 with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
 they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
-The others are still ORM querysets.
+So are the transitions' and the expiry's (``booking_site.engine``). ``lock_seats``, ``lock_claim`` and
+``lock_event_queue`` are still ORM querysets.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import connection
-from django.db.models import Exists, Model, OuterRef, QuerySet
+from django.db.models import Model, QuerySet
 from psycopg import sql
 
 from booking_site import claims
@@ -154,17 +157,10 @@ def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
     return {user.pk: user for user in _locked(User, user_ids, NO_KEY_UPDATE)}
 
 
-def user_lock(user_id: int | OuterRef) -> Exists:
-    """The same lock as a condition of a bigger statement (true when the user exists), for a statement
-    that takes a lock of a later kind too (a claim's lock, ``slot_lock(..., after=user_lock(id))``):
-    a sub-select runs below the statement's own row locking, so this lock is held before that one is
-    asked for. Built anywhere; the lock function that runs the statement refuses to outside a
-    transaction. The seam a race control replaces to remove the user's lock from a fused statement."""
-    return Exists(User.objects.select_for_update(no_key=True).filter(pk=user_id))
-
-
 def user_lock_sql(user: sql.Composable) -> sql.Composable:
-    """``user_lock`` for a statement composed once (``psycopg.sql``; ``user``: its parameter). The seam a
+    """One user row's lock as a condition of a statement composed once (``psycopg.sql``; ``user``: its
+    parameter; true when the user exists): a sub-select runs below the statement's own row lock, so this
+    lock is held before that one is asked for. The seam a
     race control replaces: a statement built with it is composed again for the replacement (``_car_lock``
     is cached by this function)."""
     return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = {} FOR NO KEY UPDATE)").format(
@@ -322,11 +318,14 @@ def lock_slots(
     return slots
 
 
-def slot_lock(slot_id: int | OuterRef, *, after: Exists | None = None) -> Exists:
-    """One slot's lock as a condition of a bigger statement (see ``user_lock``): a claim's lock
-    (``lock_claim``) takes it first. The seam a race control replaces."""
-    slots = Slot.objects.select_for_update(no_key=True).filter(pk=slot_id)
-    return Exists(slots.filter(after) if after is not None else slots)
+def slot_lock_sql(slot: sql.Composable, *, after: sql.Composable | None = None) -> sql.Composable:
+    """One slot's lock as a condition of a bigger statement (``slot``: its id there), ``after`` another
+    lock's condition (``user_lock_sql``): a sub-select runs below the statement's own row lock, so it is
+    held before that one is asked for, and ``after``'s before it. The seam a race control replaces (the
+    transitions' statements are cached by this function)."""
+    return sql.SQL("EXISTS (SELECT FROM {} s WHERE {} = {} AND {} FOR NO KEY UPDATE)").format(
+        table(Slot), column(Slot, "id", "s"), slot, after if after is not None else sql.SQL("true")
+    )
 
 
 def lock_seats(
@@ -503,42 +502,36 @@ def share_event_lock_free_seats(
 # 2 (again, after 4) and 5: the events of a transition that frees seats
 
 
-def freed_events_lock() -> str:
+def freed_events_lock_sql(events: sql.Composable) -> sql.Composable:
     """The events of the hold groups a transition frees (a release, an expiry, a cancel), as a
-    sub-statement of the transition's own statement (its parameter: their ids): ``FOR NO KEY UPDATE``
-    in id order, returning each ``waiting_count`` as it is once the lock is held (READ COMMITTED
+    sub-statement of the transition's own statement (``events``: a sub-select of their ids): ``FOR NO KEY
+    UPDATE`` in id order, returning each ``waiting_count`` as it is once the lock is held (READ COMMITTED
     re-reads a row it waited for). It serializes the seats freed with the waiting list: a join, a
     leave and every offer take the same lock, so a freed seat is offered to the head of the list that
     every join before it committed, and two releases offer one after the other, in list order
-    (docs/decisions/0016-waiting-list.md). The seam a race control replaces."""
-    return f"SELECT id, waiting_count FROM {_EVENT} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+    (docs/decisions/0016-waiting-list.md). The seam a race control replaces (the transitions' statements
+    are cached by this function)."""
+    return sql.SQL("SELECT id, {} FROM {} WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE").format(
+        column(Event, "waiting_count"), table(Event), events
+    )
 
 
 # 4. claims
 
 
-def lock_claims(claims: QuerySet[_M]) -> list[_M]:
-    """The claim rows ``claims`` selects (only those: rows it ``select_related`` are read, not locked;
-    lock them first, in their place in the order). Under READ COMMITTED a row changed by the transaction we waited
-    for is read again, and dropped when it no longer matches."""
-    _in_transaction("lock_claims")
-    return list(claims.select_for_update(no_key=True, of=("self",)).order_by("pk"))
-
-
 def lock_claim(claims: QuerySet[_M]) -> _M | None:
-    """The one claim row ``claims`` selects, or None."""
+    """The one claim row ``claims`` selects, or None (a reschedule's, a partial cancel's: the
+    transitions lock theirs in their own statement, ``claim_lock_sql``)."""
     _in_transaction("lock_claim")
     return claims.select_for_update(no_key=True, of=("self",)).first()
 
 
-# the expiry job
-
-
-def lock_batch(rows: QuerySet[_M], size: int) -> list[_M]:
-    """Up to ``size`` rows of ``rows`` (with the rows it ``select_related``), skipping any row another
-    transaction holds: never waits."""
-    _in_transaction("lock_batch")
-    return list(rows.select_for_update(no_key=True, skip_locked=True).order_by("pk")[:size])
+def claim_lock_sql() -> sql.Composable:
+    """A transition's lock of its claim (aliased ``c``) in its one statement (``engine._transition_statement``,
+    in autocommit: the lock lasts the statement, which is the whole transition). READ COMMITTED returns the
+    row's newest version once the lock is held, so the statement decides on it. The seam a race control
+    replaces (the statements are cached by this function)."""
+    return sql.SQL("FOR NO KEY UPDATE OF c")
 
 
 # the reminder job
@@ -547,6 +540,6 @@ def lock_batch(rows: QuerySet[_M], size: int) -> list[_M]:
 def batch_lock(rows: QuerySet[_M], size: int) -> QuerySet[_M]:
     """Up to ``size`` rows of ``rows`` in its order, as a sub-statement that locks them for the statement
     writing them (``booking_site.reminders``): only those rows (not the rows they join), skipping any row
-    another transaction holds. Like ``lock_batch`` outside the order: it never waits."""
+    another transaction holds. Like the expiry's batch outside the order: it never waits."""
     _in_transaction("batch_lock")
     return rows.select_for_update(no_key=True, skip_locked=True, of=("self",))[:size]
