@@ -174,7 +174,8 @@ class Along:
     one."""
 
     ctes: tuple[tuple[str, sql.Composable], ...] = ()
-    returns: tuple[sql.Composable, ...] = ()
+    returns: tuple[sql.Composable, ...] = ()  # a transition's
+    batch_returns: tuple[sql.Composable, ...] = ()  # an expiry's
     gate: tuple[tuple[str, sql.Composable], ...] = ()
     holds: sql.Composable = field(default_factory=lambda: sql.SQL("false"))
 
@@ -619,6 +620,6 @@ SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM moved){returns}
         locked_too=locked_too,
         skip=sql.SQL("SKIP LOCKED") if batch else sql.SQL(""),
         written=_written(engine, EXPIRED),
-        returns=sql.SQL("").join(sql.SQL(", {}").format(r) for r in engine.along(EXPIRED).returns),
+        returns=sql.SQL("").join(sql.SQL(", {}").format(r) for r in engine.along(EXPIRED).batch_returns),
     )
     return statements.Statement(composed)
