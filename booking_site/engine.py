@@ -289,7 +289,7 @@ class ClaimEngine(Generic[ClaimT]):
 
     @property
     def subject_type(self) -> str:
-        return audit.subject_key(self.audit_subject(self.model(pk=0)))[0]
+        return audit.subject_key(self.audit_subject(self.model(pk=0)))[0]  # type: ignore[call-arg]  # a Model
 
     # --- hold -------------------------------------------------------------------------------------
 
@@ -399,7 +399,7 @@ class ClaimEngine(Generic[ClaimT]):
         confirm that got there first is seen and skipped. Returns how many were expired."""
         if not ids:
             return 0
-        _, expired, *returns = _expiry_statement(self, False, _seams()).fetchone(
+        _, expired, *_ = _expiry_statement(self, False, _seams()).fetchone(
             {"ids": list(ids), "now": now, "in_transaction": connection.in_atomic_block, **self._expiry_params()}
         )
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
@@ -460,7 +460,7 @@ def _written(engine: ClaimEngine, to_state: str) -> sql.Composed:
         )
         for name, value in engine.changes(to_state).items()
     ]
-    state = column(model, model.STATE_FIELD)  # type: ignore[arg-type]  # a Claim is a Model
+    state = column(model, model.STATE_FIELD)
     written = sql.SQL("m.{}").format(state)
     by_request = sql.SQL("{} = {}").format(written, to)
     return sql.SQL("""{gate}moved AS (
@@ -538,15 +538,18 @@ def _seams() -> tuple:
 
 
 @functools.cache
-def _transition_statement(engine: ClaimEngine, action: str, to_state: str, by: str, seams: tuple) -> _TransitionStatement:
+def _transition_statement(
+    engine: ClaimEngine, action: str, to_state: str, by: str, seams: tuple
+) -> _TransitionStatement:
     """``engine``'s transition of one claim (by its field ``by``) to ``to_state`` for ``action``, composed
-    once per (engine, action, state, key, ``_seams``). ``locked`` takes the locks (the earlier kinds as its conditions, ``lock_before``, then the
+    once per (engine, action, state, key, ``_seams``). ``locked`` takes the locks (the earlier kinds as its
+    conditions, ``lock_before``, then the
     claim: READ COMMITTED returns the row's newest version once the lock is held); ``judged`` reads the
     clock after them; ``decided`` asks the policy, the domain's check, whether the hold is overdue and the
     domain's rule; ``target`` is the state to write (EXPIRED for an overdue hold), or none."""
     model = engine.model
     fields = _claim_columns(model)
-    state = column(model, model.STATE_FIELD, "l")  # type: ignore[arg-type]  # a Claim is a Model
+    state = column(model, model.STATE_FIELD, "l")
     reads = engine.reads()
     from_states = [s for s, targets in model.TRANSITIONS.items() if to_state in targets]
     composed = sql.SQL("""
@@ -588,12 +591,13 @@ FROM decided l LEFT JOIN moved m ON true
         after_columns=_names("m", fields),
         returns=sql.SQL("").join(sql.SQL(", {}").format(r) for r in engine.along(to_state).returns),
     )
-    return _TransitionStatement(composed, model, reads)
+    return _TransitionStatement(composed, model, list(reads))
 
 
 @functools.cache
 def _expiry_statement(engine: ClaimEngine, batch: bool, seams: tuple) -> statements.Statement:
-    """``engine``'s expiry of overdue holds, composed once (per ``_seams``): ``batch``, the expiry job's (up to ``%(size)s``
+    """``engine``'s expiry of overdue holds, composed once (per ``_seams``): ``batch``, the expiry job's (up
+    to ``%(size)s``
     overdue rows, in id order, locked with SKIP LOCKED with the rows ``due_lock`` joins: it never waits);
     else those among ``%(ids)s`` (waiting for their locks: the caller holds their resource's). Returns how
     many rows it locked, how many it expired and the domain's returns."""
@@ -609,7 +613,7 @@ WITH target AS MATERIALIZED (
 SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM moved){returns}
 """).format(
         columns=_names("c", _claim_columns(model)),
-        state=column(model, model.STATE_FIELD, "c"),  # type: ignore[arg-type]  # a Claim is a Model
+        state=column(model, model.STATE_FIELD, "c"),
         expired=sql.Literal(EXPIRED),
         table=table(model),
         join=join,

@@ -69,7 +69,8 @@ available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it
 (preference, not id) cannot close a circle.
 
 The expiry job's batch (``engine._expiry_statement``: the overdue rows, with the slots of slot bookings)
-and ``batch_lock`` (the reminder job) are outside the order: ``SKIP LOCKED`` never waits, so they cannot deadlock; a row a request holds is left to that request.
+and ``batch_lock`` (the reminder job) are outside the order: ``SKIP LOCKED`` never waits, so they cannot
+deadlock; a row a request holds is left to that request.
 
 Every function refuses to run outside a transaction (a lock there would end with its statement); the
 ``…_sql`` seams are conditions of one statement that is the whole claim operation (a transition in

@@ -658,6 +658,8 @@ _NAMES = {
     "active": claims.ACTIVE.sql(_C, "c"),  # a claim in force: its seat is taken
     "overdue_claim": claims.OVERDUE.sql(_C, "c"),
 }
+
+
 def _seat_along(to_state: str) -> Along:
     """What a hold group's transition to ``to_state`` (or an expiry) writes beside the groups
     (``SeatHolds.along``). ``events``: their events' rows, ``FOR NO KEY UPDATE`` in id order, after the
@@ -681,9 +683,15 @@ def _seat_along(to_state: str) -> Along:
     }
     by_request = sql.SQL("w.group_state = {}").format(to)
     return Along(
-        gate=(("events", locking.freed_events_lock_sql(sql.SQL("SELECT t.event_id FROM target t WHERE t.to_state IS NOT NULL"))),),
+        gate=(
+            (
+                "events",
+                locking.freed_events_lock_sql(sql.SQL("SELECT t.event_id FROM target t WHERE t.to_state IS NOT NULL")),
+            ),
+        ),
         holds=sql.SQL(
-            "t.to_state IN ({freeing}) AND EXISTS (SELECT FROM events ev WHERE ev.id = t.event_id AND ev.waiting_count > 0)"
+            "t.to_state IN ({freeing}) "
+            "AND EXISTS (SELECT FROM events ev WHERE ev.id = t.event_id AND ev.waiting_count > 0)"
         ).format(**names),
         ctes=(
             (

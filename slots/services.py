@@ -27,7 +27,6 @@ import contextlib
 import json
 import re
 import zoneinfo
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import pairwise
@@ -36,21 +35,15 @@ from typing import Any, TypedDict
 import psycopg
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import (
-    Case,
-    F,
     IntegerField,
     JSONField,
     OuterRef,
-    Q,
     QuerySet,
     Subquery,
     Sum,
-    Value,
-    When,
 )
-from django.db.models import sql as orm_sql
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
@@ -59,7 +52,18 @@ from psycopg import sql
 from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, SEE, Along, Cap, ClaimEngine, ClaimPolicy
+from booking_site.engine import (
+    CANCEL,
+    CONFIRM,
+    EXPIRE,
+    EXPIRY_ACTOR,
+    RESCHEDULE,
+    SEE,
+    Along,
+    Cap,
+    ClaimEngine,
+    ClaimPolicy,
+)
 from booking_site.errors import (
     Conflict,
     DomainError,
@@ -583,7 +587,6 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         return InvalidStateTransition(subject=f"Booking {booking.pk}", from_state=booking.status, to_state=to_state)
 
 
-
 class SlotBookings(SlotBookingLifecycle):
     """A booking takes ``seats`` of one slot, CONFIRMED at once or as a PENDING hold.
 
@@ -771,6 +774,8 @@ overdue AS (
     overdue=claims.OVERDUE.sql(_B),
     expired_events=statements.expiry_events(_B, rows="overdue"),
 )
+
+
 def _give_back(seats: sql.Composable) -> sql.Composable:
     """What a booking that stops blocking gives back to its slot ``s``: its ``seats``, and an appointment's
     slot is cancelled (the host's time is free again, ADR 0014)."""
@@ -802,9 +807,9 @@ _GIVE_BACK_ALONG = Along(
     )
 )
 # A reschedule to an interval gives the old booking's seats back before it writes the new one.
-GIVE_BACK = _slot_statement("UPDATE {s_table} s SET {give_back} WHERE s.id = %(slot)s", give_back=_give_back(
-    statements.P("seats")
-))
+GIVE_BACK = _slot_statement(
+    "UPDATE {s_table} s SET {give_back} WHERE s.id = %(slot)s", give_back=_give_back(statements.P("seats"))
+)
 
 # The guest's active bookings but %(booking)s (a reschedule's own): how many the cap counts
 # (``SlotBookings.cap.counts``), and how many are with %(host)s (``one_per_host``).
@@ -1263,7 +1268,9 @@ def slot_booking_cancel(*, booking_id: int, user: User, now: datetime, reason: s
     cannot cancel a CONFIRMED booking within the cancellation window before the start. The host and
     operators can always cancel, and a PENDING hold can always be released."""
     metadata = {"reason": reason} if reason else None
-    return _transition(booking_id, Status.CANCELLED, action=CANCEL, user=user, now=now, metadata=metadata, reason=reason)
+    return _transition(
+        booking_id, Status.CANCELLED, action=CANCEL, user=user, now=now, metadata=metadata, reason=reason
+    )
 
 
 def slot_booking_expire(*, booking_id: int, user: User, now: datetime) -> SlotBooking:

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from psycopg import sql
 
 from booking_site import locking
 from booking_site.audit.services import trail
@@ -115,7 +116,9 @@ def test_two_releases_at_once_offer_in_list_order_and_no_seat_twice():
 
 def test_control_without_the_event_lock_of_the_freed_seats_two_releases_collide(monkeypatch):
     monkeypatch.setattr(
-        locking, "freed_events_lock", lambda: "SELECT id, waiting_count FROM events_event WHERE id = ANY(%s::bigint[])"
+        locking,
+        "freed_events_lock_sql",
+        lambda events: sql.SQL("SELECT id, waiting_count FROM events_event WHERE id IN ({})").format(events),
     )
 
     outcomes = []
@@ -170,6 +173,7 @@ def test_an_offer_lapsing_while_its_user_confirms_ends_one_way():
 
 def test_control_without_the_claims_lock_the_offer_is_both_accepted_and_lapsed(monkeypatch):
     monkeypatch.setattr(locking, "lock_claim", lambda claims: claims.first())
+    monkeypatch.setattr(locking, "claim_lock_sql", lambda: sql.SQL(""))
 
     outcomes = offers_lapsing_while_their_users_confirm()
 
