@@ -808,7 +808,8 @@ _GIVE_BACK_ALONG = Along(
 )
 # A reschedule to an interval gives the old booking's seats back before it writes the new one.
 GIVE_BACK = _slot_statement(
-    "UPDATE {s_table} s SET {give_back} WHERE s.id = %(slot)s", give_back=_give_back(statements.P("seats"))
+    "UPDATE {s_table} s SET {give_back} WHERE s.id = %(slot)s RETURNING s.id",
+    give_back=_give_back(statements.P("seats")),
 )
 
 # The guest's active bookings but %(booking)s (a reschedule's own): how many the cap counts
