@@ -109,7 +109,7 @@ class Cap:
     hoarding a scarce thing). The limit is the setting ``setting``; a request over it is refused with
     409 ``limit_reached``, ``details.rule`` = ``rule`` and ``details.limit``.
 
-    The count is read under the owner's user row lock (``locking.user_lock``, order 1), in a statement
+    The count is read under the owner's user row lock (``locking.user_lock_sql``, order 1), in a statement
     after the one that takes it, so two holds of one user at once cannot both pass a count of one
     below the limit. An operator's request (the actor is staff, for themselves or for someone else)
     is exempt unless ``operators_exempt`` is off: then it takes no lock for the cap either."""
@@ -470,7 +470,7 @@ def _written(engine: ClaimEngine, to_state: str) -> sql.Composed:
     RETURNING {returning}, t.from_state
 ){along}, recorded AS ({recorded}
 )""").format(
-        gate=sql.SQL("").join(sql.SQL("{} AS MATERIALIZED ({}), ").format(sql.Identifier(n), q) for n, q in along.gate),
+        gate=sql.SQL("").join(sql.SQL("{} AS ({}), ").format(sql.Identifier(n), q) for n, q in along.gate),
         table=table(model),
         state=state,
         updated_at=column(model, "updated_at"),

@@ -379,9 +379,9 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     ``create`` is one statement after the locks are held, so it reads with a fresh snapshot: it picks
     the seats (best available: adjacent in one row where it can), expires the overdue holds on them,
     checks, inserts the group and its claims (``ON CONFLICT DO NOTHING`` on the partial unique index:
-    the constraint stays the backstop) and writes the audit events. A transition is BEGIN, the claim's
-    lock, one statement (``update_and_record``: the group, its claims, the event's counter, the audit
-    events), COMMIT.
+    the constraint stays the backstop) and writes the audit events. A transition is one statement in
+    autocommit (ADR 0023; ``_seat_along``: the group, its claims, the event's lock and counter, the offers
+    it ends, the audit events), in a transaction only when its seats free while people wait.
     """
 
     model, domain = SeatHoldGroup, "events"
@@ -664,10 +664,10 @@ def _seat_along(to_state: str) -> Along:
     """What a hold group's transition to ``to_state`` (or an expiry) writes beside the groups
     (``SeatHolds.along``). ``events``: their events' rows, ``FOR NO KEY UPDATE`` in id order, after the
     groups' locks and before they are written (ADR 0001 row 5: ``locking.freed_events_lock_sql``), with
-    how many wait; a group whose seats free while people wait is written only in a transaction (the
-    offer follows it: ``SeatHolds.after``). ``mirrored``: the seat claims follow their group;
-    ``counted``: the booked-seat counter moves on a confirm or a cancel (``event_confirmed_within_total``
-    the backstop); ``entries``: the waiting-list offers the groups were, accepted or lapsed, with their
+    how many wait (a confirm's or a cancel's moves the booked-seat counter: ``_counted``;
+    ``event_confirmed_within_total`` the backstop); a group whose seats free while people wait is written
+    only in a transaction (the offer follows it: ``SeatHolds.after``). ``mirrored``: the seat claims follow
+    their group; ``entries``: the waiting-list offers the groups were, accepted or lapsed, with their
     audit events. Returns the seat codes of a group written alone and the events to offer seats of."""
     P, to = statements.P, sql.Literal(to_state)
     names = {
@@ -683,12 +683,7 @@ def _seat_along(to_state: str) -> Along:
     }
     by_request = sql.SQL("w.group_state = {}").format(to)
     return Along(
-        gate=(
-            (
-                "events",
-                locking.freed_events_lock_sql(sql.SQL("SELECT t.event_id FROM target t WHERE t.to_state IS NOT NULL")),
-            ),
-        ),
+        gate=(("events", _counted(to_state, names) if to_state in COUNTED else _freed_events()),),
         holds=sql.SQL(
             "t.to_state IN ({freeing}) "
             "AND EXISTS (SELECT FROM events ev WHERE ev.id = t.event_id AND ev.waiting_count > 0)"
@@ -700,16 +695,6 @@ def _seat_along(to_state: str) -> Along:
                     "UPDATE {c_table} sc SET {c_state} = m.{g_state} FROM moved m WHERE sc.{c_group} = m.id "
                     "RETURNING sc.{c_seat} AS seat_id"
                 ).format(**names),
-            ),
-            (
-                "counted",
-                sql.SQL("""UPDATE {e_table} e SET {e_confirmed_seats} = e.{e_confirmed_seats} + x.delta
-    FROM events ev, (
-        SELECT m.{g_event} AS event_id, sum(CASE m.{g_state} WHEN {confirmed} THEN m.{g_seat_count}
-                                                           WHEN {cancelled} THEN -m.{g_seat_count} ELSE 0 END) AS delta
-        FROM moved m GROUP BY m.{g_event}
-    ) x
-    WHERE e.id = ev.id AND e.id = x.event_id AND x.delta <> 0""").format(**names),
             ),
             (
                 "entries",
@@ -748,6 +733,29 @@ def _seat_along(to_state: str) -> Along:
         ),
         batch_returns=(_waiting_events(names),),
     )
+
+
+# The transitions that move the booked-seat counter, and by how many of the group's seats.
+COUNTED = {State.CONFIRMED: sql.SQL("+"), State.CANCELLED: sql.SQL("-")}
+
+
+def _counted(to_state: str, names: dict) -> sql.Composable:
+    """A confirm's or a cancel's event lock is the counter's ``UPDATE`` itself, by the group's seats when it
+    is written (not held for a transaction: ``Along.holds``, judged here on the row's newest version, as
+    the ``UPDATE`` reads it): the one access to the event row in the statement. Returns it with how many
+    wait."""
+    return sql.SQL("""UPDATE {e_table} e
+    SET {e_confirmed_seats} = e.{e_confirmed_seats} + CASE
+        WHEN t.to_state = {to}
+             AND NOT (t.to_state IN ({freeing}) AND e.{e_waiting_count} > 0 AND NOT %(in_transaction)s)
+        THEN {sign} t.{g_seat_count} ELSE 0 END
+    FROM target t WHERE e.id = t.{g_event} AND t.to_state IS NOT NULL
+    RETURNING e.id, e.{e_waiting_count}""").format(**names, to=sql.Literal(to_state), sign=COUNTED[to_state])
+
+
+def _freed_events() -> sql.Composable:
+    """A release's or an expiry's event lock (in id order: an expiry's batch has several events)."""
+    return locking.freed_events_lock_sql(sql.SQL("SELECT t.event_id FROM target t WHERE t.to_state IS NOT NULL"))
 
 
 def _waiting_events(names: dict) -> sql.Composable:
@@ -1108,8 +1116,8 @@ def seat_holds_expire_due(*, now: datetime, batch_size: int | None = None) -> in
 #
 # The event's row lock (``FOR NO KEY UPDATE``) serializes every change of its WAITING entries: a join, a
 # leave and an offer each take it (a transition that frees seats takes it in its own statement:
-# ``locking.freed_events_lock``), and the entries themselves are read under it, never locked. An OFFERED
-# entry changes with its hold group, in the group's own statement (``SeatHolds.update_and_record``,
+# ``locking.freed_events_lock_sql``), and the entries themselves are read under it, never locked. An OFFERED
+# entry changes with its hold group, in the group's own statement (``_seat_along``'s ``entries``,
 # ``HOLD_NAMED``'s and ``HOLD_BEST``'s ``lapsed``), under the group's row lock.
 
 

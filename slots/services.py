@@ -523,7 +523,7 @@ class SlotBookingRequest:
 class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
     """What every slot booking shares once it exists, a seat of a published slot or an appointment: its
     transitions (a booking that stops blocking gives its seats back, and its appointment's slot is
-    cancelled, by ``write_along``), its policy, its errors, its expiry batches."""
+    cancelled: ``along``), its policy, its errors, its expiry batches."""
 
     model, domain, policy = SlotBooking, "slots", BookingPolicy()
     # A rule of the product about the guest (docs/contract.md §6), whoever books: operators are not
@@ -596,9 +596,9 @@ class SlotBookings(SlotBookingLifecycle):
     request those refuse costs BEGIN, that statement, ROLLBACK. ``create`` is one statement after both
     locks are held, so it reads with a fresh snapshot: it expires the slot's overdue holds (with their
     audit events), counts the guest's bookings again, checks the seats, moves ``booked``, inserts the
-    booking and its CREATED event. A transition locks the guest (for a confirm), the slot and the
-    booking in one statement (``_claims``), and writes the booking, its audit event and the slot's
-    counter in one more (``write_along``).
+    booking and its CREATED event. A transition is one statement in autocommit (ADR 0023): it locks the
+    guest (for a confirm), the slot and the booking (``lock_before``), and writes the booking, its audit
+    event and the slot's counter (``along``).
     """
 
     def lock_target(self, request: SlotBookingRequest) -> Slot:
@@ -931,7 +931,7 @@ class Appointments(SlotBookingLifecycle):
     tables; an exclusion constraint compares rows of one table by the same expressions), so it is kept
     under the host's row lock, which every booking of the host as a guest takes too. Confirm, cancel,
     expiry and audit are the slot bookings' (a booking that stops blocking cancels its appointment's slot:
-    ``write_along``).
+    ``along``).
 
     The hold locks the guest's and the host's rows (``lock_users``, id order), then reads, after the
     locks and in one statement (``_hours_and_rules``): the host's hours, the guest's bookings, the host's

@@ -668,7 +668,7 @@ def a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time():
 
 
 def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) -> None:
-    """The guest is read, not locked, on both paths (the slot booking's ``user_lock``, the interval's
+    """The guest is read, not locked, on both paths (the slot booking's ``user_lock_sql``, the interval's
     ``lock_users``). The slot booking inserts and keeps its transaction open; the interval booking checks
     the guest's bookings meanwhile (it sees nothing: the other is uncommitted) and inserts. Then the slot
     booking commits."""
