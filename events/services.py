@@ -736,7 +736,7 @@ def _seat_along(to_state: str) -> Along:
 
 
 # The transitions that move the booked-seat counter, and by how many of the group's seats.
-COUNTED = {State.CONFIRMED: sql.SQL("+"), State.CANCELLED: sql.SQL("-")}
+COUNTED: dict[str, sql.SQL] = {State.CONFIRMED: sql.SQL("+"), State.CANCELLED: sql.SQL("-")}
 
 
 def _counted(to_state: str, names: dict) -> sql.Composable:
