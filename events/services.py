@@ -1006,7 +1006,12 @@ def seat_booking_cancel(
 ) -> SeatHoldGroup:
     """Soft-cancel a booking: its rows stay, as CANCELLED, and its seats are free again. ``seat_codes``:
     only those seats (each booked in it now, else 400), the rest stay booked; the last seats cancel the
-    booking. Seats freed while people wait are offered to the waiting list, as any freed seat is."""
+    booking. Seats freed while people wait are offered to the waiting list, as any freed seat is.
+
+    A whole cancel is one statement in autocommit (``_booking_cancel``). A partial cancel keeps a
+    transaction (ADR 0023): the codes are judged against the booking's seats under its lock, with the 400
+    naming the unknown ones, then ``PARTIAL_CANCEL`` and the offer; pinned by
+    ``test_a_partial_cancel_is_five_round_trips``."""
     what = f"Booking {booking_group_id}"
     claims = SeatHoldGroup.objects.filter(booking_group_id=booking_group_id)
     if seat_codes is None:

@@ -1300,6 +1300,10 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
     Returns the new booking (same seats, status, expiry and metadata; ``rescheduled_from`` the old one).
     The old booking becomes CANCELLED. Locks the guest row and both slot rows (one statement), then the
     booking, which reads the guest's other bookings with the new slot's host after the guest's lock.
+
+    A transaction, not one statement (ADR 0023): the move's checks read the guest's bookings with a
+    snapshot taken after the guest's lock, which a statement that takes that lock cannot (its snapshot
+    is from before the wait). Pinned by ``test_a_reschedule_is_six_round_trips``.
     """
     with transaction.atomic():
         peek = _peek(booking_id)

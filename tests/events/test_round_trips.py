@@ -284,3 +284,20 @@ def test_a_join_is_five_round_trips_and_joining_again_one(cached_api_of):
     assert (created.status_code, repeated.status_code) == (201, 200)
     assert first.count <= 5, first.statements
     assert again.count == 1, again.statements
+
+
+def test_a_partial_cancel_is_five_round_trips(cached_api_of):
+    """A transaction (ADR 0023): BEGIN, the booking's lock, its seats read under it, the cancel's statement,
+    COMMIT."""
+    event, user = make_event(), UserFactory()
+    group = write_hold(event, ["S1", "S2", "S3"], user=user, state="CONFIRMED")
+    api = cached_api_of(user)
+
+    with round_trips() as trips:
+        response = api.post(
+            f"/api/events/bookings/{group.booking_group_id}/cancel", {"seatCodes": ["S2"]}, format="json"
+        )
+
+    assert response.status_code == 200, response.content
+    assert trips.count <= 5, trips.statements
+    assert sorted(response.json()["seatCodes"]) == ["S1", "S3"]
