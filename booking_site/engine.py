@@ -597,8 +597,8 @@ FROM decided l LEFT JOIN moved m ON true
 @functools.cache
 def _expiry_statement(engine: ClaimEngine, batch: bool, seams: tuple) -> statements.Statement:
     """``engine``'s expiry of overdue holds, composed once (per ``_seams``): ``batch``, the expiry job's (up
-    to ``%(size)s``
-    overdue rows, in id order, locked with SKIP LOCKED with the rows ``due_lock`` joins: it never waits);
+    to ``%(size)s`` overdue rows, the longest overdue first, locked with SKIP LOCKED with the rows
+    ``due_lock`` joins: it never waits);
     else those among ``%(ids)s`` (waiting for their locks: the caller holds their resource's). Returns how
     many rows it locked, how many it expired and the domain's returns."""
     model = engine.model
@@ -608,7 +608,7 @@ WITH target AS MATERIALIZED (
     SELECT {columns}, {state} AS from_state, {expired} AS to_state, %(now)s::timestamptz AS locked_at
     FROM {table} c {join}
     WHERE {overdue} {among}
-    ORDER BY c.{pk} {limit} FOR NO KEY UPDATE OF c{locked_too} {skip}
+    ORDER BY c.{order} {limit} FOR NO KEY UPDATE OF c{locked_too} {skip}
 ), {written}
 SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM moved){returns}
 """).format(
@@ -619,7 +619,10 @@ SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM moved){returns}
         join=join,
         overdue=claims.OVERDUE.sql(model, "c"),
         among=sql.SQL("") if batch else sql.SQL("AND c.{} = ANY(%(ids)s)").format(column(model, model._meta.pk.name)),
-        pk=column(model, model._meta.pk.name),
+        # A batch never waits (SKIP LOCKED): it takes the first overdue rows on the held-expiry index
+        # (``reservation_held_expiry_idx`` and its kin), a read of the batch's own rows, not of every row
+        # expired before it. Given ids wait for their locks: in id order (ADR 0001).
+        order=column(model, "expires_at" if batch else model._meta.pk.name),
         limit=sql.SQL("LIMIT %(size)s") if batch else sql.SQL(""),
         locked_too=locked_too,
         skip=sql.SQL("SKIP LOCKED") if batch else sql.SQL(""),
