@@ -42,7 +42,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DEFAULT_DB_ALIAS, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Field, Model, QuerySet
 from django.utils import timezone
 from psycopg import sql
@@ -186,14 +186,13 @@ NOTHING_ALONG = Along()
 @dataclass
 class Outcome(Generic[ClaimT]):
     """What a transition's statement says: the claim (as written, or as it was when nothing was), whether
-    the actor may (``may``), the domain's check on it (``fits``), whether it was overdue and the
-    domain's rule allowed the move (``allowed``), the time it was judged at, the state written (None:
+    the actor may (``may``), the domain's check on it (``fits``), whether the domain's rule allowed the
+    move (``allowed``), the time it was judged at, the state written (None:
     nothing), how many claims waited for a transaction (``deferred``) and the domain's ``returns``."""
 
     claim: ClaimT
     may: bool
     fits: bool
-    overdue: bool
     allowed: bool
     now: datetime
     written: str | None
@@ -505,24 +504,23 @@ class _TransitionStatement(statements.Statement):
     def __init__(self, composed: sql.Composable, model: type[Claim], reads: Sequence[str]):
         super().__init__(composed)
         self.model, self.reads = model, list(reads)
-        self.attnames = [f.attname for f in _claim_columns(model)]  # type: ignore[arg-type]  # a Claim is a Model
+        self.width = len(_claim_columns(model))  # type: ignore[arg-type]  # a Claim is a Model
 
     def run(self, engine: ClaimEngine, params: dict) -> Outcome | None:
         rows = self.fetchall(params)
         if not rows:
             return None
-        n, r = len(self.attnames), len(self.reads)
+        n, r = self.width, len(self.reads)
         row = rows[0]
-        before, reads, (now, may, fits, overdue, allowed, deferred) = row[:n], row[n : n + r], row[n + r : n + r + 6]
-        after, returns = row[n + r + 6 : 2 * n + r + 6], row[2 * n + r + 6 :]
+        before, reads, (now, may, fits, allowed, deferred) = row[:n], row[n : n + r], row[n + r : n + r + 5]
+        after, returns = row[n + r + 5 : 2 * n + r + 5], row[2 * n + r + 5 :]
         written = after[0] is not None
-        claim = self.model.from_db(DEFAULT_DB_ALIAS, self.attnames, after if written else before)  # type: ignore[attr-defined]
+        claim = statements.from_row(self.model, after if written else before)  # type: ignore[arg-type]  # a Model
         engine.loaded(claim, dict(zip(self.reads, reads, strict=True)), tuple(returns))
         return Outcome(
             claim=claim,
             may=may,
             fits=fits,
-            overdue=overdue,
             allowed=allowed,
             now=now,
             written=claim.current_state if written else None,
@@ -566,7 +564,7 @@ WITH locked AS MATERIALIZED (
                 WHEN {state} IN ({from_states}) AND l.allowed THEN {to} END AS to_state
     FROM decided l
 ), {written}
-SELECT {before_columns}{read_names}, l.locked_at, l.may, l.fits, l.overdue, l.allowed,
+SELECT {before_columns}{read_names}, l.locked_at, l.may, l.fits, l.allowed,
        (SELECT count(*) FROM target WHERE to_state IS NOT NULL) - (SELECT count(*) FROM moved),
        {after_columns}{returns}
 FROM decided l LEFT JOIN moved m ON true

@@ -99,7 +99,7 @@ from psycopg import sql
 from booking_site import claims
 from booking_site.accounts.models import User
 from booking_site.claims import column
-from booking_site.statements import P, Statement, table
+from booking_site.statements import P, Statement, from_row, table
 from events.models import Event, EventQueue, QueueEntry, Seat
 from reservations.models import Car, Reservation
 from slots.models import Slot
@@ -520,11 +520,35 @@ def freed_events_lock_sql(events: sql.Composable) -> sql.Composable:
 # 4. claims
 
 
-def lock_claim(claims: QuerySet[_M]) -> _M | None:
-    """The one claim row ``claims`` selects, or None (a reschedule's, a partial cancel's: the
-    transitions lock theirs in their own statement, ``claim_lock_sql``)."""
+@functools.cache
+def _claim_lock(model: type[Model], by: str, reads: Reads) -> Statement:
+    """One claim of ``model`` by its field ``by`` (``%(key)s``), with ``reads`` over it (aliased ``c``),
+    composed once per (model, field, reads)."""
+    return Statement(
+        sql.SQL("SELECT {} FROM {} c WHERE {} = {} FOR NO KEY UPDATE OF c").format(
+            sql.SQL(", ").join(
+                [column(model, f.name, "c") for f in model._meta.concrete_fields] + list(reads.columns.values())
+            ),
+            table(model),
+            column(model, by, "c"),
+            P("key"),
+        )
+    )
+
+
+def lock_claim(model: type[_M], key: Any, *, by: str = "id", reads: Reads = NO_READS, **params: object) -> _M | None:
+    """The claim of ``model`` whose ``by`` is ``key``, or None (a reschedule's, a partial cancel's: the
+    transitions lock theirs in their own statement, ``claim_lock_sql``). ``reads`` (with their ``params``)
+    are read by the same statement, each an attribute of the claim (see ``lock_slots``)."""
     _in_transaction("lock_claim")
-    return claims.select_for_update(no_key=True, of=("self",)).first()
+    row = _claim_lock(model, by, reads).fetchone({"key": key, **params})
+    if row is None:
+        return None
+    n = len(model._meta.concrete_fields)
+    claim = from_row(model, row[:n])
+    for name, value in zip(reads.columns, row[n:], strict=True):
+        setattr(claim, name, value)
+    return claim
 
 
 def claim_lock_sql() -> sql.Composable:

@@ -1013,7 +1013,6 @@ def seat_booking_cancel(
     naming the unknown ones, then ``PARTIAL_CANCEL`` and the offer; pinned by
     ``test_a_partial_cancel_is_five_round_trips``."""
     what = f"Booking {booking_group_id}"
-    claims = SeatHoldGroup.objects.filter(booking_group_id=booking_group_id)
     if seat_codes is None:
         return _booking_cancel(booking_group_id, user=user, now=now, reason=reason)
     if not seat_codes:
@@ -1021,7 +1020,8 @@ def seat_booking_cancel(
     if len(set(seat_codes)) != len(seat_codes):
         raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
     with transaction.atomic():
-        group = locking.lock_claim(claims)  # the booking's seats change only under it (a whole cancel takes it too)
+        # The booking's seats change only under its lock (a whole cancel takes it too).
+        group = locking.lock_claim(SeatHoldGroup, booking_group_id, by="booking_group_id")
         if group is None:
             raise NotFound(f"{what} does not exist.")
         SEAT_HOLDS.policy.require(user, CANCEL, group, what=what)

@@ -39,7 +39,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import (
     IntegerField,
     JSONField,
-    OuterRef,
     QuerySet,
     Subquery,
     Sum,
@@ -734,6 +733,14 @@ def _booking_reads() -> locking.Reads:
 
 
 _BOOKING_READS = _booking_reads()
+# What a reschedule's lock statement reads of the booking (``c``) after the guest's lock: the guest's other
+# active bookings with the new slot's host (``%(host)s``) at ``%(now)s`` (``one_per_host``).
+_WITH_HOST = locking.Reads(
+    with_host=sql.SQL(
+        "(SELECT count(*) FROM {b_table} b JOIN {s_table} s ON s.id = b.{b_slot} "
+        "WHERE b.{b_guest} = c.{b_guest} AND b.id <> c.id AND s.{s_host} = %(host)s AND {active})"
+    ).format(**_NAMES, active=claims.ACTIVE.sql(_B, "b"))
+)
 
 
 def _slot_statement(template: str, **parts: sql.Composable) -> statements.Statement:
@@ -1201,7 +1208,7 @@ def appointment_reschedule(
             raise NotFound(f"Booking {booking_id} does not exist.")
         users = locking.lock_users([peek["guest_id"], peek["slot__host_id"]])
         old_slot = locking.lock_slots([peek["slot_id"]])[peek["slot_id"]]
-        booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+        booking = locking.lock_claim(SlotBooking, booking_id)
         assert booking is not None  # found above, and a booking is never deleted (PROTECT)
         booking.slot, booking.guest = old_slot, users[peek["guest_id"]]
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
@@ -1311,13 +1318,8 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
             raise ValidationFailed.for_field("slotId", "The booking is already on this slot.")
         slots = locking.lock_slots([peek["slot_id"], slot_id], owner=peek["guest_id"])
         old_slot, new_slot = slots[peek["slot_id"]], slots.get(slot_id)
-        claims = SlotBooking.objects.filter(pk=booking_id)
-        if new_slot is not None:
-            with_host = SlotBooking.objects.active(now=locked_now(now)).filter(slot__host_id=new_slot.host_id)
-            others = _count(with_host.filter(guest=OuterRef("guest_id")).exclude(pk=booking_id))
-            # SlotBooking.with_host only declares this annotation, for its type (see events.selectors).
-            claims = claims.annotate(with_host=others)  # type: ignore[no-redef]  # django-stubs: not a field
-        booking = locking.lock_claim(claims)
+        host = new_slot.host_id if new_slot is not None else None
+        booking = locking.lock_claim(SlotBooking, booking_id, reads=_WITH_HOST, host=host, now=locked_now(now))
         assert booking is not None  # _peek found it, and a booking is never deleted (PROTECT)
         booking.slot = old_slot
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")

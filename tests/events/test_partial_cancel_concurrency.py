@@ -53,7 +53,9 @@ def test_a_partial_and_a_whole_cancel_of_one_booking_end_one_way():
 
 
 def test_control_without_the_bookings_lock_the_two_cancels_collide(monkeypatch):
-    monkeypatch.setattr(locking, "lock_claim", lambda claims: claims.first())
+    monkeypatch.setattr(
+        locking, "lock_claim", lambda model, key, *, by="id", **_: model.objects.filter(**{by: key}).first()
+    )
     monkeypatch.setattr(locking, "claim_lock_sql", lambda: sql.SQL(""))
 
     outcomes = [a_partial_and_a_whole_cancel_at_once() for _ in range(ROUNDS)]

@@ -87,7 +87,8 @@ def test_a_booking_over_the_guests_limit_is_three_round_trips(cached_api_of):
 )
 def test_a_confirm_or_a_cancel_is_one_round_trip(cached_api_of, path, status, to_state):
     guest = UserFactory()
-    booking = SlotBookingFactory(guest=guest, slot=SlotFactory(start=timezone.now() + timedelta(days=3)), status=status)
+    slot = SlotFactory(start=timezone.now() + timedelta(days=3))
+    booking = SlotBookingFactory(guest=guest, slot=slot, status=status, metadata={"note": "window seat"})
     api = cached_api_of(guest)
 
     with round_trips() as trips:
@@ -95,6 +96,7 @@ def test_a_confirm_or_a_cancel_is_one_round_trip(cached_api_of, path, status, to
 
     assert response.status_code == 200, response.content
     assert trips.count == 1, trips.statements  # the statement, in autocommit: no BEGIN, no COMMIT
+    assert response.json()["metadata"] == booking.metadata and response.json()["status"] == to_state
     assert [(e.event_type, e.from_state, e.actor_id) for e in trail(booking).exclude(event_type="CREATED")] == [
         (to_state, status, guest.pk)
     ]
