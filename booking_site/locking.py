@@ -81,8 +81,8 @@ The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``
 (``_rows_lock``), ``lock_car`` (``_car_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
 with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
 they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
-So are the transitions' and the expiry's (``booking_site.engine``). ``lock_seats``, ``lock_claim`` and
-``lock_event_queue`` are still ORM querysets.
+So are ``lock_claim`` (``_claim_lock``) and the transitions' and the expiry's (``booking_site.engine``).
+``lock_seats`` and ``lock_event_queue`` are still ORM querysets.
 """
 
 from __future__ import annotations
