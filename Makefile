@@ -49,9 +49,10 @@ bench: $(VENV)/.dev  ## the benchmark: every scenario, 3 runs, medians (docs/ben
 # server keeps the embedded PostgreSQL from starting just for the types (makemigrations does need one).
 MYPY_DATABASE_URL := postgres://mypy@127.0.0.1:1/no-database
 
-lint: $(VENV)/.dev  ## ruff, makemigrations --check and mypy
+lint: $(VENV)/.dev  ## ruff, makemigrations --check, mypy and the import contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache --no-logo
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(MYPY_DATABASE_URL) $(BIN)/mypy
 

@@ -21,6 +21,7 @@ from booking_site.accounts.models import User as Account
 from events import services as events
 from events.models import Event, SeatClaim, SeatHoldGroup
 from slots import services as slot_services
+from slots.availability import AvailabilityDocument, availability_clean
 
 _batch = itertools.count(1)
 _started = f"{time.time_ns() // 1_000_000:x}"  # names stay unique in a database kept with --keep-db
@@ -180,7 +181,7 @@ def busy_host(*, days: int) -> tuple[User, date]:
     one in each hour between), half of them booked: the free-time search's busy month. Returns the host and
     the first day."""
     [host] = users(1, role="HOST")
-    document: slot_services.AvailabilityDocument = {
+    document: AvailabilityDocument = {
         "timeZone": "Europe/Berlin",
         "weekly": [{"weekday": day, "start": "08:00", "end": "20:00"} for day in range(7)],
         "overrides": [],
@@ -189,7 +190,8 @@ def busy_host(*, days: int) -> tuple[User, date]:
         "bufferMinutes": 10,
     }
     account = Account.objects.get(pk=host.id)
-    slot_services.availability_set(host=account, document=document, actor=account, now=timezone.now())
+    hours = availability_clean(document)
+    slot_services.availability_set(host=account, fields=hours, actor=account, now=timezone.now())
     first = timezone.now().astimezone(ZoneInfo("Europe/Berlin")).date() + timedelta(days=1)
     start = datetime.combine(first, datetime.min.time(), tzinfo=ZoneInfo("Europe/Berlin"))
     [slot_ids] = slots([host], per_host=days * 24, start=start)

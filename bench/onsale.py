@@ -92,13 +92,6 @@ def run(*, address: str, rate: int) -> dict:
     outcome = Outcome()
     base = f"/api/events/{event.pk}"
 
-    def join_all(share: list[Buyer]) -> None:
-        client = Client(address, outcome)
-        for buyer in share:
-            buyer.joined_at = time.monotonic()
-            _, entry = client.call("join", "POST", f"{base}/queue", buyer.user.token)
-            buyer.token = entry.get("token", "")
-
     sold_out, stop = threading.Event(), threading.Event()
     joined_s: list[float] = []
 

@@ -68,7 +68,8 @@ ClaimT = TypeVar("ClaimT", bound=Claim)  # one domain's claim model
 class ClaimPolicy(Generic[ClaimT]):
     """Who may do what with one domain's claims (docs/contract.md §2.6): the owner acts on their own claims, an
     operator (staff) on everyone's; expiring a hold now is the operator's alone. A domain with more
-    parties (a slot's host) subclasses it."""
+    parties (a slot's host) subclasses it. The domain's rows that are not claims but belong to one user
+    (a waiting-list entry, a queue entry, a host's slot) follow the same rule: ``owns``, ``require_owner``."""
 
     owner_field = "user"  # the claim's foreign key to its owner
     operator_only = frozenset({EXPIRE})
@@ -76,10 +77,14 @@ class ClaimPolicy(Generic[ClaimT]):
     def owner_id(self, claim: ClaimT) -> int:
         return getattr(claim, f"{self.owner_field}_id")
 
+    def owns(self, user: User, owner_id: int) -> bool:
+        """Whether ``user`` may act on what belongs to ``owner_id``: the owner, or an operator."""
+        return user.is_staff or owner_id == user.pk
+
     def may(self, user: User, action: str, claim: ClaimT) -> bool:
-        if user.is_staff:
-            return True
-        return action not in self.operator_only and self.owner_id(claim) == user.pk
+        if action in self.operator_only:
+            return user.is_staff
+        return self.owns(user, self.owner_id(claim))
 
     def require(self, user: User, action: str, claim: ClaimT, *, what: str) -> None:
         if not self.may(user, action, claim):
@@ -97,6 +102,12 @@ class ClaimPolicy(Generic[ClaimT]):
         if action in self.operator_only:
             return sql.SQL("%(staff)s")
         return sql.SQL("(%(staff)s OR {} = %(user)s)").format(sql.Identifier("l", f"{self.owner_field}_id"))
+
+    def require_owner(self, user: User, owner_id: int, *, what: str, owner: str = "user") -> None:
+        """Refuse ``user`` ``what``, a row that belongs to ``owner_id`` (its ``owner``: a user, a host), unless
+        ``owns`` allows it."""
+        if not self.owns(user, owner_id):
+            raise NotOwner(f"{what} belongs to another {owner}.")
 
     def visible(self, claims: QuerySet, user: User) -> QuerySet:
         """The claims ``user`` may see: their own; an operator all."""

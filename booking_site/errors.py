@@ -54,6 +54,13 @@ class ValidationFailed(DomainError):
         return cls(f"{field}: {problem}", details={"fields": {field: [problem]}})
 
 
+def bounded(value: object, field: str, low: int, high: int) -> int:
+    """``value`` when it is a whole number from ``low`` to ``high``; else the 400 naming ``field``."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValidationFailed.for_field(field, f"Must be a whole number from {low} to {high}.")
+    return value
+
+
 class InvalidStateTransition(DomainError):
     status, code = 400, "invalid_state_transition"
 

@@ -30,18 +30,21 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import sql
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
-from psycopg import ServerCursor
+from psycopg import ServerCursor, sql
+from psycopg.types.numeric import Int8
 from rest_framework.response import Response
 
+from booking_site.claims import column
 from booking_site.errors import IdempotencyKeyReused, RequestInProgress, ValidationFailed
 from booking_site.models import IdempotencyRecord
+from booking_site.statements import P, table
 
 HEADER = "Idempotency-Key"
 BODY_ALIAS = "requestId"
@@ -49,13 +52,33 @@ REPLAY_HEADER = "Idempotent-Replayed"
 VALID_KEY = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{1,255}")  # no control characters, no lone surrogates
 UNIQUE = "idempotency_one_record_per_caller_key"
 
-_TABLE = IdempotencyRecord._meta.db_table
 # One row whatever is stored: the lock is taken exactly once, and the record (if any) read from the
-# statement's snapshot.
-_LOOKUP_SQL = f"""
-SELECT pg_try_advisory_xact_lock(%s), r.id, r.fingerprint, r.response_status, r.response_body, r.created_at
-FROM (SELECT) AS one LEFT JOIN {_TABLE} AS r ON r.user_id = %s AND r.key = %s
-"""
+# statement's snapshot. Composed once (so prepared); its text is what the race controls rewrite.
+_LOOKUP_SQL = (
+    sql.SQL("SELECT pg_try_advisory_xact_lock(%(lock)s), {} FROM (SELECT) AS one LEFT JOIN {} AS r ON {} = {} AND {}")
+    .format(
+        sql.SQL(", ").join(
+            column(IdempotencyRecord, name, "r")
+            for name in ("id", "fingerprint", "response_status", "response_body", "created_at")
+        ),
+        table(IdempotencyRecord),
+        column(IdempotencyRecord, "user", "r"),
+        P("user"),
+        sql.SQL("{} = {}").format(column(IdempotencyRecord, "key", "r"), P("key")),
+    )
+    .as_string(None)
+)
+# The record of a response: every column but the key, each a parameter named by its attname.
+_RECORD_FIELDS = [f for f in IdempotencyRecord._meta.concrete_fields if not f.primary_key]
+_INSERT_SQL = (
+    sql.SQL("INSERT INTO {} ({}) VALUES ({})")
+    .format(
+        table(IdempotencyRecord),
+        sql.SQL(", ").join(column(IdempotencyRecord, f.name) for f in _RECORD_FIELDS),
+        sql.SQL(", ").join(P(f.attname) for f in _RECORD_FIELDS),
+    )
+    .as_string(None)
+)
 
 
 def idempotent(handler):
@@ -130,7 +153,7 @@ def _lookup(user_id: int, key: str, fingerprint: str) -> Response | None:
     """Take the key's lock and read its record, in one statement. Returns the replay of a stored
     response; None when this request is to run (the lock is held until COMMIT or ROLLBACK)."""
     with connection.cursor() as cursor:
-        cursor.execute(_LOOKUP_SQL, [lock_id(user_id, key), user_id, key])
+        cursor.execute(_LOOKUP_SQL, {"lock": Int8(lock_id(user_id, key)), "user": Int8(user_id), "key": key})
         locked, record_id, stored_fingerprint, status, body, created_at = cursor.fetchone()
     cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS)
     if record_id is not None and status is not None and created_at >= cutoff:
@@ -164,12 +187,11 @@ def _store(request, key, fingerprint, response, started_at, *, before: list[str]
         created_at=started_at,
         completed_at=timezone.now(),
     )
-    insert = sql.InsertQuery(IdempotencyRecord)
-    insert.insert_values([f for f in IdempotencyRecord._meta.concrete_fields if not f.primary_key], [record])
-    [(insert_sql, params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
+    params = {f.attname: f.get_db_prep_save(getattr(record, f.attname), connection) for f in _RECORD_FIELDS}
+    params["user_id"] = Int8(params["user_id"])  # one prepared statement whatever the id's size
     try:
         # Django's own COMMIT at the end of the atomic block then finds the transaction over: a no-op.
-        _send_together([*before, (insert_sql, params), *(["COMMIT"] if commit else [])])
+        _send_together([*before, (_INSERT_SQL, params), *(["COMMIT"] if commit else [])])
     except IntegrityError as exc:
         if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) == UNIQUE:
             raise RequestInProgress() from None
@@ -234,7 +256,7 @@ class _SavepointsRideAlong:
             _send_together(before)
 
 
-def _send_together(statements: Sequence[str | tuple[str, list]]) -> None:
+def _send_together(statements: Sequence[str | tuple[str, Mapping[str, Any]]]) -> None:
     """Send ``statements`` (text, or text and parameters) in one round trip: in psycopg's pipeline mode
     (statements are bound server side, so one message cannot carry several: the extended protocol
     sends each as its own Parse/Bind/Execute and one Sync ends them all). Their results are discarded;
@@ -243,7 +265,7 @@ def _send_together(statements: Sequence[str | tuple[str, list]]) -> None:
         _queue(statements)
 
 
-def _queue(statements: Sequence[str | tuple[str, list]]) -> None:
+def _queue(statements: Sequence[str | tuple[str, Mapping[str, Any]]]) -> None:
     """Queue ``statements`` in the pipeline this is called in."""
     with connection.connection.cursor() as cursor:
         for statement in statements:

@@ -16,14 +16,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection, models, transaction
 
 from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import subject_key
-from booking_site.models import InvariantReport
+from booking_site.models import InvariantReport, Result
 
 if TYPE_CHECKING:
     from booking_site.engine import ClaimEngine
@@ -39,15 +39,6 @@ class Invariant:
     holds: str  # what must be true, in a sentence, for the report
     sql: str  # selects ``id`` of each row of ``model`` breaking it; parameters: see ``evaluate``
     model: type[models.Model]  # the rows ``sql`` names
-
-
-class Result(TypedDict):
-    name: str
-    holds: str
-    model: str  # "app_label.model_name"
-    violations: int
-    rows: list[str]  # up to SAMPLE_ROWS ids
-    ms: int  # how long its query took
 
 
 _registry: dict[str, Invariant] = {}

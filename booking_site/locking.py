@@ -32,7 +32,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
 5. The one exception: the event row after the claims. A confirm or a cancel of seats moves the
    event's ``confirmed_seats`` counter with a plain ``UPDATE`` in the transition's own statement, and a
    release or an expiry of seats (one, or the expiry job's batch: in id order) takes the same
-   ``FOR NO KEY UPDATE`` there (``freed_events_lock``): the seats it frees are serialized with the
+   ``FOR NO KEY UPDATE`` there (``freed_events_lock_sql``): the seats it frees are serialized with the
    waiting list. That lock conflicts with no lock a hold takes on the event. After it, only a
    transaction that freed seats while people wait (or a join, a leave, opening sales) goes on: it
    offers them to the waiting list, as seat holds that lock no seat and expire no other hold
@@ -81,8 +81,9 @@ The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``
 (``_rows_lock``), ``lock_car`` (``_car_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
 with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
 they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
-So are ``lock_claim`` (``_claim_lock``) and the transitions' and the expiry's (``booking_site.engine``).
-``lock_seats`` and ``lock_event_queue`` are still ORM querysets.
+So are ``take_queue_number``, ``lock_event_queue`` and ``lock_claim`` (``_claim_lock``), and the
+transitions' and the expiry's (``booking_site.engine``); ``batch_lock`` is a clause of the reminders'
+statement, composed with it. ``lock_seats`` is still an ORM queryset.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import connection
-from django.db.models import Model, QuerySet
+from django.db.models import Model
 from psycopg import sql
 
 from booking_site import claims
@@ -194,33 +195,64 @@ def lock_event_sales(event_id: int) -> Event | None:
 # 2b. the event's queue row
 
 
+_TAKE_QUEUE_NUMBER = Statement(
+    sql.SQL(
+        "INSERT INTO {} AS q ({}, {}, {}, {}) VALUES ({}, 1, 0, {}) "
+        "ON CONFLICT ({}) DO UPDATE SET {} = {} + 1 RETURNING {}, {}"
+    ).format(
+        table(EventQueue),
+        column(EventQueue, "event"),
+        column(EventQueue, "joined"),
+        column(EventQueue, "admitted_through"),
+        column(EventQueue, "credit_from"),
+        P("event"),
+        P("now"),
+        column(EventQueue, "event"),
+        column(EventQueue, "joined"),
+        column(EventQueue, "joined", "q"),
+        column(EventQueue, "joined", "q"),
+        column(EventQueue, "admitted_through", "q"),
+    )
+)
+
+
 def take_queue_number(event_id: int, *, now: datetime) -> tuple[int, int]:
     """The next number of the event's queue (its row is created by the first join), by moving the
     queue's counter, and the queue's ``admitted_through`` under that lock: the row stays locked ``FOR
     NO KEY UPDATE`` until the join commits, so the next join's number waits for this one's entry, and
-    the entries commit in number order."""
+    the entries commit in number order. One statement composed once."""
     _in_transaction("take_queue_number")
-    table = EventQueue._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} AS q (event_id, joined, admitted_through, credit_from) VALUES (%s, 1, 0, %s) "
-            "ON CONFLICT (event_id) DO UPDATE SET joined = q.joined + 1 RETURNING q.joined, q.admitted_through",
-            [event_id, now],
-        )
-        number, admitted_through = cursor.fetchone()
+    number, admitted_through = _TAKE_QUEUE_NUMBER.fetchone({"event": event_id, "now": now})
     return number, admitted_through
+
+
+_QUEUE_FIELDS, _EVENT_FIELDS = EventQueue._meta.concrete_fields, Event._meta.concrete_fields
+# The queue row with its event's columns (read, not locked: ``OF q``).
+_LOCK_EVENT_QUEUE = Statement(
+    sql.SQL("SELECT {}, {} FROM {} q JOIN {} e ON {} = {} WHERE {} = {} FOR NO KEY UPDATE OF q").format(
+        sql.SQL(", ").join(column(EventQueue, f.name, "q") for f in _QUEUE_FIELDS),
+        sql.SQL(", ").join(column(Event, f.name, "e") for f in _EVENT_FIELDS),
+        table(EventQueue),
+        table(Event),
+        column(Event, "id", "e"),
+        column(EventQueue, "event", "q"),
+        column(EventQueue, "event", "q"),
+        P("event"),
+    )
+)
 
 
 def lock_event_queue(event_id: int) -> EventQueue | None:
     """One event's queue row with its event (read, not locked), ``FOR NO KEY UPDATE``, for an admission
-    run: it waits for the joins in flight, and two runs on one queue take turns."""
+    run: it waits for the joins in flight, and two runs on one queue take turns. One statement composed
+    once."""
     _in_transaction("lock_event_queue")
-    return (
-        EventQueue.objects.select_for_update(no_key=True, of=("self",))
-        .select_related("event")
-        .filter(pk=event_id)
-        .first()
-    )
+    row = _LOCK_EVENT_QUEUE.fetchone({"event": event_id})
+    if row is None:
+        return None
+    queue = EventQueue.from_db(connection.alias, [f.attname for f in _QUEUE_FIELDS], row[: len(_QUEUE_FIELDS)])
+    queue.event = Event.from_db(connection.alias, [f.attname for f in _EVENT_FIELDS], row[len(_QUEUE_FIELDS) :])
+    return queue
 
 
 # 3. the resources
@@ -456,7 +488,7 @@ def share_event_lock_free_seats(
     locked (id order; ``taken`` read from the snapshot, as in ``share_event_lock_seats``) and what the
     snapshot says: how many seats are free, and whether a run of ``quantity`` adjacent ones is.
     ``lock_seats`` off: the seats are read, not locked (a waiting-list offer, made under the event's
-    lock, ``freed_events_lock``: its claims' insert is the arbiter with a hold in flight, and it waits
+    lock, ``freed_events_lock_sql``: its claims' insert is the arbiter with a hold in flight, and it waits
     for no seat, so it cannot wait in a circle; docs/decisions/0016-waiting-list.md)."""
     _in_transaction("share_event_lock_free_seats")
     free_and_adjacent = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM free WHERE n >= %(quantity)s)"
@@ -562,9 +594,9 @@ def claim_lock_sql() -> sql.Composable:
 # the reminder job
 
 
-def batch_lock(rows: QuerySet[_M], size: int) -> QuerySet[_M]:
-    """Up to ``size`` rows of ``rows`` in its order, as a sub-statement that locks them for the statement
-    writing them (``booking_site.reminders``): only those rows (not the rows they join), skipping any row
-    another transaction holds. Like the expiry's batch outside the order: it never waits."""
-    _in_transaction("batch_lock")
-    return rows.select_for_update(no_key=True, skip_locked=True, of=("self",))[:size]
+def batch_lock(alias: str) -> sql.Composable:
+    """The locking clause of a sub-statement that selects up to a batch of rows (``alias``: their table's
+    alias) for the statement writing them (``booking_site.reminders``): only those rows (not the rows they
+    join), skipping any row another transaction holds. Like the expiry's batch outside the order: it never
+    waits. The statement runs inside a transaction (its caller checks). The seam a race control replaces."""
+    return sql.SQL("FOR NO KEY UPDATE OF {} SKIP LOCKED").format(sql.Identifier(alias))

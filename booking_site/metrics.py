@@ -1,4 +1,6 @@
 """Product metrics exported at /metrics beside django-prometheus' request metrics (docs/contract.md §8).
+The page itself is ``booking_site.views.metrics_export``: the engine counts here without importing the
+invariant monitor that the page reads.
 
 ``manage.py serve`` sets PROMETHEUS_MULTIPROC_DIR, so the counters of every web worker add up.
 """
@@ -7,12 +9,8 @@ import functools
 from timeit import default_timer
 
 from django.db import transaction
-from django.http import HttpResponse
-from django_prometheus.exports import ExportToDjangoView
 from django_prometheus.middleware import Metrics
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-
-from booking_site.invariants import last_report
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 HOLDS_CREATED = Counter("booking_holds_created_total", "Holds created", ["domain"])
 HOLDS_EXPIRED = Counter("booking_holds_expired_total", "Holds flipped to EXPIRED", ["domain"])
@@ -25,8 +23,8 @@ CONSTRAINT_BACKSTOPS = Counter(
 )
 
 # The invariant monitor's last result (booking_site.invariants), set from its stored report by the web
-# process answering the scrape: "mostrecent" makes the multiprocess collector report that value, not
-# one per worker, so every worker answers the same.
+# process answering the scrape (``booking_site.views.metrics_export``): "mostrecent" makes the
+# multiprocess collector report that value, not one per worker, so every worker answers the same.
 INVARIANT_VIOLATIONS = Gauge(
     "booking_invariant_violations",
     "Rows breaking each invariant at its last check (0: it holds)",
@@ -82,15 +80,3 @@ class RequestMetricsMiddleware:
 # Gauges read from the database at each scrape: the same in every process, so they are not summed
 # across web workers like the counters above (webhooks register theirs here).
 DATABASE_GAUGES = CollectorRegistry(auto_describe=False)
-
-
-def export(request) -> HttpResponse:
-    """/metrics: django-prometheus' page (one worker's registry, or every worker's in multiprocess mode),
-    with the invariant gauges set from the last stored report first (one query), and the DATABASE_GAUGES."""
-    report = last_report()
-    INVARIANTS_CHECKED.set(report.checked_at.timestamp() if report is not None else 0)
-    for result in report.results if report is not None else []:
-        INVARIANT_VIOLATIONS.labels(result["name"]).set(result["violations"])
-    response = ExportToDjangoView(request)
-    response.content = response.content + generate_latest(DATABASE_GAUGES)
-    return response

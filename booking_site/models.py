@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
-
-if TYPE_CHECKING:
-    from booking_site.invariants import Result
 
 
 class IdempotencyRecord(models.Model):
@@ -35,10 +32,21 @@ class IdempotencyRecord(models.Model):
         return f"{self.user_id}:{self.key}"
 
 
+class Result(TypedDict):
+    """One invariant's result in an ``InvariantReport`` (``booking_site.invariants.evaluate``)."""
+
+    name: str
+    holds: str
+    model: str  # "app_label.model_name"
+    violations: int
+    rows: list[str]  # up to invariants.SAMPLE_ROWS ids
+    ms: int  # how long its query took
+
+
 class InvariantReport(models.Model):
     """The last run of the invariant checks (``booking_site.invariants``): one row (``ONLY``), replaced by
     each run, so that every process — the admin index, ``/metrics`` on any web worker — reads the same
-    result. ``results``: one ``invariants.Result`` per invariant, broken or not."""
+    result. ``results``: one ``Result`` per invariant, broken or not."""
 
     ONLY = 1
 

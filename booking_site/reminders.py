@@ -23,24 +23,23 @@ booking joins is only read), and nothing of a hold or a transition changes: they
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, transaction
-from django.db.models import F, Q, QuerySet, Value
-from django.db.models.expressions import Combinable, RawSQL
-from django.db.models.functions import JSONObject
-from django.db.models.sql import UpdateQuery
+from django.db import connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import locking
+from booking_site import claims, invariants, locking
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.invariants import Invariant, column, table
+from booking_site.claims import column
+from booking_site.invariants import Invariant
 from booking_site.middleware import current_request_id
+from booking_site.statements import P, Statement, system_events, table
 
 if TYPE_CHECKING:
     from booking_site.engine import ClaimEngine
@@ -50,32 +49,27 @@ logger = logging.getLogger(__name__)
 REMINDED = "REMINDED"  # the audit event (and the webhooks' ``<subject>.reminded``)
 REMINDER_ACTOR = "system:send_reminders"
 BATCH_SIZE = 500  # bookings reminded per transaction
-
-# ``due``: the batch, locked; ``reminded``: those its UPDATE moved; one event each.
-_STATEMENT = sql.SQL(
-    """WITH due ({pk}, reminder) AS ({due}), reminded AS ({update} RETURNING {pk})
-    INSERT INTO {audit} ({columns})
-    SELECT {occurred_at}, NULL, {actor}, {subject_type}, due.{pk}::text, {event}, {state}, {state}, due.reminder,
-           {request_id}
-    FROM reminded JOIN due USING ({pk})"""
-)
+BOOKING = "b"  # the alias of the booking row in a domain's declarations and in the statement
 
 
-def unreminded(model: Any) -> Q:
-    """The guard, asked by the lock and again by the write: not reminded yet, and confirmed now."""
-    return Q(reminded_at__isnull=True, **{model.STATE_FIELD: model.CONFIRMED})
+def unreminded(model: Any, alias: str) -> sql.Composable:
+    """The guard, asked by the lock and again by the write: not reminded yet, and confirmed now. The seam
+    a race control replaces (the statements are cached by it)."""
+    return sql.SQL("{} IS NULL AND {}").format(column(model, "reminded_at", alias), claims.CONFIRMED.sql(model, alias))
 
 
 @dataclass(frozen=True)
 class Reminders:
     """One domain's reminders: its claims (``engine``: the model, the domain's name, the audit subject),
-    where a booking's start is (``starts``: ``F("start")``, ``F("event__event_date")``), when it was made
-    (``made``), and what else of it the event's metadata carries (beside ``startsAt`` and ``hoursBefore``)."""
+    where a booking's start is (``starts``) and when it was made (``made``), and what else of it the
+    event's metadata carries (beside ``startsAt`` and ``hoursBefore``): each SQL over the booking's row,
+    aliased ``BOOKING`` (with ``_meta``'s names: ``claims.column(model, "start", BOOKING)``), composed
+    into the statement once."""
 
     engine: ClaimEngine
-    starts: Combinable
-    made: Combinable
-    metadata: dict[str, Combinable] = field(default_factory=dict)
+    starts: sql.Composable
+    made: sql.Composable
+    metadata: Mapping[str, sql.Composable] = field(default_factory=dict)
 
     @property
     def domain(self) -> str:
@@ -85,19 +79,6 @@ class Reminders:
     def subject_type(self) -> str:
         subject_type, _ = audit.subject_key(self.engine.audit_subject(self.engine.model(pk=0)))
         return subject_type
-
-    def due(self, *, now: datetime, hours: int) -> QuerySet:
-        """The bookings to remind at ``now``, soonest start first, each with its event's metadata as
-        ``reminder``."""
-        model, before = self.engine.model, timedelta(hours=hours)
-        return (
-            model.objects.annotate(starts_at=self.starts, made_at=self.made)
-            .filter(unreminded(model), starts_at__gt=now, starts_at__lte=now + before)
-            .filter(made_at__lte=F("starts_at") - before)
-            .annotate(reminder=JSONObject(startsAt=F("starts_at"), hoursBefore=Value(hours), **self.metadata))
-            .order_by("starts_at", "pk")
-            .values_list("pk", "reminder")
-        )
 
     def send_due(self, *, now: datetime, hours: int, batch_size: int = BATCH_SIZE) -> int:
         """Remind every booking due at ``now``, a batch per transaction, until a batch comes back short
@@ -112,46 +93,29 @@ class Reminders:
 
     def send_batch(self, *, now: datetime, hours: int, batch_size: int) -> int:
         """One statement: lock up to ``batch_size`` due bookings, set their ``reminded_at``, record their
-        REMINDED events. Returns how many it reminded."""
-        model = self.engine.model
-        pk = sql.Identifier(model._meta.pk.column)
-        due_sql, due_params = locking.batch_lock(self.due(now=now, hours=hours), batch_size).query.sql_with_params()
-        update = UpdateQuery(model)
-        update.add_update_values({"reminded_at": now})
-        update.add_q(Q(pk__in=RawSQL(sql.SQL("SELECT {} FROM due").format(pk).as_string(), ())) & unreminded(model))
-        update_sql, update_params = update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-        statement = _STATEMENT.format(
-            due=sql.SQL(due_sql),
-            update=sql.SQL(update_sql),
-            pk=pk,
-            audit=sql.Identifier(AuditEvent._meta.db_table),
-            columns=sql.SQL(audit.SQL_COLUMNS),
-            occurred_at=sql.Placeholder(),
-            actor=sql.Placeholder(),
-            subject_type=sql.Placeholder(),
-            event=sql.Placeholder(),
-            state=sql.Literal(model.CONFIRMED),
-            request_id=sql.Placeholder(),
+        REMINDED events. Returns how many it reminded. Inside a transaction: the batch's locks are held
+        to its COMMIT."""
+        if not connection.in_atomic_block:
+            raise RuntimeError("send_batch must be called inside a transaction: its locks would end with the statement")
+        statement = _statement(self, locking.batch_lock, unreminded)
+        [(sent,)] = statement.fetchall(
+            {
+                "now": now,
+                "hours": hours,
+                "before": timedelta(hours=hours),
+                "batch": batch_size,
+                "occurred_at": timezone.now(),
+                "trace_id": current_request_id() or "",
+            }
         )
-        params = (
-            *due_params,
-            *update_params,
-            timezone.now(),
-            REMINDER_ACTOR,
-            self.subject_type,
-            REMINDED,
-            current_request_id() or "",
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(statement.as_string(), params)
-            return cursor.rowcount
+        return sent
 
     def invariant(self) -> Invariant:
         """``<domain>.reminded_once_while_confirmed``: every REMINDED event (of the window the audit checks
         read, ``INVARIANTS_AUDIT_WINDOW_HOURS``) is of a booking whose last state before it was CONFIRMED,
         that records it (``reminded_at``), and that has no other."""
         model = self.engine.model
-        audit_table, pk_type = table(AuditEvent), model._meta.pk.db_type(connection)
+        audit_table, pk_type = invariants.table(AuditEvent), model._meta.pk.db_type(connection)
         same_subject = "{0}.subject_type = r.subject_type AND {0}.subject_id = r.subject_id"
         return Invariant(
             name=f"{self.domain}.reminded_once_while_confirmed",
@@ -159,7 +123,7 @@ class Reminders:
             "on it (reminded_at), and it has no other.",
             # The reminders since %(audited_since)s (a range of the occurred_at index), each booking by its
             # primary key; the state before each reminder and any other reminder by audit_subject_idx.
-            sql=f"""SELECT DISTINCT c.id FROM {table(model)} c
+            sql=f"""SELECT DISTINCT c.id FROM {invariants.table(model)} c
                     JOIN {audit_table} r ON r.subject_type = '{self.subject_type}' AND r.subject_id = c.id::text
                                         AND r.event_type = '{REMINDED}'
                     LEFT JOIN LATERAL (
@@ -169,12 +133,69 @@ class Reminders:
                     WHERE c.id IN (SELECT CAST(x.subject_id AS {pk_type}) FROM {audit_table} x
                                    WHERE x.subject_type = '{self.subject_type}' AND x.event_type = '{REMINDED}'
                                      AND x.occurred_at >= %(audited_since)s)
-                      AND (c.{column(model, "reminded_at")} IS NULL
+                      AND (c.{invariants.column(model, "reminded_at")} IS NULL
                            OR was.to_state IS DISTINCT FROM '{model.CONFIRMED}'
                            OR EXISTS (SELECT FROM {audit_table} d WHERE {same_subject.format("d")}
                                       AND d.event_type = '{REMINDED}' AND d.id <> r.id))""",
             model=model,
         )
+
+
+_statements: dict[tuple, Statement] = {}
+
+
+def _statement(
+    reminders: Reminders, lock: Callable[[str], sql.Composable], guard: Callable[..., sql.Composable]
+) -> Statement:
+    """A domain's reminder statement, composed once per (domain, lock, guard): ``due``, the batch, locked
+    (``lock``: ``locking.batch_lock``); ``reminded``, those its UPDATE moved (asking ``guard`` again);
+    one REMINDED event each. Parameters: ``now``, ``hours`` (and ``before``, as an interval), ``batch``,
+    ``occurred_at``, ``trace_id``."""
+    key = (reminders.domain, lock, guard)
+    if key not in _statements:
+        model, b = reminders.engine.model, BOOKING
+        pk = column(model, model._meta.pk.name, b)
+        reminder = sql.SQL(", ").join(
+            sql.SQL("{}, {}").format(sql.Literal(name), value)
+            for name, value in {
+                "startsAt": sql.SQL("t.starts_at"),
+                "hoursBefore": P("hours"),
+                **reminders.metadata,
+            }.items()
+        )
+        _statements[key] = Statement(
+            sql.SQL("""
+WITH due AS (
+    SELECT {pk} AS id, jsonb_build_object({reminder}) AS reminder
+    FROM {table} b CROSS JOIN LATERAL (SELECT {starts} AS starts_at, {made} AS made_at) t
+    WHERE {guard} AND t.starts_at > %(now)s AND t.starts_at <= %(now)s + %(before)s
+      AND t.made_at <= t.starts_at - %(before)s
+    ORDER BY t.starts_at, {pk} LIMIT %(batch)s {lock}
+), reminded AS (
+    UPDATE {table} b SET {reminded_at} = %(now)s WHERE {pk} IN (SELECT id FROM due) AND {guard} RETURNING {pk} AS id
+), recorded AS ({recorded} RETURNING 1)
+SELECT COUNT(*) FROM recorded""").format(
+                pk=pk,
+                reminder=reminder,
+                table=table(model),
+                starts=reminders.starts,
+                made=reminders.made,
+                guard=guard(model, b),
+                lock=lock(b),
+                reminded_at=column(model, "reminded_at"),
+                recorded=system_events(
+                    source=sql.SQL("reminded JOIN due USING (id)"),
+                    actor_label=sql.Literal(REMINDER_ACTOR),
+                    subject_type=sql.Literal(reminders.subject_type),
+                    subject_id=sql.SQL("id::text"),
+                    event_type=sql.Literal(REMINDED),
+                    from_state=sql.Literal(model.CONFIRMED),
+                    to_state=sql.Literal(model.CONFIRMED),
+                    metadata=sql.SQL("due.reminder"),
+                ),
+            )
+        )
+    return _statements[key]
 
 
 _registry: dict[str, Reminders] = {}

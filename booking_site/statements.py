@@ -69,13 +69,27 @@ def audit_rows(*, source: sql.Composable, **values: sql.Composable) -> sql.Compo
     )
 
 
+def request_events(**event: sql.Composable) -> sql.Composed:
+    """One event per row of ``event["source"]`` by the request's user: ``audit_rows`` with the statement's
+    parameters ``occurred_at``, ``actor`` (the user's id), ``actor_label`` and ``trace_id``."""
+    return audit_rows(
+        occurred_at=P("occurred_at"), actor=P("actor"), actor_label=P("actor_label"), request_id=P("trace_id"), **event
+    )
+
+
+def system_events(*, actor_label: sql.Composable, **event: sql.Composable) -> sql.Composed:
+    """One event per row of ``event["source"]`` by a system job (no user; ``actor_label`` names it):
+    ``audit_rows`` with the statement's parameters ``occurred_at`` and ``trace_id``."""
+    return audit_rows(
+        occurred_at=P("occurred_at"), actor=sql.NULL, actor_label=actor_label, request_id=P("trace_id"), **event
+    )
+
+
 def expiry_events(model: type[Claim], *, rows: str, subject_type: sql.Composable | None = None) -> sql.Composed:
     """One EXPIRED event (from the held state, by the expiry actor) per ``id`` that the sub-statement
     named ``rows`` returns. Parameters: ``occurred_at``, ``expiry_actor``, ``trace_id``."""
-    return audit_rows(
+    return system_events(
         source=sql.Identifier(rows),
-        occurred_at=P("occurred_at"),
-        actor=sql.NULL,
         actor_label=P("expiry_actor"),
         subject_type=subject_type or sql.Literal(model._meta.model_name),  # type: ignore[attr-defined]  # a Model
         subject_id=sql.SQL("id::text"),
@@ -83,7 +97,6 @@ def expiry_events(model: type[Claim], *, rows: str, subject_type: sql.Composable
         from_state=sql.Literal(model.HELD),
         to_state=sql.Literal(EXPIRED),
         metadata=sql.SQL("'{}'::jsonb"),
-        request_id=P("trace_id"),
     )
 
 

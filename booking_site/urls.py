@@ -4,9 +4,8 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from booking_site import metrics
 from booking_site.errors import page_not_found
-from booking_site.views import ApiRoot, Health, Ready
+from booking_site.views import ApiRoot, Health, Ready, metrics_export
 
 
 class IdConverter:
@@ -53,7 +52,7 @@ urlpatterns = [  # the API first: Django tries the patterns in order, and nearly
     path("api/", include(api)),
     path("admin/", admin.site.urls),
     path("api-auth/", include("rest_framework.urls")),
-    path("metrics", metrics.export, name="prometheus-django-metrics"),
+    path("metrics", metrics_export, name="prometheus-django-metrics"),
 ]
 
 admin.site.site_header = "booking_site operations"

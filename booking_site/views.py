@@ -1,8 +1,11 @@
 """The platform's own endpoints: the API root, ``GET /api/health`` and ``GET /api/health/ready``
-(docs/contract.md §8.4)."""
+(docs/contract.md §8.4), and ``/metrics``."""
 
 from django.db import connection
+from django.http import HttpResponse
+from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.utils import extend_schema, inline_serializer
+from prometheus_client import generate_latest
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -11,6 +14,8 @@ from rest_framework.views import APIView
 
 from booking_site.celery import app as celery_app
 from booking_site.errors import envelope
+from booking_site.invariants import last_report
+from booking_site.metrics import DATABASE_GAUGES, INVARIANT_VIOLATIONS, INVARIANTS_CHECKED
 
 
 def _database() -> str:
@@ -85,3 +90,15 @@ class ApiRoot(APIView):
             "docs",
         ]
         return Response({name: reverse(name, request=request) for name in names})
+
+
+def metrics_export(request) -> HttpResponse:
+    """/metrics: django-prometheus' page (one worker's registry, or every worker's in multiprocess mode),
+    with the invariant gauges set from the last stored report first (one query), and the DATABASE_GAUGES."""
+    report = last_report()
+    INVARIANTS_CHECKED.set(report.checked_at.timestamp() if report is not None else 0)
+    for result in report.results if report is not None else []:
+        INVARIANT_VIOLATIONS.labels(result["name"]).set(result["violations"])
+    response = ExportToDjangoView(request)
+    response.content = response.content + generate_latest(DATABASE_GAUGES)
+    return response

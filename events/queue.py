@@ -25,21 +25,24 @@ from datetime import datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, Subquery
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
+from psycopg import sql
 
 from booking_site import locking
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.audit.models import AuditEvent
+from booking_site.claims import column
 from booking_site.errors import Conflict, NotFound
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from booking_site.middleware import current_request_id
+from booking_site.statements import P, Statement, names, request_events, system_events
 from events.models import QUEUE_TOKEN, Event, EventQueue, QueueEntry
 from events.services import SalesClosed
 
 State = QueueEntry.State
+SUBJECT = "queue_entry"  # an entry's life (joined, admitted, expired) is one audit subject
 ADMIT_ACTOR = "system:admit_queues"  # the actor of every admission and every lapsed admission
 TOKEN_BYTES = 32  # 256 random bits: a token is never guessed (and is only good for its own user)
 # An idle queue (sales not open yet, beat late) saves up at most this much time's admissions (or one,
@@ -53,8 +56,7 @@ class QueueDisabled(Conflict):
 
 
 def queue_subject(entry_id: int) -> audit.Subject:
-    """A queue entry's life (joined, admitted, expired) is one audit subject."""
-    return audit.Subject(type="queue_entry", id=entry_id)
+    return audit.Subject(type=SUBJECT, id=entry_id)
 
 
 def with_position(entry: QueueEntry, admitted_through: int) -> QueueEntry:
@@ -65,29 +67,60 @@ def with_position(entry: QueueEntry, admitted_through: int) -> QueueEntry:
 
 # --- joining --------------------------------------------------------------------------------------------
 
-_ENTRY_COLUMNS = ("id", "token", "number", "state", "joined_at", "admitted_at", "admitted_until")
-_JOIN_READ = f"""
-    SELECT e.queue_enabled, e.event_date, q.admitted_through, {", ".join(f"x.{c}" for c in _ENTRY_COLUMNS)}
-    FROM {Event._meta.db_table} e
-    LEFT JOIN {QueueEntry._meta.db_table} x ON x.event_id = e.id AND x.user_id = %(user)s
-    LEFT JOIN {EventQueue._meta.db_table} q ON q.event_id = e.id
-    WHERE e.id = %(event)s"""
+# The names the queue's templates use: ``{e_…}`` the event's table and columns (alias ``e``), ``{q_…}``
+# the queue row's (``q``), ``{x_…}`` an entry's (``x``), and the entry's states.
+_NAMES = {
+    **names(Event, "e_", "e"),
+    **names(EventQueue, "q_", "q"),
+    **names(QueueEntry, "x_", "x"),
+    **{state.lower(): sql.Literal(state) for state in State.values},
+}
+_ENTRY_FIELDS = [f.attname for f in QueueEntry._meta.concrete_fields]
+_ENTRY_COLUMNS = sql.SQL(", ").join(column(QueueEntry, f.name, "x") for f in QueueEntry._meta.concrete_fields)
+
+
+def _event(**parts: sql.Composable) -> sql.Composable:
+    """An audit event's metadata: the entry's event and number, and ``parts``."""
+    pairs = [sql.SQL("'eventId', {}::bigint").format(P("event")), sql.SQL("'number', number::bigint")]
+    pairs += [sql.SQL("{}, {}").format(sql.Literal(key), value) for key, value in parts.items()]
+    return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(pairs))
+
+
+_JOIN_READ = Statement(
+    sql.SQL("""
+    SELECT {e_queue_enabled}, {e_event_date}, {q_admitted_through}, {entry}
+    FROM {e_table} e
+    LEFT JOIN {x_table} x ON {x_event} = {e_id} AND {x_user} = %(user)s
+    LEFT JOIN {q_table} q ON {q_event} = {e_id}
+    WHERE {e_id} = %(event)s""").format(entry=_ENTRY_COLUMNS, **_NAMES)
+)
 # The entry and its CREATED event, after its number was taken. A concurrent join of the same user that
 # committed first makes the insert a no-op (no row): the caller rolls the number back with it.
-_JOIN_INSERT = f"""
+_JOINED = ("event", "user", "token", "number", "state", "joined_at", "admitted_at", "admitted_until")
+_JOIN_INSERT = Statement(
+    sql.SQL("""
     WITH entry AS (
-        INSERT INTO {QueueEntry._meta.db_table}
-            (event_id, user_id, token, number, state, joined_at, admitted_at, admitted_until)
-        VALUES (%(event)s, %(user)s, %(token)s, %(number)s, 'WAITING', %(now)s, NULL, NULL)
-        ON CONFLICT (event_id, user_id) DO NOTHING
-        RETURNING id
-    ), recorded AS (
-        INSERT INTO {AuditEvent._meta.db_table} ({audit.SQL_COLUMNS})
-        SELECT %(occurred_at)s, %(user)s, %(actor_label)s, 'queue_entry', id::text, 'CREATED', '', 'WAITING',
-               jsonb_build_object('eventId', %(event)s::bigint, 'number', %(number)s::bigint), %(trace_id)s
-        FROM entry
+        INSERT INTO {x_table} ({columns})
+        VALUES (%(event)s, %(user)s, %(token)s, %(number)s, {waiting}, %(now)s, NULL, NULL)
+        ON CONFLICT ({event}, {user}) DO NOTHING
+        RETURNING id, %(number)s AS number
+    ), recorded AS ({recorded})
+    SELECT id FROM entry""").format(
+        columns=sql.SQL(", ").join(column(QueueEntry, name) for name in _JOINED),
+        event=column(QueueEntry, "event"),
+        user=column(QueueEntry, "user"),
+        recorded=request_events(
+            source=sql.Identifier("entry"),
+            subject_type=sql.Literal(SUBJECT),
+            subject_id=sql.SQL("id::text"),
+            event_type=sql.Literal("CREATED"),
+            from_state=sql.Literal(""),
+            to_state=sql.Literal(State.WAITING),
+            metadata=_event(),
+        ),
+        **_NAMES,
     )
-    SELECT id FROM entry"""
+)
 
 
 class _JoinedMeanwhile(Exception):
@@ -129,34 +162,30 @@ def queue_join(*, event_id: int, user: User, now: datetime) -> tuple[QueueEntry,
 
 def _join_read(event_id: int, user_id: int) -> tuple[bool, datetime, QueueEntry | None] | None:
     """The event's queue switch and date, and the user's entry (with its position) if any: one statement."""
-    with connection.cursor() as cursor:
-        cursor.execute(_JOIN_READ, {"event": event_id, "user": user_id})
-        row = cursor.fetchone()
+    row = _JOIN_READ.fetchone({"event": event_id, "user": user_id})
     if row is None:
         return None
     queue_enabled, event_date, admitted_through, *columns = row
     if columns[0] is None:
         return queue_enabled, event_date, None
-    entry = QueueEntry(event_id=event_id, user_id=user_id, **dict(zip(_ENTRY_COLUMNS, columns, strict=True)))
+    entry = QueueEntry.from_db(connection.alias, _ENTRY_FIELDS, columns)
     return queue_enabled, event_date, with_position(entry, admitted_through)
 
 
 def _insert_entry(*, event_id: int, user: User, token: str, number: int, now: datetime) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _JOIN_INSERT,
-            {
-                "event": event_id,
-                "user": user.pk,
-                "token": token,
-                "number": number,
-                "now": now,
-                "occurred_at": timezone.now(),
-                "actor_label": f"user:{user.pk}",
-                "trace_id": current_request_id() or "",
-            },
-        )
-        row = cursor.fetchone()
+    row = _JOIN_INSERT.fetchone(
+        {
+            "event": event_id,
+            "user": user.pk,
+            "actor": user.pk,
+            "token": token,
+            "number": number,
+            "now": now,
+            "occurred_at": timezone.now(),
+            "actor_label": f"user:{user.pk}",
+            "trace_id": current_request_id() or "",
+        }
+    )
     if row is None:
         raise _JoinedMeanwhile
     return row[0]
@@ -165,54 +194,75 @@ def _insert_entry(*, event_id: int, user: User, token: str, number: int, now: da
 # --- polling --------------------------------------------------------------------------------------------
 
 
+# An entry by its token in the event's queue, with the queue's mark: the token's unique index, the queue row by its key.
+_ENTRY_READ = Statement(
+    sql.SQL("""
+    SELECT {entry}, {q_admitted_through} FROM {x_table} x JOIN {q_table} q ON {q_event} = {x_event}
+    WHERE {x_token} = %(token)s AND {x_event} = %(event)s""").format(entry=_ENTRY_COLUMNS, **_NAMES)
+)
+
+
 def queue_entry_read(*, event_id: int, token: str) -> QueueEntry | None:
     """The entry with this token in the event's queue, with ``position``, in one statement (the token's
     unique index, and the queue row by its key); None when there is none (a token of a shape never
     issued is not looked up)."""
     if not QUEUE_TOKEN.fullmatch(token):
         return None
-    through = EventQueue.objects.filter(pk=OuterRef("event_id")).values("admitted_through")
-    entries = QueueEntry.objects.filter(token=token, event_id=event_id)
-    # QueueEntry.through only declares this annotation, for its type (as selectors.events_with_counts does).
-    entry = entries.annotate(through=Subquery(through)).first()  # type: ignore[no-redef]
-    return with_position(entry, entry.through) if entry is not None else None
+    row = _ENTRY_READ.fetchone({"token": token, "event": event_id})
+    if row is None:
+        return None
+    return with_position(QueueEntry.from_db(connection.alias, _ENTRY_FIELDS, row[:-1]), row[-1])
 
 
 # --- admission ------------------------------------------------------------------------------------------
 
-_ENTRY, _QUEUE = QueueEntry._meta.db_table, EventQueue._meta.db_table
 # One admission run on one queue, whose row the caller holds locked. ``lapsed``: the admissions whose
 # window has passed; ``admitted``: the next %(count)s numbers after %(through)s, each WAITING by the
 # queue's own bookkeeping (the predicate is the backstop: a run that fell short would mean the lock
-# failed); ``moved``: the queue row; ``recorded``: one audit event per entry moved, in number order (an
-# UPDATE returns its rows in the heap's order, which is not the numbers' once the table's space is reused:
-# the trail would show 67 admitted before 66).
-_ADMIT_SQL = f"""
+# failed); ``moved``: the queue row; ``recorded``: one audit event per entry moved (``entries``), in
+# number order (an UPDATE returns its rows in the heap's order, which is not the numbers' once the
+# table's space is reused: the trail would show 67 admitted before 66).
+_ADMIT = Statement(
+    sql.SQL("""
     WITH lapsed AS (
-        UPDATE {_ENTRY} x SET state = 'EXPIRED'
-        WHERE x.event_id = %(event)s AND x.state = 'ADMITTED' AND x.admitted_until <= %(now)s
-        RETURNING x.id, x.number
+        UPDATE {x_table} x SET {state} = {expired}
+        WHERE {x_event} = %(event)s AND {x_state} = {admitted} AND {x_admitted_until} <= %(now)s
+        RETURNING {x_id}, {x_number}
     ), admitted AS (
-        UPDATE {_ENTRY} x SET state = 'ADMITTED', admitted_at = %(now)s, admitted_until = %(until)s
-        WHERE x.event_id = %(event)s AND x.number > %(through)s AND x.number <= %(through)s + %(count)s
-          AND x.state = 'WAITING'
-        RETURNING x.id, x.number
+        UPDATE {x_table} x SET {state} = {admitted}, {admitted_at} = %(now)s, {admitted_until} = %(until)s
+        WHERE {x_event} = %(event)s AND {x_number} > %(through)s AND {x_number} <= %(through)s + %(count)s
+          AND {x_state} = {waiting}
+        RETURNING {x_id}, {x_number}
     ), moved AS (
-        UPDATE {_QUEUE} SET admitted_through = %(through)s + %(count)s, credit_from = %(credit_from)s
-        WHERE event_id = %(event)s
-    ), recorded AS (
-        INSERT INTO {AuditEvent._meta.db_table} ({audit.SQL_COLUMNS})
-        SELECT %(occurred_at)s, NULL::bigint, %(actor)s, 'queue_entry', id::text, 'ADMITTED', 'WAITING', 'ADMITTED',
-               jsonb_build_object(
-                   'eventId', %(event)s::bigint, 'number', number, 'admittedUntil', %(until_json)s::jsonb),
-               %(trace_id)s
+        UPDATE {q_table} q SET {admitted_through} = %(through)s + %(count)s, {credit_from} = %(credit_from)s
+        WHERE {q_event} = %(event)s
+    ), entries AS (
+        SELECT id, number, {waiting} AS from_state, {admitted} AS to_state, {admitted_metadata} AS metadata
         FROM (SELECT * FROM admitted ORDER BY number) admitted
         UNION ALL
-        SELECT %(occurred_at)s, NULL, %(actor)s, 'queue_entry', id::text, 'EXPIRED', 'ADMITTED', 'EXPIRED',
-               jsonb_build_object('eventId', %(event)s::bigint, 'number', number), %(trace_id)s
-        FROM (SELECT * FROM lapsed ORDER BY number) lapsed
+        SELECT id, number, {admitted}, {expired}, {lapsed_metadata} FROM (SELECT * FROM lapsed ORDER BY number) lapsed
+    ), recorded AS ({recorded})
+    SELECT (SELECT COUNT(*) FROM admitted), (SELECT COUNT(*) FROM lapsed)""").format(
+        state=column(QueueEntry, "state"),
+        admitted_at=column(QueueEntry, "admitted_at"),
+        admitted_until=column(QueueEntry, "admitted_until"),
+        admitted_through=column(EventQueue, "admitted_through"),
+        credit_from=column(EventQueue, "credit_from"),
+        admitted_metadata=_event(admittedUntil=sql.SQL("{}::jsonb").format(P("until_json"))),
+        lapsed_metadata=_event(),
+        recorded=system_events(
+            source=sql.Identifier("entries"),
+            actor_label=P("actor"),
+            subject_type=sql.Literal(SUBJECT),
+            subject_id=sql.SQL("id::text"),
+            event_type=sql.SQL("to_state"),
+            from_state=sql.SQL("from_state"),
+            to_state=sql.SQL("to_state"),
+            metadata=sql.SQL("metadata"),
+        ),
+        **_NAMES,
     )
-    SELECT (SELECT COUNT(*) FROM admitted), (SELECT COUNT(*) FROM lapsed)"""
+)
 
 
 def admissions_due(queue: EventQueue, *, now: datetime) -> tuple[int, datetime]:
@@ -243,23 +293,20 @@ def queue_admit(*, event_id: int, now: datetime) -> tuple[int, int]:
         now = locked_now(now)
         count, credit_from = admissions_due(queue, now=now)
         until = now + timedelta(minutes=queue.event.admission_window_minutes)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _ADMIT_SQL,
-                {
-                    "event": event_id,
-                    "now": now,
-                    "until": until,
-                    "until_json": json.dumps(until, cls=DjangoJSONEncoder),
-                    "through": queue.admitted_through,
-                    "count": count,
-                    "credit_from": credit_from,
-                    "occurred_at": timezone.now(),
-                    "actor": ADMIT_ACTOR,
-                    "trace_id": current_request_id() or "",
-                },
-            )
-            admitted, expired = cursor.fetchone()
+        admitted, expired = _ADMIT.fetchone(
+            {
+                "event": event_id,
+                "now": now,
+                "until": until,
+                "until_json": json.dumps(until, cls=DjangoJSONEncoder),
+                "through": queue.admitted_through,
+                "count": count,
+                "credit_from": credit_from,
+                "occurred_at": timezone.now(),
+                "actor": ADMIT_ACTOR,
+                "trace_id": current_request_id() or "",
+            }
+        )
     if admitted < count:
         CONSTRAINT_BACKSTOPS.labels("queue_admission_waiting_only").inc()
         logger.error(

@@ -3,15 +3,27 @@ event, at the event's date as it is when the reminder is due (a date moved befor
 reminder), and was made when it was confirmed (a group written without its confirm time, outside the
 services, when it was created)."""
 
-from django.db.models import F
-from django.db.models.functions import Coalesce
+from psycopg import sql
 
-from booking_site.reminders import Reminders
+from booking_site.claims import column
+from booking_site.reminders import BOOKING, Reminders
+from booking_site.statements import table
+from events.models import Event, SeatHoldGroup
 from events.services import SEAT_HOLDS
 
 REMINDERS = Reminders(
     engine=SEAT_HOLDS,
-    starts=F("event__event_date"),
-    made=Coalesce(F("confirmed_at"), F("created_at")),
-    metadata={"eventId": F("event_id"), "bookingGroupId": F("booking_group_id")},
+    starts=sql.SQL("(SELECT {} FROM {} e WHERE {} = {})").format(
+        column(Event, "event_date", "e"),
+        table(Event),
+        column(Event, "id", "e"),
+        column(SeatHoldGroup, "event", BOOKING),
+    ),
+    made=sql.SQL("COALESCE({}, {})").format(
+        column(SeatHoldGroup, "confirmed_at", BOOKING), column(SeatHoldGroup, "created_at", BOOKING)
+    ),
+    metadata={
+        "eventId": column(SeatHoldGroup, "event", BOOKING),
+        "bookingGroupId": column(SeatHoldGroup, "booking_group_id", BOOKING),
+    },
 )

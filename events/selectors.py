@@ -8,14 +8,14 @@ from datetime import datetime
 
 import orjson
 from cachetools import LRUCache
-from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
+from psycopg import sql
 
-from booking_site.accounts.models import User
+from booking_site import claims
+from booking_site.claims import column
+from booking_site.statements import P, Statement, table
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
-
-State = SeatHoldGroup.State
 
 AVAILABLE, HELD, BOOKED = "AVAILABLE", "HELD", "BOOKED"
 
@@ -23,7 +23,7 @@ AVAILABLE, HELD, BOOKED = "AVAILABLE", "HELD", "BOOKED"
 def live_seat_holds(*, now: datetime) -> QuerySet[SeatClaim]:
     """The seat claims held and not overdue at ``now``: the held seats of the counts (an overdue hold is
     free, docs/contract.md §2.2), on the partial index of live holds (``seat_claim_held_idx``)."""
-    return SeatClaim.objects.filter(state=State.HELD, expires_at__gt=now)
+    return SeatClaim.objects.filter(claims.LIVE_HOLDS.q(SeatClaim, now=now))
 
 
 def events_with_counts(*, now: datetime) -> QuerySet[Event]:
@@ -52,16 +52,47 @@ def event_with_counts(*, event_id: int, now: datetime) -> Event | None:
     return events_with_counts(now=now).filter(pk=event_id).order_by().first()
 
 
-def seat_map(*, event: Event, now: datetime) -> list[dict]:
-    """Every seat of the event in layout order, with its status: AVAILABLE, HELD or BOOKED."""
-    claims = SeatClaim.objects.filter(event=event, state__in=SeatHoldGroup.BLOCKING_STATES).values_list(
-        "seat_id", "state", "expires_at"
+# The one rule of a seat's status, for the admin's seat map and the API's: BOOKED under a confirmed claim,
+# HELD under a live hold (an overdue hold frees its seat: docs/contract.md §2.2), AVAILABLE under neither.
+CLAIMED_STATUSES = ((BOOKED, claims.CONFIRMED), (HELD, claims.LIVE_HOLDS))
+
+_CLAIMED_SEATS = Statement(
+    sql.SQL(
+        "SELECT {statuses} FROM {event_table} e LEFT JOIN {claim_table} c ON {claim_event} = {event_id} AND {active} "
+        "WHERE {event_id} = {event} GROUP BY {event_id}"
+    ).format(
+        statuses=sql.SQL(", ").join(
+            sql.SQL("COALESCE(array_agg({seat}) FILTER (WHERE {rows}), '{{}}')").format(
+                seat=column(SeatClaim, "seat", "c"), rows=rows.sql(SeatClaim, "c")
+            )
+            for _, rows in CLAIMED_STATUSES
+        ),
+        event_table=table(Event),
+        claim_table=table(SeatClaim),
+        claim_event=column(SeatClaim, "event", "c"),
+        event_id=column(Event, "id", "e"),
+        active=claims.BLOCKING.sql(SeatClaim, "c"),
+        event=P("event"),
     )
-    status = {
-        seat_id: BOOKED if state == State.CONFIRMED else HELD
-        for seat_id, state, expires_at in claims
-        if state == State.CONFIRMED or expires_at > now
-    }
+)
+
+
+def claimed_seats(*, event_id: int, now: datetime) -> dict[str, list[int]] | None:
+    """The ids of the event's seats in each status of ``CLAIMED_STATUSES`` at ``now``; None when the event does
+    not exist. One statement, from the event's active claims (``seat_claim_active_idx``; at most one per seat,
+    ``seat_claim_one_active_per_seat``)."""
+    row = _CLAIMED_SEATS.fetchone({"event": event_id, "now": now})
+    return None if row is None else {status: ids for (status, _), ids in zip(CLAIMED_STATUSES, row, strict=True)}
+
+
+def _status_of(claimed: dict[str, list[int]]) -> dict[int, str]:
+    """Each claimed seat's status; a seat not in it is AVAILABLE."""
+    return {seat: status for status, seats in claimed.items() for seat in seats}
+
+
+def seat_map(*, event: Event, now: datetime) -> list[dict]:
+    """Every seat of the event in layout order, with its status (``CLAIMED_STATUSES``): the admin's seat map."""
+    status = _status_of(claimed_seats(event_id=event.pk, now=now) or {})
     seats = Seat.objects.filter(event=event).order_by("section", "row", "number")
     return [
         {"id": pk, "code": code, "section": section, "row": row, "number": number, "status": status.get(pk, AVAILABLE)}
@@ -128,41 +159,20 @@ _STATUS_JSON = {BOOKED: 'BOOKED"}', HELD: 'HELD"}', AVAILABLE: 'AVAILABLE"}'}
 def seat_map_json(*, event_id: int, now: datetime) -> SeatMapJSON | None:
     """What ``seat_map`` says, as the JSON text the API sends; None when the event does not exist.
 
-    One statement per read: the ids of the booked and of the live held seats, from the event's active
-    claims (``seat_claim_active_idx``; at most one per seat, ``seat_claim_one_active_per_seat``). The
-    fixed part of each seat's JSON comes from ``seat_layout_json``, read once. The counts are those of
-    the statuses listed, so they always add up. 20,000 seats as dicts through a serializer cost a third
-    of a second; building their JSON in PostgreSQL on every read 40 to 130 ms; this, 4 to 12 ms
-    (docs/decisions/0008-reads.md).
+    One statement per read (``claimed_seats``). The fixed part of each seat's JSON comes from
+    ``seat_layout_json``, read once. The counts are those of the statuses listed, so they always add up.
+    20,000 seats as dicts through a serializer cost a third of a second; building their JSON in PostgreSQL
+    on every read 40 to 130 ms; this, 4 to 12 ms (docs/decisions/0008-reads.md).
     """
-    event, claim = Event._meta.db_table, SeatClaim._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT COALESCE(array_agg(c.seat_id) FILTER (WHERE c.state = 'CONFIRMED'), '{{}}'),
-                   COALESCE(array_agg(c.seat_id) FILTER (WHERE c.state = 'HELD' AND c.expires_at > %(now)s), '{{}}')
-            FROM {event} e
-            LEFT JOIN {claim} c ON c.event_id = e.id AND c.state IN ('HELD', 'CONFIRMED')
-            WHERE e.id = %(event)s
-            GROUP BY e.id
-            """,
-            {"event": event_id, "now": now},
-        )
-        row = cursor.fetchone()
-    if row is None:
+    claimed = claimed_seats(event_id=event_id, now=now)
+    if claimed is None:
         return None
-    booked, held = set(row[0]), set(row[1])
+    status = _status_of(claimed)
     layout = seat_layout_json(event_id=event_id)  # after the event was seen: its seats committed with it
     seats = ",".join(
-        fixed + _STATUS_JSON[BOOKED if pk in booked else HELD if pk in held else AVAILABLE]
-        for pk, fixed in zip(layout.seat_ids, layout.fixed, strict=True)
+        fixed + _STATUS_JSON[status.get(pk, AVAILABLE)] for pk, fixed in zip(layout.seat_ids, layout.fixed, strict=True)
     )
-    return SeatMapJSON(event_id, len(layout.seat_ids), len(booked), len(held), seats)
-
-
-def hold_groups_visible_to(user: User) -> QuerySet[SeatHoldGroup]:
-    groups = SeatHoldGroup.objects.select_related("event", "user")
-    return groups if user.is_staff else groups.filter(user=user)
+    return SeatMapJSON(event_id, len(layout.seat_ids), len(claimed[BOOKED]), len(claimed[HELD]), seats)
 
 
 def group_seat_codes(group: SeatHoldGroup) -> list[str]:

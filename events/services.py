@@ -21,7 +21,6 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 from psycopg import sql
 
@@ -30,7 +29,7 @@ from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
 from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, Along, Cap, ClaimEngine, Outcome
-from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed
+from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed, bounded
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
@@ -140,12 +139,6 @@ def event_date_problem(event_date: datetime, *, now: datetime) -> str | None:
     return None
 
 
-def _check_range(field: str, value: int | None, bounds: tuple[int, int]) -> None:
-    low, high = bounds
-    if value is not None and not low <= value <= high:
-        raise ValidationFailed.for_field(field, f"Must be between {low} and {high}.")
-
-
 @dataclass(frozen=True)
 class SeatLayout:
     """Sections x rows x seats per row, giving codes like ``A-3-12``."""
@@ -190,12 +183,11 @@ def event_create(
         if total_seats is not None and total_seats != layout.total:
             raise ValidationFailed.for_field("totalSeats", f"The layout has {layout.total} seats, not {total_seats}.")
         total_seats = layout.total
-    if total_seats is None or not 1 <= total_seats <= MAX_SEATS_PER_EVENT:
-        raise ValidationFailed.for_field("totalSeats", f"Must be between 1 and {MAX_SEATS_PER_EVENT}.")
+    total_seats = bounded(total_seats, "totalSeats", 1, MAX_SEATS_PER_EVENT)
     problem = event_date_problem(event_date, now=now)
     if problem:
         raise ValidationFailed.for_field("date", problem)
-    _check_range("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE)
+    bounded(hold_minutes, "holdMinutes", *HOLD_MINUTES_RANGE)
     with transaction.atomic():
         event = Event.objects.create(
             name=name,
@@ -218,23 +210,25 @@ def event_create(
     return event
 
 
+_SEAT_COLUMNS = sql.SQL(", ").join(claims.column(Seat, name) for name in ("event", "code", "section", "row", "number"))
+# An event's seats: a plain layout (S1…Sn, one row), or each section's rows of seats (A-1-1…).
+_PLAIN_SEATS = sql.SQL(
+    "INSERT INTO {} ({}) SELECT %(event)s, 'S' || n, '', 1, n FROM generate_series(1, %(seats)s) AS n ORDER BY n"
+).format(statements.table(Seat), _SEAT_COLUMNS)
+_SECTION_SEATS = sql.SQL("""INSERT INTO {} ({}) SELECT %(event)s, s.name || '-' || r || '-' || n, s.name, r, n
+FROM unnest(%(sections)s::text[]) WITH ORDINALITY AS s(name, position),
+     generate_series(1, %(rows)s) AS r, generate_series(1, %(seats)s) AS n
+ORDER BY s.position, r, n""").format(statements.table(Seat), _SEAT_COLUMNS)
+
+
 def _generate_seats(event: Event, layout: SeatLayout | None) -> None:
-    table = Seat._meta.db_table
     with connection.cursor() as cursor:
         if layout is None:
-            cursor.execute(
-                f"INSERT INTO {table} (event_id, code, section, row, number) "
-                "SELECT %s, 'S' || n, '', 1, n FROM generate_series(1, %s) AS n ORDER BY n",
-                [event.pk, event.total_seats],
-            )
+            cursor.execute(_PLAIN_SEATS.as_string(None), {"event": event.pk, "seats": event.total_seats})
         else:
+            sections, rows, seats = list(layout.sections), layout.rows, layout.seats_per_row
             cursor.execute(
-                f"INSERT INTO {table} (event_id, code, section, row, number) "
-                "SELECT %s, s.name || '-' || r || '-' || n, s.name, r, n "
-                "FROM unnest(%s::text[]) WITH ORDINALITY AS s(name, position), "
-                "generate_series(1, %s) AS r, generate_series(1, %s) AS n "
-                "ORDER BY s.position, r, n",
-                [event.pk, list(layout.sections), layout.rows, layout.seats_per_row],
+                _SECTION_SEATS.as_string(None), {"event": event.pk, "sections": sections, "rows": rows, "seats": seats}
             )
 
 
@@ -280,9 +274,13 @@ def event_update_details(
         "admission_window_minutes": admission_window_minutes,
     }
     wanted = {field: value for field, value in wanted.items() if value is not None}
-    _check_range("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE)
-    _check_range("admittedPerMinute", admitted_per_minute, ADMITTED_PER_MINUTE_RANGE)
-    _check_range("admissionWindowMinutes", admission_window_minutes, ADMISSION_WINDOW_RANGE)
+    for field, value, bounds in [
+        ("holdMinutes", hold_minutes, HOLD_MINUTES_RANGE),
+        ("admittedPerMinute", admitted_per_minute, ADMITTED_PER_MINUTE_RANGE),
+        ("admissionWindowMinutes", admission_window_minutes, ADMISSION_WINDOW_RANGE),
+    ]:
+        if value is not None:
+            bounded(value, field, *bounds)
     with transaction.atomic():
         event = _locked_event(locking.lock_event, event_id)
         now = locked_now(now)
@@ -408,7 +406,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def limit_for(self, request: SeatHold) -> int | None:
         """The cap a hold is held to: an offer has none (its quantity was held to it when its user joined,
-        and it takes no user lock: it runs after the event's lock, ``locking.freed_events_lock``)."""
+        and it takes no user lock: it runs after the event's lock, ``locking.freed_events_lock_sql``)."""
         return None if request.offer else self.cap.limit_for(request.actor)
 
     def lock_target(self, request: SeatHold) -> Target:
@@ -982,11 +980,8 @@ SELECT (SELECT seats FROM freed), (SELECT waiting FROM counted)
         **statements.names(Event, "e_"),
         cancelled=sql.Literal(State.CANCELLED),
         confirmed=sql.Literal(State.CONFIRMED),
-        recorded=statements.audit_rows(
+        recorded=statements.request_events(
             source=sql.SQL("freed f, regrouped g"),
-            occurred_at=statements.P("occurred_at"),
-            actor=statements.P("actor"),
-            actor_label=statements.P("actor_label"),
             subject_type=sql.Literal(HOLD_SUBJECT),
             subject_id=sql.SQL("%(group)s::text"),
             event_type=sql.Literal(SEATS_CANCELLED),
@@ -995,7 +990,6 @@ SELECT (SELECT seats FROM freed), (SELECT waiting FROM counted)
             metadata=sql.SQL("""jsonb_build_object(
                'eventId', %(event)s::bigint, 'bookingGroupId', %(booking)s::text, 'seatCodes', f.codes,
                'seatCount', g.seats_left, 'reason', %(reason)s::text)"""),
-            request_id=statements.P("trace_id"),
         ),
     )
 )
@@ -1138,6 +1132,61 @@ def waitlist_position(entry: WaitlistEntry) -> int | None:
     return WaitlistEntry.objects.filter(event_id=entry.event_id, state=Entry.WAITING, id__lte=entry.pk).count()
 
 
+# A join, under the event's lock (its ``waiting_count`` and seat totals read by that lock, as parameters):
+# ``live``, the user's entry on the list already, if any; ``free``, the seats free now, only while nobody
+# waits (the live holds on ``seat_claim_held_idx``); ``entry``, the new entry, unless one of those refuses
+# it; the event's waiting counter; its audit event. Returns the entry, or what refused it.
+_JOIN_FIELDS = [f for f in WaitlistEntry._meta.concrete_fields if not f.primary_key]
+_JOIN_VALUES = {
+    "event": statements.P("event"),
+    "user": statements.P("user"),
+    "quantity": statements.P("quantity"),
+    "state": sql.Literal(Entry.WAITING),
+    "hold_group": sql.NULL,
+    "offer_expires_at": sql.NULL,
+    "request_id": statements.P("request_id"),
+    "created_at": statements.P("now"),
+    "updated_at": statements.P("now"),
+}
+WAITLIST_JOIN = statements.Statement(
+    sql.SQL("""
+WITH live AS (
+    SELECT w.{w_id} AS id, w.{w_state} AS state FROM {w_table} w
+    WHERE w.{w_event} = %(event)s AND w.{w_user} = %(user)s AND w.{w_state} IN ({live_states}) LIMIT 1
+), free AS (
+    SELECT %(total)s - %(confirmed)s - (SELECT count(*) FROM {c_table} c WHERE c.{c_event} = %(event)s AND {live_hold})
+        AS seats
+    WHERE %(waiting)s = 0
+), entry AS (
+    INSERT INTO {w_table} ({columns}) SELECT {values}
+    WHERE NOT EXISTS (SELECT FROM live) AND NOT EXISTS (SELECT FROM free WHERE seats >= %(quantity)s)
+    RETURNING {w_id}
+), counted AS (
+    UPDATE {e_table} SET {e_waiting_count} = {e_waiting_count} + 1
+    WHERE {e_id} = %(event)s AND EXISTS (SELECT FROM entry)
+), recorded AS ({recorded})
+SELECT (SELECT id FROM entry), (SELECT id FROM live), (SELECT state FROM live), (SELECT seats FROM free)""").format(
+        live_states=sql.SQL(", ").join(map(sql.Literal, WaitlistEntry.LIVE_STATES)),
+        live_hold=claims.LIVE_HOLDS.sql(_C, "c"),
+        columns=sql.SQL(", ").join(claims.column(WaitlistEntry, f.name) for f in _JOIN_FIELDS),
+        values=sql.SQL(", ").join(_JOIN_VALUES[f.name] for f in _JOIN_FIELDS),
+        e_table=statements.table(Event),
+        e_waiting_count=claims.column(Event, "waiting_count"),
+        e_id=claims.column(Event, "id"),
+        recorded=statements.request_events(
+            source=sql.Identifier("entry"),
+            subject_type=sql.Literal(ENTRY_SUBJECT),
+            subject_id=sql.SQL("id::text"),
+            event_type=sql.Literal("CREATED"),
+            from_state=sql.Literal(""),
+            to_state=sql.Literal(Entry.WAITING),
+            metadata=sql.SQL("jsonb_build_object('eventId', %(event)s::bigint, 'quantity', %(quantity)s::bigint)"),
+        ),
+        **_NAMES,
+    )
+)
+
+
 def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, request_id: str = "") -> WaitlistEntry:
     """Put ``user`` on the event's waiting list for ``quantity`` seats (at the end: the order is the
     entries' ids). Refused when the list is off, sales are closed, ``quantity`` is over the cap on held
@@ -1153,27 +1202,38 @@ def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, re
             if not event.waitlist_enabled:
                 raise WaitlistClosed(f"The waiting list of event {event_id} is closed.")
             SEAT_HOLDS._check_sales(event, now=now)
-            live = WaitlistEntry.objects.filter(event=event, user=user, state__in=WaitlistEntry.LIVE_STATES).first()
-            if live is not None:
-                raise _already_waiting(live)
-            if not event.waiting_count:
-                event.held_seats = selectors.live_seat_holds(now=now).filter(event=event).count()
-                free = event.available_seats
-                if free >= quantity:
-                    raise SeatsAvailable(
-                        f"Event {event_id} has {free} seats available: hold them instead.",
-                        details={"requested": quantity, "available": free},
-                    )
-            entry = WaitlistEntry.objects.create(
-                event=event, user=user, quantity=quantity, request_id=request_id, created_at=now, updated_at=now
+            entry_id, live_id, live_state, free = WAITLIST_JOIN.fetchone(
+                {
+                    "event": event_id,
+                    "user": user.pk,
+                    "quantity": quantity,
+                    "request_id": request_id,
+                    "now": now,
+                    "waiting": event.waiting_count,
+                    "total": event.total_seats,
+                    "confirmed": event.confirmed_seats,
+                    "occurred_at": timezone.now(),
+                    "actor": user.pk,
+                    "actor_label": f"user:{user.pk}",
+                    "trace_id": current_request_id() or "",
+                }
             )
-            Event.objects.filter(pk=event_id).update(waiting_count=F("waiting_count") + 1)
-            audit.record(
-                subject=waitlist_entry_subject(entry),
-                event="CREATED",
-                to_state=Entry.WAITING,
-                actor=user,
-                metadata={"eventId": event_id, "quantity": quantity},
+            if live_id is not None:
+                raise _already_waiting(WaitlistEntry(pk=live_id, event_id=event_id, state=live_state))
+            if entry_id is None:
+                raise SeatsAvailable(
+                    f"Event {event_id} has {free} seats available: hold them instead.",
+                    details={"requested": quantity, "available": free},
+                )
+            entry = WaitlistEntry(
+                pk=entry_id,
+                event=event,
+                user=user,
+                quantity=quantity,
+                state=Entry.WAITING,
+                request_id=request_id,
+                created_at=now,
+                updated_at=now,
             )
     except IntegrityError:  # the backstop, waitlist_entry_one_live_per_user_per_event (the lock decides first)
         CONSTRAINT_BACKSTOPS.labels("waitlist_entry_one_live_per_user_per_event").inc()
@@ -1192,34 +1252,80 @@ def _already_waiting(entry: WaitlistEntry) -> AlreadyWaiting:
     )
 
 
+_W_ATTNAMES = [f.attname for f in WaitlistEntry._meta.concrete_fields]
+# An entry of the event's list and whether it is the head (no WAITING entry before it), under the event's lock.
+_WAITLIST_ENTRY = statements.Statement(
+    sql.SQL("""
+SELECT {entry}, NOT EXISTS (SELECT FROM {w_table} h WHERE h.{w_event} = w.{w_event} AND h.{w_state} = {waiting}
+                                                     AND h.{w_id} < w.{w_id})
+FROM {w_table} w WHERE w.{w_id} = %(entry)s AND w.{w_event} = %(event)s""").format(
+        entry=sql.SQL(", ").join(
+            claims.column(WaitlistEntry, f.name, "w") for f in WaitlistEntry._meta.concrete_fields
+        ),
+        waiting=sql.Literal(Entry.WAITING),
+        **_NAMES,
+    )
+)
+# A WAITING entry leaves: the entry, the event's waiting counter, its audit event.
+WAITLIST_LEAVE = statements.Statement(
+    sql.SQL("""
+WITH left_list AS (
+    UPDATE {w_table} SET {w_state} = {left}, {w_updated_at} = %(now)s
+    WHERE {w_id} = %(entry)s AND {w_state} = {waiting} RETURNING {w_id}
+), counted AS (
+    UPDATE {e_table} SET {e_waiting_count} = {e_waiting_count} - 1
+    WHERE {e_id} = %(event)s AND EXISTS (SELECT FROM left_list)
+), recorded AS ({recorded})
+SELECT COUNT(*) FROM left_list""").format(
+        left=sql.Literal(Entry.LEFT),
+        waiting=sql.Literal(Entry.WAITING),
+        e_table=statements.table(Event),
+        e_waiting_count=claims.column(Event, "waiting_count"),
+        e_id=claims.column(Event, "id"),
+        recorded=statements.request_events(
+            source=sql.Identifier("left_list"),
+            subject_type=sql.Literal(ENTRY_SUBJECT),
+            subject_id=sql.SQL("id::text"),
+            event_type=sql.Literal(Entry.LEFT),
+            from_state=sql.Literal(Entry.WAITING),
+            to_state=sql.Literal(Entry.LEFT),
+            metadata=sql.SQL("jsonb_build_object('eventId', %(event)s::bigint)"),
+        ),
+        **_NAMES,
+    )
+)
+
+
 def waitlist_leave(*, event_id: int, entry_id: int, user: User, now: datetime) -> WaitlistEntry:
     """Take a WAITING entry off the list (its user leaves, or an operator removes it). The entries behind
     move up; when it was the head, the next may fit the seats free now, and is offered them."""
     with transaction.atomic():
         event = _locked_event(locking.lock_event, event_id)
-        entry = WaitlistEntry.objects.filter(pk=entry_id, event_id=event_id).first()
-        if entry is None:
+        row = _WAITLIST_ENTRY.fetchone({"entry": entry_id, "event": event_id})
+        if row is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
-        if not user.is_staff and entry.user_id != user.pk:
-            raise NotOwner(f"Waiting-list entry {entry_id} belongs to another user.")
+        entry, was_head = WaitlistEntry.from_db(connection.alias, _W_ATTNAMES, row[:-1]), row[-1]
+        SEAT_HOLDS.policy.require_owner(user, entry.user_id, what=f"Waiting-list entry {entry_id}")
         if entry.state != Entry.WAITING:
             raise EntryNotWaiting(
                 f"Waiting-list entry {entry_id} is {entry.state}: only a waiting entry leaves the list.",
                 details={"state": entry.state},
             )
         now = locked_now(now)
-        was_head = waitlist_position(entry) == 1
-        entry.state, entry.updated_at = Entry.LEFT, now
-        entry.save(update_fields=["state", "updated_at"])
-        Event.objects.filter(pk=event_id).update(waiting_count=F("waiting_count") - 1)
-        audit.record(
-            subject=waitlist_entry_subject(entry),
-            event=Entry.LEFT,
-            from_state=Entry.WAITING,
-            to_state=Entry.LEFT,
-            actor=user,
-            metadata={"eventId": event_id},
+        [(moved,)] = WAITLIST_LEAVE.fetchall(
+            {
+                "entry": entry_id,
+                "event": event_id,
+                "now": now,
+                "occurred_at": timezone.now(),
+                "actor": user.pk,
+                "actor_label": f"user:{user.pk}",
+                "trace_id": current_request_id() or "",
+            }
         )
+        if not moved:  # under the event's lock a WAITING entry cannot change: a lock is missing
+            raise RuntimeError(f"waiting-list entry {entry_id} changed under its event's lock")
+        entry.state, entry.updated_at = Entry.LEFT, now
         if was_head and event.waiting_count > 1:
             waitlist_offer(event_id=event_id, now=now)
     return entry
@@ -1234,36 +1340,66 @@ def waitlist_set(*, event_id: int, enabled: bool, actor: User | None, now: datet
     return event
 
 
+_W, _U = WaitlistEntry._meta.concrete_fields, User._meta.concrete_fields
+# The head of the event's waiting list (its first WAITING entry, on ``waitlist_entry_waiting_idx``) and its user.
+_WAITLIST_HEAD = statements.Statement(
+    sql.SQL("""
+SELECT {entry}, {user} FROM {w_table} w JOIN {u_table} u ON {u_id} = w.{w_user}
+WHERE w.{w_event} = %(event)s AND w.{w_state} = {waiting} ORDER BY w.{w_id} LIMIT 1""").format(
+        entry=sql.SQL(", ").join(claims.column(WaitlistEntry, f.name, "w") for f in _W),
+        user=sql.SQL(", ").join(claims.column(User, f.name, "u") for f in _U),
+        u_table=statements.table(User),
+        u_id=claims.column(User, "id", "u"),
+        waiting=sql.Literal(Entry.WAITING),
+        **_NAMES,
+    )
+)
 # One offer to the head, once its hold is made: the entry, the event's waiting counter (returned: how many
 # still wait), the audit event.
-ENTRY_OFFERED_SQL = f"""
+ENTRY_OFFERED = statements.Statement(
+    sql.SQL("""
 WITH offered AS (
-    UPDATE {_ENTRY} SET state = 'OFFERED', hold_group_id = %(group)s, offer_expires_at = %(expires_at)s,
-                        updated_at = %(now)s
-    WHERE id = %(entry)s AND state = 'WAITING' RETURNING id
+    UPDATE {w_table} SET {w_state} = {offered}, {w_hold_group} = %(group)s, {w_offer_expires_at} = %(expires_at)s,
+                         {w_updated_at} = %(now)s
+    WHERE {w_id} = %(entry)s AND {w_state} = {waiting} RETURNING {w_id}
 ), counted AS (
-    UPDATE {_EVENT} SET waiting_count = waiting_count - 1 WHERE id = %(event)s AND EXISTS (SELECT FROM offered)
-    RETURNING waiting_count
-), recorded AS (
-    INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-    SELECT %(occurred_at)s, NULL, %(actor_label)s, 'waitlist_entry', id::text, 'OFFERED', 'WAITING', 'OFFERED',
-           %(metadata)s::jsonb, %(trace_id)s
-    FROM offered
+    UPDATE {e_table} SET {e_waiting_count} = {e_waiting_count} - 1
+    WHERE {e_id} = %(event)s AND EXISTS (SELECT FROM offered)
+    RETURNING {e_waiting_count}
+), recorded AS ({recorded})
+SELECT (SELECT COUNT(*) FROM offered), (SELECT {e_waiting_count} FROM counted)""").format(
+        offered=sql.Literal(Entry.OFFERED),
+        waiting=sql.Literal(Entry.WAITING),
+        e_table=statements.table(Event),
+        e_waiting_count=claims.column(Event, "waiting_count"),
+        e_id=claims.column(Event, "id"),
+        recorded=statements.system_events(
+            source=sql.Identifier("offered"),
+            actor_label=statements.P("actor_label"),
+            subject_type=sql.Literal(ENTRY_SUBJECT),
+            subject_id=sql.SQL("id::text"),
+            event_type=sql.Literal(Entry.OFFERED),
+            from_state=sql.Literal(Entry.WAITING),
+            to_state=sql.Literal(Entry.OFFERED),
+            metadata=sql.SQL("{}::jsonb").format(statements.P("metadata")),
+        ),
+        **_NAMES,
+    )
 )
-SELECT (SELECT COUNT(*) FROM offered), (SELECT waiting_count FROM counted)
-"""
 
 
 def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
     """Offer the event's free seats to its waiting list, head first: each offer is an ordinary seat
     hold (best available, adjacent where possible) owned by the entry's user, for the event's hold
     length. Strict order: it stops at the first entry whose whole quantity is not free (or when sales
-    are closed). Caller holds the event's row lock (``lock_event``, ``freed_events_lock``)."""
+    are closed). Caller holds the event's row lock (``lock_event``, ``freed_events_lock_sql``)."""
     offered: list[WaitlistEntry] = []
     while True:
-        head = WaitlistEntry.objects.filter(event_id=event_id, state=Entry.WAITING).select_related("user").first()
-        if head is None:
+        row = _WAITLIST_HEAD.fetchone({"event": event_id})
+        if row is None:
             return offered
+        head = WaitlistEntry.from_db(connection.alias, [f.attname for f in _W], row[: len(_W)])
+        head.user = User.from_db(connection.alias, [f.attname for f in _U], row[len(_W) :])
         ask = SeatHold(
             event_id=event_id,
             user=head.user,
@@ -1287,22 +1423,19 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
             "seatCodes": codes,
             "expiresAt": group.expires_at,
         }
-        with connection.cursor() as cursor:
-            cursor.execute(
-                ENTRY_OFFERED_SQL,
-                {
-                    "group": group.pk,
-                    "expires_at": group.expires_at,
-                    "now": now,
-                    "entry": head.pk,
-                    "event": event_id,
-                    "occurred_at": timezone.now(),
-                    "actor_label": OFFER_ACTOR,
-                    "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
-                    "trace_id": current_request_id() or "",
-                },
-            )
-            [(moved, still_waiting)] = cursor.fetchall()
+        moved, still_waiting = ENTRY_OFFERED.fetchone(
+            {
+                "group": group.pk,
+                "expires_at": group.expires_at,
+                "now": now,
+                "entry": head.pk,
+                "event": event_id,
+                "occurred_at": timezone.now(),
+                "actor_label": OFFER_ACTOR,
+                "metadata": json.dumps(metadata, cls=DjangoJSONEncoder),
+                "trace_id": current_request_id() or "",
+            }
+        )
         if not moved:  # under the event's lock a WAITING entry cannot change: a lock is missing
             raise RuntimeError(f"waiting-list entry {head.pk} changed under its event's lock")
         head.state, head.hold_group, head.offer_expires_at = Entry.OFFERED, group, group.expires_at

@@ -279,7 +279,7 @@ def _bar_chart(days: list[dict], height: int = 200, bar: int = 18, gap: int = 4,
 
 @admin.register(Availability)
 class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
-    """Any host's hours, edited through ``availability_set`` (the same checks as the API), and the host's
+    """Any host's hours, edited through ``AvailabilityForm`` (the API's checks, ``slots.availability``), and the host's
     week as a picture: hours, published slots, active bookings (``?week=YYYY-MM-DD`` for another week)."""
 
     list_display = ["host", "time_zone", "lengths", "minimum_notice_minutes", "buffer_minutes", "updated_at"]

@@ -18,6 +18,7 @@ from booking_site.accounts.services import request_user
 from booking_site.errors import DomainError
 from slots import services
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
+from slots.availability import AvailabilityDocument, availability_clean
 from slots.models import Availability, Slot
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
@@ -272,7 +273,7 @@ class HoursWidget(forms.Widget):
     the weekly hours, or, with ``dated``, one row per date (an override; a date with no window is a day off)
     and two empty rows to add one. Each row has room for one more window than the busiest row has. What it
     reads back is the API's JSON shape (``weekly`` or ``overrides`` of ``/api/hosts/me/availability``), with
-    the times as typed: ``availability_set`` checks them."""
+    the times as typed: ``availability_clean`` checks them."""
 
     template_name = "admin/slots/availability/hours_widget.html"
 
@@ -328,7 +329,7 @@ class HoursWidget(forms.Widget):
 
 
 class HoursField(forms.Field):
-    """The windows as the API takes them: the widget builds the shape, ``availability_set`` checks it."""
+    """The windows as the API takes them: the widget builds the shape, ``availability_clean`` checks it."""
 
     def __init__(self, *, dated: bool, **kwargs) -> None:
         super().__init__(widget=HoursWidget(dated=dated), required=False, **kwargs)
@@ -352,11 +353,11 @@ class DurationsField(forms.Field):
 
     def to_python(self, value) -> list:
         words = str(value or "").replace(",", " ").split()
-        return [int(word) if word.isdigit() else word for word in words]  # availability_set refuses a word
+        return [int(word) if word.isdigit() else word for word in words]  # availability_clean refuses a word
 
 
 class AvailabilityForm(ServiceModelForm):
-    """A host's hours, edited by an operator through ``availability_set``: the same checks as the API, its
+    """A host's hours, checked by ``availability_clean`` (as the API's are) and written by ``availability_set``: its
     refusal shown at the field it is about (``Tuesday 12:00 to 09:00: Must be after start (12:00).``)."""
 
     weekly = HoursField(dated=False, label="Weekly hours", help_text="HH:MM to HH:MM; 24:00 ends a day.")
@@ -367,7 +368,7 @@ class AvailabilityForm(ServiceModelForm):
     )
     durations = DurationsField(
         label="Appointment lengths", required=False, help_text="In minutes, e.g. 30, 60 (5 to 1,440 each)."
-    )  # none given: availability_set says that at least one is needed
+    )  # none given: availability_clean says that at least one is needed
 
     class Meta:
         model = Availability
@@ -387,7 +388,7 @@ class AvailabilityForm(ServiceModelForm):
             self.fields["time_zone"].initial = timezone.get_current_timezone_name()
 
     def write(self, data: dict[str, Any], *, actor: User) -> Availability:
-        document: services.AvailabilityDocument = {
+        document: AvailabilityDocument = {
             "timeZone": data["time_zone"],
             "weekly": data["weekly"],
             "overrides": data["overrides"],
@@ -396,7 +397,8 @@ class AvailabilityForm(ServiceModelForm):
             "bufferMinutes": data["buffer_minutes"],
         }
         host = data["host"] if "host" in self.fields else self.instance.host  # the add page chooses one
-        return services.availability_set(host=host, document=document, actor=actor, now=timezone.now())
+        fields = availability_clean(document)  # a refusal names its place in the document: refused() shows it
+        return services.availability_set(host=host, fields=fields, actor=actor, now=timezone.now())
 
     def refused(self, error: DomainError) -> None:
         """The validator names a place in the document (``weekly[3].end``); say it as the form shows it."""

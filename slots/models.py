@@ -214,8 +214,8 @@ class SlotBooking(Claim, models.Model):
 
 class Availability(models.Model):
     """When a host can be booked (docs/contract.md §6): weekly hours and date overrides, wall-clock times in
-    ``time_zone``. Written only by ``slots.services.availability_set``, which checks the shapes below;
-    the free-time search (``slots.selectors.free_times``) reads it.
+    ``time_zone``. Written only by ``slots.services.availability_set``, with what ``slots.availability``
+    checked (the shapes below); the free-time search (``slots.selectors.free_times``) reads it.
 
     ``weekly``: ``[{"weekday": 0-6 (Monday 0), "start": "HH:MM", "end": "HH:MM"}, …]``, several windows a
     day, never overlapping; ``overrides``: ``[{"date": "YYYY-MM-DD", "windows": [{"start", "end"}, …]}, …]``

@@ -59,12 +59,6 @@ def slot_bookings_with_effective_state(*, now: datetime) -> QuerySet[SlotBooking
     return SlotBooking.objects.select_related("slot").with_effective_state(now=now)
 
 
-def slot_bookings_visible_to(user: User, *, now: datetime) -> QuerySet[SlotBooking]:
-    """A guest sees their own bookings; operators see all (docs/contract.md §2.6)."""
-    bookings = slot_bookings_with_effective_state(now=now)
-    return bookings if user.is_staff else bookings.filter(guest=user)
-
-
 # --- analytics ------------------------------------------------------------------------------------
 
 

@@ -23,12 +23,9 @@ backstop fires, the request gets the same 409 as the lock-and-check would have g
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
-import zoneinfo
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any, TypedDict
 
@@ -41,7 +38,6 @@ from django.db.models import (
     JSONField,
     QuerySet,
     Subquery,
-    Sum,
 )
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, JSONObject
@@ -70,13 +66,14 @@ from booking_site.errors import (
     InvalidStateTransition,
     LimitReached,
     NotFound,
-    NotOwner,
     ValidationFailed,
+    bounded,
 )
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from booking_site.middleware import current_request_id
 from slots import selectors
+from slots.availability import MAX_BUFFER_MINUTES, AvailabilityFields, document_of
 from slots.models import Availability, Slot, SlotBooking
 
 Status = SlotBooking.Status
@@ -217,8 +214,7 @@ def slots_create_many(
     """
     if not host.is_host:
         raise ValidationFailed.for_field("hostId", f"User {host.pk} is not a host.")
-    if not 1 <= capacity <= MAX_CAPACITY:
-        raise ValidationFailed.for_field("capacity", f"Must be between 1 and {MAX_CAPACITY}.")
+    bounded(capacity, "capacity", 1, MAX_CAPACITY)
     if not ranges:
         raise ValidationFailed("No slots to create.")
     ranges = sorted(ranges)
@@ -325,8 +321,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
         slot = locking.lock_slots([slot_id]).get(slot_id)
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
-        if slot.host_id != user.pk and not user.is_staff:
-            raise NotOwner(f"Slot {slot_id} belongs to another host.")
+        SLOT_BOOKINGS.policy.require_owner(user, slot.host_id, what=f"Slot {slot_id}", owner="host")
         now = locked_now(now)
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
@@ -342,148 +337,25 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
     return slot
 
 
-# --- availability (docs/contract.md §6, ADR 0014) --------------------------------------------------------
-
-MAX_DURATION_MINUTES = 24 * 60
-MAX_BUFFER_MINUTES = 24 * 60
-MAX_NOTICE_MINUTES = 366 * 24 * 60
-_CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)|24:00")
+# --- availability (docs/contract.md §6, ADR 0014; the document is checked by slots.availability) ----------
 
 
-class AvailabilityDocument(TypedDict):
-    """What a host says about their hours: the JSON of ``/api/hosts/me/availability``."""
-
-    timeZone: str
-    weekly: list[dict]
-    overrides: list[dict]
-    durations: list[int]
-    minimumNoticeMinutes: int
-    bufferMinutes: int
-
-
-def availability_set(*, host: User, document: AvailabilityDocument, actor: User, now: datetime) -> Availability:
-    """Replace ``host``'s availability with ``document`` (``PUT /api/hosts/me/availability``, the admin), after
-    checking it whole: a 400 naming the first bad field (``weekly[2].end``), and nothing written. Locks the
-    host's row: a booking of the host judges their hours under the same lock."""
+def availability_set(*, host: User, fields: AvailabilityFields, actor: User, now: datetime) -> Availability:
+    """Replace ``host``'s availability with ``fields``, a document ``availability_clean`` checked (``PUT
+    /api/hosts/me/availability``, the admin). Locks the host's row: a booking of the host judges their hours
+    under the same lock."""
     if not host.is_host:
         raise NotAHost(f"User {host.pk} is not a host.")
-    fields = availability_clean(document)
     with transaction.atomic():
         locking.lock_user(host.pk)
         now = locked_now(now)
         current = Availability.objects.filter(host=host).first()
         if current is None:
             availability = Availability.objects.create(host=host, updated_at=now, **fields)
-            audit.record(subject=availability, event="CREATED", actor=actor, metadata=document_of(availability))
+            audit.record(subject=availability, event="CREATED", actor=actor, metadata=dict(document_of(availability)))
             return availability
-        audit.record_update(current, fields, actor=actor, now=now)
+        audit.record_update(current, dict(fields), actor=actor, now=now)
         return current
-
-
-def document_of(availability: Availability) -> dict:
-    return {
-        "timeZone": availability.time_zone,
-        "weekly": availability.weekly,
-        "overrides": availability.overrides,
-        "durations": availability.durations,
-        "minimumNoticeMinutes": availability.minimum_notice_minutes,
-        "bufferMinutes": availability.buffer_minutes,
-    }
-
-
-def availability_clean(document: AvailabilityDocument) -> dict[str, Any]:
-    """The model's fields for ``document``, windows in time order; ValidationFailed naming the field."""
-    zone = document.get("timeZone")
-    if not isinstance(zone, str) or zone not in zoneinfo.available_timezones():
-        raise ValidationFailed.for_field("timeZone", f"Unknown time zone {zone!r}; an IANA name, e.g. Europe/Berlin.")
-    weekly = _list(document.get("weekly"), "weekly")
-    for index, window in enumerate(weekly):
-        weekday = window.get("weekday") if isinstance(window, dict) else None
-        if not isinstance(weekday, int) or isinstance(weekday, bool) or not 0 <= weekday <= 6:
-            raise ValidationFailed.for_field(f"weekly[{index}].weekday", "Must be 0 (Monday) to 6 (Sunday).")
-    weekly_clean = []
-    for weekday in range(7):
-        of_day = [(i, w) for i, w in enumerate(weekly) if w["weekday"] == weekday]
-        for window in _windows(of_day, "weekly"):
-            weekly_clean.append({"weekday": weekday, **window})
-    overrides, dates = [], set()
-    for index, override in enumerate(_list(document.get("overrides"), "overrides")):
-        field = f"overrides[{index}]"
-        if not isinstance(override, dict):
-            raise ValidationFailed.for_field(field, "Must be an object with date and windows.")
-        day = _date(override.get("date"), f"{field}.date")
-        if day in dates:
-            raise ValidationFailed.for_field(f"{field}.date", f"{day} is overridden twice.")
-        dates.add(day)
-        windows = _list(override.get("windows"), f"{field}.windows")
-        overrides.append({"date": day, "windows": _windows(list(enumerate(windows)), f"{field}.windows")})
-    durations = _list(document.get("durations"), "durations")
-    if not durations:
-        raise ValidationFailed.for_field("durations", "Offer at least one appointment length.")
-    for index, minutes in enumerate(durations):
-        _bounded(minutes, f"durations[{index}]", low=5, high=MAX_DURATION_MINUTES)
-    if len(set(durations)) != len(durations):
-        raise ValidationFailed.for_field("durations", "Each length once.")
-    return {
-        "time_zone": zone,
-        "weekly": weekly_clean,
-        "overrides": sorted(overrides, key=lambda o: o["date"]),
-        "durations": sorted(durations),
-        "minimum_notice_minutes": _bounded(
-            document.get("minimumNoticeMinutes", 0), "minimumNoticeMinutes", low=0, high=MAX_NOTICE_MINUTES
-        ),
-        "buffer_minutes": _bounded(document.get("bufferMinutes", 0), "bufferMinutes", low=0, high=MAX_BUFFER_MINUTES),
-    }
-
-
-def _list(value: object, field: str) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ValidationFailed.for_field(field, "Must be a list.")
-    if len(value) > 100:
-        raise ValidationFailed.for_field(field, "At most 100 entries.")
-    return value
-
-
-def _bounded(value: object, field: str, *, low: int, high: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValidationFailed.for_field(field, f"Must be a whole number from {low} to {high}.")
-    return value
-
-
-def _date(value: object, field: str) -> str:
-    if isinstance(value, str) and len(value) == 10:
-        with contextlib.suppress(ValueError):
-            return date.fromisoformat(value).isoformat()
-    raise ValidationFailed.for_field(field, "Must be a date, YYYY-MM-DD.")
-
-
-def _windows(windows: list[tuple[int, object]], field: str) -> list[dict]:
-    """One day's windows (with their index in ``field``), checked and in time order: each ``HH:MM`` to a
-    later ``HH:MM`` (``24:00``: the end of the day), none overlapping another (back to back is fine)."""
-    clean = []
-    for index, window in windows:
-        name = f"{field}[{index}]"
-        if not isinstance(window, dict):
-            raise ValidationFailed.for_field(name, "Must be an object with start and end.")
-        start, end = (_clock(window.get(key), f"{name}.{key}") for key in ("start", "end"))
-        if start == "24:00":
-            raise ValidationFailed.for_field(f"{name}.start", "24:00 ends a day; a window starts before it.")
-        if end <= start:
-            raise ValidationFailed.for_field(f"{name}.end", f"Must be after start ({start}).")
-        clean.append((start, end, name))
-    clean.sort()
-    for (_, end, _), (start, _, name) in pairwise(clean):
-        if start < end:
-            raise ValidationFailed.for_field(name, f"Overlaps the window ending at {end}.")
-    return [{"start": start, "end": end} for start, end, _ in clean]
-
-
-def _clock(value: object, field: str) -> str:
-    if not isinstance(value, str) or not _CLOCK.fullmatch(value):
-        raise ValidationFailed.for_field(field, "Must be a wall-clock time, HH:MM (00:00 to 24:00).")
-    return value
 
 
 # --- bookings ---------------------------------------------------------------------------------------
@@ -530,7 +402,7 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
     cap = Cap(
         rule="max_active",
         setting="SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST",
-        message="You already have {count} active bookings; a guest may have at most {limit}.",
+        message="You already have {count} bookings that count toward the limit; a guest may have at most {limit}.",
         summary="A guest has at most {limit} bookings at once.",
         counts=claims.ACTIVE,
         operators_exempt=False,
@@ -679,11 +551,6 @@ def _clash(rows) -> Subquery:
     """The first of ``rows`` (a guest's active bookings overlapping a time) as ``{id, start, end}``, or None."""
     first = rows.order_by("start").values(json=JSONObject(id="pk", start="start", end="end"))[:1]
     return Subquery(first, output_field=JSONField())
-
-
-def _sum_seats(rows) -> Coalesce:
-    seats = rows.order_by().values("slot").annotate(total=Sum("seats")).values("total")
-    return Coalesce(Subquery(seats), 0)
 
 
 # The booking after the guest's and the slot's locks (``SlotBookings.create``): one statement, so one

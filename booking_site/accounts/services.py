@@ -9,7 +9,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 
 from booking_site.accounts.models import CalendarFeed, User
-from booking_site.errors import Conflict, Forbidden, NotFound, NotOwner
+from booking_site.errors import Conflict, Forbidden, NotFound
 
 
 class EmailTaken(Conflict):
@@ -48,12 +48,6 @@ def acting_user(*, caller: User, user_id: int | None) -> User:
     if user is None:
         raise NotFound(f"User {user_id} does not exist.")
     return user
-
-
-def require_owner(*, user: User, owner_id: int, what: str) -> None:
-    """Only the owner of a claim, or an operator, may see or change it (docs/contract.md §2.6)."""
-    if owner_id != user.pk and not user.is_staff:
-        raise NotOwner(f"{what} belongs to another user.")
 
 
 # --- the private calendar feed (docs/contract.md §3.8) ----------------------------------------------

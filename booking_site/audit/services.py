@@ -25,7 +25,7 @@ class Subject:
 Actor = User | str | None  # a user, or the name of a system job ("system:expire_holds")
 
 # An event's columns in the order the statements not yet composed by ``booking_site.statements.audit_rows``
-# name them in ``INSERT INTO <AuditEvent table> (…) SELECT …`` (the admission queue's, a seat transition's).
+# name them in ``INSERT INTO <AuditEvent table> (…) SELECT …`` (a seat transition's waiting-list entries).
 SQL_COLUMNS = (
     "occurred_at, actor_id, actor_label, subject_type, subject_id, event_type, from_state, to_state, metadata, "
     "request_id"

@@ -3,7 +3,8 @@ within a second rather than at the next beat tick — without the request ever w
 
 A request only sets an event (no database, no broker: nanoseconds, and nothing that can fail). One
 daemon thread per process waits for it, asks the database whether any endpoint is active (the answer
-kept ENDPOINTS_CHECK_SECONDS), and if so publishes ``deliver_audit_events`` to the broker; kicks that
+kept ENDPOINTS_CHECK_SECONDS), and if so publishes ``deliver_audit_events`` to the broker, by its name
+as beat does (the services kick, the job runs the services: this module imports neither); kicks that
 arrive meanwhile are folded into one, at most one publish per KICK_INTERVAL_SECONDS. A broker that is
 down costs a logged warning in that thread; beat's run every few seconds delivers anyway.
 docs/decisions/0013-webhooks.md.
@@ -15,6 +16,7 @@ import logging
 import threading
 import time
 
+from celery import signature
 from django.conf import settings
 from django.db import connections
 from rest_framework.permissions import SAFE_METHODS
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 ENDPOINTS_CHECK_SECONDS = 5.0
 KICK_INTERVAL_SECONDS = 0.1
+
+DELIVER = "booking_site.webhooks.tasks.deliver_audit_events"  # the job, named as in BEAT_SCHEDULE_SECONDS
 
 _wake = threading.Event()
 _start = threading.Lock()
@@ -56,9 +60,7 @@ def _kicker() -> None:
         _wake.clear()
         try:
             if _active_endpoints():
-                from booking_site.webhooks.tasks import deliver_audit_events
-
-                deliver_audit_events.apply_async(retry=False)
+                signature(DELIVER).apply_async(retry=False)
         except Exception:
             logger.warning("could not start a webhook delivery run (beat's next run delivers)", exc_info=True)
         time.sleep(KICK_INTERVAL_SECONDS)

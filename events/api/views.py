@@ -8,9 +8,10 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.services import acting_user, request_user, require_owner
+from booking_site.accounts.services import acting_user, request_user
 from booking_site.api import StaffWrites
 from booking_site.audit.api import AuditTrailView
+from booking_site.engine import SEE
 from booking_site.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from booking_site.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
 from booking_site.idempotency import idempotent
@@ -225,7 +226,7 @@ class QueueEntryDetail(APIView):
         entry = queue.queue_entry_read(event_id=event_id, token=token)
         if entry is None:
             raise NotFound(f"Event {event_id} has no queue entry with this token.")
-        require_owner(user=request.user, owner_id=entry.user_id, what="This queue entry")
+        services.SEAT_HOLDS.policy.require_owner(request_user(request), entry.user_id, what="This queue entry")
         entry.state = entry.state_at(timezone.now())
         return Response(QueueEntryOut(entry).data)
 
@@ -286,7 +287,7 @@ def _visible_hold(request, hold_group_id) -> SeatHoldGroup:
     group = SeatHoldGroup.objects.filter(pk=hold_group_id).first()
     if group is None:
         raise NotFound(f"Hold {hold_group_id} does not exist.")
-    require_owner(user=request.user, owner_id=group.user_id, what=f"Hold {hold_group_id}")
+    services.SEAT_HOLDS.policy.require(request_user(request), SEE, group, what=f"Hold {hold_group_id}")
     return group
 
 
@@ -294,7 +295,7 @@ def _visible_booking(request, booking_group_id) -> SeatHoldGroup:
     group = SeatHoldGroup.objects.select_related("event").filter(booking_group_id=booking_group_id).first()
     if group is None:
         raise NotFound(f"Booking {booking_group_id} does not exist.")
-    require_owner(user=request.user, owner_id=group.user_id, what=f"Booking {booking_group_id}")
+    services.SEAT_HOLDS.policy.require(request_user(request), SEE, group, what=f"Booking {booking_group_id}")
     return group
 
 
@@ -418,7 +419,9 @@ class WaitlistEntryDetail(APIView):
         entry = WaitlistEntry.objects.filter(pk=entry_id, event_id=event_id).first()
         if entry is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
-        require_owner(user=request.user, owner_id=entry.user_id, what=f"Waiting-list entry {entry_id}")
+        services.SEAT_HOLDS.policy.require_owner(
+            request_user(request), entry.user_id, what=f"Waiting-list entry {entry_id}"
+        )
         return entry
 
     @extend_schema(responses={200: WaitlistEntryOut, **errors(NotOwner)})

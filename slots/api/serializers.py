@@ -10,15 +10,9 @@ from rest_framework import serializers
 
 from booking_site.api import JSONObjectField, ModelSerializer, OutputSerializer, StrictSerializer
 from booking_site.parsers import unstorable
+from slots.availability import MAX_BUFFER_MINUTES, MAX_DURATION_MINUTES, MAX_NOTICE_MINUTES, availability_clean
 from slots.models import Slot, SlotBooking
-from slots.services import (
-    MAX_BUFFER_MINUTES,
-    MAX_CAPACITY,
-    MAX_DURATION_MINUTES,
-    MAX_NOTICE_MINUTES,
-    SLOT_HORIZON,
-    SLOT_HORIZON_TEXT,
-)
+from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
 
 BIGINT = 2**63 - 1
 
@@ -244,7 +238,8 @@ class OverrideSchema(serializers.Serializer):
 
 
 class AvailabilityIn(StrictSerializer):
-    """The whole availability (a PUT replaces it). Windows of one day never overlap; back to back is fine."""
+    """The whole availability (a PUT replaces it). Windows of one day never overlap; back to back is fine.
+    Validated whole by ``slots.availability``: its data are the model's fields (``AvailabilityFields``)."""
 
     timeZone = serializers.CharField(max_length=64, help_text="IANA name, e.g. Europe/Berlin")
     weekly = WeeklyWindowSchema(many=True, required=False, default=list)
@@ -257,6 +252,9 @@ class AvailabilityIn(StrictSerializer):
     )
     minimumNoticeMinutes = serializers.IntegerField(min_value=0, max_value=MAX_NOTICE_MINUTES, default=0)
     bufferMinutes = serializers.IntegerField(min_value=0, max_value=MAX_BUFFER_MINUTES, default=0)
+
+    def validate(self, attrs):
+        return availability_clean(attrs)
 
 
 class AvailabilityOut(OutputSerializer):

@@ -14,6 +14,7 @@ from booking_site.accounts.models import User
 from booking_site.accounts.services import acting_user, request_user
 from booking_site.api import AsOfPagePagination
 from booking_site.audit.api import AuditTrailView
+from booking_site.engine import SEE
 from booking_site.errors import (
     Forbidden,
     HoldExpired,
@@ -47,6 +48,7 @@ from slots.api.serializers import (
     SlotListedOut,
     SlotOut,
 )
+from slots.availability import AvailabilityFields, document_of
 from slots.models import Slot, SlotBooking
 
 
@@ -164,7 +166,8 @@ class BookingList(ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return SlotBooking.objects.none()
-        return selectors.slot_bookings_visible_to(request_user(self.request), now=timezone.now()).order_by("-id")
+        bookings = selectors.slot_bookings_with_effective_state(now=timezone.now())
+        return services.SLOT_BOOKINGS.policy.visible(bookings, request_user(self.request)).order_by("-id")
 
     @extend_schema(
         request=SlotBookingIn,
@@ -205,8 +208,7 @@ def _visible_booking(request, booking_id: int):
     booking = selectors.slot_bookings_with_effective_state(now=timezone.now()).filter(pk=booking_id).first()
     if booking is None:
         raise NotFound(f"Booking {booking_id} does not exist.")
-    if request.user.pk not in (booking.guest_id, booking.slot.host_id) and not request.user.is_staff:
-        raise NotOwner(f"Booking {booking_id} belongs to another user.")
+    services.SLOT_BOOKINGS.policy.require(request_user(request), SEE, booking, what=f"Booking {booking_id}")
     return booking
 
 
@@ -351,7 +353,7 @@ def _availability_out(host: User) -> dict:
         document: dict = {"timeZone": "UTC", "weekly": [], "overrides": [], "durations": [], "updatedAt": None}
         document |= {"minimumNoticeMinutes": 0, "bufferMinutes": 0}
     else:
-        document = {**services.document_of(availability), "updatedAt": availability.updated_at}
+        document = {**document_of(availability), "updatedAt": availability.updated_at}
     return AvailabilityOut({"hostId": host.pk, **document}).data
 
 
@@ -375,9 +377,9 @@ class MyAvailability(APIView):
     @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(services.NotAHost)})
     @idempotent
     def put(self, request):
-        document = cast(services.AvailabilityDocument, AvailabilityIn.validated(request))  # its fields, checked
+        fields = cast(AvailabilityFields, AvailabilityIn.validated(request))  # the document, checked whole
         host = request_user(request)
-        services.availability_set(host=host, document=document, actor=host, now=timezone.now())
+        services.availability_set(host=host, fields=fields, actor=host, now=timezone.now())
         return Response(_availability_out(host))
 
 

@@ -229,7 +229,7 @@ def test_a_duplicate_of_a_request_in_flight_is_answered_at_once(client_for):
 def test_control_without_the_advisory_lock_the_duplicate_waits_for_the_first(client_for, monkeypatch):
     from booking_site import idempotency
 
-    no_lock = idempotency._LOOKUP_SQL.replace("pg_try_advisory_xact_lock(%s)", "%s IS NOT NULL")
+    no_lock = idempotency._LOOKUP_SQL.replace("pg_try_advisory_xact_lock(%(lock)s)", "%(lock)s IS NOT NULL")
     monkeypatch.setattr(idempotency, "_LOOKUP_SQL", no_lock)
 
     # Without the advisory lock the duplicate is not refused at once: it queues for the car's lock behind
@@ -287,7 +287,11 @@ def test_a_duplicate_that_got_past_the_lock_is_409(api, user, monkeypatch):
 
     hold(api, CarFactory(), key="k-9")
     car = CarFactory()
-    monkeypatch.setattr(idempotency, "_LOOKUP_SQL", idempotency._LOOKUP_SQL.replace("r.key = %s", "r.key = %s || '?'"))
+    monkeypatch.setattr(
+        idempotency,
+        "_LOOKUP_SQL",
+        idempotency._LOOKUP_SQL.replace('"r"."key" = %(key)s', '"r"."key" = %(key)s || \'?\''),
+    )
 
     response = hold(api, car, key="k-9")  # as if the lookup's snapshot predated the first one's COMMIT
 

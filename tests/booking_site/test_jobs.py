@@ -75,16 +75,6 @@ def test_commands_explain_themselves(capsys):
         assert len(capsys.readouterr().out) > 200
 
 
-@pytest.mark.django_db
-def test_seed_demo_loads_once(capsys):
-    call_command("seed_demo")
-    first = capsys.readouterr().out
-    call_command("seed_demo")
-
-    assert capsys.readouterr().out == first
-    assert "operator / operator" in first
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_a_real_worker_runs_the_expiry_task_from_the_broker():

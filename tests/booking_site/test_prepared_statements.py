@@ -1,6 +1,6 @@
 """Statements bound server side and prepared (docs/decisions/0021-prepared-statements.md): a claim
-statement is one prepared statement per connection, and a migration that changes what a prepared
-statement returns answers 503 once, never 500."""
+statement is one prepared statement per connection, a migration that adds a column changes nothing, and
+one that changes what a prepared statement returns answers 503 once, never 500."""
 
 from datetime import timedelta
 
@@ -11,7 +11,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from booking_site import claims
-from reservations.models import Reservation
+from booking_site.audit.models import AuditEvent
+from reservations.models import Car, Reservation
 from reservations.services import HOLD
 from tests.factories import UserFactory
 from tests.reservations.factories import CarFactory, ReservationFactory
@@ -148,3 +149,27 @@ def test_a_migration_under_a_prepared_statement_answers_503_once_then_the_hold_w
     assert refused.status_code == 503, refused.content
     assert refused.json()["error"]["code"] == "unavailable" and refused["Retry-After"] == "1"
     assert again.status_code == 201, again.content
+
+
+def test_a_migration_that_adds_columns_under_prepared_statements_answers_no_error(cached_api_of, prepare_at_once):
+    """What most migrations do (a column added, here to the car, the reservation and the audit table that the
+    hold's statements read and write) leaves every prepared statement's result as it was: each statement
+    names its columns, so PostgreSQL plans it again on its next run and no request notices. The connection
+    keeps its prepared statements (no 503, no reconnect)."""
+    cars, buyer = [CarFactory() for _ in range(3)], UserFactory()
+    api = cached_api_of(buyer)
+    assert api.post("/api/reservations", {"carId": cars[0].pk}).status_code == 201  # the hold's statements, prepared
+    prepared = _prepared("FOR NO KEY UPDATE") + _prepared("created_event AS")
+    backend = connection.connection.info.backend_pid
+    added = [model._meta.db_table for model in (Car, Reservation, AuditEvent)]
+    _alter("; ".join(f"ALTER TABLE {table} ADD COLUMN migrated integer NOT NULL DEFAULT 0" for table in added))
+    try:
+        held = api.post("/api/reservations", {"carId": cars[1].pk})
+        confirmed = api.post(f"/api/reservations/{held.json()['id']}/confirm")
+        after = _prepared("FOR NO KEY UPDATE") + _prepared("created_event AS")
+    finally:
+        _alter("; ".join(f"ALTER TABLE {table} DROP COLUMN migrated" for table in added))
+
+    assert held.status_code == 201, held.content
+    assert confirmed.status_code == 200, confirmed.content
+    assert connection.connection.info.backend_pid == backend and after >= prepared > 0

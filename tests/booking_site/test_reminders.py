@@ -11,12 +11,13 @@ from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 from django.core.management import call_command
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import PeriodicTask
+from psycopg import sql
 
-from booking_site import locking, reminders
+from booking_site import claims, locking, reminders
 from booking_site.audit.models import AuditEvent
 from booking_site.audit.services import record
 from booking_site.celery import app as celery_app
@@ -25,6 +26,7 @@ from booking_site.webhooks.services import webhook_endpoint_create, webhooks_del
 from events import services as events
 from events.models import SeatHoldGroup
 from slots import services as slots
+from slots.availability import availability_clean
 from slots.models import SlotBooking
 from tests.calendars import read_one
 from tests.concurrency import run_concurrently
@@ -57,7 +59,9 @@ def seat_booking(event_date, seats: int = 2) -> SeatHoldGroup:
 def appointment(start):
     host = HostFactory()
     week = {"timeZone": "UTC", "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]}
-    slots.availability_set(host=host, document={**week, "durations": [30]}, actor=host, now=timezone.now())
+    slots.availability_set(
+        host=host, fields=availability_clean({**week, "durations": [30]}), actor=host, now=timezone.now()
+    )
     return slots.appointment_book(
         host_id=host.pk, guest=UserFactory(), start=start, end=start + timedelta(minutes=30), now=timezone.now()
     )
@@ -278,8 +282,8 @@ def deadlocked(error: Exception) -> bool:
 
 def remove_the_guard(monkeypatch) -> None:
     """The due rows are read, not locked, and written whether or not they were reminded meanwhile."""
-    monkeypatch.setattr(locking, "batch_lock", lambda rows, size: rows[:size])
-    monkeypatch.setattr(reminders, "unreminded", lambda model: Q(**{model.STATE_FIELD: model.CONFIRMED}))
+    monkeypatch.setattr(locking, "batch_lock", lambda alias: sql.SQL(""))
+    monkeypatch.setattr(reminders, "unreminded", lambda model, alias: claims.CONFIRMED.sql(model, alias))
 
 
 @pytest.mark.django_db(transaction=True)

@@ -13,6 +13,7 @@ from booking_site.webhooks import services as webhook_services
 from booking_site.webhooks.models import WebhookDelivery
 from reservations.models import Reservation
 from slots import services as slot_services
+from slots.availability import availability_clean
 from slots.models import Availability
 from tests.browser import chromium, operator_screen
 from tests.events.factories import make_event, write_hold
@@ -58,7 +59,7 @@ def test_the_hosts_week_is_drawn_first_and_legible_at_half_an_hour(screen, staff
         "bufferMinutes": 0,
         "weekly": [{"weekday": d, "start": "09:00", "end": "17:00"} for d in range(5)],
     }
-    slot_services.availability_set(host=host, document=document, actor=staff, now=timezone.now())
+    slot_services.availability_set(host=host, fields=availability_clean(document), actor=staff, now=timezone.now())
     monday, zone = next_monday(), ZoneInfo("Europe/Berlin")
     slots = [
         SlotFactory(
@@ -95,7 +96,7 @@ def test_the_hosts_week_is_drawn_first_and_legible_at_half_an_hour(screen, staff
 def test_an_operator_types_a_hosts_hours_into_rows_of_times(screen, staff):
     host = HostFactory()
     document = {"timeZone": "Europe/Berlin", "durations": [30], "weekly": [], "overrides": []}
-    slot_services.availability_set(host=host, document=document, actor=staff, now=timezone.now())
+    slot_services.availability_set(host=host, fields=availability_clean(document), actor=staff, now=timezone.now())
 
     page = screen.open(f"/admin/slots/availability/{host.pk}/change/", shot="availability-form")
     page.get_by_label("Saturday window 1 from").fill("10:00")

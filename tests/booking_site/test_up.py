@@ -1,5 +1,5 @@
-"""What `make run` (manage.py up) prints: its URLs once they answer, its own lines labelled as its own, and
-the demo data's logins (three API tokens) and host's week."""
+"""What `make run` (manage.py up) prints: its URLs once they answer, its own lines labelled as its own (the
+demo data it loads: tests/demo)."""
 
 import os
 import queue
@@ -15,7 +15,6 @@ import urllib.request
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
 
 from booking_site import embedded
 
@@ -67,18 +66,3 @@ def test_up_prints_its_urls_once_the_web_server_answers_and_labels_its_stop_line
     labels = {match.group(1) for line in seen if (match := re.match(r"\d\d:\d\d:\d\d (\S+)\s+\|", line))}
     assert "cluster" not in labels and labels >= {"up", "web", "worker", "beat"}
     assert any(re.match(r"\S+ up\s+\| stopping 3 programs", line) for line in seen), "".join(seen[-20:])
-
-
-@pytest.mark.django_db
-def test_the_demo_data_prints_three_tokens_and_gives_the_demo_host_a_week(capsys, client, staff):
-    call_command("seed_demo")
-    out = capsys.readouterr().out
-
-    assert len(re.findall(r"API token of .*: [0-9a-f]{40}$", out, re.MULTILINE)) == 3
-    assert "`make run` prints the operator login, three API tokens" in (settings.BASE_DIR / "README.md").read_text()
-    week = re.search(r"The demo host's week: (\S+)", out)
-    assert week is not None
-    client.force_login(staff)
-    page = client.get(week.group(1)).content.decode()
-    assert "hours 09:00 to 12:30" in page and "hours 13:30 to 17:00" in page
-    assert page.count('class="block slot"') == 6

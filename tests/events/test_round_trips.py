@@ -185,7 +185,7 @@ def test_a_hold_refused_because_someone_waits_is_three_round_trips(cached_api_of
 
 
 @pytest.mark.parametrize("anyone_waiting", [False, True])
-def test_joining_the_waiting_list_is_eight_round_trips(cached_api_of, anyone_waiting):
+def test_joining_the_waiting_list_is_four_round_trips(cached_api_of, anyone_waiting):
     event = make_event(total_seats=2)
     write_hold(event, ["S1", "S2"])
     if anyone_waiting:
@@ -196,9 +196,26 @@ def test_joining_the_waiting_list_is_eight_round_trips(cached_api_of, anyone_wai
         response = api.post(f"/api/events/{event.pk}/waitlist", {"quantity": 1}, format="json")
 
     assert response.status_code == 201, response.content
-    # BEGIN, the event's lock, the user's live entry, the free seats (only while nobody waits), the
-    # entry, the counter, the audit event, COMMIT.
-    assert trips.count <= (7 if anyone_waiting else 8), trips.statements
+    # BEGIN, the event's lock, one statement (the user's live entry, the free seats while nobody waits, the
+    # entry, the counter, the audit event: ``services.WAITLIST_JOIN``), COMMIT.
+    assert trips.count <= 4, trips.statements
+
+
+def test_leaving_the_waiting_list_is_five_round_trips(cached_api_of):
+    event, user = make_event(total_seats=2), UserFactory()
+    write_hold(event, ["S1", "S2"])
+    services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    entry = services.waitlist_join(event_id=event.pk, user=user, quantity=1, now=timezone.now())
+    api = cached_api_of(user)
+
+    with round_trips() as trips:
+        response = api.delete(f"/api/events/{event.pk}/waitlist/{entry.pk}")
+
+    assert response.status_code == 200, response.content
+    # BEGIN, the event's lock, the entry (and whether it is the head), the entry's LEFT with the counter and
+    # the audit event (``services.WAITLIST_LEAVE``), COMMIT.
+    assert trips.count <= 5, trips.statements
+    assert Event.objects.get(pk=event.pk).waiting_count == 1 and violations(event) == []
 
 
 def test_a_release_that_offers_its_seats_to_the_head_is_ten_round_trips(cached_api_of):

@@ -11,6 +11,7 @@ from django.utils.dateparse import parse_datetime
 from booking_site.audit.services import trail
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from slots import services
+from slots.availability import availability_clean
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
@@ -34,7 +35,7 @@ def host_with(**document):
     host = HostFactory()
     services.availability_set(
         host=host,
-        document={"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30], **document},
+        fields=availability_clean({"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30], **document}),
         actor=host,
         now=timezone.now(),
     )

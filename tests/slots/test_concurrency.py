@@ -22,6 +22,7 @@ from booking_site.audit.models import AuditEvent
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
 from booking_site.statements import table
 from slots import services
+from slots.availability import availability_clean
 from slots.models import Slot, SlotBooking
 from tests.concurrency import run_concurrently
 from tests.factories import UserFactory
@@ -569,7 +570,7 @@ def working_hosts(count: int) -> list[User]:
             "weekly": [{"weekday": day, "start": "00:00", "end": "24:00"} for day in range(7)],
             "durations": [60],
         }
-        services.availability_set(host=host, document=document, actor=host, now=timezone.now())
+        services.availability_set(host=host, fields=availability_clean(document), actor=host, now=timezone.now())
     return hosts
 
 

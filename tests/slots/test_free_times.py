@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from booking_site.errors import ValidationFailed
 from slots import selectors, services
+from slots.availability import availability_clean
 from slots.models import Slot
 from tests.slots.factories import HostFactory, SlotFactory
 
@@ -23,7 +24,9 @@ def host_with(**document):
     host = HostFactory()
     services.availability_set(
         host=host,
-        document={"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30, 60], **document},
+        fields=availability_clean(
+            {"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30, 60], **document}
+        ),
         actor=host,
         now=timezone.now(),
     )

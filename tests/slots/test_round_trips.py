@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from booking_site.audit.services import trail
 from slots import services
+from slots.availability import availability_clean
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
 from tests.round_trips import round_trips
@@ -145,7 +146,9 @@ def test_a_reschedule_is_six_round_trips(cached_api_of):
 def working_host():
     host = HostFactory()
     document = {"timeZone": "UTC", "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]}
-    services.availability_set(host=host, document={**document, "durations": [30]}, actor=host, now=timezone.now())
+    services.availability_set(
+        host=host, fields=availability_clean({**document, "durations": [30]}), actor=host, now=timezone.now()
+    )
     return host
 
 

@@ -10,6 +10,7 @@ from events.models import Event
 from events.services import SeatLayout, event_create
 from reservations.models import Car
 from reservations.services import car_create
+from slots.availability import availability_clean
 from slots.models import Availability, Slot
 from slots.services import availability_set, slots_create_many
 
@@ -72,14 +73,16 @@ class Command(BaseCommand):
         if not Availability.objects.filter(host=host).exists():
             availability_set(
                 host=host,
-                document={
-                    "timeZone": timezone.get_current_timezone_name(),
-                    "weekly": [{"weekday": day, "start": s, "end": e} for day in range(5) for s, e in DEMO_HOURS],
-                    "overrides": [],
-                    "durations": [30, 60],
-                    "minimumNoticeMinutes": 60,
-                    "bufferMinutes": 0,
-                },
+                fields=availability_clean(
+                    {
+                        "timeZone": timezone.get_current_timezone_name(),
+                        "weekly": [{"weekday": day, "start": s, "end": e} for day in range(5) for s, e in DEMO_HOURS],
+                        "overrides": [],
+                        "durations": [30, 60],
+                        "minimumNoticeMinutes": 60,
+                        "bufferMinutes": 0,
+                    }
+                ),
                 actor=operator,
                 now=now,
             )
