@@ -53,7 +53,8 @@ class Rows:
             parts.append(Q(**{model.STATE_FIELD: model.HELD, **lapse}))
         return functools.reduce(operator.or_, parts)
 
-    def sql(self, model: type[Claim], alias: str = "") -> sql.Composable:
+    def sql(self, model: type[Claim], alias: str = "", *, now: sql.Composable | None = None) -> sql.Composable:
+        """``now``: what the lapse is judged at (``%(now)s`` unless given: a column a statement computed)."""
         state = column(model, model.STATE_FIELD, alias)  # type: ignore[arg-type]  # a Claim is a Model
         held, others = self._split(model) if self.lapse else (False, list(self.states(model)))
         parts: list[sql.Composable] = []
@@ -61,8 +62,9 @@ class Rows:
             parts.append(sql.SQL("{} IN ({})").format(state, sql.SQL(", ").join(map(sql.Literal, others))))
         if held:
             expires = column(model, "expires_at", alias)  # type: ignore[arg-type]  # a Claim is a Model
-            lapse = {"live": sql.SQL("{} > %(now)s"), "overdue": sql.SQL("{} <= %(now)s")}[self.lapse]
-            parts.append(sql.SQL("({} = {} AND {})").format(state, sql.Literal(model.HELD), lapse.format(expires)))
+            lapse = {"live": sql.SQL("{} > {}"), "overdue": sql.SQL("{} <= {}")}[self.lapse]
+            at = now if now is not None else sql.Placeholder("now")
+            parts.append(sql.SQL("({} = {} AND {})").format(state, sql.Literal(model.HELD), lapse.format(expires, at)))
         return sql.SQL("({})").format(sql.SQL(" OR ").join(parts) if parts else sql.SQL("false"))
 
     def _split(self, model: type[Claim]) -> tuple[bool, list[str]]:

@@ -1,7 +1,8 @@
 """The claim engine: the one lifecycle of every claim (a car reservation, a seat hold group, a slot
 booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only what is its own:
 
-- ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what);
+- ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what, in Python
+  and as SQL: ``ClaimPolicy.sql``);
 - for a hold that is one statement (``one_statement``, the car's): ``decide``, that statement
   (docs/decisions/0022-one-statement-holds.md): its locks, the lazy expiry, the checks, the insert, the
   audit events; None when its snapshot may be stale under a lock it took (then ``hold_decided`` runs it
@@ -13,47 +14,55 @@ booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only
   can do: nothing by default), and ``create``: the domain's one statement after the locks, composed once
   (``booking_site.statements``) from its declarations — expire the overdue holds on the target, check
   the capacity and the cap, insert with the constraint as the backstop, write the audit events;
-- for every transition: ``changes`` (columns beside the state), ``on_write`` (side effects: seat claims
-  mirroring their group, counters), ``audit_subject`` / ``audit_metadata``, and ``refused`` (the error
-  of a transition the state machine does not allow).
+- for a transition, as SQL its statement is composed from: ``lock_before`` (the rows the order puts
+  before the claim), ``reads``, ``fits`` (a check on the claim), ``allowed`` (a rule about the move),
+  ``changes`` (columns beside the state), ``along`` (side effects: seat claims mirroring their group,
+  counters, a gate before the write), ``audit_metadata``; in Python ``loaded``, ``disallowed``,
+  ``refused`` (the errors), ``after`` (what needs the statement's transaction: a waiting-list offer).
 
-The engine owns the rest, the same for all three, each step a method:
+The engine owns the rest, the same for all three:
 
     hold         one statement: decide in autocommit → (it could not decide) decide in a transaction
                  or take:   lock_target → locked_now → check_target → make_free
                     create: the domain's statement
                  → booking_holds_created_total on commit
-    transition   (before) → lock the claim (404) → the policy (403) → check → locked_now → an overdue
-                 hold is expired and that commits (then 410 for a confirm, the domain's refusal
-                 otherwise) → or check_transition → changes → write
-    write        one statement: the claims' UPDATE and their audit events' INSERT; then on_write;
-                 booking_holds_expired_total on commit
-    expire_due   the beat job: batches of overdue rows with SKIP LOCKED, safe twice at once
+    transition   one statement, in autocommit (docs/decisions/0023-one-statement-transitions.md): lock
+                 (before) → the claim (404) → the clock → the policy (403) → fits → an overdue hold is
+                 expired and that commits (then 410 for a confirm, the domain's refusal otherwise) → or
+                 allowed → the claim, its side effects and its audit events; in a transaction only when
+                 ``Along.holds`` says the side effects need one (then ``after``)
+    expire_due   the beat job: one statement per batch of overdue rows locked with SKIP LOCKED, in
+                 autocommit; safe twice at once
+    expire_overdue  the same statement for given ids, under the caller's resource lock
 
-Every domain's ``create`` is one composed statement (ADR 0007, ADR 0021).
+Every statement is composed once per process (ADR 0007, ADR 0021) and prepared.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, connection, transaction
-from django.db.models import Q, QuerySet
-from django.db.models import sql as orm_sql
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.db.models import Field, Model, QuerySet
+from django.utils import timezone
 from psycopg import sql
 
-from booking_site import locking
+from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.audit.models import AuditEvent
-from booking_site.claims import EXPIRED, Claim, Rows
+from booking_site.claims import EXPIRED, Claim, Rows, column
 from booking_site.errors import DomainError, Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from booking_site.expiry import locked_now
 from booking_site.metrics import HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
+from booking_site.middleware import current_request_id
+from booking_site.statements import P, table
 
 EXPIRY_ACTOR = "system:expire_holds"  # the actor of every expiry nobody asked for
 
@@ -61,7 +70,6 @@ EXPIRY_ACTOR = "system:expire_holds"  # the actor of every expiry nobody asked f
 SEE, CONFIRM, CANCEL, RELEASE, EXPIRE, RESCHEDULE = "see", "confirm", "cancel", "release", "expire", "reschedule"
 
 ClaimT = TypeVar("ClaimT", bound=Claim)  # one domain's claim model
-Along = Sequence[tuple[str, Sequence[Any]]]  # write_along's sub-statements: (sql, params) each
 
 
 class ClaimPolicy(Generic[ClaimT]):
@@ -86,11 +94,21 @@ class ClaimPolicy(Generic[ClaimT]):
         return self.owns(user, self.owner_id(claim))
 
     def require(self, user: User, action: str, claim: ClaimT, *, what: str) -> None:
-        if self.may(user, action, claim):
-            return
+        if not self.may(user, action, claim):
+            raise self.refusal(action, what=what)
+
+    def refusal(self, action: str, *, what: str) -> DomainError:
+        """The error of a user ``may`` refuses ``action`` on ``what``."""
         if action in self.operator_only:
-            raise Forbidden(f"Only operators may {action} {what}.")
-        raise NotOwner(f"{what} belongs to another user.")
+            return Forbidden(f"Only operators may {action} {what}.")
+        return NotOwner(f"{what} belongs to another user.")
+
+    def sql(self, action: str) -> sql.Composable:
+        """``may`` as SQL over a transition's locked claim ``l``, for the user ``%(user)s`` (staff:
+        ``%(staff)s``)."""
+        if action in self.operator_only:
+            return sql.SQL("%(staff)s")
+        return sql.SQL("(%(staff)s OR {} = %(user)s)").format(sql.Identifier("l", f"{self.owner_field}_id"))
 
     def require_owner(self, user: User, owner_id: int, *, what: str, owner: str = "user") -> None:
         """Refuse ``user`` ``what``, a row that belongs to ``owner_id`` (its ``owner``: a user, a host), unless
@@ -109,7 +127,7 @@ class Cap:
     hoarding a scarce thing). The limit is the setting ``setting``; a request over it is refused with
     409 ``limit_reached``, ``details.rule`` = ``rule`` and ``details.limit``.
 
-    The count is read under the owner's user row lock (``locking.user_lock``, order 1), in a statement
+    The count is read under the owner's user row lock (``locking.user_lock_sql``, order 1), in a statement
     after the one that takes it — or, in a one-statement hold, in the statement that takes it by
     ``locking.claim_lock_sql``, trusted only when no claim committed under that lock after its snapshot
     (``locking.fresh_sql``, docs/decisions/0022-one-statement-holds.md) — so two holds of one user at
@@ -166,6 +184,44 @@ class Cap:
             )
 
 
+@dataclass(frozen=True)
+class Along:
+    """What a domain's transition writes beside its claims, in the same statement: named sub-statements
+    (``ctes``) reading ``moved`` (the claims written: their columns, and ``from_state``) and ``target``
+    (the claims the statement decided about), and what the statement returns of them (``returns``: SQL
+    for the last columns of its one row). ``gate``: sub-statements between the decision and the claims'
+    ``UPDATE`` (locks the order puts after the claim, read before it is written), and ``holds``: the
+    condition on a target row ``t`` under which the claim is written only in a transaction (its side
+    effect needs one: a waiting-list offer); ``%(in_transaction)s`` says whether the statement runs in
+    one."""
+
+    ctes: tuple[tuple[str, sql.Composable], ...] = ()
+    returns: tuple[sql.Composable, ...] = ()  # a transition's
+    batch_returns: tuple[sql.Composable, ...] = ()  # an expiry's
+    gate: tuple[tuple[str, sql.Composable], ...] = ()
+    holds: sql.Composable = field(default_factory=lambda: sql.SQL("false"))
+
+
+NOTHING_ALONG = Along()
+
+
+@dataclass
+class Outcome(Generic[ClaimT]):
+    """What a transition's statement says: the claim (as written, or as it was when nothing was), whether
+    the actor may (``may``), the domain's check on it (``fits``), whether the domain's rule allowed the
+    move (``allowed``), the time it was judged at, the state written (None:
+    nothing), how many claims waited for a transaction (``deferred``) and the domain's ``returns``."""
+
+    claim: ClaimT
+    may: bool
+    fits: bool
+    allowed: bool
+    now: datetime
+    written: str | None
+    deferred: int
+    returns: tuple
+
+
 class ClaimEngine(Generic[ClaimT]):
     model: type[ClaimT]
     domain: str
@@ -199,35 +255,70 @@ class ClaimEngine(Generic[ClaimT]):
         capacity and the cap, insert the claim (the constraint is the backstop), record the audit events."""
         raise NotImplementedError
 
-    def changes(self, claim: ClaimT, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
-        """Columns a transition writes beside the state and ``updated_at`` (one claim at a time)."""
+    # What a transition's statement is made of (composed once per action and state: ``_transition_statement``).
+    # Each is SQL over the claim's locked row ``l`` (its columns by name, ``reads`` by theirs, ``locked_at``:
+    # the time judged by) or, for ``changes``, the target row ``t``; parameters by name.
+
+    def lock_before(self, action: str) -> sql.Composable:
+        """Conditions on the claim row ``c`` that lock the rows the global order puts before it (its guest,
+        its slot): ``AND EXISTS (… FOR NO KEY UPDATE)``, held before the claim's own lock. None by default."""
+        return sql.SQL("")
+
+    def reads(self) -> dict[str, sql.Composable]:
+        """What the lock statement reads beside the claim's columns, over ``c`` (what the policy or a rule
+        reads of another row: a booking's slot's host). Set on the claim by ``loaded``."""
         return {}
 
-    def check_transition(self, claim: ClaimT, to_state: str, *, user, now: datetime) -> None:
-        """The domain's rules about an allowed transition (a cancellation window)."""
+    def loaded(self, claim: ClaimT, reads: dict[str, Any], returns: tuple) -> None:
+        """Put what a transition's statement read (``reads``) and returned (``Along.returns``) on its claim."""
 
-    def on_write(self, claims: list[ClaimT], *, from_states: list[str], to_state: str, now: datetime) -> None:
-        """Side effects of a transition, after its audit events (seat claims, counters)."""
+    def fits(self) -> sql.Composable:
+        """The domain's check on the locked claim (it belongs to the event the request names): when false
+        nothing is written, and ``transition``'s ``check`` raises the refusal."""
+        return sql.SQL("true")
 
-    def write_along(self, claims: list[ClaimT], *, from_states: list[str], to_state: str, now: datetime) -> Along:
-        """Side effects written by the transition's own statement, as more ``WITH`` sub-statements: a
-        list of ``(sql, params)`` (a counter the claims move). They read nothing the claims' ``UPDATE``
-        returns and run in no set order with it, so their rows are locked already (ADR 0001)."""
-        return []
+    def allowed(self, to_state: str) -> sql.Composable:
+        """The domain's rule about an allowed transition (a cancellation window): when false nothing is
+        written, and ``disallowed`` raises the refusal."""
+        return sql.SQL("true")
+
+    def disallowed(self, claim: ClaimT, to_state: str, *, now: datetime) -> DomainError:
+        """The refusal when ``allowed`` is false."""
+        raise NotImplementedError
+
+    def changes(self, to_state: str) -> dict[str, sql.Composable]:
+        """Columns a transition to ``to_state`` writes beside the state and ``updated_at``, over ``t``."""
+        return {}
+
+    def along(self, to_state: str) -> Along:
+        """What a transition to ``to_state`` writes beside the claims (seat claims mirroring their group,
+        counters), in its statement."""
+        return NOTHING_ALONG
 
     def audit_subject(self, claim: ClaimT):
         return claim
 
-    def audit_metadata(self, claim: ClaimT, metadata: dict | None) -> dict | None:
-        return metadata
+    def audit_metadata(self) -> sql.Composable:
+        """An audit event's metadata (``jsonb``) over the written claim ``m``; a request's own (a reason) is
+        added to it."""
+        return sql.SQL("'{}'::jsonb")
+
+    def after(self, outcome: Outcome[ClaimT], *, now: datetime) -> None:
+        """What a transition's statement leaves to its transaction (a waiting-list offer): called when it
+        ran in one."""
 
     def refused(self, claim: ClaimT, to_state: str) -> DomainError:
         """The error when the state machine does not allow ``claim`` to become ``to_state``."""
         raise NotImplementedError
 
-    def due(self, *, now: datetime) -> QuerySet:
-        """What the expiry job locks a batch of: the overdue holds (and the rows ``on_write`` moves)."""
-        return self.model.objects.overdue(now=now)
+    def due_lock(self) -> tuple[sql.Composable, sql.Composable]:
+        """What the expiry job's batch joins to the claim ``c`` and locks with it (a booking's slot, whose
+        counter it moves): (the join, the tables' aliases beside ``c``)."""
+        return sql.SQL(""), sql.SQL("")
+
+    @property
+    def subject_type(self) -> str:
+        return audit.subject_key(self.audit_subject(self.model(pk=0)))[0]  # type: ignore[call-arg]  # a Model
 
     # --- hold -------------------------------------------------------------------------------------
 
@@ -277,124 +368,315 @@ class ClaimEngine(Generic[ClaimT]):
     def transition(
         self,
         *,
-        claims: QuerySet,
+        claim_id: Any,
         what: str,
         to_state: str,
         action: str,
         user,
         now: datetime,
-        before: Callable[[], None] | None = None,
+        by: str = "pk",
         check: Callable[[ClaimT], None] | None = None,
         metadata: dict | None = None,
+        params: dict | None = None,
     ) -> ClaimT:
-        """Move the one claim ``claims`` selects (``what``: its name in messages) to ``to_state`` for
-        ``user``. ``before`` locks the rows the global order puts before the claim (its guest, its slot);
-        ``check`` is a domain rule about the locked claim (it belongs to the event the request names).
+        """Move the claim whose ``by`` is ``claim_id`` (``what``: its name in messages) to ``to_state`` for
+        ``user``: one statement (``_transition_statement``), in autocommit when called outside a
+        transaction. It locks the rows the global order puts before the claim (``lock_before``), then the
+        claim; judges by the clock once they are held; asks the policy (403), the domain's check (``fits``;
+        ``check`` raises its refusal), whether the hold is overdue; writes the claim, its side effects
+        (``along``) and its audit events. ``params``: the domain's own parameters of the statement.
 
-        An overdue hold is expired first and stays expired: that change commits even though the request
-        is then refused (410 for a confirm, the domain's refusal otherwise).
+        An overdue hold is expired instead, and stays expired: that change commits even though the request
+        is then refused (410 for a confirm, the domain's refusal otherwise). When the side effects need a
+        transaction (``Along.holds``: seats freed while people wait are offered to them), the statement
+        writes nothing in autocommit and runs again in one, followed by ``after``.
         """
-        with transaction.atomic():
-            if before is not None:
-                before()
-            claim: ClaimT | None = locking.lock_claim(claims)
-            if claim is None:
-                raise NotFound(f"{what} does not exist.")
-            self.policy.require(user, action, claim, what=what)
-            if check is not None:
-                check(claim)
-            now = locked_now(now)
-            if claim.is_overdue(now) and to_state != EXPIRED:
-                self.write([claim], EXPIRED, actor=EXPIRY_ACTOR, now=now)
-            elif claim.can_become(to_state):
-                self.check_transition(claim, to_state, user=user, now=now)
-                extra = self.changes(claim, to_state, now=now, metadata=metadata)
-                return self.write([claim], to_state, actor=user, now=now, metadata=metadata, extra=extra)[0]
+        statement = _transition_statement(self, action, to_state, by, _seams())
+        values = {
+            "claim": claim_id,
+            "now": now,
+            "user": user.pk,
+            "staff": user.is_staff,
+            "actor": user.pk,
+            "actor_label": f"user:{user.pk}",
+            "metadata": json.dumps(metadata or {}, cls=DjangoJSONEncoder),
+            **self._event_params(),
+            **(params or {}),
+        }
+        outcome = self._run(statement, values)
+        if outcome is None:
+            raise NotFound(f"{what} does not exist.")
+        claim = outcome.claim
+        if not outcome.may:
+            raise self.policy.refusal(action, what=what)
+        if not outcome.fits:
+            assert check is not None  # a domain whose statement checks more has the check that refuses
+            check(claim)
+        if outcome.written == to_state:
+            if to_state == EXPIRED:
+                count_on_commit(HOLDS_EXPIRED, self.domain)
+            return claim
+        if outcome.written == EXPIRED:  # the hold was overdue: expired instead, and that committed
+            count_on_commit(HOLDS_EXPIRED, self.domain)
+        elif claim.can_become(to_state) and not outcome.allowed:
+            raise self.disallowed(claim, to_state, now=outcome.now)
         if to_state == self.model.CONFIRMED and claim.current_state == EXPIRED:
             assert claim.expires_at is not None  # it was a hold, and a hold has an expiry
             raise HoldExpired(f"{what} expired at {claim.expires_at.isoformat()}.")
         raise self.refused(claim, to_state)
 
-    def write(
-        self,
-        claims: list[ClaimT],
-        to_state: str,
-        *,
-        actor,
-        now: datetime,
-        metadata: dict | None = None,
-        extra: dict | None = None,
-    ) -> list[ClaimT]:
-        """Write one transition of ``claims`` (``extra``: more columns, for one claim), its audit events
-        and side effects. Caller holds the claims' row locks (and those of their target)."""
-        if not claims:
-            return claims
-        extra = extra or {}
-        if extra and len(claims) != 1:
-            raise ValueError("extra columns are written for one claim at a time")
-        from_states = [c.current_state for c in claims]
-        fields = {self.model.STATE_FIELD: to_state, "updated_at": now, **extra}
-        for claim in claims:
-            for field, value in fields.items():
-                setattr(claim, field, value)
-        events = [
-            audit.event(
-                subject=self.audit_subject(claim),
-                event=to_state,
-                from_state=from_state,
-                to_state=to_state,
-                actor=actor,
-                metadata=self.audit_metadata(claim, metadata),
-            )
-            for claim, from_state in zip(claims, from_states, strict=True)
-        ]
-        along = self.write_along(claims, from_states=from_states, to_state=to_state, now=now)
-        self.update_and_record(claims, fields, events, along=along)
-        self.on_write(claims, from_states=from_states, to_state=to_state, now=now)
-        if to_state == EXPIRED:
-            count_on_commit(HOLDS_EXPIRED, self.domain, amount=len(claims))
-        return claims
+    def _event_params(self) -> dict[str, Any]:
+        return {"expiry_actor": EXPIRY_ACTOR, "occurred_at": timezone.now(), "trace_id": current_request_id() or ""}
 
-    def update_and_record(self, claims: list[ClaimT], fields: dict, events: list, along: Along = ()) -> None:
-        """One statement: ``UPDATE`` the claims' ``fields`` and ``INSERT`` their audit events
-        (``WITH moved AS (UPDATE …) INSERT INTO audit …``), both compiled by the ORM, and the
-        ``write_along`` sub-statements ``along``."""
+    def _run(self, statement: _TransitionStatement, values: dict) -> Outcome[ClaimT] | None:
+        """Run a transition's statement in autocommit (a savepoint inside a caller's transaction), or, when
+        it deferred its claim to a transaction, again in one, and ``after``."""
         if not connection.in_atomic_block:
-            raise RuntimeError("a transition is written in the transaction that holds its locks")
-        update = orm_sql.UpdateQuery(self.model)
-        update.add_update_values(fields)
-        update.add_q(Q(pk__in=[c.pk for c in claims]))
-        update_sql, update_params = update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-        insert = orm_sql.InsertQuery(AuditEvent)
-        insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], events)
-        [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-        ctes = [f"moved AS ({update_sql})", *(f"along_{i} AS ({sql_})" for i, (sql_, _) in enumerate(along))]
-        params = [*update_params, *(p for _, along_params in along for p in along_params), *insert_params]
-        with connection.cursor() as cursor:
-            cursor.execute(f"WITH {', '.join(ctes)} {insert_sql}", params)
+            outcome = statement.run(self, {**values, "in_transaction": False})
+            if outcome is None or not outcome.deferred:
+                return outcome
+        # A savepoint in a caller's transaction: a statement that fails leaves that transaction usable.
+        with transaction.atomic():
+            outcome = statement.run(self, {**values, "in_transaction": True})
+            if outcome is not None and outcome.written:
+                self.after(outcome, now=outcome.now)
+            return outcome
 
     # --- expiry -----------------------------------------------------------------------------------
 
-    def expire_overdue(self, overdue: QuerySet, *, now: datetime) -> list[ClaimT]:
-        """Expire the holds ``overdue`` selects. Caller holds the lock of the resource they are on; their
-        own rows are locked here (after it), so a confirm that got there first is seen and skipped."""
-        claims: list[ClaimT] = [c for c in locking.lock_claims(overdue) if c.is_overdue(now)]
-        if claims:
-            self.write(claims, EXPIRED, actor=EXPIRY_ACTOR, now=now)
-        return claims
+    def expire_overdue(self, ids: Sequence[Any], *, now: datetime) -> int:
+        """Expire the holds among ``ids`` that are overdue at ``now``, one statement (``_expiry_statement``).
+        Caller holds the lock of the resource they are on; their own rows are locked here (after it), so a
+        confirm that got there first is seen and skipped. Returns how many were expired."""
+        if not ids:
+            return 0
+        _, expired, *_ = _expiry_statement(self, False, _seams()).fetchone(
+            {"ids": list(ids), "now": now, "in_transaction": connection.in_atomic_block, **self._expiry_params()}
+        )
+        count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
+        return expired
 
     def expire_due(self, *, now: datetime, batch_size: int | None = None) -> int:
-        """Flip every hold overdue at ``now`` to EXPIRED, one audit event each (the beat job): lock a batch
-        with SKIP LOCKED, write it, commit, repeat. Two runs at once share the rows instead of doing them
-        twice; a row a request holds (or whose target it holds) is left to that request, and not fetched
-        again in this run. Returns how many holds were expired."""
+        """Flip every hold overdue at ``now`` to EXPIRED, one audit event each (the beat job): one statement
+        per batch, in autocommit — lock up to ``batch_size`` overdue rows with SKIP LOCKED, write them, their
+        side effects and their audit events — repeated until a batch comes up short. Two runs at once share
+        the rows instead of doing them twice; a row a request holds (or whose target it holds) is left to
+        that request, and not fetched again in this run. A batch whose side effects need a transaction
+        (``Along.holds``) runs again in one, followed by ``after``. Returns how many holds were expired."""
         batch_size = batch_size or settings.EXPIRY_BATCH_SIZE
+        statement = _expiry_statement(self, True, _seams())
         total = 0
         while True:
-            with transaction.atomic():
-                batch: list[ClaimT] = locking.lock_batch(self.due(now=now), batch_size)
-                if batch:
-                    self.write(batch, EXPIRED, actor=EXPIRY_ACTOR, now=locked_now(now))
-            total += len(batch)
-            if len(batch) < batch_size:
+            values = {"size": batch_size, "now": locked_now(now), **self._expiry_params()}
+            fetched, expired, *returns = statement.fetchone({**values, "in_transaction": False})
+            if fetched > expired:  # some waited for a transaction: this batch again, in one
+                with transaction.atomic():
+                    fetched, again, *returns = statement.fetchone({**values, "in_transaction": True})
+                    expired += again
+                    self.after_expiry(returns, now=values["now"])
+            count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
+            total += expired
+            if fetched < batch_size:
                 return total
+
+    def after_expiry(self, returns: list, *, now: datetime) -> None:
+        """``after`` for an expiry statement run in a transaction (``returns``: its domain's columns)."""
+
+    def _expiry_params(self) -> dict[str, Any]:
+        return {"actor": None, "actor_label": EXPIRY_ACTOR, "metadata": "{}", **self._event_params()}
+
+
+# --- the statements -------------------------------------------------------------------------------
+
+
+def _claim_columns(model: type[Model]) -> list[Field]:
+    return list(model._meta.concrete_fields)
+
+
+def _names(alias: str, fields: Sequence[Field]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, cast(str, f.column)) for f in fields)
+
+
+def _written(engine: ClaimEngine, to_state: str) -> sql.Composed:
+    """The claims' ``UPDATE`` (``moved``: each claim of ``target`` with a ``to_state``, but those
+    ``along.holds`` keeps for a transaction), the domain's side effects and the audit events, as the
+    sub-statements after ``target`` and the gate. The ``UPDATE`` reads its decision from ``target``: it
+    holds the claims' locks, and a locked row is read at its newest version."""
+    model, along = engine.model, engine.along(to_state)
+    fields = _claim_columns(model)
+    to = sql.Literal(to_state)
+    changes = [
+        sql.SQL("{} = CASE WHEN t.to_state = {} THEN {} ELSE c.{} END").format(
+            column(model, name), to, value, column(model, name)
+        )
+        for name, value in engine.changes(to_state).items()
+    ]
+    state = column(model, model.STATE_FIELD)
+    written = sql.SQL("m.{}").format(state)
+    by_request = sql.SQL("{} = {}").format(written, to)
+    return sql.SQL("""{gate}moved AS (
+    UPDATE {table} c SET {state} = t.to_state, {updated_at} = t.locked_at{changes}
+    FROM target t
+    WHERE c.{pk} = t.id AND t.to_state IS NOT NULL AND (%(in_transaction)s OR NOT ({holds}))
+    RETURNING {returning}, t.from_state
+){along}, recorded AS ({recorded}
+)""").format(
+        gate=sql.SQL("").join(sql.SQL("{} AS ({}), ").format(sql.Identifier(n), q) for n, q in along.gate),
+        table=table(model),
+        state=state,
+        updated_at=column(model, "updated_at"),
+        changes=sql.SQL("").join(sql.SQL(", {}").format(c) for c in changes),
+        pk=column(model, model._meta.pk.name),
+        holds=along.holds,
+        returning=_names("c", fields),
+        along=sql.SQL("").join(sql.SQL(", {} AS ({})").format(sql.Identifier(n), q) for n, q in along.ctes),
+        recorded=statements.audit_rows(
+            source=sql.SQL("moved m"),
+            occurred_at=P("occurred_at"),
+            actor=sql.SQL("CASE WHEN {} THEN %(actor)s::bigint END").format(by_request),
+            actor_label=sql.SQL("CASE WHEN {} THEN %(actor_label)s ELSE %(expiry_actor)s END").format(by_request),
+            subject_type=sql.Literal(engine.subject_type),
+            subject_id=sql.SQL("m.id::text"),
+            event_type=written,
+            from_state=sql.SQL("m.from_state"),
+            to_state=written,
+            metadata=sql.SQL("CASE WHEN {} THEN {} || %(metadata)s::jsonb ELSE {} END").format(
+                by_request, engine.audit_metadata(), engine.audit_metadata()
+            ),
+            request_id=P("trace_id"),
+        ),
+    )
+
+
+class _TransitionStatement(statements.Statement):
+    """One transition's statement and how its row reads: the claim before (``l``: its columns, the
+    domain's reads, the time judged by, the verdicts), the claim as written (``m``; NULLs when nothing
+    was), how many claims waited for a transaction, the domain's returns. No row: no such claim."""
+
+    def __init__(self, composed: sql.Composable, model: type[Claim], reads: Sequence[str]):
+        super().__init__(composed)
+        self.model, self.reads = model, list(reads)
+        self.width = len(_claim_columns(model))  # type: ignore[arg-type]  # a Claim is a Model
+
+    def run(self, engine: ClaimEngine, params: dict) -> Outcome | None:
+        rows = self.fetchall(params)
+        if not rows:
+            return None
+        n, r = self.width, len(self.reads)
+        row = rows[0]
+        before, reads, (now, may, fits, allowed, deferred) = row[:n], row[n : n + r], row[n + r : n + r + 5]
+        after, returns = row[n + r + 5 : 2 * n + r + 5], row[2 * n + r + 5 :]
+        written = after[0] is not None
+        claim = statements.from_row(self.model, after if written else before)  # type: ignore[arg-type]  # a Model
+        engine.loaded(claim, dict(zip(self.reads, reads, strict=True)), tuple(returns))
+        return Outcome(
+            claim=claim,
+            may=may,
+            fits=fits,
+            allowed=allowed,
+            now=now,
+            written=claim.current_state if written else None,
+            deferred=deferred,
+            returns=tuple(returns),
+        )
+
+
+def _seams() -> tuple:
+    """The lock seams of ``booking_site.locking`` a statement is composed with (a race control replaces
+    one; the statements are cached by them, so it gets a statement composed with its replacement)."""
+    return locking.transition_lock_sql, locking.slot_lock_sql, locking.user_lock_sql, locking.freed_events_lock_sql
+
+
+@functools.cache
+def _transition_statement(
+    engine: ClaimEngine, action: str, to_state: str, by: str, seams: tuple
+) -> _TransitionStatement:
+    """``engine``'s transition of one claim (by its field ``by``) to ``to_state`` for ``action``, composed
+    once per (engine, action, state, key, ``_seams``). ``locked`` takes the locks (the earlier kinds as its
+    conditions, ``lock_before``, then the
+    claim: READ COMMITTED returns the row's newest version once the lock is held); ``judged`` reads the
+    clock after them; ``decided`` asks the policy, the domain's check, whether the hold is overdue and the
+    domain's rule; ``target`` is the state to write (EXPIRED for an overdue hold), or none."""
+    model = engine.model
+    fields = _claim_columns(model)
+    state = column(model, model.STATE_FIELD, "l")
+    reads = engine.reads()
+    from_states = [s for s, targets in model.TRANSITIONS.items() if to_state in targets]
+    composed = sql.SQL("""
+WITH locked AS MATERIALIZED (
+    SELECT {columns}{reads} FROM {table} c WHERE c.{key} = %(claim)s {before} {lock}
+), judged AS MATERIALIZED (
+    SELECT l.*, GREATEST(%(now)s, clock_timestamp()) AS locked_at FROM locked l
+), decided AS MATERIALIZED (
+    SELECT l.*, {may} AS may, {fits} AS fits, {overdue} AS overdue, {allowed} AS allowed FROM judged l
+), target AS (
+    SELECT l.*, {state} AS from_state,
+           CASE WHEN NOT (l.may AND l.fits) THEN NULL
+                WHEN l.overdue THEN {expired}
+                WHEN {state} IN ({from_states}) AND l.allowed THEN {to} END AS to_state
+    FROM decided l
+), {written}
+SELECT {before_columns}{read_names}, l.locked_at, l.may, l.fits, l.allowed,
+       (SELECT count(*) FROM target WHERE to_state IS NOT NULL) - (SELECT count(*) FROM moved),
+       {after_columns}{returns}
+FROM decided l LEFT JOIN moved m ON true
+""").format(
+        columns=_names("c", fields),
+        reads=sql.SQL("").join(sql.SQL(", {} AS {}").format(q, sql.Identifier(n)) for n, q in reads.items()),
+        table=table(model),
+        key=column(model, by if by != "pk" else model._meta.pk.name),
+        before=engine.lock_before(action),
+        lock=locking.transition_lock_sql(),
+        may=engine.policy.sql(action),
+        fits=engine.fits(),
+        overdue=claims.OVERDUE.sql(model, "l", now=sql.SQL("l.locked_at")),
+        allowed=engine.allowed(to_state),
+        state=state,
+        expired=sql.Literal(EXPIRED),
+        from_states=sql.SQL(", ").join(map(sql.Literal, from_states)) if from_states else sql.NULL,
+        to=sql.Literal(to_state),
+        written=_written(engine, to_state),
+        before_columns=_names("l", fields),
+        read_names=sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier("l", n)) for n in reads),
+        after_columns=_names("m", fields),
+        returns=sql.SQL("").join(sql.SQL(", {}").format(r) for r in engine.along(to_state).returns),
+    )
+    return _TransitionStatement(composed, model, list(reads))
+
+
+@functools.cache
+def _expiry_statement(engine: ClaimEngine, batch: bool, seams: tuple) -> statements.Statement:
+    """``engine``'s expiry of overdue holds, composed once (per ``_seams``): ``batch``, the expiry job's (up
+    to ``%(size)s`` overdue rows, the longest overdue first, locked with SKIP LOCKED with the rows
+    ``due_lock`` joins: it never waits);
+    else those among ``%(ids)s`` (waiting for their locks: the caller holds their resource's). Returns how
+    many rows it locked, how many it expired and the domain's returns."""
+    model = engine.model
+    join, locked_too = engine.due_lock() if batch else (sql.SQL(""), sql.SQL(""))
+    composed = sql.SQL("""
+WITH target AS MATERIALIZED (
+    SELECT {columns}, {state} AS from_state, {expired} AS to_state, %(now)s::timestamptz AS locked_at
+    FROM {table} c {join}
+    WHERE {overdue} {among}
+    ORDER BY c.{order} {limit} FOR NO KEY UPDATE OF c{locked_too} {skip}
+), {written}
+SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM moved){returns}
+""").format(
+        columns=_names("c", _claim_columns(model)),
+        state=column(model, model.STATE_FIELD, "c"),
+        expired=sql.Literal(EXPIRED),
+        table=table(model),
+        join=join,
+        overdue=claims.OVERDUE.sql(model, "c"),
+        among=sql.SQL("") if batch else sql.SQL("AND c.{} = ANY(%(ids)s)").format(column(model, model._meta.pk.name)),
+        # A batch never waits (SKIP LOCKED): it takes the first overdue rows on the held-expiry index
+        # (``reservation_held_expiry_idx`` and its kin), a read of the batch's own rows, not of every row
+        # expired before it. Given ids wait for their locks: in id order (ADR 0001).
+        order=column(model, "expires_at" if batch else model._meta.pk.name),
+        limit=sql.SQL("LIMIT %(size)s") if batch else sql.SQL(""),
+        locked_too=locked_too,
+        skip=sql.SQL("SKIP LOCKED") if batch else sql.SQL(""),
+        written=_written(engine, EXPIRED),
+        returns=sql.SQL("").join(sql.SQL(", {}").format(r) for r in engine.along(EXPIRED).batch_returns),
+    )
+    return statements.Statement(composed)

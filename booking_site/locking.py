@@ -19,8 +19,9 @@ kind in primary-key order, so two requests never wait for each other in a circle
 3. ``lock_car``, ``lock_slots``, ``lock_seats``: the rows a claim is on. They serialize the claims on
    one car, the seats of one slot (its ``booked`` counter), each seat. A car hold takes the car's lock
    (after the buyer's, 1) in its one statement by ``claim_lock_sql`` (below).
-4. ``lock_claims``, ``lock_claim``: claim rows (reservations, seat hold groups, slot bookings), e.g.
-   the overdue holds a new claim expires, or the one claim a confirm moves.
+4. claim rows (reservations, seat hold groups, slot bookings): the one claim a transition moves
+   (``transition_lock_sql``, in its statement), the overdue holds an expiry moves (in its statement,
+   ``engine._expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
 2b. the event's queue row (``EventQueue``, docs/decisions/0017-admission-queue.md):
    ``take_queue_number`` (a join moves its counter, ``FOR NO KEY UPDATE`` by the ``UPDATE``, held to
    the join's commit, so numbers commit in the order they are given) and ``lock_event_queue`` (one
@@ -32,7 +33,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
 5. The one exception: the event row after the claims. A confirm or a cancel of seats moves the
    event's ``confirmed_seats`` counter with a plain ``UPDATE`` in the transition's own statement, and a
    release or an expiry of seats (one, or the expiry job's batch: in id order) takes the same
-   ``FOR NO KEY UPDATE`` there (``freed_events_lock``): the seats it frees are serialized with the
+   ``FOR NO KEY UPDATE`` there (``freed_events_lock_sql``): the seats it frees are serialized with the
    waiting list. That lock conflicts with no lock a hold takes on the event. After it, only a
    transaction that freed seats while people wait (or a join, a leave, opening sales) goes on: it
    offers them to the waiting list, as seat holds that lock no seat and expire no other hold
@@ -57,9 +58,9 @@ deadlocked on the audit insert. Two exceptions, each for a reason:
   ``FOR KEY SHARE`` lockers past a waiting ``FOR UPDATE``: under a stream of holds the close waits for
   a gap, at most ``DB_LOCK_TIMEOUT_MS``, then answers 503 ``busy``.)
 
-One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock``,
-``slot_lock``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``; ``user_lock_sql`` is ``user_lock`` for a statement
-composed once, as ``lock_slots``'s), which run below the statement's own row lock,
+One statement may take locks of several kinds: the earlier kinds as its conditions (``user_lock_sql``,
+``slot_lock_sql``: ``EXISTS (SELECT … FOR NO KEY UPDATE)``, in a statement composed once, as ``lock_slots``'s
+and a transition's), which run below the statement's own row lock,
 so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
 list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
 
@@ -68,13 +69,15 @@ the event, then the seats; ADR 0009), after 1 (the holder) when the cap on held 
 available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it takes them in
 (preference, not id) cannot close a circle.
 
-``lock_batch`` (the expiry job) and ``batch_lock`` (the reminder job) are outside the order: ``SKIP
-LOCKED`` never waits, so they cannot deadlock; a row a request holds is left to that request.
+The expiry job's batch (``engine._expiry_statement``: the overdue rows, with the slots of slot bookings)
+and ``batch_lock`` (the reminder job) are outside the order: ``SKIP LOCKED`` never waits, so they cannot
+deadlock; a row a request holds is left to that request.
 
-Every function refuses to run outside a transaction (a lock there would end with its statement), but
-the claim locks, which are parts of one statement and held to its end. The race tests' controls
-replace these functions (and the seams ``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``) to show
-that their test notices a missing lock.
+Every function refuses to run outside a transaction (a lock there would end with its statement); the
+``…_sql`` seams are conditions or sub-statements of one statement that is the whole claim operation (a
+car hold, a transition, in autocommit), its locks held to its end. The race tests' controls replace
+these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``, ``transition_lock_sql``)
+to show that their test notices a missing lock.
 
 A hold that is one statement in autocommit (the car's: docs/decisions/0022-one-statement-holds.md)
 takes its locks as ``WITH`` sub-statements, ``claim_lock_sql``, each one's condition reading the one
@@ -86,8 +89,9 @@ The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``
 ``lock_car`` (``_rows_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
 with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
 they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
-So are ``take_queue_number`` and ``lock_event_queue``; ``batch_lock`` is a clause of the reminders'
-statement, composed with it. The others are still ORM querysets.
+So are ``take_queue_number``, ``lock_event_queue`` and ``lock_claim`` (``_claim_lock``), and the
+transitions' and the expiry's (``booking_site.engine``); ``batch_lock`` is a clause of the reminders'
+statement, composed with it. ``lock_seats`` is still an ORM queryset.
 """
 
 from __future__ import annotations
@@ -98,12 +102,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.db import connection
-from django.db.models import Exists, Model, OuterRef, QuerySet
+from django.db.models import Model
 from psycopg import sql
 
 from booking_site.accounts.models import User
 from booking_site.claims import column
-from booking_site.statements import P, Statement, table
+from booking_site.statements import P, Statement, from_row, table
 from events.models import Event, EventQueue, QueueEntry, Seat
 from reservations.models import Car
 from slots.models import Slot
@@ -162,17 +166,10 @@ def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
     return {user.pk: user for user in _locked(User, user_ids, NO_KEY_UPDATE)}
 
 
-def user_lock(user_id: int | OuterRef) -> Exists:
-    """The same lock as a condition of a bigger statement (true when the user exists), for a statement
-    that takes a lock of a later kind too (a claim's lock, ``slot_lock(..., after=user_lock(id))``):
-    a sub-select runs below the statement's own row locking, so this lock is held before that one is
-    asked for. Built anywhere; the lock function that runs the statement refuses to outside a
-    transaction. The seam a race control replaces to remove the user's lock from a fused statement."""
-    return Exists(User.objects.select_for_update(no_key=True).filter(pk=user_id))
-
-
 def user_lock_sql(user: sql.Composable) -> sql.Composable:
-    """``user_lock`` for a statement composed once (``psycopg.sql``; ``user``: its parameter). The seam a
+    """One user row's lock as a condition of a statement composed once (``psycopg.sql``; ``user``: its
+    parameter; true when the user exists): a sub-select runs below the statement's own row lock, so this
+    lock is held before that one is asked for. The seam a
     race control replaces: a statement built with it is composed again for the replacement (``_car_lock``
     is cached by this function)."""
     return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = {} FOR NO KEY UPDATE)").format(
@@ -384,11 +381,14 @@ def lock_slots(
     return slots
 
 
-def slot_lock(slot_id: int | OuterRef, *, after: Exists | None = None) -> Exists:
-    """One slot's lock as a condition of a bigger statement (see ``user_lock``): a claim's lock
-    (``lock_claim``) takes it first. The seam a race control replaces."""
-    slots = Slot.objects.select_for_update(no_key=True).filter(pk=slot_id)
-    return Exists(slots.filter(after) if after is not None else slots)
+def slot_lock_sql(slot: sql.Composable, *, after: sql.Composable | None = None) -> sql.Composable:
+    """One slot's lock as a condition of a bigger statement (``slot``: its id there), ``after`` another
+    lock's condition (``user_lock_sql``): a sub-select runs below the statement's own row lock, so it is
+    held before that one is asked for, and ``after``'s before it. The seam a race control replaces (the
+    transitions' statements are cached by this function)."""
+    return sql.SQL("EXISTS (SELECT FROM {} s WHERE {} = {} AND {} FOR NO KEY UPDATE)").format(
+        table(Slot), column(Slot, "id", "s"), slot, after if after is not None else sql.SQL("true")
+    )
 
 
 def lock_seats(
@@ -518,7 +518,7 @@ def share_event_lock_free_seats(
     locked (id order; ``taken`` read from the snapshot, as in ``share_event_lock_seats``) and what the
     snapshot says: how many seats are free, and whether a run of ``quantity`` adjacent ones is.
     ``lock_seats`` off: the seats are read, not locked (a waiting-list offer, made under the event's
-    lock, ``freed_events_lock``: its claims' insert is the arbiter with a hold in flight, and it waits
+    lock, ``freed_events_lock_sql``: its claims' insert is the arbiter with a hold in flight, and it waits
     for no seat, so it cannot wait in a circle; docs/decisions/0016-waiting-list.md)."""
     _in_transaction("share_event_lock_free_seats")
     free_and_adjacent = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM free WHERE n >= %(quantity)s)"
@@ -565,42 +565,60 @@ def share_event_lock_free_seats(
 # 2 (again, after 4) and 5: the events of a transition that frees seats
 
 
-def freed_events_lock() -> str:
+def freed_events_lock_sql(events: sql.Composable) -> sql.Composable:
     """The events of the hold groups a transition frees (a release, an expiry, a cancel), as a
-    sub-statement of the transition's own statement (its parameter: their ids): ``FOR NO KEY UPDATE``
-    in id order, returning each ``waiting_count`` as it is once the lock is held (READ COMMITTED
+    sub-statement of the transition's own statement (``events``: a sub-select of their ids): ``FOR NO KEY
+    UPDATE`` in id order, returning each ``waiting_count`` as it is once the lock is held (READ COMMITTED
     re-reads a row it waited for). It serializes the seats freed with the waiting list: a join, a
     leave and every offer take the same lock, so a freed seat is offered to the head of the list that
     every join before it committed, and two releases offer one after the other, in list order
-    (docs/decisions/0016-waiting-list.md). The seam a race control replaces."""
-    return f"SELECT id, waiting_count FROM {_EVENT} WHERE id = ANY(%s::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+    (docs/decisions/0016-waiting-list.md). The seam a race control replaces (the transitions' statements
+    are cached by this function)."""
+    return sql.SQL("SELECT id, {} FROM {} WHERE id IN ({}) ORDER BY id FOR NO KEY UPDATE").format(
+        column(Event, "waiting_count"), table(Event), events
+    )
 
 
 # 4. claims
 
 
-def lock_claims(claims: QuerySet[_M]) -> list[_M]:
-    """The claim rows ``claims`` selects (only those: rows it ``select_related`` are read, not locked;
-    lock them first, in their place in the order). Under READ COMMITTED a row changed by the transaction we waited
-    for is read again, and dropped when it no longer matches."""
-    _in_transaction("lock_claims")
-    return list(claims.select_for_update(no_key=True, of=("self",)).order_by("pk"))
+@functools.cache
+def _claim_lock(model: type[Model], by: str, reads: Reads) -> Statement:
+    """One claim of ``model`` by its field ``by`` (``%(key)s``), with ``reads`` over it (aliased ``c``),
+    composed once per (model, field, reads)."""
+    return Statement(
+        sql.SQL("SELECT {} FROM {} c WHERE {} = {} FOR NO KEY UPDATE OF c").format(
+            sql.SQL(", ").join(
+                [column(model, f.name, "c") for f in model._meta.concrete_fields] + list(reads.columns.values())
+            ),
+            table(model),
+            column(model, by, "c"),
+            P("key"),
+        )
+    )
 
 
-def lock_claim(claims: QuerySet[_M]) -> _M | None:
-    """The one claim row ``claims`` selects, or None."""
+def lock_claim(model: type[_M], key: Any, *, by: str = "id", reads: Reads = NO_READS, **params: object) -> _M | None:
+    """The claim of ``model`` whose ``by`` is ``key``, or None (a reschedule's, a partial cancel's: the
+    transitions lock theirs in their own statement, ``transition_lock_sql``). ``reads`` (with their ``params``)
+    are read by the same statement, each an attribute of the claim (see ``lock_slots``)."""
     _in_transaction("lock_claim")
-    return claims.select_for_update(no_key=True, of=("self",)).first()
+    row = _claim_lock(model, by, reads).fetchone({"key": key, **params})
+    if row is None:
+        return None
+    n = len(model._meta.concrete_fields)
+    claim = from_row(model, row[:n])
+    for name, value in zip(reads.columns, row[n:], strict=True):
+        setattr(claim, name, value)
+    return claim
 
 
-# the expiry job
-
-
-def lock_batch(rows: QuerySet[_M], size: int) -> list[_M]:
-    """Up to ``size`` rows of ``rows`` (with the rows it ``select_related``), skipping any row another
-    transaction holds: never waits."""
-    _in_transaction("lock_batch")
-    return list(rows.select_for_update(no_key=True, skip_locked=True).order_by("pk")[:size])
+def transition_lock_sql() -> sql.Composable:
+    """A transition's lock of its claim (aliased ``c``) in its one statement (``engine._transition_statement``,
+    in autocommit: the lock lasts the statement, which is the whole transition). READ COMMITTED returns the
+    row's newest version once the lock is held, so the statement decides on it. The seam a race control
+    replaces (the statements are cached by this function)."""
+    return sql.SQL("FOR NO KEY UPDATE OF c")
 
 
 # the reminder job
@@ -609,6 +627,6 @@ def lock_batch(rows: QuerySet[_M], size: int) -> list[_M]:
 def batch_lock(alias: str) -> sql.Composable:
     """The locking clause of a sub-statement that selects up to a batch of rows (``alias``: their table's
     alias) for the statement writing them (``booking_site.reminders``): only those rows (not the rows they
-    join), skipping any row another transaction holds. Like ``lock_batch`` outside the order: it never
+    join), skipping any row another transaction holds. Like the expiry's batch outside the order: it never
     waits. The statement runs inside a transaction (its caller checks). The seam a race control replaces."""
     return sql.SQL("FOR NO KEY UPDATE OF {} SKIP LOCKED").format(sql.Identifier(alias))

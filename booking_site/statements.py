@@ -103,6 +103,17 @@ def expiry_events(model: type[Claim], *, rows: str, subject_type: sql.Composable
 # --- running them ---------------------------------------------------------------------------------
 
 
+def from_row(model: type[Model], values: Sequence[Any]) -> Any:
+    """A ``model`` instance from a statement's values of its concrete fields (in ``_meta`` order), each
+    read as the ORM reads it (``from_db_value``: Django's connection loads ``jsonb`` as text)."""
+    fields = model._meta.concrete_fields
+    converted = [
+        f.from_db_value(v, None, connection) if v is not None and hasattr(f, "from_db_value") else v
+        for f, v in zip(fields, values, strict=True)
+    ]
+    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+
+
 def _typed(value: Any) -> Any:
     """An int as ``bigint`` (one prepared statement whatever its size), a list of ints as ``bigint[]``;
     anything else as it is."""

@@ -155,7 +155,7 @@ class SeatHoldGroup(Claim, models.Model):
     seats: list[Seat]
     seat_codes: list[str]
     expires_in: int  # seconds left, set by the API view that renders a hold
-    offer_to_waitlist: bool  # set by SeatHolds on a group whose transition freed seats people wait for
+    waiting_events: list[int]  # set by SeatHolds on a group it moved: the events to offer its freed seats of
 
     class Meta:
         ordering = ["-created_at"]

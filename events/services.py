@@ -17,11 +17,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import Q
-from django.db.models import sql as orm_sql
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
@@ -29,7 +28,7 @@ from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
 from booking_site.audit.models import AuditEvent
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, Along, Cap, ClaimEngine
+from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RELEASE, Along, Cap, ClaimEngine, Outcome
 from booking_site.errors import Conflict, DomainError, NotFound, NotOwner, ValidationFailed, bounded
 from booking_site.expiry import locked_now
 from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
@@ -378,9 +377,9 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     ``create`` is one statement after the locks are held, so it reads with a fresh snapshot: it picks
     the seats (best available: adjacent in one row where it can), expires the overdue holds on them,
     checks, inserts the group and its claims (``ON CONFLICT DO NOTHING`` on the partial unique index:
-    the constraint stays the backstop) and writes the audit events. A transition is BEGIN, the claim's
-    lock, one statement (``update_and_record``: the group, its claims, the event's counter, the audit
-    events), COMMIT.
+    the constraint stays the backstop) and writes the audit events. A transition is one statement in
+    autocommit (ADR 0023; ``_seat_along``: the group, its claims, the event's lock and counter, the offers
+    it ends, the audit events), in a transaction only when its seats free while people wait.
     """
 
     model, domain = SeatHoldGroup, "events"
@@ -407,7 +406,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def limit_for(self, request: SeatHold) -> int | None:
         """The cap a hold is held to: an offer has none (its quantity was held to it when its user joined,
-        and it takes no user lock: it runs after the event's lock, ``locking.freed_events_lock``)."""
+        and it takes no user lock: it runs after the event's lock, ``locking.freed_events_lock_sql``)."""
         return None if request.offer else self.cap.limit_for(request.actor)
 
     def lock_target(self, request: SeatHold) -> Target:
@@ -550,94 +549,45 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         group.seats = [Seat(pk=pk, event_id=event.pk, code=code) for pk, code in zip(picked, codes, strict=True)]
         return group
 
+    def transition(self, **kwargs) -> SeatHoldGroup:
+        with _counter_backstop((kwargs.get("params") or {}).get("event")):
+            return super().transition(**kwargs)
+
     def audit_subject(self, group: SeatHoldGroup) -> audit.Subject:
         return hold_subject(group)
 
-    def audit_metadata(self, group: SeatHoldGroup, metadata: dict | None) -> dict:
-        return {"eventId": group.event_id, "bookingGroupId": group.booking_group_id, **(metadata or {})}
+    def audit_metadata(self) -> sql.Composable:
+        return sql.SQL("jsonb_build_object('eventId', m.{g_event}, 'bookingGroupId', m.{g_booking_group_id})").format(
+            **_NAMES
+        )
 
-    def changes(self, group: SeatHoldGroup, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
+    def fits(self) -> sql.Composable:
+        """The hold belongs to the event the request names (``%(event)s``; NULL: any)."""
+        return sql.SQL("(%(event)s::bigint IS NULL OR l.{g_event} = %(event)s::bigint)").format(**_NAMES)
+
+    def changes(self, to_state: str) -> dict[str, sql.Composable]:
         if to_state == State.CONFIRMED:
-            return {"booking_group_id": uuid.uuid4(), "confirmed_at": now}
+            return {"booking_group_id": sql.SQL("%(booking_group)s::uuid"), "confirmed_at": sql.SQL("t.locked_at")}
         if to_state == State.CANCELLED:
-            return {"cancelled_at": now}
+            return {"cancelled_at": sql.SQL("t.locked_at")}
         return {}
 
-    def update_and_record(self, groups: list[SeatHoldGroup], fields: dict, events: list, along: Along = ()) -> None:
-        """One statement: the groups' ``UPDATE`` (compiled by the ORM), their seat claims mirroring
-        them, the event's row (its booked-seat counter on a confirm or a cancel, the transaction's last
-        lock, ADR 0001 row 5; the lock of the events whose seats a release or an expiry frees,
-        ``locking.freed_events_lock``), the waiting-list entries the groups were offered to (accepted
-        or lapsed) and the audit events. Sets ``seat_codes`` on a group written alone (so it overrides
-        the engine's statement rather than adding ``write_along`` parts: it returns them), and
-        ``offer_to_waitlist`` on each group: whether its event has people waiting (``on_write``)."""
-        to_state = fields[self.model.STATE_FIELD]
-        delta = 0
-        if to_state in (State.CONFIRMED, State.CANCELLED):
-            [group] = groups
-            delta = group.seat_count if to_state == State.CONFIRMED else -group.seat_count
-        update_sql, update_params = compiled_update(self.model, groups, fields)
-        insert_sql, insert_params = compiled_audit_insert(events)
-        if delta:
-            event_sql = (
-                f"UPDATE {_EVENT} SET confirmed_seats = confirmed_seats + %s WHERE id = %s RETURNING id, waiting_count"
-            )
-            event_params: tuple = (delta, groups[0].event_id)
-        else:
-            event_sql, event_params = locking.freed_events_lock(), (sorted({g.event_id for g in groups}),)
-        entry_state = ENTRY_STATE_OF.get(to_state)
-        entries = ""
-        if entry_state is not None:  # the offers these groups were: accepted, or lapsed
-            first = events[0]
-            entries = f""", entries AS (
-                UPDATE {_ENTRY} w SET state = %s, updated_at = %s FROM moved m
-                WHERE w.hold_group_id = m.id AND w.state = 'OFFERED' RETURNING w.id, w.event_id, w.hold_group_id
-            ), entry_events AS (
-                INSERT INTO {_AUDIT} ({_AUDIT_COLUMNS})
-                SELECT %s, %s, %s, 'waitlist_entry', w.id::text, %s, 'OFFERED', %s,
-                       jsonb_build_object('eventId', w.event_id, 'holdGroupId', w.hold_group_id), %s
-                FROM entries w
-            )"""
-            entry_params: tuple = (
-                entry_state,
-                fields["updated_at"],
-                first.occurred_at,
-                first.actor_id,
-                first.actor_label,
-                entry_state,
-                entry_state,
-                first.request_id,
-            )
-        statement = f"""
-            WITH moved AS ({update_sql} RETURNING id),
-            mirrored AS (UPDATE {_CLAIM} c SET state = %s FROM moved m WHERE c.group_id = m.id RETURNING c.seat_id),
-            counted AS ({event_sql}){entries}{"".join(f", along_{i} AS ({part})" for i, (part, _) in enumerate(along))},
-            recorded AS ({insert_sql})
-            SELECT s.code, (SELECT COALESCE(array_agg(id), '{{}}') FROM counted WHERE waiting_count > 0)
-            FROM mirrored m JOIN {_SEAT} s ON s.id = m.seat_id ORDER BY s.section, s.row, s.number
-        """
-        params = (
-            *update_params,
-            to_state,
-            *event_params,
-            *(entry_params if entries else ()),
-            *(p for _, part_params in along for p in part_params),
-            *insert_params,
-        )
-        with _counter_backstop(groups[0].event_id, delta), connection.cursor() as cursor:
-            cursor.execute(statement, params)
-            rows = cursor.fetchall()
-        waiting = set(rows[0][1]) if rows else set()
-        for group in groups:
-            group.offer_to_waitlist = group.event_id in waiting and to_state in FREEING_STATES
-        if len(groups) == 1:
-            groups[0].seat_codes = [code for code, _ in rows]
+    def along(self, to_state: str) -> Along:
+        return _seat_along(to_state)
 
-    def on_write(self, groups: list[SeatHoldGroup], *, from_states: list[str], to_state: str, now: datetime) -> None:
-        """Seats freed while people wait go to the waiting list, in this transaction
-        (``update_and_record`` moved the seat claims and the counter in its statement, and locked the
-        events: ``locking.freed_events_lock``)."""
-        for event_id in sorted({g.event_id for g in groups if g.offer_to_waitlist}):
+    def loaded(self, group: SeatHoldGroup, reads: dict[str, Any], returns: tuple) -> None:
+        group.seat_codes, group.waiting_events = list(returns[0]), list(returns[1])
+
+    def after(self, outcome: Outcome[SeatHoldGroup], *, now: datetime) -> None:
+        """Seats freed while people wait go to the waiting list, in the statement's transaction (which
+        holds the events' locks: ``locking.freed_events_lock_sql``)."""
+        self._offer(outcome.claim.waiting_events, now=now)
+
+    def after_expiry(self, returns: list, *, now: datetime) -> None:
+        self._offer(returns[0], now=now)
+
+    def _offer(self, event_ids: list[int], *, now: datetime) -> None:
+        for event_id in sorted(event_ids):
             waitlist_offer(event_id=event_id, now=now)
 
     def refused(self, group: SeatHoldGroup, to_state: str) -> DomainError:
@@ -654,13 +604,13 @@ def _refuse_taken(event: Event, codes: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _counter_backstop(event_id: int, delta: int) -> Iterator[None]:
-    """Run a statement that moves the event's booked-seat counter by ``delta``; a refusal by
-    ``event_confirmed_within_total`` becomes 409 ``seat_count_conflict``.
+def _counter_backstop(event_id: int | None) -> Iterator[None]:
+    """Run a statement that moves the booked-seat counter of an event (``event_id``, when known); a refusal
+    by ``event_confirmed_within_total`` becomes 409 ``seat_count_conflict``.
 
     The services keep the counter equal to the confirmed claims, so the constraint should never refuse;
     if a counter has drifted anyway (a write outside the services), the request gets a 409 instead of a
-    500, and its transaction, with the whole statement, is rolled back: nothing is written.
+    500, and the statement (its transaction, or its savepoint) is rolled back: nothing is written.
     """
     try:
         yield
@@ -668,25 +618,11 @@ def _counter_backstop(event_id: int, delta: int) -> Iterator[None]:
         if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != "event_confirmed_within_total":
             raise
         CONSTRAINT_BACKSTOPS.labels("event_confirmed_within_total").inc()
-        logger.error("The booked-seat counter of event %s refused to move by %+d: it has drifted", event_id, delta)
+        logger.error("The booked-seat counter of event %s refused to move: it has drifted", event_id)
         raise SeatCountConflict(
-            f"The seat counts of event {event_id} are out of step; the change was not made.",
-            details={"eventId": event_id},
+            "The seat counts of the event are out of step; the change was not made.",
+            details={"eventId": event_id} if event_id is not None else {},
         ) from None
-
-
-def compiled_update(model, rows: list, fields: dict) -> tuple[str, tuple]:
-    update = orm_sql.UpdateQuery(model)
-    update.add_update_values(fields)
-    update.add_q(Q(pk__in=[r.pk for r in rows]))
-    return update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-
-
-def compiled_audit_insert(events: list[AuditEvent]) -> tuple[str, tuple]:
-    insert = orm_sql.InsertQuery(AuditEvent)
-    insert.insert_values([f for f in AuditEvent._meta.concrete_fields if not f.primary_key], [*events])
-    [(insert_sql, insert_params)] = insert.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()
-    return insert_sql, insert_params
 
 
 # The seat hold after its locks (``SeatHolds.create``). The sub-statements of one statement share its
@@ -720,6 +656,114 @@ _NAMES = {
     "active": claims.ACTIVE.sql(_C, "c"),  # a claim in force: its seat is taken
     "overdue_claim": claims.OVERDUE.sql(_C, "c"),
 }
+
+
+def _seat_along(to_state: str) -> Along:
+    """What a hold group's transition to ``to_state`` (or an expiry) writes beside the groups
+    (``SeatHolds.along``). ``events``: their events' rows, ``FOR NO KEY UPDATE`` in id order, after the
+    groups' locks and before they are written (ADR 0001 row 5: ``locking.freed_events_lock_sql``), with
+    how many wait (a confirm's or a cancel's moves the booked-seat counter: ``_counted``;
+    ``event_confirmed_within_total`` the backstop); a group whose seats free while people wait is written
+    only in a transaction (the offer follows it: ``SeatHolds.after``). ``mirrored``: the seat claims follow
+    their group; ``entries``: the waiting-list offers the groups were, accepted or lapsed, with their
+    audit events. Returns the seat codes of a group written alone and the events to offer seats of."""
+    P, to = statements.P, sql.Literal(to_state)
+    names = {
+        **_NAMES,
+        **statements.names(Event, "e_"),
+        "confirmed": sql.Literal(State.CONFIRMED),
+        "cancelled": sql.Literal(State.CANCELLED),
+        "freeing": sql.SQL(", ").join(map(sql.Literal, FREEING_STATES)),
+        "offered": sql.Literal(Entry.OFFERED),
+        "accepted": sql.Literal(Entry.ACCEPTED),
+        "entry_expired": sql.Literal(Entry.EXPIRED),
+        "ending": sql.SQL(", ").join(map(sql.Literal, ENTRY_STATE_OF)),
+    }
+    by_request = sql.SQL("w.group_state = {}").format(to)
+    return Along(
+        gate=(("events", _counted(to_state, names) if to_state in COUNTED else _freed_events()),),
+        holds=sql.SQL(
+            "t.to_state IN ({freeing}) "
+            "AND EXISTS (SELECT FROM events ev WHERE ev.id = t.event_id AND ev.waiting_count > 0)"
+        ).format(**names),
+        ctes=(
+            (
+                "mirrored",
+                sql.SQL(
+                    "UPDATE {c_table} sc SET {c_state} = m.{g_state} FROM moved m WHERE sc.{c_group} = m.id "
+                    "RETURNING sc.{c_seat} AS seat_id"
+                ).format(**names),
+            ),
+            (
+                "entries",
+                sql.SQL("""UPDATE {w_table} w
+    SET {w_state} = CASE WHEN m.{g_state} = {confirmed} THEN {accepted} ELSE {entry_expired} END,
+        {w_updated_at} = m.{g_updated_at}
+    FROM moved m WHERE w.{w_hold_group} = m.id AND w.{w_state} = {offered} AND m.{g_state} IN ({ending})
+    RETURNING w.id, w.{w_event} AS event_id, w.{w_hold_group} AS hold_group_id, w.{w_state} AS state,
+              m.{g_state} AS group_state""").format(**names),
+            ),
+            (
+                "entry_events",
+                statements.audit_rows(
+                    source=sql.SQL("entries w"),
+                    occurred_at=P("occurred_at"),
+                    actor=sql.SQL("CASE WHEN {} THEN %(actor)s::bigint END").format(by_request),
+                    actor_label=sql.SQL("CASE WHEN {} THEN %(actor_label)s ELSE %(expiry_actor)s END").format(
+                        by_request
+                    ),
+                    subject_type=sql.Literal(ENTRY_SUBJECT),
+                    subject_id=sql.SQL("w.id::text"),
+                    event_type=sql.SQL("w.state"),
+                    from_state=sql.Literal(Entry.OFFERED),
+                    to_state=sql.SQL("w.state"),
+                    metadata=sql.SQL("jsonb_build_object('eventId', w.event_id, 'holdGroupId', w.hold_group_id)"),
+                    request_id=P("trace_id"),
+                ),
+            ),
+        ),
+        returns=(
+            sql.SQL(
+                "ARRAY(SELECT s.{s_code} FROM mirrored mc JOIN {s_table} s ON s.id = mc.seat_id "
+                "ORDER BY s.{s_section}, s.{s_row}, s.{s_number})"
+            ).format(**names),
+            _waiting_events(names),
+        ),
+        batch_returns=(_waiting_events(names),),
+    )
+
+
+# The transitions that move the booked-seat counter, and by how many of the group's seats.
+COUNTED: dict[str, sql.SQL] = {State.CONFIRMED: sql.SQL("+"), State.CANCELLED: sql.SQL("-")}
+
+
+def _counted(to_state: str, names: dict) -> sql.Composable:
+    """A confirm's or a cancel's event lock is the counter's ``UPDATE`` itself, by the group's seats when it
+    is written (not held for a transaction: ``Along.holds``, judged here on the row's newest version, as
+    the ``UPDATE`` reads it): the one access to the event row in the statement. Returns it with how many
+    wait."""
+    return sql.SQL("""UPDATE {e_table} e
+    SET {e_confirmed_seats} = e.{e_confirmed_seats} + CASE
+        WHEN t.to_state = {to}
+             AND NOT (t.to_state IN ({freeing}) AND e.{e_waiting_count} > 0 AND NOT %(in_transaction)s)
+        THEN {sign} t.{g_seat_count} ELSE 0 END
+    FROM target t WHERE e.id = t.{g_event} AND t.to_state IS NOT NULL
+    RETURNING e.id, e.{e_waiting_count}""").format(**names, to=sql.Literal(to_state), sign=COUNTED[to_state])
+
+
+def _freed_events() -> sql.Composable:
+    """A release's or an expiry's event lock (in id order: an expiry's batch has several events)."""
+    return locking.freed_events_lock_sql(sql.SQL("SELECT t.event_id FROM target t WHERE t.to_state IS NOT NULL"))
+
+
+def _waiting_events(names: dict) -> sql.Composable:
+    """The events whose seats a statement freed while people wait: their offers follow it."""
+    return sql.SQL(
+        "ARRAY(SELECT ev.id FROM events ev WHERE ev.waiting_count > 0 "
+        "AND EXISTS (SELECT FROM moved m WHERE m.{g_event} = ev.id AND m.{g_state} IN ({freeing})))"
+    ).format(**names)
+
+
 # The seats named (all of them).
 _PICK_NAMED = sql.SQL("SELECT unnest(%(seats)s::bigint[]) AS id")
 # Best available: among the candidates locked, those free now, the first run of ``quantity`` adjacent seats in one
@@ -956,25 +1000,22 @@ def seat_booking_cancel(
 ) -> SeatHoldGroup:
     """Soft-cancel a booking: its rows stay, as CANCELLED, and its seats are free again. ``seat_codes``:
     only those seats (each booked in it now, else 400), the rest stay booked; the last seats cancel the
-    booking. Seats freed while people wait are offered to the waiting list, as any freed seat is."""
+    booking. Seats freed while people wait are offered to the waiting list, as any freed seat is.
+
+    A whole cancel is one statement in autocommit (``_booking_cancel``). A partial cancel keeps a
+    transaction (ADR 0023): the codes are judged against the booking's seats under its lock, with the 400
+    naming the unknown ones, then ``PARTIAL_CANCEL`` and the offer; pinned by
+    ``test_a_partial_cancel_is_five_round_trips``."""
     what = f"Booking {booking_group_id}"
-    claims = SeatHoldGroup.objects.filter(booking_group_id=booking_group_id)
     if seat_codes is None:
-        return SEAT_HOLDS.transition(
-            claims=claims,
-            what=what,
-            to_state=State.CANCELLED,
-            action=CANCEL,
-            user=user,
-            now=now,
-            metadata={"reason": reason},
-        )
+        return _booking_cancel(booking_group_id, user=user, now=now, reason=reason)
     if not seat_codes:
         raise ValidationFailed.for_field("seatCodes", "Name at least one seat to cancel, or leave seatCodes out.")
     if len(set(seat_codes)) != len(seat_codes):
         raise ValidationFailed.for_field("seatCodes", "A seat code is given twice.")
     with transaction.atomic():
-        group = locking.lock_claim(claims)  # the booking's seats change only under it (a whole cancel takes it too)
+        # The booking's seats change only under its lock (a whole cancel takes it too).
+        group = locking.lock_claim(SeatHoldGroup, booking_group_id, by="booking_group_id")
         if group is None:
             raise NotFound(f"{what} does not exist.")
         SEAT_HOLDS.policy.require(user, CANCEL, group, what=what)
@@ -992,10 +1033,8 @@ def seat_booking_cancel(
                 },
             )
         if len(seat_codes) == len(booked):  # its last seats: the booking is cancelled, whole
-            metadata = {"reason": reason}
-            extra = SEAT_HOLDS.changes(group, State.CANCELLED, now=now, metadata=metadata)
-            return SEAT_HOLDS.write([group], State.CANCELLED, actor=user, now=now, metadata=metadata, extra=extra)[0]
-        with _counter_backstop(group.event_id, -len(seat_codes)):
+            return _booking_cancel(booking_group_id, user=user, now=now, reason=reason)
+        with _counter_backstop(group.event_id):
             freed, waiting = PARTIAL_CANCEL.fetchone(
                 {
                     "group": group.pk,
@@ -1019,6 +1058,22 @@ def seat_booking_cancel(
     return group
 
 
+def _booking_cancel(booking_group_id: uuid.UUID, *, user: User, now: datetime, reason: str) -> SeatHoldGroup:
+    """A whole booking cancelled: one statement (``SeatHolds.transition``), in autocommit unless its seats
+    free while people wait (then in a transaction, with the offer)."""
+    return SEAT_HOLDS.transition(
+        claim_id=booking_group_id,
+        by="booking_group_id",
+        what=f"Booking {booking_group_id}",
+        to_state=State.CANCELLED,
+        action=CANCEL,
+        user=user,
+        now=now,
+        metadata={"reason": reason},
+        params={"event": None},
+    )
+
+
 def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: str, **kwargs) -> SeatHoldGroup:
     """``event_id``: the event the request names (None: any), checked against the hold's. A missing
     event is 404 before the hold's own refusals (404, 403), as if asked first: that is asked only once
@@ -1038,10 +1093,11 @@ def _hold_transition(event_id: int | None, hold_group_id: uuid.UUID, to_state: s
 
     try:
         return SEAT_HOLDS.transition(
-            claims=SeatHoldGroup.objects.filter(pk=hold_group_id),
+            claim_id=hold_group_id,
             what=f"Hold {hold_group_id}",
             to_state=to_state,
             check=same_event,
+            params={"event": event_id, "booking_group": uuid.uuid4()},
             **kwargs,
         )
     except (NotFound, NotOwner):
@@ -1059,8 +1115,8 @@ def seat_holds_expire_due(*, now: datetime, batch_size: int | None = None) -> in
 #
 # The event's row lock (``FOR NO KEY UPDATE``) serializes every change of its WAITING entries: a join, a
 # leave and an offer each take it (a transition that frees seats takes it in its own statement:
-# ``locking.freed_events_lock``), and the entries themselves are read under it, never locked. An OFFERED
-# entry changes with its hold group, in the group's own statement (``SeatHolds.update_and_record``,
+# ``locking.freed_events_lock_sql``), and the entries themselves are read under it, never locked. An OFFERED
+# entry changes with its hold group, in the group's own statement (``_seat_along``'s ``entries``,
 # ``HOLD_NAMED``'s and ``HOLD_BEST``'s ``lapsed``), under the group's row lock.
 
 
@@ -1336,7 +1392,7 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
     """Offer the event's free seats to its waiting list, head first: each offer is an ordinary seat
     hold (best available, adjacent where possible) owned by the entry's user, for the event's hold
     length. Strict order: it stops at the first entry whose whole quantity is not free (or when sales
-    are closed). Caller holds the event's row lock (``lock_event``, ``freed_events_lock``)."""
+    are closed). Caller holds the event's row lock (``lock_event``, ``freed_events_lock_sql``)."""
     offered: list[WaitlistEntry] = []
     while True:
         row = _WAITLIST_HEAD.fetchone({"event": event_id})

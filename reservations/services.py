@@ -330,8 +330,10 @@ def reservation_expire(*, reservation_id: int, user: User, now: datetime) -> Res
 
 
 def _transition(reservation_id: int, to_state: str, **kwargs) -> Reservation:
+    """One statement in autocommit (``ClaimEngine.transition``): the reservation's lock, the policy, the
+    expiry of an overdue hold, the write and its audit event."""
     return RESERVATIONS.transition(
-        claims=Reservation.objects.filter(pk=reservation_id),
+        claim_id=reservation_id,
         what=f"Reservation {reservation_id}",
         to_state=to_state,
         **kwargs,

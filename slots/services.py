@@ -24,7 +24,6 @@ backstop fires, the request gets the same 409 as the lock-and-check would have g
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -33,20 +32,13 @@ from typing import Any, TypedDict
 import psycopg
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import (
-    Case,
-    F,
     IntegerField,
     JSONField,
-    OuterRef,
-    Q,
     QuerySet,
     Subquery,
-    Value,
-    When,
 )
-from django.db.models import sql as orm_sql
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, JSONObject
 from django.utils import timezone
@@ -55,7 +47,18 @@ from psycopg import sql
 from booking_site import claims, locking, statements
 from booking_site.accounts.models import User
 from booking_site.audit import services as audit
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, RESCHEDULE, SEE, Cap, ClaimEngine, ClaimPolicy
+from booking_site.engine import (
+    CANCEL,
+    CONFIRM,
+    EXPIRE,
+    EXPIRY_ACTOR,
+    RESCHEDULE,
+    SEE,
+    Along,
+    Cap,
+    ClaimEngine,
+    ClaimPolicy,
+)
 from booking_site.errors import (
     Conflict,
     DomainError,
@@ -322,7 +325,8 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
         now = locked_now(now)
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
-        SLOT_BOOKINGS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(slot=slot), now=now)
+        overdue = SlotBooking.objects.overdue(now=now).filter(slot=slot).values_list("pk", flat=True)
+        SLOT_BOOKINGS.expire_overdue(list(overdue), now=now)
         booked = SlotBooking.objects.filter(slot=slot).blocking().count()
         if booked:
             raise SlotBooked(f"Slot {slot_id} has {booked} active booking(s).", details={"slotId": slot_id})
@@ -369,6 +373,11 @@ class BookingPolicy(ClaimPolicy[SlotBooking]):
             return True
         return super().may(user, action, booking)
 
+    def sql(self, action: str) -> sql.Composable:
+        if action in self.host_may:  # the slot's host, read with the booking's lock (``reads``)
+            return sql.SQL("({} OR l.slot_host = %(user)s)").format(super().sql(action))
+        return super().sql(action)
+
 
 @dataclass(frozen=True)
 class SlotBookingRequest:
@@ -385,7 +394,7 @@ class SlotBookingRequest:
 class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
     """What every slot booking shares once it exists, a seat of a published slot or an appointment: its
     transitions (a booking that stops blocking gives its seats back, and its appointment's slot is
-    cancelled, by ``write_along``), its policy, its errors, its expiry batches."""
+    cancelled: ``along``), its policy, its errors, its expiry batches."""
 
     model, domain, policy = SlotBooking, "slots", BookingPolicy()
     # A rule of the product about the guest (docs/contract.md §6), whoever books: operators are not
@@ -399,40 +408,54 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         operators_exempt=False,
     )
 
-    def changes(self, booking: SlotBooking, to_state: str, *, now: datetime, metadata: dict | None) -> dict:
-        return {"reason": metadata["reason"]} if metadata else {}
+    def lock_before(self, action: str) -> sql.Composable:
+        """The slot, and for a confirm the guest first (a new booking that counted this hold as lapsed
+        cannot commit beside a confirm that still saw it alive): found through the booking's row, which a
+        booking never changes."""
+        guest = locking.user_lock_sql(claims.column(_B, "guest", "c")) if action == CONFIRM else None
+        return sql.SQL("AND {}").format(locking.slot_lock_sql(claims.column(_B, "slot", "c"), after=guest))
 
-    def check_transition(self, booking: SlotBooking, to_state: str, *, user: User, now: datetime) -> None:
-        if to_state == Status.CANCELLED and booking.status == Status.CONFIRMED and _guest_only(user, booking.slot):
-            _check_cancellation_window(booking.slot, now=now)
+    def reads(self) -> dict[str, sql.Composable]:
+        slot = sql.SQL("(SELECT s.{} FROM {} s WHERE s.id = c.{})")
+        return {
+            "slot_host": slot.format(claims.column(_S, "host"), statements.table(_S), claims.column(_B, "slot")),
+            "slot_start": slot.format(claims.column(_S, "start"), statements.table(_S), claims.column(_B, "slot")),
+        }
 
-    def write_along(self, bookings: list[SlotBooking], *, from_states: list[str], to_state: str, now: datetime):
-        """A booking that stops blocking gives its seats back to its slot: one ``UPDATE`` of the slots
-        in the transition's statement (the caller holds their locks)."""
-        if to_state in SlotBooking.BLOCKING_STATES:
-            return []
-        seats_per_slot: Counter[int] = Counter()
-        for booking, from_state in zip(bookings, from_states, strict=True):
-            if from_state in SlotBooking.BLOCKING_STATES:
-                seats_per_slot[booking.slot_id] += booking.seats
-        if not seats_per_slot:
-            return []
-        freed = Case(*(When(pk=pk, then=Value(seats)) for pk, seats in seats_per_slot.items()))
-        # An appointment's slot exists for its one booking: the host's time is free again (ADR 0014).
-        ended = Case(When(kind=Slot.Kind.APPOINTMENT, then=Value(Slot.Status.CANCELLED)), default=F("status"))
-        update = orm_sql.UpdateQuery(Slot)
-        update.add_update_values({"booked": F("booked") - freed, "status": ended})
-        update.add_q(Q(pk__in=list(seats_per_slot)))
-        return [update.get_compiler(using=DEFAULT_DB_ALIAS).as_sql()]
+    def loaded(self, booking: SlotBooking, reads: dict[str, Any], returns: tuple) -> None:
+        booking.slot = Slot(pk=booking.slot_id, host_id=reads["slot_host"], start=reads["slot_start"])
+
+    def allowed(self, to_state: str) -> sql.Composable:
+        """A guest (not the slot's host, not an operator) cancels a CONFIRMED booking only outside the
+        cancellation window before its start (``%(window)s``)."""
+        if to_state != Status.CANCELLED:
+            return sql.SQL("true")
+        return sql.SQL(
+            "NOT (l.{} = {} AND NOT %(staff)s AND l.slot_host <> %(user)s AND l.slot_start - l.locked_at <= %(window)s)"
+        ).format(claims.column(_B, "status"), sql.Literal(Status.CONFIRMED))
+
+    def disallowed(self, booking: SlotBooking, to_state: str, *, now: datetime) -> DomainError:
+        return _cancellation_window_closed(booking.slot)
+
+    def changes(self, to_state: str) -> dict[str, sql.Composable]:
+        return {"reason": sql.SQL("%(reason)s")} if to_state == Status.CANCELLED else {}
+
+    def along(self, to_state: str) -> Along:
+        """A booking that stops blocking gives its seats back to its slot, and an appointment's slot is
+        cancelled (the host's time is free again, ADR 0014): one ``UPDATE`` of the slots (their locks are
+        held: ``lock_before``, ``due_lock``, or the caller's)."""
+        return _GIVE_BACK_ALONG
+
+    def due_lock(self) -> tuple[sql.Composable, sql.Composable]:
+        """The batch locks each booking's slot with it, so a booking whose slot a request holds is skipped."""
+        return sql.SQL("JOIN {} s ON s.id = c.{}").format(statements.table(_S), claims.column(_B, "slot")), sql.SQL(
+            ", s"
+        )
 
     def refused(self, booking: SlotBooking, to_state: str) -> DomainError:
         if to_state == Status.CONFIRMED:
             return BookingNotPending(booking_id=booking.pk, status=booking.status)
         return InvalidStateTransition(subject=f"Booking {booking.pk}", from_state=booking.status, to_state=to_state)
-
-    def due(self, *, now: datetime):
-        """With their slots: the batch locks both, so a booking whose slot a request holds is skipped."""
-        return SlotBooking.objects.overdue(now=now).select_related("slot")
 
 
 class SlotBookings(SlotBookingLifecycle):
@@ -444,9 +467,9 @@ class SlotBookings(SlotBookingLifecycle):
     request those refuse costs BEGIN, that statement, ROLLBACK. ``create`` is one statement after both
     locks are held, so it reads with a fresh snapshot: it expires the slot's overdue holds (with their
     audit events), counts the guest's bookings again, checks the seats, moves ``booked``, inserts the
-    booking and its CREATED event. A transition locks the guest (for a confirm), the slot and the
-    booking in one statement (``_claims``), and writes the booking, its audit event and the slot's
-    counter in one more (``write_along``).
+    booking and its CREATED event. A transition is one statement in autocommit (ADR 0023): it locks the
+    guest (for a confirm), the slot and the booking (``lock_before``), and writes the booking, its audit
+    event and the slot's counter (``along``).
     """
 
     def lock_target(self, request: SlotBookingRequest) -> Slot:
@@ -577,6 +600,14 @@ def _booking_reads() -> locking.Reads:
 
 
 _BOOKING_READS = _booking_reads()
+# What a reschedule's lock statement reads of the booking (``c``) after the guest's lock: the guest's other
+# active bookings with the new slot's host (``%(host)s``) at ``%(now)s`` (``one_per_host``).
+_WITH_HOST = locking.Reads(
+    with_host=sql.SQL(
+        "(SELECT count(*) FROM {b_table} b JOIN {s_table} s ON s.id = b.{b_slot} "
+        "WHERE b.{b_guest} = c.{b_guest} AND b.id <> c.id AND s.{s_host} = %(host)s AND {active})"
+    ).format(**_NAMES, active=claims.ACTIVE.sql(_B, "b"))
+)
 
 
 def _slot_statement(template: str, **parts: sql.Composable) -> statements.Statement:
@@ -617,6 +648,44 @@ overdue AS (
     overdue=claims.OVERDUE.sql(_B),
     expired_events=statements.expiry_events(_B, rows="overdue"),
 )
+
+
+def _give_back(seats: sql.Composable) -> sql.Composable:
+    """What a booking that stops blocking gives back to its slot ``s``: its ``seats``, and an appointment's
+    slot is cancelled (the host's time is free again, ADR 0014)."""
+    return sql.SQL(
+        "{s_booked} = s.{s_booked} - {seats}, {s_status} = CASE WHEN s.{s_kind} = {appointment} THEN {cancelled} "
+        "ELSE s.{s_status} END"
+    ).format(
+        **_NAMES,
+        seats=seats,
+        appointment=sql.Literal(Slot.Kind.APPOINTMENT),
+        cancelled=sql.Literal(Slot.Status.CANCELLED),
+    )
+
+
+_BLOCKING = sql.SQL(", ").join(map(sql.Literal, claims.BLOCKING.states(_B)))
+# A transition's or an expiry's give-back (``SlotBookingLifecycle.along``): the seats of the bookings it
+# moved out of a blocking state, per slot.
+_GIVE_BACK_ALONG = Along(
+    ctes=(
+        (
+            "given_back",
+            sql.SQL("""
+    UPDATE {s_table} s SET {give_back} FROM (
+        SELECT m.{b_slot} AS slot_id, sum(m.{b_seats}) AS seats FROM moved m
+        WHERE m.from_state IN ({blocking}) AND m.{b_status} NOT IN ({blocking}) GROUP BY m.{b_slot}
+    ) x
+    WHERE s.id = x.slot_id""").format(**_NAMES, give_back=_give_back(sql.SQL("x.seats")), blocking=_BLOCKING),
+        ),
+    )
+)
+# A reschedule to an interval gives the old booking's seats back before it writes the new one.
+GIVE_BACK = _slot_statement(
+    "UPDATE {s_table} s SET {give_back} WHERE s.id = %(slot)s RETURNING s.id",
+    give_back=_give_back(statements.P("seats")),
+)
+
 # The guest's active bookings but %(booking)s (a reschedule's own): how many the cap counts
 # (``SlotBookings.cap.counts``), and how many are with %(host)s (``one_per_host``).
 _LIMITS = sql.SQL("""limits AS (
@@ -736,7 +805,7 @@ class Appointments(SlotBookingLifecycle):
     tables; an exclusion constraint compares rows of one table by the same expressions), so it is kept
     under the host's row lock, which every booking of the host as a guest takes too. Confirm, cancel,
     expiry and audit are the slot bookings' (a booking that stops blocking cancels its appointment's slot:
-    ``write_along``).
+    ``along``).
 
     The hold locks the guest's and the host's rows (``lock_users``, id order), then reads, after the
     locks and in one statement (``_hours_and_rules``): the host's hours, the guest's bookings, the host's
@@ -933,7 +1002,7 @@ def _expire_in_the_way(in_the_way: dict[int, int], *, now: datetime) -> None:
     block (docs/contract.md §2.2). Caller holds the host's row lock."""
     if in_the_way:
         locking.lock_slots(in_the_way.values())
-        APPOINTMENTS.expire_overdue(SlotBooking.objects.overdue(now=now).filter(pk__in=in_the_way), now=now)
+        APPOINTMENTS.expire_overdue(list(in_the_way), now=now)
 
 
 def _buffer(target: AppointmentTarget) -> timedelta:
@@ -1006,13 +1075,14 @@ def appointment_reschedule(
             raise NotFound(f"Booking {booking_id} does not exist.")
         users = locking.lock_users([peek["guest_id"], peek["slot__host_id"]])
         old_slot = locking.lock_slots([peek["slot_id"]])[peek["slot_id"]]
-        booking = locking.lock_claim(SlotBooking.objects.filter(pk=booking_id))
+        booking = locking.lock_claim(SlotBooking, booking_id)
         assert booking is not None  # found above, and a booking is never deleted (PROTECT)
         booking.slot, booking.guest = old_slot, users[peek["guest_id"]]
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
         now = locked_now(now)
         if booking.is_overdue(now):
-            SLOT_BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
+            SLOT_BOOKINGS.expire_overdue([booking.pk], now=now)
+            booking.status = Status.EXPIRED
         elif booking.is_active(now):
             return _move_to_interval(booking, users[peek["slot__host_id"]], start=start, end=end, user=user, now=now)
     if booking.status == Status.EXPIRED:
@@ -1043,11 +1113,8 @@ def _move_to_interval(booking: SlotBooking, host: User, *, start: datetime, end:
     APPOINTMENTS.make_free(target, request, now=now)
     # The old booking gives back its seats (and its appointment's time) first: the new one may overlap it.
     fields = {"status": Status.CANCELLED, "reason": "rescheduled", "updated_at": now}
-    along = SLOT_BOOKINGS.write_along([booking], from_states=[booking.status], to_state=Status.CANCELLED, now=now)
     from_state = booking.status
-    with connection.cursor() as cursor:
-        for statement, params in along:
-            cursor.execute(statement, params)
+    GIVE_BACK.fetchall({"slot": booking.slot_id, "seats": booking.seats})
     SlotBooking.objects.filter(pk=booking.pk).update(**fields)
     moved = APPOINTMENTS.create(target, request, now=now, actor=user)
     audit.record(
@@ -1068,7 +1135,7 @@ def slot_booking_confirm(*, booking_id: int, user: User, now: datetime) -> SlotB
     Locks the guest's row, then the slot, then the booking. The guest's row serializes the confirm
     with the guest's new bookings: a new booking that counted this hold as lapsed cannot commit
     beside a confirm that still saw it alive (the one-per-host and max-active rules)."""
-    return _transition(booking_id, Status.CONFIRMED, action=CONFIRM, user=user, now=now, lock_guest=True)
+    return _transition(booking_id, Status.CONFIRMED, action=CONFIRM, user=user, now=now)
 
 
 def slot_booking_cancel(*, booking_id: int, user: User, now: datetime, reason: str = "") -> SlotBooking:
@@ -1076,7 +1143,9 @@ def slot_booking_cancel(*, booking_id: int, user: User, now: datetime, reason: s
     cannot cancel a CONFIRMED booking within the cancellation window before the start. The host and
     operators can always cancel, and a PENDING hold can always be released."""
     metadata = {"reason": reason} if reason else None
-    return _transition(booking_id, Status.CANCELLED, action=CANCEL, user=user, now=now, metadata=metadata)
+    return _transition(
+        booking_id, Status.CANCELLED, action=CANCEL, user=user, now=now, metadata=metadata, reason=reason
+    )
 
 
 def slot_booking_expire(*, booking_id: int, user: User, now: datetime) -> SlotBooking:
@@ -1084,23 +1153,17 @@ def slot_booking_expire(*, booking_id: int, user: User, now: datetime) -> SlotBo
     return _transition(booking_id, Status.EXPIRED, action=EXPIRE, user=user, now=now)
 
 
-def _transition(booking_id: int, to_state: str, *, lock_guest: bool = False, **kwargs) -> SlotBooking:
+def _transition(booking_id: int, to_state: str, *, reason: str = "", **kwargs) -> SlotBooking:
+    """One statement in autocommit (``ClaimEngine.transition``): the locks (the guest's for a confirm, the
+    slot's, the booking's: ``SlotBookingLifecycle.lock_before``), the policy, the expiry of an overdue
+    hold, the cancellation window, the write, the slot's seats and the audit event."""
     return SLOT_BOOKINGS.transition(
-        claims=_claims(booking_id, lock_guest=lock_guest),
+        claim_id=booking_id,
         what=f"Booking {booking_id}",
         to_state=to_state,
+        params={"reason": reason, "window": cancellation_window()},
         **kwargs,
     )
-
-
-def _claims(booking_id: int, *, lock_guest: bool) -> QuerySet:
-    """The booking, for ``lock_claim``: one statement that locks (the guest,) the slot, then the booking.
-    The locks of the earlier kinds are conditions of that statement (``slot_lock``, ``user_lock``),
-    which run below its own row lock, each after the one it names as ``after``; they find the guest and
-    the slot through the booking's row, which a booking never changes. The slot is read with it."""
-    guest = locking.user_lock(OuterRef(OuterRef("guest_id"))) if lock_guest else None
-    slot = locking.slot_lock(OuterRef("slot_id"), after=guest)
-    return SlotBooking.objects.filter(slot, pk=booking_id).select_related("slot")
 
 
 def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: datetime) -> SlotBooking:
@@ -1111,6 +1174,10 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
     Returns the new booking (same seats, status, expiry and metadata; ``rescheduled_from`` the old one).
     The old booking becomes CANCELLED. Locks the guest row and both slot rows (one statement), then the
     booking, which reads the guest's other bookings with the new slot's host after the guest's lock.
+
+    A transaction, not one statement (ADR 0023): the move's checks read the guest's bookings with a
+    snapshot taken after the guest's lock, which a statement that takes that lock cannot (its snapshot
+    is from before the wait). Pinned by ``test_a_reschedule_is_six_round_trips``.
     """
     with transaction.atomic():
         peek = _peek(booking_id)
@@ -1118,13 +1185,8 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
             raise ValidationFailed.for_field("slotId", "The booking is already on this slot.")
         slots = locking.lock_slots([peek["slot_id"], slot_id], owner=peek["guest_id"])
         old_slot, new_slot = slots[peek["slot_id"]], slots.get(slot_id)
-        claims = SlotBooking.objects.filter(pk=booking_id)
-        if new_slot is not None:
-            with_host = SlotBooking.objects.active(now=locked_now(now)).filter(slot__host_id=new_slot.host_id)
-            others = _count(with_host.filter(guest=OuterRef("guest_id")).exclude(pk=booking_id))
-            # SlotBooking.with_host only declares this annotation, for its type (see events.selectors).
-            claims = claims.annotate(with_host=others)  # type: ignore[no-redef]  # django-stubs: not a field
-        booking = locking.lock_claim(claims)
+        host = new_slot.host_id if new_slot is not None else None
+        booking = locking.lock_claim(SlotBooking, booking_id, reads=_WITH_HOST, host=host, now=locked_now(now))
         assert booking is not None  # _peek found it, and a booking is never deleted (PROTECT)
         booking.slot = old_slot
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
@@ -1132,7 +1194,8 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)
         if booking.is_overdue(now):
-            SLOT_BOOKINGS.write([booking], Status.EXPIRED, actor=EXPIRY_ACTOR, now=now)
+            SLOT_BOOKINGS.expire_overdue([booking.pk], now=now)
+            booking.status = Status.EXPIRED
         elif booking.is_active(now):
             return _move(booking, old_slot=old_slot, new_slot=new_slot, user=user, now=now)
     if booking.status == Status.EXPIRED:
@@ -1353,9 +1416,13 @@ def _guest_only(user: User, slot: Slot) -> bool:
 
 
 def _check_cancellation_window(slot: Slot, *, now: datetime) -> None:
+    if slot.start - now <= cancellation_window():
+        raise _cancellation_window_closed(slot)
+
+
+def _cancellation_window_closed(slot: Slot) -> CancellationWindowClosed:
     window = cancellation_window()
-    if slot.start - now <= window:
-        raise CancellationWindowClosed(
-            f"Bookings can be cancelled only more than {window} before the start ({slot.start.isoformat()}).",
-            details={"startTime": slot.start, "windowHours": window.total_seconds() / 3600},
-        )
+    return CancellationWindowClosed(
+        f"Bookings can be cancelled only more than {window} before the start ({slot.start.isoformat()}).",
+        details={"startTime": slot.start, "windowHours": window.total_seconds() / 3600},
+    )

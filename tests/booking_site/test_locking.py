@@ -21,9 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
         lambda: locking.lock_seats(event_id=1, seat_ids=[1]),
         lambda: locking.share_event_lock_seats(1, codes=["S1"], taken_at=timezone.now()),
         lambda: locking.share_event_lock_free_seats(1, quantity=1, window=1, free_at=timezone.now(), skip_locked=True),
-        lambda: locking.lock_claims(Reservation.objects.all()),
-        lambda: locking.lock_claim(Reservation.objects.all()),
-        lambda: locking.lock_batch(Reservation.objects.all(), 10),
+        lambda: locking.lock_claim(Reservation, 1),
     ],
 )
 def test_every_lock_refuses_to_run_outside_a_transaction(lock):

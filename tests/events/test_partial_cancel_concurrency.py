@@ -4,6 +4,7 @@ removes the lock that decides it and shows the test then fails."""
 
 import pytest
 from django.utils import timezone
+from psycopg import sql
 
 from booking_site import locking
 from booking_site.audit.services import trail
@@ -52,7 +53,10 @@ def test_a_partial_and_a_whole_cancel_of_one_booking_end_one_way():
 
 
 def test_control_without_the_bookings_lock_the_two_cancels_collide(monkeypatch):
-    monkeypatch.setattr(locking, "lock_claim", lambda claims: claims.first())
+    monkeypatch.setattr(
+        locking, "lock_claim", lambda model, key, *, by="id", **_: model.objects.filter(**{by: key}).first()
+    )
+    monkeypatch.setattr(locking, "transition_lock_sql", lambda: sql.SQL(""))
 
     outcomes = [a_partial_and_a_whole_cancel_at_once() for _ in range(ROUNDS)]
 
@@ -96,7 +100,9 @@ def test_a_partial_cancel_while_a_release_offers_seats_offers_each_seat_once_in_
 
 def test_control_without_the_event_lock_of_the_released_seats_the_offers_collide(monkeypatch):
     monkeypatch.setattr(
-        locking, "freed_events_lock", lambda: "SELECT id, waiting_count FROM events_event WHERE id = ANY(%s::bigint[])"
+        locking,
+        "freed_events_lock_sql",
+        lambda events: sql.SQL("SELECT id, waiting_count FROM events_event WHERE id IN ({})").format(events),
     )
 
     outcomes = []

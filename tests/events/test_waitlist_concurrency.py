@@ -1,13 +1,15 @@
 """The waiting list's races against a real PostgreSQL (docs/decisions/0016-waiting-list.md), each with a
 control that removes what decides it and shows the test then fails."""
 
+import functools
 import time
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from psycopg import sql
 
-from booking_site import locking
+from booking_site import engine, locking
 from booking_site.audit.services import trail
 from booking_site.errors import DomainError
 from events import selectors, services
@@ -115,7 +117,9 @@ def test_two_releases_at_once_offer_in_list_order_and_no_seat_twice():
 
 def test_control_without_the_event_lock_of_the_freed_seats_two_releases_collide(monkeypatch):
     monkeypatch.setattr(
-        locking, "freed_events_lock", lambda: "SELECT id, waiting_count FROM events_event WHERE id = ANY(%s::bigint[])"
+        locking,
+        "freed_events_lock_sql",
+        lambda events: sql.SQL("SELECT id, waiting_count FROM events_event WHERE id IN ({})").format(events),
     )
 
     outcomes = []
@@ -169,7 +173,10 @@ def test_an_offer_lapsing_while_its_user_confirms_ends_one_way():
 
 
 def test_control_without_the_claims_lock_the_offer_is_both_accepted_and_lapsed(monkeypatch):
-    monkeypatch.setattr(locking, "lock_claim", lambda claims: claims.first())
+    monkeypatch.setattr(locking, "transition_lock_sql", lambda: sql.SQL(""))
+    # The confirm's one statement decides on its snapshot, then pauses: the expiry commits meanwhile, every round.
+    monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
+    monkeypatch.setattr(services.SEAT_HOLDS, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep(0.3))"))
 
     outcomes = offers_lapsing_while_their_users_confirm()
 

@@ -1,5 +1,6 @@
 """Races against a real PostgreSQL: many connections released at once (docs/contract.md §2.1)."""
 
+import functools
 import threading
 import time
 from datetime import timedelta
@@ -9,7 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import locking
+from booking_site import engine, locking
 from booking_site.accounts.models import User
 from booking_site.audit.services import trail
 from booking_site.errors import HoldExpired, LimitReached
@@ -110,6 +111,41 @@ def test_confirm_cancel_and_expire_racing_on_one_hold_end_in_one_state(overdue):
     assert [(e.from_state, e.to_state) for e in events] == [("HELD", reservation.state)]
     if overdue:
         assert reservation.state == "EXPIRED"
+
+
+def confirms_and_cancels_deciding_slowly(monkeypatch) -> list[tuple[str, str]]:
+    """Four confirms and four cancels of one hold at once, each transition's one statement pausing after
+    its lock (in ``fits``) so every other one has started (taken its snapshot) meanwhile. Returns the
+    transitions the hold's audit trail records."""
+    monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
+    monkeypatch.setattr(services.RESERVATIONS, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep(0.2))"))
+    buyer = UserFactory()
+    reservation = ReservationFactory(buyer=buyer)
+    now = timezone.now
+    run_concurrently(
+        [
+            lambda: services.reservation_confirm(reservation_id=reservation.pk, user=buyer, now=now()),
+            lambda: services.reservation_cancel(reservation_id=reservation.pk, user=buyer, now=now()),
+        ]
+        * 4
+    )
+    return [(e.from_state, e.to_state) for e in trail(reservation).exclude(event_type="CREATED")]
+
+
+def test_a_transition_decides_on_the_newest_row_its_lock_returns(monkeypatch):
+    """One statement in autocommit: its snapshot is from before the lock wait, but READ COMMITTED returns
+    the locked row's newest version (EvalPlanQual), so every waiter sees the winner's write and refuses."""
+    [(from_state, to_state)] = confirms_and_cancels_deciding_slowly(monkeypatch)
+
+    assert from_state == "HELD" and to_state in {"CONFIRMED", "CANCELLED"}
+
+
+def test_control_without_the_claims_lock_a_confirm_and_a_cancel_both_commit(monkeypatch):
+    monkeypatch.setattr(locking, "transition_lock_sql", lambda: sql.SQL(""))
+
+    transitions = confirms_and_cancels_deciding_slowly(monkeypatch)
+
+    assert len(transitions) > 1, "without the lock each statement decides on its snapshot's HELD"
 
 
 def test_two_expiry_jobs_at_once_write_one_event_per_hold():

@@ -5,17 +5,18 @@ of them writes (a ``threading.Barrier`` right after the check), so the control s
 time: the invariant breaks, or a database backstop had to refuse it."""
 
 import contextlib
+import functools
 import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.db import OperationalError, transaction
-from django.db.models import Exists, Q, Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import locking
+from booking_site import engine, locking
 from booking_site.accounts.models import User
 from booking_site.audit.models import AuditEvent
 from booking_site.metrics import CONSTRAINT_BACKSTOPS
@@ -94,7 +95,6 @@ def remove_guest_lock(monkeypatch, racers: int) -> None:
         return booking
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
-    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
     monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(services.SLOT_BOOKINGS, "create", inserted)
 
@@ -343,6 +343,23 @@ def pause_after(monkeypatch, owner, name: str, *, then_set: threading.Event, bef
     monkeypatch.setattr(owner, name, paused)
 
 
+def pause_in_the_statement(monkeypatch, lifecycle, *, then_set: threading.Event, seconds: float) -> None:
+    """A transition is one statement: make ``lifecycle``'s signal ``then_set`` as it starts, and sleep
+    ``seconds`` once its locks are held (in its ``fits``, judged after them), so the other thread runs into
+    its next lock meanwhile. Its statements are composed afresh for this test."""
+    monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
+    monkeypatch.setattr(
+        lifecycle, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep({}))").format(sql.Literal(seconds))
+    )
+    run = lifecycle._run
+
+    def signalled(*args, **kwargs):
+        then_set.set()
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "_run", signalled)
+
+
 @pytest.mark.parametrize("first", ["the_booking_op", "the_new_booking"])
 @pytest.mark.parametrize("operation", ["confirm", "cancel"])
 def test_a_guest_confirming_or_cancelling_while_booking_the_same_slot_does_not_deadlock(monkeypatch, operation, first):
@@ -355,7 +372,7 @@ def test_a_guest_confirming_or_cancelling_while_booking_the_same_slot_does_not_d
     booking = SlotBookingFactory(slot=slot, status=status)
     holds_locks, other_started = threading.Event(), threading.Event()
     if first == "the_booking_op":  # it holds the slot (and booking) when the new booking comes
-        pause_after(monkeypatch, services.SLOT_BOOKINGS, "write", then_set=holds_locks)
+        pause_in_the_statement(monkeypatch, services.SLOT_BOOKINGS, then_set=holds_locks, seconds=WINDOW)
     else:  # the new booking holds the guest and the slot when the confirm or cancel comes
         pause_after(monkeypatch, services, "_check_guest_limits", then_set=holds_locks, before=other_started)
 
@@ -432,14 +449,8 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
     expires_at = timezone.now() + timedelta(seconds=0.5)
     hold = SlotBookingFactory(slot=held, guest=guest, status="PENDING", expires_at=expires_at)
     confirming = threading.Event()
-    write = services.SLOT_BOOKINGS.write
-
-    def slow_write(*args, **kwargs):  # the confirm decided before the expiry; it commits after it
-        confirming.set()
-        time.sleep(1.0)
-        return write(*args, **kwargs)
-
-    monkeypatch.setattr(services.SLOT_BOOKINGS, "write", slow_write)
+    # The confirm decides before the expiry; it commits after it.
+    pause_in_the_statement(monkeypatch, services.SLOT_BOOKINGS, then_set=confirming, seconds=1.0)
 
     def book_the_same_host_after_the_expiry():
         confirming.wait(10)
@@ -492,7 +503,6 @@ def remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers
         return booking
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
-    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
     monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(services.SLOT_BOOKINGS, "create", racing)
 
@@ -659,7 +669,7 @@ def a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time():
 
 
 def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) -> None:
-    """The guest is read, not locked, on both paths (the slot booking's ``user_lock``, the interval's
+    """The guest is read, not locked, on both paths (the slot booking's ``user_lock_sql``, the interval's
     ``lock_users``). The slot booking inserts and keeps its transaction open; the interval booking checks
     the guest's bookings meanwhile (it sees nothing: the other is uncommitted) and inserts. Then the slot
     booking commits."""
@@ -677,7 +687,6 @@ def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) ->
         time.sleep(WINDOW)  # the slot booking has inserted by now
         return check_target(*args, **kwargs)
 
-    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
     monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
     monkeypatch.setattr(services.SLOT_BOOKINGS, "create", slot_booking_first)
@@ -747,7 +756,6 @@ def test_a_guest_booking_a_host_who_is_booking_elsewhere_then_waits_for_the_host
 
 def test_control_without_the_hosts_lock_the_host_is_booked_in_two_places_and_nothing_backstops_it(monkeypatch):
     host, guest, racers = a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch)
-    monkeypatch.setattr(locking, "user_lock", lambda user_id: Exists(User.objects.filter(pk=user_id)))
     monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
 
