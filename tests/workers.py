@@ -7,9 +7,10 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 
-# One name for every test worker: the filesystem broker keeps a binding for each worker's control queue (its
-# "pidbox") after the worker has gone, and a broadcast writes a message into each bound queue; under one name
-# there is one such queue, whose messages the next test worker reads, not one more per test run.
+# One name for every test worker: the filesystem broker keeps the binding of a worker's control queue (its
+# "pidbox", named after the worker) when the worker has gone, and a broadcast writes a message into every
+# bound queue. Under one name there is one such queue, read by the worker the shutdown is for; under
+# celery's default name (the test process's id) each test run would add one that no worker reads.
 HOSTNAME = "tests@booking-site"
 
 
