@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-
 # One name for every test worker: the filesystem broker keeps the binding of a worker's control queue (its
 # "pidbox", named after the worker) when the worker has gone, and a broadcast writes a message into every
 # bound queue. Under one name there is one such queue, read by the worker the shutdown is for; under
