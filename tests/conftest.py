@@ -31,10 +31,16 @@ def _flush_by_deleting_what_is_there():
     tests a good part of `make test`. Deleting the rows of the few tables that have any empties it just as
     well in milliseconds; then ``post_migrate`` runs as after a TRUNCATE. The deletes run with triggers
     and foreign keys off (``session_replication_role``, which only a superuser may set: the suite's own
-    servers run as one) since the audit table's trigger refuses a DELETE; otherwise Django's TRUNCATE."""
+    servers run as one) since the audit table's trigger refuses a DELETE; otherwise Django's TRUNCATE.
+    The content types and permissions stay: ``post_migrate`` makes them from the models alone (no test
+    writes them), and finding them there costs it a few reads where writing them again was most of a
+    flush's time."""
+    from django.contrib.auth.models import Permission
+    from django.contrib.contenttypes.models import ContentType
     from django.core.management.commands import flush
 
     truncate = flush.sql_flush
+    kept = {ContentType._meta.db_table, Permission._meta.db_table}
 
     def delete_rows(style, connection, reset_sequences=True, allow_cascade=False) -> list[str]:
         with connection.cursor() as cursor:
@@ -42,7 +48,7 @@ def _flush_by_deleting_what_is_there():
             (superuser,) = cursor.fetchone()
         if reset_sequences or not superuser:
             return truncate(style, connection, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
-        tables = connection.introspection.django_table_names(only_existing=True, include_views=False)
+        tables = set(connection.introspection.django_table_names(only_existing=True, include_views=False)) - kept
         probe = sql.SQL(" UNION ALL ").join(
             sql.SQL("SELECT {} WHERE EXISTS (SELECT FROM {})").format(sql.Literal(table), sql.Identifier(table))
             for table in tables

@@ -12,7 +12,6 @@ import uuid
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from kombu import Connection, Queue
 
 from booking_site import embedded
@@ -21,6 +20,7 @@ from booking_site.embedded import FilesystemTransport
 from booking_site.tasks import expire_holds
 from reservations.models import Reservation
 from tests.booking_site.test_jobs import overdue_holds
+from tests.workers import real_worker
 
 STOCK = "filesystem"  # kombu.transport.filesystem.Transport
 OURS = "booking_site.embedded:FilesystemTransport"
@@ -142,7 +142,7 @@ def test_a_real_worker_runs_the_expiry_job_through_redis_and_rabbitmq(request, b
     app = app_on(request.getfixturevalue(broker))
     holds = overdue_holds(3)
 
-    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+    with real_worker(app):
         app.send_task(expire_holds.name)
         deadline = time.monotonic() + 30
         while Reservation.objects.filter(state="HELD").exists() and time.monotonic() < deadline:

@@ -25,15 +25,18 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Count
+from django.test import override_settings
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 from rest_framework.authtoken.models import Token
 
 from bench import data
 from bench.burst import at_once, connect, raw_request
 from booking_site import embedded
+from booking_site.apps import ensure_beat_schedule
 from booking_site.audit.models import AuditEvent
 from booking_site.invariants import describe, invariants_check
-from booking_site.management.supervisor import GRACE, group_members
+from booking_site.management.supervisor import group_members
 from booking_site.webhooks.models import WebhookDelivery
 from booking_site.webhooks.services import webhook_endpoint_create
 from events.models import SeatClaim
@@ -49,6 +52,9 @@ TOKEN_CACHE_SECONDS = 2  # the web processes' AUTH_TOKEN_CACHE_SECONDS, short to
 SOAK_SECONDS = float(os.environ.get("CLUSTER_SOAK_SECONDS", "120"))  # the long run's (`make test-long`)
 HOLDS_PER_WAVE = 5
 REGISTRATIONS_PER_HOUR = 8  # the one throttle the cluster runs with (the races must not be throttled)
+GRACE = 3  # the cluster's --grace (10 s by default): the last test waits it out
+EXPIRE, DELIVER = "booking_site.tasks.expire_holds", "booking_site.webhooks.tasks.deliver_audit_events"
+SCHEDULE = {EXPIRE: 2, DELIVER: 1}  # seconds between two runs (15 and 5 by default): the soak's holds expire all along
 
 
 def free_ports(count: int) -> int:
@@ -109,10 +115,32 @@ class Cluster:
         return all(servers.get(f"web{n}", {}).get("status") == "UP" for n in range(1, WEB + 1))
 
 
+@contextlib.contextmanager
+def beat_schedule(seconds: dict[str, int], django_db_blocker):
+    """The beats read their schedule from the database, where the test process's settings put it (when the
+    test database is made, and again after each test's flush): ``seconds`` between two runs of these tasks,
+    in the settings and the database while it lasts, then the default intervals again."""
+
+    def reset() -> None:
+        with django_db_blocker.unblock():
+            PeriodicTask.objects.filter(task__in=seconds).delete()
+            ensure_beat_schedule()
+
+    with override_settings(BEAT_SCHEDULE_SECONDS={**settings.BEAT_SCHEDULE_SECONDS, **seconds}):
+        reset()
+        yield
+    reset()
+
+
 @pytest.fixture(scope="module")
 def cluster(django_db_setup, django_db_blocker, tmp_path_factory, redis_url):
     """The cluster as production runs it: Redis its broker (two workers) and the throttle counters' shared
-    cache, emptied first."""
+    cache, emptied first; its beats run the expiry and delivery jobs on SCHEDULE."""
+    with beat_schedule(SCHEDULE, django_db_blocker):
+        yield from _cluster(tmp_path_factory, redis_url)
+
+
+def _cluster(tmp_path_factory, redis_url):
     if shutil.which("haproxy") is None:
         pytest.fail("HAProxy is not installed: apt-get install haproxy")
     port, run_dir = free_ports(WEB + 1), tmp_path_factory.mktemp("cluster")
@@ -127,7 +155,8 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory, redis_url):
         **{f"THROTTLE_{scope}": "none" for scope in ("ANON", "USER", "HOLDS")},
         "THROTTLE_REGISTRATION": f"{REGISTRATIONS_PER_HOUR}/hour",
         "AUTH_TOKEN_CACHE_SECONDS": str(TOKEN_CACHE_SECONDS),
-        "EXPIRE_HOLDS_EVERY_SECONDS": "2",
+        "EXPIRE_HOLDS_EVERY_SECONDS": str(SCHEDULE[EXPIRE]),  # as in the database: the invariants' bound
+        "DELIVER_AUDIT_EVENTS_EVERY_SECONDS": str(SCHEDULE[DELIVER]),
         "WEBHOOKS_ALLOW_PRIVATE_URLS": "True",  # the receiver listens on 127.0.0.1
     }
     log = (run_dir / "cluster.log").open("w")
@@ -137,7 +166,7 @@ def cluster(django_db_setup, django_db_blocker, tmp_path_factory, redis_url):
             "manage.py",
             "cluster",
             *("--port", str(port), "--web", str(WEB), "--workers", "2"),
-            *("--beats", "2", "--run-dir", str(run_dir)),
+            *("--beats", "2", "--grace", str(GRACE), "--run-dir", str(run_dir)),
         ],
         cwd=settings.BASE_DIR,
         env=env,
@@ -354,7 +383,7 @@ def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_even
         or AuditEvent.objects.filter(delivered_at__isnull=True).exists()
         or WebhookDelivery.objects.filter(status="PENDING").exists()
     ):
-        time.sleep(1)
+        time.sleep(0.2)
 
     twice = (
         AuditEvent.objects.values("subject_type", "subject_id", "event_type").annotate(n=Count("id")).filter(n__gt=1)

@@ -5,7 +5,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -20,6 +19,7 @@ from reservations.models import Reservation
 from tests.events.factories import make_event
 from tests.factories import UserFactory
 from tests.reservations.factories import ReservationFactory
+from tests.workers import real_worker
 
 
 def overdue_holds(n: int) -> list[Reservation]:
@@ -80,7 +80,7 @@ def test_commands_explain_themselves(capsys):
 def test_a_real_worker_runs_the_expiry_task_from_the_broker():
     holds = overdue_holds(4)
 
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+    with real_worker(celery_app):
         expire_holds.delay()
         deadline = time.monotonic() + 30
         while Reservation.objects.filter(state="HELD").exists() and time.monotonic() < deadline:
@@ -98,7 +98,7 @@ def test_a_real_worker_runs_the_admission_task_from_the_broker():
         queue_join(event_id=event.pk, user=UserFactory(), now=timezone.now())
     EventQueue.objects.update(credit_from=timezone.now() - timedelta(seconds=10))
 
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+    with real_worker(celery_app):
         admit_queues.delay()
         deadline = time.monotonic() + 30
         while QueueEntry.objects.filter(state="WAITING").exists() and time.monotonic() < deadline:

@@ -7,7 +7,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 from django.core.management import call_command
 from django.db import IntegrityError, OperationalError, connection, transaction
@@ -34,6 +33,7 @@ from tests.events.factories import make_event, write_hold
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory, morning
 from tests.webhooks.test_delivery import verified
+from tests.workers import real_worker
 
 DAY = timedelta(hours=24)  # REMINDER_HOURS_BEFORE's default
 
@@ -352,7 +352,7 @@ def test_a_real_worker_runs_the_reminder_task_from_the_broker_twice_and_sends_ea
 
     task_postrun.connect(ran, weak=False)
     try:
-        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        with real_worker(celery_app):
             send_reminders.delay()
             send_reminders.delay()  # two beats sent it
             deadline = time.monotonic() + 30

@@ -10,7 +10,6 @@ import time
 from collections import defaultdict
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.utils import timezone
@@ -27,6 +26,7 @@ from tests.concurrency import run_concurrently
 from tests.lengths import short_and_long
 from tests.reservations.factories import CarFactory
 from tests.webhooks.test_delivery import events_of
+from tests.workers import real_worker
 
 UNLEASED_TAKE = services.TAKE_SQL.replace("next_attempt_at = %(lease)s, ", "").replace(
     "FOR UPDATE OF c SKIP LOCKED", ""
@@ -83,7 +83,7 @@ def test_control_without_the_lease_two_jobs_send_the_same_delivery_twice(receive
 @pytest.mark.slow
 def test_a_hold_through_the_api_reaches_the_receiver_within_a_second_through_a_real_worker(receiver, api, staff_api):
     secret = staff_api.post("/api/webhooks", {"url": receiver.url}).json()["secret"]
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+    with real_worker(celery_app):
         time.sleep(0.5)  # the worker is consuming
         started = time.monotonic()
         response = api.post("/api/reservations", {"carId": CarFactory().pk})

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from booking_site import embedded
 from booking_site.management.ports import refuse_taken_port
-from booking_site.management.supervisor import Program, Supervisor
+from booking_site.management.supervisor import GRACE, Program, Supervisor
 
 DEPLOY = Path(settings.BASE_DIR) / "deploy"
 
@@ -29,7 +29,8 @@ class Command(BaseCommand):
         "WEB_CONCURRENCY is set), --workers Celery workers and --beats Celery beats (2 rehearses running "
         "one by mistake), against DATABASE_URL and CELERY_BROKER_URL (the embedded PostgreSQL when unset). "
         "HAProxy checks /api/health/ready every second and takes a failing web process out. A program that dies "
-        "is started again; Ctrl-C stops all of it. Migrates first. Needs HAProxy (apt-get install haproxy)."
+        "is started again; Ctrl-C or SIGTERM stops all of it: SIGTERM to every program, SIGKILL to what is left "
+        "after --grace seconds. Migrates first. Needs HAProxy (apt-get install haproxy)."
     )
 
     def add_arguments(self, parser):
@@ -44,11 +45,17 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=_count("WORKERS", 1), help="Celery workers (env WORKERS)")
         parser.add_argument("--beats", type=int, default=_count("BEATS", 1), help="Celery beats (env BEATS, default 1)")
         parser.add_argument(
+            "--grace",
+            type=int,
+            default=_count("GRACE", GRACE),
+            help=f"seconds the programs have to stop after SIGTERM before they are killed (env GRACE, default {GRACE})",
+        )
+        parser.add_argument(
             "--run-dir",
             help="where the HAProxy config and admin socket (haproxy.sock) go (default: a new temporary one)",
         )
 
-    def handle(self, *args, host, port, web, workers, beats, run_dir, **options):
+    def handle(self, *args, host, port, web, workers, beats, grace, run_dir, **options):
         haproxy = shutil.which("haproxy")
         if haproxy is None:
             raise CommandError("HAProxy is not installed: apt-get install haproxy (Debian, Ubuntu).")
@@ -131,4 +138,4 @@ class Command(BaseCommand):
                 f"(ports {web_ports[0]}-{web_ports[-1]}), {workers} workers, {beats} beats. Ctrl-C stops all of it."
             )
         )
-        sys.exit(Supervisor(programs, cwd=str(settings.BASE_DIR)).run())
+        sys.exit(Supervisor(programs, cwd=str(settings.BASE_DIR), grace=grace).run())
