@@ -1,5 +1,10 @@
 """Count the round trips a piece of code makes to PostgreSQL, on the wire (libpq's trace of this
-thread's connection): every ReadyForQuery the server sends ends one, so BEGIN and COMMIT count."""
+thread's connection): every ReadyForQuery the server sends ends one, so BEGIN and COMMIT count.
+
+A budget is the steady state of a connection: the round trip in which psycopg prepares a statement (its
+named Parse, alone before its Sync: once per connection, at the ``DB_PREPARE_THRESHOLD``-th run of the
+statement, docs/decisions/0021-prepared-statements.md) is counted apart, as ``preparations``, so that a
+budget does not depend on how often the tests before it ran the same statement."""
 
 import tempfile
 from contextlib import contextmanager
@@ -13,9 +18,31 @@ from psycopg import pq
 class RoundTrips:
     messages: list[str] = field(default_factory=list)
 
+    def _trips(self) -> list[list[str]]:
+        """The messages of each round trip, the last its ReadyForQuery."""
+        trips: list[list[str]] = [[]]
+        for message in self.messages:
+            trips[-1].append(message)
+            if "\tReadyForQuery\t" in message:
+                trips.append([])
+        return trips[:-1]
+
+    @staticmethod
+    def _prepares(trip: list[str]) -> bool:
+        """Whether a round trip only prepared a statement: the frontend sent a named Parse and its Sync."""
+        sent = [m.split("\t")[2] for m in trip if m.startswith("F\t")]
+        named = any(
+            m.startswith("F\t") and "\tParse\t" in m and not m.split("\t", 3)[3].lstrip().startswith('""') for m in trip
+        )
+        return named and sorted(sent) == ["Parse", "Sync"]
+
     @property
     def count(self) -> int:
-        return sum("\tReadyForQuery\t" in m for m in self.messages)
+        return sum(not self._prepares(trip) for trip in self._trips())
+
+    @property
+    def preparations(self) -> int:
+        return sum(self._prepares(trip) for trip in self._trips())
 
     @property
     def statements(self) -> list[str]:
