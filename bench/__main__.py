@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench database {target.name} on {target.host}:{target.port} (created fresh)", flush=True)
     database.recreate(target)
     os.environ["DATABASE_URL"] = target.url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "booking_site.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
     try:
         return measure(args, target, started)
@@ -233,7 +233,7 @@ def register_webhook() -> None:
     from django.conf import settings
     from django.utils import timezone
 
-    from booking_site.webhooks.services import webhook_endpoint_create
+    from web.webhooks.services import webhook_endpoint_create
 
     settings.WEBHOOKS_ALLOW_PRIVATE_URLS = True  # the discard port of this machine: never sent to (no worker)
     endpoint = webhook_endpoint_create(

@@ -17,11 +17,12 @@ from zoneinfo import ZoneInfo
 from django.db import connection, transaction
 from django.utils import timezone
 
-from booking_site.accounts.models import User as Account
-from events import services as events
 from events.models import Event, SeatClaim, SeatHoldGroup
-from slots import services as slot_services
+from events.services import events as events_events
+from events.services import rules
 from slots.availability import AvailabilityDocument, availability_clean
+from slots.services import slots as slots_slots
+from web.accounts.models import User as Account
 
 _batch = itertools.count(1)
 _started = f"{time.time_ns() // 1_000_000:x}"  # names stay unique in a database kept with --keep-db
@@ -102,7 +103,7 @@ def event(seats: int) -> Event:
     """An event a month ahead with plain seats S1…Sn, created by the service (the seats are one
     INSERT); holds on it last 60 minutes, so nothing the bench holds expires during a run."""
     now = timezone.now()
-    created = events.event_create(
+    created = events_events.event_create(
         name=f"Bench {_tag('event')}",
         event_date=now + timedelta(days=30),
         location="bench",
@@ -122,8 +123,8 @@ def sell(event: Event, *, fraction: float, buyers: list[User], seed: int = 1) ->
     sold = seat_ids[: int(len(seat_ids) * fraction)]
     now = timezone.now()
     groups, claims = [], []
-    for number, start in enumerate(range(0, len(sold), events.MAX_SEATS_PER_HOLD)):
-        chunk = sold[start : start + events.MAX_SEATS_PER_HOLD]
+    for number, start in enumerate(range(0, len(sold), rules.MAX_SEATS_PER_HOLD)):
+        chunk = sold[start : start + rules.MAX_SEATS_PER_HOLD]
         group = SeatHoldGroup(
             event=event,
             user_id=buyers[number % len(buyers)].id,
@@ -191,7 +192,7 @@ def busy_host(*, days: int) -> tuple[User, date]:
     }
     account = Account.objects.get(pk=host.id)
     hours = availability_clean(document)
-    slot_services.availability_set(host=account, fields=hours, actor=account, now=timezone.now())
+    slots_slots.availability_set(host=account, fields=hours, actor=account, now=timezone.now())
     first = timezone.now().astimezone(ZoneInfo("Europe/Berlin")).date() + timedelta(days=1)
     start = datetime.combine(first, datetime.min.time(), tzinfo=ZoneInfo("Europe/Berlin"))
     [slot_ids] = slots([host], per_host=days * 24, start=start)

@@ -14,7 +14,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from booking_site import embedded
+from ops import embedded
 
 VAR_DIR = Path(__file__).resolve().parent.parent / "var"  # where the embedded server keeps its data
 

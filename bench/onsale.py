@@ -25,10 +25,10 @@ from django.utils import timezone
 
 from bench import data
 from bench.stats import percentile
-from booking_site.audit.models import AuditEvent
-from events import services
+from core.audit.models import AuditEvent
 from events.models import EventQueue, QueueEntry, SeatClaim
 from events.queue import queues_admit_due
+from events.services import events
 
 BUYERS = 2_000
 SEATS = 500
@@ -85,7 +85,7 @@ class Client:
 def run(*, address: str, rate: int) -> dict:
     """Sell one SEATS-seat event to BUYERS queued buyers; returns the figures and the failed checks."""
     event = data.event(SEATS)
-    services.event_update_details(
+    events.event_update_details(
         event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=True, admitted_per_minute=rate
     )
     buyers = [Buyer(user) for user in data.users(BUYERS)]

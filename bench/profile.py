@@ -24,7 +24,7 @@ GROUPS = [  # by the frame's file, relative to its sys.path entry; the first pre
     ("prometheus", ("django_prometheus/", "prometheus_client/")),
     ("Django core", ("django/", "asgiref/")),
     ("gunicorn", ("gunicorn/",)),
-    ("booking_site code", ("booking_site/", "reservations/", "events/", "slots/", "manage.py")),
+    ("booking_site code", ("config/", "core/", "web/", "ops/", "reservations/", "events/", "slots/", "manage.py")),
 ]
 
 

@@ -13,11 +13,12 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
-from booking_site.errors import DomainError
-from booking_site.exports import CsvExportMixin
-from events import queue, selectors, services
+from core.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
+from core.errors import DomainError
+from events import queue, selectors
 from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
+from events.services import events, holds, rules, seat_holds, waitlist
+from web.exports import CsvExportMixin
 
 PLAIN, SECTIONS = "plain", "sections"
 # What the change form may change.
@@ -39,8 +40,8 @@ class EventChangeForm(forms.ModelForm):
     window are bounded by the model's validators, as its check constraints require."""
 
     hold_minutes = forms.IntegerField(
-        min_value=services.HOLD_MINUTES_RANGE[0],
-        max_value=services.HOLD_MINUTES_RANGE[1],
+        min_value=rules.HOLD_MINUTES_RANGE[0],
+        max_value=rules.HOLD_MINUTES_RANGE[1],
         initial=5,
         help_text="How long a seat hold lasts (1-60)",
     )
@@ -52,7 +53,7 @@ class EventChangeForm(forms.ModelForm):
     def clean_event_date(self):
         event_date = self.cleaned_data["event_date"]
         if self.instance.pk is None or "event_date" in self.changed_data:
-            problem = services.event_date_problem(event_date, now=timezone.now())
+            problem = rules.event_date_problem(event_date, now=timezone.now())
             if problem:
                 raise forms.ValidationError(problem)
         return event_date
@@ -66,7 +67,7 @@ class EventCreateForm(EventChangeForm):
         initial=PLAIN,
         widget=forms.RadioSelect,
     )
-    total_seats = forms.IntegerField(min_value=1, max_value=services.MAX_SEATS_PER_EVENT, required=False)
+    total_seats = forms.IntegerField(min_value=1, max_value=rules.MAX_SEATS_PER_EVENT, required=False)
     sections = forms.CharField(required=False, help_text="Comma-separated section names, e.g. A, B, C")
     rows = forms.IntegerField(min_value=1, max_value=1000, required=False, help_text="Rows per section")
     seats_per_row = forms.IntegerField(min_value=1, max_value=1000, required=False)
@@ -81,13 +82,13 @@ class EventCreateForm(EventChangeForm):
             names = [s.strip() for s in (data.get("sections") or "").split(",") if s.strip()]
             if not names or not data.get("rows") or not data.get("seats_per_row"):
                 raise forms.ValidationError("A sections layout needs sections, rows and seats per row.")
-            data["seat_layout"] = services.SeatLayout(tuple(names), data["rows"], data["seats_per_row"])
+            data["seat_layout"] = events.SeatLayout(tuple(names), data["rows"], data["seats_per_row"])
             try:
                 data["seat_layout"].validate()
             except DomainError as error:
                 raise forms.ValidationError(error.message) from error
-            if data["seat_layout"].total > services.MAX_SEATS_PER_EVENT:
-                raise forms.ValidationError(f"At most {services.MAX_SEATS_PER_EVENT} seats per event.")
+            if data["seat_layout"].total > rules.MAX_SEATS_PER_EVENT:
+                raise forms.ValidationError(f"At most {rules.MAX_SEATS_PER_EVENT} seats per event.")
         elif not data.get("total_seats"):
             self.add_error("total_seats", "A plain layout needs the number of seats.")
         return data
@@ -168,11 +169,11 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         data = form.cleaned_data
         if change:
             changed = {field: data[field] for field in UPDATABLE if field in form.changed_data}
-            updated = services.event_update_details(event_id=obj.pk, actor=request.user, now=timezone.now(), **changed)
+            updated = events.event_update_details(event_id=obj.pk, actor=request.user, now=timezone.now(), **changed)
             for field in (*UPDATABLE, "confirmed_seats", "sales_open", "updated_at"):
                 setattr(obj, field, getattr(updated, field))
             return
-        created = services.event_create(
+        created = events.event_create(
             name=data["name"],
             event_date=data["event_date"],
             location=data["location"],
@@ -254,7 +255,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def _set_sales(self, request, queryset, *, sales_open: bool) -> None:
         done = self._each_event(
             queryset,
-            lambda event_id: services.event_sales_set(
+            lambda event_id: events.event_sales_set(
                 event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now()
             ),
         )
@@ -263,7 +264,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def _set_waitlist(self, request, queryset, *, enabled: bool) -> None:
         done = self._each_event(
             queryset,
-            lambda event_id: services.waitlist_set(
+            lambda event_id: waitlist.waitlist_set(
                 event_id=event_id, enabled=enabled, actor=request.user, now=timezone.now()
             ),
         )
@@ -299,7 +300,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
         ("cancelled at", "cancelled_at"),
     ]
 
-    cap = services.SEAT_HOLDS.cap
+    cap = holds.SEAT_HOLDS.cap
     list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "hold_expires", "created_at"]
     list_filter = [StateFilter, ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]
@@ -338,7 +339,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
     fields = tuple(readonly_fields)
 
     def get_audit_subject(self, group):
-        return services.hold_subject(group)
+        return rules.hold_subject(group)
 
     @admin.display(description="Hold", ordering="id")
     def hold(self, group):
@@ -357,7 +358,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
         self.run_service(
             request,
             queryset.exclude(booking_group_id=None),
-            lambda g: services.seat_booking_cancel(
+            lambda g: seat_holds.seat_booking_cancel(
                 booking_group_id=g.booking_group_id, user=request.user, now=timezone.now()
             ),
             "cancelled",
@@ -368,7 +369,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
         self.run_service(
             request,
             queryset,
-            lambda g: services.seat_hold_release(
+            lambda g: seat_holds.seat_hold_release(
                 event_id=g.event_id, hold_group_id=g.pk, user=request.user, now=timezone.now()
             ),
             "released",
@@ -379,7 +380,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
         self.run_service(
             request,
             queryset,
-            lambda g: services.seat_hold_expire(hold_group_id=g.pk, user=request.user, now=timezone.now()),
+            lambda g: seat_holds.seat_hold_expire(hold_group_id=g.pk, user=request.user, now=timezone.now()),
             "expired",
         )
 
@@ -449,7 +450,7 @@ class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, R
         return obj is None and admin.ModelAdmin.has_change_permission(self, request)
 
     def get_audit_subject(self, entry):
-        return services.waitlist_entry_subject(entry)
+        return waitlist.waitlist_entry_subject(entry)
 
     @admin.display(description="Position", ordering="id")
     def position(self, entry):
@@ -488,7 +489,7 @@ class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, R
         self.run_service(
             request,
             queryset,
-            lambda e: services.waitlist_leave(
+            lambda e: waitlist.waitlist_leave(
                 event_id=e.event_id, entry_id=e.pk, user=request.user, now=timezone.now()
             ),
             "removed from the waiting list",

@@ -6,11 +6,13 @@ class EventsConfig(AppConfig):
     verbose_name = "Events and seats"
 
     def ready(self) -> None:
-        from booking_site import expiry, ical, invariants, reminders
+        from core import expiry, invariants, reminders
         from events import calendar
         from events.invariants import INVARIANTS
         from events.reminders import REMINDERS
-        from events.services import SEAT_HOLDS, seat_holds_expire_due
+        from events.services.holds import SEAT_HOLDS
+        from events.services.seat_holds import seat_holds_expire_due
+        from web import ical
 
         expiry.register("events", seat_holds_expire_due)
         invariants.register_claims(SEAT_HOLDS)

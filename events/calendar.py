@@ -1,5 +1,5 @@
 """Seat bookings in calendars (docs/contract.md §3.8): the file of one booking group, and the user's
-booked seats in their feed (``booking_site.ical``). An event has a start only: its entry lasts
+booked seats in their feed (``web.ical``). An event has a start only: its entry lasts
 ``CALENDAR_EVENT_DURATION_MINUTES``."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from uuid import UUID
 
 from django.db.models import F, Q
 
-from booking_site import ical
-from booking_site.accounts.models import User
-from booking_site.audit.services import subject_key
-from booking_site.engine import SEE
-from booking_site.errors import NotFound
+from core.audit.services import subject_key
+from core.engine import SEE
+from core.errors import NotFound
 from events.models import Event, SeatClaim, SeatHoldGroup
-from events.services import SEAT_HOLDS, hold_subject
+from events.services.holds import SEAT_HOLDS
+from events.services.rules import hold_subject
+from web import ical
+from web.accounts.models import User
 
 State = SeatHoldGroup.State
 SHOWN_EVENT_FIELDS = ("name", "event_date", "location")  # an event's changes the calendar shows

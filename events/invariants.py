@@ -1,7 +1,7 @@
-"""What must always hold for events, seats and seat claims (booking_site.invariants; the claim-level ones
+"""What must always hold for events, seats and seat claims (core.invariants; the claim-level ones
 come from the engine). Every query names hold groups, the rows the admin shows."""
 
-from booking_site.invariants import Invariant, column, one_active_per, table
+from core.invariants import Invariant, column, one_active_per, table
 from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 
 _EVENT, _CLAIM, _GROUP, _ENTRY = table(Event), table(SeatClaim), table(SeatHoldGroup), table(WaitlistEntry)

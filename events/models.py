@@ -16,7 +16,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-from booking_site.claims import Claim, ClaimQuerySet
+from core.claims import Claim, ClaimQuerySet
 
 CLAIM_STATES = ["HELD", "CONFIRMED", "RELEASED", "EXPIRED", "CANCELLED"]
 
@@ -53,7 +53,7 @@ class Event(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     held_seats: int  # annotated by selectors.events_with_counts, not a column
-    admitted: bool  # read by the seat hold's lock statement (booking_site.locking), not a column
+    admitted: bool  # read by the seat hold's lock statement (core.locking), not a column
 
     class Meta:
         ordering = ["event_date", "id"]
@@ -98,7 +98,7 @@ class Seat(models.Model):
     section = models.CharField(max_length=20, blank=True)
     row = models.PositiveIntegerField()
     number = models.PositiveIntegerField()
-    taken: bool  # read by the seat hold's lock statement (booking_site.locking), not a column
+    taken: bool  # read by the seat hold's lock statement (core.locking), not a column
 
     class Meta:
         ordering = ["event", "section", "row", "number"]

@@ -1,16 +1,16 @@
 """The admission queue of an on-sale (docs/contract.md §5, docs/decisions/0017-admission-queue.md).
 
 While an event's ``queue_enabled`` is on, a seat hold on it needs the ``X-Queue-Token`` of an entry of
-its user admitted now (``events.services.SeatHolds.check_target``; operators are exempt). This module
+its user admitted now (``events.services.holds.SeatHolds.check_target``; operators are exempt). This module
 is the queue itself:
 
-- ``queue_join``: the entry, WAITING, numbered by the event's queue (``locking.take_queue_number``:
+- ``queue_join``: the entry, WAITING, numbered by the event's queue (``locks.take_queue_number``:
   the queue row's counter, moved under its lock, so numbers are gapless and commit in the order given:
   join order is the database's, not a clock's). One entry per user and event; joining again returns it.
 - ``queue_entry_read``: what a client polls, one indexed read: a waiting entry's position is its number
   minus the queue's ``admitted_through`` (every entry up to it is admitted), no count over the queue.
 - ``queue_admit`` / ``queues_admit_due`` (the beat job, ``manage.py admit_queues``): per event, under
-  the queue row's lock (``locking.lock_event_queue``: two runs take turns), expire the admissions whose
+  the queue row's lock (``locks.lock_event_queue``: two runs take turns), expire the admissions whose
   window has passed and admit the next numbers, as many as the event's rate has accrued since the last
   run (at most ``ACCRUAL_CAP``'s worth, ten seconds), each for the event's admission window; one statement writes the
   entries, the queue row and one audit event per entry.
@@ -29,17 +29,17 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import locking
-from booking_site.accounts.models import User
-from booking_site.audit import services as audit
-from booking_site.claims import column
-from booking_site.errors import Conflict, NotFound
-from booking_site.expiry import locked_now
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
-from booking_site.middleware import current_request_id
-from booking_site.statements import P, Statement, names, request_events, system_events
+from core.audit import services as audit
+from core.claims import column
+from core.errors import Conflict, NotFound
+from core.expiry import locked_now
+from core.metrics import CONSTRAINT_BACKSTOPS
+from core.middleware import current_request_id
+from core.statements import P, Statement, names, request_events, system_events
+from events import locks
 from events.models import QUEUE_TOKEN, Event, EventQueue, QueueEntry
-from events.services import SalesClosed
+from events.services.rules import SalesClosed
+from web.accounts.models import User
 
 State = QueueEntry.State
 SUBJECT = "queue_entry"  # an entry's life (joined, admitted, expired) is one audit subject
@@ -148,7 +148,7 @@ def queue_join(*, event_id: int, user: User, now: datetime) -> tuple[QueueEntry,
     token = secrets.token_urlsafe(TOKEN_BYTES)
     try:
         with transaction.atomic():
-            number, admitted_through = locking.take_queue_number(event_id, now=now)
+            number, admitted_through = locks.take_queue_number(event_id, now=now)
             entry_id = _insert_entry(event_id=event_id, user=user, token=token, number=number, now=now)
     except _JoinedMeanwhile:
         found = _join_read(event_id, user.pk)
@@ -287,7 +287,7 @@ def queue_admit(*, event_id: int, now: datetime) -> tuple[int, int]:
     """One admission run on one event's queue (see the module docstring); returns (admitted, expired).
     Waits for the queue row (the joins in flight, another run): the run after it sees what it wrote."""
     with transaction.atomic():
-        queue = locking.lock_event_queue(event_id)
+        queue = locks.lock_event_queue(event_id)
         if queue is None:
             return 0, 0
         now = locked_now(now)

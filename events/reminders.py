@@ -1,15 +1,15 @@
-"""When a seat booking is reminded (booking_site.reminders): a confirmed hold group starts with its
+"""When a seat booking is reminded (core.reminders): a confirmed hold group starts with its
 event, at the event's date as it is when the reminder is due (a date moved before then moves the
 reminder), and was made when it was confirmed (a group written without its confirm time, outside the
 services, when it was created)."""
 
 from psycopg import sql
 
-from booking_site.claims import column
-from booking_site.reminders import BOOKING, Reminders
-from booking_site.statements import table
+from core.claims import column
+from core.reminders import BOOKING, Reminders
+from core.statements import table
 from events.models import Event, SeatHoldGroup
-from events.services import SEAT_HOLDS
+from events.services.holds import SEAT_HOLDS
 
 REMINDERS = Reminders(
     engine=SEAT_HOLDS,

@@ -12,9 +12,9 @@ from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, 
 from django.db.models.functions import Coalesce
 from psycopg import sql
 
-from booking_site import claims
-from booking_site.claims import column
-from booking_site.statements import P, Statement, table
+from core import claims
+from core.claims import column
+from core.statements import P, Statement, table
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 
 AVAILABLE, HELD, BOOKED = "AVAILABLE", "HELD", "BOOKED"
@@ -150,7 +150,7 @@ def seat_layout_json(*, event_id: int) -> SeatLayoutJSON:
 
 
 def _json(text: str) -> str:
-    return orjson.dumps(text).decode()  # the renderer's own escaping (booking_site.renderers)
+    return orjson.dumps(text).decode()  # the renderer's own escaping (web.renderers)
 
 
 _STATUS_JSON = {BOOKED: 'BOOKED"}', HELD: 'HELD"}', AVAILABLE: 'AVAILABLE"}'}

@@ -4,11 +4,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin, StateFilter
-from booking_site.exports import CsvExportMixin
+from core.admin import AuditTrailMixin, ClaimAdmin, StateFilter
 from reservations import services
 from reservations.models import Car, Reservation
 from reservations.selectors import reservations_with_effective_state
+from web.exports import CsvExportMixin
 
 
 @admin.register(Car)

@@ -6,7 +6,7 @@ class ReservationsConfig(AppConfig):
     verbose_name = "Cars and reservations"
 
     def ready(self) -> None:
-        from booking_site import expiry, invariants
+        from core import expiry, invariants
         from reservations.invariants import INVARIANTS
         from reservations.services import RESERVATIONS, reservations_expire_due
 

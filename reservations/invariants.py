@@ -1,7 +1,7 @@
-"""What must always hold for cars and reservations (booking_site.invariants; the claim-level ones come
+"""What must always hold for cars and reservations (core.invariants; the claim-level ones come
 from the engine)."""
 
-from booking_site.invariants import one_active_per
+from core.invariants import one_active_per
 from reservations.models import Reservation
 
 INVARIANTS = [

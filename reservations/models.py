@@ -2,7 +2,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from booking_site.claims import Claim, ClaimQuerySet
+from core.claims import Claim, ClaimQuerySet
 
 
 class Car(models.Model):

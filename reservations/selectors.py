@@ -6,10 +6,10 @@ from datetime import datetime
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from booking_site.accounts.models import User
-from booking_site.claims import ClaimQuerySet
+from core.claims import ClaimQuerySet
 from reservations.models import Car, Reservation
 from reservations.services import RESERVATIONS
+from web.accounts.models import User
 
 
 def cars_with_availability(*, now: datetime) -> QuerySet[Car]:

@@ -1,6 +1,6 @@
-"""Every write to cars and reservations (docs/contract.md §4). The lifecycle is ``booking_site.engine``'s; this
+"""Every write to cars and reservations (docs/contract.md §4). The lifecycle is ``core.engine``'s; this
 module declares what is the cars' own: the car row is what a hold locks, one active reservation per
-car is its capacity rule, and ``car_unavailable`` its refusal. Locks: ``booking_site.locking``."""
+car is its capacity rule, and ``car_unavailable`` its refusal. Locks: ``core.locking``."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from django.db import transaction
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import claims, locking, statements
-from booking_site.accounts.models import User
-from booking_site.audit import services as audit
-from booking_site.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, Cap, ClaimEngine, ClaimPolicy
-from booking_site.errors import Conflict, InvalidStateTransition, NotFound
-from booking_site.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
-from booking_site.middleware import current_request_id
+from core import claims, locking, statements
+from core.audit import services as audit
+from core.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, Cap, ClaimEngine, ClaimPolicy
+from core.errors import Conflict, InvalidStateTransition, NotFound
+from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
+from core.middleware import current_request_id
+from reservations import locks
 from reservations.models import Car, Reservation
+from web.accounts.models import User
 
 State = Reservation.State
 
@@ -56,7 +57,7 @@ def car_create(
 def car_update(*, car_id: int, actor: User | None = None, **fields) -> Car:
     """Change some of a car's ``CAR_FIELDS`` or status under its row lock, recording what changed. A car taken out of
     service (INACTIVE) keeps its current reservation; it only cannot be held again."""
-    car = locking.lock_car(car_id)
+    car = locks.lock_car(car_id)
     if car is None:
         raise NotFound(f"Car {car_id} does not exist.")
     audit.record_update(car, fields, actor=actor, state_field="status")
@@ -102,50 +103,50 @@ class Reservations(ClaimEngine[Reservation]):
         counts=claims.LIVE_HOLDS,
     )
 
-    def decide(self, request: CarHold, *, now: datetime, actor) -> Reservation | None:
-        expires_at = now + timedelta(minutes=request.hold_minutes)
-        limit = self.cap.limit_for(request.actor)
+    def decide(self, ask: CarHold, *, now: datetime, actor) -> Reservation | None:
+        expires_at = now + timedelta(minutes=ask.hold_minutes)
+        limit = self.cap.limit_for(ask.actor)
         row = hold_statement().fetchone(
             {
-                "car": request.car_id,
-                "owner": self.cap.locked_owner(request.buyer.pk, request.actor),
-                "buyer": request.buyer.pk,
+                "car": ask.car_id,
+                "owner": self.cap.locked_owner(ask.buyer.pk, ask.actor),
+                "buyer": ask.buyer.pk,
                 "limit": limit,
                 "actor": actor.pk,
                 "actor_label": f"user:{actor.pk}",
                 "expiry_actor": EXPIRY_ACTOR,
                 "now": now,
                 "expires_at": expires_at,
-                "request_id": request.request_id,
+                "request_id": ask.request_id,
                 "occurred_at": timezone.now(),
                 "trace_id": current_request_id() or "",
-                "metadata": json.dumps({"carId": request.car_id, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
+                "metadata": json.dumps({"carId": ask.car_id, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
             }
         )
         found, available, owner_fresh, car_fresh, expired, free, held, reservation_id, confirmed = row
         if not found:
-            raise NotFound(f"Car {request.car_id} does not exist.")
+            raise NotFound(f"Car {ask.car_id} does not exist.")
         if not available:
-            raise CarUnavailable(car_id=request.car_id, reason="is not available for reservation")
+            raise CarUnavailable(car_id=ask.car_id, reason="is not available for reservation")
         if not owner_fresh:
             return None  # the count of the buyer's holds may be stale: it wrote nothing
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
         if not free:
-            raise CarUnavailable(car_id=request.car_id)  # taken by the snapshot: it was taken when we asked
+            raise CarUnavailable(car_id=ask.car_id)  # taken by the snapshot: it was taken when we asked
         self.cap.check(count=held, asked=1, limit=limit)
         if reservation_id is None:
             # The unique index refused it. The arbiter when a hold committed under the car's lock after
             # the snapshot, or a confirm won a hold overdue in it (``confirmed``); otherwise a backstop.
             if car_fresh and not confirmed:
                 CONSTRAINT_BACKSTOPS.labels("reservation_one_active_per_car").inc()
-            raise CarUnavailable(car_id=request.car_id)
+            raise CarUnavailable(car_id=ask.car_id)
         return Reservation(
             pk=reservation_id,
-            car_id=request.car_id,
-            buyer=request.buyer,
+            car_id=ask.car_id,
+            buyer=ask.buyer,
             state=State.HELD,
             expires_at=expires_at,
-            request_id=request.request_id,
+            request_id=ask.request_id,
             created_at=now,
             updated_at=now,
         )
@@ -309,10 +310,8 @@ def reservation_hold(
 ) -> Reservation:
     """Hold a car for ``buyer``, asked by ``actor`` (the buyer, or an operator for them)."""
     actor = actor or buyer
-    request = CarHold(
-        car_id=car_id, buyer=buyer, actor=actor, hold_minutes=hold_minutes, request_id=request_id, now=now
-    )
-    return RESERVATIONS.hold(request, now=now, actor=actor)
+    ask = CarHold(car_id=car_id, buyer=buyer, actor=actor, hold_minutes=hold_minutes, request_id=request_id, now=now)
+    return RESERVATIONS.hold(ask, now=now, actor=actor)
 
 
 def reservation_confirm(*, reservation_id: int, user: User, now: datetime) -> Reservation:

@@ -17,13 +17,14 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from booking_site.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
-from booking_site.errors import DomainError
-from booking_site.exports import CsvExportMixin
-from slots import selectors, services
+from core.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
+from core.errors import DomainError
+from slots import selectors
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm, lengths_text
 from slots.models import Availability, Slot, SlotBooking
+from slots.services import bookings, slots
+from web.exports import CsvExportMixin
 
 
 @admin.register(Slot)
@@ -64,7 +65,7 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
         if not change:  # SlotAddForm.clean() created it through slot_create
             form.adopt(obj)
             return
-        services.slot_update_details(
+        slots.slot_update_details(
             slot_id=obj.pk,
             title=obj.title,
             specialization=obj.specialization,
@@ -80,7 +81,7 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
         self.run_service(
             request,
             queryset,
-            lambda slot: services.slot_cancel(slot_id=slot.pk, user=request.user, now=timezone.now()),
+            lambda slot: slots.slot_cancel(slot_id=slot.pk, user=request.user, now=timezone.now()),
             "withdrawn",
         )
 
@@ -95,7 +96,7 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
-                created = services.slots_create_many(
+                created = slots.slots_create_many(
                     host=data["host"],
                     ranges=form.ranges(),
                     capacity=data["capacity"],
@@ -168,7 +169,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
-    cap = services.SLOT_BOOKINGS.cap
+    cap = bookings.SLOT_BOOKINGS.cap
     list_display = ["id", "slot", "guest", "seats", "state_now", "hold_expires", "created_at"]
     list_filter = [
         StateFilter,
@@ -221,7 +222,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         self.run_service(
             request,
             queryset,
-            lambda booking: services.slot_booking_cancel(
+            lambda booking: bookings.slot_booking_cancel(
                 booking_id=booking.pk, user=request.user, now=timezone.now(), reason="cancelled by operator"
             ),
             "cancelled",
@@ -232,7 +233,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         self.run_service(
             request,
             queryset,
-            lambda booking: services.slot_booking_expire(booking_id=booking.pk, user=request.user, now=timezone.now()),
+            lambda booking: bookings.slot_booking_expire(booking_id=booking.pk, user=request.user, now=timezone.now()),
             "expired",
         )
 

@@ -6,11 +6,12 @@ class SlotsConfig(AppConfig):
     verbose_name = "Slots and bookings"
 
     def ready(self) -> None:
-        from booking_site import expiry, ical, invariants, reminders
+        from core import expiry, invariants, reminders
         from slots import calendar
         from slots.invariants import INVARIANTS
         from slots.reminders import REMINDERS
-        from slots.services import SLOT_BOOKINGS, slot_bookings_expire_due
+        from slots.services.bookings import SLOT_BOOKINGS, slot_bookings_expire_due
+        from web import ical
 
         expiry.register("slots", slot_bookings_expire_due)
         invariants.register_claims(SLOT_BOOKINGS)

@@ -13,7 +13,7 @@ from datetime import date
 from itertools import pairwise
 from typing import TypedDict
 
-from booking_site.errors import ValidationFailed, bounded
+from core.errors import ValidationFailed, bounded
 from slots.models import Availability
 
 MAX_DURATION_MINUTES = 24 * 60

@@ -1,5 +1,5 @@
 """Slot bookings and appointments in calendars (docs/contract.md §3.8): the file of one booking, and the
-bookings of one user's feed, as its guest and as the host of their slots (``booking_site.ical``)."""
+bookings of one user's feed, as its guest and as the host of their slots (``web.ical``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from datetime import datetime
 
 from django.db.models import Q, QuerySet
 
-from booking_site import ical
-from booking_site.accounts.models import User
-from booking_site.audit.services import subject_key
-from booking_site.engine import SEE
-from booking_site.errors import NotFound
+from core.audit.services import subject_key
+from core.engine import SEE
+from core.errors import NotFound
 from slots.models import Slot, SlotBooking
-from slots.services import SLOT_BOOKINGS
+from slots.services.bookings import SLOT_BOOKINGS
+from web import ical
+from web.accounts.models import User
 
 Status = SlotBooking.Status
 SHOWN_SLOT_FIELDS = ("title", "specialization")  # a slot's changes the calendar shows; its time never changes

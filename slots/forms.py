@@ -13,13 +13,13 @@ from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from booking_site.accounts.models import Role, User
-from booking_site.accounts.services import request_user
-from booking_site.errors import DomainError
-from slots import services
+from core.errors import DomainError
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.availability import AvailabilityDocument, availability_clean
 from slots.models import Availability, Slot
+from slots.services import rules, slots
+from web.accounts.models import Role, User
+from web.accounts.services import request_user
 
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
 
@@ -74,7 +74,7 @@ class SlotAddForm(ServiceModelForm):
     shows on the form."""
 
     # Declared, not derived from the model: the model's range validators never run (see _post_clean).
-    capacity = forms.IntegerField(min_value=1, max_value=services.MAX_CAPACITY, initial=1)
+    capacity = forms.IntegerField(min_value=1, max_value=rules.MAX_CAPACITY, initial=1)
 
     class Meta:
         model = Slot
@@ -85,7 +85,7 @@ class SlotAddForm(ServiceModelForm):
         cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # the model's foreign key
 
     def write(self, data: dict[str, Any], *, actor: User) -> Slot:
-        return services.slot_create(
+        return slots.slot_create(
             host=data["host"],
             start=data["start"],
             end=data["end"],
@@ -121,9 +121,9 @@ class BulkSlotForm(forms.Form):
     )
     capacity = forms.IntegerField(
         min_value=1,
-        max_value=services.MAX_CAPACITY,
+        max_value=rules.MAX_CAPACITY,
         initial=1,
-        help_text=f"Guests per slot (1 to {services.MAX_CAPACITY:,}).",
+        help_text=f"Guests per slot (1 to {rules.MAX_CAPACITY:,}).",
     )
     first_day = forms.DateField(
         widget=AdminDateWidget, help_text="The first day that gets slots: today or later (YYYY-MM-DD)."
@@ -168,9 +168,9 @@ class BulkSlotForm(forms.Form):
         first_day = self.cleaned_data["first_day"]
         if first_day < timezone.localdate():
             raise forms.ValidationError("Must not be in the past.")
-        latest = timezone.localdate() + services.SLOT_HORIZON
+        latest = timezone.localdate() + rules.SLOT_HORIZON
         if first_day > latest:
-            raise forms.ValidationError(f"Slots can be added at most {services.SLOT_HORIZON_TEXT} ahead ({latest}).")
+            raise forms.ValidationError(f"Slots can be added at most {rules.SLOT_HORIZON_TEXT} ahead ({latest}).")
         return first_day
 
     def clean(self) -> dict[str, Any]:
@@ -398,7 +398,7 @@ class AvailabilityForm(ServiceModelForm):
         }
         host = data["host"] if "host" in self.fields else self.instance.host  # the add page chooses one
         fields = availability_clean(document)  # a refusal names its place in the document: refused() shows it
-        return services.availability_set(host=host, fields=fields, actor=actor, now=timezone.now())
+        return slots.availability_set(host=host, fields=fields, actor=actor, now=timezone.now())
 
     def refused(self, error: DomainError) -> None:
         """The validator names a place in the document (``weekly[3].end``); say it as the form shows it."""

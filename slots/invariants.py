@@ -1,7 +1,7 @@
-"""What must always hold for slots and their bookings (booking_site.invariants; the claim-level ones come
+"""What must always hold for slots and their bookings (core.invariants; the claim-level ones come
 from the engine)."""
 
-from booking_site.invariants import Invariant, table
+from core.invariants import Invariant, table
 from slots.models import Slot, SlotBooking
 
 _SLOT, _BOOKING = table(Slot), table(SlotBooking)

@@ -5,7 +5,7 @@ from django.db import models
 from django.db.models import Case, F, Func, Q, Value, When
 from django.db.models.functions import Coalesce, Least
 
-from booking_site.claims import Claim, ClaimQuerySet
+from core.claims import Claim, ClaimQuerySet
 
 
 class Int8Range(Func):
@@ -63,7 +63,7 @@ class Slot(models.Model):
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.AVAILABLE)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
-    # Annotated by the booking's lock (slots.services.SlotBookings.lock_target), not columns.
+    # Annotated by the booking's lock (slots.services.bookings.SlotBookings.lock_target), not columns.
     guest_active: int
     guest_with_host: int
     guest_clash: dict | None  # the guest's first active booking overlapping the slot: {id, start, end}
@@ -200,7 +200,7 @@ class SlotBooking(Claim, models.Model):
             models.Index(fields=["guest", "status"], name="slotbooking_guest_status_idx"),
             models.Index(fields=["slot", "status"], name="slotbooking_slot_status_idx"),
             models.Index(fields=["created_at"], name="slotbooking_created_idx"),
-            # The reminder job's range: the confirmed bookings not reminded yet, by start (booking_site.reminders).
+            # The reminder job's range: the confirmed bookings not reminded yet, by start (core.reminders).
             models.Index(
                 fields=["start"],
                 condition=Q(status="CONFIRMED", reminded_at__isnull=True),
@@ -214,7 +214,7 @@ class SlotBooking(Claim, models.Model):
 
 class Availability(models.Model):
     """When a host can be booked (docs/contract.md §6): weekly hours and date overrides, wall-clock times in
-    ``time_zone``. Written only by ``slots.services.availability_set``, with what ``slots.availability``
+    ``time_zone``. Written only by ``slots.services.slots.availability_set``, with what ``slots.availability``
     checked (the shapes below); the free-time search (``slots.selectors.free_times``) reads it.
 
     ``weekly``: ``[{"weekday": 0-6 (Monday 0), "start": "HH:MM", "end": "HH:MM"}, …]``, several windows a
@@ -233,7 +233,7 @@ class Availability(models.Model):
     minimum_notice_minutes = models.PositiveIntegerField(default=0)
     buffer_minutes = models.PositiveIntegerField(default=0, help_text="Kept free around every appointment")
     updated_at = models.DateTimeField()
-    # Annotated by an appointment's read after its locks (slots.services._hours_and_rules), not columns.
+    # Annotated by an appointment's read after its locks (slots.services.appointments._hours_and_rules), not columns.
     guest_active: int
     guest_with_host: int
     guest_clash: dict | None  # the guest's first active booking overlapping the interval: {id, start, end}

@@ -1,11 +1,11 @@
-"""When a slot booking is reminded (booking_site.reminders): a booking, on a published slot or an
+"""When a slot booking is reminded (core.reminders): a booking, on a published slot or an
 appointment, starts at its own ``start`` and was made when it was created (a reschedule makes a new
 booking, made then, with the new start)."""
 
-from booking_site.claims import column
-from booking_site.reminders import BOOKING, Reminders
+from core.claims import column
+from core.reminders import BOOKING, Reminders
 from slots.models import SlotBooking
-from slots.services import SLOT_BOOKINGS
+from slots.services.bookings import SLOT_BOOKINGS
 
 REMINDERS = Reminders(
     engine=SLOT_BOOKINGS,

@@ -15,9 +15,9 @@ from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, QuerySet
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
-from booking_site.accounts.models import User
-from booking_site.errors import ValidationFailed
+from core.errors import ValidationFailed
 from slots.models import Availability, Slot, SlotBooking
+from web.accounts.models import User
 
 Status = SlotBooking.Status
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from psycopg import sql
 from rest_framework.test import APIClient
 
-from booking_site import embedded
+from ops import embedded
 from tests.factories import UserFactory
 from tests.processes import stop_group
 
@@ -84,7 +84,7 @@ def _static_files_without_collectstatic(settings):
 @pytest.fixture(autouse=True)
 def _reads_not_kept(settings):
     """Every read goes to the database, so a test sees its own writes at once; the tests of recent
-    reads (``booking_site.recent``) turn keeping back on with the ``recent_reads`` fixture."""
+    reads (``web.recent``) turn keeping back on with the ``recent_reads`` fixture."""
     from events import selectors
 
     settings.READS_MAX_AGE_SECONDS = 0
@@ -92,7 +92,7 @@ def _reads_not_kept(settings):
 
 
 class Clock:
-    """A view module's clock, set by the test: ``booking_site.recent`` judges a kept read's age by the
+    """A view module's clock, set by the test: ``web.recent`` judges a kept read's age by the
     ``now`` the view gives it."""
 
     def __init__(self, moment):
@@ -135,7 +135,7 @@ def recent_reads(settings):
 
 @pytest.fixture(autouse=True)
 def _not_throttled(settings):
-    """Throttling is off in tests (as in the benchmark); tests/booking_site/test_throttling.py turns it on."""
+    """Throttling is off in tests (as in the benchmark); tests/web/test_throttling.py turns it on."""
     settings.THROTTLE_ENABLED = False
 
 

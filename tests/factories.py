@@ -1,7 +1,7 @@
 import factory
 from rest_framework.authtoken.models import Token
 
-from booking_site.accounts.models import Role, User
+from web.accounts.models import Role, User
 
 
 class UserFactory(factory.django.DjangoModelFactory):

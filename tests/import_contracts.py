@@ -1,7 +1,7 @@
 """An import-linter contract of the project's own (pyproject.toml ``[tool.importlinter]``): no circle of modules.
 
 import-linter's ``acyclic_siblings`` judges a package whole, as one node beside its siblings; the core's
-platform packages (``booking_site.accounts``, ``booking_site.audit``) still hold both what the claim core
+platform packages (``web.accounts``, ``core.audit``) still hold both what the claim core
 imports (their models) and what imports it (their API, their admin), so as packages they stand in circles
 that no module does. This contract follows the modules themselves, ``TYPE_CHECKING`` imports included.
 """

@@ -6,7 +6,7 @@ import signal
 import subprocess
 from collections.abc import Mapping
 
-from booking_site.management.supervisor import group_members
+from ops.supervisor import group_members
 
 
 def stop_group(process: subprocess.Popen, signum: int, grace: float) -> None:

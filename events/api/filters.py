@@ -1,8 +1,8 @@
 import django_filters as filters
 from django.utils import timezone
 
-from booking_site.api import StrictBooleanFilter
 from events.models import Event
+from web.api import StrictBooleanFilter
 
 
 class EventFilter(filters.FilterSet):

@@ -3,8 +3,7 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
-from booking_site.api import OutputSerializer, StrictSerializer
-from events.services import (
+from events.services.rules import (
     ADMISSION_WINDOW_RANGE,
     ADMITTED_PER_MINUTE_RANGE,
     HOLD_MINUTES_RANGE,
@@ -12,6 +11,7 @@ from events.services import (
     MAX_SEATS_PER_HOLD,
     event_date_problem,
 )
+from web.api import OutputSerializer, StrictSerializer
 
 USER_ID: dict[str, Any] = {"min_value": 1, "max_value": 2**63 - 1}  # an IntegerField's bounds
 

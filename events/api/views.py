@@ -8,17 +8,10 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.services import acting_user, request_user
-from booking_site.api import StaffWrites
-from booking_site.audit.api import AuditTrailView
-from booking_site.engine import SEE
-from booking_site.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
-from booking_site.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
-from booking_site.idempotency import idempotent
-from booking_site.recent import RecentReads
-from booking_site.schema import errors
-from booking_site.throttling import HOLDS
-from events import calendar, queue, selectors, services
+from core.audit.api import AuditTrailView
+from core.engine import SEE
+from core.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
+from events import calendar, queue, selectors
 from events.api.filters import EventFilter
 from events.api.serializers import (
     BookingCancelIn,
@@ -41,6 +34,14 @@ from events.api.serializers import (
     WaitlistJoinIn,
 )
 from events.models import SeatHoldGroup, WaitlistEntry
+from events.services import events, holds, rules, seat_holds, waitlist
+from web.accounts.services import acting_user, request_user
+from web.api import StaffWrites
+from web.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
+from web.idempotency import idempotent
+from web.recent import RecentReads
+from web.schema import errors
+from web.throttling import HOLDS
 
 # The fields of PATCH /api/events/{id}, by the service's name for them.
 _CHANGES = {
@@ -61,7 +62,7 @@ def _event(event_id: int, *, now=None):
     return event
 
 
-# The two reads everyone polls when sales open, kept per process for at most a second (booking_site.recent):
+# The two reads everyone polls when sales open, kept per process for at most a second (web.recent):
 # an event's counts (small: many events fit) and its seat map (20,000 seats are 1.4 MB: a few events).
 recent_counts: RecentReads[dict] = RecentReads(size=1024)
 recent_seat_maps: RecentReads[bytes] = RecentReads(size=16)
@@ -101,13 +102,13 @@ class EventList(ListAPIView):
     def post(self, request):
         data = EventCreateIn.validated(request)
         layout = data.get("layout")
-        event = services.event_create(
+        event = events.event_create(
             name=data["name"],
             event_date=data["date"],
             location=data["location"],
             total_seats=data.get("totalSeats"),
             layout=layout
-            and services.SeatLayout(
+            and events.SeatLayout(
                 sections=tuple(layout["sections"]), rows=layout["rows"], seats_per_row=layout["seatsPerRow"]
             ),
             hold_minutes=data["holdMinutes"],
@@ -134,7 +135,7 @@ class EventDetail(APIView):
     def patch(self, request, event_id: int):
         data = EventChangeIn.validated(request)
         now = timezone.now()
-        services.event_update_details(
+        events.event_update_details(
             event_id=event_id, actor=request.user, now=now, **{_CHANGES[k]: v for k, v in data.items() if k in _CHANGES}
         )
         return Response(_read_counts(event_id, now))
@@ -179,10 +180,10 @@ class SeatsReserve(APIView):
         responses={
             201: SeatHoldOut,
             **errors(
-                services.SeatsUnavailable,
-                services.SalesClosed,
-                services.WaitlistActive,
-                services.NotAdmitted,
+                rules.SeatsUnavailable,
+                rules.SalesClosed,
+                rules.WaitlistActive,
+                rules.NotAdmitted,
                 LimitReached,
                 Forbidden,
             ),
@@ -191,7 +192,7 @@ class SeatsReserve(APIView):
     @idempotent
     def post(self, request, event_id: int):
         data = SeatHoldIn.validated(request)
-        group = services.seat_hold(
+        group = seat_holds.seat_hold(
             event_id=event_id,
             user=acting_user(caller=request.user, user_id=data.get("userId")),
             seat_codes=data.get("seatCodes"),
@@ -209,7 +210,7 @@ class QueueJoin(APIView):
 
     @extend_schema(
         request=QueueJoinIn,
-        responses={201: QueueEntryOut, 200: QueueEntryOut, **errors(queue.QueueDisabled, services.SalesClosed)},
+        responses={201: QueueEntryOut, 200: QueueEntryOut, **errors(queue.QueueDisabled, rules.SalesClosed)},
     )
     @idempotent
     def post(self, request, event_id: int):
@@ -226,7 +227,7 @@ class QueueEntryDetail(APIView):
         entry = queue.queue_entry_read(event_id=event_id, token=token)
         if entry is None:
             raise NotFound(f"Event {event_id} has no queue entry with this token.")
-        services.SEAT_HOLDS.policy.require_owner(request_user(request), entry.user_id, what="This queue entry")
+        holds.SEAT_HOLDS.policy.require_owner(request_user(request), entry.user_id, what="This queue entry")
         entry.state = entry.state_at(timezone.now())
         return Response(QueueEntryOut(entry).data)
 
@@ -237,9 +238,9 @@ class SeatsConfirm(APIView):
         responses={
             200: ConfirmOut,
             **errors(
-                services.EventMismatch,
-                services.HoldNotActive,
-                services.SeatCountConflict,
+                rules.EventMismatch,
+                rules.HoldNotActive,
+                rules.SeatCountConflict,
                 HoldExpired,
                 NotOwner,
                 Forbidden,
@@ -249,7 +250,7 @@ class SeatsConfirm(APIView):
     @idempotent
     def post(self, request, event_id: int):
         data = HoldActionIn.validated(request)
-        group = services.seat_hold_confirm(
+        group = seat_holds.seat_hold_confirm(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
             user=acting_user(caller=request.user, user_id=data.get("userId")),
@@ -269,12 +270,12 @@ class SeatsConfirm(APIView):
 class SeatsRelease(APIView):
     @extend_schema(
         request=HoldActionIn,
-        responses={200: ReleaseOut, **errors(services.EventMismatch, services.HoldNotActive, NotOwner, Forbidden)},
+        responses={200: ReleaseOut, **errors(rules.EventMismatch, rules.HoldNotActive, NotOwner, Forbidden)},
     )
     @idempotent
     def post(self, request, event_id: int):
         data = HoldActionIn.validated(request)
-        group = services.seat_hold_release(
+        group = seat_holds.seat_hold_release(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
             user=acting_user(caller=request.user, user_id=data.get("userId")),
@@ -287,7 +288,7 @@ def _visible_hold(request, hold_group_id) -> SeatHoldGroup:
     group = SeatHoldGroup.objects.filter(pk=hold_group_id).first()
     if group is None:
         raise NotFound(f"Hold {hold_group_id} does not exist.")
-    services.SEAT_HOLDS.policy.require(request_user(request), SEE, group, what=f"Hold {hold_group_id}")
+    holds.SEAT_HOLDS.policy.require(request_user(request), SEE, group, what=f"Hold {hold_group_id}")
     return group
 
 
@@ -295,7 +296,7 @@ def _visible_booking(request, booking_group_id) -> SeatHoldGroup:
     group = SeatHoldGroup.objects.select_related("event").filter(booking_group_id=booking_group_id).first()
     if group is None:
         raise NotFound(f"Booking {booking_group_id} does not exist.")
-    services.SEAT_HOLDS.policy.require(request_user(request), SEE, group, what=f"Booking {booking_group_id}")
+    holds.SEAT_HOLDS.policy.require(request_user(request), SEE, group, what=f"Booking {booking_group_id}")
     return group
 
 
@@ -331,19 +332,19 @@ class BookingDetail(APIView):
 class BookingCancel(APIView):
     @extend_schema(
         request=BookingCancelIn,
-        responses={200: BookingCancelOut, **errors(services.BookingNotActive, services.SeatCountConflict, NotOwner)},
+        responses={200: BookingCancelOut, **errors(rules.BookingNotActive, rules.SeatCountConflict, NotOwner)},
     )
     @idempotent
     def post(self, request, booking_group_id):
         data = BookingCancelIn.validated(request)
-        group = services.seat_booking_cancel(
+        group = seat_holds.seat_booking_cancel(
             booking_group_id=booking_group_id,
             user=request.user,
             now=timezone.now(),
             reason=data["reason"],
             seat_codes=data.get("seatCodes"),
         )
-        cancelled = group.state == services.State.CANCELLED
+        cancelled = group.state == rules.State.CANCELLED
         out = {"cancelled": cancelled, "bookingGroupId": group.booking_group_id}
         return Response(BookingCancelOut({**out, "seatCodes": [] if cancelled else group.seat_codes}).data)
 
@@ -364,14 +365,14 @@ class HoldEvents(AuditTrailView):
     """A hold group's audit trail, oldest first (its owner and operators)."""
 
     def get_subject(self):
-        return services.hold_subject(_visible_hold(self.request, self.kwargs["hold_group_id"]))
+        return rules.hold_subject(_visible_hold(self.request, self.kwargs["hold_group_id"]))
 
 
 class BookingEvents(AuditTrailView):
     """A booking's audit trail: the whole life of the hold group it came from."""
 
     def get_subject(self):
-        return services.hold_subject(_visible_booking(self.request, self.kwargs["booking_group_id"]))
+        return rules.hold_subject(_visible_booking(self.request, self.kwargs["booking_group_id"]))
 
 
 def _entry_out(entry: WaitlistEntry) -> dict:
@@ -379,7 +380,7 @@ def _entry_out(entry: WaitlistEntry) -> dict:
     if entry.state == "OFFERED" and entry.offer_expires_at is not None and entry.offer_expires_at <= timezone.now():
         entry.state = "EXPIRED"
     if not hasattr(entry, "position"):
-        entry.position = services.waitlist_position(entry)
+        entry.position = waitlist.waitlist_position(entry)
     return WaitlistEntryOut(entry).data
 
 
@@ -391,10 +392,10 @@ class Waitlist(APIView):
         responses={
             201: WaitlistEntryOut,
             **errors(
-                services.SeatsAvailable,
-                services.AlreadyWaiting,
-                services.WaitlistClosed,
-                services.SalesClosed,
+                rules.SeatsAvailable,
+                rules.AlreadyWaiting,
+                rules.WaitlistClosed,
+                rules.SalesClosed,
                 LimitReached,
             ),
         },
@@ -402,7 +403,7 @@ class Waitlist(APIView):
     @idempotent
     def post(self, request, event_id: int):
         data = WaitlistJoinIn.validated(request)
-        entry = services.waitlist_join(
+        entry = waitlist.waitlist_join(
             event_id=event_id,
             user=request.user,
             quantity=data["quantity"],
@@ -419,7 +420,7 @@ class WaitlistEntryDetail(APIView):
         entry = WaitlistEntry.objects.filter(pk=entry_id, event_id=event_id).first()
         if entry is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
-        services.SEAT_HOLDS.policy.require_owner(
+        holds.SEAT_HOLDS.policy.require_owner(
             request_user(request), entry.user_id, what=f"Waiting-list entry {entry_id}"
         )
         return entry
@@ -428,8 +429,8 @@ class WaitlistEntryDetail(APIView):
     def get(self, request, event_id: int, entry_id: int):
         return Response(_entry_out(self._entry(request, event_id, entry_id)))
 
-    @extend_schema(responses={200: WaitlistEntryOut, **errors(services.EntryNotWaiting, NotOwner)})
+    @extend_schema(responses={200: WaitlistEntryOut, **errors(rules.EntryNotWaiting, NotOwner)})
     @idempotent
     def delete(self, request, event_id: int, entry_id: int):
-        entry = services.waitlist_leave(event_id=event_id, entry_id=entry_id, user=request.user, now=timezone.now())
+        entry = waitlist.waitlist_leave(event_id=event_id, entry_id=entry_id, user=request.user, now=timezone.now())
         return Response(_entry_out(entry))

@@ -1,7 +1,7 @@
 import django_filters as filters
 
-from booking_site.api import IdFilter, StrictBooleanFilter
 from reservations.models import Car, Reservation
+from web.api import IdFilter, StrictBooleanFilter
 
 
 class CarFilter(filters.FilterSet):

@@ -1,8 +1,8 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from booking_site.api import ModelSerializer, StrictSerializer
 from reservations.models import Car, Reservation
+from web.api import ModelSerializer, StrictSerializer
 
 
 class CarIn(StrictSerializer):

@@ -4,14 +4,9 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.services import acting_user, request_user
-from booking_site.api import StaffWrites
-from booking_site.audit.api import AuditTrailView
-from booking_site.engine import SEE
-from booking_site.errors import Forbidden, HoldExpired, InvalidStateTransition, LimitReached, NotFound, NotOwner
-from booking_site.idempotency import idempotent
-from booking_site.schema import errors
-from booking_site.throttling import HOLDS
+from core.audit.api import AuditTrailView
+from core.engine import SEE
+from core.errors import Forbidden, HoldExpired, InvalidStateTransition, LimitReached, NotFound, NotOwner
 from reservations import selectors, services
 from reservations.api.filters import CarFilter, ReservationFilter
 from reservations.api.serializers import (
@@ -23,6 +18,11 @@ from reservations.api.serializers import (
     ReservationOut,
 )
 from reservations.models import Reservation
+from web.accounts.services import acting_user, request_user
+from web.api import StaffWrites
+from web.idempotency import idempotent
+from web.schema import errors
+from web.throttling import HOLDS
 
 
 class CarList(ListAPIView):

@@ -1,6 +1,6 @@
 from django.db import migrations
 
-# The car's claim sequence (booking_site.locking.CLAIM_SEQ, docs/decisions/0022-one-statement-holds.md): a
+# The car's claim sequence (core.locking.CLAIM_SEQ, docs/decisions/0022-one-statement-holds.md): a
 # column outside the model, so that a save() of a car read earlier never writes it back stale.
 
 

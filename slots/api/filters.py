@@ -5,10 +5,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import extend_schema_field
 
-from booking_site.api import IdFilter, StrictBooleanFilter
-from booking_site.errors import ValidationFailed
+from core.errors import ValidationFailed
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.models import Slot, SlotBooking
+from web.api import IdFilter, StrictBooleanFilter
 
 
 def _check_day(name: str, day: date) -> None:

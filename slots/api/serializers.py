@@ -8,11 +8,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from booking_site.api import JSONObjectField, ModelSerializer, OutputSerializer, StrictSerializer
-from booking_site.parsers import unstorable
 from slots.availability import MAX_BUFFER_MINUTES, MAX_DURATION_MINUTES, MAX_NOTICE_MINUTES, availability_clean
 from slots.models import Slot, SlotBooking
-from slots.services import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
+from slots.services.rules import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
+from web.api import JSONObjectField, ModelSerializer, OutputSerializer, StrictSerializer
+from web.parsers import unstorable
 
 BIGINT = 2**63 - 1
 

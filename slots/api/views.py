@@ -10,12 +10,10 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from booking_site.accounts.models import User
-from booking_site.accounts.services import acting_user, request_user
-from booking_site.api import AsOfPagePagination
-from booking_site.audit.api import AuditTrailView
-from booking_site.engine import SEE
-from booking_site.errors import (
+from core import errors as core_errors
+from core.audit.api import AuditTrailView
+from core.engine import SEE
+from core.errors import (
     Forbidden,
     HoldExpired,
     InvalidStateTransition,
@@ -23,13 +21,8 @@ from booking_site.errors import (
     NotOwner,
     ValidationFailed,
 )
-from booking_site.expiry import expire_all
-from booking_site.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarView, calendar_response
-from booking_site.idempotency import idempotent
-from booking_site.recent import RecentReads
-from booking_site.schema import errors
-from booking_site.throttling import HOLDS
-from slots import calendar, selectors, services
+from core.expiry import expire_all
+from slots import calendar, selectors
 from slots.api.filters import BookingFilter, SlotFilter
 from slots.api.serializers import (
     AvailabilityIn,
@@ -50,6 +43,16 @@ from slots.api.serializers import (
 )
 from slots.availability import AvailabilityFields, document_of
 from slots.models import Slot, SlotBooking
+from slots.services import appointments, reschedule, rules, slots
+from slots.services import bookings as slots_bookings
+from web.accounts.models import User
+from web.accounts.services import acting_user, request_user
+from web.api import AsOfPagePagination
+from web.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarView, calendar_response
+from web.idempotency import idempotent
+from web.recent import RecentReads
+from web.schema import errors
+from web.throttling import HOLDS
 
 
 def _slot_out(slot_id: int) -> dict:
@@ -57,7 +60,7 @@ def _slot_out(slot_id: int) -> dict:
 
 
 # What guests browse, one page per query string, kept per process for at most a second
-# (booking_site.recent): the page's count alone is a COUNT(*) over every future slot.
+# (web.recent): the page's count alone is a COUNT(*) over every future slot.
 recent_pages: RecentReads[dict] = RecentReads(size=256)
 
 
@@ -86,7 +89,7 @@ class SlotList(ListAPIView):
 
     @extend_schema(
         request=SlotIn,
-        responses={201: SlotOut, **errors(services.SlotOverlap, services.SlotInPast, services.NotAHost, NotFound)},
+        responses={201: SlotOut, **errors(rules.SlotOverlap, rules.SlotInPast, rules.NotAHost, NotFound)},
     )
     @idempotent
     def post(self, request):
@@ -95,12 +98,12 @@ class SlotList(ListAPIView):
         if host_id is None or host_id == request.user.pk:
             host = request.user
             if not host.is_host:
-                raise services.NotAHost()
+                raise rules.NotAHost()
         else:
             host = acting_user(caller=request.user, user_id=host_id)
             if not host.is_host:
                 raise ValidationFailed.for_field("hostId", f"User {host_id} is not a host.")
-        slot = services.slot_create(
+        slot = slots.slot_create(
             host=host,
             start=data["startTime"],
             end=data["endTime"],
@@ -113,7 +116,7 @@ class SlotList(ListAPIView):
         return Response(_slot_out(slot.pk), status=201)
 
 
-@extend_schema_view(get=extend_schema(responses={200: SlotOut, **errors(services.NotAHost)}))
+@extend_schema_view(get=extend_schema(responses={200: SlotOut, **errors(rules.NotAHost)}))
 class HostSlotList(ListAPIView):
     """The caller's own slots (any status, past ones included), in time order. Hosts only."""
 
@@ -123,7 +126,7 @@ class HostSlotList(ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return Slot.objects.none()
         if not request_user(self.request).is_host:
-            raise services.NotAHost("Only hosts have slots.")
+            raise rules.NotAHost("Only hosts have slots.")
         return selectors.slots_of_host(request_user(self.request), now=timezone.now())
 
 
@@ -135,24 +138,24 @@ class SlotDetail(APIView):
             raise NotFound(f"Slot {slot_id} does not exist.")
         return Response(SlotOut(slot).data)
 
-    @extend_schema(responses={200: SlotOut, **errors(InvalidStateTransition, services.SlotBooked, NotOwner)})
+    @extend_schema(responses={200: SlotOut, **errors(InvalidStateTransition, rules.SlotBooked, NotOwner)})
     @idempotent
     def delete(self, request, slot_id: int):
         """Withdraw a slot nobody holds a seat in (its host or an operator); it becomes CANCELLED."""
-        slot = services.slot_cancel(slot_id=slot_id, user=request.user, now=timezone.now())
+        slot = slots.slot_cancel(slot_id=slot_id, user=request.user, now=timezone.now())
         return Response(_slot_out(slot.pk))
 
 
 # What a booking refuses, wherever it is made: a new one (POST /api/bookings) or a move (reschedule).
 BOOKING_REFUSALS = (
-    services.SlotFull,
-    services.SlotOverlap,
-    services.LimitReached,
-    services.GuestOverlap,
-    services.SlotUnavailable,
-    services.OwnSlot,
-    services.SlotInPast,
-    services.OutsideAvailability,
+    rules.SlotFull,
+    rules.SlotOverlap,
+    core_errors.LimitReached,
+    rules.GuestOverlap,
+    rules.SlotUnavailable,
+    rules.OwnSlot,
+    rules.SlotInPast,
+    rules.OutsideAvailability,
 )
 
 
@@ -167,7 +170,7 @@ class BookingList(ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return SlotBooking.objects.none()
         bookings = selectors.slot_bookings_with_effective_state(now=timezone.now())
-        return services.SLOT_BOOKINGS.policy.visible(bookings, request_user(self.request)).order_by("-id")
+        return slots_bookings.SLOT_BOOKINGS.policy.visible(bookings, request_user(self.request)).order_by("-id")
 
     @extend_schema(
         request=SlotBookingIn,
@@ -182,7 +185,7 @@ class BookingList(ListAPIView):
         guest = acting_user(caller=request.user, user_id=data.get("userId"))
         claim = {"hold": data["hold"], "metadata": data["metadata"], "request_id": request.idempotency_key or ""}
         if "slotId" in data:
-            booking = services.slot_booking_create(
+            booking = slots_bookings.slot_booking_create(
                 slot_id=data["slotId"],
                 guest=guest,
                 seats=data["seats"],
@@ -191,7 +194,7 @@ class BookingList(ListAPIView):
                 **claim,
             )
         else:
-            booking = services.appointment_book(
+            booking = appointments.appointment_book(
                 host_id=data["hostId"],
                 guest=guest,
                 start=data["startTime"],
@@ -208,13 +211,13 @@ def _visible_booking(request, booking_id: int):
     booking = selectors.slot_bookings_with_effective_state(now=timezone.now()).filter(pk=booking_id).first()
     if booking is None:
         raise NotFound(f"Booking {booking_id} does not exist.")
-    services.SLOT_BOOKINGS.policy.require(request_user(request), SEE, booking, what=f"Booking {booking_id}")
+    slots_bookings.SLOT_BOOKINGS.policy.require(request_user(request), SEE, booking, what=f"Booking {booking_id}")
     return booking
 
 
 def _cancel(request, booking_id: int) -> Response:
     data = SlotBookingCancelIn.validated(request)
-    booking = services.slot_booking_cancel(
+    booking = slots_bookings.slot_booking_cancel(
         booking_id=booking_id, user=request.user, now=timezone.now(), reason=data["reason"]
     )
     return Response(SlotBookingOut(booking).data)
@@ -229,7 +232,7 @@ class BookingDetail(APIView):
         request=SlotBookingCancelIn,
         responses={
             200: SlotBookingOut,
-            **errors(InvalidStateTransition, services.CancellationWindowClosed, NotOwner),
+            **errors(InvalidStateTransition, rules.CancellationWindowClosed, NotOwner),
         },
     )
     @idempotent
@@ -243,7 +246,7 @@ class BookingCancel(APIView):
         request=SlotBookingCancelIn,
         responses={
             200: SlotBookingOut,
-            **errors(InvalidStateTransition, services.CancellationWindowClosed, NotOwner),
+            **errors(InvalidStateTransition, rules.CancellationWindowClosed, NotOwner),
         },
     )
     @idempotent
@@ -254,13 +257,13 @@ class BookingCancel(APIView):
 class BookingConfirm(APIView):
     @extend_schema(
         request=SlotBookingConfirmIn,
-        responses={200: SlotBookingOut, **errors(services.BookingNotPending, HoldExpired, NotOwner)},
+        responses={200: SlotBookingOut, **errors(rules.BookingNotPending, HoldExpired, NotOwner)},
     )
     @idempotent
     def post(self, request, booking_id: int):
         """PENDING → CONFIRMED; 409 ``booking_not_pending`` for any other state, 410 for a lapsed hold."""
         SlotBookingConfirmIn.validated(request)
-        booking = services.slot_booking_confirm(booking_id=booking_id, user=request.user, now=timezone.now())
+        booking = slots_bookings.slot_booking_confirm(booking_id=booking_id, user=request.user, now=timezone.now())
         return Response(SlotBookingOut(booking).data)
 
 
@@ -269,9 +272,7 @@ class BookingReschedule(APIView):
         request=SlotBookingRescheduleIn,
         responses={
             200: SlotBookingOut,
-            **errors(
-                InvalidStateTransition, HoldExpired, services.CancellationWindowClosed, *BOOKING_REFUSALS, NotOwner
-            ),
+            **errors(InvalidStateTransition, HoldExpired, rules.CancellationWindowClosed, *BOOKING_REFUSALS, NotOwner),
         },
     )
     @idempotent
@@ -280,11 +281,11 @@ class BookingReschedule(APIView):
         ``endTime``) in one transaction; answers with the new booking."""
         data = SlotBookingRescheduleIn.validated(request)
         if "slotId" in data:
-            booking = services.slot_booking_reschedule(
+            booking = reschedule.slot_booking_reschedule(
                 booking_id=booking_id, slot_id=data["slotId"], user=request.user, now=timezone.now()
             )
         else:
-            booking = services.appointment_reschedule(
+            booking = reschedule.appointment_reschedule(
                 booking_id=booking_id,
                 start=data["startTime"],
                 end=data["endTime"],
@@ -367,19 +368,19 @@ def _host(host_id: int) -> User:
 class MyAvailability(APIView):
     """The caller's own hours (hosts only): time zone, weekly windows, date overrides, durations, notice, buffer."""
 
-    @extend_schema(responses={200: AvailabilityOut, **errors(services.NotAHost)})
+    @extend_schema(responses={200: AvailabilityOut, **errors(rules.NotAHost)})
     def get(self, request):
         host = request_user(request)
         if not host.is_host:
-            raise services.NotAHost("Only hosts have availability.")
+            raise rules.NotAHost("Only hosts have availability.")
         return Response(_availability_out(host))
 
-    @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(services.NotAHost)})
+    @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(rules.NotAHost)})
     @idempotent
     def put(self, request):
         fields = cast(AvailabilityFields, AvailabilityIn.validated(request))  # the document, checked whole
         host = request_user(request)
-        services.availability_set(host=host, fields=fields, actor=host, now=timezone.now())
+        slots.availability_set(host=host, fields=fields, actor=host, now=timezone.now())
         return Response(_availability_out(host))
 
 

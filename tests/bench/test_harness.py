@@ -122,7 +122,7 @@ def test_only_picks_scenarios_by_pattern_and_brings_the_ceiling_along_with_write
 @pytest.mark.django_db
 def test_bench_webhook_registers_an_active_endpoint_the_server_kicks_for(capsys, settings):
     from bench.__main__ import parse_args, register_webhook
-    from booking_site.webhooks.models import WebhookEndpoint
+    from web.webhooks.models import WebhookEndpoint
 
     assert parse_args(["--webhook"]).webhook and not parse_args([]).webhook
     register_webhook()  # it allows private URLs: the settings fixture puts that back

@@ -5,8 +5,9 @@ import factory
 from django.db.models import Count
 from django.utils import timezone
 
-from events import selectors, services
+from events import selectors
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
+from events.services import events
 from tests.factories import UserFactory
 
 
@@ -19,8 +20,8 @@ def make_event(*, total_seats: int | None = 10, layout: tuple | None = None, **f
     event_date = fields["event_date"]
     if event_date <= timezone.now():
         fields["event_date"] = timezone.now() + timedelta(days=30)
-    seat_layout = services.SeatLayout(*layout) if layout else None
-    event = services.event_create(
+    seat_layout = events.SeatLayout(*layout) if layout else None
+    event = events.event_create(
         total_seats=None if layout else total_seats, layout=seat_layout, now=timezone.now(), **fields
     )
     if event.event_date != event_date:

@@ -5,10 +5,11 @@ from django.contrib import admin
 from django.test import Client
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
-from events import queue, services
+from core.audit.models import AuditEvent
+from events import queue
 from events.admin import EventAdmin
 from events.models import Event, Seat, SeatHoldGroup, WaitlistEntry
+from events.services import events, seat_holds, waitlist
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory
 
@@ -107,8 +108,8 @@ def test_close_sales_from_the_list(admin_client):
 
 def test_find_a_booking_and_cancel_it(admin_client, user):
     event = make_event()
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
-    group = services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
+    group = seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
 
     found = admin_client.get(f"/admin/events/seatholdgroup/?q={group.booking_group_id}").content.decode()
     detail = admin_client.get(f"/admin/events/seatholdgroup/{group.pk}/change/").content.decode()
@@ -126,7 +127,7 @@ def test_find_a_booking_and_cancel_it(admin_client, user):
 
 def test_expire_a_hold_from_the_list(admin_client, user):
     event = make_event()
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=_now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=_now())
 
     admin_client.post("/admin/events/seatholdgroup/", {"action": "expire_now", "_selected_action": [str(group.pk)]})
 
@@ -176,12 +177,12 @@ def test_an_edit_never_writes_back_the_counter_or_sales_it_read(admin_client, us
     """The admin read the event (0 booked, sales open) before a confirm and a sales close committed;
     saving the form must keep both (a full ``obj.save()`` wrote the stale values back)."""
     event = make_event()
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=_now())
     real_save_model = EventAdmin.save_model
 
     def others_commit_first(self, request, obj, form, change):
-        services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
-        services.event_sales_set(event_id=event.pk, sales_open=False, actor=None, now=_now())
+        seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=_now())
+        events.event_sales_set(event_id=event.pk, sales_open=False, actor=None, now=_now())
         return real_save_model(self, request, obj, form, change)
 
     monkeypatch.setattr(EventAdmin, "save_model", others_commit_first)
@@ -215,7 +216,7 @@ def test_the_admin_refuses_a_rate_out_of_range(admin_client):
 
 
 def test_operators_watch_the_queue_in_join_order(admin_client, user):
-    event = services.event_update_details(event_id=make_event().pk, actor=None, now=_now(), queue_enabled=True)
+    event = events.event_update_details(event_id=make_event().pk, actor=None, now=_now(), queue_enabled=True)
     entries = [queue.queue_join(event_id=event.pk, user=UserFactory(), now=_now())[0] for _ in range(3)]
     queue.queue_admit(event_id=event.pk, now=_now() + timedelta(seconds=1))
 
@@ -301,7 +302,7 @@ def waiting_event(n: int = 2):
     event = make_event(total_seats=2)
     write_hold(event, ["S1", "S2"])
     users = [UserFactory() for _ in range(n)]
-    return event, [services.waitlist_join(event_id=event.pk, user=u, quantity=1, now=timezone.now()) for u in users]
+    return event, [waitlist.waitlist_join(event_id=event.pk, user=u, quantity=1, now=timezone.now()) for u in users]
 
 
 def test_the_waiting_list_shows_positions_states_and_users(admin_client):

@@ -4,8 +4,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
+from core.audit.models import AuditEvent
+from core.metrics import CONSTRAINT_BACKSTOPS
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
 

@@ -4,15 +4,15 @@ from datetime import UTC, timedelta
 
 from django.utils import timezone
 
-from events import services
+from events.services import events, seat_holds
 from tests.calendars import read_one
 from tests.events.factories import make_event
 from tests.factories import UserFactory
 
 
 def _booking(event, user, codes):
-    held = services.seat_hold(event_id=event.pk, user=user, now=timezone.now(), seat_codes=codes)
-    return services.seat_hold_confirm(event_id=event.pk, hold_group_id=held.pk, user=user, now=timezone.now())
+    held = seat_holds.seat_hold(event_id=event.pk, user=user, now=timezone.now(), seat_codes=codes)
+    return seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=held.pk, user=user, now=timezone.now())
 
 
 def test_the_booked_seats_are_one_event_lasting_the_configured_duration(api, user, settings):
@@ -39,12 +39,12 @@ def test_moving_the_event_moves_the_entry_and_raises_its_sequence(api, user, sta
     url = f"/api/events/bookings/{group.booking_group_id}/calendar"
     before = read_one(api.get(url).content)
 
-    services.event_update_details(event_id=event.pk, actor=staff, now=timezone.now(), hold_minutes=7)
+    events.event_update_details(event_id=event.pk, actor=staff, now=timezone.now(), hold_minutes=7)
     unchanged = read_one(api.get(url).content)
     later = event.event_date + timedelta(days=1)
-    services.event_update_details(event_id=event.pk, actor=staff, now=timezone.now(), event_date=later)
+    events.event_update_details(event_id=event.pk, actor=staff, now=timezone.now(), event_date=later)
     moved = read_one(api.get(url).content)
-    services.seat_booking_cancel(booking_group_id=group.booking_group_id, user=user, now=timezone.now())
+    seat_holds.seat_booking_cancel(booking_group_id=group.booking_group_id, user=user, now=timezone.now())
     cancelled = read_one(api.get(url).content)
 
     assert unchanged == before  # the hold time is nothing a calendar shows
@@ -67,7 +67,7 @@ def test_its_owner_and_operators_may_download_it_and_no_one_else(client_for, use
 
 def test_a_hold_has_no_booking_id_and_so_no_calendar_file(api, user):
     event = make_event()
-    held = services.seat_hold(event_id=event.pk, user=user, now=timezone.now(), seat_codes=["S1"])
+    held = seat_holds.seat_hold(event_id=event.pk, user=user, now=timezone.now(), seat_codes=["S1"])
 
     response = api.get(f"/api/events/bookings/{held.pk}/calendar", HTTP_ACCEPT="text/calendar")
 

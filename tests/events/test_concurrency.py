@@ -12,13 +12,17 @@ from django.db.models import Exists, OuterRef, Q
 from django.test import Client
 from django.utils import timezone
 
-from booking_site import locking
-from booking_site.audit.services import trail
-from booking_site.errors import LimitReached
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
-from events import services
+from core import errors
+from core.audit import services as core_services
+from core.audit.services import trail
+from core.errors import LimitReached
+from core.metrics import CONSTRAINT_BACKSTOPS
+from events import locks
 from events.admin import EventAdmin
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
+from events.services import events as events_events
+from events.services import holds as events_holds
+from events.services import rules, seat_holds
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory
@@ -82,7 +86,7 @@ def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypat
     everyone_has_read = threading.Barrier(USERS, timeout=10)
 
     def unlocked_seats(event_id, *, codes, taken_at, holder=None, admission=None):
-        event = locking.share_event(event_id)  # the event's lock stays: only the seats' goes (and the holder's)
+        event = locks.share_event(event_id)  # the event's lock stays: only the seats' goes (and the holder's)
         seats = Seat.objects.filter(event_id=event_id, code__in=codes).annotate(taken=seats_taken(taken_at))
         found = list(seats.order_by("pk"))
         # Every racer reads its seats before any writes: the window the lock closes, made certain
@@ -91,7 +95,7 @@ def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypat
             everyone_has_read.wait()
         return event, found
 
-    monkeypatch.setattr(locking, "share_event_lock_seats", unlocked_seats)
+    monkeypatch.setattr(locks, "share_event_lock_seats", unlocked_seats)
 
     event, wanted, responses, backstops = hold_race(client_for)
 
@@ -167,18 +171,18 @@ def test_best_available_racers_get_adjacent_seats_in_one_row(client_for, setting
 
 def test_fifty_confirms_of_one_hold_book_it_once():
     event, user = make_event(), UserFactory()
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2", "S3"], now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2", "S3"], now=timezone.now())
 
     def confirm():
-        return services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+        return seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
 
     results = run_concurrently([confirm] * 50)
 
     confirmed = [r for r in results if isinstance(r, SeatHoldGroup)]
     refused = [r for r in results if not isinstance(r, SeatHoldGroup)]
     assert len(confirmed) == 1
-    assert all(isinstance(r, services.HoldNotActive) for r in refused), refused
-    assert trail(services.hold_subject(group)).filter(event_type="CONFIRMED").count() == 1
+    assert all(isinstance(r, rules.HoldNotActive) for r in refused), refused
+    assert trail(rules.hold_subject(group)).filter(event_type="CONFIRMED").count() == 1
     event.refresh_from_db()
     assert event.confirmed_seats == 3
     assert violations(event) == []
@@ -191,17 +195,17 @@ def test_confirm_release_expiry_and_a_rival_hold_racing_end_in_one_state(overdue
     group = write_hold(event, ["S1", "S2"], user=owner, created_at=created)
     now = timezone.now
     contenders = [
-        lambda: services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
-        lambda: services.seat_hold_release(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
-        lambda: services.seat_holds_expire_due(now=now()),
-        lambda: services.seat_hold(event_id=event.pk, user=rival, seat_codes=["S2", "S3"], now=now()),
+        lambda: seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
+        lambda: seat_holds.seat_hold_release(event_id=event.pk, hold_group_id=group.pk, user=owner, now=now()),
+        lambda: seat_holds.seat_holds_expire_due(now=now()),
+        lambda: seat_holds.seat_hold(event_id=event.pk, user=rival, seat_codes=["S2", "S3"], now=now()),
     ] * 3
 
     results = run_concurrently(contenders)
 
-    assert not [r for r in results if isinstance(r, Exception) and not isinstance(r, services.DomainError)]
+    assert not [r for r in results if isinstance(r, Exception) and not isinstance(r, errors.DomainError)]
     group.refresh_from_db()
-    events = trail(services.hold_subject(group)).exclude(event_type="CREATED")
+    events = trail(rules.hold_subject(group)).exclude(event_type="CREATED")
     assert group.state in {"CONFIRMED", "RELEASED", "EXPIRED"}
     assert [(e.from_state, e.to_state) for e in events] == [("HELD", group.state)]
     rival_holds = SeatHoldGroup.objects.filter(user=rival)
@@ -221,11 +225,11 @@ def test_two_expiry_jobs_at_once_write_one_event_per_group():
         for i in range(1, 60, 2)
     ]
 
-    counts = run_concurrently([lambda: services.seat_holds_expire_due(now=timezone.now(), batch_size=4)] * 4)
+    counts = run_concurrently([lambda: seat_holds.seat_holds_expire_due(now=timezone.now(), batch_size=4)] * 4)
 
     assert sum(counts) == 30
     for group in groups:
-        assert trail(services.hold_subject(group)).filter(event_type="EXPIRED").count() == 1
+        assert trail(rules.hold_subject(group)).filter(event_type="EXPIRED").count() == 1
     assert violations(event) == []
 
 
@@ -234,7 +238,7 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
     It must write only the fields it edits: the counter stays equal to the confirmed claims (a full
     ``obj.save()`` wrote 0 back, and the booking's later cancel then broke the counter's constraint)."""
     event, guest = make_event(), UserFactory()
-    group = services.seat_hold(event_id=event.pk, user=guest, seat_codes=["S1", "S2"], now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=guest, seat_codes=["S1", "S2"], now=timezone.now())
     real_save_model = EventAdmin.save_model
 
     def slow_save_model(self, request, obj, form, change):
@@ -260,7 +264,7 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
 
     def confirm():
         time.sleep(0.2)
-        return services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=guest, now=timezone.now())
+        return seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=guest, now=timezone.now())
 
     edited, confirmed = run_concurrently([edit, confirm])
 
@@ -268,7 +272,7 @@ def test_an_admin_edit_while_a_confirm_commits_keeps_the_counter(monkeypatch, st
     event.refresh_from_db()
     assert (event.name, event.confirmed_seats) == ("Renamed", 2)
     assert violations(event) == []
-    services.seat_booking_cancel(booking_group_id=confirmed.booking_group_id, user=guest, now=timezone.now())
+    seat_holds.seat_booking_cancel(booking_group_id=confirmed.booking_group_id, user=guest, now=timezone.now())
     event.refresh_from_db()
     assert event.confirmed_seats == 0
 
@@ -296,7 +300,7 @@ def test_a_confirm_that_waits_past_the_expiry_for_its_lock_is_410_and_expires_th
     assert response.json()["error"]["code"] == "hold_expired"
     group.refresh_from_db()
     assert group.state == "EXPIRED" and group.booking_group_id is None
-    assert [e.event_type for e in trail(services.hold_subject(group))] == ["EXPIRED"]
+    assert [e.event_type for e in trail(rules.hold_subject(group))] == ["EXPIRED"]
     assert violations(event) == []
 
 
@@ -311,19 +315,19 @@ def test_confirms_holds_and_edits_of_one_event_at_once_never_deadlock():
         odd = [f"S{100 * round_ + 2 * i + 1}" for i in range(len(users))]
         even = [f"S{100 * round_ + 2 * i + 2}" for i in range(len(users))]
         held = [
-            services.seat_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
+            seat_holds.seat_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
             for u, code in zip(users, odd, strict=True)
         ]
         calls = [
-            lambda g=g: services.seat_hold_confirm(event_id=event.pk, hold_group_id=g.pk, user=g.user, now=now())
+            lambda g=g: seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=g.pk, user=g.user, now=now())
             for g in held
         ]
         calls += [
-            lambda u=u, code=code: services.seat_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
+            lambda u=u, code=code: seat_holds.seat_hold(event_id=event.pk, user=u, seat_codes=[code], now=now())
             for u, code in zip(users, even, strict=True)
         ]
         calls += [
-            lambda n=n: services.event_update_details(event_id=event.pk, actor=None, now=now(), name=f"Gala {n}")
+            lambda n=n: events_events.event_update_details(event_id=event.pk, actor=None, now=now(), name=f"Gala {n}")
             for n in range(4)
         ]
 
@@ -341,23 +345,23 @@ def edit_while_holding(monkeypatch) -> dict[str, float]:
     """An operator's edit holds the event row's lock for 1.5 s; a hold on the event starts 0.3 s in.
     Returns when each finished."""
     event, user = make_event(), UserFactory()
-    real_record = services.audit.record
+    real_record = core_services.record
 
     def slow_record(**fields):
         if fields.get("event") == "UPDATED":
             time.sleep(1.5)  # the edit holds the event row's lock meanwhile
         return real_record(**fields)
 
-    monkeypatch.setattr(services.audit, "record", slow_record)
+    monkeypatch.setattr(core_services, "record", slow_record)
     finished = {}
 
     def edit():
-        services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), name="Renamed")
+        events_events.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), name="Renamed")
         finished["edit"] = time.monotonic()
 
     def hold():
         time.sleep(0.3)
-        services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+        seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
         finished["hold"] = time.monotonic()
 
     results = run_concurrently([edit, hold])
@@ -378,7 +382,7 @@ def test_control_with_for_update_on_the_event_the_hold_waits(monkeypatch):
     def lock_event_for_update(event_id):
         return Event.objects.select_for_update().get(pk=event_id)
 
-    monkeypatch.setattr(locking, "lock_event", lock_event_for_update)
+    monkeypatch.setattr(locks, "lock_event", lock_event_for_update)
 
     finished = edit_while_holding(monkeypatch)
 
@@ -392,7 +396,7 @@ def close_while_holding(monkeypatch) -> tuple[list, int, int]:
     in the end."""
     event, operator = make_event(total_seats=6), UserFactory(is_staff=True)
     users = [UserFactory() for _ in range(6)]
-    lock_seats, record = locking.share_event_lock_seats, services.audit.record
+    lock_seats, record = locks.share_event_lock_seats, core_services.record
     seen_by_the_close, a_hold_in_flight = [], threading.Event()
 
     def lingering_lock_seats(*args, **kwargs):
@@ -406,16 +410,16 @@ def close_while_holding(monkeypatch) -> tuple[list, int, int]:
             seen_by_the_close.append(SeatHoldGroup.objects.filter(event=event).count())
         return record(**fields)
 
-    monkeypatch.setattr(locking, "share_event_lock_seats", lingering_lock_seats)
-    monkeypatch.setattr(services.audit, "record", record_and_count)
+    monkeypatch.setattr(locks, "share_event_lock_seats", lingering_lock_seats)
+    monkeypatch.setattr(core_services, "record", record_and_count)
 
     def close():
         a_hold_in_flight.wait(10)
         time.sleep(0.1)
-        return services.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
+        return events_events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
 
     holds = [
-        lambda u=u, n=n: services.seat_hold(event_id=event.pk, user=u, seat_codes=[f"S{n}"], now=timezone.now())
+        lambda u=u, n=n: seat_holds.seat_hold(event_id=event.pk, user=u, seat_codes=[f"S{n}"], now=timezone.now())
         for n, u in enumerate(users, start=1)
     ]
 
@@ -426,7 +430,7 @@ def close_while_holding(monkeypatch) -> tuple[list, int, int]:
 
 
 def assert_no_hold_commits_after_the_close(results, seen_by_the_close, held) -> None:
-    assert all(isinstance(r, SeatHoldGroup | services.SalesClosed) for r in results), results
+    assert all(isinstance(r, SeatHoldGroup | rules.SalesClosed) for r in results), results
     assert held == sum(isinstance(r, SeatHoldGroup) for r in results)
     assert seen_by_the_close >= 1, "no hold was in flight when the close came: the test raced nothing"
     assert held == seen_by_the_close, "a hold that read sales open committed after the close"
@@ -441,9 +445,9 @@ def test_no_hold_commits_after_a_close_of_sales_commits(monkeypatch):
 def test_control_without_the_event_lock_holds_commit_after_the_close(monkeypatch):
     def unshared_event(event_id, *, codes, taken_at, holder=None, admission=None):
         event = Event.objects.filter(pk=event_id).first()  # the seats' locks stay: only the event's goes
-        return event, locking.lock_seats(event_id=event_id, codes=codes, taken=seats_taken(taken_at))
+        return event, locks.lock_seats(event_id=event_id, codes=codes, taken=seats_taken(taken_at))
 
-    monkeypatch.setattr(locking, "share_event_lock_seats", unshared_event)
+    monkeypatch.setattr(locks, "share_event_lock_seats", unshared_event)
 
     results, seen_by_the_close, held = close_while_holding(monkeypatch)
 
@@ -462,7 +466,7 @@ def race_one_user_over_eight_pairs():
     pairs = [[f"S{2 * n + 1}", f"S{2 * n + 2}"] for n in range(PAIRS)]
     results = run_concurrently(
         [
-            lambda codes=codes: services.seat_hold(event_id=event.pk, user=user, seat_codes=codes, now=timezone.now())
+            lambda codes=codes: seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=codes, now=timezone.now())
             for codes in pairs
         ]
     )
@@ -487,7 +491,7 @@ def test_control_without_the_holders_lock_the_seat_cap_breaks(monkeypatch):
     """The holder is not locked; every racer counts the user's seats and inserts its hold before any of
     them commits (a hold counts and inserts in one statement, after its locks)."""
     everyone_has_inserted = threading.Barrier(PAIRS, timeout=10)
-    lock_seats, create = locking.share_event_lock_seats, services.SEAT_HOLDS.create
+    lock_seats, create = locks.share_event_lock_seats, events_holds.SEAT_HOLDS.create
 
     def inserted(*args, **kwargs):
         group = create(*args, **kwargs)
@@ -495,8 +499,8 @@ def test_control_without_the_holders_lock_the_seat_cap_breaks(monkeypatch):
             everyone_has_inserted.wait()
         return group
 
-    monkeypatch.setattr(locking, "share_event_lock_seats", lambda *a, holder=None, **kw: lock_seats(*a, **kw))
-    monkeypatch.setattr(services.SEAT_HOLDS, "create", inserted)
+    monkeypatch.setattr(locks, "share_event_lock_seats", lambda *a, holder=None, **kw: lock_seats(*a, **kw))
+    monkeypatch.setattr(events_holds.SEAT_HOLDS, "create", inserted)
 
     event, user, _ = race_one_user_over_eight_pairs()
 

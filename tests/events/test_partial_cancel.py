@@ -4,26 +4,28 @@
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.services import trail
-from booking_site.webhooks import services as webhooks
-from booking_site.webhooks.catalogue import EVENT_TYPES, event_type
-from booking_site.webhooks.services import webhooks_deliver
-from events import selectors, services
+from core import errors
+from core.audit.services import trail
+from events import selectors
 from events.models import Event, SeatHoldGroup, WaitlistEntry
+from events.services import rules, seat_holds, waitlist
 from tests.calendars import read_one
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory
+from web.webhooks import services as webhooks
+from web.webhooks.catalogue import EVENT_TYPES, event_type
+from web.webhooks.services import webhooks_deliver
 
 pytestmark = pytest.mark.django_db
 
 
 def booked(event, user, codes) -> SeatHoldGroup:
-    held = services.seat_hold(event_id=event.pk, user=user, now=timezone.now(), seat_codes=codes)
-    return services.seat_hold_confirm(event_id=event.pk, hold_group_id=held.pk, user=user, now=timezone.now())
+    held = seat_holds.seat_hold(event_id=event.pk, user=user, now=timezone.now(), seat_codes=codes)
+    return seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=held.pk, user=user, now=timezone.now())
 
 
 def cancel(group, user, codes=None, reason=""):
-    return services.seat_booking_cancel(
+    return seat_holds.seat_booking_cancel(
         booking_group_id=group.booking_group_id, user=user, now=timezone.now(), reason=reason, seat_codes=codes
     )
 
@@ -44,10 +46,10 @@ def test_the_named_seats_are_freed_and_the_rest_stay_booked(user):
     assert (group.state, group.seat_count) == ("CONFIRMED", 1)
     assert selectors.group_seat_codes(group) == ["S2"]
     assert event.confirmed_seats == 1
-    again = services.seat_hold(event_id=event.pk, user=UserFactory(), now=timezone.now(), seat_codes=["S1", "S3"])
+    again = seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), now=timezone.now(), seat_codes=["S1", "S3"])
     assert again.state == "HELD"  # free again
     assert violations(event) == []
-    [partial] = trail(services.hold_subject(group)).filter(event_type=services.SEATS_CANCELLED)
+    [partial] = trail(rules.hold_subject(group)).filter(event_type=seat_holds.SEATS_CANCELLED)
     assert (partial.from_state, partial.to_state, partial.actor_id) == ("CONFIRMED", "CONFIRMED", user.pk)
     assert partial.metadata == {
         "eventId": event.pk,
@@ -69,10 +71,10 @@ def test_cancelling_its_last_seats_cancels_the_booking(user):
     event.refresh_from_db()
     assert last.state == "CANCELLED" and last.cancelled_at is not None
     assert event.confirmed_seats == 0
-    assert list(trail(services.hold_subject(group)).values_list("event_type", flat=True)) == [
+    assert list(trail(rules.hold_subject(group)).values_list("event_type", flat=True)) == [
         "CREATED",
         "CONFIRMED",
-        services.SEATS_CANCELLED,
+        seat_holds.SEATS_CANCELLED,
         "CANCELLED",
     ]
     assert violations(event) == []
@@ -96,7 +98,7 @@ def test_a_seat_not_booked_in_it_is_refused_and_nothing_changes(user, codes):
     group = booked(event, user, ["S1", "S2"])
     write_hold(event, ["S3"], state="CONFIRMED")  # another's booking
 
-    with pytest.raises(services.ValidationFailed) as refused:
+    with pytest.raises(errors.ValidationFailed) as refused:
         cancel(group, user, codes)
 
     assert "seatCodes" in refused.value.details["fields"]
@@ -142,7 +144,7 @@ def test_the_api_answers_the_seats_still_booked_and_replays_by_idempotency_key(a
     assert retry["Idempotent-Replayed"] == "true" and retry.json() == first.json()
     event.refresh_from_db()
     assert event.confirmed_seats == 2
-    assert trail(services.hold_subject(group)).filter(event_type=services.SEATS_CANCELLED).count() == 1
+    assert trail(rules.hold_subject(group)).filter(event_type=seat_holds.SEATS_CANCELLED).count() == 1
     whole = api.post(url(group), {}, format="json").json()
     assert whole == {"cancelled": True, "bookingGroupId": str(group.booking_group_id), "seatCodes": []}
 
@@ -151,7 +153,7 @@ def test_a_seat_freed_while_people_wait_is_offered_to_the_head(user):
     event = make_event(total_seats=3)
     group = booked(event, user, ["S1", "S2", "S3"])
     Event.objects.filter(pk=event.pk).update(waitlist_enabled=True)
-    head = services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    head = waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
 
     cancel(group, user, ["S2"])
 

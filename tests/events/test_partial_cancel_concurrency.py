@@ -6,10 +6,11 @@ import pytest
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import locking
-from booking_site.audit.services import trail
-from events import selectors, services
+from core import locking
+from core.audit.services import trail
+from events import locks, selectors
 from events.models import SeatHoldGroup, WaitlistEntry
+from events.services import rules, seat_holds, waitlist
 from tests.concurrency import deadlocks_found_sooner, run_concurrently
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory
@@ -20,7 +21,7 @@ ROUNDS = 6
 
 
 def cancel(group: SeatHoldGroup, codes: list[str] | None):
-    return lambda: services.seat_booking_cancel(
+    return lambda: seat_holds.seat_booking_cancel(
         booking_group_id=group.booking_group_id, user=group.user, now=timezone.now(), seat_codes=codes
     )
 
@@ -33,14 +34,14 @@ def a_partial_and_a_whole_cancel_at_once() -> tuple:
 
     booking.refresh_from_db()
     event.refresh_from_db()
-    ends = [e.event_type for e in trail(services.hold_subject(booking))]
+    ends = [e.event_type for e in trail(rules.hold_subject(booking))]
     return (type(partial).__name__, type(whole).__name__, booking.state, event.confirmed_seats, tuple(ends))
 
 
 # The partial cancel got there first (then the whole cancel took the two seats left), or the whole one did
 # (and the partial one found a cancelled booking); never both at once.
 ONE_WAY = {
-    ("SeatHoldGroup", "SeatHoldGroup", "CANCELLED", 0, (services.SEATS_CANCELLED, "CANCELLED")),
+    ("SeatHoldGroup", "SeatHoldGroup", "CANCELLED", 0, (seat_holds.SEATS_CANCELLED, "CANCELLED")),
     ("BookingNotActive", "SeatHoldGroup", "CANCELLED", 0, ("CANCELLED",)),
 }
 
@@ -70,11 +71,13 @@ def a_partial_cancel_while_a_release_offers_seats() -> tuple[list[WaitlistEntry]
     booking = write_hold(event, ["S1", "S2"], state="CONFIRMED")
     held = write_hold(event, ["S3", "S4"])
     entries = [
-        services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now()) for _ in range(3)
+        waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now()) for _ in range(3)
     ]
 
     def release():
-        return services.seat_hold_release(event_id=event.pk, hold_group_id=held.pk, user=held.user, now=timezone.now())
+        return seat_holds.seat_hold_release(
+            event_id=event.pk, hold_group_id=held.pk, user=held.user, now=timezone.now()
+        )
 
     results = run_concurrently([cancel(booking, ["S1"]), release])
 
@@ -94,13 +97,13 @@ def test_a_partial_cancel_while_a_release_offers_seats_offers_each_seat_once_in_
         assert wrong == []
         assert [e.state for e in entries] == ["OFFERED"] * 3
         assert sorted(offered(entries)) == ["S1", "S3", "S4"]
-        offers = [trail(services.waitlist_entry_subject(e)).get(event_type="OFFERED").pk for e in entries]
+        offers = [trail(waitlist.waitlist_entry_subject(e)).get(event_type="OFFERED").pk for e in entries]
         assert offers == sorted(offers), "someone was offered seats before the one ahead of them"
 
 
 def test_control_without_the_event_lock_of_the_released_seats_the_offers_collide(monkeypatch):
     monkeypatch.setattr(
-        locking,
+        locks,
         "freed_events_lock_sql",
         lambda events: sql.SQL("SELECT id, waiting_count FROM events_event WHERE id IN ({})").format(events),
     )

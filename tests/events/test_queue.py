@@ -9,20 +9,22 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
-from booking_site.audit.services import trail
-from booking_site.webhooks.catalogue import event_type
-from events import queue, services
+from core import errors
+from core.audit.models import AuditEvent
+from core.audit.services import trail
+from events import queue
 from events.models import Event, EventQueue, QueueEntry
+from events.services import events as events_events
 from tests.events.factories import make_event
 from tests.factories import UserFactory
+from web.webhooks.catalogue import event_type
 
 pytestmark = pytest.mark.django_db
 
 
 def queued_event(*, rate: int = 60, window: int = 10, **fields) -> Event:
     event = make_event(**fields)
-    return services.event_update_details(
+    return events_events.event_update_details(
         event_id=event.pk,
         actor=None,
         now=timezone.now(),
@@ -129,8 +131,10 @@ def test_patch_of_a_missing_event_is_404(staff_api):
 def test_the_service_refuses_a_window_out_of_range():
     event = make_event()
 
-    with pytest.raises(services.ValidationFailed):
-        services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), admission_window_minutes=121)
+    with pytest.raises(errors.ValidationFailed):
+        events_events.event_update_details(
+            event_id=event.pk, actor=None, now=timezone.now(), admission_window_minutes=121
+        )
 
 
 # --- joining and polling --------------------------------------------------------------------------------
@@ -271,12 +275,12 @@ def test_a_slow_queue_still_admits_one_at_a_time():
 def test_nothing_is_admitted_while_sales_are_closed_or_the_queue_is_off():
     event = queued_event(rate=60)
     joined(event, 5)
-    services.event_sales_set(event_id=event.pk, sales_open=False, actor=None, now=timezone.now())
+    events_events.event_sales_set(event_id=event.pk, sales_open=False, actor=None, now=timezone.now())
 
     assert admit(event, seconds=30) == (0, 0)
 
-    services.event_sales_set(event_id=event.pk, sales_open=True, actor=None, now=timezone.now())
-    services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=False)
+    events_events.event_sales_set(event_id=event.pk, sales_open=True, actor=None, now=timezone.now())
+    events_events.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=False)
     assert admit(event, seconds=30) == (0, 0)
 
 
@@ -394,7 +398,7 @@ def test_holds_on_an_event_without_a_queue_need_no_token(api):
 
 def test_a_queue_turned_off_lets_everyone_hold_again(api):
     event = queued_event()
-    services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=False)
+    events_events.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=False)
 
     assert reserve(api, event).status_code == 201
     assert AuditEvent.objects.filter(subject_type="event", event_type="UPDATED").count() == 2

@@ -11,11 +11,12 @@ import pytest
 from django.db import IntegrityError
 from django.utils import timezone
 
-from booking_site import locking
-from booking_site.audit.models import AuditEvent
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
-from events import queue, services
+from core.audit.models import AuditEvent
+from core.metrics import CONSTRAINT_BACKSTOPS
+from events import locks, queue
 from events.models import EventQueue, QueueEntry
+from events.services import events as events_events
+from events.services import rules, seat_holds
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, violations
 from tests.factories import UserFactory
@@ -34,7 +35,7 @@ def backstop_hits() -> float:
 
 def queued_event(*, seats: int, rate: int):
     event = make_event(total_seats=seats)
-    return services.event_update_details(
+    return events_events.event_update_details(
         event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=True, admitted_per_minute=rate
     )
 
@@ -111,7 +112,7 @@ def test_five_hundred_joining_at_once_are_admitted_in_join_order_and_only_the_ad
     holders = [by_number[n] for n in range(1, 51)]
 
     def hold(entry):
-        return lambda: services.seat_hold(
+        return lambda: seat_holds.seat_hold(
             event_id=event.pk, user=entry.user, quantity=1, now=timezone.now(), queue_token=entry.token
         )
 
@@ -120,8 +121,8 @@ def test_five_hundred_joining_at_once_are_admitted_in_join_order_and_only_the_ad
     admitted_outcomes, lapsed_outcomes = outcomes[:30], outcomes[30:]
     held = [o for o in admitted_outcomes if not isinstance(o, Exception)]
     assert len(held) == 20, admitted_outcomes
-    assert {type(o) for o in admitted_outcomes if isinstance(o, Exception)} <= {services.SeatsUnavailable}
-    assert all(isinstance(o, services.NotAdmitted) for o in lapsed_outcomes), lapsed_outcomes
+    assert {type(o) for o in admitted_outcomes if isinstance(o, Exception)} <= {rules.SeatsUnavailable}
+    assert all(isinstance(o, rules.NotAdmitted) for o in lapsed_outcomes), lapsed_outcomes
     assert event.hold_groups.count() == 20
     assert violations(event) == []
 
@@ -139,7 +140,7 @@ def test_control_without_the_queue_row_lock_joins_take_the_same_number(monkeypat
             everyone_has_read.wait()
         return last + 1, 0
 
-    monkeypatch.setattr(locking, "take_queue_number", unlocked_number)
+    monkeypatch.setattr(locks, "take_queue_number", unlocked_number)
     users = [UserFactory() for _ in range(8)]
 
     results = run_concurrently(
@@ -187,7 +188,7 @@ def test_control_without_the_queue_lock_two_runs_admit_the_same_numbers(monkeypa
             everyone_has_read.wait()
         return row
 
-    monkeypatch.setattr(locking, "lock_event_queue", unlocked_queue)
+    monkeypatch.setattr(locks, "lock_event_queue", unlocked_queue)
 
     event, results, backstops = two_runs()
 

@@ -7,10 +7,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.services import trail
-from events import queue, services
+from core.audit.services import trail
+from events import queue
 from events.models import Event, SeatClaim, SeatHoldGroup, WaitlistEntry
-from events.services import hold_subject
+from events.services import events, waitlist
+from events.services.rules import hold_subject
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
 from tests.factories import UserFactory
 from tests.round_trips import round_trips
@@ -173,7 +174,7 @@ def test_a_hold_refused_by_the_cap_on_held_seats_is_four_round_trips(cached_api_
 def test_a_hold_refused_because_someone_waits_is_three_round_trips(cached_api_of):
     event = make_event(total_seats=2)
     write_hold(event, ["S1"])
-    services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
+    waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
     api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
@@ -189,7 +190,7 @@ def test_joining_the_waiting_list_is_four_round_trips(cached_api_of, anyone_wait
     event = make_event(total_seats=2)
     write_hold(event, ["S1", "S2"])
     if anyone_waiting:
-        services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+        waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
     api = cached_api_of(UserFactory())
 
     with round_trips() as trips:
@@ -204,8 +205,8 @@ def test_joining_the_waiting_list_is_four_round_trips(cached_api_of, anyone_wait
 def test_leaving_the_waiting_list_is_five_round_trips(cached_api_of):
     event, user = make_event(total_seats=2), UserFactory()
     write_hold(event, ["S1", "S2"])
-    services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
-    entry = services.waitlist_join(event_id=event.pk, user=user, quantity=1, now=timezone.now())
+    waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    entry = waitlist.waitlist_join(event_id=event.pk, user=user, quantity=1, now=timezone.now())
     api = cached_api_of(user)
 
     with round_trips() as trips:
@@ -221,7 +222,7 @@ def test_leaving_the_waiting_list_is_five_round_trips(cached_api_of):
 def test_a_release_that_offers_its_seats_to_the_head_is_ten_round_trips(cached_api_of):
     event, user = make_event(total_seats=2), UserFactory()
     group = write_hold(event, ["S1", "S2"], user=user)
-    head = services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
+    head = waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
     api = cached_api_of(user)
 
     with round_trips() as trips:
@@ -240,7 +241,7 @@ def test_a_release_that_offers_its_seats_to_the_head_is_ten_round_trips(cached_a
 
 
 def queued(event):
-    return services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=True)
+    return events.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), queue_enabled=True)
 
 
 def admitted_token(event, user) -> str:

@@ -6,12 +6,14 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
-from booking_site.audit.services import trail
-from booking_site.errors import Forbidden, HoldExpired
-from booking_site.expiry import expire_all
-from events import selectors, services
+from core import errors
+from core.audit.models import AuditEvent
+from core.audit.services import trail
+from core.errors import Forbidden, HoldExpired
+from core.expiry import expire_all
+from events import selectors
 from events.models import Event, Seat, SeatHoldGroup
+from events.services import events, rules, seat_holds
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
 from tests.factories import UserFactory
 
@@ -29,13 +31,13 @@ def test_twenty_thousand_seats_are_one_insert():
 
 
 def test_a_layout_that_disagrees_with_the_total_is_refused():
-    with pytest.raises(services.ValidationFailed):
-        services.event_create(
+    with pytest.raises(errors.ValidationFailed):
+        events.event_create(
             name="x",
             event_date=timezone.now(),
             location="x",
             total_seats=5,
-            layout=services.SeatLayout(("A",), 2, 2),
+            layout=events.SeatLayout(("A",), 2, 2),
             now=timezone.now(),
         )
 
@@ -43,9 +45,9 @@ def test_a_layout_that_disagrees_with_the_total_is_refused():
 def test_closing_and_opening_sales_is_audited():
     event, operator = make_event(), UserFactory(is_staff=True)
 
-    services.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
-    services.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
-    services.event_sales_set(event_id=event.pk, sales_open=True, actor=operator, now=timezone.now())
+    events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
+    events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
+    events.event_sales_set(event_id=event.pk, sales_open=True, actor=operator, now=timezone.now())
 
     assert [(e.event_type, e.to_state) for e in trail(event)] == [
         ("CREATED", "OPEN"),
@@ -59,14 +61,14 @@ def test_expiry_job_flips_overdue_groups_with_one_event_each():
     overdue = [overdue_hold(event, [f"S{i}", f"S{i + 1}"]) for i in (1, 3, 5)]
     live = write_hold(event, ["S9"])
 
-    assert services.seat_holds_expire_due(now=timezone.now(), batch_size=2) == 3
-    assert services.seat_holds_expire_due(now=timezone.now()) == 0
+    assert seat_holds.seat_holds_expire_due(now=timezone.now(), batch_size=2) == 3
+    assert seat_holds.seat_holds_expire_due(now=timezone.now()) == 0
 
     for group in overdue:
         group.refresh_from_db()
         assert group.state == "EXPIRED"
         assert set(group.claims.values_list("state", flat=True)) == {"EXPIRED"}
-        assert trail(services.hold_subject(group)).filter(event_type="EXPIRED").count() == 1
+        assert trail(rules.hold_subject(group)).filter(event_type="EXPIRED").count() == 1
     live.refresh_from_db()
     assert live.state == "HELD"
     assert violations(event) == []
@@ -94,17 +96,17 @@ def test_overdue_holds_count_as_available_before_the_job_runs():
 
 def test_confirm_at_the_expiry_instant_is_expired():
     event, user = make_event(), UserFactory()
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
 
     with pytest.raises(HoldExpired):
-        services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=group.expires_at)
+        seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=group.expires_at)
 
 
 def test_operator_expires_a_hold_now():
     event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
 
-    services.seat_hold_expire(hold_group_id=group.pk, user=operator, now=timezone.now())
+    seat_holds.seat_hold_expire(hold_group_id=group.pk, user=operator, now=timezone.now())
 
     group.refresh_from_db()
     assert group.state == "EXPIRED"
@@ -115,7 +117,7 @@ def test_best_available_skips_overdue_blockers_and_expires_them():
     event, user = make_event(layout=(("A",), 1, 3)), UserFactory()
     overdue = overdue_hold(event, ["A-1-1", "A-1-2", "A-1-3"])
 
-    group = services.seat_hold(event_id=event.pk, user=user, quantity=3, now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, quantity=3, now=timezone.now())
 
     assert sorted(s.code for s in group.seats) == ["A-1-1", "A-1-2", "A-1-3"]
     overdue.refresh_from_db()
@@ -124,12 +126,12 @@ def test_best_available_skips_overdue_blockers_and_expires_them():
 
 def test_cancel_moves_the_counter_back():
     event, user = make_event(), UserFactory()
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
-    group = services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
+    group = seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
     event.refresh_from_db()
     assert event.confirmed_seats == 2
 
-    services.seat_booking_cancel(booking_group_id=group.booking_group_id, user=user, now=timezone.now())
+    seat_holds.seat_booking_cancel(booking_group_id=group.booking_group_id, user=user, now=timezone.now())
 
     event.refresh_from_db()
     assert event.confirmed_seats == 0
@@ -141,7 +143,7 @@ def test_hold_expiry_is_the_events_hold_minutes():
     event, user = make_event(hold_minutes=1), UserFactory()
     now = timezone.now()
 
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=now)
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=now)
 
     # From when the hold was granted: ``locked_now``, once the seat locks were held, not before.
     assert group.expires_at == group.created_at + timedelta(minutes=1)
@@ -151,10 +153,10 @@ def test_hold_expiry_is_the_events_hold_minutes():
 def test_update_details_writes_only_what_changed_and_audits_it():
     event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
     stale = Event.objects.get(pk=event.pk)  # read before the confirm below
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
-    services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
+    seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
 
-    updated = services.event_update_details(
+    updated = events.event_update_details(
         event_id=stale.pk, actor=operator, now=timezone.now(), name="Renamed", location=stale.location
     )
 
@@ -170,7 +172,7 @@ def test_update_details_writes_only_what_changed_and_audits_it():
 def test_update_details_with_nothing_new_writes_nothing():
     event = make_event()
 
-    services.event_update_details(
+    events.event_update_details(
         event_id=event.pk, actor=None, now=timezone.now(), name=event.name, hold_minutes=event.hold_minutes
     )
 
@@ -190,43 +192,43 @@ def test_update_details_with_nothing_new_writes_nothing():
 def test_update_details_refuses_a_bad_date_or_hold_length(change):
     event = make_event()
 
-    with pytest.raises(services.ValidationFailed):
-        services.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), **change)
+    with pytest.raises(errors.ValidationFailed):
+        events.event_update_details(event_id=event.pk, actor=None, now=timezone.now(), **change)
 
     assert not trail(event).filter(event_type="UPDATED").exists()
 
 
 def test_update_details_of_a_missing_event_is_not_found():
-    with pytest.raises(services.NotFound):
-        services.event_update_details(event_id=999_999_999, actor=None, now=timezone.now(), name="x")
+    with pytest.raises(errors.NotFound):
+        events.event_update_details(event_id=999_999_999, actor=None, now=timezone.now(), name="x")
 
 
 @pytest.mark.parametrize("event_date", [timezone.now() - timedelta(minutes=1), timezone.now() + timedelta(days=3660)])
 def test_an_event_is_created_in_the_next_ten_years(event_date):
-    with pytest.raises(services.ValidationFailed):
-        services.event_create(name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now())
+    with pytest.raises(errors.ValidationFailed):
+        events.event_create(name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now())
 
 
 @pytest.mark.parametrize("who", ["owner", "someone_else"])
 def test_only_an_operator_expires_a_hold_now(who):
     event, owner = make_event(), UserFactory()
-    group = services.seat_hold(event_id=event.pk, user=owner, seat_codes=["S1"], now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=owner, seat_codes=["S1"], now=timezone.now())
     user = owner if who == "owner" else UserFactory()
 
     with pytest.raises(Forbidden):
-        services.seat_hold_expire(hold_group_id=group.pk, user=user, now=timezone.now())
+        seat_holds.seat_hold_expire(hold_group_id=group.pk, user=user, now=timezone.now())
 
     group.refresh_from_db()
     assert group.state == "HELD"
-    assert not trail(services.hold_subject(group)).filter(event_type="EXPIRED").exists()
+    assert not trail(rules.hold_subject(group)).filter(event_type="EXPIRED").exists()
 
 
 def test_a_confirm_is_audited_with_its_booking_id():
     event, user = make_event(), UserFactory()
-    group = services.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
 
-    confirmed = services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
+    confirmed = seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
 
-    [audited] = trail(services.hold_subject(group)).filter(event_type="CONFIRMED")
+    [audited] = trail(rules.hold_subject(group)).filter(event_type="CONFIRMED")
     assert audited.metadata == {"eventId": event.pk, "bookingGroupId": str(confirmed.booking_group_id)}
     assert SeatHoldGroup.objects.get(pk=group.pk).booking_group_id == confirmed.booking_group_id

@@ -6,14 +6,15 @@ import pytest
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from booking_site.audit.services import trail
-from booking_site.errors import HoldExpired, LimitReached, NotOwner
-from booking_site.expiry import expire_all
-from booking_site.webhooks.services import webhook_endpoint_create, webhooks_deliver
-from events import selectors, services
+from core.audit.services import trail
+from core.errors import HoldExpired, LimitReached, NotOwner
+from core.expiry import expire_all
+from events import selectors
 from events.models import Event, SeatHoldGroup, WaitlistEntry
+from events.services import events, rules, seat_holds, waitlist
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
 from tests.factories import UserFactory
+from web.webhooks.services import webhook_endpoint_create, webhooks_deliver
 
 pytestmark = pytest.mark.django_db
 
@@ -21,16 +22,16 @@ pytestmark = pytest.mark.django_db
 def sold_out(total_seats=4, **fields):
     """An event whose seats are all held by one holder, and that hold."""
     event = make_event(total_seats=total_seats, **fields)
-    group = services.seat_hold(event_id=event.pk, user=UserFactory(), quantity=event.total_seats, now=timezone.now())
+    group = seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=event.total_seats, now=timezone.now())
     return event, group
 
 
 def join(event, user=None, quantity=1):
-    return services.waitlist_join(event_id=event.pk, user=user or UserFactory(), quantity=quantity, now=timezone.now())
+    return waitlist.waitlist_join(event_id=event.pk, user=user or UserFactory(), quantity=quantity, now=timezone.now())
 
 
 def release(group):
-    return services.seat_hold_release(
+    return seat_holds.seat_hold_release(
         event_id=group.event_id, hold_group_id=group.pk, user=group.user, now=timezone.now()
     )
 
@@ -50,14 +51,14 @@ def test_joining_a_sold_out_event_puts_the_user_at_the_end():
 
     assert (first.state, first.position, second.position) == ("WAITING", 1, 2)
     assert waiting_count(event) == 2
-    assert services.waitlist_position(entry_of(second)) == 2
-    assert [e.event_type for e in trail(services.waitlist_entry_subject(first))] == ["CREATED"]
+    assert waitlist.waitlist_position(entry_of(second)) == 2
+    assert [e.event_type for e in trail(waitlist.waitlist_entry_subject(first))] == ["CREATED"]
 
 
 def test_joining_while_the_seats_are_free_is_refused_hold_them_instead():
     event = make_event(total_seats=4)
 
-    with pytest.raises(services.SeatsAvailable) as refused:
+    with pytest.raises(rules.SeatsAvailable) as refused:
         join(event, quantity=4)
 
     assert refused.value.details == {"requested": 4, "available": 4}
@@ -68,7 +69,7 @@ def test_joining_twice_is_refused_with_the_entry_already_on_the_list(user):
     event, _ = sold_out()
     entry = join(event, user)
 
-    with pytest.raises(services.AlreadyWaiting) as refused:
+    with pytest.raises(rules.AlreadyWaiting) as refused:
         join(event, user, quantity=2)
 
     assert refused.value.details == {"entryId": entry.pk, "state": "WAITING"}
@@ -84,7 +85,7 @@ def test_the_quantity_is_bounded_by_the_cap_on_held_seats(settings):
 
 @pytest.mark.parametrize(
     ("fields", "error"),
-    [({"waitlist_enabled": False}, services.WaitlistClosed), ({"sales_open": False}, services.SalesClosed)],
+    [({"waitlist_enabled": False}, rules.WaitlistClosed), ({"sales_open": False}, rules.SalesClosed)],
 )
 def test_a_closed_list_or_closed_sales_refuse_a_join(fields, error):
     event, _ = sold_out()
@@ -96,12 +97,12 @@ def test_a_closed_list_or_closed_sales_refuse_a_join(fields, error):
 
 def test_a_public_hold_is_refused_while_someone_waits():
     event = make_event(total_seats=4)
-    services.seat_hold(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
+    seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
     join(event, quantity=3)  # two are free: not enough
 
     for ask in ({"quantity": 1}, {"seat_codes": ["S4"]}):
-        with pytest.raises(services.WaitlistActive) as refused:
-            services.seat_hold(event_id=event.pk, user=UserFactory(), now=timezone.now(), **ask)
+        with pytest.raises(rules.WaitlistActive) as refused:
+            seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), now=timezone.now(), **ask)
         assert refused.value.details == {"waitingCount": 1}
 
 
@@ -119,7 +120,7 @@ def test_a_release_offers_the_seats_to_the_head_as_a_hold_of_its_own():
     assert sorted(selectors.group_seat_codes(offer)) == ["A-1-1", "A-1-2"]  # adjacent, front first
     assert entry_of(second).state == "WAITING"  # strict order: 3 do not fit the 2 left
     assert waiting_count(event) == 1
-    created, offered = trail(services.hold_subject(offer)), trail(services.waitlist_entry_subject(head))
+    created, offered = trail(rules.hold_subject(offer)), trail(waitlist.waitlist_entry_subject(head))
     assert [(e.event_type, e.actor_label) for e in created] == [("CREATED", "system:waitlist")]
     assert [e.event_type for e in offered] == ["CREATED", "OFFERED"]
     assert offered.last().metadata["seatCodes"] == ["A-1-1", "A-1-2"]
@@ -138,8 +139,8 @@ def test_one_release_offers_to_as_many_heads_as_fit_in_order():
 
 def test_the_head_waits_for_its_whole_quantity_even_when_the_next_would_fit():
     event = make_event(total_seats=4)
-    small = services.seat_hold(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
-    services.seat_hold(event_id=event.pk, user=UserFactory(), quantity=3, now=timezone.now())
+    small = seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=3, now=timezone.now())
     head, behind = join(event, quantity=2), join(event, quantity=1)
 
     release(small)
@@ -153,10 +154,10 @@ def test_confirming_an_offer_accepts_it():
     release(group)
     offer = entry_of(entry).hold_group
 
-    services.seat_hold_confirm(event_id=event.pk, hold_group_id=offer.pk, user=entry.user, now=timezone.now())
+    seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=offer.pk, user=entry.user, now=timezone.now())
 
     assert entry_of(entry).state == "ACCEPTED"
-    assert [e.event_type for e in trail(services.waitlist_entry_subject(entry))] == ["CREATED", "OFFERED", "ACCEPTED"]
+    assert [e.event_type for e in trail(waitlist.waitlist_entry_subject(entry))] == ["CREATED", "OFFERED", "ACCEPTED"]
 
 
 @pytest.mark.parametrize("how", ["released", "expired by the job", "expired on a confirm", "expired by an operator"])
@@ -173,9 +174,9 @@ def test_an_offer_that_lapses_expires_the_entry_and_goes_to_the_next(how, staff)
         assert expire_all(now=later)["events"] == 1
     elif how == "expired on a confirm":
         with pytest.raises(HoldExpired):
-            services.seat_hold_confirm(event_id=event.pk, hold_group_id=offer.pk, user=first.user, now=later)
+            seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=offer.pk, user=first.user, now=later)
     else:
-        services.seat_hold_expire(hold_group_id=offer.pk, user=staff, now=timezone.now())
+        seat_holds.seat_hold_expire(hold_group_id=offer.pk, user=staff, now=timezone.now())
 
     assert entry_of(first).state == "EXPIRED"
     assert entry_of(second).state == "OFFERED"
@@ -185,11 +186,11 @@ def test_an_offer_that_lapses_expires_the_entry_and_goes_to_the_next(how, staff)
 
 def test_a_cancelled_booking_offers_its_seats():
     event, group = sold_out()
-    services.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=group.user, now=timezone.now())
+    seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=group.user, now=timezone.now())
     entry = join(event, quantity=2)
     booking = SeatHoldGroup.objects.get(pk=group.pk).booking_group_id
 
-    services.seat_booking_cancel(booking_group_id=booking, user=group.user, now=timezone.now())
+    seat_holds.seat_booking_cancel(booking_group_id=booking, user=group.user, now=timezone.now())
 
     assert entry_of(entry).state == "OFFERED"
     assert violations(event) == []
@@ -221,15 +222,15 @@ def test_an_offer_never_takes_a_seat_an_overdue_hold_still_has():
 
 def test_leaving_moves_the_others_up_and_the_next_may_fit_now(user):
     event = make_event(total_seats=4)
-    services.seat_hold(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
+    seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=2, now=timezone.now())
     head, behind = join(event, user, quantity=3), join(event, quantity=2)
 
-    left = services.waitlist_leave(event_id=event.pk, entry_id=head.pk, user=user, now=timezone.now())
+    left = waitlist.waitlist_leave(event_id=event.pk, entry_id=head.pk, user=user, now=timezone.now())
 
     assert left.state == entry_of(head).state == "LEFT"
     assert entry_of(behind).state == "OFFERED"
     assert waiting_count(event) == 0
-    assert [e.event_type for e in trail(services.waitlist_entry_subject(head))] == ["CREATED", "LEFT"]
+    assert [e.event_type for e in trail(waitlist.waitlist_entry_subject(head))] == ["CREATED", "LEFT"]
 
 
 def test_only_the_owner_or_an_operator_removes_an_entry_and_only_while_it_waits(user, other_user, staff):
@@ -237,21 +238,21 @@ def test_only_the_owner_or_an_operator_removes_an_entry_and_only_while_it_waits(
     entry = join(event, user)
 
     with pytest.raises(NotOwner):
-        services.waitlist_leave(event_id=event.pk, entry_id=entry.pk, user=other_user, now=timezone.now())
+        waitlist.waitlist_leave(event_id=event.pk, entry_id=entry.pk, user=other_user, now=timezone.now())
     release(group)
-    with pytest.raises(services.EntryNotWaiting):
-        services.waitlist_leave(event_id=event.pk, entry_id=entry.pk, user=staff, now=timezone.now())
+    with pytest.raises(rules.EntryNotWaiting):
+        waitlist.waitlist_leave(event_id=event.pk, entry_id=entry.pk, user=staff, now=timezone.now())
 
 
 def test_offers_wait_while_sales_are_closed_and_come_when_they_open(staff):
     event, group = sold_out()
     entry = join(event)
-    services.event_sales_set(event_id=event.pk, sales_open=False, actor=staff, now=timezone.now())
+    events.event_sales_set(event_id=event.pk, sales_open=False, actor=staff, now=timezone.now())
 
     release(group)
     assert entry_of(entry).state == "WAITING"
 
-    services.event_sales_set(event_id=event.pk, sales_open=True, actor=staff, now=timezone.now())
+    events.event_sales_set(event_id=event.pk, sales_open=True, actor=staff, now=timezone.now())
     assert entry_of(entry).state == "OFFERED"
 
 
@@ -261,16 +262,16 @@ def test_a_public_hold_expiring_an_overdue_offer_lapses_its_entry():
     release(group)
     later = timezone.now() + timedelta(minutes=event.hold_minutes + 1)
 
-    services.seat_hold(event_id=event.pk, user=UserFactory(), seat_codes=["S1"], now=later)
+    seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), seat_codes=["S1"], now=later)
 
     assert entry_of(entry).state == "EXPIRED"
-    assert trail(services.waitlist_entry_subject(entry)).last().event_type == "EXPIRED"
+    assert trail(waitlist.waitlist_entry_subject(entry)).last().event_type == "EXPIRED"
 
 
 def test_turning_the_list_off_is_audited(staff):
     event = make_event()
 
-    services.waitlist_set(event_id=event.pk, enabled=False, actor=staff, now=timezone.now())
+    waitlist.waitlist_set(event_id=event.pk, enabled=False, actor=staff, now=timezone.now())
 
     assert not Event.objects.get(pk=event.pk).waitlist_enabled
     assert trail(event).last().metadata["fields"] == ["waitlist_enabled"]
@@ -328,7 +329,7 @@ def test_join_refusals_through_the_api(api, user, setup, code):
 
 def test_a_hold_while_someone_waits_is_409_waitlist_active(api):
     event = make_event(total_seats=4)
-    services.seat_hold(event_id=event.pk, user=UserFactory(), quantity=3, now=timezone.now())
+    seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=3, now=timezone.now())
     join(event, quantity=2)
 
     response = api.post(f"/api/events/{event.pk}/seats/reserve", {"quantity": 1}, format="json")

@@ -9,11 +9,12 @@ import pytest
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import engine, locking
-from booking_site.audit.services import trail
-from booking_site.errors import DomainError
-from events import selectors, services
+from core import engine, locking
+from core.audit.services import trail
+from core.errors import DomainError
+from events import locks, selectors
 from events.models import SeatHoldGroup, WaitlistEntry
+from events.services import holds, rules, seat_holds, waitlist
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory
@@ -24,11 +25,11 @@ ROUNDS = 4
 
 
 def join(event, quantity: int) -> WaitlistEntry:
-    return services.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=quantity, now=timezone.now())
+    return waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=quantity, now=timezone.now())
 
 
 def release(group: SeatHoldGroup):
-    return lambda: services.seat_hold_release(
+    return lambda: seat_holds.seat_hold_release(
         event_id=group.event_id, hold_group_id=group.pk, user=group.user, now=timezone.now()
     )
 
@@ -54,7 +55,7 @@ def a_release_while_a_poller_holds_the_same_seat() -> tuple[set[str], bool]:
     def poll():
         for _ in range(40):
             try:
-                return services.seat_hold(event_id=event.pk, user=poller, seat_codes=["S1"], now=timezone.now())
+                return seat_holds.seat_hold(event_id=event.pk, user=poller, seat_codes=["S1"], now=timezone.now())
             except DomainError:
                 time.sleep(0.002)
         return None
@@ -77,7 +78,7 @@ def test_a_seat_released_while_someone_waits_goes_to_them_never_to_a_poller():
 
 
 def test_control_without_the_waiting_counter_in_the_holds_lock_the_poller_takes_the_seat(monkeypatch):
-    share_event_lock_seats = locking.share_event_lock_seats
+    share_event_lock_seats = locks.share_event_lock_seats
 
     def not_reading_the_list(*args, **kwargs):
         event, seats = share_event_lock_seats(*args, **kwargs)
@@ -85,7 +86,7 @@ def test_control_without_the_waiting_counter_in_the_holds_lock_the_poller_takes_
             event.waiting_count = 0
         return event, seats
 
-    monkeypatch.setattr(locking, "share_event_lock_seats", not_reading_the_list)
+    monkeypatch.setattr(locks, "share_event_lock_seats", not_reading_the_list)
 
     outcomes = release_while_a_poller_holds_the_same_seat()
 
@@ -110,14 +111,14 @@ def test_two_releases_at_once_offer_in_list_order_and_no_seat_twice():
         assert (head.state, second.state, third.state) == ("OFFERED", "OFFERED", "WAITING")
         assert not offered_codes(head) & offered_codes(second)
         assert len(offered_codes(head) | offered_codes(second)) == 4
-        offers = [trail(services.waitlist_entry_subject(e)).get(event_type="OFFERED").pk for e in (head, second)]
+        offers = [trail(waitlist.waitlist_entry_subject(e)).get(event_type="OFFERED").pk for e in (head, second)]
         assert offers == sorted(offers), "the head was offered seats after the one behind it"
         assert violations(head.event) == []
 
 
 def test_control_without_the_event_lock_of_the_freed_seats_two_releases_collide(monkeypatch):
     monkeypatch.setattr(
-        locking,
+        locks,
         "freed_events_lock_sql",
         lambda events: sql.SQL("SELECT id, waiting_count FROM events_event WHERE id IN ({})").format(events),
     )
@@ -140,16 +141,16 @@ def an_offer_lapsing_while_its_user_confirms() -> tuple:
 
     results = run_concurrently(
         [
-            lambda: services.seat_hold_confirm(
+            lambda: seat_holds.seat_hold_confirm(
                 event_id=event.pk, hold_group_id=offer.pk, user=head.user, now=timezone.now()
             ),
-            lambda: services.seat_holds_expire_due(now=lapsed),
+            lambda: seat_holds.seat_holds_expire_due(now=lapsed),
         ]
     )
 
     offer.refresh_from_db()
-    transitions = trail(services.hold_subject(offer)).exclude(event_type="CREATED").count()
-    entry_events = trail(services.waitlist_entry_subject(head)).exclude(event_type__in=["CREATED", "OFFERED"])
+    transitions = trail(rules.hold_subject(offer)).exclude(event_type="CREATED").count()
+    entry_events = trail(waitlist.waitlist_entry_subject(head)).exclude(event_type__in=["CREATED", "OFFERED"])
     confirm = type(results[0]).__name__
     outcome = (confirm, offer.state, entry(head).state, entry(behind).state, transitions, entry_events.count())
     return (*outcome, violations(event) == [])
@@ -176,7 +177,7 @@ def test_control_without_the_claims_lock_the_offer_is_both_accepted_and_lapsed(m
     monkeypatch.setattr(locking, "transition_lock_sql", lambda: sql.SQL(""))
     # The confirm's one statement decides on its snapshot, then pauses: the expiry commits meanwhile, every round.
     monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
-    monkeypatch.setattr(services.SEAT_HOLDS, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep(0.3))"))
+    monkeypatch.setattr(holds.SEAT_HOLDS, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep(0.3))"))
 
     outcomes = offers_lapsing_while_their_users_confirm()
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.services import trail
+from core.audit.services import trail
 from reservations.models import Car, Reservation
 from tests.reservations.factories import CarFactory, ReservationFactory
 

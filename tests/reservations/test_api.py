@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
+from core.audit.models import AuditEvent
 from reservations.models import Car, Reservation
 from tests.reservations.factories import CarFactory, ReservationFactory
 

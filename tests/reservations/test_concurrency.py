@@ -10,12 +10,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import engine, locking
-from booking_site.accounts.models import User
-from booking_site.audit.services import trail
-from booking_site.errors import HoldExpired, LimitReached
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
-from booking_site.statements import table
+from core import engine, locking
+from core.audit.services import trail
+from core.errors import HoldExpired, LimitReached
+from core.metrics import CONSTRAINT_BACKSTOPS
+from core.statements import table
 from reservations import services
 from reservations.models import Car, Reservation
 from reservations.services import CarUnavailable
@@ -23,6 +22,7 @@ from tests.concurrency import run_concurrently
 from tests.factories import UserFactory
 from tests.reservations.factories import CarFactory, ReservationFactory
 from tests.round_trips import round_trips
+from web.accounts.models import User
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.services import trail
-from booking_site.models import IdempotencyRecord
+from core.audit.services import trail
+from core.models import IdempotencyRecord
 from reservations.models import Reservation
 from tests.factories import UserFactory
 from tests.reservations.factories import CarFactory, ReservationFactory

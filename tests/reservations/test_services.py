@@ -3,8 +3,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.services import trail
-from booking_site.errors import Forbidden, InvalidStateTransition
+from core.audit.services import trail
+from core.errors import Forbidden, InvalidStateTransition
 from reservations import services
 from reservations.models import Reservation
 from tests.reservations.factories import CarFactory, ReservationFactory

@@ -4,9 +4,9 @@ import factory
 from django.db.models import F
 from django.utils import timezone
 
-from booking_site.accounts.models import Role
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
+from web.accounts.models import Role
 
 
 class HostFactory(UserFactory):

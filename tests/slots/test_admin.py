@@ -7,7 +7,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
+from core.audit.models import AuditEvent
 from slots.forms import BulkSlotForm
 from slots.models import Availability, Slot, SlotBooking
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory

@@ -6,9 +6,9 @@ import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from booking_site import locking
-from booking_site.audit.models import AuditEvent
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
+from core.audit.models import AuditEvent
+from core.metrics import CONSTRAINT_BACKSTOPS
+from slots import locks
 from slots.api.serializers import SlotBookingIn
 from slots.models import Slot, SlotBooking
 from tests.factories import UserFactory
@@ -403,7 +403,7 @@ def test_booking_a_full_slot_is_409(api):
 def test_a_booking_only_the_constraint_refuses_is_a_clean_409_and_counted(api, monkeypatch, headers):
     slot = SlotFactory(capacity=1)
     SlotBookingFactory(slot=slot)
-    lock_slots = locking.lock_slots
+    lock_slots = locks.lock_slots
 
     def a_stale_counter(slot_ids, **kwargs):  # as if the lock had not serialized the seats
         slots = lock_slots(slot_ids, **kwargs)
@@ -411,7 +411,7 @@ def test_a_booking_only_the_constraint_refuses_is_a_clean_409_and_counted(api, m
             locked.booked = 0
         return slots
 
-    monkeypatch.setattr(locking, "lock_slots", a_stale_counter)
+    monkeypatch.setattr(locks, "lock_slots", a_stale_counter)
     before = CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity")._value.get()
 
     response = api.post("/api/bookings", {"slotId": slot.pk}, **headers)

@@ -8,11 +8,12 @@ import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from booking_site.audit.services import trail
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
-from slots import services
+from core.audit.services import trail
+from core.metrics import CONSTRAINT_BACKSTOPS
+from slots import selectors
 from slots.availability import availability_clean
 from slots.models import Slot, SlotBooking
+from slots.services import bookings, rules, slots
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 
@@ -33,7 +34,7 @@ def at(day, hour, minute=0) -> datetime:
 
 def host_with(**document):
     host = HostFactory()
-    services.availability_set(
+    slots.availability_set(
         host=host,
         fields=availability_clean({"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30], **document}),
         actor=host,
@@ -187,8 +188,8 @@ def test_without_the_check_the_constraints_keep_the_buffer_on_both_sides(api, mo
     host = host_with(bufferMinutes=10)
     monday = next_monday()
     SlotFactory(host=host, start=at(monday, *published), end=at(monday, *published) + timedelta(minutes=30))
-    monkeypatch.setattr(services.selectors, "in_the_way", lambda *args, **kwargs: [])  # as if nothing were there
-    constraint = services.HOST_BUFFER_BEFORE if start > published else services.HOST_NO_OVERLAP
+    monkeypatch.setattr(selectors, "in_the_way", lambda *args, **kwargs: [])  # as if nothing were there
+    constraint = rules.HOST_BUFFER_BEFORE if start > published else rules.HOST_NO_OVERLAP
     before = CONSTRAINT_BACKSTOPS.labels(constraint)._value.get()
 
     response = book(api, host, at(monday, *start))
@@ -204,14 +205,14 @@ def test_an_appointment_keeps_the_buffer_it_was_booked_with_when_the_host_shorte
     assert book(client_for(UserFactory()), host, at(monday, 12)).status_code == 201
     document = {"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30], "bufferMinutes": 0}
     assert client_for(host).put("/api/hosts/me/availability", document, format="json").status_code == 200
-    before = CONSTRAINT_BACKSTOPS.labels(services.HOST_NO_OVERLAP)._value.get()
+    before = CONSTRAINT_BACKSTOPS.labels(rules.HOST_NO_OVERLAP)._value.get()
 
     found = free(api, host, monday)
 
     assert at(monday, 11) in found and at(monday, 13) in found
     assert not {at(monday, 11, 30), at(monday, 12), at(monday, 12, 30)} & set(found)
     assert error_code(book(api, host, at(monday, 12, 30))) == "slot_overlap"  # refused by the check
-    assert CONSTRAINT_BACKSTOPS.labels(services.HOST_NO_OVERLAP)._value.get() == before
+    assert CONSTRAINT_BACKSTOPS.labels(rules.HOST_NO_OVERLAP)._value.get() == before
     assert book(api, host, at(monday, 13)).status_code == 201
 
 
@@ -280,7 +281,7 @@ def test_the_expiry_job_frees_an_appointment_hold_and_its_hosts_time(api):
     monday = next_monday()
     body = book(api, host, at(monday, 13), hold=True).json()
 
-    services.slot_bookings_expire_due(now=timezone.now() + timedelta(hours=1))
+    bookings.slot_bookings_expire_due(now=timezone.now() + timedelta(hours=1))
 
     booking = SlotBooking.objects.get(pk=body["id"])
     assert (booking.status, booking.slot.status, booking.slot.booked) == ("EXPIRED", "CANCELLED", 0)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from booking_site.audit.services import trail
+from core.audit.services import trail
 from slots.models import Availability
 from tests.factories import UserFactory
 

@@ -5,8 +5,8 @@ from datetime import UTC, timedelta
 import pytest
 from django.utils import timezone
 
-from slots import services
 from slots.models import SlotBooking
+from slots.services import bookings, slots
 from tests.calendars import read_one
 from tests.factories import UserFactory
 from tests.slots.factories import SlotBookingFactory, SlotFactory
@@ -15,7 +15,7 @@ from tests.slots.factories import SlotBookingFactory, SlotFactory
 def _booked(guest, **slot_fields):
     """A booking made by the service, so its audit trail is the one production writes."""
     slot = SlotFactory(**slot_fields)
-    return services.slot_booking_create(
+    return bookings.slot_booking_create(
         slot_id=slot.pk, guest=guest, now=timezone.now(), metadata={"location": "Room 4, floor 2; east wing"}
     )
 
@@ -62,7 +62,7 @@ def test_the_uid_stays_and_the_sequence_grows_with_each_change(api, user, staff)
     booking = _booked(user)
     first = read_one(api.get(f"/api/bookings/{booking.pk}/calendar").content)
 
-    services.slot_update_details(
+    slots.slot_update_details(
         slot_id=booking.slot_id, title="Renamed", specialization="", actor=staff, now=timezone.now()
     )
     renamed = read_one(api.get(f"/api/bookings/{booking.pk}/calendar").content)

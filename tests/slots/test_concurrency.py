@@ -1,6 +1,6 @@
 """Every rule that counts holds under real concurrency: threads released together by a barrier, each
 with its own PostgreSQL connection. Each race has a control that removes the lock (the public
-functions of ``booking_site.locking`` are replaced by plain reads) and makes every racer finish its check before any
+functions of ``core.locking`` are replaced by plain reads) and makes every racer finish its check before any
 of them writes (a ``threading.Barrier`` right after the check), so the control sees the race every
 time: the invariant breaks, or a database backstop had to refuse it."""
 
@@ -16,17 +16,20 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 from psycopg import sql
 
-from booking_site import engine, locking
-from booking_site.accounts.models import User
-from booking_site.audit.models import AuditEvent
-from booking_site.metrics import CONSTRAINT_BACKSTOPS
-from booking_site.statements import table
-from slots import services
+from core import engine, errors, locking
+from core.audit.models import AuditEvent
+from core.metrics import CONSTRAINT_BACKSTOPS
+from core.statements import table
+from slots import locks
 from slots.availability import availability_clean
 from slots.models import Slot, SlotBooking
+from slots.services import appointments, bookings, rules
+from slots.services import reschedule as slots_reschedule
+from slots.services import slots as slots_slots
 from tests.concurrency import deadlocks_found_sooner, run_concurrently
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory, morning
+from web.accounts.models import User
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency, pytest.mark.slow]
 
@@ -38,7 +41,7 @@ def backstops(constraint: str) -> float:
 
 
 def booker(slot_id: int, guest: User, seats: int = 1):
-    return lambda: services.slot_booking_create(slot_id=slot_id, guest=guest, seats=seats, now=timezone.now())
+    return lambda: bookings.slot_booking_create(slot_id=slot_id, guest=guest, seats=seats, now=timezone.now())
 
 
 def assert_counters_match_bookings() -> None:
@@ -48,7 +51,7 @@ def assert_counters_match_bookings() -> None:
 
 
 def wins(results) -> list[SlotBooking]:
-    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, services.DomainError)]
+    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, errors.DomainError)]
     assert not unexpected, unexpected
     return [r for r in results if isinstance(r, SlotBooking)]
 
@@ -69,7 +72,7 @@ def remove_slot_lock(monkeypatch, racers: int) -> None:
     """The slots are read, not locked; every racer reads the seat counter before any of them takes seats."""
     everyone_has_read = threading.Barrier(racers, timeout=10)
 
-    lock_slots = locking.lock_slots
+    lock_slots = locks.lock_slots
 
     def unlocked(slot_ids, **kwargs):
         # The same statement, in a transaction of its own that commits at once: what it reads, without
@@ -80,14 +83,14 @@ def remove_slot_lock(monkeypatch, racers: int) -> None:
         wait_for_everyone(everyone_has_read)
         return slots
 
-    monkeypatch.setattr(locking, "lock_slots", unlocked)
+    monkeypatch.setattr(locks, "lock_slots", unlocked)
 
 
 def remove_guest_lock(monkeypatch, racers: int) -> None:
     """The guest is read, not locked; every racer counts the guest's bookings and inserts its own before
     any of them commits (a booking counts and inserts in one statement, after its locks)."""
     everyone_has_inserted = threading.Barrier(racers, timeout=10)
-    create = services.SLOT_BOOKINGS.create
+    create = bookings.SLOT_BOOKINGS.create
 
     def inserted(*args, **kwargs):
         booking = create(*args, **kwargs)
@@ -96,7 +99,7 @@ def remove_guest_lock(monkeypatch, racers: int) -> None:
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
     monkeypatch.setattr(locking, "user_lock_sql", read_user)
-    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", inserted)
+    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", inserted)
 
 
 def remove_host_lock(monkeypatch, racers: int) -> None:
@@ -107,7 +110,7 @@ def remove_host_lock(monkeypatch, racers: int) -> None:
     PostgreSQL then ends one of them with a deadlock error instead of the constraint violation this
     control looks for (only a test without the host lock can get there)."""
     everyone_has_checked = threading.Barrier(racers, timeout=10)
-    overlapping = services._overlapping
+    overlapping = slots_slots._overlapping
 
     def checked(**kwargs):
         clashes = overlapping(**kwargs)
@@ -119,7 +122,7 @@ def remove_host_lock(monkeypatch, racers: int) -> None:
         return clashes
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
-    monkeypatch.setattr(services, "_overlapping", checked)
+    monkeypatch.setattr(slots_slots, "_overlapping", checked)
 
 
 # --- capacity ------------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def test_twelve_guests_on_a_capacity_three_slot_get_exactly_three():
     slot, results = race_for_seats(capacity=3, guests=12)
 
     assert len(wins(results)) == 3
-    assert sum(isinstance(r, services.SlotFull) for r in results) == 9
+    assert sum(isinstance(r, rules.SlotFull) for r in results) == 9
     assert SlotBooking.objects.filter(slot=slot).count() == 3
     assert_counters_match_bookings()
     assert backstops("slot_booked_within_capacity") == before  # the lock decided, not the constraint
@@ -180,7 +183,7 @@ def test_one_guest_booking_eight_hosts_at_once_gets_exactly_five():
     guest, results = race_one_guest_over_eight_hosts()
 
     assert len(wins(results)) == 5
-    assert sum(isinstance(r, services.LimitReached) for r in results) == 3
+    assert sum(isinstance(r, errors.LimitReached) for r in results) == 3
     assert SlotBooking.objects.filter(guest=guest).count() == 5
 
 
@@ -211,7 +214,7 @@ def race_overlapping_creations():
 
     def create(offset_minutes: int):
         begin = start + timedelta(minutes=offset_minutes)
-        return lambda: services.slot_create(
+        return lambda: slots_slots.slot_create(
             host=host, start=begin, end=begin + timedelta(minutes=60), actor=host, now=timezone.now()
         )
 
@@ -224,7 +227,7 @@ def test_two_overlapping_slot_creations_of_one_host_give_one_slot():
     host, results = race_overlapping_creations()
 
     assert sum(isinstance(r, Slot) for r in results) == 1
-    assert sum(isinstance(r, services.SlotOverlap) for r in results) == 1
+    assert sum(isinstance(r, rules.SlotOverlap) for r in results) == 1
     assert Slot.objects.filter(host=host).count() == 1
     assert backstops("slot_no_overlap_per_host") == before
 
@@ -245,7 +248,7 @@ def test_control_without_the_host_lock_only_the_exclusion_constraint_stops_the_o
 def race_reschedule_against_bookers(bookers: int = 4):
     mover = SlotBookingFactory()
     target = SlotFactory(capacity=1)
-    reschedule = lambda: services.slot_booking_reschedule(  # noqa: E731
+    reschedule = lambda: slots_reschedule.slot_booking_reschedule(  # noqa: E731
         booking_id=mover.pk, slot_id=target.pk, user=mover.guest, now=timezone.now()
     )
     results = run_concurrently([reschedule] + [booker(target.pk, UserFactory()) for _ in range(bookers)])
@@ -292,7 +295,7 @@ def overdue_holds(count: int, slot=None) -> list[SlotBooking]:
 def test_two_expiry_runs_at_once_expire_each_hold_once():
     holds = overdue_holds(6)
 
-    results = run_concurrently([lambda: services.slot_bookings_expire_due(now=timezone.now(), batch_size=2)] * 2)
+    results = run_concurrently([lambda: bookings.slot_bookings_expire_due(now=timezone.now(), batch_size=2)] * 2)
 
     assert sum(results) == 6
     assert SlotBooking.objects.filter(status="EXPIRED").count() == 6
@@ -310,7 +313,7 @@ def test_a_booking_racing_the_expiry_job_on_the_same_slot_neither_deadlocks_nor_
     overdue_holds(3, slot=slot)
 
     results = run_concurrently(
-        [lambda: services.slot_bookings_expire_due(now=timezone.now())]
+        [lambda: bookings.slot_bookings_expire_due(now=timezone.now())]
         + [booker(slot.pk, UserFactory()) for _ in range(3)]
     )
 
@@ -324,8 +327,8 @@ def test_a_booking_racing_the_expiry_job_on_the_same_slot_neither_deadlocks_nor_
 
 def guest_op(operation: str, booking: SlotBooking):
     if operation == "confirm":
-        return lambda: services.slot_booking_confirm(booking_id=booking.pk, user=booking.guest, now=timezone.now())
-    return lambda: services.slot_booking_cancel(booking_id=booking.pk, user=booking.guest, now=timezone.now())
+        return lambda: bookings.slot_booking_confirm(booking_id=booking.pk, user=booking.guest, now=timezone.now())
+    return lambda: bookings.slot_booking_cancel(booking_id=booking.pk, user=booking.guest, now=timezone.now())
 
 
 def pause_after(monkeypatch, owner, name: str, *, then_set: threading.Event, before: threading.Event | None = None):
@@ -372,9 +375,9 @@ def test_a_guest_confirming_or_cancelling_while_booking_the_same_slot_does_not_d
     booking = SlotBookingFactory(slot=slot, status=status)
     holds_locks, other_started = threading.Event(), threading.Event()
     if first == "the_booking_op":  # it holds the slot (and booking) when the new booking comes
-        pause_in_the_statement(monkeypatch, services.SLOT_BOOKINGS, then_set=holds_locks, seconds=WINDOW)
+        pause_in_the_statement(monkeypatch, bookings.SLOT_BOOKINGS, then_set=holds_locks, seconds=WINDOW)
     else:  # the new booking holds the guest and the slot when the confirm or cancel comes
-        pause_after(monkeypatch, services, "_check_guest_limits", then_set=holds_locks, before=other_started)
+        pause_after(monkeypatch, bookings, "_check_guest_limits", then_set=holds_locks, before=other_started)
 
     def second(function):
         def run():
@@ -420,18 +423,18 @@ def test_a_confirm_that_waited_for_the_slot_past_the_expiry_expires_the_hold_ins
     def confirm():
         slot_busy.wait(10)
         now = timezone.now()  # before the expiry; the lock wait ends after it
-        return services.slot_booking_confirm(booking_id=hold.pk, user=guest, now=now)
+        return bookings.slot_booking_confirm(booking_id=hold.pk, user=guest, now=now)
 
     def book_the_same_host_after_the_expiry():
         slot_busy.wait(10)
         time.sleep(0.8)
-        return services.slot_booking_create(slot_id=other.pk, guest=guest, now=timezone.now())
+        return bookings.slot_booking_create(slot_id=other.pk, guest=guest, now=timezone.now())
 
     _, confirmed, booked = run_concurrently(
         [another_request_holding_the_slot, confirm, book_the_same_host_after_the_expiry]
     )
 
-    assert isinstance(confirmed, services.HoldExpired), confirmed
+    assert isinstance(confirmed, errors.HoldExpired), confirmed
     assert isinstance(booked, SlotBooking), booked
     hold.refresh_from_db()
     assert hold.status == "EXPIRED"
@@ -450,18 +453,18 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
     hold = SlotBookingFactory(slot=held, guest=guest, status="PENDING", expires_at=expires_at)
     confirming = threading.Event()
     # The confirm decides before the expiry; it commits after it.
-    pause_in_the_statement(monkeypatch, services.SLOT_BOOKINGS, then_set=confirming, seconds=1.0)
+    pause_in_the_statement(monkeypatch, bookings.SLOT_BOOKINGS, then_set=confirming, seconds=1.0)
 
     def book_the_same_host_after_the_expiry():
         confirming.wait(10)
         time.sleep(max(0.0, (expires_at - timezone.now()).total_seconds()) + 0.1)
-        return services.slot_booking_create(slot_id=other.pk, guest=guest, now=timezone.now())
+        return bookings.slot_booking_create(slot_id=other.pk, guest=guest, now=timezone.now())
 
-    confirm = lambda: services.slot_booking_confirm(booking_id=hold.pk, user=guest, now=timezone.now())  # noqa: E731
+    confirm = lambda: bookings.slot_booking_confirm(booking_id=hold.pk, user=guest, now=timezone.now())  # noqa: E731
     confirmed, booked = run_concurrently([confirm, book_the_same_host_after_the_expiry])
 
     assert isinstance(confirmed, SlotBooking) and confirmed.status == "CONFIRMED", confirmed
-    assert isinstance(booked, services.LimitReached), booked
+    assert isinstance(booked, errors.LimitReached), booked
     assert SlotBooking.objects.filter(guest=guest, status__in=["PENDING", "CONFIRMED"]).count() == 1
     assert_counters_match_bookings()
 
@@ -489,7 +492,7 @@ def remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers
     the guest's bookings and insert meanwhile, so none of them sees its booking (a booking checks and
     inserts in one statement, after its locks). Then it commits."""
     everyone_has_read = threading.Barrier(racers, timeout=10)
-    create = services.SLOT_BOOKINGS.create
+    create = bookings.SLOT_BOOKINGS.create
 
     def racing(*args, **kwargs):
         first = False
@@ -504,7 +507,7 @@ def remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers
 
     monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
     monkeypatch.setattr(locking, "user_lock_sql", read_user)
-    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", racing)
+    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", racing)
 
 
 def assert_no_guest_in_two_places() -> None:
@@ -516,28 +519,28 @@ def assert_no_guest_in_two_places() -> None:
 
 
 def test_fifty_pairwise_overlapping_bookings_of_one_guest_across_fifty_hosts_give_one():
-    before = backstops(services.GUEST_NO_OVERLAP)
+    before = backstops(rules.GUEST_NO_OVERLAP)
 
     guest, results = race_one_guest_over_overlapping_slots(50)
 
     assert len(wins(results)) == 1
-    assert sum(isinstance(r, services.GuestOverlap) for r in results) == 49
+    assert sum(isinstance(r, rules.GuestOverlap) for r in results) == 49
     assert SlotBooking.objects.filter(guest=guest).count() == 1
     assert_no_guest_in_two_places()
-    assert backstops(services.GUEST_NO_OVERLAP) == before  # the guest's lock decided, not the constraint
+    assert backstops(rules.GUEST_NO_OVERLAP) == before  # the guest's lock decided, not the constraint
 
 
 def test_control_without_the_guest_lock_only_the_exclusion_constraint_keeps_the_guest_in_one_place(monkeypatch):
     remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers=50)
-    before = backstops(services.GUEST_NO_OVERLAP)
+    before = backstops(rules.GUEST_NO_OVERLAP)
 
     guest, results = race_one_guest_over_overlapping_slots(50)
 
     # Two racers inserting at once can each wait for the other in the constraint's index: PostgreSQL
     # then ends one with a deadlock error; only a test without the guest's lock gets there.
-    lost = [r for r in results if not isinstance(r, SlotBooking | services.GuestOverlap)]
+    lost = [r for r in results if not isinstance(r, SlotBooking | rules.GuestOverlap)]
     assert all(isinstance(r, OperationalError) for r in lost), lost
-    assert backstops(services.GUEST_NO_OVERLAP) > before  # the race happened; the backstop caught it
+    assert backstops(rules.GUEST_NO_OVERLAP) > before  # the race happened; the backstop caught it
     assert SlotBooking.objects.filter(guest=guest).count() == 1
     assert_no_guest_in_two_places()
     assert_counters_match_bookings()
@@ -549,12 +552,14 @@ def test_a_reschedule_racing_a_booking_of_the_same_guest_at_the_same_time_leaves
     target, clashing = pairwise_overlapping_slots(2)
 
     def reschedule():
-        return services.slot_booking_reschedule(booking_id=moving.pk, slot_id=target.pk, user=guest, now=timezone.now())
+        return slots_reschedule.slot_booking_reschedule(
+            booking_id=moving.pk, slot_id=target.pk, user=guest, now=timezone.now()
+        )
 
     results = run_concurrently([reschedule, booker(clashing.pk, guest)])
 
     assert len(wins(results)) == 1
-    assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), services.GuestOverlap)
+    assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), rules.GuestOverlap)
     assert_no_guest_in_two_places()
     assert_counters_match_bookings()
 
@@ -570,13 +575,13 @@ def working_hosts(count: int) -> list[User]:
             "weekly": [{"weekday": day, "start": "00:00", "end": "24:00"} for day in range(7)],
             "durations": [60],
         }
-        services.availability_set(host=host, fields=availability_clean(document), actor=host, now=timezone.now())
+        slots_slots.availability_set(host=host, fields=availability_clean(document), actor=host, now=timezone.now())
     return hosts
 
 
 def interval_booker(host: User, guest: User, start, minutes: int = 60):
     end = start + timedelta(minutes=minutes)
-    return lambda: services.appointment_book(host_id=host.pk, guest=guest, start=start, end=end, now=timezone.now())
+    return lambda: appointments.appointment_book(host_id=host.pk, guest=guest, start=start, end=end, now=timezone.now())
 
 
 def race_one_guest_over_fifty_overlapping_intervals_of_five_hosts():
@@ -589,7 +594,7 @@ def race_one_guest_over_fifty_overlapping_intervals_of_five_hosts():
 def remove_the_users_locks(monkeypatch, racers: int) -> None:
     """The guest and the host are read, not locked; every racer checks before any of them inserts."""
     everyone_has_checked = threading.Barrier(racers, timeout=10)
-    create = services.APPOINTMENTS.create
+    create = appointments.APPOINTMENTS.create
 
     def checked(*args, **kwargs):
         arrival = 0
@@ -600,37 +605,37 @@ def remove_the_users_locks(monkeypatch, racers: int) -> None:
         return create(*args, **kwargs)
 
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
-    monkeypatch.setattr(services.APPOINTMENTS, "create", checked)
+    monkeypatch.setattr(appointments.APPOINTMENTS, "create", checked)
 
 
 def lost_to_the_database(results) -> None:
     """In a control, besides the clean refusals, a racer may lose to a deadlock error: two inserts into one
     exclusion constraint's index at once each waiting for the other (only a test without the locks gets
     there)."""
-    lost = [r for r in results if not isinstance(r, SlotBooking | services.DomainError)]
+    lost = [r for r in results if not isinstance(r, SlotBooking | errors.DomainError)]
     assert all(isinstance(r, OperationalError) for r in lost), lost
 
 
 def test_fifty_pairwise_overlapping_intervals_of_one_guest_across_five_hosts_give_one():
-    before = backstops(services.GUEST_NO_OVERLAP), backstops(services.HOST_NO_OVERLAP)
+    before = backstops(rules.GUEST_NO_OVERLAP), backstops(rules.HOST_NO_OVERLAP)
 
     guest, results = race_one_guest_over_fifty_overlapping_intervals_of_five_hosts()
 
     assert len(wins(results)) == 1
     assert SlotBooking.objects.filter(guest=guest).blocking().count() == 1
     assert_no_guest_in_two_places()
-    assert (backstops(services.GUEST_NO_OVERLAP), backstops(services.HOST_NO_OVERLAP)) == before
+    assert (backstops(rules.GUEST_NO_OVERLAP), backstops(rules.HOST_NO_OVERLAP)) == before
 
 
 def test_control_without_the_users_locks_the_fifty_intervals_reach_the_backstops(monkeypatch):
     remove_the_users_locks(monkeypatch, racers=50)
     deadlocks_found_sooner(monkeypatch)  # their inserts wait on each other: 1 s per cycle PostgreSQL breaks
-    before = backstops(services.GUEST_NO_OVERLAP) + backstops(services.HOST_NO_OVERLAP)
+    before = backstops(rules.GUEST_NO_OVERLAP) + backstops(rules.HOST_NO_OVERLAP)
 
     guest, results = race_one_guest_over_fifty_overlapping_intervals_of_five_hosts()
 
     lost_to_the_database(results)
-    assert backstops(services.GUEST_NO_OVERLAP) + backstops(services.HOST_NO_OVERLAP) > before
+    assert backstops(rules.GUEST_NO_OVERLAP) + backstops(rules.HOST_NO_OVERLAP) > before
     assert SlotBooking.objects.filter(guest=guest).blocking().count() == 1
     assert_no_guest_in_two_places()
 
@@ -642,24 +647,24 @@ def race_two_guests_on_one_hosts_interval():
 
 
 def test_two_guests_on_the_same_interval_of_one_host_give_one():
-    before = backstops(services.HOST_NO_OVERLAP)
+    before = backstops(rules.HOST_NO_OVERLAP)
 
     host, results = race_two_guests_on_one_hosts_interval()
 
     assert len(wins(results)) == 1
-    assert sum(isinstance(r, services.SlotOverlap) for r in results) == 1
+    assert sum(isinstance(r, rules.SlotOverlap) for r in results) == 1
     assert Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE).count() == 1
-    assert backstops(services.HOST_NO_OVERLAP) == before
+    assert backstops(rules.HOST_NO_OVERLAP) == before
 
 
 def test_control_without_the_host_lock_only_the_hosts_exclusion_constraint_stops_the_second(monkeypatch):
     remove_the_users_locks(monkeypatch, racers=2)
-    before = backstops(services.HOST_NO_OVERLAP)
+    before = backstops(rules.HOST_NO_OVERLAP)
 
     host, results = race_two_guests_on_one_hosts_interval()
 
     lost_to_the_database(results)
-    assert backstops(services.HOST_NO_OVERLAP) > before
+    assert backstops(rules.HOST_NO_OVERLAP) > before
     assert Slot.objects.filter(host=host, status=Slot.Status.AVAILABLE).count() == 1
 
 
@@ -675,7 +680,7 @@ def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) ->
     the guest's bookings meanwhile (it sees nothing: the other is uncommitted) and inserts. Then the slot
     booking commits."""
     both_locked = threading.Barrier(2, timeout=10)
-    create, check_target = services.SLOT_BOOKINGS.create, services.APPOINTMENTS.check_target
+    create, check_target = bookings.SLOT_BOOKINGS.create, appointments.APPOINTMENTS.check_target
 
     def slot_booking_first(*args, **kwargs):
         wait_for_everyone(both_locked)
@@ -690,25 +695,25 @@ def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) ->
 
     monkeypatch.setattr(locking, "user_lock_sql", read_user)
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
-    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", slot_booking_first)
-    monkeypatch.setattr(services.APPOINTMENTS, "check_target", interval_checks_after_it)
+    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", slot_booking_first)
+    monkeypatch.setattr(appointments.APPOINTMENTS, "check_target", interval_checks_after_it)
 
 
 def test_a_slot_booking_racing_an_interval_booking_of_the_same_guest_at_the_same_time_gives_one():
-    before = backstops(services.GUEST_NO_OVERLAP)
+    before = backstops(rules.GUEST_NO_OVERLAP)
 
     results = run_concurrently(a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time())
 
     assert len(wins(results)) == 1
-    assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), services.GuestOverlap)
+    assert isinstance(next(r for r in results if not isinstance(r, SlotBooking)), rules.GuestOverlap)
     assert_no_guest_in_two_places()
     assert_counters_match_bookings()
-    assert backstops(services.GUEST_NO_OVERLAP) == before  # the guest's lock decided, not the constraint
+    assert backstops(rules.GUEST_NO_OVERLAP) == before  # the guest's lock decided, not the constraint
 
 
 def test_control_without_the_guests_lock_the_slot_and_interval_race_reaches_the_guests_backstop(monkeypatch):
     remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch)
-    before = backstops(services.GUEST_NO_OVERLAP)
+    before = backstops(rules.GUEST_NO_OVERLAP)
 
     slot_booking, interval_booking = run_concurrently(
         a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time()
@@ -716,8 +721,8 @@ def test_control_without_the_guests_lock_the_slot_and_interval_race_reaches_the_
 
     # The interval's check passed (it could not see the slot booking); only the constraint refused it.
     assert isinstance(slot_booking, SlotBooking)
-    assert isinstance(interval_booking, services.GuestOverlap), interval_booking
-    assert backstops(services.GUEST_NO_OVERLAP) == before + 1
+    assert isinstance(interval_booking, rules.GuestOverlap), interval_booking
+    assert backstops(rules.GUEST_NO_OVERLAP) == before + 1
     assert_no_guest_in_two_places()
     assert_counters_match_bookings()
 
@@ -729,7 +734,7 @@ def a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypat
     [host], guest = working_hosts(1), UserFactory()
     slot = pairwise_overlapping_slots(1)[0]
     inserted = threading.Event()
-    create = services.SLOT_BOOKINGS.create
+    create = bookings.SLOT_BOOKINGS.create
 
     def create_then_linger(*args, **kwargs):
         booking = create(*args, **kwargs)
@@ -741,7 +746,7 @@ def a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypat
         inserted.wait(10)
         return interval_booker(host, guest, slot.start)()
 
-    monkeypatch.setattr(services.SLOT_BOOKINGS, "create", create_then_linger)
+    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", create_then_linger)
     return host, guest, [booker(slot.pk, host), guest_books_the_host]
 
 
@@ -751,7 +756,7 @@ def test_a_guest_booking_a_host_who_is_booking_elsewhere_then_waits_for_the_host
     as_guest, as_host = run_concurrently(racers)
 
     assert isinstance(as_guest, SlotBooking) and as_guest.guest_id == host.pk
-    assert isinstance(as_host, services.SlotOverlap), as_host
+    assert isinstance(as_host, rules.SlotOverlap), as_host
     assert not SlotBooking.objects.filter(guest=guest).exists()
 
 
@@ -773,14 +778,16 @@ def a_reschedule_and_a_booking_of_its_target_interval():
     [host] = working_hosts(1)
     mover, other = UserFactory(), UserFactory()
     start = morning(3)
-    old = services.appointment_book(
+    old = appointments.appointment_book(
         host_id=host.pk, guest=mover, start=start, end=start + timedelta(hours=1), now=timezone.now()
     )
     target = start + timedelta(hours=3)
 
     def reschedule():
         end = target + timedelta(hours=1)
-        return services.appointment_reschedule(booking_id=old.pk, start=target, end=end, user=mover, now=timezone.now())
+        return slots_reschedule.appointment_reschedule(
+            booking_id=old.pk, start=target, end=end, user=mover, now=timezone.now()
+        )
 
     return host, old, [reschedule, interval_booker(host, other, target)]
 
@@ -793,25 +800,25 @@ def assert_no_host_in_two_places(host) -> None:
 
 def test_a_reschedule_racing_a_booking_of_its_target_interval_never_double_books_the_host():
     host, old, racers = a_reschedule_and_a_booking_of_its_target_interval()
-    before = backstops(services.HOST_NO_OVERLAP)
+    before = backstops(rules.HOST_NO_OVERLAP)
 
     results = run_concurrently(racers)
 
     [won] = wins(results)
-    assert isinstance(next(r for r in results if r is not won), services.SlotOverlap)
+    assert isinstance(next(r for r in results if r is not won), rules.SlotOverlap)
     old.refresh_from_db()
     assert old.status == ("CANCELLED" if won.rescheduled_from_id == old.pk else "CONFIRMED")
     assert_no_host_in_two_places(host)
-    assert backstops(services.HOST_NO_OVERLAP) == before
+    assert backstops(rules.HOST_NO_OVERLAP) == before
 
 
 def test_control_without_the_users_locks_the_reschedule_race_reaches_the_hosts_backstop(monkeypatch):
     host, _, racers = a_reschedule_and_a_booking_of_its_target_interval()
     remove_the_users_locks(monkeypatch, racers=2)
-    before = backstops(services.HOST_NO_OVERLAP)
+    before = backstops(rules.HOST_NO_OVERLAP)
 
     results = run_concurrently(racers)
 
     lost_to_the_database(results)
-    assert backstops(services.HOST_NO_OVERLAP) > before
+    assert backstops(rules.HOST_NO_OVERLAP) > before
     assert_no_host_in_two_places(host)

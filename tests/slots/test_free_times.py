@@ -8,10 +8,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.utils import timezone
 
-from booking_site.errors import ValidationFailed
-from slots import selectors, services
+from core.errors import ValidationFailed
+from slots import selectors
 from slots.availability import availability_clean
 from slots.models import Slot
+from slots.services import slots as slots_slots
 from tests.slots.factories import HostFactory, SlotFactory
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +23,7 @@ NINE_TO_FIVE = [{"weekday": day, "start": "09:00", "end": "17:00"} for day in ra
 
 def host_with(**document):
     host = HostFactory()
-    services.availability_set(
+    slots_slots.availability_set(
         host=host,
         fields=availability_clean(
             {"timeZone": "Europe/Berlin", "weekly": NINE_TO_FIVE, "durations": [30, 60], **document}

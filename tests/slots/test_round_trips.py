@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from booking_site.audit.services import trail
-from slots import services
+from core.audit.services import trail
 from slots.availability import availability_clean
 from slots.models import Slot, SlotBooking
+from slots.services import appointments, slots
 from tests.factories import UserFactory
 from tests.round_trips import round_trips
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory, morning
@@ -146,7 +146,7 @@ def test_a_reschedule_is_six_round_trips(cached_api_of):
 def working_host():
     host = HostFactory()
     document = {"timeZone": "UTC", "weekly": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)]}
-    services.availability_set(
+    slots.availability_set(
         host=host, fields=availability_clean({**document, "durations": [30]}), actor=host, now=timezone.now()
     )
     return host
@@ -176,7 +176,7 @@ def test_an_interval_booking_is_five_round_trips(cached_api_of):
 def test_an_interval_booking_over_an_overdue_hold_expires_it_in_three_more(cached_api_of):
     """The five, and the overdue hold's slot locked, the hold locked, expired with its event."""
     host, start = working_host(), morning(2)
-    earlier = services.appointment_book(
+    earlier = appointments.appointment_book(
         host_id=host.pk,
         guest=UserFactory(),
         start=start,

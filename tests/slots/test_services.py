@@ -7,11 +7,12 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from booking_site.audit.models import AuditEvent
-from booking_site.errors import Forbidden, ValidationFailed
-from booking_site.expiry import expire_all
-from slots import services
+from core import errors
+from core.audit.models import AuditEvent
+from core.errors import Forbidden, ValidationFailed
+from core.expiry import expire_all
 from slots.models import Slot, SlotBooking
+from slots.services import bookings, reschedule, rules, slots
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 
@@ -27,7 +28,7 @@ def test_the_expiry_job_expires_overdue_holds_frees_their_seats_and_audits_each(
     overdue = [overdue_hold(slot=slot, seats=2), overdue_hold(slot=slot)]
     live = SlotBookingFactory(slot=slot, status="PENDING")
 
-    assert services.slot_bookings_expire_due(now=timezone.now(), batch_size=1) == 2
+    assert bookings.slot_bookings_expire_due(now=timezone.now(), batch_size=1) == 2
 
     slot.refresh_from_db()
     assert slot.booked == live.seats
@@ -63,11 +64,11 @@ def test_the_expiry_job_leaves_a_slot_locked_by_a_request_to_that_request_instea
     thread.start()
     try:
         assert locked.wait(10)
-        assert services.slot_bookings_expire_due(now=timezone.now()) == 0  # returns at once, no deadlock
+        assert bookings.slot_bookings_expire_due(now=timezone.now()) == 0  # returns at once, no deadlock
     finally:
         release.set()
         thread.join()
-    assert services.slot_bookings_expire_due(now=timezone.now()) == 1
+    assert bookings.slot_bookings_expire_due(now=timezone.now()) == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -90,7 +91,7 @@ def test_the_expiry_job_moves_past_holds_on_a_locked_slot_instead_of_fetching_th
     thread.start()
     try:
         assert locked.wait(10)
-        assert services.slot_bookings_expire_due(now=timezone.now(), batch_size=2) == 1
+        assert bookings.slot_bookings_expire_due(now=timezone.now(), batch_size=2) == 1
     finally:
         release.set()
         thread.join()
@@ -98,7 +99,7 @@ def test_the_expiry_job_moves_past_holds_on_a_locked_slot_instead_of_fetching_th
     assert released == ["by the test"]  # the job returned while the slot was still locked
     assert SlotBooking.objects.get(pk=free.pk).status == "EXPIRED"
     assert {b.status for b in SlotBooking.objects.filter(pk__in=[b.pk for b in stuck])} == {"PENDING"}
-    assert services.slot_bookings_expire_due(now=timezone.now(), batch_size=2) == 3
+    assert bookings.slot_bookings_expire_due(now=timezone.now(), batch_size=2) == 3
 
 
 @pytest.mark.django_db
@@ -108,8 +109,8 @@ def test_creating_many_slots_is_all_or_nothing():
     existing = SlotFactory(host=host, start=start + timedelta(hours=2), end=start + timedelta(hours=3))
     ranges = [(start + timedelta(hours=h), start + timedelta(hours=h, minutes=30)) for h in range(4)]
 
-    with pytest.raises(services.SlotOverlap) as refused:
-        services.slots_create_many(host=host, ranges=ranges, actor=host, now=timezone.now())
+    with pytest.raises(rules.SlotOverlap) as refused:
+        slots.slots_create_many(host=host, ranges=ranges, actor=host, now=timezone.now())
 
     assert refused.value.details == {"slotIds": [existing.pk]}
     assert list(Slot.objects.filter(host=host)) == [existing]
@@ -120,8 +121,8 @@ def test_new_slots_may_not_overlap_each_other_and_need_a_host():
     host = HostFactory()
     start = timezone.now() + timedelta(days=1)
 
-    with pytest.raises(services.SlotOverlap):
-        services.slots_create_many(
+    with pytest.raises(rules.SlotOverlap):
+        slots.slots_create_many(
             host=host,
             ranges=[(start, start + timedelta(hours=1)), (start + timedelta(minutes=30), start + timedelta(hours=2))],
             actor=host,
@@ -129,7 +130,7 @@ def test_new_slots_may_not_overlap_each_other_and_need_a_host():
         )
     with pytest.raises(ValidationFailed):
         guest = UserFactory()
-        services.slot_create(host=guest, start=start, end=start + timedelta(hours=1), actor=guest, now=timezone.now())
+        slots.slot_create(host=guest, start=start, end=start + timedelta(hours=1), actor=guest, now=timezone.now())
 
 
 @pytest.mark.django_db
@@ -137,7 +138,9 @@ def test_rescheduling_a_hold_keeps_it_a_hold_with_its_expiry():
     hold = SlotBookingFactory(status="PENDING")
     target = SlotFactory()
 
-    moved = services.slot_booking_reschedule(booking_id=hold.pk, slot_id=target.pk, user=hold.guest, now=timezone.now())
+    moved = reschedule.slot_booking_reschedule(
+        booking_id=hold.pk, slot_id=target.pk, user=hold.guest, now=timezone.now()
+    )
 
     assert (moved.status, moved.expires_at, moved.rescheduled_from_id) == ("PENDING", hold.expires_at, hold.pk)
 
@@ -146,8 +149,8 @@ def test_rescheduling_a_hold_keeps_it_a_hold_with_its_expiry():
 def test_rescheduling_an_overdue_hold_is_410_and_expires_it():
     hold = overdue_hold()
 
-    with pytest.raises(services.HoldExpired):
-        services.slot_booking_reschedule(
+    with pytest.raises(errors.HoldExpired):
+        reschedule.slot_booking_reschedule(
             booking_id=hold.pk, slot_id=SlotFactory().pk, user=hold.guest, now=timezone.now()
         )
 
@@ -158,12 +161,12 @@ def test_a_guest_cannot_reschedule_out_of_the_window_but_an_operator_can():
     booking = SlotBookingFactory(slot=SlotFactory(start=soon, end=soon + timedelta(minutes=30)))
     target = SlotFactory()
 
-    with pytest.raises(services.CancellationWindowClosed):
-        services.slot_booking_reschedule(
+    with pytest.raises(rules.CancellationWindowClosed):
+        reschedule.slot_booking_reschedule(
             booking_id=booking.pk, slot_id=target.pk, user=booking.guest, now=timezone.now()
         )
     staff = UserFactory(is_staff=True)
-    moved = services.slot_booking_reschedule(booking_id=booking.pk, slot_id=target.pk, user=staff, now=timezone.now())
+    moved = reschedule.slot_booking_reschedule(booking_id=booking.pk, slot_id=target.pk, user=staff, now=timezone.now())
     assert moved.slot_id == target.pk
 
 
@@ -172,7 +175,7 @@ def test_a_guest_may_release_a_pending_hold_inside_the_window():
     soon = timezone.now() + timedelta(minutes=30)
     hold = SlotBookingFactory(status="PENDING", slot=SlotFactory(start=soon, end=soon + timedelta(minutes=30)))
 
-    cancelled = services.slot_booking_cancel(booking_id=hold.pk, user=hold.guest, now=timezone.now())
+    cancelled = bookings.slot_booking_cancel(booking_id=hold.pk, user=hold.guest, now=timezone.now())
 
     assert cancelled.status == "CANCELLED"
 
@@ -181,10 +184,10 @@ def test_a_guest_may_release_a_pending_hold_inside_the_window():
 def test_the_booking_limit_is_a_setting(settings):
     settings.SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST = 1
     guest = UserFactory()
-    services.slot_booking_create(slot_id=SlotFactory().pk, guest=guest, now=timezone.now())
+    bookings.slot_booking_create(slot_id=SlotFactory().pk, guest=guest, now=timezone.now())
 
-    with pytest.raises(services.LimitReached):
-        services.slot_booking_create(slot_id=SlotFactory().pk, guest=guest, now=timezone.now())
+    with pytest.raises(errors.LimitReached):
+        bookings.slot_booking_create(slot_id=SlotFactory().pk, guest=guest, now=timezone.now())
 
 
 @pytest.mark.django_db
@@ -194,7 +197,7 @@ def test_only_an_operator_expires_a_pending_hold_now(who):
     user = hold.guest if who == "guest" else hold.slot.host
 
     with pytest.raises(Forbidden):
-        services.slot_booking_expire(booking_id=hold.pk, user=user, now=timezone.now())
+        bookings.slot_booking_expire(booking_id=hold.pk, user=user, now=timezone.now())
 
     hold.refresh_from_db()
     assert hold.status == "PENDING"
@@ -204,7 +207,7 @@ def test_only_an_operator_expires_a_pending_hold_now(who):
 @pytest.mark.django_db
 def test_the_bookings_policy_lets_the_host_see_and_cancel_but_not_confirm():
     booking = SlotBookingFactory(status="PENDING")
-    host, stranger, policy = booking.slot.host, UserFactory(), services.SLOT_BOOKINGS.policy
+    host, stranger, policy = booking.slot.host, UserFactory(), bookings.SLOT_BOOKINGS.policy
 
     assert [policy.may(host, action, booking) for action in ("see", "cancel", "confirm", "reschedule")] == [
         True,

@@ -5,14 +5,14 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from booking_site.accounts.models import Role, User
 from events.models import Event
-from events.services import SeatLayout, event_create
+from events.services.events import SeatLayout, event_create
 from reservations.models import Car
 from reservations.services import car_create
 from slots.availability import availability_clean
 from slots.models import Availability, Slot
-from slots.services import availability_set, slots_create_many
+from slots.services.slots import availability_set, slots_create_many
+from web.accounts.models import Role, User
 
 OPERATOR = ("operator", "operator")  # development only: the demo data is for a local machine
 DEMO_BUYER = "buyer@example.com"

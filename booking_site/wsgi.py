@@ -1,9 +1,0 @@
-"""WSGI entry point: ``manage.py serve`` runs it under granian."""
-
-import os
-
-from django.core.wsgi import get_wsgi_application
-
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "booking_site.settings")
-
-application = get_wsgi_application()

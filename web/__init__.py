@@ -1,0 +1,2 @@
+"""The web platform the domains build on: accounts, the API's bases, idempotency, throttling,
+schema, parsers and renderers, calendars, exports, webhooks."""

@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+
+from web.accounts.models import User
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    list_display = ["id", "username", "email", "name", "roles", "is_staff", "is_active", "date_joined"]
+    list_filter = ["is_staff", "is_active", "roles"]
+    search_fields = ["username", "email", "name"]
+    fieldsets = [
+        *(DjangoUserAdmin.fieldsets or ()),
+        ("Booking", {"fields": ["name", "roles"]}),
+    ]
+    add_fieldsets = [
+        (None, {"classes": ["wide"], "fields": ["username", "email", "name", "roles", "password1", "password2"]}),
+    ]
