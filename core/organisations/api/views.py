@@ -29,7 +29,8 @@ class OrganisationList(ListAPIView):
             return Organisation.objects.none()
         user = request_user(self.request)
         role = Membership.objects.filter(organisation=OuterRef("pk"), user=user).values("role")[:1]
-        organisations = Organisation.objects.annotate(role=Subquery(role, output_field=CharField()))
+        caller_role = Subquery(role, output_field=CharField())
+        organisations = Organisation.objects.annotate(caller_role=caller_role)  # type: ignore[no-redef]  # django-stubs: not a field
         if user.is_superuser:
             return organisations.order_by("id")
         return organisations.filter(memberships__user=user).order_by("id")
@@ -42,7 +43,7 @@ class OrganisationList(ListAPIView):
     def post(self, request):
         data = OrganisationIn.validated(request)
         organisation = services.organisation_create(name=data["name"], slug=data["slug"], now=timezone.now())
-        organisation.role = None
+        organisation.caller_role = None  # a new organisation has no member yet
         return Response(OrganisationOut(organisation).data, status=201)
 
 
