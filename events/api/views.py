@@ -260,7 +260,9 @@ class SeatsConfirm(APIView):
         group = seat_holds.seat_hold_confirm(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
-            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            user=acting_user(
+                caller=request.user, user_id=data.get("userId"), organisation=lambda: holds.event_organisation(event_id)
+            ),
             now=timezone.now(),
         )
         body = {
@@ -285,7 +287,9 @@ class SeatsRelease(APIView):
         group = seat_holds.seat_hold_release(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
-            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            user=acting_user(
+                caller=request.user, user_id=data.get("userId"), organisation=lambda: holds.event_organisation(event_id)
+            ),
             now=timezone.now(),
         )
         return Response(ReleaseOut({"released": True, "holdGroupId": group.pk}).data)

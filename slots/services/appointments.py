@@ -14,6 +14,7 @@ from psycopg import sql
 
 from core import locking
 from core.errors import NotFound
+from core.organisations import access
 from slots import locks, selectors
 from slots.availability import MAX_BUFFER_MINUTES
 from slots.models import Availability, Slot, SlotBooking
@@ -316,7 +317,11 @@ def appointment_book(
     actor: User | None = None,
 ) -> SlotBooking:
     """Book ``start`` to ``end`` of a host's hours (``POST /api/bookings`` with ``hostId``): CONFIRMED at once,
-    or with ``hold`` a PENDING hold. Locks the guest's and the host's rows."""
+    or with ``hold`` a PENDING hold. Locks the guest's and the host's rows. An operator booking for a guest
+    does so inside their organisations only (the host's hours' organisation)."""
+    if actor is not None and actor.pk != guest.pk:
+        hours = Availability.objects.filter(host_id=host_id).values_list("organisation_id", flat=True)
+        access.acting_in(actor, owner_id=guest.pk, organisation=hours.first)
     ask = AppointmentRequest(
         host_id=host_id,
         guest=guest,
