@@ -84,7 +84,8 @@ deadlock; a row a request holds is left to that request.
 Every function refuses to run outside a transaction (a lock there would end with its statement); the
 ``…_sql`` seams are conditions or sub-statements of one statement that is the whole claim operation (a
 car hold, a transition, in autocommit), its locks held to its end. The race tests' controls replace
-these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``, ``transition_lock_sql``)
+these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``, ``transition_lock_sql``,
+``member_lock_sql``, ``lock_member``)
 to show that their test notices a missing lock.
 
 A hold that is one statement in autocommit (the car's: docs/decisions/0022-one-statement-holds.md)
