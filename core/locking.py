@@ -100,15 +100,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Model
 from psycopg import sql
 
 from core.claims import column
 from core.statements import P, Statement, from_row, table
-from web.accounts.models import User
+
+if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
+    from django.contrib.auth.models import _User as User
 
 _M = TypeVar("_M", bound=Model)
 
@@ -148,9 +151,10 @@ def _locked(model: type[_M], ids: Iterable[int], mode: str) -> list[_M]:
 def lock_user(user_id: int) -> User:
     """One user row, ``FOR NO KEY UPDATE``: serializes the rules that count this user's rows."""
     _in_transaction("lock_user")
-    users = _locked(User, [user_id], NO_KEY_UPDATE)
+    user_model = get_user_model()
+    users = _locked(user_model, [user_id], NO_KEY_UPDATE)
     if not users:
-        raise User.DoesNotExist(f"User {user_id} does not exist.")
+        raise user_model.DoesNotExist(f"User {user_id} does not exist.")
     return users[0]
 
 
@@ -158,7 +162,7 @@ def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
     """Several user rows in primary-key order (a guest and a host), ``FOR NO KEY UPDATE``; a missing id
     is simply absent."""
     _in_transaction("lock_users")
-    return {user.pk: user for user in _locked(User, user_ids, NO_KEY_UPDATE)}
+    return {user.pk: user for user in _locked(get_user_model(), user_ids, NO_KEY_UPDATE)}
 
 
 def user_lock_sql(user: sql.Composable) -> sql.Composable:
@@ -167,8 +171,9 @@ def user_lock_sql(user: sql.Composable) -> sql.Composable:
     lock is held before that one is asked for. The seam a
     race control replaces: a statement built with it is composed again for the replacement (``_car_lock``
     is cached by this function)."""
+    user_model = get_user_model()
     return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = {} FOR NO KEY UPDATE)").format(
-        table(User), column(User, "id"), user
+        table(user_model), column(user_model, "id"), user
     )
 
 

@@ -8,7 +8,6 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.audit.api import AuditTrailView
 from core.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from core.policy import SEE
 from events import calendar, queue, selectors
@@ -37,6 +36,7 @@ from events.models import SeatHoldGroup, WaitlistEntry
 from events.services import events, holds, rules, seat_holds, waitlist
 from web.accounts.services import acting_user, request_user
 from web.api import StaffWrites
+from web.audit_trail import AuditTrailView
 from web.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
 from web.idempotency import idempotent
 from web.recent import RecentReads

@@ -11,7 +11,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import errors as core_errors
-from core.audit.api import AuditTrailView
 from core.errors import (
     Forbidden,
     HoldExpired,
@@ -48,6 +47,7 @@ from slots.services import bookings as slots_bookings
 from web.accounts.models import User
 from web.accounts.services import acting_user, request_user
 from web.api import AsOfPagePagination
+from web.audit_trail import AuditTrailView
 from web.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarView, calendar_response
 from web.idempotency import idempotent
 from web.recent import RecentReads
