@@ -222,11 +222,11 @@ SELECT
             seen_car=locking.seen_sql(Car, P("car")),
             # Order 1, then 3: the car's UPDATE reads the buyer's (when the cap applies), so that lock is
             # held before the car's is asked for; the overdue holds (4) after both (``go`` reads them).
-            owner_lock=claim_lock(User, P("owner"), after=sql.SQL("EXISTS (SELECT FROM wanted)")),
+            owner_lock=claim_lock(User, P("owner"), lock_before=sql.SQL("EXISTS (SELECT FROM wanted)")),
             car_lock=claim_lock(
                 Car,
                 P("car"),
-                after=sql.SQL(
+                lock_before=sql.SQL(
                     "EXISTS (SELECT FROM wanted) AND (%(owner)s::bigint IS NULL OR EXISTS (SELECT FROM owner))"
                 ),
                 returning=("status",),
