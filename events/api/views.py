@@ -198,7 +198,7 @@ class SeatsReserve(APIView):
             seat_codes=data.get("seatCodes"),
             quantity=data.get("quantity"),
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
             actor=request.user,
             queue_token=request.headers.get(QUEUE_TOKEN_HEADER),
         )
@@ -408,7 +408,7 @@ class Waitlist(APIView):
             user=request.user,
             quantity=data["quantity"],
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
         )
         return Response(_entry_out(entry), status=201)
 

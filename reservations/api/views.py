@@ -84,7 +84,7 @@ class ReservationList(ListAPIView):
             buyer=acting_user(caller=request.user, user_id=data.get("buyerId")),
             hold_minutes=data["holdDurationMinutes"],
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
             actor=request.user,
         )
         return Response(ReservationOut(reservation).data, status=201)

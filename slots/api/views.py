@@ -183,7 +183,7 @@ class BookingList(ListAPIView):
     def post(self, request):
         data = SlotBookingIn.validated(request)
         guest = acting_user(caller=request.user, user_id=data.get("userId"))
-        claim = {"hold": data["hold"], "metadata": data["metadata"], "request_id": request.idempotency_key or ""}
+        claim = {"hold": data["hold"], "metadata": data["metadata"], "idempotency_key": request.idempotency_key or ""}
         if "slotId" in data:
             booking = slots_bookings.slot_booking_create(
                 slot_id=data["slotId"],
