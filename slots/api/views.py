@@ -378,8 +378,9 @@ class MyAvailability(APIView):
     @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(rules.NotAHost)})
     @idempotent
     def put(self, request):
-        fields = cast(AvailabilityFields, AvailabilityIn.validated(request))  # the document, checked whole
         host = request_user(request)
+        rules.require_host(host)  # a non-host is refused before what they sent is read
+        fields = cast(AvailabilityFields, AvailabilityIn.validated(request))  # the document, checked whole
         slots.availability_set(host=host, fields=fields, actor=host, now=timezone.now())
         return Response(_availability_out(host))
 
