@@ -18,7 +18,7 @@ class Organisation(models.Model):
     created_at = models.DateTimeField()
     caller_role: (
         str | None
-    )  # the caller's role in it, annotated by the API's list (core.organisations.api), not a column
+    )  # the caller's role in it, annotated by the API's list (web.organisations.api), not a column
 
     class Meta:
         ordering = ["id"]

@@ -16,9 +16,9 @@ from web.webhooks.models import WebhookEndpoint
 
 BEFORE = [
     ("organisations", None),
-    ("reservations", "0002_claim_seq"),
-    ("events", "0006_seatholdgroup_reminded_at"),
-    ("slots", "0006_slotbooking_reminded_at"),
+    ("reservations", "0003_idempotency_key"),
+    ("events", "0007_idempotency_key"),
+    ("slots", "0007_idempotency_key"),
     ("webhooks", "0001_initial"),
 ]
 

@@ -13,13 +13,14 @@ from psycopg import sql
 
 from core import locking
 from core.errors import NotFound
-from core.organisations import access, services
+from core.organisations import access
 from core.organisations.models import Membership
 from core.organisations.roles import Role
 from reservations.models import Car, Reservation
 from reservations.services import car_update, reservation_cancel
 from tests.factories import OrganisationFactory, UserFactory, member
 from tests.reservations.factories import CarFactory, ReservationFactory
+from web.organisations import services
 
 pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
 

@@ -8,13 +8,14 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.organisations import access, services
-from core.organisations.api.serializers import MemberIn, MemberOut, OrganisationIn, OrganisationOut
+from core.organisations import access
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import Role
 from web.accounts.services import request_user
 from web.api import Operators, Superusers
 from web.idempotency import idempotent
+from web.organisations import services
+from web.organisations.api.serializers import MemberIn, MemberOut, OrganisationIn, OrganisationOut
 from web.schema import errors
 
 
