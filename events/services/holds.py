@@ -23,6 +23,7 @@ from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import DomainError, NotFound, ValidationFailed
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.organisations import access
 from core.policy import Cap, ClaimPolicy
 from events import locks
 from events.models import QUEUE_TOKEN, Event, Seat, SeatHoldGroup, WaitlistEntry
@@ -195,7 +196,11 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def check_target(self, target: Target, ask: SeatHold, *, now: datetime) -> None:
         self._check_sales(target.event, now=now)
-        if target.event.queue_enabled and not target.event.admitted and not (ask.actor.is_staff or ask.offer):
+        if (
+            target.event.queue_enabled
+            and not target.event.admitted
+            and not (ask.offer or access.may_act(ask.actor, target.event.organisation_id))
+        ):
             raise NotAdmitted(
                 f"Event {target.event.pk} sells through its queue: send X-Queue-Token of your admitted entry "
                 f"(join with POST /api/events/{target.event.pk}/queue and poll it until it is ADMITTED)."
