@@ -149,7 +149,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return [
-                (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open"]}),
+                (None, {"fields": ["organisation", "name", "event_date", "location", "hold_minutes", "sales_open"]}),
                 ("Seat layout", {"fields": ["layout", "total_seats", "sections", "rows", "seats_per_row"]}),
             ]
         return self.fieldsets
@@ -174,6 +174,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
                 setattr(obj, field, getattr(updated, field))
             return
         created = events.event_create(
+            organisation_id=data["organisation"].pk,
             name=data["name"],
             event_date=data["event_date"],
             location=data["location"],

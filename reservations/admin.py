@@ -18,6 +18,7 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
     search_fields = ["label", "make", "model", "=id"]
     readonly_fields = ["created_at", "updated_at", "current_reservation", "audit_trail"]
     fields = [
+        "organisation",
         "dealer_id",
         "label",
         "make",
@@ -28,6 +29,10 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
         "updated_at",
         "audit_trail",
     ]
+
+    def get_readonly_fields(self, request, obj=None):
+        """A car stays in the organisation it was added to."""
+        return self.readonly_fields if obj is None else ["organisation", *self.readonly_fields]
 
     def get_queryset(self, request):
         current = Reservation.objects.active(now=timezone.now()).filter(car=OuterRef("pk")).order_by("-id")
@@ -47,7 +52,9 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
         if change:
             saved = services.car_update(car_id=obj.pk, actor=request.user, **fields)
         else:
-            saved = services.car_create(actor=request.user, **fields)
+            saved = services.car_create(
+                organisation_id=form.cleaned_data["organisation"].pk, actor=request.user, **fields
+            )
         obj.pk, obj.created_at, obj.updated_at = saved.pk, saved.created_at, saved.updated_at
 
     @admin.display(description="Current reservation")

@@ -19,11 +19,13 @@ from django.utils import timezone
 
 from core.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
 from core.errors import DomainError
+from core.organisations import access
 from slots import selectors
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm, lengths_text
 from slots.models import Availability, Slot, SlotBooking
 from slots.services import bookings, slots
+from web.accounts.services import request_user
 from web.exports import CsvExportMixin
 
 
@@ -247,7 +249,9 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         analytics = in_the_list = None
         if form.is_valid():
             start, end = form.cleaned_data["start_date"], form.cleaned_data["end_date"]
-            analytics = selectors.booking_analytics(start_date=start, end_date=end)
+            analytics = selectors.booking_analytics(
+                start_date=start, end_date=end, organisations=access.scope(request_user(request), None)
+            )
             since, until = selectors.booking_days(start, end, timezone.get_current_timezone())
             # The same bookings in the list beside this page: made in the window, a moved one once.
             query = {"created_at__gte": since.isoformat(), "created_at__lt": until.isoformat(), "moved": "no"}
