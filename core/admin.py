@@ -6,8 +6,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Model
+from django.db.models import Model, QuerySet
+from django.http import Http404
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import format_html
@@ -18,6 +20,9 @@ from core.claims import EXPIRED, Claim, ClaimQuerySet
 from core.engine import Cap
 from core.errors import DomainError
 from core.models import IdempotencyRecord
+from core.organisations import access
+from core.organisations.roles import Role
+from web.accounts.services import request_user
 
 
 def pretty_json(value: Any) -> SafeString:
@@ -33,6 +38,95 @@ def short_id(value: Any) -> SafeString | None:
         return None
     text = str(value)
     return format_html("{}", text) if len(text) <= 12 else format_html('<span title="{}">{}…</span>', text, text[:8])
+
+
+def organisations_for(request, role: Role) -> list[int] | None:
+    """The organisations in which the caller may do what needs ``role``; None for a superuser (every one)."""
+    user = request_user(request)
+    return None if user.is_superuser else access.organisation_ids(user, role)
+
+
+class PlatformAdmin(admin.ModelAdmin):
+    """A page of the platform's own rows (users, the audit trail, idempotency records), which belong to no
+    one organisation: superusers only (docs/decisions/0025-organisations.md)."""
+
+    def has_module_permission(self, request):
+        return request_user(request).is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request_user(request).is_superuser and super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request):
+        return request_user(request).is_superuser and super().has_add_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        return request_user(request).is_superuser and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return request_user(request).is_superuser and super().has_delete_permission(request, obj)
+
+
+class OrganisationScoped(admin.ModelAdmin):
+    """An admin page of one organisation's rows (docs/contract.md §2.6): a superuser sees and acts on every
+    row; a member only on their organisations' rows, each as far as their role allows
+    (``core.organisations.roles``): ``view_role`` to see the list and the pages, ``change_role`` to add,
+    change and run the list's actions. Another organisation's row is absent from the list, its pages are
+    404 (its existence is not revealed), its id in an action is ignored; the filters, the exports and the
+    related lists read the same queryset. Declare ``organisation_field``, the lookup from the model to its
+    organisation (``"organisation"``, ``"car__organisation"``). It replaces Django's model permissions, so it
+    comes last before ``ModelAdmin`` among a page's bases: what a page forbids itself (``ReadOnlyAdmin``, a
+    claim's form) it forbids before asking the role."""
+
+    organisation_field = "organisation"
+    view_role = Role.STAFF
+    change_role = Role.MANAGER
+
+    def scope(self, request, rows: QuerySet) -> QuerySet:
+        """``rows`` narrowed to the organisations in which the caller may see them (``view_role``)."""
+        organisations = organisations_for(request, self.view_role)
+        return rows if organisations is None else rows.filter(**{f"{self.organisation_field}__in": organisations})
+
+    def get_queryset(self, request):
+        return self.scope(request, super().get_queryset(request))
+
+    def get_object(self, request, object_id, from_field=None):
+        """A row of the list, or 404: another organisation's row answers as one that does not exist."""
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            if not self.has_view_permission(request):  # a role that sees no such row anywhere: 403 whatever the id
+                raise PermissionDenied
+            raise Http404(f"No {self.opts.verbose_name} with the id {object_id}.")
+        return obj
+
+    def organisation_of(self, obj: Model) -> int:
+        *path, last = self.organisation_field.split("__")
+        for step in path:
+            obj = getattr(obj, step)
+        return getattr(obj, f"{last}_id")
+
+    def may(self, request, role: Role, obj: Model | None = None) -> bool:
+        """Whether the caller may do what needs ``role``: on ``obj``, in its organisation; on none, in any of
+        theirs."""
+        user = request_user(request)
+        if obj is None:
+            return user.is_superuser or bool(access.organisation_ids(user, role))
+        return access.may_act(user, self.organisation_of(obj), role)
+
+    # Instead of Django's model permissions: a member holds none, their role says what they may do.
+    def has_module_permission(self, request):
+        return self.may(request, self.view_role)
+
+    def has_view_permission(self, request, obj=None):
+        return self.may(request, self.view_role, obj)
+
+    def has_add_permission(self, request):
+        return self.may(request, self.change_role)
+
+    def has_change_permission(self, request, obj=None):
+        return self.may(request, self.change_role, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.may(request, self.change_role, obj)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -102,7 +196,7 @@ class StateFilter(admin.SimpleListFilter):
         return queryset.filter(effective_state=self.value()) if self.value() else queryset
 
 
-class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
+class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     """A claim's pages (a reservation, a seat hold, a slot booking): rows are read-only, operators act
     through the actions, which call the services, and read the audit trail on the page. Put "state_now"
     in the list and the page (the one state column), "hold_expires" for the expiry, and StateFilter in the
@@ -110,6 +204,7 @@ class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     above its rows, in words; its setting and the API's refusal are the note's help."""
 
     cap: Cap | None = None
+    change_role = Role.STAFF  # holds, bookings, cancellations, expiring: the staff's rung
     change_list_template = "admin/claim_change_list.html"
 
     def changelist_view(self, request, extra_context=None):
@@ -153,7 +248,7 @@ class ClaimAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
 
 
 @admin.register(IdempotencyRecord)
-class IdempotencyRecordAdmin(ReadOnlyAdmin):
+class IdempotencyRecordAdmin(ReadOnlyAdmin, PlatformAdmin):
     list_display = ["id", "user", "key", "method", "path", "response_status", "created_at", "completed_at"]
     list_filter = ["method", "response_status", "created_at"]
     search_fields = ["=key", "user__email", "path"]

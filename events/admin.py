@@ -13,8 +13,17 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from core.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
+from core.admin import (
+    AuditTrailMixin,
+    ClaimAdmin,
+    OrganisationScoped,
+    ReadOnlyAdmin,
+    ServiceActionsMixin,
+    StateFilter,
+    short_id,
+)
 from core.errors import DomainError
+from core.organisations.roles import Role
 from events import queue, selectors
 from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 from events.services import events, holds, rules, seat_holds, waitlist
@@ -95,7 +104,7 @@ class EventCreateForm(EventChangeForm):
 
 
 @admin.register(Event)
-class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
+class EventAdmin(AuditTrailMixin, OrganisationScoped):
     list_display = [
         "id",
         "name",
@@ -140,7 +149,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     ]
 
     def get_queryset(self, request):
-        return selectors.events_with_counts(now=timezone.now())
+        return self.scope(request, selectors.events_with_counts(now=timezone.now()))
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = EventCreateForm if obj is None else EventChangeForm
@@ -301,6 +310,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
     ]
 
     cap = holds.SEAT_HOLDS.cap
+    organisation_field = "event__organisation"
     list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "hold_expires", "created_at"]
     list_filter = [StateFilter, ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]
@@ -386,11 +396,13 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
 
 
 @admin.register(WaitlistEntry)
-class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
+class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin, OrganisationScoped):
     """Each event's waiting list, in join order: who waits for how many seats, their position, the offer
     (a hold) an entry was made. Operators remove an entry through the action (a confirmation page
     first), which calls the service: the entries behind move up, and the next may be offered seats."""
 
+    organisation_field = "event__organisation"
+    view_role = Role.MANAGER  # waiting lists are the manager's rung
     list_display = [
         "id",
         "event",
@@ -447,7 +459,7 @@ class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, R
 
     def has_change_permission(self, request, obj=None):
         """The page is read-only; the removal action needs the change permission (given to operators)."""
-        return obj is None and admin.ModelAdmin.has_change_permission(self, request)
+        return obj is None and OrganisationScoped.has_change_permission(self, request)
 
     def get_audit_subject(self, entry):
         return waitlist.waitlist_entry_subject(entry)
@@ -498,10 +510,12 @@ class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, R
 
 
 @admin.register(QueueEntry)
-class QueueEntryAdmin(AuditTrailMixin, ReadOnlyAdmin):
+class QueueEntryAdmin(AuditTrailMixin, ReadOnlyAdmin, OrganisationScoped):
     """The admission queues: each entry with its place, in join order per event. Only the services
     write them (a join, the admit queues job); operators watch."""
 
+    organisation_field = "event__organisation"
+    view_role = Role.MANAGER  # queues are the manager's rung
     list_display = ["number", "event", "user", "state_now", "position", "joined_at", "admitted_until"]
     list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["user__email", "user__name", "=token"]

@@ -8,8 +8,9 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
 
-from core.admin import ServiceActionsMixin, short_id
+from core.admin import OrganisationScoped, ServiceActionsMixin, short_id
 from core.errors import ValidationFailed
+from core.organisations.roles import Role
 from web.exports import CsvExportMixin
 from web.webhooks import services
 from web.webhooks.catalogue import EVENT_TYPES
@@ -48,7 +49,8 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
+class WebhookEndpointAdmin(ServiceActionsMixin, OrganisationScoped):
+    view_role = change_role = Role.OWNER  # webhook endpoints are the owner's rung
     form = WebhookEndpointForm
     list_display = ["id", "url", "active", "types", "last_success_at", "last_failure_at", "disabled_reason"]
     list_filter = ["active"]
@@ -112,7 +114,9 @@ class WebhookAttemptInline(admin.TabularInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, admin.ModelAdmin):
+class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, OrganisationScoped):
+    organisation_field = "endpoint__organisation"
+    view_role = change_role = Role.OWNER
     list_display = [
         "id",
         "endpoint_short",
@@ -125,7 +129,7 @@ class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, admin.ModelAdmin
         "next_attempt_at",
         "delivered_at",
     ]
-    list_filter = ["status", "endpoint", "event_type"]
+    list_filter = ["status", ("endpoint", admin.RelatedOnlyFieldListFilter), "event_type"]
     search_fields = ["=event__id", "=subject_id"]
     export_columns = [
         ("delivery", "id"),

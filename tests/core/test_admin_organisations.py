@@ -1,0 +1,352 @@
+"""The admin's BOLA matrix (issue 22, docs/contract.md §2.6): two organisations x every role x every admin
+list, change page, action and custom view. Asked for the other organisation's row, a member gets 404 (a
+page) or does not find it (a list, a search, an export, an action's selection), and nothing changes in the
+database; asked for their own, what their role allows works and the rest is 403."""
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import timedelta
+
+import pytest
+from django.contrib import admin
+from django.db.models import Model
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from core.admin import OrganisationScoped, PlatformAdmin
+from core.audit.models import AuditEvent
+from core.models import InvariantReport
+from core.organisations.models import Membership, Organisation
+from core.organisations.roles import LADDER, Role, allows
+from events.models import Event, EventQueue, QueueEntry, Seat, SeatHoldGroup, WaitlistEntry
+from reservations.models import Car, Reservation
+from slots.models import Availability, Slot, SlotBooking
+from tests.events.factories import EventFactory, write_hold
+from tests.factories import UserFactory
+from tests.reservations.factories import CarFactory, ReservationFactory
+from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
+from web.webhooks.models import WebhookDelivery, WebhookEndpoint
+
+pytestmark = pytest.mark.django_db
+
+ROLES = [rung.role for rung in LADDER]
+
+# Who sees each kind of row, as the issue states the ladder: staff the claims, the resources they are on
+# and the seat maps; manager also queues and waiting lists; owner also members and webhook endpoints.
+VIEW_ROLE: dict[type[Model], Role] = {
+    Car: Role.STAFF,
+    Reservation: Role.STAFF,
+    Event: Role.STAFF,
+    SeatHoldGroup: Role.STAFF,
+    WaitlistEntry: Role.MANAGER,
+    QueueEntry: Role.MANAGER,
+    Slot: Role.STAFF,
+    SlotBooking: Role.STAFF,
+    Availability: Role.STAFF,
+    WebhookEndpoint: Role.OWNER,
+    WebhookDelivery: Role.OWNER,
+    Organisation: Role.STAFF,
+    Membership: Role.OWNER,
+}
+
+
+@dataclass
+class World:
+    """One organisation and a row of every kind it owns (written directly: the services are not on trial)."""
+
+    organisation: Organisation
+    car: Car
+    reservation: Reservation  # HELD
+    event: Event
+    hold: SeatHoldGroup  # HELD
+    booking: SeatHoldGroup  # CONFIRMED
+    entry: WaitlistEntry
+    queue_entry: QueueEntry
+    slot: Slot  # booked
+    free_slot: Slot  # nobody on it
+    slot_booking: SlotBooking  # CONFIRMED
+    pending: SlotBooking  # PENDING
+    availability: Availability
+    endpoint: WebhookEndpoint
+    delivery: WebhookDelivery
+    membership: Membership
+
+    def rows(self) -> list[Model]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def of(self, model: type[Model]) -> Model:
+        return next(row for row in self.rows() if type(row) is model)
+
+
+def world(name: str) -> World:
+    now = timezone.now()
+    organisation = Organisation.objects.create(name=name.title(), slug=name, created_at=now)
+    car = CarFactory(organisation=organisation)
+    event = EventFactory(organisation=organisation, total_seats=4, waiting_count=1)
+    EventQueue.objects.create(event=event, joined=1, credit_from=now)
+    Seat.objects.bulk_create([Seat(event=event, code=f"S{n}", row=1, number=n) for n in range(1, 5)])
+    host = HostFactory()
+    slot = SlotFactory(organisation=organisation, host=host, capacity=2)
+    endpoint = WebhookEndpoint.objects.create(
+        organisation=organisation, url=f"https://{name}.example/hooks", secret="whsec_" + "A" * 32
+    )
+    return World(
+        organisation=organisation,
+        car=car,
+        reservation=ReservationFactory(car=car),
+        event=event,
+        hold=write_hold(event, ["S1"]),
+        booking=write_hold(event, ["S2"], state="CONFIRMED"),
+        entry=WaitlistEntry.objects.create(event=event, user=UserFactory(), quantity=1, created_at=now, updated_at=now),
+        queue_entry=QueueEntry.objects.create(
+            event=event, user=UserFactory(), token=uuid.uuid4().hex, number=1, joined_at=now
+        ),
+        slot=slot,
+        free_slot=SlotFactory(organisation=organisation, host=host),
+        slot_booking=SlotBookingFactory(slot=slot),
+        pending=SlotBookingFactory(slot=slot, status=SlotBooking.Status.PENDING),
+        availability=Availability.objects.create(
+            host=host, organisation=organisation, time_zone="Europe/Berlin", durations=[30], updated_at=now
+        ),
+        endpoint=endpoint,
+        delivery=WebhookDelivery.objects.create(
+            endpoint=endpoint, event_type="reservation.created", status=WebhookDelivery.Status.FAILED
+        ),
+        membership=Membership.objects.create(
+            user=UserFactory(is_staff=True), organisation=organisation, role=Role.OWNER, created_at=now
+        ),
+    )
+
+
+def snapshot(world: World) -> list[dict]:
+    """Every column of every row of ``world``, and the audit trail: what an action would have changed."""
+    rows = [type(row).objects.filter(pk=row.pk).values().get() for row in world.rows()]
+    return [*rows, {"audit events": AuditEvent.objects.count()}]
+
+
+@pytest.fixture
+def ours(db) -> World:
+    return world("ours")
+
+
+@pytest.fixture
+def theirs(db) -> World:
+    return world("theirs")
+
+
+@pytest.fixture(params=ROLES, ids=[role.value for role in ROLES])
+def role(request) -> Role:
+    return request.param
+
+
+@pytest.fixture
+def member(role, ours) -> Client:
+    """A client signed in as a member of our organisation with ``role`` (is_staff: the admin's door)."""
+    user = UserFactory(is_staff=True)
+    Membership.objects.create(user=user, organisation=ours.organisation, role=role, created_at=timezone.now())
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def url(model: type[Model], page: str, *args) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{page}", args=args)
+
+
+def sees(role: Role, model: type[Model]) -> bool:
+    return allows(role.value, VIEW_ROLE[model])
+
+
+def ours_to_write(model: type[Model]) -> bool:
+    """A model of the project's own apps (not Django's, DRF's or celery beat's, which members hold no
+    model permission of)."""
+    return model._meta.app_config.name.split(".")[0] in ("core", "web", "reservations", "events", "slots")
+
+
+def test_every_admin_page_is_an_organisations_or_the_platforms():
+    """A new admin cannot escape the matrix: it is scoped (and listed above) or for superusers alone."""
+    for model, model_admin in admin.site._registry.items():
+        if ours_to_write(model):
+            assert isinstance(model_admin, OrganisationScoped | PlatformAdmin), model
+            assert isinstance(model_admin, PlatformAdmin) or model in VIEW_ROLE, model
+
+
+def test_the_platforms_and_djangos_own_pages_are_closed_to_members(member):
+    """Users, groups, tokens, the audit trail, idempotency records: a member holds no model permission."""
+    for model, model_admin in admin.site._registry.items():
+        if not isinstance(model_admin, OrganisationScoped):
+            assert member.get(url(model, "changelist")).status_code == 403, model
+
+
+@pytest.mark.parametrize("model", list(VIEW_ROLE), ids=lambda m: m.__name__)
+def test_a_list_shows_our_rows_and_never_theirs(member, role, ours, theirs, model):
+    response = member.get(url(model, "changelist"))
+
+    if not sees(role, model):
+        assert response.status_code == 403
+        return
+    assert response.status_code == 200
+    listed = set(response.context["cl"].queryset.values_list("pk", flat=True))
+    assert ours.of(model).pk in listed
+    assert theirs.of(model).pk not in listed
+
+
+@pytest.mark.parametrize("model", list(VIEW_ROLE), ids=lambda m: m.__name__)
+def test_their_pages_are_404_and_a_post_to_them_changes_nothing(member, role, ours, theirs, model):
+    before = snapshot(theirs)
+    pk = theirs.of(model).pk
+
+    answers = [
+        member.get(url(model, "change", pk)),
+        member.get(url(model, "history", pk)),
+        member.get(url(model, "delete", pk)),
+        member.post(url(model, "change", pk), {"name": "Taken over", "role": "owner", "url": "https://evil.example"}),
+        member.post(url(model, "delete", pk), {"post": "yes"}),
+    ]
+
+    expected = 404 if sees(role, model) else 403  # a role that sees none of them anywhere: 403 whatever the id
+    assert [answer.status_code for answer in answers] == [expected] * len(answers)
+    assert snapshot(theirs) == before
+
+
+@pytest.mark.parametrize("model", list(VIEW_ROLE), ids=lambda m: m.__name__)
+def test_our_page_opens_to_a_role_that_sees_it(member, role, ours, model):
+    response = member.get(url(model, "change", ours.of(model).pk))
+
+    assert response.status_code == (200 if sees(role, model) else 403)
+
+
+# Each list action, the role it needs (the ladder: claims are staff's, resources, sales, queues and waiting
+# lists a manager's, webhooks an owner's) and the row of a world it changes.
+ACTIONS = [
+    (Reservation, "cancel", Role.STAFF, "reservation"),
+    (Reservation, "expire_now", Role.STAFF, "reservation"),
+    (SeatHoldGroup, "release_holds", Role.STAFF, "hold"),
+    (SeatHoldGroup, "expire_now", Role.STAFF, "hold"),
+    (SeatHoldGroup, "cancel_bookings", Role.STAFF, "booking"),
+    (SlotBooking, "cancel", Role.STAFF, "slot_booking"),
+    (SlotBooking, "expire_now", Role.STAFF, "pending"),
+    (Event, "close_sales", Role.MANAGER, "event"),
+    (Event, "turn_waitlist_off", Role.MANAGER, "event"),
+    (Slot, "cancel_slots", Role.MANAGER, "free_slot"),
+    (WaitlistEntry, "remove_entries", Role.MANAGER, "entry"),
+    (WebhookEndpoint, "rotate_secret", Role.OWNER, "endpoint"),
+    (WebhookDelivery, "retry_now", Role.OWNER, "delivery"),
+]
+
+
+def act(client: Client, model: type[Model], action: str, row: Model):
+    form = {"action": action, "_selected_action": [str(row.pk)], "confirmed": "yes"}
+    return client.post(url(model, "changelist"), form)
+
+
+@pytest.mark.parametrize(
+    ("model", "action", "needs", "attr"), ACTIONS, ids=[f"{m.__name__}.{a}" for m, a, _, _ in ACTIONS]
+)
+def test_an_action_on_their_row_changes_nothing(member, role, ours, theirs, model, action, needs, attr):
+    before = snapshot(theirs)
+
+    response = act(member, model, action, getattr(theirs, attr))
+
+    # Run on nothing (302), not offered to this role (200, "no action selected"), or no list (403).
+    assert response.status_code in ((302,) if allows(role.value, needs) else (200, 403))
+    assert snapshot(theirs) == before
+
+
+@pytest.mark.parametrize(
+    ("model", "action", "needs", "attr"), ACTIONS, ids=[f"{m.__name__}.{a}" for m, a, _, _ in ACTIONS]
+)
+def test_an_action_on_our_row_works_for_the_role_it_needs(member, role, ours, model, action, needs, attr):
+    row = getattr(ours, attr)
+    before = model.objects.filter(pk=row.pk).values().get()
+
+    act(member, model, action, row)
+
+    changed = model.objects.filter(pk=row.pk).values().get() != before
+    assert changed is allows(role.value, needs)
+
+
+EXPORTS = [Reservation, SeatHoldGroup, WaitlistEntry, SlotBooking, WebhookDelivery]
+
+
+@pytest.mark.parametrize("model", EXPORTS, ids=lambda m: m.__name__)
+def test_an_export_has_our_rows_and_never_theirs(member, role, ours, theirs, model):
+    listed = member.get(url(model, "export"))
+    ticked = member.post(
+        url(model, "changelist"),
+        {"action": "export_csv", "_selected_action": [str(ours.of(model).pk), str(theirs.of(model).pk)]},
+    )
+
+    if not sees(role, model):
+        assert listed.status_code == 403
+        return
+    for response in (listed, ticked):
+        text = b"".join(response.streaming_content).decode()
+        ids = {line.split(",")[0 if model is not SeatHoldGroup else 1] for line in text.splitlines()[1:]}
+        assert str(ours.of(model).pk) in ids
+        assert str(theirs.of(model).pk) not in ids
+
+
+def test_the_bookings_chart_counts_our_bookings_only(member, role, ours, theirs):
+    today = timezone.localdate()
+    response = member.get(url(SlotBooking, "analytics"), {"start_date": today - timedelta(days=1), "end_date": today})
+
+    assert response.status_code == 200
+    assert response.context["analytics"].total_bookings == 2  # ours: the confirmed booking and the pending one
+
+
+def test_the_seat_map_and_the_week_are_ours_only(member, role, ours, theirs):
+    seat_map = member.get(url(Event, "change", ours.event.pk)).content.decode()
+    week = member.get(url(Availability, "change", ours.availability.pk)).content.decode()
+
+    assert 'class="seat-map"' in seat_map and 'title="S1 HELD"' in seat_map
+    assert "week" in week
+    assert member.get(url(Event, "change", theirs.event.pk)).status_code == 404
+    assert member.get(url(Availability, "change", theirs.availability.pk)).status_code == 404
+
+
+def test_a_search_for_their_id_finds_nothing(member, role, ours, theirs):
+    response = member.get(url(Reservation, "changelist"), {"q": str(theirs.reservation.pk)})
+
+    assert list(response.context["cl"].queryset) == []
+
+
+def test_the_invariants_panel_links_our_rows_and_names_none_of_theirs(member, role, ours, theirs):
+    mine, other = str(ours.reservation.pk), str(theirs.reservation.pk)
+    broken = {"name": "reservations.x", "holds": "Something holds.", "model": "reservations.reservation", "ms": 1}
+    InvariantReport.objects.create(
+        pk=InvariantReport.ONLY,
+        checked_at=timezone.now(),
+        duration_ms=1,
+        results=[
+            {**broken, "violations": 2, "rows": [mine, other]},
+            {**broken, "name": "reservations.theirs_only", "violations": 1, "rows": [other]},
+        ],
+    )
+
+    page = member.get("/admin/").content.decode()
+
+    assert f'href="{url(Reservation, "change", mine)}"' in page
+    assert url(Reservation, "change", other) not in page and f">{other}<" not in page
+    assert "reservations.theirs_only" not in page
+    assert "broken by your organisations' rows" in page
+
+
+def test_a_superuser_sees_both_organisations(client, staff, ours, theirs):
+    client.force_login(staff)
+
+    response = client.get(url(Reservation, "changelist"))
+
+    listed = set(response.context["cl"].queryset.values_list("pk", flat=True))
+    assert {ours.reservation.pk, theirs.reservation.pk} <= listed
+    assert client.get(url(Reservation, "change", theirs.reservation.pk)).status_code == 200
+
+
+def test_a_staff_user_of_no_organisation_sees_no_list(client, ours):
+    client.force_login(UserFactory(is_staff=True))
+
+    page = client.get("/admin/")
+
+    assert page.status_code == 200 and page.context["app_list"] == []
+    assert client.get(url(Reservation, "changelist")).status_code == 403
