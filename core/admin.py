@@ -5,6 +5,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
@@ -21,6 +22,7 @@ from core.engine import Cap
 from core.errors import DomainError
 from core.models import IdempotencyRecord
 from core.organisations import access
+from core.organisations.models import Organisation
 from core.organisations.roles import Role
 from web.accounts.services import request_user
 
@@ -44,6 +46,18 @@ def organisations_for(request, role: Role) -> list[int] | None:
     """The organisations in which the caller may do what needs ``role``; None for a superuser (every one)."""
     user = request_user(request)
     return None if user.is_superuser else access.organisation_ids(user, role)
+
+
+def organisation_choices(request, role: Role, field: forms.ModelChoiceField) -> forms.ModelChoiceField:
+    """``field``, the organisation of a new row, offering the organisations in which the caller may do what
+    needs ``role`` (a superuser: every one); chosen already when there is only one."""
+    organisations = organisations_for(request, role)
+    field.queryset = (
+        Organisation.objects.all() if organisations is None else Organisation.objects.filter(pk__in=organisations)
+    )
+    if organisations is not None and len(organisations) == 1:
+        field.initial, field.empty_label = organisations[0], None
+    return field
 
 
 class PlatformAdmin(admin.ModelAdmin):
@@ -88,6 +102,19 @@ class OrganisationScoped(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return self.scope(request, super().get_queryset(request))
+
+    def get_readonly_fields(self, request, obj=None):
+        """A row stays in its organisation: the field is chosen on the add page only."""
+        readonly = list(super().get_readonly_fields(request, obj))
+        return (
+            [*readonly, "organisation"] if obj is not None and self.organisation_field == "organisation" else readonly
+        )
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.related_model is Organisation and field is not None:
+            return organisation_choices(request, self.change_role, field)
+        return field
 
     def get_object(self, request, object_id, from_field=None):
         """A row of the list, or 404: another organisation's row answers as one that does not exist."""

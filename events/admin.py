@@ -23,10 +23,12 @@ from core.admin import (
     short_id,
 )
 from core.errors import DomainError
+from core.organisations import access
 from core.organisations.roles import Role
 from events import queue, selectors
 from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 from events.services import events, holds, rules, seat_holds, waitlist
+from web.accounts.services import request_user
 from web.exports import CsvExportMixin
 
 PLAIN, SECTIONS = "plain", "sections"
@@ -82,7 +84,7 @@ class EventCreateForm(EventChangeForm):
     seats_per_row = forms.IntegerField(min_value=1, max_value=1000, required=False)
 
     class Meta(EventChangeForm.Meta):
-        fields = ["name", "event_date", "location", "hold_minutes", "sales_open"]
+        fields = ["organisation", "name", "event_date", "location", "hold_minutes", "sales_open"]
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -135,7 +137,10 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
     # of the total), so the counts need no rows of their own.
     fieldsets = [
         ("Seats", {"fields": ["seat_map"]}),
-        (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]}),
+        (
+            None,
+            {"fields": ["organisation", "name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]},
+        ),
         (
             "Admission queue",
             {
@@ -151,6 +156,32 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
     def get_queryset(self, request):
         return self.scope(request, selectors.events_with_counts(now=timezone.now()))
 
+    def get_object(self, request, object_id, from_field=None):
+        """The event, with the lists of it its page links to: those the caller's role in its organisation sees
+        (a staff member's page says how many wait, without a link to a list they may not open)."""
+        event = super().get_object(request, object_id, from_field)
+        event.lists_shown = self._lists_shown(request, event.organisation_id)
+        return event
+
+    def _lists_shown(self, request, organisation_id: int | None) -> set[type]:
+        """The lists of an event's entries (waiting list, queue) the caller may open, in ``organisation_id``
+        (None: in any of theirs)."""
+        shown = set()
+        for model in (WaitlistEntry, QueueEntry):
+            entries = self.admin_site.get_model_admin(model)
+            if organisation_id is None:
+                visible = entries.has_view_permission(request)
+            else:
+                visible = access.may_act(request_user(request), organisation_id, entries.view_role)
+            if visible:
+                shown.add(model)
+        return shown
+
+    def get_list_display(self, request):
+        """The waiting count links to the waiting list when the caller may open it; else it is a number."""
+        shown = WaitlistEntry in self._lists_shown(request, None)
+        return [column if shown or column != "waiting" else "waiting_count" for column in self.list_display]
+
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = EventCreateForm if obj is None else EventChangeForm
         return super().get_form(request, obj, change=change, **kwargs)
@@ -158,13 +189,13 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return [
-                (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open"]}),
+                (None, {"fields": ["organisation", "name", "event_date", "location", "hold_minutes", "sales_open"]}),
                 ("Seat layout", {"fields": ["layout", "total_seats", "sections", "rows", "seats_per_row"]}),
             ]
         return self.fieldsets
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else self.readonly_fields
+        return [] if obj is None else super().get_readonly_fields(request, obj)
 
     def has_delete_permission(self, request, obj=None):
         """Deleting an event would take its seats with it and leave no audit trail: operators close
@@ -183,6 +214,7 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
                 setattr(obj, field, getattr(updated, field))
             return
         created = events.event_create(
+            organisation_id=data["organisation"].pk,
             name=data["name"],
             event_date=data["event_date"],
             location=data["location"],
@@ -201,14 +233,13 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
         row = EventQueue.objects.filter(pk=event.pk).first()
         if row is None:
             return "Nobody has joined."
-        url = reverse("admin:events_queueentry_changelist") + f"?event__id__exact={event.pk}"
-        return format_html(
-            '{} joined, {} admitted, {} waiting: <a href="{}">the entries</a>',
-            row.joined,
-            row.admitted_through,
-            row.joined - row.admitted_through,
-            url,
+        counts = format_html(
+            "{} joined, {} admitted, {} waiting", row.joined, row.admitted_through, row.joined - row.admitted_through
         )
+        if QueueEntry not in getattr(event, "lists_shown", {QueueEntry}):
+            return counts
+        url = reverse("admin:events_queueentry_changelist") + f"?event__id__exact={event.pk}"
+        return format_html('{}: <a href="{}">the entries</a>', counts, url)
 
     @admin.display(description="Held now")
     def held_seats(self, event):
@@ -221,6 +252,8 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
     @admin.display(description="Waiting", ordering="waiting_count")
     def waiting(self, event):
         """The WAITING entries, linked to the event's list (positions, offers, removal)."""
+        if WaitlistEntry not in getattr(event, "lists_shown", {WaitlistEntry}):
+            return f"{event.waiting_count} waiting"
         url = reverse("admin:events_waitlistentry_changelist") + f"?event__id__exact={event.pk}"
         return format_html('<a href="{}">{} waiting</a>', url, event.waiting_count)
 

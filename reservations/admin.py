@@ -13,11 +13,12 @@ from web.exports import CsvExportMixin
 
 @admin.register(Car)
 class CarAdmin(AuditTrailMixin, OrganisationScoped):
-    list_display = ["id", "label", "make", "model", "dealer_id", "status", "current_reservation"]
+    list_display = ["id", "label", "make", "model", "organisation", "dealer_id", "status", "current_reservation"]
     list_filter = ["status", "dealer_id"]
     search_fields = ["label", "make", "model", "=id"]
     readonly_fields = ["created_at", "updated_at", "current_reservation", "audit_trail"]
     fields = [
+        "organisation",
         "dealer_id",
         "label",
         "make",
@@ -47,7 +48,9 @@ class CarAdmin(AuditTrailMixin, OrganisationScoped):
         if change:
             saved = services.car_update(car_id=obj.pk, actor=request.user, **fields)
         else:
-            saved = services.car_create(actor=request.user, **fields)
+            saved = services.car_create(
+                organisation_id=form.cleaned_data["organisation"].pk, actor=request.user, **fields
+            )
         obj.pk, obj.created_at, obj.updated_at = saved.pk, saved.created_at, saved.updated_at
 
     @admin.display(description="Current reservation")

@@ -43,8 +43,18 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     list_select_related = ["host"]
     date_hierarchy = "start"
     actions = ["cancel_slots"]
-    fields = ["host", "title", "specialization", "start", "end", "capacity"]
-    readonly_on_change = ["host", "start", "end", "capacity", "booked", "status", "created_at", "updated_at"]
+    fields = ["organisation", "host", "title", "specialization", "start", "end", "capacity"]
+    readonly_on_change = [
+        "organisation",
+        "host",
+        "start",
+        "end",
+        "capacity",
+        "booked",
+        "status",
+        "created_at",
+        "updated_at",
+    ]
 
     def get_queryset(self, request):
         return self.scope(request, selectors.slots_with_remaining(now=timezone.now()))
@@ -99,11 +109,12 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     def bulk_add_view(self, request):
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = BulkSlotForm(request.POST or None)
+        form = BulkSlotForm(request.POST or None, request=request)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
                 created = slots.slots_create_many(
+                    organisation_id=data["organisation"].pk,
                     host=data["host"],
                     ranges=form.ranges(),
                     capacity=data["capacity"],
@@ -315,7 +326,7 @@ class AvailabilityAdmin(AuditTrailMixin, OrganisationScoped):
         if obj is None:
             return [(None, {"fields": fields})]
         return [
-            (None, {"fields": [*fields, "updated_at"]}),
+            (None, {"fields": ["organisation", *fields, "updated_at"]}),
             ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
         ]
 

@@ -8,12 +8,15 @@ from typing import Any, cast
 
 from django import forms
 from django.contrib.admin.widgets import AdminDateWidget, AdminTimeWidget
-from django.db.models import Model
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from core.admin import organisation_choices, organisations_for
 from core.errors import DomainError
+from core.organisations.models import Organisation
+from core.organisations.roles import Role as OrganisationRole
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.availability import AvailabilityDocument, availability_clean
 from slots.models import Availability, Slot
@@ -24,8 +27,12 @@ from web.accounts.services import request_user
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
 
 
-def hosts():
-    return User.objects.filter(roles__contains=[Role.HOST]).order_by("name", "email")
+def hosts(request: HttpRequest | None) -> QuerySet[User]:
+    """The hosts (users with the HOST role) whose slots and hours the caller manages: the members of the
+    organisations in which they are a manager (a superuser: every host; docs/contract.md §2.6)."""
+    found = User.objects.filter(roles__contains=[Role.HOST]).order_by("name", "email")
+    organisations = organisations_for(request, OrganisationRole.MANAGER) if request is not None else []
+    return found if organisations is None else found.filter(memberships__organisation__in=organisations).distinct()
 
 
 class ServiceModelForm(forms.ModelForm):
@@ -78,14 +85,15 @@ class SlotAddForm(ServiceModelForm):
 
     class Meta:
         model = Slot
-        fields = ["host", "title", "specialization", "start", "end", "capacity"]
+        fields = ["organisation", "host", "title", "specialization", "start", "end", "capacity"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # the model's foreign key
+        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts(self.request)  # the model's foreign key
 
     def write(self, data: dict[str, Any], *, actor: User) -> Slot:
         return slots.slot_create(
+            organisation_id=data["organisation"].pk,
             host=data["host"],
             start=data["start"],
             end=data["end"],
@@ -114,7 +122,10 @@ class BulkSlotForm(forms.Form):
       split around one night.
     """
 
-    host = forms.ModelChoiceField(queryset=User.objects.none(), help_text="A user with the HOST role.")
+    organisation = forms.ModelChoiceField(queryset=Organisation.objects.none())
+    host = forms.ModelChoiceField(
+        queryset=User.objects.none(), help_text="A user with the HOST role, a member of the organisation."
+    )
     title = forms.CharField(max_length=200, required=False, help_text="Optional; shown to guests on every slot.")
     specialization = forms.CharField(
         max_length=100, required=False, help_text="Optional; what guests filter by (e.g. cardiology)."
@@ -149,15 +160,18 @@ class BulkSlotForm(forms.Form):
     )
 
     fieldsets = [
-        ("Slots", {"fields": ["host", "title", "specialization", "capacity"]}),
+        ("Slots", {"fields": ["organisation", "host", "title", "specialization", "capacity"]}),
         ("When", {"fields": ["first_day", "weeks", "weekdays", "day_start", "day_end", "minutes"]}),
     ]
 
     MAX_SLOTS = 2000
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, request: HttpRequest, **kwargs):
         super().__init__(*args, **kwargs)
-        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # declared as one above
+        organisation_choices(
+            request, OrganisationRole.MANAGER, cast(forms.ModelChoiceField, self.fields["organisation"])
+        )
+        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts(request)  # declared as one above
         self.fields["first_day"].initial = timezone.localdate() + timedelta(days=1)
         zone = timezone.get_current_timezone_name()
         self.fields["day_start"].help_text = f"When the day's first slot starts: HH:MM on the clock in {zone}."
@@ -384,7 +398,7 @@ class AvailabilityForm(ServiceModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "host" in self.fields:  # on the add page only: a host's availability stays theirs
-            cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()
+            cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts(self.request)
             self.fields["time_zone"].initial = timezone.get_current_timezone_name()
 
     def write(self, data: dict[str, Any], *, actor: User) -> Availability:

@@ -3,8 +3,6 @@ list, change page, action and custom view. Asked for the other organisation's ro
 page) or does not find it (a list, a search, an export, an action's selection), and nothing changes in the
 database; asked for their own, what their role allows works and the rest is 403."""
 
-import uuid
-from dataclasses import dataclass, fields
 from datetime import timedelta
 
 import pytest
@@ -15,17 +13,14 @@ from django.urls import reverse
 from django.utils import timezone
 
 from core.admin import OrganisationScoped, PlatformAdmin
-from core.audit.models import AuditEvent
 from core.models import InvariantReport
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import LADDER, Role, allows
-from events.models import Event, EventQueue, QueueEntry, Seat, SeatHoldGroup, WaitlistEntry
+from events.models import Event, QueueEntry, SeatHoldGroup, WaitlistEntry
 from reservations.models import Car, Reservation
 from slots.models import Availability, Slot, SlotBooking
-from tests.events.factories import EventFactory, write_hold
+from tests.core.worlds import World, snapshot, world
 from tests.factories import UserFactory
-from tests.reservations.factories import CarFactory, ReservationFactory
-from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 from web.webhooks.models import WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.django_db
@@ -49,80 +44,6 @@ VIEW_ROLE: dict[type[Model], Role] = {
     Organisation: Role.STAFF,
     Membership: Role.OWNER,
 }
-
-
-@dataclass
-class World:
-    """One organisation and a row of every kind it owns (written directly: the services are not on trial)."""
-
-    organisation: Organisation
-    car: Car
-    reservation: Reservation  # HELD
-    event: Event
-    hold: SeatHoldGroup  # HELD
-    booking: SeatHoldGroup  # CONFIRMED
-    entry: WaitlistEntry
-    queue_entry: QueueEntry
-    slot: Slot  # booked
-    free_slot: Slot  # nobody on it
-    slot_booking: SlotBooking  # CONFIRMED
-    pending: SlotBooking  # PENDING
-    availability: Availability
-    endpoint: WebhookEndpoint
-    delivery: WebhookDelivery
-    membership: Membership
-
-    def rows(self) -> list[Model]:
-        return [getattr(self, f.name) for f in fields(self)]
-
-    def of(self, model: type[Model]) -> Model:
-        return next(row for row in self.rows() if type(row) is model)
-
-
-def world(name: str) -> World:
-    now = timezone.now()
-    organisation = Organisation.objects.create(name=name.title(), slug=name, created_at=now)
-    car = CarFactory(organisation=organisation)
-    event = EventFactory(organisation=organisation, total_seats=4, waiting_count=1)
-    EventQueue.objects.create(event=event, joined=1, credit_from=now)
-    Seat.objects.bulk_create([Seat(event=event, code=f"S{n}", row=1, number=n) for n in range(1, 5)])
-    host = HostFactory()
-    slot = SlotFactory(organisation=organisation, host=host, capacity=2)
-    endpoint = WebhookEndpoint.objects.create(
-        organisation=organisation, url=f"https://{name}.example/hooks", secret="whsec_" + "A" * 32
-    )
-    return World(
-        organisation=organisation,
-        car=car,
-        reservation=ReservationFactory(car=car),
-        event=event,
-        hold=write_hold(event, ["S1"]),
-        booking=write_hold(event, ["S2"], state="CONFIRMED"),
-        entry=WaitlistEntry.objects.create(event=event, user=UserFactory(), quantity=1, created_at=now, updated_at=now),
-        queue_entry=QueueEntry.objects.create(
-            event=event, user=UserFactory(), token=uuid.uuid4().hex, number=1, joined_at=now
-        ),
-        slot=slot,
-        free_slot=SlotFactory(organisation=organisation, host=host),
-        slot_booking=SlotBookingFactory(slot=slot),
-        pending=SlotBookingFactory(slot=slot, status=SlotBooking.Status.PENDING),
-        availability=Availability.objects.create(
-            host=host, organisation=organisation, time_zone="Europe/Berlin", durations=[30], updated_at=now
-        ),
-        endpoint=endpoint,
-        delivery=WebhookDelivery.objects.create(
-            endpoint=endpoint, event_type="reservation.created", status=WebhookDelivery.Status.FAILED
-        ),
-        membership=Membership.objects.create(
-            user=UserFactory(is_staff=True), organisation=organisation, role=Role.OWNER, created_at=now
-        ),
-    )
-
-
-def snapshot(world: World) -> list[dict]:
-    """Every column of every row of ``world``, and the audit trail: what an action would have changed."""
-    rows = [type(row).objects.filter(pk=row.pk).values().get() for row in world.rows()]
-    return [*rows, {"audit events": AuditEvent.objects.count()}]
 
 
 @pytest.fixture
@@ -180,41 +101,31 @@ def test_the_platforms_and_djangos_own_pages_are_closed_to_members(member):
 
 
 @pytest.mark.parametrize("model", list(VIEW_ROLE), ids=lambda m: m.__name__)
-def test_a_list_shows_our_rows_and_never_theirs(member, role, ours, theirs, model):
-    response = member.get(url(model, "changelist"))
-
-    if not sees(role, model):
-        assert response.status_code == 403
-        return
-    assert response.status_code == 200
-    listed = set(response.context["cl"].queryset.values_list("pk", flat=True))
-    assert ours.of(model).pk in listed
-    assert theirs.of(model).pk not in listed
-
-
-@pytest.mark.parametrize("model", list(VIEW_ROLE), ids=lambda m: m.__name__)
-def test_their_pages_are_404_and_a_post_to_them_changes_nothing(member, role, ours, theirs, model):
+def test_a_member_finds_our_rows_and_never_theirs(member, role, ours, theirs, model):
+    """The list, and each page of a row: theirs 404 (a post to it changes nothing), ours opens. A role that
+    sees no such row anywhere gets 403 for each, whatever the id: that reveals nothing either."""
     before = snapshot(theirs)
     pk = theirs.of(model).pk
 
-    answers = [
+    listed = member.get(url(model, "changelist"))
+    theirs_answers = [
         member.get(url(model, "change", pk)),
         member.get(url(model, "history", pk)),
         member.get(url(model, "delete", pk)),
         member.post(url(model, "change", pk), {"name": "Taken over", "role": "owner", "url": "https://evil.example"}),
         member.post(url(model, "delete", pk), {"post": "yes"}),
     ]
+    our_page = member.get(url(model, "change", ours.of(model).pk))
 
-    expected = 404 if sees(role, model) else 403  # a role that sees none of them anywhere: 403 whatever the id
-    assert [answer.status_code for answer in answers] == [expected] * len(answers)
+    if sees(role, model):
+        rows = set(listed.context["cl"].queryset.values_list("pk", flat=True))
+        assert ours.of(model).pk in rows and pk not in rows
+        assert [answer.status_code for answer in theirs_answers] == [404] * len(theirs_answers)
+        assert our_page.status_code == 200
+    else:
+        assert listed.status_code == our_page.status_code == 403
+        assert [answer.status_code for answer in theirs_answers] == [403] * len(theirs_answers)
     assert snapshot(theirs) == before
-
-
-@pytest.mark.parametrize("model", list(VIEW_ROLE), ids=lambda m: m.__name__)
-def test_our_page_opens_to_a_role_that_sees_it(member, role, ours, model):
-    response = member.get(url(model, "change", ours.of(model).pk))
-
-    assert response.status_code == (200 if sees(role, model) else 403)
 
 
 # Each list action, the role it needs (the ladder: claims are staff's, resources, sales, queues and waiting
@@ -244,26 +155,21 @@ def act(client: Client, model: type[Model], action: str, row: Model):
 @pytest.mark.parametrize(
     ("model", "action", "needs", "attr"), ACTIONS, ids=[f"{m.__name__}.{a}" for m, a, _, _ in ACTIONS]
 )
-def test_an_action_on_their_row_changes_nothing(member, role, ours, theirs, model, action, needs, attr):
+def test_an_action_changes_our_row_for_the_role_it_needs_and_never_theirs(
+    member, role, ours, theirs, model, action, needs, attr
+):
     before = snapshot(theirs)
-
-    response = act(member, model, action, getattr(theirs, attr))
-
-    # Run on nothing (302), not offered to this role (200, "no action selected"), or no list (403).
-    assert response.status_code in ((302,) if allows(role.value, needs) else (200, 403))
-    assert snapshot(theirs) == before
-
-
-@pytest.mark.parametrize(
-    ("model", "action", "needs", "attr"), ACTIONS, ids=[f"{m.__name__}.{a}" for m, a, _, _ in ACTIONS]
-)
-def test_an_action_on_our_row_works_for_the_role_it_needs(member, role, ours, model, action, needs, attr):
     row = getattr(ours, attr)
-    before = model.objects.filter(pk=row.pk).values().get()
+    ours_before = model.objects.filter(pk=row.pk).values().get()
 
+    on_theirs = act(member, model, action, getattr(theirs, attr))
+    after_theirs = snapshot(theirs)
     act(member, model, action, row)
 
-    changed = model.objects.filter(pk=row.pk).values().get() != before
+    # On theirs: run on nothing (302), not offered to this role (200, "no action selected"), or no list (403).
+    assert on_theirs.status_code in ((302,) if allows(role.value, needs) else (200, 403))
+    assert after_theirs == before
+    changed = model.objects.filter(pk=row.pk).values().get() != ours_before
     assert changed is allows(role.value, needs)
 
 

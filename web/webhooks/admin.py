@@ -34,7 +34,7 @@ class WebhookEndpointForm(forms.ModelForm):
 
     class Meta:
         model = WebhookEndpoint
-        fields = ["url", "description", "event_types", "active", "secret"]
+        fields = ["organisation", "url", "description", "event_types", "active", "secret"]
 
     def clean(self):
         data = super().clean() or {}
@@ -63,20 +63,24 @@ class WebhookEndpointAdmin(ServiceActionsMixin, OrganisationScoped):
         return ", ".join(endpoint.event_types) or "every type"
 
     def get_fields(self, request, obj=None):
-        editable = ["url", "description", "event_types"] + (["secret"] if obj is None else ["active"])
+        editable = ["organisation", "url", "description", "event_types"] + (["secret"] if obj is None else ["active"])
         return editable + ([] if obj is None else self.readonly_fields)
 
     def save_model(self, request, obj, form, change):
         data, now = form.cleaned_data, timezone.now()
         if change:
             fields = [f for f in form.changed_data if f in ("url", "description", "event_types", "active")]
-            services.webhook_endpoint_update(endpoint_id=obj.pk, changes={f: data[f] for f in fields}, now=now)
+            services.webhook_endpoint_update(
+                endpoint_id=obj.pk, changes={f: data[f] for f in fields}, actor=request.user, now=now
+            )
             return
         endpoint = services.webhook_endpoint_create(
+            organisation_id=data["organisation"].pk,
             url=data["url"],
             description=data["description"],
             event_types=data["event_types"],
             secret=data["secret"] or None,
+            actor=request.user,
             now=now,
         )
         obj.pk, obj._state.adding = endpoint.pk, False
@@ -85,12 +89,14 @@ class WebhookEndpointAdmin(ServiceActionsMixin, OrganisationScoped):
         )
 
     def delete_model(self, request, obj):
-        services.webhook_endpoint_delete(endpoint_id=obj.pk)
+        services.webhook_endpoint_delete(endpoint_id=obj.pk, actor=request.user)
 
     @admin.action(description="Send a test event")
     def send_test_event(self, request, queryset):
         for endpoint in queryset:
-            _, attempt = services.webhook_endpoint_send_test(endpoint_id=endpoint.pk, now=timezone.now())
+            _, attempt = services.webhook_endpoint_send_test(
+                endpoint_id=endpoint.pk, actor=request.user, now=timezone.now()
+            )
             result = f"HTTP {attempt.status_code}" if attempt.status_code else attempt.error
             level = messages.SUCCESS if attempt.ok else messages.WARNING
             # Not the URL first: the admin capitalises a message's first letter ("Http://…").
@@ -99,7 +105,9 @@ class WebhookEndpointAdmin(ServiceActionsMixin, OrganisationScoped):
     @admin.action(description="Rotate the secret (the old one signs for 24 h more)")
     def rotate_secret(self, request, queryset):
         for endpoint in queryset:
-            rotated = services.webhook_endpoint_rotate_secret(endpoint_id=endpoint.pk, now=timezone.now())
+            rotated = services.webhook_endpoint_rotate_secret(
+                endpoint_id=endpoint.pk, actor=request.user, now=timezone.now()
+            )
             self.message_user(request, f"The new secret of {rotated.url}, shown this once: {rotated.secret}")
 
 
