@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Model, QuerySet
-from django.http import Http404
+from django.http import Http404, HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import format_html
@@ -18,12 +18,13 @@ from django.utils.safestring import SafeString, mark_safe
 
 from core.audit.services import trail
 from core.claims import EXPIRED, Claim, ClaimQuerySet
-from core.engine import Cap
 from core.errors import DomainError
 from core.models import IdempotencyRecord
 from core.organisations import access
 from core.organisations.models import Organisation
 from core.organisations.roles import Role
+from core.policy import Cap
+from web.accounts.models import User
 from web.accounts.services import request_user
 
 
@@ -42,22 +43,59 @@ def short_id(value: Any) -> SafeString | None:
     return format_html("{}", text) if len(text) <= 12 else format_html('<span title="{}">{}…</span>', text, text[:8])
 
 
-def organisations_for(request, role: Role) -> list[int] | None:
-    """The organisations in which the caller may do what needs ``role``; None for a superuser (every one)."""
-    user = request_user(request)
-    return None if user.is_superuser else access.organisation_ids(user, role)
-
-
 def organisation_choices(request, role: Role, field: forms.ModelChoiceField) -> forms.ModelChoiceField:
     """``field``, the organisation of a new row, offering the organisations in which the caller may do what
-    needs ``role`` (a superuser: every one); chosen already when there is only one."""
-    organisations = organisations_for(request, role)
+    needs ``role`` (a superuser: every one). When there is one, it is the row's, shown and not asked: the
+    form takes it whatever a request sends (docs/contract.md §2.6: inferred when the caller has one)."""
+    organisations = access.scope(request_user(request), None, role)
     field.queryset = (
         Organisation.objects.all() if organisations is None else Organisation.objects.filter(pk__in=organisations)
     )
-    if organisations is not None and len(organisations) == 1:
-        field.initial, field.empty_label = organisations[0], None
+    only = list(field.queryset.values_list("pk", flat=True)[:2])
+    if len(only) == 1:
+        field.initial, field.disabled, field.empty_label = only[0], True, None
     return field
+
+
+class ServiceModelForm(forms.ModelForm):
+    """A model form the admin saves through a service: ``clean`` calls ``write`` (the service checks and writes,
+    so its refusal shows on the form) and keeps the row it wrote as ``written``; the model's own validation of
+    the unsaved instance is skipped, and the admin's ``save_model`` takes the row over (``adopt``)."""
+
+    request: HttpRequest | None = None  # set by the ModelAdmin's get_form
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.written: Model | None = None
+
+    def _post_clean(self):
+        pass  # the service validates and writes; no model-level validation of an unsaved instance
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        if self.errors:
+            return data
+        assert self.request is not None  # the admin sets it before the form is used
+        try:
+            self.written = self.write(data, actor=request_user(self.request))
+        except DomainError as error:
+            self.refused(error)
+        return data
+
+    def write(self, data: dict[str, Any], *, actor: User) -> Model:
+        raise NotImplementedError
+
+    def refused(self, error: DomainError) -> None:
+        """Show the service's refusal on the form (the whole form's error unless a subclass places it)."""
+        raise forms.ValidationError(error.message) from None
+
+    def adopt(self, obj: Model) -> None:
+        """Make the admin's ``obj`` the row ``write`` wrote, so that the admin does not save it again."""
+        assert self.written is not None  # clean() wrote it, or the admin would not save
+        for field in type(self.written)._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(self.written, field.attname))
+        obj._state.adding = False
 
 
 class PlatformAdmin(admin.ModelAdmin):
@@ -97,7 +135,7 @@ class OrganisationScoped(admin.ModelAdmin):
 
     def scope(self, request, rows: QuerySet) -> QuerySet:
         """``rows`` narrowed to the organisations in which the caller may see them (``view_role``)."""
-        organisations = organisations_for(request, self.view_role)
+        organisations = access.scope(request_user(request), None, self.view_role)
         return rows if organisations is None else rows.filter(**{f"{self.organisation_field}__in": organisations})
 
     def get_queryset(self, request):

@@ -11,7 +11,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
    hold, unless an operator asks); ``lock_users``: the guest's and the host's for an interval booking
    (by id). It serializes the rules that count one user's rows (bookings per guest, one per host, a
    guest's bookings never overlapping in time, a host's slots never overlapping, the caps on held cars
-   and seats: ``engine.Cap``).
+   and seats: ``policy.Cap``).
 2. the resource's parent, the event row: ``share_event`` in a seat hold (``FOR KEY SHARE``);
    ``lock_event`` for an edit of the event's details, the waiting-list switch, and a join or a leave
    of the waiting list; ``lock_event_sales`` for the sales switch. The event's lock stands for its
@@ -23,7 +23,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
    (after the buyer's, 1) in its one statement by ``claim_lock_sql`` (below).
 4. claim rows (reservations, seat hold groups, slot bookings): the one claim a transition moves
    (``transition_lock_sql``, in its statement), the overdue holds an expiry moves (in its statement,
-   ``engine._expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
+   ``declarations.expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
 2b. the event's queue row (``EventQueue``, docs/decisions/0017-admission-queue.md):
    ``take_queue_number`` (a join moves its counter, ``FOR NO KEY UPDATE`` by the ``UPDATE``, held to
    the join's commit, so numbers commit in the order they are given) and ``lock_event_queue`` (one
@@ -44,6 +44,12 @@ kind in primary-key order, so two requests never wait for each other in a circle
    nothing more once it has written its claims; the others holding or waiting for the event's lock
    (confirms, cancels, releases, the expiry job, joins, leaves, edits, the sales switch) wait for
    nothing after it either. It cannot close a circle (docs/decisions/0016-waiting-list.md).
+6. Last, the acting member's membership row (``lock_member``, ``member_lock_sql``: ``FOR SHARE``,
+   docs/decisions/0025-organisations.md): an operator's write in an organisation confirms under it that
+   they are still a member with the role it needs. Removing a member or changing their role (a
+   ``DELETE`` or ``UPDATE`` of that row, in a transaction that takes no other lock) waits for the writes
+   in flight, and a write after it finds the row gone: never half-applied. ``FOR SHARE``, not ``KEY
+   SHARE``: a role change is a non-key update, and must wait too. Nothing waits for a lock after it.
 
 The mode is ``FOR NO KEY UPDATE`` (``select_for_update(no_key=True)``): it excludes every other
 writer of the row just as well, but not the ``FOR KEY SHARE`` that inserting a row referencing the
@@ -71,7 +77,7 @@ the event, then the seats; ADR 0009), after 1 (the holder) when the cap on held 
 available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it takes them in
 (preference, not id) cannot close a circle.
 
-The expiry job's batch (``engine._expiry_statement``: the overdue rows, with the slots of slot bookings)
+The expiry job's batch (``declarations.expiry_statement``: the overdue rows, with the slots of slot bookings)
 and ``batch_lock`` (the reminder job) are outside the order: ``SKIP LOCKED`` never waits, so they cannot
 deadlock; a row a request holds is left to that request.
 
@@ -107,6 +113,7 @@ from django.db.models import Model
 from psycopg import sql
 
 from core.claims import column
+from core.organisations.models import Membership
 from core.statements import P, Statement, from_row, table
 from web.accounts.models import User
 
@@ -270,11 +277,51 @@ def lock_claim(model: type[_M], key: Any, *, by: str = "id", reads: Reads = NO_R
 
 
 def transition_lock_sql() -> sql.Composable:
-    """A transition's lock of its claim (aliased ``c``) in its one statement (``engine._transition_statement``,
+    """A transition's lock of its claim (aliased ``c``) in its one statement (``declarations.transition_statement``,
     in autocommit: the lock lasts the statement, which is the whole transition). READ COMMITTED returns the
     row's newest version once the lock is held, so the statement decides on it. The seam a race control
     replaces (the statements are cached by this function)."""
     return sql.SQL("FOR NO KEY UPDATE OF c")
+
+
+# The membership lock's mode (6 above).
+SHARE = "FOR SHARE"
+
+
+@functools.cache
+def _member_lock() -> Statement:
+    return Statement(
+        sql.SQL("SELECT {} FROM {} WHERE {} = %(user)s AND {} = %(organisation)s {}").format(
+            column(Membership, "role"),
+            table(Membership),
+            column(Membership, "user"),
+            column(Membership, "organisation"),
+            sql.SQL(SHARE),
+        )
+    )
+
+
+def lock_member(user_id: int, organisation_id: int) -> str | None:
+    """The role of ``user_id`` in ``organisation_id``, their membership row locked ``FOR SHARE`` to the
+    commit (6 in the order); None when they are not a member."""
+    _in_transaction("lock_member")
+    row = _member_lock().fetchone({"user": user_id, "organisation": organisation_id})
+    return row[0] if row else None
+
+
+def member_lock_sql(organisation: sql.Composable) -> sql.Composable:
+    """``lock_member`` as a condition of one statement (a transition's policy): true when the user
+    ``%(user)s`` is still a member of ``organisation`` with a role among ``%(roles)s``, their row locked
+    ``FOR SHARE`` to the statement's end. The seam a race control replaces (the transitions' statements
+    are cached by it)."""
+    return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = %(user)s AND {} = {} AND {} = ANY(%(roles)s) {})").format(
+        table(Membership),
+        column(Membership, "user"),
+        column(Membership, "organisation"),
+        organisation,
+        column(Membership, "role"),
+        sql.SQL(SHARE),
+    )
 
 
 def batch_lock(alias: str) -> sql.Composable:

@@ -17,20 +17,15 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from core.admin import (
-    AuditTrailMixin,
-    ClaimAdmin,
-    OrganisationScoped,
-    ServiceActionsMixin,
-    StateFilter,
-    organisations_for,
-)
+from core.admin import AuditTrailMixin, ClaimAdmin, OrganisationScoped, ServiceActionsMixin, StateFilter
 from core.errors import DomainError
+from core.organisations import access
 from slots import selectors
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm, lengths_text
 from slots.models import Availability, Slot, SlotBooking
 from slots.services import bookings, slots
+from web.accounts.services import request_user
 from web.exports import CsvExportMixin
 
 
@@ -273,7 +268,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         if form.is_valid():
             start, end = form.cleaned_data["start_date"], form.cleaned_data["end_date"]
             analytics = selectors.booking_analytics(
-                start_date=start, end_date=end, organisations=organisations_for(request, self.view_role)
+                start_date=start, end_date=end, organisations=access.scope(request_user(request), None)
             )
             since, until = selectors.booking_days(start, end, timezone.get_current_timezone())
             # The same bookings in the list beside this page: made in the window, a moved one once.

@@ -8,13 +8,14 @@ from typing import Any, cast
 
 from django import forms
 from django.contrib.admin.widgets import AdminDateWidget, AdminTimeWidget
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from core.admin import organisation_choices, organisations_for
+from core.admin import ServiceModelForm, organisation_choices
 from core.errors import DomainError
+from core.organisations import access
 from core.organisations.models import Organisation
 from core.organisations.roles import Role as OrganisationRole
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
@@ -31,49 +32,8 @@ def hosts(request: HttpRequest | None) -> QuerySet[User]:
     """The hosts (users with the HOST role) whose slots and hours the caller manages: the members of the
     organisations in which they are a manager (a superuser: every host; docs/contract.md §2.6)."""
     found = User.objects.filter(roles__contains=[Role.HOST]).order_by("name", "email")
-    organisations = organisations_for(request, OrganisationRole.MANAGER) if request is not None else []
+    organisations = access.scope(request_user(request), None, OrganisationRole.MANAGER) if request else []
     return found if organisations is None else found.filter(memberships__organisation__in=organisations).distinct()
-
-
-class ServiceModelForm(forms.ModelForm):
-    """A model form the admin saves through a service: ``clean`` calls ``write`` (the service checks and writes,
-    so its refusal shows on the form) and keeps the row it wrote as ``written``; the model's own validation of
-    the unsaved instance is skipped, and the admin's ``save_model`` takes the row over (``adopt``)."""
-
-    request: HttpRequest | None = None  # set by the ModelAdmin's get_form
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.written: Model | None = None
-
-    def _post_clean(self):
-        pass  # the service validates and writes; no model-level validation of an unsaved instance
-
-    def clean(self) -> dict[str, Any]:
-        super().clean()
-        data = self.cleaned_data
-        if self.errors:
-            return data
-        assert self.request is not None  # the admin sets it before the form is used
-        try:
-            self.written = self.write(data, actor=request_user(self.request))
-        except DomainError as error:
-            self.refused(error)
-        return data
-
-    def write(self, data: dict[str, Any], *, actor: User) -> Model:
-        raise NotImplementedError
-
-    def refused(self, error: DomainError) -> None:
-        """Show the service's refusal on the form (the whole form's error unless a subclass places it)."""
-        raise forms.ValidationError(error.message) from None
-
-    def adopt(self, obj: Model) -> None:
-        """Make the admin's ``obj`` the row ``write`` wrote, so that the admin does not save it again."""
-        assert self.written is not None  # clean() wrote it, or the admin would not save
-        for field in type(self.written)._meta.concrete_fields:
-            setattr(obj, field.attname, getattr(self.written, field.attname))
-        obj._state.adding = False
 
 
 class SlotAddForm(ServiceModelForm):
@@ -122,7 +82,9 @@ class BulkSlotForm(forms.Form):
       split around one night.
     """
 
-    organisation = forms.ModelChoiceField(queryset=Organisation.objects.none())
+    organisation = forms.ModelChoiceField(
+        queryset=Organisation.objects.none(), help_text="Whose slots these are: one of the organisations you manage."
+    )
     host = forms.ModelChoiceField(
         queryset=User.objects.none(), help_text="A user with the HOST role, a member of the organisation."
     )

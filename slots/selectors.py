@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
@@ -78,14 +78,10 @@ def booking_days(start_date: date, end_date: date, tz: tzinfo) -> tuple[datetime
 
 
 def booking_analytics(
-    *,
-    start_date: date,
-    end_date: date,
-    tz: tzinfo | None = None,
-    top: int = 10,
-    organisations: Sequence[int] | None = None,
+    *, start_date: date, end_date: date, organisations: list[int] | None, tz: tzinfo | None = None, top: int = 10
 ) -> Analytics:
-    """Bookings made from ``start_date`` to ``end_date`` (inclusive, days in the operator's time zone).
+    """Bookings made from ``start_date`` to ``end_date`` (inclusive, days in the operator's time zone), on
+    the slots of ``organisations`` (None: all).
 
     A booking that was rescheduled counts once: its successor counts, the superseded row does not.
     ``cancellationRate`` is the percentage of those bookings that are CANCELLED (0 on an empty range).
@@ -96,8 +92,8 @@ def booking_analytics(
     tz = tz or timezone.get_current_timezone()
     since, until = booking_days(start_date, end_date, tz)
     bookings = SlotBooking.objects.filter(created_at__gte=since, created_at__lt=until, rescheduled_as__isnull=True)
-    if organisations is not None:
-        bookings = bookings.filter(slot__organisation__in=organisations)
+    if organisations is not None:  # the caller's organisations (None: every one, a superuser's)
+        bookings = bookings.filter(slot__organisation_id__in=organisations)
 
     totals = bookings.aggregate(total=Count("id"), cancelled=Count("id", filter=Q(status=Status.CANCELLED)))
     total, cancelled = totals["total"], totals["cancelled"]

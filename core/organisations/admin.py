@@ -1,6 +1,8 @@
 """Organisations and their members in the back office (docs/contract.md §2.6, docs/decisions/0025-organisations.md):
-a member sees the organisations they belong to; an owner names theirs and manages its members; a superuser
+a member sees the organisations they belong to; an owner manages their organisation's members; a superuser
 makes organisations and sees every one. Every write goes through ``core.organisations.services``."""
+
+from typing import Any
 
 from django import forms
 from django.contrib import admin
@@ -9,18 +11,32 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from core.admin import OrganisationScoped
-from core.errors import DomainError
+from core.admin import OrganisationScoped, ServiceModelForm
 from core.organisations import services
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import Role, allows, describe
+from web.accounts.models import User
 from web.accounts.services import request_user
+
+
+class OrganisationForm(ServiceModelForm):
+    """A new organisation, made by ``organisation_create`` (a slug taken shows on the form)."""
+
+    class Meta:
+        model = Organisation
+        fields = ["name", "slug"]
+
+    def write(self, data: dict[str, Any], *, actor: User) -> Organisation:
+        return services.organisation_create(name=data["name"], slug=data["slug"], now=timezone.now())
 
 
 @admin.register(Organisation)
 class OrganisationAdmin(OrganisationScoped):
+    """The organisations the caller belongs to (a superuser: every one), with their role in each and a link
+    to the members, for an owner. Superusers add organisations; nobody changes or deletes one here."""
+
     organisation_field = "pk"
-    change_role = Role.OWNER  # its name is the owners'
+    form = OrganisationForm
     list_display = ["name", "slug", "your_role", "members", "created_at"]
     search_fields = ["name", "slug"]
     fields = ["name", "slug", "members", "created_at"]
@@ -33,14 +49,24 @@ class OrganisationAdmin(OrganisationScoped):
     def organisation_of(self, obj):
         return obj.pk
 
-    def get_readonly_fields(self, request, obj=None):
-        return [*self.readonly_fields, "slug"] if obj is not None else self.readonly_fields
+    def get_fields(self, request, obj=None):
+        return ["name", "slug"] if obj is None else self.fields
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        return type("OrganisationFormForRequest", (form,), {"request": request})
 
     def has_add_permission(self, request):
         return request_user(request).is_superuser  # a new organisation is the platform's to make
 
+    def has_change_permission(self, request, obj=None):
+        return False  # its page is to look at; its members are a page of their own
+
     def has_delete_permission(self, request, obj=None):
         return False  # its cars, events and slots stay with it (on_delete=PROTECT)
+
+    def save_model(self, request, obj, form, change):
+        form.adopt(obj)  # OrganisationForm.clean() made it
 
     @admin.display(description="Your role", ordering="role")
     def your_role(self, organisation):
@@ -48,28 +74,18 @@ class OrganisationAdmin(OrganisationScoped):
 
     @admin.display(description="Members", ordering="member_count")
     def members(self, organisation):
-        if organisation.pk is None:
-            return "—"
+        """How many; linked to their list for those who may open it (an owner; a superuser, of none, too)."""
         count = f"{getattr(organisation, 'member_count', 0)} members"
         if organisation.role is not None and not allows(organisation.role, MembershipAdmin.view_role):
-            return count  # their list is an owner's (a superuser, of none, sees every one)
+            return count
         url = reverse("admin:organisations_membership_changelist") + f"?organisation__id__exact={organisation.pk}"
         return format_html('<a href="{}">{}</a>', url, count)
 
-    def save_model(self, request, obj, form, change):
-        data = form.cleaned_data
-        if change:
-            saved = services.organisation_rename(organisation_id=obj.pk, name=data["name"], actor=request.user)
-        else:
-            saved = services.organisation_create(
-                name=data["name"], slug=data["slug"], actor=request.user, now=timezone.now()
-            )
-        obj.pk, obj.created_at = saved.pk, saved.created_at
 
-
-class MembershipForm(forms.ModelForm):
-    """A member by their account's email (as the API takes them), and their role; the organisation of the
-    ones the caller owns. The service refuses what the form cannot see (an unknown email, the last owner)."""
+class MembershipForm(ServiceModelForm):
+    """A member by their account's email (as the API takes them) and their role, in an organisation the
+    caller owns; on a member's page, their role. Written by ``membership_set``, whose refusal (no such
+    account) shows on the form."""
 
     email = forms.EmailField(help_text="The email of an existing account.")
 
@@ -77,41 +93,27 @@ class MembershipForm(forms.ModelForm):
         model = Membership
         fields = ["organisation", "role"]
 
-    request = None  # set by the admin's get_form
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            del self.fields["email"]  # a member stays who they are: their page changes the role
 
-    def clean(self):
-        data = super().clean() or {}
-        if self.errors:
-            return data
-        try:
-            if self.instance.pk is None:
-                self.instance = services.member_add(
-                    organisation_id=data["organisation"].pk,
-                    email=data["email"],
-                    role=data["role"],
-                    actor=request_user(self.request),
-                    now=timezone.now(),
-                )
-            elif "role" in self.changed_data:
-                self.instance = services.member_add(
-                    organisation_id=self.instance.organisation_id,
-                    email=self.instance.user.email,
-                    role=data["role"],
-                    actor=request_user(self.request),
-                    now=timezone.now(),
-                )
-        except DomainError as error:
-            raise forms.ValidationError(error.message) from None
-        return data
-
-    def _post_clean(self):
-        pass  # the service validates and writes
+    def write(self, data: dict[str, Any], *, actor: User) -> Membership:
+        adding = self.instance.pk is None
+        membership, _ = services.membership_set(
+            organisation_id=data["organisation"].pk if adding else self.instance.organisation_id,
+            email=data["email"] if adding else self.instance.user.email,
+            role=data["role"],
+            actor=actor,
+            now=timezone.now(),
+        )
+        return membership
 
 
 @admin.register(Membership)
 class MembershipAdmin(OrganisationScoped):
-    """Who belongs to an organisation, with which role (what each role may do: its help). Owners manage their
-    organisations' members; removing one is the delete action, through the service."""
+    """Who belongs to an organisation, with which role (what each may do: the role's help). Owners manage
+    their organisations' members; a removal is the delete action, through ``membership_remove``."""
 
     view_role = change_role = Role.OWNER  # members are the owner's rung
     form = MembershipForm
@@ -138,10 +140,10 @@ class MembershipAdmin(OrganisationScoped):
         return membership.user.name
 
     def save_model(self, request, obj, form, change):
-        obj.pk, obj._state.adding = form.instance.pk, False  # MembershipForm.clean() wrote it
+        form.adopt(obj)  # MembershipForm.clean() wrote it
 
     def delete_model(self, request, obj):
-        services.member_remove(organisation_id=obj.organisation_id, user_id=obj.user_id, actor=request.user)
+        services.membership_remove(organisation_id=obj.organisation_id, user_id=obj.user_id, actor=request.user)
 
     def delete_queryset(self, request, queryset):
         for membership in queryset:

@@ -42,3 +42,13 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.role} of {self.organisation_id}"
+
+
+# Where a user object keeps its memberships ({organisation id: role}) for the request it serves
+# (``core.organisations.access.roles_of``; ``web.accounts.auth`` puts them there with the user).
+KEPT_ROLES = "_organisation_roles"
+
+
+def keep_roles(user, roles: dict[int, str]) -> None:
+    """``roles`` as ``user``'s memberships for this request, read with the user."""
+    user.__dict__[KEPT_ROLES] = roles

@@ -123,8 +123,10 @@ class Appointments(SlotBookingLifecycle):
         expires_at = now + timedelta(minutes=hold_minutes) if ask.hold else None
         if ask.rescheduled_from is not None:  # a moved hold keeps its expiry
             expires_at = ask.rescheduled_from.expires_at if ask.hold else None
+        assert target.availability is not None  # check_target refuses a host without hours
         slot = Slot(
             host=target.host,
+            organisation_id=target.availability.organisation_id,  # the host's hours' organisation
             kind=Slot.Kind.APPOINTMENT,
             start=ask.start,
             end=ask.end,
@@ -140,6 +142,7 @@ class Appointments(SlotBookingLifecycle):
             metadata["rescheduledFromId"] = ask.rescheduled_from.pk
         params = {
             "host": target.host.pk,
+            "organisation": slot.organisation_id,
             "guest": ask.guest.pk,
             "start": ask.start,
             "end": ask.end,
@@ -221,10 +224,11 @@ def _spans(rows: list[list], *, keys: int = 1) -> list[tuple]:
 APPOINTMENT = _slot_statement(
     """
 WITH slot AS (
-    INSERT INTO {s_table} ({s_host}, {s_kind}, {s_title}, {s_specialization}, {s_start}, {s_end}, {s_blocked_from},
-                           {s_blocked_until}, {s_capacity}, {s_booked}, {s_status}, {s_created_at}, {s_updated_at})
-    VALUES (%(host)s, {appointment}, '', '', %(start)s, %(end)s, %(blocked_from)s, %(blocked_until)s, 1, 1, {available},
-            %(now)s, %(now)s)
+    INSERT INTO {s_table} ({s_host}, {s_organisation}, {s_kind}, {s_title}, {s_specialization}, {s_start}, {s_end},
+                           {s_blocked_from}, {s_blocked_until}, {s_capacity}, {s_booked}, {s_status}, {s_created_at},
+                           {s_updated_at})
+    VALUES (%(host)s, %(organisation)s, {appointment}, '', '', %(start)s, %(end)s, %(blocked_from)s,
+            %(blocked_until)s, 1, 1, {available}, %(now)s, %(now)s)
     RETURNING id
 ), created AS (
     INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},

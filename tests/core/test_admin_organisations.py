@@ -256,3 +256,80 @@ def test_a_staff_user_of_no_organisation_sees_no_list(client, ours):
 
     assert page.status_code == 200 and page.context["app_list"] == []
     assert client.get(url(Reservation, "changelist")).status_code == 403
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def manager_of(*organisations: Organisation):
+    user = UserFactory(is_staff=True)
+    for organisation in organisations:
+        Membership.objects.create(user=user, organisation=organisation, role=Role.MANAGER, created_at=timezone.now())
+    return user
+
+
+CAR = {"dealer_id": "7", "label": "Polestar 2", "make": "Polestar", "model": "2", "status": "ACTIVE"}
+
+
+def test_a_new_car_goes_to_my_one_organisation_whatever_the_form_says(ours, theirs):
+    client = signed_in(manager_of(ours.organisation))
+
+    form = client.get(url(Car, "add")).context["adminform"].form
+    client.post(url(Car, "add"), {**CAR, "organisation": theirs.organisation.pk})
+
+    assert list(form.fields["organisation"].queryset) == [ours.organisation]
+    assert form.fields["organisation"].disabled  # inferred: the one there is, shown, not asked
+    assert Car.objects.get(label="Polestar 2").organisation == ours.organisation
+
+
+def test_a_member_of_two_chooses_among_them_and_never_a_third(ours, theirs):
+    third = Organisation.objects.create(name="Third", slug="third", created_at=timezone.now())
+    client = signed_in(manager_of(ours.organisation, third))
+
+    choices = client.get(url(Car, "add")).context["adminform"].form.fields["organisation"].queryset
+    refused = client.post(url(Car, "add"), {**CAR, "organisation": theirs.organisation.pk})
+    chosen = client.post(url(Car, "add"), {**CAR, "label": "Chosen", "organisation": third.pk})
+
+    assert set(choices) == {ours.organisation, third}
+    assert refused.status_code == 200 and not Car.objects.filter(label="Polestar 2").exists()
+    assert chosen.status_code == 302 and Car.objects.get(label="Chosen").organisation == third
+
+
+def test_an_owner_adds_a_member_by_email_changes_their_role_and_removes_them(ours):
+    owner, newcomer = ours.membership.user, UserFactory(email="new@example.com")
+    client = signed_in(owner)
+
+    added = client.post(url(Membership, "add"), {"email": "NEW@example.com", "role": Role.STAFF})
+    membership = Membership.objects.get(user=newcomer)
+    changed = client.post(url(Membership, "change", membership.pk), {"role": Role.MANAGER})
+    promoted = Membership.objects.get(pk=membership.pk).role
+    removed = client.post(url(Membership, "delete", membership.pk), {"post": "yes"})
+
+    assert added.status_code == changed.status_code == removed.status_code == 302
+    assert membership.organisation == ours.organisation and promoted == Role.MANAGER
+    assert not Membership.objects.filter(user=newcomer).exists()
+
+
+def test_an_unknown_email_is_a_form_error(ours):
+    response = signed_in(ours.membership.user).post(
+        url(Membership, "add"), {"email": "nobody@example.com", "role": Role.STAFF}
+    )
+
+    assert response.status_code == 200 and "No user has this email." in response.content.decode()
+
+
+def test_a_superuser_makes_an_organisation_and_a_taken_slug_is_a_form_error(client, staff):
+    client.force_login(staff)
+
+    made = client.post(url(Organisation, "add"), {"name": "Clinic", "slug": "clinic"})
+    again = client.post(url(Organisation, "add"), {"name": "Clinic two", "slug": "clinic"})
+
+    assert made.status_code == 302 and Organisation.objects.get(slug="clinic").name == "Clinic"
+    assert again.status_code == 200 and "already" in again.content.decode()
+
+
+def test_an_owner_makes_no_organisation(ours):
+    assert signed_in(ours.membership.user).get(url(Organisation, "add")).status_code == 403

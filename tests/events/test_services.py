@@ -15,7 +15,7 @@ from events import selectors
 from events.models import Event, Seat, SeatHoldGroup
 from events.services import events, rules, seat_holds
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house_operator
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +43,7 @@ def test_a_layout_that_disagrees_with_the_total_is_refused():
 
 
 def test_closing_and_opening_sales_is_audited():
-    event, operator = make_event(), UserFactory(is_staff=True)
+    event, operator = make_event(), house_operator()
 
     events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
     events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
@@ -103,7 +103,7 @@ def test_confirm_at_the_expiry_instant_is_expired():
 
 
 def test_operator_expires_a_hold_now():
-    event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
+    event, user, operator = make_event(), UserFactory(), house_operator()
     group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
 
     seat_holds.seat_hold_expire(hold_group_id=group.pk, user=operator, now=timezone.now())
@@ -151,7 +151,7 @@ def test_hold_expiry_is_the_events_hold_minutes():
 
 
 def test_update_details_writes_only_what_changed_and_audits_it():
-    event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
+    event, user, operator = make_event(), UserFactory(), house_operator()
     stale = Event.objects.get(pk=event.pk)  # read before the confirm below
     group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
     seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())

@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg import sql
 
-from core import engine, locking
+from core import declarations, locking
 from core.audit.services import trail
 from core.errors import HoldExpired, LimitReached
 from core.metrics import CONSTRAINT_BACKSTOPS
@@ -19,7 +19,7 @@ from reservations import services
 from reservations.models import Car, Reservation
 from reservations.services import CarUnavailable
 from tests.concurrency import run_concurrently
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house_operator
 from tests.reservations.factories import CarFactory, ReservationFactory
 from tests.round_trips import round_trips
 from web.accounts.models import User
@@ -92,7 +92,7 @@ def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch
 
 @pytest.mark.parametrize("overdue", [False, True])
 def test_confirm_cancel_and_expire_racing_on_one_hold_end_in_one_state(overdue):
-    buyer, operator = UserFactory(), UserFactory(is_staff=True)
+    buyer, operator = UserFactory(), house_operator()
     created = timezone.now() - timedelta(hours=1) if overdue else timezone.now()
     reservation = ReservationFactory(buyer=buyer, created_at=created, expires_at=created + timedelta(minutes=15))
     now = timezone.now
@@ -117,7 +117,9 @@ def confirms_and_cancels_deciding_slowly(monkeypatch) -> list[tuple[str, str]]:
     """Four confirms and four cancels of one hold at once, each transition's one statement pausing after
     its lock (in ``fits``) so every other one has started (taken its snapshot) meanwhile. Returns the
     transitions the hold's audit trail records."""
-    monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
+    monkeypatch.setattr(
+        declarations, "transition_statement", functools.cache(declarations.transition_statement.__wrapped__)
+    )
     monkeypatch.setattr(services.RESERVATIONS, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep(0.2))"))
     buyer = UserFactory()
     reservation = ReservationFactory(buyer=buyer)

@@ -33,7 +33,7 @@ def user_register(*, email: str, name: str, roles: list[str], password: str | No
 
 def request_user(request: Request | HttpRequest) -> User:
     """The caller of a request that had to authenticate: an API view (IsAuthenticated is the default
-    permission, and StaffWrites extends it) or an admin page (staff, logged in). ``request.user`` is then
+    permission, and OperatorWrites extends it) or an admin page (staff, logged in). ``request.user`` is then
     a ``User``, never ``AnonymousUser``: this is where that guarantee becomes a type."""
     return cast(User, request.user)
 

@@ -24,12 +24,15 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 from standardwebhooks import Webhook
 
 from core.audit.models import AuditEvent
 from core.errors import NotFound, ValidationFailed
+from core.organisations import access
+from core.organisations.roles import Role
+from web.accounts.models import User
 from web.webhooks import catalogue, kick, sender
 from web.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -78,11 +81,22 @@ def webhook_endpoint_validate(
         raise ValidationFailed.for_field("secret", problem)
 
 
+@transaction.atomic
 def webhook_endpoint_create(
-    *, url: str, description: str = "", event_types: list[str] | None = None, secret: str | None = None, now: datetime
+    *,
+    organisation_id: int,
+    url: str,
+    description: str = "",
+    event_types: list[str] | None = None,
+    secret: str | None = None,
+    actor: User | None = None,
+    now: datetime,
 ) -> WebhookEndpoint:
+    """An endpoint of ``organisation_id`` (``actor`` an owner there): it receives that organisation's events."""
     webhook_endpoint_validate(url=url, event_types=event_types, secret=secret)
+    access.require_member(actor, organisation_id, Role.OWNER, what=f"Organisation {organisation_id}")
     endpoint = WebhookEndpoint.objects.create(
+        organisation_id=organisation_id,
         url=url,
         description=description,
         event_types=sorted(set(event_types or [])),
@@ -94,12 +108,14 @@ def webhook_endpoint_create(
     return endpoint
 
 
-def webhook_endpoint_update(*, endpoint_id: int, changes: dict, now: datetime) -> WebhookEndpoint:
+def webhook_endpoint_update(
+    *, endpoint_id: int, changes: dict, now: datetime, actor: User | None = None
+) -> WebhookEndpoint:
     """Change ``url``, ``description``, ``event_types`` or ``active``. Turning an endpoint back on clears
     what disabled it."""
     webhook_endpoint_validate(url=changes.get("url"), event_types=changes.get("event_types"))
     with transaction.atomic():
-        endpoint = _locked(endpoint_id)
+        endpoint = _locked(endpoint_id, actor)
         for field, value in changes.items():
             setattr(endpoint, field, sorted(set(value)) if field == "event_types" else value)
         if changes.get("active"):
@@ -110,28 +126,47 @@ def webhook_endpoint_update(*, endpoint_id: int, changes: dict, now: datetime) -
     return endpoint
 
 
-def webhook_endpoint_delete(*, endpoint_id: int) -> None:
+def webhook_endpoint_delete(*, endpoint_id: int, actor: User | None = None) -> None:
     """Delete the endpoint and its deliveries (their audit events stay)."""
-    deleted, _ = WebhookEndpoint.objects.filter(pk=endpoint_id).delete()
-    if not deleted:
-        raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    with transaction.atomic():
+        _locked(endpoint_id, actor).delete()
     kick.endpoints_changed()
 
 
-def webhook_endpoint_rotate_secret(*, endpoint_id: int, now: datetime) -> WebhookEndpoint:
+def webhook_endpoint_rotate_secret(*, endpoint_id: int, now: datetime, actor: User | None = None) -> WebhookEndpoint:
     """A new secret signs from now on; the current one signs too (a second signature) for 24 h."""
     with transaction.atomic():
-        endpoint = _locked(endpoint_id)
+        endpoint = _locked(endpoint_id, actor)
         endpoint.previous_secret, endpoint.previous_secret_expires_at = endpoint.secret, now + PREVIOUS_SECRET_GRACE
         endpoint.secret, endpoint.updated_at = new_secret(), now
         endpoint.save(update_fields=["previous_secret", "previous_secret_expires_at", "secret", "updated_at"])
     return endpoint
 
 
-def _locked(endpoint_id: int) -> WebhookEndpoint:
+def webhook_endpoint_of(endpoint_id: int, actor: User | None) -> WebhookEndpoint:
+    """The endpoint, for ``actor``, an owner of its organisation (404 to anyone else; None: the system)."""
+    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
+    if endpoint is None:
+        raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    if actor is not None:
+        access.require(actor, endpoint.organisation_id, Role.OWNER, what=f"Webhook {endpoint_id}")
+    return endpoint
+
+
+def webhook_endpoints_of(actor: User) -> QuerySet[WebhookEndpoint]:
+    """The endpoints ``actor`` may see: those of the organisations they own (a superuser: all)."""
+    endpoints = WebhookEndpoint.objects.order_by("id")
+    if actor.is_superuser:
+        return endpoints
+    return endpoints.filter(organisation_id__in=access.organisation_ids(actor, Role.OWNER))
+
+
+def _locked(endpoint_id: int, actor: User | None) -> WebhookEndpoint:
+    """The endpoint, locked, for ``actor``, an owner of its organisation (404 to anyone else)."""
     endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint_id).first()
     if endpoint is None:
         raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    access.require_member(actor, endpoint.organisation_id, Role.OWNER, what=f"Webhook {endpoint_id}")
     return endpoint
 
 
@@ -330,13 +365,13 @@ def webhook_delivery_record(
     return delivery
 
 
-def webhook_endpoint_send_test(*, endpoint_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookAttempt]:
+def webhook_endpoint_send_test(
+    *, endpoint_id: int, now: datetime, actor: User | None = None
+) -> tuple[WebhookDelivery, WebhookAttempt]:
     """Send a ``webhook.test`` message to the endpoint now, once (active or not); returns the delivery
     and its attempt. It is leased while it is sent, like any delivery, and not retried (an operator's
     "retry now" sends it once more)."""
-    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
-    if endpoint is None:
-        raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    endpoint = webhook_endpoint_of(endpoint_id, actor)
     delivery = WebhookDelivery.objects.create(
         endpoint=endpoint,
         event_type=catalogue.TEST_EVENT,
