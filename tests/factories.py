@@ -57,9 +57,10 @@ class UserFactory(factory.django.DjangoModelFactory):
             keep_roles(user, {})
 
 
-def house_operator(organisation: Organisation | None = None, role: str = OrganisationRole.STAFF) -> User:
+def house_operator(organisation: Organisation | None = None, role: str = OrganisationRole.OWNER) -> User:
     """An operator of ``organisation`` (the house by default): staff (the admin's login) and a member with
-    ``role``."""
+    ``role`` (an owner by default: what every operator was before organisations, and what
+    ``organisations/0002`` made them)."""
     user = UserFactory(is_staff=True)
     member(user, organisation, role)
     return user

@@ -18,7 +18,7 @@ from slots.services import slots as slots_slots
 from tests.browser import chromium, operator_screen
 from tests.core.worlds import world
 from tests.events.factories import make_event, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 from tests.reservations.factories import ReservationFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 from tests.web.webhooks.test_delivery import events_of
@@ -129,7 +129,9 @@ def test_the_lists_fit_their_box_at_1400_px(screen, receiver, settings):
     settings.WEBHOOK_RETRY_DELAYS = [3600]
     receiver.answer = lambda received: (500, {})
     make_event(name="Coldplay Music of the Spheres World Tour", location="DY Patil Stadium, Navi Mumbai")
-    webhook_services.webhook_endpoint_create(url=receiver.url + "/booking-site/events?tenant=demo", now=timezone.now())
+    webhook_services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url + "/booking-site/events?tenant=demo", now=timezone.now()
+    )
     events_of(["a", "b"], 2)
     webhook_services.webhooks_deliver()
     ReservationFactory(state=Reservation.State.CONFIRMED)
@@ -151,7 +153,7 @@ def test_the_lists_fit_their_box_at_1400_px(screen, receiver, settings):
 
 def test_an_endpoints_url_shows_whole_and_each_event_type_beside_its_box(screen, receiver):
     url = receiver.url + "/a-receiver-path/of-some-length/booking-site/events?tenant=demo-clinic"
-    endpoint = webhook_services.webhook_endpoint_create(url=url, now=timezone.now())
+    endpoint = webhook_services.webhook_endpoint_create(organisation_id=house().pk, url=url, now=timezone.now())
 
     screen.open(f"/admin/webhooks/webhookendpoint/{endpoint.pk}/change/", shot="endpoint")
 
@@ -174,7 +176,7 @@ def test_an_endpoints_url_shows_whole_and_each_event_type_beside_its_box(screen,
 def test_the_deliveries_say_why_the_last_attempt_failed(screen, receiver, settings):
     settings.WEBHOOK_RETRY_DELAYS = [3600]
     receiver.answer = lambda received: (503, {})
-    webhook_services.webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    webhook_services.webhook_endpoint_create(organisation_id=house().pk, url=receiver.url, now=timezone.now())
     events_of(["a"], 1)
     webhook_services.webhooks_deliver()
     delivery = WebhookDelivery.objects.get()
@@ -210,7 +212,9 @@ def test_a_confirmed_reservation_has_no_expiry_and_the_cap_is_said_in_words(scre
 
 
 def test_the_test_event_message_names_the_url_as_given(screen, receiver):
-    endpoint = webhook_services.webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    endpoint = webhook_services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, now=timezone.now()
+    )
 
     page = screen.open("/admin/webhooks/webhookendpoint/")
     page.check(f'input[name="_selected_action"][value="{endpoint.pk}"]')

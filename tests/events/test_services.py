@@ -15,7 +15,7 @@ from events import selectors
 from events.models import Event, Seat, SeatHoldGroup
 from events.services import events, rules, seat_holds
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
-from tests.factories import UserFactory, house_operator
+from tests.factories import UserFactory, house, house_operator
 
 pytestmark = pytest.mark.django_db
 
@@ -39,6 +39,7 @@ def test_a_layout_that_disagrees_with_the_total_is_refused():
             total_seats=5,
             layout=events.SeatLayout(("A",), 2, 2),
             now=timezone.now(),
+            organisation_id=house().pk,
         )
 
 
@@ -206,7 +207,9 @@ def test_update_details_of_a_missing_event_is_not_found():
 @pytest.mark.parametrize("event_date", [timezone.now() - timedelta(minutes=1), timezone.now() + timedelta(days=3660)])
 def test_an_event_is_created_in_the_next_ten_years(event_date):
     with pytest.raises(errors.ValidationFailed):
-        events.event_create(name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now())
+        events.event_create(
+            name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now(), organisation_id=house().pk
+        )
 
 
 @pytest.mark.parametrize("who", ["owner", "someone_else"])

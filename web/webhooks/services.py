@@ -17,6 +17,7 @@ The job has two steps, each safe to run twice at once:
 from __future__ import annotations
 
 import base64
+import functools
 import random
 import secrets
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
+from psycopg import sql
 from standardwebhooks import Webhook
 
 from core.audit.models import AuditEvent
@@ -33,7 +35,7 @@ from core.errors import NotFound, ValidationFailed
 from core.organisations import access
 from core.organisations.roles import Role
 from web.accounts.models import User
-from web.webhooks import catalogue, kick, sender
+from web.webhooks import catalogue, kick, organisations, sender
 from web.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 PENDING, DELIVERED, FAILED = (
@@ -218,17 +220,25 @@ _EVENT_TYPE_SQL = (
     + " ".join(f"WHEN '{stored}' THEN '{named}'" for stored, named in catalogue.SUBJECTS.items() if stored != named)
     + " ELSE b.subject_type END || '.' || lower(b.event_type)"
 )
-FAN_OUT_SQL = f"""
+
+
+@functools.cache
+def _fan_out_sql() -> str:
+    """The fan-out's statement, composed on first use (the domains register their subjects' organisations in
+    their ``ready()``): each event goes to the active endpoints of its organisation that want its type."""
+    organisation = organisations.organisation_sql(sql.SQL("b.subject_type"), sql.SQL("b.subject_id")).as_string(None)
+    return f"""
 WITH batch AS (
     SELECT id, subject_type, subject_id, event_type FROM {_TABLES["audit"]}
     WHERE delivered_at IS NULL ORDER BY id LIMIT %(batch)s FOR NO KEY UPDATE SKIP LOCKED
 ), typed AS (
-    SELECT b.*, {_EVENT_TYPE_SQL} AS type FROM batch b
+    SELECT b.*, {_EVENT_TYPE_SQL} AS type, {organisation} AS organisation FROM batch b
 ), fanned AS (
     INSERT INTO {_TABLES["delivery"]} (endpoint_id, event_id, event_type, subject_type, subject_id, status, attempts,
                                        next_attempt_at, last_error, created_at)
     SELECT e.id, t.id, t.type, t.subject_type, t.subject_id, 'PENDING', 0, %(now)s, '', %(now)s
-    FROM typed t JOIN {_TABLES["endpoint"]} e ON e.active AND (e.event_types = '{{}}' OR t.type = ANY (e.event_types))
+    FROM typed t JOIN {_TABLES["endpoint"]} e ON e.active AND e.organisation_id = t.organisation
+                                                AND (e.event_types = '{{}}' OR t.type = ANY (e.event_types))
     ORDER BY t.id, e.id
     ON CONFLICT (endpoint_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
 )
@@ -245,7 +255,7 @@ def webhook_events_fan_out(*, now: datetime) -> int:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [FAN_OUT_LOCK])
             if not cursor.fetchone()[0]:
                 return total
-            cursor.execute(FAN_OUT_SQL, {"batch": FAN_OUT_BATCH, "now": now})
+            cursor.execute(_fan_out_sql(), {"batch": FAN_OUT_BATCH, "now": now})
             handed = cursor.rowcount
         total += handed
         if handed < FAN_OUT_BATCH:

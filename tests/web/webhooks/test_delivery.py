@@ -13,6 +13,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from core.audit import services as audit
 from core.audit.models import AuditEvent
 from reservations.services import reservation_cancel, reservation_confirm, reservation_hold, reservations_expire_due
+from tests.factories import house
 from tests.reservations.factories import CarFactory
 from web.webhooks import services
 from web.webhooks.models import WebhookAttempt, WebhookDelivery
@@ -153,7 +154,7 @@ def test_a_receiver_that_is_down_is_an_attempt_refused(settings):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    services.webhook_endpoint_create(url=f"http://127.0.0.1:{port}/", now=timezone.now())
+    services.webhook_endpoint_create(organisation_id=house().pk, url=f"http://127.0.0.1:{port}/", now=timezone.now())
     events_of(["a"], 1)
 
     webhooks_deliver()
@@ -193,7 +194,9 @@ def test_a_private_url_is_refused_at_delivery_when_private_urls_are_not_allowed(
 
 @pytest.mark.django_db
 def test_only_the_event_types_an_endpoint_asked_for_are_sent(receiver, user):
-    services.webhook_endpoint_create(url=receiver.url, event_types=["reservation.expired"], now=timezone.now())
+    services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, event_types=["reservation.expired"], now=timezone.now()
+    )
     now = timezone.now()
     reservation_hold(car_id=CarFactory().pk, buyer=user, hold_minutes=1, now=now)
     reservations_expire_due(now=now + timedelta(minutes=2))
