@@ -1,11 +1,11 @@
 from itertools import groupby
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.postgres.aggregates import StringAgg
-from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, When
+from django.db.models import Case, Count, IntegerField, Model, OuterRef, QuerySet, Subquery, When
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -163,12 +163,12 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
         event.lists_shown = self._lists_shown(request, event.organisation_id)
         return event
 
-    def _lists_shown(self, request, organisation_id: int | None) -> set[type]:
+    def _lists_shown(self, request, organisation_id: int | None) -> set[type[Model]]:
         """The lists of an event's entries (waiting list, queue) the caller may open, in ``organisation_id``
         (None: in any of theirs)."""
-        shown = set()
+        shown: set[type[Model]] = set()
         for model in (WaitlistEntry, QueueEntry):
-            entries = self.admin_site.get_model_admin(model)
+            entries = cast(OrganisationScoped, self.admin_site.get_model_admin(model))
             if organisation_id is None:
                 visible = entries.has_view_permission(request)
             else:
