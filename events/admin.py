@@ -106,7 +106,7 @@ class EventCreateForm(EventChangeForm):
 
 
 @admin.register(Event)
-class EventAdmin(AuditTrailMixin, OrganisationScoped):
+class EventAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     list_display = [
         "id",
         "name",
@@ -295,31 +295,25 @@ class EventAdmin(AuditTrailMixin, OrganisationScoped):
         self._set_waitlist(request, queryset, enabled=True)
 
     def _set_sales(self, request, queryset, *, sales_open: bool) -> None:
-        done = self._each_event(
+        self.run_service(
+            request,
             queryset,
-            lambda event_id: events.event_sales_set(
-                event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now()
+            lambda event: events.event_sales_set(
+                event_id=event.pk, sales_open=sales_open, actor=request.user, now=timezone.now()
             ),
+            f"had sales {'opened' if sales_open else 'closed'}",
         )
-        self.message_user(request, f"Sales {'opened' if sales_open else 'closed'} for {done} event(s).")
 
     def _set_waitlist(self, request, queryset, *, enabled: bool) -> None:
-        done = self._each_event(
+        kept = "" if enabled else " (those on it keep their place and are still offered seats)"
+        self.run_service(
+            request,
             queryset,
-            lambda event_id: waitlist.waitlist_set(
-                event_id=event_id, enabled=enabled, actor=request.user, now=timezone.now()
+            lambda event: waitlist.waitlist_set(
+                event_id=event.pk, enabled=enabled, actor=request.user, now=timezone.now()
             ),
+            f"had the waiting list turned {'on' if enabled else 'off'}{kept}",
         )
-        kept = "." if enabled else "; those on it keep their place and are still offered seats."
-        self.message_user(request, f"Waiting list turned {'on' if enabled else 'off'} for {done} event(s){kept}")
-
-    @staticmethod
-    def _each_event(queryset, call) -> int:
-        """Call a service for each selected event (by id: the service locks and reads the row itself)."""
-        ids = list(queryset.values_list("id", flat=True))
-        for event_id in ids:
-            call(event_id)
-        return len(ids)
 
 
 @admin.register(SeatHoldGroup)

@@ -7,8 +7,10 @@ from datetime import timedelta
 
 import pytest
 from django.contrib import admin
+from django.contrib.messages import get_messages
+from django.contrib.messages.storage.fallback import FallbackStorage
 from django.db.models import Model
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
@@ -333,3 +335,54 @@ def test_a_superuser_makes_an_organisation_and_a_taken_slug_is_a_form_error(clie
 
 def test_an_owner_makes_no_organisation(ours):
     assert signed_in(ours.membership.user).get(url(Organisation, "add")).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("model", "action", "needs", "attr"), ACTIONS, ids=[f"{m.__name__}.{a}" for m, a, _, _ in ACTIONS]
+)
+def test_the_services_behind_each_action_refuse_their_row_even_past_the_list(ours, theirs, model, action, needs, attr):
+    """Below the list's scoping, the service each action calls checks the actor's organisation itself: an
+    action handed their row directly (as a bug in a queryset would) changes nothing and says why."""
+    owner = ours.membership.user  # every rung
+    request = RequestFactory().post(url(model, "changelist"), {"confirmed": "yes"})
+    request.user, request.session = owner, {}
+    request._messages = FallbackStorage(request)
+    model_admin = admin.site.get_model_admin(model)
+    before = snapshot(theirs)
+
+    model_admin.get_action(action)[0](model_admin, request, model.objects.filter(pk=getattr(theirs, attr).pk))
+
+    assert snapshot(theirs) == before
+    said = [str(message) for message in get_messages(request)]
+    assert any("Not changed" in message and "does not exist" in message for message in said), said
+
+
+# Django's autocomplete view answers for any foreign key whose target's admin has search fields, declared
+# autocomplete or not: its results are the target admin's list, searched.
+AUTOCOMPLETE = [
+    (Reservation, "car", Car),
+    (SeatHoldGroup, "event", Event),
+    (SlotBooking, "slot", Slot),
+    (Membership, "organisation", Organisation),
+    (WebhookDelivery, "endpoint", WebhookEndpoint),
+]
+
+
+@pytest.mark.parametrize(("source", "field", "target"), AUTOCOMPLETE, ids=lambda v: getattr(v, "__name__", v))
+def test_the_autocomplete_finds_ours_and_never_theirs(member, role, ours, theirs, source, field, target):
+    query = {"app_label": source._meta.app_label, "model_name": source._meta.model_name, "field_name": field}
+
+    response = member.get("/admin/autocomplete/", {**query, "term": ""})
+
+    if not sees(role, target):
+        assert response.status_code == 403
+        return
+    found = {result["id"] for result in response.json()["results"]}
+    assert str(ours.of(target).pk) in found and str(theirs.of(target).pk) not in found
+
+
+def test_a_member_searches_no_user(member):
+    """Users are the platform's (hosts are chosen from the organisation's members on the forms)."""
+    query = {"app_label": "slots", "model_name": "slot", "field_name": "host", "term": ""}
+
+    assert member.get("/admin/autocomplete/", query).status_code == 403

@@ -14,7 +14,7 @@ from events.models import Event, EventQueue, QueueEntry, Seat, SeatHoldGroup, Wa
 from reservations.models import Car, Reservation
 from slots.models import Availability, Slot, SlotBooking
 from tests.events.factories import EventFactory, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, member
 from tests.reservations.factories import CarFactory, ReservationFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 from web.webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -56,7 +56,7 @@ def world(name: str) -> World:
     EventQueue.objects.create(event=event, joined=1, credit_from=now)
     Seat.objects.bulk_create([Seat(event=event, code=f"S{n}", row=1, number=n) for n in range(1, 5)])
     host = HostFactory()  # a member of the organisation, as a host's slots and hours need
-    Membership.objects.create(user=host, organisation=organisation, role=Role.STAFF, created_at=now)
+    member(host, organisation, Role.STAFF)
     slot = SlotFactory(organisation=organisation, host=host, capacity=2)
     endpoint = WebhookEndpoint.objects.create(
         organisation=organisation, url=f"https://{name}.example/hooks", secret="whsec_" + "A" * 32
@@ -83,9 +83,7 @@ def world(name: str) -> World:
         delivery=WebhookDelivery.objects.create(
             endpoint=endpoint, event_type="reservation.created", status=WebhookDelivery.Status.FAILED
         ),
-        membership=Membership.objects.create(
-            user=UserFactory(is_staff=True), organisation=organisation, role=Role.OWNER, created_at=now
-        ),
+        membership=member(UserFactory(is_staff=True), organisation, Role.OWNER),
     )
 
 

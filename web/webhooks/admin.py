@@ -93,7 +93,7 @@ class WebhookEndpointAdmin(ServiceActionsMixin, OrganisationScoped):
 
     @admin.action(description="Send a test event")
     def send_test_event(self, request, queryset):
-        for endpoint in queryset:
+        def send(endpoint):
             _, attempt = services.webhook_endpoint_send_test(
                 endpoint_id=endpoint.pk, actor=request.user, now=timezone.now()
             )
@@ -102,13 +102,17 @@ class WebhookEndpointAdmin(ServiceActionsMixin, OrganisationScoped):
             # Not the URL first: the admin capitalises a message's first letter ("Http://…").
             self.message_user(request, f"Test event to {endpoint.url}: {result} in {attempt.duration_ms} ms.", level)
 
+        self.run_service(request, queryset, send, "sent a test event")
+
     @admin.action(description="Rotate the secret (the old one signs for 24 h more)")
     def rotate_secret(self, request, queryset):
-        for endpoint in queryset:
+        def rotate(endpoint):
             rotated = services.webhook_endpoint_rotate_secret(
                 endpoint_id=endpoint.pk, actor=request.user, now=timezone.now()
             )
             self.message_user(request, f"The new secret of {rotated.url}, shown this once: {rotated.secret}")
+
+        self.run_service(request, queryset, rotate, "given a new secret")
 
 
 class WebhookAttemptInline(admin.TabularInline):
@@ -204,6 +208,6 @@ class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, OrganisationScop
         self.run_service(
             request,
             queryset,
-            lambda d: services.webhook_delivery_retry_now(delivery_id=d.pk, now=timezone.now()),
+            lambda d: services.webhook_delivery_retry_now(delivery_id=d.pk, actor=request.user, now=timezone.now()),
             "made due now",
         )
