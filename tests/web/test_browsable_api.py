@@ -146,6 +146,12 @@ def _cases(staff) -> dict[str, Case]:
         ),
         "webhook-rotate-secret": Case(f"/api/webhooks/{hook.pk}/rotate-secret", set()),
         "webhook-test": Case(f"/api/webhooks/{hook.pk}/test", set()),  # sent now: its failure is the answer
+        "organisation-list": Case(
+            "/api/organisations", {"name", "slug"}, {"name": "Kia Pune", "slug": "kia-pune"}, 201
+        ),
+        "organisation-members": Case(
+            f"/api/organisations/{house().pk}/members", {"email", "role"}, {"email": guest.email, "role": "staff"}, 201
+        ),
     }
 
 

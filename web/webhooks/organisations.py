@@ -17,6 +17,10 @@ from core.statements import table
 
 _PATHS: dict[str, tuple[type[Model], str]] = {}
 
+# The shape of a subject id that casts to its key's type: any other reads as no organisation, never as a
+# failed cast that would stop the fan-out.
+_SHAPES = {"bigint": "^[0-9]{1,18}$", "integer": "^[0-9]{1,9}$", "uuid": "^[0-9a-fA-F-]{36}$"}
+
 
 def register(subject_type: str, model: type[Model], path: str) -> None:
     """The organisation of a ``subject_type`` event is its ``model`` row's ``path`` (``__`` between foreign keys,
@@ -42,6 +46,9 @@ def organisation_sql(subject_type: sql.Composable, subject_id: sql.Composable) -
         return sql.NULL
     cases = []
     for name, (model, path) in sorted(_PATHS.items()):
-        key = sql.SQL("CAST({} AS {})").format(subject_id, sql.SQL(cast(str, model._meta.pk.db_type(connection))))
+        db_type = cast(str, model._meta.pk.db_type(connection))
+        key = sql.SQL("CAST(CASE WHEN {} ~ {} THEN {} END AS {})").format(
+            subject_id, sql.Literal(_SHAPES[db_type]), subject_id, sql.SQL(db_type)
+        )
         cases.append(sql.SQL("WHEN {} THEN {}").format(sql.Literal(name), _through(model, path.split("__"), key)))
     return sql.SQL("CASE {} {} END").format(subject_type, sql.SQL(" ").join(cases))
