@@ -180,7 +180,7 @@ class EventAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     def get_list_display(self, request):
         """The waiting count links to the waiting list when the caller may open it; else it is a number."""
         shown = WaitlistEntry in self._lists_shown(request, None)
-        return [column if shown or column != "waiting" else "waiting_count" for column in self.list_display]
+        return [column if shown or column != "waiting" else "waiting_unlinked" for column in self.list_display]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = EventCreateForm if obj is None else EventChangeForm
@@ -253,9 +253,14 @@ class EventAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     def waiting(self, event):
         """The WAITING entries, linked to the event's list (positions, offers, removal)."""
         if WaitlistEntry not in getattr(event, "lists_shown", {WaitlistEntry}):
-            return f"{event.waiting_count} waiting"
+            return self.waiting_unlinked(event)
         url = reverse("admin:events_waitlistentry_changelist") + f"?event__id__exact={event.pk}"
         return format_html('<a href="{}">{} waiting</a>', url, event.waiting_count)
+
+    @admin.display(description="Waiting", ordering="waiting_count")
+    def waiting_unlinked(self, event):
+        """The WAITING entries, for a role that does not open the waiting list."""
+        return f"{event.waiting_count} waiting"
 
     @admin.display(description="Seat map")
     def seat_map(self, event):
