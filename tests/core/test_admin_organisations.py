@@ -386,3 +386,21 @@ def test_a_member_searches_no_user(member):
     query = {"app_label": "slots", "model_name": "slot", "field_name": "host", "term": ""}
 
     assert member.get("/admin/autocomplete/", query).status_code == 403
+
+
+@pytest.mark.parametrize("page", ["add", "bulk_add"])
+def test_a_manager_adds_slots_for_the_hosts_of_their_organisation_only(ours, theirs, page):
+    client = signed_in(manager_of(ours.organisation))
+
+    form = client.get(url(Slot, page)).context["adminform"].form
+
+    assert list(form.fields["host"].queryset) == [ours.slot.host]
+    assert list(form.fields["organisation"].queryset) == [ours.organisation]
+
+
+def test_a_manager_gives_hours_to_the_hosts_of_their_organisation_only(ours, theirs):
+    client = signed_in(manager_of(ours.organisation))
+
+    form = client.get(url(Availability, "add")).context["adminform"].form
+
+    assert list(form.fields["host"].queryset) == [ours.slot.host]
