@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.organisations.models import Organisation
 from events.models import Event, SeatClaim, SeatHoldGroup
 from events.services import events as events_events
 from events.services import rules
@@ -53,6 +54,15 @@ def analyze(*tables: str) -> None:
     _rows(f"ANALYZE {', '.join(tables)}", {})
 
 
+# --- the organisation ------------------------------------------------------------------------------
+
+
+def organisation() -> int:
+    """The organisation every car, event, slot and hours the bench makes belongs to (made on first use)."""
+    made, _ = Organisation.objects.get_or_create(slug="bench", defaults={"name": "Bench", "created_at": timezone.now()})
+    return made.pk
+
+
 # --- users -----------------------------------------------------------------------------------------
 
 
@@ -85,12 +95,12 @@ def cars(count: int) -> list[int]:
     tag = _tag("car")
     rows = _rows(
         """
-        INSERT INTO reservations_car (dealer_id, make, model, label, status, created_at, updated_at)
-        SELECT 900, 'Bench', 'Model ' || (n %% 7), %(tag)s || ' #' || n, 'ACTIVE', now(), now()
+        INSERT INTO reservations_car (organisation_id, dealer_id, make, model, label, status, created_at, updated_at)
+        SELECT %(organisation)s, 900, 'Bench', 'Model ' || (n %% 7), %(tag)s || ' #' || n, 'ACTIVE', now(), now()
         FROM generate_series(1, %(count)s) AS n ORDER BY n
         RETURNING id
         """,
-        {"tag": tag, "count": count},
+        {"tag": tag, "count": count, "organisation": organisation()},
     )
     analyze("reservations_car")
     return sorted(car_id for (car_id,) in rows)
@@ -107,6 +117,7 @@ def event(seats: int) -> Event:
         name=f"Bench {_tag('event')}",
         event_date=now + timedelta(days=30),
         location="bench",
+        organisation_id=organisation(),
         total_seats=seats,
         hold_minutes=60,
         now=now,
@@ -158,16 +169,22 @@ def slots(hosts: list[User], *, per_host: int, capacity: int = 1, start: datetim
     start = start or timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
     rows = _rows(
         """
-        INSERT INTO slots_slot (host_id, kind, title, specialization, start, "end", capacity, booked, status,
-                                created_at, updated_at)
-        SELECT host_id, 'PUBLISHED', 'Bench slot', 'bench', %(start)s + (n - 1) * interval '1 hour',
+        INSERT INTO slots_slot (host_id, organisation_id, kind, title, specialization, start, "end", capacity, booked,
+                                status, created_at, updated_at)
+        SELECT host_id, %(organisation)s, 'PUBLISHED', 'Bench slot', 'bench', %(start)s + (n - 1) * interval '1 hour',
                %(start)s + (n - 1) * interval '1 hour' + interval '30 minutes', %(capacity)s, 0, 'AVAILABLE',
                now(), now()
         FROM unnest(%(hosts)s::bigint[]) AS host_id, generate_series(1, %(per_host)s) AS n
         ORDER BY host_id, n
         RETURNING id, host_id
         """,
-        {"start": start, "capacity": capacity, "hosts": [h.id for h in hosts], "per_host": per_host},
+        {
+            "start": start,
+            "capacity": capacity,
+            "hosts": [h.id for h in hosts],
+            "per_host": per_host,
+            "organisation": organisation(),
+        },
     )
     analyze("slots_slot")
     by_host: dict[int, list[int]] = {h.id: [] for h in hosts}
@@ -192,7 +209,9 @@ def busy_host(*, days: int) -> tuple[User, date]:
     }
     account = Account.objects.get(pk=host.id)
     hours = availability_clean(document)
-    slots_slots.availability_set(host=account, fields=hours, actor=account, now=timezone.now())
+    slots_slots.availability_set(
+        host=account, fields=hours, actor=account, now=timezone.now(), organisation_id=organisation()
+    )
     first = timezone.now().astimezone(ZoneInfo("Europe/Berlin")).date() + timedelta(days=1)
     start = datetime.combine(first, datetime.min.time(), tzinfo=ZoneInfo("Europe/Berlin"))
     [slot_ids] = slots([host], per_host=days * 24, start=start)
@@ -208,7 +227,7 @@ def busy_host(*, days: int) -> tuple[User, date]:
             FROM numbered JOIN slots_slot s ON s.id = numbered.id WHERE n %% 4 = 1),
         booked AS (
             INSERT INTO slots_slotbooking (slot_id, guest_id, start, "end", seats, status, reason, metadata,
-                                           request_id, created_at, updated_at)
+                                           idempotency_key, created_at, updated_at)
             SELECT slot_id, guest_id, start, "end", 1, 'CONFIRMED', '', '{}', '', now(), now() FROM booking
             RETURNING slot_id)
         UPDATE slots_slot SET booked = 1 WHERE id IN (SELECT slot_id FROM booked)
@@ -258,7 +277,8 @@ def overdue_holds(count: int, *, buyers: list[User]) -> dict[str, int]:
 def _overdue_car_holds(car_ids: list[int], *, buyer_ids: list[int], created: datetime, expires: datetime) -> None:
     _rows(
         """
-        INSERT INTO reservations_reservation (car_id, buyer_id, state, expires_at, request_id, created_at, updated_at)
+        INSERT INTO reservations_reservation (car_id, buyer_id, state, expires_at, idempotency_key, created_at,
+                                              updated_at)
         SELECT car_id, (%(buyers)s::bigint[])[1 + (n - 1) %% %(buyer_count)s], 'HELD', %(expires)s, '',
                %(created)s, %(created)s
         FROM unnest(%(cars)s::bigint[]) WITH ORDINALITY AS c(car_id, n)
@@ -281,7 +301,7 @@ def _overdue_seat_holds(event: Event, *, buyer_ids: list[int], created: datetime
     }
     _rows(
         """
-        INSERT INTO events_seatholdgroup (id, event_id, user_id, state, seat_count, expires_at, request_id,
+        INSERT INTO events_seatholdgroup (id, event_id, user_id, state, seat_count, expires_at, idempotency_key,
                                           created_at, updated_at)
         SELECT md5(%(tag)s || g)::uuid, %(event)s, (%(buyers)s::bigint[])[1 + g %% %(buyer_count)s], 'HELD', 2,
                %(expires)s, '', %(created)s, %(created)s
@@ -321,7 +341,7 @@ def _overdue_slot_holds(count: int, *, created: datetime, expires: datetime) -> 
             ORDER BY h.n, g.n LIMIT %(count)s),
         booked AS (
             INSERT INTO slots_slotbooking (slot_id, guest_id, start, "end", seats, status, expires_at, reason,
-                                           metadata, request_id, created_at, updated_at)
+                                           metadata, idempotency_key, created_at, updated_at)
             SELECT b.slot_id, b.guest_id, s.start, s."end", 1, 'PENDING', %(expires)s, '', '{}', '', %(created)s,
                    %(created)s
             FROM booking b JOIN slots_slot s ON s.id = b.slot_id

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "core.audit",
     "core.organisations",
     "web.webhooks",
+    "web",
     "reservations",
     "events",
     "slots",

@@ -24,8 +24,9 @@ from core.organisations import access
 from core.organisations.models import Organisation
 from core.organisations.roles import Role
 from core.policy import Cap
-from web.accounts.models import User
-from web.accounts.services import request_user
+
+if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
+    from django.contrib.auth.models import _User as User
 
 
 def pretty_json(value: Any) -> SafeString:
@@ -43,11 +44,17 @@ def short_id(value: Any) -> SafeString | None:
     return format_html("{}", text) if len(text) <= 12 else format_html('<span title="{}">{}…</span>', text, text[:8])
 
 
+def caller(request: HttpRequest) -> "User":
+    """The user of an admin page: staff and signed in (``admin_view`` lets no one else in). The core's
+    ``web.accounts.services.request_user``, which the core may not import (ADR 0024)."""
+    return cast("User", request.user)
+
+
 def organisation_choices(request, role: Role, field: forms.ModelChoiceField) -> forms.ModelChoiceField:
     """``field``, the organisation of a new row, offering the organisations in which the caller may do what
     needs ``role`` (a superuser: every one). When there is one, it is the row's, shown and not asked: the
     form takes it whatever a request sends (docs/contract.md §2.6: inferred when the caller has one)."""
-    organisations = access.scope(request_user(request), None, role)
+    organisations = access.scope(caller(request), None, role)
     field.queryset = (
         Organisation.objects.all() if organisations is None else Organisation.objects.filter(pk__in=organisations)
     )
@@ -78,12 +85,12 @@ class ServiceModelForm(forms.ModelForm):
             return data
         assert self.request is not None  # the admin sets it before the form is used
         try:
-            self.written = self.write(data, actor=request_user(self.request))
+            self.written = self.write(data, actor=caller(self.request))
         except DomainError as error:
             self.refused(error)
         return data
 
-    def write(self, data: dict[str, Any], *, actor: User) -> Model:
+    def write(self, data: dict[str, Any], *, actor: "User") -> Model:
         raise NotImplementedError
 
     def refused(self, error: DomainError) -> None:
@@ -103,19 +110,19 @@ class PlatformAdmin(admin.ModelAdmin):
     one organisation: superusers only (docs/decisions/0025-organisations.md)."""
 
     def has_module_permission(self, request):
-        return request_user(request).is_superuser
+        return caller(request).is_superuser
 
     def has_view_permission(self, request, obj=None):
-        return request_user(request).is_superuser and super().has_view_permission(request, obj)
+        return caller(request).is_superuser and super().has_view_permission(request, obj)
 
     def has_add_permission(self, request):
-        return request_user(request).is_superuser and super().has_add_permission(request)
+        return caller(request).is_superuser and super().has_add_permission(request)
 
     def has_change_permission(self, request, obj=None):
-        return request_user(request).is_superuser and super().has_change_permission(request, obj)
+        return caller(request).is_superuser and super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
-        return request_user(request).is_superuser and super().has_delete_permission(request, obj)
+        return caller(request).is_superuser and super().has_delete_permission(request, obj)
 
 
 class OrganisationScoped(admin.ModelAdmin):
@@ -135,7 +142,7 @@ class OrganisationScoped(admin.ModelAdmin):
 
     def scope(self, request, rows: QuerySet) -> QuerySet:
         """``rows`` narrowed to the organisations in which the caller may see them (``view_role``)."""
-        organisations = access.scope(request_user(request), None, self.view_role)
+        organisations = access.scope(caller(request), None, self.view_role)
         return rows if organisations is None else rows.filter(**{f"{self.organisation_field}__in": organisations})
 
     def get_queryset(self, request):
@@ -172,7 +179,7 @@ class OrganisationScoped(admin.ModelAdmin):
     def may(self, request, role: Role, obj: Model | None = None) -> bool:
         """Whether the caller may do what needs ``role``: on ``obj``, in its organisation; on none, in any of
         theirs."""
-        user = request_user(request)
+        user = caller(request)
         if obj is None:
             return user.is_superuser or bool(access.organisation_ids(user, role))
         return access.may_act(user, self.organisation_of(obj), role)

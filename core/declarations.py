@@ -271,7 +271,7 @@ def seams_of(engine: ClaimDeclarations) -> tuple:
     """The lock seams a statement of ``engine`` is composed with: ``core.locking``'s and its domain's
     (``ClaimEngine.lock_seams``). A race control replaces one; the statements are cached by them, so it
     gets a statement composed with its replacement."""
-    return (locking.transition_lock_sql, locking.user_lock_sql, *engine.lock_seams())
+    return (locking.transition_lock_sql, locking.user_lock_sql, locking.member_lock_sql, *engine.lock_seams())
 
 
 @functools.cache

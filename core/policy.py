@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from django.conf import settings
 from django.db.models import Field, Model, Q, QuerySet
@@ -17,7 +17,9 @@ from core.errors import DomainError, Forbidden, LimitReached, NotFound, NotOwner
 from core.organisations import access
 from core.organisations.roles import Role, at_least
 from core.statements import table
-from web.accounts.models import User
+
+if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
+    from django.contrib.auth.models import _User as User
 
 # The actions a policy is asked about.
 SEE, CONFIRM, CANCEL, RELEASE, EXPIRE, RESCHEDULE = "see", "confirm", "cancel", "release", "expire", "reschedule"

@@ -70,7 +70,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
     organisation_field = "car__organisation"
     list_display = ["id", "car", "buyer", "state_now", "hold_expires", "created_at", "updated_at"]
     list_filter = [StateFilter, ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
-    search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=request_id"]
+    search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=idempotency_key"]
     export_columns = [
         ("reservation", "id"),
         ("car", "car_id"),
@@ -90,7 +90,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
         "buyer",
         "state_now",
         "hold_expires",
-        "request_id",
+        "idempotency_key",
         "created_at",
         "updated_at",
         "audit_trail",

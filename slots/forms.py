@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from django import forms
 from django.contrib.admin.widgets import AdminDateWidget, AdminTimeWidget
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -30,10 +30,15 @@ WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat
 
 def hosts(request: HttpRequest | None) -> QuerySet[User]:
     """The hosts (users with the HOST role) whose slots and hours the caller manages: the members of the
-    organisations in which they are a manager (a superuser: every host; docs/contract.md §2.6)."""
+    organisations in which they are a manager, and the hosts whose hours are there (a superuser: every
+    host; docs/contract.md §2.6). A host of no organisation yet is added to one first, as a member."""
     found = User.objects.filter(roles__contains=[Role.HOST]).order_by("name", "email")
     organisations = access.scope(request_user(request), None, OrganisationRole.MANAGER) if request else []
-    return found if organisations is None else found.filter(memberships__organisation__in=organisations).distinct()
+    if organisations is None:
+        return found
+    return found.filter(
+        Q(memberships__organisation__in=organisations) | Q(availability__organisation__in=organisations)
+    ).distinct()
 
 
 class SlotAddForm(ServiceModelForm):

@@ -19,12 +19,15 @@ removal commits.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from core import locking
 from core.errors import Forbidden, NotFound, NotOwner, ValidationFailed
 from core.organisations.models import KEPT_ROLES, Membership, Organisation, keep_roles
 from core.organisations.roles import Role, allows
-from web.accounts.models import User
+
+if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
+    from django.contrib.auth.models import _User as User
 
 
 class RoleRequired(Forbidden):

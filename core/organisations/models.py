@@ -16,6 +16,9 @@ class Organisation(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=64, unique=True)
     created_at = models.DateTimeField()
+    caller_role: (
+        str | None
+    )  # the caller's role in it, annotated by the API's list (web.organisations.api), not a column
 
     class Meta:
         ordering = ["id"]

@@ -14,9 +14,8 @@ from django.contrib import admin
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
-from core.admin import OrganisationScoped
+from core.admin import OrganisationScoped, caller
 from core.invariants import last_report
-from web.accounts.services import request_user
 
 register = template.Library()
 
@@ -54,7 +53,7 @@ def _ago(seconds: float) -> str:
 
 def _visible(request, model: str, rows: list[str]) -> list[str]:
     """Of ``rows`` (ids of ``model``, an ``app.Model`` label), those the caller's admin list shows."""
-    if request_user(request).is_superuser:
+    if caller(request).is_superuser:
         return rows
     kind = apps.get_model(model)
     model_admin = admin.site.get_model_admin(kind) if admin.site.is_registered(kind) else None
@@ -66,7 +65,7 @@ def _visible(request, model: str, rows: list[str]) -> list[str]:
 
 @register.simple_tag(takes_context=True)
 def invariants_status(context) -> Status:
-    request, everything = context["request"], request_user(context["request"]).is_superuser
+    request, everything = context["request"], caller(context["request"]).is_superuser
     report = last_report()
     if report is None:
         return Status(checked_at=None, ago="", stale=True, total=0, broken=[], everything=everything)

@@ -8,7 +8,6 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.audit.api import AuditTrailView
 from core.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from core.organisations import access
 from core.organisations.access import RoleRequired
@@ -40,6 +39,7 @@ from events.models import SeatHoldGroup, WaitlistEntry
 from events.services import events, holds, rules, seat_holds, waitlist
 from web.accounts.services import acting_user, request_user
 from web.api import OperatorWrites
+from web.audit_trail import AuditTrailView
 from web.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
 from web.idempotency import idempotent
 from web.recent import RecentReads
@@ -203,7 +203,7 @@ class SeatsReserve(APIView):
             seat_codes=data.get("seatCodes"),
             quantity=data.get("quantity"),
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
             actor=request.user,
             queue_token=request.headers.get(QUEUE_TOKEN_HEADER),
         )
@@ -260,7 +260,9 @@ class SeatsConfirm(APIView):
         group = seat_holds.seat_hold_confirm(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
-            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            user=acting_user(
+                caller=request.user, user_id=data.get("userId"), organisation=lambda: holds.event_organisation(event_id)
+            ),
             now=timezone.now(),
         )
         body = {
@@ -285,7 +287,9 @@ class SeatsRelease(APIView):
         group = seat_holds.seat_hold_release(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
-            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            user=acting_user(
+                caller=request.user, user_id=data.get("userId"), organisation=lambda: holds.event_organisation(event_id)
+            ),
             now=timezone.now(),
         )
         return Response(ReleaseOut({"released": True, "holdGroupId": group.pk}).data)
@@ -415,7 +419,7 @@ class Waitlist(APIView):
             user=request.user,
             quantity=data["quantity"],
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
         )
         return Response(_entry_out(entry), status=201)
 

@@ -23,6 +23,7 @@ from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import DomainError, NotFound, ValidationFailed
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.organisations import access
 from core.policy import Cap, ClaimPolicy
 from events import locks
 from events.models import QUEUE_TOKEN, Event, Seat, SeatHoldGroup, WaitlistEntry
@@ -57,7 +58,7 @@ class SeatHold:
     actor: User  # who asks: the holder, or an operator for them (exempt from the cap)
     seat_codes: list[str] | None
     quantity: int | None
-    request_id: str
+    idempotency_key: str
     now: datetime  # when it was asked: the lock statement judges which seats are taken by it
     queue_token: str | None = None  # X-Queue-Token: needed while the event's queue is on
     attempt: int = 0  # best available: picking again after the seats locked came up short
@@ -195,7 +196,11 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def check_target(self, target: Target, ask: SeatHold, *, now: datetime) -> None:
         self._check_sales(target.event, now=now)
-        if target.event.queue_enabled and not target.event.admitted and not (ask.actor.is_staff or ask.offer):
+        if (
+            target.event.queue_enabled
+            and not target.event.admitted
+            and not (ask.offer or access.may_act(ask.actor, target.event.organisation_id))
+        ):
             raise NotAdmitted(
                 f"Event {target.event.pk} sells through its queue: send X-Queue-Token of your admitted entry "
                 f"(join with POST /api/events/{target.event.pk}/queue and poll it until it is ADMITTED)."
@@ -250,7 +255,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                 "now": now,
                 "expires_at": expires_at,
                 "expires_at_json": json.dumps(expires_at, cls=DjangoJSONEncoder),
-                "request_id": ask.request_id,
+                "idempotency_key": ask.idempotency_key,
                 "occurred_at": timezone.now(),
                 "trace_id": current_request_id() or "",
             }
@@ -284,7 +289,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             state=State.HELD,
             seat_count=ask.count,
             expires_at=expires_at,
-            request_id=ask.request_id,
+            idempotency_key=ask.idempotency_key,
             created_at=now,
             updated_at=now,
         )
@@ -449,7 +454,7 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
             actor=head.user,
             seat_codes=None,
             quantity=head.quantity,
-            request_id="",
+            idempotency_key="",
             now=now,
             offer=True,
         )

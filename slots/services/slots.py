@@ -22,11 +22,11 @@ from slots.services.bookings import SLOT_BOOKINGS, _constraint_of
 from slots.services.rules import (
     HOST_NO_OVERLAP,
     MAX_CAPACITY,
-    NotAHost,
     SlotBooked,
     SlotInPast,
     SlotOverlap,
     check_slot_times,
+    require_host,
 )
 from web.accounts.models import User
 
@@ -188,17 +188,21 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
     return slot
 
 
-def availability_set(*, host: User, fields: AvailabilityFields, actor: User, now: datetime) -> Availability:
+def availability_set(
+    *, host: User, fields: AvailabilityFields, actor: User, now: datetime, organisation_id: int | None = None
+) -> Availability:
     """Replace ``host``'s availability with ``fields``, a document ``availability_clean`` checked (``PUT
     /api/hosts/me/availability``, the admin). Locks the host's row: a booking of the host judges their hours
     under the same lock."""
-    if not host.is_host:
-        raise NotAHost(f"User {host.pk} is not a host.")
+    require_host(host)
     with transaction.atomic():
         locking.lock_user(host.pk)
         now = locked_now(now)
         current = Availability.objects.filter(host=host).first()
-        organisation_id = current.organisation_id if current else access.host_organisation(host, None, actor=actor)
+        if current is not None:
+            organisation_id = current.organisation_id
+        else:
+            organisation_id = access.host_organisation(host, organisation_id, actor=actor)
         access.require_host_or_member(actor, host.pk, organisation_id, what=f"The hours of host {host.pk}")
         if current is None:
             availability = Availability.objects.create(

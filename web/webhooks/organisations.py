@@ -31,7 +31,7 @@ def register(subject_type: str, model: type[Model], path: str) -> None:
 def _through(model: type[Model], names: list[str], key: sql.Composable) -> sql.Composable:
     """The value at the end of ``names`` (foreign keys) from ``model``'s row ``key``: one sub-select a key."""
     value = sql.SQL("(SELECT {} FROM {} WHERE {} = {})").format(
-        column(model, names[0]), table(model), column(model, cast(str, model._meta.pk.name)), key
+        column(model, names[0]), table(model), column(model, model._meta.pk.name), key
     )
     if len(names) == 1:
         return value

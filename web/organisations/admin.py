@@ -1,6 +1,6 @@
 """Organisations and their members in the back office (docs/contract.md §2.6, docs/decisions/0025-organisations.md):
 a member sees the organisations they belong to; an owner manages their organisation's members; a superuser
-makes organisations and sees every one. Every write goes through ``core.organisations.services``."""
+makes organisations and sees every one. Every write goes through ``web.organisations.services``."""
 
 from typing import Any
 
@@ -12,11 +12,11 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from core.admin import OrganisationScoped, ServiceModelForm
-from core.organisations import services
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import Role, allows, describe
 from web.accounts.models import User
 from web.accounts.services import request_user
+from web.organisations import services
 
 
 class OrganisationForm(ServiceModelForm):

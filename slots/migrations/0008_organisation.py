@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('organisations', '0001_initial'),
-        ('slots', '0006_slotbooking_reminded_at'),
+        ('slots', '0007_idempotency_key'),
     ]
 
     operations = [

@@ -8,13 +8,14 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.organisations import access, services
-from core.organisations.api.serializers import MemberIn, MemberOut, OrganisationIn, OrganisationOut
+from core.organisations import access
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import Role
 from web.accounts.services import request_user
 from web.api import Operators, Superusers
 from web.idempotency import idempotent
+from web.organisations import services
+from web.organisations.api.serializers import MemberIn, MemberOut, OrganisationIn, OrganisationOut
 from web.schema import errors
 
 
@@ -29,7 +30,8 @@ class OrganisationList(ListAPIView):
             return Organisation.objects.none()
         user = request_user(self.request)
         role = Membership.objects.filter(organisation=OuterRef("pk"), user=user).values("role")[:1]
-        organisations = Organisation.objects.annotate(role=Subquery(role, output_field=CharField()))
+        caller_role = Subquery(role, output_field=CharField())
+        organisations = Organisation.objects.annotate(caller_role=caller_role)  # type: ignore[no-redef]  # django-stubs: not a field
         if user.is_superuser:
             return organisations.order_by("id")
         return organisations.filter(memberships__user=user).order_by("id")
@@ -42,7 +44,7 @@ class OrganisationList(ListAPIView):
     def post(self, request):
         data = OrganisationIn.validated(request)
         organisation = services.organisation_create(name=data["name"], slug=data["slug"], now=timezone.now())
-        organisation.role = None
+        organisation.caller_role = None  # a new organisation has no member yet
         return Response(OrganisationOut(organisation).data, status=201)
 
 

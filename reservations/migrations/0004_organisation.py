@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('organisations', '0001_initial'),
-        ('reservations', '0002_claim_seq'),
+        ('reservations', '0003_idempotency_key'),
     ]
 
     operations = [

@@ -6,17 +6,12 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('organisations', '0001_initial'),
-        ('slots', '0007_organisation'),
+        ('reservations', '0004_organisation'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='availability',
-            name='organisation',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='organisations.organisation'),
-        ),
-        migrations.AlterField(
-            model_name='slot',
+            model_name='car',
             name='organisation',
             field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='organisations.organisation'),
         ),

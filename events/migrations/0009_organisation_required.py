@@ -5,7 +5,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('events', '0007_organisation'),
+        ('events', '0008_organisation'),
         ('organisations', '0001_initial'),
     ]
 

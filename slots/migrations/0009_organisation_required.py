@@ -6,12 +6,17 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('organisations', '0001_initial'),
-        ('reservations', '0003_organisation'),
+        ('slots', '0008_organisation'),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='car',
+            model_name='availability',
+            name='organisation',
+            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='organisations.organisation'),
+        ),
+        migrations.AlterField(
+            model_name='slot',
             name='organisation',
             field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='organisations.organisation'),
         ),

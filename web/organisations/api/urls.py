@@ -1,6 +1,6 @@
 from django.urls import path
 
-from core.organisations.api import views
+from web.organisations.api import views
 
 urlpatterns = [
     path("organisations", views.OrganisationList.as_view(), name="organisation-list"),

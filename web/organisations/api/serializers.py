@@ -11,7 +11,9 @@ class OrganisationIn(StrictSerializer):
 
 
 class OrganisationOut(ModelSerializer):
-    role = serializers.CharField(allow_null=True, help_text="Your role in it (null: a superuser who is not a member)")
+    role = serializers.CharField(
+        source="caller_role", allow_null=True, help_text="Your role in it (null: a superuser who is not a member)"
+    )
     createdAt = serializers.DateTimeField(source="created_at")
 
     class Meta:

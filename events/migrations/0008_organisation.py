@@ -11,7 +11,7 @@ from core.organisations.moving import into_default
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('events', '0006_seatholdgroup_reminded_at'),
+        ('events', '0007_idempotency_key'),
         ('organisations', '0001_initial'),
     ]
 
