@@ -91,7 +91,8 @@ class BulkSlotForm(forms.Form):
         queryset=Organisation.objects.none(), help_text="Whose slots these are: one of the organisations you manage."
     )
     host = forms.ModelChoiceField(
-        queryset=User.objects.none(), help_text="A user with the HOST role, a member of the organisation."
+        queryset=User.objects.none(),
+        help_text="A user with the HOST role: a member of the organisation, or with their hours there.",
     )
     title = forms.CharField(max_length=200, required=False, help_text="Optional; shown to guests on every slot.")
     specialization = forms.CharField(
