@@ -39,6 +39,7 @@ class OrganisationAdmin(OrganisationScoped):
     form = OrganisationForm
     list_display = ["name", "slug", "your_role", "members", "created_at"]
     search_fields = ["name", "slug"]
+    ordering = ["name", "id"]  # the count's GROUP BY drops the model's ordering
     fields = ["name", "slug", "members", "created_at"]
     readonly_fields = ["members", "created_at"]
 
