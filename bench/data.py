@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo
 from django.db import connection, transaction
 from django.utils import timezone
 
-from core.organisations.models import Organisation
+from core.organisations.models import Membership, Organisation
+from core.organisations.roles import Role
 from events.models import Event, SeatClaim, SeatHoldGroup
 from events.services import events as events_events
 from events.services import rules
@@ -209,9 +210,9 @@ def busy_host(*, days: int) -> tuple[User, date]:
     }
     account = Account.objects.get(pk=host.id)
     hours = availability_clean(document)
-    slots_slots.availability_set(
-        host=account, fields=hours, actor=account, now=timezone.now(), organisation_id=organisation()
-    )
+    # The host is a member of the bench's organisation, where their hours go (docs/decisions/0025-organisations.md).
+    Membership.objects.create(user=account, organisation_id=organisation(), role=Role.STAFF, created_at=timezone.now())
+    slots_slots.availability_set(host=account, fields=hours, actor=account, now=timezone.now())
     first = timezone.now().astimezone(ZoneInfo("Europe/Berlin")).date() + timedelta(days=1)
     start = datetime.combine(first, datetime.min.time(), tzinfo=ZoneInfo("Europe/Berlin"))
     [slot_ids] = slots([host], per_host=days * 24, start=start)

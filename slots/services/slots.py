@@ -192,8 +192,9 @@ def availability_set(
     *, host: User, fields: AvailabilityFields, actor: User, now: datetime, organisation_id: int | None = None
 ) -> Availability:
     """Replace ``host``'s availability with ``fields``, a document ``availability_clean`` checked (``PUT
-    /api/hosts/me/availability``, the admin). Locks the host's row: a booking of the host judges their hours
-    under the same lock."""
+    /api/hosts/me/availability``, the admin), in its organisation (new hours: ``organisation_id``, or
+    ``access.host_organisation``'s). Locks the host's row: a booking of the host judges their hours under
+    the same lock."""
     require_host(host)
     with transaction.atomic():
         locking.lock_user(host.pk)
