@@ -86,7 +86,8 @@ def booking_analytics(
     A booking that was rescheduled counts once: its successor counts, the superseded row does not.
     ``cancellationRate`` is the percentage of those bookings that are CANCELLED (0 on an empty range).
     ``bookingsPerDay`` has every day of the range, zeros included. ``topHosts`` ranks hosts by the
-    bookings on their slots that are neither cancelled nor expired.
+    bookings on their slots that are neither cancelled nor expired. ``organisations``: only the bookings of
+    those organisations' slots (None: every organisation's).
     """
     tz = tz or timezone.get_current_timezone()
     since, until = booking_days(start_date, end_date, tz)

@@ -393,12 +393,17 @@ def webhook_endpoint_send_test(
     return delivery, delivery.attempt_set.order_by("-id")[0]
 
 
-def webhook_delivery_retry_now(*, delivery_id: int, now: datetime) -> WebhookDelivery:
-    """Make a delivery due now: a PENDING one skips its wait, a FAILED one gets one more attempt."""
+def webhook_delivery_retry_now(*, delivery_id: int, now: datetime, actor: User | None = None) -> WebhookDelivery:
+    """Make a delivery due now: a PENDING one skips its wait, a FAILED one gets one more attempt. ``actor``: an
+    owner of its endpoint's organisation (another organisation's delivery is 404; None: the system)."""
     with transaction.atomic():
         delivery = WebhookDelivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
             raise NotFound(f"Delivery {delivery_id} does not exist.")
+        try:
+            webhook_endpoint_of(delivery.endpoint_id, actor)
+        except NotFound:
+            raise NotFound(f"Delivery {delivery_id} does not exist.") from None
         if delivery.status == DELIVERED:
             raise ValidationFailed(f"Delivery {delivery_id} is delivered already.")
         if delivery.status == FAILED:
