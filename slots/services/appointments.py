@@ -174,10 +174,10 @@ def _hours_and_rules(host_id: int, ask: AppointmentRequest, *, now: datetime) ->
     """The host's hours (None: they have none), annotated with all an appointment's rules read, in one statement
     after the guest's and the host's locks, so by a snapshot that sees every booking those locks serialize:
     the guest's active bookings (``guest_active``), those with the host (``guest_with_host``), the first one
-    overlapping the interval (``guest_clash``), each but the booking a reschedule moves (``BOOK``'s
-    ``limits`` and ``clash``); and near the interval what takes the host's time (``host_time``:
-    ``selectors.taking_time``) and the overdue holds on their appointments (``overdue_appointments``). Near:
-    within the longest buffer a host may have, as theirs is read by the same statement; the caller narrows."""
+    overlapping the interval (``guest_clash``), each but the booking a reschedule moves; and near the
+    interval what takes the host's time (``host_time``: ``selectors.taking_time``) and the overdue holds on
+    their appointments (``overdue_appointments``). Near: within the longest buffer a host may have, as theirs
+    is read by the same statement; the caller narrows."""
     reach = timedelta(minutes=MAX_BUFFER_MINUTES)
     begins, ends = ask.start - reach, ask.end + reach
     moving = ask.rescheduled_from.pk if ask.rescheduled_from else 0

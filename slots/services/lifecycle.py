@@ -164,11 +164,11 @@ def _booking_event(
 
 
 def expire_overdue(when: sql.Composable) -> sql.Composed:
-    """The sub-statements that expire the slot ``%(slot)s``'s overdue holds when ``when`` (a condition read once,
-    before: ``true``, or the booking's verdict), with their events, and what that gave back (``freed``): BOOK,
-    MOVE. Caller holds the slot's lock (taken earlier in the statement, or by the transaction). Its ``UPDATE``
-    re-reads a hold that changed after the snapshot (EvalPlanQual): one confirmed meanwhile is skipped, so
-    ``freed`` is the truth."""
+    """The sub-statements that expire the slot ``%(slot)s``'s overdue holds when ``when`` (a condition read
+    once, before: ``true``, or the booking's verdict), with their events, and what that gave back
+    (``freed``): the booking's statement (``bookings.book_statement``) and MOVE. Caller holds the slot's lock
+    (taken earlier in the statement, or by the transaction). Its ``UPDATE`` re-reads a hold that changed
+    after the snapshot (EvalPlanQual): one confirmed meanwhile is skipped, so ``freed`` is the truth."""
     return sql.SQL("""
 overdue AS (
     UPDATE {b_table} SET {b_status} = {expired}, {b_updated_at} = %(now)s
@@ -270,8 +270,8 @@ def _event_params(actor: User) -> dict[str, Any]:
 
 
 def _written(booking_id: int, slot: Slot, *, now: datetime, **fields: Any) -> SlotBooking:
-    """The booking a statement inserted on ``slot`` (``BOOK``, ``APPOINTMENT``, ``MOVE``), as it wrote
-    it: the slot's time, created at ``now``, and ``fields``; returned without reading it back."""
+    """The booking a statement inserted on ``slot`` (``bookings.book_statement``, ``APPOINTMENT``, ``MOVE``),
+    as it wrote it: the slot's time, created at ``now``, and ``fields``; returned without reading it back."""
     return SlotBooking(
         pk=booking_id, slot=slot, start=slot.start, end=slot.end, created_at=now, updated_at=now, **fields
     )

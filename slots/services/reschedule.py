@@ -232,7 +232,7 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
 # The move after every lock (``_move``): one snapshot taken once the locks are held,
 # ``slot`` the new slot. ``overdue`` expires its overdue holds; ``free`` judges its seats; ``moving`` is the seats
 # that move (none when they do not fit: the caller then rolls everything back); ``taken`` moves both
-# counters in one UPDATE (the backstop as in BOOK); ``cancelled`` ends the old booking, ``created``
+# counters in one UPDATE (the backstop as in the booking's statement); ``cancelled`` ends the old booking, ``created``
 # inserts the new one, ``rescheduled_event`` and ``created_event`` record RESCHEDULED and CREATED, and
 # ``guest_moved`` moves the guest's claim sequence (the guest's lock is held: ``lock_slots(owner=…)``).
 MOVE = _slot_statement(
