@@ -14,9 +14,10 @@ from django.db import IntegrityError
 from psycopg import sql
 
 from core import claims, locking, statements
-from core.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR
+from core.engine import EXPIRY_ACTOR
 from core.errors import NotFound, ValidationFailed
 from core.metrics import HOLDS_EXPIRED, count_on_commit
+from core.policy import CANCEL, CONFIRM, EXPIRE
 from core.statements import P
 from slots import locks
 from slots.models import Slot, SlotBooking

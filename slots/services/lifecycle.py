@@ -14,10 +14,12 @@ from django.utils import timezone
 from psycopg import sql
 
 from core import claims, locking, statements
-from core.engine import CANCEL, CONFIRM, SEE, Along, Cap, ClaimEngine, ClaimPolicy
+from core.declarations import Along
+from core.engine import ClaimEngine
 from core.errors import DomainError, InvalidStateTransition, LimitReached
 from core.metrics import CONSTRAINT_BACKSTOPS
 from core.middleware import current_request_id
+from core.policy import CANCEL, CONFIRM, SEE, Cap, ClaimPolicy
 from slots import locks
 from slots.models import Slot, SlotBooking
 from slots.services.rules import (
