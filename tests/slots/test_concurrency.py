@@ -78,8 +78,9 @@ def unlocked_slot(slot, *, after, returning):
 
 
 def remove_slot_lock(monkeypatch, racers: int) -> None:
-    """The slots are read, not locked: a booking's by ``unlocked_slot``; a reschedule's (``racers`` of them)
-    every racer reads the seat counter before any of them takes seats."""
+    """The slots are read, not locked: a booking's by ``unlocked_slot``, a reschedule's by ``lock_slots`` in a
+    transaction of its own; the ``racers`` reschedules all read the seat counter before any of them takes
+    seats."""
     everyone_has_read = threading.Barrier(racers, timeout=10)
 
     lock_slots = locks.lock_slots
