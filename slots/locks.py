@@ -20,7 +20,7 @@ def _slots_lock(
 ) -> Statement:
     """The slots' lock statement, composed once per (user lock, whether the owner's is taken first,
     reads): the slots whose ids are in ``%(slots)s``, in id order."""
-    after = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
+    lock_before = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
     return Statement(
         sql.SQL("SELECT {} FROM {} s WHERE {} = ANY({}) {} ORDER BY {} FOR NO KEY UPDATE OF s").format(
             sql.SQL(", ").join(
@@ -29,7 +29,7 @@ def _slots_lock(
             table(Slot),
             column(Slot, "id", "s"),
             P("slots"),
-            after,
+            lock_before,
             column(Slot, "id", "s"),
         )
     )
@@ -45,7 +45,7 @@ def lock_slots(
     ``owner``: the user whose row the same statement locks first (order 1: a guest's, as ``lock_car``);
     ``reads`` (with their ``params``) are read by the same statement, from its snapshot (see
     ``lock_car``), each an attribute of its slot. One statement composed once (``_slots_lock``)."""
-    locking._in_transaction("lock_slots")
+    locking.require_transaction("lock_slots")
     statement = _slots_lock(locking.user_lock_sql, owner=owner is not None, reads=reads)
     rows = statement.fetchall({"slots": sorted(set(slot_ids)), "owner": owner, **params})
     slots = {}
@@ -57,25 +57,28 @@ def lock_slots(
     return slots
 
 
-def slot_lock_sql(slot: sql.Composable, *, after: sql.Composable | None = None) -> sql.Composable:
-    """One slot's lock as a condition of a bigger statement (``slot``: its id there), ``after`` another
-    lock's condition (``user_lock_sql``): a sub-select runs below the statement's own row lock, so it is
-    held before that one is asked for, and ``after``'s before it. The seam a race control replaces (the
+def slot_lock_sql(slot: sql.Composable, *, lock_before: sql.Composable | None = None) -> sql.Composable:
+    """One slot's lock as a condition of a bigger statement (``slot``: its id there), after the lock of
+    ``lock_before``, the condition of the lock the order puts before it (``user_lock_sql``): a sub-select
+    runs below the statement's own row lock, so it is held before that one is asked for, and
+    ``lock_before``'s before it. The seam a race control replaces (the
     transitions' statements are cached by this function)."""
     return sql.SQL("EXISTS (SELECT FROM {} s WHERE {} = {} AND {} FOR NO KEY UPDATE)").format(
-        table(Slot), column(Slot, "id", "s"), slot, after if after is not None else sql.SQL("true")
+        table(Slot), column(Slot, "id", "s"), slot, lock_before if lock_before is not None else sql.SQL("true")
     )
 
 
-def slot_claim_lock_sql(slot: sql.Composable, *, after: sql.Composable, returning: tuple[str, ...]) -> sql.Composable:
+def slot_claim_lock_sql(
+    slot: sql.Composable, *, lock_before: sql.Composable, returning: tuple[str, ...]
+) -> sql.Composable:
     """One slot's lock in a booking's one statement (3 in the order), as its ``WITH`` sub-statement: the row's
     version (``xmin``, as ``version``) and the fields ``returning`` of the slot ``slot`` ``… FOR NO KEY
     UPDATE``, read from the row's newest version (READ COMMITTED re-reads a row it waited for), so the seats
-    are judged by the counter as it is once no other booking can move it. ``after``: a condition reading the
-    guest's lock (``locking.claim_lock_sql``), so that lock is held first. The slot needs no claim sequence:
+    are judged by the counter as it is once no other booking can move it. ``lock_before``: a condition reading
+    the guest's lock (``locking.claim_lock_sql``), so that lock is held first. The slot needs no claim sequence:
     every column a booking judges it by is read here, under the lock, and ``version`` tells whether the row
     is still the one its snapshot read (``slots.services.bookings.book_statement``). The seam a race control
     replaces (the statement is cached by this function)."""
     return sql.SQL("SELECT xmin AS version, {} FROM {} WHERE {} = {} AND {} FOR NO KEY UPDATE").format(
-        sql.SQL(", ").join(column(Slot, name) for name in returning), table(Slot), column(Slot, "id"), slot, after
+        sql.SQL(", ").join(column(Slot, name) for name in returning), table(Slot), column(Slot, "id"), slot, lock_before
     )

@@ -50,7 +50,7 @@ class SlotBookingRequest:
     hold_minutes: int | None
     now: datetime  # when it was asked: the snapshot's reads judge expiry by it
     metadata: dict = field(default_factory=dict)
-    request_id: str = ""
+    idempotency_key: str = ""
 
 
 class SlotBookings(SlotBookingLifecycle):
@@ -81,7 +81,7 @@ class SlotBookings(SlotBookingLifecycle):
             "status": status,
             "expires_at": expires_at,
             "booking_metadata": json.dumps(ask.metadata, cls=DjangoJSONEncoder),
-            "booking_request_id": ask.request_id,
+            "booking_idempotency_key": ask.idempotency_key,
             "now": now,
             "expiry_actor": EXPIRY_ACTOR,
             **_event_params(actor),
@@ -127,7 +127,7 @@ class SlotBookings(SlotBookingLifecycle):
             status=status,
             expires_at=expires_at,
             metadata=ask.metadata,
-            request_id=ask.request_id,
+            idempotency_key=ask.idempotency_key,
         )
 
 
@@ -202,9 +202,9 @@ WITH seen AS MATERIALIZED (
     RETURNING m.taken
 ), created AS (
     INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
-                           {b_metadata}, {b_request_id}, {b_created_at}, {b_updated_at})
+                           {b_metadata}, {b_idempotency_key}, {b_created_at}, {b_updated_at})
     SELECT %(slot)s, %(guest)s, seen.{s_start}, seen.{s_end}, %(seats)s, %(status)s, %(expires_at)s, '',
-           %(booking_metadata)s::jsonb, %(booking_request_id)s, %(now)s, %(now)s
+           %(booking_metadata)s::jsonb, %(booking_idempotency_key)s, %(now)s, %(now)s
     FROM taken, seen
     WHERE taken.taken > 0
     RETURNING id
@@ -231,9 +231,9 @@ FROM (SELECT) AS one LEFT JOIN seen ON true
             available=sql.Literal(Slot.Status.AVAILABLE),
             # Order 1, then 3: the slot's lock reads the guest's, so that lock is held first; the overdue holds
             # (4) after both (their UPDATE reads ``go``).
-            guest_lock=claim_lock(User, P("guest"), after=sql.SQL("EXISTS (SELECT FROM wanted)")),
+            guest_lock=claim_lock(User, P("guest"), lock_before=sql.SQL("EXISTS (SELECT FROM wanted)")),
             slot_lock=slot_lock(
-                P("slot"), after=sql.SQL("EXISTS (SELECT FROM guest)"), returning=("status", "capacity", "booked")
+                P("slot"), lock_before=sql.SQL("EXISTS (SELECT FROM guest)"), returning=("status", "capacity", "booked")
             ),
             fresh=fresh(sql.SQL("seen.guest_seq"), sql.SQL("guest.{}").format(seq)),
             expire_overdue=expire_overdue(sql.SQL("EXISTS (SELECT FROM go)")),
@@ -287,7 +287,7 @@ def slot_booking_create(
     hold: bool = False,
     hold_minutes: int | None = None,
     metadata: dict | None = None,
-    request_id: str = "",
+    idempotency_key: str = "",
     actor: User | None = None,
 ) -> SlotBooking:
     """Book ``seats`` of a slot: CONFIRMED at once, or with ``hold`` a PENDING hold to confirm before
@@ -301,7 +301,7 @@ def slot_booking_create(
         hold=hold,
         hold_minutes=hold_minutes,
         metadata=metadata or {},
-        request_id=request_id,
+        idempotency_key=idempotency_key,
         now=now,
     )
     return SLOT_BOOKINGS.hold(ask, now=now, actor=actor or guest)

@@ -80,7 +80,7 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         cannot commit beside a confirm that still saw it alive): found through the booking's row, which a
         booking never changes."""
         guest = locking.user_lock_sql(claims.column(_B, "guest", "c")) if action == CONFIRM else None
-        return sql.SQL("AND {}").format(locks.slot_lock_sql(claims.column(_B, "slot", "c"), after=guest))
+        return sql.SQL("AND {}").format(locks.slot_lock_sql(claims.column(_B, "slot", "c"), lock_before=guest))
 
     def lock_seams(self) -> tuple:
         return (locks.slot_lock_sql,)

@@ -411,10 +411,10 @@ def test_a_booking_only_the_constraint_refuses_is_a_clean_409_and_counted(api, m
     and only ``slot_booked_within_capacity`` refuses it."""
     slot = SlotFactory(capacity=1)
 
-    def a_stale_counter(slot_id, *, after, returning):
+    def a_stale_counter(slot_id, *, lock_before, returning):
         return sql.SQL(
             "SELECT xmin AS version, {} FROM {} WHERE id = {} AND {} AND (SELECT true FROM pg_sleep(0.5))"
-        ).format(sql.SQL(", ").join(map(sql.Identifier, returning)), table(Slot), slot_id, after)
+        ).format(sql.SQL(", ").join(map(sql.Identifier, returning)), table(Slot), slot_id, lock_before)
 
     def another_booking_meanwhile():
         wait_until_sleeping()

@@ -69,12 +69,12 @@ def wait_for_everyone(barrier: threading.Barrier) -> None:
         barrier.wait()
 
 
-def unlocked_slot(slot, *, after, returning):
+def unlocked_slot(slot, *, lock_before, returning):
     """``locks.slot_claim_lock_sql`` without the lock: the slot read from the booking's snapshot after a second,
     so that every racer's snapshot is taken before any of them commits (the race, every time)."""
     return sql.SQL(
         "SELECT xmin AS version, {} FROM {} WHERE id = {} AND {} AND (SELECT 1 FROM pg_sleep(1.0)) = 1"
-    ).format(sql.SQL(", ").join(map(sql.Identifier, returning)), table(Slot), slot, after)
+    ).format(sql.SQL(", ").join(map(sql.Identifier, returning)), table(Slot), slot, lock_before)
 
 
 def remove_slot_lock(monkeypatch, racers: int) -> None:
