@@ -20,7 +20,8 @@ kind in primary-key order, so two requests never wait for each other in a circle
    no other lock; a join or a leave, and opening sales, may go on to offer seats (below, 5).
 3. ``lock_car``, ``lock_slots``, ``lock_seats``: the rows a claim is on. They serialize the claims on
    one car, the seats of one slot (its ``booked`` counter), each seat. A car hold takes the car's lock
-   (after the buyer's, 1) in its one statement by ``claim_lock_sql`` (below).
+   (after the buyer's, 1) in its one statement by ``claim_lock_sql`` (below); a slot booking the slot's
+   (after the guest's, 1) by ``slots.locks.slot_claim_lock_sql``.
 4. claim rows (reservations, seat hold groups, slot bookings): the one claim a transition moves
    (``transition_lock_sql``, in its statement), the overdue holds an expiry moves (in its statement,
    ``declarations.expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
@@ -88,7 +89,7 @@ these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``,
 ``member_lock_sql``, ``lock_member``)
 to show that their test notices a missing lock.
 
-A hold that is one statement in autocommit (the car's: docs/decisions/0022-one-statement-holds.md)
+A hold that is one statement in autocommit (the car's, the slot booking's: docs/decisions/0022-one-statement-holds.md)
 takes its locks as ``WITH`` sub-statements, ``claim_lock_sql``, each one's condition reading the one
 before it in the order, so that lock is held first. ``fresh_sql`` tells the statement whether what its
 snapshot says under those locks is still the truth: whether a claim that moved the rows' claim

@@ -66,3 +66,19 @@ def slot_lock_sql(slot: sql.Composable, *, lock_before: sql.Composable | None = 
     return sql.SQL("EXISTS (SELECT FROM {} s WHERE {} = {} AND {} FOR NO KEY UPDATE)").format(
         table(Slot), column(Slot, "id", "s"), slot, lock_before if lock_before is not None else sql.SQL("true")
     )
+
+
+def slot_claim_lock_sql(
+    slot: sql.Composable, *, lock_before: sql.Composable, returning: tuple[str, ...]
+) -> sql.Composable:
+    """One slot's lock in a booking's one statement (3 in the order), as its ``WITH`` sub-statement: the row's
+    version (``xmin``, as ``version``) and the fields ``returning`` of the slot ``slot`` ``… FOR NO KEY
+    UPDATE``, read from the row's newest version (READ COMMITTED re-reads a row it waited for), so the seats
+    are judged by the counter as it is once no other booking can move it. ``lock_before``: a condition reading
+    the guest's lock (``locking.claim_lock_sql``), so that lock is held first. The slot needs no claim sequence:
+    every column a booking judges it by is read here, under the lock, and ``version`` tells whether the row
+    is still the one its snapshot read (``slots.services.bookings.book_statement``). The seam a race control
+    replaces (the statement is cached by this function)."""
+    return sql.SQL("SELECT xmin AS version, {} FROM {} WHERE {} = {} AND {} FOR NO KEY UPDATE").format(
+        sql.SQL(", ").join(column(Slot, name) for name in returning), table(Slot), column(Slot, "id"), slot, lock_before
+    )

@@ -65,11 +65,6 @@ class Slot(models.Model):
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.AVAILABLE)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
-    # Annotated by the booking's lock (slots.services.bookings.SlotBookings.lock_target), not columns.
-    guest_active: int
-    guest_with_host: int
-    guest_clash: dict | None  # the guest's first active booking overlapping the slot: {id, start, end}
-    overdue_seats: int
 
     class Meta:
         ordering = ["start", "id"]

@@ -7,11 +7,13 @@ bookings: at most ``SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST``, one per host) and its
 the slot: its ``booked`` counter, moved by one ``UPDATE`` under that lock); the slot's host may cancel
 its bookings; a guest's cancellation window; a reschedule; and the slots' errors.
 
-The write path is lean (``SlotBookings``; ADR 0007, the slots): a booking, a confirm, a cancel is
-BEGIN, one statement that takes the locks, one that checks and writes, COMMIT. A transition finds
-the booking's guest and slot through the booking's row in its lock statement; a reschedule reads
-them first without a lock (``_peek``). Both are safe because a booking never changes its guest or
-its slot.
+The write path is lean: a booking is one statement in autocommit (``bookings.SlotBookings``,
+docs/decisions/0022-one-statement-holds.md), and so are a confirm, a cancel and an expiry
+(``lifecycle.SlotBookingLifecycle``, ADR 0023); an appointment and a reschedule are transactions
+(``appointments``, ``reschedule``). A transition finds the booking's guest and slot through the booking's
+row in its statement; a reschedule reads them first without a lock (``_peek``). Both are safe because a
+booking never changes its guest or its slot. Every write that raises what a booking reads of its guest
+moves the guest's claim sequence (``lifecycle.guest_moved``).
 
 PostgreSQL backstops, so that a bug here cannot corrupt data: ``slot_booked_within_capacity``
 (check constraint on the counter), ``slot_no_overlap_per_host`` and ``slot_buffer_before_per_host``

@@ -8,28 +8,27 @@ from datetime import datetime, timedelta
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError
-from django.db.models import JSONField, QuerySet
+from django.db.models import IntegerField, JSONField, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import JSONObject
 from psycopg import sql
 
-from core import locking
+from core import locking, statements
 from core.errors import NotFound
 from core.organisations import access
 from slots import locks, selectors
 from slots.availability import MAX_BUFFER_MINUTES
 from slots.models import Availability, Slot, SlotBooking
-from slots.services.bookings import (
+from slots.services.lifecycle import (
     _CREATED_EVENT,
-    SLOT_BOOKINGS,
     SlotBookingLifecycle,
     _backstop_refusal,
     _check_guest_limits,
     _check_no_clash,
-    _clash,
-    _count,
     _event_params,
     _slot_statement,
     _written,
+    guest_moved,
 )
 from slots.services.rules import (
     OutsideAvailability,
@@ -179,15 +178,15 @@ def _hours_and_rules(host_id: int, ask: AppointmentRequest, *, now: datetime) ->
     """The host's hours (None: they have none), annotated with all an appointment's rules read, in one statement
     after the guest's and the host's locks, so by a snapshot that sees every booking those locks serialize:
     the guest's active bookings (``guest_active``), those with the host (``guest_with_host``), the first one
-    overlapping the interval (``guest_clash``), each but the booking a reschedule moves (``BOOK``'s
-    ``limits`` and ``clash``); and near the interval what takes the host's time (``host_time``:
-    ``selectors.taking_time``) and the overdue holds on their appointments (``overdue_appointments``). Near:
-    within the longest buffer a host may have, as theirs is read by the same statement; the caller narrows."""
+    overlapping the interval (``guest_clash``), each but the booking a reschedule moves; and near the
+    interval what takes the host's time (``host_time``: ``selectors.taking_time``) and the overdue holds on
+    their appointments (``overdue_appointments``). Near: within the longest buffer a host may have, as theirs
+    is read by the same statement; the caller narrows."""
     reach = timedelta(minutes=MAX_BUFFER_MINUTES)
     begins, ends = ask.start - reach, ask.end + reach
     moving = ask.rescheduled_from.pk if ask.rescheduled_from else 0
     active = SlotBooking.objects.active(now=now).filter(guest=ask.guest.pk).exclude(pk=moving)
-    counted = SlotBooking.objects.filter(SLOT_BOOKINGS.cap.counts.q(SlotBooking, now=now), guest=ask.guest.pk)
+    counted = SlotBooking.objects.filter(SlotBookingLifecycle.cap.counts.q(SlotBooking, now=now), guest=ask.guest.pk)
     annotations = {  # Availability declares them, for their types: a dict keeps django-stubs from redefining them
         "guest_active": _count(counted.exclude(pk=moving)),
         "guest_with_host": _count(active.filter(slot__host_id=host_id)),
@@ -196,6 +195,20 @@ def _hours_and_rules(host_id: int, ask: AppointmentRequest, *, now: datetime) ->
         "overdue_appointments": _json_rows(_overdue_spans(host_id, begins, ends, now=now), width=6),
     }
     return Availability.objects.filter(host_id=host_id).annotate(**annotations).first()
+
+
+class _Count(Subquery):
+    template, output_field = "(SELECT count(*) FROM (%(subquery)s) _rows)", IntegerField()
+
+
+def _count(rows) -> _Count:
+    return _Count(rows.order_by().values("pk"))
+
+
+def _clash(rows) -> Subquery:
+    """The first of ``rows`` (a guest's active bookings overlapping a time) as ``{id, start, end}``, or None."""
+    first = rows.order_by("start").values(json=JSONObject(id="pk", start="start", end="end"))[:1]
+    return Subquery(first, output_field=JSONField())
 
 
 def _json_rows(rows: QuerySet, *, width: int) -> RawSQL:
@@ -222,6 +235,8 @@ def _spans(rows: list[list], *, keys: int = 1) -> list[tuple]:
 # The appointment's slot, its booking and the CREATED event, in one statement (the booking reads the slot's
 # RETURNING, so it is written after it). ``slot_no_overlap_per_host``, ``slot_buffer_before_per_host`` and
 # ``slotbooking_guest_no_overlap`` are the backstops: each refuses the statement, and the caller counts it.
+# ``guest_moved`` moves the guest's claim sequence (the guest's lock is held: ``lock_users``), so a slot
+# booking of the guest in one statement sees that its snapshot predates this one.
 APPOINTMENT = _slot_statement(
     """
 WITH slot AS (
@@ -239,12 +254,14 @@ WITH slot AS (
     FROM slot
     RETURNING id
 ), created_event AS ({created_event}
+), guest_moved AS ({guest_moved}
 )
 SELECT (SELECT id FROM slot), (SELECT id FROM created)
 """,
     appointment=sql.Literal(Slot.Kind.APPOINTMENT),
     available=sql.Literal(Slot.Status.AVAILABLE),
     created_event=_CREATED_EVENT,
+    guest_moved=guest_moved(statements.P("guest"), when="created"),
 )
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from psycopg import sql
 
-from core import locking, statements
+from core import claims, locking, statements
 from core.audit import services as audit
 from core.engine import EXPIRY_ACTOR
 from core.errors import HoldExpired, InvalidStateTransition, NotFound, ValidationFailed
@@ -20,13 +20,11 @@ from core.policy import RESCHEDULE
 from slots import locks
 from slots.models import Slot, SlotBooking
 from slots.services.appointments import APPOINTMENTS, AppointmentRequest, AppointmentTarget
-from slots.services.bookings import (
+from slots.services.bookings import SLOT_BOOKINGS
+from slots.services.lifecycle import (
     _B,
-    _CLASH,
-    _EXPIRE_OVERDUE,
-    _WITH_HOST,
+    _NAMES,
     GIVE_BACK,
-    SLOT_BOOKINGS,
     Status_,
     _backstop_refusal,
     _booking_event,
@@ -36,12 +34,47 @@ from slots.services.bookings import (
     _check_no_clash,
     _event_params,
     _guest_only,
-    _peek,
     _slot_statement,
     _written,
+    expire_overdue,
+    guest_moved,
 )
 from slots.services.rules import SlotFull, Status
 from web.accounts.models import User
+
+
+class _Peek(TypedDict):
+    guest_id: int
+    slot_id: int
+
+
+def _peek(booking_id: int) -> _Peek:
+    """A booking's ``guest_id`` and ``slot_id``, read without a lock: a booking never changes either,
+    so the read stays true while the caller takes its locks in order."""
+    peek = SlotBooking.objects.filter(pk=booking_id).values("guest_id", "slot_id").first()
+    if peek is None:
+        raise NotFound(f"Booking {booking_id} does not exist.")
+    return peek
+
+
+# What a reschedule's lock statement reads of the booking (``c``) after the guest's lock: the guest's other
+# active bookings with the new slot's host (``%(host)s``) at ``%(now)s`` (``one_per_host``).
+_WITH_HOST = locking.Reads(
+    with_host=sql.SQL(
+        "(SELECT count(*) FROM {b_table} b JOIN {s_table} s ON s.id = b.{b_slot} "
+        "WHERE b.{b_guest} = c.{b_guest} AND b.id <> c.id AND s.{s_host} = %(host)s AND {active})"
+    ).format(**_NAMES, active=claims.ACTIVE.sql(_B, "b"))
+)
+
+
+# The guest's first active booking overlapping %(start)s to %(end)s, but %(booking)s (a reschedule's own): read
+# after the guest's lock, so it is the truth (ADR 0014). On the guest's bookings, which are few.
+_CLASH = sql.SQL("""clash AS (
+    SELECT b.id, b.{b_start} AS start, b.{b_end} AS "end" FROM {b_table} b
+    WHERE b.{b_guest} = %(guest)s AND b.id <> %(booking)s AND {active}
+      AND b.{b_start} < %(end)s AND b.{b_end} > %(start)s
+    ORDER BY b.{b_start} LIMIT 1
+)""").format(**_NAMES, active=claims.ACTIVE.sql(_B, "b"))
 
 
 def appointment_reschedule(
@@ -197,11 +230,12 @@ def _move(booking: SlotBooking, *, old_slot: Slot, new_slot: Slot, user: User, n
     )
 
 
-# The move after every lock (``_move``): like ``BOOK``, one snapshot taken once the locks are held,
+# The move after every lock (``_move``): one snapshot taken once the locks are held,
 # ``slot`` the new slot. ``overdue`` expires its overdue holds; ``free`` judges its seats; ``moving`` is the seats
 # that move (none when they do not fit: the caller then rolls everything back); ``taken`` moves both
-# counters in one UPDATE (the backstop as in BOOK); ``cancelled`` ends the old booking, ``created``
-# inserts the new one, ``rescheduled_event`` and ``created_event`` record RESCHEDULED and CREATED.
+# counters in one UPDATE (the backstop as in the booking's statement); ``cancelled`` ends the old booking, ``created``
+# inserts the new one, ``rescheduled_event`` and ``created_event`` record RESCHEDULED and CREATED, and
+# ``guest_moved`` moves the guest's claim sequence (the guest's lock is held: ``lock_slots(owner=…)``).
 MOVE = _slot_statement(
     """
 WITH {expire_overdue}, {clash}, seats AS (
@@ -230,12 +264,14 @@ WITH {expire_overdue}, {clash}, seats AS (
     RETURNING id
 ), rescheduled_event AS ({rescheduled_event}
 ), created_event AS ({created_event}
+), guest_moved AS ({guest_moved}
 )
 SELECT freed.holds, seats.remaining, clash.id, clash.start, clash."end", (SELECT id FROM created)
 FROM freed, seats LEFT JOIN clash ON true
 """,
-    expire_overdue=_EXPIRE_OVERDUE,
+    expire_overdue=expire_overdue(sql.SQL("true")),
     clash=_CLASH,
+    guest_moved=guest_moved(statements.P("guest"), when="created"),
     appointment=sql.Literal(Slot.Kind.APPOINTMENT),
     slot_cancelled=sql.Literal(Slot.Status.CANCELLED),
     cancelled=sql.Literal(Status_.CANCELLED),

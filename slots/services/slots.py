@@ -18,7 +18,8 @@ from slots import locks
 from slots.availability import AvailabilityFields, document_of
 from slots.models import Availability, Slot, SlotBooking
 from slots.services.appointments import _expire_overdue_appointments
-from slots.services.bookings import SLOT_BOOKINGS, _constraint_of
+from slots.services.bookings import SLOT_BOOKINGS
+from slots.services.lifecycle import _constraint_of
 from slots.services.rules import (
     HOST_NO_OVERLAP,
     MAX_CAPACITY,

@@ -96,11 +96,11 @@ def test_the_cap_is_one_declaration_read_by_the_statement_the_admin_and_the_refu
     """``Cap.counts`` is what the hold's statement counts, what the admin says and what the refusal says."""
     from core.errors import LimitReached
     from slots.models import SlotBooking
-    from slots.services.bookings import BOOK, SLOT_BOOKINGS
+    from slots.services.bookings import SLOT_BOOKINGS, book_statement
 
     cap = SLOT_BOOKINGS.cap
     assert cap.counts is claims.ACTIVE
-    assert cap.counted(SlotBooking, "b").as_string(None) in BOOK.text
+    assert cap.counted(SlotBooking, "b").as_string(None) in book_statement().text
     assert cap.counts.words in cap.describe()
     with pytest.raises(LimitReached) as refused:
         cap.check(count=5, asked=1, limit=5)

@@ -1,16 +1,21 @@
 import json
+import threading
 from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from psycopg import sql
 
 from core.audit.models import AuditEvent
 from core.metrics import CONSTRAINT_BACKSTOPS
+from core.statements import table
 from slots import locks
 from slots.api.serializers import SlotBookingIn
 from slots.models import Slot, SlotBooking
+from tests.concurrency import run_concurrently, wait_until_sleeping
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 
@@ -402,20 +407,28 @@ def test_booking_a_full_slot_is_409(api):
 @pytest.mark.django_db(transaction=True)  # the booking's transaction is the outermost one, or under a key nested
 @pytest.mark.parametrize("headers", [{}, {"HTTP_IDEMPOTENCY_KEY": "backstop-1"}])
 def test_a_booking_only_the_constraint_refuses_is_a_clean_409_and_counted(api, monkeypatch, headers):
+    """The slot's lock replaced by a read from the booking's snapshot (as if it had not serialized the seats),
+    and another booking of the slot committed after that snapshot: the counter's ``UPDATE`` re-reads the row
+    and only ``slot_booked_within_capacity`` refuses it."""
     slot = SlotFactory(capacity=1)
-    SlotBookingFactory(slot=slot)
-    lock_slots = locks.lock_slots
 
-    def a_stale_counter(slot_ids, **kwargs):  # as if the lock had not serialized the seats
-        slots = lock_slots(slot_ids, **kwargs)
-        for locked in slots.values():
-            locked.booked = 0
-        return slots
+    def a_stale_counter(slot_id, *, lock_before, returning):
+        return sql.SQL(
+            "SELECT xmin AS version, {} FROM {} WHERE id = {} AND {} AND (SELECT true FROM pg_sleep(0.5))"
+        ).format(sql.SQL(", ").join(map(sql.Identifier, returning)), table(Slot), slot_id, lock_before)
 
-    monkeypatch.setattr(locks, "lock_slots", a_stale_counter)
+    def another_booking_meanwhile():
+        wait_until_sleeping()
+        with transaction.atomic():
+            SlotBookingFactory(slot=slot)
+
+    monkeypatch.setattr(locks, "slot_claim_lock_sql", a_stale_counter)
+    other = threading.Thread(target=lambda: run_concurrently([another_booking_meanwhile]))
+    other.start()
     before = CONSTRAINT_BACKSTOPS.labels("slot_booked_within_capacity")._value.get()
 
     response = api.post("/api/bookings", {"slotId": slot.pk}, **headers)
+    other.join()
 
     assert response.status_code == 409, response.content
     assert error_code(response) == "slot_full"

@@ -23,10 +23,16 @@ from core.statements import table
 from slots import locks
 from slots.availability import availability_clean
 from slots.models import Slot, SlotBooking
-from slots.services import appointments, bookings, rules
+from slots.services import appointments, bookings, lifecycle, rules
 from slots.services import reschedule as slots_reschedule
 from slots.services import slots as slots_slots
-from tests.concurrency import deadlocks_found_sooner, run_concurrently
+from tests.concurrency import (
+    behind_an_open_hold,
+    deadlocks_found_sooner,
+    run_concurrently,
+    unlocked,
+    wait_until_sleeping,
+)
 from tests.factories import UserFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory, morning
 from web.accounts.models import User
@@ -63,13 +69,18 @@ def wait_for_everyone(barrier: threading.Barrier) -> None:
         barrier.wait()
 
 
-def read_user(user: sql.Composable) -> sql.Composable:
-    """``locking.user_lock_sql`` without the lock: the user's row read."""
-    return sql.SQL("EXISTS (SELECT FROM {} WHERE id = {})").format(table(User), user)
+def unlocked_slot(slot, *, lock_before, returning):
+    """``locks.slot_claim_lock_sql`` without the lock: the slot read from the booking's snapshot after a second,
+    so that every racer's snapshot is taken before any of them commits (the race, every time)."""
+    return sql.SQL(
+        "SELECT xmin AS version, {} FROM {} WHERE id = {} AND {} AND (SELECT 1 FROM pg_sleep(1.0)) = 1"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, returning)), table(Slot), slot, lock_before)
 
 
 def remove_slot_lock(monkeypatch, racers: int) -> None:
-    """The slots are read, not locked; every racer reads the seat counter before any of them takes seats."""
+    """The slots are read, not locked: a booking's by ``unlocked_slot``, a reschedule's by ``lock_slots`` in a
+    transaction of its own; the ``racers`` reschedules all read the seat counter before any of them takes
+    seats."""
     everyone_has_read = threading.Barrier(racers, timeout=10)
 
     lock_slots = locks.lock_slots
@@ -84,22 +95,13 @@ def remove_slot_lock(monkeypatch, racers: int) -> None:
         return slots
 
     monkeypatch.setattr(locks, "lock_slots", unlocked)
+    monkeypatch.setattr(locks, "slot_claim_lock_sql", unlocked_slot)
 
 
-def remove_guest_lock(monkeypatch, racers: int) -> None:
-    """The guest is read, not locked; every racer counts the guest's bookings and inserts its own before
-    any of them commits (a booking counts and inserts in one statement, after its locks)."""
-    everyone_has_inserted = threading.Barrier(racers, timeout=10)
-    create = bookings.SLOT_BOOKINGS.create
-
-    def inserted(*args, **kwargs):
-        booking = create(*args, **kwargs)
-        wait_for_everyone(everyone_has_inserted)
-        return booking
-
-    monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
-    monkeypatch.setattr(locking, "user_lock_sql", read_user)
-    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", inserted)
+def remove_guest_lock(monkeypatch) -> None:
+    """The guest is read, not locked, by every racer's snapshot before any of them commits: each counts the
+    guest's bookings without the others' (``tests.concurrency.unlocked``)."""
+    monkeypatch.setattr(locking, "claim_lock_sql", unlocked(User, pause=1.0))
 
 
 def remove_host_lock(monkeypatch, racers: int) -> None:
@@ -159,7 +161,7 @@ def test_ten_users_on_a_capacity_one_slot_get_one():
 
 @pytest.mark.parametrize(("capacity", "guests"), [(3, 12), (1, 10)])
 def test_control_without_the_slot_lock_only_the_check_constraint_stops_overbooking(monkeypatch, capacity, guests):
-    remove_slot_lock(monkeypatch, racers=guests)
+    remove_slot_lock(monkeypatch, racers=1)
     before = backstops("slot_booked_within_capacity")
 
     _, results = race_for_seats(capacity=capacity, guests=guests)
@@ -188,7 +190,7 @@ def test_one_guest_booking_eight_hosts_at_once_gets_exactly_five():
 
 
 def test_control_without_the_guest_lock_the_limit_of_five_breaks(monkeypatch):
-    remove_guest_lock(monkeypatch, racers=8)
+    remove_guest_lock(monkeypatch)
 
     guest, _ = race_one_guest_over_eight_hosts()
 
@@ -270,7 +272,7 @@ def test_a_reschedule_racing_bookings_of_its_target_never_overbooks():
 
 
 def test_control_without_the_slot_lock_the_reschedule_race_reaches_the_backstop(monkeypatch):
-    remove_slot_lock(monkeypatch, racers=5)
+    remove_slot_lock(monkeypatch, racers=1)
     before = backstops("slot_booked_within_capacity")
 
     _, target, _ = race_reschedule_against_bookers(bookers=4)
@@ -331,19 +333,21 @@ def guest_op(operation: str, booking: SlotBooking):
     return lambda: bookings.slot_booking_cancel(booking_id=booking.pk, user=booking.guest, now=timezone.now())
 
 
-def pause_after(monkeypatch, owner, name: str, *, then_set: threading.Event, before: threading.Event | None = None):
-    """Patch ``owner.<name>`` so the thread that reaches it (holding its locks) signals ``then_set``,
-    waits for ``before`` (when given) and for ``WINDOW`` so the other thread runs into its next lock."""
-    real = getattr(owner, name)
+def pause_in_the_booking(monkeypatch, *, then_set: threading.Event, seconds: float) -> None:
+    """A booking is one statement: make it signal ``then_set`` as it starts, and sleep ``seconds`` once its
+    locks are held (in its freshness check, judged after them), so the other thread runs into its next lock
+    meanwhile. Its statement is composed afresh for this test (it is cached by the seam)."""
+    fresh, decide = locking.fresh_sql, bookings.SLOT_BOOKINGS.decide
 
-    def paused(*args, **kwargs):
+    def slow_fresh(seen, locked):
+        return sql.SQL("((SELECT true FROM pg_sleep({})) AND {})").format(sql.Literal(seconds), fresh(seen, locked))
+
+    def signalled(*args, **kwargs):
         then_set.set()
-        if before is not None:
-            before.wait(10)
-        time.sleep(WINDOW)
-        return real(*args, **kwargs)
+        return decide(*args, **kwargs)
 
-    monkeypatch.setattr(owner, name, paused)
+    monkeypatch.setattr(locking, "fresh_sql", slow_fresh)
+    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "decide", signalled)
 
 
 def pause_in_the_statement(monkeypatch, lifecycle, *, then_set: threading.Event, seconds: float) -> None:
@@ -371,20 +375,26 @@ def test_a_guest_confirming_or_cancelling_while_booking_the_same_slot_does_not_d
     """The guest's new booking holds the guest's row and waits for the slot; the confirm or cancel holds
     the slot and inserts an audit event naming the guest as its actor, which takes FOR KEY SHARE on the
     guest's row. With FOR UPDATE on that row the two waited for each other; FOR NO KEY UPDATE lets the
-    audit insert through. Both orders of arrival."""
+    audit insert through. Both orders of arrival.
+
+    Since the booking is one statement (docs/decisions/0022-one-statement-holds.md) a booking refused by its
+    snapshot takes no lock, and the guest's booking of the slot of their own active booking is always refused
+    so (one per host): the new booking no longer holds the guest's row here, in either order; the test pins
+    that neither order deadlocks or errs, and the operation wins."""
     slot = SlotFactory(capacity=3, start=timezone.now() + timedelta(days=3))
     status = "PENDING" if operation == "confirm" else "CONFIRMED"
     booking = SlotBookingFactory(slot=slot, status=status)
-    holds_locks, other_started = threading.Event(), threading.Event()
+    holds_locks = threading.Event()
     if first == "the_booking_op":  # it holds the slot (and booking) when the new booking comes
         pause_in_the_statement(monkeypatch, bookings.SLOT_BOOKINGS, then_set=holds_locks, seconds=WINDOW)
     else:  # the new booking holds the guest and the slot when the confirm or cancel comes
-        pause_after(monkeypatch, bookings, "_check_guest_limits", then_set=holds_locks, before=other_started)
+        pause_in_the_booking(monkeypatch, then_set=holds_locks, seconds=WINDOW)
 
     def second(function):
         def run():
             holds_locks.wait(10)
-            other_started.set()
+            if first == "the_booking_op":
+                wait_until_sleeping()  # the first holds its locks
             return function()
 
         return run
@@ -444,10 +454,10 @@ def test_a_confirm_that_waited_for_the_slot_past_the_expiry_expires_the_hold_ins
     assert_counters_match_bookings()
 
 
-def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized_by_the_guest_lock(monkeypatch):
+def a_confirm_in_flight_and_a_new_booking_with_the_same_host(monkeypatch):
     """The confirm holds its locks before the hold lapses and commits after; a new booking of the guest
-    with the same host, made after the expiry, waits for the guest's row and then sees the confirmed
-    booking (one per host). Without the guest lock in the confirm both committed."""
+    with the same host, made after the expiry (its snapshot, taken before the confirm commits, sees the hold
+    lapsed), waits for the guest's row. Returns the guest, the confirm's result and the booking's."""
     host = HostFactory()
     held, other = SlotFactory(host=host, capacity=2), SlotFactory(host=host, capacity=2)
     guest = UserFactory()
@@ -464,10 +474,76 @@ def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized
 
     confirm = lambda: bookings.slot_booking_confirm(booking_id=hold.pk, user=guest, now=timezone.now())  # noqa: E731
     confirmed, booked = run_concurrently([confirm, book_the_same_host_after_the_expiry])
+    return guest, confirmed, booked
+
+
+def test_a_confirm_in_flight_and_a_new_booking_with_the_same_host_are_serialized_by_the_guest_lock(monkeypatch):
+    """The booking sees that the confirm moved the guest's claim sequence after its snapshot, and decides
+    again in a transaction, by a snapshot that sees the confirmed booking (one per host)."""
+    guest, confirmed, booked = a_confirm_in_flight_and_a_new_booking_with_the_same_host(monkeypatch)
 
     assert isinstance(confirmed, SlotBooking) and confirmed.status == "CONFIRMED", confirmed
     assert isinstance(booked, errors.LimitReached), booked
     assert SlotBooking.objects.filter(guest=guest, status__in=["PENDING", "CONFIRMED"]).count() == 1
+    assert_counters_match_bookings()
+
+
+def test_control_without_the_confirms_move_the_new_booking_trusts_its_stale_snapshot(monkeypatch):
+    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "along", lambda to_state: lifecycle._GIVE_BACK_ALONG)
+
+    guest, confirmed, booked = a_confirm_in_flight_and_a_new_booking_with_the_same_host(monkeypatch)
+
+    assert isinstance(confirmed, SlotBooking) and isinstance(booked, SlotBooking), (confirmed, booked)
+    assert SlotBooking.objects.filter(guest=guest, status__in=["PENDING", "CONFIRMED"]).count() == 2
+
+
+# --- a booking that waited for a lock while another committed under it (docs/decisions/0022) ---------
+
+
+def guest_with_bookings(count: int) -> User:
+    guest = UserFactory()
+    for _ in range(count):
+        SlotBookingFactory(guest=guest)
+    return guest
+
+
+def test_a_booking_that_waited_for_the_guests_lock_counts_the_booking_committed_meanwhile():
+    """The waiter's snapshot predates the first booking's commit, so its count of the guest's bookings is
+    stale (four, not five): it sees so (the guest's claim sequence moved since its snapshot), writes nothing,
+    and decides in a transaction: BEGIN, the statement again, ROLLBACK (the refusal). 4 round trips."""
+    guest = guest_with_bookings(4)
+
+    first, second, trips = behind_an_open_hold(booker(SlotFactory().pk, guest), booker(SlotFactory().pk, guest))
+
+    assert isinstance(first, SlotBooking), first
+    assert isinstance(second, errors.LimitReached), second
+    assert SlotBooking.objects.filter(guest=guest).blocking().count() == 5
+    sent = [s for s in trips.statements if "BEGIN" in s or "ROLLBACK" in s]
+    assert trips.count == 4 and len(sent) == 2 and "BEGIN" in sent[0] and "ROLLBACK" in sent[1], trips.statements
+
+
+def test_control_without_the_detection_the_waiter_breaks_the_cap(monkeypatch):
+    monkeypatch.setattr(locking, "fresh_sql", lambda seen, locked: sql.SQL("true"))
+    guest = guest_with_bookings(4)
+
+    first, second, _ = behind_an_open_hold(booker(SlotFactory().pk, guest), booker(SlotFactory().pk, guest))
+
+    assert isinstance(first, SlotBooking) and isinstance(second, SlotBooking), (first, second)
+    assert SlotBooking.objects.filter(guest=guest).blocking().count() == 6
+
+
+def test_a_booking_that_waited_for_the_slots_lock_is_refused_by_its_newest_counter():
+    """The slot's seats need no second statement: the slot's lock returns its newest row, so a booking that
+    waited for it judges the seats by the counter the first booking moved (1 round trip, no backstop)."""
+    slot = SlotFactory(capacity=1)
+    before = backstops("slot_booked_within_capacity")
+
+    first, second, trips = behind_an_open_hold(booker(slot.pk, UserFactory()), booker(slot.pk, UserFactory()))
+
+    assert isinstance(first, SlotBooking), first
+    assert isinstance(second, rules.SlotFull), second
+    assert trips.count == 1, trips.statements
+    assert backstops("slot_booked_within_capacity") == before
     assert_counters_match_bookings()
 
 
@@ -487,29 +563,6 @@ def race_one_guest_over_overlapping_slots(count: int = 50):
     guest = UserFactory()
     results = run_concurrently([booker(slot.pk, guest) for slot in pairwise_overlapping_slots(count)])
     return guest, results
-
-
-def remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers: int) -> None:
-    """The guest is read, not locked. One racer books and keeps its transaction open; the others check
-    the guest's bookings and insert meanwhile, so none of them sees its booking (a booking checks and
-    inserts in one statement, after its locks). Then it commits."""
-    everyone_has_read = threading.Barrier(racers, timeout=10)
-    create = bookings.SLOT_BOOKINGS.create
-
-    def racing(*args, **kwargs):
-        first = False
-        with contextlib.suppress(threading.BrokenBarrierError):
-            first = everyone_has_read.wait() == 0
-        if not first:
-            time.sleep(WINDOW)  # the first has inserted its booking by now
-        booking = create(*args, **kwargs)
-        if first:
-            time.sleep(3 * WINDOW)  # the others check and insert before it commits
-        return booking
-
-    monkeypatch.setattr(locking, "lock_user", lambda user_id: User.objects.get(pk=user_id))
-    monkeypatch.setattr(locking, "user_lock_sql", read_user)
-    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", racing)
 
 
 def assert_no_guest_in_two_places() -> None:
@@ -533,7 +586,8 @@ def test_fifty_pairwise_overlapping_bookings_of_one_guest_across_fifty_hosts_giv
 
 
 def test_control_without_the_guest_lock_only_the_exclusion_constraint_keeps_the_guest_in_one_place(monkeypatch):
-    remove_guest_lock_while_the_first_booking_is_uncommitted(monkeypatch, racers=50)
+    remove_guest_lock(monkeypatch)  # every racer checks the guest's bookings and inserts before any commits
+    deadlocks_found_sooner(monkeypatch)  # their inserts wait on each other: 1 s per cycle PostgreSQL breaks
     before = backstops(rules.GUEST_NO_OVERLAP)
 
     guest, results = race_one_guest_over_overlapping_slots(50)
@@ -676,29 +730,39 @@ def a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time():
     return [booker(slot.pk, guest), interval_booker(host, guest, slot.start)]
 
 
-def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch) -> None:
-    """The guest is read, not locked, on both paths (the slot booking's ``user_lock_sql``, the interval's
+def lingering(function, *, before: threading.Barrier | None = None):
+    """``function`` (a booking) in a transaction kept open a moment after it: its locks held, its booking
+    uncommitted, while another racer goes on (after ``before``, when given)."""
+
+    def run():
+        with transaction.atomic():
+            if before is not None:
+                wait_for_everyone(before)
+            result = function()
+            time.sleep(3 * WINDOW)
+        return result
+
+    return run
+
+
+def remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch, racers: list) -> list:
+    """The guest is read, not locked, on both paths (the slot booking's ``claim_lock_sql``, the interval's
     ``lock_users``). The slot booking inserts and keeps its transaction open; the interval booking checks
     the guest's bookings meanwhile (it sees nothing: the other is uncommitted) and inserts. Then the slot
-    booking commits."""
-    both_locked = threading.Barrier(2, timeout=10)
-    create, check_target = bookings.SLOT_BOOKINGS.create, appointments.APPOINTMENTS.check_target
-
-    def slot_booking_first(*args, **kwargs):
-        wait_for_everyone(both_locked)
-        booking = create(*args, **kwargs)
-        time.sleep(3 * WINDOW)  # the interval booking checks and inserts before this commits
-        return booking
+    booking commits. Returns the racers to run."""
+    both_started = threading.Barrier(2, timeout=10)
+    check_target = appointments.APPOINTMENTS.check_target
 
     def interval_checks_after_it(*args, **kwargs):
-        wait_for_everyone(both_locked)
+        wait_for_everyone(both_started)
         time.sleep(WINDOW)  # the slot booking has inserted by now
         return check_target(*args, **kwargs)
 
-    monkeypatch.setattr(locking, "user_lock_sql", read_user)
+    monkeypatch.setattr(locking, "claim_lock_sql", unlocked(User, pause=0))
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
-    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", slot_booking_first)
     monkeypatch.setattr(appointments.APPOINTMENTS, "check_target", interval_checks_after_it)
+    slot_booking, interval_booking = racers
+    return [lingering(slot_booking, before=both_started), interval_booking]
 
 
 def test_a_slot_booking_racing_an_interval_booking_of_the_same_guest_at_the_same_time_gives_one():
@@ -714,12 +778,12 @@ def test_a_slot_booking_racing_an_interval_booking_of_the_same_guest_at_the_same
 
 
 def test_control_without_the_guests_lock_the_slot_and_interval_race_reaches_the_guests_backstop(monkeypatch):
-    remove_the_guests_lock_while_the_slot_booking_is_uncommitted(monkeypatch)
+    racers = remove_the_guests_lock_while_the_slot_booking_is_uncommitted(
+        monkeypatch, a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time()
+    )
     before = backstops(rules.GUEST_NO_OVERLAP)
 
-    slot_booking, interval_booking = run_concurrently(
-        a_slot_booking_and_an_interval_booking_of_one_guest_at_the_same_time()
-    )
+    slot_booking, interval_booking = run_concurrently(racers)
 
     # The interval's check passed (it could not see the slot booking); only the constraint refused it.
     assert isinstance(slot_booking, SlotBooking)
@@ -736,20 +800,19 @@ def a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypat
     [host], guest = working_hosts(1), UserFactory()
     slot = pairwise_overlapping_slots(1)[0]
     inserted = threading.Event()
-    create = bookings.SLOT_BOOKINGS.create
 
-    def create_then_linger(*args, **kwargs):
-        booking = create(*args, **kwargs)
-        inserted.set()
-        time.sleep(3 * WINDOW)  # the guest's booking asks for the host meanwhile
+    def book_then_linger():
+        with transaction.atomic():  # the booking's statement in it: its locks held to the commit
+            booking = booker(slot.pk, host)()
+            inserted.set()
+            time.sleep(3 * WINDOW)  # the guest's booking asks for the host meanwhile
         return booking
 
     def guest_books_the_host():
         inserted.wait(10)
         return interval_booker(host, guest, slot.start)()
 
-    monkeypatch.setattr(bookings.SLOT_BOOKINGS, "create", create_then_linger)
-    return host, guest, [booker(slot.pk, host), guest_books_the_host]
+    return host, guest, [book_then_linger, guest_books_the_host]
 
 
 def test_a_guest_booking_a_host_who_is_booking_elsewhere_then_waits_for_the_host_and_is_refused(monkeypatch):
@@ -764,7 +827,7 @@ def test_a_guest_booking_a_host_who_is_booking_elsewhere_then_waits_for_the_host
 
 def test_control_without_the_hosts_lock_the_host_is_booked_in_two_places_and_nothing_backstops_it(monkeypatch):
     host, guest, racers = a_hosts_booking_as_a_guest_in_flight_and_a_guest_booking_them_then(monkeypatch)
-    monkeypatch.setattr(locking, "user_lock_sql", read_user)
+    monkeypatch.setattr(locking, "claim_lock_sql", unlocked(User, pause=0))
     monkeypatch.setattr(locking, "lock_users", lambda ids: {u.pk: u for u in User.objects.filter(pk__in=ids)})
 
     as_guest, as_host = run_concurrently(racers)
