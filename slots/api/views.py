@@ -381,8 +381,7 @@ class MyAvailability(APIView):
     @extend_schema(responses={200: AvailabilityOut, **errors(rules.NotAHost)})
     def get(self, request):
         host = request_user(request)
-        if not host.is_host:
-            raise rules.NotAHost("Only hosts have availability.")
+        rules.require_host(host)
         return Response(_availability_out(host))
 
     @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(rules.NotAHost)})
