@@ -46,7 +46,7 @@ def counted_cursor(cursor_class: type, alias: str, vendor: str) -> type:
         finally:
             duration.observe(default_timer() - started)
 
-    class CountedCursor(cursor_class):  # type: ignore[valid-type,misc]  # a class made per backend
+    class CountedCursor(cursor_class):  # a class made per backend, over the cursor it is given
         def execute(self, *args, **kwargs):
             return counted(1, False, lambda: super(CountedCursor, self).execute(*args, **kwargs))
 
