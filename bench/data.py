@@ -208,7 +208,7 @@ def busy_host(*, days: int) -> tuple[User, date]:
             FROM numbered JOIN slots_slot s ON s.id = numbered.id WHERE n %% 4 = 1),
         booked AS (
             INSERT INTO slots_slotbooking (slot_id, guest_id, start, "end", seats, status, reason, metadata,
-                                           request_id, created_at, updated_at)
+                                           idempotency_key, created_at, updated_at)
             SELECT slot_id, guest_id, start, "end", 1, 'CONFIRMED', '', '{}', '', now(), now() FROM booking
             RETURNING slot_id)
         UPDATE slots_slot SET booked = 1 WHERE id IN (SELECT slot_id FROM booked)
@@ -258,7 +258,8 @@ def overdue_holds(count: int, *, buyers: list[User]) -> dict[str, int]:
 def _overdue_car_holds(car_ids: list[int], *, buyer_ids: list[int], created: datetime, expires: datetime) -> None:
     _rows(
         """
-        INSERT INTO reservations_reservation (car_id, buyer_id, state, expires_at, request_id, created_at, updated_at)
+        INSERT INTO reservations_reservation (car_id, buyer_id, state, expires_at, idempotency_key, created_at,
+                                              updated_at)
         SELECT car_id, (%(buyers)s::bigint[])[1 + (n - 1) %% %(buyer_count)s], 'HELD', %(expires)s, '',
                %(created)s, %(created)s
         FROM unnest(%(cars)s::bigint[]) WITH ORDINALITY AS c(car_id, n)
@@ -281,7 +282,7 @@ def _overdue_seat_holds(event: Event, *, buyer_ids: list[int], created: datetime
     }
     _rows(
         """
-        INSERT INTO events_seatholdgroup (id, event_id, user_id, state, seat_count, expires_at, request_id,
+        INSERT INTO events_seatholdgroup (id, event_id, user_id, state, seat_count, expires_at, idempotency_key,
                                           created_at, updated_at)
         SELECT md5(%(tag)s || g)::uuid, %(event)s, (%(buyers)s::bigint[])[1 + g %% %(buyer_count)s], 'HELD', 2,
                %(expires)s, '', %(created)s, %(created)s
@@ -321,7 +322,7 @@ def _overdue_slot_holds(count: int, *, created: datetime, expires: datetime) -> 
             ORDER BY h.n, g.n LIMIT %(count)s),
         booked AS (
             INSERT INTO slots_slotbooking (slot_id, guest_id, start, "end", seats, status, expires_at, reason,
-                                           metadata, request_id, created_at, updated_at)
+                                           metadata, idempotency_key, created_at, updated_at)
             SELECT b.slot_id, b.guest_id, s.start, s."end", 1, 'PENDING', %(expires)s, '', '{}', '', %(created)s,
                    %(created)s
             FROM booking b JOIN slots_slot s ON s.id = b.slot_id

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "web.accounts",
     "core.audit",
     "web.webhooks",
+    "web",
     "reservations",
     "events",
     "slots",

@@ -100,20 +100,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Model
 from psycopg import sql
 
 from core.claims import column
 from core.statements import P, Statement, from_row, table
-from web.accounts.models import User
+
+if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
+    from django.contrib.auth.models import _User as User
 
 _M = TypeVar("_M", bound=Model)
 
 
-def _in_transaction(what: str) -> None:
+def require_transaction(what: str) -> None:
+    """Refuse a lock outside a transaction, where it would end with its statement: every lock function
+    calls it first (``what``: the function, named in the error)."""
     if not connection.in_atomic_block:
         raise RuntimeError(f"{what} must be called inside a transaction: its lock would end with the statement")
 
@@ -139,7 +144,11 @@ def _rows_lock(model: type[Model], mode: str) -> Statement:
     )
 
 
-def _locked(model: type[_M], ids: Iterable[int], mode: str) -> list[_M]:
+def lock_rows(model: type[_M], ids: Iterable[int], mode: str) -> list[_M]:
+    """The rows of ``model`` whose keys are among ``ids``, locked in ``mode`` (one of the modes above) in key
+    order, by one prepared statement (``_rows_lock``): what a lock function of a kind in the order
+    (``lock_user``, ``lock_car``, ``share_event``, …) runs once it has called ``require_transaction``. A
+    missing id is simply absent."""
     rows = _rows_lock(model, mode).fetchall({"ids": sorted(set(ids))})
     attnames = [f.attname for f in model._meta.concrete_fields]
     return [model.from_db(connection.alias, attnames, row) for row in rows]
@@ -147,18 +156,19 @@ def _locked(model: type[_M], ids: Iterable[int], mode: str) -> list[_M]:
 
 def lock_user(user_id: int) -> User:
     """One user row, ``FOR NO KEY UPDATE``: serializes the rules that count this user's rows."""
-    _in_transaction("lock_user")
-    users = _locked(User, [user_id], NO_KEY_UPDATE)
+    require_transaction("lock_user")
+    user_model = get_user_model()
+    users = lock_rows(user_model, [user_id], NO_KEY_UPDATE)
     if not users:
-        raise User.DoesNotExist(f"User {user_id} does not exist.")
+        raise user_model.DoesNotExist(f"User {user_id} does not exist.")
     return users[0]
 
 
 def lock_users(user_ids: Iterable[int]) -> dict[int, User]:
     """Several user rows in primary-key order (a guest and a host), ``FOR NO KEY UPDATE``; a missing id
     is simply absent."""
-    _in_transaction("lock_users")
-    return {user.pk: user for user in _locked(User, user_ids, NO_KEY_UPDATE)}
+    require_transaction("lock_users")
+    return {user.pk: user for user in lock_rows(get_user_model(), user_ids, NO_KEY_UPDATE)}
 
 
 def user_lock_sql(user: sql.Composable) -> sql.Composable:
@@ -167,8 +177,9 @@ def user_lock_sql(user: sql.Composable) -> sql.Composable:
     lock is held before that one is asked for. The seam a
     race control replaces: a statement built with it is composed again for the replacement (``_car_lock``
     is cached by this function)."""
+    user_model = get_user_model()
     return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = {} FOR NO KEY UPDATE)").format(
-        table(User), column(User, "id"), user
+        table(user_model), column(user_model, "id"), user
     )
 
 
@@ -179,21 +190,25 @@ CLAIM_SEQ = "claim_seq"
 
 
 def claim_lock_sql(
-    model: type[Model], key: sql.Composable, *, after: sql.Composable | None = None, returning: tuple[str, ...] = ()
+    model: type[Model],
+    key: sql.Composable,
+    *,
+    lock_before: sql.Composable | None = None,
+    returning: tuple[str, ...] = (),
 ) -> sql.Composable:
     """The row of ``model`` whose key is ``key`` locked by a hold's one statement, as its ``WITH``
     sub-statement: ``SELECT claim_seq`` and the fields ``returning`` ``… FOR NO KEY UPDATE`` (the mode of
     ``lock_user`` and ``lock_car``, held to the commit), of the row's newest version (READ COMMITTED
     re-reads a row it waited for), which ``fresh_sql`` compares with the statement's snapshot
-    (``seen_sql``). ``after``: a condition reading the sub-statement of the lock before it in the order,
-    so that lock is held before this one is asked for (a condition runs below the row's own lock).
+    (``seen_sql``). ``lock_before``: a condition reading the sub-statement of the lock the order puts before
+    this one, so that lock is held before this one is asked for (a condition runs below the row's own lock).
     The seam a race control replaces (the statements are cached by this function)."""
     return sql.SQL("SELECT {} FROM {} WHERE {} = {}{} FOR NO KEY UPDATE").format(
         sql.SQL(", ").join([sql.Identifier(CLAIM_SEQ), *(column(model, name) for name in returning)]),
         table(model),
         column(model, model._meta.pk.name),
         key,
-        sql.SQL(" AND {}").format(after) if after is not None else sql.SQL(""),
+        sql.SQL(" AND {}").format(lock_before) if lock_before is not None else sql.SQL(""),
     )
 
 
@@ -258,7 +273,7 @@ def lock_claim(model: type[_M], key: Any, *, by: str = "id", reads: Reads = NO_R
     """The claim of ``model`` whose ``by`` is ``key``, or None (a reschedule's, a partial cancel's: the
     transitions lock theirs in their own statement, ``transition_lock_sql``). ``reads`` (with their ``params``)
     are read by the same statement, each an attribute of the claim (see ``lock_slots``)."""
-    _in_transaction("lock_claim")
+    require_transaction("lock_claim")
     row = _claim_lock(model, by, reads).fetchone({"key": key, **params})
     if row is None:
         return None

@@ -1,4 +1,5 @@
-"""The platform's periodic jobs (docs/contract.md §7); each is also a management command of the same name."""
+"""The core's periodic jobs (docs/contract.md §7); each is also a management command of the same name. The
+platform's (pruning) is ``web/tasks.py``'s."""
 
 from celery import shared_task
 from django.utils import timezone
@@ -6,19 +7,11 @@ from django.utils import timezone
 from core.expiry import expire_all
 from core.invariants import invariants_check
 from core.reminders import reminders_send
-from web.idempotency import idempotency_prune
-from web.webhooks.services import webhook_deliveries_prune
 
 
 @shared_task(name="booking_site.tasks.expire_holds")
 def expire_holds() -> dict[str, int]:
     return expire_all(now=timezone.now())
-
-
-@shared_task(name="booking_site.tasks.prune")
-def prune() -> dict[str, int]:
-    now = timezone.now()
-    return {"idempotency_records": idempotency_prune(now=now), "webhook_attempts": webhook_deliveries_prune(now=now)}
 
 
 @shared_task(name="booking_site.tasks.check_invariants")

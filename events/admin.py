@@ -303,7 +303,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
     cap = holds.SEAT_HOLDS.cap
     list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "hold_expires", "created_at"]
     list_filter = [StateFilter, ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
-    search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=request_id"]
+    search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=idempotency_key"]
     list_select_related = ["event", "user"]
     date_hierarchy = "created_at"
     actions = ["cancel_bookings", "release_holds", "expire_now"]
@@ -328,7 +328,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
         "seat_codes",
         "seat_count",
         "hold_expires",
-        "request_id",
+        "idempotency_key",
         "created_at",
         "updated_at",
         "confirmed_at",
@@ -427,7 +427,7 @@ class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, R
         "position",
         "offer",
         "offer_expires_at",
-        "request_id",
+        "idempotency_key",
         "created_at",
         "updated_at",
         "audit_trail",

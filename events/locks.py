@@ -17,20 +17,20 @@ from web.accounts.models import User
 def share_event(event_id: int) -> Event | None:
     """The event of a seat hold, ``FOR KEY SHARE``: the hold reads ``sales_open`` after a close committed,
     and a close waits for the holds in flight (see the module docstring)."""
-    locking._in_transaction("share_event")
-    return next(iter(locking._locked(Event, [event_id], locking.KEY_SHARE)), None)
+    locking.require_transaction("share_event")
+    return next(iter(locking.lock_rows(Event, [event_id], locking.KEY_SHARE)), None)
 
 
 def lock_event(event_id: int) -> Event | None:
     """The event row for an edit of its details, ``FOR NO KEY UPDATE`` (holds go on meanwhile)."""
-    locking._in_transaction("lock_event")
-    return next(iter(locking._locked(Event, [event_id], locking.NO_KEY_UPDATE)), None)
+    locking.require_transaction("lock_event")
+    return next(iter(locking.lock_rows(Event, [event_id], locking.NO_KEY_UPDATE)), None)
 
 
 def lock_event_sales(event_id: int) -> Event | None:
     """The event row for opening or closing sales, ``FOR UPDATE``: waits for the holds in flight."""
-    locking._in_transaction("lock_event_sales")
-    return next(iter(locking._locked(Event, [event_id], locking.UPDATE)), None)
+    locking.require_transaction("lock_event_sales")
+    return next(iter(locking.lock_rows(Event, [event_id], locking.UPDATE)), None)
 
 
 _TAKE_QUEUE_NUMBER = Statement(
@@ -59,7 +59,7 @@ def take_queue_number(event_id: int, *, now: datetime) -> tuple[int, int]:
     queue's counter, and the queue's ``admitted_through`` under that lock: the row stays locked ``FOR
     NO KEY UPDATE`` until the join commits, so the next join's number waits for this one's entry, and
     the entries commit in number order. One statement composed once."""
-    locking._in_transaction("take_queue_number")
+    locking.require_transaction("take_queue_number")
     number, admitted_through = _TAKE_QUEUE_NUMBER.fetchone({"event": event_id, "now": now})
     return number, admitted_through
 
@@ -86,7 +86,7 @@ def lock_event_queue(event_id: int) -> EventQueue | None:
     """One event's queue row with its event (read, not locked), ``FOR NO KEY UPDATE``, for an admission
     run: it waits for the joins in flight, and two runs on one queue take turns. One statement composed
     once."""
-    locking._in_transaction("lock_event_queue")
+    locking.require_transaction("lock_event_queue")
     row = _LOCK_EVENT_QUEUE.fetchone({"event": event_id})
     if row is None:
         return None
@@ -100,7 +100,7 @@ def lock_seats(
 ) -> list[Seat]:
     """The named seats of one event (by id or by code); returns the seats that exist. ``annotations``
     are read by the same statement, from its snapshot (as in ``lock_car``)."""
-    locking._in_transaction("lock_seats")
+    locking.require_transaction("lock_seats")
     seats = Seat.objects.select_for_update(no_key=True, of=("self",)).filter(event_id=event_id)
     if seat_ids is not None:
         seats = seats.filter(pk__in=seat_ids)
@@ -128,7 +128,7 @@ _EVENT_COLUMNS = ("sales_open", "event_date", "hold_minutes", "waiting_count", "
 
 
 _SHARED_EVENT = f"""event AS MATERIALIZED (
-    SELECT id, {", ".join(_EVENT_COLUMNS)} FROM {_EVENT} WHERE id = %(event)s {{after}} FOR KEY SHARE)"""
+    SELECT id, {", ".join(_EVENT_COLUMNS)} FROM {_EVENT} WHERE id = %(event)s {{lock_before}} FOR KEY SHARE)"""
 
 
 # While the event's queue is on: whether the hold's X-Queue-Token is an entry of its user admitted at
@@ -148,8 +148,8 @@ _HOLDER = f"""holder AS MATERIALIZED (
 def _shared_event(holder: int | None) -> str:
     """The event CTE, after the holder's lock when ``holder`` is given."""
     if holder is None:
-        return _SHARED_EVENT.format(after="")
-    return _HOLDER + _SHARED_EVENT.format(after="AND EXISTS (SELECT FROM holder)")
+        return _SHARED_EVENT.format(lock_before="")
+    return _HOLDER + _SHARED_EVENT.format(lock_before="AND EXISTS (SELECT FROM holder)")
 
 
 # The outer query: the event's row, then each seat locked (none: one row of NULLs) with ``taken``.
@@ -198,7 +198,7 @@ def share_event_lock_seats(
     refuse, never to grant. (None, []) when the event is missing. ``admission`` (token, user id): the
     event says whether that is an admitted entry of its queue (``admitted``; false when none is given),
     when its queue is on."""
-    locking._in_transaction("share_event_lock_seats")
+    locking.require_transaction("share_event_lock_seats")
     sql = f"""
         WITH {_shared_event(holder)}, seats AS MATERIALIZED (
             SELECT s.id, s.event_id, s.code FROM {_SEAT} s
@@ -232,7 +232,7 @@ def share_event_lock_free_seats(
     ``lock_seats`` off: the seats are read, not locked (a waiting-list offer, made under the event's
     lock, ``freed_events_lock_sql``: its claims' insert is the arbiter with a hold in flight, and it waits
     for no seat, so it cannot wait in a circle; docs/decisions/0016-waiting-list.md)."""
-    locking._in_transaction("share_event_lock_free_seats")
+    locking.require_transaction("share_event_lock_free_seats")
     free_and_adjacent = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM free WHERE n >= %(quantity)s)"
     # ``free``: each free seat with the length of its run (free seats numbered one after the other in a
     # row); ``preferred``: the first of them in order of preference, a bounded sort, far more than

@@ -143,7 +143,7 @@ class SeatHoldGroup(Claim, models.Model):
     state = models.CharField(max_length=9, choices=State.choices, default=State.HELD)
     seat_count = models.PositiveSmallIntegerField()
     expires_at = models.DateTimeField()
-    request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
+    idempotency_key = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     confirmed_at = models.DateTimeField(null=True, blank=True)
@@ -243,7 +243,7 @@ class WaitlistEntry(models.Model):
         SeatHoldGroup, on_delete=models.PROTECT, null=True, blank=True, related_name="waitlist_entry"
     )
     offer_expires_at = models.DateTimeField(null=True, blank=True)
-    request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
+    idempotency_key = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 

@@ -66,7 +66,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
     cap = services.RESERVATIONS.cap
     list_display = ["id", "car", "buyer", "state_now", "hold_expires", "created_at", "updated_at"]
     list_filter = [StateFilter, ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
-    search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=request_id"]
+    search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=idempotency_key"]
     export_columns = [
         ("reservation", "id"),
         ("car", "car_id"),
@@ -86,7 +86,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
         "buyer",
         "state_now",
         "hold_expires",
-        "request_id",
+        "idempotency_key",
         "created_at",
         "updated_at",
         "audit_trail",

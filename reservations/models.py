@@ -42,7 +42,7 @@ class Reservation(Claim, models.Model):
     buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reservations")
     state = models.CharField(max_length=9, choices=State.choices, default=State.HELD)
     expires_at = models.DateTimeField()
-    request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
+    idempotency_key = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
 

@@ -73,7 +73,7 @@ class CarHold:
     buyer: User
     actor: User  # who asks: the buyer, or an operator for them (exempt from the cap)
     hold_minutes: int
-    request_id: str
+    idempotency_key: str
     now: datetime  # when it was asked
 
 
@@ -118,7 +118,7 @@ class Reservations(ClaimEngine[Reservation]):
                 "expiry_actor": EXPIRY_ACTOR,
                 "now": now,
                 "expires_at": expires_at,
-                "request_id": ask.request_id,
+                "idempotency_key": ask.idempotency_key,
                 "occurred_at": timezone.now(),
                 "trace_id": current_request_id() or "",
                 "metadata": json.dumps({"carId": ask.car_id, "expiresAt": expires_at}, cls=DjangoJSONEncoder),
@@ -147,7 +147,7 @@ class Reservations(ClaimEngine[Reservation]):
             buyer=ask.buyer,
             state=State.HELD,
             expires_at=expires_at,
-            request_id=ask.request_id,
+            idempotency_key=ask.idempotency_key,
             created_at=now,
             updated_at=now,
         )
@@ -198,8 +198,8 @@ WITH seen AS MATERIALIZED (
 ), held AS (
     SELECT holds FROM seen
 ), created AS (
-    INSERT INTO {table} ({car}, {buyer}, {state}, {expires_at}, {request_id}, {created_at}, {updated_at})
-    SELECT %(car)s, %(buyer)s, {held}, %(expires_at)s, %(request_id)s, %(now)s, %(now)s FROM free, held
+    INSERT INTO {table} ({car}, {buyer}, {state}, {expires_at}, {idempotency_key}, {created_at}, {updated_at})
+    SELECT %(car)s, %(buyer)s, {held}, %(expires_at)s, %(idempotency_key)s, %(now)s, %(now)s FROM free, held
     WHERE %(limit)s::bigint IS NULL OR held.holds < %(limit)s::bigint
     ON CONFLICT ({car}) WHERE {blocking} DO NOTHING
     RETURNING id
@@ -222,11 +222,11 @@ SELECT
             seen_car=locking.seen_sql(Car, P("car")),
             # Order 1, then 3: the car's UPDATE reads the buyer's (when the cap applies), so that lock is
             # held before the car's is asked for; the overdue holds (4) after both (``go`` reads them).
-            owner_lock=claim_lock(User, P("owner"), after=sql.SQL("EXISTS (SELECT FROM wanted)")),
+            owner_lock=claim_lock(User, P("owner"), lock_before=sql.SQL("EXISTS (SELECT FROM wanted)")),
             car_lock=claim_lock(
                 Car,
                 P("car"),
-                after=sql.SQL(
+                lock_before=sql.SQL(
                     "EXISTS (SELECT FROM wanted) AND (%(owner)s::bigint IS NULL OR EXISTS (SELECT FROM owner))"
                 ),
                 returning=("status",),
@@ -245,7 +245,7 @@ SELECT
             car=c("car"),
             buyer=c("buyer"),
             expires_at=c("expires_at"),
-            request_id=c("request_id"),
+            idempotency_key=c("idempotency_key"),
             created_at=c("created_at"),
             updated_at=c("updated_at"),
             held=held,
@@ -307,11 +307,13 @@ RESERVATIONS = Reservations()
 
 
 def reservation_hold(
-    *, car_id: int, buyer: User, hold_minutes: int, now: datetime, request_id: str = "", actor: User | None = None
+    *, car_id: int, buyer: User, hold_minutes: int, now: datetime, idempotency_key: str = "", actor: User | None = None
 ) -> Reservation:
     """Hold a car for ``buyer``, asked by ``actor`` (the buyer, or an operator for them)."""
     actor = actor or buyer
-    ask = CarHold(car_id=car_id, buyer=buyer, actor=actor, hold_minutes=hold_minutes, request_id=request_id, now=now)
+    ask = CarHold(
+        car_id=car_id, buyer=buyer, actor=actor, hold_minutes=hold_minutes, idempotency_key=idempotency_key, now=now
+    )
     return RESERVATIONS.hold(ask, now=now, actor=actor)
 
 

@@ -178,7 +178,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         ("slot__host", admin.RelatedOnlyFieldListFilter),
         "created_at",
     ]
-    search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=request_id"]
+    search_fields = ["guest__email", "guest__name", "=id", "=slot__id", "=idempotency_key"]
     export_columns = [
         ("booking", "id"),
         ("slot", "slot_id"),
@@ -206,7 +206,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         "reason",
         "metadata",
         "rescheduled_from",
-        "request_id",
+        "idempotency_key",
         "created_at",
         "updated_at",
         "reminded_at",

@@ -20,7 +20,7 @@ def _slots_lock(
 ) -> Statement:
     """The slots' lock statement, composed once per (user lock, whether the owner's is taken first,
     reads): the slots whose ids are in ``%(slots)s``, in id order."""
-    after = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
+    lock_before = sql.SQL("AND {}").format(user_lock(P("owner"))) if owner else sql.SQL("")
     return Statement(
         sql.SQL("SELECT {} FROM {} s WHERE {} = ANY({}) {} ORDER BY {} FOR NO KEY UPDATE OF s").format(
             sql.SQL(", ").join(
@@ -29,7 +29,7 @@ def _slots_lock(
             table(Slot),
             column(Slot, "id", "s"),
             P("slots"),
-            after,
+            lock_before,
             column(Slot, "id", "s"),
         )
     )
@@ -45,7 +45,7 @@ def lock_slots(
     ``owner``: the user whose row the same statement locks first (order 1: a guest's, as ``lock_car``);
     ``reads`` (with their ``params``) are read by the same statement, from its snapshot (see
     ``lock_car``), each an attribute of its slot. One statement composed once (``_slots_lock``)."""
-    locking._in_transaction("lock_slots")
+    locking.require_transaction("lock_slots")
     statement = _slots_lock(locking.user_lock_sql, owner=owner is not None, reads=reads)
     rows = statement.fetchall({"slots": sorted(set(slot_ids)), "owner": owner, **params})
     slots = {}
@@ -57,11 +57,12 @@ def lock_slots(
     return slots
 
 
-def slot_lock_sql(slot: sql.Composable, *, after: sql.Composable | None = None) -> sql.Composable:
-    """One slot's lock as a condition of a bigger statement (``slot``: its id there), ``after`` another
-    lock's condition (``user_lock_sql``): a sub-select runs below the statement's own row lock, so it is
-    held before that one is asked for, and ``after``'s before it. The seam a race control replaces (the
+def slot_lock_sql(slot: sql.Composable, *, lock_before: sql.Composable | None = None) -> sql.Composable:
+    """One slot's lock as a condition of a bigger statement (``slot``: its id there), after the lock of
+    ``lock_before``, the condition of the lock the order puts before it (``user_lock_sql``): a sub-select
+    runs below the statement's own row lock, so it is held before that one is asked for, and
+    ``lock_before``'s before it. The seam a race control replaces (the
     transitions' statements are cached by this function)."""
     return sql.SQL("EXISTS (SELECT FROM {} s WHERE {} = {} AND {} FOR NO KEY UPDATE)").format(
-        table(Slot), column(Slot, "id", "s"), slot, after if after is not None else sql.SQL("true")
+        table(Slot), column(Slot, "id", "s"), slot, lock_before if lock_before is not None else sql.SQL("true")
     )

@@ -159,7 +159,7 @@ class SlotBooking(Claim, models.Model):
     rescheduled_from = models.OneToOneField(
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="rescheduled_as"
     )
-    request_id = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
+    idempotency_key = models.CharField(max_length=255, blank=True, help_text="Idempotency key of the request")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     reminded_at = models.DateTimeField(null=True, blank=True, help_text="When its reminder was sent")

@@ -1,9 +1,9 @@
 """An import-linter contract of the project's own (pyproject.toml ``[tool.importlinter]``): no circle of modules.
 
-import-linter's ``acyclic_siblings`` judges a package whole, as one node beside its siblings; the core's
-platform packages (``web.accounts``, ``core.audit``) still hold both what the claim core
-imports (their models) and what imports it (their API, their admin), so as packages they stand in circles
-that no module does. This contract follows the modules themselves, ``TYPE_CHECKING`` imports included.
+import-linter's ``acyclic_siblings`` judges a package whole, as one node beside its siblings; a package
+such as ``core.audit`` or ``web.accounts`` holds both what a sibling imports (its services, its models) and
+what imports that sibling (its admin, its API), so as packages they stand in circles that no module does.
+This contract follows the modules themselves, ``TYPE_CHECKING`` imports included.
 """
 
 from __future__ import annotations

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+from django.contrib.auth import get_user_model
 from django.db import connection, models
 from django.utils import timezone
 
 from core.audit.models import AuditEvent
 from core.middleware import current_request_id
-from web.accounts.models import User
+
+if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
+    from django.contrib.auth.models import _User as User
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class Subject:
     id: Any
 
 
-Actor = User | str | None  # a user, or the name of a system job ("system:expire_holds")
+Actor: TypeAlias = "User | str | None"  # a user, or the name of a system job ("system:expire_holds")
 
 # An event's columns in the order the statements not yet composed by ``core.statements.audit_rows``
 # name them in ``INSERT INTO <AuditEvent table> (…) SELECT …`` (a seat transition's waiting-list entries).
@@ -43,7 +46,7 @@ def event(
 ) -> AuditEvent:
     """An unsaved event: ``record_many`` writes a batch of them in one insert."""
     subject_type, subject_id = subject_key(subject)
-    user = actor if isinstance(actor, User) else None
+    user = actor if isinstance(actor, get_user_model()) else None
     return AuditEvent(
         occurred_at=timezone.now(),
         actor=user,

@@ -8,7 +8,6 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.audit.api import AuditTrailView
 from core.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
 from core.policy import SEE
 from events import calendar, queue, selectors
@@ -37,6 +36,7 @@ from events.models import SeatHoldGroup, WaitlistEntry
 from events.services import events, holds, rules, seat_holds, waitlist
 from web.accounts.services import acting_user, request_user
 from web.api import StaffWrites
+from web.audit_trail import AuditTrailView
 from web.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
 from web.idempotency import idempotent
 from web.recent import RecentReads
@@ -198,7 +198,7 @@ class SeatsReserve(APIView):
             seat_codes=data.get("seatCodes"),
             quantity=data.get("quantity"),
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
             actor=request.user,
             queue_token=request.headers.get(QUEUE_TOKEN_HEADER),
         )
@@ -408,7 +408,7 @@ class Waitlist(APIView):
             user=request.user,
             quantity=data["quantity"],
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
         )
         return Response(_entry_out(entry), status=201)
 

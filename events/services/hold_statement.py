@@ -217,8 +217,8 @@ WITH picked AS MATERIALIZED ({picked}
       AND (%(limit)s::bigint IS NULL OR held.seats + %(quantity)s <= %(limit)s::bigint)
 ), created AS (
     INSERT INTO {g_table} ({g_id}, {g_booking_group_id}, {g_event}, {g_user}, {g_state}, {g_seat_count}, {g_expires_at},
-                           {g_request_id}, {g_created_at}, {g_updated_at}, {g_confirmed_at}, {g_cancelled_at})
-    SELECT %(group)s, NULL, %(event)s, %(user)s, {held}, %(quantity)s, %(expires_at)s, %(request_id)s,
+                           {g_idempotency_key}, {g_created_at}, {g_updated_at}, {g_confirmed_at}, {g_cancelled_at})
+    SELECT %(group)s, NULL, %(event)s, %(user)s, {held}, %(quantity)s, %(expires_at)s, %(idempotency_key)s,
            %(now)s, %(now)s, NULL, NULL
     FROM free
     RETURNING id

@@ -57,7 +57,7 @@ class SeatHold:
     actor: User  # who asks: the holder, or an operator for them (exempt from the cap)
     seat_codes: list[str] | None
     quantity: int | None
-    request_id: str
+    idempotency_key: str
     now: datetime  # when it was asked: the lock statement judges which seats are taken by it
     queue_token: str | None = None  # X-Queue-Token: needed while the event's queue is on
     attempt: int = 0  # best available: picking again after the seats locked came up short
@@ -238,7 +238,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                 "now": now,
                 "expires_at": expires_at,
                 "expires_at_json": json.dumps(expires_at, cls=DjangoJSONEncoder),
-                "request_id": ask.request_id,
+                "idempotency_key": ask.idempotency_key,
                 "occurred_at": timezone.now(),
                 "trace_id": current_request_id() or "",
             }
@@ -272,7 +272,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             state=State.HELD,
             seat_count=ask.count,
             expires_at=expires_at,
-            request_id=ask.request_id,
+            idempotency_key=ask.idempotency_key,
             created_at=now,
             updated_at=now,
         )
@@ -437,7 +437,7 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
             actor=head.user,
             seat_codes=None,
             quantity=head.quantity,
-            request_id="",
+            idempotency_key="",
             now=now,
             offer=True,
         )

@@ -30,7 +30,7 @@ def seat_hold(
     now: datetime,
     seat_codes: list[str] | None = None,
     quantity: int | None = None,
-    request_id: str = "",
+    idempotency_key: str = "",
     actor: User | None = None,
     queue_token: str | None = None,
 ) -> SeatHoldGroup:
@@ -51,7 +51,7 @@ def seat_hold(
         actor=actor,
         seat_codes=seat_codes,
         quantity=quantity,
-        request_id=request_id,
+        idempotency_key=idempotency_key,
         now=now,
         queue_token=queue_token,
     )

@@ -57,7 +57,7 @@ _JOIN_VALUES = {
     "state": sql.Literal(Entry.WAITING),
     "hold_group": sql.NULL,
     "offer_expires_at": sql.NULL,
-    "request_id": statements.P("request_id"),
+    "idempotency_key": statements.P("idempotency_key"),
     "created_at": statements.P("now"),
     "updated_at": statements.P("now"),
 }
@@ -102,7 +102,9 @@ SELECT (SELECT id FROM entry), (SELECT id FROM live), (SELECT state FROM live), 
 )
 
 
-def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, request_id: str = "") -> WaitlistEntry:
+def waitlist_join(
+    *, event_id: int, user: User, quantity: int, now: datetime, idempotency_key: str = ""
+) -> WaitlistEntry:
     """Put ``user`` on the event's waiting list for ``quantity`` seats (at the end: the order is the
     entries' ids). Refused when the list is off, sales are closed, ``quantity`` is over the cap on held
     seats, the user is on the list already, or that many seats are free now and nobody waits (hold them)."""
@@ -122,7 +124,7 @@ def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, re
                     "event": event_id,
                     "user": user.pk,
                     "quantity": quantity,
-                    "request_id": request_id,
+                    "idempotency_key": idempotency_key,
                     "now": now,
                     "waiting": event.waiting_count,
                     "total": event.total_seats,
@@ -146,7 +148,7 @@ def waitlist_join(*, event_id: int, user: User, quantity: int, now: datetime, re
                 user=user,
                 quantity=quantity,
                 state=Entry.WAITING,
-                request_id=request_id,
+                idempotency_key=idempotency_key,
                 created_at=now,
                 updated_at=now,
             )

@@ -58,4 +58,4 @@ class ReservationOut(ModelSerializer):
         return getattr(reservation, "effective_state", reservation.state)
 
     def get_requestId(self, reservation) -> str | None:
-        return reservation.request_id or None
+        return reservation.idempotency_key or None

@@ -4,7 +4,6 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.audit.api import AuditTrailView
 from core.errors import Forbidden, HoldExpired, InvalidStateTransition, LimitReached, NotFound, NotOwner
 from core.policy import SEE
 from reservations import selectors, services
@@ -20,6 +19,7 @@ from reservations.api.serializers import (
 from reservations.models import Reservation
 from web.accounts.services import acting_user, request_user
 from web.api import StaffWrites
+from web.audit_trail import AuditTrailView
 from web.idempotency import idempotent
 from web.schema import errors
 from web.throttling import HOLDS
@@ -84,7 +84,7 @@ class ReservationList(ListAPIView):
             buyer=acting_user(caller=request.user, user_id=data.get("buyerId")),
             hold_minutes=data["holdDurationMinutes"],
             now=timezone.now(),
-            request_id=request.idempotency_key or "",
+            idempotency_key=request.idempotency_key or "",
             actor=request.user,
         )
         return Response(ReservationOut(reservation).data, status=201)

@@ -192,7 +192,7 @@ class SlotBookingOut(ModelSerializer):
         return getattr(booking, "effective_state", booking.status)
 
     def get_requestId(self, booking) -> str | None:
-        return booking.request_id or None
+        return booking.idempotency_key or None
 
 
 class BookingAnalyticsQuery(serializers.Serializer):

@@ -11,7 +11,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import errors as core_errors
-from core.audit.api import AuditTrailView
 from core.errors import (
     Forbidden,
     HoldExpired,
@@ -48,6 +47,7 @@ from slots.services import bookings as slots_bookings
 from web.accounts.models import User
 from web.accounts.services import acting_user, request_user
 from web.api import AsOfPagePagination
+from web.audit_trail import AuditTrailView
 from web.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarView, calendar_response
 from web.idempotency import idempotent
 from web.recent import RecentReads
@@ -183,7 +183,7 @@ class BookingList(ListAPIView):
     def post(self, request):
         data = SlotBookingIn.validated(request)
         guest = acting_user(caller=request.user, user_id=data.get("userId"))
-        claim = {"hold": data["hold"], "metadata": data["metadata"], "request_id": request.idempotency_key or ""}
+        claim = {"hold": data["hold"], "metadata": data["metadata"], "idempotency_key": request.idempotency_key or ""}
         if "slotId" in data:
             booking = slots_bookings.slot_booking_create(
                 slot_id=data["slotId"],
@@ -378,8 +378,9 @@ class MyAvailability(APIView):
     @extend_schema(request=AvailabilityIn, responses={200: AvailabilityOut, **errors(rules.NotAHost)})
     @idempotent
     def put(self, request):
-        fields = cast(AvailabilityFields, AvailabilityIn.validated(request))  # the document, checked whole
         host = request_user(request)
+        rules.require_host(host)  # a non-host is refused before what they sent is read
+        fields = cast(AvailabilityFields, AvailabilityIn.validated(request))  # the document, checked whole
         slots.availability_set(host=host, fields=fields, actor=host, now=timezone.now())
         return Response(_availability_out(host))
 

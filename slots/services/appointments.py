@@ -51,7 +51,7 @@ class AppointmentRequest:
     hold_minutes: int | None
     now: datetime
     metadata: dict = field(default_factory=dict)
-    request_id: str = ""
+    idempotency_key: str = ""
     rescheduled_from: SlotBooking | None = None  # the booking a reschedule moves here: not in its own way
 
 
@@ -148,7 +148,7 @@ class Appointments(SlotBookingLifecycle):
             "status": status,
             "expires_at": expires_at,
             "booking_metadata": json.dumps(ask.metadata, cls=DjangoJSONEncoder),
-            "booking_request_id": ask.request_id,
+            "booking_idempotency_key": ask.idempotency_key,
             "rescheduled_from": ask.rescheduled_from.pk if ask.rescheduled_from else None,
             "now": now,
             **_event_params(actor),
@@ -166,7 +166,7 @@ class Appointments(SlotBookingLifecycle):
             status=status,
             expires_at=expires_at,
             metadata=ask.metadata,
-            request_id=ask.request_id,
+            idempotency_key=ask.idempotency_key,
             rescheduled_from=ask.rescheduled_from,
         )
 
@@ -228,9 +228,9 @@ WITH slot AS (
     RETURNING id
 ), created AS (
     INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
-                           {b_metadata}, {b_request_id}, {b_rescheduled_from}, {b_created_at}, {b_updated_at})
+                           {b_metadata}, {b_idempotency_key}, {b_rescheduled_from}, {b_created_at}, {b_updated_at})
     SELECT slot.id, %(guest)s, %(start)s, %(end)s, 1, %(status)s, %(expires_at)s, '', %(booking_metadata)s::jsonb,
-           %(booking_request_id)s, %(rescheduled_from)s, %(now)s, %(now)s
+           %(booking_idempotency_key)s, %(rescheduled_from)s, %(now)s, %(now)s
     FROM slot
     RETURNING id
 ), created_event AS ({created_event}
@@ -308,7 +308,7 @@ def appointment_book(
     hold: bool = False,
     hold_minutes: int | None = None,
     metadata: dict | None = None,
-    request_id: str = "",
+    idempotency_key: str = "",
     actor: User | None = None,
 ) -> SlotBooking:
     """Book ``start`` to ``end`` of a host's hours (``POST /api/bookings`` with ``hostId``): CONFIRMED at once,
@@ -322,6 +322,6 @@ def appointment_book(
         hold_minutes=hold_minutes,
         now=now,
         metadata=metadata or {},
-        request_id=request_id,
+        idempotency_key=idempotency_key,
     )
     return APPOINTMENTS.hold(ask, now=now, actor=actor or guest)

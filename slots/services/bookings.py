@@ -70,7 +70,7 @@ class SlotBookingRequest:
     hold_minutes: int | None
     now: datetime  # when it was asked: the snapshot's reads judge expiry by it
     metadata: dict = field(default_factory=dict)
-    request_id: str = ""
+    idempotency_key: str = ""
 
 
 class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
@@ -95,7 +95,7 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         cannot commit beside a confirm that still saw it alive): found through the booking's row, which a
         booking never changes."""
         guest = locking.user_lock_sql(claims.column(_B, "guest", "c")) if action == CONFIRM else None
-        return sql.SQL("AND {}").format(locks.slot_lock_sql(claims.column(_B, "slot", "c"), after=guest))
+        return sql.SQL("AND {}").format(locks.slot_lock_sql(claims.column(_B, "slot", "c"), lock_before=guest))
 
     def lock_seams(self) -> tuple:
         return (locks.slot_lock_sql,)
@@ -193,7 +193,7 @@ class SlotBookings(SlotBookingLifecycle):
             "status": status,
             "expires_at": expires_at,
             "booking_metadata": json.dumps(ask.metadata, cls=DjangoJSONEncoder),
-            "booking_request_id": ask.request_id,
+            "booking_idempotency_key": ask.idempotency_key,
             "now": now,
             "expiry_actor": EXPIRY_ACTOR,
             **_event_params(actor),
@@ -220,7 +220,7 @@ class SlotBookings(SlotBookingLifecycle):
             status=status,
             expires_at=expires_at,
             metadata=ask.metadata,
-            request_id=ask.request_id,
+            idempotency_key=ask.idempotency_key,
         )
 
 
@@ -422,9 +422,9 @@ WITH {expire_overdue}, {limits}, {clash}, seats AS (
     WHERE id = %(slot)s AND (freed.seats > 0 OR EXISTS (SELECT FROM free))
 ), created AS (
     INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
-                           {b_metadata}, {b_request_id}, {b_created_at}, {b_updated_at})
+                           {b_metadata}, {b_idempotency_key}, {b_created_at}, {b_updated_at})
     SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
-           %(booking_metadata)s::jsonb, %(booking_request_id)s, %(now)s, %(now)s
+           %(booking_metadata)s::jsonb, %(booking_idempotency_key)s, %(now)s, %(now)s
     FROM free
     RETURNING id
 ), created_event AS ({created_event}
@@ -452,7 +452,7 @@ def slot_booking_create(
     hold: bool = False,
     hold_minutes: int | None = None,
     metadata: dict | None = None,
-    request_id: str = "",
+    idempotency_key: str = "",
     actor: User | None = None,
 ) -> SlotBooking:
     """Book ``seats`` of a slot: CONFIRMED at once, or with ``hold`` a PENDING hold to confirm before
@@ -466,7 +466,7 @@ def slot_booking_create(
         hold=hold,
         hold_minutes=hold_minutes,
         metadata=metadata or {},
-        request_id=request_id,
+        idempotency_key=idempotency_key,
         now=now,
     )
     return SLOT_BOOKINGS.hold(ask, now=now, actor=actor or guest)

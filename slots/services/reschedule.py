@@ -223,7 +223,7 @@ WITH {expire_overdue}, {clash}, seats AS (
     RETURNING id
 ), created AS (
     INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
-                           {b_metadata}, {b_rescheduled_from}, {b_request_id}, {b_created_at}, {b_updated_at})
+                           {b_metadata}, {b_rescheduled_from}, {b_idempotency_key}, {b_created_at}, {b_updated_at})
     SELECT %(slot)s, %(guest)s, %(start)s, %(end)s, %(seats)s, %(status)s, %(expires_at)s, '',
            %(booking_metadata)s::jsonb, %(booking)s, '', %(now)s, %(now)s
     FROM cancelled

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from core.errors import Conflict, DomainError, ValidationFailed
 from slots.models import SlotBooking
+
+if TYPE_CHECKING:
+    from web.accounts.models import User
 
 Status = SlotBooking.Status
 
@@ -106,6 +110,13 @@ class BookingNotPending(Conflict):
 
 class NotAHost(DomainError):
     status, code, message = 403, "forbidden", "Only hosts publish slots."
+
+
+def require_host(user: User) -> None:
+    """Refuse ``user`` (403) unless they are a host: only a host sets their hours. The API asks it before it
+    reads the document sent (permission before validation), ``availability_set`` again for every door."""
+    if not user.is_host:
+        raise NotAHost(f"User {user.pk} is not a host.")
 
 
 def check_slot_times(start: datetime, end: datetime, *, now: datetime) -> None:

@@ -21,11 +21,11 @@ from slots.services.bookings import SLOT_BOOKINGS, _constraint_of
 from slots.services.rules import (
     HOST_NO_OVERLAP,
     MAX_CAPACITY,
-    NotAHost,
     SlotBooked,
     SlotInPast,
     SlotOverlap,
     check_slot_times,
+    require_host,
 )
 from web.accounts.models import User
 
@@ -181,8 +181,7 @@ def availability_set(*, host: User, fields: AvailabilityFields, actor: User, now
     """Replace ``host``'s availability with ``fields``, a document ``availability_clean`` checked (``PUT
     /api/hosts/me/availability``, the admin). Locks the host's row: a booking of the host judges their hours
     under the same lock."""
-    if not host.is_host:
-        raise NotAHost(f"User {host.pk} is not a host.")
+    require_host(host)
     with transaction.atomic():
         locking.lock_user(host.pk)
         now = locked_now(now)

@@ -5,6 +5,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -36,6 +37,12 @@ def test_a_fresh_install_has_its_beat_schedule():
     assert tasks["booking_site.tasks.prune"].interval.every == 3600
     assert tasks["events.tasks.admit_queues"].interval.every == 5
     assert tasks["booking_site.tasks.send_reminders"].interval.every == 60
+
+
+def test_every_scheduled_task_is_one_a_worker_runs():
+    celery_app.loader.import_default_modules()  # what a worker does when it starts: each app's tasks.py
+
+    assert set(settings.BEAT_SCHEDULE_SECONDS) <= set(celery_app.tasks)
 
 
 @pytest.mark.django_db

@@ -63,7 +63,7 @@ def test_a_claim_statement_is_prepared_once_whatever_the_size_of_its_integers(pr
                     "expiry_actor": "system:test",
                     "now": now,
                     "expires_at": now + timedelta(minutes=5),
-                    "request_id": "",
+                    "idempotency_key": "",
                     "occurred_at": now,
                     "trace_id": "",
                     "metadata": "{}",

@@ -389,7 +389,7 @@ def test_reserve_is_idempotent(api):
     assert again["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
     assert SeatHoldGroup.objects.count() == 1
-    assert SeatHoldGroup.objects.get().request_id == "buy-1"
+    assert SeatHoldGroup.objects.get().idempotency_key == "buy-1"
 
 
 # --- confirm ----------------------------------------------------------------------------------------------

@@ -64,9 +64,9 @@ def unlocked(model, pause: float):
     before any of them commits: the race, every time."""
     claim_lock = locking.claim_lock_sql
 
-    def claim_lock_sql(lock_model, key, *, after=None, returning=()):
+    def claim_lock_sql(lock_model, key, *, lock_before=None, returning=()):
         if lock_model is not model:
-            return claim_lock(lock_model, key, after=after, returning=returning)
+            return claim_lock(lock_model, key, lock_before=lock_before, returning=returning)
         seq = sql.Identifier(locking.CLAIM_SEQ)
         # (A scalar sub-select, not EXISTS: EXISTS never evaluates its select list.)
         return sql.SQL("SELECT {}{} FROM {} WHERE id = {} AND (SELECT 1 FROM pg_sleep({})) = 1").format(

@@ -448,4 +448,4 @@ def test_an_interval_booking_retried_with_its_idempotency_key_is_booked_once(api
     assert (first.status_code, again.status_code) == (201, 201)
     assert first.json() == again.json()
     assert SlotBooking.objects.filter(guest=user).count() == 1
-    assert SlotBooking.objects.get(guest=user).request_id == "appt-1"
+    assert SlotBooking.objects.get(guest=user).idempotency_key == "appt-1"

@@ -72,6 +72,21 @@ def test_only_hosts_have_availability(api, host):
     assert not Availability.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        {**WORK_WEEK, "timeZone": "Mars/Olympus"},  # what the hours' own checks refuse
+        {**WORK_WEEK, "durations": []},  # and the fields'
+        {**WORK_WEEK, "colour": "blue"},  # and the strict body's
+    ],
+)
+def test_a_non_host_is_refused_before_the_document_is_read(api, document):
+    response = api.put("/api/hosts/me/availability", document, format="json")
+
+    assert (response.status_code, response.json()["error"]["code"]) == (403, "forbidden")
+    assert not Availability.objects.exists()
+
+
 def test_availability_is_for_signed_in_callers(client_for, host):
     assert client_for(None).get(f"/api/hosts/{host.pk}/availability").status_code == 401
 

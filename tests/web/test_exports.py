@@ -169,8 +169,8 @@ def _door_list_of(seats: int) -> int:
         WITH pairs AS MATERIALIZED (
             SELECT id AS seat_id, gen_random_uuid() AS group_id FROM {seat} WHERE event_id = %(event)s),
         groups AS (
-            INSERT INTO {group} (id, booking_group_id, event_id, user_id, state, seat_count, expires_at, request_id,
-                                 created_at, updated_at, confirmed_at)
+            INSERT INTO {group} (id, booking_group_id, event_id, user_id, state, seat_count, expires_at,
+                                 idempotency_key, created_at, updated_at, confirmed_at)
             SELECT group_id, gen_random_uuid(), %(event)s, %(buyer)s, 'CONFIRMED', 1, %(expires)s, '',
                    %(now)s, %(now)s, %(now)s
             FROM pairs)

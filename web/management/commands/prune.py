@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from core.tasks import prune
+from web.tasks import prune
 
 
 class Command(BaseCommand):
