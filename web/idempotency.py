@@ -10,7 +10,8 @@ A keyed request is one transaction, and nothing of the key exists outside it:
 1. its first statement takes ``pg_try_advisory_xact_lock`` on a hash of (caller, key) and looks up the
    stored record: a record answers (a replay, or 422 for another request); a lock someone else holds
    means the first request is still in flight (409 ``request_in_progress``, at once: never a wait);
-2. the handler runs in the same transaction;
+2. the handler runs in the same transaction, unless the lookup answered: a gate after the lookup
+   (``_GATE_SQL``) stops the statements behind it;
 3. its response is inserted as the record, and COMMIT sent in the same round trip.
 
 A rollback — a failed COMMIT included, or a process that died — leaves no record and releases the
@@ -18,10 +19,13 @@ lock, so a retry simply runs. The lock is only a busy signal (two keys may share
 409); the unique constraint ``idempotency_one_record_per_caller_key`` is the truth, and a violation
 there is a concurrent duplicate (409). 5xx, 429 and 409 ``request_in_progress`` are never stored.
 
-Round trips (docs/decisions/0003): a key adds one (the lookup) to the handler's own; a replay is three.
-Under the keyed transaction the handler's own ``transaction.atomic()`` becomes a savepoint; the
-savepoint statements Django sends (``SAVEPOINT``, ``RELEASE``, ``ROLLBACK TO``) are batched with the
-next statement (``_SavepointsRideAlong``): the same statements in the same order, fewer round trips.
+Round trips (docs/decisions/0003): BEGIN, the lookup and its gate ride in front of the handler's first
+statement (``_RideAlong``, psycopg's pipeline mode), and the record's INSERT and COMMIT after its last:
+a handler in a transaction of its own pays nothing more for a key, a one-statement car hold one more (2);
+a replay, a 422 or a 409 is two (the pipeline, ROLLBACK). Under the keyed transaction the handler's own
+``transaction.atomic()`` becomes a savepoint; its savepoint statements (``SAVEPOINT``, ``RELEASE``,
+``ROLLBACK TO``) ride with the next statement too: the same statements in the same order, fewer round
+trips.
 """
 
 from __future__ import annotations
