@@ -233,11 +233,15 @@ def register_webhook() -> None:
     from django.conf import settings
     from django.utils import timezone
 
+    from bench import data
     from web.webhooks.services import webhook_endpoint_create
 
     settings.WEBHOOKS_ALLOW_PRIVATE_URLS = True  # the discard port of this machine: never sent to (no worker)
     endpoint = webhook_endpoint_create(
-        url="http://127.0.0.1:9/bench", description="make bench --webhook", now=timezone.now()
+        organisation_id=data.organisation(),
+        url="http://127.0.0.1:9/bench",
+        description="make bench --webhook",
+        now=timezone.now(),
     )
     print(f"webhook endpoint {endpoint.pk} registered ({endpoint.url}): writes kick delivery runs", flush=True)
 

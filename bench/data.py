@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.organisations.models import Membership, Organisation
+from core.organisations.roles import Role
 from events.models import Event, SeatClaim, SeatHoldGroup
 from events.services import events as events_events
 from events.services import rules
@@ -53,6 +55,15 @@ def analyze(*tables: str) -> None:
     _rows(f"ANALYZE {', '.join(tables)}", {})
 
 
+# --- the organisation ------------------------------------------------------------------------------
+
+
+def organisation() -> int:
+    """The organisation every car, event, slot and hours the bench makes belongs to (made on first use)."""
+    made, _ = Organisation.objects.get_or_create(slug="bench", defaults={"name": "Bench", "created_at": timezone.now()})
+    return made.pk
+
+
 # --- users -----------------------------------------------------------------------------------------
 
 
@@ -85,12 +96,12 @@ def cars(count: int) -> list[int]:
     tag = _tag("car")
     rows = _rows(
         """
-        INSERT INTO reservations_car (dealer_id, make, model, label, status, created_at, updated_at)
-        SELECT 900, 'Bench', 'Model ' || (n %% 7), %(tag)s || ' #' || n, 'ACTIVE', now(), now()
+        INSERT INTO reservations_car (organisation_id, dealer_id, make, model, label, status, created_at, updated_at)
+        SELECT %(organisation)s, 900, 'Bench', 'Model ' || (n %% 7), %(tag)s || ' #' || n, 'ACTIVE', now(), now()
         FROM generate_series(1, %(count)s) AS n ORDER BY n
         RETURNING id
         """,
-        {"tag": tag, "count": count},
+        {"tag": tag, "count": count, "organisation": organisation()},
     )
     analyze("reservations_car")
     return sorted(car_id for (car_id,) in rows)
@@ -107,6 +118,7 @@ def event(seats: int) -> Event:
         name=f"Bench {_tag('event')}",
         event_date=now + timedelta(days=30),
         location="bench",
+        organisation_id=organisation(),
         total_seats=seats,
         hold_minutes=60,
         now=now,
@@ -158,16 +170,22 @@ def slots(hosts: list[User], *, per_host: int, capacity: int = 1, start: datetim
     start = start or timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
     rows = _rows(
         """
-        INSERT INTO slots_slot (host_id, kind, title, specialization, start, "end", capacity, booked, status,
-                                created_at, updated_at)
-        SELECT host_id, 'PUBLISHED', 'Bench slot', 'bench', %(start)s + (n - 1) * interval '1 hour',
+        INSERT INTO slots_slot (host_id, organisation_id, kind, title, specialization, start, "end", capacity, booked,
+                                status, created_at, updated_at)
+        SELECT host_id, %(organisation)s, 'PUBLISHED', 'Bench slot', 'bench', %(start)s + (n - 1) * interval '1 hour',
                %(start)s + (n - 1) * interval '1 hour' + interval '30 minutes', %(capacity)s, 0, 'AVAILABLE',
                now(), now()
         FROM unnest(%(hosts)s::bigint[]) AS host_id, generate_series(1, %(per_host)s) AS n
         ORDER BY host_id, n
         RETURNING id, host_id
         """,
-        {"start": start, "capacity": capacity, "hosts": [h.id for h in hosts], "per_host": per_host},
+        {
+            "start": start,
+            "capacity": capacity,
+            "hosts": [h.id for h in hosts],
+            "per_host": per_host,
+            "organisation": organisation(),
+        },
     )
     analyze("slots_slot")
     by_host: dict[int, list[int]] = {h.id: [] for h in hosts}
@@ -192,6 +210,8 @@ def busy_host(*, days: int) -> tuple[User, date]:
     }
     account = Account.objects.get(pk=host.id)
     hours = availability_clean(document)
+    # The host is a member of the bench's organisation, where their hours go (docs/decisions/0025-organisations.md).
+    Membership.objects.create(user=account, organisation_id=organisation(), role=Role.STAFF, created_at=timezone.now())
     slots_slots.availability_set(host=account, fields=hours, actor=account, now=timezone.now())
     first = timezone.now().astimezone(ZoneInfo("Europe/Berlin")).date() + timedelta(days=1)
     start = datetime.combine(first, datetime.min.time(), tzinfo=ZoneInfo("Europe/Berlin"))

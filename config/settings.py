@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "core",
     "web.accounts",
     "core.audit",
+    "core.organisations",
     "web.webhooks",
     "web",
     "reservations",

@@ -41,6 +41,7 @@ api: list[URLPattern | URLResolver] = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     *_patterns("web.accounts.api.urls"),
+    *_patterns("web.organisations.api.urls"),
     *_patterns("reservations.api.urls"),
     *_patterns("events.api.urls"),
     *_patterns("slots.api.urls"),

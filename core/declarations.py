@@ -72,6 +72,11 @@ class ClaimDeclarations(Generic[ClaimT]):
 
     # --- what a domain declares -------------------------------------------------------------------
 
+    def organisation_of(self, ask) -> int | None:
+        """The organisation of what ``ask`` holds (its car's, event's, slot's, host's); None when it does not
+        exist (the hold then refuses it as it always has)."""
+        raise NotImplementedError
+
     def lock_target(self, ask) -> Any:
         """Lock the rows the hold is about, in the global order; raise NotFound when they are missing."""
         raise NotImplementedError
@@ -266,7 +271,7 @@ def seams_of(engine: ClaimDeclarations) -> tuple:
     """The lock seams a statement of ``engine`` is composed with: ``core.locking``'s and its domain's
     (``ClaimEngine.lock_seams``). A race control replaces one; the statements are cached by them, so it
     gets a statement composed with its replacement."""
-    return (locking.transition_lock_sql, locking.user_lock_sql, *engine.lock_seams())
+    return (locking.transition_lock_sql, locking.user_lock_sql, locking.member_lock_sql, *engine.lock_seams())
 
 
 @functools.cache
@@ -282,7 +287,7 @@ def transition_statement(
     model = engine.model
     fields = _claim_columns(model)
     state = column(model, model.STATE_FIELD, "l")
-    reads = engine.reads()
+    reads = {**engine.reads(), "organisation": engine.policy.organisation_sql(model)}
     from_states = [s for s, targets in model.TRANSITIONS.items() if to_state in targets]
     composed = sql.SQL("""
 WITH locked AS MATERIALIZED (

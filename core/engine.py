@@ -59,6 +59,7 @@ from core.errors import HoldExpired, NotFound
 from core.expiry import locked_now
 from core.metrics import HOLDS_CREATED, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.organisations import access
 from core.policy import ClaimT
 
 EXPIRY_ACTOR = "system:expire_holds"  # the actor of every expiry nobody asked for
@@ -101,6 +102,11 @@ class ClaimEngine(ClaimDeclarations[ClaimT]):
                     return claim
         raise RuntimeError(f"A {self.domain} hold could not decide under its own locks.")
 
+    def acting_organisation(self, ask, *, owner_id: int) -> int | None:
+        """``access.acting_in`` for ``ask`` (its ``actor``, for ``owner_id``): the organisation of what it
+        holds when that matters to the cap, read only then."""
+        return access.acting_in(ask.actor, owner_id=owner_id, organisation=lambda: self.organisation_of(ask))
+
     def lock_and_check(self, ask, *, now: datetime) -> tuple[Any, datetime]:
         """Lock the target, judge by the clock after the lock, and make sure it is free. Returns the
         target and that time."""
@@ -142,8 +148,7 @@ class ClaimEngine(ClaimDeclarations[ClaimT]):
         values = {
             "claim": claim_id,
             "now": now,
-            "user": user.pk,
-            "staff": user.is_staff,
+            **self.policy.params(user),
             "actor": user.pk,
             "actor_label": f"user:{user.pk}",
             "metadata": json.dumps(metadata or {}, cls=DjangoJSONEncoder),
@@ -155,7 +160,7 @@ class ClaimEngine(ClaimDeclarations[ClaimT]):
             raise NotFound(f"{what} does not exist.")
         claim = outcome.claim
         if not outcome.may:
-            raise self.policy.refusal(action, what=what)
+            raise self.policy.refusal(action, what=what, user=user, owner_id=self.policy.owner_id(claim))
         if not outcome.fits:
             assert check is not None  # a domain whose statement checks more has the check that refuses
             check(claim)

@@ -44,6 +44,12 @@ kind in primary-key order, so two requests never wait for each other in a circle
    nothing more once it has written its claims; the others holding or waiting for the event's lock
    (confirms, cancels, releases, the expiry job, joins, leaves, edits, the sales switch) wait for
    nothing after it either. It cannot close a circle (docs/decisions/0016-waiting-list.md).
+6. Last, the acting member's membership row (``lock_member``, ``member_lock_sql``: ``FOR SHARE``,
+   docs/decisions/0025-organisations.md): an operator's write in an organisation confirms under it that
+   they are still a member with the role it needs. Removing a member or changing their role (a
+   ``DELETE`` or ``UPDATE`` of that row, in a transaction that takes no other lock) waits for the writes
+   in flight, and a write after it finds the row gone: never half-applied. ``FOR SHARE``, not ``KEY
+   SHARE``: a role change is a non-key update, and must wait too. Nothing waits for a lock after it.
 
 The mode is ``FOR NO KEY UPDATE`` (``select_for_update(no_key=True)``): it excludes every other
 writer of the row just as well, but not the ``FOR KEY SHARE`` that inserting a row referencing the
@@ -78,7 +84,8 @@ deadlock; a row a request holds is left to that request.
 Every function refuses to run outside a transaction (a lock there would end with its statement); the
 ``…_sql`` seams are conditions or sub-statements of one statement that is the whole claim operation (a
 car hold, a transition, in autocommit), its locks held to its end. The race tests' controls replace
-these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``, ``transition_lock_sql``)
+these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``, ``transition_lock_sql``,
+``member_lock_sql``, ``lock_member``)
 to show that their test notices a missing lock.
 
 A hold that is one statement in autocommit (the car's: docs/decisions/0022-one-statement-holds.md)
@@ -108,6 +115,7 @@ from django.db.models import Model
 from psycopg import sql
 
 from core.claims import column
+from core.organisations.models import Membership
 from core.statements import P, Statement, from_row, table
 
 if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
@@ -290,6 +298,46 @@ def transition_lock_sql() -> sql.Composable:
     row's newest version once the lock is held, so the statement decides on it. The seam a race control
     replaces (the statements are cached by this function)."""
     return sql.SQL("FOR NO KEY UPDATE OF c")
+
+
+# The membership lock's mode (6 above).
+SHARE = "FOR SHARE"
+
+
+@functools.cache
+def _member_lock() -> Statement:
+    return Statement(
+        sql.SQL("SELECT {} FROM {} WHERE {} = %(user)s AND {} = %(organisation)s {}").format(
+            column(Membership, "role"),
+            table(Membership),
+            column(Membership, "user"),
+            column(Membership, "organisation"),
+            sql.SQL(SHARE),
+        )
+    )
+
+
+def lock_member(user_id: int, organisation_id: int) -> str | None:
+    """The role of ``user_id`` in ``organisation_id``, their membership row locked ``FOR SHARE`` to the
+    commit (6 in the order); None when they are not a member."""
+    require_transaction("lock_member")
+    row = _member_lock().fetchone({"user": user_id, "organisation": organisation_id})
+    return row[0] if row else None
+
+
+def member_lock_sql(organisation: sql.Composable) -> sql.Composable:
+    """``lock_member`` as a condition of one statement (a transition's policy): true when the user
+    ``%(user)s`` is still a member of ``organisation`` with a role among ``%(roles)s``, their row locked
+    ``FOR SHARE`` to the statement's end. The seam a race control replaces (the transitions' statements
+    are cached by it)."""
+    return sql.SQL("EXISTS (SELECT FROM {} WHERE {} = %(user)s AND {} = {} AND {} = ANY(%(roles)s) {})").format(
+        table(Membership),
+        column(Membership, "user"),
+        column(Membership, "organisation"),
+        organisation,
+        column(Membership, "role"),
+        sql.SQL(SHARE),
+    )
 
 
 def batch_lock(alias: str) -> sql.Composable:

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Field, Model, Q, QuerySet
 from psycopg import sql
 
-from core.claims import Claim, Rows
-from core.errors import DomainError, Forbidden, LimitReached, NotOwner
+from core import locking
+from core.claims import Claim, Rows, column
+from core.errors import DomainError, Forbidden, LimitReached, NotFound, NotOwner
+from core.organisations import access
+from core.organisations.roles import Role, at_least
+from core.statements import table
 
 if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
     from django.contrib.auth.models import _User as User
@@ -23,52 +28,116 @@ ClaimT = TypeVar("ClaimT", bound=Claim)  # one domain's claim model
 
 
 class ClaimPolicy(Generic[ClaimT]):
-    """Who may do what with one domain's claims (docs/contract.md §2.6): the owner acts on their own claims, an
-    operator (staff) on everyone's; expiring a hold now is the operator's alone. A domain with more
-    parties (a slot's host) subclasses it. The domain's rows that are not claims but belong to one user
-    (a waiting-list entry, a queue entry, a host's slot) follow the same rule: ``owns``, ``require_owner``."""
+    """Who may do what with one domain's claims (docs/contract.md §2.6): the owner acts on their own claims;
+    the members of the organisation of what a claim is on (its car's, event's, slot's) act on every claim
+    there, as far as ``role`` allows (``core.organisations.roles``); a superuser on every claim. Expiring
+    a hold now is the operators' alone. Another organisation's claim is 404 to an operator (its existence
+    is not revealed), someone else's claim 403 ``not_owner`` to anyone else. A domain with more parties (a
+    slot's host) subclasses it. The domain's rows that are not claims but belong to one user (a
+    waiting-list entry, a queue entry, a host's slot) follow the same rule: ``owns``, ``require_owner``.
+
+    The same rule is SQL for a transition's statement (``sql``): the caller's organisations for ``role``
+    are one array parameter read with the caller (``core.organisations.access``), and the membership is
+    confirmed under its lock in the statement (``core.locking.member_lock_sql``), so a member removed
+    while acting is either refused or done before the removal commits."""
 
     owner_field = "user"  # the claim's foreign key to its owner
+    resource_field: str  # the claim's foreign key to what it is on, whose ``organisation`` it belongs to
+    role = Role.STAFF  # the role acting on someone else's claims needs
     operator_only = frozenset({EXPIRE})
 
     def owner_id(self, claim: ClaimT) -> int:
         return getattr(claim, f"{self.owner_field}_id")
 
-    def owns(self, user: User, owner_id: int) -> bool:
-        """Whether ``user`` may act on what belongs to ``owner_id``: the owner, or an operator."""
-        return user.is_staff or owner_id == user.pk
+    def organisation_id(self, claim: ClaimT) -> int:
+        return getattr(claim, self.resource_field).organisation_id
+
+    def owns(self, user: User, owner_id: int, organisation: Callable[[], int | None], role: Role | None = None) -> bool:
+        """Whether ``user`` may act on what belongs to ``owner_id`` in the organisation ``organisation``
+        reads (only when ``user`` is not the owner): the owner, or an operator there with ``role``
+        (``self.role`` unless said)."""
+        if owner_id == user.pk:
+            return True
+        organisation_id = organisation()
+        return organisation_id is not None and access.may_act(user, organisation_id, role or self.role)
 
     def may(self, user: User, action: str, claim: ClaimT) -> bool:
         if action in self.operator_only:
-            return user.is_staff
-        return self.owns(user, self.owner_id(claim))
+            return access.may_act(user, self.organisation_id(claim), self.role)
+        return self.owner_id(claim) == user.pk or access.may_act(user, self.organisation_id(claim), self.role)
 
     def require(self, user: User, action: str, claim: ClaimT, *, what: str) -> None:
         if not self.may(user, action, claim):
-            raise self.refusal(action, what=what)
+            raise self.refusal(action, what=what, user=user, owner_id=self.owner_id(claim))
 
-    def refusal(self, action: str, *, what: str) -> DomainError:
-        """The error of a user ``may`` refuses ``action`` on ``what``."""
+    def refusal(self, action: str, *, what: str, user: User, owner_id: int) -> DomainError:
+        """The error of a user ``may`` refuses ``action`` on ``what`` (owned by ``owner_id``): an operator
+        asking about another organisation's claim gets 404."""
+        if access.is_operator(user) and (action in self.operator_only or owner_id != user.pk):
+            return NotFound(f"{what} does not exist.")
         if action in self.operator_only:
             return Forbidden(f"Only operators may {action} {what}.")
         return NotOwner(f"{what} belongs to another user.")
 
-    def sql(self, action: str) -> sql.Composable:
-        """``may`` as SQL over a transition's locked claim ``l``, for the user ``%(user)s`` (staff:
-        ``%(staff)s``)."""
-        if action in self.operator_only:
-            return sql.SQL("%(staff)s")
-        return sql.SQL("(%(staff)s OR {} = %(user)s)").format(sql.Identifier("l", f"{self.owner_field}_id"))
+    def organisation_sql(self, model: type[Model]) -> sql.Composable:
+        """The organisation of the claim ``c`` of ``model``, read by a transition's lock statement (its
+        resource's row, by primary key)."""
+        resource = cast(Field, model._meta.get_field(self.resource_field)).related_model
+        assert resource is not None and not isinstance(resource, str)  # a foreign key to a model
+        return sql.SQL("(SELECT {} FROM {} r WHERE r.{} = {})").format(
+            column(resource, "organisation", "r"),
+            table(resource),
+            column(resource, resource._meta.pk.name),
+            column(model, self.resource_field, "c"),
+        )
 
-    def require_owner(self, user: User, owner_id: int, *, what: str, owner: str = "user") -> None:
-        """Refuse ``user`` ``what``, a row that belongs to ``owner_id`` (its ``owner``: a user, a host), unless
-        ``owns`` allows it."""
-        if not self.owns(user, owner_id):
-            raise NotOwner(f"{what} belongs to another {owner}.")
+    def operator_sql(self) -> sql.Composable:
+        """Whether the caller ``%(user)s`` operates where the locked claim ``l`` is (``l.organisation``): a
+        superuser (``%(superuser)s``), or a member there with ``role`` (``%(organisations)s``, read with the
+        caller), their membership confirmed under its lock (``locking.member_lock_sql``, a seam)."""
+        return sql.SQL("(%(superuser)s OR (l.organisation = ANY(%(organisations)s) AND {}))").format(
+            locking.member_lock_sql(sql.SQL("l.organisation"))
+        )
+
+    def sql(self, action: str) -> sql.Composable:
+        """``may`` as SQL over a transition's locked claim ``l``, for the caller ``%(user)s``
+        (``params``)."""
+        if action in self.operator_only:
+            return self.operator_sql()
+        return sql.SQL("({} = %(user)s OR {})").format(
+            sql.Identifier("l", f"{self.owner_field}_id"), self.operator_sql()
+        )
+
+    def params(self, user: User) -> dict[str, Any]:
+        """The caller's parameters of ``sql``: read once per request, with the user."""
+        return {
+            "user": user.pk,
+            "superuser": user.is_superuser,
+            "organisations": access.organisation_ids(user, self.role),
+            "roles": at_least(self.role),
+        }
+
+    def require_owner(
+        self, user: User, owner_id: int, organisation: Callable[[], int | None], *, what: str, role: Role | None = None
+    ) -> None:
+        """Refuse ``user`` ``what``, a row that belongs to ``owner_id`` in the organisation ``organisation``
+        reads, unless ``owns`` allows it (with ``role``): 404 to an operator of other organisations."""
+        if not self.owns(user, owner_id, organisation, role):
+            if access.is_operator(user):
+                raise NotFound(f"{what} does not exist.")
+            raise NotOwner(f"{what} belongs to another user.")
 
     def visible(self, claims: QuerySet, user: User) -> QuerySet:
-        """The claims ``user`` may see: their own; an operator all."""
-        return claims if user.is_staff else claims.filter(**{self.owner_field: user})
+        """The claims ``user`` may see: their own, and those of the organisations they operate in; a
+        superuser all."""
+        if user.is_superuser:
+            return claims
+        organisations = access.organisation_ids(user, self.role)
+        if not organisations:
+            return claims.filter(**{self.owner_field: user})
+        return claims.filter(
+            Q(**{self.owner_field: user}) | Q(**{f"{self.resource_field}__organisation__in": organisations})
+        )
 
 
 @dataclass(frozen=True)
@@ -81,9 +150,10 @@ class Cap:
     after the one that takes it — or, in a one-statement hold, in the statement that takes it by
     ``locking.claim_lock_sql``, trusted only when no claim committed under that lock after its snapshot
     (``locking.fresh_sql``, docs/decisions/0022-one-statement-holds.md) — so two holds of one user at
-    once cannot both pass a count of one below the limit. An operator's request (the actor is staff, for
-    themselves or for someone else) is exempt unless ``operators_exempt`` is off: then it takes no lock
-    for the cap either."""
+    once cannot both pass a count of one below the limit. An operator's request inside their organisation
+    (the actor a member of the organisation of what is held, for themselves or for someone else; a
+    superuser anywhere) is exempt unless ``operators_exempt`` is off: then it takes no lock for the cap
+    either. Outside it, an operator is held to the limit like anyone."""
 
     rule: str
     setting: str
@@ -98,15 +168,17 @@ class Cap:
     def limit(self) -> int:
         return getattr(settings, self.setting)
 
-    def limit_for(self, actor: User) -> int | None:
-        """The limit a claim ``actor`` asks for is held to; None when the cap does not apply to them."""
-        return None if self.operators_exempt and actor.is_staff else self.limit
+    def limit_for(self, actor: User, organisation_id: int | None) -> int | None:
+        """The limit a claim ``actor`` asks for on a resource of ``organisation_id`` is held to; None when
+        the cap does not apply to them (``ClaimEngine.acting_organisation`` gives the organisation)."""
+        exempt = actor.is_superuser or (organisation_id is not None and access.may_act(actor, organisation_id))
+        return None if self.operators_exempt and exempt else self.limit
 
-    def locked_owner(self, owner_id: int, actor: User) -> int | None:
+    def locked_owner(self, owner_id: int, actor: User, organisation_id: int | None) -> int | None:
         """The user whose row lock the count needs (``owner``: a lock function takes it first, by its
         hold's lock statement, or its one statement); None when the cap does not apply, nothing to
         serialize."""
-        return owner_id if self.limit_for(actor) is not None else None
+        return owner_id if self.limit_for(actor, organisation_id) is not None else None
 
     def counted(self, model: type[Claim], alias: str = "") -> sql.Composable:
         """The condition on ``model``'s rows (aliased ``alias``) that the limit counts, for a statement."""
@@ -115,7 +187,11 @@ class Cap:
     def describe(self) -> str:
         """The cap in words, as the admin's claim lists state it to operators: the rule, what it counts, who
         is exempt."""
-        exempt = "Operators are exempt." if self.operators_exempt else "Operators acting for a user are held to it too."
+        exempt = (
+            "Operators are exempt inside their organisation."
+            if self.operators_exempt
+            else "Operators acting for a user are held to it too."
+        )
         return f"{self.summary.format(limit=self.limit)} It counts {self.counts.words}. {exempt}"
 
     def help_text(self) -> str:

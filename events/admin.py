@@ -1,11 +1,11 @@
 from itertools import groupby
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.postgres.aggregates import StringAgg
-from django.db.models import Case, Count, IntegerField, OuterRef, QuerySet, Subquery, When
+from django.db.models import Case, Count, IntegerField, Model, OuterRef, QuerySet, Subquery, When
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -13,11 +13,22 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from core.admin import AuditTrailMixin, ClaimAdmin, ReadOnlyAdmin, ServiceActionsMixin, StateFilter, short_id
+from core.admin import (
+    AuditTrailMixin,
+    ClaimAdmin,
+    OrganisationScoped,
+    ReadOnlyAdmin,
+    ServiceActionsMixin,
+    StateFilter,
+    short_id,
+)
 from core.errors import DomainError
+from core.organisations import access
+from core.organisations.roles import Role
 from events import queue, selectors
 from events.models import Event, EventQueue, QueueEntry, SeatClaim, SeatHoldGroup, WaitlistEntry
 from events.services import events, holds, rules, seat_holds, waitlist
+from web.accounts.services import request_user
 from web.exports import CsvExportMixin
 
 PLAIN, SECTIONS = "plain", "sections"
@@ -73,7 +84,7 @@ class EventCreateForm(EventChangeForm):
     seats_per_row = forms.IntegerField(min_value=1, max_value=1000, required=False)
 
     class Meta(EventChangeForm.Meta):
-        fields = ["name", "event_date", "location", "hold_minutes", "sales_open"]
+        fields = ["organisation", "name", "event_date", "location", "hold_minutes", "sales_open"]
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -95,7 +106,7 @@ class EventCreateForm(EventChangeForm):
 
 
 @admin.register(Event)
-class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
+class EventAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     list_display = [
         "id",
         "name",
@@ -126,7 +137,10 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     # of the total), so the counts need no rows of their own.
     fieldsets = [
         ("Seats", {"fields": ["seat_map"]}),
-        (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]}),
+        (
+            None,
+            {"fields": ["organisation", "name", "event_date", "location", "hold_minutes", "sales_open", "created_at"]},
+        ),
         (
             "Admission queue",
             {
@@ -140,7 +154,33 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     ]
 
     def get_queryset(self, request):
-        return selectors.events_with_counts(now=timezone.now())
+        return self.scope(request, selectors.events_with_counts(now=timezone.now()))
+
+    def get_object(self, request, object_id, from_field=None):
+        """The event, with the lists of it its page links to: those the caller's role in its organisation sees
+        (a staff member's page says how many wait, without a link to a list they may not open)."""
+        event = super().get_object(request, object_id, from_field)
+        event.lists_shown = self._lists_shown(request, event.organisation_id)
+        return event
+
+    def _lists_shown(self, request, organisation_id: int | None) -> set[type[Model]]:
+        """The lists of an event's entries (waiting list, queue) the caller may open, in ``organisation_id``
+        (None: in any of theirs)."""
+        shown: set[type[Model]] = set()
+        for model in (WaitlistEntry, QueueEntry):
+            entries = cast(OrganisationScoped, self.admin_site.get_model_admin(model))
+            if organisation_id is None:
+                visible = entries.has_view_permission(request)
+            else:
+                visible = access.may_act(request_user(request), organisation_id, entries.view_role)
+            if visible:
+                shown.add(model)
+        return shown
+
+    def get_list_display(self, request):
+        """The waiting count links to the waiting list when the caller may open it; else it is a number."""
+        shown = WaitlistEntry in self._lists_shown(request, None)
+        return [column if shown or column != "waiting" else "waiting_unlinked" for column in self.list_display]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = EventCreateForm if obj is None else EventChangeForm
@@ -149,13 +189,13 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return [
-                (None, {"fields": ["name", "event_date", "location", "hold_minutes", "sales_open"]}),
+                (None, {"fields": ["organisation", "name", "event_date", "location", "hold_minutes", "sales_open"]}),
                 ("Seat layout", {"fields": ["layout", "total_seats", "sections", "rows", "seats_per_row"]}),
             ]
         return self.fieldsets
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else self.readonly_fields
+        return [] if obj is None else super().get_readonly_fields(request, obj)
 
     def has_delete_permission(self, request, obj=None):
         """Deleting an event would take its seats with it and leave no audit trail: operators close
@@ -174,6 +214,7 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
                 setattr(obj, field, getattr(updated, field))
             return
         created = events.event_create(
+            organisation_id=data["organisation"].pk,
             name=data["name"],
             event_date=data["event_date"],
             location=data["location"],
@@ -192,14 +233,13 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         row = EventQueue.objects.filter(pk=event.pk).first()
         if row is None:
             return "Nobody has joined."
-        url = reverse("admin:events_queueentry_changelist") + f"?event__id__exact={event.pk}"
-        return format_html(
-            '{} joined, {} admitted, {} waiting: <a href="{}">the entries</a>',
-            row.joined,
-            row.admitted_through,
-            row.joined - row.admitted_through,
-            url,
+        counts = format_html(
+            "{} joined, {} admitted, {} waiting", row.joined, row.admitted_through, row.joined - row.admitted_through
         )
+        if QueueEntry not in getattr(event, "lists_shown", {QueueEntry}):
+            return counts
+        url = reverse("admin:events_queueentry_changelist") + f"?event__id__exact={event.pk}"
+        return format_html('{}: <a href="{}">the entries</a>', counts, url)
 
     @admin.display(description="Held now")
     def held_seats(self, event):
@@ -212,8 +252,15 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
     @admin.display(description="Waiting", ordering="waiting_count")
     def waiting(self, event):
         """The WAITING entries, linked to the event's list (positions, offers, removal)."""
+        if WaitlistEntry not in getattr(event, "lists_shown", {WaitlistEntry}):
+            return self.waiting_unlinked(event)
         url = reverse("admin:events_waitlistentry_changelist") + f"?event__id__exact={event.pk}"
         return format_html('<a href="{}">{} waiting</a>', url, event.waiting_count)
+
+    @admin.display(description="Waiting", ordering="waiting_count")
+    def waiting_unlinked(self, event):
+        """The WAITING entries, for a role that does not open the waiting list."""
+        return f"{event.waiting_count} waiting"
 
     @admin.display(description="Seat map")
     def seat_map(self, event):
@@ -253,31 +300,25 @@ class EventAdmin(AuditTrailMixin, admin.ModelAdmin):
         self._set_waitlist(request, queryset, enabled=True)
 
     def _set_sales(self, request, queryset, *, sales_open: bool) -> None:
-        done = self._each_event(
+        self.run_service(
+            request,
             queryset,
-            lambda event_id: events.event_sales_set(
-                event_id=event_id, sales_open=sales_open, actor=request.user, now=timezone.now()
+            lambda event: events.event_sales_set(
+                event_id=event.pk, sales_open=sales_open, actor=request.user, now=timezone.now()
             ),
+            f"had sales {'opened' if sales_open else 'closed'}",
         )
-        self.message_user(request, f"Sales {'opened' if sales_open else 'closed'} for {done} event(s).")
 
     def _set_waitlist(self, request, queryset, *, enabled: bool) -> None:
-        done = self._each_event(
+        kept = "" if enabled else " (those on it keep their place and are still offered seats)"
+        self.run_service(
+            request,
             queryset,
-            lambda event_id: waitlist.waitlist_set(
-                event_id=event_id, enabled=enabled, actor=request.user, now=timezone.now()
+            lambda event: waitlist.waitlist_set(
+                event_id=event.pk, enabled=enabled, actor=request.user, now=timezone.now()
             ),
+            f"had the waiting list turned {'on' if enabled else 'off'}{kept}",
         )
-        kept = "." if enabled else "; those on it keep their place and are still offered seats."
-        self.message_user(request, f"Waiting list turned {'on' if enabled else 'off'} for {done} event(s){kept}")
-
-    @staticmethod
-    def _each_event(queryset, call) -> int:
-        """Call a service for each selected event (by id: the service locks and reads the row itself)."""
-        ids = list(queryset.values_list("id", flat=True))
-        for event_id in ids:
-            call(event_id)
-        return len(ids)
 
 
 @admin.register(SeatHoldGroup)
@@ -301,6 +342,7 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
     ]
 
     cap = holds.SEAT_HOLDS.cap
+    organisation_field = "event__organisation"
     list_display = ["hold", "booking", "event", "user", "state_now", "seat_count", "hold_expires", "created_at"]
     list_filter = [StateFilter, ("event", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["=id", "=booking_group_id", "user__email", "user__name", "=idempotency_key"]
@@ -386,11 +428,13 @@ class SeatHoldGroupAdmin(CsvExportMixin, ClaimAdmin):
 
 
 @admin.register(WaitlistEntry)
-class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin):
+class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, ReadOnlyAdmin, OrganisationScoped):
     """Each event's waiting list, in join order: who waits for how many seats, their position, the offer
     (a hold) an entry was made. Operators remove an entry through the action (a confirmation page
     first), which calls the service: the entries behind move up, and the next may be offered seats."""
 
+    organisation_field = "event__organisation"
+    view_role = Role.MANAGER  # waiting lists are the manager's rung
     list_display = [
         "id",
         "event",
@@ -447,7 +491,7 @@ class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, R
 
     def has_change_permission(self, request, obj=None):
         """The page is read-only; the removal action needs the change permission (given to operators)."""
-        return obj is None and admin.ModelAdmin.has_change_permission(self, request)
+        return obj is None and OrganisationScoped.has_change_permission(self, request)
 
     def get_audit_subject(self, entry):
         return waitlist.waitlist_entry_subject(entry)
@@ -498,10 +542,12 @@ class WaitlistEntryAdmin(CsvExportMixin, AuditTrailMixin, ServiceActionsMixin, R
 
 
 @admin.register(QueueEntry)
-class QueueEntryAdmin(AuditTrailMixin, ReadOnlyAdmin):
+class QueueEntryAdmin(AuditTrailMixin, ReadOnlyAdmin, OrganisationScoped):
     """The admission queues: each entry with its place, in join order per event. Only the services
     write them (a join, the admit queues job); operators watch."""
 
+    organisation_field = "event__organisation"
+    view_role = Role.MANAGER  # queues are the manager's rung
     list_display = ["number", "event", "user", "state_now", "position", "joined_at", "admitted_until"]
     list_filter = ["state", ("event", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["user__email", "user__name", "=token"]

@@ -17,11 +17,13 @@ from django.db import models
 from django.db.models import F, Q
 
 from core.claims import Claim, ClaimQuerySet
+from core.organisations.models import Organisation
 
 CLAIM_STATES = ["HELD", "CONFIRMED", "RELEASED", "EXPIRED", "CANCELLED"]
 
 
 class Event(models.Model):
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
     name = models.CharField(max_length=255)
     event_date = models.DateTimeField()
     location = models.CharField(max_length=255)

@@ -4,7 +4,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from core.admin import AuditTrailMixin, ClaimAdmin, StateFilter
+from core.admin import AuditTrailMixin, ClaimAdmin, OrganisationScoped, StateFilter
 from reservations import services
 from reservations.models import Car, Reservation
 from reservations.selectors import reservations_with_effective_state
@@ -12,12 +12,13 @@ from web.exports import CsvExportMixin
 
 
 @admin.register(Car)
-class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
-    list_display = ["id", "label", "make", "model", "dealer_id", "status", "current_reservation"]
+class CarAdmin(AuditTrailMixin, OrganisationScoped):
+    list_display = ["id", "label", "make", "model", "organisation", "dealer_id", "status", "current_reservation"]
     list_filter = ["status", "dealer_id"]
     search_fields = ["label", "make", "model", "=id"]
     readonly_fields = ["created_at", "updated_at", "current_reservation", "audit_trail"]
     fields = [
+        "organisation",
         "dealer_id",
         "label",
         "make",
@@ -47,7 +48,9 @@ class CarAdmin(AuditTrailMixin, admin.ModelAdmin):
         if change:
             saved = services.car_update(car_id=obj.pk, actor=request.user, **fields)
         else:
-            saved = services.car_create(actor=request.user, **fields)
+            saved = services.car_create(
+                organisation_id=form.cleaned_data["organisation"].pk, actor=request.user, **fields
+            )
         obj.pk, obj.created_at, obj.updated_at = saved.pk, saved.created_at, saved.updated_at
 
     @admin.display(description="Current reservation")
@@ -64,6 +67,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
     """Operators look and act through the actions (which call the services); rows are never edited."""
 
     cap = services.RESERVATIONS.cap
+    organisation_field = "car__organisation"
     list_display = ["id", "car", "buyer", "state_now", "hold_expires", "created_at", "updated_at"]
     list_filter = [StateFilter, ("car", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["buyer__email", "buyer__name", "buyer__username", "=id", "=idempotency_key"]
@@ -94,7 +98,7 @@ class ReservationAdmin(CsvExportMixin, ClaimAdmin):
     fields = tuple(readonly_fields)  # the page shows these, "State" once, not the stored state beside it
 
     def get_queryset(self, request):
-        return reservations_with_effective_state(now=timezone.now()).select_related("car", "buyer")
+        return self.scope(request, reservations_with_effective_state(now=timezone.now()).select_related("car", "buyer"))
 
     @admin.action(description="Cancel selected held reservations", permissions=["change"])
     def cancel(self, request, queryset):

@@ -3,6 +3,7 @@ from django.db import models
 from django.db.models import Q
 
 from core.claims import Claim, ClaimQuerySet
+from core.organisations.models import Organisation
 
 
 class Car(models.Model):
@@ -10,6 +11,7 @@ class Car(models.Model):
         ACTIVE = "ACTIVE", "Active"
         INACTIVE = "INACTIVE", "Inactive"
 
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
     dealer_id = models.PositiveIntegerField(db_index=True)
     make = models.CharField(max_length=64, blank=True)
     model = models.CharField(max_length=64, blank=True)

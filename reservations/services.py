@@ -21,6 +21,8 @@ from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import Conflict, InvalidStateTransition, NotFound
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.organisations import access
+from core.organisations.roles import Role
 from core.policy import CANCEL, CONFIRM, EXPIRE, Cap, ClaimPolicy
 from reservations import locks
 from reservations.models import Car, Reservation
@@ -42,6 +44,7 @@ CAR_FIELDS = ("dealer_id", "label", "make", "model", "status")
 @transaction.atomic
 def car_create(
     *,
+    organisation_id: int,
     dealer_id: int,
     label: str,
     make: str = "",
@@ -49,7 +52,12 @@ def car_create(
     status: str = Car.Status.ACTIVE,
     actor: User | None = None,
 ) -> Car:
-    car = Car.objects.create(dealer_id=dealer_id, label=label, make=make, model=model, status=status)
+    """A car of ``organisation_id``, for ``actor``, a manager there (their membership locked:
+    ``access.require_member``)."""
+    access.require_member(actor, organisation_id, Role.MANAGER, what=f"Organisation {organisation_id}")
+    car = Car.objects.create(
+        organisation_id=organisation_id, dealer_id=dealer_id, label=label, make=make, model=model, status=status
+    )
     audit.record(subject=car, event="CREATED", to_state=car.status, actor=actor)
     return car
 
@@ -61,6 +69,7 @@ def car_update(*, car_id: int, actor: User | None = None, **fields) -> Car:
     car = locks.lock_car(car_id)
     if car is None:
         raise NotFound(f"Car {car_id} does not exist.")
+    access.require_member(actor, car.organisation_id, Role.MANAGER, what=f"Car {car_id}")
     audit.record_update(car, fields, actor=actor, state_field="status")
     return car
 
@@ -78,7 +87,7 @@ class CarHold:
 
 
 class ReservationPolicy(ClaimPolicy[Reservation]):
-    owner_field = "buyer"
+    owner_field, resource_field = "buyer", "car"
 
 
 class Reservations(ClaimEngine[Reservation]):
@@ -104,13 +113,17 @@ class Reservations(ClaimEngine[Reservation]):
         counts=claims.LIVE_HOLDS,
     )
 
+    def organisation_of(self, ask: CarHold) -> int | None:
+        return Car.objects.filter(pk=ask.car_id).values_list("organisation_id", flat=True).first()
+
     def decide(self, ask: CarHold, *, now: datetime, actor) -> Reservation | None:
         expires_at = now + timedelta(minutes=ask.hold_minutes)
-        limit = self.cap.limit_for(ask.actor)
+        organisation_id = self.acting_organisation(ask, owner_id=ask.buyer.pk)
+        limit = self.cap.limit_for(ask.actor, organisation_id)
         row = hold_statement().fetchone(
             {
                 "car": ask.car_id,
-                "owner": self.cap.locked_owner(ask.buyer.pk, ask.actor),
+                "owner": self.cap.locked_owner(ask.buyer.pk, ask.actor, organisation_id),
                 "buyer": ask.buyer.pk,
                 "limit": limit,
                 "actor": actor.pk,

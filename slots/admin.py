@@ -17,18 +17,20 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from core.admin import AuditTrailMixin, ClaimAdmin, ServiceActionsMixin, StateFilter
+from core.admin import AuditTrailMixin, ClaimAdmin, OrganisationScoped, ServiceActionsMixin, StateFilter
 from core.errors import DomainError
+from core.organisations import access
 from slots import selectors
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.forms import AnalyticsForm, AvailabilityForm, BulkSlotForm, SlotAddForm, lengths_text
 from slots.models import Availability, Slot, SlotBooking
 from slots.services import bookings, slots
+from web.accounts.services import request_user
 from web.exports import CsvExportMixin
 
 
 @admin.register(Slot)
-class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
+class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, OrganisationScoped):
     change_list_template = "admin/slots/slot/change_list.html"
     list_display = ["id", "host", "title", "specialization", "start", "end", "capacity", "remaining", "status"]
     list_filter = ["status", "specialization", ("host", admin.RelatedOnlyFieldListFilter), "start"]
@@ -36,11 +38,21 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     list_select_related = ["host"]
     date_hierarchy = "start"
     actions = ["cancel_slots"]
-    fields = ["host", "title", "specialization", "start", "end", "capacity"]
-    readonly_on_change = ["host", "start", "end", "capacity", "booked", "status", "created_at", "updated_at"]
+    fields = ["organisation", "host", "title", "specialization", "start", "end", "capacity"]
+    readonly_on_change = [
+        "organisation",
+        "host",
+        "start",
+        "end",
+        "capacity",
+        "booked",
+        "status",
+        "created_at",
+        "updated_at",
+    ]
 
     def get_queryset(self, request):
-        return selectors.slots_with_remaining(now=timezone.now())
+        return self.scope(request, selectors.slots_with_remaining(now=timezone.now()))
 
     @admin.display(description="Seats free now", ordering="remaining_capacity")
     def remaining(self, slot):
@@ -92,11 +104,12 @@ class SlotAdmin(AuditTrailMixin, ServiceActionsMixin, admin.ModelAdmin):
     def bulk_add_view(self, request):
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = BulkSlotForm(request.POST or None)
+        form = BulkSlotForm(request.POST or None, request=request)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
                 created = slots.slots_create_many(
+                    organisation_id=data["organisation"].pk,
                     host=data["host"],
                     ranges=form.ranges(),
                     capacity=data["capacity"],
@@ -170,6 +183,7 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
 
     change_list_template = "admin/slots/slotbooking/change_list.html"
     cap = bookings.SLOT_BOOKINGS.cap
+    organisation_field = "slot__organisation"
     list_display = ["id", "slot", "guest", "seats", "state_now", "hold_expires", "created_at"]
     list_filter = [
         StateFilter,
@@ -215,7 +229,10 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
     fields = tuple(readonly_fields)  # the page shows these, "State" once, not the stored state beside it
 
     def get_queryset(self, request):
-        return selectors.slot_bookings_with_effective_state(now=timezone.now()).select_related("guest", "slot__host")
+        bookings = selectors.slot_bookings_with_effective_state(now=timezone.now()).select_related(
+            "guest", "slot__host"
+        )
+        return self.scope(request, bookings)
 
     @admin.action(description="Cancel selected bookings", permissions=["change"])
     def cancel(self, request, queryset):
@@ -242,12 +259,17 @@ class SlotBookingAdmin(CsvExportMixin, ClaimAdmin):
         return [chart, *super().get_urls()]
 
     def analytics_view(self, request):
+        """The bookings of the caller's organisations (a superuser: of all), per day."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         today = timezone.localdate()
         form = AnalyticsForm(request.GET or {"start_date": today - timedelta(days=29), "end_date": today})
         analytics = in_the_list = None
         if form.is_valid():
             start, end = form.cleaned_data["start_date"], form.cleaned_data["end_date"]
-            analytics = selectors.booking_analytics(start_date=start, end_date=end)
+            analytics = selectors.booking_analytics(
+                start_date=start, end_date=end, organisations=access.scope(request_user(request), None)
+            )
             since, until = selectors.booking_days(start, end, timezone.get_current_timezone())
             # The same bookings in the list beside this page: made in the window, a moved one once.
             query = {"created_at__gte": since.isoformat(), "created_at__lt": until.isoformat(), "moved": "no"}
@@ -279,7 +301,7 @@ def _bar_chart(days: list[dict], height: int = 200, bar: int = 18, gap: int = 4,
 
 
 @admin.register(Availability)
-class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
+class AvailabilityAdmin(AuditTrailMixin, OrganisationScoped):
     """Any host's hours, edited through ``AvailabilityForm`` (the API's checks, ``slots.availability``), and the host's
     week as a picture: hours, published slots, active bookings (``?week=YYYY-MM-DD`` for another week)."""
 
@@ -299,7 +321,7 @@ class AvailabilityAdmin(AuditTrailMixin, admin.ModelAdmin):
         if obj is None:
             return [(None, {"fields": fields})]
         return [
-            (None, {"fields": [*fields, "updated_at"]}),
+            (None, {"fields": ["organisation", *fields, "updated_at"]}),
             ("Audit trail", {"fields": ["audit_trail"], "classes": ["collapse"]}),
         ]
 

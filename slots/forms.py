@@ -8,12 +8,16 @@ from typing import Any, cast
 
 from django import forms
 from django.contrib.admin.widgets import AdminDateWidget, AdminTimeWidget
-from django.db.models import Model
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from core.admin import ServiceModelForm, organisation_choices
 from core.errors import DomainError
+from core.organisations import access
+from core.organisations.models import Organisation
+from core.organisations.roles import Role as OrganisationRole
 from slots.api.serializers import EARLIEST_DAY, LATEST_DAY
 from slots.availability import AvailabilityDocument, availability_clean
 from slots.models import Availability, Slot
@@ -24,49 +28,17 @@ from web.accounts.services import request_user
 WEEKDAYS = [(0, "Mon"), (1, "Tue"), (2, "Wed"), (3, "Thu"), (4, "Fri"), (5, "Sat"), (6, "Sun")]
 
 
-def hosts():
-    return User.objects.filter(roles__contains=[Role.HOST]).order_by("name", "email")
-
-
-class ServiceModelForm(forms.ModelForm):
-    """A model form the admin saves through a service: ``clean`` calls ``write`` (the service checks and writes,
-    so its refusal shows on the form) and keeps the row it wrote as ``written``; the model's own validation of
-    the unsaved instance is skipped, and the admin's ``save_model`` takes the row over (``adopt``)."""
-
-    request: HttpRequest | None = None  # set by the ModelAdmin's get_form
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.written: Model | None = None
-
-    def _post_clean(self):
-        pass  # the service validates and writes; no model-level validation of an unsaved instance
-
-    def clean(self) -> dict[str, Any]:
-        super().clean()
-        data = self.cleaned_data
-        if self.errors:
-            return data
-        assert self.request is not None  # the admin sets it before the form is used
-        try:
-            self.written = self.write(data, actor=request_user(self.request))
-        except DomainError as error:
-            self.refused(error)
-        return data
-
-    def write(self, data: dict[str, Any], *, actor: User) -> Model:
-        raise NotImplementedError
-
-    def refused(self, error: DomainError) -> None:
-        """Show the service's refusal on the form (the whole form's error unless a subclass places it)."""
-        raise forms.ValidationError(error.message) from None
-
-    def adopt(self, obj: Model) -> None:
-        """Make the admin's ``obj`` the row ``write`` wrote, so that the admin does not save it again."""
-        assert self.written is not None  # clean() wrote it, or the admin would not save
-        for field in type(self.written)._meta.concrete_fields:
-            setattr(obj, field.attname, getattr(self.written, field.attname))
-        obj._state.adding = False
+def hosts(request: HttpRequest | None) -> QuerySet[User]:
+    """The hosts (users with the HOST role) whose slots and hours the caller manages: the members of the
+    organisations in which they are a manager, and the hosts whose hours are there (a superuser: every
+    host; docs/contract.md §2.6). A host of no organisation yet is added to one first, as a member."""
+    found = User.objects.filter(roles__contains=[Role.HOST]).order_by("name", "email")
+    organisations = access.scope(request_user(request), None, OrganisationRole.MANAGER) if request else []
+    if organisations is None:
+        return found
+    return found.filter(
+        Q(memberships__organisation__in=organisations) | Q(availability__organisation__in=organisations)
+    ).distinct()
 
 
 class SlotAddForm(ServiceModelForm):
@@ -78,14 +50,15 @@ class SlotAddForm(ServiceModelForm):
 
     class Meta:
         model = Slot
-        fields = ["host", "title", "specialization", "start", "end", "capacity"]
+        fields = ["organisation", "host", "title", "specialization", "start", "end", "capacity"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # the model's foreign key
+        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts(self.request)  # the model's foreign key
 
     def write(self, data: dict[str, Any], *, actor: User) -> Slot:
         return slots.slot_create(
+            organisation_id=data["organisation"].pk,
             host=data["host"],
             start=data["start"],
             end=data["end"],
@@ -114,7 +87,13 @@ class BulkSlotForm(forms.Form):
       split around one night.
     """
 
-    host = forms.ModelChoiceField(queryset=User.objects.none(), help_text="A user with the HOST role.")
+    organisation = forms.ModelChoiceField(
+        queryset=Organisation.objects.none(), help_text="Whose slots these are: one of the organisations you manage."
+    )
+    host = forms.ModelChoiceField(
+        queryset=User.objects.none(),
+        help_text="A user with the HOST role: a member of the organisation, or with their hours there.",
+    )
     title = forms.CharField(max_length=200, required=False, help_text="Optional; shown to guests on every slot.")
     specialization = forms.CharField(
         max_length=100, required=False, help_text="Optional; what guests filter by (e.g. cardiology)."
@@ -149,15 +128,18 @@ class BulkSlotForm(forms.Form):
     )
 
     fieldsets = [
-        ("Slots", {"fields": ["host", "title", "specialization", "capacity"]}),
+        ("Slots", {"fields": ["organisation", "host", "title", "specialization", "capacity"]}),
         ("When", {"fields": ["first_day", "weeks", "weekdays", "day_start", "day_end", "minutes"]}),
     ]
 
     MAX_SLOTS = 2000
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, request: HttpRequest, **kwargs):
         super().__init__(*args, **kwargs)
-        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()  # declared as one above
+        organisation_choices(
+            request, OrganisationRole.MANAGER, cast(forms.ModelChoiceField, self.fields["organisation"])
+        )
+        cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts(request)  # declared as one above
         self.fields["first_day"].initial = timezone.localdate() + timedelta(days=1)
         zone = timezone.get_current_timezone_name()
         self.fields["day_start"].help_text = f"When the day's first slot starts: HH:MM on the clock in {zone}."
@@ -384,7 +366,7 @@ class AvailabilityForm(ServiceModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "host" in self.fields:  # on the add page only: a host's availability stays theirs
-            cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts()
+            cast(forms.ModelChoiceField, self.fields["host"]).queryset = hosts(self.request)
             self.fields["time_zone"].initial = timezone.get_current_timezone_name()
 
     def write(self, data: dict[str, Any], *, actor: User) -> Availability:

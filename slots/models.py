@@ -6,6 +6,7 @@ from django.db.models import Case, F, Func, Q, Value, When
 from django.db.models.functions import Coalesce, Least
 
 from core.claims import Claim, ClaimQuerySet
+from core.organisations.models import Organisation
 
 
 class Int8Range(Func):
@@ -49,6 +50,7 @@ class Slot(models.Model):
         APPOINTMENT = "APPOINTMENT", "Appointment"
 
     host = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slots")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=11, choices=Kind.choices, default=Kind.PUBLISHED)
     title = models.CharField(max_length=200, blank=True)
     specialization = models.CharField(max_length=100, blank=True, help_text='Free text, e.g. "cardiology"')
@@ -226,6 +228,7 @@ class Availability(models.Model):
     host = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, primary_key=True, related_name="availability"
     )
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
     time_zone = models.CharField(max_length=64, help_text="An IANA zone, e.g. Europe/Berlin")
     weekly = models.JSONField(default=list, blank=True)
     overrides = models.JSONField(default=list, blank=True)

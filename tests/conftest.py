@@ -20,7 +20,7 @@ from psycopg import sql
 from rest_framework.test import APIClient
 
 from ops import embedded
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 from tests.processes import stop_group
 
 
@@ -156,6 +156,9 @@ def other_user(db):
 
 @pytest.fixture
 def staff(db):
+    """The platform's operator (a superuser: every organisation's), beside the one organisation the tests'
+    resources belong to (``house``), so that what they create needs no ``organisationId``."""
+    house()
     return UserFactory(is_staff=True, is_superuser=True)
 
 

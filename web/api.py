@@ -17,21 +17,48 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import SkipField, empty
 from rest_framework.pagination import BasePagination
-from rest_framework.permissions import SAFE_METHODS, IsAdminUser, IsAuthenticated
+from rest_framework.permissions import SAFE_METHODS, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.utils import html
 
 from core.errors import ValidationFailed
+from core.organisations import access
 from web.idempotency import BODY_ALIAS, body_key
 
 
-class StaffWrites(IsAuthenticated):
-    """Anyone signed in reads; only operators (staff) write."""
+class Operators(IsAuthenticated):
+    """Operators only: a superuser, or a member of some organisation (docs/contract.md §2.6); which
+    organisation's objects they reach, and with which role, the service decides (404 outside theirs)."""
+
+    def has_permission(self, request, view):
+        return super().has_permission(request, view) and access.is_operator(request.user)
+
+
+class Superusers(IsAuthenticated):
+    """The platform's operators only (``is_superuser``): what spans every organisation."""
+
+    def has_permission(self, request, view):
+        return super().has_permission(request, view) and request.user.is_superuser
+
+
+class OperatorWrites(IsAuthenticated):
+    """Anyone signed in reads; only operators write."""
 
     def has_permission(self, request, view):
         if request.method in SAFE_METHODS:
             return super().has_permission(request, view)
-        return IsAdminUser().has_permission(request, view)
+        return Operators().has_permission(request, view)
+
+
+def organisation_id_in() -> serializers.IntegerField:
+    """``organisationId`` of a body that creates something: the organisation it belongs to, required when
+    the caller belongs to several (``core.organisations.access.acting_organisation``)."""
+    return serializers.IntegerField(
+        min_value=1,
+        max_value=BIGINT_MAX,
+        required=False,
+        help_text="The organisation it belongs to: required when you belong to several",
+    )
 
 
 # Fields whose representation reads only the value and the field's own options (no request, no context,

@@ -15,7 +15,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import exceptions as drf
 from rest_framework import serializers
-from rest_framework.permissions import SAFE_METHODS, IsAdminUser
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.views import APIView
 
 from core.errors import (
@@ -29,6 +29,7 @@ from core.errors import (
     ValidationFailed,
     status_and_code,
 )
+from web.api import Operators, Superusers
 
 # One error model for every refusal of every operation. The codes an operation's status can answer are
 # listed beside it (ERROR_CODES), not narrowed into its schema: a generated client turns each narrowed
@@ -136,7 +137,7 @@ class ApiSchema(AutoSchema):
         refusals: list[Refusal] = [drf.NotAcceptable, ServiceUnavailable]
         if view.get_authenticators():
             refusals.append(drf.NotAuthenticated)  # no or a bad token, even where anyone may call
-        if unsafe or any(isinstance(p, IsAdminUser) for p in view.get_permissions()):
+        if unsafe or any(isinstance(p, (Operators, Superusers)) for p in view.get_permissions()):
             refusals.append(drf.PermissionDenied)  # operators only; a session without its CSRF token
         if any(p["in"] == "path" for p in parameters):
             refusals.append(NotFound)

@@ -3,12 +3,12 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyAdmin, pretty_json, short_id
+from core.admin import PlatformAdmin, ReadOnlyAdmin, pretty_json, short_id
 from core.audit.models import AuditEvent
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
+class AuditEventAdmin(ReadOnlyAdmin, PlatformAdmin):
     list_display = ["id", "occurred_at", "subject", "event_type", "change", "actor_label", "request", "delivered_at"]
     list_filter = ["subject_type", "event_type", ("delivered_at", admin.EmptyFieldListFilter), "occurred_at"]
     search_fields = ["=subject_id", "=request_id", "actor_label"]

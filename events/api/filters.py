@@ -2,10 +2,11 @@ import django_filters as filters
 from django.utils import timezone
 
 from events.models import Event
-from web.api import StrictBooleanFilter
+from web.api import IdFilter, StrictBooleanFilter
 
 
 class EventFilter(filters.FilterSet):
+    organisation = IdFilter(field_name="organisation_id")
     upcoming = StrictBooleanFilter(method="filter_upcoming", help_text="true: not yet taken place")
     dateFrom = filters.DateFilter(field_name="event_date", lookup_expr="date__gte", help_text="YYYY-MM-DD")
     dateTo = filters.DateFilter(field_name="event_date", lookup_expr="date__lte", help_text="YYYY-MM-DD")

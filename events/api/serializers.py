@@ -11,7 +11,7 @@ from events.services.rules import (
     MAX_SEATS_PER_HOLD,
     event_date_problem,
 )
-from web.api import OutputSerializer, StrictSerializer
+from web.api import OutputSerializer, StrictSerializer, organisation_id_in
 
 USER_ID: dict[str, Any] = {"min_value": 1, "max_value": 2**63 - 1}  # an IntegerField's bounds
 
@@ -36,6 +36,7 @@ class EventDateField(serializers.DateTimeField):
 
 
 class EventCreateIn(StrictSerializer):
+    organisationId = organisation_id_in()
     name = serializers.CharField(max_length=255)
     date = EventDateField(help_text="In the future, at most ten years ahead")
     location = serializers.CharField(max_length=255)
@@ -83,6 +84,7 @@ class EventChangeIn(StrictSerializer):
 
 class EventOut(OutputSerializer):
     id = serializers.IntegerField()
+    organisationId = serializers.IntegerField(source="organisation_id")
     name = serializers.CharField()
     eventDate = serializers.DateTimeField(source="event_date")
     location = serializers.CharField()

@@ -9,6 +9,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
+from core.organisations import access
+from core.organisations.access import RoleRequired
+from core.organisations.roles import Role
 from core.policy import SEE
 from events import calendar, queue, selectors
 from events.api.filters import EventFilter
@@ -35,7 +38,7 @@ from events.api.serializers import (
 from events.models import SeatHoldGroup, WaitlistEntry
 from events.services import events, holds, rules, seat_holds, waitlist
 from web.accounts.services import acting_user, request_user
-from web.api import StaffWrites
+from web.api import OperatorWrites
 from web.audit_trail import AuditTrailView
 from web.ical import CALENDAR_RESPONSE, CalendarView, calendar_response
 from web.idempotency import idempotent
@@ -92,17 +95,19 @@ class EventList(ListAPIView):
 
     serializer_class = EventOut
     filterset_class = EventFilter
-    permission_classes = [StaffWrites]
+    permission_classes = [OperatorWrites]
 
     def get_queryset(self):
         return selectors.events_with_counts(now=timezone.now()).order_by("event_date", "id")
 
-    @extend_schema(request=EventCreateIn, responses={201: EventCreatedOut})
+    @extend_schema(request=EventCreateIn, responses={201: EventCreatedOut, **errors(RoleRequired)})
     @idempotent
     def post(self, request):
         data = EventCreateIn.validated(request)
         layout = data.get("layout")
+        user = request_user(request)
         event = events.event_create(
+            organisation_id=access.acting_organisation(user, data.get("organisationId"), Role.MANAGER),
             name=data["name"],
             event_date=data["date"],
             location=data["location"],
@@ -113,7 +118,7 @@ class EventList(ListAPIView):
             ),
             hold_minutes=data["holdMinutes"],
             sales_open=data["salesOpen"],
-            actor=request.user,
+            actor=user,
             now=timezone.now(),
         )
         return Response(EventCreatedOut(_event(event.pk)).data, status=201)
@@ -123,14 +128,14 @@ class EventDetail(APIView):
     """The event and its counts as of ``asOf`` (at most a second ago). Operators change its details and
     its admission queue with PATCH."""
 
-    permission_classes = [StaffWrites]
+    permission_classes = [OperatorWrites]
 
     @extend_schema(responses={200: EventCountsOut})
     def get(self, request, event_id: int):
         body, _ = recent_counts.get(event_id, now=timezone.now(), read=lambda now: _read_counts(event_id, now))
         return Response(body)
 
-    @extend_schema(request=EventChangeIn, responses={200: EventCountsOut})
+    @extend_schema(request=EventChangeIn, responses={200: EventCountsOut, **errors(RoleRequired)})
     @idempotent
     def patch(self, request, event_id: int):
         data = EventChangeIn.validated(request)
@@ -227,7 +232,9 @@ class QueueEntryDetail(APIView):
         entry = queue.queue_entry_read(event_id=event_id, token=token)
         if entry is None:
             raise NotFound(f"Event {event_id} has no queue entry with this token.")
-        holds.SEAT_HOLDS.policy.require_owner(request_user(request), entry.user_id, what="This queue entry")
+        holds.SEAT_HOLDS.policy.require_owner(
+            request_user(request), entry.user_id, lambda: holds.event_organisation(event_id), what="This queue entry"
+        )
         entry.state = entry.state_at(timezone.now())
         return Response(QueueEntryOut(entry).data)
 
@@ -253,7 +260,9 @@ class SeatsConfirm(APIView):
         group = seat_holds.seat_hold_confirm(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
-            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            user=acting_user(
+                caller=request.user, user_id=data.get("userId"), organisation=lambda: holds.event_organisation(event_id)
+            ),
             now=timezone.now(),
         )
         body = {
@@ -278,7 +287,9 @@ class SeatsRelease(APIView):
         group = seat_holds.seat_hold_release(
             event_id=event_id,
             hold_group_id=data["holdGroupId"],
-            user=acting_user(caller=request.user, user_id=data.get("userId")),
+            user=acting_user(
+                caller=request.user, user_id=data.get("userId"), organisation=lambda: holds.event_organisation(event_id)
+            ),
             now=timezone.now(),
         )
         return Response(ReleaseOut({"released": True, "holdGroupId": group.pk}).data)
@@ -421,7 +432,10 @@ class WaitlistEntryDetail(APIView):
         if entry is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
         holds.SEAT_HOLDS.policy.require_owner(
-            request_user(request), entry.user_id, what=f"Waiting-list entry {entry_id}"
+            request_user(request),
+            entry.user_id,
+            lambda: holds.event_organisation(event_id),
+            what=f"Waiting-list entry {entry_id}",
         )
         return entry
 

@@ -23,7 +23,8 @@ from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import DomainError, NotFound, ValidationFailed
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
-from core.policy import Cap
+from core.organisations import access
+from core.policy import Cap, ClaimPolicy
 from events import locks
 from events.models import QUEUE_TOKEN, Event, Seat, SeatHoldGroup, WaitlistEntry
 from events.services.hold_statement import _NAMES, _PICK_BEST, _PICK_NAMED, _seat_along, _seat_hold_statement
@@ -97,6 +98,15 @@ class PickAgain(Exception):
     its locks, and ``SeatHolds.hold`` picks again."""
 
 
+def event_organisation(event_id: int) -> int | None:
+    """The organisation of event ``event_id``; None when there is no such event."""
+    return Event.objects.filter(pk=event_id).values_list("organisation_id", flat=True).first()
+
+
+class SeatHoldPolicy(ClaimPolicy[SeatHoldGroup]):
+    resource_field = "event"
+
+
 class SeatHolds(ClaimEngine[SeatHoldGroup]):
     """A hold group holds several seats of one event; each seat's ``SeatClaim`` mirrors the group, so
     ``seat_claim_one_active_per_seat`` keeps a seat out of two active claims.
@@ -112,7 +122,7 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     it ends, the audit events), in a transaction only when its seats free while people wait.
     """
 
-    model, domain = SeatHoldGroup, "events"
+    model, domain, policy = SeatHoldGroup, "events", SeatHoldPolicy()
     cap = Cap(
         rule="held_seats_per_user_per_event",
         setting="EVENT_MAX_HELD_SEATS_PER_USER",
@@ -137,7 +147,10 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     def limit_for(self, ask: SeatHold) -> int | None:
         """The cap a hold is held to: an offer has none (its quantity was held to it when its user joined,
         and it takes no user lock: it runs after the event's lock, ``locks.freed_events_lock_sql``)."""
-        return None if ask.offer else self.cap.limit_for(ask.actor)
+        return None if ask.offer else self.cap.limit_for(ask.actor, self.acting_organisation(ask, owner_id=ask.user.pk))
+
+    def organisation_of(self, ask: SeatHold) -> int | None:
+        return event_organisation(ask.event_id)
 
     def lock_target(self, ask: SeatHold) -> Target:
         holder = ask.user.pk if self.limit_for(ask) is not None else None  # the cap's lock
@@ -183,7 +196,11 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
 
     def check_target(self, target: Target, ask: SeatHold, *, now: datetime) -> None:
         self._check_sales(target.event, now=now)
-        if target.event.queue_enabled and not target.event.admitted and not (ask.actor.is_staff or ask.offer):
+        if (
+            target.event.queue_enabled
+            and not target.event.admitted
+            and not (ask.offer or access.may_act(ask.actor, target.event.organisation_id))
+        ):
             raise NotAdmitted(
                 f"Event {target.event.pk} sells through its queue: send X-Queue-Token of your admitted entry "
                 f"(join with POST /api/events/{target.event.pk}/queue and poll it until it is ADMITTED)."

@@ -14,11 +14,13 @@ from core.errors import NotFound, ValidationFailed
 from core.expiry import locked_now
 from core.metrics import CONSTRAINT_BACKSTOPS
 from core.middleware import current_request_id
+from core.organisations import access
+from core.organisations.roles import Role
 from events import locks
 from events.models import Event, WaitlistEntry
-from events.services.events import _locked_event
+from events.services.events import _locked_event, _managed_event
 from events.services.hold_statement import _C, _NAMES
-from events.services.holds import SEAT_HOLDS, waitlist_offer
+from events.services.holds import SEAT_HOLDS, event_organisation, waitlist_offer
 from events.services.rules import (
     ENTRY_SUBJECT,
     MAX_SEATS_PER_HOLD,
@@ -108,7 +110,8 @@ def waitlist_join(
     """Put ``user`` on the event's waiting list for ``quantity`` seats (at the end: the order is the
     entries' ids). Refused when the list is off, sales are closed, ``quantity`` is over the cap on held
     seats, the user is on the list already, or that many seats are free now and nobody waits (hold them)."""
-    limit = SEAT_HOLDS.cap.limit_for(user)
+    organisation_id = access.acting_in(user, owner_id=user.pk, organisation=lambda: event_organisation(event_id))
+    limit = SEAT_HOLDS.cap.limit_for(user, organisation_id)
     if not 1 <= quantity <= MAX_SEATS_PER_HOLD:
         raise ValidationFailed.for_field("quantity", f"Wait for 1 to {MAX_SEATS_PER_HOLD} seats.")
     SEAT_HOLDS.cap.check(count=0, asked=quantity, limit=limit, eventId=event_id)
@@ -226,7 +229,9 @@ def waitlist_leave(*, event_id: int, entry_id: int, user: User, now: datetime) -
         if row is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
         entry, was_head = WaitlistEntry.from_db(connection.alias, _W_ATTNAMES, row[:-1]), row[-1]
-        SEAT_HOLDS.policy.require_owner(user, entry.user_id, what=f"Waiting-list entry {entry_id}")
+        SEAT_HOLDS.policy.require_owner(
+            user, entry.user_id, lambda: event.organisation_id, what=f"Waiting-list entry {entry_id}", role=Role.MANAGER
+        )
         if entry.state != Entry.WAITING:
             raise EntryNotWaiting(
                 f"Waiting-list entry {entry_id} is {entry.state}: only a waiting entry leaves the list.",
@@ -256,6 +261,6 @@ def waitlist_set(*, event_id: int, enabled: bool, actor: User | None, now: datet
     """Turn the event's waiting list on or off. Off, nobody joins; the entries on it keep their place
     and are still offered the seats that free (an operator removes them to end that)."""
     with transaction.atomic():
-        event = _locked_event(locks.lock_event, event_id)
+        event = _managed_event(locks.lock_event, event_id, actor)
         audit.record_update(event, {"waitlist_enabled": enabled}, actor=actor, now=locked_now(now))
     return event

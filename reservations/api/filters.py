@@ -6,6 +6,7 @@ from web.api import IdFilter, StrictBooleanFilter
 
 class CarFilter(filters.FilterSet):
     available = StrictBooleanFilter(help_text="true: ACTIVE and no active reservation now")
+    organisation = IdFilter(field_name="organisation_id")
     dealerId = IdFilter(field_name="dealer_id")
     status = filters.ChoiceFilter(choices=Car.Status.choices)
 
@@ -19,6 +20,7 @@ class ReservationFilter(filters.FilterSet):
         choices=Reservation.State.choices, field_name="effective_state", help_text="An overdue HELD counts as EXPIRED"
     )
     carId = IdFilter(field_name="car_id")
+    organisation = IdFilter(field_name="car__organisation_id")
 
     class Meta:
         model = Reservation

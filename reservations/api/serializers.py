@@ -2,10 +2,11 @@ from django.conf import settings
 from rest_framework import serializers
 
 from reservations.models import Car, Reservation
-from web.api import ModelSerializer, StrictSerializer
+from web.api import ModelSerializer, StrictSerializer, organisation_id_in
 
 
 class CarIn(StrictSerializer):
+    organisationId = organisation_id_in()
     dealerId = serializers.IntegerField(min_value=1, max_value=2_147_483_647)
     # A declared field, not Field.label (the serializer's own label): DRF's metaclass moves it to _declared_fields.
     label = serializers.CharField(max_length=200)  # type: ignore[assignment]  # drf-stubs: see above
@@ -15,6 +16,7 @@ class CarIn(StrictSerializer):
 
 
 class CarOut(ModelSerializer):
+    organisationId = serializers.IntegerField(source="organisation_id")
     dealerId = serializers.IntegerField(source="dealer_id")
     available = serializers.BooleanField(help_text="ACTIVE and no active reservation now")
     createdAt = serializers.DateTimeField(source="created_at")
@@ -22,7 +24,18 @@ class CarOut(ModelSerializer):
 
     class Meta:
         model = Car
-        fields = ["id", "dealerId", "make", "model", "label", "status", "available", "createdAt", "updatedAt"]
+        fields = [
+            "id",
+            "organisationId",
+            "dealerId",
+            "make",
+            "model",
+            "label",
+            "status",
+            "available",
+            "createdAt",
+            "updatedAt",
+        ]
 
 
 class ReservationCreateIn(StrictSerializer):

@@ -5,6 +5,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import Forbidden, HoldExpired, InvalidStateTransition, LimitReached, NotFound, NotOwner
+from core.organisations import access
+from core.organisations.roles import Role
 from core.policy import SEE
 from reservations import selectors, services
 from reservations.api.filters import CarFilter, ReservationFilter
@@ -18,7 +20,7 @@ from reservations.api.serializers import (
 )
 from reservations.models import Reservation
 from web.accounts.services import acting_user, request_user
-from web.api import StaffWrites
+from web.api import OperatorWrites
 from web.audit_trail import AuditTrailView
 from web.idempotency import idempotent
 from web.schema import errors
@@ -30,22 +32,24 @@ class CarList(ListAPIView):
 
     serializer_class = CarOut
     filterset_class = CarFilter
-    permission_classes = [StaffWrites]
+    permission_classes = [OperatorWrites]
 
     def get_queryset(self):
         return selectors.cars_with_availability(now=timezone.now()).order_by("id")
 
-    @extend_schema(request=CarIn, responses={201: CarOut})
+    @extend_schema(request=CarIn, responses={201: CarOut, **errors(access.RoleRequired)})
     @idempotent
     def post(self, request):
         data = CarIn.validated(request)
+        user = request_user(request)
         car = services.car_create(
+            organisation_id=access.acting_organisation(user, data.get("organisationId"), Role.MANAGER),
             dealer_id=data["dealerId"],
             label=data["label"],
             make=data["make"],
             model=data["model"],
             status=data["status"],
-            actor=request_user(request),
+            actor=user,
         )
         return Response(CarOut(selectors.cars_with_availability(now=timezone.now()).get(pk=car.pk)).data, status=201)
 

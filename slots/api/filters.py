@@ -43,6 +43,7 @@ class MomentFilter(filters.CharFilter):
 
 
 class SlotFilter(filters.FilterSet):
+    organisation = IdFilter(field_name="organisation_id")
     hostId = IdFilter(field_name="host_id")
     specialization = filters.CharFilter(lookup_expr="iexact")
     startDate = MomentFilter(method="filter_start_date", help_text="Slots starting at or after (date or time)")
@@ -74,6 +75,7 @@ class BookingFilter(filters.FilterSet):
         choices=SlotBooking.Status.choices, field_name="effective_state", help_text="An overdue PENDING is EXPIRED"
     )
     slotId = IdFilter(field_name="slot_id")
+    organisation = IdFilter(field_name="slot__organisation_id")
 
     class Meta:
         model = SlotBooking

@@ -11,7 +11,7 @@ from rest_framework import serializers
 from slots.availability import MAX_BUFFER_MINUTES, MAX_DURATION_MINUTES, MAX_NOTICE_MINUTES, availability_clean
 from slots.models import Slot, SlotBooking
 from slots.services.rules import MAX_CAPACITY, SLOT_HORIZON, SLOT_HORIZON_TEXT
-from web.api import JSONObjectField, ModelSerializer, OutputSerializer, StrictSerializer
+from web.api import JSONObjectField, ModelSerializer, OutputSerializer, StrictSerializer, organisation_id_in
 from web.parsers import unstorable
 
 BIGINT = 2**63 - 1
@@ -35,6 +35,7 @@ class SlotIn(StrictSerializer):
     hostId = serializers.IntegerField(
         min_value=1, max_value=BIGINT, required=False, help_text="Operators only: the host the slot is for"
     )
+    organisationId = organisation_id_in()
 
     def validate(self, data):
         if data["endTime"] <= data["startTime"]:
@@ -47,6 +48,7 @@ class SlotIn(StrictSerializer):
 
 
 class SlotOut(ModelSerializer):
+    organisationId = serializers.IntegerField(source="organisation_id")
     hostId = serializers.IntegerField(source="host_id")
     hostName = serializers.SerializerMethodField()
     startTime = serializers.DateTimeField(source="start")
@@ -61,6 +63,7 @@ class SlotOut(ModelSerializer):
         model = Slot
         fields = [
             "id",
+            "organisationId",
             "hostId",
             "hostName",
             "title",
@@ -198,6 +201,7 @@ class SlotBookingOut(ModelSerializer):
 class BookingAnalyticsQuery(serializers.Serializer):
     start_date = serializers.DateField(validators=[check_day])
     end_date = serializers.DateField(validators=[check_day])
+    organisation = serializers.IntegerField(min_value=1, max_value=BIGINT, required=False)
 
     MAX_DAYS = 731
 

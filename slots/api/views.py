@@ -6,7 +6,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework.fields import DateTimeField
 from rest_framework.generics import ListAPIView
-from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -20,6 +19,7 @@ from core.errors import (
     ValidationFailed,
 )
 from core.expiry import expire_all
+from core.organisations import access
 from core.policy import SEE
 from slots import calendar, selectors
 from slots.api.filters import BookingFilter, SlotFilter
@@ -46,7 +46,7 @@ from slots.services import appointments, reschedule, rules, slots
 from slots.services import bookings as slots_bookings
 from web.accounts.models import User
 from web.accounts.services import acting_user, request_user
-from web.api import AsOfPagePagination
+from web.api import AsOfPagePagination, Operators, Superusers
 from web.audit_trail import AuditTrailView
 from web.ical import CALENDAR_RESPONSE, BookingNotConfirmed, CalendarView, calendar_response
 from web.idempotency import idempotent
@@ -89,7 +89,10 @@ class SlotList(ListAPIView):
 
     @extend_schema(
         request=SlotIn,
-        responses={201: SlotOut, **errors(rules.SlotOverlap, rules.SlotInPast, rules.NotAHost, NotFound)},
+        responses={
+            201: SlotOut,
+            **errors(rules.SlotOverlap, rules.SlotInPast, rules.NotAHost, NotFound, access.RoleRequired),
+        },
     )
     @idempotent
     def post(self, request):
@@ -105,6 +108,7 @@ class SlotList(ListAPIView):
                 raise ValidationFailed.for_field("hostId", f"User {host_id} is not a host.")
         slot = slots.slot_create(
             host=host,
+            organisation_id=data.get("organisationId"),
             start=data["startTime"],
             end=data["endTime"],
             capacity=data["capacity"],
@@ -315,12 +319,15 @@ class BookingCalendar(CalendarView):
 class AdminAnalytics(APIView):
     """Booking statistics over a date range (days in the operator's time zone). Operators only."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [Operators]
 
     @extend_schema(
         parameters=[
             OpenApiParameter("start_date", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD, inclusive"),
             OpenApiParameter("end_date", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD, inclusive"),
+            OpenApiParameter(
+                "organisation", OpenApiTypes.INT, description="One of your organisations (default: all of them)"
+            ),
         ],
         responses={200: BookingAnalyticsOut},
     )
@@ -328,15 +335,18 @@ class AdminAnalytics(APIView):
         query = BookingAnalyticsQuery(data=request.query_params)
         query.is_valid(raise_exception=True)
         analytics = selectors.booking_analytics(
-            start_date=query.validated_data["start_date"], end_date=query.validated_data["end_date"]
+            start_date=query.validated_data["start_date"],
+            end_date=query.validated_data["end_date"],
+            organisations=access.scope(request_user(request), query.validated_data.get("organisation")),
         )
         return Response(BookingAnalyticsOut(analytics).data)
 
 
 class AdminExpirePending(APIView):
-    """Run every domain's hold expiry now (what the beat job does every few seconds). Operators only."""
+    """Run every domain's hold expiry now (what the beat job does every few seconds), in every organisation:
+    the platform's operators (superusers) only."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [Superusers]
 
     @extend_schema(request=None, responses={200: ExpirePendingOut})
     @idempotent

@@ -14,6 +14,7 @@ from psycopg import sql
 
 from core import locking
 from core.errors import NotFound
+from core.organisations import access
 from slots import locks, selectors
 from slots.availability import MAX_BUFFER_MINUTES
 from slots.models import Availability, Slot, SlotBooking
@@ -123,8 +124,10 @@ class Appointments(SlotBookingLifecycle):
         expires_at = now + timedelta(minutes=hold_minutes) if ask.hold else None
         if ask.rescheduled_from is not None:  # a moved hold keeps its expiry
             expires_at = ask.rescheduled_from.expires_at if ask.hold else None
+        assert target.availability is not None  # check_target refuses a host without hours
         slot = Slot(
             host=target.host,
+            organisation_id=target.availability.organisation_id,  # the host's hours' organisation
             kind=Slot.Kind.APPOINTMENT,
             start=ask.start,
             end=ask.end,
@@ -140,6 +143,7 @@ class Appointments(SlotBookingLifecycle):
             metadata["rescheduledFromId"] = ask.rescheduled_from.pk
         params = {
             "host": target.host.pk,
+            "organisation": slot.organisation_id,
             "guest": ask.guest.pk,
             "start": ask.start,
             "end": ask.end,
@@ -221,10 +225,11 @@ def _spans(rows: list[list], *, keys: int = 1) -> list[tuple]:
 APPOINTMENT = _slot_statement(
     """
 WITH slot AS (
-    INSERT INTO {s_table} ({s_host}, {s_kind}, {s_title}, {s_specialization}, {s_start}, {s_end}, {s_blocked_from},
-                           {s_blocked_until}, {s_capacity}, {s_booked}, {s_status}, {s_created_at}, {s_updated_at})
-    VALUES (%(host)s, {appointment}, '', '', %(start)s, %(end)s, %(blocked_from)s, %(blocked_until)s, 1, 1, {available},
-            %(now)s, %(now)s)
+    INSERT INTO {s_table} ({s_host}, {s_organisation}, {s_kind}, {s_title}, {s_specialization}, {s_start}, {s_end},
+                           {s_blocked_from}, {s_blocked_until}, {s_capacity}, {s_booked}, {s_status}, {s_created_at},
+                           {s_updated_at})
+    VALUES (%(host)s, %(organisation)s, {appointment}, '', '', %(start)s, %(end)s, %(blocked_from)s,
+            %(blocked_until)s, 1, 1, {available}, %(now)s, %(now)s)
     RETURNING id
 ), created AS (
     INSERT INTO {b_table} ({b_slot}, {b_guest}, {b_start}, {b_end}, {b_seats}, {b_status}, {b_expires_at}, {b_reason},
@@ -312,7 +317,11 @@ def appointment_book(
     actor: User | None = None,
 ) -> SlotBooking:
     """Book ``start`` to ``end`` of a host's hours (``POST /api/bookings`` with ``hostId``): CONFIRMED at once,
-    or with ``hold`` a PENDING hold. Locks the guest's and the host's rows."""
+    or with ``hold`` a PENDING hold. Locks the guest's and the host's rows. An operator booking for a guest
+    does so inside their organisations only (the host's hours' organisation)."""
+    if actor is not None and actor.pk != guest.pk:
+        hours = Availability.objects.filter(host_id=host_id).values_list("organisation_id", flat=True)
+        access.acting_in(actor, owner_id=guest.pk, organisation=hours.first)
     ask = AppointmentRequest(
         host_id=host_id,
         guest=guest,

@@ -21,6 +21,7 @@ from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import DomainError, InvalidStateTransition, LimitReached, NotFound, ValidationFailed
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.organisations import access
 from core.policy import CANCEL, CONFIRM, EXPIRE, SEE, Cap, ClaimPolicy
 from slots import locks
 from slots.models import Slot, SlotBooking
@@ -47,7 +48,7 @@ class BookingPolicy(ClaimPolicy[SlotBooking]):
     """The guest acts on their bookings; the slot's host also sees them and may cancel them (confirming
     and rescheduling stay with the guest); operators do anything (contract §2.6)."""
 
-    owner_field = "guest"
+    owner_field, resource_field = "guest", "slot"
     host_may = frozenset({SEE, CANCEL})
 
     def may(self, user: User, action: str, booking: SlotBooking) -> bool:
@@ -116,8 +117,8 @@ class SlotBookingLifecycle(ClaimEngine[SlotBooking]):
         if to_state != Status.CANCELLED:
             return sql.SQL("true")
         return sql.SQL(
-            "NOT (l.{} = {} AND NOT %(staff)s AND l.slot_host <> %(user)s AND l.slot_start - l.locked_at <= %(window)s)"
-        ).format(claims.column(_B, "status"), sql.Literal(Status.CONFIRMED))
+            "NOT (l.{} = {} AND NOT {} AND l.slot_host <> %(user)s AND l.slot_start - l.locked_at <= %(window)s)"
+        ).format(claims.column(_B, "status"), sql.Literal(Status.CONFIRMED), self.policy.operator_sql())
 
     def disallowed(self, booking: SlotBooking, to_state: str, *, now: datetime) -> DomainError:
         return _cancellation_window_closed(booking.slot)
@@ -443,6 +444,11 @@ FROM freed, limits, seats LEFT JOIN clash ON true
 SLOT_BOOKINGS = SlotBookings()
 
 
+def slot_organisation(slot_id: int) -> int | None:
+    """The organisation of slot ``slot_id``; None when there is no such slot."""
+    return Slot.objects.filter(pk=slot_id).values_list("organisation_id", flat=True).first()
+
+
 def slot_booking_create(
     *,
     slot_id: int,
@@ -459,6 +465,8 @@ def slot_booking_create(
     it expires. Locks the guest row, then the slot row."""
     if seats < 1:
         raise ValidationFailed.for_field("seats", "Must be at least 1.")
+    if actor is not None and actor.pk != guest.pk:  # an operator for a guest: inside their organisations only
+        access.acting_in(actor, owner_id=guest.pk, organisation=lambda: slot_organisation(slot_id))
     ask = SlotBookingRequest(
         slot_id=slot_id,
         guest=guest,
@@ -604,7 +612,7 @@ def _check_seats(slot: Slot, *, seats: int, freed: int = 0) -> None:
 
 
 def _guest_only(user: User, slot: Slot) -> bool:
-    return not user.is_staff and user.pk != slot.host_id
+    return not access.may_act(user, slot.organisation_id) and user.pk != slot.host_id
 
 
 def _check_cancellation_window(slot: Slot, *, now: datetime) -> None:

@@ -13,6 +13,7 @@ from core.audit import services as audit
 from core.errors import InvalidStateTransition, NotFound, ValidationFailed, bounded
 from core.expiry import locked_now
 from core.metrics import CONSTRAINT_BACKSTOPS
+from core.organisations import access
 from slots import locks
 from slots.availability import AvailabilityFields, document_of
 from slots.models import Availability, Slot, SlotBooking
@@ -37,12 +38,14 @@ def slot_create(
     end: datetime,
     now: datetime,
     actor: User,
+    organisation_id: int | None = None,
     capacity: int = 1,
     title: str = "",
     specialization: str = "",
 ) -> Slot:
     return slots_create_many(
         host=host,
+        organisation_id=organisation_id,
         ranges=[(start, end)],
         now=now,
         actor=actor,
@@ -59,11 +62,14 @@ def slots_create_many(
     ranges: list[tuple[datetime, datetime]],
     now: datetime,
     actor: User,
+    organisation_id: int | None = None,
     capacity: int = 1,
     title: str = "",
     specialization: str = "",
 ) -> list[Slot]:
-    """Create one host's slots, all or none (the admin's bulk form and ``POST /api/slots``).
+    """Create one host's slots, all or none (the admin's bulk form and ``POST /api/slots``), in the host's
+    organisation (``organisation_id``, or their one: ``access.host_organisation``), by the host or a
+    manager there.
 
     Refuses a slot in the past, a slot ending more than ``SLOT_HORIZON`` (five years) from now, a
     range that ends before it starts, and any overlap among the new slots or with the host's AVAILABLE
@@ -81,7 +87,10 @@ def slots_create_many(
         if next_start < end:
             raise SlotOverlap(f"The new slots overlap each other at {next_start.isoformat()}.")
 
+    hours = Availability.objects.filter(host=host).values_list("organisation_id", flat=True).first()
+    organisation_id = access.host_organisation(host, organisation_id, actor=actor, hours=hours)
     locking.lock_user(host.pk)  # serializes the creation of one host's slots: no overlap
+    access.require_host_or_member(actor, host.pk, organisation_id, what=f"Organisation {organisation_id}")
     now = locked_now(now)
     for start, _ in ranges:
         if start <= now:
@@ -96,6 +105,7 @@ def slots_create_many(
     rows = [
         Slot(
             host=host,
+            organisation_id=organisation_id,
             title=title,
             specialization=specialization,
             start=start,
@@ -133,6 +143,7 @@ def slot_update_details(*, slot_id: int, title: str, specialization: str, actor:
         slot = locks.lock_slots([slot_id]).get(slot_id)
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
+        access.require_host_or_member(actor, slot.host_id, slot.organisation_id, what=f"Slot {slot_id}")
         now = locked_now(now)
         audit.record_update(
             slot, {"title": title, "specialization": specialization}, actor=actor, now=now, state_field="status"
@@ -161,7 +172,7 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
         slot = locks.lock_slots([slot_id]).get(slot_id)
         if slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
-        SLOT_BOOKINGS.policy.require_owner(user, slot.host_id, what=f"Slot {slot_id}", owner="host")
+        access.require_host_or_member(user, slot.host_id, slot.organisation_id, what=f"Slot {slot_id}")
         now = locked_now(now)
         if slot.status == Slot.Status.CANCELLED:
             raise InvalidStateTransition(subject=f"Slot {slot_id}", from_state=slot.status, to_state="CANCELLED")
@@ -177,17 +188,27 @@ def slot_cancel(*, slot_id: int, user: User, now: datetime) -> Slot:
     return slot
 
 
-def availability_set(*, host: User, fields: AvailabilityFields, actor: User, now: datetime) -> Availability:
+def availability_set(
+    *, host: User, fields: AvailabilityFields, actor: User, now: datetime, organisation_id: int | None = None
+) -> Availability:
     """Replace ``host``'s availability with ``fields``, a document ``availability_clean`` checked (``PUT
-    /api/hosts/me/availability``, the admin). Locks the host's row: a booking of the host judges their hours
-    under the same lock."""
+    /api/hosts/me/availability``, the admin), in its organisation (new hours: ``organisation_id``, or
+    ``access.host_organisation``'s). Locks the host's row: a booking of the host judges their hours under
+    the same lock."""
     require_host(host)
     with transaction.atomic():
         locking.lock_user(host.pk)
         now = locked_now(now)
         current = Availability.objects.filter(host=host).first()
+        if current is not None:
+            organisation_id = current.organisation_id
+        else:
+            organisation_id = access.host_organisation(host, organisation_id, actor=actor)
+        access.require_host_or_member(actor, host.pk, organisation_id, what=f"The hours of host {host.pk}")
         if current is None:
-            availability = Availability.objects.create(host=host, updated_at=now, **fields)
+            availability = Availability.objects.create(
+                host=host, organisation_id=organisation_id, updated_at=now, **fields
+            )
             audit.record(subject=availability, event="CREATED", actor=actor, metadata=dict(document_of(availability)))
             return availability
         audit.record_update(current, dict(fields), actor=actor, now=now)

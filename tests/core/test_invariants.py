@@ -379,13 +379,15 @@ def test_the_admin_index_says_what_is_broken_and_links_the_rows(staff, client):
         assert f'<a href="/admin/reservations/reservation/{pk}/change/">{pk}</a>' in page
 
 
-def test_a_link_to_a_seat_hold_names_its_group():
+def test_a_link_to_a_seat_hold_names_its_group(rf, staff):
     group = _seat_hold_ended_unaudited().pop()
     invariants.invariants_check(now=timezone.now())
+    request = rf.get("/admin/")
+    request.user = staff
 
     from core.templatetags.invariants import invariants_status
 
-    [entry] = invariants_status()["broken"]
+    [entry] = invariants_status({"request": request})["broken"]
     assert entry["rows"] == [(str(group), f"/admin/events/seatholdgroup/{group}/change/")]
 
 

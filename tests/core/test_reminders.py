@@ -32,7 +32,7 @@ from slots.services import slots as slots_slots
 from tests.calendars import read_one
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory, morning
 from tests.web.webhooks.test_delivery import verified
 from tests.workers import real_worker
@@ -191,7 +191,10 @@ def test_batches_go_on_until_every_due_booking_is_reminded():
 @pytest.mark.django_db
 def test_subscribers_get_slot_booking_and_seat_hold_reminded_webhooks(receiver):
     endpoint = webhook_endpoint_create(
-        url=receiver.url, event_types=["slot_booking.reminded", "seat_hold.reminded"], now=timezone.now()
+        organisation_id=house().pk,
+        url=receiver.url,
+        event_types=["slot_booking.reminded", "seat_hold.reminded"],
+        now=timezone.now(),
     )
     start = morning(3)
     booking, group = slot_booking(start), seat_booking(start + timedelta(hours=1))

@@ -9,12 +9,16 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
+from core.organisations.models import Membership
+from core.organisations.roles import Role
 from reservations.models import Reservation
 from slots.availability import availability_clean
 from slots.models import Availability
 from slots.services import slots as slots_slots
 from tests.browser import chromium, operator_screen
+from tests.core.worlds import world
 from tests.events.factories import make_event, write_hold
+from tests.factories import UserFactory, house
 from tests.reservations.factories import ReservationFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 from tests.web.webhooks.test_delivery import events_of
@@ -125,7 +129,9 @@ def test_the_lists_fit_their_box_at_1400_px(screen, receiver, settings):
     settings.WEBHOOK_RETRY_DELAYS = [3600]
     receiver.answer = lambda received: (500, {})
     make_event(name="Coldplay Music of the Spheres World Tour", location="DY Patil Stadium, Navi Mumbai")
-    webhook_services.webhook_endpoint_create(url=receiver.url + "/booking-site/events?tenant=demo", now=timezone.now())
+    webhook_services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url + "/booking-site/events?tenant=demo", now=timezone.now()
+    )
     events_of(["a", "b"], 2)
     webhook_services.webhooks_deliver()
     ReservationFactory(state=Reservation.State.CONFIRMED)
@@ -147,7 +153,7 @@ def test_the_lists_fit_their_box_at_1400_px(screen, receiver, settings):
 
 def test_an_endpoints_url_shows_whole_and_each_event_type_beside_its_box(screen, receiver):
     url = receiver.url + "/a-receiver-path/of-some-length/booking-site/events?tenant=demo-clinic"
-    endpoint = webhook_services.webhook_endpoint_create(url=url, now=timezone.now())
+    endpoint = webhook_services.webhook_endpoint_create(organisation_id=house().pk, url=url, now=timezone.now())
 
     screen.open(f"/admin/webhooks/webhookendpoint/{endpoint.pk}/change/", shot="endpoint")
 
@@ -170,7 +176,7 @@ def test_an_endpoints_url_shows_whole_and_each_event_type_beside_its_box(screen,
 def test_the_deliveries_say_why_the_last_attempt_failed(screen, receiver, settings):
     settings.WEBHOOK_RETRY_DELAYS = [3600]
     receiver.answer = lambda received: (503, {})
-    webhook_services.webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    webhook_services.webhook_endpoint_create(organisation_id=house().pk, url=receiver.url, now=timezone.now())
     events_of(["a"], 1)
     webhook_services.webhooks_deliver()
     delivery = WebhookDelivery.objects.get()
@@ -206,7 +212,9 @@ def test_a_confirmed_reservation_has_no_expiry_and_the_cap_is_said_in_words(scre
 
 
 def test_the_test_event_message_names_the_url_as_given(screen, receiver):
-    endpoint = webhook_services.webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    endpoint = webhook_services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, now=timezone.now()
+    )
 
     page = screen.open("/admin/webhooks/webhookendpoint/")
     page.check(f'input[name="_selected_action"][value="{endpoint.pk}"]')
@@ -215,3 +223,37 @@ def test_the_test_event_message_names_the_url_as_given(screen, receiver):
 
     message = screen.text(".messagelist")
     assert f"{receiver.url}: HTTP 200" in message, message
+
+
+def test_a_staff_member_of_one_organisation_sees_theirs_and_nothing_of_the_other(browser, site):
+    """Issue 22: the back office as a ``staff`` of one organisation. Every list, the seat map, the host's
+    week and the bookings chart show our rows; the other organisation's name, car, event and host appear
+    nowhere; the pages of a manager's or an owner's rung are not offered."""
+    ours, theirs = world("ours"), world("theirs")
+    staff = UserFactory(is_staff=True, name="Stella Staff")
+    Membership.objects.create(user=staff, organisation=ours.organisation, role=Role.STAFF, created_at=timezone.now())
+    pages = {
+        "org-index": "/admin/",
+        "org-cars": "/admin/reservations/car/",
+        "org-reservations": "/admin/reservations/reservation/",
+        "org-events": "/admin/events/event/",
+        "org-holds": "/admin/events/seatholdgroup/",
+        "org-slots": "/admin/slots/slot/",
+        "org-bookings": "/admin/slots/slotbooking/",
+        "org-availability": "/admin/slots/availability/",
+        "org-organisations": "/admin/organisations/organisation/",
+        "org-event-seat-map": f"/admin/events/event/{ours.event.pk}/change/",
+        "org-reservation": f"/admin/reservations/reservation/{ours.reservation.pk}/change/",
+        "org-week": f"/admin/slots/availability/{ours.availability.pk}/change/",
+        "org-chart": "/admin/slots/slotbooking/analytics/",
+    }
+    with operator_screen(browser, site, staff) as screen:
+        for shot, path in pages.items():
+            screen.open(path, shot=shot)
+            text = screen.text("#container")
+            for theirs_only in (theirs.car.label, theirs.event.name, theirs.availability.host.email, "Theirs"):
+                assert theirs_only not in text, (path, theirs_only)
+        index = screen.text("#content")
+        for managers_or_owners in ("Waitlist entries", "Queue entries", "Webhook endpoints", "Memberships", "Users"):
+            assert managers_or_owners not in index
+        assert screen.page.goto(site.url + f"/admin/events/event/{theirs.event.pk}/change/").status == 404

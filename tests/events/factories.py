@@ -8,7 +8,7 @@ from django.utils import timezone
 from events import selectors
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 from events.services import events
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 
 
 def make_event(*, total_seats: int | None = 10, layout: tuple | None = None, **fields) -> Event:
@@ -17,6 +17,7 @@ def make_event(*, total_seats: int | None = 10, layout: tuple | None = None, **f
     fields.setdefault("name", "Coldplay Concert")
     fields.setdefault("event_date", timezone.now() + timedelta(days=30))
     fields.setdefault("location", "Mumbai")
+    fields.setdefault("organisation_id", house().pk)
     event_date = fields["event_date"]
     if event_date <= timezone.now():
         fields["event_date"] = timezone.now() + timedelta(days=30)
@@ -39,6 +40,7 @@ class EventFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"Event {n}")
     event_date = factory.LazyFunction(lambda: timezone.now() + timedelta(days=30))
     location = "Mumbai"
+    organisation = factory.LazyFunction(house)
     total_seats = 10
     created_at = factory.LazyFunction(timezone.now)
     updated_at = factory.SelfAttribute("created_at")

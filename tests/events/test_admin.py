@@ -11,7 +11,7 @@ from events.admin import EventAdmin
 from events.models import Event, Seat, SeatHoldGroup, WaitlistEntry
 from events.services import events, seat_holds, waitlist
 from tests.events.factories import make_event, violations, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 
 pytestmark = pytest.mark.django_db
 
@@ -29,6 +29,7 @@ def add_event(admin_client, **layout):
         "event_date_0": "2031-05-01",
         "event_date_1": "19:30:00",
         "location": "Pune",
+        "organisation": str(house().pk),
         "hold_minutes": "5",
         "sales_open": "on",
         **layout,

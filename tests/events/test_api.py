@@ -12,6 +12,7 @@ from tests.events.factories import make_event, overdue_hold, violations, write_h
 pytestmark = pytest.mark.django_db
 
 EVENT_FIELDS = {
+    "organisationId",
     "id",
     "name",
     "eventDate",

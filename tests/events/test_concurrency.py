@@ -25,7 +25,7 @@ from events.services import holds as events_holds
 from events.services import rules, seat_holds
 from tests.concurrency import run_concurrently
 from tests.events.factories import make_event, violations, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house_operator
 from tests.lengths import short_and_long
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency, pytest.mark.slow]
@@ -394,7 +394,7 @@ def close_while_holding(monkeypatch) -> tuple[list, int, int]:
     checking the sales switch, and an operator closes sales once a hold is in flight. Returns what each
     hold got, how many holds the close saw committed just before it committed, and how many there are
     in the end."""
-    event, operator = make_event(total_seats=6), UserFactory(is_staff=True)
+    event, operator = make_event(total_seats=6), house_operator()
     users = [UserFactory() for _ in range(6)]
     lock_seats, record = locks.share_event_lock_seats, core_services.record
     seen_by_the_close, a_hold_in_flight = [], threading.Event()

@@ -11,7 +11,7 @@ from events.models import Event, SeatHoldGroup, WaitlistEntry
 from events.services import rules, seat_holds, waitlist
 from tests.calendars import read_one
 from tests.events.factories import make_event, violations, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 from web.webhooks import services as webhooks
 from web.webhooks.catalogue import EVENT_TYPES, event_type
 from web.webhooks.services import webhooks_deliver
@@ -181,7 +181,9 @@ def test_the_calendar_file_lists_only_the_seats_still_booked_and_its_sequence_gr
 
 
 def test_the_partial_cancel_reaches_webhook_subscribers(receiver, user):
-    webhooks.webhook_endpoint_create(url=receiver.url, description="test receiver", now=timezone.now())
+    webhooks.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, description="test receiver", now=timezone.now()
+    )
     group = booked(make_event(total_seats=3), user, ["S1", "S2"])
     cancel(group, user, ["S1"])
 

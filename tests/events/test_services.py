@@ -15,7 +15,7 @@ from events import selectors
 from events.models import Event, Seat, SeatHoldGroup
 from events.services import events, rules, seat_holds
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house, house_operator
 
 pytestmark = pytest.mark.django_db
 
@@ -39,11 +39,12 @@ def test_a_layout_that_disagrees_with_the_total_is_refused():
             total_seats=5,
             layout=events.SeatLayout(("A",), 2, 2),
             now=timezone.now(),
+            organisation_id=house().pk,
         )
 
 
 def test_closing_and_opening_sales_is_audited():
-    event, operator = make_event(), UserFactory(is_staff=True)
+    event, operator = make_event(), house_operator()
 
     events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
     events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
@@ -103,7 +104,7 @@ def test_confirm_at_the_expiry_instant_is_expired():
 
 
 def test_operator_expires_a_hold_now():
-    event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
+    event, user, operator = make_event(), UserFactory(), house_operator()
     group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=timezone.now())
 
     seat_holds.seat_hold_expire(hold_group_id=group.pk, user=operator, now=timezone.now())
@@ -151,7 +152,7 @@ def test_hold_expiry_is_the_events_hold_minutes():
 
 
 def test_update_details_writes_only_what_changed_and_audits_it():
-    event, user, operator = make_event(), UserFactory(), UserFactory(is_staff=True)
+    event, user, operator = make_event(), UserFactory(), house_operator()
     stale = Event.objects.get(pk=event.pk)  # read before the confirm below
     group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1", "S2"], now=timezone.now())
     seat_holds.seat_hold_confirm(event_id=event.pk, hold_group_id=group.pk, user=user, now=timezone.now())
@@ -206,7 +207,9 @@ def test_update_details_of_a_missing_event_is_not_found():
 @pytest.mark.parametrize("event_date", [timezone.now() - timedelta(minutes=1), timezone.now() + timedelta(days=3660)])
 def test_an_event_is_created_in_the_next_ten_years(event_date):
     with pytest.raises(errors.ValidationFailed):
-        events.event_create(name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now())
+        events.event_create(
+            name="x", event_date=event_date, location="x", total_seats=1, now=timezone.now(), organisation_id=house().pk
+        )
 
 
 @pytest.mark.parametrize("who", ["owner", "someone_else"])

@@ -13,7 +13,7 @@ from events import selectors
 from events.models import Event, SeatHoldGroup, WaitlistEntry
 from events.services import events, rules, seat_holds, waitlist
 from tests.events.factories import make_event, overdue_hold, violations, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 from web.webhooks.services import webhook_endpoint_create, webhooks_deliver
 
 pytestmark = pytest.mark.django_db
@@ -378,7 +378,9 @@ def test_a_cancellation_hands_a_sold_out_events_seats_to_the_first_who_gets_the_
 ):
     """Done means (issue 12): the event sells out, users join its list, a cancellation hands its seats
     to the first of them, who receives the offer as a webhook and confirms it."""
-    endpoint = webhook_endpoint_create(url=receiver.url, event_types=["waitlist_entry.offered"], now=timezone.now())
+    endpoint = webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, event_types=["waitlist_entry.offered"], now=timezone.now()
+    )
     event = make_event(total_seats=4)
     buyer, first, second = (client_for(UserFactory()) for _ in range(3))
     hold = buyer.post(f"/api/events/{event.pk}/seats/reserve", {"quantity": 4}, format="json").json()

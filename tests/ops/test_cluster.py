@@ -342,7 +342,8 @@ def test_two_beats_and_two_workers_expire_every_hold_once_and_deliver_every_even
     a backlog overdue at the start, more falling due all along — and of holds and confirmations through
     HAProxy, with a webhook endpoint answering 200: each hold expires once, each audit event reaches
     the receiver once, and the invariant monitor finds every invariant holding at the end."""
-    endpoint = webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    # The bench's data is the bench's organisation's, and so are its events.
+    endpoint = webhook_endpoint_create(organisation_id=data.organisation(), url=receiver.url, now=timezone.now())
     waves = int(seconds)  # a wave a second: HOLDS_PER_WAVE holds, the first two confirmed
     buyers, cars = data.users(waves * HOLDS_PER_WAVE + 50), data.cars(waves * HOLDS_PER_WAVE + 300)
     overdue = data.overdue_holds(300, buyers=buyers[-50:])

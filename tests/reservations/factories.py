@@ -4,13 +4,14 @@ import factory
 from django.utils import timezone
 
 from reservations.models import Car, Reservation
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 
 
 class CarFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Car
 
+    organisation = factory.LazyFunction(house)
     dealer_id = 1
     make = "Volvo"
     model = "XC40"

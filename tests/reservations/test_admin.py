@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from core.audit.services import trail
 from reservations.models import Car, Reservation
+from tests.factories import house
 from tests.reservations.factories import CarFactory, ReservationFactory
 
 pytestmark = pytest.mark.django_db
@@ -99,7 +100,7 @@ def test_the_audit_log_and_schedule_pages_render(operator):
 def test_an_operator_adds_and_retires_a_car_through_the_services(operator):
     form = {"dealer_id": 4, "label": "Green Fiat", "make": "Fiat", "model": "500", "status": "ACTIVE"}
 
-    operator.post("/admin/reservations/car/add/", form)
+    operator.post("/admin/reservations/car/add/", {**form, "organisation": house().pk})
     car = Car.objects.get(label="Green Fiat")
     operator.post(f"/admin/reservations/car/{car.pk}/change/", {**form, "status": "INACTIVE"})
 

@@ -19,7 +19,7 @@ from reservations import services
 from reservations.models import Car, Reservation
 from reservations.services import CarUnavailable
 from tests.concurrency import run_concurrently
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house_operator
 from tests.reservations.factories import CarFactory, ReservationFactory
 from tests.round_trips import round_trips
 from web.accounts.models import User
@@ -92,7 +92,7 @@ def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch
 
 @pytest.mark.parametrize("overdue", [False, True])
 def test_confirm_cancel_and_expire_racing_on_one_hold_end_in_one_state(overdue):
-    buyer, operator = UserFactory(), UserFactory(is_staff=True)
+    buyer, operator = UserFactory(), house_operator()
     created = timezone.now() - timedelta(hours=1) if overdue else timezone.now()
     reservation = ReservationFactory(buyer=buyer, created_at=created, expires_at=created + timedelta(minutes=15))
     now = timezone.now

@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from reservations.models import Car, Reservation
+from tests.factories import house
 from tests.reservations.factories import CarFactory, ReservationFactory
 
 pytestmark = pytest.mark.django_db
@@ -49,4 +50,4 @@ def test_a_hold_expires_after_it_was_created():
 
 def test_car_status_must_be_valid():
     with refused("car_status_valid"), transaction.atomic():
-        Car.objects.create(dealer_id=1, label="x", status="SOLD")
+        Car.objects.create(organisation=house(), dealer_id=1, label="x", status="SOLD")

@@ -5,12 +5,22 @@ from django.db.models import F
 from django.utils import timezone
 
 from slots.models import Slot, SlotBooking
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house, member
 from web.accounts.models import Role
 
 
 class HostFactory(UserFactory):
+    """A host, beside the house organisation (the one there is, where their slots and hours go).
+    ``HostFactory(organisation=...)`` makes them a member (staff) of that one too."""
+
     roles = factory.LazyFunction(lambda: [Role.HOST])
+
+    @factory.post_generation
+    def organisation(host, create, extracted, **kwargs):
+        if create:
+            house()
+            if extracted is not None:
+                member(host, extracted)
 
 
 class SlotFactory(factory.django.DjangoModelFactory):
@@ -20,6 +30,7 @@ class SlotFactory(factory.django.DjangoModelFactory):
         model = Slot
 
     host = factory.SubFactory(HostFactory)
+    organisation = factory.LazyFunction(house)
     title = "Consultation"
     specialization = "cardiology"
     start = factory.Sequence(lambda n: timezone.now().replace(microsecond=0) + timedelta(days=1, hours=n))

@@ -216,10 +216,11 @@ def test_the_analytics_page_refuses_days_at_the_end_of_the_calendar(admin_client
 
 
 def test_the_bulk_form_is_an_admin_form_with_a_help_text_for_every_field(admin_client):
-    page = html.unescape(admin_client.get("/admin/slots/slot/bulk-add/").content.decode())
+    response = admin_client.get("/admin/slots/slot/bulk-add/")
+    page = html.unescape(response.content.decode())
 
     assert "admin/css/forms.css" in page and page.count('<fieldset class="module aligned') == 2
-    for field in BulkSlotForm().visible_fields():
+    for field in BulkSlotForm(request=response.wsgi_request).visible_fields():
         assert field.help_text and field.help_text in page, field.name
     assert 'value="09:00"' in page and 'value="12:00"' in page  # HH:MM, as the help texts say
     assert "HH:MM on the clock in UTC" in page

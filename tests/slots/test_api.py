@@ -17,6 +17,7 @@ from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 pytestmark = pytest.mark.django_db
 
 SLOT_FIELDS = {
+    "organisationId",
     "id",
     "hostId",
     "hostName",

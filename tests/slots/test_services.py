@@ -13,7 +13,7 @@ from core.errors import Forbidden, ValidationFailed
 from core.expiry import expire_all
 from slots.models import Slot, SlotBooking
 from slots.services import bookings, reschedule, rules, slots
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house_operator
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 
 
@@ -165,7 +165,7 @@ def test_a_guest_cannot_reschedule_out_of_the_window_but_an_operator_can():
         reschedule.slot_booking_reschedule(
             booking_id=booking.pk, slot_id=target.pk, user=booking.guest, now=timezone.now()
         )
-    staff = UserFactory(is_staff=True)
+    staff = house_operator()
     moved = reschedule.slot_booking_reschedule(booking_id=booking.pk, slot_id=target.pk, user=staff, now=timezone.now())
     assert moved.slot_id == target.pk
 

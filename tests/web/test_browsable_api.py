@@ -18,7 +18,7 @@ from events.models import Event, SeatHoldGroup
 from reservations.models import Reservation
 from slots.models import SlotBooking
 from tests.events.factories import make_event, write_hold
-from tests.factories import UserFactory
+from tests.factories import UserFactory, house
 from tests.reservations.factories import CarFactory, ReservationFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
 from web.webhooks.services import webhook_endpoint_create
@@ -51,7 +51,9 @@ def _cases(staff) -> dict[str, Case]:
     slot, other_slot = SlotFactory(), SlotFactory()
     pending = SlotBookingFactory(guest=guest, status=SlotBooking.Status.PENDING)
     confirmed = SlotBookingFactory(guest=guest, slot=slot)
-    hook = webhook_endpoint_create(url="https://hooks.invalid/booking", now=timezone.now())  # never resolves
+    hook = webhook_endpoint_create(
+        organisation_id=house().pk, url="https://hooks.invalid/booking", now=timezone.now()
+    )  # never resolves
     return {
         "user-register": Case(
             "/api/users",
@@ -62,7 +64,7 @@ def _cases(staff) -> dict[str, Case]:
         "calendar-feed": Case("/api/users/me/calendar-feed", set(), status=201),
         "car-list": Case(
             "/api/cars",
-            {"dealerId", "label", "make", "model", "status"},
+            {"organisationId", "dealerId", "label", "make", "model", "status"},
             {"dealerId": "3", "label": "Polestar 2 #1"},
             201,
         ),
@@ -74,6 +76,7 @@ def _cases(staff) -> dict[str, Case]:
         "event-list": Case(
             "/api/events",
             {
+                "organisationId",
                 "name",
                 "date",
                 "location",
@@ -117,7 +120,7 @@ def _cases(staff) -> dict[str, Case]:
         ),
         "slot-list": Case(
             "/api/slots",
-            {"startTime", "endTime", "capacity", "title", "specialization", "hostId"},
+            {"organisationId", "startTime", "endTime", "capacity", "title", "specialization", "hostId"},
             {"startTime": _future(3), "endTime": _future(3, hour=11), "hostId": str(HostFactory().pk)},
             201,
         ),
@@ -137,12 +140,18 @@ def _cases(staff) -> dict[str, Case]:
         "admin-expire-pending": Case("/api/admin/expire-pending", set()),
         "webhook-list": Case(
             "/api/webhooks",
-            {"url", "description", "eventTypes", "secret"},
+            {"organisationId", "url", "description", "eventTypes", "secret"},
             {"url": "https://shop.invalid/hooks", "eventTypes": "reservation.created, reservation.expired"},
             201,
         ),
         "webhook-rotate-secret": Case(f"/api/webhooks/{hook.pk}/rotate-secret", set()),
         "webhook-test": Case(f"/api/webhooks/{hook.pk}/test", set()),  # sent now: its failure is the answer
+        "organisation-list": Case(
+            "/api/organisations", {"name", "slug"}, {"name": "Kia Pune", "slug": "kia-pune"}, 201
+        ),
+        "organisation-members": Case(
+            f"/api/organisations/{house().pk}/members", {"email", "role"}, {"email": guest.email, "role": "staff"}, 201
+        ),
     }
 
 

@@ -12,6 +12,11 @@ remembered in this process for ``AUTH_TOKEN_CACHE_SECONDS`` (docs/decisions/0006
 Each request gets its own copy of the user, so nothing a view does to ``request.user`` leaks into the
 next request.
 
+The lookup reads the user's memberships with the user (``core.organisations.access.roles_of`` then
+asks nothing more in the request): a membership saved or deleted in this process forgets the user's
+tokens at once; another process sees it within ``AUTH_TOKEN_CACHE_SECONDS``, as a changed role — and a
+write checks the membership again under its lock (``core.locking.member_lock_sql``).
+
 A lookup (a key this process has not seen for ``AUTH_TOKEN_CACHE_SECONDS``) is one statement composed
 once from the two models' ``_meta``: DRF's ORM query compiled the same join on every miss, 1.2 ms of
 CPU, more than the rest of a ``GET /api/users/me`` twice over (docs/decisions/0006-request-floor.md).
@@ -34,6 +39,7 @@ from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
+from core.organisations.models import Membership, keep_roles
 from web.accounts.models import User
 
 _cache: TTLCache[str, Token] = TTLCache(maxsize=settings.AUTH_TOKEN_CACHE_SIZE, ttl=settings.AUTH_TOKEN_CACHE_SECONDS)
@@ -48,11 +54,17 @@ def _columns(model: type[Model]) -> sql.Composable:
     return sql.SQL(", ").join([_column(model, field) for field in model._meta.concrete_fields])
 
 
-# The token and its user, every concrete column of both in _meta order (what Model.from_db reads).
+# The token and its user, every concrete column of both in _meta order (what Model.from_db reads), and the
+# user's memberships as {organisation id: role}.
 _TOKEN_FIELDS = [field.attname for field in Token._meta.concrete_fields]
 _USER_FIELDS = [field.attname for field in User._meta.concrete_fields]
 _LOOKUP = (
-    sql.SQL("SELECT {}, {} FROM {} JOIN {} ON {} = {} WHERE {} = %s")
+    sql.SQL(
+        "SELECT {}, {}, m.organisations, m.roles FROM {} JOIN {} ON {} = {} "
+        "LEFT JOIN LATERAL (SELECT array_agg({}) AS organisations, array_agg({}) AS roles FROM {} WHERE {} = {}) m "
+        "ON true "
+        "WHERE {} = %s"
+    )
     .format(
         _columns(Token),
         _columns(User),
@@ -60,6 +72,11 @@ _LOOKUP = (
         sql.Identifier(User._meta.db_table),
         _column(User, User._meta.pk),
         _column(Token, Token._meta.get_field("user")),
+        _column(Membership, Membership._meta.get_field("organisation")),
+        _column(Membership, Membership._meta.get_field("role")),
+        sql.Identifier(Membership._meta.db_table),
+        _column(Membership, Membership._meta.get_field("user")),
+        _column(User, User._meta.pk),
         _column(Token, Token._meta.get_field("key")),
     )
     .as_string(None)
@@ -75,7 +92,8 @@ def _lookup(key: str) -> Token:
         raise AuthenticationFailed(_("Invalid token."))
     split = len(_TOKEN_FIELDS)
     token = Token.from_db(connection.alias, _TOKEN_FIELDS, row[:split])
-    token.user = User.from_db(connection.alias, _USER_FIELDS, row[split:])
+    token.user = User.from_db(connection.alias, _USER_FIELDS, row[split:-2])
+    keep_roles(token.user, dict(zip(row[-2] or [], row[-1] or [], strict=True)))
     if not token.user.is_active:
         raise AuthenticationFailed(_("User inactive or deleted."))
     return token
@@ -120,3 +138,9 @@ def _token_deleted(sender, instance: Token, **kwargs) -> None:
 @receiver(post_delete, sender=User)
 def _user_changed(sender, instance: User, **kwargs) -> None:
     forget_user(instance.pk)
+
+
+@receiver(post_save, sender=Membership)
+@receiver(post_delete, sender=Membership)
+def _membership_changed(sender, instance: Membership, **kwargs) -> None:
+    forget_user(instance.user_id)

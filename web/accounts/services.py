@@ -1,5 +1,6 @@
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime
 from typing import cast
 
@@ -9,6 +10,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 
 from core.errors import Conflict, Forbidden, NotFound
+from core.organisations import access
 from web.accounts.models import CalendarFeed, User
 
 
@@ -33,17 +35,22 @@ def user_register(*, email: str, name: str, roles: list[str], password: str | No
 
 def request_user(request: Request | HttpRequest) -> User:
     """The caller of a request that had to authenticate: an API view (IsAuthenticated is the default
-    permission, and StaffWrites extends it) or an admin page (staff, logged in). ``request.user`` is then
+    permission, and OperatorWrites extends it) or an admin page (staff, logged in). ``request.user`` is then
     a ``User``, never ``AnonymousUser``: this is where that guarantee becomes a type."""
     return cast(User, request.user)
 
 
-def acting_user(*, caller: User, user_id: int | None) -> User:
-    """The user a request acts for (docs/contract.md §3.3): the caller, or anyone when the caller is staff."""
+def acting_user(*, caller: User, user_id: int | None, organisation: Callable[[], int | None] | None = None) -> User:
+    """The user a request acts for (docs/contract.md §3.3): the caller, or anyone when the caller is an
+    operator — of ``organisation`` (read only then), when the request's object is known here: another
+    organisation's is 404 (docs/contract.md §2.6). The holds check theirs in the engine."""
     if user_id is None or user_id == caller.pk:
         return caller
-    if not caller.is_staff:
+    if not access.is_operator(caller):
         raise Forbidden("You may only act for yourself.")
+    organisation_id = organisation() if organisation is not None else None
+    if organisation_id is not None and not access.may_act(caller, organisation_id):
+        raise access.refusal(caller, what="What you act on")
     user = User.objects.filter(pk=user_id).first()
     if user is None:
         raise NotFound(f"User {user_id} does not exist.")

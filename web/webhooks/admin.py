@@ -8,8 +8,9 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html
 
-from core.admin import ServiceActionsMixin, short_id
+from core.admin import OrganisationScoped, ServiceActionsMixin, short_id
 from core.errors import ValidationFailed
+from core.organisations.roles import Role
 from web.exports import CsvExportMixin
 from web.webhooks import services
 from web.webhooks.catalogue import EVENT_TYPES
@@ -33,7 +34,7 @@ class WebhookEndpointForm(forms.ModelForm):
 
     class Meta:
         model = WebhookEndpoint
-        fields = ["url", "description", "event_types", "active", "secret"]
+        fields = ["organisation", "url", "description", "event_types", "active", "secret"]
 
     def clean(self):
         data = super().clean() or {}
@@ -48,7 +49,8 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
+class WebhookEndpointAdmin(ServiceActionsMixin, OrganisationScoped):
+    view_role = change_role = Role.OWNER  # webhook endpoints are the owner's rung
     form = WebhookEndpointForm
     list_display = ["id", "url", "active", "types", "last_success_at", "last_failure_at", "disabled_reason"]
     list_filter = ["active"]
@@ -61,20 +63,24 @@ class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
         return ", ".join(endpoint.event_types) or "every type"
 
     def get_fields(self, request, obj=None):
-        editable = ["url", "description", "event_types"] + (["secret"] if obj is None else ["active"])
+        editable = ["organisation", "url", "description", "event_types"] + (["secret"] if obj is None else ["active"])
         return editable + ([] if obj is None else self.readonly_fields)
 
     def save_model(self, request, obj, form, change):
         data, now = form.cleaned_data, timezone.now()
         if change:
             fields = [f for f in form.changed_data if f in ("url", "description", "event_types", "active")]
-            services.webhook_endpoint_update(endpoint_id=obj.pk, changes={f: data[f] for f in fields}, now=now)
+            services.webhook_endpoint_update(
+                endpoint_id=obj.pk, changes={f: data[f] for f in fields}, actor=request.user, now=now
+            )
             return
         endpoint = services.webhook_endpoint_create(
+            organisation_id=data["organisation"].pk,
             url=data["url"],
             description=data["description"],
             event_types=data["event_types"],
             secret=data["secret"] or None,
+            actor=request.user,
             now=now,
         )
         obj.pk, obj._state.adding = endpoint.pk, False
@@ -83,22 +89,30 @@ class WebhookEndpointAdmin(ServiceActionsMixin, admin.ModelAdmin):
         )
 
     def delete_model(self, request, obj):
-        services.webhook_endpoint_delete(endpoint_id=obj.pk)
+        services.webhook_endpoint_delete(endpoint_id=obj.pk, actor=request.user)
 
     @admin.action(description="Send a test event")
     def send_test_event(self, request, queryset):
-        for endpoint in queryset:
-            _, attempt = services.webhook_endpoint_send_test(endpoint_id=endpoint.pk, now=timezone.now())
+        def send(endpoint):
+            _, attempt = services.webhook_endpoint_send_test(
+                endpoint_id=endpoint.pk, actor=request.user, now=timezone.now()
+            )
             result = f"HTTP {attempt.status_code}" if attempt.status_code else attempt.error
             level = messages.SUCCESS if attempt.ok else messages.WARNING
             # Not the URL first: the admin capitalises a message's first letter ("Http://…").
             self.message_user(request, f"Test event to {endpoint.url}: {result} in {attempt.duration_ms} ms.", level)
 
+        self.run_service(request, queryset, send, "sent a test event")
+
     @admin.action(description="Rotate the secret (the old one signs for 24 h more)")
     def rotate_secret(self, request, queryset):
-        for endpoint in queryset:
-            rotated = services.webhook_endpoint_rotate_secret(endpoint_id=endpoint.pk, now=timezone.now())
+        def rotate(endpoint):
+            rotated = services.webhook_endpoint_rotate_secret(
+                endpoint_id=endpoint.pk, actor=request.user, now=timezone.now()
+            )
             self.message_user(request, f"The new secret of {rotated.url}, shown this once: {rotated.secret}")
+
+        self.run_service(request, queryset, rotate, "given a new secret")
 
 
 class WebhookAttemptInline(admin.TabularInline):
@@ -112,7 +126,9 @@ class WebhookAttemptInline(admin.TabularInline):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, admin.ModelAdmin):
+class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, OrganisationScoped):
+    organisation_field = "endpoint__organisation"
+    view_role = change_role = Role.OWNER
     list_display = [
         "id",
         "endpoint_short",
@@ -125,7 +141,7 @@ class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, admin.ModelAdmin
         "next_attempt_at",
         "delivered_at",
     ]
-    list_filter = ["status", "endpoint", "event_type"]
+    list_filter = ["status", ("endpoint", admin.RelatedOnlyFieldListFilter), "event_type"]
     search_fields = ["=event__id", "=subject_id"]
     export_columns = [
         ("delivery", "id"),
@@ -192,6 +208,6 @@ class WebhookDeliveryAdmin(CsvExportMixin, ServiceActionsMixin, admin.ModelAdmin
         self.run_service(
             request,
             queryset,
-            lambda d: services.webhook_delivery_retry_now(delivery_id=d.pk, now=timezone.now()),
+            lambda d: services.webhook_delivery_retry_now(delivery_id=d.pk, actor=request.user, now=timezone.now()),
             "made due now",
         )

@@ -6,11 +6,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from core.audit.models import AuditEvent
+from core.organisations.models import Organisation
 
 
 class WebhookEndpoint(models.Model):
-    """A subscriber: where to POST, which event types (none listed: all), and the secret that signs."""
+    """A subscriber of one organisation: where to POST, which of its event types (none listed: all), and the
+    secret that signs. It receives only its organisation's events (docs/contract.md §3.7)."""
 
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="webhook_endpoints")
     url = models.URLField(max_length=2000)
     description = models.CharField(max_length=500, blank=True)
     event_types = ArrayField(

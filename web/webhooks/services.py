@@ -17,6 +17,7 @@ The job has two steps, each safe to run twice at once:
 from __future__ import annotations
 
 import base64
+import functools
 import random
 import secrets
 from dataclasses import dataclass
@@ -24,13 +25,17 @@ from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
+from psycopg import sql
 from standardwebhooks import Webhook
 
 from core.audit.models import AuditEvent
 from core.errors import NotFound, ValidationFailed
-from web.webhooks import catalogue, kick, sender
+from core.organisations import access
+from core.organisations.roles import Role
+from web.accounts.models import User
+from web.webhooks import catalogue, kick, organisations, sender
 from web.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 PENDING, DELIVERED, FAILED = (
@@ -78,11 +83,22 @@ def webhook_endpoint_validate(
         raise ValidationFailed.for_field("secret", problem)
 
 
+@transaction.atomic
 def webhook_endpoint_create(
-    *, url: str, description: str = "", event_types: list[str] | None = None, secret: str | None = None, now: datetime
+    *,
+    organisation_id: int,
+    url: str,
+    description: str = "",
+    event_types: list[str] | None = None,
+    secret: str | None = None,
+    actor: User | None = None,
+    now: datetime,
 ) -> WebhookEndpoint:
+    """An endpoint of ``organisation_id`` (``actor`` an owner there): it receives that organisation's events."""
     webhook_endpoint_validate(url=url, event_types=event_types, secret=secret)
+    access.require_member(actor, organisation_id, Role.OWNER, what=f"Organisation {organisation_id}")
     endpoint = WebhookEndpoint.objects.create(
+        organisation_id=organisation_id,
         url=url,
         description=description,
         event_types=sorted(set(event_types or [])),
@@ -94,12 +110,14 @@ def webhook_endpoint_create(
     return endpoint
 
 
-def webhook_endpoint_update(*, endpoint_id: int, changes: dict, now: datetime) -> WebhookEndpoint:
+def webhook_endpoint_update(
+    *, endpoint_id: int, changes: dict, now: datetime, actor: User | None = None
+) -> WebhookEndpoint:
     """Change ``url``, ``description``, ``event_types`` or ``active``. Turning an endpoint back on clears
     what disabled it."""
     webhook_endpoint_validate(url=changes.get("url"), event_types=changes.get("event_types"))
     with transaction.atomic():
-        endpoint = _locked(endpoint_id)
+        endpoint = _locked(endpoint_id, actor)
         for field, value in changes.items():
             setattr(endpoint, field, sorted(set(value)) if field == "event_types" else value)
         if changes.get("active"):
@@ -110,28 +128,47 @@ def webhook_endpoint_update(*, endpoint_id: int, changes: dict, now: datetime) -
     return endpoint
 
 
-def webhook_endpoint_delete(*, endpoint_id: int) -> None:
+def webhook_endpoint_delete(*, endpoint_id: int, actor: User | None = None) -> None:
     """Delete the endpoint and its deliveries (their audit events stay)."""
-    deleted, _ = WebhookEndpoint.objects.filter(pk=endpoint_id).delete()
-    if not deleted:
-        raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    with transaction.atomic():
+        _locked(endpoint_id, actor).delete()
     kick.endpoints_changed()
 
 
-def webhook_endpoint_rotate_secret(*, endpoint_id: int, now: datetime) -> WebhookEndpoint:
+def webhook_endpoint_rotate_secret(*, endpoint_id: int, now: datetime, actor: User | None = None) -> WebhookEndpoint:
     """A new secret signs from now on; the current one signs too (a second signature) for 24 h."""
     with transaction.atomic():
-        endpoint = _locked(endpoint_id)
+        endpoint = _locked(endpoint_id, actor)
         endpoint.previous_secret, endpoint.previous_secret_expires_at = endpoint.secret, now + PREVIOUS_SECRET_GRACE
         endpoint.secret, endpoint.updated_at = new_secret(), now
         endpoint.save(update_fields=["previous_secret", "previous_secret_expires_at", "secret", "updated_at"])
     return endpoint
 
 
-def _locked(endpoint_id: int) -> WebhookEndpoint:
+def webhook_endpoint_of(endpoint_id: int, actor: User | None) -> WebhookEndpoint:
+    """The endpoint, for ``actor``, an owner of its organisation (404 to anyone else; None: the system)."""
+    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
+    if endpoint is None:
+        raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    if actor is not None:
+        access.require(actor, endpoint.organisation_id, Role.OWNER, what=f"Webhook {endpoint_id}")
+    return endpoint
+
+
+def webhook_endpoints_of(actor: User) -> QuerySet[WebhookEndpoint]:
+    """The endpoints ``actor`` may see: those of the organisations they own (a superuser: all)."""
+    endpoints = WebhookEndpoint.objects.order_by("id")
+    if actor.is_superuser:
+        return endpoints
+    return endpoints.filter(organisation_id__in=access.organisation_ids(actor, Role.OWNER))
+
+
+def _locked(endpoint_id: int, actor: User | None) -> WebhookEndpoint:
+    """The endpoint, locked, for ``actor``, an owner of its organisation (404 to anyone else)."""
     endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint_id).first()
     if endpoint is None:
         raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    access.require_member(actor, endpoint.organisation_id, Role.OWNER, what=f"Webhook {endpoint_id}")
     return endpoint
 
 
@@ -183,17 +220,25 @@ _EVENT_TYPE_SQL = (
     + " ".join(f"WHEN '{stored}' THEN '{named}'" for stored, named in catalogue.SUBJECTS.items() if stored != named)
     + " ELSE b.subject_type END || '.' || lower(b.event_type)"
 )
-FAN_OUT_SQL = f"""
+
+
+@functools.cache
+def _fan_out_sql() -> str:
+    """The fan-out's statement, composed on first use (the domains register their subjects' organisations in
+    their ``ready()``): each event goes to the active endpoints of its organisation that want its type."""
+    organisation = organisations.organisation_sql(sql.SQL("b.subject_type"), sql.SQL("b.subject_id")).as_string(None)
+    return f"""
 WITH batch AS (
     SELECT id, subject_type, subject_id, event_type FROM {_TABLES["audit"]}
     WHERE delivered_at IS NULL ORDER BY id LIMIT %(batch)s FOR NO KEY UPDATE SKIP LOCKED
 ), typed AS (
-    SELECT b.*, {_EVENT_TYPE_SQL} AS type FROM batch b
+    SELECT b.*, {_EVENT_TYPE_SQL} AS type, {organisation} AS organisation FROM batch b
 ), fanned AS (
     INSERT INTO {_TABLES["delivery"]} (endpoint_id, event_id, event_type, subject_type, subject_id, status, attempts,
                                        next_attempt_at, last_error, created_at)
     SELECT e.id, t.id, t.type, t.subject_type, t.subject_id, 'PENDING', 0, %(now)s, '', %(now)s
-    FROM typed t JOIN {_TABLES["endpoint"]} e ON e.active AND (e.event_types = '{{}}' OR t.type = ANY (e.event_types))
+    FROM typed t JOIN {_TABLES["endpoint"]} e ON e.active AND e.organisation_id = t.organisation
+                                                AND (e.event_types = '{{}}' OR t.type = ANY (e.event_types))
     ORDER BY t.id, e.id
     ON CONFLICT (endpoint_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
 )
@@ -210,7 +255,7 @@ def webhook_events_fan_out(*, now: datetime) -> int:
             cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [FAN_OUT_LOCK])
             if not cursor.fetchone()[0]:
                 return total
-            cursor.execute(FAN_OUT_SQL, {"batch": FAN_OUT_BATCH, "now": now})
+            cursor.execute(_fan_out_sql(), {"batch": FAN_OUT_BATCH, "now": now})
             handed = cursor.rowcount
         total += handed
         if handed < FAN_OUT_BATCH:
@@ -330,13 +375,13 @@ def webhook_delivery_record(
     return delivery
 
 
-def webhook_endpoint_send_test(*, endpoint_id: int, now: datetime) -> tuple[WebhookDelivery, WebhookAttempt]:
+def webhook_endpoint_send_test(
+    *, endpoint_id: int, now: datetime, actor: User | None = None
+) -> tuple[WebhookDelivery, WebhookAttempt]:
     """Send a ``webhook.test`` message to the endpoint now, once (active or not); returns the delivery
     and its attempt. It is leased while it is sent, like any delivery, and not retried (an operator's
     "retry now" sends it once more)."""
-    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
-    if endpoint is None:
-        raise NotFound(f"Webhook {endpoint_id} does not exist.")
+    endpoint = webhook_endpoint_of(endpoint_id, actor)
     delivery = WebhookDelivery.objects.create(
         endpoint=endpoint,
         event_type=catalogue.TEST_EVENT,
@@ -348,12 +393,17 @@ def webhook_endpoint_send_test(*, endpoint_id: int, now: datetime) -> tuple[Webh
     return delivery, delivery.attempt_set.order_by("-id")[0]
 
 
-def webhook_delivery_retry_now(*, delivery_id: int, now: datetime) -> WebhookDelivery:
-    """Make a delivery due now: a PENDING one skips its wait, a FAILED one gets one more attempt."""
+def webhook_delivery_retry_now(*, delivery_id: int, now: datetime, actor: User | None = None) -> WebhookDelivery:
+    """Make a delivery due now: a PENDING one skips its wait, a FAILED one gets one more attempt. ``actor``: an
+    owner of its endpoint's organisation (another organisation's delivery is 404; None: the system)."""
     with transaction.atomic():
         delivery = WebhookDelivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
             raise NotFound(f"Delivery {delivery_id} does not exist.")
+        try:
+            webhook_endpoint_of(delivery.endpoint_id, actor)
+        except NotFound:
+            raise NotFound(f"Delivery {delivery_id} does not exist.") from None
         if delivery.status == DELIVERED:
             raise ValidationFailed(f"Delivery {delivery_id} is delivered already.")
         if delivery.status == FAILED:

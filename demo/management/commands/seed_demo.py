@@ -5,6 +5,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from core.organisations.models import Organisation
 from events.models import Event
 from events.services.events import SeatLayout, event_create
 from reservations.models import Car
@@ -41,11 +42,17 @@ class Command(BaseCommand):
         operator = self._user(OPERATOR[0], "operator@example.com", "Demo Operator", [], staff=True)
         buyer = self._user(DEMO_BUYER, DEMO_BUYER, "Demo Buyer", [Role.GUEST])
         host = self._user(DEMO_HOST, DEMO_HOST, "Dr. Demo Host", [Role.HOST])
+        demo, _ = Organisation.objects.get_or_create(
+            slug="demo", defaults={"name": "Demo organisation", "created_at": now}
+        )
         if not Car.objects.exists():
             for dealer_id, make, model, label in DEMO_CARS:
-                car_create(dealer_id=dealer_id, make=make, model=model, label=label, actor=operator)
+                car_create(
+                    organisation_id=demo.pk, dealer_id=dealer_id, make=make, model=model, label=label, actor=operator
+                )
         if not Event.objects.exists():
             event_create(
+                organisation_id=demo.pk,
                 name="Demo Concert",
                 event_date=now + timedelta(days=30),
                 location="Main Hall",
@@ -63,6 +70,7 @@ class Command(BaseCommand):
             ]
             slots_create_many(
                 host=host,
+                organisation_id=demo.pk,
                 ranges=ranges,
                 now=now,
                 actor=operator,
@@ -85,6 +93,7 @@ class Command(BaseCommand):
                 ),
                 actor=operator,
                 now=now,
+                organisation_id=demo.pk,
             )
         self.stdout.write(f"Operator login for /admin/: {OPERATOR[0]} / {OPERATOR[1]}")
         first = Slot.objects.filter(host=host).order_by("start").values_list("start", flat=True).first()

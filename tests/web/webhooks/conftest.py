@@ -3,9 +3,12 @@
 import pytest
 from django.utils import timezone
 
+from tests.factories import house
 from web.webhooks import services
 
 
 @pytest.fixture
 def endpoint(receiver, db):
-    return services.webhook_endpoint_create(url=receiver.url, description="test receiver", now=timezone.now())
+    return services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, description="test receiver", now=timezone.now()
+    )

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.factories import house
 from tests.web.webhooks.test_delivery import events_of
 from web.webhooks.models import WebhookDelivery, WebhookEndpoint
 from web.webhooks.services import webhooks_deliver
@@ -18,7 +19,12 @@ def operator(client, staff):
 def test_an_operator_adds_an_endpoint_and_is_shown_its_secret_once(operator, receiver):
     response = operator.post(
         "/admin/webhooks/webhookendpoint/add/",
-        {"url": receiver.url, "description": "clinic app", "event_types": ["reservation.created"]},
+        {
+            "organisation": house().pk,
+            "url": receiver.url,
+            "description": "clinic app",
+            "event_types": ["reservation.created"],
+        },
         follow=True,
     )
 
@@ -33,7 +39,9 @@ def test_an_operator_adds_an_endpoint_and_is_shown_its_secret_once(operator, rec
 def test_a_private_url_is_a_form_error(operator, settings):
     settings.WEBHOOKS_ALLOW_PRIVATE_URLS = False
 
-    response = operator.post("/admin/webhooks/webhookendpoint/add/", {"url": "http://10.0.0.1/hooks"})
+    response = operator.post(
+        "/admin/webhooks/webhookendpoint/add/", {"organisation": house().pk, "url": "http://10.0.0.1/hooks"}
+    )
 
     assert response.status_code == 200 and "private, loopback or link-local" in response.content.decode()
     assert not WebhookEndpoint.objects.exists()

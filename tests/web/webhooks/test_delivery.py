@@ -12,7 +12,9 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from core.audit import services as audit
 from core.audit.models import AuditEvent
+from reservations.models import Car
 from reservations.services import reservation_cancel, reservation_confirm, reservation_hold, reservations_expire_due
+from tests.factories import house
 from tests.reservations.factories import CarFactory
 from web.webhooks import services
 from web.webhooks.models import WebhookAttempt, WebhookDelivery
@@ -27,15 +29,23 @@ def later(seconds: float):
     return timezone.now() + timedelta(seconds=seconds)
 
 
-def events_of(subject_ids, n: int) -> list[AuditEvent]:
+def events_of(labels, n: int) -> list[AuditEvent]:
+    """``n`` audit events of each of the house's cars labelled ``labels`` (made here), interleaved: the house's
+    endpoints receive them (an endpoint receives only its organisation's events)."""
+    cars = {label: CarFactory(label=label).pk for label in labels}
     with transaction.atomic():
         return audit.record_many(
             [
-                audit.event(subject=audit.Subject("reservation", sid), event="UPDATED", metadata={"n": i})
+                audit.event(subject=audit.Subject("car", cars[label]), event="UPDATED", metadata={"n": i})
                 for i in range(n)
-                for sid in subject_ids
+                for label in labels
             ]
         )
+
+
+def subject_id(label: str) -> str:
+    """The audit subject id of the car ``events_of`` labelled ``label``."""
+    return str(Car.objects.get(label=label).pk)
 
 
 @pytest.mark.django_db
@@ -77,17 +87,18 @@ def test_hold_confirm_cancel_and_expiry_reach_the_receiver_signed(receiver, endp
 @pytest.mark.django_db
 def test_a_failing_receiver_is_retried_in_order_and_other_subjects_do_not_wait(receiver, endpoint, settings):
     settings.WEBHOOK_RETRY_DELAYS = [60, 60, 60]
-    failures = {}
+    failures, ids = {}, {}
 
     def answer(received):
         body = json.loads(received.body)
-        if body["data"]["subject"]["id"] == "a" and body["data"]["metadata"]["n"] == 0:
+        if body["data"]["subject"]["id"] == ids["a"] and body["data"]["metadata"]["n"] == 0:
             failures[received.id] = failures.get(received.id, 0) + 1
             return (500, {}) if failures[received.id] <= 2 else (200, {})
         return 200, {}
 
     receiver.answer = answer
     a0, b0, a1, b1 = events_of(["a", "b"], 2)
+    ids["a"] = subject_id("a")
 
     webhooks_deliver()
     assert [json.loads(b)["data"]["id"] for b in receiver.bodies()] == [a0.pk, b0.pk, b1.pk]
@@ -153,7 +164,7 @@ def test_a_receiver_that_is_down_is_an_attempt_refused(settings):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    services.webhook_endpoint_create(url=f"http://127.0.0.1:{port}/", now=timezone.now())
+    services.webhook_endpoint_create(organisation_id=house().pk, url=f"http://127.0.0.1:{port}/", now=timezone.now())
     events_of(["a"], 1)
 
     webhooks_deliver()
@@ -193,7 +204,9 @@ def test_a_private_url_is_refused_at_delivery_when_private_urls_are_not_allowed(
 
 @pytest.mark.django_db
 def test_only_the_event_types_an_endpoint_asked_for_are_sent(receiver, user):
-    services.webhook_endpoint_create(url=receiver.url, event_types=["reservation.expired"], now=timezone.now())
+    services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, event_types=["reservation.expired"], now=timezone.now()
+    )
     now = timezone.now()
     reservation_hold(car_id=CarFactory().pk, buyer=user, hold_minutes=1, now=now)
     reservations_expire_due(now=now + timedelta(minutes=2))
@@ -266,11 +279,12 @@ def test_retry_now_makes_a_failed_delivery_due_once_more(receiver, endpoint, set
 def test_prune_drops_delivered_attempts_past_the_retention(receiver, endpoint):
     events_of(["a", "b"], 1)
     webhooks_deliver()
-    WebhookDelivery.objects.filter(event__subject_id="a").update(delivered_at=timezone.now() - timedelta(days=31))
+    old = timezone.now() - timedelta(days=31)
+    WebhookDelivery.objects.filter(event__subject_id=subject_id("a")).update(delivered_at=old)
 
     assert services.webhook_deliveries_prune(now=timezone.now()) == 1
 
-    assert list(WebhookDelivery.objects.values_list("event__subject_id", flat=True)) == ["b"]
+    assert list(WebhookDelivery.objects.values_list("event__subject_id", flat=True)) == [subject_id("b")]
     assert WebhookAttempt.objects.count() == 1
 
 

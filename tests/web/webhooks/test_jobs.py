@@ -19,6 +19,7 @@ from standardwebhooks import Webhook
 from config.celery import app as celery_app
 from ops import embedded
 from tests.concurrency import run_concurrently
+from tests.factories import house
 from tests.lengths import short_and_long
 from tests.reservations.factories import CarFactory
 from tests.web.webhooks.test_delivery import events_of
@@ -42,7 +43,7 @@ def wait_for(condition, seconds: float = 30) -> None:
 
 
 def two_jobs_over(receiver, subjects: int, per_subject: int):
-    services.webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    services.webhook_endpoint_create(organisation_id=house().pk, url=receiver.url, now=timezone.now())
     events_of([f"s{i}" for i in range(subjects)], per_subject)
     webhook_events_fan_out(now=timezone.now())  # both jobs find the deliveries there: they only send
     return run_concurrently([webhooks_deliver, webhooks_deliver])
@@ -101,7 +102,7 @@ def test_a_hold_through_the_api_reaches_the_receiver_within_a_second_through_a_r
 def test_a_worker_killed_mid_delivery_leaves_the_event_to_be_delivered_later(receiver):
     release = threading.Event()
     receiver.answer = lambda received: (release.wait(60), (200, {}))[1]
-    services.webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    services.webhook_endpoint_create(organisation_id=house().pk, url=receiver.url, now=timezone.now())
     events_of(["a"], 1)
     celery_app.control.purge()
     env = {

@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from tests.factories import house
 from tests.reservations.factories import CarFactory
 from tests.web.webhooks.test_jobs import wait_for
 from web.webhooks import kick, services
@@ -34,7 +35,9 @@ def publishes(monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_a_write_kicks_a_run_and_the_request_does_not_wait_for_the_broker(api, publishes, receiver):
     published, broker = publishes
-    services.webhook_endpoint_create(url=receiver.url, now=timezone.now())  # a kick of its own
+    services.webhook_endpoint_create(
+        organisation_id=house().pk, url=receiver.url, now=timezone.now()
+    )  # a kick of its own
     wait_for(lambda: published, seconds=5)
     slow = threading.Event()
     broker.behave = lambda: slow.wait(5)  # a broker that takes 5 s to answer
@@ -53,7 +56,7 @@ def test_a_write_kicks_a_run_and_the_request_does_not_wait_for_the_broker(api, p
 @pytest.mark.django_db(transaction=True)
 def test_a_broker_that_is_down_never_reaches_the_client_and_the_next_kick_still_works(api, publishes, receiver):
     published, broker = publishes
-    services.webhook_endpoint_create(url=receiver.url, now=timezone.now())
+    services.webhook_endpoint_create(organisation_id=house().pk, url=receiver.url, now=timezone.now())
     wait_for(lambda: published, seconds=5)
     published.clear()
 

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from web.api import ModelSerializer, OutputSerializer, StrictSerializer
+from web.api import ModelSerializer, OutputSerializer, StrictSerializer, organisation_id_in
 from web.webhooks.catalogue import EVENT_TYPES
 from web.webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -15,6 +15,7 @@ def _event_types() -> serializers.ListField:
 
 
 class WebhookIn(StrictSerializer):
+    organisationId = organisation_id_in()
     url = serializers.CharField(max_length=2000, help_text="http(s); no private, loopback or link-local address")
     description = serializers.CharField(max_length=500, required=False, default="", allow_blank=True)
     eventTypes = _event_types()
@@ -31,6 +32,7 @@ class WebhookChangeIn(StrictSerializer):
 
 
 class WebhookOut(ModelSerializer):
+    organisationId = serializers.IntegerField(source="organisation_id")
     eventTypes = serializers.ListField(source="event_types", child=serializers.CharField())
     disabledReason = serializers.CharField(source="disabled_reason")
     lastSuccessAt = serializers.DateTimeField(source="last_success_at", allow_null=True)
@@ -41,6 +43,7 @@ class WebhookOut(ModelSerializer):
         model = WebhookEndpoint
         fields = [
             "id",
+            "organisationId",
             "url",
             "description",
             "eventTypes",

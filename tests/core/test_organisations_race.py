@@ -1,0 +1,111 @@
+"""A member removed while they act (docs/decisions/0025-organisations.md, core/locking.py's order, 6): their
+in-flight request either completes before the removal commits or is refused — never applied after it. Each
+test has a control that takes the membership lock (or its check) away and shows the test notices."""
+
+import contextlib
+import threading
+import time
+
+import pytest
+from django.db import connections, transaction
+from django.utils import timezone
+from psycopg import sql
+
+from core import locking
+from core.errors import NotFound
+from core.organisations import access
+from core.organisations.models import Membership
+from core.organisations.roles import Role
+from reservations.models import Car, Reservation
+from reservations.services import car_update, reservation_cancel
+from tests.factories import OrganisationFactory, UserFactory, member
+from tests.reservations.factories import CarFactory, ReservationFactory
+from web.organisations import services
+
+pytestmark = [pytest.mark.concurrency, pytest.mark.django_db(transaction=True)]
+
+
+def _team():
+    organisation = OrganisationFactory()
+    owner, operator = UserFactory(), UserFactory()
+    member(owner, organisation, Role.OWNER)
+    member(operator, organisation, Role.MANAGER)
+    return organisation, owner, operator
+
+
+def _removed_after_reading_roles() -> str:
+    """The operator's request reads their roles with the user (a member), then the owner removes them and
+    that commits, then the request cancels a buyer's hold in the organisation (one statement). Returns
+    what became of the hold."""
+    organisation, owner, operator = _team()
+    reservation = ReservationFactory(car=CarFactory(organisation=organisation))
+    assert access.roles_of(operator) == {organisation.pk: Role.MANAGER}  # read at the request's start
+
+    services.membership_remove(organisation_id=organisation.pk, user_id=operator.pk, actor=owner)
+    with contextlib.suppress(NotFound):  # refused as another organisation's (it is now)
+        reservation_cancel(reservation_id=reservation.pk, user=operator, now=timezone.now())
+    return Reservation.objects.get(pk=reservation.pk).state
+
+
+def test_a_transition_after_the_removal_committed_is_refused_though_the_request_read_the_member_before():
+    assert _removed_after_reading_roles() == "HELD"
+
+
+def test_control_without_the_membership_check_in_the_statement_the_removed_member_cancels(monkeypatch):
+    monkeypatch.setattr(locking, "member_lock_sql", lambda organisation: sql.SQL("true"))
+
+    assert _removed_after_reading_roles() == "CANCELLED"
+
+
+def _edit_racing_a_removal(hold_seconds: float = 0.5) -> tuple[float, float, str]:
+    """A manager's edit of a car (a transaction: the car's lock, then their membership's) holds its locks
+    for ``hold_seconds`` before it commits, while the owner removes them. Returns when each committed and
+    the car's label after both."""
+    organisation, owner, operator = _team()
+    car = CarFactory(organisation=organisation, label="before")
+    locked, committed = threading.Event(), {}
+
+    def edit():
+        try:
+            with transaction.atomic():
+                car_update(car_id=car.pk, actor=operator, label="edited")
+                locked.set()
+                time.sleep(hold_seconds)
+            committed["edit"] = time.monotonic()
+        finally:
+            locked.set()
+            connections.close_all()
+
+    def remove():
+        try:
+            assert locked.wait(10)
+            services.membership_remove(organisation_id=organisation.pk, user_id=operator.pk, actor=owner)
+            committed["removal"] = time.monotonic()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=edit), threading.Thread(target=remove)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not Membership.objects.filter(user=operator, organisation=organisation).exists()
+    return committed["edit"], committed["removal"], Car.objects.get(pk=car.pk).label
+
+
+def test_a_removal_waits_for_the_members_edit_in_flight_which_completes_first():
+    edit, removal, label = _edit_racing_a_removal()
+
+    assert label == "edited" and edit < removal
+
+
+def test_control_without_the_membership_lock_the_edit_commits_after_the_removal(monkeypatch):
+    def unlocked(user_id: int, organisation_id: int) -> str | None:  # the same read, without FOR SHARE
+        row = Membership.objects.filter(user_id=user_id, organisation_id=organisation_id).values_list("role")
+        return next(iter(row), (None,))[0]
+
+    monkeypatch.setattr(locking, "lock_member", unlocked)
+
+    edit, removal, label = _edit_racing_a_removal()
+
+    assert label == "edited" and removal < edit  # applied by someone no longer a member: what the lock prevents
