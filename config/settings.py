@@ -108,7 +108,7 @@ if env("DATABASE_URL", default=""):
     _database["HOST"] = unquote(_database["HOST"])  # a socket directory may be given %-encoded
 else:
     _database = embedded.database(VAR_DIR)
-_database["ENGINE"] = "django_prometheus.db.backends.postgresql"
+_database["ENGINE"] = "core.db"  # Django's, with django-prometheus' database metrics (core/db/base.py)
 _database["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
 _database["CONN_HEALTH_CHECKS"] = False  # no SELECT 1 per request: a dead connection is a 503 once (0006)
 # Statements are bound server-side (the extended protocol: parameters travel apart from the text, so a

@@ -299,10 +299,14 @@ def test_a_duplicate_that_got_past_the_lock_is_409(api, user, monkeypatch):
     assert not Reservation.objects.filter(car=car).exists()
 
 
-@contextmanager
 def short_lock_timeout():
+    return lock_timeout(300)
+
+
+@contextmanager
+def lock_timeout(ms: int):
     with connection.cursor() as cursor:
-        cursor.execute("SET lock_timeout = 300")
+        cursor.execute(f"SET lock_timeout = {int(ms)}")
     try:
         yield
     finally:
@@ -323,3 +327,62 @@ def wait_for_a_wait_on(locker, timeout: float = 10) -> None:
                 return
             time.sleep(0.02)
     raise AssertionError("no request started waiting for the lock")
+
+
+@pytest.mark.django_db
+def test_a_record_past_its_ttl_frees_the_key(api, settings):
+    first = hold(api, CarFactory(), key="k-10")
+    IdempotencyRecord.objects.filter(key="k-10").update(
+        created_at=timezone.now() - timedelta(hours=settings.IDEMPOTENCY_TTL_HOURS, seconds=1)
+    )
+
+    again = hold(api, CarFactory(), key="k-10")  # another body: within the TTL it would be a 422
+
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again
+    assert again.json()["id"] != first.json()["id"]
+    assert list(IdempotencyRecord.objects.values_list("response_body", flat=True)) == [again.json()]
+
+
+@pytest.mark.django_db
+def test_a_refusal_before_any_statement_is_stored_and_replayed(api):
+    car = CarFactory()
+    refused = hold(api, car, key="k-11", holdDurationMinutes=0)  # the handler sends nothing: the key goes alone
+
+    again = hold(api, car, key="k-11", holdDurationMinutes=0)
+
+    assert refused.status_code == again.status_code == 400 and again["Idempotent-Replayed"] == "true"
+    assert again.json() == refused.json() and not Reservation.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_prepared_behind_a_gate_that_stopped_it_is_prepared_again(api, settings):
+    """psycopg records a statement it prepares in a pipeline as prepared before it hears back; behind a gate
+    that stopped it, its Parse never ran. Replays past ``DB_PREPARE_THRESHOLD`` on a new connection put the
+    hold's statement at its preparation behind the gate; the next hold still works (it was a 503,
+    ``prepared statement "_pg3_…" does not exist``, before ``idempotency._forget_unprepared``)."""
+    connection.close()
+    car = CarFactory()
+    first = hold(api, car, key="k-12")
+    for _ in range(settings.DB_PREPARE_THRESHOLD + 1):
+        assert hold(api, car, key="k-12")["Idempotent-Replayed"] == "true"
+
+    assert hold(api, CarFactory()).status_code == 201
+    assert first.status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.concurrency
+@pytest.mark.slow
+def test_control_without_the_gate_the_duplicate_waits_for_the_first(client_for, monkeypatch):
+    from web import idempotency
+
+    monkeypatch.setattr(idempotency, "_GATE_SQL", "SELECT 1")
+
+    # Without the gate the duplicate's hold runs behind its lookup, and queues for the lock the first holds
+    # (2.5 s here, past the 2 s the test above allows) before the lookup's verdict answers 409.
+    first, duplicate, answered_in, _, _, _ = send_a_duplicate_while_the_first_waits(
+        client_for, duplicate_waits=lambda: lock_timeout(2500)
+    )
+
+    assert duplicate.status_code == 409 and answered_in >= 2  # the test above would notice
+    first.result(10)

@@ -109,10 +109,13 @@ def test_a_change_without_signals_is_seen_once_the_cache_lifetime_has_passed(api
 
 
 def test_a_view_changing_its_user_does_not_change_the_next_request(api, user):
-    auth_user, _ = auth.CachedTokenAuthentication().authenticate_credentials(user.auth_token.key)
+    auth_user, token = auth.CachedTokenAuthentication().authenticate_credentials(user.auth_token.key)
     auth_user.name = "changed by a view"
+    auth_user._state.fields_cache["seen"] = True
 
     assert me(api).json()["name"] == user.name
+    assert auth_user._state is not token.user._state and "seen" not in token.user._state.fields_cache
+    assert auth_user == token.user and not auth_user._state.adding
 
 
 def test_orjson_writes_the_bytes_drf_writes():

@@ -1,0 +1,1 @@
+"""The database backend (``DATABASES["default"]["ENGINE"] = "core.db"``): ``core.db.base``."""
