@@ -99,20 +99,21 @@ def lock_event_queue(event_id: int) -> EventQueue | None:
 HOLD_EVENT_COLUMNS = ("sales_open", "event_date", "hold_minutes", "waiting_count", "queue_enabled")
 
 
-def hold_event_lock_sql(*, after: sql.Composable) -> sql.Composable:
-    """A seat hold's event (``%(event)s``), ``FOR KEY SHARE`` (as ``share_event``), as a ``WITH``
-    sub-statement of the hold's one statement, returning ``HOLD_EVENT_COLUMNS`` of the row's newest version:
-    a close of sales (``FOR UPDATE``) that committed is seen, one in flight is waited for.
-    ``after``: a condition reading the lock before it in the order (the holder's), so that lock is held
-    first. The seam a race control replaces (the statements are cached by this function)."""
-    return sql.SQL("SELECT {}, {} FROM {} WHERE {} = {} AND {} FOR KEY SHARE").format(
+def hold_event_sql(*, after: sql.Composable | None = None) -> sql.Composable:
+    """What a seat hold reads of its event (``%(event)s``): ``HOLD_EVENT_COLUMNS``, as a sub-select of the
+    hold's one statement. Without ``after``, read from the statement's snapshot; with it, ``FOR KEY
+    SHARE`` (as ``share_event``), a ``WITH`` sub-statement returning the row's newest version: a close of
+    sales (``FOR UPDATE``) that committed is seen, one in flight is waited for; ``after`` is a condition
+    reading the lock before it in the order (the holder's), so that lock is held first. The seam a race
+    control replaces (the statements are cached by this function)."""
+    read = sql.SQL("SELECT {}, {} FROM {} WHERE {} = {}").format(
         column(Event, "id"),
         sql.SQL(", ").join(column(Event, name) for name in HOLD_EVENT_COLUMNS),
         table(Event),
         column(Event, "id"),
         P("event"),
-        after,
     )
+    return read if after is None else sql.SQL("{} AND {} FOR KEY SHARE").format(read, after)
 
 
 # How a seat hold takes its seats' locks (``seat_locks_sql``).

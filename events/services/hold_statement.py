@@ -240,10 +240,10 @@ def _seat_hold_statement(kind: str, cap: Cap, seams: tuple) -> statements.Statem
     return statements.Statement(
         sql.SQL("""
 WITH seen AS MATERIALIZED (
-    SELECT e.id, {e_columns}, e.{e_queue_enabled} AND {admitted} AS admitted, {seen_owner} AS owner,
+    SELECT e.*, e.{e_queue_enabled} AND {admitted} AS admitted, {seen_owner} AS owner,
            (SELECT COALESCE(SUM(g.{g_seat_count}), 0) FROM {g_table} g
             WHERE %(limit)s::bigint IS NOT NULL AND g.{g_user} = %(user)s AND g.{g_event} = e.id AND {counted}) AS held
-    FROM {e_table} e WHERE e.id = %(event)s
+    FROM ({event_read}) e
 ), {candidates}, wanted AS (
     SELECT FROM seen
     WHERE sales_open AND event_date > %(now)s AND (NOT queue_enabled OR admitted OR %(exempt)s)
@@ -315,13 +315,11 @@ SELECT
 """).format(
             **_NAMES,
             **statements.names(Event, "e_"),
-            e_columns=sql.SQL(", ").join(
-                sql.SQL("e.{}").format(claims.column(Event, n)) for n in locks.HOLD_EVENT_COLUMNS
-            ),
             seen_columns=sql.SQL(", ").join(
                 sql.SQL("(SELECT {} FROM seen)").format(claims.column(Event, n)) for n in locks.HOLD_EVENT_COLUMNS
             ),
             admitted=admitted,
+            event_read=event_lock(),
             seen_owner=locking.seen_sql(User, P("owner")),
             counted=cap.counted(_G, "g"),
             candidates=candidates.format(
@@ -410,8 +408,9 @@ def seat_hold_statement(kind: str, cap: Cap) -> statements.Statement:
     ``limit`` and ``owner`` NULL); ``candidates``: the seats named, or the free ones in order of
     preference, each with its claim sequence. A hold those refuse was refused by what was true when it was
     asked, takes no lock and writes nothing (``wanted``). Otherwise ``owner`` (``locking.claim_lock_sql``),
-    ``event`` (``locks.hold_event_lock_sql``) and ``locked`` (``locks.seat_locks_sql``) take their locks
-    in the order of core/locking.py and return the rows' newest versions. ``judged``: the event as locked
+    ``event`` (``locks.hold_event_sql``, which ``seen`` reads unlocked) and ``locked``
+    (``locks.seat_locks_sql``) take their locks in the order of core/locking.py and return the rows' newest
+    versions. ``judged``: the event as locked
     (a close that committed is seen), whether the holder's count is still the truth and which seats a hold
     claimed since the snapshot (``locking.fresh_sql``: their sequences moved). ``picked``: the seats locked
     and not claimed since (by codes: every one; best available: a run of ``quantity`` adjacent where it
@@ -424,5 +423,5 @@ def seat_hold_statement(kind: str, cap: Cap) -> statements.Statement:
     nothing of it is kept. ``owner_moved`` and ``seats_moved`` move the claim sequences of the holder and
     of the seats claimed (not an offer's: it locks none)."""
     return _seat_hold_statement(
-        kind, cap, (locking.claim_lock_sql, locking.fresh_sql, locks.hold_event_lock_sql, locks.seat_locks_sql)
+        kind, cap, (locking.claim_lock_sql, locking.fresh_sql, locks.hold_event_sql, locks.seat_locks_sql)
     )

@@ -175,16 +175,15 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         except IntegrityError as exc:
             if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != SEAT_BACKSTOP:
                 raise
-            # The unique index refused a claim: an offer's claim (it locks no seat) committed or in flight on
-            # a seat this statement found free. In autocommit, nothing was written: decide again in a
-            # transaction, whose statement sees that claim. Otherwise a backstop, or an offer that lost.
-            if not connection.in_atomic_block:
-                return None
-            if ask.offer or best:
+            # The unique index refused a claim, and the statement failed whole (nothing of it is kept). An
+            # offer (it locks no seat) lost to a hold in flight: pick again. Otherwise a backstop: a claim
+            # on a seat this statement held locked and found free, fresh.
+            if ask.offer:
                 raise PickAgain from None
             CONSTRAINT_BACKSTOPS.labels(SEAT_BACKSTOP).inc()
             raise SeatsUnavailable(
-                f"Some of the seats of event {ask.event_id} were just taken.", details={"seatCodes": ask.seat_codes}
+                f"Some of the seats of event {ask.event_id} were just taken.",
+                details={"seatCodes": ask.seat_codes or []},
             ) from None
         event_id, sales_open, event_date, _, waiting, queue_enabled, admitted_now, held, found, taken = row[:10]
         available, locked, *as_locked, owner_fresh, moved = row[10:17]
