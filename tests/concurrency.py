@@ -1,11 +1,17 @@
 """Release several threads at once, each with its own database connection (STYLE: tests)."""
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
-from django.db import connection, connections
+from django.db import connection, connections, transaction
+from psycopg import sql
+
+from core import locking
+from core.statements import table
+from tests.round_trips import RoundTrips, round_trips
 
 
 def run_concurrently(functions: list[Callable[[], object]], timeout: float = 60) -> list[object]:
@@ -62,3 +68,72 @@ def deadlocks_found_sooner(monkeypatch, after_ms: int = 100) -> None:
     if superuser:
         options = connection.settings_dict["OPTIONS"]
         monkeypatch.setitem(options, "options", f"{options.get('options', '')} -c deadlock_timeout={after_ms}ms")
+
+
+def unlocked(model, pause: float):
+    """``locking.claim_lock_sql`` without the lock for rows of ``model``: the row read from the snapshot
+    (so the statement judges it fresh) after ``pause`` seconds, so that every racer's snapshot is taken
+    before any of them commits: the race, every time."""
+    claim_lock = locking.claim_lock_sql
+
+    def claim_lock_sql(lock_model, key, *, after=None, returning=()):
+        if lock_model is not model:
+            return claim_lock(lock_model, key, after=after, returning=returning)
+        seq = sql.Identifier(locking.CLAIM_SEQ)
+        # (A scalar sub-select, not EXISTS: EXISTS never evaluates its select list.)
+        return sql.SQL("SELECT {}{} FROM {} WHERE id = {} AND (SELECT 1 FROM pg_sleep({})) = 1").format(
+            seq,
+            sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(name)) for name in returning),
+            table(lock_model),
+            key,
+            sql.Literal(pause),
+        )
+
+    return claim_lock_sql
+
+
+# --- a one-statement hold that waited for a lock while another committed under it (ADR 0022) ------------
+
+
+def wait_until_blocked() -> None:
+    """Until some backend waits for a lock (the one-statement hold, behind the open transaction)."""
+    for _ in range(200):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
+            )
+            if cursor.fetchone()[0]:
+                return
+        time.sleep(0.025)
+    raise AssertionError("the hold never waited for the lock")
+
+
+def behind_an_open_hold(first, second) -> tuple[object, object, RoundTrips]:
+    """``first`` holds in a transaction left open; ``second``, a one-statement hold in autocommit, waits
+    for a lock ``first`` took; then ``first`` commits. Returns both results and ``second``'s round trips."""
+    held, release = threading.Event(), threading.Event()
+    trips = []
+
+    def opener():
+        with transaction.atomic():
+            result = first()
+            held.set()
+            release.wait(10)
+        return result
+
+    def waiter():
+        held.wait(10)
+        with round_trips() as counted:
+            try:
+                return second()
+            finally:
+                trips.append(counted)
+
+    def releaser():
+        held.wait(10)
+        wait_until_blocked()
+        release.set()
+
+    results = run_concurrently([opener, waiter, releaser])
+    return results[0], results[1], trips[0]

@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from psycopg import sql
 
@@ -14,14 +14,12 @@ from core import engine, locking
 from core.audit.services import trail
 from core.errors import HoldExpired, LimitReached
 from core.metrics import CONSTRAINT_BACKSTOPS
-from core.statements import table
 from reservations import services
 from reservations.models import Car, Reservation
 from reservations.services import CarUnavailable
-from tests.concurrency import run_concurrently
+from tests.concurrency import behind_an_open_hold, run_concurrently, unlocked
 from tests.factories import UserFactory
 from tests.reservations.factories import CarFactory, ReservationFactory
-from tests.round_trips import round_trips
 from web.accounts.models import User
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency]
@@ -56,28 +54,6 @@ def assert_exactly_one_hold(statuses, codes, backstops) -> None:
 
 def test_thirty_buyers_holding_one_car_get_one_hold(client_for):
     assert_exactly_one_hold(*hold_race(client_for))
-
-
-def unlocked(model, pause: float):
-    """``locking.claim_lock_sql`` without the lock for rows of ``model``: the row read from the snapshot
-    (so the statement judges it fresh) after ``pause`` seconds, so that every racer's snapshot is taken
-    before any of them commits: the race, every time."""
-    claim_lock = locking.claim_lock_sql
-
-    def claim_lock_sql(lock_model, key, *, after=None, returning=()):
-        if lock_model is not model:
-            return claim_lock(lock_model, key, after=after, returning=returning)
-        seq = sql.Identifier(locking.CLAIM_SEQ)
-        # (A scalar sub-select, not EXISTS: EXISTS never evaluates its select list.)
-        return sql.SQL("SELECT {}{} FROM {} WHERE id = {} AND (SELECT 1 FROM pg_sleep({})) = 1").format(
-            seq,
-            sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(name)) for name in returning),
-            table(lock_model),
-            key,
-            sql.Literal(pause),
-        )
-
-    return claim_lock_sql
 
 
 def test_control_without_the_row_lock_the_race_is_caught(client_for, monkeypatch):
@@ -238,50 +214,6 @@ def test_control_without_the_buyer_lock_the_cap_breaks(monkeypatch):
 
 
 # --- a hold that waited for a lock while another hold committed under it (docs/decisions/0022) ---------
-
-
-def wait_until_blocked() -> None:
-    """Until some backend waits for a lock (the one-statement hold, behind the open transaction)."""
-    for _ in range(200):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND cardinality(pg_blocking_pids(pid)) > 0"
-            )
-            if cursor.fetchone()[0]:
-                return
-        time.sleep(0.025)
-    raise AssertionError("the hold never waited for the lock")
-
-
-def behind_an_open_hold(first, second) -> tuple[object, object, int]:
-    """``first`` holds in a transaction left open; ``second``, a one-statement hold in autocommit, waits
-    for a lock ``first`` took; then ``first`` commits. Returns both results and ``second``'s round trips."""
-    held, release = threading.Event(), threading.Event()
-    trips = []
-
-    def opener():
-        with transaction.atomic():
-            result = first()
-            held.set()
-            release.wait(10)
-        return result
-
-    def waiter():
-        held.wait(10)
-        with round_trips() as counted:
-            try:
-                return second()
-            finally:
-                trips.append(counted)
-
-    def releaser():
-        held.wait(10)
-        wait_until_blocked()
-        release.set()
-
-    results = run_concurrently([opener, waiter, releaser])
-    return results[0], results[1], trips[0]
 
 
 def hold(car, buyer):
