@@ -13,13 +13,6 @@ from core.statements import P, Statement, table
 from events.models import Event, EventQueue, Seat
 
 
-def share_event(event_id: int) -> Event | None:
-    """The event of a seat hold, ``FOR KEY SHARE``: the hold reads ``sales_open`` after a close committed,
-    and a close waits for the holds in flight (see the module docstring)."""
-    locking._in_transaction("share_event")
-    return next(iter(locking._locked(Event, [event_id], locking.KEY_SHARE)), None)
-
-
 def lock_event(event_id: int) -> Event | None:
     """The event row for an edit of its details, ``FOR NO KEY UPDATE`` (holds go on meanwhile)."""
     locking._in_transaction("lock_event")
@@ -102,7 +95,7 @@ HOLD_EVENT_COLUMNS = ("sales_open", "event_date", "hold_minutes", "waiting_count
 def hold_event_sql(*, after: sql.Composable | None = None) -> sql.Composable:
     """What a seat hold reads of its event (``%(event)s``): ``HOLD_EVENT_COLUMNS``, as a sub-select of the
     hold's one statement. Without ``after``, read from the statement's snapshot; with it, ``FOR KEY
-    SHARE`` (as ``share_event``), a ``WITH`` sub-statement returning the row's newest version: a close of
+    SHARE``, a ``WITH`` sub-statement returning the row's newest version: a close of
     sales (``FOR UPDATE``) that committed is seen, one in flight is waited for; ``after`` is a condition
     reading the lock before it in the order (the holder's), so that lock is held first. The seam a race
     control replaces (the statements are cached by this function)."""

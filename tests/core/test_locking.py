@@ -15,7 +15,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
     "lock",
     [
         lambda: locking.lock_user(1),
-        lambda: locks.share_event(1),
         lambda: locks.lock_event(1),
         lambda: locks.lock_event_sales(1),
         lambda: reservations_locks.lock_car(1),
