@@ -1,5 +1,5 @@
-"""Seat holds: the events' ClaimEngine (its locks, checks and writes); an offer of freed seats to the
-waiting list's head is a hold too."""
+"""Seat holds: the events' ClaimEngine (its one hold statement, its checks and its transitions); an offer of
+freed seats to the waiting list's head is a hold too."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class SeatHold:
     seat_codes: list[str] | None
     quantity: int | None
     request_id: str
-    now: datetime  # when it was asked: the lock statement judges which seats are taken by it
+    now: datetime  # when it was asked
     queue_token: str | None = None  # X-Queue-Token: needed while the event's queue is on
     attempt: int = 0  # best available: picking again after the seats locked came up short
     offer: bool = False  # made by the waiting list for its head (``waitlist_offer``), not asked by a client
