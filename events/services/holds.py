@@ -64,7 +64,6 @@ class SeatHold:
     seat_codes: list[str] | None
     quantity: int | None
     request_id: str
-    now: datetime  # when it was asked
     queue_token: str | None = None  # X-Queue-Token: needed while the event's queue is on
     attempt: int = 0  # best available: picking again after the seats locked came up short
     offer: bool = False  # made by the waiting list for its head (``waitlist_offer``), not asked by a client
@@ -419,7 +418,6 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
             seat_codes=None,
             quantity=head.quantity,
             request_id="",
-            now=now,
             offer=True,
         )
         try:
