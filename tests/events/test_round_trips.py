@@ -35,6 +35,7 @@ def test_a_seat_hold_by_codes_is_one_statement_in_autocommit(cached_api_of, code
 
     assert response.status_code == 201, response.content
     assert trips.count == 1, trips.statements
+    assert not any(s.startswith(("BEGIN", "COMMIT")) for s in trips.statements), trips.statements
     assert response.json()["seatCodes"] == codes
     group = SeatHoldGroup.objects.get(pk=response.json()["holdGroupId"])
     [created] = trail(hold_subject(group))
@@ -323,3 +324,23 @@ def test_a_partial_cancel_is_five_round_trips(cached_api_of):
     assert response.status_code == 200, response.content
     assert trips.count <= 5, trips.statements
     assert sorted(response.json()["seatCodes"]) == ["S1", "S3"]
+
+
+def test_a_seat_hold_with_a_key_is_four_round_trips(cached_api_of):
+    """With an Idempotency-Key (docs/decisions/0003-idempotency.md): BEGIN, the lookup, the hold's one
+    statement inside the request's transaction (its savepoint statements ride along), the record's INSERT
+    with the COMMIT."""
+    event = make_event()
+    api = cached_api_of(UserFactory())
+
+    with round_trips() as trips:
+        response = api.post(
+            f"/api/events/{event.pk}/seats/reserve",
+            {"seatCodes": ["S1", "S2"]},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="k-1",
+        )
+
+    assert response.status_code == 201, response.content
+    assert trips.count == 4, trips.statements
+    assert violations(event) == []
