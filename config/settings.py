@@ -253,7 +253,7 @@ EXPIRY_BATCH_SIZE = env.int("EXPIRY_BATCH_SIZE", default=500)
 RESERVATION_HOLD_MINUTES_DEFAULT = env.int("RESERVATION_HOLD_MINUTES_DEFAULT", default=15)
 SLOTS_CANCELLATION_WINDOW_HOURS = env.int("SLOTS_CANCELLATION_WINDOW_HOURS", default=1)
 SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST = env.int("SLOTS_MAX_ACTIVE_BOOKINGS_PER_GUEST", default=5)
-# The caps on what one user holds at once (core.engine.Cap; operators are exempt): live car
+# The caps on what one user holds at once (core.policy.Cap; operators are exempt): live car
 # holds per buyer, and seats held per user on one event.
 RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER = env.int("RESERVATION_MAX_ACTIVE_HOLDS_PER_BUYER", default=3)
 EVENT_MAX_HELD_SEATS_PER_USER = env.int("EVENT_MAX_HELD_SEATS_PER_USER", default=10)

@@ -15,9 +15,9 @@ from django.utils.safestring import SafeString, mark_safe
 
 from core.audit.services import trail
 from core.claims import EXPIRED, Claim, ClaimQuerySet
-from core.engine import Cap
 from core.errors import DomainError
 from core.models import IdempotencyRecord
+from core.policy import Cap
 
 
 def pretty_json(value: Any) -> SafeString:

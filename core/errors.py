@@ -88,7 +88,7 @@ class Conflict(DomainError):
 
 
 class LimitReached(Conflict):
-    """A per-user cap refused the request (``core.engine.Cap``): ``details.rule`` names the rule,
+    """A per-user cap refused the request (``core.policy.Cap``): ``details.rule`` names the rule,
     ``details.limit`` its limit (docs/contract.md §3.2)."""
 
     code, message = "limit_reached", "A limit on what one user may hold at once is reached."

@@ -11,7 +11,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
    hold, unless an operator asks); ``lock_users``: the guest's and the host's for an interval booking
    (by id). It serializes the rules that count one user's rows (bookings per guest, one per host, a
    guest's bookings never overlapping in time, a host's slots never overlapping, the caps on held cars
-   and seats: ``engine.Cap``).
+   and seats: ``policy.Cap``).
 2. the resource's parent, the event row: ``hold_event_sql`` in a seat hold (``FOR KEY SHARE``);
    ``lock_event`` for an edit of the event's details, the waiting-list switch, and a join or a leave
    of the waiting list; ``lock_event_sales`` for the sales switch. The event's lock stands for its
@@ -24,7 +24,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
    ``seat_locks_sql`` (after the holder's and the event's) in its one statement.
 4. claim rows (reservations, seat hold groups, slot bookings): the one claim a transition moves
    (``transition_lock_sql``, in its statement), the overdue holds an expiry moves (in its statement,
-   ``engine._expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
+   ``declarations.expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
 2b. the event's queue row (``EventQueue``, docs/decisions/0017-admission-queue.md):
    ``take_queue_number`` (a join moves its counter, ``FOR NO KEY UPDATE`` by the ``UPDATE``, held to
    the join's commit, so numbers commit in the order they are given) and ``lock_event_queue`` (one
@@ -72,7 +72,7 @@ applies, the event by ``hold_event_sql``, the seats by ``seat_locks_sql``; ADR 0
 available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it takes them in
 (preference, not id) cannot close a circle.
 
-The expiry job's batch (``engine._expiry_statement``: the overdue rows, with the slots of slot bookings)
+The expiry job's batch (``declarations.expiry_statement``: the overdue rows, with the slots of slot bookings)
 and ``batch_lock`` (the reminder job) are outside the order: ``SKIP LOCKED`` never waits, so they cannot
 deadlock; a row a request holds is left to that request.
 
@@ -271,7 +271,7 @@ def lock_claim(model: type[_M], key: Any, *, by: str = "id", reads: Reads = NO_R
 
 
 def transition_lock_sql() -> sql.Composable:
-    """A transition's lock of its claim (aliased ``c``) in its one statement (``engine._transition_statement``,
+    """A transition's lock of its claim (aliased ``c``) in its one statement (``declarations.transition_statement``,
     in autocommit: the lock lasts the statement, which is the whole transition). READ COMMITTED returns the
     row's newest version once the lock is held, so the statement decides on it. The seam a race control
     replaces (the statements are cached by this function)."""

@@ -11,8 +11,8 @@ from uuid import UUID
 from django.db.models import F, Q
 
 from core.audit.services import subject_key
-from core.engine import SEE
 from core.errors import NotFound
+from core.policy import SEE
 from events.models import Event, SeatClaim, SeatHoldGroup
 from events.services.holds import SEAT_HOLDS
 from events.services.rules import hold_subject

@@ -17,10 +17,11 @@ from psycopg import sql
 
 from core import claims, locking, statements
 from core.audit import services as audit
-from core.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, Cap, ClaimEngine, ClaimPolicy
+from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import Conflict, InvalidStateTransition, NotFound
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.policy import CANCEL, CONFIRM, EXPIRE, Cap, ClaimPolicy
 from reservations import locks
 from reservations.models import Car, Reservation
 from web.accounts.models import User

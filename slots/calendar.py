@@ -8,8 +8,8 @@ from datetime import datetime
 from django.db.models import Q, QuerySet
 
 from core.audit.services import subject_key
-from core.engine import SEE
 from core.errors import NotFound
+from core.policy import SEE
 from slots.models import Slot, SlotBooking
 from slots.services.bookings import SLOT_BOOKINGS
 from web import ical

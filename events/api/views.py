@@ -9,8 +9,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.audit.api import AuditTrailView
-from core.engine import SEE
 from core.errors import Forbidden, HoldExpired, LimitReached, NotFound, NotOwner
+from core.policy import SEE
 from events import calendar, queue, selectors
 from events.api.filters import EventFilter
 from events.api.serializers import (

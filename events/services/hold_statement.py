@@ -10,7 +10,8 @@ from psycopg import sql
 from core import claims, locking, statements
 from core.audit import services as audit
 from core.audit.models import AuditEvent
-from core.engine import Along, Cap
+from core.declarations import Along
+from core.policy import Cap
 from events import locks
 from events.models import Event, QueueEntry, Seat, SeatClaim, SeatHoldGroup, WaitlistEntry
 from events.services.rules import ENTRY_STATE_OF, ENTRY_SUBJECT, FREEING_STATES, HOLD_SUBJECT, Entry, State

@@ -18,10 +18,12 @@ from psycopg import sql
 
 from core import claims, statements
 from core.audit import services as audit
-from core.engine import EXPIRY_ACTOR, Along, Cap, ClaimEngine, Outcome
+from core.declarations import Along, Outcome
+from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import DomainError, NotFound, ValidationFailed
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.policy import Cap
 from events import locks
 from events.models import QUEUE_TOKEN, Event, Seat, SeatHoldGroup, WaitlistEntry
 from events.services.hold_statement import (

@@ -11,10 +11,10 @@ from django.utils import timezone
 from psycopg import sql
 
 from core import locking, statements
-from core.engine import CANCEL, CONFIRM, EXPIRE, RELEASE
 from core.errors import NotFound, NotOwner, ValidationFailed
 from core.expiry import locked_now
 from core.middleware import current_request_id
+from core.policy import CANCEL, CONFIRM, EXPIRE, RELEASE
 from events import selectors
 from events.models import Event, SeatHoldGroup
 from events.services.hold_statement import _NAMES

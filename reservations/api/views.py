@@ -5,8 +5,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.audit.api import AuditTrailView
-from core.engine import SEE
 from core.errors import Forbidden, HoldExpired, InvalidStateTransition, LimitReached, NotFound, NotOwner
+from core.policy import SEE
 from reservations import selectors, services
 from reservations.api.filters import CarFilter, ReservationFilter
 from reservations.api.serializers import (

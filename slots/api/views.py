@@ -12,7 +12,6 @@ from rest_framework.views import APIView
 
 from core import errors as core_errors
 from core.audit.api import AuditTrailView
-from core.engine import SEE
 from core.errors import (
     Forbidden,
     HoldExpired,
@@ -22,6 +21,7 @@ from core.errors import (
     ValidationFailed,
 )
 from core.expiry import expire_all
+from core.policy import SEE
 from slots import calendar, selectors
 from slots.api.filters import BookingFilter, SlotFilter
 from slots.api.serializers import (

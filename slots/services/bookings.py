@@ -16,10 +16,12 @@ from django.utils import timezone
 from psycopg import sql
 
 from core import claims, locking, statements
-from core.engine import CANCEL, CONFIRM, EXPIRE, EXPIRY_ACTOR, SEE, Along, Cap, ClaimEngine, ClaimPolicy
+from core.declarations import Along
+from core.engine import EXPIRY_ACTOR, ClaimEngine
 from core.errors import DomainError, InvalidStateTransition, LimitReached, NotFound, ValidationFailed
 from core.metrics import CONSTRAINT_BACKSTOPS, HOLDS_EXPIRED, count_on_commit
 from core.middleware import current_request_id
+from core.policy import CANCEL, CONFIRM, EXPIRE, SEE, Cap, ClaimPolicy
 from slots import locks
 from slots.models import Slot, SlotBooking
 from slots.services.rules import (

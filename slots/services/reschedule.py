@@ -12,10 +12,11 @@ from psycopg import sql
 
 from core import locking, statements
 from core.audit import services as audit
-from core.engine import EXPIRY_ACTOR, RESCHEDULE
+from core.engine import EXPIRY_ACTOR
 from core.errors import HoldExpired, InvalidStateTransition, NotFound, ValidationFailed
 from core.expiry import locked_now
 from core.metrics import HOLDS_EXPIRED, count_on_commit
+from core.policy import RESCHEDULE
 from slots import locks
 from slots.models import Slot, SlotBooking
 from slots.services.appointments import APPOINTMENTS, AppointmentRequest, AppointmentTarget

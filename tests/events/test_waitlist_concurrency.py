@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from psycopg import sql
 
-from core import engine, locking
+from core import declarations, locking
 from core.audit.services import trail
 from core.errors import DomainError
 from events import locks, selectors
@@ -175,7 +175,9 @@ def test_an_offer_lapsing_while_its_user_confirms_ends_one_way():
 def test_control_without_the_claims_lock_the_offer_is_both_accepted_and_lapsed(monkeypatch):
     monkeypatch.setattr(locking, "transition_lock_sql", lambda: sql.SQL(""))
     # The confirm's one statement decides on its snapshot, then pauses: the expiry commits meanwhile, every round.
-    monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
+    monkeypatch.setattr(
+        declarations, "transition_statement", functools.cache(declarations.transition_statement.__wrapped__)
+    )
     monkeypatch.setattr(holds.SEAT_HOLDS, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep(0.3))"))
 
     outcomes = offers_lapsing_while_their_users_confirm()

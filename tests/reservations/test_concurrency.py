@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 from psycopg import sql
 
-from core import engine, locking
+from core import declarations, locking
 from core.audit.services import trail
 from core.errors import HoldExpired, LimitReached
 from core.metrics import CONSTRAINT_BACKSTOPS
@@ -93,7 +93,9 @@ def confirms_and_cancels_deciding_slowly(monkeypatch) -> list[tuple[str, str]]:
     """Four confirms and four cancels of one hold at once, each transition's one statement pausing after
     its lock (in ``fits``) so every other one has started (taken its snapshot) meanwhile. Returns the
     transitions the hold's audit trail records."""
-    monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
+    monkeypatch.setattr(
+        declarations, "transition_statement", functools.cache(declarations.transition_statement.__wrapped__)
+    )
     monkeypatch.setattr(services.RESERVATIONS, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep(0.2))"))
     buyer = UserFactory()
     reservation = ReservationFactory(buyer=buyer)

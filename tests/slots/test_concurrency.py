@@ -16,7 +16,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 from psycopg import sql
 
-from core import engine, errors, locking
+from core import declarations, errors, locking
 from core.audit.models import AuditEvent
 from core.metrics import CONSTRAINT_BACKSTOPS
 from core.statements import table
@@ -350,7 +350,9 @@ def pause_in_the_statement(monkeypatch, lifecycle, *, then_set: threading.Event,
     """A transition is one statement: make ``lifecycle``'s signal ``then_set`` as it starts, and sleep
     ``seconds`` once its locks are held (in its ``fits``, judged after them), so the other thread runs into
     its next lock meanwhile. Its statements are composed afresh for this test."""
-    monkeypatch.setattr(engine, "_transition_statement", functools.cache(engine._transition_statement.__wrapped__))
+    monkeypatch.setattr(
+        declarations, "transition_statement", functools.cache(declarations.transition_statement.__wrapped__)
+    )
     monkeypatch.setattr(
         lifecycle, "fits", lambda: sql.SQL("(SELECT true FROM pg_sleep({}))").format(sql.Literal(seconds))
     )
