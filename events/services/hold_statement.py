@@ -255,7 +255,7 @@ WITH seen AS MATERIALIZED (
 ), locked AS MATERIALIZED ({seat_locks}
 ), judged AS MATERIALIZED (
     SELECT ev.{e_sales_open} AS sales_open, ev.{e_event_date} AS event_date, ev.{e_waiting_count} AS waiting,
-           ev.{e_hold_minutes} AS hold_minutes,
+           ev.{e_queue_enabled} AS queue_enabled, ev.{e_hold_minutes} AS hold_minutes,
            %(owner)s::bigint IS NULL OR {owner_fresh} AS owner_fresh,
            ARRAY(SELECT c.code FROM candidates c JOIN locked l ON l.id = c.id WHERE NOT {seat_fresh} ORDER BY c.id)
            AS moved
@@ -266,6 +266,7 @@ WITH seen AS MATERIALIZED (
 ), go AS (
     SELECT FROM judged j, adjacent a
     WHERE j.sales_open AND j.event_date > %(now)s AND (%(offer)s OR j.waiting = 0) AND j.owner_fresh
+      AND (NOT j.queue_enabled OR (SELECT admitted FROM seen) OR %(exempt)s)
       AND (SELECT COUNT(*) FROM picked) = %(quantity)s
       AND (a.adjacent OR %(apart)s OR NOT {adjacent_free})
 ), doomed AS MATERIALIZED (
@@ -310,7 +311,8 @@ SELECT
     ARRAY(SELECT code FROM candidates ORDER BY id), ARRAY(SELECT code FROM candidates WHERE taken ORDER BY id),
     {available},
     EXISTS (SELECT FROM judged), (SELECT sales_open FROM judged), (SELECT event_date FROM judged),
-    (SELECT waiting FROM judged), (SELECT owner_fresh FROM judged), (SELECT moved FROM judged),
+    (SELECT waiting FROM judged), (SELECT queue_enabled FROM judged), (SELECT owner_fresh FROM judged),
+    (SELECT moved FROM judged),
     ARRAY(SELECT id FROM picked ORDER BY id), ARRAY(SELECT code FROM picked ORDER BY id),
     (SELECT COUNT(*) FROM overdue), (SELECT expires_at FROM created), (SELECT COUNT(*) FROM claimed)
 """).format(
@@ -402,27 +404,25 @@ SELECT
 def seat_hold_statement(kind: str, cap: Cap) -> statements.Statement:
     """The seat hold of ``kind`` (``SeatHolds.decide``), composed once.
 
-    The sub-statements of one statement share its snapshot, taken when it starts, and do not see each
-    other's writes. ``seen`` reads from it the event (its sales, date, hold length, waiting counter, queue
-    switch; whether the X-Queue-Token is an admission of the user now), the holder's claim sequence and
-    the seats the holder holds live on the event (the cap, ``SeatHolds.cap``: none when it does not apply,
-    ``limit`` and ``owner`` NULL); ``candidates``: the seats named, or the free ones in order of
-    preference, each with its claim sequence. A hold those refuse was refused by what was true when it was
-    asked, takes no lock and writes nothing (``wanted``). Otherwise ``owner`` (``locking.claim_lock_sql``),
-    ``event`` (``locks.hold_event_sql``, which ``seen`` reads unlocked) and ``locked``
-    (``locks.seat_locks_sql``) take their locks in the order of core/locking.py and return the rows' newest
-    versions. ``judged``: the event as locked
-    (a close that committed is seen), whether the holder's count is still the truth and which seats a hold
-    claimed since the snapshot (``locking.fresh_sql``: their sequences moved). ``picked``: the seats locked
-    and not claimed since (by codes: every one; best available: a run of ``quantity`` adjacent where it
-    can). Only behind ``go`` does anything else run: ``doomed`` locks the groups with an overdue claim on
-    a picked seat and reads their newest state; ``overdue`` expires those still held, whole, with their
-    claims, the waiting-list offers they were (``lapsed``) and the audit events. A group overdue in the
-    snapshot that a confirm confirmed meanwhile keeps its seat: nothing more is written (the confirm
-    won). ``created`` inserts the group, ``claimed`` its claims: a plain ``INSERT`` on the partial unique
-    index ``seat_claim_one_active_per_seat``, the backstop: when it refuses, the statement fails whole,
-    nothing of it is kept. ``owner_moved`` and ``seats_moved`` move the claim sequences of the holder and
-    of the seats claimed (not an offer's: it locks none)."""
+    The sub-statements of one statement share its snapshot, taken when it starts, and do not see each other's
+    writes. ``seen`` reads from it the event (its sales, date, hold length, waiting counter, queue switch; whether
+    the X-Queue-Token is an admission of the user now), the holder's claim sequence and the seats the holder holds
+    live on the event (the cap, ``SeatHolds.cap``: none when it does not apply, ``limit`` and ``owner`` NULL);
+    ``candidates``: the seats named, or the free ones in order of preference, each with its claim sequence. A hold
+    those refuse was refused by what was true when it was asked, takes no lock and writes nothing (``wanted``).
+    Otherwise ``owner`` (``locking.claim_lock_sql``), ``event`` (``locks.hold_event_sql``, which ``seen`` reads
+    unlocked) and ``locked`` (``locks.seat_locks_sql``) take their locks in the order of core/locking.py and return
+    the rows' newest versions. ``judged``: the event as locked (a close of sales or a queue switched on that
+    committed is seen), whether the holder's count is still the truth and which seats a hold claimed since the
+    snapshot (``locking.fresh_sql``: their sequences moved). ``picked``: the seats locked and not claimed since (by
+    codes: every one; best available: a run of ``quantity`` adjacent where it can). Only behind ``go`` does anything
+    else run: ``doomed`` locks the groups with an overdue claim on a picked seat and reads their newest state;
+    ``overdue`` expires those still held, whole, with their claims, the waiting-list offers they were (``lapsed``)
+    and the audit events. A group overdue in the snapshot that a confirm confirmed meanwhile keeps its seat: nothing
+    more is written (the confirm won). ``created`` inserts the group, ``claimed`` its claims: a plain ``INSERT`` on
+    the partial unique index ``seat_claim_one_active_per_seat``, the backstop: when it refuses, the statement fails
+    whole, nothing of it is kept. ``owner_moved`` and ``seats_moved`` move the claim sequences of the holder and of
+    the seats claimed (not an offer's: it locks none)."""
     return _seat_hold_statement(
         kind, cap, (locking.claim_lock_sql, locking.fresh_sql, locks.hold_event_sql, locks.seat_locks_sql)
     )

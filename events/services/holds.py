@@ -187,12 +187,12 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
                 details={"seatCodes": ask.seat_codes or []},
             ) from None
         event_id, sales_open, event_date, _, waiting, queue_enabled, admitted_now, held, found, taken = row[:10]
-        available, locked, *as_locked, owner_fresh, moved = row[10:17]
-        picked, codes, expired, expires_at, claimed = row[17:]
+        available, locked, *as_locked, owner_fresh, moved = row[10:18]
+        picked, codes, expired, expires_at, claimed = row[18:]
         if event_id is None:
             raise NotFound(f"Event {ask.event_id} does not exist.")
-        if locked:  # the event as its lock returned it: a close of sales that committed is seen
-            sales_open, event_date, waiting = as_locked
+        if locked:  # the event as its lock returned it: a close of sales or a queue switched on is seen
+            sales_open, event_date, waiting, queue_enabled = as_locked
         self.check_sales(event_id, sales_open=sales_open, event_date=event_date, now=now)
         if queue_enabled and not admitted_now and not (ask.actor.is_staff or ask.offer):
             raise NotAdmitted(
