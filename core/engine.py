@@ -4,11 +4,11 @@ booking). A domain subclasses ``ClaimEngine[its claim model]`` and declares only
 
 - ``model`` (a ``Claim``), ``domain`` (the metrics label) and ``policy`` (who may do what, in Python
   and as SQL: ``ClaimPolicy.sql``);
-- for a hold that is one statement (``one_statement``, the car's, the slot booking's): ``decide``, that statement
-  (docs/decisions/0022-one-statement-holds.md): its locks, the lazy expiry, the checks, the insert, the
+- for a hold that is one statement (``one_statement``, the car's, the slot booking's and the seats'): ``decide``,
+  that statement (docs/decisions/0022-one-statement-holds.md): its locks, the lazy expiry, the checks, the insert, the
   audit events; None when its snapshot may be stale under a lock it took (then ``hold_decided`` runs it
   again in a transaction);
-- for a hold in a transaction (the seats', the appointments'): ``lock_target`` (its rows, in the order of
+- for a hold in a transaction (the appointments'): ``lock_target`` (its rows, in the order of
   ``core.locking``), ``cap`` (the
   most one user may hold at once: a ``Cap``, its count under the owner's row lock), ``check_target``
   (its rules), ``expire_in_the_way`` (what must happen before ``create``, when that is more than one statement

@@ -12,16 +12,17 @@ kind in primary-key order, so two requests never wait for each other in a circle
    (by id). It serializes the rules that count one user's rows (bookings per guest, one per host, a
    guest's bookings never overlapping in time, a host's slots never overlapping, the caps on held cars
    and seats: ``policy.Cap``).
-2. the resource's parent, the event row: ``share_event`` in a seat hold (``FOR KEY SHARE``);
+2. the resource's parent, the event row: ``hold_event_sql`` in a seat hold (``FOR KEY SHARE``);
    ``lock_event`` for an edit of the event's details, the waiting-list switch, and a join or a leave
    of the waiting list; ``lock_event_sales`` for the sales switch. The event's lock stands for its
    WAITING waiting-list entries: they are read and written under it, never locked themselves (an
    OFFERED entry changes with its hold group, under the group's lock). An edit and the switches take
    no other lock; a join or a leave, and opening sales, may go on to offer seats (below, 5).
-3. ``lock_car``, ``lock_slots``, ``lock_seats``: the rows a claim is on. They serialize the claims on
+3. ``lock_car``, ``lock_slots``, ``seat_locks_sql``: the rows a claim is on. They serialize the claims on
    one car, the seats of one slot (its ``booked`` counter), each seat. A car hold takes the car's lock
    (after the buyer's, 1) in its one statement by ``claim_lock_sql`` (below); a slot booking the slot's
-   (after the guest's, 1) by ``slots.locks.slot_claim_lock_sql``.
+   (after the guest's, 1) by ``slots.locks.slot_claim_lock_sql``; a seat hold its seats by ``seat_locks_sql``
+   (after the holder's and the event's) in its one statement.
 4. claim rows (reservations, seat hold groups, slot bookings): the one claim a transition moves
    (``transition_lock_sql``, in its statement), the overdue holds an expiry moves (in its statement,
    ``declarations.expiry_statement``), a reschedule's or a partial cancel's claim (``lock_claim``).
@@ -40,7 +41,7 @@ kind in primary-key order, so two requests never wait for each other in a circle
    waiting list. That lock conflicts with no lock a hold takes on the event. After it, only a
    transaction that freed seats while people wait (or a join, a leave, opening sales) goes on: it
    offers them to the waiting list, as seat holds that lock no seat and expire no other hold
-   (``share_event_lock_free_seats(..., lock_seats=False)``). So what it can wait for after the event's
+   (``seat_locks_sql(how=READ)``). So what it can wait for after the event's
    lock is an uncommitted claim of a hold in flight on the seat index, and such a hold waits for
    nothing more once it has written its claims; the others holding or waiting for the event's lock
    (confirms, cancels, releases, the expiry job, joins, leaves, edits, the sales switch) wait for
@@ -58,7 +59,7 @@ locked one takes (an audit event naming a user as its actor, a booking naming it
 naming its event). With ``FOR UPDATE`` on a user row, "a guest books" and "the same guest confirms"
 deadlocked on the audit insert. Two exceptions, each for a reason:
 
-- ``share_event`` takes ``FOR KEY SHARE``: it is what inserting a hold group takes on its event
+- ``hold_event_sql`` takes ``FOR KEY SHARE``: it is what inserting a hold group takes on its event
   anyway, so holds on one event never wait for each other, for an edit, or for a confirm moving the
   counter; and
 - ``lock_event_sales`` takes ``FOR UPDATE``, the one mode that conflicts with ``FOR KEY SHARE``: a
@@ -73,8 +74,8 @@ and a transition's), which run below the statement's own row lock,
 so they are held before it is asked for (the plan's structure, not the order of a ``FOR UPDATE OF``
 list). A check that depends on such a lock reads in a later statement, with a snapshot taken after it.
 
-A seat hold takes 2 and 3 in one statement (``share_event_lock_seats``, ``share_event_lock_free_seats``:
-the event, then the seats; ADR 0009), after 1 (the holder) when the cap on held seats applies. Best
+A seat hold takes 1, 2 and 3 in one statement (the holder by ``claim_lock_sql`` when the cap on held seats
+applies, the event by ``hold_event_sql``, the seats by ``seat_locks_sql``; ADR 0009, ADR 0022). Best
 available locks with ``SKIP LOCKED``: it never waits for a seat, so the order it takes them in
 (preference, not id) cannot close a circle.
 
@@ -89,19 +90,20 @@ these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``,
 ``member_lock_sql``, ``lock_member``)
 to show that their test notices a missing lock.
 
-A hold that is one statement in autocommit (the car's, the slot booking's: docs/decisions/0022-one-statement-holds.md)
+A hold that is one statement in autocommit (the car's, the slot booking's, the seats':
+docs/decisions/0022-one-statement-holds.md)
 takes its locks as ``WITH`` sub-statements, ``claim_lock_sql``, each one's condition reading the one
 before it in the order, so that lock is held first. ``fresh_sql`` tells the statement whether what its
 snapshot says under those locks is still the truth: whether a claim that moved the rows' claim
 sequence (``claim_moved_sql``) committed after the snapshot.
 
-The statements of ``lock_user``, ``lock_users``, ``share_event``, ``lock_event``, ``lock_event_sales``,
+The statements of ``lock_user``, ``lock_users``, ``lock_event``, ``lock_event_sales``,
 ``lock_car`` (``_rows_lock``) and ``lock_slots`` (``_slots_lock``) are composed once
 with ``psycopg.sql`` from the models' ``_meta``, ids as a ``bigint`` array: their text is constant, so
 they are prepared (docs/decisions/0021-prepared-statements.md) and cost no ORM compile per request.
 So are ``take_queue_number``, ``lock_event_queue`` and ``lock_claim`` (``_claim_lock``), and the
 transitions' and the expiry's (``core.engine``); ``batch_lock`` is a clause of the reminders'
-statement, composed with it. ``lock_seats`` is still an ORM queryset.
+statement, composed with it; the seat hold's locks are sub-statements of its statement, composed with it.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def _rows_lock(model: type[Model], mode: str) -> Statement:
 def lock_rows(model: type[_M], ids: Iterable[int], mode: str) -> list[_M]:
     """The rows of ``model`` whose keys are among ``ids``, locked in ``mode`` (one of the modes above) in key
     order, by one prepared statement (``_rows_lock``): what a lock function of a kind in the order
-    (``lock_user``, ``lock_car``, ``share_event``, …) runs once it has called ``require_transaction``. A
+    (``lock_user``, ``lock_car``, ``lock_event``, …) runs once it has called ``require_transaction``. A
     missing id is simply absent."""
     rows = _rows_lock(model, mode).fetchall({"ids": sorted(set(ids))})
     attnames = [f.attname for f in model._meta.concrete_fields]

@@ -171,8 +171,7 @@ class Cap:
     def limit_for(self, actor: User, organisation_id: int | None) -> int | None:
         """The limit a claim ``actor`` asks for on a resource of ``organisation_id`` is held to; None when
         the cap does not apply to them (``ClaimEngine.acting_organisation`` gives the organisation)."""
-        exempt = actor.is_superuser or (organisation_id is not None and access.may_act(actor, organisation_id))
-        return None if self.operators_exempt and exempt else self.limit
+        return None if self.operators_exempt and access.acts_in(actor, organisation_id) else self.limit
 
     def locked_owner(self, owner_id: int, actor: User, organisation_id: int | None) -> int | None:
         """The user whose row lock the count needs (``owner``: a lock function takes it first, by its

@@ -10,15 +10,7 @@ from psycopg import sql
 from core import locking
 from core.claims import column
 from core.statements import P, Statement, table
-from events.models import Event, EventQueue, QueueEntry, Seat
-from web.accounts.models import User
-
-
-def share_event(event_id: int) -> Event | None:
-    """The event of a seat hold, ``FOR KEY SHARE``: the hold reads ``sales_open`` after a close committed,
-    and a close waits for the holds in flight (see the module docstring)."""
-    locking.require_transaction("share_event")
-    return next(iter(locking.lock_rows(Event, [event_id], locking.KEY_SHARE)), None)
+from events.models import Event, EventQueue, Seat
 
 
 def lock_event(event_id: int) -> Event | None:
@@ -95,183 +87,57 @@ def lock_event_queue(event_id: int) -> EventQueue | None:
     return queue
 
 
-def lock_seats(
-    *, event_id: int, seat_ids: list[int] | None = None, codes: list[str] | None = None, **annotations
-) -> list[Seat]:
-    """The named seats of one event (by id or by code); returns the seats that exist. ``annotations``
-    are read by the same statement, from its snapshot (as in ``lock_car``)."""
-    locking.require_transaction("lock_seats")
-    seats = Seat.objects.select_for_update(no_key=True, of=("self",)).filter(event_id=event_id)
-    if seat_ids is not None:
-        seats = seats.filter(pk__in=seat_ids)
-    elif codes is not None:
-        seats = seats.filter(code__in=codes)
-    else:
-        raise TypeError("lock_seats needs seat_ids or codes")
-    return list(seats.annotate(**annotations).order_by("pk"))
+# What a seat hold judges of its event: read from the statement's snapshot (``seen``) and again from the
+# row its lock returns (READ COMMITTED returns a row's newest version once it is locked).
+HOLD_EVENT_COLUMNS = ("sales_open", "event_date", "hold_minutes", "waiting_count", "queue_enabled")
 
 
-_EVENT, _SEAT, _CLAIM = Event._meta.db_table, Seat._meta.db_table, "events_seatclaim"
+def hold_event_sql(*, lock_before: sql.Composable | None = None) -> sql.Composable:
+    """What a seat hold reads of its event (``%(event)s``): ``HOLD_EVENT_COLUMNS``, as a sub-select of the
+    hold's one statement. Without ``lock_before``, read from the statement's snapshot; with it, ``FOR KEY
+    SHARE``, a ``WITH`` sub-statement returning the row's newest version: a close of
+    sales (``FOR UPDATE``) that committed is seen, one in flight is waited for; ``lock_before`` is a condition
+    reading the lock before it in the order (the holder's), so that lock is held first. The seam a race
+    control replaces (the statements are cached by this function)."""
+    read = sql.SQL("SELECT {}, {} FROM {} WHERE {} = {}").format(
+        column(Event, "id"),
+        sql.SQL(", ").join(column(Event, name) for name in HOLD_EVENT_COLUMNS),
+        table(Event),
+        column(Event, "id"),
+        P("event"),
+    )
+    return read if lock_before is None else sql.SQL("{} AND {} FOR KEY SHARE").format(read, lock_before)
 
 
-# A seat is taken at %(at)s when an active claim is on it (an overdue hold is not: docs/contract.md §2.2).
-_TAKEN = f"""EXISTS (
-    SELECT FROM {_CLAIM} c
-    WHERE c.event_id = s.event_id AND c.seat_id = s.id AND c.state IN ('HELD', 'CONFIRMED')
-      AND (c.state = 'CONFIRMED' OR c.expires_at > %(at)s))"""  # on seat_claim_active_idx
+# How a seat hold takes its seats' locks (``seat_locks_sql``).
+WAIT, SKIP, READ = "wait", "skip", "read"
 
 
-# The event first, FOR KEY SHARE (MATERIALIZED, and read by the outer query before the seats, so its
-# lock is taken first: an event that does not exist locks no seat). Its columns are those of the row
-# locked: READ COMMITTED re-reads a row it waited for, so a close of sales that committed is seen.
-_EVENT_COLUMNS = ("sales_open", "event_date", "hold_minutes", "waiting_count", "queue_enabled")  # what a hold judges
-
-
-_SHARED_EVENT = f"""event AS MATERIALIZED (
-    SELECT id, {", ".join(_EVENT_COLUMNS)} FROM {_EVENT} WHERE id = %(event)s {{lock_before}} FOR KEY SHARE)"""
-
-
-# While the event's queue is on: whether the hold's X-Queue-Token is an entry of its user admitted at
-# %(at)s (read, not locked: one probe of the token's unique index; nothing at all when the queue is off).
-_ADMITTED = f"""e.queue_enabled AND EXISTS (
-    SELECT FROM {QueueEntry._meta.db_table} q
-    WHERE q.token = %(queue_token)s AND q.event_id = e.id AND q.user_id = %(queue_user)s
-      AND q.state = 'ADMITTED' AND q.admitted_until > %(at)s)"""
-
-
-# The holder's user row first (order 1: the cap on a user's held seats), as the event's condition: an
-# uncorrelated sub-select, so it runs once, before the event's row is locked.
-_HOLDER = f"""holder AS MATERIALIZED (
-    SELECT id FROM {User._meta.db_table} WHERE id = %(holder)s FOR NO KEY UPDATE), """
-
-
-def _shared_event(holder: int | None) -> str:
-    """The event CTE, after the holder's lock when ``holder`` is given."""
-    if holder is None:
-        return _SHARED_EVENT.format(lock_before="")
-    return _HOLDER + _SHARED_EVENT.format(lock_before="AND EXISTS (SELECT FROM holder)")
-
-
-# The outer query: the event's row, then each seat locked (none: one row of NULLs) with ``taken``.
-_EVENT_AND_SEATS = f"""
-    SELECT e.id, {", ".join(f"e.{c}" for c in _EVENT_COLUMNS)}, {_ADMITTED}, %(free)s, s.id, s.code, {_TAKEN}
-    FROM event e LEFT JOIN seats s ON true ORDER BY s.id"""
-
-
-def _admission(admission: tuple[str, int] | None) -> dict:
-    token, user = admission or (None, None)
-    return {"queue_token": token, "queue_user": user}
-
-
-def _event_and_seats(sql: str, params: dict) -> tuple[Event | None, list[Seat], tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    if not rows:
-        return None, [], (0, False)
-    # The first row: the event's id and columns, whether the hold is admitted, and the two free figures.
-    n = len(_EVENT_COLUMNS)
-    event_id, columns, admitted, free = rows[0][0], rows[0][1 : 1 + n], rows[0][1 + n], rows[0][2 + n : 4 + n]
-    event = Event(pk=event_id, **dict(zip(_EVENT_COLUMNS, columns, strict=True)))
-    event.admitted = bool(admitted)
-    seats = []
-    for *_, seat_id, code, taken in rows:
-        if seat_id is not None:
-            seat = Seat(pk=seat_id, event_id=event_id, code=code)
-            seat.taken = taken
-            seats.append(seat)
-    return event, seats, tuple(free)
-
-
-def share_event_lock_seats(
-    event_id: int,
-    *,
-    codes: list[str],
-    taken_at: datetime,
-    holder: int | None = None,
-    admission: tuple[str, int] | None = None,
-) -> tuple[Event | None, list[Seat]]:
-    """A seat hold by codes, in one statement: the ``holder``'s user row when given (as ``lock_user``),
-    the event ``FOR KEY SHARE`` (as ``share_event``), then its seats named by ``codes`` ``FOR NO KEY
-    UPDATE`` in id order (as ``lock_seats``). Each seat says whether it was ``taken`` at ``taken_at``,
-    read from the statement's snapshot: from before any wait for the seat locks, so good enough to
-    refuse, never to grant. (None, []) when the event is missing. ``admission`` (token, user id): the
-    event says whether that is an admitted entry of its queue (``admitted``; false when none is given),
-    when its queue is on."""
-    locking.require_transaction("share_event_lock_seats")
-    sql = f"""
-        WITH {_shared_event(holder)}, seats AS MATERIALIZED (
-            SELECT s.id, s.event_id, s.code FROM {_SEAT} s
-            WHERE s.event_id = (SELECT id FROM event) AND s.code = ANY(%(codes)s::text[])
-            ORDER BY s.id FOR NO KEY UPDATE
-        ) {_EVENT_AND_SEATS.replace("%(free)s", "NULL, NULL")}"""
-    params = {"event": event_id, "codes": list(codes), "at": taken_at, "holder": holder, **_admission(admission)}
-    event, seats, _ = _event_and_seats(sql, params)
-    return event, seats
-
-
-def share_event_lock_free_seats(
-    event_id: int,
-    *,
-    quantity: int,
-    window: int,
-    free_at: datetime,
-    skip_locked: bool,
-    holder: int | None = None,
-    lock_seats: bool = True,
-    admission: tuple[str, int] | None = None,
-) -> tuple[Event | None, list[Seat], tuple[int, bool]]:
-    """A best-available seat hold, in one statement: the ``holder``'s user row when given, the event
-    ``FOR KEY SHARE``, then up to ``window``
-    of its seats free at ``free_at`` by the statement's snapshot, those in a run of ``quantity``
-    adjacent free seats of one row first, front sections and rows first, ``FOR NO KEY UPDATE``.
-    ``skip_locked``: in that order, passing over the seats others hold locked (it never waits, so its
-    order cannot close a circle); otherwise waiting for them, in id order. Returns the event, the seats
-    locked (id order; ``taken`` read from the snapshot, as in ``share_event_lock_seats``) and what the
-    snapshot says: how many seats are free, and whether a run of ``quantity`` adjacent ones is.
-    ``lock_seats`` off: the seats are read, not locked (a waiting-list offer, made under the event's
-    lock, ``freed_events_lock_sql``: its claims' insert is the arbiter with a hold in flight, and it waits
-    for no seat, so it cannot wait in a circle; docs/decisions/0016-waiting-list.md)."""
-    locking.require_transaction("share_event_lock_free_seats")
-    free_and_adjacent = "(SELECT COUNT(*) FROM free), EXISTS (SELECT FROM free WHERE n >= %(quantity)s)"
-    # ``free``: each free seat with the length of its run (free seats numbered one after the other in a
-    # row); ``preferred``: the first of them in order of preference, a bounded sort, far more than
-    # ``window`` so that skipping the seats others hold locked still leaves enough (else: pick again).
-    if not lock_seats:
-        locked = f"""
-            SELECT s.id, s.event_id, s.code FROM {_SEAT} s JOIN preferred p ON p.id = s.id
-            ORDER BY p.short, p.section, p.row, p.number LIMIT %(window)s"""
-    elif skip_locked:
-        locked = f"""
-            SELECT s.id, s.event_id, s.code FROM {_SEAT} s JOIN preferred p ON p.id = s.id
-            ORDER BY p.short, p.section, p.row, p.number LIMIT %(window)s FOR NO KEY UPDATE OF s SKIP LOCKED"""
-    else:
-        locked = f"""
-            SELECT s.id, s.event_id, s.code FROM {_SEAT} s
-            WHERE s.id IN (SELECT id FROM preferred ORDER BY short, section, row, number LIMIT %(window)s)
-            ORDER BY s.id FOR NO KEY UPDATE"""
-    sql = f"""
-        WITH {_shared_event(holder)}, free AS MATERIALIZED (
-            SELECT id, section, row, number, COUNT(*) OVER (PARTITION BY section, row, run) AS n FROM (
-                SELECT s.id, s.section, s.row, s.number,
-                       s.number - ROW_NUMBER() OVER (PARTITION BY s.section, s.row ORDER BY s.number) AS run
-                FROM {_SEAT} s WHERE s.event_id = (SELECT id FROM event) AND NOT {_TAKEN}
-            ) numbered
-        ), preferred AS MATERIALIZED (
-            SELECT id, n < %(quantity)s AS short, section, row, number FROM free
-            ORDER BY n < %(quantity)s, section, row, number LIMIT %(reach)s
-        ), seats AS MATERIALIZED ({locked}
-        ) {_EVENT_AND_SEATS.replace("%(free)s", free_and_adjacent)}"""
-    params = {
-        "event": event_id,
-        "quantity": quantity,
-        "window": window,
-        "reach": 8 * window,
-        "at": free_at,
-        "holder": holder,
-        **_admission(admission),
-    }
-    return _event_and_seats(sql, params)
+def seat_locks_sql(candidates: str, *, how: str, lock_before: sql.Composable) -> sql.Composable:
+    """A seat hold's seats, as a ``WITH`` sub-statement of its one statement: the rows of the sub-statement
+    ``candidates`` (their ``id``, ``seq``, the claim sequence its snapshot read, and the order of preference
+    ``short, section, row, number``), up to ``%(window)s`` of them, returning ``id`` and ``claim_seq`` of
+    each row's newest version once locked (``locking.fresh_sql`` compares it with ``seq``). ``how``:
+    ``WAIT`` locks them ``FOR NO KEY UPDATE`` in id order (seats by code; every other best-available
+    attempt), ``SKIP`` in order of preference, passing over the seats others hold locked (it never
+    waits, so its order cannot close a circle), ``READ`` reads them unlocked (a waiting-list offer, made
+    under the event's lock: it waits for no seat; its claims' insert is the arbiter). ``lock_before``: a
+    condition reading the event's lock, so that lock is held first. The seam a race control replaces."""
+    seat, seq, c = table(Seat), sql.Identifier(locking.CLAIM_SEQ), sql.Identifier(candidates)
+    preference = sql.SQL("c.short, c.section, c.row, c.number")
+    if how == READ:
+        return sql.SQL("SELECT c.id, c.seq AS {} FROM {} c WHERE {} ORDER BY {} LIMIT %(window)s").format(
+            seq, c, lock_before, preference
+        )
+    if how == SKIP:
+        return sql.SQL(
+            "SELECT s.id, s.{} FROM {} s JOIN {} c ON c.id = s.id WHERE {} "
+            "ORDER BY {} LIMIT %(window)s FOR NO KEY UPDATE OF s SKIP LOCKED"
+        ).format(seq, seat, c, lock_before, preference)
+    return sql.SQL(
+        "SELECT s.id, s.{} FROM {} s WHERE s.id IN (SELECT c.id FROM {} c ORDER BY {} LIMIT %(window)s) AND {} "
+        "ORDER BY s.id FOR NO KEY UPDATE"
+    ).format(seq, seat, c, preference, lock_before)
 
 
 def freed_events_lock_sql(events: sql.Composable) -> sql.Composable:

@@ -100,7 +100,6 @@ class Seat(models.Model):
     section = models.CharField(max_length=20, blank=True)
     row = models.PositiveIntegerField()
     number = models.PositiveIntegerField()
-    taken: bool  # read by the seat hold's lock statement (core.locking), not a column
 
     class Meta:
         ordering = ["event", "section", "row", "number"]

@@ -74,6 +74,12 @@ def may_act(user: User, organisation_id: int, role: Role = Role.STAFF) -> bool:
     return held is not None and allows(held, role)
 
 
+def acts_in(user: User, organisation_id: int | None) -> bool:
+    """Whether ``user`` acts as an operator on a resource of ``organisation_id`` (``acting_in``'s answer; None:
+    not read, or there is no such resource): a superuser anywhere, a member inside their organisation."""
+    return user.is_superuser or (organisation_id is not None and may_act(user, organisation_id))
+
+
 def require(user: User, organisation_id: int, role: Role, *, what: str) -> None:
     """Refuse ``user`` ``what`` (a resource of ``organisation_id``, or an action on it) unless they may do
     what needs ``role`` there: 404 when it is another organisation's and they operate elsewhere, 403

@@ -1,5 +1,5 @@
-"""Seat holds: the events' ClaimEngine (its locks, checks and writes); an offer of freed seats to the
-waiting list's head is a hold too."""
+"""Seat holds: the events' ClaimEngine (its one hold statement, its checks and its transitions); an offer of
+freed seats to the waiting list's head is a hold too."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -27,7 +27,15 @@ from core.organisations import access
 from core.policy import Cap, ClaimPolicy
 from events import locks
 from events.models import QUEUE_TOKEN, Event, Seat, SeatHoldGroup, WaitlistEntry
-from events.services.hold_statement import _NAMES, _PICK_BEST, _PICK_NAMED, _seat_along, _seat_hold_statement
+from events.services.hold_statement import (
+    _NAMES,
+    BEST_SKIP,
+    BEST_WAIT,
+    BY_CODES,
+    OFFER,
+    _seat_along,
+    seat_hold_statement,
+)
 from events.services.rules import (
     ENTRY_SUBJECT,
     OFFER_ACTOR,
@@ -59,7 +67,6 @@ class SeatHold:
     seat_codes: list[str] | None
     quantity: int | None
     idempotency_key: str
-    now: datetime  # when it was asked: the lock statement judges which seats are taken by it
     queue_token: str | None = None  # X-Queue-Token: needed while the event's queue is on
     attempt: int = 0  # best available: picking again after the seats locked came up short
     offer: bool = False  # made by the waiting list for its head (``waitlist_offer``), not asked by a client
@@ -81,21 +88,10 @@ class SeatHold:
         return self.quantity
 
 
-@dataclass
-class Target:
-    """The locked rows of a seat hold: its event and the seats (best available: the candidates), and,
-    for best available, how many seats the lock statement's snapshot says are free."""
-
-    event: Event
-    seats: list[Seat]
-    available: int | None = None
-    adjacent_free: bool = False  # best available: the snapshot has a run of the quantity in one row
-
-
 class PickAgain(Exception):
-    """Best available: the seats locked came up short (others hold the free ones locked, or one was
-    taken between the lock statement's snapshot and its lock). The attempt is rolled back, which drops
-    its locks, and ``SeatHolds.hold`` picks again."""
+    """Best available: the seats locked came up short (others hold the free ones locked, or a hold claimed
+    one since the statement's snapshot), or are not adjacent while the snapshot has a free run. The
+    attempt wrote no hold (and, in a transaction, is rolled back), and ``SeatHolds.hold`` picks again."""
 
 
 def event_organisation(event_id: int) -> int | None:
@@ -111,18 +107,21 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
     """A hold group holds several seats of one event; each seat's ``SeatClaim`` mirrors the group, so
     ``seat_claim_one_active_per_seat`` keeps a seat out of two active claims.
 
-    The lean write path (docs/decisions/0009-lean-seats.md): a hold is BEGIN, two statements, COMMIT.
-    ``lock_target`` is one statement: it shares the event, locks the seats and reads whether each is
-    taken (by codes), or locks free seats skipping those others hold locked (best available).
-    ``create`` is one statement after the locks are held, so it reads with a fresh snapshot: it picks
-    the seats (best available: adjacent in one row where it can), expires the overdue holds on them,
-    checks, inserts the group and its claims (``ON CONFLICT DO NOTHING`` on the partial unique index:
-    the constraint stays the backstop) and writes the audit events. A transition is one statement in
-    autocommit (ADR 0023; ``_seat_along``: the group, its claims, the event's lock and counter, the offers
-    it ends, the audit events), in a transaction only when its seats free while people wait.
+    The hold is one statement in autocommit (``decide``, docs/decisions/0022-one-statement-holds.md): it
+    takes the holder's lock (the cap), shares the event and locks the seats (by codes in id order; best
+    available skipping the seats others hold locked, or on every other attempt waiting for them), reads
+    whether its snapshot is still the truth under those locks (``locking.fresh_sql``: the holder's and
+    the seats' claim sequences), expires the overdue holds on the seats it picks, inserts the group and
+    its claims (a plain ``INSERT``: the constraint is the backstop, and its refusal fails the statement
+    whole) and writes the audit events. When a hold of the same holder committed after the statement's
+    snapshot, it writes nothing and the engine runs it again in a transaction (``hold_decided``). A
+    transition is one statement in autocommit (ADR 0023; ``_seat_along``: the group, its claims, the
+    event's lock and counter, the offers it ends, the audit events), in a transaction only when its seats
+    free while people wait.
     """
 
     model, domain, policy = SeatHoldGroup, "events", SeatHoldPolicy()
+    one_statement = True
     cap = Cap(
         rule="held_seats_per_user_per_event",
         setting="EVENT_MAX_HELD_SEATS_PER_USER",
@@ -144,147 +143,124 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             details={"requested": ask.quantity, "seatCodes": []},
         )
 
-    def limit_for(self, ask: SeatHold) -> int | None:
-        """The cap a hold is held to: an offer has none (its quantity was held to it when its user joined,
-        and it takes no user lock: it runs after the event's lock, ``locks.freed_events_lock_sql``)."""
-        return None if ask.offer else self.cap.limit_for(ask.actor, self.acting_organisation(ask, owner_id=ask.user.pk))
-
     def organisation_of(self, ask: SeatHold) -> int | None:
         return event_organisation(ask.event_id)
 
-    def lock_target(self, ask: SeatHold) -> Target:
-        holder = ask.user.pk if self.limit_for(ask) is not None else None  # the cap's lock
-        # The admission is read by the same statement (no round trip of its own), when a token is given.
+    def decide(self, ask: SeatHold, *, now: datetime, actor) -> SeatHoldGroup | None:
+        best = ask.seat_codes is None
+        kind = OFFER if ask.offer else BY_CODES if not best else BEST_WAIT if ask.wait_for_seats else BEST_SKIP
+        # The organisation the actor holds in when they operate one (``acting_organisation``: an operator
+        # holding for someone outside their organisations is refused, 404): inside it, an operator is
+        # exempt from the cap and from the queue. An offer is held to neither: its quantity was held to the
+        # cap when its user joined, and it takes no user lock (it runs after the event's lock,
+        # ``locks.freed_events_lock_sql``).
+        organisation_id = None if ask.offer else self.acting_organisation(ask, owner_id=ask.user.pk)
+        limit = None if ask.offer else self.cap.limit_for(ask.actor, organisation_id)
+        exempt = ask.offer or access.acts_in(ask.actor, organisation_id)
         token = ask.queue_token
-        admission = (token, ask.user.pk) if token and QUEUE_TOKEN.fullmatch(token) else None
-        if ask.offer:
-            # Seats free by their stored rows alone: an offer never expires another hold (it would wait
-            # for that hold's row while holding the event's lock), and locks no seat (it waits for none).
-            event, seats, (available, adjacent_free) = locks.share_event_lock_free_seats(
-                ask.event_id,
-                quantity=ask.count,
-                window=ask.count + PICK_SLACK,
-                free_at=OFFER_FREE_AT,
-                skip_locked=False,
-                lock_seats=False,
-            )
-        elif ask.seat_codes is not None:
-            event, seats = locks.share_event_lock_seats(
-                ask.event_id, codes=ask.seat_codes, taken_at=ask.now, holder=holder, admission=admission
-            )
-            available, adjacent_free = None, False
-        else:
-            event, seats, (available, adjacent_free) = locks.share_event_lock_free_seats(
-                ask.event_id,
-                quantity=ask.count,
-                window=ask.count + PICK_SLACK,
-                free_at=ask.now,
-                skip_locked=not ask.wait_for_seats,
-                holder=holder,
-                admission=admission,
-            )
-        if event is None:
-            raise NotFound(f"Event {ask.event_id} does not exist.")
-        return Target(event, seats, available, adjacent_free)
-
-    def _check_sales(self, event: Event, *, now: datetime) -> None:
-        """Judged once the event row is shared: a close that committed is seen, one in flight waits."""
-        if not event.sales_open:
-            raise SalesClosed(f"Sales for event {event.pk} are closed.")
-        if event.event_date <= now:
-            raise SalesClosed(f"Event {event.pk} has already taken place.")
-
-    def check_target(self, target: Target, ask: SeatHold, *, now: datetime) -> None:
-        self._check_sales(target.event, now=now)
-        if (
-            target.event.queue_enabled
-            and not target.event.admitted
-            and not (ask.offer or access.may_act(ask.actor, target.event.organisation_id))
-        ):
-            raise NotAdmitted(
-                f"Event {target.event.pk} sells through its queue: send X-Queue-Token of your admitted entry "
-                f"(join with POST /api/events/{target.event.pk}/queue and poll it until it is ADMITTED)."
-                if ask.queue_token is None
-                else f"This X-Queue-Token is not an admission of yours to event {target.event.pk} (still waiting, "
-                "lapsed, or of another user or event).",
-                details={"eventId": target.event.pk},
-            )
-        if target.event.waiting_count and not ask.offer:
-            raise WaitlistActive(
-                f"{target.event.waiting_count} users are waiting for seats of event {target.event.pk}, and seats "
-                "that free go to them first: join the waiting list.",
-                details={"waitingCount": target.event.waiting_count},
-            )
-        if ask.seat_codes is None:
-            assert target.available is not None  # best available: the lock statement counted the free seats
-            if target.available < ask.count:
-                raise SeatsUnavailable(
-                    f"Event {target.event.pk} has {target.available} seats available, not {ask.count}.",
-                    details={"requested": ask.count, "available": target.available, "seatCodes": []},
-                )
-            if len(target.seats) < ask.count:
-                raise PickAgain  # the free seats are locked by holds in flight
-            return
-        unknown = sorted(set(ask.seat_codes) - {s.code for s in target.seats})
-        if unknown:
-            raise ValidationFailed(
-                f"Event {target.event.pk} has no seats {', '.join(unknown)}.",
-                details={"fields": {"seatCodes": [f"Unknown seat codes: {', '.join(unknown)}."]}, "seatCodes": unknown},
-            )
-        # Taken by the lock statement's snapshot: a fair refusal (it was taken when we asked).
-        _refuse_taken(target.event, [s.code for s in target.seats if s.taken])
-
-    def create(self, target: Target, ask: SeatHold, *, now: datetime, actor) -> SeatHoldGroup:
-        event, best = target.event, ask.seat_codes is None
-        expires_at = now + timedelta(minutes=event.hold_minutes)
+        admitted = token is not None and QUEUE_TOKEN.fullmatch(token) is not None
         group_id = uuid.uuid4()
-        limit = self.limit_for(ask)
-        expired, taken, held, picked, codes, adjacent, claimed, contended = (
-            HOLD_BEST if best else HOLD_NAMED
-        ).fetchone(
-            {
-                "event": event.pk,
-                "seats": [s.pk for s in target.seats],
-                "quantity": ask.count,
-                "group": group_id,
-                "user": ask.user.pk,
-                "limit": limit,
-                "actor": None if ask.offer else actor.pk,
-                "actor_label": OFFER_ACTOR if ask.offer else f"user:{actor.pk}",
-                "expiry_actor": EXPIRY_ACTOR,
-                "now": now,
-                "expires_at": expires_at,
-                "expires_at_json": json.dumps(expires_at, cls=DjangoJSONEncoder),
-                "idempotency_key": ask.idempotency_key,
-                "occurred_at": timezone.now(),
-                "trace_id": current_request_id() or "",
-            }
-        )
+        params = {
+            "event": ask.event_id,
+            "codes": ask.seat_codes,
+            "quantity": ask.count,
+            "window": ask.count + PICK_SLACK if best else ask.count,
+            "reach": 8 * (ask.count + PICK_SLACK),
+            "owner": None if ask.offer else self.cap.locked_owner(ask.user.pk, ask.actor, organisation_id),
+            "user": ask.user.pk,
+            "limit": limit,
+            "now": now,
+            # An offer judges a seat by its stored rows alone: it never expires another hold (it would
+            # wait for that hold's row while holding the event's lock).
+            "free_at": OFFER_FREE_AT if ask.offer else now,
+            "exempt": exempt,
+            "offer": ask.offer,
+            "apart": not best or ask.last_attempt,
+            "queue_token": token if admitted else None,
+            "queue_user": ask.user.pk,
+            "group": group_id,
+            "actor": None if ask.offer else actor.pk,
+            "actor_label": OFFER_ACTOR if ask.offer else f"user:{actor.pk}",
+            "expiry_actor": EXPIRY_ACTOR,
+            "idempotency_key": ask.idempotency_key,
+            "occurred_at": timezone.now(),
+            "trace_id": current_request_id() or "",
+        }
+        try:
+            row = seat_hold_statement(kind, self.cap).fetchone(params)
+        except IntegrityError as exc:
+            if getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None) != SEAT_BACKSTOP:
+                raise
+            # The unique index refused a claim, and the statement failed whole (nothing of it is kept). An
+            # offer (it locks no seat) lost to a hold in flight: pick again. Otherwise a backstop: a claim
+            # on a seat this statement held locked and found free, fresh.
+            if ask.offer:
+                raise PickAgain from None
+            CONSTRAINT_BACKSTOPS.labels(SEAT_BACKSTOP).inc()
+            raise SeatsUnavailable(
+                f"Some of the seats of event {ask.event_id} were just taken.",
+                details={"seatCodes": ask.seat_codes or []},
+            ) from None
+        event_id, sales_open, event_date, _, waiting, queue_enabled, admitted_now, held, found, taken = row[:10]
+        available, locked, *as_locked, owner_fresh, moved = row[10:18]
+        picked, codes, expired, expires_at, claimed = row[18:]
+        if event_id is None:
+            raise NotFound(f"Event {ask.event_id} does not exist.")
+        if locked:  # the event as its lock returned it: a close of sales or a queue switched on is seen
+            sales_open, event_date, waiting, queue_enabled = as_locked
+        self.check_sales(event_id, sales_open=sales_open, event_date=event_date, now=now)
+        if queue_enabled and not admitted_now and not exempt:
+            raise NotAdmitted(
+                f"Event {event_id} sells through its queue: send X-Queue-Token of your admitted entry "
+                f"(join with POST /api/events/{event_id}/queue and poll it until it is ADMITTED)."
+                if ask.queue_token is None
+                else f"This X-Queue-Token is not an admission of yours to event {event_id} (still waiting, "
+                "lapsed, or of another user or event).",
+                details={"eventId": event_id},
+            )
+        if waiting and not ask.offer:
+            raise WaitlistActive(
+                f"{waiting} users are waiting for seats of event {event_id}, and seats "
+                "that free go to them first: join the waiting list.",
+                details={"waitingCount": waiting},
+            )
+        if best and available < ask.count:
+            raise SeatsUnavailable(
+                f"Event {event_id} has {available} seats available, not {ask.count}.",
+                details={"requested": ask.count, "available": available, "seatCodes": []},
+            )
+        if not best:
+            unknown = sorted(set(ask.seat_codes or ()) - set(found))
+            if unknown:
+                raise ValidationFailed(
+                    f"Event {event_id} has no seats {', '.join(unknown)}.",
+                    details={
+                        "fields": {"seatCodes": [f"Unknown seat codes: {', '.join(unknown)}."]},
+                        "seatCodes": unknown,
+                    },
+                )
+            _refuse_taken(event_id, taken)  # taken by the snapshot: it was taken when we asked
+        self.cap.check(count=held, asked=ask.count, limit=limit, eventId=event_id)
+        if not locked:
+            raise NotFound(f"Event {ask.event_id} does not exist.")  # deleted since the snapshot
+        if not owner_fresh:
+            return None  # the count of the holder's seats may be stale: it wrote nothing
         count_on_commit(HOLDS_EXPIRED, self.domain, amount=expired)
-        if taken and ask.offer:
-            raise PickAgain  # taken since the read of the candidates (an offer locks none)
-        by_id = {s.pk: s.code for s in target.seats}
-        _refuse_taken(event, [by_id[pk] for pk in taken])
-        self.cap.check(count=held, asked=ask.count, limit=limit, eventId=event.pk)
-        if len(picked) < ask.count:
-            raise PickAgain  # best available: some candidates were taken after the lock statement's snapshot
-        if best and not adjacent and target.adjacent_free and not ask.last_attempt:
-            raise PickAgain  # adjacent seats are free, but others hold some of them locked: try those again
-        if claimed < ask.count and ask.offer:
-            raise PickAgain  # a hold in flight claimed one of its seats first (an offer locks none)
-        if claimed < ask.count:
-            # The unique index refused a claim. Contended: a hold overdue in this snapshot was confirmed
-            # meanwhile (its confirm judged it before its expiry), so the confirm won; else a backstop.
-            if not contended:
-                CONSTRAINT_BACKSTOPS.labels("seat_claim_one_active_per_seat").inc()
-            elif best:
+        if not best:
+            _refuse_taken(event_id, moved)  # claimed by a hold that committed while we waited for the seats
+        if expires_at is None:
+            # Best available: the free seats are locked by holds in flight or claimed since the snapshot, or
+            # not adjacent while a run is free. Or a hold overdue in the snapshot on a picked seat was
+            # confirmed meanwhile (its confirm judged it before its expiry): the confirm won.
+            if best:
                 raise PickAgain
             raise SeatsUnavailable(
-                f"Some of the seats of event {event.pk} were just taken.", details={"seatCodes": codes}
+                f"Some of the seats of event {event_id} were just taken.", details={"seatCodes": codes}
             )
+        assert claimed == ask.count  # the claims' INSERT fails the statement otherwise
         group = SeatHoldGroup(
             pk=group_id,
-            event=event,
+            event_id=event_id,
             user=ask.user,
             state=State.HELD,
             seat_count=ask.count,
@@ -293,8 +269,15 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
             created_at=now,
             updated_at=now,
         )
-        group.seats = [Seat(pk=pk, event_id=event.pk, code=code) for pk, code in zip(picked, codes, strict=True)]
+        group.seats = [Seat(pk=pk, event_id=event_id, code=code) for pk, code in zip(picked, codes, strict=True)]
         return group
+
+    def check_sales(self, event_id: int, *, sales_open: bool, event_date: datetime, now: datetime) -> None:
+        """Judged on the event as its lock returned it: a close that committed is seen, one in flight waits."""
+        if not sales_open:
+            raise SalesClosed(f"Sales for event {event_id} are closed.")
+        if event_date <= now:
+            raise SalesClosed(f"Event {event_id} has already taken place.")
 
     def transition(self, **kwargs) -> SeatHoldGroup:
         with _counter_backstop((kwargs.get("params") or {}).get("event")):
@@ -348,9 +331,9 @@ class SeatHolds(ClaimEngine[SeatHoldGroup]):
         return HoldNotActive(f"Hold {group.pk} is {group.state}.", details={"state": group.state})
 
 
-def _refuse_taken(event: Event, codes: list[str]) -> None:
+def _refuse_taken(event_id: int, codes: list[str]) -> None:
     if codes:
-        raise SeatsUnavailable(f"Seats {', '.join(codes)} of event {event.pk} are taken.", details={"seatCodes": codes})
+        raise SeatsUnavailable(f"Seats {', '.join(codes)} of event {event_id} are taken.", details={"seatCodes": codes})
 
 
 @contextlib.contextmanager
@@ -375,10 +358,7 @@ def _counter_backstop(event_id: int | None) -> Iterator[None]:
         ) from None
 
 
-HOLD_NAMED, HOLD_BEST = (
-    _seat_hold_statement(_PICK_NAMED, SeatHolds.cap),
-    _seat_hold_statement(_PICK_BEST, SeatHolds.cap),
-)
+SEAT_BACKSTOP = "seat_claim_one_active_per_seat"
 
 
 SEAT_HOLDS = SeatHolds()
@@ -455,7 +435,6 @@ def waitlist_offer(*, event_id: int, now: datetime) -> list[WaitlistEntry]:
             seat_codes=None,
             quantity=head.quantity,
             idempotency_key="",
-            now=now,
             offer=True,
         )
         try:

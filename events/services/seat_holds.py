@@ -52,7 +52,6 @@ def seat_hold(
         seat_codes=seat_codes,
         quantity=quantity,
         idempotency_key=idempotency_key,
-        now=now,
         queue_token=queue_token,
     )
     return SEAT_HOLDS.hold(ask, now=now, actor=actor)

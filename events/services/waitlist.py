@@ -121,7 +121,7 @@ def waitlist_join(
             now = locked_now(now)
             if not event.waitlist_enabled:
                 raise WaitlistClosed(f"The waiting list of event {event_id} is closed.")
-            SEAT_HOLDS._check_sales(event, now=now)
+            SEAT_HOLDS.check_sales(event.pk, sales_open=event.sales_open, event_date=event.event_date, now=now)
             entry_id, live_id, live_state, free = WAITLIST_JOIN.fetchone(
                 {
                     "event": event_id,

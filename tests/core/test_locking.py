@@ -1,7 +1,6 @@
 """The locking module refuses to lock outside a transaction: the lock would end with its statement."""
 
 import pytest
-from django.utils import timezone
 
 from core import locking
 from events import locks
@@ -16,14 +15,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
     "lock",
     [
         lambda: locking.lock_user(1),
-        lambda: locks.share_event(1),
         lambda: locks.lock_event(1),
         lambda: locks.lock_event_sales(1),
         lambda: reservations_locks.lock_car(1),
         lambda: slots_locks.lock_slots([1]),
-        lambda: locks.lock_seats(event_id=1, seat_ids=[1]),
-        lambda: locks.share_event_lock_seats(1, codes=["S1"], taken_at=timezone.now()),
-        lambda: locks.share_event_lock_free_seats(1, quantity=1, window=1, free_at=timezone.now(), skip_locked=True),
         lambda: locking.lock_claim(Reservation, 1),
     ],
 )

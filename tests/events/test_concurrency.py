@@ -1,18 +1,16 @@
 """Races against a real PostgreSQL: many connections released at once (docs/contract.md §2.1)."""
 
-import contextlib
 import random
-import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
 from django.test import Client
 from django.utils import timezone
+from psycopg import sql
 
-from core import errors
+from core import errors, locking
 from core.audit import services as core_services
 from core.audit.services import trail
 from core.errors import LimitReached
@@ -21,12 +19,12 @@ from events import locks
 from events.admin import EventAdmin
 from events.models import Event, Seat, SeatClaim, SeatHoldGroup
 from events.services import events as events_events
-from events.services import holds as events_holds
 from events.services import rules, seat_holds
-from tests.concurrency import run_concurrently
+from tests.concurrency import behind_an_open_hold, run_concurrently, unlocked
 from tests.events.factories import make_event, violations, write_hold
 from tests.factories import UserFactory, house_operator
 from tests.lengths import short_and_long
+from web.accounts.models import User
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.concurrency, pytest.mark.slow]
 
@@ -76,26 +74,22 @@ def test_thirty_two_users_holding_random_seats_never_share_one(client_for):
     assert_clean_race(*hold_race(client_for))
 
 
-def seats_taken(at):
-    """What the lock statement reads beside each seat: an active claim on it at ``at``."""
-    active = Q(state="CONFIRMED") | Q(state="HELD", expires_at__gt=at)
-    return Exists(SeatClaim.objects.filter(active, seat=OuterRef("pk")))
+def seats_unlocked(pause: float):
+    """``locks.seat_locks_sql`` without the lock: the candidates read from the snapshot (so the statement
+    judges them fresh) after ``pause`` seconds, so that every racer's snapshot is taken before any of them
+    commits: the race, every time."""
+
+    def seat_locks_sql(candidates, *, how, lock_before):
+        return sql.SQL(
+            "SELECT c.id, c.seq AS claim_seq FROM {} c WHERE {} AND (SELECT 1 FROM pg_sleep({})) = 1 "
+            "ORDER BY c.short, c.section, c.row, c.number LIMIT %(window)s"
+        ).format(sql.Identifier(candidates), lock_before, sql.Literal(pause))
+
+    return seat_locks_sql
 
 
 def test_control_without_the_seat_locks_the_race_is_caught(client_for, monkeypatch):
-    everyone_has_read = threading.Barrier(USERS, timeout=10)
-
-    def unlocked_seats(event_id, *, codes, taken_at, holder=None, admission=None):
-        event = locks.share_event(event_id)  # the event's lock stays: only the seats' goes (and the holder's)
-        seats = Seat.objects.filter(event_id=event_id, code__in=codes).annotate(taken=seats_taken(taken_at))
-        found = list(seats.order_by("pk"))
-        # Every racer reads its seats before any writes: the window the lock closes, made certain
-        # (a sleep only made it likely, and a quiet machine could serialize the racers by luck).
-        with contextlib.suppress(threading.BrokenBarrierError):
-            everyone_has_read.wait()
-        return event, found
-
-    monkeypatch.setattr(locks, "share_event_lock_seats", unlocked_seats)
+    monkeypatch.setattr(locks, "seat_locks_sql", seats_unlocked(pause=1.0))  # the event's and holder's locks stay
 
     event, wanted, responses, backstops = hold_race(client_for)
 
@@ -390,32 +384,29 @@ def test_control_with_for_update_on_the_event_the_hold_waits(monkeypatch):
 
 
 def close_while_holding(monkeypatch) -> tuple[list, int, int]:
-    """Six users hold a seat each; their holds linger half a second between taking their locks and
-    checking the sales switch, and an operator closes sales once a hold is in flight. Returns what each
-    hold got, how many holds the close saw committed just before it committed, and how many there are
-    in the end."""
+    """Six users hold a seat each; their holds' statements linger half a second between taking the event's
+    lock and their seats' (a ``pg_sleep`` in their condition), and an operator closes sales once they are
+    in flight. Returns what each hold got, how many holds the close saw committed just before it
+    committed, and how many there are in the end."""
     event, operator = make_event(total_seats=6), house_operator()
     users = [UserFactory() for _ in range(6)]
-    lock_seats, record = locks.share_event_lock_seats, core_services.record
-    seen_by_the_close, a_hold_in_flight = [], threading.Event()
+    seat_locks, record = locks.seat_locks_sql, core_services.record
+    seen_by_the_close = []
 
-    def lingering_lock_seats(*args, **kwargs):
-        locked = lock_seats(*args, **kwargs)
-        a_hold_in_flight.set()
-        time.sleep(0.5)
-        return locked
+    def lingering_seat_locks(candidates, *, how, lock_before):
+        lingering = sql.SQL("{} AND (SELECT 1 FROM pg_sleep(0.5)) = 1").format(lock_before)
+        return seat_locks(candidates, how=how, lock_before=lingering)
 
     def record_and_count(**fields):
         if fields.get("event") == "SALES_CLOSED":  # the close's last statement before its commit
             seen_by_the_close.append(SeatHoldGroup.objects.filter(event=event).count())
         return record(**fields)
 
-    monkeypatch.setattr(locks, "share_event_lock_seats", lingering_lock_seats)
+    monkeypatch.setattr(locks, "seat_locks_sql", lingering_seat_locks)
     monkeypatch.setattr(core_services, "record", record_and_count)
 
     def close():
-        a_hold_in_flight.wait(10)
-        time.sleep(0.1)
+        time.sleep(0.25)  # the holds are in their statements, lingering
         return events_events.event_sales_set(event_id=event.pk, sales_open=False, actor=operator, now=timezone.now())
 
     holds = [
@@ -443,11 +434,8 @@ def test_no_hold_commits_after_a_close_of_sales_commits(monkeypatch):
 
 
 def test_control_without_the_event_lock_holds_commit_after_the_close(monkeypatch):
-    def unshared_event(event_id, *, codes, taken_at, holder=None, admission=None):
-        event = Event.objects.filter(pk=event_id).first()  # the seats' locks stay: only the event's goes
-        return event, locks.lock_seats(event_id=event_id, codes=codes, taken=seats_taken(taken_at))
-
-    monkeypatch.setattr(locks, "share_event_lock_seats", unshared_event)
+    event_sql = locks.hold_event_sql
+    monkeypatch.setattr(locks, "hold_event_sql", lambda *, lock_before=None: event_sql())  # read, never locked
 
     results, seen_by_the_close, held = close_while_holding(monkeypatch)
 
@@ -488,20 +476,82 @@ def test_one_user_holding_eight_pairs_at_once_gets_exactly_ten_seats():
 
 
 def test_control_without_the_holders_lock_the_seat_cap_breaks(monkeypatch):
-    """The holder is not locked; every racer counts the user's seats and inserts its hold before any of
-    them commits (a hold counts and inserts in one statement, after its locks)."""
-    everyone_has_inserted = threading.Barrier(PAIRS, timeout=10)
-    lock_seats, create = locks.share_event_lock_seats, events_holds.SEAT_HOLDS.create
-
-    def inserted(*args, **kwargs):
-        group = create(*args, **kwargs)
-        with contextlib.suppress(threading.BrokenBarrierError):
-            everyone_has_inserted.wait()
-        return group
-
-    monkeypatch.setattr(locks, "share_event_lock_seats", lambda *a, holder=None, **kw: lock_seats(*a, **kw))
-    monkeypatch.setattr(events_holds.SEAT_HOLDS, "create", inserted)
+    """The holder is read, not locked: every racer counts the user's seats from a snapshot taken before any
+    of them commits, and inserts its hold."""
+    monkeypatch.setattr(locking, "claim_lock_sql", unlocked(User, pause=1.0))
 
     event, user, _ = race_one_user_over_eight_pairs()
 
     assert held_seats(event, user) > 10
+
+
+# --- a hold that waited for a lock while another hold committed under it (docs/decisions/0022) ---------
+
+
+def hold(event, user, codes):
+    return lambda: seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=codes, now=timezone.now())
+
+
+def test_a_hold_that_waited_for_the_holders_lock_counts_the_hold_committed_meanwhile():
+    """The waiter's snapshot predates the first hold's commit, so its count of the holder's seats is stale
+    (four, not eight): it sees so (the holder's claim sequence moved since its snapshot), writes nothing,
+    and decides in a transaction: BEGIN, the statement again, ROLLBACK (the refusal). 4 round trips."""
+    event, user = make_event(total_seats=20), UserFactory()
+    write_hold(event, ["S1", "S2", "S3", "S4"], user=user)
+
+    first, second, trips = behind_an_open_hold(
+        hold(event, user, ["S5", "S6", "S7", "S8"]), hold(event, user, ["S9", "S10", "S11", "S12"])
+    )
+
+    assert isinstance(first, SeatHoldGroup), first
+    assert isinstance(second, LimitReached), second
+    assert held_seats(event, user) == 8
+    sent = [s for s in trips.statements if "BEGIN" in s or "ROLLBACK" in s]
+    assert trips.count == 4 and len(sent) == 2 and "BEGIN" in sent[0] and "ROLLBACK" in sent[1], trips.statements
+    assert violations(event) == []
+
+
+def test_control_without_the_detection_the_waiter_breaks_the_seat_cap(monkeypatch):
+    monkeypatch.setattr(locking, "fresh_sql", lambda seen, locked: sql.SQL("true"))
+    event, user = make_event(total_seats=20), UserFactory()
+    write_hold(event, ["S1", "S2", "S3", "S4"], user=user)
+
+    first, second, _ = behind_an_open_hold(
+        hold(event, user, ["S5", "S6", "S7", "S8"]), hold(event, user, ["S9", "S10", "S11", "S12"])
+    )
+
+    assert isinstance(first, SeatHoldGroup) and isinstance(second, SeatHoldGroup)
+    assert held_seats(event, user) == 12
+
+
+def test_a_hold_that_waited_for_a_seats_lock_is_refused_by_the_hold_committed_meanwhile():
+    """The waiter's snapshot predates the first hold's commit, so it finds S2 free; once it holds S2's lock
+    it sees that a hold claimed it since (the seat's claim sequence moved), and refuses it, writing
+    nothing: no backstop. One round trip: nothing in it needs a second."""
+    event = make_event()
+    before = backstop_hits()
+
+    first, second, trips = behind_an_open_hold(
+        hold(event, UserFactory(), ["S1", "S2"]), hold(event, UserFactory(), ["S2", "S3"])
+    )
+
+    assert isinstance(first, SeatHoldGroup), first
+    assert isinstance(second, rules.SeatsUnavailable), second
+    assert second.details["seatCodes"] == ["S2"]
+    assert backstop_hits() - before == 0
+    assert trips.count == 1, trips.statements
+    assert SeatClaim.objects.filter(event=event).count() == 2 and violations(event) == []
+
+
+def test_control_without_the_detection_the_seats_waiter_counts_a_backstop(monkeypatch):
+    monkeypatch.setattr(locking, "fresh_sql", lambda seen, locked: sql.SQL("true"))
+    event = make_event()
+    before = backstop_hits()
+
+    first, second, _ = behind_an_open_hold(
+        hold(event, UserFactory(), ["S1", "S2"]), hold(event, UserFactory(), ["S2", "S3"])
+    )
+
+    assert isinstance(first, SeatHoldGroup) and isinstance(second, rules.SeatsUnavailable)
+    assert backstop_hits() - before == 1
+    assert SeatClaim.objects.filter(event=event).count() == 2 and violations(event) == []

@@ -1,7 +1,9 @@
+import json
 from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -235,3 +237,17 @@ def test_a_confirm_is_audited_with_its_booking_id():
     [audited] = trail(rules.hold_subject(group)).filter(event_type="CONFIRMED")
     assert audited.metadata == {"eventId": event.pk, "bookingGroupId": str(confirmed.booking_group_id)}
     assert SeatHoldGroup.objects.get(pk=group.pk).booking_group_id == confirmed.booking_group_id
+
+
+@pytest.mark.parametrize("microsecond", [0, 1, 999, 123456])
+def test_the_created_events_expiry_reads_as_django_writes_it(microsecond):
+    """The hold's statement writes its CREATED event's ``expiresAt`` itself (the hold's length is the
+    event's, read under its lock): the same text DjangoJSONEncoder writes for the other domains' events."""
+    event, user = make_event(), UserFactory()
+    now = (timezone.now() + timedelta(seconds=2)).replace(microsecond=microsecond)  # after the clock: judged by it
+
+    group = seat_holds.seat_hold(event_id=event.pk, user=user, seat_codes=["S1"], now=now)
+
+    [created] = trail(rules.hold_subject(group))
+    assert created.metadata["expiresAt"] == json.loads(json.dumps(group.expires_at, cls=DjangoJSONEncoder))
+    assert group.expires_at == now + timedelta(minutes=event.hold_minutes)

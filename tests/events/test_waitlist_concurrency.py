@@ -77,16 +77,15 @@ def test_a_seat_released_while_someone_waits_goes_to_them_never_to_a_poller():
     assert outcomes == [({"S1", "S2"}, False)] * ROUNDS
 
 
-def test_control_without_the_waiting_counter_in_the_holds_lock_the_poller_takes_the_seat(monkeypatch):
-    share_event_lock_seats = locks.share_event_lock_seats
+def test_control_without_the_waiting_counter_in_the_holds_reads_the_poller_takes_the_seat(monkeypatch):
+    event_sql = locks.hold_event_sql
 
-    def not_reading_the_list(*args, **kwargs):
-        event, seats = share_event_lock_seats(*args, **kwargs)
-        if event is not None:
-            event.waiting_count = 0
-        return event, seats
+    def not_reading_the_list(*, lock_before=None):
+        return sql.SQL(
+            "SELECT id, sales_open, event_date, hold_minutes, 0 AS waiting_count, queue_enabled FROM ({}) e"
+        ).format(event_sql(lock_before=lock_before))
 
-    monkeypatch.setattr(locks, "share_event_lock_seats", not_reading_the_list)
+    monkeypatch.setattr(locks, "hold_event_sql", not_reading_the_list)
 
     outcomes = release_while_a_poller_holds_the_same_seat()
 

@@ -1,10 +1,10 @@
 """What an Idempotency-Key costs on the wire, for every domain's claim write: at most one round trip more
 than the same write without a key (docs/decisions/0003-idempotency.md), whatever the write's own path
 costs (``tests.round_trips``; the cars' absolute counts are pinned in tests/reservations). A hold that is
-one statement in autocommit (the car's, the slot booking's, docs/decisions/0022-one-statement-holds.md)
-is two with a key: BEGIN, the key's lookup and gate ride in front of the hold's statement, the record's
-INSERT with the COMMIT; a write in a transaction of its own pays none more today (its BEGIN carries the
-key, its COMMIT the record)."""
+one statement in autocommit (the car's, the slot booking's, the seats':
+docs/decisions/0022-one-statement-holds.md) is two with a key: BEGIN, the key's lookup and gate ride in
+front of the hold's statement, the record's INSERT with the COMMIT; a write in a transaction of its own
+pays none more today (its BEGIN carries the key, its COMMIT the record)."""
 
 import pytest
 

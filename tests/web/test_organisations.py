@@ -8,7 +8,11 @@ from django.utils import timezone
 from core.errors import LimitReached
 from core.organisations.models import Membership
 from core.organisations.roles import Role, describe
+from events.models import Event
+from events.services.rules import NotAdmitted
+from events.services.seat_holds import seat_hold
 from reservations.services import reservation_hold
+from tests.events.factories import make_event
 from tests.factories import OrganisationFactory, UserFactory, member
 from tests.reservations.factories import CarFactory, ReservationFactory
 from web.webhooks.models import WebhookDelivery
@@ -111,6 +115,21 @@ def test_an_operator_is_exempt_from_the_cap_only_inside_their_organisation(setti
         reservation_hold(car_id=CarFactory(organisation=ours).pk, buyer=operator, hold_minutes=5, now=timezone.now())
     with pytest.raises(LimitReached):  # outside: a buyer like any other, and over the limit already
         reservation_hold(car_id=CarFactory(organisation=theirs).pk, buyer=operator, hold_minutes=5, now=timezone.now())
+
+
+def test_an_operator_holds_seats_past_the_cap_and_the_queue_only_inside_their_organisation(settings):
+    settings.EVENT_MAX_HELD_SEATS_PER_USER = 2
+    ours, theirs, operator = OrganisationFactory(), OrganisationFactory(), UserFactory()
+    member(operator, ours)
+    inside, outside = (make_event(total_seats=10, organisation_id=o.pk) for o in (ours, theirs))
+    Event.objects.filter(pk__in=[inside.pk, outside.pk]).update(queue_enabled=True)
+
+    assert seat_hold(event_id=inside.pk, user=operator, quantity=3, now=timezone.now()).seat_count == 3  # exempt
+    with pytest.raises(NotAdmitted):  # outside: a buyer like any other, behind the queue
+        seat_hold(event_id=outside.pk, user=operator, quantity=1, now=timezone.now())
+    Event.objects.filter(pk=outside.pk).update(queue_enabled=False)
+    with pytest.raises(LimitReached):  # and held to the cap
+        seat_hold(event_id=outside.pk, user=operator, quantity=3, now=timezone.now())
 
 
 def test_the_ladder_says_what_each_role_may_do_in_words():
