@@ -77,7 +77,10 @@ def deadlocks_found_sooner(monkeypatch, after_ms: int = 100) -> None:
 def unlocked(model: type[Model], pause: float):
     """``locking.claim_lock_sql`` without the lock for rows of ``model``: the row read from the snapshot
     (so the statement judges it fresh) after ``pause`` seconds, so that every racer's snapshot is taken
-    before any of them commits: the race, every time."""
+    before any of them commits: the race, every time. The order's condition (``lock_before``) stays: a
+    statement whose snapshot already refuses reads the row no more than with the lock (without it, a racer
+    that started after the winner's commit read the row beside no lock of its buyer, judged its count
+    stale, and could not decide: "could not decide under its own locks", a control's flake)."""
     claim_lock = locking.claim_lock_sql
 
     def claim_lock_sql(lock_model, key, *, lock_before=None, returning=()):
@@ -85,11 +88,12 @@ def unlocked(model: type[Model], pause: float):
             return claim_lock(lock_model, key, lock_before=lock_before, returning=returning)
         seq = sql.Identifier(locking.CLAIM_SEQ)
         # (A scalar sub-select, not EXISTS: EXISTS never evaluates its select list.)
-        return sql.SQL("SELECT {}{} FROM {} WHERE id = {} AND (SELECT 1 FROM pg_sleep({})) = 1").format(
+        return sql.SQL("SELECT {}{} FROM {} WHERE id = {}{} AND (SELECT 1 FROM pg_sleep({})) = 1").format(
             seq,
             sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(name)) for name in returning),
             table(lock_model),
             key,
+            sql.SQL(" AND {}").format(lock_before) if lock_before is not None else sql.SQL(""),
             sql.Literal(pause),
         )
 
