@@ -6,6 +6,13 @@ claims, the jobs' batches. Each domain's own locks are in its ``locks.py`` (``ev
 The order. A transaction that takes more than one of these locks takes them in this order, and each
 kind in primary-key order, so two requests never wait for each other in a circle:
 
+0. First, the organisation row (``lock_organisation``, ``FOR NO KEY UPDATE``): a write to an organisation's
+   members (adding one, changing a role, removing one: ``web.organisations.services``) takes it before
+   anything else, so those writes take turns per organisation and the rule that reads its other members
+   (an organisation keeps an owner) decides on what the one before committed. Then it takes only 6 (the
+   acting owner's membership) and writes the one membership row. Inserting a row that names the
+   organisation (a car, an event, a membership) takes ``FOR KEY SHARE`` on it, which this lock does not
+   conflict with; nothing else locks it.
 1. ``lock_user``: one user row (the guest's for a slot booking, a confirm or a reschedule; the host's
    for creating slots or setting their hours; the buyer's for a car hold and the holder's for a seat
    hold, unless an operator asks); ``lock_users``: the guest's and the host's for an interval booking
@@ -49,9 +56,10 @@ kind in primary-key order, so two requests never wait for each other in a circle
 6. Last, the acting member's membership row (``lock_member``, ``member_lock_sql``: ``FOR SHARE``,
    docs/decisions/0025-organisations.md): an operator's write in an organisation confirms under it that
    they are still a member with the role it needs. Removing a member or changing their role (a
-   ``DELETE`` or ``UPDATE`` of that row, in a transaction that takes no other lock) waits for the writes
-   in flight, and a write after it finds the row gone: never half-applied. ``FOR SHARE``, not ``KEY
-   SHARE``: a role change is a non-key update, and must wait too. Nothing waits for a lock after it.
+   ``DELETE`` or ``UPDATE`` of that row, in a transaction whose only other lock is the organisation's,
+   0) waits for the writes in flight, and a write after it finds the row gone: never half-applied.
+   ``FOR SHARE``, not ``KEY SHARE``: a role change is a non-key update, and must wait too. Nothing
+   waits for a lock after it.
 
 The mode is ``FOR NO KEY UPDATE`` (``select_for_update(no_key=True)``): it excludes every other
 writer of the row just as well, but not the ``FOR KEY SHARE`` that inserting a row referencing the
@@ -87,7 +95,7 @@ Every function refuses to run outside a transaction (a lock there would end with
 ``…_sql`` seams are conditions or sub-statements of one statement that is the whole claim operation (a
 car hold, a transition, in autocommit), its locks held to its end. The race tests' controls replace
 these functions and seams (``user_lock_sql``, ``claim_lock_sql``, ``fresh_sql``, ``transition_lock_sql``,
-``member_lock_sql``, ``lock_member``)
+``member_lock_sql``, ``lock_member``, ``lock_organisation``)
 to show that their test notices a missing lock.
 
 A hold that is one statement in autocommit (the car's, the slot booking's, the seats':
@@ -118,7 +126,7 @@ from django.db.models import Model
 from psycopg import sql
 
 from core.claims import column
-from core.organisations.models import Membership
+from core.organisations.models import Membership, Organisation
 from core.statements import P, Statement, from_row, table
 
 if TYPE_CHECKING:  # the user model, settings.AUTH_USER_MODEL, as django-stubs resolves it: the core imports no app's
@@ -301,6 +309,13 @@ def transition_lock_sql() -> sql.Composable:
     row's newest version once the lock is held, so the statement decides on it. The seam a race control
     replaces (the statements are cached by this function)."""
     return sql.SQL("FOR NO KEY UPDATE OF c")
+
+
+def lock_organisation(organisation_id: int) -> bool:
+    """The organisation row, ``FOR NO KEY UPDATE`` (0 in the order): a write to its members takes it first.
+    False when there is no such organisation."""
+    require_transaction("lock_organisation")
+    return bool(lock_rows(Organisation, [organisation_id], NO_KEY_UPDATE))
 
 
 # The membership lock's mode (6 above).

@@ -121,9 +121,13 @@ class ClaimPolicy(Generic[ClaimT]):
         self, user: User, owner_id: int, organisation: Callable[[], int | None], *, what: str, role: Role | None = None
     ) -> None:
         """Refuse ``user`` ``what``, a row that belongs to ``owner_id`` in the organisation ``organisation``
-        reads, unless ``owns`` allows it (with ``role``): 404 to an operator of other organisations."""
+        reads, unless ``owns`` allows it (with ``role``): 404 to an operator of other organisations, 403
+        ``role_required`` to a member of its own with a lower role (``access.require``)."""
         if not self.owns(user, owner_id, organisation, role):
             if access.is_operator(user):
+                organisation_id = organisation()
+                if organisation_id is not None:
+                    access.require(user, organisation_id, role or self.role, what=what)
                 raise NotFound(f"{what} does not exist.")
             raise NotOwner(f"{what} belongs to another user.")
 

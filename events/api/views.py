@@ -443,7 +443,7 @@ class WaitlistEntryDetail(APIView):
     def get(self, request, event_id: int, entry_id: int):
         return Response(_entry_out(self._entry(request, event_id, entry_id)))
 
-    @extend_schema(responses={200: WaitlistEntryOut, **errors(rules.EntryNotWaiting, NotOwner)})
+    @extend_schema(responses={200: WaitlistEntryOut, **errors(rules.EntryNotWaiting, NotOwner, RoleRequired)})
     @idempotent
     def delete(self, request, event_id: int, entry_id: int):
         entry = waitlist.waitlist_leave(event_id=event_id, entry_id=entry_id, user=request.user, now=timezone.now())

@@ -315,6 +315,23 @@ def test_an_owner_adds_a_member_by_email_changes_their_role_and_removes_them(our
     assert not Membership.objects.filter(user=newcomer).exists()
 
 
+def test_the_last_owner_is_neither_removed_nor_demoted_in_the_admin_the_refusal_says_why(ours):
+    last = ours.membership
+    client = signed_in(last.user)
+
+    deleted = client.post(url(Membership, "delete", last.pk), {"post": "yes"})
+    acted = client.post(url(Membership, "changelist"), {"action": "remove_members", "_selected_action": [str(last.pk)]})
+    demoted = client.post(url(Membership, "change", last.pk), {"role": Role.STAFF})
+
+    assert deleted.status_code == 302 and deleted.url == url(Membership, "change", last.pk)
+    said = [str(m) for m in get_messages(acted.wsgi_request)]  # the delete page's, then the action's
+    assert [m.split(":")[0] for m in said] == ["Not removed", "Not changed"] and all("last owner" in m for m in said)
+    assert demoted.status_code == 200 and "last owner" in demoted.content.decode()
+    assert Membership.objects.get(pk=last.pk).role == Role.OWNER
+    actions = dict(client.get(url(Membership, "changelist")).context["action_form"].fields["action"].choices)
+    assert "remove_members" in actions and "delete_selected" not in actions  # it would say "deleted"
+
+
 def test_an_unknown_email_is_a_form_error(ours):
     response = signed_in(ours.membership.user).post(
         url(Membership, "add"), {"email": "nobody@example.com", "role": Role.STAFF}

@@ -1,6 +1,7 @@
 """A member removed while they act (docs/decisions/0025-organisations.md, core/locking.py's order, 6): their
 in-flight request either completes before the removal commits or is refused — never applied after it. Each
-test has a control that takes the membership lock (or its check) away and shows the test notices."""
+test has a control that takes the membership lock (or its check) away and shows the test notices. And two
+owners leaving at once (the order's 0, the organisation's lock): one leaves, the other is its last owner."""
 
 import contextlib
 import threading
@@ -18,6 +19,7 @@ from core.organisations.models import Membership
 from core.organisations.roles import Role
 from reservations.models import Car, Reservation
 from reservations.services import car_update, reservation_cancel
+from tests.concurrency import run_concurrently
 from tests.factories import OrganisationFactory, UserFactory, member
 from tests.reservations.factories import CarFactory, ReservationFactory
 from web.organisations import services
@@ -109,3 +111,40 @@ def test_control_without_the_membership_lock_the_edit_commits_after_the_removal(
     edit, removal, label = _edit_racing_a_removal()
 
     assert label == "edited" and removal < edit  # applied by someone no longer a member: what the lock prevents
+
+
+def _two_owners_leaving_at_once(monkeypatch) -> tuple[list[object], int]:
+    """The organisation's two owners each remove themselves, released together, each pausing after the rule
+    (``_keep_an_owner``) read the owners, so that without the organisation's lock both read two. Returns
+    what each call gave back and how many owners are left."""
+    organisation = OrganisationFactory()
+    owners = [UserFactory(), UserFactory()]
+    for owner in owners:
+        member(owner, organisation, Role.OWNER)
+    rule = services._keep_an_owner
+
+    def slowly(*args, **kwargs):
+        rule(*args, **kwargs)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(services, "_keep_an_owner", slowly)
+
+    def leave(owner):
+        return lambda: services.membership_remove(organisation_id=organisation.pk, user_id=owner.pk, actor=owner)
+
+    results = run_concurrently([leave(owner) for owner in owners])
+    return results, Membership.objects.filter(organisation=organisation, role=Role.OWNER).count()
+
+
+def test_of_two_owners_leaving_at_once_one_leaves_and_the_other_is_refused_as_the_last(monkeypatch):
+    results, owners_left = _two_owners_leaving_at_once(monkeypatch)
+
+    assert sorted(type(r).__name__ for r in results) == ["LastOwner", "NoneType"] and owners_left == 1
+
+
+def test_control_without_the_organisations_lock_both_leave_and_it_has_no_owner(monkeypatch):
+    monkeypatch.setattr(locking, "lock_organisation", lambda organisation_id: True)
+
+    results, owners_left = _two_owners_leaving_at_once(monkeypatch)
+
+    assert results == [None, None] and owners_left == 0

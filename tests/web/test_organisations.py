@@ -46,6 +46,31 @@ def test_a_superuser_makes_an_organisation_and_its_owner_adds_changes_and_remove
     assert api.delete(f"/api/organisations/{organisation}/members/{clerk.pk}").status_code == 404
 
 
+def test_the_last_owner_is_neither_removed_nor_demoted_a_second_owner_lets_the_first_go(client_for, staff):
+    organisation, owner, other = OrganisationFactory(), UserFactory(), UserFactory()
+    member(owner, organisation, Role.OWNER)
+    members = f"/api/organisations/{organisation.pk}/members"
+    api, root = client_for(owner), client_for(staff)
+
+    refusals = [
+        api.delete(f"{members}/{owner.pk}"),  # leaving
+        root.delete(f"{members}/{owner.pk}"),  # a superuser too
+        api.post(members, {"email": owner.email, "role": "manager"}, format="json"),
+    ]
+    assert [(r.status_code, r.json()["error"]["code"]) for r in refusals] == [(409, "last_owner")] * 3
+    assert refusals[0].json()["error"]["details"] == {"organisationId": organisation.pk, "userId": owner.pk}
+    assert Membership.objects.get(user=owner, organisation=organisation).role == Role.OWNER
+
+    assert api.post(members, {"email": other.email, "role": "owner"}, format="json").status_code == 201
+    assert api.post(members, {"email": owner.email, "role": "staff"}, format="json").status_code == 200
+    last = client_for(other).delete(f"{members}/{other.pk}")
+    assert (last.status_code, last.json()["error"]["code"]) == (409, "last_owner")
+    assert client_for(other).delete(f"{members}/{owner.pk}").status_code == 204
+    assert list(Membership.objects.filter(organisation=organisation).values_list("user", "role")) == [
+        (other.pk, Role.OWNER)
+    ]
+
+
 def test_only_a_superuser_makes_an_organisation_and_a_slug_is_taken_once(client_for, staff):
     owner = UserFactory()
     member(owner, OrganisationFactory(slug="taken"), Role.OWNER)

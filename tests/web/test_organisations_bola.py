@@ -4,6 +4,7 @@ nothing in the database; an ``organisationId`` of the other organisation in a bo
 For their own organisation's object each role gets the documented answer: done, or 403 ``role_required``
 below the role the ladder (``core.organisations.roles``) asks for."""
 
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,14 +14,15 @@ from django.utils import timezone
 from core.audit.models import AuditEvent
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import Role, allows
-from events.models import Event, SeatHoldGroup
+from events.models import Event, EventQueue, QueueEntry, SeatHoldGroup, WaitlistEntry
+from events.queue import TOKEN_BYTES
 from reservations.models import Car, Reservation
 from slots.models import Slot, SlotBooking
 from tests.events.factories import make_event, write_hold
 from tests.factories import OrganisationFactory, UserFactory, member
 from tests.reservations.factories import CarFactory, ReservationFactory
 from tests.slots.factories import HostFactory, SlotBookingFactory, SlotFactory
-from web.webhooks.models import WebhookEndpoint
+from web.webhooks.models import WebhookDelivery, WebhookEndpoint
 from web.webhooks.services import webhook_endpoint_create
 
 
@@ -36,10 +38,14 @@ class World:
     event: int
     hold: str
     booked: str
+    waiting_event: int
+    entry: int
+    token: str
     host: int
     slot: int
     free_slot: int
     pending: int
+    confirmed: int
     hook: int
     member: int
 
@@ -52,6 +58,15 @@ def world(organisation: Organisation) -> World:
     slot = SlotFactory(organisation=organisation, host=host)
     # Another host's: a guest has one active booking with a host at most.
     free_slot = SlotFactory(organisation=organisation, host=HostFactory(organisation=organisation), capacity=5)
+    booked_slot = SlotFactory(organisation=organisation, host=HostFactory(organisation=organisation))
+    # Its own event: a waiting list ahead of them turns the seat holds on ``event`` away.
+    waiting_event = make_event(total_seats=1, organisation_id=organisation.pk)
+    Event.objects.filter(pk=waiting_event.pk).update(waiting_count=1)
+    now = timezone.now()
+    entry = WaitlistEntry.objects.create(event=waiting_event, user=buyer, quantity=1, created_at=now, updated_at=now)
+    EventQueue.objects.create(event=event, joined=1, credit_from=now)
+    token = secrets.token_urlsafe(TOKEN_BYTES)  # the shape a join gives
+    queued = QueueEntry.objects.create(event=event, user=buyer, token=token, number=1, joined_at=now)
     hook = webhook_endpoint_create(organisation_id=organisation.pk, url="https://hooks.invalid/x", now=timezone.now())
     return World(
         organisation=organisation,
@@ -62,10 +77,14 @@ def world(organisation: Organisation) -> World:
         event=event.pk,
         hold=str(write_hold(event, ["S1"], user=buyer).pk),
         booked=str(write_hold(event, ["S2"], user=buyer, state="CONFIRMED").booking_group_id),
+        waiting_event=waiting_event.pk,
+        entry=entry.pk,
+        token=queued.token,
         host=host.pk,
         slot=slot.pk,
         free_slot=free_slot.pk,
         pending=SlotBookingFactory(slot=slot, guest=buyer, status=SlotBooking.Status.PENDING).pk,
+        confirmed=SlotBookingFactory(slot=booked_slot, guest=buyer, status=SlotBooking.Status.CONFIRMED).pk,
         hook=hook.pk,
         member=member(UserFactory(), organisation).user_id,
     )
@@ -78,6 +97,7 @@ class Endpoint:
     role: Role  # what the ladder asks of a member for it
     success: int
     body: dict | None = None  # formatted likewise (its string values)
+    sends: bool = False  # done, it sends a request out: asked of the other organisation and of lower roles only
 
 
 def _tomorrow(hour: int) -> str:
@@ -117,6 +137,10 @@ ENDPOINTS = {
     "seat-hold-read": Endpoint("get", "/api/events/holds/{hold}", STAFF, 200),
     "seat-booking-read": Endpoint("get", "/api/events/bookings/{booked}", STAFF, 200),
     "seat-booking-cancel": Endpoint("post", "/api/events/bookings/{booked}/cancel", STAFF, 200, {}),
+    "seat-booking-calendar": Endpoint("get", "/api/events/bookings/{booked}/calendar", STAFF, 200),
+    "waitlist-entry-read": Endpoint("get", "/api/events/{waiting_event}/waitlist/{entry}", STAFF, 200),
+    "waitlist-entry-remove": Endpoint("delete", "/api/events/{waiting_event}/waitlist/{entry}", MANAGER, 200),
+    "queue-entry-read": Endpoint("get", "/api/events/{event}/queue/{token}", STAFF, 200),
     "slot-create-for-a-host": Endpoint(
         "post",
         "/api/slots",
@@ -136,6 +160,7 @@ ENDPOINTS = {
     "slot-booking-read": Endpoint("get", "/api/bookings/{pending}", STAFF, 200),
     "slot-booking-confirm": Endpoint("post", "/api/bookings/{pending}/confirm", STAFF, 200, {}),
     "slot-booking-cancel": Endpoint("post", "/api/bookings/{pending}/cancel", STAFF, 200, {}),
+    "slot-booking-calendar": Endpoint("get", "/api/bookings/{confirmed}/calendar", STAFF, 200),
     "analytics": Endpoint(
         "get",
         "/api/admin/analytics?start_date=2026-01-01&end_date=2026-12-31&organisation={organisation.pk}",
@@ -149,6 +174,7 @@ ENDPOINTS = {
     "webhook-edit": Endpoint("patch", "/api/webhooks/{hook}", OWNER, 200, {"description": "mine now"}),
     "webhook-rotate-secret": Endpoint("post", "/api/webhooks/{hook}/rotate-secret", OWNER, 200, {}),
     "webhook-deliveries": Endpoint("get", "/api/webhooks/{hook}/deliveries", OWNER, 200),
+    "webhook-test": Endpoint("post", "/api/webhooks/{hook}/test", OWNER, 200, {}, sends=True),
     "webhook-delete": Endpoint("delete", "/api/webhooks/{hook}", OWNER, 204),
     "members-read": Endpoint("get", "/api/organisations/{organisation.pk}/members", OWNER, 200),
     "member-add": Endpoint(
@@ -158,7 +184,20 @@ ENDPOINTS = {
 }
 
 # What a refused request must leave as it was: every row an operator endpoint can write.
-WATCHED = [Organisation, Membership, Car, Reservation, Event, SeatHoldGroup, Slot, SlotBooking, WebhookEndpoint]
+WATCHED = [
+    Organisation,
+    Membership,
+    Car,
+    Reservation,
+    Event,
+    SeatHoldGroup,
+    WaitlistEntry,
+    QueueEntry,
+    Slot,
+    SlotBooking,
+    WebhookEndpoint,
+    WebhookDelivery,
+]
 
 
 def snapshot() -> dict:
@@ -197,8 +236,16 @@ def test_another_organisations_object_is_404_and_nothing_changes(two, client_for
     assert snapshot() == before
 
 
-@pytest.mark.parametrize("role", [STAFF, MANAGER, OWNER])
-@pytest.mark.parametrize("name", sorted(ENDPOINTS))
+# Every endpoint for every role, but one that would send a request out for a role that may (``sends``).
+OWN = [
+    (name, role)
+    for name in sorted(ENDPOINTS)
+    for role in (STAFF, MANAGER, OWNER)
+    if not (ENDPOINTS[name].sends and allows(role, ENDPOINTS[name].role))
+]
+
+
+@pytest.mark.parametrize(("name", "role"), OWN, ids=[f"{name}-{role.value}" for name, role in OWN])
 def test_in_its_own_organisation_each_role_gets_the_documented_answer(two, client_for, role, name):
     ours, _ = two
     caller = UserFactory()

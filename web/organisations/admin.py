@@ -5,13 +5,15 @@ makes organisations and sees every one. Every write goes through ``web.organisat
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
+from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from core.admin import OrganisationScoped, ServiceModelForm
+from core.admin import OrganisationScoped, ServiceActionsMixin, ServiceModelForm
+from core.errors import DomainError
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import Role, allows, describe
 from web.accounts.models import User
@@ -112,9 +114,10 @@ class MembershipForm(ServiceModelForm):
 
 
 @admin.register(Membership)
-class MembershipAdmin(OrganisationScoped):
+class MembershipAdmin(ServiceActionsMixin, OrganisationScoped):
     """Who belongs to an organisation, with which role (what each may do: the role's help). Owners manage
-    their organisations' members; a removal is the delete action, through ``membership_remove``."""
+    their organisations' members; a removal (a member's delete page, or the list's action instead of Django's
+    bulk delete) goes through ``membership_remove``, whose refusal (its last owner) is a message, not a 500."""
 
     view_role = change_role = Role.OWNER  # members are the owner's rung
     form = MembershipForm
@@ -123,6 +126,7 @@ class MembershipAdmin(OrganisationScoped):
     search_fields = ["user__email", "user__name"]
     list_select_related = ["user", "organisation"]
     readonly_fields = ["user", "created_at"]
+    actions = ["remove_members"]
 
     def get_fields(self, request, obj=None):
         return ["organisation", "email", "role"] if obj is None else ["organisation", "user", "role", "created_at"]
@@ -143,9 +147,21 @@ class MembershipAdmin(OrganisationScoped):
     def save_model(self, request, obj, form, change):
         form.adopt(obj)  # MembershipForm.clean() wrote it
 
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would report "deleted" for a refused removal: remove_members
+        return actions
+
     def delete_model(self, request, obj):
         services.membership_remove(organisation_id=obj.organisation_id, user_id=obj.user_id, actor=request.user)
 
-    def delete_queryset(self, request, queryset):
-        for membership in queryset:
-            self.delete_model(request, membership)
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as error:  # raised by delete_model, inside the view's transaction: rolled back
+            self.message_user(request, f"Not removed: {error.message}", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:organisations_membership_change", args=[object_id]))
+
+    @admin.action(description="Remove selected members from their organisation", permissions=["delete"])
+    def remove_members(self, request, queryset):
+        self.run_service(request, queryset, lambda membership: self.delete_model(request, membership), "removed")

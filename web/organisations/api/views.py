@@ -50,7 +50,7 @@ class OrganisationList(ListAPIView):
 
 class MemberList(ListAPIView):
     """The members of an organisation and their roles (its owners only). POST adds a member by email, or
-    changes a member's role."""
+    changes a member's role (409 ``last_owner`` for demoting its last owner)."""
 
     serializer_class = MemberOut
     permission_classes = [Operators]
@@ -62,7 +62,10 @@ class MemberList(ListAPIView):
         access.require(request_user(self.request), organisation_id, Role.OWNER, what=f"Organisation {organisation_id}")
         return Membership.objects.filter(organisation_id=organisation_id).select_related("user").order_by("user_id")
 
-    @extend_schema(request=MemberIn, responses={201: MemberOut, 200: MemberOut, **errors(access.RoleRequired)})
+    @extend_schema(
+        request=MemberIn,
+        responses={201: MemberOut, 200: MemberOut, **errors(access.RoleRequired, services.LastOwner)},
+    )
     @idempotent
     def post(self, request, organisation_id: int):
         data = MemberIn.validated(request)
@@ -77,9 +80,11 @@ class MemberList(ListAPIView):
 
 
 class MemberDetail(APIView):
+    """DELETE removes a member (409 ``last_owner`` for its last owner)."""
+
     permission_classes = [Operators]
 
-    @extend_schema(request=None, responses={204: None, **errors(access.RoleRequired)})
+    @extend_schema(request=None, responses={204: None, **errors(access.RoleRequired, services.LastOwner)})
     @idempotent
     def delete(self, request, organisation_id: int, user_id: int):
         services.membership_remove(organisation_id=organisation_id, user_id=user_id, actor=request_user(request))
