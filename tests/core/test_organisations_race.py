@@ -17,9 +17,12 @@ from core.errors import NotFound
 from core.organisations import access
 from core.organisations.models import Membership
 from core.organisations.roles import Role
+from events.models import WaitlistEntry
+from events.services import seat_holds, waitlist
 from reservations.models import Car, Reservation
 from reservations.services import car_update, reservation_cancel
 from tests.concurrency import run_concurrently
+from tests.events.factories import make_event
 from tests.factories import OrganisationFactory, UserFactory, member
 from tests.reservations.factories import CarFactory, ReservationFactory
 from web.organisations import services
@@ -57,6 +60,31 @@ def test_control_without_the_membership_check_in_the_statement_the_removed_membe
     monkeypatch.setattr(locking, "member_lock_sql", lambda organisation: sql.SQL("true"))
 
     assert _removed_after_reading_roles() == "CANCELLED"
+
+
+def _entry_removed_after_reading_roles() -> str:
+    """The same for a manager removing a buyer's waiting-list entry (a row checked in Python, then its
+    operator's membership under its lock). Returns the entry's state."""
+    organisation, owner, operator = _team()
+    event = make_event(total_seats=1, organisation_id=organisation.pk)
+    seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())  # sold out
+    entry = waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    assert access.roles_of(operator) == {organisation.pk: Role.MANAGER}
+
+    services.membership_remove(organisation_id=organisation.pk, user_id=operator.pk, actor=owner)
+    with contextlib.suppress(NotFound):
+        waitlist.waitlist_leave(event_id=event.pk, entry_id=entry.pk, user=operator, now=timezone.now())
+    return WaitlistEntry.objects.get(pk=entry.pk).state
+
+
+def test_a_waiting_list_removal_after_the_removal_committed_is_refused():
+    assert _entry_removed_after_reading_roles() == "WAITING"
+
+
+def test_control_without_the_membership_lock_the_removed_manager_removes_the_entry(monkeypatch):
+    monkeypatch.setattr(access, "require_member", lambda *args, **kwargs: None)
+
+    assert _entry_removed_after_reading_roles() == "LEFT"
 
 
 def _edit_racing_a_removal(hold_seconds: float = 0.5) -> tuple[float, float, str]:
