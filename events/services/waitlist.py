@@ -234,8 +234,9 @@ def waitlist_leave(*, event_id: int, entry_id: int, user: User, now: datetime) -
         SEAT_HOLDS.policy.require_owner(
             user, entry.user_id, lambda: event.organisation_id, what=what, role=Role.MANAGER
         )
-        if entry.user_id != user.pk:  # an operator: their membership confirmed under its lock, last in the order
-            access.require_member(user, event.organisation_id, Role.MANAGER, what=what)
+        SEAT_HOLDS.policy.require_member(
+            user, entry.user_id, lambda: event.organisation_id, what=what, role=Role.MANAGER
+        )
         if entry.state != Entry.WAITING:
             raise EntryNotWaiting(
                 f"Waiting-list entry {entry_id} is {entry.state}: only a waiting entry leaves the list.",
