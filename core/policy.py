@@ -131,6 +131,16 @@ class ClaimPolicy(Generic[ClaimT]):
                 raise NotFound(f"{what} does not exist.")
             raise NotOwner(f"{what} belongs to another user.")
 
+    def require_member(
+        self, user: User, owner_id: int, organisation: Callable[[], int], *, what: str, role: Role | None = None
+    ) -> None:
+        """After ``require`` or ``require_owner``, in a service's transaction: an operator acting on what
+        belongs to ``owner_id`` has their membership in the organisation ``organisation`` reads confirmed
+        under its lock (``access.require_member``, last in the order), as ``operator_sql`` does in a
+        statement; the owner acts on their own (nothing more is read)."""
+        if owner_id != user.pk:
+            access.require_member(user, organisation(), role or self.role, what=what)
+
     def visible(self, claims: QuerySet, user: User) -> QuerySet:
         """The claims ``user`` may see: their own, and those of the organisations they operate in; a
         superuser all."""

@@ -145,6 +145,9 @@ def seat_booking_cancel(
         if group is None:
             raise NotFound(f"{what} does not exist.")
         SEAT_HOLDS.policy.require(user, CANCEL, group, what=what)
+        SEAT_HOLDS.policy.require_member(
+            user, group.user_id, lambda: SEAT_HOLDS.policy.organisation_id(group), what=what
+        )
         if group.state != State.CONFIRMED:
             raise SEAT_HOLDS.refused(group, State.CANCELLED)
         now = locked_now(now)

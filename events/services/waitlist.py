@@ -221,16 +221,21 @@ SELECT COUNT(*) FROM left_list""").format(
 
 
 def waitlist_leave(*, event_id: int, entry_id: int, user: User, now: datetime) -> WaitlistEntry:
-    """Take a WAITING entry off the list (its user leaves, or an operator removes it). The entries behind
-    move up; when it was the head, the next may fit the seats free now, and is offered them."""
+    """Take a WAITING entry off the list (its user leaves, or a manager of the event's organisation removes
+    it, their membership read under its lock: ADR 0025, item 7). The entries behind move up; when it was
+    the head, the next may fit the seats free now, and is offered them."""
     with transaction.atomic():
         event = _locked_event(locks.lock_event, event_id)
         row = _WAITLIST_ENTRY.fetchone({"entry": entry_id, "event": event_id})
         if row is None:
             raise NotFound(f"Waiting-list entry {entry_id} of event {event_id} does not exist.")
         entry, was_head = WaitlistEntry.from_db(connection.alias, _W_ATTNAMES, row[:-1]), row[-1]
+        what = f"Waiting-list entry {entry_id}"
         SEAT_HOLDS.policy.require_owner(
-            user, entry.user_id, lambda: event.organisation_id, what=f"Waiting-list entry {entry_id}", role=Role.MANAGER
+            user, entry.user_id, lambda: event.organisation_id, what=what, role=Role.MANAGER
+        )
+        SEAT_HOLDS.policy.require_member(
+            user, entry.user_id, lambda: event.organisation_id, what=what, role=Role.MANAGER
         )
         if entry.state != Entry.WAITING:
             raise EntryNotWaiting(

@@ -142,7 +142,9 @@ class SlotDetail(APIView):
             raise NotFound(f"Slot {slot_id} does not exist.")
         return Response(SlotOut(slot).data)
 
-    @extend_schema(responses={200: SlotOut, **errors(InvalidStateTransition, rules.SlotBooked, NotOwner)})
+    @extend_schema(
+        responses={200: SlotOut, **errors(InvalidStateTransition, rules.SlotBooked, NotOwner, access.RoleRequired)}
+    )
     @idempotent
     def delete(self, request, slot_id: int):
         """Withdraw a slot nobody holds a seat in (its host or an operator); it becomes CANCELLED."""

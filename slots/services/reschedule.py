@@ -98,6 +98,9 @@ def appointment_reschedule(
         assert booking is not None  # found above, and a booking is never deleted (PROTECT)
         booking.slot, booking.guest = old_slot, users[peek["guest_id"]]
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
+        SLOT_BOOKINGS.policy.require_member(
+            user, booking.guest_id, lambda: old_slot.organisation_id, what=f"Booking {booking_id}"
+        )
         now = locked_now(now)
         if booking.is_overdue(now):
             SLOT_BOOKINGS.expire_overdue([booking.pk], now=now)
@@ -171,6 +174,9 @@ def slot_booking_reschedule(*, booking_id: int, slot_id: int, user: User, now: d
         assert booking is not None  # _peek found it, and a booking is never deleted (PROTECT)
         booking.slot = old_slot
         SLOT_BOOKINGS.policy.require(user, RESCHEDULE, booking, what=f"Booking {booking_id}")
+        SLOT_BOOKINGS.policy.require_member(
+            user, booking.guest_id, lambda: old_slot.organisation_id, what=f"Booking {booking_id}"
+        )
         if new_slot is None:
             raise NotFound(f"Slot {slot_id} does not exist.")
         now = locked_now(now)

@@ -17,9 +17,13 @@ from core.errors import NotFound
 from core.organisations import access
 from core.organisations.models import Membership
 from core.organisations.roles import Role
+from events import selectors
+from events.models import SeatHoldGroup, WaitlistEntry
+from events.services import seat_holds, waitlist
 from reservations.models import Car, Reservation
 from reservations.services import car_update, reservation_cancel
 from tests.concurrency import run_concurrently
+from tests.events.factories import make_event, write_hold
 from tests.factories import OrganisationFactory, UserFactory, member
 from tests.reservations.factories import CarFactory, ReservationFactory
 from web.organisations import services
@@ -57,6 +61,58 @@ def test_control_without_the_membership_check_in_the_statement_the_removed_membe
     monkeypatch.setattr(locking, "member_lock_sql", lambda organisation: sql.SQL("true"))
 
     assert _removed_after_reading_roles() == "CANCELLED"
+
+
+def _leave_an_entry(event):
+    """A buyer's waiting-list entry (the event sold out): the operator removes it; its state after."""
+    seat_holds.seat_hold(event_id=event.pk, user=UserFactory(), quantity=event.total_seats, now=timezone.now())
+    entry = waitlist.waitlist_join(event_id=event.pk, user=UserFactory(), quantity=1, now=timezone.now())
+    return (
+        lambda operator: waitlist.waitlist_leave(
+            event_id=event.pk, entry_id=entry.pk, user=operator, now=timezone.now()
+        ),
+        lambda: WaitlistEntry.objects.get(pk=entry.pk).state,
+    )
+
+
+def _cancel_a_seat(event):
+    """A buyer's booking of two seats: the operator cancels one of them; the seats booked after."""
+    group = write_hold(event, ["S1", "S2"], state="CONFIRMED")
+    return (
+        lambda operator: seat_holds.seat_booking_cancel(
+            booking_group_id=group.booking_group_id, user=operator, now=timezone.now(), seat_codes=["S1"]
+        ),
+        lambda: len(selectors.group_seat_codes(SeatHoldGroup.objects.get(pk=group.pk))),
+    )
+
+
+def _removed_before_a_service_write(act) -> object:
+    """``_removed_after_reading_roles`` for a service's transaction that checks a buyer's row in Python,
+    then the operator's membership under its lock (``ClaimPolicy.require_member``). Returns ``act``'s
+    row after."""
+    organisation, owner, operator = _team()
+    write, state = act(make_event(total_seats=2, organisation_id=organisation.pk))
+    assert access.roles_of(operator) == {organisation.pk: Role.MANAGER}
+
+    services.membership_remove(organisation_id=organisation.pk, user_id=operator.pk, actor=owner)
+    with contextlib.suppress(NotFound):
+        write(operator)
+    return state()
+
+
+SERVICE_WRITES = [(_leave_an_entry, "WAITING", "LEFT"), (_cancel_a_seat, 2, 1)]
+
+
+@pytest.mark.parametrize(("act", "untouched", "_"), SERVICE_WRITES)
+def test_a_service_write_after_the_removal_committed_is_refused(act, untouched, _):
+    assert _removed_before_a_service_write(act) == untouched
+
+
+@pytest.mark.parametrize(("act", "_", "done"), SERVICE_WRITES)
+def test_control_without_the_membership_lock_the_removed_member_writes(monkeypatch, act, _, done):
+    monkeypatch.setattr(access, "require_member", lambda *args, **kwargs: None)
+
+    assert _removed_before_a_service_write(act) == done
 
 
 def _edit_racing_a_removal(hold_seconds: float = 0.5) -> tuple[float, float, str]:

@@ -4,12 +4,14 @@ nothing in the database; an ``organisationId`` of the other organisation in a bo
 For their own organisation's object each role gets the documented answer: done, or 403 ``role_required``
 below the role the ladder (``core.organisations.roles``) asks for."""
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 
 from core.audit.models import AuditEvent
 from core.organisations.models import Membership, Organisation
@@ -265,3 +267,22 @@ def test_in_its_own_organisation_each_role_gets_the_documented_answer(two, clien
             "organisationId": ours.organisation.pk,
         }
         assert snapshot() == before
+
+
+def _template(path: str) -> str:
+    """A path with its ids as ``{}``, whatever their names (the schema's ``{endpoint_id}``, the matrix's ``{hook}``)."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+def test_the_schema_lists_role_required_where_a_lower_role_gets_it():
+    """The answers above, in the schema: each endpoint a lower role is refused lists 403 ``role_required``."""
+    paths = SchemaGenerator().get_schema(public=True)["paths"]
+    operations = {(method, _template(path)): op for path, ops in paths.items() for method, op in ops.items()}
+    missing = [
+        name
+        for name, endpoint in sorted(ENDPOINTS.items())
+        if endpoint.role != STAFF
+        and "role_required"
+        not in operations[endpoint.method, _template(endpoint.path)]["responses"]["403"]["x-error-codes"]
+    ]
+    assert missing == []

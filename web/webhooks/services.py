@@ -400,8 +400,9 @@ def webhook_delivery_retry_now(*, delivery_id: int, now: datetime, actor: User |
         delivery = WebhookDelivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
             raise NotFound(f"Delivery {delivery_id} does not exist.")
-        try:
-            webhook_endpoint_of(delivery.endpoint_id, actor)
+        try:  # an owner, their membership confirmed under its lock (ADR 0025, 7)
+            endpoint = webhook_endpoint_of(delivery.endpoint_id, actor)
+            access.require_member(actor, endpoint.organisation_id, Role.OWNER, what=f"Webhook {endpoint.pk}")
         except NotFound:
             raise NotFound(f"Delivery {delivery_id} does not exist.") from None
         if delivery.status == DELIVERED:

@@ -3,7 +3,7 @@
 
 from django.db.models import CharField, OuterRef, Subquery
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -48,6 +48,7 @@ class OrganisationList(ListAPIView):
         return Response(OrganisationOut(organisation).data, status=201)
 
 
+@extend_schema_view(get=extend_schema(responses={200: MemberOut, **errors(access.RoleRequired)}))
 class MemberList(ListAPIView):
     """The members of an organisation and their roles (its owners only). POST adds a member by email, or
     changes a member's role (409 ``last_owner`` for demoting its last owner)."""

@@ -2,7 +2,7 @@
 
 import django_filters as filters
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -71,11 +71,11 @@ class WebhookList(ListAPIView):
 class WebhookDetail(APIView):
     permission_classes = [Operators]
 
-    @extend_schema(responses={200: WebhookOut})
+    @extend_schema(responses={200: WebhookOut, **errors(RoleRequired)})
     def get(self, request, endpoint_id: int):
         return Response(WebhookOut(services.webhook_endpoint_of(endpoint_id, request_user(request))).data)
 
-    @extend_schema(request=WebhookChangeIn, responses={200: WebhookOut})
+    @extend_schema(request=WebhookChangeIn, responses={200: WebhookOut, **errors(RoleRequired)})
     @idempotent
     def patch(self, request, endpoint_id: int):
         data = WebhookChangeIn.validated(request)
@@ -87,7 +87,7 @@ class WebhookDetail(APIView):
         )
         return Response(WebhookOut(endpoint).data)
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(request=None, responses={204: None, **errors(RoleRequired)})
     @idempotent
     def delete(self, request, endpoint_id: int):
         services.webhook_endpoint_delete(endpoint_id=endpoint_id, actor=request_user(request))
@@ -97,7 +97,7 @@ class WebhookDetail(APIView):
 class WebhookRotateSecret(APIView):
     permission_classes = [Operators]
 
-    @extend_schema(request=WebhookActionIn, responses={200: WebhookSecretOut})
+    @extend_schema(request=WebhookActionIn, responses={200: WebhookSecretOut, **errors(RoleRequired)})
     @idempotent
     def post(self, request, endpoint_id: int):
         WebhookActionIn.validated(request)
@@ -112,7 +112,7 @@ class WebhookTest(APIView):
 
     @extend_schema(
         request=WebhookActionIn,
-        responses={200: WebhookAttemptOut},
+        responses={200: WebhookAttemptOut, **errors(RoleRequired)},
         description="Sends a `webhook.test` message to the endpoint now, once, and answers with the attempt.",
     )
     @idempotent
@@ -132,6 +132,7 @@ class DeliveryFilter(filters.FilterSet):
         fields: list[str] = []
 
 
+@extend_schema_view(get=extend_schema(responses={200: WebhookDeliveryOut, **errors(RoleRequired)}))
 class WebhookDeliveries(ListAPIView):
     """The endpoint's deliveries, newest first."""
 
