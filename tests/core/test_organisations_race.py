@@ -117,8 +117,10 @@ def test_control_without_the_membership_lock_the_removed_member_writes(monkeypat
 
 def _edit_racing_a_removal(hold_seconds: float = 0.5) -> tuple[float, float, str]:
     """A manager's edit of a car (a transaction: the car's lock, then their membership's) holds its locks
-    for ``hold_seconds`` before it commits, while the owner removes them. Returns when each committed and
-    the car's label after both."""
+    for ``hold_seconds`` before it commits, while the owner removes them. Returns when the edit sent its
+    COMMIT, when the removal returned, and the car's label after both. (The edit's moment is taken before
+    its COMMIT, not after: a removal released by that COMMIT may return before the edit's thread runs
+    again.)"""
     organisation, owner, operator = _team()
     car = CarFactory(organisation=organisation, label="before")
     locked, committed = threading.Event(), {}
@@ -129,7 +131,7 @@ def _edit_racing_a_removal(hold_seconds: float = 0.5) -> tuple[float, float, str
                 car_update(car_id=car.pk, actor=operator, label="edited")
                 locked.set()
                 time.sleep(hold_seconds)
-            committed["edit"] = time.monotonic()
+                committed["edit"] = time.monotonic()
         finally:
             locked.set()
             connections.close_all()

@@ -125,8 +125,17 @@ def test_control_a_handler_that_takes_a_lock_hangs_on_two_signals_close_together
     stopping = threading.Event()
     monkeypatch.setattr(supervisor, "_nothing", lambda *_: stopping.set())
 
-    # 2 s is far beyond a stop (milliseconds), and keeps the control short.
-    assert any("still runs" in failure for failure in storm(tmp_path, CONTROL_ROUNDS, patience=2))
+    # 2 s is far beyond a stop (milliseconds), and keeps the control short. The hang needs the second signal
+    # inside the first handler's few microseconds: a storm of CONTROL_ROUNDS missed it once in a full
+    # make test on a loaded machine, so the control tries up to three storms (the first usually hangs).
+    hung = False
+    for attempt in range(3):
+        folder = tmp_path / f"storm-{attempt}"
+        folder.mkdir()
+        hung = any("still runs" in failure for failure in storm(folder, CONTROL_ROUNDS, patience=2))
+        if hung:
+            break
+    assert hung
 
 
 def test_a_program_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
