@@ -71,6 +71,12 @@ def test_the_last_owner_is_neither_removed_nor_demoted_a_second_owner_lets_the_f
     ]
 
 
+def test_the_members_of_an_organisation_that_does_not_exist_are_404_to_a_superuser(client_for, staff):
+    response = client_for(staff).get("/api/organisations/0/members")
+
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+
+
 def test_only_a_superuser_makes_an_organisation_and_a_slug_is_taken_once(client_for, staff):
     owner = UserFactory()
     member(owner, OrganisationFactory(slug="taken"), Role.OWNER)

@@ -8,6 +8,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.errors import NotFound
 from core.organisations import access
 from core.organisations.models import Membership, Organisation
 from core.organisations.roles import Role
@@ -59,8 +60,10 @@ class MemberList(ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Membership.objects.none()
-        organisation_id = self.kwargs["organisation_id"]
-        access.require(request_user(self.request), organisation_id, Role.OWNER, what=f"Organisation {organisation_id}")
+        organisation_id, user = self.kwargs["organisation_id"], request_user(self.request)
+        access.require(user, organisation_id, Role.OWNER, what=f"Organisation {organisation_id}")
+        if user.is_superuser and not Organisation.objects.filter(pk=organisation_id).exists():
+            raise NotFound(f"Organisation {organisation_id} does not exist.")  # a member's exists: it is theirs
         return Membership.objects.filter(organisation_id=organisation_id).select_related("user").order_by("user_id")
 
     @extend_schema(
