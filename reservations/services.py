@@ -114,7 +114,7 @@ class Reservations(ClaimEngine[Reservation]):
     )
 
     def organisation_of(self, ask: CarHold) -> int | None:
-        return Car.objects.filter(pk=ask.car_id).values_list("organisation_id", flat=True).first()
+        return access.organisation_of(Car, ask.car_id)
 
     def decide(self, ask: CarHold, *, now: datetime, actor) -> Reservation | None:
         expires_at = now + timedelta(minutes=ask.hold_minutes)

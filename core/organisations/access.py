@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from django.db.models import Model
+
 from core import locking
 from core.errors import Forbidden, NotFound, NotOwner, ValidationFailed
 from core.organisations.models import KEPT_ROLES, Membership, Organisation, keep_roles
@@ -64,6 +66,11 @@ def organisation_ids(user: User, role: Role = Role.STAFF) -> list[int]:
     """The organisations in which ``user`` has ``role`` or above (a superuser: those they are members of;
     ``everything`` says they act on all). The one array the SQL form of the policy reads."""
     return sorted(org for org, held in roles_of(user).items() if allows(held, role))
+
+
+def organisation_of(model: type[Model], pk: int) -> int | None:
+    """The organisation of ``model``'s row ``pk`` (a car, an event, a slot); None when there is no such row."""
+    return model._default_manager.filter(pk=pk).values_list("organisation_id", flat=True).first()
 
 
 def may_act(user: User, organisation_id: int, role: Role = Role.STAFF) -> bool:

@@ -96,7 +96,7 @@ class PickAgain(Exception):
 
 def event_organisation(event_id: int) -> int | None:
     """The organisation of event ``event_id``; None when there is no such event."""
-    return Event.objects.filter(pk=event_id).values_list("organisation_id", flat=True).first()
+    return access.organisation_of(Event, event_id)
 
 
 class SeatHoldPolicy(ClaimPolicy[SeatHoldGroup]):

@@ -281,7 +281,7 @@ SLOT_BOOKINGS = SlotBookings()
 
 def slot_organisation(slot_id: int) -> int | None:
     """The organisation of slot ``slot_id``; None when there is no such slot."""
-    return Slot.objects.filter(pk=slot_id).values_list("organisation_id", flat=True).first()
+    return access.organisation_of(Slot, slot_id)
 
 
 def slot_booking_create(
